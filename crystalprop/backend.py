@@ -1,0 +1,80 @@
+"""Import MindSpore quietly and choose the device.
+
+MindSpore reads its logging and output settings at import time, so they are set here,
+before the first ``import mindspore`` anywhere in the package. Every module that needs
+MindSpore imports it through :func:`mindspore_module`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from types import ModuleType
+
+DEVICES = ("CPU", "GPU", "Ascend")
+
+_state: dict[str, object] = {}
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested MindSpore backend is not usable on this machine."""
+
+
+def cache_dir() -> Path:
+    """Per-user cache folder (graph cache, MindSpore compile cache)."""
+    root = os.environ.get("CRYSTALPROP_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "crystalprop"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _quiet_environment() -> None:
+    """Silence MindSpore's logs and keep its build files out of the working directory."""
+    os.environ.setdefault("GLOG_v", "3")
+    os.environ.setdefault("GLOG_logtostderr", "1")
+    os.environ.setdefault("MS_OM_PATH", os.path.join(tempfile.gettempdir(), "crystalprop_ms_om"))
+    os.environ.setdefault("MS_COMPILER_CACHE_ENABLE", "1")
+    os.environ.setdefault("MS_COMPILER_CACHE_PATH", str(cache_dir() / "ms_compile"))
+
+
+def mindspore_module() -> ModuleType:
+    """Return the imported ``mindspore`` module, importing it quietly the first time."""
+    if "ms" not in _state:
+        _quiet_environment()
+        import mindspore  # noqa: PLC0415  (deliberately lazy: import costs ~2 s)
+
+        _state["ms"] = mindspore
+    return _state["ms"]  # type: ignore[return-value]
+
+
+def set_device(device: str = "CPU", threads: int | None = None) -> None:
+    """Select the MindSpore backend in graph mode; fail clearly where it is missing."""
+    canonical = {d.lower(): d for d in DEVICES}.get(device.lower())
+    if canonical is None:
+        raise DeviceUnavailableError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    ms = mindspore_module()
+    if _state.get("device") == canonical:
+        return
+    if "device" in _state:
+        raise DeviceUnavailableError(
+            f"device already set to {_state['device']} in this process; cannot switch to {canonical}"
+        )
+    try:
+        ms.set_device(canonical)
+        ms.set_context(mode=ms.GRAPH_MODE)
+        if canonical != "CPU":
+            # Touch the device so a missing driver fails here, not in the middle of a run.
+            ms.Tensor([1.0]) + ms.Tensor([1.0])  # noqa: B018
+            ms.ops.ones((1,), ms.float32).asnumpy()
+    except Exception as exc:  # MindSpore raises RuntimeError/ValueError subclasses here
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeviceUnavailableError(
+            f"MindSpore backend {canonical} is not available on this machine ({first}). "
+            "Use --device CPU, or install a MindSpore build for that device."
+        ) from None
+    if threads:
+        ms.set_num_threads(threads) if hasattr(ms, "set_num_threads") else None
+    _state["device"] = canonical

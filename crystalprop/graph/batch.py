@@ -1,0 +1,67 @@
+"""Join several crystal graphs into one disjoint graph, the model's input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from crystalprop.graph.elements import atom_features
+from crystalprop.graph.neighbors import CrystalGraph
+
+
+@dataclass
+class GraphBatch:
+    """A batch of B crystals with N atoms and E directed edges in all.
+
+    node_features: (N, 92) float32. src, dst: (E,) int32 global atom indices.
+    distance_index: (E,) int32 into ``distances``, the (D,) float32 distinct bond lengths
+    of the batch, so that everything depending only on the distance is computed D times.
+    node_graph: (N,) int32 crystal of each atom. inverse_counts: (B, 1) float32, 1 / atoms.
+    """
+
+    node_features: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    distance_index: np.ndarray
+    distances: np.ndarray
+    node_graph: np.ndarray
+    inverse_counts: np.ndarray
+
+    @property
+    def num_graphs(self) -> int:
+        """Number of crystals B."""
+        return int(self.inverse_counts.shape[0])
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The model inputs in the order of ``Matformer.construct``."""
+        return (
+            self.node_features,
+            self.src,
+            self.dst,
+            self.distance_index,
+            self.distances,
+            self.node_graph,
+            self.inverse_counts,
+        )
+
+
+def collate(graphs: Sequence[CrystalGraph]) -> GraphBatch:
+    """Concatenate graphs, offsetting atom indices; find the batch's distinct distances."""
+    n_nodes = np.array([g.num_nodes for g in graphs], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(n_nodes)[:-1]])
+    n_edges = np.array([g.num_edges for g in graphs], dtype=np.int64)
+    edge_offsets = np.repeat(offsets, n_edges)
+    src = np.concatenate([g.src for g in graphs]).astype(np.int64) + edge_offsets
+    dst = np.concatenate([g.dst for g in graphs]).astype(np.int64) + edge_offsets
+    distances, distance_index = np.unique(np.concatenate([g.distances for g in graphs]), return_inverse=True)
+    return GraphBatch(
+        node_features=atom_features(np.concatenate([g.atomic_numbers for g in graphs])),
+        src=src.astype(np.int32),
+        dst=dst.astype(np.int32),
+        distance_index=distance_index.astype(np.int32).ravel(),
+        distances=distances.astype(np.float32),
+        node_graph=np.repeat(np.arange(len(graphs), dtype=np.int32), n_nodes),
+        inverse_counts=(1.0 / n_nodes.astype(np.float32))[:, None],
+    )

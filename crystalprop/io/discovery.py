@@ -1,0 +1,113 @@
+"""Find structure files from command-line arguments and read them as records.
+
+Paths are streamed: a folder is listed one directory at a time, so the
+first structure of a 100,000-file tree is read before the tree is walked.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Iterable, Iterator
+
+from crystalprop.io.readers import StructureRecord, iter_file_records, looks_like_structure_name
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def _has_glob(arg: str) -> bool:
+    return any(c in arg for c in _GLOB_CHARS)
+
+
+def _is_candidate(entry: os.DirEntry[str]) -> bool:
+    """A regular file (or link to one) named like a structure; dot files are skipped."""
+    if entry.name.startswith(".") or not looks_like_structure_name(entry.name):
+        return False
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _is_subdir(entry: os.DirEntry[str]) -> bool:
+    """A real sub-folder; symlinked folders are not followed, to avoid cycles."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _list_dir(folder: str) -> list[os.DirEntry[str]] | None:
+    """Entries of one folder sorted by name, or None when it cannot be listed."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError:
+        return None
+
+
+def _iter_folder(folder: str, recursive: bool) -> Iterator[str]:
+    """Structure files of a folder (files first, then sub-folders, each sorted by name).
+
+    A folder that cannot be listed is yielded itself, so the reader reports
+    it instead of it vanishing from the results.
+    """
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        entries = _list_dir(current)
+        if entries is None:
+            yield current
+            continue
+        for entry in entries:
+            if _is_candidate(entry):
+                yield entry.path
+        if recursive:
+            pending.extend(reversed([e.path for e in entries if _is_subdir(e)]))
+
+
+def _iter_arg(arg: str, recursive: bool) -> Iterator[str]:
+    if os.path.isdir(arg):
+        yield from _iter_folder(arg, recursive)
+    else:
+        yield arg
+
+
+def _iter_glob(pattern: str, recursive: bool) -> Iterator[str]:
+    """Sorted matches of a pattern, each once (``**`` also matches the folders it walks)."""
+    matches = sorted(glob.glob(pattern, recursive=True))
+    if not matches:
+        yield pattern
+        return
+    seen: set[str] = set()
+    for match in matches:
+        for path in _iter_arg(match, recursive):
+            if path not in seen:
+                seen.add(path)
+                yield path
+
+
+def iter_structure_paths(args: Iterable[str], recursive: bool = False) -> Iterator[str]:
+    """Yield structure file paths from files, folders and glob patterns.
+
+    Files are yielded as given (missing ones too, so the reader reports
+    them); folders give their structure-named files, one level or
+    ``recursive``; glob patterns are expanded (``**`` allowed) and sorted.
+    """
+    for arg in map(os.fspath, args):
+        if _has_glob(arg) and not os.path.exists(arg):
+            yield from _iter_glob(arg, recursive)
+        else:
+            yield from _iter_arg(arg, recursive)
+
+
+def iter_records(
+    args: Iterable[str], recursive: bool = False, timeout: float | None = 60
+) -> Iterator[StructureRecord]:
+    """Read and validate every structure in this process, one record per structure.
+
+    A bad file gives one record with ``error`` set; nothing is raised for it.
+    ``timeout`` (seconds, None or 0 for none) bounds parsing of each file.
+    """
+    for path in iter_structure_paths(args, recursive):
+        yield from iter_file_records(path, timeout)

@@ -1,0 +1,583 @@
+"""Read crystal structures from CIF, POSCAR/CONTCAR and JSON files.
+
+Pymatgen does the parsing; this module detects the format from content and
+name, enforces size and time limits, and turns every failure into a
+one-line :class:`StructureReadError` that a user can act on.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import os
+import re
+import signal
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, TypeVar
+
+import numpy as np
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifParser
+from pymatgen.io.vasp import Poscar
+
+MAX_FILE_BYTES = 200 * 1024 * 1024
+"""Largest (decompressed) file size read, to refuse gzip bombs and runaway files."""
+
+GZIP_MAGIC = b"\x1f\x8b"
+CIF_SUFFIXES = (".cif",)
+POSCAR_SUFFIXES = (".vasp", ".poscar")
+POSCAR_PREFIXES = ("poscar", "contcar")
+JSON_SUFFIXES = (".json",)
+WRAPPER_ID_KEYS = ("id", "material_id", "jid")
+WRAPPER_STRUCTURE_KEYS = ("structure", "atoms")
+OVERLAP_DISTANCE = 0.1
+MAX_ABS_COORD = 1e6
+DISTANCE_MATRIX_MAX_SITES = 2000
+MAX_REPORTED_CLOSE_PAIRS = 10
+MAX_REASON_CHARS = 240
+
+_CIF_BLOCK_SPLIT = re.compile(r"^\s*data_", re.MULTILINE)
+_CIF_CELL_TAG = re.compile(r"_cell_length_a", re.IGNORECASE)
+
+NameStructure = tuple[str, Structure]
+T = TypeVar("T")
+
+
+class StructureReadError(Exception):
+    """A structure file could not be read; ``str(e)`` is ``"<path>: <reason>"``."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass
+class StructureRecord:
+    """One structure (or one failure) found while reading inputs.
+
+    ``name`` is the file path, or ``path#block`` / ``path#id`` when a file
+    holds several structures; ``source`` is the file path. Exactly one of
+    ``structure`` and ``error`` is set. ``warnings`` carries non-fatal
+    validation notes (e.g. atoms unusually close).
+    """
+
+    name: str
+    source: str
+    structure: Structure | None
+    error: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """Collapse whitespace so a reason fits on one line, cutting long text."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _strip_gz(name: str) -> str:
+    """Base name without a trailing ``.gz`` (any case)."""
+    base = os.path.basename(name)
+    return base[:-3] if base.lower().endswith(".gz") else base
+
+
+def format_from_name(path: str) -> str | None:
+    """Structure format implied by a file name (``.gz`` ignored), or None."""
+    base = _strip_gz(path).lower()
+    if base.endswith(CIF_SUFFIXES):
+        return "cif"
+    if base.endswith(JSON_SUFFIXES):
+        return "json"
+    if base.endswith(POSCAR_SUFFIXES) or base.startswith(POSCAR_PREFIXES):
+        return "poscar"
+    return None
+
+
+def looks_like_structure_name(name: str) -> bool:
+    """Whether a file name is one the folder scan should pick up."""
+    return format_from_name(name) is not None
+
+
+def _is_float(token: str) -> bool:
+    try:
+        return math.isfinite(float(token))
+    except ValueError:
+        return False
+
+
+def _is_number_row(line: str, count: int) -> bool:
+    tokens = line.split()
+    return len(tokens) >= count and all(_is_float(t) for t in tokens[:count])
+
+
+def _looks_like_poscar(text: str) -> bool:
+    """Line 2 a number, lines 3-5 three numbers each: the fixed POSCAR header."""
+    lines = text.splitlines()[:5]
+    if len(lines) < 5 or len(lines[1].split()) != 1:
+        return False
+    return _is_float(lines[1]) and all(_is_number_row(line, 3) for line in lines[2:5])
+
+
+def _format_from_content(text: str) -> str | None:
+    head = text.lstrip("\ufeff \t\r\n")
+    if head[:1] in ("{", "["):
+        return "json"
+    if _CIF_BLOCK_SPLIT.search(text) and _CIF_CELL_TAG.search(text):
+        return "cif"
+    if _looks_like_poscar(text):
+        return "poscar"
+    return None
+
+
+def detect_format(path: str, text: str) -> str:
+    """Return "cif", "poscar" or "json" for a text, trusting content over name.
+
+    Content decides when it is recognisable, so a misnamed file still reads;
+    the name only breaks the tie for damaged text (e.g. a truncated POSCAR),
+    so the user gets a format-specific reason instead of "unknown format".
+    """
+    fmt = _format_from_content(text) or format_from_name(path)
+    if fmt is None:
+        raise StructureReadError(path, "not a CIF, POSCAR or JSON structure")
+    return fmt
+
+
+_NO_STRUCTURE_PREFIX = "No structure parsed for section"
+_MISSING_TAG = re.compile(r"^'(_[\w.\-]+)'$")
+
+
+def _warning_summary(caught: list[warnings.WarningMessage]) -> str:
+    """Short text of the pymatgen warnings that say why a CIF block gave no structure.
+
+    pymatgen reports the cause as "No structure parsed for section N in CIF.\n<cause>",
+    where a missing tag shows as a bare quoted KeyError; other warnings are noise then.
+    """
+    messages = [str(item.message) for item in caught]
+    causes = [m.split("\n", 1)[1] for m in messages if m.startswith(_NO_STRUCTURE_PREFIX) and "\n" in m]
+    if not causes:
+        causes = [m for m in messages if not m.startswith("Issues encountered while parsing CIF")]
+    short = []
+    for cause in causes:
+        match = _MISSING_TAG.match(cause.strip())
+        text = f"missing {match.group(1)}" if match else _one_line(cause, 120)
+        if text and text not in short:
+            short.append(text)
+    return "; ".join(short)
+
+
+def _split_cif_blocks(text: str) -> list[str]:
+    """CIF text per ``data_`` block, split the same way pymatgen's CifFile does."""
+    parts = _CIF_BLOCK_SPLIT.split(f"x\n{text}")[1:]
+    return [f"data_{part}" for part in parts]
+
+
+def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None:
+    """(block name, structure) for one data block; None for blocks without a cell."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            parser = CifParser.from_str(block_text)
+        except StructureReadError:
+            raise
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {_one_line(str(exc), 120)}"
+            raise StructureReadError(name, f"malformed or truncated CIF (broken tag or loop_ table; {detail})") from exc
+        blocks = parser.as_dict()
+        if not blocks:
+            return None
+        block_name, data = next(iter(blocks.items()))
+        if "_cell_length_a" not in data:
+            return None
+        try:
+            structures = parser.parse_structures(primitive=False)
+        except StructureReadError:
+            raise
+        except Exception as exc:
+            detail = _warning_summary(caught) or _one_line(str(exc), 160)
+            raise StructureReadError(name, f"no structure in CIF data block '{block_name}': {detail}") from exc
+    return block_name, structures[0]
+
+
+def _unique_block_names(names: list[str]) -> list[str]:
+    """Suffix repeated data block names (``x``, ``x~2``) so each name is an id."""
+    counts: dict[str, int] = {}
+    unique = []
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+        unique.append(name if counts[name] == 1 else f"{name}~{counts[name]}")
+    return unique
+
+
+def _read_cif(text: str, name: str) -> list[NameStructure]:
+    """One structure per data block that has a cell; blocks without one are skipped.
+
+    Blocks are parsed one at a time because pymatgen's parse_structures drops
+    failing blocks silently, which would misalign names and structures, and
+    its CifFile keeps only the last of several blocks with the same name.
+    """
+    found = [r for r in (_parse_cif_block(b, name) for b in _split_cif_blocks(text)) if r is not None]
+    if not found:
+        raise StructureReadError(name, "CIF has no crystal structure (no data block with _cell_length_a)")
+    if len(found) == 1:
+        return [(name, found[0][1])]
+    labels = _unique_block_names([block for block, _ in found])
+    return [(f"{name}#{label}", structure) for label, (_, structure) in zip(labels, found)]
+
+
+VASP4_REASON = (
+    "VASP 4 POSCAR without element names: add a line with the element symbols "
+    "(e.g. 'Si O') above the atom counts line, as in VASP 5"
+)
+
+
+def _read_poscar(text: str, name: str) -> list[NameStructure]:
+    """Parse a VASP 5/6 POSCAR/CONTCAR; refuse VASP 4 files whose species pymatgen would invent.
+
+    Poscar.from_str is used (not from_file) so pymatgen never looks for a
+    POTCAR next to the file; velocities are not read since only the
+    structure is needed and a damaged velocity block should not fail it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            poscar = Poscar.from_str(text, default_names=None, read_velocities=False)
+        except StructureReadError:
+            raise
+        except IndexError as exc:
+            raise StructureReadError(
+                name, "truncated or inconsistent POSCAR: fewer lines or species than the atom counts need"
+            ) from exc
+        except Exception as exc:
+            raise StructureReadError(name, f"malformed POSCAR: {_one_line(str(exc), 160)}") from exc
+    if not poscar.true_names:
+        raise StructureReadError(name, VASP4_REASON)
+    return [(name, poscar.structure)]
+
+
+def _without_properties(d: dict[str, Any]) -> dict[str, Any]:
+    """Copy of a Structure dict without site/structure ``properties``.
+
+    Pymatgen decodes those with MontyDecoder, which imports and instantiates
+    whatever classes a file names; untrusted files must not reach it.
+    """
+    clean = {k: v for k, v in d.items() if k != "properties"}
+    sites = d.get("sites")
+    if isinstance(sites, list):
+        clean["sites"] = [
+            {k: v for k, v in s.items() if k != "properties"} if isinstance(s, dict) else s for s in sites
+        ]
+    return clean
+
+
+def _is_pymatgen_dict(d: dict[str, Any]) -> bool:
+    return d.get("@class") == "Structure" or ("lattice" in d and "sites" in d)
+
+
+def _is_jarvis_dict(d: dict[str, Any]) -> bool:
+    return {"lattice_mat", "coords", "elements"} <= d.keys()
+
+
+def _structure_from_jarvis(d: dict[str, Any]) -> Structure:
+    cartesian = d.get("cartesian")
+    if not isinstance(cartesian, bool):
+        raise ValueError("JARVIS atoms dict needs 'cartesian' set to true or false")
+    if len(d["elements"]) != len(d["coords"]):
+        raise ValueError(f"JARVIS atoms dict has {len(d['elements'])} elements but {len(d['coords'])} coords")
+    return Structure(Lattice(d["lattice_mat"]), d["elements"], d["coords"], coords_are_cartesian=cartesian)
+
+
+def structure_from_dict(d: dict[str, Any]) -> Structure:
+    """Structure from a pymatgen ``Structure.as_dict()`` or a JARVIS atoms dict.
+
+    Raises ValueError with a one-line reason for anything else or for a
+    dict that pymatgen cannot build a structure from.
+    """
+    if not isinstance(d, dict):
+        raise ValueError(f"expected a structure dict, got {type(d).__name__}")
+    try:
+        if _is_pymatgen_dict(d):
+            return Structure.from_dict(_without_properties(d))
+        if _is_jarvis_dict(d):
+            return _structure_from_jarvis(d)
+    except ValueError as exc:
+        raise ValueError(_one_line(str(exc), 160)) from exc
+    except Exception as exc:
+        raise ValueError(f"invalid structure dict: {type(exc).__name__}: {_one_line(str(exc), 120)}") from exc
+    keys = ", ".join(sorted(map(str, d))[:8])
+    raise ValueError(f"not a pymatgen Structure dict or JARVIS atoms dict (keys: {keys})")
+
+
+def _unwrap(item: Any) -> tuple[str | None, Any]:
+    """(id, structure dict) for ``{"id": ..., "structure"/"atoms": ...}`` records."""
+    if not isinstance(item, dict):
+        return None, item
+    inner_key = next((k for k in WRAPPER_STRUCTURE_KEYS if isinstance(item.get(k), dict)), None)
+    if inner_key is None or _is_pymatgen_dict(item) or _is_jarvis_dict(item):
+        return None, item
+    ident = next((item[k] for k in WRAPPER_ID_KEYS if item.get(k) is not None), None)
+    return (None if ident is None else str(ident)), item[inner_key]
+
+
+def _json_item(item: Any, label: str) -> tuple[str | None, Structure]:
+    ident, inner = _unwrap(item)
+    try:
+        return ident, structure_from_dict(inner)
+    except ValueError as exc:
+        raise ValueError(f"{label}: {exc}") from exc
+
+
+def _read_json(text: str, name: str) -> list[NameStructure]:
+    """A structure dict, a wrapped record, or a list of either (``path#i`` / ``path#id``)."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise StructureReadError(name, f"invalid or truncated JSON: {_one_line(str(exc), 160)}") from exc
+    try:
+        if isinstance(data, list):
+            if not data:
+                raise ValueError("JSON holds an empty list")
+            items = [_json_item(item, f"item {i}") for i, item in enumerate(data)]
+            return [(f"{name}#{ident if ident is not None else i}", s) for i, (ident, s) in enumerate(items)]
+        return [(name, _json_item(data, "JSON")[1])]
+    except ValueError as exc:
+        raise StructureReadError(name, str(exc)) from exc
+
+
+_PARSERS: dict[str, Callable[[str, str], list[NameStructure]]] = {
+    "cif": _read_cif,
+    "poscar": _read_poscar,
+    "json": _read_json,
+}
+
+
+def structure_from_text(text: str, name: str) -> list[NameStructure]:
+    """Detect the format of CIF/POSCAR/JSON text and parse it into (name, structure) pairs."""
+    text = text.lstrip("\ufeff")
+    if not text.strip():
+        raise StructureReadError(name, "empty file")
+    return _PARSERS[detect_format(name, text)](text, name)
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / (1024 * 1024):g} MB"
+
+
+def _directory_reason(path: str) -> str:
+    if os.access(path, os.R_OK | os.X_OK):
+        return "cannot read: is a directory"
+    return "cannot read: is a directory that cannot be listed (permission denied)"
+
+
+def _read_raw(path: str, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of a file, with OS errors as one-line reasons."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit + 1)
+    except FileNotFoundError as exc:
+        raise StructureReadError(path, "cannot read: no such file") from exc
+    except IsADirectoryError as exc:
+        raise StructureReadError(path, _directory_reason(path)) from exc
+    except PermissionError as exc:
+        raise StructureReadError(path, "cannot read: permission denied") from exc
+    except OSError as exc:
+        raise StructureReadError(path, f"cannot read: {(exc.strerror or str(exc)).lower()}") from exc
+
+
+def _gunzip(raw: bytes, path: str, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes; larger output is refused as a likely gzip bomb."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            data = stream.read(limit + 1)
+    except EOFError as exc:
+        raise StructureReadError(path, "truncated gzip file (compressed data ends early)") from exc
+    except (OSError, ValueError) as exc:
+        raise StructureReadError(path, f"corrupt gzip data: {_one_line(str(exc), 120)}") from exc
+    if len(data) > limit:
+        raise StructureReadError(
+            path, f"decompressed size exceeds the {_mb(limit)} limit; refusing to read (possible gzip bomb)"
+        )
+    return data
+
+
+def _read_bytes(path: str) -> bytes:
+    """File content, gunzipped when it starts with the gzip magic bytes."""
+    limit = MAX_FILE_BYTES
+    raw = _read_raw(path, limit)
+    if len(raw) > limit:
+        raise StructureReadError(path, f"file is larger than the {_mb(limit)} limit; refusing to read")
+    return _gunzip(raw, path, limit) if raw[:2] == GZIP_MAGIC else raw
+
+
+def _decode(data: bytes, path: str) -> str:
+    """Text of a structure file; NUL bytes mean binary junk, not a structure."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", errors="replace")
+    if b"\x00" in data[:65536]:
+        raise StructureReadError(path, "binary data: not a CIF, POSCAR or JSON structure")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def read_file(path: str) -> list[NameStructure]:
+    """Read one (optionally gzipped) structure file into (name, structure) pairs.
+
+    Every failure raises :class:`StructureReadError` with a one-line reason.
+    """
+    path = os.fspath(path)
+    data = _read_bytes(path)
+    if not data.strip():
+        raise StructureReadError(path, "empty file")
+    return structure_from_text(_decode(data, path), path)
+
+
+def _call_with_timeout(func: Callable[[], T], seconds: float, on_timeout: Callable[[], Exception]) -> T:
+    """Run ``func`` under a SIGALRM timer, restoring the previous handler and timer.
+
+    The nested ``finally`` keeps the handler restore safe even if the alarm
+    fires just as ``func`` returns.
+    """
+
+    def _alarm(signum: int, frame: Any) -> None:
+        raise on_timeout()
+
+    started = time.monotonic()
+    previous_handler = signal.signal(signal.SIGALRM, _alarm)
+    previous_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        try:
+            return func()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous_handler)
+        if previous_timer[0] > 0:
+            remaining = max(previous_timer[0] - (time.monotonic() - started), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, remaining, previous_timer[1])
+
+
+def read_file_with_timeout(path: str, seconds: float) -> list[NameStructure]:
+    """:func:`read_file` with a wall-clock limit (SIGALRM, main thread of a process only).
+
+    Outside the main thread signals cannot be used, so the file is read
+    without a limit there.
+    """
+    path = os.fspath(path)
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        return read_file(path)
+    reason = f"took longer than {seconds:g} s to parse; skipped"
+    return _call_with_timeout(lambda: read_file(path), seconds, lambda: StructureReadError(path, reason))
+
+
+DISORDER_REASON = (
+    "disordered site(s) (partial occupancy) at site {index}: the model needs an ordered structure; "
+    "order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation"
+)
+
+
+def _check_ordered(structure: Structure) -> None:
+    if structure.is_ordered:
+        return
+    index = next(i for i, site in enumerate(structure) if not site.is_ordered)
+    raise ValueError(DISORDER_REASON.format(index=index))
+
+
+def _check_cell(structure: Structure) -> None:
+    matrix = structure.lattice.matrix
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("lattice has non-finite (NaN or infinite) values")
+    if np.abs(matrix).max() > MAX_ABS_COORD:
+        raise ValueError(f"lattice vectors longer than {MAX_ABS_COORD:g} Å")
+    volume = abs(float(np.linalg.det(matrix)))
+    scale = float(np.prod(np.linalg.norm(matrix, axis=1)))
+    if volume < 1e-3 or volume < 1e-6 * scale:
+        raise ValueError(
+            f"cell volume is zero or near zero ({volume:.3g} Å³): the lattice vectors are (nearly) coplanar"
+        )
+
+
+def _check_coords(structure: Structure) -> None:
+    coords = structure.cart_coords
+    if not np.all(np.isfinite(coords)):
+        index = int(np.argwhere(~np.isfinite(coords))[0][0])
+        raise ValueError(f"non-finite (NaN or infinite) coordinates at site {index}")
+    if coords.size and np.abs(coords).max() > MAX_ABS_COORD:
+        index = int(np.argwhere(np.abs(coords) > MAX_ABS_COORD)[0][0])
+        raise ValueError(f"absurd coordinates at site {index} (beyond {MAX_ABS_COORD:g} Å)")
+
+
+def _close_pairs(structure: Structure, cutoff: float) -> list[tuple[int, int, float]]:
+    """Site pairs (i < j) closer than ``cutoff`` Å, periodic images included, closest first."""
+    if len(structure) <= DISTANCE_MATRIX_MAX_SITES:
+        dist = structure.distance_matrix
+        i_idx, j_idx = np.nonzero(np.triu(dist < cutoff, k=1))
+        pairs = {(int(i), int(j)): float(dist[i, j]) for i, j in zip(i_idx, j_idx)}
+    else:
+        centers, points, _, dists = structure.get_neighbor_list(r=cutoff)
+        pairs = {}
+        for i, j, d in zip(centers, points, dists):
+            key = (int(min(i, j)), int(max(i, j)))
+            if key[0] != key[1]:
+                pairs[key] = min(float(d), pairs.get(key, math.inf))
+    return sorted(((i, j, d) for (i, j), d in pairs.items()), key=lambda p: p[2])
+
+
+def _close_pair_warnings(pairs: list[tuple[int, int, float]]) -> list[str]:
+    shown = [f"atoms {i} and {j} are {d:.2f} Å apart" for i, j, d in pairs[:MAX_REPORTED_CLOSE_PAIRS]]
+    hidden = len(pairs) - len(shown)
+    return shown + ([f"... and {hidden} more pairs of close atoms"] if hidden > 0 else [])
+
+
+def validate_structure(structure: Structure, *, min_distance: float = 0.5, max_sites: int = 5000) -> list[str]:
+    """Reject structures the model cannot use; return warnings for merely odd ones.
+
+    Raises ValueError for disorder, a degenerate cell, non-finite or absurd
+    coordinates, too many sites or overlapping atoms (< 0.1 Å). Returns
+    one warning per pair of atoms closer than ``min_distance``.
+    """
+    if len(structure) == 0:
+        raise ValueError("structure has no atoms")
+    _check_ordered(structure)
+    if len(structure) > max_sites:
+        raise ValueError(f"{len(structure)} sites exceed the limit of {max_sites}")
+    _check_cell(structure)
+    _check_coords(structure)
+    pairs = _close_pairs(structure, max(min_distance, OVERLAP_DISTANCE))
+    overlapping = [p for p in pairs if p[2] < OVERLAP_DISTANCE]
+    if overlapping:
+        i, j, d = overlapping[0]
+        more = f" (and {len(overlapping) - 1} more pairs)" if len(overlapping) > 1 else ""
+        raise ValueError(f"overlapping atoms: atoms {i} and {j} are {d:.3f} Å apart{more}")
+    return _close_pair_warnings([p for p in pairs if p[2] < min_distance])
+
+
+def iter_file_records(path: str, timeout: float | None = 60) -> Iterator[StructureRecord]:
+    """Records for one file: one per valid structure, or one carrying the error."""
+    try:
+        pairs = read_file_with_timeout(path, timeout) if timeout else read_file(path)
+    except StructureReadError as exc:
+        yield StructureRecord(path, path, None, exc.reason)
+        return
+    except Exception as exc:
+        reason = f"unexpected error while reading: {type(exc).__name__}: {_one_line(str(exc))}"
+        yield StructureRecord(path, path, None, reason)
+        return
+    for name, structure in pairs:
+        yield _validated_record(name, path, structure)
+
+
+def _validated_record(name: str, source: str, structure: Structure) -> StructureRecord:
+    try:
+        notes = validate_structure(structure)
+    except ValueError as exc:
+        return StructureRecord(name, source, None, str(exc))
+    except Exception as exc:
+        reason = f"validation failed: {type(exc).__name__}: {_one_line(str(exc))}"
+        return StructureRecord(name, source, None, reason)
+    return StructureRecord(name, source, structure, None, notes)

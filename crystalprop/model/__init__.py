@@ -1,0 +1,1 @@
+"""The Matformer network in MindSpore and its checkpoint format."""

@@ -1,0 +1,70 @@
+"""The Matformer network (Yan et al., NeurIPS 2022) for one scalar crystal property."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from crystalprop.backend import mindspore_module
+from crystalprop.graph.elements import N_FEATURES
+from crystalprop.model.layers import MatformerConv, RBFExpansion
+
+ms = mindspore_module()
+nn, ops = ms.nn, ms.ops
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters; stored in every checkpoint."""
+
+    layers: int = 5
+    features: int = 128
+    heads: int = 4
+    rbf_bins: int = 128
+    rbf_max: float = 8.0
+    fc_features: int = 128
+
+    def as_dict(self) -> dict:
+        """Plain dict for JSON metadata."""
+        return asdict(self)
+
+
+class Matformer(nn.Cell):
+    """Atom embedding -> attention layers -> mean over atoms -> Linear+SiLU -> Linear.
+
+    Inputs are the arrays of :class:`crystalprop.graph.GraphBatch`; output (B,) in the
+    model's normalised target units.
+    """
+
+    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        c = config.features
+        self.config = config
+        self.atom_embedding = nn.Dense(N_FEATURES, c)
+        self.rbf = RBFExpansion(0.0, config.rbf_max, config.rbf_bins)
+        self.edge_in = nn.Dense(config.rbf_bins, c)
+        self.edge_out = nn.Dense(c, c)
+        self.att_layers = nn.CellList([MatformerConv(c, config.heads) for _ in range(config.layers)])
+        self.fc = nn.Dense(c, config.fc_features)
+        self.fc_out = nn.Dense(config.fc_features, 1)
+
+    def construct(self, node_features, src, dst, distance_index, distances, node_graph, inverse_counts):
+        x = self.atom_embedding(node_features)  # (N, C)
+        edges = self.edge_out(ops.softplus(self.edge_in(self.rbf(distances))))  # (D, C), once per distance
+        for layer in self.att_layers:
+            x = layer(x, src, dst, distance_index, edges)
+        zeros = inverse_counts * ops.zeros((1, x.shape[1]), x.dtype)  # (B, C)
+        pooled = ops.index_add(zeros, node_graph, x, 0) * inverse_counts  # mean over atoms
+        return self.fc_out(ops.silu(self.fc(pooled))).squeeze(-1)
+
+    def declare_dynamic_inputs(self) -> None:
+        """Compile once for any batch: every input has a dynamic leading dimension."""
+        f32, i32 = ms.float32, ms.int32
+        self.set_inputs(
+            ms.Tensor(shape=[None, N_FEATURES], dtype=f32),
+            ms.Tensor(shape=[None], dtype=i32),
+            ms.Tensor(shape=[None], dtype=i32),
+            ms.Tensor(shape=[None], dtype=i32),
+            ms.Tensor(shape=[None], dtype=f32),
+            ms.Tensor(shape=[None], dtype=i32),
+            ms.Tensor(shape=[None, 1], dtype=f32),
+        )

@@ -1,0 +1,553 @@
+"""Tests for crystalprop.io: format detection, readers, validation, discovery."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
+from pymatgen.io.vasp import Poscar
+
+from crystalprop.io import (
+    StructureReadError,
+    StructureRecord,
+    detect_format,
+    iter_records,
+    iter_structure_paths,
+    read_file,
+    read_file_with_timeout,
+    structure_from_dict,
+    structure_from_text,
+    validate_structure,
+)
+from crystalprop.io import discovery, readers
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="module")
+def nacl() -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def quartz_like() -> Structure:
+    return Structure(
+        Lattice.hexagonal(4.91, 5.40),
+        ["Si", "Si", "Si", "O", "O", "O", "O", "O", "O"],
+        [
+            [0.47, 0.0, 0.0], [0.0, 0.47, 2 / 3], [0.53, 0.53, 1 / 3],
+            [0.41, 0.27, 0.12], [0.73, 0.14, 0.45], [0.86, 0.59, 0.79],
+            [0.27, 0.41, 0.88], [0.14, 0.73, 0.55], [0.59, 0.86, 0.21],
+        ],
+    )
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def reason_of(path: str) -> str:
+    with pytest.raises(StructureReadError) as info:
+        read_file(path)
+    assert info.value.path == path
+    assert str(info.value) == f"{path}: {info.value.reason}"
+    assert "\n" not in str(info.value)
+    return info.value.reason
+
+
+def strip_symbols(vasp4_text: str, n_sites: int) -> str:
+    """Drop the element symbols pymatgen appends to VASP 4 coordinate lines."""
+    lines = vasp4_text.splitlines()
+    assert lines[5].split() == ["4", "4"] and lines[6].lower().startswith("d")
+    for i in range(7, 7 + n_sites):
+        lines[i] = " ".join(lines[i].split()[:3])
+    return "\n".join(lines) + "\n"
+
+
+# --- CIF -------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_cif_symmetrized_expands_to_conventional_cell(tmp_path, nacl):
+    path = write(tmp_path / "nacl.cif", str(CifWriter(nacl, symprec=0.1)))
+    assert "_symmetry_equiv_pos_as_xyz" in Path(path).read_text()
+    [(name, s)] = read_file(path)
+    assert name == path
+    assert len(s) == 8
+    assert s.composition.reduced_formula == "NaCl"
+
+
+def test_cif_p1(tmp_path, quartz_like):
+    path = write(tmp_path / "sio2.cif", str(CifWriter(quartz_like)))
+    [(_, s)] = read_file(path)
+    assert len(s) == 9
+    assert s.composition.reduced_formula == "SiO2"
+
+
+def test_cif_several_blocks_named_by_block(tmp_path, nacl, quartz_like):
+    first = str(CifWriter(nacl)).replace("data_NaCl", "data_first")
+    second = str(CifWriter(quartz_like)).replace("data_SiO2", "data_second")
+    path = write(tmp_path / "two.cif", first + "\n" + second)
+    result = read_file(path)
+    assert [name for name, _ in result] == [f"{path}#first", f"{path}#second"]
+    assert [len(s) for _, s in result] == [8, 9]
+
+
+def test_cif_block_without_cell_is_skipped(tmp_path, nacl):
+    text = "data_global\n_journal_name_full 'Some Journal'\n\n" + str(CifWriter(nacl))
+    path = write(tmp_path / "pub.cif", text)
+    [(name, s)] = read_file(path)
+    assert name == path and len(s) == 8
+
+
+def test_cif_duplicate_block_names_kept_apart(tmp_path, nacl):
+    text = str(CifWriter(nacl))
+    path = write(tmp_path / "dup.cif", text + text)
+    assert [n for n, _ in read_file(path)] == [f"{path}#NaCl", f"{path}#NaCl~2"]
+
+
+def test_cif_uncertainties_and_extra_columns(tmp_path):
+    text = """data_CsCl
+_cell_length_a 4.123(4)
+_cell_length_b 4.123(4)
+_cell_length_c 4.123(4)
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'P 1'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+_atom_site_charge
+_atom_site_spin_density
+Cs1 Cs 0.0000(2) 0.0 0.0 1.0 0.91 0.001
+Cl1 Cl 0.5 0.5000(3) 0.5 1.0 -0.91 0.0
+"""
+    [(_, s)] = read_file(write(tmp_path / "cscl.cif", text))
+    assert s.lattice.a == pytest.approx(4.123)
+    assert sorted(str(e) for e in s.composition.elements) == ["Cl", "Cs"]
+
+
+def test_cif_truncated(tmp_path, nacl):
+    text = str(CifWriter(nacl))
+    assert "truncated" in reason_of(write(tmp_path / "cut.cif", text[: len(text) - 40]))
+
+
+def test_cif_without_atoms_names_missing_tag(tmp_path, nacl):
+    text = str(CifWriter(nacl))
+    reason = reason_of(write(tmp_path / "noatoms.cif", text[: text.index("loop_")]))
+    assert "no structure" in reason and "_atom_site" in reason
+
+
+# --- POSCAR ----------------------------------------------------------------
+
+
+def test_poscar_selective_dynamics_and_velocities(tmp_path, nacl):
+    poscar = Poscar(nacl, selective_dynamics=[[True, False, True]] * 8, velocities=[[0.01, 0.0, -0.01]] * 8)
+    poscar.write_file(tmp_path / "POSCAR")
+    [(name, s)] = read_file(str(tmp_path / "POSCAR"))
+    assert name == str(tmp_path / "POSCAR")
+    assert s.composition.reduced_formula == "NaCl" and len(s) == 8
+
+
+def test_contcar_with_predictor_block(tmp_path, quartz_like):
+    text = Poscar(quartz_like).get_str()
+    n = len(quartz_like)
+    predictor = "\n".join(["1", "0.5", "0 0 0 0"] + ["0.0 0.0 0.0"] * (3 * n))
+    velocities = "\n".join(["0.1 0.1 0.1"] * n)
+    path = write(tmp_path / "CONTCAR", f"{text}\n{velocities}\n\n{predictor}\n")
+    [(_, s)] = read_file(path)
+    assert len(s) == n
+
+
+def test_poscar_cartesian(tmp_path, quartz_like):
+    path = write(tmp_path / "cart.vasp", Poscar(quartz_like).get_str(direct=False))
+    [(_, s)] = read_file(path)
+    assert np.allclose(s.cart_coords, quartz_like.cart_coords, atol=1e-6)
+
+
+def test_poscar_negative_scale_is_volume(tmp_path, nacl):
+    lines = Poscar(nacl).get_str().splitlines()
+    lines[1] = "-179.406144"
+    lines[2:5] = ["1 0 0", "0 1 0", "0 0 1"]
+    [(_, s)] = read_file(write(tmp_path / "neg.poscar", "\n".join(lines)))
+    assert s.volume == pytest.approx(179.406144)
+    assert s.lattice.a == pytest.approx(5.64)
+
+
+def test_vasp4_poscar_without_species_is_refused(tmp_path, nacl):
+    text = strip_symbols(Poscar(nacl).get_str(vasp4_compatible=True), len(nacl))
+    (tmp_path / "POTCAR").write_text("PAW_PBE Na_pv 05Jan2001\n")
+    reason = reason_of(write(tmp_path / "POSCAR", text))
+    assert "VASP 4" in reason and "element names" in reason
+
+
+def test_vasp4_poscar_with_symbols_after_coordinates_reads(tmp_path, nacl):
+    [(_, s)] = read_file(write(tmp_path / "POSCAR", Poscar(nacl).get_str(vasp4_compatible=True)))
+    assert s.composition.reduced_formula == "NaCl"
+
+
+def test_poscar_truncated(tmp_path, nacl):
+    lines = Poscar(nacl).get_str().splitlines()
+    assert "truncated" in reason_of(write(tmp_path / "POSCAR", "\n".join(lines[:10])))
+
+
+# --- JSON ------------------------------------------------------------------
+
+
+def test_json_pymatgen_dict(tmp_path, quartz_like):
+    path = write(tmp_path / "s.json", json.dumps(quartz_like.as_dict()))
+    [(name, s)] = read_file(path)
+    assert name == path and s == quartz_like
+
+
+def test_json_site_properties_are_not_decoded(tmp_path, nacl):
+    d = nacl.as_dict()
+    d["sites"][0]["properties"] = {"evil": {"@module": "no_such_module_xyz", "@class": "Boom"}}
+    [(_, s)] = read_file(write(tmp_path / "s.json", json.dumps(d)))
+    assert "evil" not in s.site_properties
+
+
+def test_json_jarvis_dict_direct_and_cartesian(tmp_path, quartz_like):
+    def jarvis(cartesian: bool) -> dict:
+        coords = quartz_like.cart_coords if cartesian else quartz_like.frac_coords
+        return {
+            "lattice_mat": quartz_like.lattice.matrix.tolist(),
+            "coords": coords.tolist(),
+            "elements": [site.specie.symbol for site in quartz_like],
+            "abc": list(quartz_like.lattice.abc),
+            "cartesian": cartesian,
+            "props": [""] * len(quartz_like),
+        }
+
+    for cartesian in (False, True):
+        [(_, s)] = read_file(write(tmp_path / f"j{cartesian}.json", json.dumps(jarvis(cartesian))))
+        assert np.allclose(s.frac_coords, quartz_like.frac_coords, atol=1e-8)
+    bad = jarvis(False)
+    del bad["cartesian"]
+    assert "cartesian" in reason_of(write(tmp_path / "bad.json", json.dumps(bad)))
+
+
+def test_json_lists_named_by_index_or_id(tmp_path, nacl, quartz_like):
+    plain = write(tmp_path / "plain.json", json.dumps([nacl.as_dict(), quartz_like.as_dict()]))
+    assert [n for n, _ in read_file(plain)] == [f"{plain}#0", f"{plain}#1"]
+    records = [{"id": "mp-22862", "structure": nacl.as_dict()}, {"id": 7, "atoms": quartz_like.as_dict()}]
+    wrapped = write(tmp_path / "wrapped.json", json.dumps(records))
+    result = read_file(wrapped)
+    assert [n for n, _ in result] == [f"{wrapped}#mp-22862", f"{wrapped}#7"]
+    assert [len(s) for _, s in result] == [8, 9]
+
+
+def test_json_bad_cases(tmp_path, nacl):
+    text = json.dumps(nacl.as_dict())
+    assert "JSON" in reason_of(write(tmp_path / "cut.json", text[: len(text) // 2]))
+    assert "not a pymatgen Structure dict" in reason_of(write(tmp_path / "other.json", '{"a": 1}'))
+    assert "empty list" in reason_of(write(tmp_path / "empty.json", "[]"))
+    assert "item 1" in reason_of(write(tmp_path / "mixed.json", json.dumps([nacl.as_dict(), {"a": 1}])))
+
+
+def test_structure_from_dict_public(nacl):
+    assert structure_from_dict(nacl.as_dict()) == nacl
+    with pytest.raises(ValueError):
+        structure_from_dict({"lattice": {"matrix": "nonsense"}, "sites": [{}]})
+
+
+def test_structure_from_text_detects_format(nacl):
+    [(name, s)] = structure_from_text(str(CifWriter(nacl)), "row 3")
+    assert name == "row 3" and len(s) == 8
+    assert len(structure_from_text(Poscar(nacl).get_str(), "x")[0][1]) == 8
+
+
+# --- detection, damaged input, limits -------------------------------------
+
+
+def test_detect_format_content_beats_name(nacl):
+    poscar = Poscar(nacl).get_str()
+    assert detect_format("structure.cif", poscar) == "poscar"
+    assert detect_format("notes.txt", str(CifWriter(nacl))) == "cif"
+    assert detect_format("whatever", ' [{"lattice": 1}]') == "json"
+    assert detect_format("POSCAR_relaxed.gz", "damaged") == "poscar"
+    assert detect_format("x.CIF.gz", "damaged") == "cif"
+    with pytest.raises(StructureReadError, match="not a CIF, POSCAR or JSON"):
+        detect_format("notes.txt", "hello world")
+
+
+def test_bom_and_crlf(tmp_path, nacl):
+    cif = str(CifWriter(nacl)).replace("\n", "\r\n")
+    (tmp_path / "win.cif").write_bytes(cif.encode("utf-8-sig"))
+    assert len(read_file(str(tmp_path / "win.cif"))[0][1]) == 8
+    (tmp_path / "POSCAR").write_bytes(Poscar(nacl).get_str().replace("\n", "\r\n").encode("utf-8-sig"))
+    assert len(read_file(str(tmp_path / "POSCAR"))[0][1]) == 8
+
+
+def test_misnamed_file_reads_by_content(tmp_path, nacl):
+    [(_, s)] = read_file(write(tmp_path / "data.txt", Poscar(nacl).get_str()))
+    assert len(s) == 8
+
+
+def test_gzip_by_name_and_by_magic(tmp_path, nacl):
+    with gzip.open(tmp_path / "nacl.cif.gz", "wt") as handle:
+        handle.write(str(CifWriter(nacl)))
+    assert len(read_file(str(tmp_path / "nacl.cif.gz"))[0][1]) == 8
+    (tmp_path / "POSCAR").write_bytes(gzip.compress(Poscar(nacl).get_str().encode()))
+    assert len(read_file(str(tmp_path / "POSCAR"))[0][1]) == 8
+
+
+def test_gzip_bomb_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "MAX_FILE_BYTES", 10_000)
+    (tmp_path / "bomb.cif.gz").write_bytes(gzip.compress(b" " * 50_000))
+    reason = reason_of(str(tmp_path / "bomb.cif.gz"))
+    assert "exceeds" in reason and "limit" in reason
+    (tmp_path / "big.cif").write_bytes(b" " * 20_000)
+    assert "larger than" in reason_of(str(tmp_path / "big.cif"))
+
+
+def test_truncated_gzip(tmp_path, nacl):
+    data = gzip.compress(str(CifWriter(nacl)).encode())
+    (tmp_path / "cut.cif.gz").write_bytes(data[: len(data) // 2])
+    assert "truncated gzip" in reason_of(str(tmp_path / "cut.cif.gz"))
+
+
+def test_empty_binary_unknown(tmp_path):
+    assert reason_of(write(tmp_path / "empty.cif", "")) == "empty file"
+    assert reason_of(write(tmp_path / "blank.vasp", "  \n\n")) == "empty file"
+    (tmp_path / "junk.cif").write_bytes(bytes(range(256)) * 8)
+    assert "not a CIF, POSCAR or JSON" in reason_of(str(tmp_path / "junk.cif"))
+    assert reason_of(write(tmp_path / "notes.txt", "just some notes\n")) == "not a CIF, POSCAR or JSON structure"
+
+
+def test_unreadable_paths(tmp_path, monkeypatch, nacl):
+    assert reason_of(str(tmp_path / "missing.cif")) == "cannot read: no such file"
+    assert "is a directory" in reason_of(str(tmp_path))
+    path = write(tmp_path / "locked.cif", str(CifWriter(nacl)))
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(readers, "open", denied, raising=False)
+    assert reason_of(path) == "cannot read: permission denied"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file_permission(tmp_path, nacl):
+    path = write(tmp_path / "locked.cif", str(CifWriter(nacl)))
+    os.chmod(path, 0)
+    try:
+        assert reason_of(path) == "cannot read: permission denied"
+    finally:
+        os.chmod(path, 0o644)
+
+
+def test_timeout_restores_handler(tmp_path, monkeypatch, nacl):
+    def slow(text: str, name: str):
+        time.sleep(5)
+        return []
+
+    monkeypatch.setitem(readers._PARSERS, "cif", slow)
+    path = write(tmp_path / "slow.cif", str(CifWriter(nacl)))
+    before = signal.getsignal(signal.SIGALRM)
+    started = time.monotonic()
+    with pytest.raises(StructureReadError, match=r"took longer than 0.5 s to parse; skipped"):
+        read_file_with_timeout(path, 0.5)
+    assert time.monotonic() - started < 3
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+
+
+def test_timeout_outside_main_thread_has_no_limit(tmp_path, nacl):
+    path = write(tmp_path / "ok.cif", str(CifWriter(nacl)))
+    result: list = []
+    worker = threading.Thread(target=lambda: result.extend(read_file_with_timeout(path, 0.5)))
+    worker.start()
+    worker.join()
+    assert len(result) == 1
+
+
+# --- validation ------------------------------------------------------------
+
+
+def test_validate_ok_returns_no_warnings(nacl):
+    assert validate_structure(nacl) == []
+
+
+def test_validate_disordered(tmp_path, nacl):
+    disordered = nacl.copy()
+    disordered.replace_species({"Na": {"Na": 0.5, "K": 0.5}})
+    [(_, s)] = read_file(write(tmp_path / "dis.cif", str(CifWriter(disordered))))
+    with pytest.raises(ValueError, match="ordered structure"):
+        validate_structure(s)
+
+
+def test_validate_overlap_and_close_atoms():
+    overlap = Structure(Lattice.cubic(10), ["Si", "Si"], [[0.001, 0, 0], [0.999, 0, 0]])
+    with pytest.raises(ValueError, match="overlapping atoms: atoms 0 and 1"):
+        validate_structure(overlap)
+    close = Structure(Lattice.cubic(10), ["Si", "Si", "O"], [[0, 0, 0], [0.03, 0, 0], [0.5, 0.5, 0.5]])
+    assert validate_structure(close) == ["atoms 0 and 1 are 0.30 Å apart"]
+    assert validate_structure(close, min_distance=0.2) == []
+
+
+def test_validate_large_structures_use_neighbour_search(monkeypatch):
+    close = Structure(Lattice.cubic(10), ["Si", "Si", "O"], [[0, 0, 0], [0.97, 0, 0], [0.5, 0.5, 0.5]])
+    expected = validate_structure(close)
+    monkeypatch.setattr(readers, "DISTANCE_MATRIX_MAX_SITES", 1)
+    assert validate_structure(close) == expected == ["atoms 0 and 1 are 0.30 Å apart"]
+    big = Structure(Lattice.cubic(3.0), ["Po"], [[0, 0, 0]]) * (13, 13, 13)
+    big.append("Po", [0.001, 0, 0])
+    monkeypatch.setattr(readers, "DISTANCE_MATRIX_MAX_SITES", 2000)
+    with pytest.raises(ValueError, match="overlapping"):
+        validate_structure(big, max_sites=5000)
+
+
+def test_validate_cell_coords_and_size(nacl):
+    flat = Structure(Lattice([[1, 0, 0], [0, 1, 0], [1, 1, 0]]), ["Si"], [[0, 0, 0]])
+    with pytest.raises(ValueError, match="volume"):
+        validate_structure(flat)
+    nan = Structure(Lattice.cubic(4), ["Si", "Si"], [[0, 0, 0], [np.nan, 0, 0]])
+    with pytest.raises(ValueError, match="non-finite"):
+        validate_structure(nan)
+    far = Structure(Lattice.cubic(4), ["Si", "Si"], [[0, 0, 0], [1e7, 0, 0]])
+    with pytest.raises(ValueError, match="absurd"):
+        validate_structure(far)
+    with pytest.raises(ValueError, match="exceed the limit of 4"):
+        validate_structure(nacl, max_sites=4)
+
+
+# --- discovery -------------------------------------------------------------
+
+
+@pytest.fixture()
+def tree(tmp_path, nacl) -> Path:
+    cif = str(CifWriter(nacl))
+    poscar = Poscar(nacl).get_str()
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    write(tmp_path / "a.cif", cif)
+    write(tmp_path / "POSCAR", poscar)
+    write(tmp_path / "notes.txt", "not a structure")
+    write(tmp_path / ".hidden.cif", cif)
+    write(tmp_path / "sub" / "b.vasp", poscar)
+    (tmp_path / "sub" / "c.json.gz").write_bytes(gzip.compress(json.dumps(nacl.as_dict()).encode()))
+    write(tmp_path / "sub" / "deeper" / "CONTCAR_1", poscar)
+    write(tmp_path / "sub" / "deeper" / "bad.cif", "")
+    return tmp_path
+
+
+def rel(paths, root: Path) -> list[str]:
+    return [os.path.relpath(p, root) for p in paths]
+
+
+def test_discovery_one_level_and_recursive(tree):
+    assert rel(iter_structure_paths([str(tree)]), tree) == ["POSCAR", "a.cif"]
+    assert rel(iter_structure_paths([str(tree)], recursive=True), tree) == [
+        "POSCAR", "a.cif", "sub/b.vasp", "sub/c.json.gz", "sub/deeper/CONTCAR_1", "sub/deeper/bad.cif",
+    ]
+
+
+def test_discovery_files_globs_and_missing(tree):
+    args = [str(tree / "notes.txt"), str(tree / "**" / "*.cif"), str(tree / "nothing*.cif"), str(tree / "gone.cif")]
+    assert rel(iter_structure_paths(args), tree) == [
+        "notes.txt", "a.cif", "sub/deeper/bad.cif", "nothing*.cif", "gone.cif",
+    ]
+
+
+def test_discovery_glob_matching_folders_yields_each_file_once(tree):
+    """Files a pattern matches are taken as given; folders it matches are scanned."""
+    paths = list(iter_structure_paths([str(tree / "**")]))
+    assert len(paths) == len(set(paths))
+    assert rel(paths, tree) == [
+        "POSCAR", "a.cif", "notes.txt", "sub/b.vasp", "sub/c.json.gz", "sub/deeper/CONTCAR_1", "sub/deeper/bad.cif",
+    ]
+
+
+def test_discovery_streams(tree, monkeypatch):
+    calls: list[str] = []
+    real_scandir = os.scandir
+
+    def counting_scandir(path):
+        calls.append(path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(discovery.os, "scandir", counting_scandir)
+    paths = iter_structure_paths([str(tree)], recursive=True)
+    first = next(paths)
+    assert first.endswith("POSCAR") and len(calls) == 1
+    list(paths)
+    assert len(calls) == 3
+
+
+def test_iter_records(tree, nacl):
+    records = list(iter_records([str(tree), str(tree / "missing.cif")], recursive=True))
+    assert all(isinstance(r, StructureRecord) for r in records)
+    by_name = {rel([r.name], tree)[0]: r for r in records}
+    assert set(by_name) == {
+        "POSCAR", "a.cif", "sub/b.vasp", "sub/c.json.gz", "sub/deeper/CONTCAR_1", "sub/deeper/bad.cif", "missing.cif",
+    }
+    good = [r for r in records if r.error is None]
+    assert len(good) == 5 and all(len(r.structure) == 8 and r.source == r.name for r in good)
+    assert by_name["sub/deeper/bad.cif"].error == "empty file"
+    assert by_name["sub/deeper/bad.cif"].structure is None
+    assert by_name["missing.cif"].error == "cannot read: no such file"
+
+
+def test_iter_records_validation_errors_and_blocks(tmp_path, nacl):
+    disordered = nacl.copy()
+    disordered.replace_species({"Na": {"Na": 0.5, "K": 0.5}})
+    first = str(CifWriter(nacl)).replace("data_NaCl", "data_one")
+    second = str(CifWriter(disordered)).replace("data_", "data_two_", 1)
+    path = write(tmp_path / "two.cif", first + second)
+    records = list(iter_records([path], timeout=None))
+    assert [r.name for r in records] == [f"{path}#one", f"{path}#two_{disordered.composition.reduced_formula}"]
+    assert records[0].error is None and records[0].source == path
+    assert "ordered" in records[1].error and records[1].source == path
+
+
+# --- shared real data ------------------------------------------------------
+
+
+def shared_files(subdir: str, count: int) -> list[Path]:
+    folder = SHARED / "data" / subdir / "structures"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not present")
+    files = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".cif"):
+                files.append(Path(entry.path))
+            if len(files) == count:
+                break
+    return sorted(files)
+
+
+@pytest.mark.shared
+def test_mp2018_cifs_match_pymatgen():
+    for path in shared_files("mp2018", 50):
+        [(name, s)] = read_file(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = Structure.from_file(path)
+        assert name == str(path)
+        assert len(s) == len(reference) and s.composition == reference.composition
+        validate_structure(s)
+
+
+@pytest.mark.shared
+def test_qmof_cifs_with_extra_columns():
+    for path in shared_files("qmof_subset", 5):
+        [(_, s)] = read_file(str(path))
+        assert len(s) > 0 and "H" in {e.symbol for e in s.composition.elements}
+        validate_structure(s)
