@@ -76,5 +76,5 @@ def set_device(device: str = "CPU", threads: int | None = None) -> None:
             "Use --device CPU, or install a MindSpore build for that device."
         ) from None
     if threads:
-        ms.set_num_threads(threads) if hasattr(ms, "set_num_threads") else None
+        ms.set_context(runtime_num_threads=threads)
     _state["device"] = canonical

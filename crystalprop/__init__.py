@@ -1,0 +1,14 @@
+"""crystalprop: crystal property prediction with pretrained Matformer models on MindSpore."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "predict"]
+
+
+def predict(*args, **kwargs):
+    """Predict properties of structures or files; see :func:`crystalprop.predictor.predict`."""
+    from crystalprop.predictor import predict as _predict  # lazy: keeps `import crystalprop` fast
+
+    return _predict(*args, **kwargs)

@@ -1,0 +1,319 @@
+"""The ``crystalprop`` command: a thin layer over the Python API with rich output."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+out = Console()
+TABLE_LIMIT = 25
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def _duration(text: str | None) -> float | None:
+    """'90m', '2h', '1h30m', '45s' or plain seconds -> seconds."""
+    if not text:
+        return None
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms]?)", text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s", "", text.lower()):
+        raise click.BadParameter(f"{text!r}: use e.g. 2h, 90m, 1h30m or seconds")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="crystalprop")
+def main() -> None:
+    """Predict crystal properties with pretrained Matformer models; train and evaluate your own."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--model", "-m", "models", multiple=True, help="Shipped model name or .ckpt file (repeatable). Default: all shipped models.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write results to .csv, .json or .jsonl as they come.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"], case_sensitive=False))
+@click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
+@click.option("--workers", default=None, type=int, help="Reader processes (default: cores, at most 4; 0 = in-process).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds allowed to parse one file.")
+@click.option("--resume", is_flag=True, help="Continue an existing --output file, skipping structures already in it.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
+def predict(paths, models, output, batch_size, device, recursive, workers, timeout, resume, overwrite) -> None:
+    """Predict properties for structure files, folders or glob patterns."""
+    from crystalprop.backend import DeviceUnavailableError  # noqa: PLC0415
+    from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
+    from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
+
+    try:
+        from crystalprop.predictor import Predictor  # noqa: PLC0415
+
+        predictor = Predictor(list(models) or None, device)
+    except (DeviceUnavailableError, CheckpointError, ValueError) as exc:
+        _fail(str(exc))
+    columns = ["name", "source", "formula", "n_sites"] + [label for label, _ in predictor.columns] + ["error", "warning"]
+    writer, skip = None, None
+    if output:
+        skip = done_names(Path(output)) if resume else None
+        try:
+            writer = ResultWriter(output, columns, resume=resume, overwrite=overwrite)
+        except (OutputExistsError, ValueError) as exc:
+            _fail(str(exc))
+    rows_shown, n_ok, n_failed = [], 0, 0
+    progress = Progress(TextColumn("[bold]predicting"), BarColumn(), TextColumn("{task.completed} structures"),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=True)
+    with progress:
+        task = progress.add_task("predict", total=None, rate="")
+        try:
+            for rows in predictor.iter_rows(list(paths), batch_size=batch_size, recursive=recursive,
+                                            workers=workers, timeout=timeout, skip=skip):
+                for row in rows:
+                    if row["error"]:
+                        n_failed += 1
+                        console.print(f"[yellow]skipped[/] {row['name']}: {row['error']}", highlight=False)
+                    else:
+                        n_ok += 1
+                if writer:
+                    writer.write(rows)
+                if len(rows_shown) <= TABLE_LIMIT:
+                    rows_shown.extend(rows)
+                elapsed = progress.tasks[0].elapsed or 1e-9
+                progress.update(task, advance=len(rows), rate=f"{(n_ok + n_failed) / elapsed:.1f}/s")
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: results so far are saved" if writer else "[yellow]interrupted[/]")
+            n_failed += 1
+        finally:
+            if writer:
+                writer.close()
+    if not output or len(rows_shown) <= TABLE_LIMIT:
+        _print_rows(rows_shown[:TABLE_LIMIT], predictor.columns)
+        if len(rows_shown) > TABLE_LIMIT:
+            console.print(f"(first {TABLE_LIMIT} shown; use --output for all)")
+    console.print(f"{n_ok} predicted, {n_failed} failed" + (f"; results in {output}" if output else ""))
+    sys.exit(0 if n_failed == 0 else 1)
+
+
+def _print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    table = Table(show_lines=False)
+    for head in ("structure", "formula", "sites"):
+        table.add_column(head)
+    for label, unit in columns:
+        table.add_column(f"{label} ({unit})" if unit else label, justify="right")
+    table.add_column("note")
+    for row in rows:
+        values = ["" if row[label] is None else f"{row[label]:.4g}" for label, _ in columns]
+        note = row["error"] or row["warning"]
+        table.add_row(row["name"], row["formula"], str(row["n_sites"] or ""), *values, note)
+    out.print(table)
+
+
+@main.command()
+def models() -> None:
+    """List the shipped models with their target, unit and validation MAE."""
+    from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+    from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415
+
+    table = Table(title=f"models in {checkpoints_dir()}")
+    for head in ("name", "target", "unit", "val MAE", "trained on", "epochs"):
+        table.add_column(head)
+    for name in available_models():
+        card, _ = read_checkpoint(resolve_model(name)[1])
+        metrics = card.metrics
+        mae = metrics.get("log10_mae") if card.transform.log10 else metrics.get("mae")
+        mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "")
+        data = card.training.get("data", {})
+        table.add_row(name, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
+                      str(card.training.get("cumulative_epochs", card.training.get("epochs", ""))))
+    out.print(table)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--recursive", "-r", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--cutoff", default=8.0, show_default=True)
+@click.option("--neighbors", default=12, show_default=True)
+def inspect(paths, recursive, as_json, cutoff, neighbors) -> None:
+    """Show what the model will see: sites, graph edges, neighbour distances, warnings."""
+    import numpy as np  # noqa: PLC0415
+
+    from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
+    from crystalprop.predictor import iter_prepared  # noqa: PLC0415
+
+    records, failed = [], 0
+    for item in iter_prepared(list(paths), GraphSettings(cutoff, neighbors), recursive=recursive, workers=0):
+        record = {"name": item.name, "formula": item.formula, "n_sites": item.n_sites, "error": item.error or "",
+                  "warnings": item.warnings}
+        if item.graph is not None:
+            d = item.graph.distances
+            record.update(n_edges=item.graph.num_edges, edges_per_atom=round(item.graph.num_edges / item.n_sites, 2),
+                          nearest_neighbor_A=round(float(d.min()), 4), mean_neighbor_A=round(float(np.mean(d)), 4))
+        failed += bool(item.error)
+        records.append(record)
+    if as_json:
+        out.print_json(json.dumps(records))
+    else:
+        table = Table()
+        for head in ("structure", "formula", "sites", "edges", "edges/atom", "nearest Å", "mean Å", "note"):
+            table.add_column(head)
+        for r in records:
+            table.add_row(r["name"], r["formula"], str(r["n_sites"] or ""), str(r.get("n_edges", "")),
+                          str(r.get("edges_per_atom", "")), str(r.get("nearest_neighbor_A", "")),
+                          str(r.get("mean_neighbor_A", "")), r["error"] or "; ".join(r["warnings"]))
+        out.print(table)
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--target", "-t", help="Property to learn (default: the only numeric field).")
+@click.option("--unit", default="", help="Unit of the target, stored in the model card.")
+@click.option("--output-dir", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--weight-decay", default=1e-5, show_default=True)
+@click.option("--schedule", default="onecycle", show_default=True, type=click.Choice(["onecycle", "cosine", "constant"]))
+@click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "l1", "huber"]))
+@click.option("--log10", is_flag=True, help="Learn log10 of a positive target (e.g. moduli).")
+@click.option("--layers", default=5, show_default=True)
+@click.option("--features", default=64, show_default=True)
+@click.option("--heads", default=1, show_default=True)
+@click.option("--fc-features", default=128, show_default=True)
+@click.option("--patience", default=None, type=int, help="Stop after this many epochs without improvement.")
+@click.option("--max-time", default=None, help="Time budget, e.g. 2h or 90m; stops cleanly and saves.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--val-fraction", default=0.1, show_default=True, help="Used when the data has no split.")
+@click.option("--test-fraction", default=0.0, show_default=True)
+@click.option("--id-column", default=None)
+@click.option("--structure-column", default=None, help="CSV column holding CIF/POSCAR text.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from last.ckpt.")
+@click.option("--init-from", default=None, help="Start from these weights (checkpoint or shipped model name).")
+@click.option("--limit", default=None, type=int, help="Use only the first N training structures (quick trials).")
+@click.option("--workers", default=None, type=int, help="Graph-building processes (default: all cores).")
+@click.option("--threads", default=None, type=int, help="MindSpore CPU threads.")
+def train(data, target, unit, output_dir, epochs, batch_size, lr, weight_decay, schedule, loss, log10, layers,
+          features, heads, fc_features, patience, max_time, seed, val_fraction, test_fraction, id_column,
+          structure_column, resume, init_from, limit, workers, threads) -> None:
+    """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, or a CSV with structures)."""
+    from crystalprop.backend import set_device  # noqa: PLC0415
+
+    set_device("CPU", threads=threads)
+    from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
+    from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
+    from crystalprop.model.matformer import ModelConfig  # noqa: PLC0415
+    from crystalprop.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.training.datasets import DatasetError  # noqa: PLC0415
+    from crystalprop.training.run import train_model  # noqa: PLC0415
+    from crystalprop.training.trainer import TrainConfig, TrainingError  # noqa: PLC0415
+
+    config = TrainConfig(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, patience=patience,
+                         max_time_s=_duration(max_time), seed=seed,
+                         model=ModelConfig(layers=layers, features=features, heads=heads, fc_features=fc_features),
+                         graph=GraphSettings())
+    if resume and not (Path(output_dir) / "last.ckpt").is_file():
+        _fail(f"{output_dir}: nothing to resume (no last.ckpt)")
+    if not resume and (Path(output_dir) / "last.ckpt").is_file():
+        _fail(f"{output_dir} already holds a run: add --resume to continue it, or choose another --output-dir")
+    try:
+        init = str(resolve_model(init_from)[1]) if init_from else None
+        with _TrainDisplay() as display:
+            result = train_model(data, output_dir, config, id_column=id_column, structure_column=structure_column,
+                                 val_fraction=val_fraction, test_fraction=test_fraction, limit=limit, resume=resume,
+                                 init_from=init, workers=workers, on_event=display.event)
+    except (DatasetError, TrainingError, CheckpointError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"[bold]{result.stopped_because}[/]: best validation MAE {result.best_val_mae:.4g} at epoch "
+                  f"{result.best_epoch}; run in {output_dir} (best.ckpt, last.ckpt, history.csv)")
+
+
+class _TrainDisplay:
+    """Rich progress for graph building and epochs, one line per finished epoch."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console)
+        self.task = None
+
+    def __enter__(self) -> "_TrainDisplay":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def event(self, kind: str, info: dict) -> None:
+        p = self.progress
+        if kind == "graphs":
+            self.task = p.add_task("building graphs", total=info["total"], info="")
+        elif kind == "graph_progress" and self.task is not None:
+            p.advance(self.task, info["advance"])
+        elif kind == "data":
+            console.print(f"data: {info['n_train']} train, {info['n_val']} val, {info['n_skipped']} skipped "
+                          f"(split: {info['split']})")
+        elif kind == "start":
+            if self.task is not None:
+                p.remove_task(self.task)
+            self.steps = info["steps_per_epoch"]
+            self.task = p.add_task(f"epoch {info['epoch'] + 1}/{info['epochs']}", total=self.steps, info="")
+            self.epochs = info["epochs"]
+        elif kind == "step":
+            p.update(self.task, completed=info["step"], description=f"epoch {info['epoch'] + 1}/{self.epochs}",
+                     info=f"loss {info['loss']:.4f}  lr {info['lr']:.2e}")
+        elif kind == "epoch":
+            console.print(f"epoch {info['epoch']}: train loss {info['train_loss']:.4f}, val MAE {info['val_mae']:.4g}"
+                          + (f" (log10 {info['val_log10_mae']:.4f})" if info["val_log10_mae"] == info["val_log10_mae"] else "")
+                          + f", {info['structures_per_s']:.0f} structures/s" + ("  [green]best[/]" if info["best"] else ""))
+            p.reset(self.task, total=self.steps)
+        elif kind in ("resume", "init_from", "stopping"):
+            console.print(f"{kind}: {info}" if info else "stopping after this step (Ctrl-C again to force)")
+
+
+@main.command()
+@click.argument("model")
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--target", "-t", default=None, help="Property column (default: the model's target).")
+@click.option("--split", default=None, help="train, val, test or all (default: test if present, else val).")
+@click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
+              help="Write predictions.csv, metrics.json, parity.png, error_histogram.png here.")
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--id-column", default=None)
+@click.option("--structure-column", default=None)
+def evaluate(model, data, target, split, output_dir, batch_size, id_column, structure_column) -> None:
+    """Measure MODEL (shipped name, .ckpt or run dir) on a labelled DATA set."""
+    from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
+    from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
+    from crystalprop.training.datasets import DatasetError  # noqa: PLC0415
+
+    try:
+        with console.status("evaluating"):
+            result = evaluate_model(model, data, target=target, split=split, output_dir=output_dir,
+                                    batch_size=batch_size, id_column=id_column, structure_column=structure_column)
+    except (CheckpointError, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"{result['model']} on {result['data']} ({result['split']}, n = {result['n']})")
+    table.add_column("metric")
+    table.add_column(f"value ({result['unit']})" if result["unit"] else "value", justify="right")
+    for key in ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "mae_zero_targets",
+                "mae_nonzero_targets", "n_zero_targets", "n_failed"):
+        if key in result:
+            table.add_row(key, f"{result[key]:.4g}" if isinstance(result[key], float) else str(result[key]))
+    out.print(table)
+    if output_dir:
+        console.print(f"files in {output_dir}: {', '.join(result['files'])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Checkpoints: MindSpore ``.ckpt`` weights plus crystalprop's metadata, saved atomically.
+
+The metadata (JSON, stored in the checkpoint itself under ``crystalprop_metadata``)
+holds everything needed to rebuild and use the model: architecture, graph settings,
+target name and unit, target transform, crystalprop version, training data and metrics.
+Loading rebuilds the network from it and checks every parameter by name and shape,
+because MindSpore's own loader accepts missing and extra parameters silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crystalprop import __version__
+from crystalprop.atomic import atomic_write
+from crystalprop.backend import mindspore_module
+from crystalprop.graph.neighbors import GraphSettings
+from crystalprop.model.matformer import Matformer, ModelConfig
+
+METADATA_KEY = "crystalprop_metadata"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not fit the model it describes."""
+
+
+@dataclass
+class TargetTransform:
+    """Maps physical targets to the network's normalised output and back.
+
+    Forward: y -> (log10(y) if log10 else y - mean) / std.
+    """
+
+    mean: float = 0.0
+    std: float = 1.0
+    log10: bool = False
+
+    def normalise(self, y: np.ndarray) -> np.ndarray:
+        """Physical units -> network units."""
+        y = np.asarray(y, dtype=np.float64)
+        return ((np.log10(y) if self.log10 else y) - self.mean) / self.std
+
+    def physical(self, z: np.ndarray) -> np.ndarray:
+        """Network units -> physical units."""
+        y = np.asarray(z, dtype=np.float64) * self.std + self.mean
+        return 10.0**y if self.log10 else y
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint says about itself."""
+
+    target: str
+    unit: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    graph: GraphSettings = field(default_factory=GraphSettings)
+    transform: TargetTransform = field(default_factory=TargetTransform)
+    name: str = ""
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    elements: list[str] = field(default_factory=list)
+    version: str = __version__
+
+    def to_json(self) -> str:
+        """Serialise for the checkpoint's metadata entry."""
+        return json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "crystalprop_version": self.version,
+                "name": self.name,
+                "description": self.description,
+                "target": self.target,
+                "unit": self.unit,
+                "model": self.model.as_dict(),
+                "graph": self.graph.as_dict(),
+                "transform": {"mean": self.transform.mean, "std": self.transform.std, "log10": self.transform.log10},
+                "training": self.training,
+                "metrics": self.metrics,
+                "elements": self.elements,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        """Parse metadata written by :meth:`to_json`."""
+        raw = json.loads(text)
+        if raw.get("format", 0) > FORMAT_VERSION:
+            raise CheckpointError(
+                f"written by a newer crystalprop ({raw.get('crystalprop_version')}); upgrade to read it"
+            )
+        return cls(
+            target=raw["target"],
+            unit=raw.get("unit", ""),
+            model=ModelConfig(**raw["model"]),
+            graph=GraphSettings(**raw["graph"]),
+            transform=TargetTransform(**raw["transform"]),
+            name=raw.get("name", ""),
+            description=raw.get("description", ""),
+            training=raw.get("training", {}),
+            metrics=raw.get("metrics", {}),
+            elements=raw.get("elements", []),
+            version=raw.get("crystalprop_version", ""),
+        )
+
+
+def save_checkpoint(path: str | Path, net: Matformer, card: ModelCard, extra: dict | None = None) -> None:
+    """Write weights + metadata (and optional extra tensors, e.g. optimizer state) atomically."""
+    ms = mindspore_module()
+    append = {METADATA_KEY: card.to_json()}
+    params = [{"name": p.name, "data": p} for p in net.get_parameters()]
+    if extra:
+        params += [{"name": k, "data": v} for k, v in extra.items()]
+    atomic_write(Path(path), lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict=append))
+
+
+def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, Any]]:
+    """Read a checkpoint's card and raw parameter dict; refuse non-checkpoints clearly."""
+    ms = mindspore_module()
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        raw = ms.load_checkpoint(str(path))
+    except Exception as exc:  # MindSpore raises ValueError/RuntimeError for bad files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({reason})") from None
+    text = raw.pop(METADATA_KEY, None)
+    if not isinstance(text, str):
+        raise CheckpointError(f"{path}: a MindSpore checkpoint without crystalprop metadata")
+    try:
+        card = ModelCard.from_json(text)
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: damaged crystalprop metadata ({exc})") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return card, raw
+
+
+def load_weights(net: Matformer, params: dict[str, Any], path: str | Path) -> None:
+    """Load parameters into ``net``, refusing any missing, extra or mis-shaped one."""
+    ms = mindspore_module()
+    expected = {p.name: tuple(p.shape) for p in net.get_parameters()}
+    found = {k: tuple(params[k].shape) for k in expected.keys() & params.keys()}
+    missing = sorted(set(expected) - set(found))
+    wrong = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
+    if missing or wrong:
+        details = []
+        if missing:
+            details.append(f"missing {len(missing)} parameter(s), e.g. {missing[0]}")
+        if wrong:
+            k = wrong[0]
+            details.append(f"{len(wrong)} with the wrong shape, e.g. {k} {found[k]} != {expected[k]}")
+        raise CheckpointError(f"{path}: weights do not fit the model it describes: " + "; ".join(details))
+    not_loaded, _ = ms.load_param_into_net(net, {k: params[k] for k in expected}, strict_load=True)
+    if not_loaded:
+        raise CheckpointError(f"{path}: parameters not loaded: {not_loaded[:3]}")
+
+
+def load_model(path: str | Path) -> tuple[Matformer, ModelCard]:
+    """Rebuild the network described by a checkpoint and load its weights (inference mode)."""
+    card, params = read_checkpoint(path)
+    net = Matformer(card.model)
+    load_weights(net, params, path)
+    net.set_train(False)
+    return net, card

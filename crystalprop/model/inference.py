@@ -1,0 +1,36 @@
+"""Run a network over many graphs in batches (shared by predict, evaluate and training)."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from crystalprop.backend import mindspore_module
+from crystalprop.graph.batch import GraphBatch, collate
+from crystalprop.graph.neighbors import CrystalGraph
+
+
+def batch_tensors(batch: GraphBatch) -> list:
+    """GraphBatch -> MindSpore tensors in the model's input order."""
+    ms = mindspore_module()
+    return [ms.Tensor(a) for a in batch.arrays()]
+
+
+def iter_batches(graphs: Sequence[CrystalGraph], batch_size: int) -> Iterator[GraphBatch]:
+    """Consecutive batches of at most ``batch_size`` graphs."""
+    for start in range(0, len(graphs), batch_size):
+        yield collate(graphs[start : start + batch_size])
+
+
+def predict_batches(net, batches: Iterable[GraphBatch]) -> Iterator[np.ndarray]:
+    """Normalised network outputs per batch (inference mode)."""
+    net.set_train(False)
+    for batch in batches:
+        yield net(*batch_tensors(batch)).asnumpy().reshape(-1)
+
+
+def predict_graphs(net, graphs: Sequence[CrystalGraph], batch_size: int = 64) -> np.ndarray:
+    """Normalised network outputs for every graph, in order."""
+    parts = list(predict_batches(net, iter_batches(graphs, batch_size)))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)

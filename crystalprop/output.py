@@ -1,0 +1,104 @@
+"""Result files written as prediction goes, so a killed run keeps what it finished.
+
+CSV and JSON Lines are appended and flushed batch by batch. ``.json`` is a JSON array
+written one row per line; a run killed mid-way leaves it without the closing bracket,
+which :func:`done_names` and ``--resume`` tolerate.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import IO, Sequence
+
+
+class OutputExistsError(FileExistsError):
+    """The output file exists and neither --resume nor --overwrite was given."""
+
+
+def _format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    if name.endswith(".json"):
+        return "json"
+    raise ValueError(f"{path}: output must end in .csv, .json or .jsonl")
+
+
+def done_names(path: Path) -> set[str]:
+    """Names already in an output file (for ``--resume``)."""
+    if not path.is_file():
+        return set()
+    kind = _format(path)
+    with open(path, encoding="utf-8") as handle:
+        if kind == "csv":
+            return {row["name"] for row in csv.DictReader(handle) if row.get("name")}
+        names = set()
+        for line in handle:
+            line = line.strip().rstrip(",")
+            if line.startswith("{"):
+                try:
+                    names.add(json.loads(line)["name"])
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut by a kill: that structure is redone
+        return names
+
+
+class ResultWriter:
+    """Append rows to CSV / JSON / JSON Lines, flushing after every batch."""
+
+    def __init__(self, path: str | Path, columns: Sequence[str], *, resume: bool = False, overwrite: bool = False):
+        self.path = Path(path)
+        self.kind = _format(self.path)
+        self.columns = list(columns)
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if exists and not (resume or overwrite):
+            raise OutputExistsError(f"{self.path} exists: use --resume to continue it or --overwrite to replace it")
+        appending = exists and resume
+        self._rows_in_file = self._reopen_json_array() > 0 if appending and self.kind == "json" else False
+        self.handle: IO[str] = open(self.path, "a" if appending else "w", encoding="utf-8", newline="")
+        if self.kind == "csv":
+            self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, extrasaction="ignore")
+            if not appending:
+                self.writer.writeheader()
+        elif self.kind == "json" and not appending:
+            self.handle.write("[\n")
+
+    def _reopen_json_array(self) -> int:
+        """Drop a closing bracket (and a cut last line) so rows can be appended; count rows."""
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        kept = [ln for ln in lines if ln.strip() not in ("]", "")]
+        if kept and kept[-1].strip().startswith("{"):
+            try:
+                json.loads(kept[-1].strip().rstrip(","))
+            except json.JSONDecodeError:
+                kept.pop()
+        rows = [ln.strip().rstrip(",") for ln in kept if ln.strip().startswith("{")]
+        self.path.write_text("[\n" + ",\n".join(rows), encoding="utf-8")
+        return len(rows)
+
+    def write(self, rows: Sequence[dict]) -> None:
+        """Write a batch and flush it to disk."""
+        for row in rows:
+            if self.kind == "csv":
+                self.writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in self.columns})
+            else:
+                text = json.dumps({k: row.get(k) for k in self.columns})
+                if self.kind == "json":
+                    prefix = ",\n" if self._rows_in_file else ""
+                    self.handle.write(prefix + text)
+                    self._rows_in_file = True
+                else:
+                    self.handle.write(text + "\n")
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+
+    def close(self) -> None:
+        """Finish the file (closing bracket for JSON)."""
+        if self.kind == "json":
+            self.handle.write("\n]\n")
+        self.handle.close()

@@ -1,0 +1,198 @@
+"""Predict properties for files, folders, globs or pymatgen structures: ``crystalprop.predict``.
+
+Files are read and turned into graphs in worker processes while the main process runs
+the models, so the model never waits for the disk; results stream out in input order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from pymatgen.core import Structure
+
+from crystalprop.graph.elements import ElementError
+from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
+from crystalprop.io.discovery import iter_file_records, iter_structure_paths
+from crystalprop.io.readers import validate_structure
+
+READ_TIMEOUT_S = 60.0
+CLOSE_ATOMS_WARNING = "atoms closer than"
+
+
+@dataclass
+class Prepared:
+    """A structure ready for the models, or the reason it is not."""
+
+    name: str
+    source: str
+    formula: str = ""
+    n_sites: int = 0
+    graph: CrystalGraph | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _prepare_structure(name: str, source: str, structure: Structure, settings: GraphSettings,
+                       notes: list[str] | None = None) -> Prepared:
+    item = Prepared(name, source, structure.composition.reduced_formula, len(structure), warnings=list(notes or []))
+    try:
+        item.graph = build_graph(structure, settings)
+    except ElementError as exc:
+        item.error = str(exc)
+    except Exception as exc:  # a failed graph must not stop a batch of thousands
+        item.error = f"graph construction failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return item
+
+
+def prepare_file(job: tuple[str, GraphSettings, float]) -> list[Prepared]:
+    """Worker: read one file (time-limited), validate, build graphs."""
+    path, settings, timeout = job
+    out = []
+    for record in iter_file_records(path, timeout):
+        if record.structure is None:
+            out.append(Prepared(record.name, record.source, error=record.error))
+        else:
+            out.append(_prepare_structure(record.name, record.source, record.structure, settings, record.warnings))
+    return out
+
+
+def _prepare_objects(structures: Iterable[tuple[str, Structure]], settings: GraphSettings) -> Iterator[Prepared]:
+    for name, structure in structures:
+        try:
+            notes = validate_structure(structure)
+        except ValueError as exc:
+            yield Prepared(name, name, structure.composition.reduced_formula, len(structure), error=str(exc))
+            continue
+        yield _prepare_structure(name, name, structure, settings, notes)
+
+
+def iter_prepared(
+    inputs: Sequence[Any], settings: GraphSettings, *, recursive: bool = False, workers: int | None = None,
+    timeout: float = READ_TIMEOUT_S, skip: set[str] | None = None,
+) -> Iterator[Prepared]:
+    """Prepared structures in input order; paths are read in ``workers`` processes."""
+    objects = [(getattr(s, "name", None) or f"structure{i}", s) for i, s in enumerate(inputs) if isinstance(s, Structure)]
+    if objects:
+        yield from _prepare_objects(objects, settings)
+    paths = (p for p in iter_structure_paths([os.fspath(s) for s in inputs if not isinstance(s, Structure)], recursive)
+             if not skip or p not in skip)
+    jobs = ((p, settings, timeout) for p in paths)
+    workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
+    if workers <= 0:
+        for job in jobs:
+            yield from prepare_file(job)
+        return
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for items in pool.imap(prepare_file, jobs, chunksize=8):
+            yield from items
+
+
+def _batched(items: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
+    batch: list[Prepared] = []
+    for item in items:
+        batch.append(item)
+        if sum(1 for b in batch if b.graph is not None) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class Predictor:
+    """One or more loaded models that predict together from shared graphs."""
+
+    def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU") -> None:
+        from crystalprop.backend import set_device  # noqa: PLC0415  (lazy: MindSpore import)
+        from crystalprop.model.checkpoint import load_model  # noqa: PLC0415
+        from crystalprop.registry import available_models, resolve_model  # noqa: PLC0415
+
+        set_device(device)
+        names = [models] if isinstance(models, str) else list(models or available_models())
+        if not names:
+            raise ValueError("no model given and no shipped model found in checkpoints/")
+        self.models = []
+        for name in names:
+            label, path = resolve_model(name)
+            net, card = load_model(path)
+            net.declare_dynamic_inputs()
+            self.models.append((label, net, card))
+        settings = {card.graph for _, _, card in self.models}
+        if len(settings) != 1:
+            raise ValueError("these models use different graph settings; predict with them separately")
+        self.settings: GraphSettings = settings.pop()
+        self.known_elements = {label: set(card.elements) for label, _, card in self.models}
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        """(model label, unit) per output column."""
+        return [(label, card.unit) for label, _, card in self.models]
+
+    def predict_prepared(self, batch: list[Prepared]) -> list[dict]:
+        """Rows for a batch of prepared structures."""
+        from crystalprop.graph.batch import collate  # noqa: PLC0415
+        from crystalprop.model.inference import batch_tensors  # noqa: PLC0415
+
+        good = [p for p in batch if p.graph is not None]
+        values: dict[str, np.ndarray] = {}
+        if good:
+            tensors = batch_tensors(collate([p.graph for p in good]))
+            for label, net, card in self.models:
+                values[label] = card.transform.physical(net(*tensors).asnumpy().reshape(-1))
+        rows, k = [], 0
+        for item in batch:
+            row = {"name": item.name, "source": item.source, "formula": item.formula, "n_sites": item.n_sites}
+            notes = list(item.warnings)
+            for label, _, card in self.models:
+                row[label] = float(values[label][k]) if item.graph is not None else None
+                unseen = self._unseen_elements(label, item)
+                if unseen:
+                    notes.append(f"{label}: element(s) {', '.join(unseen)} absent from its training data")
+            if item.graph is not None:
+                k += 1
+            row["error"] = item.error or ""
+            row["warning"] = "; ".join(notes)
+            rows.append(row)
+        return rows
+
+    def _unseen_elements(self, label: str, item: Prepared) -> list[str]:
+        known = self.known_elements[label]
+        if item.graph is None or not known:
+            return []
+        from pymatgen.core import Element  # noqa: PLC0415
+
+        return sorted({Element.from_Z(int(z)).symbol for z in np.unique(item.graph.atomic_numbers)} - known)
+
+    def iter_rows(self, inputs: Sequence[Any], *, batch_size: int = 64, recursive: bool = False,
+                  workers: int | None = None, timeout: float = READ_TIMEOUT_S,
+                  skip: set[str] | None = None) -> Iterator[list[dict]]:
+        """Rows batch by batch, in input order."""
+        prepared = iter_prepared(inputs, self.settings, recursive=recursive, workers=workers, timeout=timeout, skip=skip)
+        for batch in _batched(prepared, batch_size):
+            yield self.predict_prepared(batch)
+
+
+def predict(
+    inputs: Any,
+    model: Sequence[str] | str | None = None,
+    *,
+    batch_size: int = 64,
+    device: str = "CPU",
+    recursive: bool = False,
+    workers: int | None = 0,
+) -> list[dict]:
+    """Predict every property of every structure in ``inputs``.
+
+    ``inputs``: a path, folder, glob, pymatgen Structure, or a list of them. ``model``: a
+    shipped model name, a ``.ckpt`` path, a list of them, or None for all shipped models.
+    Returns one dict per structure: name, source, formula, n_sites, one value per model
+    (physical units), error and warning.
+    """
+    if isinstance(inputs, (str, os.PathLike, Structure)):
+        inputs = [inputs]
+    predictor = Predictor(model, device)
+    return [row for rows in predictor.iter_rows(list(inputs), batch_size=batch_size, recursive=recursive,
+                                                workers=workers) for row in rows]

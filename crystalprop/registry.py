@@ -1,0 +1,40 @@
+"""The shipped pretrained models in ``checkpoints/`` and how names resolve to files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from crystalprop.model.checkpoint import CheckpointError
+
+SHIPPED = ("formation_energy", "band_gap", "bulk_modulus", "shear_modulus")
+
+
+def checkpoints_dir() -> Path:
+    """``$CRYSTALPROP_CHECKPOINTS``, else the repository's ``checkpoints/``."""
+    override = os.environ.get("CRYSTALPROP_CHECKPOINTS")
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+def available_models() -> list[str]:
+    """Names of the shipped models present on disk, in the canonical order."""
+    folder = checkpoints_dir()
+    present = [n for n in SHIPPED if (folder / f"{n}.ckpt").is_file()]
+    extra = sorted(p.stem for p in folder.glob("*.ckpt") if p.stem not in SHIPPED) if folder.is_dir() else []
+    return present + extra
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
+    """(display name, checkpoint path) for a shipped model name or a ``.ckpt`` path/run dir."""
+    candidate = Path(name_or_path)
+    if candidate.is_dir() and (candidate / "best.ckpt").is_file():
+        return candidate.name, candidate / "best.ckpt"
+    if candidate.suffix == ".ckpt" or candidate.exists():
+        if not candidate.is_file():
+            raise CheckpointError(f"{candidate}: no such checkpoint file")
+        return candidate.stem, candidate
+    shipped = checkpoints_dir() / f"{name_or_path}.ckpt"
+    if shipped.is_file():
+        return str(name_or_path), shipped
+    known = ", ".join(available_models()) or "none shipped"
+    raise CheckpointError(f"unknown model {name_or_path!r}: give a .ckpt file, a run directory, or one of: {known}")

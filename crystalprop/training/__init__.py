@@ -1,0 +1,1 @@
+"""Training and evaluating Matformer models on the user's own data."""

@@ -1,0 +1,282 @@
+"""Read labelled data sets in the layouts people already have.
+
+Supported:
+* JSON / JSON Lines (optionally gzip): records with ``id``, ``structure`` (pymatgen dict,
+  JARVIS atoms dict, or CIF/POSCAR text) and numeric properties.
+* A folder with structure files and a table: CGCNN's ``id_prop.csv`` (no header: id,
+  value) or a CSV with a header row (``properties.csv`` or any single ``*.csv``).
+* A CSV file whose structure text is in a column (``structure_column``).
+
+Splits come from ``split.json`` beside the data, a ``split`` column, or random fractions.
+Bad records are skipped with a one-line reason each, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from crystalprop.io.readers import looks_like_structure_name
+
+SPLITS = ("train", "val", "test")
+STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".json", ".cif.gz", ".vasp.gz", ".json.gz")
+
+
+class DatasetError(ValueError):
+    """The data set as a whole cannot be used (no records, duplicated ids, unknown layout)."""
+
+
+@dataclass
+class Entry:
+    """One labelled crystal: the structure is a file path, a dict, or structure text."""
+
+    id: str
+    target: float
+    source: Any
+    split: str | None = None
+
+
+@dataclass
+class Dataset:
+    """Entries plus the records that were skipped and why."""
+
+    entries: list[Entry]
+    target: str
+    origin: str
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    split_source: str = ""
+
+    def split(self, name: str) -> list[Entry]:
+        """Entries of one split."""
+        return [e for e in self.entries if e.split == name]
+
+
+def _numeric(value: Any) -> float | None:
+    """A finite float, or None for missing / non-numeric / NaN / inf values."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _open_text(path: Path):
+    """Open plain or gzip text."""
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path, encoding="utf-8-sig")
+
+
+def _json_records(path: Path) -> Iterator[dict]:
+    """Records from a JSON list, a dict of lists, or JSON Lines."""
+    with _open_text(path) as handle:
+        text = handle.read()
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        yield from json.loads(text)
+        return
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        for line in text.splitlines():
+            if line.strip():
+                yield json.loads(line)
+        return
+    if isinstance(data, dict) and isinstance(data.get("records") or data.get("data"), list):
+        yield from data.get("records") or data.get("data")
+    elif isinstance(data, dict):
+        yield data
+    else:
+        raise DatasetError(f"{path}: expected a list of records")
+
+
+def _choose_target(records: list[dict], target: str | None, exclude: set[str], origin: str) -> str:
+    """The requested target, or the only numeric field of the records."""
+    if target:
+        return target
+    numeric = [k for k, v in records[0].items() if k not in exclude and _numeric(v) is not None]
+    if len(numeric) != 1:
+        raise DatasetError(f"{origin}: choose the target with --target (numeric fields: {', '.join(numeric) or 'none'})")
+    return numeric[0]
+
+
+def _entries_from_rows(
+    rows: list[dict], target: str, id_key: str, source_of, origin: str
+) -> tuple[list[Entry], list[tuple[str, str]]]:
+    """Turn table rows into entries; skip bad ones with reasons; refuse duplicated ids."""
+    entries, skipped, seen, duplicates = [], [], set(), set()
+    for number, row in enumerate(rows, start=1):
+        rid = str(row.get(id_key, "")).strip() or f"row{number}"
+        if rid in seen:
+            duplicates.add(rid)
+            continue
+        seen.add(rid)
+        if target not in row:
+            skipped.append((rid, f"no field {target!r}"))
+            continue
+        value = _numeric(row[target])
+        if value is None:
+            skipped.append((rid, f"target {target!r} is missing, non-numeric or not finite ({row[target]!r})"))
+            continue
+        try:
+            source = source_of(rid, row)
+        except LookupError as exc:
+            skipped.append((rid, str(exc)))
+            continue
+        split = str(row.get("split", "")).strip().lower() or None
+        entries.append(Entry(rid, value, source, split if split in SPLITS else None))
+    if duplicates:
+        listed = ", ".join(sorted(duplicates)[:10])
+        raise DatasetError(f"{origin}: duplicated id(s): {listed}" + (" ..." if len(duplicates) > 10 else ""))
+    return entries, skipped
+
+
+def _read_json_dataset(path: Path, target: str | None) -> Dataset:
+    records = list(_json_records(path))
+    if not records:
+        raise DatasetError(f"{path}: no records")
+    id_key = next((k for k in ("id", "material_id", "jid") if k in records[0]), "id")
+    structure_key = next((k for k in ("structure", "atoms", "cif", "poscar") if k in records[0]), None)
+    if structure_key is None:
+        raise DatasetError(f"{path}: records need a 'structure' (or 'atoms') field")
+    target = _choose_target(records, target, {id_key, structure_key}, str(path))
+
+    def source_of(rid: str, row: dict) -> Any:
+        if not row.get(structure_key):
+            raise LookupError("no structure")
+        return row[structure_key]
+
+    entries, skipped = _entries_from_rows(records, target, id_key, source_of, str(path))
+    return Dataset(entries, target, str(path), skipped)
+
+
+def _read_table(path: Path) -> tuple[list[dict], bool]:
+    """CSV rows as dicts; a header-less 2-column CGCNN ``id_prop.csv`` gets keys id, target."""
+    with _open_text(path) as handle:
+        rows = list(csv.reader(handle))
+    rows = [r for r in rows if r and any(c.strip() for c in r)]
+    if not rows:
+        raise DatasetError(f"{path}: empty table")
+    has_header = any(_numeric(c) is None for c in rows[0][1:])
+    if has_header:
+        header = [h.strip() for h in rows[0]]
+        return [dict(zip(header, r)) for r in rows[1:]], True
+    return [{"id": r[0], "target": r[1] if len(r) > 1 else ""} for r in rows], False
+
+
+def _structure_index(folder: Path) -> dict[str, Path]:
+    """Map structure-file stems (id) to paths, in the folder and its ``structures/``."""
+    index: dict[str, Path] = {}
+    for directory in (folder, folder / "structures", folder / "cifs"):
+        if not directory.is_dir():
+            continue
+        for item in directory.iterdir():
+            name = item.name
+            if not item.is_file() or not looks_like_structure_name(name):
+                continue
+            stem = name
+            for suffix in STRUCTURE_SUFFIXES:
+                if name.lower().endswith(suffix):
+                    stem = name[: -len(suffix)]
+                    break
+            index.setdefault(stem, item)
+            index.setdefault(name, item)
+    return index
+
+
+def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None) -> Dataset:
+    tables = [folder / n for n in ("id_prop.csv", "properties.csv") if (folder / n).is_file()]
+    tables = tables or sorted(folder.glob("*.csv"))
+    if len(tables) != 1 and not (tables and tables[0].name in ("id_prop.csv", "properties.csv")):
+        raise DatasetError(f"{folder}: expected id_prop.csv, properties.csv or a single .csv table")
+    table = tables[0]
+    rows, has_header = _read_table(table)
+    id_key = id_column or ("id" if not has_header else next(iter(rows[0])))
+    if has_header:
+        target = _choose_target(rows, target, {id_key, "split"}, str(table))
+    else:
+        target = target or "target"
+        rows = [{"id": r["id"], target: r["target"]} for r in rows]
+    index = _structure_index(folder)
+
+    def source_of(rid: str, row: dict) -> str:
+        path = index.get(rid)
+        if path is None:
+            raise LookupError(f"no structure file named {rid}.cif/.vasp/.json in {folder}")
+        return str(path)
+
+    entries, skipped = _entries_from_rows(rows, target, id_key, source_of, str(table))
+    return Dataset(entries, target, str(folder), skipped)
+
+
+def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, structure_column: str) -> Dataset:
+    rows, _ = _read_table(path)
+    if structure_column not in rows[0]:
+        raise DatasetError(f"{path}: no column {structure_column!r} (columns: {', '.join(rows[0])})")
+    id_key = id_column or next((k for k in ("id", "material_id", "jid", "mpid") if k in rows[0]), "id")
+    target = _choose_target(rows, target, {id_key, structure_column, "split"}, str(path))
+
+    def source_of(rid: str, row: dict) -> str:
+        if not row[structure_column].strip():
+            raise LookupError("empty structure column")
+        return row[structure_column]
+
+    entries, skipped = _entries_from_rows(rows, target, id_key, source_of, str(path))
+    return Dataset(entries, target, str(path), skipped)
+
+
+def assign_splits(dataset: Dataset, val_fraction: float, test_fraction: float, seed: int) -> None:
+    """Use split.json beside the data, else a split column, else seeded random fractions."""
+    origin = Path(dataset.origin)
+    split_file = (origin if origin.is_dir() else origin.parent) / "split.json"
+    if split_file.is_file():
+        lists = json.loads(split_file.read_text())
+        lookup = {str(i): name for name in SPLITS for i in lists.get(name, [])}
+        for entry in dataset.entries:
+            entry.split = lookup.get(entry.id, "train")
+        dataset.split_source = str(split_file)
+        return
+    if dataset.entries and all(e.split for e in dataset.entries):
+        dataset.split_source = "split column"
+        return
+    order = list(range(len(dataset.entries)))
+    random.Random(seed).shuffle(order)
+    n_val = int(round(val_fraction * len(order)))
+    n_test = int(round(test_fraction * len(order)))
+    for rank, i in enumerate(order):
+        dataset.entries[i].split = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
+    dataset.split_source = f"random (val {val_fraction}, test {test_fraction}, seed {seed})"
+
+
+def load_dataset(
+    path: str | Path,
+    target: str | None = None,
+    *,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> Dataset:
+    """Read any supported layout and assign splits."""
+    path = Path(path)
+    if path.is_dir():
+        dataset = _read_folder_dataset(path, target, id_column)
+    elif not path.is_file():
+        raise DatasetError(f"{path}: no such file or folder")
+    elif structure_column or path.name.lower().endswith((".csv", ".csv.gz")):
+        dataset = _read_csv_dataset(path, target, id_column, structure_column or "structure")
+    else:
+        dataset = _read_json_dataset(path, target)
+    if not dataset.entries:
+        raise DatasetError(f"{path}: no usable records ({len(dataset.skipped)} skipped)")
+    assign_splits(dataset, val_fraction, test_fraction, seed)
+    return dataset

@@ -1,0 +1,131 @@
+"""Build the graphs of a data set once, in parallel, and keep them on disk.
+
+The cache key covers every entry's id and source (file path, size and modification time,
+or the hash of inline structure text) plus the graph settings, so a changed file or
+setting rebuilds, and a second run on the same data starts training at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from crystalprop.atomic import atomic_write
+from crystalprop.backend import cache_dir
+from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
+from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, structure_from_text, validate_structure
+from crystalprop.training.datasets import Entry
+
+GRAPH_FORMAT = 2  # bump when the graph builder's output changes
+READ_TIMEOUT_S = 60.0
+
+
+def entry_structure(source: Any, name: str):
+    """The structure behind an entry's source: a file path, a dict, or structure text."""
+    if isinstance(source, dict):
+        return structure_from_dict(source)
+    if isinstance(source, str) and "\n" not in source and os.path.exists(source):
+        return read_file_with_timeout(source, READ_TIMEOUT_S)[0][1]
+    return structure_from_text(str(source), name)[0][1]
+
+
+def _build_one(job: tuple[str, Any, GraphSettings]) -> tuple[CrystalGraph | None, str]:
+    """Worker: structure -> graph, or the reason it failed."""
+    name, source, settings = job
+    try:
+        structure = entry_structure(source, name)
+        validate_structure(structure)
+        return build_graph(structure, settings), ""
+    except Exception as exc:  # one bad record must not stop a 30,000-record build
+        return None, str(getattr(exc, "reason", None) or exc).splitlines()[0][:300] or type(exc).__name__
+
+
+def _source_fingerprint(source: Any) -> str:
+    if isinstance(source, str) and "\n" not in source and os.path.exists(source):
+        stat = os.stat(source)
+        return f"{os.path.abspath(source)}:{stat.st_size}:{stat.st_mtime_ns}"
+    text = json.dumps(source, sort_keys=True) if isinstance(source, dict) else str(source)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_key(entries: Sequence[Entry], settings: GraphSettings) -> str:
+    """Content key of a data set's graphs."""
+    digest = hashlib.sha256(json.dumps([GRAPH_FORMAT, settings.as_dict()]).encode())
+    for entry in entries:
+        digest.update(f"{entry.id}\0{_source_fingerprint(entry.source)}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _save(path: Path, ids: list[str], graphs: list[CrystalGraph | None], errors: list[str]) -> None:
+    good = [g for g in graphs if g is not None]
+    arrays = {
+        "ids": np.array(ids),
+        "errors": np.array(errors),
+        "ok": np.array([g is not None for g in graphs]),
+        "n_nodes": np.array([g.num_nodes for g in good], dtype=np.int64),
+        "n_edges": np.array([g.num_edges for g in good], dtype=np.int64),
+        "atomic_numbers": np.concatenate([g.atomic_numbers for g in good]) if good else np.zeros(0, np.int16),
+        "src": np.concatenate([g.src for g in good]) if good else np.zeros(0, np.int32),
+        "dst": np.concatenate([g.dst for g in good]) if good else np.zeros(0, np.int32),
+        "distances": np.concatenate([g.distances for g in good]) if good else np.zeros(0, np.float32),
+    }
+    atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+
+
+def _load(path: Path) -> tuple[list[CrystalGraph | None], list[str]]:
+    data = np.load(path)
+    node_ends = np.cumsum(data["n_nodes"])
+    edge_ends = np.cumsum(data["n_edges"])
+    pieces = {k: np.split(data[k], ends[:-1]) for k, ends in (
+        ("atomic_numbers", node_ends), ("src", edge_ends), ("dst", edge_ends), ("distances", edge_ends))}
+    good = iter(range(len(node_ends)))
+    graphs: list[CrystalGraph | None] = []
+    for ok in data["ok"]:
+        if ok:
+            i = next(good)
+            graphs.append(CrystalGraph(*(pieces[k][i] for k in ("atomic_numbers", "src", "dst", "distances"))))
+        else:
+            graphs.append(None)
+    return graphs, [str(e) for e in data["errors"]]
+
+
+def build_graphs(
+    entries: Sequence[Entry],
+    settings: GraphSettings = GraphSettings(),
+    *,
+    workers: int | None = None,
+    use_cache: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[CrystalGraph | None], list[str]]:
+    """Graphs aligned with ``entries`` (None where it failed) and the failure reasons."""
+    path = cache_dir() / "graphs" / f"{cache_key(entries, settings)}.npz"
+    if use_cache and path.is_file():
+        graphs, errors = _load(path)
+        if progress:
+            progress(len(entries))
+        return graphs, errors
+    jobs = [(e.id, e.source, settings) for e in entries]
+    workers = workers or os.cpu_count() or 1
+    results: list[tuple[CrystalGraph | None, str]] = []
+    if workers > 1 and len(jobs) > 64:
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for result in pool.imap(_build_one, jobs, chunksize=32):
+                results.append(result)
+                if progress:
+                    progress(1)
+    else:
+        for job in jobs:
+            results.append(_build_one(job))
+            if progress:
+                progress(1)
+    graphs = [g for g, _ in results]
+    errors = [e for _, e in results]
+    if use_cache:
+        _save(path, [e.id for e in entries], graphs, errors)
+    return graphs, errors

@@ -1,0 +1,73 @@
+"""From a data set on disk to a trained run directory: the work behind ``crystalprop train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from crystalprop.atomic import atomic_write_text
+from crystalprop.training.datasets import Dataset, load_dataset
+from crystalprop.training.graph_cache import build_graphs
+from crystalprop.training.trainer import Trainer, TrainConfig, TrainResult, TrainingError
+
+
+def split_graphs(dataset: Dataset, graphs, errors, split: str):
+    """(graphs, targets, ids) of one split, leaving out failed graphs."""
+    rows = [(g, e.target, e.id) for e, g in zip(dataset.entries, graphs) if e.split == split and g is not None]
+    return [r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float64), [r[2] for r in rows]
+
+
+def write_skipped(path: Path, dataset: Dataset, errors: list[str]) -> int:
+    """One line per skipped record: id, then the reason."""
+    lines = [f"{rid}\t{reason}" for rid, reason in dataset.skipped]
+    lines += [f"{e.id}\t{err}" for e, err in zip(dataset.entries, errors) if err]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def train_model(
+    data: str | Path,
+    run_dir: str | Path,
+    config: TrainConfig,
+    *,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    limit: int | None = None,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    workers: int | None = None,
+    on_event: Callable[[str, dict], None] | None = None,
+) -> TrainResult:
+    """Load the data, build (or reuse) graphs, and train; see :class:`Trainer`."""
+    on_event = on_event or (lambda kind, info: None)
+    dataset = load_dataset(data, config.target, id_column=id_column, structure_column=structure_column,
+                           val_fraction=val_fraction, test_fraction=test_fraction, seed=config.seed)
+    config.target = dataset.target
+    if limit:
+        dataset.entries = [e for e in dataset.entries if e.split == "train"][:limit] + \
+            [e for e in dataset.entries if e.split == "val"][: max(limit // 8, 1)]
+    on_event("graphs", {"total": len(dataset.entries)})
+    graphs, errors = build_graphs(dataset.entries, config.graph, workers=workers,
+                                  progress=lambda n: on_event("graph_progress", {"advance": n}))
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n_skipped = write_skipped(run_dir / "skipped.log", dataset, errors)
+    train = split_graphs(dataset, graphs, errors, "train")
+    val = split_graphs(dataset, graphs, errors, "val")
+    if not train[0]:
+        raise TrainingError(f"{data}: no training structures could be used (see {run_dir / 'skipped.log'})")
+    description = {
+        "source": str(data),
+        "target": dataset.target,
+        "split": dataset.split_source,
+        "n_train": len(train[0]),
+        "n_val": len(val[0]),
+        "n_skipped": n_skipped,
+    }
+    on_event("data", description)
+    trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=description, on_event=on_event)
+    return trainer.run(resume=resume, init_from=init_from)

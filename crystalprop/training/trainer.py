@@ -1,0 +1,385 @@
+"""The training loop: resumable, time-bounded, interruptible, deterministic with a seed.
+
+A run directory holds ``best.ckpt`` (best validation MAE, a normal checkpoint usable by
+``predict`` and ``evaluate``), ``last.ckpt`` (weights, optimizer state and loop position,
+to resume from), ``history.csv``, ``skipped.log`` and ``train.log``. Every file is written
+atomically, so a run killed at any moment leaves loadable checkpoints behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from crystalprop.atomic import atomic_write, atomic_write_text
+from crystalprop.backend import mindspore_module
+from crystalprop.graph.batch import collate
+from crystalprop.graph.neighbors import CrystalGraph, GraphSettings
+from crystalprop.model.checkpoint import (
+    CheckpointError,
+    ModelCard,
+    TargetTransform,
+    read_checkpoint,
+    save_checkpoint,
+)
+from crystalprop.model.inference import batch_tensors, predict_graphs
+from crystalprop.model.matformer import Matformer, ModelConfig
+from crystalprop.training.metrics import regression_metrics
+from crystalprop.training.schedule import learning_rate
+
+ms = mindspore_module()
+nn, ops = ms.nn, ms.ops
+
+LOSSES = ("mse", "l1", "huber")
+STATE_KEY = "crystalprop_train_state"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or had to stop (NaN loss, locked run directory, ...)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run besides the data."""
+
+    target: str
+    unit: str = ""
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.3
+    loss: str = "mse"
+    log10: bool = False
+    patience: int | None = None
+    max_time_s: float | None = None
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    graph: GraphSettings = field(default_factory=GraphSettings)
+
+    def as_dict(self) -> dict:
+        """JSON-ready."""
+        d = asdict(self)
+        d["model"], d["graph"] = self.model.as_dict(), self.graph.as_dict()
+        return d
+
+
+class _LossNet(nn.Cell):
+    """Network + loss on normalised targets."""
+
+    def __init__(self, net: Matformer, loss: str) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = {"mse": nn.MSELoss(), "l1": nn.L1Loss(), "huber": nn.HuberLoss(delta=1.0)}[loss]
+
+    def construct(self, node_features, src, dst, distance_index, distances, node_graph, inverse_counts, targets):
+        pred = self.net(node_features, src, dst, distance_index, distances, node_graph, inverse_counts)
+        return self.loss(pred, targets)
+
+
+def _optimizer(net: Matformer, lr: float, weight_decay: float):
+    """AdamW; no weight decay on biases and normalisation parameters."""
+    decay = [p for p in net.trainable_params() if p.ndim >= 2]
+    no_decay = [p for p in net.trainable_params() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return nn.AdamWeightDecay(groups, learning_rate=lr)
+
+
+def _train_cell(net: Matformer, config: TrainConfig):
+    optimizer = _optimizer(net, config.lr, config.weight_decay)
+    cell = nn.TrainOneStepCell(_LossNet(net, config.loss), optimizer)
+    f32, i32 = ms.float32, ms.int32
+    cell.set_inputs(
+        ms.Tensor(shape=[None, 92], dtype=f32),
+        ms.Tensor(shape=[None], dtype=i32),
+        ms.Tensor(shape=[None], dtype=i32),
+        ms.Tensor(shape=[None], dtype=i32),
+        ms.Tensor(shape=[None], dtype=f32),
+        ms.Tensor(shape=[None], dtype=i32),
+        ms.Tensor(shape=[None, 1], dtype=f32),
+        ms.Tensor(shape=[None], dtype=f32),
+    )
+    return cell, optimizer
+
+
+class _RunLock:
+    """A lock file so two trainings never write into the same run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".lock"
+
+    def __enter__(self) -> "_RunLock":
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = self.path.read_text().strip() or "?"
+            if pid.isdigit() and not _alive(int(pid)):
+                self.path.unlink(missing_ok=True)
+                return self.__enter__()
+            raise TrainingError(f"{self.path.parent}: another training (pid {pid}) is using this run directory") from None
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports."""
+
+    best_val_mae: float
+    best_epoch: int
+    epochs_done: int
+    stopped_because: str
+    run_dir: Path
+    history: list[dict]
+
+
+class Trainer:
+    """Train a Matformer on graphs with targets; see the module docstring for the files."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        train: tuple[Sequence[CrystalGraph], np.ndarray],
+        val: tuple[Sequence[CrystalGraph], np.ndarray],
+        *,
+        data_description: dict | None = None,
+        on_event: Callable[[str, dict], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.train_graphs, self.train_y = list(train[0]), np.asarray(train[1], dtype=np.float64)
+        self.val_graphs, self.val_y = list(val[0]), np.asarray(val[1], dtype=np.float64)
+        if not self.train_graphs:
+            raise TrainingError("no training structures")
+        if config.log10 and (self.train_y <= 0).any():
+            raise TrainingError(f"--log10 needs positive targets; {int((self.train_y <= 0).sum())} are <= 0")
+        self.data_description = data_description or {}
+        self.on_event = on_event or (lambda kind, info: None)
+        self.stop_requested = False
+        self.history: list[dict] = []
+        self.prior_training: dict = {}
+
+    # -- set-up -----------------------------------------------------------------------
+    def _transform(self) -> TargetTransform:
+        y = np.log10(self.train_y) if self.config.log10 else self.train_y
+        return TargetTransform(mean=float(y.mean()), std=float(y.std() or 1.0), log10=self.config.log10)
+
+    def _card(self, transform: TargetTransform, metrics: dict, elapsed_h: float, epochs: float) -> ModelCard:
+        prior = self.prior_training
+        training = {
+            "config": self.config.as_dict(),
+            "data": self.data_description,
+            "epochs": epochs,
+            "wall_hours": round(elapsed_h, 4),
+            "cumulative_wall_hours": round(prior.get("cumulative_wall_hours", 0.0) + elapsed_h, 4),
+            "cumulative_epochs": round(prior.get("cumulative_epochs", 0.0) + epochs, 3),
+            "cpu_threads": os.cpu_count(),
+            "init_from": prior.get("init_from"),
+        }
+        elements = sorted({int(z) for g in self.train_graphs for z in np.unique(g.atomic_numbers)})
+        from pymatgen.core import Element  # noqa: PLC0415
+
+        return ModelCard(
+            target=self.config.target,
+            unit=self.config.unit,
+            model=self.config.model,
+            graph=self.config.graph,
+            transform=transform,
+            training=training,
+            metrics=metrics,
+            elements=[Element.from_Z(z).symbol for z in elements],
+        )
+
+    def _init_from(self, net: Matformer, path: str | Path) -> None:
+        """Warm start: copy every parameter whose name and shape match."""
+        card, params = read_checkpoint(path)
+        own = {p.name: p for p in net.get_parameters()}
+        loaded = 0
+        for name, param in own.items():
+            if name in params and tuple(params[name].shape) == tuple(param.shape):
+                param.set_data(params[name])
+                loaded += 1
+        if loaded == 0:
+            raise CheckpointError(f"{path}: no parameter fits this model configuration")
+        self.prior_training = {
+            "init_from": str(path),
+            "cumulative_wall_hours": card.training.get("cumulative_wall_hours", card.training.get("wall_hours", 0.0)),
+            "cumulative_epochs": card.training.get("cumulative_epochs", card.training.get("epochs", 0.0)),
+        }
+        self.on_event("init_from", {"path": str(path), "loaded": loaded, "total": len(own)})
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self, *, resume: bool = False, init_from: str | Path | None = None) -> TrainResult:
+        """Train until the epochs, the patience or the time budget run out, or Ctrl-C."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with _RunLock(self.run_dir):
+            return self._run(resume, init_from)
+
+    def _run(self, resume: bool, init_from) -> TrainResult:
+        cfg = self.config
+        ms.set_seed(cfg.seed)
+        net = Matformer(cfg.model)
+        cell, optimizer = _train_cell(net, cfg)
+        transform = self._transform()
+        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_mae": float("inf"), "best_epoch": 0,
+                 "bad_epochs": 0, "elapsed_s": 0.0}
+        last_path = self.run_dir / "last.ckpt"
+        if resume:
+            state = self._restore(cell, last_path, state)
+            transform = TargetTransform(**state["transform"])
+        elif init_from:
+            self._init_from(net, init_from)
+        y_train = transform.normalise(self.train_y).astype(np.float32)
+        steps_per_epoch = (len(self.train_graphs) + cfg.batch_size - 1) // cfg.batch_size
+        total_steps = steps_per_epoch * cfg.epochs
+        started = time.monotonic() - state["elapsed_s"]
+        stopped_because = "finished"
+        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        self.on_event("start", {"steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs, "epoch": state["epoch"],
+                                "n_train": len(self.train_graphs), "n_val": len(self.val_graphs)})
+        try:
+            while state["epoch"] < cfg.epochs:
+                epoch = state["epoch"]
+                order = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(self.train_graphs))
+                net.set_train(True)
+                epoch_start, losses = time.monotonic(), []
+                lr = learning_rate(cfg.schedule, state["global_step"], total_steps, cfg.lr, cfg.warmup_fraction)
+                for step in range(state["step_in_epoch"], steps_per_epoch):
+                    idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                    lr = learning_rate(cfg.schedule, state["global_step"], total_steps, cfg.lr, cfg.warmup_fraction)
+                    optimizer.learning_rate.set_data(ms.Tensor(lr, ms.float32))
+                    batch = collate([self.train_graphs[i] for i in idx])
+                    loss = float(cell(*batch_tensors(batch), ms.Tensor(y_train[idx])).asnumpy())
+                    if not np.isfinite(loss):
+                        raise TrainingError(
+                            f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
+                            f"the last good checkpoint is kept in {self.run_dir} (try a lower --lr)"
+                        )
+                    losses.append(loss)
+                    state["step_in_epoch"], state["global_step"] = step + 1, state["global_step"] + 1
+                    self.on_event("step", {"epoch": epoch, "step": step + 1, "loss": loss, "lr": lr,
+                                           "structures": len(idx)})
+                    over_time = cfg.max_time_s is not None and time.monotonic() - started > cfg.max_time_s
+                    if self.stop_requested or over_time:
+                        stopped_because = "interrupted" if self.stop_requested else "time budget reached"
+                        break
+                if stopped_because != "finished":
+                    break
+                record = self._end_epoch(net, cell, transform, state, losses, epoch_start, started, lr)
+                self.on_event("epoch", record)
+                if cfg.patience and state["bad_epochs"] >= cfg.patience:
+                    stopped_because = f"no improvement for {cfg.patience} epochs"
+                    break
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+            state["elapsed_s"] = time.monotonic() - started
+            state["transform"] = asdict(transform)
+            self._save_last(cell, state)
+        result = TrainResult(state["best_mae"], state["best_epoch"], state["epoch"], stopped_because,
+                             self.run_dir, self.history)
+        self.on_event("end", asdict(result) | {"run_dir": str(self.run_dir)})
+        return result
+
+    def _end_epoch(self, net, cell, transform, state, losses, epoch_start, started, lr) -> dict:
+        """Validate, update best.ckpt, history and state; return the history row."""
+        cfg = self.config
+        epoch_time = time.monotonic() - epoch_start
+        val_pred = transform.physical(predict_graphs(net, self.val_graphs, 128)) if self.val_graphs else np.zeros(0)
+        metrics = regression_metrics(self.val_y, val_pred)
+        if cfg.log10 and self.val_graphs:
+            log_metrics = regression_metrics(np.log10(self.val_y), np.log10(val_pred))
+            metrics.update({f"log10_{k}": v for k, v in log_metrics.items() if k != "n"})
+        net.set_train(True)
+        key = "log10_mae" if cfg.log10 else "mae"
+        score = metrics.get(key, float("nan")) if self.val_graphs else float(np.mean(losses))
+        state["epoch"] += 1
+        state["step_in_epoch"] = 0
+        elapsed_h = (time.monotonic() - started) / 3600
+        if np.isfinite(score) and score < state["best_mae"]:
+            state["best_mae"], state["best_epoch"], state["bad_epochs"] = score, state["epoch"], 0
+            card_metrics = {"split": "val", "selection_metric": key, **{k: round(v, 6) for k, v in metrics.items()}}
+            save_checkpoint(self.run_dir / "best.ckpt", net, self._card(transform, card_metrics, elapsed_h, state["epoch"]))
+        else:
+            state["bad_epochs"] += 1
+        record = {
+            "epoch": state["epoch"],
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_mae": metrics.get("mae", float("nan")),
+            "val_rmse": metrics.get("rmse", float("nan")),
+            "val_log10_mae": metrics.get("log10_mae", float("nan")),
+            "lr": lr,
+            "epoch_s": round(epoch_time, 2),
+            "structures_per_s": round(len(self.train_graphs) / max(epoch_time, 1e-9), 2),
+            "elapsed_h": round(elapsed_h, 4),
+            "best": state["best_epoch"] == state["epoch"],
+        }
+        self.history.append(record)
+        self._write_history()
+        state["elapsed_s"] = time.monotonic() - started
+        state["transform"] = asdict(transform)
+        self._save_last(cell, state)
+        return record
+
+    # -- persistence ------------------------------------------------------------------------
+    def _request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+        self.on_event("stopping", {})
+
+    def _write_history(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.history[0]))
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_text(self.run_dir / "history.csv", buffer.getvalue())
+
+    def _save_last(self, cell, state: dict) -> None:
+        payload = json.dumps({"state": state, "config": self.config.as_dict(), "history": self.history,
+                              "prior_training": self.prior_training})
+        atomic_write(self.run_dir / "last.ckpt",
+                     lambda tmp: ms.save_checkpoint(cell, str(tmp), append_dict={STATE_KEY: payload}))
+
+    def _restore(self, cell, path: Path, state: dict) -> dict:
+        if not path.is_file():
+            raise TrainingError(f"{path}: nothing to resume (no last.ckpt in the run directory)")
+        try:
+            params = ms.load_checkpoint(str(path))
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from None
+        payload = params.pop(STATE_KEY, None)
+        if not isinstance(payload, str):
+            raise CheckpointError(f"{path}: no training state in this checkpoint")
+        saved = json.loads(payload)
+        if saved["config"]["model"] != self.config.model.as_dict():
+            raise TrainingError(f"{path}: the run was started with a different model configuration")
+        not_loaded, _ = ms.load_param_into_net(cell, params, strict_load=True)
+        if not_loaded:
+            raise CheckpointError(f"{path}: {len(not_loaded)} parameters missing, e.g. {not_loaded[0]}")
+        self.history = saved["history"]
+        self.prior_training = saved.get("prior_training", {})
+        self.on_event("resume", {"epoch": saved["state"]["epoch"], "step": saved["state"]["step_in_epoch"]})
+        return saved["state"]

@@ -1,0 +1,346 @@
+"""Tests for crystalprop.graph: element table, periodic k-NN graph, batching."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"
+
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.core import Element, Lattice, Structure
+
+from crystalprop.graph import ElementError, GraphSettings, atom_features, build_graph, check_elements, collate
+from crystalprop.graph import elements, neighbors
+
+MP_STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp2018" / "structures"
+K = 12
+
+
+# --- structures ------------------------------------------------------------
+
+
+def nacl_primitive() -> Structure:
+    a = 5.64
+    lattice = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
+    return Structure(lattice, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def nacl_conventional() -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def srtio3() -> Structure:
+    return Structure(
+        Lattice.cubic(3.905),
+        ["Sr", "Ti", "O", "O", "O"],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
+
+
+def hcp_mg() -> Structure:
+    return Structure.from_spacegroup("P6_3/mmc", Lattice.hexagonal(3.21, 5.21), ["Mg"], [[1 / 3, 2 / 3, 0.25]])
+
+
+def triclinic(n_atoms: int = 4, seed: int = 7) -> Structure:
+    """A low-symmetry cell with atoms at least 1.6 Å apart."""
+    rng = np.random.default_rng(seed)
+    lattice = Lattice.from_parameters(4.7, 5.3, 6.1, 79.0, 86.0, 104.0)
+    species = ["Li", "O", "Si", "O", "Mg", "F"][:n_atoms]
+    while True:
+        structure = Structure(lattice, species, rng.uniform(0, 1, (n_atoms, 3)))
+        dm = structure.distance_matrix + np.eye(n_atoms) * 99
+        if dm.min() > 1.6:
+            return structure
+
+
+def mp_structure(material_id: str) -> Structure:
+    path = MP_STRUCTURES / f"{material_id}.cif"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Structure.from_file(str(path))
+
+
+def built_structures() -> dict[str, Structure]:
+    return {
+        "NaCl-prim": nacl_primitive(),
+        "NaCl-conv": nacl_conventional(),
+        "SrTiO3": srtio3(),
+        "Mg-hcp": hcp_mg(),
+        "triclinic": triclinic(),
+    }
+
+
+def contains(have, need, tol: float = 1e-5) -> bool:
+    """Whether the multiset ``have`` contains ``need``, values matched within tol."""
+    pool = sorted(float(x) for x in have)
+    used = [False] * len(pool)
+    for value in sorted(float(x) for x in need):
+        for idx, candidate in enumerate(pool):
+            if not used[idx] and abs(candidate - value) <= tol:
+                used[idx] = True
+                break
+        else:
+            return False
+    return True
+
+
+def lattice_lengths(structure: Structure) -> np.ndarray:
+    """|a|, |b|, |c|, |a+b|, |a+c|, |b+c|."""
+    return np.linalg.norm(neighbors.LATTICE_IMAGES @ structure.lattice.matrix, axis=1)
+
+
+# --- edge counts against the original Matformer ----------------------------
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(("material_id", "expected"), [("mp-1", 28), ("mp-1000", 72), ("mp-10000", 144)])
+def test_edge_counts_match_original(material_id, expected):
+    assert build_graph(mp_structure(material_id)).num_edges == expected
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(("material_id", "original"), [("mp-10003", 304), ("mp-10004", 398), ("mp-1013953", 1384)])
+def test_edge_counts_with_ties(material_id, original, monkeypatch):
+    structure = mp_structure(material_id)
+    # ties within 1e-6 Å of the 12th distance are all kept: never fewer edges than the original
+    assert build_graph(structure).num_edges >= original
+    # comparing floats exactly, as the original does, lands close to its count
+    monkeypatch.setattr(neighbors, "TIE_TOLERANCE", 0.0)
+    assert abs(build_graph(structure).num_edges - original) <= 0.1 * original
+
+
+# --- structure of the graph ------------------------------------------------
+
+
+def graph_cases() -> list[tuple[str, Structure]]:
+    cases = list(built_structures().items())
+    for material_id in ("mp-1", "mp-1000", "mp-10000", "mp-10003"):
+        path = MP_STRUCTURES / f"{material_id}.cif"
+        if path.is_file():
+            cases.append((material_id, mp_structure(material_id)))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def graphs() -> list[tuple[str, Structure, neighbors.CrystalGraph]]:
+    return [(name, s, build_graph(s)) for name, s in graph_cases()]
+
+
+def test_graph_dtypes_and_shapes(graphs):
+    for _, structure, g in graphs:
+        assert g.num_nodes == len(structure)
+        assert g.src.dtype == np.int32 and g.dst.dtype == np.int32 and g.distances.dtype == np.float32
+        assert g.src.shape == g.dst.shape == g.distances.shape
+        assert g.src.min() >= 0 and g.src.max() < g.num_nodes and g.dst.max() < g.num_nodes
+        assert g.num_edges % 2 == 0
+
+
+def test_every_edge_has_its_reverse(graphs):
+    for name, _, g in graphs:
+        forward = Counter(zip(g.src.tolist(), g.dst.tolist(), g.distances.tolist()))
+        backward = Counter(zip(g.dst.tolist(), g.src.tolist(), g.distances.tolist()))
+        assert forward == backward, name
+
+
+def test_no_zero_length_edges(graphs):
+    for name, _, g in graphs:
+        assert g.distances.min() > 0.5, name
+        assert not np.any((g.src == g.dst) & (g.distances < 1e-6)), name
+
+
+def test_lattice_self_edges(graphs):
+    for name, structure, g in graphs:
+        lengths = lattice_lengths(structure)
+        for atom in range(g.num_nodes):
+            self_edges = g.distances[(g.src == atom) & (g.dst == atom)]
+            assert self_edges.size >= 6, (name, atom)
+            # each lattice image i -> i + n is one stored pair, emitted in both directions
+            assert contains(self_edges, np.repeat(lengths, 2), tol=1e-4), (name, atom, sorted(self_edges))
+
+
+def test_neighbour_distances_match_pymatgen(graphs):
+    for name, structure, _ in graphs:
+        g = build_graph(structure, GraphSettings(use_lattice=False))
+        for atom, site in enumerate(structure):
+            radius = 8.0
+            while True:
+                found = sorted(n.nn_distance for n in structure.get_neighbors(site, radius))
+                if len(found) >= K:
+                    break
+                radius *= 1.5
+            incoming = g.distances[g.dst == atom]
+            assert contains(incoming, found[:K], tol=1e-5), (name, atom, found[:K], sorted(incoming))
+            # and nothing is closer than the nearest neighbour
+            assert incoming.min() >= found[0] - 1e-5, (name, atom)
+
+
+def test_supercell_graph_matches_cell_where_no_atom_neighbours_its_own_image():
+    """Without lattice edges, and where no atom's k nearest include its own images, the
+    per-atom neighbour-distance multisets of a cell and its 2x2x1 supercell agree: the k-NN
+    selection itself (ties included) does not depend on the choice of cell."""
+    settings = GraphSettings(use_lattice=False)
+    for structure in (srtio3(), nacl_conventional()):
+        supercell = structure * (2, 2, 1)
+        g_cell, g_super = build_graph(structure, settings), build_graph(supercell, settings)
+        assert not np.any(g_cell.src == g_cell.dst)
+        for atom, site in enumerate(supercell):
+            frac = site.frac_coords * np.array([2, 2, 1])
+            offsets = [np.abs((frac - other.frac_coords + 0.5) % 1 - 0.5).max() for other in structure]
+            origin = int(np.argmin(offsets))
+            expected = np.sort(g_cell.distances[g_cell.dst == origin])
+            np.testing.assert_allclose(np.sort(g_super.distances[g_super.dst == atom]), expected, atol=1e-5)
+
+
+# --- ties ------------------------------------------------------------------
+
+
+def test_fcc_ties_all_twelve_nearest():
+    a = 3.61
+    cu = Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), ["Cu"], [[0, 0, 0]])
+    assert len(cu) == 4
+    g = build_graph(cu)
+    nn = a / np.sqrt(2)
+    for atom in range(len(cu)):
+        incoming = g.distances[g.dst == atom]
+        assert np.sum(np.abs(incoming - nn) < 1e-4) == 12
+        assert np.sum(incoming < nn + 1e-4) == 12  # nothing closer
+        assert np.sum(np.abs(incoming - a) < 1e-4) == 6  # lattice edges +-a, +-b, +-c only
+
+
+def test_bcc_ties_include_second_shell():
+    a = 2.87
+    fe = Structure(Lattice.cubic(a), ["Fe", "Fe"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    first, second = np.sqrt(3) * a / 2, a
+    # 2x2x2 supercell: all 14 neighbours are distinct atoms, 8 at sqrt(3)a/2 and 6 tied at a
+    big = fe * (2, 2, 2)
+    g = build_graph(big)
+    for atom in range(len(big)):
+        incoming = g.distances[g.dst == atom]
+        assert np.sum(np.abs(incoming - first) < 1e-4) == 8
+        assert np.sum(np.abs(incoming - second) < 1e-4) == 6
+        assert np.sum(incoming < second + 1e-4) == 14
+    # conventional cell: the 6 at a are the atom's own images (+-a, +-b, +-c); the
+    # original stores such a pair once for +n and once for -n and emits each both ways,
+    # so they arrive twice (as mp-1, one-atom bcc Cs, has 2 x 14 = 28 edges)
+    g = build_graph(fe)
+    for atom in range(2):
+        incoming = g.distances[g.dst == atom]
+        assert np.sum(np.abs(incoming - first) < 1e-4) == 8
+        assert np.sum(np.abs(incoming - second) < 1e-4) == 2 * 6
+
+
+def test_retry_path_for_a_large_cell():
+    """A molecule in a 15 Å box has one neighbour within the 8 Å cutoff: the radius grows."""
+    n2 = Structure(Lattice.cubic(15.0), ["N", "N"], [[0, 0, 0], [1.1, 0, 0]], coords_are_cartesian=True)
+    g = build_graph(n2)
+    lengths = lattice_lengths(n2)
+    for atom in range(2):
+        incoming = g.distances[g.dst == atom]
+        assert incoming.size >= K
+        assert np.isclose(incoming.min(), 1.1, atol=1e-5)
+        self_edges = g.distances[(g.src == atom) & (g.dst == atom)]
+        assert contains(self_edges, np.repeat(lengths, 2), tol=1e-4)
+    # the graph reaches past the cutoff: 12 neighbours need about 15 Å
+    assert g.distances.max() > 8.0
+
+
+# --- node features ---------------------------------------------------------
+
+
+def test_feature_table_shape():
+    table = elements.feature_table()
+    assert table.shape == (101, 92) and table.dtype == np.float32
+    assert not table[0].any()
+    assert all(table[z].sum() > 0 for z in range(1, 101))
+    assert set(np.unique(table).tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("symbol", ["H", "O", "Na", "Fe", "La"])
+def test_feature_rows(symbol):
+    element = Element(symbol)
+    row = atom_features(np.array([element.Z]))[0]
+    # pymatgen puts La in group 3 but in the f block; CGCNN gives f-block elements group 0
+    group = 0 if element.block == "f" else element.group
+    assert np.flatnonzero(row[elements.GROUP_COLUMNS]).tolist() == [group]
+    assert np.flatnonzero(row[elements.PERIOD_COLUMNS]).tolist() == [element.row - 1]
+    assert row[18 + element.row] == 1  # period column of the full row
+    assert np.flatnonzero(row[elements.BLOCK_COLUMNS]).tolist() == ["spdf".index(element.block)]
+
+
+def test_feature_rows_agree_with_pymatgen_for_all_elements():
+    table = elements.feature_table()
+    for z in range(1, 101):
+        element = Element.from_Z(z)
+        row = table[z]
+        group = 0 if element.block == "f" else element.group
+        assert np.flatnonzero(row[elements.GROUP_COLUMNS]).tolist() == [group], element
+        assert np.flatnonzero(row[elements.PERIOD_COLUMNS]).tolist() == [element.row - 1], element
+        # helium: s block in CGCNN (1s2), 'p' in pymatgen (it sits in group 18)
+        block = "s" if element.symbol == "He" else element.block
+        assert np.flatnonzero(row[elements.BLOCK_COLUMNS]).tolist() == ["spdf".index(block)], element
+
+
+@pytest.mark.parametrize("z", [0, 101, -1])
+def test_element_out_of_range(z):
+    with pytest.raises(ElementError, match=rf"outside the model's table \(H to Fm, Z = 1-100\): Z = \[{z}\]"):
+        atom_features(np.array([1, z]))
+
+
+def test_element_error_names_the_element():
+    md = Structure(Lattice.cubic(4.0), ["Md", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(ElementError, match=r"Z = \[101\] in \['Md', 'O'\]"):
+        build_graph(md)
+    with pytest.raises(ValueError):  # ElementError is a ValueError
+        check_elements(np.array([0]))
+
+
+# --- batching --------------------------------------------------------------
+
+
+def test_collate():
+    structures = [nacl_primitive(), srtio3(), hcp_mg()]
+    graphs = [build_graph(s) for s in structures]
+    batch = collate(graphs)
+    n_nodes = [g.num_nodes for g in graphs]
+    offsets = np.concatenate([[0], np.cumsum(n_nodes)[:-1]])
+    assert batch.num_graphs == 3
+    assert batch.node_features.shape == (sum(n_nodes), 92)
+    z = np.concatenate([g.atomic_numbers for g in graphs])
+    np.testing.assert_array_equal(batch.node_features, elements.feature_table()[z])
+    np.testing.assert_array_equal(batch.src, np.concatenate([g.src + o for g, o in zip(graphs, offsets)]))
+    np.testing.assert_array_equal(batch.dst, np.concatenate([g.dst + o for g, o in zip(graphs, offsets)]))
+    np.testing.assert_array_equal(batch.distances[batch.distance_index], np.concatenate([g.distances for g in graphs]))
+    assert np.all(np.diff(batch.distances) > 0)  # distinct and sorted
+    np.testing.assert_array_equal(batch.node_graph, np.repeat(np.arange(3), n_nodes))
+    np.testing.assert_allclose(batch.inverse_counts[:, 0], 1.0 / np.array(n_nodes), rtol=1e-7)
+    assert batch.inverse_counts.shape == (3, 1)
+    for array, dtype in zip(batch.arrays(), [np.float32] + [np.int32] * 3 + [np.float32, np.int32, np.float32]):
+        assert array.dtype == dtype
+    # edges stay inside their own crystal
+    assert np.array_equal(batch.node_graph[batch.src], batch.node_graph[batch.dst])
+
+
+# --- cost ------------------------------------------------------------------
+
+
+def test_graph_building_is_linear():
+    cell = nacl_conventional()
+    timings = {}
+    for reps in (1, 2, 4):
+        structure = cell * (reps, reps, reps)
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            build_graph(structure)
+            best = min(best, time.perf_counter() - start)
+        timings[len(structure)] = best
+    assert set(timings) == {8, 64, 512}
+    assert timings[512] / timings[64] < 20, timings
