@@ -7,6 +7,8 @@ MindSpore imports it through :func:`mindspore_module`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -36,8 +38,28 @@ def _quiet_environment() -> None:
     os.environ.setdefault("GLOG_v", "3")
     os.environ.setdefault("GLOG_logtostderr", "1")
     os.environ.setdefault("MS_OM_PATH", os.path.join(tempfile.gettempdir(), "crystalprop_ms_om"))
-    os.environ.setdefault("MS_COMPILER_CACHE_ENABLE", "1")
-    os.environ.setdefault("MS_COMPILER_CACHE_PATH", str(cache_dir() / "ms_compile"))
+    os.environ.setdefault("MS_COMPILER_CACHE_ENABLE", "0")
+
+
+def enable_compile_cache(*key_parts: object) -> None:
+    """Reuse compiled graphs across processes, keyed on everything that shapes the graph.
+
+    MindSpore's compile cache is keyed on the Python source only: a network of another
+    size loads the stale graph and silently computes the wrong thing (measured with
+    MindSpore 2.10). So the cache folder is keyed here on the MindSpore version, the
+    model code and ``key_parts`` (e.g. the model configuration). Call it before the
+    first compile; ``CRYSTALPROP_COMPILE_CACHE=0`` turns it off.
+    """
+    if os.environ.get("CRYSTALPROP_COMPILE_CACHE", "1") == "0":
+        return
+    ms = mindspore_module()
+    digest = hashlib.sha256(ms.__version__.encode())
+    model_dir = Path(__file__).resolve().parent / "model"
+    for source in sorted(model_dir.glob("*.py")):
+        digest.update(source.read_bytes())
+    digest.update(json.dumps([str(p) for p in key_parts], sort_keys=True).encode())
+    os.environ["MS_COMPILER_CACHE_ENABLE"] = "1"
+    os.environ["MS_COMPILER_CACHE_PATH"] = str(cache_dir() / "ms_compile" / digest.hexdigest()[:24])
 
 
 def mindspore_module() -> ModuleType:

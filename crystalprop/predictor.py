@@ -6,6 +6,7 @@ the models, so the model never waits for the disk; results stream out in input o
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
@@ -106,8 +107,8 @@ class Predictor:
     """One or more loaded models that predict together from shared graphs."""
 
     def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU") -> None:
-        from crystalprop.backend import set_device  # noqa: PLC0415  (lazy: MindSpore import)
-        from crystalprop.model.checkpoint import load_model  # noqa: PLC0415
+        from crystalprop.backend import enable_compile_cache, set_device  # noqa: PLC0415  (lazy: MindSpore)
+        from crystalprop.model.checkpoint import build_model, read_checkpoint  # noqa: PLC0415
         from crystalprop.registry import available_models, resolve_model  # noqa: PLC0415
 
         set_device(device)
@@ -115,9 +116,10 @@ class Predictor:
         if not names:
             raise ValueError("no model given and no shipped model found in checkpoints/")
         self.models = []
-        for name in names:
-            label, path = resolve_model(name)
-            net, card = load_model(path)
+        loaded = [(label, path, *read_checkpoint(path)) for label, path in map(resolve_model, names)]
+        enable_compile_cache("predict", device, *sorted({json.dumps(c.model.as_dict()) for _, _, c, _ in loaded}))
+        for label, path, card, params in loaded:
+            net = build_model(card, params, path)
             net.declare_dynamic_inputs()
             self.models.append((label, net, card))
         settings = {card.graph for _, _, card in self.models}

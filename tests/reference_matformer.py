@@ -134,9 +134,12 @@ def matformer_forward(
     params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
     n_layers = len({k.split(".")[1] for k in params if k.startswith("att_layers.")})
     bins = params["edge_in.weight"].shape[1]
-    src = np.asarray(batch.src, dtype=np.int64)
-    dst = np.asarray(batch.dst, dtype=np.int64)
-    distances = np.asarray(batch.distances, dtype=np.float64)[np.asarray(batch.distance_index, dtype=np.int64)]
+    # expand merged edges back to one row per directed edge of the graphs
+    repeats = np.asarray(batch.edge_weight).astype(np.int64)
+    src = np.repeat(np.asarray(batch.src, dtype=np.int64), repeats)
+    dst = np.repeat(np.asarray(batch.dst, dtype=np.int64), repeats)
+    distance_index = np.repeat(np.asarray(batch.distance_index, dtype=np.int64), repeats)
+    distances = np.asarray(batch.distances, dtype=np.float64)[distance_index]
 
     x = _linear(params, "atom_embedding", np.asarray(batch.node_features, dtype=np.float64))
     edge_attr = _linear(params, "edge_in", rbf_expansion(distances, bins, rbf_max))

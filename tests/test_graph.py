@@ -315,14 +315,30 @@ def test_collate():
     assert batch.node_features.shape == (sum(n_nodes), 92)
     z = np.concatenate([g.atomic_numbers for g in graphs])
     np.testing.assert_array_equal(batch.node_features, elements.feature_table()[z])
-    np.testing.assert_array_equal(batch.src, np.concatenate([g.src + o for g, o in zip(graphs, offsets)]))
-    np.testing.assert_array_equal(batch.dst, np.concatenate([g.dst + o for g, o in zip(graphs, offsets)]))
-    np.testing.assert_array_equal(batch.distances[batch.distance_index], np.concatenate([g.distances for g in graphs]))
+    # merged edges, expanded by their multiplicity, are exactly the graphs' directed edges
+    expected = sorted(
+        (int(s + o), int(d + o), float(r))
+        for g, o in zip(graphs, offsets)
+        for s, d, r in zip(g.src, g.dst, g.distances)
+    )
+    repeats = batch.edge_weight.astype(np.int64)
+    assert np.array_equal(batch.edge_weight, repeats) and repeats.min() >= 1
+    merged = sorted(
+        zip(
+            np.repeat(batch.src, repeats).tolist(),
+            np.repeat(batch.dst, repeats).tolist(),
+            np.repeat(batch.distances[batch.distance_index], repeats).tolist(),
+        )
+    )
+    assert merged == expected
+    assert len(batch.src) < len(expected)  # repeats were merged
+    keys = set(zip(batch.src.tolist(), batch.dst.tolist(), batch.distance_index.tolist()))
+    assert len(keys) == len(batch.src)  # no repeat left
     assert np.all(np.diff(batch.distances) > 0)  # distinct and sorted
     np.testing.assert_array_equal(batch.node_graph, np.repeat(np.arange(3), n_nodes))
     np.testing.assert_allclose(batch.inverse_counts[:, 0], 1.0 / np.array(n_nodes), rtol=1e-7)
     assert batch.inverse_counts.shape == (3, 1)
-    for array, dtype in zip(batch.arrays(), [np.float32] + [np.int32] * 3 + [np.float32, np.int32, np.float32]):
+    for array, dtype in zip(batch.arrays(), [np.float32] + [np.int32] * 3 + [np.float32, np.float32, np.int32, np.float32]):
         assert array.dtype == dtype
     # edges stay inside their own crystal
     assert np.array_equal(batch.node_graph[batch.src], batch.node_graph[batch.dst])

@@ -18,6 +18,10 @@ class GraphBatch:
     node_features: (N, 92) float32. src, dst: (E,) int32 global atom indices.
     distance_index: (E,) int32 into ``distances``, the (D,) float32 distinct bond lengths
     of the batch, so that everything depending only on the distance is computed D times.
+    edge_weight: (E,) float32, how many of the graphs' directed edges this edge stands for:
+    edges with the same source, target and length carry the same message, so each is
+    computed once and counted with its multiplicity (about half of Matformer's edges are
+    such repeats: both signs of an atom's own images, equidistant images of a neighbour).
     node_graph: (N,) int32 crystal of each atom. inverse_counts: (B, 1) float32, 1 / atoms.
     """
 
@@ -25,6 +29,7 @@ class GraphBatch:
     src: np.ndarray
     dst: np.ndarray
     distance_index: np.ndarray
+    edge_weight: np.ndarray
     distances: np.ndarray
     node_graph: np.ndarray
     inverse_counts: np.ndarray
@@ -41,6 +46,7 @@ class GraphBatch:
             self.src,
             self.dst,
             self.distance_index,
+            self.edge_weight,
             self.distances,
             self.node_graph,
             self.inverse_counts,
@@ -56,11 +62,16 @@ def collate(graphs: Sequence[CrystalGraph]) -> GraphBatch:
     src = np.concatenate([g.src for g in graphs]).astype(np.int64) + edge_offsets
     dst = np.concatenate([g.dst for g in graphs]).astype(np.int64) + edge_offsets
     distances, distance_index = np.unique(np.concatenate([g.distances for g in graphs]), return_inverse=True)
+    distance_index = distance_index.ravel()
+    n_total = int(n_nodes.sum())
+    key = (src * n_total + dst) * len(distances) + distance_index
+    _, first, counts = np.unique(key, return_index=True, return_counts=True)
     return GraphBatch(
         node_features=atom_features(np.concatenate([g.atomic_numbers for g in graphs])),
-        src=src.astype(np.int32),
-        dst=dst.astype(np.int32),
-        distance_index=distance_index.astype(np.int32).ravel(),
+        src=src[first].astype(np.int32),
+        dst=dst[first].astype(np.int32),
+        distance_index=distance_index[first].astype(np.int32),
+        edge_weight=counts.astype(np.float32),
         distances=distances.astype(np.float32),
         node_graph=np.repeat(np.arange(len(graphs), dtype=np.int32), n_nodes),
         inverse_counts=(1.0 / n_nodes.astype(np.float32))[:, None],

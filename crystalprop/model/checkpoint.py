@@ -166,7 +166,12 @@ def load_weights(net: Matformer, params: dict[str, Any], path: str | Path) -> No
 def load_model(path: str | Path) -> tuple[Matformer, ModelCard]:
     """Rebuild the network described by a checkpoint and load its weights (inference mode)."""
     card, params = read_checkpoint(path)
+    return build_model(card, params, path), card
+
+
+def build_model(card: ModelCard, params: dict[str, Any], path: str | Path) -> Matformer:
+    """The network of ``card`` with ``params`` loaded (inference mode)."""
     net = Matformer(card.model)
     load_weights(net, params, path)
     net.set_train(False)
-    return net, card
+    return net

@@ -73,8 +73,8 @@ class MatformerConv(nn.Cell):
         """(M*H, K) -> (M, H*K)."""
         return x.reshape(-1, self.heads * x.shape[1])
 
-    def construct(self, x, src, dst, distance_index, edge_embedding):
-        """x: (N, C); src, dst, distance_index: (E,); edge_embedding: (D, C) -> (N, C)."""
+    def construct(self, x, src, dst, distance_index, edge_weight, edge_embedding):
+        """x: (N, C); src, dst, distance_index, edge_weight: (E,); edge_embedding: (D, C) -> (N, C)."""
         c = self.channels
         q = self.lin_query(x)  # (N, H*C)
         k = self.lin_key(x)
@@ -103,6 +103,8 @@ class MatformerConv(nn.Cell):
         # the one per-edge matrix product, then LayerNorm over C
         message = self.msg_norm(self.msg_layer(self._per_head(update) * gate))  # (E*H, C)
 
-        # sum over incoming edges, concatenate heads, project, normalise, skip connection
-        aggregated = ops.index_add(ops.zeros_like(q), dst, self._joined(message), 0)  # (N, H*C)
+        # sum over incoming edges (each counted with its multiplicity), concatenate heads,
+        # project, normalise, skip connection
+        weighted = self._joined(message) * edge_weight.expand_dims(-1)  # (E, H*C)
+        aggregated = ops.index_add(ops.zeros_like(q), dst, weighted, 0)  # (N, H*C)
         return ops.silu(self.bn(self.lin_concate(aggregated))) + self.lin_skip(x)

@@ -47,24 +47,23 @@ class Matformer(nn.Cell):
         self.fc = nn.Dense(c, config.fc_features)
         self.fc_out = nn.Dense(config.fc_features, 1)
 
-    def construct(self, node_features, src, dst, distance_index, distances, node_graph, inverse_counts):
+    def construct(self, node_features, src, dst, distance_index, edge_weight, distances, node_graph, inverse_counts):
         x = self.atom_embedding(node_features)  # (N, C)
         edges = self.edge_out(ops.softplus(self.edge_in(self.rbf(distances))))  # (D, C), once per distance
         for layer in self.att_layers:
-            x = layer(x, src, dst, distance_index, edges)
+            x = layer(x, src, dst, distance_index, edge_weight, edges)
         zeros = inverse_counts * ops.zeros((1, x.shape[1]), x.dtype)  # (B, C)
         pooled = ops.index_add(zeros, node_graph, x, 0) * inverse_counts  # mean over atoms
         return self.fc_out(ops.silu(self.fc(pooled))).squeeze(-1)
 
     def declare_dynamic_inputs(self) -> None:
         """Compile once for any batch: every input has a dynamic leading dimension."""
-        f32, i32 = ms.float32, ms.int32
-        self.set_inputs(
-            ms.Tensor(shape=[None, N_FEATURES], dtype=f32),
-            ms.Tensor(shape=[None], dtype=i32),
-            ms.Tensor(shape=[None], dtype=i32),
-            ms.Tensor(shape=[None], dtype=i32),
-            ms.Tensor(shape=[None], dtype=f32),
-            ms.Tensor(shape=[None], dtype=i32),
-            ms.Tensor(shape=[None, 1], dtype=f32),
-        )
+        self.set_inputs(*input_signature())
+
+
+def input_signature() -> list:
+    """Dynamic-shape placeholders for the inputs of :meth:`Matformer.construct`."""
+    f32, i32 = ms.float32, ms.int32
+    dims_and_types = [([None, N_FEATURES], f32), ([None], i32), ([None], i32), ([None], i32), ([None], f32),
+                      ([None], f32), ([None], i32), ([None, 1], f32)]
+    return [ms.Tensor(shape=shape, dtype=dtype) for shape, dtype in dims_and_types]

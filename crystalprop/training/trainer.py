@@ -32,7 +32,7 @@ from crystalprop.model.checkpoint import (
     save_checkpoint,
 )
 from crystalprop.model.inference import batch_tensors, predict_graphs
-from crystalprop.model.matformer import Matformer, ModelConfig
+from crystalprop.model.matformer import Matformer, ModelConfig, input_signature
 from crystalprop.training.metrics import regression_metrics
 from crystalprop.training.schedule import learning_rate
 
@@ -82,8 +82,9 @@ class _LossNet(nn.Cell):
         self.net = net
         self.loss = {"mse": nn.MSELoss(), "l1": nn.L1Loss(), "huber": nn.HuberLoss(delta=1.0)}[loss]
 
-    def construct(self, node_features, src, dst, distance_index, distances, node_graph, inverse_counts, targets):
-        pred = self.net(node_features, src, dst, distance_index, distances, node_graph, inverse_counts)
+    def construct(self, node_features, src, dst, distance_index, edge_weight, distances, node_graph, inverse_counts,
+                  targets):
+        pred = self.net(node_features, src, dst, distance_index, edge_weight, distances, node_graph, inverse_counts)
         return self.loss(pred, targets)
 
 
@@ -98,17 +99,7 @@ def _optimizer(net: Matformer, lr: float, weight_decay: float):
 def _train_cell(net: Matformer, config: TrainConfig):
     optimizer = _optimizer(net, config.lr, config.weight_decay)
     cell = nn.TrainOneStepCell(_LossNet(net, config.loss), optimizer)
-    f32, i32 = ms.float32, ms.int32
-    cell.set_inputs(
-        ms.Tensor(shape=[None, 92], dtype=f32),
-        ms.Tensor(shape=[None], dtype=i32),
-        ms.Tensor(shape=[None], dtype=i32),
-        ms.Tensor(shape=[None], dtype=i32),
-        ms.Tensor(shape=[None], dtype=f32),
-        ms.Tensor(shape=[None], dtype=i32),
-        ms.Tensor(shape=[None, 1], dtype=f32),
-        ms.Tensor(shape=[None], dtype=f32),
-    )
+    cell.set_inputs(*input_signature(), ms.Tensor(shape=[None], dtype=ms.float32))
     return cell, optimizer
 
 
