@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -49,19 +50,22 @@ def main() -> None:
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds allowed to parse one file.")
 @click.option("--resume", is_flag=True, help="Continue an existing --output file, skipping structures already in it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
-def predict(paths, models, output, batch_size, device, recursive, workers, timeout, resume, overwrite) -> None:
+@click.option("--shard", default="1/1", show_default=True,
+              help="I/N: process only the I-th of N interleaved parts of the input (cluster array jobs).")
+def predict(paths, models, output, batch_size, device, recursive, workers, timeout, resume, overwrite, shard) -> None:
     """Predict properties for structure files, folders or glob patterns."""
     from crystalprop.backend import DeviceUnavailableError  # noqa: PLC0415
     from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
 
+    part = _shard(shard)
     try:
         from crystalprop.predictor import Predictor  # noqa: PLC0415
 
         predictor = Predictor(list(models) or None, device)
     except (DeviceUnavailableError, CheckpointError, ValueError) as exc:
         _fail(str(exc))
-    columns = ["name", "source", "formula", "n_sites"] + [label for label, _ in predictor.columns] + ["error", "warning"]
+    columns = ["index", "name", "source", "formula", "n_sites"] + [label for label, _ in predictor.columns] + ["error", "warning"]
     writer, skip = None, None
     if output:
         skip = done_names(Path(output)) if resume else None
@@ -76,7 +80,7 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
         task = progress.add_task("predict", total=None, rate="")
         try:
             for rows in predictor.iter_rows(list(paths), batch_size=batch_size, recursive=recursive,
-                                            workers=workers, timeout=timeout, skip=skip):
+                                            workers=workers, timeout=timeout, skip=skip, shard=part):
                 for row in rows:
                     if row["error"]:
                         n_failed += 1
@@ -101,6 +105,28 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
             console.print(f"(first {TABLE_LIMIT} shown; use --output for all)")
     console.print(f"{n_ok} predicted, {n_failed} failed" + (f"; results in {output}" if output else ""))
     sys.exit(0 if n_failed == 0 else 1)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise click.BadParameter(f"{text!r}: use I/N with 1 <= I <= N, e.g. 2/8", param_hint="--shard")
+    return int(match[1]), int(match[2])
+
+
+@main.command()
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--overwrite", is_flag=True)
+def merge(output, parts, overwrite) -> None:
+    """Join the outputs of sharded `predict --shard I/N` runs into one file, in input order."""
+    from crystalprop.output import OutputExistsError, merge_results  # noqa: PLC0415
+
+    try:
+        n = merge_results(output, parts, overwrite=overwrite)
+    except (OutputExistsError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"{n} rows from {len(parts)} files written to {output}")
 
 
 def _print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:
@@ -205,37 +231,95 @@ def inspect(paths, recursive, as_json, cutoff, neighbors) -> None:
 def train(data, target, unit, output_dir, epochs, batch_size, lr, weight_decay, schedule, loss, log10, layers,
           features, heads, fc_features, patience, max_time, seed, val_fraction, test_fraction, id_column,
           structure_column, resume, init_from, limit, workers, threads) -> None:
-    """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, or a CSV with structures)."""
-    from crystalprop.backend import set_device  # noqa: PLC0415
+    """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, or a CSV with structures).
 
-    set_device("CPU", threads=threads)
-    from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
-    from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
-    from crystalprop.model.matformer import ModelConfig  # noqa: PLC0415
-    from crystalprop.registry import resolve_model  # noqa: PLC0415
-    from crystalprop.training.datasets import DatasetError  # noqa: PLC0415
-    from crystalprop.training.run import train_model  # noqa: PLC0415
-    from crystalprop.training.trainer import TrainConfig, TrainingError  # noqa: PLC0415
-
-    config = TrainConfig(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, patience=patience,
-                         max_time_s=_duration(max_time), seed=seed,
-                         model=ModelConfig(layers=layers, features=features, heads=heads, fc_features=fc_features),
-                         graph=GraphSettings())
+    Ctrl-C (or SIGTERM) stops after the current step and saves last.ckpt; --resume continues.
+    """
     if resume and not (Path(output_dir) / "last.ckpt").is_file():
         _fail(f"{output_dir}: nothing to resume (no last.ckpt)")
     if not resume and (Path(output_dir) / "last.ckpt").is_file():
         _fail(f"{output_dir} already holds a run: add --resume to continue it, or choose another --output-dir")
+    job = {
+        "config": dict(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, patience=patience,
+                       max_time_s=_duration(max_time), seed=seed),
+        "model": dict(layers=layers, features=features, heads=heads, fc_features=fc_features),
+        "run": dict(data=data, run_dir=output_dir, id_column=id_column, structure_column=structure_column,
+                    val_fraction=val_fraction, test_fraction=test_fraction, limit=limit, resume=resume,
+                    init_from=init_from, workers=workers),
+        "threads": threads,
+    }
+    kind, payload = _run_training_child(job)
+    if kind == "error":
+        _fail(payload)
+    console.print(f"[bold]{payload['stopped_because']}[/]: best validation MAE {payload['best_val_mae']:.4g} at "
+                  f"epoch {payload['best_epoch']}; run in {output_dir} (best.ckpt, last.ckpt, history.csv)")
+
+
+def _run_training_child(job: dict) -> tuple[str, object]:
+    """Train in a child process of its own session, relaying its events to the display.
+
+    MindSpore ends the process on SIGINT while a graph runs, so the terminal's Ctrl-C is
+    caught here instead and passed on as SIGTERM, which the trainer turns into a clean stop.
+    """
+    import multiprocessing as mp  # noqa: PLC0415
+    import queue as queue_module  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    ctx = mp.get_context("spawn")
+    events = ctx.Queue()
+    child = ctx.Process(target=_train_child_main, args=(job, events))
+    child.start()
+
+    def forward(signum, frame) -> None:
+        console.print("[yellow]stopping after this step and saving (Ctrl-C again to wait)...[/]")
+        if child.pid:
+            os.kill(child.pid, signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGINT, forward)
+    outcome: tuple[str, object] = ("error", "training process ended without a result (killed?)")
     try:
-        init = str(resolve_model(init_from)[1]) if init_from else None
         with _TrainDisplay() as display:
-            result = train_model(data, output_dir, config, id_column=id_column, structure_column=structure_column,
-                                 val_fraction=val_fraction, test_fraction=test_fraction, limit=limit, resume=resume,
-                                 init_from=init, workers=workers, on_event=display.event)
-    except (DatasetError, TrainingError, CheckpointError, ValueError) as exc:
-        _fail(str(exc))
-    console.print(f"[bold]{result.stopped_because}[/]: best validation MAE {result.best_val_mae:.4g} at epoch "
-                  f"{result.best_epoch}; run in {output_dir} (best.ckpt, last.ckpt, history.csv)")
+            while True:
+                try:
+                    kind, info = events.get(timeout=0.5)
+                except queue_module.Empty:
+                    if not child.is_alive():
+                        break
+                    continue
+                if kind in ("result", "error"):
+                    outcome = (kind, info)
+                    break
+                display.event(kind, info)
+    finally:
+        child.join()
+        signal.signal(signal.SIGINT, previous)
+    return outcome
+
+
+def _train_child_main(job: dict, events) -> None:
+    """Child process: run the training and report events, then the result or the error."""
+    os.setsid()  # the terminal's Ctrl-C goes to the parent only
+    try:
+        from crystalprop.backend import set_device  # noqa: PLC0415
+
+        set_device("CPU", threads=job["threads"])
+        from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
+        from crystalprop.model.matformer import ModelConfig  # noqa: PLC0415
+        from crystalprop.registry import resolve_model  # noqa: PLC0415
+        from crystalprop.training.run import train_model  # noqa: PLC0415
+        from crystalprop.training.trainer import TrainConfig  # noqa: PLC0415
+
+        config = TrainConfig(**job["config"], model=ModelConfig(**job["model"]), graph=GraphSettings())
+        run = dict(job["run"])
+        if run["init_from"]:
+            run["init_from"] = str(resolve_model(run["init_from"])[1])
+        result = train_model(run.pop("data"), run.pop("run_dir"), config, **run,
+                             on_event=lambda kind, info: events.put((kind, info)))
+        events.put(("result", {"stopped_because": result.stopped_because, "best_val_mae": result.best_val_mae,
+                               "best_epoch": result.best_epoch}))
+    except Exception as exc:  # reported to the parent as a one-line error
+        events.put(("error", str(exc) or type(exc).__name__))
 
 
 class _TrainDisplay:

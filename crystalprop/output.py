@@ -29,23 +29,44 @@ def _format(path: Path) -> str:
     raise ValueError(f"{path}: output must end in .csv, .json or .jsonl")
 
 
-def done_names(path: Path) -> set[str]:
-    """Names already in an output file (for ``--resume``)."""
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a result file; a JSON line cut by a kill is dropped (that structure is redone)."""
     if not path.is_file():
-        return set()
+        return []
     kind = _format(path)
     with open(path, encoding="utf-8") as handle:
         if kind == "csv":
-            return {row["name"] for row in csv.DictReader(handle) if row.get("name")}
-        names = set()
+            return [row for row in csv.DictReader(handle) if row.get("name")]
+        rows = []
         for line in handle:
             line = line.strip().rstrip(",")
             if line.startswith("{"):
                 try:
-                    names.add(json.loads(line)["name"])
-                except (json.JSONDecodeError, KeyError):
-                    continue  # a line cut by a kill: that structure is redone
-        return names
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return rows
+
+
+def done_names(path: Path) -> set[str]:
+    """Names already in an output file (for ``--resume``)."""
+    return {row["name"] for row in read_rows(path) if row.get("name")}
+
+
+def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite: bool = False) -> int:
+    """Join sharded result files into one, ordered by input position; refuse duplicates."""
+    rows = [row for part in parts for row in read_rows(Path(part))]
+    if not rows:
+        raise ValueError("no rows in the given files")
+    seen: set[str] = set()
+    duplicated = sorted({r["name"] for r in rows if r["name"] in seen or seen.add(r["name"])})
+    if duplicated:
+        raise ValueError(f"{len(duplicated)} structure(s) appear in more than one file, e.g. {duplicated[0]}")
+    rows.sort(key=lambda r: int(r.get("index") or 0))  # stable: keeps block order within a file
+    writer = ResultWriter(output, list(rows[0].keys()), overwrite=overwrite)
+    writer.write(rows)
+    writer.close()
+    return len(rows)
 
 
 class ResultWriter:

@@ -30,6 +30,7 @@ class Prepared:
 
     name: str
     source: str
+    index: int = 0
     formula: str = ""
     n_sites: int = 0
     graph: CrystalGraph | None = None
@@ -49,15 +50,17 @@ def _prepare_structure(name: str, source: str, structure: Structure, settings: G
     return item
 
 
-def prepare_file(job: tuple[str, GraphSettings, float]) -> list[Prepared]:
+def prepare_file(job: tuple[int, str, GraphSettings, float]) -> list[Prepared]:
     """Worker: read one file (time-limited), validate, build graphs."""
-    path, settings, timeout = job
+    index, path, settings, timeout = job
     out = []
     for record in iter_file_records(path, timeout):
         if record.structure is None:
-            out.append(Prepared(record.name, record.source, error=record.error))
+            item = Prepared(record.name, record.source, error=record.error)
         else:
-            out.append(_prepare_structure(record.name, record.source, record.structure, settings, record.warnings))
+            item = _prepare_structure(record.name, record.source, record.structure, settings, record.warnings)
+        item.index = index
+        out.append(item)
     return out
 
 
@@ -73,23 +76,31 @@ def _prepare_objects(structures: Iterable[tuple[str, Structure]], settings: Grap
 
 def iter_prepared(
     inputs: Sequence[Any], settings: GraphSettings, *, recursive: bool = False, workers: int | None = None,
-    timeout: float = READ_TIMEOUT_S, skip: set[str] | None = None,
+    timeout: float = READ_TIMEOUT_S, skip: set[str] | None = None, shard: tuple[int, int] = (1, 1),
 ) -> Iterator[Prepared]:
-    """Prepared structures in input order; paths are read in ``workers`` processes."""
-    objects = [(getattr(s, "name", None) or f"structure{i}", s) for i, s in enumerate(inputs) if isinstance(s, Structure)]
-    if objects:
-        yield from _prepare_objects(objects, settings)
-    paths = (p for p in iter_structure_paths([os.fspath(s) for s in inputs if not isinstance(s, Structure)], recursive)
-             if not skip or p not in skip)
-    jobs = ((p, settings, timeout) for p in paths)
+    """Prepared structures in input order; paths are read in ``workers`` processes.
+
+    ``skip``: names already done (``--resume``). ``shard`` (i, n): only inputs whose position
+    k in the input stream has k % n == i - 1, so n jobs split a list without overlap.
+    """
+    part, parts = shard
+    skip = skip or set()
+    objects = [(getattr(s, "name", None) or f"structure{k}", s) for k, s in enumerate(inputs) if isinstance(s, Structure)]
+    for k, item in enumerate(_prepare_objects(objects, settings)):
+        item.index = k
+        if k % parts == part - 1 and item.name not in skip:
+            yield item
+    paths = iter_structure_paths([os.fspath(s) for s in inputs if not isinstance(s, Structure)], recursive)
+    jobs = ((k + len(objects), p, settings, timeout) for k, p in enumerate(paths)
+            if (k + len(objects)) % parts == part - 1 and p not in skip)
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
     if workers <= 0:
-        for job in jobs:
-            yield from prepare_file(job)
+        prepared = (item for job in jobs for item in prepare_file(job))
+        yield from (item for item in prepared if item.name not in skip)
         return
     with mp.get_context("spawn").Pool(workers) as pool:
         for items in pool.imap(prepare_file, jobs, chunksize=8):
-            yield from items
+            yield from (item for item in items if item.name not in skip)
 
 
 def _batched(items: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
@@ -146,7 +157,8 @@ class Predictor:
                 values[label] = card.transform.physical(net(*tensors).asnumpy().reshape(-1))
         rows, k = [], 0
         for item in batch:
-            row = {"name": item.name, "source": item.source, "formula": item.formula, "n_sites": item.n_sites}
+            row = {"index": item.index, "name": item.name, "source": item.source, "formula": item.formula,
+                   "n_sites": item.n_sites}
             notes = list(item.warnings)
             for label, _, card in self.models:
                 row[label] = float(values[label][k]) if item.graph is not None else None
@@ -170,9 +182,10 @@ class Predictor:
 
     def iter_rows(self, inputs: Sequence[Any], *, batch_size: int = 64, recursive: bool = False,
                   workers: int | None = None, timeout: float = READ_TIMEOUT_S,
-                  skip: set[str] | None = None) -> Iterator[list[dict]]:
+                  skip: set[str] | None = None, shard: tuple[int, int] = (1, 1)) -> Iterator[list[dict]]:
         """Rows batch by batch, in input order."""
-        prepared = iter_prepared(inputs, self.settings, recursive=recursive, workers=workers, timeout=timeout, skip=skip)
+        prepared = iter_prepared(inputs, self.settings, recursive=recursive, workers=workers, timeout=timeout,
+                                 skip=skip, shard=shard)
         for batch in _batched(prepared, batch_size):
             yield self.predict_prepared(batch)
 
@@ -190,7 +203,8 @@ def predict(
 
     ``inputs``: a path, folder, glob, pymatgen Structure, or a list of them. ``model``: a
     shipped model name, a ``.ckpt`` path, a list of them, or None for all shipped models.
-    Returns one dict per structure: name, source, formula, n_sites, one value per model
+    Returns one dict per structure: index (position of its file in the input stream),
+    name, source, formula, n_sites, one value per model
     (physical units), error and warning.
     """
     if isinstance(inputs, (str, os.PathLike, Structure)):

@@ -88,6 +88,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test gets its own graph cache (subprocesses inherit it through the environment)."""
     monkeypatch.setenv("CRYSTALPROP_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("MS_COMPILER_CACHE_ENABLE", "0")
+    monkeypatch.delenv("MS_COMPILER_CACHE_PATH", raising=False)
 
 
 TINY = dict(layers=1, features=8, heads=1, fc_features=8)

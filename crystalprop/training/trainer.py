@@ -41,6 +41,8 @@ nn, ops = ms.nn, ms.ops
 
 LOSSES = ("mse", "l1", "huber")
 STATE_KEY = "crystalprop_train_state"
+SAVE_EVERY_S = 600.0  # last.ckpt is also refreshed mid-epoch, so a kill loses at most this much
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class TrainingError(RuntimeError):
@@ -250,7 +252,11 @@ class Trainer:
         total_steps = steps_per_epoch * cfg.epochs
         started = time.monotonic() - state["elapsed_s"]
         stopped_because = "finished"
-        previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+        # SIGTERM stops cleanly. MindSpore 2.10 takes SIGINT over while a graph runs and ends the
+        # process, so `crystalprop train` runs this loop in its own session and turns Ctrl-C
+        # into SIGTERM (see cli.py); SIGINT is still caught here between steps.
+        previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
+        last_save = time.monotonic()
         self.on_event("start", {"steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs, "epoch": state["epoch"],
                                 "n_train": len(self.train_graphs), "n_val": len(self.val_graphs)})
         try:
@@ -276,6 +282,10 @@ class Trainer:
                     self.on_event("step", {"epoch": epoch, "step": step + 1, "loss": loss, "lr": lr,
                                            "structures": len(idx)})
                     over_time = cfg.max_time_s is not None and time.monotonic() - started > cfg.max_time_s
+                    if time.monotonic() - last_save > SAVE_EVERY_S:
+                        state["elapsed_s"], state["transform"] = time.monotonic() - started, asdict(transform)
+                        self._save_last(cell, state)
+                        last_save = time.monotonic()
                     if self.stop_requested or over_time:
                         stopped_because = "interrupted" if self.stop_requested else "time budget reached"
                         break
@@ -287,7 +297,8 @@ class Trainer:
                     stopped_because = f"no improvement for {cfg.patience} epochs"
                     break
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
             state["elapsed_s"] = time.monotonic() - started
             state["transform"] = asdict(transform)
             self._save_last(cell, state)

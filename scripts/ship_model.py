@@ -1,0 +1,113 @@
+"""Ship a trained run as a pretrained model: checkpoints/<name>.ckpt plus its model card.
+
+    .venv/bin/python scripts/ship_model.py RUN_DIR NAME DATA [--target T] [--notes FILE]
+
+Evaluates RUN_DIR/best.ckpt on the validation split of DATA with the same code as
+``crystalprop evaluate``, stores the metrics, data description and training budget in the
+checkpoint's metadata, and writes checkpoints/<NAME>.md from the same facts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_GOOD_FOR = (
+    "- Disordered or partially occupied structures (refused: order them first).\n"
+    "- Molecules, surfaces and slabs with vacuum: trained on bulk 3D crystals only.\n"
+    "- Elements absent from the training data (listed above): predictions carry a warning.\n"
+    "- Structures far from DFT-relaxed geometries (the training data are relaxed PBE structures).\n"
+    "- The cell is used as given: a supercell of the same crystal can give a slightly different\n"
+    "  value, because Matformer's lattice self-edges carry the cell vectors (see README).\n"
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("name")
+    parser.add_argument("data")
+    parser.add_argument("--target", default=None)
+    parser.add_argument("--description", default="")
+    parser.add_argument("--notes", default=None, help="Markdown file appended to the card (choices, gaps).")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
+    from crystalprop.model.checkpoint import build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
+
+    best = Path(args.run_dir) / "best.ckpt"
+    metrics = evaluate_model(str(best), args.data, target=args.target, split="val")
+    card, params = read_checkpoint(best)
+    net = build_model(card, params, best)
+    card.name, card.description = args.name, args.description
+    card.metrics = {k: v for k, v in metrics.items() if k not in ("checkpoint", "files")}
+    out = ROOT / "checkpoints" / f"{args.name}.ckpt"
+    save_checkpoint(out, net, card)
+    notes = Path(args.notes).read_text() if args.notes else ""
+    (ROOT / "checkpoints" / f"{args.name}.md").write_text(render_card(card, metrics, args) + notes)
+    print(json.dumps(card.metrics, indent=2))
+
+
+def render_card(card, m: dict, args) -> str:
+    t = card.training
+    cfg, data = t.get("config", {}), t.get("data", {})
+    model = card.model.as_dict()
+    log = card.transform.log10
+    lines = [
+        f"# `{card.name}`: {card.target} ({card.unit})",
+        "",
+        card.description,
+        "",
+        "## Data and split",
+        f"- Training data: `{data.get('source', '?')}` (`../shared/data/...` in this repository's layout), "
+        f"target `{card.target}` in {card.unit}{' (learned as log10)' if log else ''}.",
+        f"- Split: {data.get('split', '?')}: {data.get('n_train', '?')} training and {data.get('n_val', '?')} "
+        f"validation crystals; {data.get('n_skipped', 0)} records skipped (no label or unreadable).",
+        "- Model selection on the validation split only.",
+        "",
+        "## Model",
+        f"- Matformer, {model['layers']} layers, {model['features']} features, {model['heads']} head(s), "
+        f"fc {model['fc_features']}; graph: cutoff {card.graph.cutoff} Å, {card.graph.max_neighbors} neighbours, "
+        f"lattice edges {'on' if card.graph.use_lattice else 'off'}.",
+        f"- Target transform: {'log10, then ' if log else ''}standardised with mean {card.transform.mean:.5g}, "
+        f"std {card.transform.std:.5g} (training split).",
+        "",
+        "## Training budget",
+        f"- {t.get('cumulative_epochs', t.get('epochs'))} epochs, {t.get('cumulative_wall_hours', t.get('wall_hours'))} "
+        f"wall-clock hours on a {t.get('cpu_threads', 2)}-core CPU (shared with other work), "
+        f"batch {cfg.get('batch_size')}, AdamW peak lr {cfg.get('lr')}, {cfg.get('schedule')} schedule, "
+        f"{cfg.get('loss')} loss, seed {cfg.get('seed')}.",
+        f"- Warm start: {t.get('init_from') or 'none (from scratch)'}.",
+        "",
+        "## Validation metrics (measured with `crystalprop evaluate`)",
+        f"| n | MAE | RMSE | R² | max error |",
+        "|---|---|---|---|---|",
+        f"| {m['n']} | {m['mae']:.4f} {card.unit} | {m['rmse']:.4f} | {m['r2']:.4f} | {m['max_error']:.3f} |",
+    ]
+    if log:
+        lines += ["", f"In log10(GPa): MAE {m['log10_mae']:.4f}, RMSE {m['log10_rmse']:.4f}, R² {m['log10_r2']:.4f}."]
+    if "mae_zero_targets" in m:
+        lines += ["", f"Metals (true gap = 0, n = {m['n_zero_targets']}): MAE {m['mae_zero_targets']:.4f} {card.unit}; "
+                      f"gapped materials (n = {m['n'] - m['n_zero_targets']}): MAE {m['mae_nonzero_targets']:.4f} {card.unit}."]
+    lines += [
+        "",
+        "Reproduce:",
+        "```bash",
+        f".venv/bin/crystalprop evaluate {card.name} {args.data} --split val",
+        "```",
+        "",
+        "## Element coverage",
+        ", ".join(card.elements) + f" ({len(card.elements)} elements).",
+        "",
+        "## Not good for",
+        NOT_GOOD_FOR,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""Tests for crystalprop.training.datasets: every supported layout, splits, bad records."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from pymatgen.io.cif import CifWriter
+
+from conftest import make_structures, synthetic_target
+from crystalprop.training.datasets import DatasetError, load_dataset
+from crystalprop.training.graph_cache import build_graphs, entry_structure
+
+N = 12
+
+
+@pytest.fixture(scope="module")
+def crystals():
+    return make_structures(N)
+
+
+def _targets(crystals):
+    return {name: synthetic_target(s) for name, s in crystals}
+
+
+def _same_structure(a, b) -> bool:
+    return (a.composition.reduced_formula == b.composition.reduced_formula and len(a) == len(b)
+            and math.isclose(a.volume, b.volume, rel_tol=1e-4))
+
+
+def _check_dataset(dataset, crystals, target="y"):
+    """Every crystal present once, in order, with its target, and its source rebuilds the structure."""
+    assert dataset.target == target
+    assert [e.id for e in dataset.entries] == [name for name, _ in crystals]
+    expected = _targets(crystals)
+    for entry, (name, structure) in zip(dataset.entries, crystals):
+        assert entry.target == pytest.approx(expected[name], rel=1e-9)
+        assert _same_structure(entry_structure(entry.source, entry.id), structure), entry.id
+    assert dataset.skipped == []
+
+
+# --- JSON layouts -------------------------------------------------------------------
+
+
+def test_json_list_of_pymatgen_dicts(tmp_path, crystals):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([{"id": n, "structure": s.as_dict(), "y": synthetic_target(s)} for n, s in crystals]))
+    dataset = load_dataset(path, "y")
+    _check_dataset(dataset, crystals)
+    graphs, errors = build_graphs(dataset.entries, workers=1)
+    assert all(g is not None for g in graphs) and not any(errors)
+
+
+def test_json_with_jarvis_atoms_dicts(tmp_path, crystals):
+    records = []
+    for name, s in crystals:
+        atoms = {"lattice_mat": s.lattice.matrix.tolist(), "coords": s.frac_coords.tolist(),
+                 "elements": [site.specie.symbol for site in s], "cartesian": False}
+        records.append({"jid": name, "atoms": atoms, "formation_energy": synthetic_target(s)})
+    path = tmp_path / "jarvis.json"
+    path.write_text(json.dumps(records))
+    dataset = load_dataset(path)  # the only numeric field is chosen
+    _check_dataset(dataset, crystals, target="formation_energy")
+
+
+def test_json_with_cif_text(tmp_path, crystals):
+    records = [{"material_id": n, "cif": str(CifWriter(s)), "y": synthetic_target(s)} for n, s in crystals]
+    path = tmp_path / "cifs.json"
+    path.write_text(json.dumps(records))
+    _check_dataset(load_dataset(path, "y"), crystals)
+
+
+def test_json_lines(tmp_path, crystals):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"id": n, "structure": s.as_dict(), "y": synthetic_target(s)})
+                              for n, s in crystals) + "\n")
+    _check_dataset(load_dataset(path, "y"), crystals)
+
+
+def test_gzip_json(tmp_path, crystals):
+    path = tmp_path / "data.json.gz"
+    with gzip.open(path, "wt") as handle:
+        json.dump([{"id": n, "structure": s.as_dict(), "y": synthetic_target(s)} for n, s in crystals], handle)
+    _check_dataset(load_dataset(path, "y"), crystals)
+
+
+def test_json_dict_with_records_key(tmp_path, crystals):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"records": [{"id": n, "structure": s.as_dict(), "y": synthetic_target(s)}
+                                            for n, s in crystals]}))
+    _check_dataset(load_dataset(path, "y"), crystals)
+
+
+# --- folders and CSV ------------------------------------------------------------------
+
+
+def test_cgcnn_folder_id_prop_without_header(tmp_path, crystals):
+    folder = tmp_path / "cgcnn"
+    folder.mkdir()
+    with open(folder / "id_prop.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        for name, s in crystals:
+            writer.writerow([name, repr(synthetic_target(s))])
+            CifWriter(s).write_file(folder / f"{name}.cif")
+    (folder / "atom_init.json").write_text("{}")  # CGCNN folders carry this; it must not confuse the reader
+    dataset = load_dataset(folder)
+    assert dataset.origin == str(folder)
+    _check_dataset(dataset, crystals, target="target")
+    assert all(e.source == str(folder / f"{e.id}.cif") for e in dataset.entries)
+
+
+def test_cgcnn_folder_with_named_target(tmp_path, crystals):
+    folder = tmp_path / "cgcnn"
+    (folder / "structures").mkdir(parents=True)
+    with open(folder / "id_prop.csv", "w", newline="") as handle:
+        for name, s in crystals:
+            handle.write(f"{name},{synthetic_target(s)!r}\n")
+            CifWriter(s).write_file(folder / "structures" / f"{name}.cif")
+    _check_dataset(load_dataset(folder, "band_gap"), crystals, target="band_gap")
+
+
+def test_folder_with_header_csv_id_column_and_poscar_files(tmp_path, crystals):
+    folder = tmp_path / "vasp"
+    folder.mkdir()
+    rows = []
+    for i, (name, s) in enumerate(crystals):
+        suffix = ".vasp" if i % 2 == 0 else ".poscar"
+        s.to(filename=str(folder / f"{name}{suffix}"), fmt="poscar")
+        rows.append({"note": "x", "material": name, "energy": synthetic_target(s), "gap": 0.5 * i})
+    with open(folder / "table.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["note", "material", "energy", "gap"])
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DatasetError, match="energy.*gap|gap.*energy"):
+        load_dataset(folder, id_column="material")  # two numeric fields: must ask which
+    dataset = load_dataset(folder, "energy", id_column="material")
+    _check_dataset(dataset, crystals, target="energy")
+    assert {e.source.rsplit(".", 1)[1] for e in dataset.entries} == {"vasp", "poscar"}
+    gap = load_dataset(folder, "gap", id_column="material")
+    assert [e.target for e in gap.entries] == [0.5 * i for i in range(N)]
+
+
+def test_folder_poscar_prefixed_file_names(tmp_path, crystals):
+    folder = tmp_path / "poscars"
+    folder.mkdir()
+    with open(folder / "properties.csv", "w") as handle:
+        handle.write("id,y\n")
+        for name, s in crystals[:3]:
+            s.to(filename=str(folder / f"POSCAR_{name}"), fmt="poscar")
+            handle.write(f"POSCAR_{name},{synthetic_target(s)!r}\n")
+    dataset = load_dataset(folder)
+    assert [e.id for e in dataset.entries] == [f"POSCAR_{n}" for n, _ in crystals[:3]]
+    for entry, (_, s) in zip(dataset.entries, crystals):
+        assert _same_structure(entry_structure(entry.source, entry.id), s)
+
+
+def test_csv_with_structure_column(tmp_path, crystals):
+    path = tmp_path / "table.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "structure", "y"])
+        for name, s in crystals:
+            writer.writerow([name, str(CifWriter(s)), repr(synthetic_target(s))])
+    _check_dataset(load_dataset(path), crystals)
+
+    other = tmp_path / "poscar_text.csv"
+    with open(other, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["mpid", "poscar", "y", "split"])
+        for i, (name, s) in enumerate(crystals):
+            writer.writerow([name, s.to(fmt="poscar"), repr(synthetic_target(s)), "val" if i < 3 else "train"])
+    dataset = load_dataset(other, structure_column="poscar")
+    _check_dataset(dataset, crystals)
+    assert dataset.split_source == "split column"
+    assert [e.id for e in dataset.split("val")] == [n for n, _ in crystals[:3]]
+
+    with pytest.raises(DatasetError, match="nope"):
+        load_dataset(path, structure_column="nope")
+
+
+# --- splits ------------------------------------------------------------------------------
+
+
+def _write_json(path, crystals, **extra):
+    path.write_text(json.dumps([{"id": n, "structure": s.as_dict(), "y": synthetic_target(s), **extra}
+                                for n, s in crystals]))
+    return path
+
+
+def test_split_json_beside_the_data(tmp_path, crystals):
+    path = _write_json(tmp_path / "data.json", crystals)
+    names = [n for n, _ in crystals]
+    (tmp_path / "split.json").write_text(json.dumps({"train": names[:6], "val": names[6:9], "test": names[9:]}))
+    dataset = load_dataset(path, "y", val_fraction=0.5, seed=3)  # the file wins over fractions
+    assert dataset.split_source == str(tmp_path / "split.json")
+    assert [e.id for e in dataset.split("train")] == names[:6]
+    assert [e.id for e in dataset.split("val")] == names[6:9]
+    assert [e.id for e in dataset.split("test")] == names[9:]
+
+
+def test_split_json_unlisted_ids_go_to_train(tmp_path, crystals):
+    path = _write_json(tmp_path / "data.json", crystals)
+    names = [n for n, _ in crystals]
+    (tmp_path / "split.json").write_text(json.dumps({"val": names[:2]}))
+    dataset = load_dataset(path, "y")
+    assert [e.id for e in dataset.split("val")] == names[:2]
+    assert len(dataset.split("train")) == N - 2
+
+
+def test_random_split_is_seeded_and_recorded(tmp_path):
+    crystals = make_structures(40)
+    path = _write_json(tmp_path / "data.json", crystals)
+    a = load_dataset(path, "y", val_fraction=0.1, test_fraction=0.2, seed=7)
+    b = load_dataset(path, "y", val_fraction=0.1, test_fraction=0.2, seed=7)
+    c = load_dataset(path, "y", val_fraction=0.1, test_fraction=0.2, seed=8)
+    assert "seed 7" in a.split_source and "random" in a.split_source
+    assert "seed 8" in c.split_source
+    assert [e.split for e in a.entries] == [e.split for e in b.entries]
+    assert [e.split for e in a.entries] != [e.split for e in c.entries]
+    assert (len(a.split("train")), len(a.split("val")), len(a.split("test"))) == (28, 4, 8)
+    assert all(e.split in ("train", "val", "test") for e in a.entries)
+
+
+# --- bad records ------------------------------------------------------------------------------
+
+
+def test_bad_json_records_are_skipped_with_reasons(tmp_path, crystals):
+    good = [{"id": n, "structure": s.as_dict(), "y": synthetic_target(s)} for n, s in crystals[:6]]
+    s = crystals[0][1].as_dict()
+    bad = [
+        {"id": "no-target", "structure": s},
+        {"id": "text-target", "structure": s, "y": "abc"},
+        {"id": "nan-target", "structure": s, "y": float("nan")},
+        {"id": "inf-target", "structure": s, "y": float("inf")},
+        {"id": "null-target", "structure": s, "y": None},
+        {"id": "bool-target", "structure": s, "y": True},
+        {"id": "no-structure", "y": 1.0},
+    ]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(good[:3] + bad + good[3:]))  # NaN / Infinity literals, as Python writes them
+    dataset = load_dataset(path, "y")
+    assert [e.id for e in dataset.entries] == [r["id"] for r in good]
+    reasons = dict(dataset.skipped)
+    assert list(reasons) == [r["id"] for r in bad]
+    assert len(dataset.skipped) == 7
+    assert "'y'" in reasons["no-target"]
+    assert "abc" in reasons["text-target"]
+    assert "nan" in reasons["nan-target"].lower() and "inf" in reasons["inf-target"].lower()
+    assert "structure" in reasons["no-structure"]
+    assert all("\n" not in r for r in reasons.values())
+
+
+def test_missing_structure_file_in_folder_is_skipped(tmp_path, crystals):
+    folder = tmp_path / "cgcnn"
+    folder.mkdir()
+    with open(folder / "id_prop.csv", "w") as handle:
+        for name, s in crystals[:4]:
+            CifWriter(s).write_file(folder / f"{name}.cif")
+            handle.write(f"{name},{synthetic_target(s)}\n")
+        handle.write("ghost,1.0\n")
+        handle.write("bad-value,not-a-number\n")
+        handle.write("nan-value,nan\n")
+    (folder / "bad-value.cif").write_text(str(CifWriter(crystals[0][1])))
+    (folder / "nan-value.cif").write_text(str(CifWriter(crystals[0][1])))
+    dataset = load_dataset(folder)
+    assert [e.id for e in dataset.entries] == [n for n, _ in crystals[:4]]
+    reasons = dict(dataset.skipped)
+    assert set(reasons) == {"ghost", "bad-value", "nan-value"}
+    assert "ghost" in reasons["ghost"] and str(folder) in reasons["ghost"]
+
+
+def test_unreadable_structure_is_counted_at_graph_time(tmp_path, crystals):
+    records = [{"id": n, "structure": s.as_dict(), "y": 1.0} for n, s in crystals[:3]]
+    records.insert(1, {"id": "garbage", "structure": "this is not a crystal\nat all\n", "y": 2.0})
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    dataset = load_dataset(path, "y")
+    graphs, errors = build_graphs(dataset.entries, workers=1)
+    assert [g is None for g in graphs] == [False, True, False, False]
+    assert errors[1] and not errors[0]
+
+
+def test_duplicated_ids_are_refused_by_name(tmp_path, crystals):
+    records = [{"id": n, "structure": s.as_dict(), "y": 1.0} for n, s in crystals[:5]]
+    records += [dict(records[1]), dict(records[3]), dict(records[3])]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(path, "y")
+    message = str(info.value)
+    assert crystals[1][0] in message and crystals[3][0] in message
+    assert crystals[0][0] not in message
+    assert str(path) in message
+
+
+def test_target_auto_choice_and_listing(tmp_path, crystals):
+    single = _write_json(tmp_path / "single.json", crystals[:3])
+    assert load_dataset(single).target == "y"
+    several = tmp_path / "several.json"
+    several.write_text(json.dumps([{"id": n, "structure": s.as_dict(), "band_gap": 1.0, "e_form": -1.0,
+                                    "formula": s.composition.reduced_formula} for n, s in crystals[:3]]))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(several)
+    message = str(info.value)
+    assert "--target" in message and "band_gap" in message and "e_form" in message
+    assert "formula" not in message and "id" not in message.split("numeric fields")[1]
+    assert [e.target for e in load_dataset(several, "e_form").entries] == [-1.0] * 3
+    none = tmp_path / "none.json"
+    none.write_text(json.dumps([{"id": "a", "structure": crystals[0][1].as_dict(), "label": "x"}]))
+    with pytest.raises(DatasetError, match="none"):
+        load_dataset(none)
+
+
+def test_no_usable_records_and_missing_path(tmp_path, crystals):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([{"id": n, "structure": s.as_dict(), "y": "?"} for n, s in crystals[:3]]))
+    with pytest.raises(DatasetError, match="no usable records.*3 skipped"):
+        load_dataset(path, "y")
+    with pytest.raises(DatasetError, match="no such file"):
+        load_dataset(tmp_path / "absent.json", "y")
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(DatasetError):
+        load_dataset(empty, "y")
+
+
+def test_graph_cache_reuses_and_invalidates(tmp_path, crystals, monkeypatch):
+    folder = tmp_path / "cgcnn"
+    folder.mkdir()
+    with open(folder / "id_prop.csv", "w") as handle:
+        for name, s in crystals[:4]:
+            CifWriter(s).write_file(folder / f"{name}.cif")
+            handle.write(f"{name},{synthetic_target(s)}\n")
+    dataset = load_dataset(folder)
+    first, _ = build_graphs(dataset.entries, workers=1)
+    from crystalprop.training import graph_cache
+
+    calls = []
+    monkeypatch.setattr(graph_cache, "_build_one", lambda job: calls.append(job) or (None, "rebuilt"))
+    again, _ = build_graphs(dataset.entries, workers=1)
+    assert calls == []  # served from the cache
+    for g1, g2 in zip(first, again):
+        np.testing.assert_array_equal(g1.src, g2.src)
+        np.testing.assert_array_equal(g1.distances, g2.distances)
+    # a changed file changes the key
+    CifWriter(crystals[5][1]).write_file(folder / f"{crystals[0][0]}.cif")
+    os.utime(folder / f"{crystals[0][0]}.cif", ns=(1, 1))
+    build_graphs(load_dataset(folder).entries, workers=1)
+    assert len(calls) == 4

@@ -1,0 +1,312 @@
+"""Tests for crystalprop.predict and the predict / inspect / models commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.io.cif import CifWriter
+
+from conftest import _random_checkpoint, make_structures, perovskite, rocksalt, rocksalt_conventional, run_cli
+from crystalprop.backend import mindspore_module, set_device
+
+set_device("CPU")
+ms = mindspore_module()
+
+from crystalprop import predict  # noqa: E402
+from crystalprop.graph import build_graph  # noqa: E402
+from crystalprop.model.checkpoint import load_model  # noqa: E402
+from crystalprop.model.inference import predict_graphs  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+COLUMNS = ["name", "source", "formula", "n_sites", "rand", "error", "warning"]
+
+
+def _expected(ckpt: Path, structures) -> np.ndarray:
+    """Physical-unit predictions computed directly from the network."""
+    net, card = load_model(ckpt)
+    return card.transform.physical(predict_graphs(net, [build_graph(s) for s in structures]))
+
+
+@pytest.fixture()
+def files(tmp_path):
+    """a.cif (NaCl, conventional), b.vasp (MgO), c.cif (SrTiO3), POSCAR_d (KCl) in tmp_path/in."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    structures = {"a.cif": rocksalt_conventional(5.64), "b.vasp": rocksalt(4.21, "Mg", "O"),
+                  "c.cif": perovskite(3.905), "POSCAR_d": rocksalt(6.29, "K", "Cl")}
+    for name, s in structures.items():
+        if name.endswith(".cif"):
+            CifWriter(s).write_file(folder / name)
+        else:
+            s.to(filename=str(folder / name), fmt="poscar")
+    return folder, structures
+
+
+def assert_columns(header) -> None:
+    """The documented columns, in this order (other columns, e.g. an input index, may sit between)."""
+    assert [c for c in header if c in COLUMNS] == COLUMNS, header
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- the Python API ------------------------------------------------------------------------------
+
+
+def test_predict_files_and_missing_file_in_order(files, random_ckpt):
+    folder, structures = files
+    inputs = [folder / "c.cif", folder / "a.cif", folder / "missing.cif", folder / "b.vasp", folder / "POSCAR_d"]
+    rows = predict([str(p) for p in inputs], model=str(random_ckpt), workers=0)
+    assert [r["name"] for r in rows] == [str(p) for p in inputs]
+    assert [bool(r["error"]) for r in rows] == [False, False, True, False, False]
+    assert "no such file" in rows[2]["error"] and rows[2]["rand"] is None
+    assert [r["formula"] for r in rows] == ["SrTiO3", "NaCl", "", "MgO", "KCl"]
+    assert [r["n_sites"] for r in rows] == [5, 8, 0, 2, 2]
+    order = ["c.cif", "a.cif", "b.vasp", "POSCAR_d"]
+    got = [r["rand"] for r in rows if not r["error"]]
+    np.testing.assert_allclose(got, _expected(random_ckpt, [structures[n] for n in order]), rtol=1e-5)
+    assert len(set(np.round(got, 6))) == 4  # a random model still tells the crystals apart
+
+
+def test_predict_structures_and_single_path(files, random_ckpt):
+    folder, structures = files
+    objects = [structures["b.vasp"], structures["c.cif"]]
+    rows = predict(objects, model=str(random_ckpt))
+    assert [r["name"] for r in rows] == ["structure0", "structure1"]
+    np.testing.assert_allclose([r["rand"] for r in rows], _expected(random_ckpt, objects), rtol=1e-5)
+    single = predict(str(folder / "a.cif"), model=str(random_ckpt))
+    assert len(single) == 1 and single[0]["formula"] == "NaCl"
+    np.testing.assert_allclose(single[0]["rand"], _expected(random_ckpt, [structures["a.cif"]])[0], rtol=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="predictor.iter_prepared yields every pymatgen Structure before any path, "
+                                       "so a mixed input list comes back reordered")
+def test_predict_mixed_structures_and_files_keeps_input_order(files, random_ckpt):
+    folder, structures = files
+    inputs = [str(folder / "a.cif"), structures["c.cif"], str(folder / "missing.cif"), str(folder / "b.vasp"),
+              structures["POSCAR_d"]]
+    rows = predict(inputs, model=str(random_ckpt), workers=0)
+    assert [r["name"] for r in rows] == [inputs[0], "structure1", inputs[2], inputs[3], "structure4"]
+    assert [bool(r["error"]) for r in rows] == [False, False, True, False, False]
+
+
+def test_predict_with_worker_processes_keeps_order(tmp_path, random_ckpt):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    crystals = make_structures(10)
+    paths = []
+    for name, s in crystals:
+        CifWriter(s).write_file(folder / f"{name}.cif")
+        paths.append(str(folder / f"{name}.cif"))
+    shuffled = [paths[i] for i in (7, 2, 9, 0, 5, 1, 8, 3, 6, 4)]
+    in_process = predict(shuffled, model=str(random_ckpt), workers=0)
+    spawned = predict(shuffled, model=str(random_ckpt), workers=2, batch_size=3)
+    assert [r["name"] for r in spawned] == shuffled
+    assert not any(r["error"] for r in spawned)
+    np.testing.assert_allclose([r["rand"] for r in spawned], [r["rand"] for r in in_process], rtol=1e-5)
+    by_name = dict(crystals)
+    expected = _expected(random_ckpt, [by_name[Path(p).stem] for p in shuffled])
+    np.testing.assert_allclose([r["rand"] for r in spawned], expected, rtol=1e-5)
+
+
+# --- predict on the command line ------------------------------------------------------------------
+
+
+def test_cli_partial_failure_csv(files, random_ckpt, tmp_path):
+    folder, structures = files
+    done = run_cli(["predict", "in/a.cif", "in/b.vasp", "in/missing.cif", "-m", random_ckpt, "-o", "out.csv"],
+                   cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "2 predicted, 1 failed" in done.stderr and "Traceback" not in done.stderr
+    rows = _read_csv(tmp_path / "out.csv")
+    assert_columns(list(rows[0]))
+    assert [r["name"] for r in rows] == ["in/a.cif", "in/b.vasp", "in/missing.cif"]
+    assert [r["error"] != "" for r in rows] == [False, False, True]
+    assert rows[2]["rand"] == "" and "no such file" in rows[2]["error"]
+    np.testing.assert_allclose([float(r["rand"]) for r in rows[:2]],
+                               _expected(random_ckpt, [structures["a.cif"], structures["b.vasp"]]), rtol=1e-5)
+    # nothing but the output in the working directory: no rank_0/, kernel_meta/, *.ir, ...
+    assert sorted(os.listdir(tmp_path)) == ["in", "out.csv"]
+    assert sorted(os.listdir(tmp_path / "in")) == ["POSCAR_d", "a.cif", "b.vasp", "c.cif"]
+
+
+def test_cli_all_succeed_json(files, random_ckpt, tmp_path):
+    done = run_cli(["predict", "in", "-m", random_ckpt, "-o", "out.json"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "out.json").read_text())
+    assert [r["name"] for r in rows] == ["in/POSCAR_d", "in/a.cif", "in/b.vasp", "in/c.cif"]  # folder: sorted
+    for r in rows:
+        assert_columns(list(r))
+    assert all(r["error"] == "" and isinstance(r["rand"], float) for r in rows)
+    assert sorted(os.listdir(tmp_path)) == ["in", "out.json"]
+
+
+def test_cli_refuses_existing_output(files, random_ckpt, tmp_path):
+    out = tmp_path / "out.csv"
+    out.write_text("precious\n")
+    refused = run_cli(["predict", "in/a.cif", "-m", random_ckpt, "-o", out], cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "exists" in refused.stderr and "--resume" in refused.stderr and "--overwrite" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert out.read_text() == "precious\n"
+
+
+def _killed_output(path: Path, ckpt: Path, inputs: list[str], n_done: int, cut: str = "") -> list[dict]:
+    """An output file as a killed ``predict -o`` leaves it: ``n_done`` rows flushed, no end, maybe a cut line."""
+    from crystalprop.output import ResultWriter
+
+    rows = predict(inputs, model=str(ckpt), workers=0)
+    for i, row in enumerate(rows):
+        row["rand"] = 1000.0 + i  # recognisable: rows kept by --resume are not recomputed
+    writer = ResultWriter(path, list(rows[0]), overwrite=True)
+    writer.write(rows[:n_done])
+    writer.handle.close()  # killed: no closing bracket
+    with open(path, "a") as handle:
+        handle.write(cut)
+    return rows
+
+
+def test_cli_resume_truncated_json(files, random_ckpt, tmp_path, monkeypatch):
+    inputs = ["in/a.cif", "in/b.vasp", "in/c.cif", "in/POSCAR_d"]
+    out = tmp_path / "out.json"
+    monkeypatch.chdir(tmp_path)
+    _killed_output(out, random_ckpt, inputs, 2, cut=',\n{"name": "in/c.cif", "sour')
+    assert not out.read_text().rstrip().endswith("]")
+    done = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", out, "--resume"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "2 predicted" in done.stderr
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == inputs
+    assert [r["rand"] for r in rows[:2]] == [1000.0, 1001.0]  # kept, not recomputed
+    np.testing.assert_allclose([r["rand"] for r in rows[2:]],
+                               _expected(random_ckpt, [files[1]["c.cif"], files[1]["POSCAR_d"]]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_cli_resume_csv_and_jsonl(files, random_ckpt, tmp_path, suffix, monkeypatch):
+    inputs = ["in/a.cif", "in/b.vasp", "in/c.cif"]
+    out = tmp_path / f"out{suffix}"
+    monkeypatch.chdir(tmp_path)
+    _killed_output(out, random_ckpt, inputs, 1)  # killed between two batches
+    done = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", out, "--resume"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    if suffix == ".csv":
+        rows = _read_csv(out)
+        assert_columns(list(rows[0]))
+    else:
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["name"] for r in rows) == inputs
+    assert float(rows[0]["rand"]) == 1000.0
+    np.testing.assert_allclose([float(r["rand"]) for r in rows[1:]],
+                               _expected(random_ckpt, [files[1]["b.vasp"], files[1]["c.cif"]]), rtol=1e-5)
+
+
+@pytest.mark.xfail(strict=True, reason="output.py: resuming a CSV or JSON Lines file whose last row was cut by a "
+                                       "kill appends after the cut text without a newline, so the redone row is "
+                                       "glued onto it (and done_names even counts a cut CSV row as done)")
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_cli_resume_after_a_row_cut_mid_write(files, random_ckpt, tmp_path, suffix, monkeypatch):
+    inputs = ["in/a.cif", "in/b.vasp", "in/c.cif"]
+    out = tmp_path / f"out{suffix}"
+    monkeypatch.chdir(tmp_path)
+    rows = _killed_output(out, random_ckpt, inputs, 1)
+    whole = out.read_text()
+    if suffix == ".csv":
+        partial = ",".join(str(rows[1].get(c, "")) for c in rows[1])[:12]
+    else:
+        partial = json.dumps(rows[1])[:30]
+    assert "in/b.vasp" in partial
+    out.write_text(whole + partial)  # the second row cut half-way
+    done = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", out, "--resume"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    if suffix == ".csv":
+        got = _read_csv(out)
+    else:
+        got = [json.loads(line) for line in out.read_text().splitlines() if line.strip() != partial]
+    assert sorted(r["name"] for r in got) == inputs
+    assert all(r["rand"] not in ("", None) and r["formula"] for r in got)
+
+
+def test_cli_gpu_fails_fast_and_clearly(files, random_ckpt, tmp_path):
+    started = time.monotonic()
+    done = run_cli(["predict", "in/a.cif", "-m", random_ckpt, "--device", "GPU"], cwd=tmp_path, timeout=120)
+    assert time.monotonic() - started < 60
+    assert done.returncode == 2
+    assert "GPU" in done.stderr and "--device CPU" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
+    assert sorted(os.listdir(tmp_path)) == ["in"]
+
+
+def test_compile_cache_is_keyed_on_the_model(files, random_ckpt, tmp_path):
+    """Two model sizes through the CLI with one cache folder: each must compute its own network."""
+    folder, structures = files
+    set_device("CPU")
+    big = _random_checkpoint(tmp_path / "big.ckpt", "y", "eV", seed=5)
+    # same file name stem, other architecture
+    from crystalprop.model.checkpoint import ModelCard, TargetTransform, save_checkpoint
+    from crystalprop.model.matformer import Matformer, ModelConfig
+
+    ms.set_seed(6)
+    net = Matformer(ModelConfig(layers=2, features=16, heads=1, fc_features=16))
+    save_checkpoint(big, net, ModelCard(target="y", model=net.config, transform=TargetTransform(1.0, 2.0)))
+    inputs = ["in/a.cif", "in/c.cif"]
+    expected = {}
+    for ckpt in (random_ckpt, big):
+        expected[ckpt] = _expected(ckpt, [structures["a.cif"], structures["c.cif"]])
+    out = tmp_path / "out.csv"
+    for ckpt in (random_ckpt, big):
+        done = run_cli(["predict", *inputs, "-m", ckpt, "-o", out, "--overwrite"], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        rows = _read_csv(out)  # --overwrite: the second run replaced the first one's rows
+        assert [r["name"] for r in rows] == inputs and ckpt.stem in rows[0]
+        np.testing.assert_allclose([float(r[ckpt.stem]) for r in rows], expected[ckpt], rtol=1e-5)
+
+
+# --- inspect and models --------------------------------------------------------------------------
+
+
+def test_cli_inspect_json(files, tmp_path):
+    done = run_cli(["inspect", "in/a.cif", "in/b.vasp", "in/missing.cif", "--json"], cwd=tmp_path)
+    assert done.returncode == 1  # one unreadable file
+    records = json.loads(done.stdout)
+    assert [r["name"] for r in records] == ["in/a.cif", "in/b.vasp", "in/missing.cif"]
+    nacl = records[0]
+    assert nacl["formula"] == "NaCl" and nacl["n_sites"] == 8
+    assert nacl["nearest_neighbor_A"] == pytest.approx(2.82, abs=1e-3)
+    assert nacl["n_edges"] > 0 and nacl["edges_per_atom"] == pytest.approx(nacl["n_edges"] / 8, abs=0.01)
+    assert records[1]["nearest_neighbor_A"] == pytest.approx(4.21 / 2, abs=1e-3)
+    assert records[2]["error"] and "n_edges" not in records[2]
+    ok = run_cli(["inspect", "in/c.cif", "--json", "--cutoff", "5", "--neighbors", "6"], cwd=tmp_path)
+    assert ok.returncode == 0
+    assert json.loads(ok.stdout)[0]["nearest_neighbor_A"] == pytest.approx(3.905 / 2, abs=1e-3)
+
+
+def test_cli_models_lists_checkpoints(shipped_dir, random_ckpt, files, tmp_path, monkeypatch):
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(shipped_dir, folder)
+    shutil.copy(random_ckpt, folder / "my_model.ckpt")
+    env = {"CRYSTALPROP_CHECKPOINTS": str(folder), "COLUMNS": "200"}
+    done = run_cli(["models"], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    shipped = next(i for i, line in enumerate(lines) if "formation_energy " in line)
+    mine = next(i for i, line in enumerate(lines) if "my_model" in line)
+    assert shipped < mine
+    assert "eV/atom" in lines[shipped] and "0.1230" in lines[shipped] and "40 crystals" in lines[shipped]
+    # a shipped name works as a model, and no model means every shipped model
+    monkeypatch.setenv("CRYSTALPROP_CHECKPOINTS", str(folder))
+    rows = predict(str(files[0] / "a.cif"))
+    assert rows[0]["formation_energy"] is not None and rows[0]["my_model"] is not None
+    named = predict(str(files[0] / "a.cif"), model="formation_energy")
+    assert named[0]["formation_energy"] == pytest.approx(rows[0]["formation_energy"])
+    assert "my_model" not in named[0]

@@ -1,0 +1,564 @@
+"""Tests for crystalprop.training: the loop, checkpoints it writes, resume, warm start, guards, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.core import Element, Structure
+
+from conftest import CLI, TINY, run_cli, synthetic_target, write_json_dataset
+from crystalprop.backend import mindspore_module, set_device
+
+set_device("CPU")
+ms = mindspore_module()
+
+from crystalprop import predict  # noqa: E402
+from crystalprop.evaluation import evaluate_model  # noqa: E402
+from crystalprop.graph import build_graph  # noqa: E402
+from crystalprop.model.checkpoint import load_model, read_checkpoint  # noqa: E402
+from crystalprop.model.inference import predict_graphs  # noqa: E402
+from crystalprop.model.matformer import ModelConfig  # noqa: E402
+from crystalprop.training import run as run_module  # noqa: E402
+from crystalprop.training import trainer as trainer_module  # noqa: E402
+from crystalprop.training.datasets import load_dataset  # noqa: E402
+from crystalprop.training.run import train_model  # noqa: E402
+from crystalprop.training.trainer import STATE_KEY, TrainConfig, Trainer, TrainingError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+N_DATA = 40
+STEPS_PER_EPOCH = 5  # 36 training structures, batch size 8
+COMPARED = ("epoch", "train_loss", "val_mae", "val_rmse", "lr", "best")
+TINY_CLI = ["--layers", "1", "--features", "8", "--heads", "1", "--fc-features", "8"]
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(target="y", unit="eV", epochs=4, batch_size=8, lr=5e-3, seed=0, model=ModelConfig(**TINY))
+    return TrainConfig(**{**base, **overrides})
+
+
+def comparable(history: list[dict], keys=COMPARED) -> list[tuple]:
+    return [tuple(row[k] for k in keys) for row in history]
+
+
+def assert_same_val_curve(a: list[dict], b: list[dict], rel: float = 1e-4) -> None:
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    np.testing.assert_allclose([r["val_mae"] for r in b], [r["val_mae"] for r in a], rtol=rel)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def train_state(path: Path) -> dict:
+    return json.loads(ms.load_checkpoint(str(path))[STATE_KEY])
+
+
+# --- work-around for the parameter-name bug ----------------------------------------------------
+#
+# trainer._LossNet wraps the Matformer as ``self.net`` with MindSpore's default auto_prefix=True,
+# which renames every parameter to "net.<name>"; best.ckpt is then saved with those names and
+# load_model() refuses it ("missing 33 parameter(s)"). The tests that show this run the real code
+# (test_*_without_workaround, marked xfail); every other test strips the prefix again right after
+# _LossNet is built, which is a no-op once the bug is fixed (auto_prefix=False in _LossNet).
+
+ORIGINAL_LOSSNET_INIT = trainer_module._LossNet.__init__
+
+
+def _unprefixed_init(self, net, loss):
+    ORIGINAL_LOSSNET_INIT(self, net, loss)
+    for param in net.get_parameters():
+        param.name = param.name.removeprefix("net.")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _work_around_prefixed_parameter_names():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer_module._LossNet, "__init__", _unprefixed_init)
+        yield
+
+
+@pytest.fixture()
+def without_workaround(monkeypatch):
+    monkeypatch.setattr(trainer_module._LossNet, "__init__", ORIGINAL_LOSSNET_INIT)
+
+
+@pytest.mark.xfail(strict=True, reason="trainer.py _LossNet: auto_prefix renames parameters to 'net.*', so the "
+                                       "best.ckpt written by training does not load with load_model")
+def test_trained_checkpoint_loads_without_workaround(without_workaround, data, tmp_path):
+    train_model(data, tmp_path / "run", config(epochs=1), workers=1)
+    _, params = read_checkpoint(tmp_path / "run" / "best.ckpt")
+    assert not any(name.startswith("net.") for name in params)
+    net, card = load_model(tmp_path / "run" / "best.ckpt")
+    assert card.target == "y"
+
+
+@pytest.mark.xfail(strict=True, reason="trainer.py _LossNet: auto_prefix renames the network's parameters to "
+                                       "'net.*' before _init_from matches names, so a checkpoint saved from a bare "
+                                       "Matformer (the shipped format) fits 'no parameter'")
+def test_init_from_plain_checkpoint_without_workaround(without_workaround, data, random_ckpt, tmp_path):
+    events = []
+    train_model(data, tmp_path / "warm", config(epochs=1), workers=1, init_from=random_ckpt,
+                on_event=lambda kind, info: events.append((kind, info)))
+    init = next(info for kind, info in events if kind == "init_from")
+    assert init["loaded"] == init["total"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_json_dataset(tmp_path_factory.mktemp("data") / "data.json", N_DATA)
+
+
+@pytest.fixture(scope="module")
+def run_a(data, tmp_path_factory):
+    """The reference run: 4 uninterrupted epochs."""
+    run_dir = tmp_path_factory.mktemp("run_a")
+    events = []
+    result = train_model(data, run_dir, config(), workers=1, on_event=lambda kind, info: events.append((kind, info)))
+    return result, run_dir, events
+
+
+# --- one run: what it writes ---------------------------------------------------------------
+
+
+def test_loss_falls_and_files_are_written(run_a):
+    result, run_dir, events = run_a
+    history = result.history
+    assert result.stopped_because == "finished" and result.epochs_done == 4
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert min(r["val_mae"] for r in history) < history[0]["val_mae"]
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == ["best.ckpt", "history.csv", "last.ckpt", "skipped.log"]  # no .lock, no temporary files
+    assert (run_dir / "skipped.log").read_text() == ""
+    rows = read_history(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    np.testing.assert_allclose([float(r["val_mae"]) for r in rows], [r["val_mae"] for r in history])
+    assert sum(1 for kind, _ in events if kind == "step") == 4 * STEPS_PER_EPOCH
+    data_event = next(info for kind, info in events if kind == "data")
+    assert (data_event["n_train"], data_event["n_val"], data_event["n_skipped"]) == (36, 4, 0)
+    assert result.best_val_mae == pytest.approx(min(r["val_mae"] for r in history))
+    assert history[result.best_epoch - 1]["best"]
+
+
+def test_best_checkpoint_card(run_a, data):
+    result, run_dir, _ = run_a
+    net, card = load_model(run_dir / "best.ckpt")
+    assert (card.target, card.unit) == ("y", "eV")
+    assert card.model == ModelConfig(**TINY)
+    assert card.metrics["split"] == "val" and card.metrics["selection_metric"] == "mae"
+    assert {"mae", "rmse", "r2", "max_error", "n"} <= set(card.metrics)
+    assert card.metrics["n"] == 4
+    assert card.metrics["mae"] == pytest.approx(result.best_val_mae, abs=1e-6)
+    dataset = load_dataset(data, "y", seed=0)
+    train_y = np.array([e.target for e in dataset.split("train")])
+    assert not card.transform.log10
+    assert card.transform.mean == pytest.approx(train_y.mean()) and card.transform.std == pytest.approx(train_y.std())
+    assert card.training["data"]["n_train"] == 36 and card.training["epochs"] == result.best_epoch
+    assert card.training["config"]["lr"] == 5e-3
+    symbols = {site.specie.symbol for e in dataset.split("train") for site in Structure.from_dict(e.source)}
+    assert card.elements == sorted(symbols, key=lambda s: Element(s).Z)
+    # the stored validation MAE is what the checkpoint really scores on the validation split
+    val = dataset.split("val")
+    pred = card.transform.physical(predict_graphs(net, [build_graph(Structure.from_dict(e.source)) for e in val]))
+    assert np.mean(np.abs(pred - [e.target for e in val])) == pytest.approx(card.metrics["mae"], rel=1e-4)
+
+
+def test_same_seed_same_history_other_seed_differs(run_a, data, tmp_path):
+    again = train_model(data, tmp_path / "again", config(), workers=1)
+    assert comparable(again.history) == comparable(run_a[0].history)
+    other = train_model(data, tmp_path / "other", config(seed=1), workers=1)
+    assert comparable(other.history) != comparable(run_a[0].history)
+
+
+def test_evaluate_run_directory_in_process(run_a, data):
+    result, run_dir, _ = run_a
+    metrics = evaluate_model(str(run_dir), data)
+    assert metrics["split"] == "val" and metrics["n"] == 4 and metrics["target"] == "y"
+    assert metrics["mae"] == pytest.approx(result.best_val_mae, rel=1e-4)
+
+
+# --- stopping and resuming ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resumed_mid_epoch(data, tmp_path_factory):
+    """Run B: stopped (as by Ctrl-C) after step 2 of epoch 3, then resumed."""
+    run_dir = tmp_path_factory.mktemp("run_b")
+    captured = {}
+
+    class Capturing(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            captured["trainer"] = self
+
+    def stop_in_epoch_3(kind, info):
+        if kind == "step" and info["epoch"] == 2 and info["step"] == 2:
+            captured["trainer"].stop_requested = True
+
+    original = run_module.Trainer
+    run_module.Trainer = Capturing
+    try:
+        first = train_model(data, run_dir, config(), workers=1, on_event=stop_in_epoch_3)
+    finally:
+        run_module.Trainer = original
+    state = train_state(run_dir / "last.ckpt")
+    second = train_model(data, run_dir, config(), workers=1, resume=True)
+    return first, state, second, run_dir
+
+
+def test_interrupted_run_saves_its_position(resumed_mid_epoch):
+    first, state, _, run_dir = resumed_mid_epoch
+    assert first.stopped_because == "interrupted"
+    assert first.epochs_done == 2 and len(first.history) == 2
+    assert state["state"]["epoch"] == 2 and state["state"]["step_in_epoch"] == 2
+    assert state["state"]["global_step"] == 2 * STEPS_PER_EPOCH + 2
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(resumed_mid_epoch, run_a):
+    _, _, second, run_dir = resumed_mid_epoch
+    assert second.stopped_because == "finished" and second.epochs_done == 4
+    assert_same_val_curve(run_a[0].history, second.history)
+    assert [int(r["epoch"]) for r in read_history(run_dir)] == [1, 2, 3, 4]
+    assert second.best_val_mae == pytest.approx(run_a[0].best_val_mae, rel=1e-4)
+    # epochs that were not cut keep their training loss exactly
+    for a, b in zip(run_a[0].history, second.history):
+        if a["epoch"] != 3:
+            assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="trainer.py: the train_loss of an epoch resumed mid-way averages only the "
+                                       "steps run after the resume (the losses list is not saved in last.ckpt)")
+def test_resume_mid_epoch_keeps_the_epoch_train_loss(resumed_mid_epoch, run_a):
+    _, _, second, _ = resumed_mid_epoch
+    assert second.history[2]["train_loss"] == pytest.approx(run_a[0].history[2]["train_loss"], rel=1e-4)
+
+
+def test_time_budget_stops_and_resume_continues(data, run_a, tmp_path):
+    run_dir = tmp_path / "budget"
+    first = train_model(data, run_dir, config(max_time_s=0.0), workers=1)
+    assert first.stopped_because == "time budget reached"
+    assert first.epochs_done == 0 and not (run_dir / "best.ckpt").exists()
+    assert train_state(run_dir / "last.ckpt")["state"]["global_step"] == 1
+    second = train_model(data, run_dir, config(), workers=1, resume=True)
+    assert second.stopped_because == "finished"
+    assert_same_val_curve(run_a[0].history, second.history)
+
+
+def test_resume_refuses_another_model_configuration(run_a, data, tmp_path):
+    run_dir = tmp_path / "copy"
+    run_dir.mkdir()
+    (run_dir / "last.ckpt").write_bytes((run_a[1] / "last.ckpt").read_bytes())
+    with pytest.raises(TrainingError, match="different model configuration"):
+        train_model(data, run_dir, config(model=ModelConfig(**{**TINY, "features": 16})), workers=1, resume=True)
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train_model(data, tmp_path / "empty", config(), workers=1, resume=True)
+
+
+def _wait_for_epochs(proc, run_dir: Path, epochs: int, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if len(read_history(run_dir)) >= epochs:
+                return
+        except (FileNotFoundError, csv.Error):
+            pass
+        if proc.poll() is not None:
+            pytest.fail(f"training ended (rc {proc.returncode}) before {epochs} epochs were logged")
+        time.sleep(0.02)
+    pytest.fail(f"no {epochs} epochs within {timeout} s")
+
+
+def test_cli_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path):
+    run_dir = tmp_path / "killed"
+    epochs = 20
+    args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", str(epochs), "--batch-size", "8",
+            "--lr", "5e-3", "--workers", "1", *TINY_CLI]
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _wait_for_epochs(proc, run_dir, 3)
+            proc.kill()
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    killed_at = train_state(run_dir / "last.ckpt")["state"]["epoch"]
+    assert 2 <= killed_at < epochs
+    assert (run_dir / ".lock").read_text().strip() == str(proc.pid)  # left behind by the kill
+    resumed = run_cli(args + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resume" in resumed.stderr
+    assert not (run_dir / ".lock").exists()
+    history = read_history(run_dir)
+    assert [int(r["epoch"]) for r in history] == list(range(1, epochs + 1))
+    reference = train_model(data, tmp_path / "reference", config(epochs=epochs, unit=""), workers=1)
+    np.testing.assert_allclose([float(r["val_mae"]) for r in history], [r["val_mae"] for r in reference.history],
+                               rtol=1e-4)
+
+
+@pytest.mark.xfail(strict=True, reason="trainer.py: MindSpore's graph executor installs its own SIGINT handler "
+                                       "(kill(getpid(), SIGTERM)) over the Trainer's, so Ctrl-C terminates the run "
+                                       "with SIGTERM instead of stopping cleanly after the current step")
+def test_cli_ctrl_c_stops_cleanly(data, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", "500", "--batch-size", "4", "--workers", "1",
+            *TINY_CLI]
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _wait_for_epochs(proc, run_dir, 2)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 0, f"rc {proc.returncode}: {stderr[-500:]}"
+    assert "interrupted" in stderr
+    state = train_state(run_dir / "last.ckpt")["state"]
+    assert state["epoch"] >= 2 and not (run_dir / ".lock").exists()
+
+
+# --- warm start, log10, patience ---------------------------------------------------------------
+
+
+def test_init_from_loads_the_weights(run_a, data, tmp_path):
+    result, run_dir, _ = run_a
+    source = run_dir / "best.ckpt"
+    events = []
+    warm = train_model(data, tmp_path / "warm", config(epochs=1, lr=1e-12), workers=1, init_from=source,
+                       on_event=lambda kind, info: events.append((kind, info)))
+    init = next(info for kind, info in events if kind == "init_from")
+    assert init["loaded"] == init["total"] and init["path"] == str(source)
+    assert warm.epochs_done == 1
+    _, source_params = read_checkpoint(source)
+    warm_card, warm_params = read_checkpoint(tmp_path / "warm" / "best.ckpt")
+    trainable = [name for name, value in source_params.items() if "moving_" not in name]
+    assert len(trainable) > 10
+    for name in trainable:  # lr 1e-12 leaves the loaded weights where they were (batch-norm statistics move)
+        np.testing.assert_allclose(warm_params[name].asnumpy(), source_params[name].asnumpy(), atol=1e-6,
+                                   err_msg=name)
+    assert warm_card.training["init_from"] == str(source)
+    assert warm_card.training["cumulative_epochs"] == pytest.approx(result.best_epoch + 1)
+
+
+def test_log10_target_round_trip(tmp_path):
+    path = write_json_dataset(tmp_path / "positive.json", 32, target="modulus")
+    records = json.loads(path.read_text())
+    for r in records:  # spread over two decades
+        r["modulus"] = 10 ** (r["modulus"] / 2.5)
+    path.write_text(json.dumps(records))
+    result = train_model(path, tmp_path / "log", config(target="modulus", unit="GPa", log10=True, epochs=3),
+                         workers=1)
+    assert all(np.isfinite(r["val_log10_mae"]) for r in result.history)
+    net, card = load_model(tmp_path / "log" / "best.ckpt")
+    dataset = load_dataset(path, "modulus", seed=0)
+    train_y = np.array([e.target for e in dataset.split("train")])
+    assert card.transform.log10 and card.unit == "GPa"
+    assert card.transform.mean == pytest.approx(np.log10(train_y).mean())
+    assert card.metrics["selection_metric"] == "log10_mae" and "log10_mae" in card.metrics
+    val = dataset.split("val")
+    structures = [Structure.from_dict(e.source) for e in val]
+    rows = predict(structures, model=str(tmp_path / "log" / "best.ckpt"), workers=0)
+    values = np.array([row["best"] for row in rows])  # column named after the file
+    raw = predict_graphs(net, [build_graph(s) for s in structures])
+    np.testing.assert_allclose(values, 10 ** (raw * card.transform.std + card.transform.mean), rtol=1e-5)
+    assert (values > 0).all()
+    y = np.array([e.target for e in val])
+    assert np.mean(np.abs(values - y)) == pytest.approx(card.metrics["mae"], rel=1e-4)  # physical units
+    assert np.mean(np.abs(np.log10(values) - np.log10(y))) == pytest.approx(card.metrics["log10_mae"], rel=1e-4)
+    metrics = evaluate_model(str(tmp_path / "log" / "best.ckpt"), path)
+    assert metrics["log10_mae"] == pytest.approx(card.metrics["log10_mae"], rel=1e-4)
+
+
+def test_log10_refuses_non_positive_targets(tmp_path):
+    path = write_json_dataset(tmp_path / "signed.json", 16)
+    records = json.loads(path.read_text())
+    records[0]["y"] = -1.0
+    path.write_text(json.dumps(records))
+    with pytest.raises(TrainingError, match="positive"):
+        train_model(path, tmp_path / "run", config(log10=True, epochs=1), workers=1)
+
+
+def test_patience_stops_a_run_that_does_not_improve(data, tmp_path):
+    result = train_model(data, tmp_path / "flat", config(epochs=20, lr=0.0, schedule="constant", patience=2),
+                         workers=1)
+    assert result.stopped_because == "no improvement for 2 epochs"
+    # lr 0: only batch-norm running statistics move, so the score settles within a few epochs
+    assert result.epochs_done == result.best_epoch + 2 < 20
+    assert [r["best"] for r in result.history[-2:]] == [False, False]
+    assert all(r["val_mae"] >= result.best_val_mae for r in result.history)
+
+
+# --- guards ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nan_run(data, tmp_path_factory):
+    """A run whose learning rate explodes in epoch 2."""
+    run_dir = tmp_path_factory.mktemp("nan")
+    normal = trainer_module.learning_rate
+
+    def exploding(schedule, step, *args):
+        return 1e30 if step >= STEPS_PER_EPOCH else normal(schedule, step, *args)
+
+    trainer_module.learning_rate = exploding
+    try:
+        with pytest.raises(TrainingError) as info:
+            train_model(data, run_dir, config(epochs=3), workers=1)
+    finally:
+        trainer_module.learning_rate = normal
+    return info.value, run_dir
+
+
+def test_nan_loss_stops_with_the_step(nan_run):
+    error, run_dir = nan_run
+    message = str(error)
+    assert "epoch 2" in message and "step" in message and str(run_dir) in message
+    assert "nan" in message.lower() or "inf" in message.lower()
+    assert not (run_dir / ".lock").exists()
+    rows = read_history(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1]
+    net, card = load_model(run_dir / "best.ckpt")  # the epoch-1 model is intact
+    assert np.isfinite([p.asnumpy() for p in net.get_parameters()][0]).all()
+    assert card.training["epochs"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason="trainer.py: after a non-finite loss the `finally` block still calls "
+                                       "_save_last, overwriting last.ckpt with the diverged (NaN) weights, so "
+                                       "--resume cannot recover although the message says the last good "
+                                       "checkpoint is kept")
+def test_nan_loss_keeps_a_resumable_last_checkpoint(nan_run, data):
+    _, run_dir = nan_run
+    params = ms.load_checkpoint(str(run_dir / "last.ckpt"))
+    params.pop(STATE_KEY)
+    bad = [name for name, value in params.items()
+           if hasattr(value, "asnumpy") and not np.isfinite(value.asnumpy()).all()]
+    assert bad == []
+    result = train_model(data, run_dir, config(epochs=3, lr=1e-3), workers=1, resume=True)
+    assert result.epochs_done == 3
+
+
+def test_lock_refuses_a_second_trainer(data, tmp_path):
+    run_dir = tmp_path / "locked"
+    dataset = load_dataset(data, "y", seed=0)
+    graphs = [build_graph(Structure.from_dict(e.source)) for e in dataset.entries]
+    train = ([g for g, e in zip(graphs, dataset.entries) if e.split == "train"],
+             np.array([e.target for e in dataset.split("train")]))
+    val = ([g for g, e in zip(graphs, dataset.entries) if e.split == "val"],
+           np.array([e.target for e in dataset.split("val")]))
+    refusals = []
+
+    def start_second(kind, info):
+        if kind == "start":
+            assert (run_dir / ".lock").read_text() == str(os.getpid())
+            try:
+                Trainer(config(epochs=1), run_dir, train, val).run()
+            except TrainingError as exc:
+                refusals.append(str(exc))
+
+    result = Trainer(config(epochs=1), run_dir, train, val, on_event=start_second).run()
+    assert result.epochs_done == 1
+    assert len(refusals) == 1 and "another training" in refusals[0] and str(run_dir) in refusals[0]
+    assert not (run_dir / ".lock").exists()
+
+    # a lock left by a process that is gone is taken over
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / ".lock").write_text(str(dead.pid))
+    with pytest.raises(TrainingError, match="nothing to resume"):  # got past the lock, failed inside it
+        Trainer(config(epochs=1), stale, train, val).run(resume=True)
+    assert not (stale / ".lock").exists()
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """``crystalprop train`` on 40 good records, one with a bad target and one unreadable structure."""
+    folder = tmp_path_factory.mktemp("cli")
+    path = write_json_dataset(folder / "data.json", N_DATA)
+    records = json.loads(path.read_text())
+    records.append({"id": "bad-target", "structure": records[0]["structure"], "y": "n/a"})
+    records.append({"id": "garbage", "structure": "not a structure\nat all\n", "y": 1.0})
+    path.write_text(json.dumps(records))
+    run_dir = folder / "run"
+    args = ["train", path, "--target", "y", "-o", run_dir, "--epochs", "2", "--batch-size", "8", *TINY_CLI]
+    done = run_cli(args, cwd=folder)
+    return done, args, path, run_dir, records
+
+
+def test_cli_train(cli_run):
+    done, args, path, run_dir, _ = cli_run
+    assert done.returncode == 0, done.stderr
+    for name in ("best.ckpt", "last.ckpt", "history.csv", "skipped.log"):
+        assert (run_dir / name).is_file(), name
+    assert len(read_history(run_dir)) == 2
+    skipped = (run_dir / "skipped.log").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in skipped) == ["bad-target", "garbage"]
+    assert "best validation MAE" in done.stderr
+    card, _ = read_checkpoint(run_dir / "best.ckpt")
+    assert card.target == "y" and card.model == ModelConfig(**TINY)
+    assert card.training["data"]["n_skipped"] == 2 and card.training["data"]["n_train"] == 36
+    assert sorted(p.name for p in path.parent.iterdir()) == ["data.json", "run"]  # no litter in the cwd
+
+
+def test_cli_train_refuses_to_overwrite_a_run(cli_run, tmp_path):
+    _, args, path, run_dir, _ = cli_run
+    before = (run_dir / "last.ckpt").read_bytes()
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 2
+    assert "--resume" in again.stderr and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+    assert (run_dir / "last.ckpt").read_bytes() == before and len(read_history(run_dir)) == 2
+
+
+def _check_evaluation(ev_dir: Path, records: list[dict], n: int) -> dict:
+    for name in ("predictions.csv", "metrics.json", "parity.png", "error_histogram.png"):
+        assert (ev_dir / name).is_file() and (ev_dir / name).stat().st_size > 0, name
+    assert (ev_dir / "parity.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((ev_dir / "metrics.json").read_text())
+    assert {"mae", "rmse", "r2", "max_error", "n"} <= set(metrics)
+    assert metrics["n"] == n and metrics["n_failed"] == 1 and metrics["split"] == "all"
+    with open(ev_dir / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == n and "garbage" not in {r["id"] for r in rows}
+    errors = np.array([float(r["predicted"]) - float(r["true"]) for r in rows])
+    assert metrics["mae"] == pytest.approx(np.mean(np.abs(errors)), rel=1e-4)
+    assert metrics["rmse"] == pytest.approx(np.sqrt(np.mean(errors**2)), rel=1e-4)
+    assert metrics["max_error"] == pytest.approx(np.max(np.abs(errors)), rel=1e-4)
+    truth = {r["id"]: synthetic_target(Structure.from_dict(r["structure"])) for r in records[:N_DATA]}
+    assert all(float(r["true"]) == pytest.approx(truth[r["id"]], rel=1e-5) for r in rows)
+    return metrics
+
+
+def test_cli_evaluate_writes_reports(cli_run, random_ckpt, tmp_path):
+    _, _, path, _, records = cli_run
+    ev_dir = tmp_path / "ev"
+    evaluated = run_cli(["evaluate", random_ckpt, path, "--split", "all", "-o", ev_dir], cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = _check_evaluation(ev_dir, records, N_DATA)
+    assert metrics["model"] == "rand" and metrics["unit"] == "eV"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev"]
+
+
+@pytest.mark.xfail(strict=True, reason="trainer.py _LossNet: the best.ckpt written by `crystalprop train` has "
+                                       "'net.*' parameter names and `crystalprop evaluate` refuses it")
+def test_cli_evaluate_trained_model(cli_run, tmp_path):
+    _, _, path, run_dir, records = cli_run
+    ev_dir = tmp_path / "ev"
+    evaluated = run_cli(["evaluate", run_dir / "best.ckpt", path, "--split", "all", "-o", ev_dir], cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    _check_evaluation(ev_dir, records, N_DATA)
