@@ -44,7 +44,7 @@ def main() -> None:
     card, params = read_checkpoint(best)
     net = build_model(card, params, best)
     card.name, card.description = args.name, args.description
-    card.metrics = {k: v for k, v in metrics.items() if k not in ("checkpoint", "files")}
+    card.metrics = {k: v for k, v in metrics.items() if k not in ("checkpoint", "files", "model")}
     out = ROOT / "checkpoints" / f"{args.name}.ckpt"
     save_checkpoint(out, net, card)
     notes = Path(args.notes).read_text() if args.notes else ""

@@ -114,7 +114,7 @@ def save_checkpoint(path: str | Path, net: Matformer, card: ModelCard, extra: di
     """Write weights + metadata (and optional extra tensors, e.g. optimizer state) atomically."""
     ms = mindspore_module()
     append = {METADATA_KEY: card.to_json()}
-    params = [{"name": p.name, "data": p} for p in net.get_parameters()]
+    params = [{"name": name, "data": p} for name, p in net.parameters_and_names()]
     if extra:
         params += [{"name": k, "data": v} for k, v in extra.items()]
     atomic_write(Path(path), lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict=append))
@@ -146,7 +146,8 @@ def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, Any]]:
 def load_weights(net: Matformer, params: dict[str, Any], path: str | Path) -> None:
     """Load parameters into ``net``, refusing any missing, extra or mis-shaped one."""
     ms = mindspore_module()
-    expected = {p.name: tuple(p.shape) for p in net.get_parameters()}
+    own = dict(net.parameters_and_names())  # names relative to the network, whatever wraps it
+    expected = {name: tuple(p.shape) for name, p in own.items()}
     found = {k: tuple(params[k].shape) for k in expected.keys() & params.keys()}
     missing = sorted(set(expected) - set(found))
     wrong = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
@@ -158,9 +159,8 @@ def load_weights(net: Matformer, params: dict[str, Any], path: str | Path) -> No
             k = wrong[0]
             details.append(f"{len(wrong)} with the wrong shape, e.g. {k} {found[k]} != {expected[k]}")
         raise CheckpointError(f"{path}: weights do not fit the model it describes: " + "; ".join(details))
-    not_loaded, _ = ms.load_param_into_net(net, {k: params[k] for k in expected}, strict_load=True)
-    if not_loaded:
-        raise CheckpointError(f"{path}: parameters not loaded: {not_loaded[:3]}")
+    for name, param in own.items():  # by relative name: MindSpore's loader matches global names
+        param.set_data(ms.Tensor(params[name].asnumpy()))
 
 
 def load_model(path: str | Path) -> tuple[Matformer, ModelCard]:

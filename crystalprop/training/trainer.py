@@ -211,7 +211,7 @@ class Trainer:
     def _init_from(self, net: Matformer, path: str | Path) -> None:
         """Warm start: copy every parameter whose name and shape match."""
         card, params = read_checkpoint(path)
-        own = {p.name: p for p in net.get_parameters()}
+        own = dict(net.parameters_and_names())
         loaded = 0
         for name, param in own.items():
             if name in params and tuple(params[name].shape) == tuple(param.shape):
