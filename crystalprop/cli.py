@@ -59,6 +59,8 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
 
     part = _shard(shard)
+    if workers is None and len(paths) <= 4 and all(os.path.isfile(p) for p in paths):
+        workers = 0  # a few files: starting reader processes would cost more than it saves
     try:
         from crystalprop.predictor import Predictor  # noqa: PLC0415
 

@@ -40,7 +40,8 @@ class Prepared:
 
 def _prepare_structure(name: str, source: str, structure: Structure, settings: GraphSettings,
                        notes: list[str] | None = None) -> Prepared:
-    item = Prepared(name, source, structure.composition.reduced_formula, len(structure), warnings=list(notes or []))
+    item = Prepared(name, source, formula=structure.composition.reduced_formula, n_sites=len(structure),
+                    warnings=list(notes or []))
     try:
         item.graph = build_graph(structure, settings)
     except ElementError as exc:
@@ -69,7 +70,8 @@ def _prepare_objects(structures: Iterable[tuple[str, Structure]], settings: Grap
         try:
             notes = validate_structure(structure)
         except ValueError as exc:
-            yield Prepared(name, name, structure.composition.reduced_formula, len(structure), error=str(exc))
+            yield Prepared(name, name, formula=structure.composition.reduced_formula, n_sites=len(structure),
+                           error=str(exc))
             continue
         yield _prepare_structure(name, name, structure, settings, notes)
 

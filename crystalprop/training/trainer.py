@@ -290,6 +290,10 @@ class Trainer:
                         stopped_because = "interrupted" if self.stop_requested else "time budget reached"
                         break
                 if stopped_because != "finished":
+                    if state["step_in_epoch"] and self.val_graphs:  # keep what the partial epoch gained
+                        done = epoch + state["step_in_epoch"] / steps_per_epoch
+                        metrics, key, score = self._validate(net, transform, losses)
+                        self._keep_if_best(net, transform, state, metrics, key, score, started, round(done, 3))
                     break
                 record = self._end_epoch(net, cell, transform, state, losses, epoch_start, started, lr)
                 self.on_event("epoch", record)
@@ -307,10 +311,9 @@ class Trainer:
         self.on_event("end", asdict(result) | {"run_dir": str(self.run_dir)})
         return result
 
-    def _end_epoch(self, net, cell, transform, state, losses, epoch_start, started, lr) -> dict:
-        """Validate, update best.ckpt, history and state; return the history row."""
+    def _validate(self, net, transform, losses) -> tuple[dict, str, float]:
+        """Validation metrics, the selection metric's name and its value (lower is better)."""
         cfg = self.config
-        epoch_time = time.monotonic() - epoch_start
         val_pred = transform.physical(predict_graphs(net, self.val_graphs, 128)) if self.val_graphs else np.zeros(0)
         metrics = regression_metrics(self.val_y, val_pred)
         if cfg.log10 and self.val_graphs:
@@ -319,15 +322,27 @@ class Trainer:
         net.set_train(True)
         key = "log10_mae" if cfg.log10 else "mae"
         score = metrics.get(key, float("nan")) if self.val_graphs else float(np.mean(losses))
+        return metrics, key, score
+
+    def _keep_if_best(self, net, transform, state, metrics, key, score, started, epochs: float) -> bool:
+        """Write best.ckpt when ``score`` beats the best so far."""
+        if not (np.isfinite(score) and score < state["best_mae"]):
+            return False
+        state["best_mae"], state["best_epoch"] = score, epochs
+        card_metrics = {"split": "val", "selection_metric": key, **{k: round(v, 6) for k, v in metrics.items()}}
+        elapsed_h = (time.monotonic() - started) / 3600
+        save_checkpoint(self.run_dir / "best.ckpt", net, self._card(transform, card_metrics, elapsed_h, epochs))
+        return True
+
+    def _end_epoch(self, net, cell, transform, state, losses, epoch_start, started, lr) -> dict:
+        """Validate, update best.ckpt, history and state; return the history row."""
+        epoch_time = time.monotonic() - epoch_start
+        metrics, key, score = self._validate(net, transform, losses)
         state["epoch"] += 1
         state["step_in_epoch"] = 0
+        improved = self._keep_if_best(net, transform, state, metrics, key, score, started, state["epoch"])
+        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
         elapsed_h = (time.monotonic() - started) / 3600
-        if np.isfinite(score) and score < state["best_mae"]:
-            state["best_mae"], state["best_epoch"], state["bad_epochs"] = score, state["epoch"], 0
-            card_metrics = {"split": "val", "selection_metric": key, **{k: round(v, 6) for k, v in metrics.items()}}
-            save_checkpoint(self.run_dir / "best.ckpt", net, self._card(transform, card_metrics, elapsed_h, state["epoch"]))
-        else:
-            state["bad_epochs"] += 1
         record = {
             "epoch": state["epoch"],
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
@@ -338,7 +353,7 @@ class Trainer:
             "epoch_s": round(epoch_time, 2),
             "structures_per_s": round(len(self.train_graphs) / max(epoch_time, 1e-9), 2),
             "elapsed_h": round(elapsed_h, 4),
-            "best": state["best_epoch"] == state["epoch"],
+            "best": improved,
         }
         self.history.append(record)
         self._write_history()
