@@ -274,11 +274,12 @@ def _run_training_child(job: dict) -> tuple[str, object]:
     child.start()
 
     def forward(signum, frame) -> None:
-        console.print("[yellow]stopping after this step and saving (Ctrl-C again to wait)...[/]")
+        console.print("[yellow]stopping after this step and saving...[/]")
         if child.pid:
             os.kill(child.pid, signal.SIGTERM)
 
-    previous = signal.signal(signal.SIGINT, forward)
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
     outcome: tuple[str, object] = ("error", "training process ended without a result (killed?)")
     try:
         with _TrainDisplay() as display:
@@ -295,13 +296,24 @@ def _run_training_child(job: dict) -> tuple[str, object]:
                 display.event(kind, info)
     finally:
         child.join()
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return outcome
 
 
 def _train_child_main(job: dict, events) -> None:
     """Child process: run the training and report events, then the result or the error."""
+    import signal  # noqa: PLC0415
+
     os.setsid()  # the terminal's Ctrl-C goes to the parent only
+    events.cancel_join_thread()  # never hang at exit on an unread queue
+    parent = os.getppid()
+
+    def report(kind: str, info: dict) -> None:
+        if os.getppid() != parent:  # the command was killed: stop cleanly rather than train unattended
+            os.kill(os.getpid(), signal.SIGTERM)
+        events.put((kind, info))
+
     try:
         from crystalprop.backend import set_device  # noqa: PLC0415
 
@@ -317,7 +329,7 @@ def _train_child_main(job: dict, events) -> None:
         if run["init_from"]:
             run["init_from"] = str(resolve_model(run["init_from"])[1])
         result = train_model(run.pop("data"), run.pop("run_dir"), config, **run,
-                             on_event=lambda kind, info: events.put((kind, info)))
+                             on_event=report)
         events.put(("result", {"stopped_because": result.stopped_because, "best_val_mae": result.best_val_mae,
                                "best_epoch": result.best_epoch}))
     except Exception as exc:  # reported to the parent as a one-line error

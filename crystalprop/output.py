@@ -29,6 +29,17 @@ def _format(path: Path) -> str:
     raise ValueError(f"{path}: output must end in .csv, .json or .jsonl")
 
 
+def drop_cut_tail(path: Path) -> None:
+    """Truncate a CSV / JSON Lines file after its last complete line (a kill can cut a row)."""
+    if not path.is_file() or _format(path) == "json":
+        return
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(end)
+
+
 def read_rows(path: Path) -> list[dict]:
     """Rows of a result file; a JSON line cut by a kill is dropped (that structure is redone)."""
     if not path.is_file():
@@ -49,7 +60,8 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def done_names(path: Path) -> set[str]:
-    """Names already in an output file (for ``--resume``)."""
+    """Names already in an output file (for ``--resume``), after dropping a cut last row."""
+    drop_cut_tail(path)
     return {row["name"] for row in read_rows(path) if row.get("name")}
 
 
@@ -80,6 +92,8 @@ class ResultWriter:
         if exists and not (resume or overwrite):
             raise OutputExistsError(f"{self.path} exists: use --resume to continue it or --overwrite to replace it")
         appending = exists and resume
+        if appending:
+            drop_cut_tail(self.path)
         self._rows_in_file = self._reopen_json_array() > 0 if appending and self.kind == "json" else False
         self.handle: IO[str] = open(self.path, "a" if appending else "w", encoding="utf-8", newline="")
         if self.kind == "csv":

@@ -51,17 +51,20 @@ def _prepare_structure(name: str, source: str, structure: Structure, settings: G
     return item
 
 
-def prepare_file(job: tuple[int, str, GraphSettings, float]) -> list[Prepared]:
-    """Worker: read one file (time-limited), validate, build graphs."""
-    index, path, settings, timeout = job
-    out = []
-    for record in iter_file_records(path, timeout):
-        if record.structure is None:
-            item = Prepared(record.name, record.source, error=record.error)
-        else:
-            item = _prepare_structure(record.name, record.source, record.structure, settings, record.warnings)
-        item.index = index
-        out.append(item)
+def prepare_input(job: tuple[int, Any, GraphSettings, float]) -> list[Prepared]:
+    """Worker: one input (a file path, or a named pymatgen Structure) -> prepared structures."""
+    index, item, settings, timeout = job
+    if isinstance(item, tuple):
+        out = list(_prepare_objects([item], settings))
+    else:
+        out = []
+        for record in iter_file_records(item, timeout):
+            if record.structure is None:
+                out.append(Prepared(record.name, record.source, error=record.error))
+            else:
+                out.append(_prepare_structure(record.name, record.source, record.structure, settings, record.warnings))
+    for prepared in out:
+        prepared.index = index
     return out
 
 
@@ -76,32 +79,35 @@ def _prepare_objects(structures: Iterable[tuple[str, Structure]], settings: Grap
         yield _prepare_structure(name, name, structure, settings, notes)
 
 
+def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
+    """Files (expanded from folders and globs) and named Structures, in the order given."""
+    for k, item in enumerate(inputs):
+        if isinstance(item, Structure):
+            yield (getattr(item, "name", None) or f"structure{k}", item)
+        else:
+            yield from iter_structure_paths([os.fspath(item)], recursive)
+
+
 def iter_prepared(
     inputs: Sequence[Any], settings: GraphSettings, *, recursive: bool = False, workers: int | None = None,
     timeout: float = READ_TIMEOUT_S, skip: set[str] | None = None, shard: tuple[int, int] = (1, 1),
 ) -> Iterator[Prepared]:
-    """Prepared structures in input order; paths are read in ``workers`` processes.
+    """Prepared structures in input order; inputs are read in ``workers`` processes.
 
     ``skip``: names already done (``--resume``). ``shard`` (i, n): only inputs whose position
     k in the input stream has k % n == i - 1, so n jobs split a list without overlap.
     """
     part, parts = shard
     skip = skip or set()
-    objects = [(getattr(s, "name", None) or f"structure{k}", s) for k, s in enumerate(inputs) if isinstance(s, Structure)]
-    for k, item in enumerate(_prepare_objects(objects, settings)):
-        item.index = k
-        if k % parts == part - 1 and item.name not in skip:
-            yield item
-    paths = iter_structure_paths([os.fspath(s) for s in inputs if not isinstance(s, Structure)], recursive)
-    jobs = ((k + len(objects), p, settings, timeout) for k, p in enumerate(paths)
-            if (k + len(objects)) % parts == part - 1 and p not in skip)
+    jobs = ((k, item, settings, timeout) for k, item in enumerate(_iter_inputs(inputs, recursive))
+            if k % parts == part - 1 and (isinstance(item, tuple) or item not in skip))
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
     if workers <= 0:
-        prepared = (item for job in jobs for item in prepare_file(job))
+        prepared = (item for job in jobs for item in prepare_input(job))
         yield from (item for item in prepared if item.name not in skip)
         return
     with mp.get_context("spawn").Pool(workers) as pool:
-        for items in pool.imap(prepare_file, jobs, chunksize=8):
+        for items in pool.imap(prepare_input, jobs, chunksize=8):
             yield from (item for item in items if item.name not in skip)
 
 

@@ -256,6 +256,7 @@ class Trainer:
         # process, so `crystalprop train` runs this loop in its own session and turns Ctrl-C
         # into SIGTERM (see cli.py); SIGINT is still caught here between steps.
         previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
+        diverged = False
         last_save = time.monotonic()
         self.on_event("start", {"steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs, "epoch": state["epoch"],
                                 "n_train": len(self.train_graphs), "n_val": len(self.val_graphs)})
@@ -264,7 +265,9 @@ class Trainer:
                 epoch = state["epoch"]
                 order = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(self.train_graphs))
                 net.set_train(True)
-                epoch_start, losses = time.monotonic(), []
+                epoch_start = time.monotonic()
+                losses = state.pop("epoch_losses", []) if state["step_in_epoch"] else []
+                state["epoch_losses"] = losses  # saved with a mid-epoch last.ckpt, so a resume averages them all
                 lr = learning_rate(cfg.schedule, state["global_step"], total_steps, cfg.lr, cfg.warmup_fraction)
                 for step in range(state["step_in_epoch"], steps_per_epoch):
                     idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -273,6 +276,7 @@ class Trainer:
                     batch = collate([self.train_graphs[i] for i in idx])
                     loss = float(cell(*batch_tensors(batch), ms.Tensor(y_train[idx])).asnumpy())
                     if not np.isfinite(loss):
+                        diverged = True  # the weights are now non-finite: keep the files as they were
                         raise TrainingError(
                             f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
                             f"the last good checkpoint is kept in {self.run_dir} (try a lower --lr)"
@@ -303,9 +307,10 @@ class Trainer:
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
-            state["elapsed_s"] = time.monotonic() - started
-            state["transform"] = asdict(transform)
-            self._save_last(cell, state)
+            if not diverged:
+                state["elapsed_s"] = time.monotonic() - started
+                state["transform"] = asdict(transform)
+                self._save_last(cell, state)
         result = TrainResult(state["best_mae"], state["best_epoch"], state["epoch"], stopped_because,
                              self.run_dir, self.history)
         self.on_event("end", asdict(result) | {"run_dir": str(self.run_dir)})
@@ -340,6 +345,7 @@ class Trainer:
         metrics, key, score = self._validate(net, transform, losses)
         state["epoch"] += 1
         state["step_in_epoch"] = 0
+        state["epoch_losses"] = []
         improved = self._keep_if_best(net, transform, state, metrics, key, score, started, state["epoch"])
         state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
         elapsed_h = (time.monotonic() - started) / 3600
