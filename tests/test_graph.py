@@ -17,6 +17,7 @@ from pymatgen.core import Element, Lattice, Structure
 
 from crystalprop.graph import ElementError, GraphSettings, atom_features, build_graph, check_elements, collate
 from crystalprop.graph import elements, neighbors
+from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
 
 MP_STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp2018" / "structures"
 K = 12
@@ -25,26 +26,8 @@ K = 12
 # --- structures ------------------------------------------------------------
 
 
-def nacl_primitive() -> Structure:
-    a = 5.64
-    lattice = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
-    return Structure(lattice, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
-def nacl_conventional() -> Structure:
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-
-
-def srtio3() -> Structure:
-    return Structure(
-        Lattice.cubic(3.905),
-        ["Sr", "Ti", "O", "O", "O"],
-        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
-    )
-
-
-def hcp_mg() -> Structure:
-    return Structure.from_spacegroup("P6_3/mmc", Lattice.hexagonal(3.21, 5.21), ["Mg"], [[1 / 3, 2 / 3, 0.25]])
 
 
 def triclinic(n_atoms: int = 4, seed: int = 7) -> Structure:

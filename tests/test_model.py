@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
+from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
+
 from crystalprop import backend
 
 backend.set_device("CPU")
@@ -37,22 +39,7 @@ CONFIGS = {
 # --- structures ------------------------------------------------------------
 
 
-def nacl_primitive() -> Structure:
-    a = 5.64
-    lattice = Lattice([[0, a / 2, a / 2], [a / 2, 0, a / 2], [a / 2, a / 2, 0]])
-    return Structure(lattice, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
-
-def nacl_conventional() -> Structure:
-    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-
-
-def srtio3() -> Structure:
-    return Structure(
-        Lattice.cubic(3.905),
-        ["Sr", "Ti", "O", "O", "O"],
-        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
-    )
 
 
 def wurtzite_zno() -> Structure:
@@ -60,9 +47,6 @@ def wurtzite_zno() -> Structure:
         "P6_3mc", Lattice.hexagonal(3.25, 5.21), ["Zn", "O"], [[1 / 3, 2 / 3, 0.0], [1 / 3, 2 / 3, 0.382]]
     )
 
-
-def hcp_mg() -> Structure:
-    return Structure.from_spacegroup("P6_3/mmc", Lattice.hexagonal(3.21, 5.21), ["Mg"], [[1 / 3, 2 / 3, 0.25]])
 
 
 def triclinic(n_atoms: int, seed: int) -> Structure:

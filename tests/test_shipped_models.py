@@ -1,0 +1,49 @@
+"""Pin the shipped models' predictions so no change alters a published number unnoticed.
+
+The structures are built here; the pinned values were produced by the shipped checkpoints
+when they were committed. A deliberate retraining updates the checkpoint and these numbers
+in the same commit.
+"""
+
+from __future__ import annotations
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crystalprop.registry import checkpoints_dir
+
+PINNED = {
+    "formation_energy": {},
+    "band_gap": {},
+    "bulk_modulus": {"NaCl": 30.1601, "Si": 95.8254, "SrTiO3": 147.2317, "Cu": 156.9918},
+    "shear_modulus": {"NaCl": 16.1088, "Si": 64.8477, "SrTiO3": 91.3462, "Cu": 52.2309},
+}
+
+
+def pinned_structures() -> dict[str, Structure]:
+    """Four textbook crystals (experimental lattice constants), primitive cells."""
+    return {
+        "NaCl": Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "Si": Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]]),
+        "SrTiO3": Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.905), ["Sr", "Ti", "O"],
+                                            [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]]),
+        "Cu": Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.615), ["Cu"], [[0, 0, 0]]),
+    }
+
+
+@pytest.mark.parametrize("model", sorted(PINNED))
+def test_shipped_model_predictions_are_pinned(model, monkeypatch):
+    monkeypatch.delenv("CRYSTALPROP_CHECKPOINTS", raising=False)
+    if not (checkpoints_dir() / f"{model}.ckpt").is_file():
+        pytest.fail(f"shipped model {model} is missing from {checkpoints_dir()}")
+    if not PINNED[model]:
+        pytest.skip(f"{model}: no pinned values yet")
+    import crystalprop
+
+    structures = {name: s.get_primitive_structure() for name, s in pinned_structures().items()}
+    for name, s in structures.items():
+        s.name = name  # crystalprop.predict names rows by this attribute
+    rows = crystalprop.predict(list(structures.values()), model=model, workers=0)
+    got = {row["name"]: row[model] for row in rows}
+    for name, value in PINNED[model].items():
+        assert got[name] == pytest.approx(value, rel=1e-4), f"{model} on {name}"
