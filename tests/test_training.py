@@ -287,7 +287,7 @@ def test_cli_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path):
             _wait_for_epochs(proc, run_dir, 3)
             trainer = _trainer_pid(run_dir)
             os.kill(trainer, signal.SIGKILL)  # the training process dies hard (OOM killer, power cut, ...)
-            proc.wait(timeout=60)
+            proc.wait(timeout=180)
         finally:
             _kill_if_ours(trainer, run_dir)
             proc.kill()
@@ -321,7 +321,7 @@ def test_cli_ctrl_c_stops_cleanly(data, tmp_path):
             _wait_for_epochs(proc, run_dir, 2)
             trainer = _trainer_pid(run_dir)
             proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=60)
+            proc.wait(timeout=180)
         finally:
             _kill_if_ours(trainer, run_dir)
             proc.kill()
@@ -345,7 +345,7 @@ def test_cli_sigterm_stops_the_training(data, tmp_path):
             _wait_for_epochs(proc, run_dir, 2)
             trainer = _trainer_pid(run_dir)
             proc.send_signal(signal.SIGTERM)  # e.g. `timeout`, a batch scheduler, `kill PID`
-            proc.wait(timeout=60)
+            proc.wait(timeout=180)
             deadline = time.monotonic() + 5  # a clean stop takes one step
             while _alive(trainer) and time.monotonic() < deadline:
                 time.sleep(0.1)
