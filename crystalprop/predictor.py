@@ -21,7 +21,6 @@ from crystalprop.io.discovery import iter_file_records, iter_structure_paths
 from crystalprop.io.readers import validate_structure
 
 READ_TIMEOUT_S = 60.0
-CLOSE_ATOMS_WARNING = "atoms closer than"
 
 
 @dataclass

@@ -13,7 +13,7 @@ from crystalprop.training.graph_cache import build_graphs
 from crystalprop.training.trainer import Trainer, TrainConfig, TrainResult, TrainingError
 
 
-def split_graphs(dataset: Dataset, graphs, errors, split: str):
+def split_graphs(dataset: Dataset, graphs, split: str):
     """(graphs, targets, ids) of one split, leaving out failed graphs."""
     rows = [(g, e.target, e.id) for e, g in zip(dataset.entries, graphs) if e.split == split and g is not None]
     return [r[0] for r in rows], np.array([r[1] for r in rows], dtype=np.float64), [r[2] for r in rows]
@@ -56,8 +56,8 @@ def train_model(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     n_skipped = write_skipped(run_dir / "skipped.log", dataset, errors)
-    train = split_graphs(dataset, graphs, errors, "train")
-    val = split_graphs(dataset, graphs, errors, "val")
+    train = split_graphs(dataset, graphs, "train")
+    val = split_graphs(dataset, graphs, "val")
     if not train[0]:
         raise TrainingError(f"{data}: no training structures could be used (see {run_dir / 'skipped.log'})")
     description = {
