@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -214,6 +215,8 @@ def inspect(paths, recursive, as_json, cutoff, neighbors) -> None:
 @click.option("--schedule", default="onecycle", show_default=True, type=click.Choice(["onecycle", "cosine", "constant"]))
 @click.option("--loss", default="mse", show_default=True, type=click.Choice(["mse", "l1", "huber"]))
 @click.option("--log10", is_flag=True, help="Learn log10 of a positive target (e.g. moduli).")
+@click.option("--floor", default=None, type=float,
+              help="Physical lower bound: predictions below it are raised to it (e.g. 0 for band gaps).")
 @click.option("--layers", default=5, show_default=True)
 @click.option("--features", default=64, show_default=True)
 @click.option("--heads", default=1, show_default=True)
@@ -228,34 +231,95 @@ def inspect(paths, recursive, as_json, cutoff, neighbors) -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --output-dir from last.ckpt.")
 @click.option("--init-from", default=None, help="Start from these weights (checkpoint or shipped model name).")
 @click.option("--limit", default=None, type=int, help="Use only the first N training structures (quick trials).")
-@click.option("--workers", default=None, type=int, help="Graph-building processes (default: all cores).")
-@click.option("--threads", default=None, type=int, help="MindSpore CPU threads.")
-def train(data, target, unit, output_dir, epochs, batch_size, lr, weight_decay, schedule, loss, log10, layers,
+@click.option("--workers", default=1, show_default=True,
+              help="Data-parallel training processes on this machine (started with msrun).")
+@click.option("--graph-workers", default=None, type=int, help="Graph-building processes (default: all cores).")
+@click.option("--threads", default=None, type=int, help="MindSpore CPU threads per training process.")
+@click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"], case_sensitive=False))
+def train(data, target, unit, output_dir, epochs, batch_size, lr, weight_decay, schedule, loss, log10, floor, layers,
           features, heads, fc_features, patience, max_time, seed, val_fraction, test_fraction, id_column,
-          structure_column, resume, init_from, limit, workers, threads) -> None:
+          structure_column, resume, init_from, limit, workers, graph_workers, threads, device) -> None:
     """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, or a CSV with structures).
 
     Ctrl-C (or SIGTERM) stops after the current step and saves last.ckpt; --resume continues.
+    With --workers N (or started under msrun) each process trains on its share of every
+    batch and gradients are averaged by MindSpore's all-reduce; rank 0 writes the files.
     """
+    from crystalprop.training.distributed import join_cluster, launched_by_msrun, serves_cluster  # noqa: PLC0415
+
+    if workers > 1 and not launched_by_msrun():
+        _launch_msrun(workers, output_dir, threads)
+        return
+    if serves_cluster():  # msrun's scheduler process runs this command too: it only coordinates
+        join_cluster()
+        return
     if resume and not (Path(output_dir) / "last.ckpt").is_file():
         _fail(f"{output_dir}: nothing to resume (no last.ckpt)")
     if not resume and (Path(output_dir) / "last.ckpt").is_file():
         _fail(f"{output_dir} already holds a run: add --resume to continue it, or choose another --output-dir")
     job = {
         "config": dict(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
-                       weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, patience=patience,
-                       max_time_s=_duration(max_time), seed=seed),
+                       weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
+                       patience=patience, max_time_s=_duration(max_time), seed=seed),
         "model": dict(layers=layers, features=features, heads=heads, fc_features=fc_features),
         "run": dict(data=data, run_dir=output_dir, id_column=id_column, structure_column=structure_column,
                     val_fraction=val_fraction, test_fraction=test_fraction, limit=limit, resume=resume,
-                    init_from=init_from, workers=workers),
+                    init_from=init_from, workers=graph_workers),
         "threads": threads,
+        "device": device,
     }
     kind, payload = _run_training_child(job)
     if kind == "error":
         _fail(payload)
     console.print(f"[bold]{payload['stopped_because']}[/]: best validation MAE {payload['best_val_mae']:.4g} at "
                   f"epoch {payload['best_epoch']}; run in {output_dir} (best.ckpt, last.ckpt, history.csv)")
+
+
+def _launch_msrun(workers: int, output_dir: str, threads: int | None) -> None:
+    """Run this same train command in ``workers`` msrun processes; their logs go to OUTPUT_DIR/logs."""
+    import subprocess  # noqa: PLC0415
+
+    from crystalprop.training.distributed import msrun_command, msrun_environment  # noqa: PLC0415
+
+    args = sys.argv[1:]
+    at = next(i for i, a in enumerate(args) if a == "--workers" or a.startswith("--workers="))
+    del args[at : at + (1 if "=" in args[at] else 2)]
+    if threads is None:
+        args += ["--threads", str(max(1, (os.cpu_count() or 1) // workers))]
+    log_dir = Path(output_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = msrun_command(workers, args, log_dir)
+    console.print(f"starting {workers} training processes with msrun; logs in {log_dir}", highlight=False)
+    with open(log_dir / "msrun.log", "w") as msrun_log:
+        worker = subprocess.Popen(command, env=msrun_environment(), stdout=msrun_log, stderr=subprocess.STDOUT)
+        try:
+            rc = _follow(log_dir / "worker_0.log", worker)
+        except KeyboardInterrupt:
+            worker.terminate()
+            rc = worker.wait()
+    if rc != 0:
+        _fail(f"distributed training failed (exit {rc}); the last checkpoint in {output_dir} is intact. "
+              f"Worker logs: {log_dir}", code=1)
+
+
+def _follow(log: Path, process) -> int:
+    """Print rank 0's log lines as they come until ``process`` ends; its exit status."""
+
+    position = 0
+    while True:
+        done = process.poll() is not None
+        if log.is_file():
+            with open(log, "rb") as f:
+                f.seek(position)
+                chunk = f.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only; the rest comes next time
+            position += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                if line.strip() and not line.startswith("["):  # MindSpore's own log lines start with [LEVEL]
+                    console.print(line, highlight=False, markup=False)
+        if done:
+            return process.returncode
+        time.sleep(0.5)
 
 
 def _run_training_child(job: dict) -> tuple[str, object]:
@@ -301,23 +365,36 @@ def _run_training_child(job: dict) -> tuple[str, object]:
     return outcome
 
 
+def _stop_when_orphaned(parent: int, grace_s: float = 300.0) -> None:
+    """If the command that started this process dies, stop cleanly (SIGTERM) rather than train
+    unattended; leave for good if a clean stop has not happened within ``grace_s`` (e.g. a
+    data-parallel peer died and an all-reduce waits for it)."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="orphan-watch").start()
+
+
 def _train_child_main(job: dict, events) -> None:
     """Child process: run the training and report events, then the result or the error."""
-    import signal  # noqa: PLC0415
-
     os.setsid()  # the terminal's Ctrl-C goes to the parent only
     events.cancel_join_thread()  # never hang at exit on an unread queue
-    parent = os.getppid()
+    _stop_when_orphaned(os.getppid(), grace_s=60.0 if "MS_ROLE" in os.environ else 300.0)
 
     def report(kind: str, info: dict) -> None:
-        if os.getppid() != parent:  # the command was killed: stop cleanly rather than train unattended
-            os.kill(os.getpid(), signal.SIGTERM)
         events.put((kind, info))
 
     try:
         from crystalprop.backend import set_device  # noqa: PLC0415
 
-        set_device("CPU", threads=job["threads"])
+        set_device(job["device"], threads=job["threads"])
         from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
         from crystalprop.model.matformer import ModelConfig  # noqa: PLC0415
         from crystalprop.registry import resolve_model  # noqa: PLC0415
@@ -344,6 +421,7 @@ class _TrainDisplay:
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=console)
         self.task = None
+        self.started = time.monotonic()
 
     def __enter__(self) -> "_TrainDisplay":
         self.progress.__enter__()
@@ -370,6 +448,11 @@ class _TrainDisplay:
         elif kind == "step":
             p.update(self.task, completed=info["step"], description=f"epoch {info['epoch'] + 1}/{self.epochs}",
                      info=f"loss {info['loss']:.4f}  lr {info['lr']:.2e}")
+            if not console.is_terminal and info["step"] % max(1, self.steps // 20) == 0:
+                # logs (nohup, batch jobs) get a plain line every 5 % of an epoch instead of a live bar
+                console.print(f"epoch {info['epoch'] + 1}/{self.epochs} step {info['step']}/{self.steps} "
+                              f"loss {info['loss']:.4f} lr {info['lr']:.2e} "
+                              f"{time.monotonic() - self.started:.0f} s", highlight=False)
         elif kind == "epoch":
             console.print(f"epoch {info['epoch']}: train loss {info['train_loss']:.4f}, val MAE {info['val_mae']:.4g}"
                           + (f" (log10 {info['val_log10_mae']:.4f})" if info["val_log10_mae"] == info["val_log10_mae"] else "")

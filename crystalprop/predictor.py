@@ -17,6 +17,7 @@ from pymatgen.core import Structure
 
 from crystalprop.graph.elements import ElementError
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
+from crystalprop.io.applicability import domain_warnings
 from crystalprop.io.discovery import iter_file_records, iter_structure_paths
 from crystalprop.io.readers import validate_structure
 
@@ -40,7 +41,7 @@ class Prepared:
 def _prepare_structure(name: str, source: str, structure: Structure, settings: GraphSettings,
                        notes: list[str] | None = None) -> Prepared:
     item = Prepared(name, source, formula=structure.composition.reduced_formula, n_sites=len(structure),
-                    warnings=list(notes or []))
+                    warnings=list(notes or []) + domain_warnings(structure))
     try:
         item.graph = build_graph(structure, settings)
     except ElementError as exc:

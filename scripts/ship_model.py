@@ -34,18 +34,23 @@ def main() -> None:
     parser.add_argument("--target", default=None)
     parser.add_argument("--description", default="")
     parser.add_argument("--notes", default=None, help="Markdown file appended to the card (choices, gaps).")
+    parser.add_argument("--floor", type=float, default=None,
+                        help="Set the card's physical lower bound (e.g. 0 for band gaps) before evaluating.")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
     from crystalprop.model.checkpoint import build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
 
     best = Path(args.run_dir) / "best.ckpt"
-    metrics = evaluate_model(str(best), args.data, target=args.target, split="val")
     card, params = read_checkpoint(best)
     net = build_model(card, params, best)
+    if args.floor is not None:
+        card.transform.floor = args.floor
     card.name, card.description = args.name, args.description
-    card.metrics = {k: v for k, v in metrics.items() if k not in ("checkpoint", "files", "model")}
     out = ROOT / "checkpoints" / f"{args.name}.ckpt"
+    save_checkpoint(out, net, card)
+    metrics = evaluate_model(str(out), args.data, target=args.target, split="val")
+    card.metrics = {k: v for k, v in metrics.items() if k not in ("checkpoint", "files", "model")}
     save_checkpoint(out, net, card)
     notes = Path(args.notes).read_text() if args.notes else ""
     (ROOT / "checkpoints" / f"{args.name}.md").write_text(render_card(card, metrics, args) + notes)
@@ -74,7 +79,9 @@ def render_card(card, m: dict, args) -> str:
         f"fc {model['fc_features']}; graph: cutoff {card.graph.cutoff} Å, {card.graph.max_neighbors} neighbours, "
         f"lattice edges {'on' if card.graph.use_lattice else 'off'}.",
         f"- Target transform: {'log10, then ' if log else ''}standardised with mean {card.transform.mean:.5g}, "
-        f"std {card.transform.std:.5g} (training split).",
+        f"std {card.transform.std:.5g} (training split)"
+        + (f"; predictions below {card.transform.floor:g} {card.unit} are raised to it." if card.transform.floor
+           is not None else "."),
         "",
         "## Training budget",
         f"- {t.get('cumulative_epochs', t.get('epochs'))} epochs, {t.get('cumulative_wall_hours', t.get('wall_hours'))} "
@@ -84,7 +91,7 @@ def render_card(card, m: dict, args) -> str:
         f"- Warm start: {t.get('init_from') or 'none (from scratch)'}.",
         "",
         "## Validation metrics (measured with `crystalprop evaluate`)",
-        f"| n | MAE | RMSE | R² | max error |",
+        "| n | MAE | RMSE | R² | max error |",
         "|---|---|---|---|---|",
         f"| {m['n']} | {m['mae']:.4f} {card.unit} | {m['rmse']:.4f} | {m['r2']:.4f} | {m['max_error']:.3f} |",
     ]

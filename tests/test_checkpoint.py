@@ -183,6 +183,18 @@ def test_target_transform_inverse(log10):
         assert transform.physical(np.array([1.0])) == pytest.approx(transform.mean + transform.std)
 
 
+def test_floor_raises_predictions_below_a_physical_bound():
+    transform = TargetTransform(mean=1.0, std=2.0, floor=0.0)
+    np.testing.assert_allclose(transform.physical(np.array([-1.0, -0.5, 0.0, 1.0])), [0.0, 0.0, 1.0, 3.0])
+    # without a floor the same outputs can go negative, and old cards (no floor field) still load
+    assert TargetTransform(mean=1.0, std=2.0).physical(np.array([-1.0]))[0] == -1.0
+    card = ModelCard(target="band_gap", unit="eV", transform=transform)
+    raw = json.loads(card.to_json())
+    assert ModelCard.from_json(json.dumps(raw)).transform.floor == 0.0
+    del raw["transform"]["floor"]
+    assert ModelCard.from_json(json.dumps(raw)).transform.floor is None
+
+
 def test_card_json_round_trip():
     card = ModelCard(target="bulk", unit="GPa", model=ModelConfig(**TINY),
                      transform=TargetTransform(1.2, 0.3, True), metrics={"log10_mae": 0.05}, elements=["O"])

@@ -117,6 +117,19 @@ def test_cif_duplicate_block_names_kept_apart(tmp_path, nacl):
     assert [n for n, _ in read_file(path)] == [f"{path}#NaCl", f"{path}#NaCl~2"]
 
 
+def test_cif_data_line_inside_text_field_is_not_a_block(tmp_path, nacl):
+    """SHELXL CIFs embed the FCF file, with its own data_ line and cell, in a text field."""
+    fcf = (
+        "_iucr_refine_fcf_details\n;\ndata_nacl_fcf\n_shelx_refln_list_code 4\n"
+        "_cell_length_a 5.64\n_cell_length_b 5.64\n_cell_length_c 5.64\n"
+        "loop_\n _refln_index_h\n _refln_index_k\n _refln_index_l\n _refln_F_squared_calc\n"
+        "   1   1   1   12.3\n;\n"
+    )
+    path = write(tmp_path / "shelx.cif", str(CifWriter(nacl)) + fcf)
+    [(name, s)] = read_file(path)
+    assert name == path and len(s) == 8
+
+
 def test_cif_uncertainties_and_extra_columns(tmp_path):
     text = """data_CsCl
 _cell_length_a 4.123(4)
@@ -251,6 +264,13 @@ def test_json_lists_named_by_index_or_id(tmp_path, nacl, quartz_like):
     result = read_file(wrapped)
     assert [n for n, _ in result] == [f"{wrapped}#mp-22862", f"{wrapped}#7"]
     assert [len(s) for _, s in result] == [8, 9]
+
+
+def test_json_repeated_ids_get_unique_names(tmp_path, nacl, quartz_like):
+    """JARVIS force-field sets hold several frames per jid; each row still needs its own name."""
+    records = [{"jid": "15607", "atoms": s.as_dict()} for s in (nacl, quartz_like, nacl)]
+    path = write(tmp_path / "frames.json", json.dumps(records))
+    assert [n for n, _ in read_file(path)] == [f"{path}#15607", f"{path}#15607~2", f"{path}#15607~3"]
 
 
 def test_json_bad_cases(tmp_path, nacl):

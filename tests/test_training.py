@@ -279,7 +279,7 @@ def test_cli_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path):
     run_dir = tmp_path / "killed"
     epochs = 20
     args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", str(epochs), "--batch-size", "8",
-            "--lr", "5e-3", "--workers", "1", *TINY_CLI]
+            "--lr", "5e-3", "--graph-workers", "1", *TINY_CLI]
     trainer = None
     with open(tmp_path / "stderr.txt", "w") as err:
         proc = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=err)
@@ -312,7 +312,7 @@ def test_cli_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path):
 
 def test_cli_ctrl_c_stops_cleanly(data, tmp_path):
     run_dir = tmp_path / "interrupted"
-    args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", "500", "--batch-size", "4", "--workers", "1",
+    args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", "500", "--batch-size", "4", "--graph-workers", "1",
             *TINY_CLI]
     trainer = None
     with open(tmp_path / "stderr.txt", "w") as err:
@@ -336,7 +336,7 @@ def test_cli_ctrl_c_stops_cleanly(data, tmp_path):
 
 def test_cli_sigterm_stops_the_training(data, tmp_path):
     run_dir = tmp_path / "terminated"
-    args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", "500", "--batch-size", "4", "--workers", "1",
+    args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", "500", "--batch-size", "4", "--graph-workers", "1",
             *TINY_CLI]
     trainer = None
     with open(tmp_path / "stderr.txt", "w") as err:

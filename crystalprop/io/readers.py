@@ -170,9 +170,25 @@ def _warning_summary(caught: list[warnings.WarningMessage]) -> str:
     return "; ".join(short)
 
 
+def _mask_text_field_headers(text: str) -> str:
+    """Comment out ``data_`` lines inside ``;`` text fields (e.g. an embedded SHELXL FCF file).
+
+    They are part of a text value, not block headers, but a line-based split (pymatgen's
+    CifFile included) would start a new data block there and lose the rest of the real one.
+    """
+    lines = text.splitlines(keepends=True)
+    inside = False
+    for i, line in enumerate(lines):
+        if line.startswith(";"):
+            inside = not inside
+        elif inside and line.lstrip().startswith("data_"):
+            lines[i] = f"#{line}"
+    return "".join(lines)
+
+
 def _split_cif_blocks(text: str) -> list[str]:
-    """CIF text per ``data_`` block, split the same way pymatgen's CifFile does."""
-    parts = _CIF_BLOCK_SPLIT.split(f"x\n{text}")[1:]
+    """CIF text per ``data_`` block; ``data_`` lines inside text fields start no block."""
+    parts = _CIF_BLOCK_SPLIT.split(f"x\n{_mask_text_field_headers(text)}")[1:]
     return [f"data_{part}" for part in parts]
 
 
@@ -204,7 +220,7 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
 
 
 def _unique_block_names(names: list[str]) -> list[str]:
-    """Suffix repeated data block names (``x``, ``x~2``) so each name is an id."""
+    """Suffix repeated block names or record ids (``x``, ``x~2``) so each name is an id."""
     counts: dict[str, int] = {}
     unique = []
     for name in names:
@@ -332,7 +348,7 @@ def _json_item(item: Any, label: str) -> tuple[str | None, Structure]:
 
 
 def _read_json(text: str, name: str) -> list[NameStructure]:
-    """A structure dict, a wrapped record, or a list of either (``path#i`` / ``path#id``)."""
+    """A structure dict, a wrapped record, or a list of either (``path#i`` / ``path#id``, repeats ``~2``)."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -342,7 +358,8 @@ def _read_json(text: str, name: str) -> list[NameStructure]:
             if not data:
                 raise ValueError("JSON holds an empty list")
             items = [_json_item(item, f"item {i}") for i, item in enumerate(data)]
-            return [(f"{name}#{ident if ident is not None else i}", s) for i, (ident, s) in enumerate(items)]
+            labels = _unique_block_names([str(i) if ident is None else ident for i, (ident, _) in enumerate(items)])
+            return [(f"{name}#{label}", s) for label, (_, s) in zip(labels, items)]
         return [(name, _json_item(data, "JSON")[1])]
     except ValueError as exc:
         raise StructureReadError(name, str(exc)) from exc

@@ -10,7 +10,7 @@ because MindSpore's own loader accepts missing and extra parameters silently.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,14 @@ class CheckpointError(ValueError):
 class TargetTransform:
     """Maps physical targets to the network's normalised output and back.
 
-    Forward: y -> (log10(y) if log10 else y - mean) / std.
+    Forward: y -> (log10(y) if log10 else y - mean) / std. Back, predictions below ``floor``
+    (a physical bound such as 0 eV for a band gap) are raised to it.
     """
 
     mean: float = 0.0
     std: float = 1.0
     log10: bool = False
+    floor: float | None = None
 
     def normalise(self, y: np.ndarray) -> np.ndarray:
         """Physical units -> network units."""
@@ -49,7 +51,8 @@ class TargetTransform:
     def physical(self, z: np.ndarray) -> np.ndarray:
         """Network units -> physical units."""
         y = np.asarray(z, dtype=np.float64) * self.std + self.mean
-        return 10.0**y if self.log10 else y
+        y = 10.0**y if self.log10 else y
+        return y if self.floor is None else np.maximum(y, self.floor)
 
 
 @dataclass
@@ -80,7 +83,7 @@ class ModelCard:
                 "unit": self.unit,
                 "model": self.model.as_dict(),
                 "graph": self.graph.as_dict(),
-                "transform": {"mean": self.transform.mean, "std": self.transform.std, "log10": self.transform.log10},
+                "transform": asdict(self.transform),
                 "training": self.training,
                 "metrics": self.metrics,
                 "elements": self.elements,

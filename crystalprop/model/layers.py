@@ -61,6 +61,7 @@ class MatformerConv(nn.Cell):
         self.layer_norm = nn.LayerNorm((3 * c,), epsilon=LAYER_NORM_EPS)
         self.lin_concate = nn.Dense(h * c, c)
         self.bn = nn.BatchNorm1d(c, momentum=0.9, eps=1e-5)
+        self.all_reduce = None  # set by sync_batch_statistics() for data-parallel training
         self.lin_skip = nn.Dense(c, c)
         self.scale = 1.0 / math.sqrt(3 * c)
         self.matmul_t = ops.MatMul(transpose_b=True)
@@ -107,4 +108,29 @@ class MatformerConv(nn.Cell):
         # project, normalise, skip connection
         weighted = self._joined(message) * edge_weight.expand_dims(-1)  # (E, H*C)
         aggregated = ops.index_add(ops.zeros_like(q), dst, weighted, 0)  # (N, H*C)
-        return ops.silu(self.bn(self.lin_concate(aggregated))) + self.lin_skip(x)
+        return ops.silu(self._batch_norm(self.lin_concate(aggregated))) + self.lin_skip(x)
+
+    def sync_batch_statistics(self) -> None:
+        """Take BatchNorm statistics over the nodes of all data-parallel workers (needs a cluster)."""
+        self.all_reduce = ops.AllReduce()
+
+    def _batch_norm(self, x):
+        """``self.bn``, or in data-parallel training the same maths over every worker's nodes.
+
+        x: (N, C) -> (N, C). The synced path keeps the moving statistics as ``nn.BatchNorm1d``
+        does, so a worker's batch of 32 trains exactly like one process with the whole 64.
+        """
+        if self.all_reduce is None or not self.training:
+            return self.bn(x)
+        bn = self.bn
+        # global node count and mean, then the biased variance about that mean (two passes)
+        count = self.all_reduce(ops.ones_like(x[:, :1]).sum(0))  # (1,)
+        mean = self.all_reduce(x.sum(0)) / count  # (C,)
+        centred = x - mean
+        var = self.all_reduce((centred * centred).sum(0)) / count
+        # moving statistics (bn.momentum is the weight of the new batch), unbiased variance
+        new = bn.momentum
+        ops.assign(bn.moving_mean, (1 - new) * bn.moving_mean + new * ops.stop_gradient(mean))
+        unbiased = ops.stop_gradient(var * count / ops.maximum(count - 1, 1.0))
+        ops.assign(bn.moving_variance, (1 - new) * bn.moving_variance + new * unbiased)
+        return centred / ops.sqrt(var + bn.eps) * bn.gamma + bn.beta

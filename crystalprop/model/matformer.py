@@ -56,6 +56,11 @@ class Matformer(nn.Cell):
         pooled = ops.index_add(zeros, node_graph, x, 0) * inverse_counts  # mean over atoms
         return self.fc_out(ops.silu(self.fc(pooled))).squeeze(-1)
 
+    def sync_batch_statistics(self) -> None:
+        """Data-parallel training: BatchNorm statistics over all workers' nodes."""
+        for layer in self.att_layers:
+            layer.sync_batch_statistics()
+
     def declare_dynamic_inputs(self) -> None:
         """Compile once for any batch: every input has a dynamic leading dimension."""
         self.set_inputs(*input_signature())

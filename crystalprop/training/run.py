@@ -8,7 +8,8 @@ from typing import Callable
 import numpy as np
 
 from crystalprop.atomic import atomic_write_text
-from crystalprop.training.datasets import Dataset, load_dataset
+from crystalprop.training.datasets import Dataset, Entry, load_dataset
+from crystalprop.training.distributed import Cluster, join_cluster
 from crystalprop.training.graph_cache import build_graphs
 from crystalprop.training.trainer import Trainer, TrainConfig, TrainResult, TrainingError
 
@@ -27,6 +28,22 @@ def write_skipped(path: Path, dataset: Dataset, errors: list[str]) -> int:
     return len(lines)
 
 
+def build_graphs_shared(entries: list[Entry], settings, cluster: Cluster, workers: int | None, progress):
+    """Graphs for all entries; in a cluster each worker builds every N-th one and reads the others'.
+
+    Workers exchange graphs through the graph cache, so it must be on a file system they share.
+    """
+    if not cluster.distributed:
+        return build_graphs(entries, settings, workers=workers, progress=progress)
+    build_graphs(entries[cluster.rank :: cluster.size], settings, workers=workers, progress=progress)
+    cluster.barrier()
+    graphs, errors = [None] * len(entries), [""] * len(entries)
+    for rank in range(cluster.size):
+        part_graphs, part_errors = build_graphs(entries[rank :: cluster.size], settings)
+        graphs[rank :: cluster.size], errors[rank :: cluster.size] = part_graphs, part_errors
+    return graphs, errors
+
+
 def train_model(
     data: str | Path,
     run_dir: str | Path,
@@ -42,20 +59,24 @@ def train_model(
     workers: int | None = None,
     on_event: Callable[[str, dict], None] | None = None,
 ) -> TrainResult:
-    """Load the data, build (or reuse) graphs, and train; see :class:`Trainer`."""
-    on_event = on_event or (lambda kind, info: None)
+    """Load the data, build (or reuse) graphs, and train; see :class:`Trainer`.
+
+    Started under msrun, this process joins the cluster first and trains its share of each batch.
+    """
+    cluster = join_cluster()
+    on_event = (on_event or (lambda kind, info: None)) if cluster.is_main else (lambda kind, info: None)
     dataset = load_dataset(data, config.target, id_column=id_column, structure_column=structure_column,
                            val_fraction=val_fraction, test_fraction=test_fraction, seed=config.seed)
     config.target = dataset.target
     if limit:
         dataset.entries = [e for e in dataset.entries if e.split == "train"][:limit] + \
             [e for e in dataset.entries if e.split == "val"][: max(limit // 8, 1)]
-    on_event("graphs", {"total": len(dataset.entries)})
-    graphs, errors = build_graphs(dataset.entries, config.graph, workers=workers,
-                                  progress=lambda n: on_event("graph_progress", {"advance": n}))
+    on_event("graphs", {"total": len(dataset.entries[cluster.rank :: cluster.size])})
+    graphs, errors = build_graphs_shared(dataset.entries, config.graph, cluster, workers,
+                                         lambda n: on_event("graph_progress", {"advance": n}))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    n_skipped = write_skipped(run_dir / "skipped.log", dataset, errors)
+    n_skipped = write_skipped(run_dir / "skipped.log", dataset, errors) if cluster.is_main else 0
     train = split_graphs(dataset, graphs, "train")
     val = split_graphs(dataset, graphs, "val")
     if not train[0]:
@@ -69,5 +90,6 @@ def train_model(
         "n_skipped": n_skipped,
     }
     on_event("data", description)
-    trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=description, on_event=on_event)
+    trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=description, on_event=on_event,
+                      cluster=cluster)
     return trainer.run(resume=resume, init_from=init_from)

@@ -33,6 +33,7 @@ from crystalprop.model.checkpoint import (
 )
 from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, ModelConfig, input_signature
+from crystalprop.training.distributed import Cluster
 from crystalprop.training.metrics import regression_metrics
 from crystalprop.training.schedule import learning_rate
 
@@ -63,6 +64,7 @@ class TrainConfig:
     warmup_fraction: float = 0.3
     loss: str = "mse"
     log10: bool = False
+    floor: float | None = None
     patience: int | None = None
     max_time_s: float | None = None
     seed: int = 0
@@ -77,7 +79,7 @@ class TrainConfig:
 
 
 class _LossNet(nn.Cell):
-    """Network + loss on normalised targets."""
+    """Network + loss on normalised targets, times this worker's share of the global batch."""
 
     def __init__(self, net: Matformer, loss: str) -> None:
         super().__init__()
@@ -85,9 +87,9 @@ class _LossNet(nn.Cell):
         self.loss = {"mse": nn.MSELoss(), "l1": nn.L1Loss(), "huber": nn.HuberLoss(delta=1.0)}[loss]
 
     def construct(self, node_features, src, dst, distance_index, edge_weight, distances, node_graph, inverse_counts,
-                  targets):
+                  targets, share):
         pred = self.net(node_features, src, dst, distance_index, edge_weight, distances, node_graph, inverse_counts)
-        return self.loss(pred, targets)
+        return self.loss(pred, targets) * share
 
 
 def _optimizer(net: Matformer, lr: float, weight_decay: float):
@@ -101,7 +103,7 @@ def _optimizer(net: Matformer, lr: float, weight_decay: float):
 def _train_cell(net: Matformer, config: TrainConfig):
     optimizer = _optimizer(net, config.lr, config.weight_decay)
     cell = nn.TrainOneStepCell(_LossNet(net, config.loss), optimizer)
-    cell.set_inputs(*input_signature(), ms.Tensor(shape=[None], dtype=ms.float32))
+    cell.set_inputs(*input_signature(), ms.Tensor(shape=[None], dtype=ms.float32), ms.Tensor(shape=[], dtype=ms.float32))
     return cell, optimizer
 
 
@@ -162,6 +164,7 @@ class Trainer:
         *,
         data_description: dict | None = None,
         on_event: Callable[[str, dict], None] | None = None,
+        cluster: Cluster = Cluster(),
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
@@ -172,7 +175,8 @@ class Trainer:
         if config.log10 and (self.train_y <= 0).any():
             raise TrainingError(f"--log10 needs positive targets; {int((self.train_y <= 0).sum())} are <= 0")
         self.data_description = data_description or {}
-        self.on_event = on_event or (lambda kind, info: None)
+        self.cluster = cluster
+        self.on_event = (on_event or (lambda kind, info: None)) if cluster.is_main else (lambda kind, info: None)
         self.stop_requested = False
         self.history: list[dict] = []
         self.prior_training: dict = {}
@@ -180,7 +184,8 @@ class Trainer:
     # -- set-up -----------------------------------------------------------------------
     def _transform(self) -> TargetTransform:
         y = np.log10(self.train_y) if self.config.log10 else self.train_y
-        return TargetTransform(mean=float(y.mean()), std=float(y.std() or 1.0), log10=self.config.log10)
+        return TargetTransform(mean=float(y.mean()), std=float(y.std() or 1.0), log10=self.config.log10,
+                               floor=self.config.floor)
 
     def _card(self, transform: TargetTransform, metrics: dict, elapsed_h: float, epochs: float) -> ModelCard:
         prior = self.prior_training
@@ -192,6 +197,7 @@ class Trainer:
             "cumulative_wall_hours": round(prior.get("cumulative_wall_hours", 0.0) + elapsed_h, 4),
             "cumulative_epochs": round(prior.get("cumulative_epochs", 0.0) + epochs, 3),
             "cpu_threads": os.cpu_count(),
+            "workers": self.cluster.size,
             "init_from": prior.get("init_from"),
         }
         elements = sorted({int(z) for g in self.train_graphs for z in np.unique(g.atomic_numbers)})
@@ -230,6 +236,8 @@ class Trainer:
     def run(self, *, resume: bool = False, init_from: str | Path | None = None) -> TrainResult:
         """Train until the epochs, the patience or the time budget run out, or Ctrl-C."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.cluster.is_main:
+            return self._run(resume, init_from)
         with _RunLock(self.run_dir):
             return self._run(resume, init_from)
 
@@ -237,6 +245,8 @@ class Trainer:
         cfg = self.config
         ms.set_seed(cfg.seed)
         net = Matformer(cfg.model)
+        if self.cluster.distributed:
+            net.sync_batch_statistics()
         cell, optimizer = _train_cell(net, cfg)
         transform = self._transform()
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_mae": float("inf"), "best_epoch": 0,
@@ -273,8 +283,10 @@ class Trainer:
                     idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                     lr = learning_rate(cfg.schedule, state["global_step"], total_steps, cfg.lr, cfg.warmup_fraction)
                     optimizer.learning_rate.set_data(ms.Tensor(lr, ms.float32))
-                    batch = collate([self.train_graphs[i] for i in idx])
-                    loss = float(cell(*batch_tensors(batch), ms.Tensor(y_train[idx])).asnumpy())
+                    part, share = self.cluster.share(idx)
+                    batch = collate([self.train_graphs[i] for i in part])
+                    loss = cell(*batch_tensors(batch), ms.Tensor(y_train[part]), ms.Tensor(share, ms.float32))
+                    loss = float(self.cluster.sum([float(loss.asnumpy())])[0])  # the global batch's loss
                     if not np.isfinite(loss):
                         diverged = True  # the weights are now non-finite: keep the files as they were
                         raise TrainingError(
@@ -285,13 +297,15 @@ class Trainer:
                     state["step_in_epoch"], state["global_step"] = step + 1, state["global_step"] + 1
                     self.on_event("step", {"epoch": epoch, "step": step + 1, "loss": loss, "lr": lr,
                                            "structures": len(idx)})
+                    # all workers stop at the same step if any of them is asked to or runs out of time
                     over_time = cfg.max_time_s is not None and time.monotonic() - started > cfg.max_time_s
+                    stopping = bool(self.cluster.sum([float(self.stop_requested or over_time)])[0])
                     if time.monotonic() - last_save > SAVE_EVERY_S:
                         state["elapsed_s"], state["transform"] = time.monotonic() - started, asdict(transform)
                         self._save_last(cell, state)
                         last_save = time.monotonic()
-                    if self.stop_requested or over_time:
-                        stopped_because = "interrupted" if self.stop_requested else "time budget reached"
+                    if stopping:
+                        stopped_because = "time budget reached" if over_time else "interrupted"
                         break
                 if stopped_because != "finished":
                     if state["step_in_epoch"] and self.val_graphs:  # keep what the partial epoch gained
@@ -336,7 +350,8 @@ class Trainer:
         state["best_mae"], state["best_epoch"] = score, epochs
         card_metrics = {"split": "val", "selection_metric": key, **{k: round(v, 6) for k, v in metrics.items()}}
         elapsed_h = (time.monotonic() - started) / 3600
-        save_checkpoint(self.run_dir / "best.ckpt", net, self._card(transform, card_metrics, elapsed_h, epochs))
+        if self.cluster.is_main:
+            save_checkpoint(self.run_dir / "best.ckpt", net, self._card(transform, card_metrics, elapsed_h, epochs))
         return True
 
     def _end_epoch(self, net, cell, transform, state, losses, epoch_start, started, lr) -> dict:
@@ -374,6 +389,8 @@ class Trainer:
         self.on_event("stopping", {})
 
     def _write_history(self) -> None:
+        if not self.cluster.is_main:
+            return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(self.history[0]))
         writer.writeheader()
@@ -381,6 +398,8 @@ class Trainer:
         atomic_write_text(self.run_dir / "history.csv", buffer.getvalue())
 
     def _save_last(self, cell, state: dict) -> None:
+        if not self.cluster.is_main:
+            return
         payload = json.dumps({"state": state, "config": self.config.as_dict(), "history": self.history,
                               "prior_training": self.prior_training})
         atomic_write(self.run_dir / "last.ckpt",
