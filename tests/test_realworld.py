@@ -129,3 +129,13 @@ def test_rows_match_pymatgen_or_give_a_reason(predicted):
                     assert math.isfinite(float(row["rand"])), path.name
         else:
             assert len(rows) == 1 and rows[0]["error"].strip() and not rows[0]["rand"], (path.name, rows)
+
+
+def test_structures_outside_the_bulk_domain_are_predicted_with_a_warning(predicted):
+    by_source, _, _ = predicted
+    for name, shape in (("Cu_slab_fin.cif", "2D slab"), ("POSCAR_CH4_in_box", "molecule")):
+        (row,) = by_source[name]
+        assert not row["error"] and math.isfinite(float(row["rand"])), name
+        assert shape in row["warning"], (name, row["warning"])
+    bulk = by_source["1000052.cif"][0]
+    assert not bulk["error"] and "vacuum" not in bulk["warning"]
