@@ -304,7 +304,6 @@ def _launch_msrun(workers: int, output_dir: str, threads: int | None) -> None:
 
 def _follow(log: Path, process) -> int:
     """Print rank 0's log lines as they come until ``process`` ends; its exit status."""
-
     position = 0
     while True:
         done = process.poll() is not None
