@@ -85,11 +85,13 @@ def render_card(card, m: dict, args) -> str:
            is not None else "."),
         "",
         "## Training budget",
-        f"- {t.get('cumulative_epochs', t.get('epochs'))} epochs, {t.get('cumulative_wall_hours', t.get('wall_hours'))} "
-        f"wall-clock hours on a {t.get('cpu_threads', 2)}-core CPU (shared with other work), "
-        f"batch {cfg.get('batch_size')}, AdamW peak lr {cfg.get('lr')}, {cfg.get('schedule')} schedule, "
-        f"{cfg.get('loss')} loss, seed {cfg.get('seed')}.",
-        f"- Warm start: {t.get('init_from') or 'none (from scratch)'}.",
+        f"- This run: {t.get('epochs')} epochs (best point of a {cfg.get('epochs')}-epoch {cfg.get('schedule')} "
+        f"schedule), {t.get('wall_hours')} wall-clock hours on a {t.get('cpu_threads', 2)}-core CPU (shared with "
+        f"other work), batch {cfg.get('batch_size')}, AdamW peak lr {cfg.get('lr')}, {cfg.get('loss')} loss, "
+        f"seed {cfg.get('seed')}.",
+        f"- Warm start: {Path(t['init_from']).name + ' (the shipped model of that name at the time)' if t.get('init_from') else 'none (from scratch)'}; "
+        f"cumulative including the weights it started from: {t.get('cumulative_epochs', t.get('epochs'))} epochs, "
+        f"{t.get('cumulative_wall_hours', t.get('wall_hours'))} wall-clock hours.",
         "",
         "## Validation metrics (measured with `crystalprop evaluate`)",
         "| n | MAE | RMSE | R² | max error |",
