@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -310,23 +311,34 @@ def test_cli_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path):
                                rtol=1e-4)
 
 
-def test_cli_ctrl_c_stops_cleanly(data, tmp_path):
-    run_dir = tmp_path / "interrupted"
+@contextmanager
+def _cli_training_past_two_epochs(data, tmp_path, name: str):
+    """Start a long `crystalprop train`, wait for 2 epochs; yield (command, trainer pid, run dir, stderr file).
+
+    On the way out, whatever this test started is killed.
+    """
+    run_dir = tmp_path / name
     args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", "500", "--batch-size", "4", "--graph-workers", "1",
             *TINY_CLI]
     trainer = None
-    with open(tmp_path / "stderr.txt", "w") as err:
+    stderr_path = tmp_path / "stderr.txt"
+    with open(stderr_path, "w") as err:
         proc = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=err)
         try:
             _wait_for_epochs(proc, run_dir, 2)
             trainer = _trainer_pid(run_dir)
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=180)
+            yield proc, trainer, run_dir, stderr_path
         finally:
             _kill_if_ours(trainer, run_dir)
             proc.kill()
             proc.wait()
-    stderr = (tmp_path / "stderr.txt").read_text()
+
+
+def test_cli_ctrl_c_stops_cleanly(data, tmp_path):
+    with _cli_training_past_two_epochs(data, tmp_path, "interrupted") as (proc, trainer, run_dir, stderr_path):
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=180)
+    stderr = stderr_path.read_text()
     assert proc.returncode == 0, f"rc {proc.returncode}: {stderr[-500:]}"
     assert "interrupted" in stderr
     state = train_state(run_dir / "last.ckpt")["state"]
@@ -335,27 +347,15 @@ def test_cli_ctrl_c_stops_cleanly(data, tmp_path):
 
 
 def test_cli_sigterm_stops_the_training(data, tmp_path):
-    run_dir = tmp_path / "terminated"
-    args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", "500", "--batch-size", "4", "--graph-workers", "1",
-            *TINY_CLI]
-    trainer = None
-    with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            _wait_for_epochs(proc, run_dir, 2)
-            trainer = _trainer_pid(run_dir)
-            proc.send_signal(signal.SIGTERM)  # e.g. `timeout`, a batch scheduler, `kill PID`
-            proc.wait(timeout=180)
-            deadline = time.monotonic() + 5  # a clean stop takes one step
-            while _alive(trainer) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert not _alive(trainer), "the training process outlived the command"
-            assert not (run_dir / ".lock").exists()
-            assert train_state(run_dir / "last.ckpt")["state"]["epoch"] < 500
-        finally:
-            _kill_if_ours(trainer, run_dir)
-            proc.kill()
-            proc.wait()
+    with _cli_training_past_two_epochs(data, tmp_path, "terminated") as (proc, trainer, run_dir, _):
+        proc.send_signal(signal.SIGTERM)  # e.g. `timeout`, a batch scheduler, `kill PID`
+        proc.wait(timeout=180)
+        deadline = time.monotonic() + 5  # a clean stop takes one step
+        while _alive(trainer) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(trainer), "the training process outlived the command"
+        assert not (run_dir / ".lock").exists()
+        assert train_state(run_dir / "last.ckpt")["state"]["epoch"] < 500
 
 
 # --- warm start, log10, patience ---------------------------------------------------------------

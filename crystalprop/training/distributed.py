@@ -8,13 +8,14 @@ gradient of the global batch's mean loss: 1 and N workers follow the same curve.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -35,6 +36,12 @@ class Cluster:
     def distributed(self) -> bool:
         return self.size > 1
 
+    def events(self, on_event: Callable[[str, dict], None] | None) -> Callable[[str, dict], None]:
+        """The event callback for this worker: progress is reported by rank 0 only."""
+        if on_event is None or not self.is_main:
+            return lambda kind, info: None
+        return on_event
+
     def share(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
         """This worker's part of a global batch and its weight in the batch mean.
 
@@ -54,12 +61,19 @@ class Cluster:
             return array
         from crystalprop.backend import mindspore_module  # noqa: PLC0415
 
-        ms = mindspore_module()
-        return ms.ops.AllReduce()(ms.Tensor(array)).asnumpy()
+        return _all_reduce()(mindspore_module().Tensor(array)).asnumpy()
 
     def barrier(self) -> None:
         """Wait until every worker gets here."""
         self.sum([0.0])
+
+
+@functools.cache
+def _all_reduce():
+    """One AllReduce (sum) primitive for the process: Cluster.sum runs twice per training step."""
+    from crystalprop.backend import mindspore_module  # noqa: PLC0415
+
+    return mindspore_module().ops.AllReduce()
 
 
 def launched_by_msrun() -> bool:

@@ -35,11 +35,12 @@ def build_graphs_shared(entries: list[Entry], settings, cluster: Cluster, worker
     """
     if not cluster.distributed:
         return build_graphs(entries, settings, workers=workers, progress=progress)
-    build_graphs(entries[cluster.rank :: cluster.size], settings, workers=workers, progress=progress)
+    own = build_graphs(entries[cluster.rank :: cluster.size], settings, workers=workers, progress=progress)
     cluster.barrier()
     graphs, errors = [None] * len(entries), [""] * len(entries)
     for rank in range(cluster.size):
-        part_graphs, part_errors = build_graphs(entries[rank :: cluster.size], settings)
+        theirs = entries[rank :: cluster.size]
+        part_graphs, part_errors = own if rank == cluster.rank else build_graphs(theirs, settings)
         graphs[rank :: cluster.size], errors[rank :: cluster.size] = part_graphs, part_errors
     return graphs, errors
 
@@ -64,7 +65,7 @@ def train_model(
     Started under msrun, this process joins the cluster first and trains its share of each batch.
     """
     cluster = join_cluster()
-    on_event = (on_event or (lambda kind, info: None)) if cluster.is_main else (lambda kind, info: None)
+    on_event = cluster.events(on_event)
     dataset = load_dataset(data, config.target, id_column=id_column, structure_column=structure_column,
                            val_fraction=val_fraction, test_fraction=test_fraction, seed=config.seed)
     config.target = dataset.target

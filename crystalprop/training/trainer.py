@@ -103,7 +103,8 @@ def _optimizer(net: Matformer, lr: float, weight_decay: float):
 def _train_cell(net: Matformer, config: TrainConfig):
     optimizer = _optimizer(net, config.lr, config.weight_decay)
     cell = nn.TrainOneStepCell(_LossNet(net, config.loss), optimizer)
-    cell.set_inputs(*input_signature(), ms.Tensor(shape=[None], dtype=ms.float32), ms.Tensor(shape=[], dtype=ms.float32))
+    targets, share = ms.Tensor(shape=[None], dtype=ms.float32), ms.Tensor(shape=[], dtype=ms.float32)
+    cell.set_inputs(*input_signature(), targets, share)
     return cell, optimizer
 
 
@@ -176,7 +177,7 @@ class Trainer:
             raise TrainingError(f"--log10 needs positive targets; {int((self.train_y <= 0).sum())} are <= 0")
         self.data_description = data_description or {}
         self.cluster = cluster
-        self.on_event = (on_event or (lambda kind, info: None)) if cluster.is_main else (lambda kind, info: None)
+        self.on_event = cluster.events(on_event)
         self.stop_requested = False
         self.history: list[dict] = []
         self.prior_training: dict = {}
@@ -305,7 +306,8 @@ class Trainer:
                         self._save_last(cell, state)
                         last_save = time.monotonic()
                     if stopping:
-                        stopped_because = "time budget reached" if over_time else "interrupted"
+                        stopped_because = ("time budget reached" if over_time and not self.stop_requested
+                                           else "interrupted")
                         break
                 if stopped_because != "finished":
                     if state["step_in_epoch"] and self.val_graphs:  # keep what the partial epoch gained
