@@ -99,4 +99,11 @@ def set_device(device: str = "CPU", threads: int | None = None) -> None:
         ) from None
     if threads:
         ms.set_context(runtime_num_threads=threads)
+        _state["threads"] = threads
     _state["device"] = canonical
+
+
+def cpu_threads() -> int:
+    """Threads a CPU kernel may use: those given to :func:`set_device`, else every usable core."""
+    threads = _state.get("threads")
+    return int(threads) if threads else len(os.sched_getaffinity(0))

@@ -13,6 +13,7 @@ import tempfile
 os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"
 _SESSION_CACHE = tempfile.mkdtemp(prefix="crystalprop-test-cache-")
 os.environ["CRYSTALPROP_CACHE"] = _SESSION_CACHE
+os.environ["CRYSTALPROP_KERNELS"] = os.path.join(_SESSION_CACHE, "kernels")  # built once per test session
 os.environ.setdefault("GLOG_v", "3")
 
 import json  # noqa: E402

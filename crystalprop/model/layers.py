@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from crystalprop.backend import mindspore_module
+from crystalprop.model.fused import row_norm_op
 
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
@@ -35,6 +36,28 @@ class RBFExpansion(nn.Cell):
         return ops.exp(-self.gamma * diff * diff)
 
 
+class RowNorm(nn.LayerNorm):
+    """LayerNorm over the last axis of (M, F) rows, optionally followed by a sigmoid.
+
+    Same parameters as ``nn.LayerNorm`` (checkpoints are interchangeable). On CPU it runs
+    the fused kernel of :mod:`crystalprop.model.fused` where that could be built (``fused``
+    None), else MindSpore's LayerNorm and sigmoid. x: (M, F) -> (M, F).
+    """
+
+    def __init__(self, width: int, sigmoid: bool = False, fused: bool | None = None) -> None:
+        super().__init__((width,), epsilon=LAYER_NORM_EPS)
+        self.sigmoid = sigmoid
+        self.kernel = row_norm_op(sigmoid) if fused is None or fused else None
+        if fused and self.kernel is None:
+            raise RuntimeError("the fused CPU kernel is not available here (no C++ compiler, or not on CPU)")
+
+    def construct(self, x):
+        if self.kernel is not None:
+            return self.kernel(x, self.gamma, self.beta)
+        y, _, _ = self.layer_norm(x, self.gamma, self.beta)
+        return ops.sigmoid(y) if self.sigmoid else y
+
+
 class MatformerConv(nn.Cell):
     """One Matformer attention layer, computed with less work but the same mathematics.
 
@@ -57,8 +80,8 @@ class MatformerConv(nn.Cell):
         self.lin_edge = nn.Dense(c, h * c, has_bias=False)
         self.lin_msg_update = nn.Dense(3 * c, 3 * c)
         self.msg_layer = nn.Dense(3 * c, c)
-        self.msg_norm = nn.LayerNorm((c,), epsilon=LAYER_NORM_EPS)
-        self.layer_norm = nn.LayerNorm((3 * c,), epsilon=LAYER_NORM_EPS)
+        self.msg_norm = RowNorm(c)
+        self.layer_norm = RowNorm(3 * c, sigmoid=True)  # σ(LN_3C(·)), the attention gate
         self.lin_concate = nn.Dense(h * c, c)
         self.bn = nn.BatchNorm1d(c, momentum=0.9, eps=1e-5)
         self.all_reduce = None  # set by sync_batch_statistics() for data-parallel training
@@ -92,7 +115,7 @@ class MatformerConv(nn.Cell):
             ),
             axis=-1,
         )
-        gate = ops.sigmoid(self.layer_norm(alpha))
+        gate = self.layer_norm(alpha)  # σ(LN_3C(α))
 
         # W_upd (v_i ‖ v_j ‖ e_ij) + b as three maps: per atom, per atom, per distinct distance
         w = self.lin_msg_update.weight  # (3C, 3C)

@@ -1,0 +1,97 @@
+"""Fused CPU kernels: row-wise LayerNorm (optionally followed by a sigmoid) and its gradient.
+
+Each Matformer layer normalises an (edges × heads, 3C) tensor and takes its sigmoid. On
+MindSpore's CPU backend the LayerNorm backward kernel alone took over a third of a training
+step. ``kernels/row_norm.cc`` does the same maths in one pass over memory each way; it is
+compiled once per machine with the system C++ compiler into crystalprop's cache folder and
+run as a MindSpore "aot" custom operator (``CRYSTALPROP_KERNELS`` names another folder). Without a compiler, on GPU/Ascend, or with
+``CRYSTALPROP_FUSED_KERNELS=0``, :func:`row_norm_op` returns None and the layers use
+MindSpore's own LayerNorm and sigmoid (same results to float rounding).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from crystalprop.backend import cache_dir, cpu_threads, mindspore_module
+
+SOURCE = Path(__file__).resolve().parent / "kernels" / "row_norm.cc"
+FLAGS = ["-O3", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+
+_state: dict[str, object] = {}
+
+
+def _compile() -> Path | None:
+    """Build the kernel library (once per source, flags and machine); None where impossible."""
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        return None
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [compiler, platform.machine()]).encode())
+    folder = Path(os.environ.get("CRYSTALPROP_KERNELS") or cache_dir() / "kernels")
+    target = folder / f"row_norm_{digest.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)  # several processes may build at once
+    os.close(handle)
+    try:
+        subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], check=True, capture_output=True, timeout=120)
+        os.replace(partial, target)
+    except (OSError, subprocess.SubprocessError):
+        Path(partial).unlink(missing_ok=True)
+        return None
+    return target
+
+
+def library() -> Path | None:
+    """Path of the compiled kernel library, or None where the fused kernels are not used."""
+    if "library" not in _state:
+        ms = mindspore_module()
+        wanted = os.environ.get("CRYSTALPROP_FUSED_KERNELS", "1") != "0"
+        on_cpu = ms.get_context("device_target") == "CPU"
+        _state["library"] = _compile() if wanted and on_cpu else None
+    path = _state["library"]
+    if path is not None:
+        # the library MindSpore opens is this same file, so the setting reaches its kernels
+        ctypes.CDLL(str(path)).CrystalpropSetThreads(cpu_threads())
+    return path  # type: ignore[return-value]
+
+
+def _register(name: str, inputs: list[str], outputs: list[str]):
+    """MindSpore registration of a float32 CPU operator with these inputs and outputs."""
+    ops = mindspore_module().ops
+    reg = ops.CustomRegOp()
+    for i, n in enumerate(inputs):
+        reg = reg.input(i, n)
+    for i, n in enumerate(outputs):
+        reg = reg.output(i, n)
+    return reg.dtype_format(*[ops.DataType.F32_Default] * (len(inputs) + len(outputs))).target("CPU").get_op_info()
+
+
+def row_norm_op(sigmoid: bool):
+    """``f(x, gamma, beta)`` = LayerNorm over the last axis of (M, F) x [then sigmoid], or None.
+
+    The operator carries its gradient (dx, dgamma, dbeta) and accepts any number of rows
+    in dynamic-shape graphs.
+    """
+    path = library()
+    if path is None:
+        return None
+    ms = mindspore_module()
+    name = "RowNormSigmoid" if sigmoid else "RowNorm"
+    grad = ms.ops.Custom(f"{path}:{name}Grad", out_shape=None, out_dtype=(ms.float32,) * 3, func_type="aot",
+                         reg_info=_register(f"{name}Grad", ["x", "gamma", "beta", "y", "dy"],
+                                            ["dx", "dgamma", "dbeta"]))
+
+    def bprop(x, gamma, beta, out, dout):
+        return grad(x, gamma, beta, out, dout)
+
+    return ms.ops.Custom(f"{path}:{name}", out_shape=None, out_dtype=ms.float32, func_type="aot",
+                         reg_info=_register(name, ["x", "gamma", "beta"], ["y"]), bprop=bprop)
