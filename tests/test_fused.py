@@ -1,4 +1,4 @@
-"""The fused CPU LayerNorm(+sigmoid) kernel against MindSpore's own ops: values and gradients."""
+"""The fused CPU kernels against MindSpore's own ops: values and gradients, one and many threads."""
 
 from __future__ import annotations
 
@@ -11,60 +11,90 @@ backend.set_device("CPU")
 ms = backend.mindspore_module()
 
 from crystalprop.model import fused  # noqa: E402
-from crystalprop.model.layers import RowNorm  # noqa: E402
+from crystalprop.model.layers import AttentionGate, RowNorm  # noqa: E402
 
-pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C++ compiler to build the fused kernel")
+pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C++ compiler to build the fused kernels")
+
+ROWS = (3, 5000)  # one thread, then rows split between threads
 
 
-class _Loss(ms.nn.Cell):
-    """sum(norm(x) * weights): its gradient is the backward pass of norm for upstream `weights`."""
+class _NormLoss(ms.nn.Cell):
+    """sum(norm(x) ⊙ w): its gradients are norm's backward pass for the upstream gradient w."""
 
-    def __init__(self, norm: RowNorm) -> None:
+    def __init__(self, layer: RowNorm) -> None:
         super().__init__()
-        self.norm = norm
+        self.layer = layer
 
-    def construct(self, x, weights):
-        return (self.norm(x) * weights).sum()
+    def construct(self, x, w):
+        return (self.layer(x) * w).sum()
+
+
+class _GateLoss(ms.nn.Cell):
+    def __init__(self, layer: AttentionGate) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def construct(self, a_0, a_1, a_2, u, w):
+        return (self.layer(a_0, a_1, a_2, u) * w).sum()
 
 
 class _Grad(ms.nn.Cell):
-    def __init__(self, net: ms.nn.Cell) -> None:
+    """Value and gradients of a loss cell with respect to its inputs and parameters."""
+
+    def __init__(self, loss: ms.nn.Cell) -> None:
         super().__init__()
-        self.net = net
-        self.params = ms.ParameterTuple(net.trainable_params())
+        self.loss = loss
+        self.params = ms.ParameterTuple(loss.trainable_params())
         self.grad = ms.ops.GradOperation(get_all=True, get_by_list=True)
 
-    def construct(self, x, weights):
-        return self.grad(self.net, self.params)(x, weights)
+    def construct(self, *inputs):
+        return self.loss(*inputs), self.grad(self.loss, self.params)(*inputs)
 
 
-def _norm(width: int, sigmoid: bool, use_kernel: bool, rng: np.random.Generator) -> RowNorm:
-    norm = RowNorm(width, sigmoid=sigmoid, fused=use_kernel)
-    norm.gamma.set_data(ms.Tensor(rng.uniform(0.5, 1.5, width).astype(np.float32)))
-    norm.beta.set_data(ms.Tensor(rng.uniform(-0.3, 0.3, width).astype(np.float32)))
-    return norm
+def _randomise(layer: ms.nn.LayerNorm, rng: np.random.Generator) -> None:
+    width = layer.gamma.shape[0]
+    layer.gamma.set_data(ms.Tensor(rng.uniform(0.5, 1.5, width).astype(np.float32)))
+    layer.beta.set_data(ms.Tensor(rng.uniform(-0.3, 0.3, width).astype(np.float32)))
 
 
-@pytest.mark.parametrize("sigmoid", [False, True])
-def test_fused_row_norm_matches_mindspore_in_value_and_gradient(sigmoid):
+def _run(loss: ms.nn.Cell, widths: list[int], rng: np.random.Generator) -> list[np.ndarray]:
+    """Loss value, input gradients and parameter gradients for random inputs of each row count."""
+    grad = _Grad(loss)
+    grad.set_inputs(*[ms.Tensor(shape=[None, w], dtype=ms.float32) for w in widths])  # any row count
+    results = []
+    for rows in ROWS:
+        inputs = [ms.Tensor((rng.normal(size=(rows, w)) * 3 + 1).astype(np.float32)) for w in widths]
+        value, (input_grads, param_grads) = grad(*inputs)
+        results += [value.asnumpy()] + [g.asnumpy() for g in (*input_grads, *param_grads)]
+    return results
+
+
+def _assert_same(reference: list[np.ndarray], got: list[np.ndarray]) -> None:
+    assert len(reference) == len(got)
+    for ref, value in zip(reference, got):
+        np.testing.assert_allclose(value, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_row_norm_kernel_matches_mindspore_layernorm():
     width = 48
-    results = {}
+    runs = []
     for use_kernel in (False, True):
-        rng = np.random.default_rng(0)
-        grad = _Grad(_Loss(_norm(width, sigmoid, use_kernel, rng)))
-        dynamic = ms.Tensor(shape=[None, width], dtype=ms.float32)
-        grad.set_inputs(dynamic, dynamic)  # one graph for any number of rows, as in the model
-        for rows in (3, 5000):  # one thread, then rows split between threads
-            x = (rng.normal(size=(rows, width)) * 3 + 1).astype(np.float32)
-            weights = rng.normal(size=(rows, width)).astype(np.float32)
-            value = grad.net.norm(ms.Tensor(x)).asnumpy()
-            (dx, _), (dgamma, dbeta) = grad(ms.Tensor(x), ms.Tensor(weights))
-            results[use_kernel, rows] = [value, dx.asnumpy(), dgamma.asnumpy(), dbeta.asnumpy()]
-    for rows in (3, 5000):
-        for ref, got in zip(results[False, rows], results[True, rows]):
-            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+        layer = RowNorm(width, fused=use_kernel)
+        _randomise(layer, np.random.default_rng(0))
+        runs.append(_run(_NormLoss(layer), [width, width], np.random.default_rng(1)))
+    _assert_same(*runs)
 
 
-def test_fused_kernel_is_used_on_cpu_and_can_be_turned_off():
-    assert RowNorm(8).kernel is not None
-    assert RowNorm(8, fused=False).kernel is None
+def test_attention_gate_kernel_matches_concat_layernorm_sigmoid_product():
+    c = 16
+    runs = []
+    for use_kernel in (False, True):
+        layer = AttentionGate(c, fused=use_kernel)
+        _randomise(layer, np.random.default_rng(0))
+        runs.append(_run(_GateLoss(layer), [c, c, c, 3 * c, 3 * c], np.random.default_rng(1)))
+    _assert_same(*runs)
+
+
+def test_kernels_are_used_on_cpu_unless_turned_off():
+    assert RowNorm(8).kernel is not None and AttentionGate(8).kernel is not None
+    assert RowNorm(8, fused=False).kernel is None and AttentionGate(8, fused=False).kernel is None

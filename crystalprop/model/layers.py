@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from crystalprop.backend import mindspore_module
-from crystalprop.model.fused import row_norm_op
+from crystalprop.model.fused import attention_gate_op, row_norm_op
 
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
@@ -36,26 +36,49 @@ class RBFExpansion(nn.Cell):
         return ops.exp(-self.gamma * diff * diff)
 
 
-class RowNorm(nn.LayerNorm):
-    """LayerNorm over the last axis of (M, F) rows, optionally followed by a sigmoid.
+def _kernel_or_none(factory, fused: bool | None):
+    """The fused CPU operator from ``factory`` unless ``fused`` is False; fused=True insists on it."""
+    kernel = None if fused is False else factory()
+    if fused and kernel is None:
+        raise RuntimeError("the fused CPU kernels are not available here (no C++ compiler, or not on CPU)")
+    return kernel
 
-    Same parameters as ``nn.LayerNorm`` (checkpoints are interchangeable). On CPU it runs
-    the fused kernel of :mod:`crystalprop.model.fused` where that could be built (``fused``
-    None), else MindSpore's LayerNorm and sigmoid. x: (M, F) -> (M, F).
+
+class RowNorm(nn.LayerNorm):
+    """LayerNorm over the last axis of (M, F) rows. x: (M, F) -> (M, F).
+
+    Same parameters as ``nn.LayerNorm`` (checkpoints are interchangeable). On CPU it runs the
+    fused kernel of :mod:`crystalprop.model.fused` where that could be built, else MindSpore's
+    LayerNorm, whose CPU backward pass costs about six times its forward pass.
     """
 
-    def __init__(self, width: int, sigmoid: bool = False, fused: bool | None = None) -> None:
+    def __init__(self, width: int, fused: bool | None = None) -> None:
         super().__init__((width,), epsilon=LAYER_NORM_EPS)
-        self.sigmoid = sigmoid
-        self.kernel = row_norm_op(sigmoid) if fused is None or fused else None
-        if fused and self.kernel is None:
-            raise RuntimeError("the fused CPU kernel is not available here (no C++ compiler, or not on CPU)")
+        self.kernel = _kernel_or_none(row_norm_op, fused)
 
     def construct(self, x):
         if self.kernel is not None:
             return self.kernel(x, self.gamma, self.beta)
-        y, _, _ = self.layer_norm(x, self.gamma, self.beta)
-        return ops.sigmoid(y) if self.sigmoid else y
+        return self.layer_norm(x, self.gamma, self.beta)[0]
+
+
+class AttentionGate(nn.LayerNorm):
+    """Matformer's gated update u ⊙ σ(LN_3C(a_0 ‖ a_1 ‖ a_2)), with LN's parameters as ``nn.LayerNorm``.
+
+    a_0, a_1, a_2: (M, C) parts of the attention logits, u: (M, 3C) -> (M, 3C). The fused CPU
+    kernel reads the three parts in place and does normalisation, sigmoid and product in one
+    pass; elsewhere MindSpore's ops do the same maths.
+    """
+
+    def __init__(self, channels: int, fused: bool | None = None) -> None:
+        super().__init__((3 * channels,), epsilon=LAYER_NORM_EPS)
+        self.kernel = _kernel_or_none(attention_gate_op, fused)
+
+    def construct(self, a_0, a_1, a_2, u):
+        if self.kernel is not None:
+            return self.kernel(a_0, a_1, a_2, self.gamma, self.beta, u)
+        logits = ops.concat((a_0, a_1, a_2), axis=-1)  # (M, 3C)
+        return u * ops.sigmoid(self.layer_norm(logits, self.gamma, self.beta)[0])
 
 
 class MatformerConv(nn.Cell):
@@ -81,7 +104,7 @@ class MatformerConv(nn.Cell):
         self.lin_msg_update = nn.Dense(3 * c, 3 * c)
         self.msg_layer = nn.Dense(3 * c, c)
         self.msg_norm = RowNorm(c)
-        self.layer_norm = RowNorm(3 * c, sigmoid=True)  # σ(LN_3C(·)), the attention gate
+        self.layer_norm = AttentionGate(c)  # named for its LayerNorm parameters
         self.lin_concate = nn.Dense(h * c, c)
         self.bn = nn.BatchNorm1d(c, momentum=0.9, eps=1e-5)
         self.all_reduce = None  # set by sync_batch_statistics() for data-parallel training
@@ -105,17 +128,12 @@ class MatformerConv(nn.Cell):
         v = self.lin_value(x)
         e = self.lin_edge(edge_embedding)  # (D, H*C), once per distinct distance
 
-        # attention logits, (E*H, 3C): q_i⊙k_i is per atom; q_i⊙k_j and q_i⊙e_ij per edge
+        # attention logits α = (q_i⊙k_i ‖ q_i⊙k_j ‖ q_i⊙e_ij), three (E*H, C) parts:
+        # q_i⊙k_i is per atom; q_i⊙k_j and q_i⊙e_ij per edge
         q_i = ops.gather(q, dst, 0)
-        alpha = ops.concat(
-            (
-                self._per_head(ops.gather(q * k, dst, 0)),
-                self._per_head(q_i * ops.gather(k, src, 0)),
-                self._per_head(q_i * ops.gather(e, distance_index, 0)),
-            ),
-            axis=-1,
-        )
-        gate = self.layer_norm(alpha)  # σ(LN_3C(α))
+        alpha_i = self._per_head(ops.gather(q * k, dst, 0))
+        alpha_j = self._per_head(q_i * ops.gather(k, src, 0))
+        alpha_e = self._per_head(q_i * ops.gather(e, distance_index, 0))
 
         # W_upd (v_i ‖ v_j ‖ e_ij) + b as three maps: per atom, per atom, per distinct distance
         w = self.lin_msg_update.weight  # (3C, 3C)
@@ -124,8 +142,9 @@ class MatformerConv(nn.Cell):
         upd_e = self._joined(self.matmul_t(self._per_head(e), w[:, 2 * c :]))  # (D, H*3C)
         update = ops.addn((ops.gather(upd_i, dst, 0), ops.gather(upd_j, src, 0), ops.gather(upd_e, distance_index, 0)))
 
-        # the one per-edge matrix product, then LayerNorm over C
-        message = self.msg_norm(self.msg_layer(self._per_head(update) * gate))  # (E*H, C)
+        # gated update σ(LN_3C(α)) ⊙ update, the one per-edge matrix product, LayerNorm over C
+        gated = self.layer_norm(alpha_i, alpha_j, alpha_e, self._per_head(update))  # (E*H, 3C)
+        message = self.msg_norm(self.msg_layer(gated))  # (E*H, C)
 
         # sum over incoming edges (each counted with its multiplicity), concatenate heads,
         # project, normalise, skip connection. The weights are tiled to full width first:

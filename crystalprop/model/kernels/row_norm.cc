@@ -1,9 +1,10 @@
-// Row-wise LayerNorm over the last axis of an (M, F) float32 tensor, optionally followed by a
-// sigmoid, and its gradient: MindSpore "aot" custom operators for CPU (see model/fused.py).
+// Row-wise LayerNorm over the last axis of an (M, F) float32 tensor, the Matformer attention
+// gate built on it, and their gradients: MindSpore "aot" custom operators for CPU (model/fused.py).
 //
-// Forward, per row x:  n = (x - mean(x)) / sqrt(var(x) + eps);  z = n * gamma + beta;  y = z or sigmoid(z)
-// Backward, given dy:  dz = dy (or dy * y * (1 - y));  dbeta = sum_rows dz;  dgamma = sum_rows dz * n;
-//                      dn = dz * gamma;  dx = (dn - mean(dn) - n * mean(dn * n)) / sqrt(var + eps)
+// LayerNorm, per row x:  n = (x - mean(x)) / sqrt(var(x) + eps);  y = n * gamma + beta
+// Its backward, given dy: dbeta = sum_rows dy;  dgamma = sum_rows dy * n;  dn = dy * gamma;
+//                         dx = (dn - mean(dn) - n * mean(dn * n)) / sqrt(var + eps)
+// Gate: out = u * g with g = sigmoid(LN(a)), so du = dout * g and LN's dy = dout * u * g * (1 - g).
 // Each row is read once from memory (it stays in cache between the passes below); rows are
 // split between threads, and each thread keeps its own dgamma/dbeta sums.
 #include <algorithm>
@@ -49,7 +50,6 @@ int ParallelRows(int64_t rows, Body body) {
   return workers;
 }
 
-template <bool kSigmoid>
 int Forward(void **params, int64_t **shapes) {
   const float *x = static_cast<const float *>(params[0]);
   const float *gamma = static_cast<const float *>(params[1]);
@@ -62,20 +62,17 @@ int Forward(void **params, int64_t **shapes) {
       float *yr = y + m * width;
       const RowStats s = Stats(xr, width);
       for (int64_t f = 0; f < width; ++f) {
-        const float z = (xr[f] - s.mean) * s.inv_std * gamma[f] + beta[f];
-        yr[f] = kSigmoid ? 1.f / (1.f + std::exp(-z)) : z;
+        yr[f] = (xr[f] - s.mean) * s.inv_std * gamma[f] + beta[f];
       }
     }
   });
   return 0;
 }
 
-template <bool kSigmoid>
 int Backward(void **params, int64_t **shapes) {
   const float *x = static_cast<const float *>(params[0]);
   const float *gamma = static_cast<const float *>(params[1]);
-  const float *y = static_cast<const float *>(params[3]);
-  const float *dy = static_cast<const float *>(params[4]);
+  const float *dy = static_cast<const float *>(params[4]);  // params[3] is the forward output
   float *dx = static_cast<float *>(params[5]);
   float *dgamma = static_cast<float *>(params[6]);
   float *dbeta = static_cast<float *>(params[7]);
@@ -87,16 +84,15 @@ int Backward(void **params, int64_t **shapes) {
     float *db = dg + width;
     float *dn = db + width;
     for (int64_t m = first; m < last; ++m) {
-      const float *xr = x + m * width, *yr = y + m * width, *dyr = dy + m * width;
+      const float *xr = x + m * width, *dyr = dy + m * width;
       float *dxr = dx + m * width;
       const RowStats s = Stats(xr, width);
       float mean_dn = 0.f, mean_dn_n = 0.f;
       for (int64_t f = 0; f < width; ++f) {
         const float n = (xr[f] - s.mean) * s.inv_std;
-        const float dz = kSigmoid ? dyr[f] * yr[f] * (1.f - yr[f]) : dyr[f];
-        db[f] += dz;
-        dg[f] += dz * n;
-        dn[f] = dz * gamma[f];
+        db[f] += dyr[f];
+        dg[f] += dyr[f] * n;
+        dn[f] = dyr[f] * gamma[f];
         mean_dn += dn[f];
         mean_dn_n += dn[f] * n;
       }
@@ -120,6 +116,113 @@ int Backward(void **params, int64_t **shapes) {
   return 0;
 }
 
+// The Matformer attention gate: out = u * sigmoid(LN([a0 | a1 | a2]) * gamma + beta), where the
+// three (M, C) parts form each row's 3C logits without being concatenated in memory.
+struct GateRow {
+  const float *part[3];
+  int64_t c;
+};
+
+RowStats GateStats(const GateRow &a, int64_t width) {
+  float mean = 0.f;
+  for (int p = 0; p < 3; ++p)
+    for (int64_t f = 0; f < a.c; ++f) mean += a.part[p][f];
+  mean /= static_cast<float>(width);
+  float var = 0.f;
+  for (int p = 0; p < 3; ++p)
+    for (int64_t f = 0; f < a.c; ++f) {
+      const float d = a.part[p][f] - mean;
+      var += d * d;
+    }
+  return {mean, 1.f / std::sqrt(var / static_cast<float>(width) + kEps)};
+}
+
+int GateForward(void **params, int64_t **shapes) {
+  const float *a[3] = {static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                       static_cast<const float *>(params[2])};
+  const float *gamma = static_cast<const float *>(params[3]);
+  const float *beta = static_cast<const float *>(params[4]);
+  const float *u = static_cast<const float *>(params[5]);
+  float *out = static_cast<float *>(params[6]);
+  const int64_t rows = shapes[0][0], c = shapes[0][1], width = 3 * c;
+  ParallelRows(rows, [=](int64_t first, int64_t last, int) {
+    for (int64_t m = first; m < last; ++m) {
+      const GateRow row{{a[0] + m * c, a[1] + m * c, a[2] + m * c}, c};
+      const RowStats s = GateStats(row, width);
+      const float *ur = u + m * width;
+      float *outr = out + m * width;
+      for (int p = 0; p < 3; ++p)
+        for (int64_t f = 0; f < c; ++f) {
+          const int64_t k = p * c + f;
+          const float z = (row.part[p][f] - s.mean) * s.inv_std * gamma[k] + beta[k];
+          outr[k] = ur[k] / (1.f + std::exp(-z));
+        }
+    }
+  });
+  return 0;
+}
+
+int GateBackward(void **params, int64_t **shapes) {
+  const float *a[3] = {static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                       static_cast<const float *>(params[2])};
+  const float *gamma = static_cast<const float *>(params[3]);
+  const float *beta = static_cast<const float *>(params[4]);
+  const float *u = static_cast<const float *>(params[5]);
+  const float *dout = static_cast<const float *>(params[7]);  // params[6] is the forward output
+  float *da[3] = {static_cast<float *>(params[8]), static_cast<float *>(params[9]), static_cast<float *>(params[10])};
+  float *dgamma = static_cast<float *>(params[11]);
+  float *dbeta = static_cast<float *>(params[12]);
+  float *du = static_cast<float *>(params[13]);
+  const int64_t rows = shapes[0][0], c = shapes[0][1], width = 3 * c;
+  const int slots = std::max(1, g_threads);
+  std::vector<float> partial(static_cast<size_t>(slots) * 4 * width, 0.f);  // dgamma, dbeta, dn, n per thread
+  const int used = ParallelRows(rows, [&](int64_t first, int64_t last, int t) {
+    float *dg = partial.data() + static_cast<size_t>(t) * 4 * width;
+    float *db = dg + width;
+    float *dn = db + width;
+    float *n = dn + width;
+    for (int64_t m = first; m < last; ++m) {
+      const GateRow row{{a[0] + m * c, a[1] + m * c, a[2] + m * c}, c};
+      const RowStats s = GateStats(row, width);
+      const float *ur = u + m * width, *doutr = dout + m * width;
+      float *dur = du + m * width;
+      float mean_dn = 0.f, mean_dn_n = 0.f;
+      for (int p = 0; p < 3; ++p)
+        for (int64_t f = 0; f < c; ++f) {
+          const int64_t k = p * c + f;
+          n[k] = (row.part[p][f] - s.mean) * s.inv_std;
+          const float gate = 1.f / (1.f + std::exp(-(n[k] * gamma[k] + beta[k])));
+          dur[k] = doutr[k] * gate;                                    // d/du
+          const float dz = doutr[k] * ur[k] * gate * (1.f - gate);     // through the sigmoid
+          db[k] += dz;
+          dg[k] += dz * n[k];
+          dn[k] = dz * gamma[k];
+          mean_dn += dn[k];
+          mean_dn_n += dn[k] * n[k];
+        }
+      mean_dn /= static_cast<float>(width);
+      mean_dn_n /= static_cast<float>(width);
+      for (int p = 0; p < 3; ++p) {
+        float *dar = da[p] + m * c;
+        for (int64_t f = 0; f < c; ++f) {
+          const int64_t k = p * c + f;
+          dar[f] = s.inv_std * (dn[k] - mean_dn - n[k] * mean_dn_n);
+        }
+      }
+    }
+  });
+  for (int64_t k = 0; k < width; ++k) {
+    float g = 0.f, b = 0.f;
+    for (int t = 0; t < used; ++t) {
+      g += partial[static_cast<size_t>(t) * 4 * width + k];
+      b += partial[static_cast<size_t>(t) * 4 * width + width + k];
+    }
+    dgamma[k] = g;
+    dbeta[k] = b;
+  }
+  return 0;
+}
+
 std::vector<int64_t> ShapeOf(int *ndims, int64_t **shapes, int i) {
   return std::vector<int64_t>(shapes[i], shapes[i] + ndims[i]);
 }
@@ -131,29 +234,30 @@ extern "C" {
 void CrystalpropSetThreads(int threads) { g_threads = std::max(1, threads); }
 
 int RowNorm(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return Forward<false>(params, shapes);
-}
-int RowNormSigmoid(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return Forward<true>(params, shapes);
+  return Forward(params, shapes);
 }
 int RowNormGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return Backward<false>(params, shapes);
+  return Backward(params, shapes);
 }
-int RowNormSigmoidGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return Backward<true>(params, shapes);
+int AttentionGate(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return GateForward(params, shapes);
+}
+int AttentionGateGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return GateBackward(params, shapes);
 }
 }
 
-// Output shapes for dynamic-shape graphs: y like x; (dx, dgamma, dbeta) like (x, gamma, beta).
+// Output shapes for dynamic-shape graphs: each output like the input it belongs to.
 extern "C" std::vector<int64_t> RowNormInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return ShapeOf(ndims, shapes, 0);
-}
-extern "C" std::vector<int64_t> RowNormSigmoidInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return ShapeOf(ndims, shapes, 0);
 }
 extern "C" std::vector<std::vector<int64_t>> RowNormGradInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 2)};
 }
-extern "C" std::vector<std::vector<int64_t>> RowNormSigmoidGradInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 2)};
+extern "C" std::vector<int64_t> AttentionGateInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return ShapeOf(ndims, shapes, 5);
+}
+extern "C" std::vector<std::vector<int64_t>> AttentionGateGradInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 2),
+          ShapeOf(ndims, shapes, 3), ShapeOf(ndims, shapes, 4), ShapeOf(ndims, shapes, 5)};
 }
