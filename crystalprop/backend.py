@@ -55,7 +55,7 @@ def enable_compile_cache(*key_parts: object) -> None:
     ms = mindspore_module()
     digest = hashlib.sha256(ms.__version__.encode())
     model_dir = Path(__file__).resolve().parent / "model"
-    for source in sorted(model_dir.glob("*.py")):
+    for source in sorted([*model_dir.glob("*.py"), *model_dir.glob("kernels/*.cc")]):  # kernels too
         digest.update(source.read_bytes())
     digest.update(json.dumps([str(p) for p in key_parts], sort_keys=True).encode())
     os.environ["MS_COMPILER_CACHE_ENABLE"] = "1"

@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterator, TypeVar
 import numpy as np
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifParser
-from pymatgen.io.vasp import Poscar
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 """Largest (decompressed) file size read, to refuse gzip bombs and runaway files."""
@@ -258,6 +257,8 @@ def _read_poscar(text: str, name: str) -> list[NameStructure]:
     POTCAR next to the file; velocities are not read since only the
     structure is needed and a damaged velocity block should not fail it.
     """
+    from pymatgen.io.vasp import Poscar  # noqa: PLC0415  (imported here: it costs ~0.9 s, CIF reading does not need it)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
