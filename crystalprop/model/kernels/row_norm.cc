@@ -78,37 +78,42 @@ int Backward(void **params, int64_t **shapes) {
   float *dbeta = static_cast<float *>(params[7]);
   const int64_t rows = shapes[0][0], width = shapes[0][1];
   const int slots = std::max(1, g_threads);
-  std::vector<float> partial(static_cast<size_t>(slots) * 3 * width, 0.f);  // dgamma, dbeta, dn per thread
-  const int used = ParallelRows(rows, [&](int64_t first, int64_t last, int t) {
-    float *dg = partial.data() + static_cast<size_t>(t) * 3 * width;
-    float *db = dg + width;
-    float *dn = db + width;
+  std::vector<float> partial(static_cast<size_t>(slots) * 4 * width, 0.f);  // dgamma, dbeta, dn, n per thread
+  float *scratch = partial.data();
+  // captured by value with __restrict__ locals: a captured reference blocks vectorisation
+  const int used = ParallelRows(rows, [=](int64_t first, int64_t last, int t) {
+    float *__restrict__ dg = scratch + static_cast<size_t>(t) * 4 * width;
+    float *__restrict__ db = dg + width;
+    float *__restrict__ dn = db + width;
+    float *__restrict__ n = dn + width;
+    const float *__restrict__ gm = gamma;
     for (int64_t m = first; m < last; ++m) {
-      const float *xr = x + m * width, *dyr = dy + m * width;
-      float *dxr = dx + m * width;
+      const float *__restrict__ xr = x + m * width;
+      const float *__restrict__ dyr = dy + m * width;
+      float *__restrict__ dxr = dx + m * width;
       const RowStats s = Stats(xr, width);
       float mean_dn = 0.f, mean_dn_n = 0.f;
+      const float mean = s.mean, inv_std = s.inv_std;
+      for (int64_t f = 0; f < width; ++f) n[f] = (xr[f] - mean) * inv_std;
+      for (int64_t f = 0; f < width; ++f) dn[f] = dyr[f];  // (a separate copy lets the next loop vectorise)
       for (int64_t f = 0; f < width; ++f) {
-        const float n = (xr[f] - s.mean) * s.inv_std;
-        db[f] += dyr[f];
-        dg[f] += dyr[f] * n;
-        dn[f] = dyr[f] * gamma[f];
+        const float dz = dn[f];
+        db[f] += dz;
+        dg[f] += dz * n[f];
+        dn[f] = dz * gm[f];
         mean_dn += dn[f];
-        mean_dn_n += dn[f] * n;
+        mean_dn_n += dn[f] * n[f];
       }
       mean_dn /= static_cast<float>(width);
       mean_dn_n /= static_cast<float>(width);
-      for (int64_t f = 0; f < width; ++f) {
-        const float n = (xr[f] - s.mean) * s.inv_std;
-        dxr[f] = s.inv_std * (dn[f] - mean_dn - n * mean_dn_n);
-      }
+      for (int64_t f = 0; f < width; ++f) dxr[f] = inv_std * (dn[f] - mean_dn - n[f] * mean_dn_n);
     }
   });
   for (int64_t f = 0; f < width; ++f) {
     float g = 0.f, b = 0.f;
     for (int t = 0; t < used; ++t) {
-      g += partial[static_cast<size_t>(t) * 3 * width + f];
-      b += partial[static_cast<size_t>(t) * 3 * width + width + f];
+      g += partial[static_cast<size_t>(t) * 4 * width + f];
+      b += partial[static_cast<size_t>(t) * 4 * width + width + f];
     }
     dgamma[f] = g;
     dbeta[f] = b;
@@ -176,34 +181,46 @@ int GateBackward(void **params, int64_t **shapes) {
   const int64_t rows = shapes[0][0], c = shapes[0][1], width = 3 * c;
   const int slots = std::max(1, g_threads);
   std::vector<float> partial(static_cast<size_t>(slots) * 4 * width, 0.f);  // dgamma, dbeta, dn, n per thread
-  const int used = ParallelRows(rows, [&](int64_t first, int64_t last, int t) {
-    float *dg = partial.data() + static_cast<size_t>(t) * 4 * width;
-    float *db = dg + width;
-    float *dn = db + width;
-    float *n = dn + width;
+  float *scratch = partial.data();
+  // captured by value with __restrict__ locals: a captured reference blocks vectorisation
+  const int used = ParallelRows(rows, [=](int64_t first, int64_t last, int t) {
+    float *__restrict__ dg = scratch + static_cast<size_t>(t) * 4 * width;
+    float *__restrict__ db = dg + width;
+    float *__restrict__ dn = db + width;
+    float *__restrict__ n = dn + width;
+    const float *__restrict__ gm = gamma;
+    const float *__restrict__ bt = beta;
     for (int64_t m = first; m < last; ++m) {
       const GateRow row{{a[0] + m * c, a[1] + m * c, a[2] + m * c}, c};
       const RowStats s = GateStats(row, width);
-      const float *ur = u + m * width, *doutr = dout + m * width;
-      float *dur = du + m * width;
+      for (int p = 0; p < 3; ++p) {
+        const float *__restrict__ part = row.part[p];
+        for (int64_t f = 0; f < c; ++f) n[p * c + f] = (part[f] - s.mean) * s.inv_std;
+      }
+      const float *__restrict__ ur = u + m * width;
+      const float *__restrict__ doutr = dout + m * width;
+      float *__restrict__ dur = du + m * width;
       float mean_dn = 0.f, mean_dn_n = 0.f;
-      for (int p = 0; p < 3; ++p)
-        for (int64_t f = 0; f < c; ++f) {
-          const int64_t k = p * c + f;
-          n[k] = (row.part[p][f] - s.mean) * s.inv_std;
-          const float gate = 1.f / (1.f + std::exp(-(n[k] * gamma[k] + beta[k])));
-          dur[k] = doutr[k] * gate;                                    // d/du
-          const float dz = doutr[k] * ur[k] * gate * (1.f - gate);     // through the sigmoid
-          db[k] += dz;
-          dg[k] += dz * n[k];
-          dn[k] = dz * gamma[k];
-          mean_dn += dn[k];
-          mean_dn_n += dn[k] * n[k];
-        }
+      // short loops over the cached row: GCC vectorises each, but not one loop doing it all
+      for (int64_t k = 0; k < width; ++k) dur[k] = n[k] * gm[k] + bt[k];
+      for (int64_t k = 0; k < width; ++k) dur[k] = 1.f / (1.f + std::exp(-dur[k]));  // the gate
+      for (int64_t k = 0; k < width; ++k) {
+        const float gate = dur[k];
+        dur[k] = doutr[k] * gate;                        // d/du
+        dn[k] = doutr[k] * ur[k] * gate * (1.f - gate);  // dz, through the sigmoid
+      }
+      for (int64_t k = 0; k < width; ++k) {
+        const float dz = dn[k];
+        db[k] += dz;
+        dg[k] += dz * n[k];
+        dn[k] = dz * gm[k];
+        mean_dn += dn[k];
+        mean_dn_n += dn[k] * n[k];
+      }
       mean_dn /= static_cast<float>(width);
       mean_dn_n /= static_cast<float>(width);
       for (int p = 0; p < 3; ++p) {
-        float *dar = da[p] + m * c;
+        float *__restrict__ dar = da[p] + m * c;
         for (int64_t f = 0; f < c; ++f) {
           const int64_t k = p * c + f;
           dar[f] = s.inv_std * (dn[k] - mean_dn - n[k] * mean_dn_n);
