@@ -34,8 +34,8 @@ class _GateLoss(ms.nn.Cell):
         super().__init__()
         self.layer = layer
 
-    def construct(self, a_0, a_1, a_2, u, w):
-        return (self.layer(a_0, a_1, a_2, u) * w).sum()
+    def construct(self, a_0, a_1, a_2, u_i, u_j, u_e, r_i, r_j, r_e, w):
+        return (self.layer(a_0, a_1, a_2, u_i, u_j, u_e, r_i, r_j, r_e) * w).sum()
 
 
 class _Grad(ms.nn.Cell):
@@ -57,16 +57,26 @@ def _randomise(layer: ms.nn.LayerNorm, rng: np.random.Generator) -> None:
     layer.beta.set_data(ms.Tensor(rng.uniform(-0.3, 0.3, width).astype(np.float32)))
 
 
-def _run(loss: ms.nn.Cell, widths: list[int], rng: np.random.Generator) -> list[np.ndarray]:
-    """Loss value, input gradients and parameter gradients for random inputs of each row count."""
+def _run(loss: ms.nn.Cell, make_inputs) -> list[np.ndarray]:
+    """Loss value, input gradients and parameter gradients for random inputs of each row count.
+
+    ``make_inputs(rows, rng)`` gives the inputs as numpy arrays; every axis but the last is
+    declared dynamic, so one graph serves all row counts, as in the model.
+    """
     grad = _Grad(loss)
-    grad.set_inputs(*[ms.Tensor(shape=[None, w], dtype=ms.float32) for w in widths])  # any row count
+    rng = np.random.default_rng(1)
+    example = make_inputs(ROWS[0], rng)
+    grad.set_inputs(*[ms.Tensor(shape=[None] * (a.ndim - 1) + [a.shape[-1]] if a.ndim > 1 else [None],
+                                dtype=ms.int32 if a.dtype == np.int32 else ms.float32) for a in example])
     results = []
     for rows in ROWS:
-        inputs = [ms.Tensor((rng.normal(size=(rows, w)) * 3 + 1).astype(np.float32)) for w in widths]
-        value, (input_grads, param_grads) = grad(*inputs)
+        value, (input_grads, param_grads) = grad(*[ms.Tensor(a) for a in make_inputs(rows, rng)])
         results += [value.asnumpy()] + [g.asnumpy() for g in (*input_grads, *param_grads)]
     return results
+
+
+def _floats(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return (rng.normal(size=shape) * 3 + 1).astype(np.float32)
 
 
 def _assert_same(reference: list[np.ndarray], got: list[np.ndarray]) -> None:
@@ -81,17 +91,24 @@ def test_row_norm_kernel_matches_mindspore_layernorm():
     for use_kernel in (False, True):
         layer = RowNorm(width, fused=use_kernel)
         _randomise(layer, np.random.default_rng(0))
-        runs.append(_run(_NormLoss(layer), [width, width], np.random.default_rng(1)))
+        runs.append(_run(_NormLoss(layer), lambda rows, rng: [_floats(rng, rows, width), _floats(rng, rows, width)]))
     _assert_same(*runs)
 
 
-def test_attention_gate_kernel_matches_concat_layernorm_sigmoid_product():
-    c = 16
+def test_attention_gate_kernel_matches_gather_concat_layernorm_sigmoid_product():
+    c, atoms, lengths = 16, 40, 7
+
+    def inputs(rows, rng):
+        parts = [_floats(rng, rows, c) for _ in range(3)]
+        tables = [_floats(rng, atoms, 3 * c), _floats(rng, atoms, 3 * c), _floats(rng, lengths, 3 * c)]
+        index = [rng.integers(0, n, rows).astype(np.int32) for n in (atoms, atoms, lengths)]
+        return parts + tables + index + [_floats(rng, rows, 3 * c)]
+
     runs = []
     for use_kernel in (False, True):
         layer = AttentionGate(c, fused=use_kernel)
         _randomise(layer, np.random.default_rng(0))
-        runs.append(_run(_GateLoss(layer), [c, c, c, 3 * c, 3 * c], np.random.default_rng(1)))
+        runs.append(_run(_GateLoss(layer), inputs))
     _assert_same(*runs)
 
 

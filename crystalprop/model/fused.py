@@ -76,23 +76,24 @@ def library() -> Path | None:
     return path  # type: ignore[return-value]
 
 
-def _register(inputs: list[str], outputs: list[str]):
-    """MindSpore registration of a float32 CPU operator with these inputs and outputs."""
+def _register(inputs: list[str], outputs: list[str], int_inputs: tuple[str, ...] = ()):
+    """MindSpore registration of a CPU operator: float32 tensors, int32 for ``int_inputs``."""
     ops = mindspore_module().ops
     reg = ops.CustomRegOp()
     for i, n in enumerate(inputs):
         reg = reg.input(i, n)
     for i, n in enumerate(outputs):
         reg = reg.output(i, n)
-    return reg.dtype_format(*[ops.DataType.F32_Default] * (len(inputs) + len(outputs))).target("CPU").get_op_info()
+    types = [ops.DataType.I32_Default if n in int_inputs else ops.DataType.F32_Default for n in inputs + outputs]
+    return reg.dtype_format(*types).target("CPU").get_op_info()
 
 
-def _custom(path: Path, name: str, inputs: list[str], outputs: list[str], bprop=None):
+def _custom(path: Path, name: str, inputs: list[str], outputs: list[str], bprop=None, int_inputs=()):
     """The kernel ``name`` of the library as a MindSpore operator (any row count, dynamic shapes)."""
     ms = mindspore_module()
     dtype = ms.float32 if len(outputs) == 1 else (ms.float32,) * len(outputs)
     return ms.ops.Custom(f"{path}:{name}", out_shape=None, out_dtype=dtype, func_type="aot",
-                         reg_info=_register(inputs, outputs), bprop=bprop)
+                         reg_info=_register(inputs, outputs, int_inputs), bprop=bprop)
 
 
 def row_norm_op():
@@ -109,17 +110,27 @@ def row_norm_op():
 
 
 def attention_gate_op():
-    """``f(a0, a1, a2, gamma, beta, u)`` = u ⊙ σ(LN(a0 ‖ a1 ‖ a2)·γ + β); None where unavailable.
+    """``f(a0, a1, a2, gamma, beta, ui, uj, ue, ri, rj, re)``, None where unavailable.
 
-    a0, a1, a2: (M, C), u: (M, 3C) -> (M, 3C); the logits are never concatenated in memory.
+    = u ⊙ σ(LN(a0 ‖ a1 ‖ a2)·γ + β) with u = ui[ri] + uj[rj] + ue[re]: a0, a1, a2 (M, C), the
+    update tables ui, uj, ue (·, 3C), their int32 row indices (M,) -> (M, 3C). Neither the
+    logits nor u are ever stored; the gradient scatters du back onto the three tables.
     """
     path = library()
     if path is None:
         return None
-    inputs = ["a0", "a1", "a2", "gamma", "beta", "u"]
-    grad = _custom(path, "AttentionGateGrad", inputs + ["out", "dout"], ["d" + n for n in inputs])
+    ops = mindspore_module().ops
+    inputs = ["a0", "a1", "a2", "gamma", "beta", "ui", "uj", "ue", "ri", "rj", "re"]
+    indices = ("ri", "rj", "re")
+    grad = _custom(path, "AttentionGateGrad", inputs + ["out", "dout"],
+                   ["da0", "da1", "da2", "dgamma", "dbeta", "du"], int_inputs=indices)
 
-    def bprop(a0, a1, a2, gamma, beta, u, out, dout):
-        return grad(a0, a1, a2, gamma, beta, u, out, dout)
+    def bprop(a0, a1, a2, gamma, beta, ui, uj, ue, ri, rj, re, out, dout):
+        da0, da1, da2, dgamma, dbeta, du = grad(a0, a1, a2, gamma, beta, ui, uj, ue, ri, rj, re, out, dout)
+        dui = ops.index_add(ops.zeros_like(ui), ri, du, 0)
+        duj = ops.index_add(ops.zeros_like(uj), rj, du, 0)
+        due = ops.index_add(ops.zeros_like(ue), re, du, 0)
+        return (da0, da1, da2, dgamma, dbeta, dui, duj, due,
+                ops.zeros_like(ri), ops.zeros_like(rj), ops.zeros_like(re))
 
-    return _custom(path, "AttentionGate", inputs, ["out"], bprop)
+    return _custom(path, "AttentionGate", inputs, ["out"], bprop, int_inputs=indices)

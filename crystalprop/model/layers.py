@@ -65,18 +65,20 @@ class RowNorm(nn.LayerNorm):
 class AttentionGate(nn.LayerNorm):
     """Matformer's gated update u ⊙ σ(LN_3C(a_0 ‖ a_1 ‖ a_2)), with LN's parameters as ``nn.LayerNorm``.
 
-    a_0, a_1, a_2: (M, C) parts of the attention logits, u: (M, 3C) -> (M, 3C). The fused CPU
-    kernel reads the three parts in place and does normalisation, sigmoid and product in one
-    pass; elsewhere MindSpore's ops do the same maths.
+    a_0, a_1, a_2: (M, C) parts of the attention logits; u = u_i[r_i] + u_j[r_j] + u_e[r_e] from
+    three (·, 3C) tables and their (M,) row indices -> (M, 3C). The fused CPU kernel gathers u,
+    normalises, applies the sigmoid and the product row by row; elsewhere MindSpore's ops do
+    the same maths.
     """
 
     def __init__(self, channels: int, fused: bool | None = None) -> None:
         super().__init__((3 * channels,), epsilon=LAYER_NORM_EPS)
         self.kernel = _kernel_or_none(attention_gate_op, fused)
 
-    def construct(self, a_0, a_1, a_2, u):
+    def construct(self, a_0, a_1, a_2, u_i, u_j, u_e, r_i, r_j, r_e):
         if self.kernel is not None:
-            return self.kernel(a_0, a_1, a_2, self.gamma, self.beta, u)
+            return self.kernel(a_0, a_1, a_2, self.gamma, self.beta, u_i, u_j, u_e, r_i, r_j, r_e)
+        u = ops.addn((ops.gather(u_i, r_i, 0), ops.gather(u_j, r_j, 0), ops.gather(u_e, r_e, 0)))  # (M, 3C)
         logits = ops.concat((a_0, a_1, a_2), axis=-1)  # (M, 3C)
         return u * ops.sigmoid(self.layer_norm(logits, self.gamma, self.beta)[0])
 
@@ -110,11 +112,18 @@ class MatformerConv(nn.Cell):
         self.all_reduce = None  # set by sync_batch_statistics() for data-parallel training
         self.lin_skip = nn.Dense(c, c)
         self.scale = 1.0 / math.sqrt(3 * c)
+        self.head_offsets = ms.Tensor(np.arange(h, dtype=np.int32)).expand_dims(0)  # (1, H)
         self.matmul_t = ops.MatMul(transpose_b=True)
 
     def _per_head(self, x):
         """(M, H*K) -> (M*H, K): one row per (item, head), so per-head maps are 2-D matmuls."""
         return x.reshape(-1, x.shape[1] // self.heads)
+
+    def _head_rows(self, index):
+        """(E,) item indices -> (E*H,) indices of the (item, head) rows made by ``_per_head``."""
+        if self.heads == 1:
+            return index
+        return (ops.tile(index.expand_dims(-1) * self.heads, (1, self.heads)) + self.head_offsets).reshape(-1)
 
     def _joined(self, x):
         """(M*H, K) -> (M, H*K)."""
@@ -135,15 +144,16 @@ class MatformerConv(nn.Cell):
         alpha_j = self._per_head(q_i * ops.gather(k, src, 0))
         alpha_e = self._per_head(q_i * ops.gather(e, distance_index, 0))
 
-        # W_upd (v_i ‖ v_j ‖ e_ij) + b as three maps: per atom, per atom, per distinct distance
+        # W_upd (v_i ‖ v_j ‖ e_ij) + b as three maps: per atom, per atom, per distinct distance,
+        # one row per (item, head); each edge-head row of the update sums one row of each
         w = self.lin_msg_update.weight  # (3C, 3C)
-        upd_i = self._joined(self.matmul_t(self._per_head(v), w[:, :c]) + self.lin_msg_update.bias)
-        upd_j = self._joined(self.matmul_t(self._per_head(v), w[:, c : 2 * c]))  # (N, H*3C)
-        upd_e = self._joined(self.matmul_t(self._per_head(e), w[:, 2 * c :]))  # (D, H*3C)
-        update = ops.addn((ops.gather(upd_i, dst, 0), ops.gather(upd_j, src, 0), ops.gather(upd_e, distance_index, 0)))
+        upd_i = self.matmul_t(self._per_head(v), w[:, :c]) + self.lin_msg_update.bias  # (N*H, 3C)
+        upd_j = self.matmul_t(self._per_head(v), w[:, c : 2 * c])  # (N*H, 3C)
+        upd_e = self.matmul_t(self._per_head(e), w[:, 2 * c :])  # (D*H, 3C)
+        rows_i, rows_j, rows_e = self._head_rows(dst), self._head_rows(src), self._head_rows(distance_index)
 
         # gated update σ(LN_3C(α)) ⊙ update, the one per-edge matrix product, LayerNorm over C
-        gated = self.layer_norm(alpha_i, alpha_j, alpha_e, self._per_head(update))  # (E*H, 3C)
+        gated = self.layer_norm(alpha_i, alpha_j, alpha_e, upd_i, upd_j, upd_e, rows_i, rows_j, rows_e)  # (E*H, 3C)
         message = self.msg_norm(self.msg_layer(gated))  # (E*H, C)
 
         # sum over incoming edges (each counted with its multiplicity), concatenate heads,

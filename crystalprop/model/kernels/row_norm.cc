@@ -4,7 +4,8 @@
 // LayerNorm, per row x:  n = (x - mean(x)) / sqrt(var(x) + eps);  y = n * gamma + beta
 // Its backward, given dy: dbeta = sum_rows dy;  dgamma = sum_rows dy * n;  dn = dy * gamma;
 //                         dx = (dn - mean(dn) - n * mean(dn * n)) / sqrt(var + eps)
-// Gate: out = u * g with g = sigmoid(LN(a)), so du = dout * g and LN's dy = dout * u * g * (1 - g).
+// Gate: out = u * g with g = sigmoid(LN(a)), so du = dout * g and LN's dy = dout * u * g * (1 - g);
+// u is gathered from per-atom and per-bond-length rows as it is needed.
 // Each row is read once from memory (it stays in cache between the passes below); rows are
 // split between threads, and each thread keeps its own dgamma/dbeta sums.
 #include <algorithm>
@@ -142,62 +143,98 @@ RowStats GateStats(const GateRow &a, int64_t width) {
   return {mean, 1.f / std::sqrt(var / static_cast<float>(width) + kEps)};
 }
 
+// The gate's inputs: the three logit parts, LN's gamma and beta, and the update u of each row
+// as the sum of three gathered rows, u[m] = ui[ri[m]] + uj[rj[m]] + ue[re[m]] (atom i, atom j,
+// bond length), so u is never stored.
+struct GateInputs {
+  const float *a[3];
+  const float *gamma, *beta;
+  const float *ui, *uj, *ue;
+  const int32_t *ri, *rj, *re;
+  int64_t rows, c, width;
+};
+
+GateInputs ReadGateInputs(void **params, int64_t **shapes) {
+  GateInputs in;
+  for (int p = 0; p < 3; ++p) in.a[p] = static_cast<const float *>(params[p]);
+  in.gamma = static_cast<const float *>(params[3]);
+  in.beta = static_cast<const float *>(params[4]);
+  in.ui = static_cast<const float *>(params[5]);
+  in.uj = static_cast<const float *>(params[6]);
+  in.ue = static_cast<const float *>(params[7]);
+  in.ri = static_cast<const int32_t *>(params[8]);
+  in.rj = static_cast<const int32_t *>(params[9]);
+  in.re = static_cast<const int32_t *>(params[10]);
+  in.rows = shapes[0][0];
+  in.c = shapes[0][1];
+  in.width = 3 * in.c;
+  return in;
+}
+
+// Row m's update into u (width floats).
+void GatherUpdate(const GateInputs &in, int64_t m, float *__restrict__ u) {
+  const float *__restrict__ ui = in.ui + static_cast<int64_t>(in.ri[m]) * in.width;
+  const float *__restrict__ uj = in.uj + static_cast<int64_t>(in.rj[m]) * in.width;
+  const float *__restrict__ ue = in.ue + static_cast<int64_t>(in.re[m]) * in.width;
+  for (int64_t k = 0; k < in.width; ++k) u[k] = ui[k] + uj[k] + ue[k];
+}
+
+// Row m's normalised logits into n (width floats); returns 1/sqrt(var + eps).
+float NormalisedLogits(const GateInputs &in, int64_t m, float *__restrict__ n) {
+  const GateRow row{{in.a[0] + m * in.c, in.a[1] + m * in.c, in.a[2] + m * in.c}, in.c};
+  const RowStats s = GateStats(row, in.width);
+  for (int p = 0; p < 3; ++p) {
+    const float *__restrict__ part = row.part[p];
+    for (int64_t f = 0; f < in.c; ++f) n[p * in.c + f] = (part[f] - s.mean) * s.inv_std;
+  }
+  return s.inv_std;
+}
+
 int GateForward(void **params, int64_t **shapes) {
-  const float *a[3] = {static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                       static_cast<const float *>(params[2])};
-  const float *gamma = static_cast<const float *>(params[3]);
-  const float *beta = static_cast<const float *>(params[4]);
-  const float *u = static_cast<const float *>(params[5]);
-  float *out = static_cast<float *>(params[6]);
-  const int64_t rows = shapes[0][0], c = shapes[0][1], width = 3 * c;
-  ParallelRows(rows, [=](int64_t first, int64_t last, int) {
+  const GateInputs in = ReadGateInputs(params, shapes);
+  float *out = static_cast<float *>(params[11]);
+  const int64_t width = in.width;
+  std::vector<float> buffers(static_cast<size_t>(std::max(1, g_threads)) * 2 * width);
+  float *scratch = buffers.data();
+  ParallelRows(in.rows, [=](int64_t first, int64_t last, int t) {
+    float *__restrict__ u = scratch + static_cast<size_t>(t) * 2 * width;
+    float *__restrict__ n = u + width;
+    const float *__restrict__ gm = in.gamma;
+    const float *__restrict__ bt = in.beta;
     for (int64_t m = first; m < last; ++m) {
-      const GateRow row{{a[0] + m * c, a[1] + m * c, a[2] + m * c}, c};
-      const RowStats s = GateStats(row, width);
-      const float *ur = u + m * width;
-      float *outr = out + m * width;
-      for (int p = 0; p < 3; ++p)
-        for (int64_t f = 0; f < c; ++f) {
-          const int64_t k = p * c + f;
-          const float z = (row.part[p][f] - s.mean) * s.inv_std * gamma[k] + beta[k];
-          outr[k] = ur[k] / (1.f + std::exp(-z));
-        }
+      GatherUpdate(in, m, u);
+      NormalisedLogits(in, m, n);
+      float *__restrict__ outr = out + m * width;
+      for (int64_t k = 0; k < width; ++k) outr[k] = u[k] / (1.f + std::exp(-(n[k] * gm[k] + bt[k])));
     }
   });
   return 0;
 }
 
 int GateBackward(void **params, int64_t **shapes) {
-  const float *a[3] = {static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-                       static_cast<const float *>(params[2])};
-  const float *gamma = static_cast<const float *>(params[3]);
-  const float *beta = static_cast<const float *>(params[4]);
-  const float *u = static_cast<const float *>(params[5]);
-  const float *dout = static_cast<const float *>(params[7]);  // params[6] is the forward output
-  float *da[3] = {static_cast<float *>(params[8]), static_cast<float *>(params[9]), static_cast<float *>(params[10])};
-  float *dgamma = static_cast<float *>(params[11]);
-  float *dbeta = static_cast<float *>(params[12]);
-  float *du = static_cast<float *>(params[13]);
-  const int64_t rows = shapes[0][0], c = shapes[0][1], width = 3 * c;
+  const GateInputs in = ReadGateInputs(params, shapes);
+  const float *dout = static_cast<const float *>(params[12]);  // params[11] is the forward output
+  float *da[3] = {static_cast<float *>(params[13]), static_cast<float *>(params[14]),
+                  static_cast<float *>(params[15])};
+  float *dgamma = static_cast<float *>(params[16]);
+  float *dbeta = static_cast<float *>(params[17]);
+  float *du = static_cast<float *>(params[18]);  // per row; scattered back to ui, uj, ue by the caller
+  const int64_t c = in.c, width = in.width;
   const int slots = std::max(1, g_threads);
-  std::vector<float> partial(static_cast<size_t>(slots) * 4 * width, 0.f);  // dgamma, dbeta, dn, n per thread
+  std::vector<float> partial(static_cast<size_t>(slots) * 5 * width, 0.f);  // dgamma, dbeta, dn, n, u per thread
   float *scratch = partial.data();
   // captured by value with __restrict__ locals: a captured reference blocks vectorisation
-  const int used = ParallelRows(rows, [=](int64_t first, int64_t last, int t) {
-    float *__restrict__ dg = scratch + static_cast<size_t>(t) * 4 * width;
+  const int used = ParallelRows(in.rows, [=](int64_t first, int64_t last, int t) {
+    float *__restrict__ dg = scratch + static_cast<size_t>(t) * 5 * width;
     float *__restrict__ db = dg + width;
     float *__restrict__ dn = db + width;
     float *__restrict__ n = dn + width;
-    const float *__restrict__ gm = gamma;
-    const float *__restrict__ bt = beta;
+    float *__restrict__ u = n + width;
+    const float *__restrict__ gm = in.gamma;
+    const float *__restrict__ bt = in.beta;
     for (int64_t m = first; m < last; ++m) {
-      const GateRow row{{a[0] + m * c, a[1] + m * c, a[2] + m * c}, c};
-      const RowStats s = GateStats(row, width);
-      for (int p = 0; p < 3; ++p) {
-        const float *__restrict__ part = row.part[p];
-        for (int64_t f = 0; f < c; ++f) n[p * c + f] = (part[f] - s.mean) * s.inv_std;
-      }
-      const float *__restrict__ ur = u + m * width;
+      GatherUpdate(in, m, u);
+      const float inv_std = NormalisedLogits(in, m, n);
       const float *__restrict__ doutr = dout + m * width;
       float *__restrict__ dur = du + m * width;
       float mean_dn = 0.f, mean_dn_n = 0.f;
@@ -206,8 +243,8 @@ int GateBackward(void **params, int64_t **shapes) {
       for (int64_t k = 0; k < width; ++k) dur[k] = 1.f / (1.f + std::exp(-dur[k]));  // the gate
       for (int64_t k = 0; k < width; ++k) {
         const float gate = dur[k];
-        dur[k] = doutr[k] * gate;                        // d/du
-        dn[k] = doutr[k] * ur[k] * gate * (1.f - gate);  // dz, through the sigmoid
+        dur[k] = doutr[k] * gate;                       // d/du
+        dn[k] = doutr[k] * u[k] * gate * (1.f - gate);  // dz, through the sigmoid
       }
       for (int64_t k = 0; k < width; ++k) {
         const float dz = dn[k];
@@ -223,7 +260,7 @@ int GateBackward(void **params, int64_t **shapes) {
         float *__restrict__ dar = da[p] + m * c;
         for (int64_t f = 0; f < c; ++f) {
           const int64_t k = p * c + f;
-          dar[f] = s.inv_std * (dn[k] - mean_dn - n[k] * mean_dn_n);
+          dar[f] = inv_std * (dn[k] - mean_dn - n[k] * mean_dn_n);
         }
       }
     }
@@ -231,8 +268,8 @@ int GateBackward(void **params, int64_t **shapes) {
   for (int64_t k = 0; k < width; ++k) {
     float g = 0.f, b = 0.f;
     for (int t = 0; t < used; ++t) {
-      g += partial[static_cast<size_t>(t) * 4 * width + k];
-      b += partial[static_cast<size_t>(t) * 4 * width + width + k];
+      g += partial[static_cast<size_t>(t) * 5 * width + k];
+      b += partial[static_cast<size_t>(t) * 5 * width + width + k];
     }
     dgamma[k] = g;
     dbeta[k] = b;
@@ -271,10 +308,10 @@ extern "C" std::vector<int64_t> RowNormInferShape(int *ndims, int64_t **shapes, 
 extern "C" std::vector<std::vector<int64_t>> RowNormGradInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 2)};
 }
-extern "C" std::vector<int64_t> AttentionGateInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return ShapeOf(ndims, shapes, 5);
+extern "C" std::vector<int64_t> AttentionGateInferShape(int *, int64_t **shapes, AotExtra *) {
+  return {shapes[0][0], shapes[5][1]};  // (rows, 3C)
 }
 extern "C" std::vector<std::vector<int64_t>> AttentionGateGradInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 2),
-          ShapeOf(ndims, shapes, 3), ShapeOf(ndims, shapes, 4), ShapeOf(ndims, shapes, 5)};
+          ShapeOf(ndims, shapes, 3), ShapeOf(ndims, shapes, 4), {shapes[0][0], shapes[5][1]}};
 }
