@@ -83,6 +83,24 @@ class AttentionGate(nn.LayerNorm):
         return u * ops.sigmoid(self.layer_norm(logits, self.gamma, self.beta)[0])
 
 
+class HeadRows(nn.Cell):
+    """(E,) item indices -> (E*H,) indices of the (item, head) rows: row e*H + h is item*H + h.
+
+    Computed once per forward pass and shared by all layers (MindSpore's CPU integer kernels
+    take milliseconds even for these small arrays).
+    """
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.offsets = ms.Tensor(np.arange(heads, dtype=np.int32)).expand_dims(0)  # (1, H)
+
+    def construct(self, index):
+        if self.heads == 1:
+            return index
+        return (index.expand_dims(-1) * self.heads + self.offsets).reshape(-1)
+
+
 class MatformerConv(nn.Cell):
     """One Matformer attention layer, computed with less work but the same mathematics.
 
@@ -112,25 +130,19 @@ class MatformerConv(nn.Cell):
         self.all_reduce = None  # set by sync_batch_statistics() for data-parallel training
         self.lin_skip = nn.Dense(c, c)
         self.scale = 1.0 / math.sqrt(3 * c)
-        self.head_offsets = ms.Tensor(np.arange(h, dtype=np.int32)).expand_dims(0)  # (1, H)
         self.matmul_t = ops.MatMul(transpose_b=True)
 
     def _per_head(self, x):
         """(M, H*K) -> (M*H, K): one row per (item, head), so per-head maps are 2-D matmuls."""
         return x.reshape(-1, x.shape[1] // self.heads)
 
-    def _head_rows(self, index):
-        """(E,) item indices -> (E*H,) indices of the (item, head) rows made by ``_per_head``."""
-        if self.heads == 1:
-            return index
-        return (ops.tile(index.expand_dims(-1) * self.heads, (1, self.heads)) + self.head_offsets).reshape(-1)
-
     def _joined(self, x):
         """(M*H, K) -> (M, H*K)."""
         return x.reshape(-1, self.heads * x.shape[1])
 
-    def construct(self, x, src, dst, distance_index, edge_weight, edge_embedding):
-        """x: (N, C); src, dst, distance_index, edge_weight: (E,); edge_embedding: (D, C) -> (N, C)."""
+    def construct(self, x, src, dst, distance_index, edge_weight, edge_embedding, head_rows):
+        """x: (N, C); src, dst, distance_index, edge_weight: (E,); edge_embedding: (D, C);
+        head_rows: :class:`HeadRows` of (dst, src, distance_index) -> (N, C)."""
         c = self.channels
         q = self.lin_query(x) * self.scale  # (N, H*C), the 1/√(3C) applied per atom, not per edge
         k = self.lin_key(x)
@@ -150,7 +162,7 @@ class MatformerConv(nn.Cell):
         upd_i = self.matmul_t(self._per_head(v), w[:, :c]) + self.lin_msg_update.bias  # (N*H, 3C)
         upd_j = self.matmul_t(self._per_head(v), w[:, c : 2 * c])  # (N*H, 3C)
         upd_e = self.matmul_t(self._per_head(e), w[:, 2 * c :])  # (D*H, 3C)
-        rows_i, rows_j, rows_e = self._head_rows(dst), self._head_rows(src), self._head_rows(distance_index)
+        rows_i, rows_j, rows_e = head_rows
 
         # gated update σ(LN_3C(α)) ⊙ update, the one per-edge matrix product, LayerNorm over C
         gated = self.layer_norm(alpha_i, alpha_j, alpha_e, upd_i, upd_j, upd_e, rows_i, rows_j, rows_e)  # (E*H, 3C)

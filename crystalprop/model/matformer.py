@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from crystalprop.backend import mindspore_module
 from crystalprop.graph.elements import N_FEATURES
-from crystalprop.model.layers import MatformerConv, RBFExpansion
+from crystalprop.model.layers import HeadRows, MatformerConv, RBFExpansion
 
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
@@ -44,14 +44,16 @@ class Matformer(nn.Cell):
         self.edge_in = nn.Dense(config.rbf_bins, c)
         self.edge_out = nn.Dense(c, c)
         self.att_layers = nn.CellList([MatformerConv(c, config.heads) for _ in range(config.layers)])
+        self.head_rows = HeadRows(config.heads)
         self.fc = nn.Dense(c, config.fc_features)
         self.fc_out = nn.Dense(config.fc_features, 1)
 
     def construct(self, node_features, src, dst, distance_index, edge_weight, distances, node_graph, inverse_counts):
         x = self.atom_embedding(node_features)  # (N, C)
         edges = self.edge_out(ops.softplus(self.edge_in(self.rbf(distances))))  # (D, C), once per distance
+        head_rows = (self.head_rows(dst), self.head_rows(src), self.head_rows(distance_index))
         for layer in self.att_layers:
-            x = layer(x, src, dst, distance_index, edge_weight, edges)
+            x = layer(x, src, dst, distance_index, edge_weight, edges, head_rows)
         zeros = inverse_counts * ops.zeros((1, x.shape[1]), x.dtype)  # (B, C)
         pooled = ops.index_add(zeros, node_graph, x, 0) * inverse_counts  # mean over atoms
         return self.fc_out(ops.silu(self.fc(pooled))).squeeze(-1)
