@@ -1,12 +1,13 @@
-"""Fused CPU kernels: row-wise LayerNorm (optionally followed by a sigmoid) and its gradient.
+"""Fused CPU kernels: row-wise LayerNorm and Matformer's attention gate, with their gradients.
 
-Each Matformer layer normalises an (edges × heads, 3C) tensor and takes its sigmoid. On
-MindSpore's CPU backend the LayerNorm backward kernel alone took over a third of a training
-step. ``kernels/row_norm.cc`` does the same maths in one pass over memory each way; it is
-compiled once per machine with the system C++ compiler into crystalprop's cache folder and
-run as a MindSpore "aot" custom operator (``CRYSTALPROP_KERNELS`` names another folder). Without a compiler, on GPU/Ascend, or with
-``CRYSTALPROP_FUSED_KERNELS=0``, :func:`row_norm_op` returns None and the layers use
-MindSpore's own LayerNorm and sigmoid (same results to float rounding).
+Each Matformer layer normalises an (edges × heads, 3C) tensor, takes its sigmoid and multiplies
+it into the update. On MindSpore's CPU backend the LayerNorm backward kernel alone took over a
+third of a training step. ``kernels/row_norm.cc`` does the same maths row by row, gathering the
+update as it goes; it is compiled once per machine with the system C++ compiler into
+crystalprop's cache folder (``CRYSTALPROP_KERNELS`` names another) and runs as MindSpore "aot"
+custom operators. Without a compiler, on GPU/Ascend, or with ``CRYSTALPROP_FUSED_KERNELS=0``,
+the operator factories return None and the layers use MindSpore's own ops (same results to
+float rounding).
 """
 
 from __future__ import annotations

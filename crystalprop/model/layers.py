@@ -1,4 +1,5 @@
-"""Matformer's building blocks in MindSpore: radial basis and the attention layer.
+"""Matformer's building blocks in MindSpore: radial basis, the normalisations with their fused
+CPU kernels, and the attention layer.
 
 Notation: N atoms, E directed edges (messages flow from ``src`` = j to ``dst`` = i), D
 distinct bond lengths in the batch, H heads, C features per head.
@@ -162,10 +163,10 @@ class MatformerConv(nn.Cell):
         upd_i = self.matmul_t(self._per_head(v), w[:, :c]) + self.lin_msg_update.bias  # (N*H, 3C)
         upd_j = self.matmul_t(self._per_head(v), w[:, c : 2 * c])  # (N*H, 3C)
         upd_e = self.matmul_t(self._per_head(e), w[:, 2 * c :])  # (D*H, 3C)
-        rows_i, rows_j, rows_e = head_rows
+        rows_i, rows_j, rows_e = head_rows  # the table row of each edge-head row
 
-        # gated update σ(LN_3C(α)) ⊙ update, the one per-edge matrix product, LayerNorm over C
-        gated = self.layer_norm(alpha_i, alpha_j, alpha_e, upd_i, upd_j, upd_e, rows_i, rows_j, rows_e)  # (E*H, 3C)
+        # gated update σ(LN_3C(α)) ⊙ update, (E*H, 3C); the one per-edge matrix product; LN over C
+        gated = self.layer_norm(alpha_i, alpha_j, alpha_e, upd_i, upd_j, upd_e, rows_i, rows_j, rows_e)
         message = self.msg_norm(self.msg_layer(gated))  # (E*H, C)
 
         # sum over incoming edges (each counted with its multiplicity), concatenate heads,
