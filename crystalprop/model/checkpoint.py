@@ -173,8 +173,15 @@ def load_model(path: str | Path) -> tuple[Matformer, ModelCard]:
 
 
 def build_model(card: ModelCard, params: dict[str, Any], path: str | Path) -> Matformer:
-    """The network of ``card`` with ``params`` loaded (inference mode)."""
-    net = Matformer(card.model)
+    """The network of ``card`` with ``params`` loaded (inference mode).
+
+    Parameters are not randomly initialised first (0.25 s per network): ``load_weights``
+    fills every one of them or raises.
+    """
+    from mindspore.nn.utils import no_init_parameters  # noqa: PLC0415  (MindSpore is imported lazily)
+
+    with no_init_parameters():
+        net = Matformer(card.model)
     load_weights(net, params, path)
     net.set_train(False)
     return net
