@@ -51,6 +51,42 @@ int ParallelRows(int64_t rows, Body body) {
   return workers;
 }
 
+// LayerNorm's backward step on one row. On entry dn holds dz = dL/dy; adds dz to dbeta and
+// dz * n to dgamma, leaves dn = dz * gamma, and returns mean(dn) and mean(dn * n).
+struct DnMeans {
+  float dn;
+  float dn_n;
+};
+
+inline DnMeans AccumulateRow(float *__restrict__ dn, const float *__restrict__ n,
+                             const float *__restrict__ gamma, float *__restrict__ dg,
+                             float *__restrict__ db, int64_t width) {
+  float mean_dn = 0.f, mean_dn_n = 0.f;
+  for (int64_t k = 0; k < width; ++k) {
+    const float dz = dn[k];
+    db[k] += dz;
+    dg[k] += dz * n[k];
+    dn[k] = dz * gamma[k];
+    mean_dn += dn[k];
+    mean_dn_n += dn[k] * n[k];
+  }
+  return {mean_dn / static_cast<float>(width), mean_dn_n / static_cast<float>(width)};
+}
+
+// Sums the per-thread dgamma/dbeta partials: thread t's block starts at t * stride, dgamma first.
+void SumPartials(const std::vector<float> &partial, int used, int64_t stride, int64_t width,
+                 float *dgamma, float *dbeta) {
+  for (int64_t k = 0; k < width; ++k) {
+    float g = 0.f, b = 0.f;
+    for (int t = 0; t < used; ++t) {
+      g += partial[static_cast<size_t>(t) * stride + k];
+      b += partial[static_cast<size_t>(t) * stride + width + k];
+    }
+    dgamma[k] = g;
+    dbeta[k] = b;
+  }
+}
+
 int Forward(void **params, int64_t **shapes) {
   const float *x = static_cast<const float *>(params[0]);
   const float *gamma = static_cast<const float *>(params[1]);
@@ -93,32 +129,14 @@ int Backward(void **params, int64_t **shapes) {
       const float *__restrict__ dyr = dy + m * width;
       float *__restrict__ dxr = dx + m * width;
       const RowStats s = Stats(xr, width);
-      float mean_dn = 0.f, mean_dn_n = 0.f;
       const float mean = s.mean, inv_std = s.inv_std;
       for (int64_t f = 0; f < width; ++f) n[f] = (xr[f] - mean) * inv_std;
       for (int64_t f = 0; f < width; ++f) dn[f] = dyr[f];  // (a separate copy lets the next loop vectorise)
-      for (int64_t f = 0; f < width; ++f) {
-        const float dz = dn[f];
-        db[f] += dz;
-        dg[f] += dz * n[f];
-        dn[f] = dz * gm[f];
-        mean_dn += dn[f];
-        mean_dn_n += dn[f] * n[f];
-      }
-      mean_dn /= static_cast<float>(width);
-      mean_dn_n /= static_cast<float>(width);
-      for (int64_t f = 0; f < width; ++f) dxr[f] = inv_std * (dn[f] - mean_dn - n[f] * mean_dn_n);
+      const DnMeans means = AccumulateRow(dn, n, gm, dg, db, width);
+      for (int64_t f = 0; f < width; ++f) dxr[f] = inv_std * (dn[f] - means.dn - n[f] * means.dn_n);
     }
   });
-  for (int64_t f = 0; f < width; ++f) {
-    float g = 0.f, b = 0.f;
-    for (int t = 0; t < used; ++t) {
-      g += partial[static_cast<size_t>(t) * 4 * width + f];
-      b += partial[static_cast<size_t>(t) * 4 * width + width + f];
-    }
-    dgamma[f] = g;
-    dbeta[f] = b;
-  }
+  SumPartials(partial, used, 4 * width, width, dgamma, dbeta);
   return 0;
 }
 
@@ -237,7 +255,6 @@ int GateBackward(void **params, int64_t **shapes) {
       const float inv_std = NormalisedLogits(in, m, n);
       const float *__restrict__ doutr = dout + m * width;
       float *__restrict__ dur = du + m * width;
-      float mean_dn = 0.f, mean_dn_n = 0.f;
       // short loops over the cached row: GCC vectorises each, but not one loop doing it all
       for (int64_t k = 0; k < width; ++k) dur[k] = n[k] * gm[k] + bt[k];
       for (int64_t k = 0; k < width; ++k) dur[k] = 1.f / (1.f + std::exp(-dur[k]));  // the gate
@@ -246,34 +263,17 @@ int GateBackward(void **params, int64_t **shapes) {
         dur[k] = doutr[k] * gate;                       // d/du
         dn[k] = doutr[k] * u[k] * gate * (1.f - gate);  // dz, through the sigmoid
       }
-      for (int64_t k = 0; k < width; ++k) {
-        const float dz = dn[k];
-        db[k] += dz;
-        dg[k] += dz * n[k];
-        dn[k] = dz * gm[k];
-        mean_dn += dn[k];
-        mean_dn_n += dn[k] * n[k];
-      }
-      mean_dn /= static_cast<float>(width);
-      mean_dn_n /= static_cast<float>(width);
+      const DnMeans means = AccumulateRow(dn, n, gm, dg, db, width);
       for (int p = 0; p < 3; ++p) {
         float *__restrict__ dar = da[p] + m * c;
         for (int64_t f = 0; f < c; ++f) {
           const int64_t k = p * c + f;
-          dar[f] = inv_std * (dn[k] - mean_dn - n[k] * mean_dn_n);
+          dar[f] = inv_std * (dn[k] - means.dn - n[k] * means.dn_n);
         }
       }
     }
   });
-  for (int64_t k = 0; k < width; ++k) {
-    float g = 0.f, b = 0.f;
-    for (int t = 0; t < used; ++t) {
-      g += partial[static_cast<size_t>(t) * 5 * width + k];
-      b += partial[static_cast<size_t>(t) * 5 * width + width + k];
-    }
-    dgamma[k] = g;
-    dbeta[k] = b;
-  }
+  SumPartials(partial, used, 5 * width, width, dgamma, dbeta);
   return 0;
 }
 
