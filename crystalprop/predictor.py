@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -22,6 +23,7 @@ from crystalprop.io.discovery import iter_file_records, iter_structure_paths
 from crystalprop.io.readers import validate_structure
 
 READ_TIMEOUT_S = 60.0
+MAX_PENDING = 512  # inputs read ahead of the models
 
 
 @dataclass
@@ -106,9 +108,26 @@ def iter_prepared(
         prepared = (item for job in jobs for item in prepare_input(job))
         yield from (item for item in prepared if item.name not in skip)
         return
+    # At most MAX_PENDING inputs are read ahead of the models: memory stays flat however long
+    # the input list, instead of every graph queueing up when reading outpaces the models.
+    slots = threading.Semaphore(MAX_PENDING)
+    stopping = threading.Event()
+
+    def throttled() -> Iterator[tuple]:
+        for job in jobs:
+            slots.acquire()
+            if stopping.is_set():
+                return
+            yield job
+
     with mp.get_context("spawn").Pool(workers) as pool:
-        for items in pool.imap(prepare_input, jobs, chunksize=8):
-            yield from (item for item in items if item.name not in skip)
+        try:
+            for items in pool.imap(prepare_input, throttled(), chunksize=8):
+                slots.release()
+                yield from (item for item in items if item.name not in skip)
+        finally:
+            stopping.set()
+            slots.release(MAX_PENDING)  # wakes the pool's feeder thread if it waits for a slot
 
 
 def _batched(items: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:

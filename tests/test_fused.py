@@ -34,8 +34,8 @@ class _GateLoss(ms.nn.Cell):
         super().__init__()
         self.layer = layer
 
-    def construct(self, a_0, a_1, a_2, u_i, u_j, u_e, r_i, r_j, r_e, w):
-        return (self.layer(a_0, a_1, a_2, u_i, u_j, u_e, r_i, r_j, r_e) * w).sum()
+    def construct(self, q, k, e, u_i, u_j, u_e, r_i, r_j, r_e, w):
+        return (self.layer(q, k, e, u_i, u_j, u_e, r_i, r_j, r_e) * w).sum()
 
 
 class _Grad(ms.nn.Cell):
@@ -99,7 +99,7 @@ def test_attention_gate_kernel_matches_gather_concat_layernorm_sigmoid_product()
     c, atoms, lengths = 16, 40, 7
 
     def inputs(rows, rng):
-        parts = [_floats(rng, rows, c) for _ in range(3)]
+        parts = [_floats(rng, atoms, c), _floats(rng, atoms, c), _floats(rng, lengths, c)]  # q, k, e
         tables = [_floats(rng, atoms, 3 * c), _floats(rng, atoms, 3 * c), _floats(rng, lengths, 3 * c)]
         index = [rng.integers(0, n, rows).astype(np.int32) for n in (atoms, atoms, lengths)]
         return parts + tables + index + [_floats(rng, rows, 3 * c)]

@@ -111,27 +111,30 @@ def row_norm_op():
 
 
 def attention_gate_op():
-    """``f(a0, a1, a2, gamma, beta, ui, uj, ue, ri, rj, re)``, None where unavailable.
+    """``f(q, k, e, gamma, beta, ui, uj, ue, ri, rj, re)``, None where unavailable.
 
-    = u ⊙ σ(LN(a0 ‖ a1 ‖ a2)·γ + β) with u = ui[ri] + uj[rj] + ue[re]: a0, a1, a2 (M, C), the
+    = u ⊙ σ(LN(q_i⊙k_i ‖ q_i⊙k_j ‖ q_i⊙e_r)·γ + β) with u = ui[ri] + uj[rj] + ue[re], on each
+    row m with i, j, r = ri[m], rj[m], re[m]: q, k (·, C) per atom, e (·, C) per bond length, the
     update tables ui, uj, ue (·, 3C), their int32 row indices (M,) -> (M, 3C). Neither the
-    logits nor u are ever stored; the gradient scatters du back onto the three tables.
+    logits nor u are ever stored; the gradient scatters each row's share back onto the tables.
     """
     path = library()
     if path is None:
         return None
     ops = mindspore_module().ops
-    inputs = ["a0", "a1", "a2", "gamma", "beta", "ui", "uj", "ue", "ri", "rj", "re"]
+    inputs = ["q", "k", "e", "gamma", "beta", "ui", "uj", "ue", "ri", "rj", "re"]
     indices = ("ri", "rj", "re")
     grad = _custom(path, "AttentionGateGrad", inputs + ["out", "dout"],
-                   ["da0", "da1", "da2", "dgamma", "dbeta", "du"], int_inputs=indices)
+                   ["gq", "gki", "gkj", "ge", "dgamma", "dbeta", "du"], int_inputs=indices)
 
-    def bprop(a0, a1, a2, gamma, beta, ui, uj, ue, ri, rj, re, out, dout):
-        da0, da1, da2, dgamma, dbeta, du = grad(a0, a1, a2, gamma, beta, ui, uj, ue, ri, rj, re, out, dout)
-        dui = ops.index_add(ops.zeros_like(ui), ri, du, 0)
-        duj = ops.index_add(ops.zeros_like(uj), rj, du, 0)
-        due = ops.index_add(ops.zeros_like(ue), re, du, 0)
-        return (da0, da1, da2, dgamma, dbeta, dui, duj, due,
+    def scatter(table, rows, values):
+        return ops.index_add(ops.zeros_like(table), rows, values, 0)
+
+    def bprop(q, k, e, gamma, beta, ui, uj, ue, ri, rj, re, out, dout):
+        gq, gki, gkj, ge, dgamma, dbeta, du = grad(q, k, e, gamma, beta, ui, uj, ue, ri, rj, re, out, dout)
+        dk = ops.index_add(scatter(k, ri, gki), rj, gkj, 0)
+        return (scatter(q, ri, gq), dk, scatter(e, re, ge), dgamma, dbeta,
+                scatter(ui, ri, du), scatter(uj, rj, du), scatter(ue, re, du),
                 ops.zeros_like(ri), ops.zeros_like(rj), ops.zeros_like(re))
 
     return _custom(path, "AttentionGate", inputs, ["out"], bprop, int_inputs=indices)

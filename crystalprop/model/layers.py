@@ -64,23 +64,27 @@ class RowNorm(nn.LayerNorm):
 
 
 class AttentionGate(nn.LayerNorm):
-    """Matformer's gated update u ⊙ σ(LN_3C(a_0 ‖ a_1 ‖ a_2)), with LN's parameters as ``nn.LayerNorm``.
+    """Matformer's gated update u ⊙ σ(LN_3C(q_i⊙k_i ‖ q_i⊙k_j ‖ q_i⊙e_r)), with LN's parameters
+    as ``nn.LayerNorm``.
 
-    a_0, a_1, a_2: (M, C) parts of the attention logits; u = u_i[r_i] + u_j[r_j] + u_e[r_e] from
-    three (·, 3C) tables and their (M,) row indices -> (M, 3C). The fused CPU kernel gathers u,
-    normalises, applies the sigmoid and the product row by row; elsewhere MindSpore's ops do
-    the same maths.
+    q, k: (·, C) per (atom, head); e: (·, C) per (bond length, head); u_i, u_j, u_e: (·, 3C)
+    update tables; r_i, r_j, r_e: (M,) row indices into them (atom i, atom j, bond length of
+    each edge-head row) -> (M, 3C), u = u_i[r_i] + u_j[r_j] + u_e[r_e]. The fused CPU kernel
+    builds the logits and u row by row and never stores them; elsewhere MindSpore's ops do the
+    same maths.
     """
 
     def __init__(self, channels: int, fused: bool | None = None) -> None:
         super().__init__((3 * channels,), epsilon=LAYER_NORM_EPS)
         self.kernel = _kernel_or_none(attention_gate_op, fused)
 
-    def construct(self, a_0, a_1, a_2, u_i, u_j, u_e, r_i, r_j, r_e):
+    def construct(self, q, k, e, u_i, u_j, u_e, r_i, r_j, r_e):
         if self.kernel is not None:
-            return self.kernel(a_0, a_1, a_2, self.gamma, self.beta, u_i, u_j, u_e, r_i, r_j, r_e)
+            return self.kernel(q, k, e, self.gamma, self.beta, u_i, u_j, u_e, r_i, r_j, r_e)
+        q_i = ops.gather(q, r_i, 0)  # (M, C)
+        logits = ops.concat((q_i * ops.gather(k, r_i, 0), q_i * ops.gather(k, r_j, 0),
+                             q_i * ops.gather(e, r_e, 0)), axis=-1)  # (M, 3C)
         u = ops.addn((ops.gather(u_i, r_i, 0), ops.gather(u_j, r_j, 0), ops.gather(u_e, r_e, 0)))  # (M, 3C)
-        logits = ops.concat((a_0, a_1, a_2), axis=-1)  # (M, 3C)
         return u * ops.sigmoid(self.layer_norm(logits, self.gamma, self.beta)[0])
 
 
@@ -150,13 +154,6 @@ class MatformerConv(nn.Cell):
         v = self.lin_value(x)
         e = self.lin_edge(edge_embedding)  # (D, H*C), once per distinct distance
 
-        # attention logits α = (q_i⊙k_i ‖ q_i⊙k_j ‖ q_i⊙e_ij), three (E*H, C) parts:
-        # q_i⊙k_i is per atom; q_i⊙k_j and q_i⊙e_ij per edge
-        q_i = ops.gather(q, dst, 0)
-        alpha_i = self._per_head(ops.gather(q * k, dst, 0))
-        alpha_j = self._per_head(q_i * ops.gather(k, src, 0))
-        alpha_e = self._per_head(q_i * ops.gather(e, distance_index, 0))
-
         # W_upd (v_i ‖ v_j ‖ e_ij) + b as three maps: per atom, per atom, per distinct distance,
         # one row per (item, head); each edge-head row of the update sums one row of each
         w = self.lin_msg_update.weight  # (3C, 3C)
@@ -165,8 +162,11 @@ class MatformerConv(nn.Cell):
         upd_e = self.matmul_t(self._per_head(e), w[:, 2 * c :])  # (D*H, 3C)
         rows_i, rows_j, rows_e = head_rows  # the table row of each edge-head row
 
-        # gated update σ(LN_3C(α)) ⊙ update, (E*H, 3C); the one per-edge matrix product; LN over C
-        gated = self.layer_norm(alpha_i, alpha_j, alpha_e, upd_i, upd_j, upd_e, rows_i, rows_j, rows_e)
+        # gated update σ(LN_3C(α)) ⊙ update, (E*H, 3C), with the attention logits
+        # α = (q_i⊙k_i ‖ q_i⊙k_j ‖ q_i⊙e_ij) formed row by row from the per-head tables;
+        # then the one per-edge matrix product, and LN over C
+        gated = self.layer_norm(self._per_head(q), self._per_head(k), self._per_head(e),
+                                upd_i, upd_j, upd_e, rows_i, rows_j, rows_e)
         message = self.msg_norm(self.msg_layer(gated))  # (E*H, C)
 
         # sum over incoming edges (each counted with its multiplicity), concatenate heads,

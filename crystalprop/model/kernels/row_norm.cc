@@ -5,7 +5,7 @@
 // Its backward, given dy: dbeta = sum_rows dy;  dgamma = sum_rows dy * n;  dn = dy * gamma;
 //                         dx = (dn - mean(dn) - n * mean(dn * n)) / sqrt(var + eps)
 // Gate: out = u * g with g = sigmoid(LN(a)), so du = dout * g and LN's dy = dout * u * g * (1 - g);
-// u is gathered from per-atom and per-bond-length rows as it is needed.
+// a and u are built from per-atom and per-bond-length rows as they are needed.
 // Each row is read once from memory (it stays in cache between the passes below); rows are
 // split between threads, and each thread keeps its own dgamma/dbeta sums.
 #include <algorithm>
@@ -140,32 +140,13 @@ int Backward(void **params, int64_t **shapes) {
   return 0;
 }
 
-// The Matformer attention gate: out = u * sigmoid(LN([a0 | a1 | a2]) * gamma + beta), where the
-// three (M, C) parts form each row's 3C logits without being concatenated in memory.
-struct GateRow {
-  const float *part[3];
-  int64_t c;
-};
-
-RowStats GateStats(const GateRow &a, int64_t width) {
-  float mean = 0.f;
-  for (int p = 0; p < 3; ++p)
-    for (int64_t f = 0; f < a.c; ++f) mean += a.part[p][f];
-  mean /= static_cast<float>(width);
-  float var = 0.f;
-  for (int p = 0; p < 3; ++p)
-    for (int64_t f = 0; f < a.c; ++f) {
-      const float d = a.part[p][f] - mean;
-      var += d * d;
-    }
-  return {mean, 1.f / std::sqrt(var / static_cast<float>(width) + kEps)};
-}
-
-// The gate's inputs: the three logit parts, LN's gamma and beta, and the update u of each row
-// as the sum of three gathered rows, u[m] = ui[ri[m]] + uj[rj[m]] + ue[re[m]] (atom i, atom j,
-// bond length), so u is never stored.
+// The Matformer attention gate: out = u * sigmoid(LN(a) * gamma + beta) on each edge-head row m
+// with i = ri[m], j = rj[m], r = re[m] (atom i, atom j, bond length):
+//   logits a = (q_i * k_i | q_i * k_j | q_i * e_r)    from per-atom q, k and per-length e (C wide)
+//   update u = ui_i + uj_j + ue_r                      from three (., 3C) tables
+// Neither a nor u is ever stored: each row builds both in scratch space.
 struct GateInputs {
-  const float *a[3];
+  const float *q, *k, *e;
   const float *gamma, *beta;
   const float *ui, *uj, *ue;
   const int32_t *ri, *rj, *re;
@@ -174,7 +155,9 @@ struct GateInputs {
 
 GateInputs ReadGateInputs(void **params, int64_t **shapes) {
   GateInputs in;
-  for (int p = 0; p < 3; ++p) in.a[p] = static_cast<const float *>(params[p]);
+  in.q = static_cast<const float *>(params[0]);
+  in.k = static_cast<const float *>(params[1]);
+  in.e = static_cast<const float *>(params[2]);
   in.gamma = static_cast<const float *>(params[3]);
   in.beta = static_cast<const float *>(params[4]);
   in.ui = static_cast<const float *>(params[5]);
@@ -183,29 +166,47 @@ GateInputs ReadGateInputs(void **params, int64_t **shapes) {
   in.ri = static_cast<const int32_t *>(params[8]);
   in.rj = static_cast<const int32_t *>(params[9]);
   in.re = static_cast<const int32_t *>(params[10]);
-  in.rows = shapes[0][0];
+  in.rows = shapes[8][0];
   in.c = shapes[0][1];
   in.width = 3 * in.c;
   return in;
 }
 
-// Row m's update into u (width floats).
-void GatherUpdate(const GateInputs &in, int64_t m, float *__restrict__ u) {
-  const float *__restrict__ ui = in.ui + static_cast<int64_t>(in.ri[m]) * in.width;
-  const float *__restrict__ uj = in.uj + static_cast<int64_t>(in.rj[m]) * in.width;
-  const float *__restrict__ ue = in.ue + static_cast<int64_t>(in.re[m]) * in.width;
-  for (int64_t k = 0; k < in.width; ++k) u[k] = ui[k] + uj[k] + ue[k];
+// The rows of edge-head row m in the per-atom and per-length tables.
+struct GateRows {
+  const float *q, *ki, *kj, *e;
+  const float *ui, *uj, *ue;
+};
+
+GateRows RowsOf(const GateInputs &in, int64_t m) {
+  const int64_t i = in.ri[m], j = in.rj[m], r = in.re[m];
+  return {in.q + i * in.c,      in.k + i * in.c,      in.k + j * in.c,     in.e + r * in.c,
+          in.ui + i * in.width, in.uj + j * in.width, in.ue + r * in.width};
 }
 
-// Row m's normalised logits into n (width floats); returns 1/sqrt(var + eps).
-float NormalisedLogits(const GateInputs &in, int64_t m, float *__restrict__ n) {
-  const GateRow row{{in.a[0] + m * in.c, in.a[1] + m * in.c, in.a[2] + m * in.c}, in.c};
-  const RowStats s = GateStats(row, in.width);
-  for (int p = 0; p < 3; ++p) {
-    const float *__restrict__ part = row.part[p];
-    for (int64_t f = 0; f < in.c; ++f) n[p * in.c + f] = (part[f] - s.mean) * s.inv_std;
+// Row m's update into u (width floats).
+void GatherUpdate(const GateRows &rows, int64_t width, float *__restrict__ u) {
+  const float *__restrict__ ui = rows.ui;
+  const float *__restrict__ uj = rows.uj;
+  const float *__restrict__ ue = rows.ue;
+  for (int64_t k = 0; k < width; ++k) u[k] = ui[k] + uj[k] + ue[k];
+}
+
+// Row m's normalised logits into n (3C floats); returns 1/sqrt(var + eps).
+float NormalisedLogits(const GateRows &rows, int64_t c, float *__restrict__ n) {
+  const float *__restrict__ q = rows.q;
+  const float *__restrict__ ki = rows.ki;
+  const float *__restrict__ kj = rows.kj;
+  const float *__restrict__ e = rows.e;
+  for (int64_t f = 0; f < c; ++f) {
+    n[f] = q[f] * ki[f];
+    n[c + f] = q[f] * kj[f];
+    n[2 * c + f] = q[f] * e[f];
   }
-  return s.inv_std;
+  const RowStats s = Stats(n, 3 * c);
+  const float mean = s.mean, inv_std = s.inv_std;
+  for (int64_t k = 0; k < 3 * c; ++k) n[k] = (n[k] - mean) * inv_std;
+  return inv_std;
 }
 
 int GateForward(void **params, int64_t **shapes) {
@@ -220,8 +221,9 @@ int GateForward(void **params, int64_t **shapes) {
     const float *__restrict__ gm = in.gamma;
     const float *__restrict__ bt = in.beta;
     for (int64_t m = first; m < last; ++m) {
-      GatherUpdate(in, m, u);
-      NormalisedLogits(in, m, n);
+      const GateRows rows = RowsOf(in, m);
+      GatherUpdate(rows, width, u);
+      NormalisedLogits(rows, in.c, n);
       float *__restrict__ outr = out + m * width;
       for (int64_t k = 0; k < width; ++k) outr[k] = u[k] / (1.f + std::exp(-(n[k] * gm[k] + bt[k])));
     }
@@ -229,14 +231,19 @@ int GateForward(void **params, int64_t **shapes) {
   return 0;
 }
 
+// Gradients per edge-head row, summed onto the tables by the caller (model/fused.py):
+//   gq = da_0 * k_i + da_1 * k_j + da_2 * e_r  (onto q_i),  gki = da_0 * q_i (onto k_i),
+//   gkj = da_1 * q_i (onto k_j),  ge = da_2 * q_i (onto e_r),  du (onto ui_i, uj_j, ue_r).
 int GateBackward(void **params, int64_t **shapes) {
   const GateInputs in = ReadGateInputs(params, shapes);
   const float *dout = static_cast<const float *>(params[12]);  // params[11] is the forward output
-  float *da[3] = {static_cast<float *>(params[13]), static_cast<float *>(params[14]),
-                  static_cast<float *>(params[15])};
-  float *dgamma = static_cast<float *>(params[16]);
-  float *dbeta = static_cast<float *>(params[17]);
-  float *du = static_cast<float *>(params[18]);  // per row; scattered back to ui, uj, ue by the caller
+  float *gq = static_cast<float *>(params[13]);
+  float *gki = static_cast<float *>(params[14]);
+  float *gkj = static_cast<float *>(params[15]);
+  float *ge = static_cast<float *>(params[16]);
+  float *dgamma = static_cast<float *>(params[17]);
+  float *dbeta = static_cast<float *>(params[18]);
+  float *du = static_cast<float *>(params[19]);
   const int64_t c = in.c, width = in.width;
   const int slots = std::max(1, g_threads);
   std::vector<float> partial(static_cast<size_t>(slots) * 5 * width, 0.f);  // dgamma, dbeta, dn, n, u per thread
@@ -251,8 +258,9 @@ int GateBackward(void **params, int64_t **shapes) {
     const float *__restrict__ gm = in.gamma;
     const float *__restrict__ bt = in.beta;
     for (int64_t m = first; m < last; ++m) {
-      GatherUpdate(in, m, u);
-      const float inv_std = NormalisedLogits(in, m, n);
+      const GateRows rows = RowsOf(in, m);
+      GatherUpdate(rows, width, u);
+      const float inv_std = NormalisedLogits(rows, c, n);
       const float *__restrict__ doutr = dout + m * width;
       float *__restrict__ dur = du + m * width;
       // short loops over the cached row: GCC vectorises each, but not one loop doing it all
@@ -264,13 +272,23 @@ int GateBackward(void **params, int64_t **shapes) {
         dn[k] = doutr[k] * u[k] * gate * (1.f - gate);  // dz, through the sigmoid
       }
       const DnMeans means = AccumulateRow(dn, n, gm, dg, db, width);
-      for (int p = 0; p < 3; ++p) {
-        float *__restrict__ dar = da[p] + m * c;
-        for (int64_t f = 0; f < c; ++f) {
-          const int64_t k = p * c + f;
-          dar[f] = inv_std * (dn[k] - means.dn - n[k] * means.dn_n);
-        }
-      }
+      for (int64_t k = 0; k < width; ++k) dn[k] = inv_std * (dn[k] - means.dn - n[k] * means.dn_n);  // da
+      // through the products of the logits
+      const float *__restrict__ q = rows.q;
+      const float *__restrict__ ki = rows.ki;
+      const float *__restrict__ kj = rows.kj;
+      const float *__restrict__ e = rows.e;
+      float *__restrict__ gqr = gq + m * c;
+      float *__restrict__ gkir = gki + m * c;
+      float *__restrict__ gkjr = gkj + m * c;
+      float *__restrict__ ger = ge + m * c;
+      const float *__restrict__ d0 = dn;
+      const float *__restrict__ d1 = dn + c;
+      const float *__restrict__ d2 = dn + 2 * c;
+      for (int64_t f = 0; f < c; ++f) gqr[f] = d0[f] * ki[f] + d1[f] * kj[f] + d2[f] * e[f];
+      for (int64_t f = 0; f < c; ++f) gkir[f] = d0[f] * q[f];
+      for (int64_t f = 0; f < c; ++f) gkjr[f] = d1[f] * q[f];
+      for (int64_t f = 0; f < c; ++f) ger[f] = d2[f] * q[f];
     }
   });
   SumPartials(partial, used, 5 * width, width, dgamma, dbeta);
@@ -309,9 +327,10 @@ extern "C" std::vector<std::vector<int64_t>> RowNormGradInferShape(int *ndims, i
   return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 2)};
 }
 extern "C" std::vector<int64_t> AttentionGateInferShape(int *, int64_t **shapes, AotExtra *) {
-  return {shapes[0][0], shapes[5][1]};  // (rows, 3C)
+  return {shapes[8][0], shapes[5][1]};  // (rows, 3C)
 }
 extern "C" std::vector<std::vector<int64_t>> AttentionGateGradInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 2),
-          ShapeOf(ndims, shapes, 3), ShapeOf(ndims, shapes, 4), {shapes[0][0], shapes[5][1]}};
+  const std::vector<int64_t> per_row{shapes[8][0], shapes[0][1]};  // (rows, C)
+  return {per_row, per_row, per_row, per_row, ShapeOf(ndims, shapes, 3), ShapeOf(ndims, shapes, 4),
+          {shapes[8][0], shapes[5][1]}};
 }
