@@ -1,8 +1,9 @@
 """Read crystal structures from CIF, POSCAR/CONTCAR and JSON files.
 
-Pymatgen does the parsing; this module detects the format from content and
-name, enforces size and time limits, and turns every failure into a
-one-line :class:`StructureReadError` that a user can act on.
+Pymatgen does the parsing (ordered P1 CIFs take the direct path of
+:mod:`crystalprop.io.cif_p1`); this module detects the format from content and name,
+enforces size and time limits, and turns every failure into a one-line
+:class:`StructureReadError` that a user can act on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import numpy as np
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifParser
+
+from crystalprop.io.cif_p1 import p1_structure
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 """Largest (decompressed) file size read, to refuse gzip bombs and runaway files."""
@@ -202,12 +205,15 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
         except Exception as exc:
             detail = f"{type(exc).__name__}: {_one_line(str(exc), 120)}"
             raise StructureReadError(name, f"malformed or truncated CIF (broken tag or loop_ table; {detail})") from exc
-        blocks = parser.as_dict()
+        blocks = parser.as_dict()  # after pymatgen's clean-up of the tags and coordinates
         if not blocks:
             return None
         block_name, data = next(iter(blocks.items()))
         if "_cell_length_a" not in data:
             return None
+        fast = p1_structure(data)
+        if fast is not None:
+            return block_name, fast
         try:
             structures = parser.parse_structures(primitive=False)
         except StructureReadError:

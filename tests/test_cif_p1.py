@@ -1,0 +1,63 @@
+"""The direct P1 CIF path gives pymatgen's structure, and leaves every other CIF to pymatgen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifParser, CifWriter
+
+from crystalprop.io.cif_p1 import p1_structure
+from crystalprop.io.readers import StructureReadError, structure_from_text
+from crystals import hcp_mg, nacl_conventional, srtio3
+
+
+def _block(text: str) -> dict:
+    return next(iter(CifParser.from_str(text).as_dict().values()))
+
+
+def _p1_cif(structure: Structure) -> str:
+    return str(CifWriter(structure))
+
+
+def _assert_same_structure(got: Structure, expected: Structure) -> None:
+    assert got.lattice == expected.lattice
+    assert [site.species_string for site in got] == [site.species_string for site in expected]
+    np.testing.assert_allclose(got.frac_coords, expected.frac_coords, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [srtio3, nacl_conventional, hcp_mg])
+def test_p1_block_gives_pymatgens_structure(make):
+    structure = make()
+    structure.translate_sites([0], [1.25, -0.5, 0.0])  # coordinates outside [0, 1) get wrapped
+    text = _p1_cif(structure)
+    fast = p1_structure(_block(text))
+    assert fast is not None
+    _assert_same_structure(fast, CifParser.from_str(text).parse_structures(primitive=False)[0])
+    _assert_same_structure(structure_from_text(text, "x.cif")[0][1], fast)
+
+
+def test_symmetrised_cif_is_left_to_pymatgen():
+    text = str(CifWriter(nacl_conventional(), symprec=0.01))  # Fm-3m with its 192 operations
+    assert p1_structure(_block(text)) is None
+    assert len(structure_from_text(text, "nacl.cif")[0][1]) == 8
+
+
+def test_partial_occupancy_is_left_to_pymatgen():
+    disordered = Structure(Lattice.cubic(4.0), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])
+    assert p1_structure(_block(_p1_cif(disordered))) is None
+
+
+def test_coincident_sites_are_left_to_pymatgen():
+    text = _p1_cif(srtio3()).replace("  O  O3  1  0.50000000  0.00000000  0.50000000  1",
+                                     "  O  O3  1  0.50000000  0.50000000  0.00004000  1")
+    assert "0.00004000" in text  # O3 now sits on O2 (0.5, 0.5, 0) within pymatgen's tolerance
+    assert p1_structure(_block(text)) is None
+    with pytest.raises(StructureReadError, match="Occupancy 2.0"):  # pymatgen merges them: O occupancy 2
+        structure_from_text(text, "x.cif")
+
+
+def test_charged_species_are_left_to_pymatgen():
+    structure = srtio3()
+    structure.add_oxidation_state_by_element({"Sr": 2, "Ti": 4, "O": -2})
+    assert p1_structure(_block(_p1_cif(structure))) is None
