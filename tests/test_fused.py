@@ -19,14 +19,15 @@ ROWS = (3, 5000)  # one thread, then rows split between threads
 
 
 class _NormLoss(ms.nn.Cell):
-    """sum(norm(x) ⊙ w): its gradients are norm's backward pass for the upstream gradient w."""
+    """sum(norm(x, bias) ⊙ w): its gradients are norm's backward pass for the upstream gradient w."""
 
-    def __init__(self, layer: RowNorm) -> None:
+    def __init__(self, layer: RowNorm, bias: ms.Parameter) -> None:
         super().__init__()
         self.layer = layer
+        self.bias = bias
 
     def construct(self, x, w):
-        return (self.layer(x) * w).sum()
+        return (self.layer(x, self.bias) * w).sum()
 
 
 class _GateLoss(ms.nn.Cell):
@@ -91,7 +92,8 @@ def test_row_norm_kernel_matches_mindspore_layernorm():
     for use_kernel in (False, True):
         layer = RowNorm(width, fused=use_kernel)
         _randomise(layer, np.random.default_rng(0))
-        runs.append(_run(_NormLoss(layer), lambda rows, rng: [_floats(rng, rows, width), _floats(rng, rows, width)]))
+        bias = ms.Parameter(ms.Tensor(np.linspace(-1, 2, width, dtype=np.float32)), name="bias")
+        runs.append(_run(_NormLoss(layer, bias), lambda rows, rng: [_floats(rng, rows, width), _floats(rng, rows, width)]))
     _assert_same(*runs)
 
 

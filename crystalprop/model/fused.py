@@ -98,16 +98,19 @@ def _custom(path: Path, name: str, inputs: list[str], outputs: list[str], bprop=
 
 
 def row_norm_op():
-    """``f(x, gamma, beta)``: LayerNorm over the last axis of (M, F) rows; None where unavailable."""
+    """``f(x, bias, gamma, beta)``: LayerNorm of x + bias over the last axis of (M, F) rows; None
+    where unavailable. The bias is the one of the linear map before it, added here in the same pass.
+    """
     path = library()
     if path is None:
         return None
-    grad = _custom(path, "RowNormGrad", ["x", "gamma", "beta", "out", "dout"], ["dx", "dgamma", "dbeta"])
+    grad = _custom(path, "RowNormGrad", ["x", "bias", "gamma", "beta", "out", "dout"],
+                   ["dx", "dbias", "dgamma", "dbeta"])
 
-    def bprop(x, gamma, beta, out, dout):
-        return grad(x, gamma, beta, out, dout)
+    def bprop(x, bias, gamma, beta, out, dout):
+        return grad(x, bias, gamma, beta, out, dout)
 
-    return _custom(path, "RowNorm", ["x", "gamma", "beta"], ["out"], bprop)
+    return _custom(path, "RowNorm", ["x", "bias", "gamma", "beta"], ["out"], bprop)
 
 
 def attention_gate_op():

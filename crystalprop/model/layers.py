@@ -46,21 +46,22 @@ def _kernel_or_none(factory, fused: bool | None):
 
 
 class RowNorm(nn.LayerNorm):
-    """LayerNorm over the last axis of (M, F) rows. x: (M, F) -> (M, F).
+    """LayerNorm over the last axis of (M, F) rows plus a bias: x: (M, F), bias: (F,) -> LN(x + bias).
 
-    Same parameters as ``nn.LayerNorm`` (checkpoints are interchangeable). On CPU it runs the
-    fused kernel of :mod:`crystalprop.model.fused` where that could be built, else MindSpore's
-    LayerNorm, whose CPU backward pass costs about six times its forward pass.
+    Same parameters as ``nn.LayerNorm`` (checkpoints are interchangeable); the bias is that of
+    the linear map before it, which MindSpore's CPU kernels would add in a pass of its own. On
+    CPU it runs the fused kernel of :mod:`crystalprop.model.fused` where that could be built,
+    else MindSpore's LayerNorm, whose CPU backward pass costs about six times its forward pass.
     """
 
     def __init__(self, width: int, fused: bool | None = None) -> None:
         super().__init__((width,), epsilon=LAYER_NORM_EPS)
         self.kernel = _kernel_or_none(row_norm_op, fused)
 
-    def construct(self, x):
+    def construct(self, x, bias):
         if self.kernel is not None:
-            return self.kernel(x, self.gamma, self.beta)
-        return self.layer_norm(x, self.gamma, self.beta)[0]
+            return self.kernel(x, bias, self.gamma, self.beta)
+        return self.layer_norm(x + bias, self.gamma, self.beta)[0]
 
 
 class AttentionGate(nn.LayerNorm):
@@ -157,7 +158,7 @@ class MatformerConv(nn.Cell):
         # W_upd (v_i ‖ v_j ‖ e_ij) + b as three maps: per atom, per atom, per distinct distance,
         # one row per (item, head); each edge-head row of the update sums one row of each
         w = self.lin_msg_update.weight  # (3C, 3C)
-        upd_i = self.matmul_t(self._per_head(v), w[:, :c]) + self.lin_msg_update.bias  # (N*H, 3C)
+        upd_i = ops.bias_add(self.matmul_t(self._per_head(v), w[:, :c]), self.lin_msg_update.bias)  # (N*H, 3C)
         upd_j = self.matmul_t(self._per_head(v), w[:, c : 2 * c])  # (N*H, 3C)
         upd_e = self.matmul_t(self._per_head(e), w[:, 2 * c :])  # (D*H, 3C)
         rows_i, rows_j, rows_e = head_rows  # the table row of each edge-head row
@@ -167,7 +168,7 @@ class MatformerConv(nn.Cell):
         # then the one per-edge matrix product, and LN over C
         gated = self.layer_norm(self._per_head(q), self._per_head(k), self._per_head(e),
                                 upd_i, upd_j, upd_e, rows_i, rows_j, rows_e)
-        message = self.msg_norm(self.msg_layer(gated))  # (E*H, C)
+        message = self.msg_norm(self.matmul_t(gated, self.msg_layer.weight), self.msg_layer.bias)  # (E*H, C)
 
         # sum over incoming edges (each counted with its multiplicity), concatenate heads,
         # project, normalise, skip connection. The weights are tiled to full width first:

@@ -4,6 +4,7 @@
 // LayerNorm, per row x:  n = (x - mean(x)) / sqrt(var(x) + eps);  y = n * gamma + beta
 // Its backward, given dy: dbeta = sum_rows dy;  dgamma = sum_rows dy * n;  dn = dy * gamma;
 //                         dx = (dn - mean(dn) - n * mean(dn * n)) / sqrt(var + eps)
+// RowNorm normalises x + bias, so its dbias = sum_rows dx.
 // Gate: out = u * g with g = sigmoid(LN(a)), so du = dout * g and LN's dy = dout * u * g * (1 - g);
 // a and u are built from per-atom and per-bond-length rows as they are needed.
 // Each row is read once from memory (it stays in cache between the passes below); rows are
@@ -87,20 +88,29 @@ void SumPartials(const std::vector<float> &partial, int used, int64_t stride, in
   }
 }
 
+// RowNorm applies LN to z = x + bias (bias (F,) per column): the bias of the linear map that
+// produces x, added here rather than in a separate pass over the rows.
 int Forward(void **params, int64_t **shapes) {
   const float *x = static_cast<const float *>(params[0]);
-  const float *gamma = static_cast<const float *>(params[1]);
-  const float *beta = static_cast<const float *>(params[2]);
-  float *y = static_cast<float *>(params[3]);
+  const float *bias = static_cast<const float *>(params[1]);
+  const float *gamma = static_cast<const float *>(params[2]);
+  const float *beta = static_cast<const float *>(params[3]);
+  float *y = static_cast<float *>(params[4]);
   const int64_t rows = shapes[0][0], width = shapes[0][1];
-  ParallelRows(rows, [=](int64_t first, int64_t last, int) {
+  std::vector<float> buffers(static_cast<size_t>(std::max(1, g_threads)) * width);
+  float *scratch = buffers.data();
+  ParallelRows(rows, [=](int64_t first, int64_t last, int t) {
+    float *__restrict__ z = scratch + static_cast<size_t>(t) * width;
+    const float *__restrict__ bs = bias;
+    const float *__restrict__ gm = gamma;
+    const float *__restrict__ bt = beta;
     for (int64_t m = first; m < last; ++m) {
-      const float *xr = x + m * width;
-      float *yr = y + m * width;
-      const RowStats s = Stats(xr, width);
-      for (int64_t f = 0; f < width; ++f) {
-        yr[f] = (xr[f] - s.mean) * s.inv_std * gamma[f] + beta[f];
-      }
+      const float *__restrict__ xr = x + m * width;
+      float *__restrict__ yr = y + m * width;
+      for (int64_t f = 0; f < width; ++f) z[f] = xr[f] + bs[f];
+      const RowStats s = Stats(z, width);
+      const float mean = s.mean, inv_std = s.inv_std;
+      for (int64_t f = 0; f < width; ++f) yr[f] = (z[f] - mean) * inv_std * gm[f] + bt[f];
     }
   });
   return 0;
@@ -108,35 +118,46 @@ int Forward(void **params, int64_t **shapes) {
 
 int Backward(void **params, int64_t **shapes) {
   const float *x = static_cast<const float *>(params[0]);
-  const float *gamma = static_cast<const float *>(params[1]);
-  const float *dy = static_cast<const float *>(params[4]);  // params[3] is the forward output
-  float *dx = static_cast<float *>(params[5]);
-  float *dgamma = static_cast<float *>(params[6]);
-  float *dbeta = static_cast<float *>(params[7]);
+  const float *bias = static_cast<const float *>(params[1]);
+  const float *gamma = static_cast<const float *>(params[2]);
+  const float *dy = static_cast<const float *>(params[5]);  // params[4] is the forward output
+  float *dx = static_cast<float *>(params[6]);
+  float *dbias = static_cast<float *>(params[7]);
+  float *dgamma = static_cast<float *>(params[8]);
+  float *dbeta = static_cast<float *>(params[9]);
   const int64_t rows = shapes[0][0], width = shapes[0][1];
   const int slots = std::max(1, g_threads);
-  std::vector<float> partial(static_cast<size_t>(slots) * 4 * width, 0.f);  // dgamma, dbeta, dn, n per thread
+  std::vector<float> partial(static_cast<size_t>(slots) * 5 * width, 0.f);  // dgamma, dbeta, dn, n, dbias per thread
   float *scratch = partial.data();
   // captured by value with __restrict__ locals: a captured reference blocks vectorisation
   const int used = ParallelRows(rows, [=](int64_t first, int64_t last, int t) {
-    float *__restrict__ dg = scratch + static_cast<size_t>(t) * 4 * width;
+    float *__restrict__ dg = scratch + static_cast<size_t>(t) * 5 * width;
     float *__restrict__ db = dg + width;
     float *__restrict__ dn = db + width;
     float *__restrict__ n = dn + width;
+    float *__restrict__ dbs = n + width;
+    const float *__restrict__ bs = bias;
     const float *__restrict__ gm = gamma;
     for (int64_t m = first; m < last; ++m) {
       const float *__restrict__ xr = x + m * width;
       const float *__restrict__ dyr = dy + m * width;
       float *__restrict__ dxr = dx + m * width;
-      const RowStats s = Stats(xr, width);
+      for (int64_t f = 0; f < width; ++f) n[f] = xr[f] + bs[f];
+      const RowStats s = Stats(n, width);
       const float mean = s.mean, inv_std = s.inv_std;
-      for (int64_t f = 0; f < width; ++f) n[f] = (xr[f] - mean) * inv_std;
+      for (int64_t f = 0; f < width; ++f) n[f] = (n[f] - mean) * inv_std;
       for (int64_t f = 0; f < width; ++f) dn[f] = dyr[f];  // (a separate copy lets the next loop vectorise)
       const DnMeans means = AccumulateRow(dn, n, gm, dg, db, width);
       for (int64_t f = 0; f < width; ++f) dxr[f] = inv_std * (dn[f] - means.dn - n[f] * means.dn_n);
+      for (int64_t f = 0; f < width; ++f) dbs[f] += dxr[f];
     }
   });
-  SumPartials(partial, used, 4 * width, width, dgamma, dbeta);
+  SumPartials(partial, used, 5 * width, width, dgamma, dbeta);
+  for (int64_t f = 0; f < width; ++f) {
+    float sum = 0.f;
+    for (int t = 0; t < used; ++t) sum += partial[static_cast<size_t>(t) * 5 * width + 4 * width + f];
+    dbias[f] = sum;
+  }
   return 0;
 }
 
@@ -324,7 +345,8 @@ extern "C" std::vector<int64_t> RowNormInferShape(int *ndims, int64_t **shapes, 
   return ShapeOf(ndims, shapes, 0);
 }
 extern "C" std::vector<std::vector<int64_t>> RowNormGradInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 2)};
+  return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 2),
+          ShapeOf(ndims, shapes, 3)};
 }
 extern "C" std::vector<int64_t> AttentionGateInferShape(int *, int64_t **shapes, AotExtra *) {
   return {shapes[8][0], shapes[5][1]};  // (rows, 3C)
