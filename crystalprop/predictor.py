@@ -6,12 +6,13 @@ the models, so the model never waits for the disk; results stream out in input o
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing as mp
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from pymatgen.core import Structure
@@ -93,11 +94,14 @@ def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
 def iter_prepared(
     inputs: Sequence[Any], settings: GraphSettings, *, recursive: bool = False, workers: int | None = None,
     timeout: float = READ_TIMEOUT_S, skip: set[str] | None = None, shard: tuple[int, int] = (1, 1),
+    on_start: Callable[[], None] | None = None,
 ) -> Iterator[Prepared]:
     """Prepared structures in input order; inputs are read in ``workers`` processes.
 
     ``skip``: names already done (``--resume``). ``shard`` (i, n): only inputs whose position
     k in the input stream has k % n == i - 1, so n jobs split a list without overlap.
+    ``on_start``: called once the readers are started, before the first result is awaited
+    (work that can overlap their start-up).
     """
     part, parts = shard
     skip = skip or set()
@@ -105,6 +109,8 @@ def iter_prepared(
             if k % parts == part - 1 and (isinstance(item, tuple) or item not in skip))
     workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
     if workers <= 0:
+        if on_start is not None:
+            on_start()
         prepared = (item for job in jobs for item in prepare_input(job))
         yield from (item for item in prepared if item.name not in skip)
         return
@@ -122,7 +128,10 @@ def iter_prepared(
 
     with mp.get_context("spawn").Pool(workers) as pool:
         try:
-            for items in pool.imap(prepare_input, throttled(), chunksize=8):
+            results = pool.imap(prepare_input, throttled(), chunksize=8)
+            if on_start is not None:
+                on_start()
+            for items in results:
                 slots.release()
                 yield from (item for item in items if item.name not in skip)
         finally:
@@ -139,6 +148,13 @@ def _batched(items: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
             batch = []
     if batch:
         yield batch
+
+
+@functools.lru_cache(maxsize=None)
+def _symbol(z: int) -> str:
+    from pymatgen.core import Element  # noqa: PLC0415
+
+    return Element.from_Z(z).symbol
 
 
 class Predictor:
@@ -165,6 +181,21 @@ class Predictor:
             raise ValueError("these models use different graph settings; predict with them separately")
         self.settings: GraphSettings = settings.pop()
         self.known_elements = {label: set(card.elements) for label, _, card in self.models}
+        self._compiled = False
+
+    def compile(self) -> None:
+        """Compile (or load from MindSpore's compile cache) every model's graph, once.
+
+        Called while the reader processes start, so that the two overlap; any later batch
+        reuses the graph, whatever its shape.
+        """
+        if self._compiled:
+            return
+        from pymatgen.core import Lattice  # noqa: PLC0415
+
+        probe = Structure(Lattice.cubic(2.9), ["Fe"], [[0, 0, 0]])
+        self.predict_prepared([_prepare_structure("probe", "probe", probe, self.settings)])
+        self._compiled = True
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -203,16 +234,14 @@ class Predictor:
         known = self.known_elements[label]
         if item.graph is None or not known:
             return []
-        from pymatgen.core import Element  # noqa: PLC0415
-
-        return sorted({Element.from_Z(int(z)).symbol for z in np.unique(item.graph.atomic_numbers)} - known)
+        return sorted({_symbol(int(z)) for z in np.unique(item.graph.atomic_numbers)} - known)
 
     def iter_rows(self, inputs: Sequence[Any], *, batch_size: int = 64, recursive: bool = False,
                   workers: int | None = None, timeout: float = READ_TIMEOUT_S,
                   skip: set[str] | None = None, shard: tuple[int, int] = (1, 1)) -> Iterator[list[dict]]:
         """Rows batch by batch, in input order."""
         prepared = iter_prepared(inputs, self.settings, recursive=recursive, workers=workers, timeout=timeout,
-                                 skip=skip, shard=shard)
+                                 skip=skip, shard=shard, on_start=self.compile)
         for batch in _batched(prepared, batch_size):
             yield self.predict_prepared(batch)
 

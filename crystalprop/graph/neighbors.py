@@ -105,7 +105,25 @@ def _canonical_edges(
         atoms = np.repeat(np.arange(n_atoms), len(LATTICE_IMAGES))
         lattice_rows = np.column_stack([atoms, atoms, np.tile(LATTICE_IMAGES, (n_atoms, 1))])
         rows = np.concatenate([rows, lattice_rows])
-    return np.unique(rows, axis=0)
+    return _unique_rows(rows, n_atoms)
+
+
+def _unique_rows(rows: np.ndarray, n_atoms: int) -> np.ndarray:
+    """``np.unique(rows, axis=0)`` for (src, dst, image) rows, via one int64 key per row.
+
+    The key is a mixed-radix number with the columns as digits (images shifted to be
+    non-negative), so sorting keys sorts rows lexicographically, as ``np.unique`` does,
+    at a fraction of the cost of its row-wise sort.
+    """
+    low = rows[:, 2:].min(initial=0)
+    base = int(rows[:, 2:].max(initial=0) - low + 1)
+    if float(n_atoms) ** 2 * float(base) ** 3 >= 2.0**62:
+        return np.unique(rows, axis=0)
+    key = rows[:, 0] * n_atoms + rows[:, 1]
+    for column in (2, 3, 4):
+        key = key * base + (rows[:, column] - low)
+    _, first = np.unique(key, return_index=True)
+    return rows[first]
 
 
 def build_graph(structure: Structure, settings: GraphSettings = GraphSettings()) -> CrystalGraph:
