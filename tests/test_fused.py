@@ -11,7 +11,7 @@ backend.set_device("CPU")
 ms = backend.mindspore_module()
 
 from crystalprop.model import fused  # noqa: E402
-from crystalprop.model.layers import AttentionGate, RowNorm  # noqa: E402
+from crystalprop.model.layers import AttentionGate, RowNorm, ScatterRows  # noqa: E402
 
 pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C++ compiler to build the fused kernels")
 
@@ -37,6 +37,15 @@ class _GateLoss(ms.nn.Cell):
 
     def construct(self, q, k, e, u_i, u_j, u_e, r_i, r_j, r_e, w):
         return (self.layer(q, k, e, u_i, u_j, u_e, r_i, r_j, r_e) * w).sum()
+
+
+class _ScatterLoss(ms.nn.Cell):
+    def __init__(self, layer: ScatterRows) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def construct(self, values, index, like, w):
+        return (self.layer(values * values, index, like) * w).sum()
 
 
 class _Grad(ms.nn.Cell):
@@ -111,6 +120,17 @@ def test_attention_gate_kernel_matches_gather_concat_layernorm_sigmoid_product()
         layer = AttentionGate(c, fused=use_kernel)
         _randomise(layer, np.random.default_rng(0))
         runs.append(_run(_GateLoss(layer), inputs))
+    _assert_same(*runs)
+
+
+def test_scatter_kernel_matches_index_add():
+    width, targets = 40, 30
+
+    def inputs(rows, rng):
+        index = rng.integers(0, targets, rows).astype(np.int32)
+        return [_floats(rng, rows, width), index, _floats(rng, targets, width), _floats(rng, targets, width)]
+
+    runs = [_run(_ScatterLoss(ScatterRows(fused=use_kernel)), inputs) for use_kernel in (False, True)]
     _assert_same(*runs)
 
 

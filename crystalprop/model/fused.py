@@ -1,9 +1,10 @@
-"""Fused CPU kernels: row-wise LayerNorm and Matformer's attention gate, with their gradients.
+"""Fused CPU kernels: row-wise LayerNorm, Matformer's attention gate and a row scatter-add, with
+their gradients.
 
 Each Matformer layer normalises an (edges × heads, 3C) tensor, takes its sigmoid and multiplies
 it into the update. On MindSpore's CPU backend the LayerNorm backward kernel alone took over a
-third of a training step. ``kernels/row_norm.cc`` does the same maths row by row, gathering the
-update as it goes; it is compiled once per machine with the system C++ compiler into
+third of a training step, and its IndexAdd a fifth once that was fixed. ``kernels/fused_ops.cc``
+does the same maths row by row, forming the logits and the update as it goes; it is compiled once per machine with the system C++ compiler into
 crystalprop's cache folder (``CRYSTALPROP_KERNELS`` names another) and runs as MindSpore "aot"
 custom operators. Without a compiler, on GPU/Ascend, or with ``CRYSTALPROP_FUSED_KERNELS=0``,
 the operator factories return None and the layers use MindSpore's own ops (same results to
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from crystalprop.backend import cache_dir, cpu_threads, mindspore_module
 
-SOURCE = Path(__file__).resolve().parent / "kernels" / "row_norm.cc"
+SOURCE = Path(__file__).resolve().parent / "kernels" / "fused_ops.cc"
 # -ffast-math lets the row sums and exp vectorise (1.8x); -march=native uses this CPU's vector
 # width (another 1.5x), so the build is keyed on the CPU's feature flags as well.
 FLAGS = ["-O3", "-ffast-math", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread"]
@@ -48,7 +49,7 @@ def _compile() -> Path | None:
         return None
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [compiler, _cpu_features()]).encode())
     folder = Path(os.environ.get("CRYSTALPROP_KERNELS") or cache_dir() / "kernels")
-    target = folder / f"row_norm_{digest.hexdigest()[:16]}.so"
+    target = folder / f"fused_ops_{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,14 +131,29 @@ def attention_gate_op():
     grad = _custom(path, "AttentionGateGrad", inputs + ["out", "dout"],
                    ["gq", "gki", "gkj", "ge", "dgamma", "dbeta", "du"], int_inputs=indices)
 
-    def scatter(table, rows, values):
-        return ops.index_add(ops.zeros_like(table), rows, values, 0)
+    scatter = scatter_rows_op()
 
     def bprop(q, k, e, gamma, beta, ui, uj, ue, ri, rj, re, out, dout):
         gq, gki, gkj, ge, dgamma, dbeta, du = grad(q, k, e, gamma, beta, ui, uj, ue, ri, rj, re, out, dout)
-        dk = ops.index_add(scatter(k, ri, gki), rj, gkj, 0)
-        return (scatter(q, ri, gq), dk, scatter(e, re, ge), dgamma, dbeta,
-                scatter(ui, ri, du), scatter(uj, rj, du), scatter(ue, re, du),
+        dk = scatter(gki, ri, k) + scatter(gkj, rj, k)
+        return (scatter(gq, ri, q), dk, scatter(ge, re, e), dgamma, dbeta,
+                scatter(du, ri, ui), scatter(du, rj, uj), scatter(du, re, ue),
                 ops.zeros_like(ri), ops.zeros_like(rj), ops.zeros_like(re))
 
     return _custom(path, "AttentionGate", inputs, ["out"], bprop, int_inputs=indices)
+
+
+def scatter_rows_op():
+    """``f(values, index, like)``: zeros shaped like ``like`` (T, W) plus values (M, W) added at
+    rows index (M,) int32; None where unavailable. MindSpore's CPU IndexAdd runs on one thread;
+    this splits the columns between threads. Its gradient gathers the output gradient's rows.
+    """
+    path = library()
+    if path is None:
+        return None
+    ops = mindspore_module().ops
+
+    def bprop(values, index, like, out, dout):
+        return ops.gather(dout, index, 0), ops.zeros_like(index), ops.zeros_like(like)
+
+    return _custom(path, "ScatterRowsAdd", ["values", "index", "like"], ["out"], bprop, int_inputs=("index",))

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from crystalprop.backend import mindspore_module
-from crystalprop.model.fused import attention_gate_op, row_norm_op
+from crystalprop.model.fused import attention_gate_op, row_norm_op, scatter_rows_op
 
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
@@ -89,6 +89,21 @@ class AttentionGate(nn.LayerNorm):
         return u * ops.sigmoid(self.layer_norm(logits, self.gamma, self.beta)[0])
 
 
+class ScatterRows(nn.Cell):
+    """Row scatter-add: values (M, W), index (M,), like (T, W) -> (T, W) zeros plus each
+    values[m] added to row index[m]. The fused CPU kernel where available, else IndexAdd.
+    """
+
+    def __init__(self, fused: bool | None = None) -> None:
+        super().__init__()
+        self.kernel = _kernel_or_none(scatter_rows_op, fused)
+
+    def construct(self, values, index, like):
+        if self.kernel is not None:
+            return self.kernel(values, index, like)
+        return ops.index_add(ops.zeros_like(like), index, values, 0)
+
+
 class HeadRows(nn.Cell):
     """(E,) item indices -> (E*H,) indices of the (item, head) rows: row e*H + h is item*H + h.
 
@@ -137,6 +152,7 @@ class MatformerConv(nn.Cell):
         self.lin_skip = nn.Dense(c, c)
         self.scale = 1.0 / math.sqrt(3 * c)
         self.matmul_t = ops.MatMul(transpose_b=True)
+        self.scatter = ScatterRows()
 
     def _per_head(self, x):
         """(M, H*K) -> (M*H, K): one row per (item, head), so per-head maps are 2-D matmuls."""
@@ -175,7 +191,7 @@ class MatformerConv(nn.Cell):
         # MindSpore's CPU kernels broadcast an (E, 1) factor about 8 times slower than this.
         multiplicity = ops.tile(ops.stop_gradient(edge_weight).expand_dims(-1), (1, self.heads * c))
         weighted = self._joined(message) * multiplicity  # (E, H*C)
-        aggregated = ops.index_add(ops.zeros_like(q), dst, weighted, 0)  # (N, H*C)
+        aggregated = self.scatter(weighted, dst, q)  # (N, H*C)
         return ops.silu(self._batch_norm(self.lin_concate(aggregated))) + self.lin_skip(x)
 
     def sync_batch_statistics(self) -> None:

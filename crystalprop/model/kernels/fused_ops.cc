@@ -1,5 +1,6 @@
 // Row-wise LayerNorm over the last axis of an (M, F) float32 tensor, the Matformer attention
-// gate built on it, and their gradients: MindSpore "aot" custom operators for CPU (model/fused.py).
+// gate built on it, their gradients, and a row scatter-add: MindSpore "aot" custom operators for
+// CPU (model/fused.py).
 //
 // LayerNorm, per row x:  n = (x - mean(x)) / sqrt(var(x) + eps);  y = n * gamma + beta
 // Its backward, given dy: dbeta = sum_rows dy;  dgamma = sum_rows dy * n;  dn = dy * gamma;
@@ -316,6 +317,35 @@ int GateBackward(void **params, int64_t **shapes) {
   return 0;
 }
 
+// Row scatter-add, out = zeros(T, W); out[index[m]] += values[m] for every row m: the sum of
+// messages over incoming edges and the gradients of row gathers. Threads split the columns,
+// so no two write the same element and the result does not depend on the thread count.
+int ScatterRows(void **params, int64_t **shapes) {
+  const float *values = static_cast<const float *>(params[0]);
+  const int32_t *index = static_cast<const int32_t *>(params[1]);
+  float *out = static_cast<float *>(params[3]);  // params[2] only gives the output's shape
+  const int64_t rows = shapes[0][0], width = shapes[0][1], targets = shapes[2][0];
+  std::fill(out, out + targets * width, 0.f);
+  constexpr int64_t kBlock = 16;  // one 64-byte cache line of floats per block
+  const int64_t blocks = (width + kBlock - 1) / kBlock;
+  const int64_t wanted = std::min<int64_t>({g_threads, blocks, std::max<int64_t>(1, rows / kRowsPerThread)});
+  const int workers = static_cast<int>(std::max<int64_t>(1, wanted));
+  auto body = [=](int t) {
+    const int64_t first = std::min(width, blocks * t / workers * kBlock);
+    const int64_t last = std::min(width, blocks * (t + 1) / workers * kBlock);
+    for (int64_t m = 0; m < rows; ++m) {
+      const float *__restrict__ v = values + m * width;
+      float *__restrict__ o = out + static_cast<int64_t>(index[m]) * width;
+      for (int64_t f = first; f < last; ++f) o[f] += v[f];
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < workers; ++t) pool.emplace_back(body, t);
+  body(0);
+  for (auto &thread : pool) thread.join();
+  return 0;
+}
+
 std::vector<int64_t> ShapeOf(int *ndims, int64_t **shapes, int i) {
   return std::vector<int64_t>(shapes[i], shapes[i] + ndims[i]);
 }
@@ -338,6 +368,9 @@ int AttentionGate(int, void **params, int *, int64_t **shapes, const char **, vo
 int AttentionGateGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   return GateBackward(params, shapes);
 }
+int ScatterRowsAdd(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return ScatterRows(params, shapes);
+}
 }
 
 // Output shapes for dynamic-shape graphs: each output like the input it belongs to.
@@ -355,4 +388,7 @@ extern "C" std::vector<std::vector<int64_t>> AttentionGateGradInferShape(int *nd
   const std::vector<int64_t> per_row{shapes[8][0], shapes[0][1]};  // (rows, C)
   return {per_row, per_row, per_row, per_row, ShapeOf(ndims, shapes, 3), ShapeOf(ndims, shapes, 4),
           {shapes[8][0], shapes[5][1]}};
+}
+extern "C" std::vector<int64_t> ScatterRowsAddInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return ShapeOf(ndims, shapes, 2);
 }
