@@ -59,22 +59,32 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
 
+    from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
+    from crystalprop.predictor import Predictor, ReadAhead  # noqa: PLC0415
+
     part = _shard(shard)
     if workers is None and len(paths) <= 4 and all(os.path.isfile(p) for p in paths):
         workers = 0  # a few files: starting reader processes would cost more than it saves
+    skip = done_names(Path(output)) if output and resume else None
+    # reading starts now, with the graph settings of every shipped model, while MindSpore loads
+    reader = ReadAhead(list(paths), GraphSettings(), recursive=recursive, workers=workers, timeout=timeout,
+                       skip=skip, shard=part)
     try:
-        from crystalprop.predictor import Predictor  # noqa: PLC0415
-
         predictor = Predictor(list(models) or None, device)
     except (DeviceUnavailableError, CheckpointError, ValueError) as exc:
+        reader.close()
         _fail(str(exc))
+    if predictor.settings != reader.settings:  # a user model built with other settings: read again
+        reader.close()
+        reader = ReadAhead(list(paths), predictor.settings, recursive=recursive, workers=workers, timeout=timeout,
+                           skip=skip, shard=part)
     columns = ["index", "name", "source", "formula", "n_sites"] + [label for label, _ in predictor.columns] + ["error", "warning"]
-    writer, skip = None, None
+    writer = None
     if output:
-        skip = done_names(Path(output)) if resume else None
         try:
             writer = ResultWriter(output, columns, resume=resume, overwrite=overwrite)
         except (OutputExistsError, ValueError) as exc:
+            reader.close()
             _fail(str(exc))
     rows_shown, n_ok, n_failed = [], 0, 0
     progress = Progress(TextColumn("[bold]predicting"), BarColumn(), TextColumn("{task.completed} structures"),
@@ -82,8 +92,7 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     with progress:
         task = progress.add_task("predict", total=None, rate="")
         try:
-            for rows in predictor.iter_rows(list(paths), batch_size=batch_size, recursive=recursive,
-                                            workers=workers, timeout=timeout, skip=skip, shard=part):
+            for rows in predictor.iter_rows(reader, batch_size=batch_size):
                 for row in rows:
                     if row["error"]:
                         n_failed += 1

@@ -12,7 +12,7 @@ import multiprocessing as mp
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from pymatgen.core import Structure
@@ -24,7 +24,7 @@ from crystalprop.io.discovery import iter_file_records, iter_structure_paths
 from crystalprop.io.readers import validate_structure
 
 READ_TIMEOUT_S = 60.0
-MAX_PENDING = 512  # inputs read ahead of the models
+MAX_PENDING = 2048  # inputs read ahead of the models (a few MB of graphs)
 
 
 @dataclass
@@ -91,52 +91,68 @@ def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
             yield from iter_structure_paths([os.fspath(item)], recursive)
 
 
-def iter_prepared(
-    inputs: Sequence[Any], settings: GraphSettings, *, recursive: bool = False, workers: int | None = None,
-    timeout: float = READ_TIMEOUT_S, skip: set[str] | None = None, shard: tuple[int, int] = (1, 1),
-    on_start: Callable[[], None] | None = None,
-) -> Iterator[Prepared]:
-    """Prepared structures in input order; inputs are read in ``workers`` processes.
+class ReadAhead:
+    """Inputs read and turned into graphs by worker processes that start at construction.
 
-    ``skip``: names already done (``--resume``). ``shard`` (i, n): only inputs whose position
-    k in the input stream has k % n == i - 1, so n jobs split a list without overlap.
-    ``on_start``: called once the readers are started, before the first result is awaited
-    (work that can overlap their start-up).
+    Creating one before importing MindSpore and loading the models lets the two overlap;
+    iterating gives the prepared structures in input order. At most MAX_PENDING inputs are read
+    ahead of the consumer, so memory stays flat however long the input list. ``workers`` 0 reads
+    in this process, lazily. ``skip``: names already done (``--resume``). ``shard`` (i, n): only
+    inputs whose position k in the input stream has k % n == i - 1, so n jobs split a list
+    without overlap.
     """
-    part, parts = shard
-    skip = skip or set()
-    jobs = ((k, item, settings, timeout) for k, item in enumerate(_iter_inputs(inputs, recursive))
-            if k % parts == part - 1 and (isinstance(item, tuple) or item not in skip))
-    workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
-    if workers <= 0:
-        if on_start is not None:
-            on_start()
-        prepared = (item for job in jobs for item in prepare_input(job))
-        yield from (item for item in prepared if item.name not in skip)
-        return
-    # At most MAX_PENDING inputs are read ahead of the models: memory stays flat however long
-    # the input list, instead of every graph queueing up when reading outpaces the models.
-    slots = threading.Semaphore(MAX_PENDING)
-    stopping = threading.Event()
 
-    def throttled() -> Iterator[tuple]:
+    def __init__(self, inputs: Sequence[Any], settings: GraphSettings, *, recursive: bool = False,
+                 workers: int | None = None, timeout: float = READ_TIMEOUT_S, skip: set[str] | None = None,
+                 shard: tuple[int, int] = (1, 1)) -> None:
+        part, parts = shard
+        self.settings = settings
+        self._skip = skip or set()
+        jobs = ((k, item, settings, timeout) for k, item in enumerate(_iter_inputs(inputs, recursive))
+                if k % parts == part - 1 and (isinstance(item, tuple) or item not in self._skip))
+        workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
+        self._slots = threading.Semaphore(MAX_PENDING)
+        self._stopping = threading.Event()
+        self._pool = mp.get_context("spawn").Pool(workers) if workers > 0 else None
+        if self._pool is None:
+            self._results: Iterator[list[Prepared]] = (prepare_input(job) for job in jobs)
+        else:
+            self._results = self._pool.imap(prepare_input, self._throttled(jobs), chunksize=8)
+
+    def _throttled(self, jobs: Iterator[tuple]) -> Iterator[tuple]:
+        """The jobs, each once a read-ahead slot is free (runs in the pool's feeder thread)."""
         for job in jobs:
-            slots.acquire()
-            if stopping.is_set():
+            self._slots.acquire()
+            if self._stopping.is_set():
                 return
             yield job
 
-    with mp.get_context("spawn").Pool(workers) as pool:
+    def __iter__(self) -> Iterator[Prepared]:
         try:
-            results = pool.imap(prepare_input, throttled(), chunksize=8)
-            if on_start is not None:
-                on_start()
-            for items in results:
-                slots.release()
-                yield from (item for item in items if item.name not in skip)
+            for items in self._results:
+                if self._pool is not None:
+                    self._slots.release()
+                yield from (item for item in items if item.name not in self._skip)
         finally:
-            stopping.set()
-            slots.release(MAX_PENDING)  # wakes the pool's feeder thread if it waits for a slot
+            self.close()
+
+    def close(self) -> None:
+        """Stop the workers; safe to call more than once."""
+        if self._pool is not None:
+            self._stopping.set()
+            self._slots.release(MAX_PENDING)  # wakes the pool's feeder thread if it waits for a slot
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+
+def iter_prepared(
+    inputs: Sequence[Any], settings: GraphSettings, *, recursive: bool = False, workers: int | None = None,
+    timeout: float = READ_TIMEOUT_S, skip: set[str] | None = None, shard: tuple[int, int] = (1, 1),
+) -> Iterator[Prepared]:
+    """Prepared structures in input order (see :class:`ReadAhead`)."""
+    yield from ReadAhead(inputs, settings, recursive=recursive, workers=workers, timeout=timeout, skip=skip,
+                         shard=shard)
 
 
 def _batched(items: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
@@ -236,13 +252,24 @@ class Predictor:
             return []
         return sorted({_symbol(int(z)) for z in np.unique(item.graph.atomic_numbers)} - known)
 
-    def iter_rows(self, inputs: Sequence[Any], *, batch_size: int = 64, recursive: bool = False,
+    def iter_rows(self, inputs: Sequence[Any] | ReadAhead, *, batch_size: int = 64, recursive: bool = False,
                   workers: int | None = None, timeout: float = READ_TIMEOUT_S,
                   skip: set[str] | None = None, shard: tuple[int, int] = (1, 1)) -> Iterator[list[dict]]:
-        """Rows batch by batch, in input order."""
-        prepared = iter_prepared(inputs, self.settings, recursive=recursive, workers=workers, timeout=timeout,
-                                 skip=skip, shard=shard, on_start=self.compile)
-        for batch in _batched(prepared, batch_size):
+        """Rows batch by batch, in input order.
+
+        ``inputs`` may be a :class:`ReadAhead` already started with these models' graph
+        settings (the other reading arguments are then its own).
+        """
+        if isinstance(inputs, ReadAhead):
+            if inputs.settings != self.settings:
+                inputs.close()
+                raise ValueError(f"inputs were read with {inputs.settings}, the models need {self.settings}")
+            prepared = inputs
+        else:
+            prepared = ReadAhead(inputs, self.settings, recursive=recursive, workers=workers, timeout=timeout,
+                                 skip=skip, shard=shard)
+        self.compile()  # while the readers start
+        for batch in _batched(iter(prepared), batch_size):
             yield self.predict_prepared(batch)
 
 
