@@ -231,6 +231,15 @@ float NormalisedLogits(const GateRows &rows, int64_t c, float *__restrict__ n) {
   return inv_std;
 }
 
+// Row m's update into u and normalised logits into n; its table rows are returned and
+// 1/sqrt(var + eps) of its logits stored in inv_std.
+GateRows GateRow(const GateInputs &in, int64_t m, float *__restrict__ u, float *__restrict__ n, float *inv_std) {
+  const GateRows rows = RowsOf(in, m);
+  GatherUpdate(rows, in.width, u);
+  *inv_std = NormalisedLogits(rows, in.c, n);
+  return rows;
+}
+
 int GateForward(void **params, int64_t **shapes) {
   const GateInputs in = ReadGateInputs(params, shapes);
   float *out = static_cast<float *>(params[11]);
@@ -243,9 +252,8 @@ int GateForward(void **params, int64_t **shapes) {
     const float *__restrict__ gm = in.gamma;
     const float *__restrict__ bt = in.beta;
     for (int64_t m = first; m < last; ++m) {
-      const GateRows rows = RowsOf(in, m);
-      GatherUpdate(rows, width, u);
-      NormalisedLogits(rows, in.c, n);
+      float inv_std;
+      GateRow(in, m, u, n, &inv_std);
       float *__restrict__ outr = out + m * width;
       for (int64_t k = 0; k < width; ++k) outr[k] = u[k] / (1.f + std::exp(-(n[k] * gm[k] + bt[k])));
     }
@@ -280,9 +288,8 @@ int GateBackward(void **params, int64_t **shapes) {
     const float *__restrict__ gm = in.gamma;
     const float *__restrict__ bt = in.beta;
     for (int64_t m = first; m < last; ++m) {
-      const GateRows rows = RowsOf(in, m);
-      GatherUpdate(rows, width, u);
-      const float inv_std = NormalisedLogits(rows, c, n);
+      float inv_std;
+      const GateRows rows = GateRow(in, m, u, n, &inv_std);
       const float *__restrict__ doutr = dout + m * width;
       float *__restrict__ dur = du + m * width;
       // short loops over the cached row: GCC vectorises each, but not one loop doing it all
