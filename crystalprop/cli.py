@@ -57,9 +57,8 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     """Predict properties for structure files, folders or glob patterns."""
     from crystalprop.backend import DeviceUnavailableError  # noqa: PLC0415
     from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
-    from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
-
     from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
+    from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
     from crystalprop.predictor import Predictor, ReadAhead  # noqa: PLC0415
 
     part = _shard(shard)

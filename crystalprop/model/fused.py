@@ -3,12 +3,12 @@ their gradients.
 
 Each Matformer layer normalises an (edges × heads, 3C) tensor, takes its sigmoid and multiplies
 it into the update. On MindSpore's CPU backend the LayerNorm backward kernel alone took over a
-third of a training step, and its IndexAdd a fifth once that was fixed. ``kernels/fused_ops.cc``
-does the same maths row by row, forming the logits and the update as it goes; it is compiled once per machine with the system C++ compiler into
-crystalprop's cache folder (``CRYSTALPROP_KERNELS`` names another) and runs as MindSpore "aot"
-custom operators. Without a compiler, on GPU/Ascend, or with ``CRYSTALPROP_FUSED_KERNELS=0``,
-the operator factories return None and the layers use MindSpore's own ops (same results to
-float rounding).
+third of a training step, and IndexAdd a fifth once that was fixed. ``kernels/fused_ops.cc``
+does the same maths row by row, forming the logits and the update as it goes; it is compiled
+once per machine with the system C++ compiler into crystalprop's cache folder
+(``CRYSTALPROP_KERNELS`` names another) and runs as MindSpore "aot" custom operators. Without a
+compiler, on GPU/Ascend, or with ``CRYSTALPROP_FUSED_KERNELS=0``, the operator factories return
+None and the layers use MindSpore's own ops (same results to float rounding).
 """
 
 from __future__ import annotations
