@@ -1,8 +1,9 @@
 """Build the graphs of a data set once, in parallel, and keep them on disk.
 
-The cache key covers every entry's id and source (file path, size and modification time,
-or the hash of inline structure text) plus the graph settings, so a changed file or
-setting rebuilds, and a second run on the same data starts training at once.
+The cache key covers every entry's id and the hash of its source's content (a file's bytes,
+or inline structure text) plus the graph settings, so a changed file or setting rebuilds,
+a copied or re-extracted data set (new modification times, same bytes) does not, and a
+second run on the same data starts training at once.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def _build_one(job: tuple[str, Any, GraphSettings]) -> tuple[CrystalGraph | None
 
 def _source_fingerprint(source: Any) -> str:
     if isinstance(source, str) and "\n" not in source and os.path.exists(source):
-        stat = os.stat(source)
-        return f"{os.path.abspath(source)}:{stat.st_size}:{stat.st_mtime_ns}"
+        with open(source, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
     text = json.dumps(source, sort_keys=True) if isinstance(source, dict) else str(source)
     return hashlib.sha256(text.encode()).hexdigest()
 
