@@ -6,22 +6,23 @@ the models, so the model never waits for the disk; results stream out in input o
 
 from __future__ import annotations
 
-import functools
 import json
 import multiprocessing as mp
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
-from pymatgen.core import Structure
 
-from crystalprop.graph.elements import ElementError
+from crystalprop.graph.elements import SYMBOLS, ElementError
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
 from crystalprop.io.applicability import domain_warnings
-from crystalprop.io.discovery import iter_file_records, iter_structure_paths
-from crystalprop.io.readers import validate_structure
+from crystalprop.io.discovery import iter_structure_paths
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 READ_TIMEOUT_S = 60.0
 MAX_PENDING = 2048  # inputs read ahead of the models (a few MB of graphs)
@@ -56,6 +57,8 @@ def _prepare_structure(name: str, source: str, structure: Structure, settings: G
 
 def prepare_input(job: tuple[int, Any, GraphSettings, float]) -> list[Prepared]:
     """Worker: one input (a file path, or a named pymatgen Structure) -> prepared structures."""
+    from crystalprop.io.readers import iter_file_records  # noqa: PLC0415  (pymatgen, in the readers only)
+
     index, item, settings, timeout = job
     if isinstance(item, tuple):
         out = list(_prepare_objects([item], settings))
@@ -72,6 +75,8 @@ def prepare_input(job: tuple[int, Any, GraphSettings, float]) -> list[Prepared]:
 
 
 def _prepare_objects(structures: Iterable[tuple[str, Structure]], settings: GraphSettings) -> Iterator[Prepared]:
+    from crystalprop.io.readers import validate_structure  # noqa: PLC0415
+
     for name, structure in structures:
         try:
             notes = validate_structure(structure)
@@ -82,10 +87,20 @@ def _prepare_objects(structures: Iterable[tuple[str, Structure]], settings: Grap
         yield _prepare_structure(name, name, structure, settings, notes)
 
 
+def _is_structure(item: Any) -> bool:
+    """Whether ``item`` is a pymatgen Structure, without importing pymatgen (0.5 s) here.
+
+    A caller holding a Structure has imported pymatgen already; the prediction process
+    itself only hands paths to the readers.
+    """
+    module = sys.modules.get("pymatgen.core.structure")
+    return module is not None and isinstance(item, module.Structure)
+
+
 def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
     """Files (expanded from folders and globs) and named Structures, in the order given."""
     for k, item in enumerate(inputs):
-        if isinstance(item, Structure):
+        if _is_structure(item):
             yield (getattr(item, "name", None) or f"structure{k}", item)
         else:
             yield from iter_structure_paths([os.fspath(item)], recursive)
@@ -166,37 +181,40 @@ def _batched(items: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
         yield batch
 
 
-@functools.lru_cache(maxsize=None)
-def _symbol(z: int) -> str:
-    from pymatgen.core import Element  # noqa: PLC0415
-
-    return Element.from_Z(z).symbol
-
-
 class Predictor:
-    """One or more loaded models that predict together from shared graphs."""
+    """One or more loaded models that predict together from shared graphs.
+
+    Models of the same configuration share one network, compiled once, and take turns with
+    their weights (swapping 125 weight tensors costs about 1 ms; each further compiled graph
+    cost about 0.25 s to load from the compile cache).
+    """
 
     def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU") -> None:
         from crystalprop.backend import enable_compile_cache, set_device  # noqa: PLC0415  (lazy: MindSpore)
-        from crystalprop.model.checkpoint import build_model, read_checkpoint  # noqa: PLC0415
+        from crystalprop.model.checkpoint import build_model, read_checkpoint, weight_set  # noqa: PLC0415
         from crystalprop.registry import available_models, resolve_model  # noqa: PLC0415
 
         set_device(device)
         names = [models] if isinstance(models, str) else list(models or available_models())
         if not names:
             raise ValueError("no model given and no shipped model found in checkpoints/")
-        self.models = []
         loaded = [(label, path, *read_checkpoint(path)) for label, path in map(resolve_model, names)]
         enable_compile_cache("predict", device, *sorted({json.dumps(c.model.as_dict()) for _, _, c, _ in loaded}))
+        nets: dict[str, Any] = {}  # configuration -> its network
+        self._holding: dict[int, str] = {}  # network -> the model whose weights it holds now
+        self.models: list[tuple[str, Any, Any, list]] = []  # (label, network, card, weights)
         for label, path, card, params in loaded:
-            net = build_model(card, params, path)
-            net.declare_dynamic_inputs()
-            self.models.append((label, net, card))
-        settings = {card.graph for _, _, card in self.models}
+            config = json.dumps(card.model.as_dict(), sort_keys=True)
+            if config not in nets:
+                nets[config] = build_model(card, params, path)
+                nets[config].declare_dynamic_inputs()
+                self._holding[id(nets[config])] = label
+            self.models.append((label, nets[config], card, weight_set(nets[config], params, path)))
+        settings = {card.graph for _, _, card, _ in self.models}
         if len(settings) != 1:
             raise ValueError("these models use different graph settings; predict with them separately")
         self.settings: GraphSettings = settings.pop()
-        self.known_elements = {label: set(card.elements) for label, _, card in self.models}
+        self.known_elements = {label: set(card.elements) for label, _, card, _ in self.models}
         self._compiled = False
 
     def compile(self) -> None:
@@ -207,34 +225,38 @@ class Predictor:
         """
         if self._compiled:
             return
-        from pymatgen.core import Lattice  # noqa: PLC0415
-
-        probe = Structure(Lattice.cubic(2.9), ["Fe"], [[0, 0, 0]])
-        self.predict_prepared([_prepare_structure("probe", "probe", probe, self.settings)])
+        # any graph will do: the compiled graph takes every shape; one Fe atom, two edges
+        probe = CrystalGraph(np.array([26], np.int16), np.zeros(2, np.int32), np.zeros(2, np.int32),
+                             np.array([2.5, 2.9], np.float32))
+        self.predict_prepared([Prepared("probe", "probe", graph=probe)])
         self._compiled = True
 
     @property
     def columns(self) -> list[tuple[str, str]]:
         """(model label, unit) per output column."""
-        return [(label, card.unit) for label, _, card in self.models]
+        return [(label, card.unit) for label, _, card, _ in self.models]
 
     def predict_prepared(self, batch: list[Prepared]) -> list[dict]:
         """Rows for a batch of prepared structures."""
         from crystalprop.graph.batch import collate  # noqa: PLC0415
+        from crystalprop.model.checkpoint import assign_weights  # noqa: PLC0415
         from crystalprop.model.inference import batch_tensors  # noqa: PLC0415
 
         good = [p for p in batch if p.graph is not None]
         values: dict[str, np.ndarray] = {}
         if good:
             tensors = batch_tensors(collate([p.graph for p in good]))
-            for label, net, card in self.models:
+            for label, net, card, weights in self.models:
+                if self._holding[id(net)] != label:
+                    assign_weights(net, weights)
+                    self._holding[id(net)] = label
                 values[label] = card.transform.physical(net(*tensors).asnumpy().reshape(-1))
         rows, k = [], 0
         for item in batch:
             row = {"index": item.index, "name": item.name, "source": item.source, "formula": item.formula,
                    "n_sites": item.n_sites}
             notes = list(item.warnings)
-            for label, _, card in self.models:
+            for label, *_ in self.models:
                 row[label] = float(values[label][k]) if item.graph is not None else None
                 unseen = self._unseen_elements(label, item)
                 if unseen:
@@ -250,7 +272,7 @@ class Predictor:
         known = self.known_elements[label]
         if item.graph is None or not known:
             return []
-        return sorted({_symbol(int(z)) for z in np.unique(item.graph.atomic_numbers)} - known)
+        return sorted({SYMBOLS[z] for z in np.unique(item.graph.atomic_numbers)} - known)
 
     def iter_rows(self, inputs: Sequence[Any] | ReadAhead, *, batch_size: int = 64, recursive: bool = False,
                   workers: int | None = None, timeout: float = READ_TIMEOUT_S,
@@ -290,7 +312,7 @@ def predict(
     name, source, formula, n_sites, one value per model
     (physical units), error and warning.
     """
-    if isinstance(inputs, (str, os.PathLike, Structure)):
+    if isinstance(inputs, (str, os.PathLike)) or _is_structure(inputs):
         inputs = [inputs]
     predictor = Predictor(model, device)
     return [row for rows in predictor.iter_rows(list(inputs), batch_size=batch_size, recursive=recursive,

@@ -336,10 +336,14 @@ def test_graph_building_is_linear():
     for reps in (1, 2, 4):
         structure = cell * (reps, reps, reps)
         best = float("inf")
-        for _ in range(3):
+        for _ in range(5):  # best of 5: steady on a loaded machine
             start = time.perf_counter()
             build_graph(structure)
             best = min(best, time.perf_counter() - start)
         timings[len(structure)] = best
     assert set(timings) == {8, 64, 512}
     assert timings[512] / timings[64] < 20, timings
+
+
+def test_element_symbols_match_pymatgen():
+    assert elements.SYMBOLS[1:] == tuple(Element.from_Z(z).symbol for z in range(1, elements.MAX_Z + 1))

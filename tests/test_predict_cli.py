@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -126,6 +128,43 @@ def test_predict_with_worker_processes_keeps_order(tmp_path, random_ckpt):
     by_name = dict(crystals)
     expected = _expected(random_ckpt, [by_name[Path(p).stem] for p in shuffled])
     np.testing.assert_allclose([r["rand"] for r in spawned], expected, rtol=1e-5)
+
+
+def test_prediction_process_leaves_pymatgen_to_the_readers(files, random_ckpt, tmp_path):
+    """The process running the models never imports pymatgen (0.5 s of start-up); the readers do."""
+    folder, structures = files
+    script = tmp_path / "run.py"  # MindSpore's graph compiler reads the main script: no ``python -c``
+    script.write_text(
+        "import sys, crystalprop\n"
+        "if __name__ == '__main__':\n"
+        f"    rows = crystalprop.predict([{str(folder)!r}], model={str(random_ckpt)!r}, workers=1)\n"
+        "    assert len(rows) == 4 and not any(r['error'] for r in rows), rows\n"
+        "    print(sorted(m for m in sys.modules if m.split('.')[0] == 'pymatgen'))\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "GLOG_v": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_models_sharing_a_network_give_their_own_predictions(tmp_path, random_ckpt):
+    """Models of one configuration share a compiled network and take turns with their weights."""
+    other = _random_checkpoint(tmp_path / "other.ckpt", "z", "eV", seed=7, log10=True)
+    structures = [s for _, s in make_structures(5)]
+    together = predict(structures, model=[str(random_ckpt), str(other)], batch_size=2)
+    np.testing.assert_allclose([r["rand"] for r in together], _expected(random_ckpt, structures), rtol=1e-5)
+    np.testing.assert_allclose([r["other"] for r in together], _expected(other, structures), rtol=1e-5)
+    assert not np.allclose([r["rand"] for r in together], [r["other"] for r in together])
+
+
+def test_elements_absent_from_training_are_named(random_ckpt):
+    from crystalprop.predictor import Predictor  # noqa: PLC0415
+
+    predictor = Predictor(str(random_ckpt))
+    label = predictor.columns[0][0]
+    predictor.known_elements[label] = {"Na", "O"}
+    rows = [row for rows in predictor.iter_rows([perovskite(3.905)], workers=0) for row in rows]
+    assert rows[0]["warning"] == f"{label}: element(s) Sr, Ti absent from its training data"
 
 
 # --- predict on the command line ------------------------------------------------------------------

@@ -45,3 +45,17 @@ def test_shipped_model_predictions_are_pinned(model, monkeypatch):
     got = {row["name"]: row[model] for row in rows}
     for name, value in PINNED[model].items():
         assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-4), f"{model} on {name}"
+
+
+def test_shipped_models_predicted_together_keep_their_pins(monkeypatch):
+    """The default run (every shipped model, one shared network, weights swapped per batch)."""
+    monkeypatch.delenv("CRYSTALPROP_CHECKPOINTS", raising=False)
+    import crystalprop
+
+    structures = {name: s.get_primitive_structure() for name, s in pinned_structures().items()}
+    for name, s in structures.items():
+        s.name = name
+    rows = crystalprop.predict(list(structures.values()), workers=0, batch_size=1)
+    for row in rows:
+        for model, values in PINNED.items():
+            assert row[model] == pytest.approx(values[row["name"]], rel=1e-4, abs=1e-4), f"{model} on {row['name']}"

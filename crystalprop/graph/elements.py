@@ -37,6 +37,13 @@ MAX_Z = 100
 GROUP_COLUMNS = slice(0, 19)
 PERIOD_COLUMNS = slice(19, 26)
 BLOCK_COLUMNS = slice(78, 82)
+SYMBOLS = ("",) + tuple(
+    """H He Li Be B C N O F Ne Na Mg Al Si P S Cl Ar K Ca Sc Ti V Cr Mn Fe Co Ni Cu Zn Ga Ge As
+    Se Br Kr Rb Sr Y Zr Nb Mo Tc Ru Rh Pd Ag Cd In Sn Sb Te I Xe Cs Ba La Ce Pr Nd Pm Sm Eu
+    Gd Tb Dy Ho Er Tm Yb Lu Hf Ta W Re Os Ir Pt Au Hg Tl Pb Bi Po At Rn Fr Ra Ac Th Pa U Np
+    Pu Am Cm Bk Cf Es Fm""".split()
+)
+"""Element symbol by atomic number, 1 to MAX_Z (kept here so naming needs no pymatgen)."""
 
 
 class ElementError(ValueError):

@@ -24,11 +24,14 @@ number of atoms); the rest is numpy without Python loops over atoms or edges.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pymatgen.core import Structure
 
 from crystalprop.graph.elements import check_elements
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 LATTICE_IMAGES = np.array(
     [[0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 1, 1], [1, 0, 1], [1, 1, 0]], dtype=np.int64

@@ -1,34 +1,34 @@
-"""Structure input: format detection, parsing, validation and file discovery."""
+"""Structure input: format detection, parsing, validation and file discovery.
+
+The names below are loaded on first use (PEP 562), so importing one light submodule
+(``crystalprop.io.formats``, ``crystalprop.io.discovery``) does not import pymatgen.
+"""
 
 from __future__ import annotations
 
-from crystalprop.io.discovery import iter_records, iter_structure_paths
-from crystalprop.io.readers import (
-    StructureReadError,
-    StructureRecord,
-    detect_format,
-    format_from_name,
-    iter_file_records,
-    looks_like_structure_name,
-    read_file,
-    read_file_with_timeout,
-    structure_from_dict,
-    structure_from_text,
-    validate_structure,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "StructureReadError",
-    "StructureRecord",
-    "detect_format",
-    "format_from_name",
-    "iter_file_records",
-    "iter_records",
-    "iter_structure_paths",
-    "looks_like_structure_name",
-    "read_file",
-    "read_file_with_timeout",
-    "structure_from_dict",
-    "structure_from_text",
-    "validate_structure",
-]
+_HOMES = {
+    "iter_records": "discovery",
+    "iter_structure_paths": "discovery",
+    "format_from_name": "formats",
+    "looks_like_structure_name": "formats",
+    "StructureReadError": "readers",
+    "StructureRecord": "readers",
+    "detect_format": "readers",
+    "iter_file_records": "readers",
+    "read_file": "readers",
+    "read_file_with_timeout": "readers",
+    "structure_from_dict": "readers",
+    "structure_from_text": "readers",
+    "validate_structure": "readers",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'crystalprop.io' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"crystalprop.io.{_HOMES[name]}"), name)

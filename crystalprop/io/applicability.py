@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pymatgen.core import Structure
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
 
 VACUUM_GAP = 7.0
 """Thinnest empty layer (Å, between atom centres, normal to the planes) counted as vacuum."""

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
-from crystalprop.io.readers import StructureRecord, iter_file_records, looks_like_structure_name
+from crystalprop.io.formats import looks_like_structure_name
+
+if TYPE_CHECKING:
+    from crystalprop.io.readers import StructureRecord
 
 _GLOB_CHARS = ("*", "?", "[")
 
@@ -109,5 +112,7 @@ def iter_records(
     A bad file gives one record with ``error`` set; nothing is raised for it.
     ``timeout`` (seconds, None or 0 for none) bounds parsing of each file.
     """
+    from crystalprop.io.readers import iter_file_records  # noqa: PLC0415  (pymatgen: only where files are read)
+
     for path in iter_structure_paths(args, recursive):
         yield from iter_file_records(path, timeout)

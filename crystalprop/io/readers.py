@@ -26,15 +26,12 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
+from crystalprop.io.formats import format_from_name
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 """Largest (decompressed) file size read, to refuse gzip bombs and runaway files."""
 
 GZIP_MAGIC = b"\x1f\x8b"
-CIF_SUFFIXES = (".cif",)
-POSCAR_SUFFIXES = (".vasp", ".poscar")
-POSCAR_PREFIXES = ("poscar", "contcar")
-JSON_SUFFIXES = (".json",)
 WRAPPER_ID_KEYS = ("id", "material_id", "jid")
 WRAPPER_STRUCTURE_KEYS = ("structure", "atoms")
 OVERLAP_DISTANCE = 0.1
@@ -80,29 +77,6 @@ def _one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """Collapse whitespace so a reason fits on one line, cutting long text."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _strip_gz(name: str) -> str:
-    """Base name without a trailing ``.gz`` (any case)."""
-    base = os.path.basename(name)
-    return base[:-3] if base.lower().endswith(".gz") else base
-
-
-def format_from_name(path: str) -> str | None:
-    """Structure format implied by a file name (``.gz`` ignored), or None."""
-    base = _strip_gz(path).lower()
-    if base.endswith(CIF_SUFFIXES):
-        return "cif"
-    if base.endswith(JSON_SUFFIXES):
-        return "json"
-    if base.endswith(POSCAR_SUFFIXES) or base.startswith(POSCAR_PREFIXES):
-        return "poscar"
-    return None
-
-
-def looks_like_structure_name(name: str) -> bool:
-    """Whether a file name is one the folder scan should pick up."""
-    return format_from_name(name) is not None
 
 
 def _is_float(token: str) -> bool:

@@ -148,6 +148,17 @@ def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, Any]]:
 
 def load_weights(net: Matformer, params: dict[str, Any], path: str | Path) -> None:
     """Load parameters into ``net``, refusing any missing, extra or mis-shaped one."""
+    assign_weights(net, weight_set(net, params, path))
+
+
+def assign_weights(net: Matformer, weights: list) -> None:
+    """Put a :func:`weight_set` into ``net``; a compiled graph runs with them at its next call."""
+    for (_, param), tensor in zip(net.parameters_and_names(), weights, strict=True):
+        param.set_data(tensor)
+
+
+def weight_set(net: Matformer, params: dict[str, Any], path: str | Path) -> list:
+    """``params`` as tensors in ``net``'s parameter order, refusing any missing or mis-shaped one."""
     ms = mindspore_module()
     own = dict(net.parameters_and_names())  # names relative to the network, whatever wraps it
     expected = {name: tuple(p.shape) for name, p in own.items()}
@@ -162,8 +173,8 @@ def load_weights(net: Matformer, params: dict[str, Any], path: str | Path) -> No
             k = wrong[0]
             details.append(f"{len(wrong)} with the wrong shape, e.g. {k} {found[k]} != {expected[k]}")
         raise CheckpointError(f"{path}: weights do not fit the model it describes: " + "; ".join(details))
-    for name, param in own.items():  # by relative name: MindSpore's loader matches global names
-        param.set_data(ms.Tensor(params[name].asnumpy()))
+    # by relative name: MindSpore's loader matches global names
+    return [ms.Tensor(params[name].asnumpy()) for name in own]
 
 
 def load_model(path: str | Path) -> tuple[Matformer, ModelCard]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from crystalprop.io.readers import looks_like_structure_name
+from crystalprop.io.formats import looks_like_structure_name
 
 SPLITS = ("train", "val", "test")
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".json", ".cif.gz", ".vasp.gz", ".json.gz")
