@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -65,9 +66,10 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     if workers is None and len(paths) <= 4 and all(os.path.isfile(p) for p in paths):
         workers = 0  # a few files: starting reader processes would cost more than it saves
     skip = done_names(Path(output)) if output and resume else None
+    start_reading = functools.partial(ReadAhead, list(paths), recursive=recursive, workers=workers,
+                                      timeout=timeout, skip=skip, shard=part)
     # reading starts now, with the graph settings of every shipped model, while MindSpore loads
-    reader = ReadAhead(list(paths), GraphSettings(), recursive=recursive, workers=workers, timeout=timeout,
-                       skip=skip, shard=part)
+    reader = start_reading(GraphSettings())
     try:
         predictor = Predictor(list(models) or None, device)
     except (DeviceUnavailableError, CheckpointError, ValueError) as exc:
@@ -75,8 +77,7 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
         _fail(str(exc))
     if predictor.settings != reader.settings:  # a user model built with other settings: read again
         reader.close()
-        reader = ReadAhead(list(paths), predictor.settings, recursive=recursive, workers=workers, timeout=timeout,
-                           skip=skip, shard=part)
+        reader = start_reading(predictor.settings)
     columns = ["index", "name", "source", "formula", "n_sites"] + [label for label, _ in predictor.columns] + ["error", "warning"]
     writer = None
     if output:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pymatgen.io.cif import CifWriter
 
-from conftest import _random_checkpoint, make_structures, perovskite, rocksalt, rocksalt_conventional, run_cli
+from conftest import TINY, _random_checkpoint, make_structures, perovskite, rocksalt, rocksalt_conventional, run_cli
 from crystalprop.backend import mindspore_module, set_device
 
 set_device("CPU")
@@ -168,6 +168,30 @@ def test_elements_absent_from_training_are_named(random_ckpt):
 
 
 # --- predict on the command line ------------------------------------------------------------------
+
+
+def test_cli_model_with_other_graph_settings_reads_with_them(files, tmp_path):
+    """The readers start with the shipped settings; a model built on others gets its own graphs."""
+    from crystalprop.graph import GraphSettings  # noqa: PLC0415
+    from crystalprop.model.checkpoint import ModelCard, TargetTransform, save_checkpoint  # noqa: PLC0415
+    from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: PLC0415
+
+    ms.set_seed(3)
+    net = Matformer(ModelConfig(**TINY))
+    settings = GraphSettings(cutoff=5.0, max_neighbors=4)  # first shell only (ties kept)
+    ckpt = tmp_path / "near.ckpt"
+    save_checkpoint(ckpt, net, ModelCard(target="y", unit="eV", model=net.config, graph=settings,
+                                         transform=TargetTransform(mean=1.5, std=0.5)))
+    folder, structures = files
+    result = run_cli(["predict", folder, "-m", ckpt, "-o", tmp_path / "out.csv"])
+    assert result.returncode == 0, result.stderr
+    got = {Path(r["name"]).name: float(r["near"]) for r in _read_csv(tmp_path / "out.csv")}
+    names = sorted(structures)
+    loaded, card = load_model(ckpt)
+    own = card.transform.physical(predict_graphs(loaded, [build_graph(structures[n], settings) for n in names]))
+    default = card.transform.physical(predict_graphs(loaded, [build_graph(structures[n]) for n in names]))
+    np.testing.assert_allclose([got[n] for n in names], own, rtol=1e-5)
+    assert not np.allclose(own, default, rtol=1e-5)
 
 
 def test_cli_partial_failure_csv(files, random_ckpt, tmp_path):
