@@ -56,8 +56,6 @@ def main() -> None:
               help="I/N: process only the I-th of N interleaved parts of the input (cluster array jobs).")
 def predict(paths, models, output, batch_size, device, recursive, workers, timeout, resume, overwrite, shard) -> None:
     """Predict properties for structure files, folders or glob patterns."""
-    from crystalprop.backend import DeviceUnavailableError  # noqa: PLC0415
-    from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
     from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
     from crystalprop.predictor import Predictor, ReadAhead  # noqa: PLC0415
@@ -70,6 +68,8 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
                                       timeout=timeout, skip=skip, shard=part)
     # reading starts now, with the graph settings of every shipped model, while MindSpore loads
     reader = start_reading(GraphSettings())
+    from crystalprop.backend import DeviceUnavailableError  # noqa: PLC0415
+    from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415  (imports MindSpore: 1.2 s)
     try:
         predictor = Predictor(list(models) or None, device)
     except (DeviceUnavailableError, CheckpointError, ValueError) as exc:

@@ -6,6 +6,7 @@ the models, so the model never waits for the disk; results stream out in input o
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing as mp
 import os
@@ -106,6 +107,15 @@ def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
             yield from iter_structure_paths([os.fspath(item)], recursive)
 
 
+def _import_readers() -> None:
+    """Worker start-up: import the parsers (pymatgen, about 1 s) at once, not at the first file.
+
+    The first files reach a worker only when the parent's feeder thread runs, and the parent
+    is then importing MindSpore, which holds the interpreter lock for long stretches.
+    """
+    importlib.import_module("crystalprop.io.readers")
+
+
 class ReadAhead:
     """Inputs read and turned into graphs by worker processes that start at construction.
 
@@ -128,7 +138,7 @@ class ReadAhead:
         workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
         self._slots = threading.Semaphore(MAX_PENDING)
         self._stopping = threading.Event()
-        self._pool = mp.get_context("spawn").Pool(workers) if workers > 0 else None
+        self._pool = mp.get_context("spawn").Pool(workers, _import_readers) if workers > 0 else None
         if self._pool is None:
             self._results: Iterator[list[Prepared]] = (prepare_input(job) for job in jobs)
         else:

@@ -11,7 +11,7 @@ backend.set_device("CPU")
 ms = backend.mindspore_module()
 
 from crystalprop.model import fused  # noqa: E402
-from crystalprop.model.layers import AttentionGate, RowNorm, ScatterRows  # noqa: E402
+from crystalprop.model.layers import AttentionGate, RowNorm, WeightedScatterRows  # noqa: E402
 
 pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C++ compiler to build the fused kernels")
 
@@ -40,12 +40,12 @@ class _GateLoss(ms.nn.Cell):
 
 
 class _ScatterLoss(ms.nn.Cell):
-    def __init__(self, layer: ScatterRows) -> None:
+    def __init__(self, layer: WeightedScatterRows) -> None:
         super().__init__()
         self.layer = layer
 
-    def construct(self, values, index, like, w):
-        return (self.layer(values * values, index, like) * w).sum()
+    def construct(self, values, weight, index, like, w):
+        return (self.layer(values * values, weight, index, like) * w).sum()
 
 
 class _Grad(ms.nn.Cell):
@@ -123,15 +123,26 @@ def test_attention_gate_kernel_matches_gather_concat_layernorm_sigmoid_product()
     _assert_same(*runs)
 
 
-def test_scatter_kernel_matches_index_add():
+def test_weighted_scatter_kernel_matches_index_add():
     width, targets = 40, 30
 
     def inputs(rows, rng):
         index = rng.integers(0, targets, rows).astype(np.int32)
-        return [_floats(rng, rows, width), index, _floats(rng, targets, width), _floats(rng, targets, width)]
+        weight = rng.integers(1, 4, rows).astype(np.float32)  # edge multiplicities
+        return [_floats(rng, rows, width), weight, index, _floats(rng, targets, width), _floats(rng, targets, width)]
 
-    runs = [_run(_ScatterLoss(ScatterRows(fused=use_kernel)), inputs) for use_kernel in (False, True)]
+    runs = [_run(_ScatterLoss(WeightedScatterRows(fused=use_kernel)), inputs) for use_kernel in (False, True)]
     _assert_same(*runs)
+
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_scatter_kernel_sums_rows_into_their_targets(rows):
+    rng = np.random.default_rng(rows)
+    values, index = _floats(rng, rows, 40), rng.integers(0, 30, rows).astype(np.int32)
+    expected = np.zeros((30, 40), np.float32)
+    np.add.at(expected, index, values)
+    got = fused.scatter_rows_op()(ms.Tensor(values), ms.Tensor(index), ms.Tensor(np.zeros((30, 40), np.float32)))
+    np.testing.assert_allclose(got.asnumpy(), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_kernels_are_used_on_cpu_unless_turned_off():

@@ -157,6 +157,30 @@ def test_models_sharing_a_network_give_their_own_predictions(tmp_path, random_ck
     assert not np.allclose([r["rand"] for r in together], [r["other"] for r in together])
 
 
+def test_cli_starts_reading_before_importing_mindspore(files, random_ckpt, tmp_path):
+    """`predict` starts its readers before MindSpore's 1-2 s import, so the two overlap."""
+    folder, _ = files
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        "import crystalprop.predictor as predictor\n"
+        "from crystalprop.cli import main\n"
+        "seen, start = [], predictor.ReadAhead.__init__\n"
+        "def init(self, *args, **kwargs):\n"
+        "    seen.append('mindspore' in sys.modules)\n"
+        "    start(self, *args, **kwargs)\n"
+        "predictor.ReadAhead.__init__ = init\n"
+        "if __name__ == '__main__':\n"
+        "    try:\n"
+        f"        main(['predict', {str(folder)!r}, '-m', {str(random_ckpt)!r}, '--workers', '1'])\n"
+        "    except SystemExit as exc:\n"
+        "        print('exit', exc.code, seen)\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "GLOG_v": "3"})
+    assert result.stdout.strip().splitlines()[-1] == "exit 0 [False]", result.stdout[-2000:] + result.stderr[-2000:]
+
+
 def test_elements_absent_from_training_are_named(random_ckpt):
     from crystalprop.predictor import Predictor  # noqa: PLC0415
 

@@ -157,3 +157,23 @@ def scatter_rows_op():
         return ops.gather(dout, index, 0), ops.zeros_like(index), ops.zeros_like(like)
 
     return _custom(path, "ScatterRowsAdd", ["values", "index", "like"], ["out"], bprop, int_inputs=("index",))
+
+
+def weighted_scatter_rows_op():
+    """``f(values, weight, index, like)``: as :func:`scatter_rows_op` with each row of values
+    (M, W) scaled by weight (M,) as it is added, so the scaled rows are never stored; None where
+    unavailable. The weight is treated as a constant (no gradient), as for edge multiplicities.
+    """
+    path = library()
+    if path is None:
+        return None
+    ops = mindspore_module().ops
+
+    def bprop(values, weight, index, like, out, dout):
+        # d values[m] = weight[m] * dout[index[m]]; the weight tiled to full width first, as
+        # MindSpore's CPU kernels broadcast an (M, 1) factor about 8 times slower
+        scale = ops.tile(weight.expand_dims(-1), (1, values.shape[1]))
+        return ops.gather(dout, index, 0) * scale, ops.zeros_like(weight), ops.zeros_like(index), ops.zeros_like(like)
+
+    return _custom(path, "WeightedScatterRowsAdd", ["values", "weight", "index", "like"], ["out"], bprop,
+                   int_inputs=("index",))

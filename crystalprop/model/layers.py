@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from crystalprop.backend import mindspore_module
-from crystalprop.model.fused import attention_gate_op, row_norm_op, scatter_rows_op
+from crystalprop.model.fused import attention_gate_op, row_norm_op, weighted_scatter_rows_op
 
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
@@ -89,19 +89,23 @@ class AttentionGate(nn.LayerNorm):
         return u * ops.sigmoid(self.layer_norm(logits, self.gamma, self.beta)[0])
 
 
-class ScatterRows(nn.Cell):
-    """Row scatter-add: values (M, W), index (M,), like (T, W) -> (T, W) zeros plus each
-    values[m] added to row index[m]. The fused CPU kernel where available, else IndexAdd.
+class WeightedScatterRows(nn.Cell):
+    """Weighted row scatter-add: values (M, W), weight (M,), index (M,), like (T, W) -> (T, W)
+    zeros plus each weight[m] * values[m] added to row index[m]; weight carries no gradient.
+    The fused CPU kernel where available (the scaled rows are never stored), else IndexAdd.
     """
 
     def __init__(self, fused: bool | None = None) -> None:
         super().__init__()
-        self.kernel = _kernel_or_none(scatter_rows_op, fused)
+        self.kernel = _kernel_or_none(weighted_scatter_rows_op, fused)
 
-    def construct(self, values, index, like):
+    def construct(self, values, weight, index, like):
+        weight = ops.stop_gradient(weight)
         if self.kernel is not None:
-            return self.kernel(values, index, like)
-        return ops.index_add(ops.zeros_like(like), index, values, 0)
+            return self.kernel(values, weight, index, like)
+        # tiled to full width first: MindSpore's CPU kernels broadcast (M, 1) about 8 times slower
+        scaled = values * ops.tile(weight.expand_dims(-1), (1, values.shape[1]))
+        return ops.index_add(ops.zeros_like(like), index, scaled, 0)
 
 
 class HeadRows(nn.Cell):
@@ -152,7 +156,7 @@ class MatformerConv(nn.Cell):
         self.lin_skip = nn.Dense(c, c)
         self.scale = 1.0 / math.sqrt(3 * c)
         self.matmul_t = ops.MatMul(transpose_b=True)
-        self.scatter = ScatterRows()
+        self.scatter = WeightedScatterRows()
 
     def _per_head(self, x):
         """(M, H*K) -> (M*H, K): one row per (item, head), so per-head maps are 2-D matmuls."""
@@ -186,12 +190,9 @@ class MatformerConv(nn.Cell):
                                 upd_i, upd_j, upd_e, rows_i, rows_j, rows_e)
         message = self.msg_norm(self.matmul_t(gated, self.msg_layer.weight), self.msg_layer.bias)  # (E*H, C)
 
-        # sum over incoming edges (each counted with its multiplicity), concatenate heads,
-        # project, normalise, skip connection. The weights are tiled to full width first:
-        # MindSpore's CPU kernels broadcast an (E, 1) factor about 8 times slower than this.
-        multiplicity = ops.tile(ops.stop_gradient(edge_weight).expand_dims(-1), (1, self.heads * c))
-        weighted = self._joined(message) * multiplicity  # (E, H*C)
-        aggregated = self.scatter(weighted, dst, q)  # (N, H*C)
+        # sum over incoming edges, each counted with its multiplicity; concatenate heads,
+        # project, normalise, skip connection
+        aggregated = self.scatter(self._joined(message), edge_weight, dst, q)  # (N, H*C)
         return ops.silu(self._batch_norm(self.lin_concate(aggregated))) + self.lin_skip(x)
 
     def sync_batch_statistics(self) -> None:

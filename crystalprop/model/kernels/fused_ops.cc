@@ -324,14 +324,12 @@ int GateBackward(void **params, int64_t **shapes) {
   return 0;
 }
 
-// Row scatter-add, out = zeros(T, W); out[index[m]] += values[m] for every row m: the sum of
-// messages over incoming edges and the gradients of row gathers. Threads split the columns,
-// so no two write the same element and the result does not depend on the thread count.
-int ScatterRows(void **params, int64_t **shapes) {
-  const float *values = static_cast<const float *>(params[0]);
-  const int32_t *index = static_cast<const int32_t *>(params[1]);
-  float *out = static_cast<float *>(params[3]);  // params[2] only gives the output's shape
-  const int64_t rows = shapes[0][0], width = shapes[0][1], targets = shapes[2][0];
+// Row scatter-add, out = zeros(T, W); out[index[m]] += weight[m] * values[m] for every row m
+// (weight 1 where none is given): the sum of messages over incoming edges, each counted with
+// its multiplicity, and the gradients of row gathers. Threads split the columns, so no two
+// write the same element and the result does not depend on the thread count.
+int ScatterRows(const float *values, const float *weight, const int32_t *index, float *out, int64_t rows,
+                int64_t width, int64_t targets) {
   std::fill(out, out + targets * width, 0.f);
   constexpr int64_t kBlock = 16;  // one 64-byte cache line of floats per block
   const int64_t blocks = (width + kBlock - 1) / kBlock;
@@ -343,7 +341,12 @@ int ScatterRows(void **params, int64_t **shapes) {
     for (int64_t m = 0; m < rows; ++m) {
       const float *__restrict__ v = values + m * width;
       float *__restrict__ o = out + static_cast<int64_t>(index[m]) * width;
-      for (int64_t f = first; f < last; ++f) o[f] += v[f];
+      if (weight == nullptr) {
+        for (int64_t f = first; f < last; ++f) o[f] += v[f];
+      } else {
+        const float w = weight[m];
+        for (int64_t f = first; f < last; ++f) o[f] += w * v[f];
+      }
     }
   };
   std::vector<std::thread> pool;
@@ -376,7 +379,15 @@ int AttentionGateGrad(int, void **params, int *, int64_t **shapes, const char **
   return GateBackward(params, shapes);
 }
 int ScatterRowsAdd(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
-  return ScatterRows(params, shapes);
+  // values (M, W), index (M,), like (T, W) -> out (T, W); like only gives the output's shape
+  return ScatterRows(static_cast<const float *>(params[0]), nullptr, static_cast<const int32_t *>(params[1]),
+                     static_cast<float *>(params[3]), shapes[0][0], shapes[0][1], shapes[2][0]);
+}
+int WeightedScatterRowsAdd(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  // values (M, W), weight (M,), index (M,), like (T, W) -> out (T, W)
+  return ScatterRows(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                     static_cast<const int32_t *>(params[2]), static_cast<float *>(params[4]), shapes[0][0],
+                     shapes[0][1], shapes[3][0]);
 }
 }
 
@@ -398,4 +409,7 @@ extern "C" std::vector<std::vector<int64_t>> AttentionGateGradInferShape(int *nd
 }
 extern "C" std::vector<int64_t> ScatterRowsAddInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return ShapeOf(ndims, shapes, 2);
+}
+extern "C" std::vector<int64_t> WeightedScatterRowsAddInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return ShapeOf(ndims, shapes, 3);
 }
