@@ -130,19 +130,25 @@ def test_predict_with_worker_processes_keeps_order(tmp_path, random_ckpt):
     np.testing.assert_allclose([r["rand"] for r in spawned], expected, rtol=1e-5)
 
 
+def _run_script(folder: Path, text: str) -> subprocess.CompletedProcess:
+    """Run ``text`` as a fresh Python script (MindSpore's graph compiler reads the main
+    script's file, so ``python -c`` will not do)."""
+    script = folder / "run.py"
+    script.write_text(text)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "GLOG_v": "3"})
+
+
 def test_prediction_process_leaves_pymatgen_to_the_readers(files, random_ckpt, tmp_path):
     """The process running the models never imports pymatgen (0.5 s of start-up); the readers do."""
     folder, structures = files
-    script = tmp_path / "run.py"  # MindSpore's graph compiler reads the main script: no ``python -c``
-    script.write_text(
+    result = _run_script(tmp_path, (
         "import sys, crystalprop\n"
         "if __name__ == '__main__':\n"
         f"    rows = crystalprop.predict([{str(folder)!r}], model={str(random_ckpt)!r}, workers=1)\n"
         "    assert len(rows) == 4 and not any(r['error'] for r in rows), rows\n"
         "    print(sorted(m for m in sys.modules if m.split('.')[0] == 'pymatgen'))\n"
-    )
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "GLOG_v": "3"})
+    ))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
@@ -160,8 +166,7 @@ def test_models_sharing_a_network_give_their_own_predictions(tmp_path, random_ck
 def test_cli_starts_reading_before_importing_mindspore(files, random_ckpt, tmp_path):
     """`predict` starts its readers before MindSpore's 1-2 s import, so the two overlap."""
     folder, _ = files
-    script = tmp_path / "run.py"
-    script.write_text(
+    result = _run_script(tmp_path, (
         "import sys\n"
         "import crystalprop.predictor as predictor\n"
         "from crystalprop.cli import main\n"
@@ -175,9 +180,7 @@ def test_cli_starts_reading_before_importing_mindspore(files, random_ckpt, tmp_p
         f"        main(['predict', {str(folder)!r}, '-m', {str(random_ckpt)!r}, '--workers', '1'])\n"
         "    except SystemExit as exc:\n"
         "        print('exit', exc.code, seen)\n"
-    )
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "GLOG_v": "3"})
+    ))
     assert result.stdout.strip().splitlines()[-1] == "exit 0 [False]", result.stdout[-2000:] + result.stderr[-2000:]
 
 
