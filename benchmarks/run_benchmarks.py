@@ -191,7 +191,7 @@ def bench_scaling(structure_file: str) -> dict:
     net.declare_dynamic_inputs()
     net.set_train(False)
     sizes, graph_t, model_t = [], [], []
-    for reps in [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (3, 3, 2), (4, 4, 2), (4, 4, 4), (5, 5, 5)]:
+    for reps in [(1, 1, 1), (2, 1, 1), (2, 2, 1), (2, 2, 2), (3, 3, 2), (4, 4, 2), (4, 4, 4), (5, 5, 5), (6, 6, 5)]:
         s = base * reps
         start = time.perf_counter()
         g = build_graph(s)
