@@ -206,12 +206,12 @@ class Predictor:
         if not names:
             raise ValueError("no model given and no shipped model found in checkpoints/")
         loaded = [(label, path, *read_checkpoint(path)) for label, path in map(resolve_model, names)]
-        enable_compile_cache("predict", device, *sorted({json.dumps(c.model.as_dict()) for _, _, c, _ in loaded}))
+        configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]
+        enable_compile_cache("predict", device, *sorted(set(configs)))
         nets: dict[str, Any] = {}  # configuration -> its network
         self._holding: dict[int, str] = {}  # network -> the model whose weights it holds now
         self.models: list[tuple[str, Any, Any, list]] = []  # (label, network, card, weights)
-        for label, path, card, params in loaded:
-            config = json.dumps(card.model.as_dict(), sort_keys=True)
+        for (label, path, card, params), config in zip(loaded, configs):
             if config not in nets:
                 nets[config] = build_model(card, params, path)
                 nets[config].declare_dynamic_inputs()

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from crystalprop.backend import cache_dir, cpu_threads, mindspore_module
 
+ops = mindspore_module().ops  # imported by the layers only, which need MindSpore anyway
+
 SOURCE = Path(__file__).resolve().parent / "kernels" / "fused_ops.cc"
 # -ffast-math lets the row sums and exp vectorise (1.8x); -march=native uses this CPU's vector
 # width (another 1.5x), so the build is keyed on the CPU's feature flags as well.
@@ -80,7 +82,6 @@ def library() -> Path | None:
 
 def _register(inputs: list[str], outputs: list[str], int_inputs: tuple[str, ...] = ()):
     """MindSpore registration of a CPU operator: float32 tensors, int32 for ``int_inputs``."""
-    ops = mindspore_module().ops
     reg = ops.CustomRegOp()
     for i, n in enumerate(inputs):
         reg = reg.input(i, n)
@@ -125,7 +126,6 @@ def attention_gate_op():
     path = library()
     if path is None:
         return None
-    ops = mindspore_module().ops
     inputs = ["q", "k", "e", "gamma", "beta", "ui", "uj", "ue", "ri", "rj", "re"]
     indices = ("ri", "rj", "re")
     grad = _custom(path, "AttentionGateGrad", inputs + ["out", "dout"],
@@ -151,7 +151,6 @@ def scatter_rows_op():
     path = library()
     if path is None:
         return None
-    ops = mindspore_module().ops
 
     def bprop(values, index, like, out, dout):
         return ops.gather(dout, index, 0), ops.zeros_like(index), ops.zeros_like(like)
@@ -167,13 +166,18 @@ def weighted_scatter_rows_op():
     path = library()
     if path is None:
         return None
-    ops = mindspore_module().ops
 
     def bprop(values, weight, index, like, out, dout):
-        # d values[m] = weight[m] * dout[index[m]]; the weight tiled to full width first, as
-        # MindSpore's CPU kernels broadcast an (M, 1) factor about 8 times slower
-        scale = ops.tile(weight.expand_dims(-1), (1, values.shape[1]))
-        return ops.gather(dout, index, 0) * scale, ops.zeros_like(weight), ops.zeros_like(index), ops.zeros_like(like)
+        # d values[m] = weight[m] * dout[index[m]]
+        return (scale_rows(ops.gather(dout, index, 0), weight), ops.zeros_like(weight), ops.zeros_like(index),
+                ops.zeros_like(like))
 
     return _custom(path, "WeightedScatterRowsAdd", ["values", "weight", "index", "like"], ["out"], bprop,
                    int_inputs=("index",))
+
+
+def scale_rows(values, weight):
+    """values (M, W) with row m multiplied by weight[m] (M,), in MindSpore ops. The weight is
+    tiled to full width first: MindSpore's CPU kernels broadcast an (M, 1) factor about 8 times
+    slower than a product of equal shapes."""
+    return values * ops.tile(weight.expand_dims(-1), (1, values.shape[1]))

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from crystalprop.backend import mindspore_module
-from crystalprop.model.fused import attention_gate_op, row_norm_op, weighted_scatter_rows_op
+from crystalprop.model.fused import attention_gate_op, row_norm_op, scale_rows, weighted_scatter_rows_op
 
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
@@ -103,9 +103,7 @@ class WeightedScatterRows(nn.Cell):
         weight = ops.stop_gradient(weight)
         if self.kernel is not None:
             return self.kernel(values, weight, index, like)
-        # tiled to full width first: MindSpore's CPU kernels broadcast (M, 1) about 8 times slower
-        scaled = values * ops.tile(weight.expand_dims(-1), (1, values.shape[1]))
-        return ops.index_add(ops.zeros_like(like), index, scaled, 0)
+        return ops.index_add(ops.zeros_like(like), index, scale_rows(values, weight), 0)
 
 
 class HeadRows(nn.Cell):
