@@ -61,6 +61,12 @@ def main() -> None:
     print(json.dumps(card.metrics, indent=2))
 
 
+def repo_layout(path: str) -> str:
+    """``path`` as seen from a clone with the shared data beside it (``../shared/...``)."""
+    head, sep, tail = str(path).partition("/shared/")
+    return f"../shared/{tail}" if sep else str(path)
+
+
 def render_card(card, m: dict, args) -> str:
     t = card.training
     cfg, data = t.get("config", {}), t.get("data", {})
@@ -72,9 +78,9 @@ def render_card(card, m: dict, args) -> str:
         card.description,
         "",
         "## Data and split",
-        f"- Training data: `{data.get('source', '?')}` (`../shared/data/...` in this repository's layout), "
+        f"- Training data: `{repo_layout(data.get('source', '?'))}`, "
         f"target `{card.target}` in {card.unit}{' (learned as log10)' if log else ''}.",
-        f"- Split: {data.get('split', '?')}: {data.get('n_train', '?')} training and {data.get('n_val', '?')} "
+        f"- Split: {repo_layout(data.get('split', '?'))}: {data.get('n_train', '?')} training and {data.get('n_val', '?')} "
         f"validation crystals; {data.get('n_skipped', 0)} records skipped (no label or unreadable).",
         "- Model selection on the validation split only.",
         "",
@@ -110,7 +116,7 @@ def render_card(card, m: dict, args) -> str:
         "",
         "Reproduce:",
         "```bash",
-        f".venv/bin/crystalprop evaluate {card.name} {args.data} --split val",
+        f".venv/bin/crystalprop evaluate {card.name} {repo_layout(args.data)} --split val",
         "```",
         "",
         "## Element coverage",
