@@ -15,8 +15,8 @@ from crystalprop.registry import checkpoints_dir
 PINNED = {
     "formation_energy": {"NaCl": -2.1372, "Si": 0.0469, "SrTiO3": -3.5729, "Cu": 0.0001},
     "band_gap": {"NaCl": 4.9515, "Si": 0.0035, "SrTiO3": 1.5147, "Cu": 0.0023},
-    "bulk_modulus": {"NaCl": 27.8622, "Si": 101.3482, "SrTiO3": 150.1855, "Cu": 152.6536},
-    "shear_modulus": {"NaCl": 15.5294, "Si": 60.7147, "SrTiO3": 95.9139, "Cu": 46.3075},
+    "bulk_modulus": {"NaCl": 25.1038, "Si": 86.1415, "SrTiO3": 153.049, "Cu": 158.1454},
+    "shear_modulus": {"NaCl": 15.5059, "Si": 66.3344, "SrTiO3": 96.1602, "Cu": 52.7114},
 }
 
 
