@@ -63,7 +63,7 @@ def main() -> None:
 
 def repo_layout(path: str) -> str:
     """``path`` as seen from a clone with the shared data beside it (``../shared/...``)."""
-    head, sep, tail = str(path).partition("/shared/")
+    _, sep, tail = str(path).partition("/shared/")
     return f"../shared/{tail}" if sep else str(path)
 
 
