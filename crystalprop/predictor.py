@@ -199,12 +199,12 @@ class Predictor:
     def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU") -> None:
         from crystalprop.backend import enable_compile_cache, set_device  # noqa: PLC0415  (lazy: MindSpore)
         from crystalprop.model.checkpoint import build_model, read_checkpoint, weight_set  # noqa: PLC0415
-        from crystalprop.registry import available_models, resolve_model  # noqa: PLC0415
+        from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415
 
         set_device(device)
         names = [models] if isinstance(models, str) else list(models or available_models())
         if not names:
-            raise ValueError("no model given and no shipped model found in checkpoints/")
+            raise ValueError(f"no model given and no shipped model found in {checkpoints_dir()}")
         loaded = [(label, path, *read_checkpoint(path)) for label, path in map(resolve_model, names)]
         configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]
         enable_compile_cache("predict", device, *sorted(set(configs)))

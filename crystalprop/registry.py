@@ -1,4 +1,9 @@
-"""The shipped pretrained models in ``checkpoints/`` and how names resolve to files."""
+"""The shipped pretrained models and how names resolve to files.
+
+The weights and cards live in the repository's top-level ``checkpoints/``; a wheel or a
+plain ``pip install .`` carries them as the package data of ``crystalprop.checkpoints``
+(``pyproject.toml`` maps that folder), so they sit beside the installed package.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,13 @@ SHIPPED = ("formation_energy", "band_gap", "bulk_modulus", "shear_modulus")
 
 
 def checkpoints_dir() -> Path:
-    """``$CRYSTALPROP_CHECKPOINTS``, else the repository's ``checkpoints/``."""
+    """``$CRYSTALPROP_CHECKPOINTS``, else the installed models, else the checkout's ``checkpoints/``."""
     override = os.environ.get("CRYSTALPROP_CHECKPOINTS")
-    return Path(override) if override else Path(__file__).resolve().parents[1] / "checkpoints"
+    if override:
+        return Path(override)
+    package = Path(__file__).resolve().parent
+    installed = package / "checkpoints"  # a wheel or a non-editable install
+    return installed if installed.is_dir() else package.parent / "checkpoints"
 
 
 def available_models() -> list[str]:
