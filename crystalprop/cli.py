@@ -9,11 +9,15 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import click
+from rich.cells import cell_len
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True)
 out = Console()
@@ -141,18 +145,47 @@ def merge(output, parts, overwrite) -> None:
     console.print(f"{n} rows from {len(parts)} files written to {output}")
 
 
-def _print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:
-    table = Table(show_lines=False)
-    for head in ("structure", "formula", "sites"):
-        table.add_column(head)
-    for label, unit in columns:
-        table.add_column(f"{label} ({unit})" if unit else label, justify="right")
-    table.add_column("note")
+def _fits(table: Table) -> bool:
+    """Whether standard output is a terminal wide enough to draw ``table`` without cutting a cell."""
+    if not out.is_terminal:
+        return False
+    return Measurement.get(out, out.options.update_width(10**6), table).maximum <= out.width
+
+
+def _plain_lines(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    """Header and rows as space-aligned text, every cell in full."""
+    widths = [max(cell_len(cell) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        pads = [" " * (width - cell_len(cell)) for cell, width in zip(cells, widths)]
+        return "  ".join(pad + cell if k in right else cell + pad
+                         for k, (cell, pad) in enumerate(zip(cells, pads))).rstrip()
+
+    return [line(headers)] + [line(row) for row in rows]
+
+
+def _show_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = (),
+                title: str | None = None) -> None:
+    """A rich table on a terminal wide enough for it; plain aligned text otherwise (pipes, files,
+    narrow terminals), where rich would cut names and headers short ('structu…')."""
+    table = Table(title=title)
+    for k, head in enumerate(headers):
+        table.add_column(head, justify="right" if k in right else "left")
     for row in rows:
-        values = ["" if row[label] is None else f"{row[label]:.4g}" for label, _ in columns]
-        note = row["error"] or row["warning"]
-        table.add_row(row["name"], row["formula"], str(row["n_sites"] or ""), *values, note)
-    out.print(table)
+        table.add_row(*map(Text, row))
+    if _fits(table):
+        out.print(table)
+        return
+    for line in ([title] if title else []) + _plain_lines(headers, rows, set(right)):
+        click.echo(line)
+
+
+def _print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    headers = ["structure", "formula", "sites"] + [f"{label} ({unit})" if unit else label for label, unit in columns]
+    cells = [[row["name"], row["formula"], str(row["n_sites"] or "")]
+             + ["" if row[label] is None else f"{row[label]:.4g}" for label, _ in columns]
+             + [row["error"] or row["warning"]] for row in rows]
+    _show_table(headers + ["note"], cells, right=range(3, 3 + len(columns)))
 
 
 @main.command()
@@ -161,18 +194,17 @@ def models() -> None:
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
     from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415
 
-    table = Table(title=f"models in {checkpoints_dir()}")
-    for head in ("name", "target", "unit", "val MAE", "trained on", "epochs"):
-        table.add_column(head)
+    rows = []
     for name in available_models():
         card, _ = read_checkpoint(resolve_model(name)[1])
         metrics = card.metrics
         mae = metrics.get("log10_mae") if card.transform.log10 else metrics.get("mae")
         mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "")
         data = card.training.get("data", {})
-        table.add_row(name, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
-                      str(card.training.get("cumulative_epochs", card.training.get("epochs", ""))))
-    out.print(table)
+        rows.append([name, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
+                     str(card.training.get("cumulative_epochs", card.training.get("epochs", "")))])
+    _show_table(["name", "target", "unit", "val MAE", "trained on", "epochs"], rows,
+                title=f"models in {checkpoints_dir()}")
 
 
 @main.command()
@@ -201,14 +233,10 @@ def inspect(paths, recursive, as_json, cutoff, neighbors) -> None:
     if as_json:
         out.print_json(json.dumps(records))
     else:
-        table = Table()
-        for head in ("structure", "formula", "sites", "edges", "edges/atom", "nearest Å", "mean Å", "note"):
-            table.add_column(head)
-        for r in records:
-            table.add_row(r["name"], r["formula"], str(r["n_sites"] or ""), str(r.get("n_edges", "")),
-                          str(r.get("edges_per_atom", "")), str(r.get("nearest_neighbor_A", "")),
-                          str(r.get("mean_neighbor_A", "")), r["error"] or "; ".join(r["warnings"]))
-        out.print(table)
+        rows = [[r["name"], r["formula"], str(r["n_sites"] or ""), str(r.get("n_edges", "")),
+                 str(r.get("edges_per_atom", "")), str(r.get("nearest_neighbor_A", "")),
+                 str(r.get("mean_neighbor_A", "")), r["error"] or "; ".join(r["warnings"])] for r in records]
+        _show_table(["structure", "formula", "sites", "edges", "edges/atom", "nearest Å", "mean Å", "note"], rows)
     sys.exit(1 if failed else 0)
 
 

@@ -75,10 +75,19 @@ def prepare_input(job: tuple[int, Any, GraphSettings, float]) -> list[Prepared]:
     return out
 
 
-def _prepare_objects(structures: Iterable[tuple[str, Structure]], settings: GraphSettings) -> Iterator[Prepared]:
+def _prepare_objects(structures: Iterable[tuple[str, Any]], settings: GraphSettings) -> Iterator[Prepared]:
+    """Prepared structures for named pymatgen Structures or ase.Atoms."""
     from crystalprop.io.readers import validate_structure  # noqa: PLC0415
 
     for name, structure in structures:
+        if _is_atoms(structure):
+            from crystalprop.io.ase_reader import atoms_to_structure, reduced_formula  # noqa: PLC0415
+
+            try:
+                structure = atoms_to_structure(structure)
+            except ValueError as exc:
+                yield Prepared(name, name, formula=reduced_formula(structure), n_sites=len(structure), error=str(exc))
+                continue
         try:
             notes = validate_structure(structure)
         except ValueError as exc:
@@ -88,18 +97,24 @@ def _prepare_objects(structures: Iterable[tuple[str, Structure]], settings: Grap
         yield _prepare_structure(name, name, structure, settings, notes)
 
 
+def _is_atoms(item: Any) -> bool:
+    """Whether ``item`` is an ase.Atoms, without importing ASE (1-2 s) here."""
+    module = sys.modules.get("ase.atoms")
+    return module is not None and isinstance(item, module.Atoms)
+
+
 def _is_structure(item: Any) -> bool:
-    """Whether ``item`` is a pymatgen Structure, without importing pymatgen (0.5 s) here.
+    """Whether ``item`` is a pymatgen Structure or an ase.Atoms, without importing pymatgen (0.5 s) here.
 
     A caller holding a Structure has imported pymatgen already; the prediction process
     itself only hands paths to the readers.
     """
     module = sys.modules.get("pymatgen.core.structure")
-    return module is not None and isinstance(item, module.Structure)
+    return (module is not None and isinstance(item, module.Structure)) or _is_atoms(item)
 
 
 def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
-    """Files (expanded from folders and globs) and named Structures, in the order given."""
+    """Files (expanded from folders and globs) and named Structures or Atoms, in the order given."""
     for k, item in enumerate(inputs):
         if _is_structure(item):
             yield (getattr(item, "name", None) or f"structure{k}", item)
@@ -313,7 +328,7 @@ def predict(
 ) -> list[dict]:
     """Predict every property of every structure in ``inputs``.
 
-    ``inputs``: a path, folder, glob, pymatgen Structure, or a list of them. ``model``: a
+    ``inputs``: a path, folder, glob, pymatgen Structure, ase.Atoms, or a list of them. ``model``: a
     shipped model name, a ``.ckpt`` path, a list of them, or None for all shipped models.
     Returns one dict per structure: index (position of its file in the input stream),
     name, source, formula, n_sites, one value per model

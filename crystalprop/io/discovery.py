@@ -10,7 +10,7 @@ import glob
 import os
 from typing import TYPE_CHECKING, Iterable, Iterator
 
-from crystalprop.io.formats import looks_like_structure_name
+from crystalprop.io.formats import is_pw_x_file, looks_like_structure_name, may_be_pw_x_name
 
 if TYPE_CHECKING:
     from crystalprop.io.readers import StructureRecord
@@ -23,13 +23,17 @@ def _has_glob(arg: str) -> bool:
 
 
 def _is_candidate(entry: os.DirEntry[str]) -> bool:
-    """A regular file (or link to one) named like a structure; dot files are skipped."""
-    if entry.name.startswith(".") or not looks_like_structure_name(entry.name):
+    """A regular file (or link to one) named like a structure, or a ``.in``/``.out`` file that
+    starts like pw.x input or output (those names are too common to trust); dot files are skipped."""
+    by_name = looks_like_structure_name(entry.name)
+    if entry.name.startswith(".") or not (by_name or may_be_pw_x_name(entry.name)):
         return False
     try:
-        return entry.is_file()
+        if not entry.is_file():
+            return False
     except OSError:
         return False
+    return by_name or is_pw_x_file(entry.path)
 
 
 def _is_subdir(entry: os.DirEntry[str]) -> bool:

@@ -26,7 +26,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
-from crystalprop.io.formats import format_from_name
+from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 
 MAX_FILE_BYTES = 200 * 1024 * 1024
 """Largest (decompressed) file size read, to refuse gzip bombs and runaway files."""
@@ -107,11 +107,11 @@ def _format_from_content(text: str) -> str | None:
         return "cif"
     if _looks_like_poscar(text):
         return "poscar"
-    return None
+    return ase_format_from_content(text)
 
 
 def detect_format(path: str, text: str) -> str:
-    """Return "cif", "poscar" or "json" for a text, trusting content over name.
+    """Return "cif", "poscar", "json" or one of ``ASE_FORMATS`` for a text, trusting content over name.
 
     Content decides when it is recognisable, so a misnamed file still reads;
     the name only breaks the tie for damaged text (e.g. a truncated POSCAR),
@@ -354,11 +354,19 @@ _PARSERS: dict[str, Callable[[str, str], list[NameStructure]]] = {
 
 
 def structure_from_text(text: str, name: str) -> list[NameStructure]:
-    """Detect the format of CIF/POSCAR/JSON text and parse it into (name, structure) pairs."""
+    """Detect the format of a structure text and parse it into (name, structure) pairs.
+
+    CIF, POSCAR and JSON are read by pymatgen; the formats of ``ASE_FORMATS`` by ASE.
+    """
     text = text.lstrip("\ufeff")
     if not text.strip():
         raise StructureReadError(name, "empty file")
-    return _PARSERS[detect_format(name, text)](text, name)
+    fmt = detect_format(name, text)
+    if fmt in ASE_FORMATS:
+        from crystalprop.io.ase_reader import read_ase_text  # noqa: PLC0415  (imports this module)
+
+        return read_ase_text(text, fmt, name)
+    return _PARSERS[fmt](text, name)
 
 
 def _mb(n_bytes: int) -> str:

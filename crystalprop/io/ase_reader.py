@@ -1,0 +1,117 @@
+"""Structures through ASE: ``ase.Atoms`` objects, and the files only ASE reads.
+
+ASE is optional (``pip install crystalprop[ase]``) and imported only when such a file turns
+up; without it those files get a one-line reason naming the extra. Every failure is a
+one-line :class:`StructureReadError`, as for the formats pymatgen reads.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections import Counter
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pymatgen.core import Composition, Lattice, Structure
+
+from crystalprop.io.formats import ASE_FORMATS
+from crystalprop.io.readers import StructureReadError, _one_line
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+INSTALL_HINT = "pip install crystalprop[ase]"
+MIN_CELL_VOLUME = 1e-6  # Å³: below it a cell is missing, zero or flat
+
+# frames read per format: every frame of an extended XYZ (data sets); the last of an output
+_INDEX: dict[str, int | slice] = {"extxyz": slice(None)}
+# CASTEP: tolerate any keyword, so ASE does not run a `castep` program to list the valid ones
+_READ_OPTIONS: dict[str, dict[str, Any]] = {"castep-cell": {"calculator_args": {"keyword_tolerance": 3}}}
+
+
+def _flag(value: Any) -> str:
+    return "T" if value else "F"
+
+
+def atoms_to_structure(atoms: Atoms) -> Structure:
+    """The pymatgen Structure of an ``ase.Atoms`` that is periodic in 3D with a 3D cell.
+
+    Raises ValueError with a one-line reason otherwise (a molecule, a slab periodic in two
+    directions only, or ASE's placeholder atom 'X').
+    """
+    if not all(atoms.pbc):
+        raise ValueError(f"not periodic in all three directions (pbc: {' '.join(map(_flag, atoms.pbc))}); "
+                         "the model needs a crystal")
+    cell = np.asarray(atoms.cell.array, dtype=float)
+    if not np.all(np.isfinite(cell)) or abs(np.linalg.det(cell)) < MIN_CELL_VOLUME:
+        raise ValueError("no 3D cell: the lattice vectors are missing, zero or coplanar")
+    placeholders = np.flatnonzero(atoms.numbers < 1)
+    if placeholders.size:
+        raise ValueError(f"atom {placeholders[0]} is ASE's placeholder 'X', not an element")
+    return Structure(Lattice(cell), atoms.numbers.tolist(), atoms.positions, coords_are_cartesian=True)
+
+
+def reduced_formula(atoms: Atoms) -> str:
+    """Reduced formula of an ``ase.Atoms`` as pymatgen writes it (``SrTiO3``); '' when empty."""
+    counts = Counter(atoms.get_chemical_symbols())
+    counts.pop("X", None)
+    return Composition(counts).reduced_formula if counts else ""
+
+
+def _import_ase_io(fmt: str, name: str) -> ModuleType:
+    try:
+        import ase.io  # noqa: PLC0415  (optional, and 1-2 s to import)
+    except ImportError as exc:
+        raise StructureReadError(name, f"{ASE_FORMATS[fmt]} file: reading it needs ASE: {INSTALL_HINT}") from exc
+    return ase.io
+
+
+class _Text(io.StringIO):
+    """File text with a ``name`` in no folder: ASE's OUTCAR reader looks for a POSCAR beside
+    ``name`` (for constraints, which the model does not use), and must find none."""
+
+    def __init__(self, text: str, name: str) -> None:
+        super().__init__(text)
+        self.name = os.path.join(os.devnull, os.path.basename(name))
+
+
+def _read_frames(text: str, fmt: str, name: str) -> list[Atoms]:
+    ase_io = _import_ase_io(fmt, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            frames = ase_io.read(_Text(text, name), format=fmt, index=_INDEX.get(fmt, -1),
+                                 **_READ_OPTIONS.get(fmt, {}))
+        except Exception as exc:  # each ASE reader fails in its own way on broken input
+            detail = f": {_one_line(str(exc), 160)}" if str(exc).strip() else ""
+            raise StructureReadError(
+                name, f"malformed or truncated {ASE_FORMATS[fmt]} ({type(exc).__name__}{detail})") from exc
+    frames = frames if isinstance(frames, list) else [frames]
+    if not frames:
+        raise StructureReadError(name, f"{ASE_FORMATS[fmt]} holds no structure")
+    return frames
+
+
+def _structure(atoms: Atoms, fmt: str, name: str, label: str) -> Structure:
+    try:
+        return atoms_to_structure(atoms)
+    except ValueError as exc:
+        hint = ' (give the cell on the comment line: Lattice="ax ay az bx by bz cx cy cz")' if fmt == "extxyz" else ""
+        raise StructureReadError(name, f"{label}{exc}{hint}") from exc
+    except Exception as exc:
+        raise StructureReadError(name, f"{label}cannot build a structure: {type(exc).__name__}: "
+                                       f"{_one_line(str(exc), 120)}") from exc
+
+
+def read_ase_text(text: str, fmt: str, name: str) -> list[tuple[str, Structure]]:
+    """(name, structure) pairs from the text of a file in one of :data:`ASE_FORMATS`.
+
+    Outputs give their last frame; an extended XYZ gives every frame (``path#i`` when more than one).
+    """
+    frames = _read_frames(text, fmt, name)
+    if len(frames) == 1:
+        return [(name, _structure(frames[0], fmt, name, ""))]
+    return [(f"{name}#{i}", _structure(atoms, fmt, name, f"frame {i}: ")) for i, atoms in enumerate(frames)]

@@ -1,0 +1,102 @@
+"""Tables on standard output: rich on a wide terminal, plain aligned text everywhere else.
+
+Rich fits a table to the width it finds (80 columns when output goes to a pipe or a file)
+by cutting cells short ('structu…'); names and headers must always come out in full.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+from pymatgen.io.cif import CifWriter
+from rich.console import Console
+
+from conftest import perovskite, rocksalt, run_cli
+from crystalprop import cli
+
+LONG = "a_rather_long_file_name_for_a_strontium_titanate_perovskite_crystal_from_a_database_export"
+HEADERS = ["structure", "formula", "sites", "some_property_with_a_long_name (eV/atom)", "note"]
+ROWS = [[f"/data/{LONG}.cif", "SrTiO3", "5", "-3.21", ""], ["b.cif", "NaCl", "8", "-2.5", "atoms 0 and 1 are close"]]
+
+
+def _columns_line_up(lines: list[str], headers: list[str]) -> None:
+    """Every left-aligned column starts at the same place in the header and in each row."""
+    starts = [lines[0].index(head) for head in headers]
+    for line in lines[1:]:
+        for start in starts[1:3]:
+            assert line[start - 2 : start] == "  " and line[start] != " ", (line, start)
+
+
+def _assert_plain_and_whole(text: str, names: list[str], headers: list[str]) -> None:
+    assert "…" not in text and "┃" not in text and "│" not in text, text
+    for item in names + headers:
+        assert item in text, (item, text)
+
+
+@pytest.fixture()
+def stdout_console(monkeypatch):
+    """Make cli.out a terminal of a given width, writing to a buffer."""
+
+    def make(width: int, terminal: bool = True) -> io.StringIO:
+        buffer = io.StringIO()
+        monkeypatch.setattr(cli, "out", Console(file=buffer, width=width, force_terminal=terminal, color_system=None))
+        return buffer
+
+    return make
+
+
+def test_wide_terminal_gets_the_rich_table(stdout_console, capsys):
+    buffer = stdout_console(300)
+    cli._show_table(HEADERS, ROWS, right=[3])
+    assert "┃" in buffer.getvalue() and LONG in buffer.getvalue() and "…" not in buffer.getvalue()
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("width, terminal", [(80, True), (300, False)])
+def test_narrow_terminal_or_pipe_gets_plain_text_in_full(stdout_console, capsys, width, terminal):
+    buffer = stdout_console(width, terminal)
+    cli._show_table(HEADERS, ROWS, right=[3], title="a title")
+    assert buffer.getvalue() == ""
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "a title"
+    _assert_plain_and_whole("\n".join(lines), [ROWS[0][0], "atoms 0 and 1 are close"], HEADERS)
+    _columns_line_up(lines[1:], HEADERS)
+    value_end = len(lines[1].split("  note")[0])  # the right-aligned column ends where its header does
+    assert lines[2][:value_end].endswith("-3.21") and lines[3][:value_end].endswith("-2.5")
+
+
+def test_plain_text_keeps_markup_like_names_literal(stdout_console, capsys):
+    stdout_console(80, terminal=False)
+    cli._show_table(["structure"], [["[bold]x[/bold].cif"]])
+    assert capsys.readouterr().out.splitlines()[1] == "[bold]x[/bold].cif"
+
+
+@pytest.mark.slow
+def test_piped_predict_and_inspect_print_full_names_and_headers(random_ckpt, tmp_path):
+    names = [f"{LONG}_{k}.cif" for k in range(2)]
+    for name, structure in zip(names, (perovskite(3.905), rocksalt(5.64))):
+        CifWriter(structure).write_file(tmp_path / name)
+    env = {"COLUMNS": "80"}
+    done = run_cli(["predict", *names, "-m", random_ckpt], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    _assert_plain_and_whole(done.stdout, names, ["structure", "formula", "sites", "rand (eV)", "note"])
+    lines = done.stdout.splitlines()
+    _columns_line_up(lines, ["structure", "formula", "sites"])
+    assert [line.split()[:3] for line in lines[1:]] == [[names[0], "SrTiO3", "5"], [names[1], "NaCl", "2"]]
+    done = run_cli(["inspect", *names], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    _assert_plain_and_whole(done.stdout, names, ["structure", "edges/atom", "nearest Å", "mean Å", "note"])
+
+
+@pytest.mark.slow
+def test_piped_models_prints_full_names(shipped_dir, random_ckpt, tmp_path):
+    folder = tmp_path / "checkpoints"
+    shutil.copytree(shipped_dir, folder)
+    long_name = "my_band_gap_model_fine_tuned_on_the_oxides_of_the_2024_experimental_set"
+    shutil.copy(random_ckpt, folder / f"{long_name}.ckpt")
+    done = run_cli(["models"], cwd=tmp_path, env={"COLUMNS": "80", "CRYSTALPROP_CHECKPOINTS": str(folder)})
+    assert done.returncode == 0, done.stderr
+    _assert_plain_and_whole(done.stdout, [long_name, "formation_energy_per_atom", str(folder)],
+                            ["name", "target", "unit", "val MAE", "trained on", "epochs"])
