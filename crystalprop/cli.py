@@ -474,7 +474,9 @@ class _TrainDisplay:
 @click.argument("model")
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--target", "-t", default=None, help="Property column (default: the model's target).")
-@click.option("--split", default=None, help="train, val, test or all (default: test if present, else val).")
+@click.option("--split", default=None,
+              help="train, val, test or all (default: test if present, else val). The split is the one the "
+                   "model was trained with; val/test are refused if any of their structures were trained on.")
 @click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
               help="Write predictions.csv, metrics.json, parity.png, error_histogram.png here.")
 @click.option("--batch-size", default=128, show_default=True)
@@ -500,6 +502,7 @@ def evaluate(model, data, target, split, output_dir, batch_size, id_column, stru
         if key in result:
             table.add_row(key, f"{result[key]:.4g}" if isinstance(result[key], float) else str(result[key]))
     out.print(table)
+    console.print(f"{result['split']} split checked against the training data: {result['split_check']}", highlight=False)
     if output_dir:
         console.print(f"files in {output_dir}: {', '.join(result['files'])}")
 
