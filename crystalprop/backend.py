@@ -47,12 +47,16 @@ def enable_compile_cache(*key_parts: object) -> None:
     MindSpore's compile cache is keyed on the Python source only: a network of another
     size loads the stale graph and silently computes the wrong thing (measured with
     MindSpore 2.10). So the cache folder is keyed here on the MindSpore version, the
-    model code and ``key_parts`` (e.g. the model configuration). Call it before the
-    first compile; ``CRYSTALPROP_COMPILE_CACHE=0`` turns it off.
+    model code, whether the fused kernels are used and the content of their library, and
+    ``key_parts`` (e.g. the model configuration). Call it after :func:`set_device` and
+    before the first compile; ``CRYSTALPROP_COMPILE_CACHE=0`` turns it off.
     """
     if os.environ.get("CRYSTALPROP_COMPILE_CACHE", "1") == "0":
         return
+    from crystalprop.model.fused import library_digest  # noqa: PLC0415  (imports this module)
+
     ms = mindspore_module()
+    key_parts = (*key_parts, f"fused kernels: {library_digest()}")
     digest = hashlib.sha256(ms.__version__.encode())
     model_dir = Path(__file__).resolve().parent / "model"
     for source in sorted([*model_dir.glob("*.py"), *model_dir.glob("kernels/*.cc")]):  # kernels too

@@ -55,10 +55,13 @@ def main() -> None:
 @click.option("--workers", default=None, type=int, help="Reader processes (default: cores, at most 4; 0 = in-process).")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds allowed to parse one file.")
 @click.option("--resume", is_flag=True, help="Continue an existing --output file, skipping structures already in it.")
+@click.option("--retry-failed", is_flag=True,
+              help="With --resume: predict again the structures whose rows hold an error, replacing those rows.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @click.option("--shard", default="1/1", show_default=True,
               help="I/N: process only the I-th of N interleaved parts of the input (cluster array jobs).")
-def predict(paths, models, output, batch_size, device, recursive, workers, timeout, resume, overwrite, shard) -> None:
+def predict(paths, models, output, batch_size, device, recursive, workers, timeout, resume, retry_failed, overwrite,
+            shard) -> None:
     """Predict properties for structure files, folders or glob patterns."""
     from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
@@ -67,7 +70,9 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     part = _shard(shard)
     if workers is None and len(paths) <= 4 and all(os.path.isfile(p) for p in paths):
         workers = 0  # a few files: starting reader processes would cost more than it saves
-    skip = done_names(Path(output)) if output and resume else None
+    if retry_failed and not (output and resume):
+        _fail("--retry-failed needs --resume and --output")
+    skip = done_names(Path(output), retry_failed=retry_failed) if output and resume else None
     start_reading = functools.partial(ReadAhead, list(paths), recursive=recursive, workers=workers,
                                       timeout=timeout, skip=skip, shard=part)
     # reading starts now, with the graph settings of every shipped model, while MindSpore loads
@@ -86,7 +91,7 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     writer = None
     if output:
         try:
-            writer = ResultWriter(output, columns, resume=resume, overwrite=overwrite)
+            writer = ResultWriter(output, columns, resume=resume, overwrite=overwrite, retry_failed=retry_failed)
         except (OutputExistsError, ValueError) as exc:
             reader.close()
             _fail(str(exc))
@@ -502,7 +507,9 @@ class _TrainDisplay:
 @click.argument("model")
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--target", "-t", default=None, help="Property column (default: the model's target).")
-@click.option("--split", default=None, help="train, val, test or all (default: test if present, else val).")
+@click.option("--split", default=None,
+              help="train, val, test or all (default: test if present, else val). The split is the one the "
+                   "model was trained with; val/test are refused if any of their structures were trained on.")
 @click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
               help="Write predictions.csv, metrics.json, parity.png, error_histogram.png here.")
 @click.option("--batch-size", default=128, show_default=True)
@@ -528,6 +535,7 @@ def evaluate(model, data, target, split, output_dir, batch_size, id_column, stru
         if key in result:
             table.add_row(key, f"{result[key]:.4g}" if isinstance(result[key], float) else str(result[key]))
     out.print(table)
+    console.print(f"{result['split']} split checked against the training data: {result['split_check']}", highlight=False)
     if output_dir:
         console.print(f"files in {output_dir}: {', '.join(result['files'])}")
 

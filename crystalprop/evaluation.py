@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from crystalprop.atomic import atomic_write_text
-from crystalprop.training.datasets import load_dataset
+from crystalprop.training.datasets import Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset
 from crystalprop.training.graph_cache import build_graphs
 from crystalprop.training.metrics import regression_metrics
 
@@ -43,6 +43,38 @@ def _plots(out: Path, y: np.ndarray, p: np.ndarray, label: str) -> list[str]:
     return ["parity.png", "error_histogram.png"]
 
 
+def _split_settings(training: dict) -> dict:
+    """The seed and fractions the checkpoint's run split its data with (defaults where unrecorded)."""
+    record = training.get("data", {}).get("split_record") or {}
+    seed = record.get("seed", training.get("config", {}).get("seed", 0))
+    return {"val_fraction": record.get("val_fraction", 0.1), "test_fraction": record.get("test_fraction", 0.0),
+            "seed": seed}
+
+
+def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: dict, checkpoint: str | Path) -> str:
+    """A note on how the split was checked against the training data; raise ValueError when a
+    ``val`` or ``test`` figure would include structures the model was trained on, or when that
+    cannot be told (a checkpoint without its training ids, on data without a fixed split)."""
+    if split in ("all", "train"):
+        return "not checked (split chosen deliberately)"
+    record = training.get("data", {}).get("split_record")
+    if record and "trained_ids" in record:
+        trained = ids_in_packed([e.id for e in entries], record["trained_ids"])
+        if trained:
+            raise ValueError(
+                f"{dataset.origin}: {len(trained)} of the {len(entries)} {split!r} structures were used to train "
+                f"{checkpoint} (e.g. {trained[0]}): not a {split} figure; --split all evaluates them deliberately")
+        same = record.get(f"{split}_ids_sha256") == ids_sha256([e.id for e in entries])
+        return f"none trained on; {'the same' if same else 'not the'} {split} split as in training"
+    recorded = str(training.get("data", {}).get("split", ""))
+    if is_random_split(dataset.split_source) or is_random_split(recorded):
+        raise ValueError(
+            f"{checkpoint}: records no training ids and its split ({recorded or 'unknown'}) is not fixed by "
+            f"{dataset.origin} (no split.json or split column): cannot tell {split} structures from training ones; "
+            "--split all evaluates anyway")
+    return f"not verified (checkpoint records no training ids); split from {dataset.split_source}"
+
+
 def evaluate_model(
     model: str,
     data: str | Path,
@@ -64,12 +96,14 @@ def evaluate_model(
     set_device(device)
     label, path = resolve_model(model)
     net, card = load_model(path)
-    dataset = load_dataset(data, target or card.target, id_column=id_column, structure_column=structure_column)
+    dataset = load_dataset(data, target or card.target, id_column=id_column, structure_column=structure_column,
+                           **_split_settings(card.training))
     if split is None:
         split = "test" if any(e.split == "test" for e in dataset.entries) else "val"
     entries = dataset.entries if split == "all" else dataset.split(split)
     if not entries:
         raise ValueError(f"{data}: no structures in split {split!r}")
+    split_check = check_unseen(entries, split, dataset, card.training, path)
     graphs, errors = build_graphs(entries, card.graph)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     y = np.array([e.target for e, _ in kept])
@@ -83,7 +117,7 @@ def evaluate_model(
         metrics["mae_nonzero_targets"] = float(np.mean(np.abs(pred[~zero] - y[~zero])))
         metrics["n_zero_targets"] = int(zero.sum())
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
-              "unit": card.unit, "split": split, "n_failed": int(sum(1 for e in errors if e)), **metrics}
+              "unit": card.unit, "split": split, "split_check": split_check, "n_failed": int(sum(1 for e in errors if e)), **metrics}
     if output_dir:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)

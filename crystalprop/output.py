@@ -59,10 +59,42 @@ def read_rows(path: Path) -> list[dict]:
         return rows
 
 
-def done_names(path: Path) -> set[str]:
-    """Names already in an output file (for ``--resume``), after dropping a cut last row."""
+def done_names(path: Path, *, retry_failed: bool = False) -> set[str]:
+    """Names already in an output file (for ``--resume``), after dropping a cut last row;
+    with ``retry_failed`` only those predicted without error."""
     drop_cut_tail(path)
-    return {row["name"] for row in read_rows(path) if row.get("name")}
+    return {row["name"] for row in read_rows(path) if row.get("name") and not (retry_failed and row.get("error"))}
+
+
+def file_columns(path: Path) -> list[str] | None:
+    """Columns of an existing result file (CSV header, keys of the first JSON row); None if it has none."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        if _format(path) == "csv":
+            return next(csv.reader(handle), None)
+        for line in handle:
+            line = line.strip().rstrip(",")
+            if line.startswith("{"):
+                try:
+                    return list(json.loads(line))
+                except json.JSONDecodeError:
+                    return None
+    return None
+
+
+def _drop_failed_rows(path: Path, columns: list[str]) -> None:
+    """Rewrite a result file without its failed rows (``--retry-failed`` predicts them again)."""
+    kept = [row for row in read_rows(path) if not row.get("error")]
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8", newline="") as handle:
+        if _format(path) == "csv":
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        else:
+            prefix, sep = ("[\n", ",\n") if _format(path) == "json" else ("", "\n")
+            body = sep.join(json.dumps({k: row.get(k) for k in columns}) for row in kept)
+            handle.write(prefix + body + ("\n" if body and _format(path) == "jsonl" else ""))
+    os.replace(partial, path)
 
 
 def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite: bool = False) -> int:
@@ -84,7 +116,8 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
 class ResultWriter:
     """Append rows to CSV / JSON / JSON Lines, flushing after every batch."""
 
-    def __init__(self, path: str | Path, columns: Sequence[str], *, resume: bool = False, overwrite: bool = False):
+    def __init__(self, path: str | Path, columns: Sequence[str], *, resume: bool = False, overwrite: bool = False,
+                 retry_failed: bool = False):
         self.path = Path(path)
         self.kind = _format(self.path)
         self.columns = list(columns)
@@ -94,6 +127,9 @@ class ResultWriter:
         appending = exists and resume
         if appending:
             drop_cut_tail(self.path)
+            self._check_columns()
+            if retry_failed:
+                _drop_failed_rows(self.path, self.columns)
         self._rows_in_file = self._reopen_json_array() > 0 if appending and self.kind == "json" else False
         self.handle: IO[str] = open(self.path, "a" if appending else "w", encoding="utf-8", newline="")
         if self.kind == "csv":
@@ -102,6 +138,13 @@ class ResultWriter:
                 self.writer.writeheader()
         elif self.kind == "json" and not appending:
             self.handle.write("[\n")
+
+    def _check_columns(self) -> None:
+        """Refuse to append to a file whose columns differ (e.g. written with another --model set)."""
+        found = file_columns(self.path)
+        if found is not None and found != self.columns:
+            raise ValueError(f"{self.path}: cannot resume, its columns ({', '.join(found)}) differ from this "
+                             f"run's ({', '.join(self.columns)}); use the same --model set or another --output")
 
     def _reopen_json_array(self) -> int:
         """Drop a closing bracket (and a cut last line) so rows can be appended; count rows."""

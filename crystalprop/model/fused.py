@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from crystalprop.atomic import atomic_write_text
 from crystalprop.backend import cache_dir, cpu_threads, mindspore_module
 
 ops = mindspore_module().ops  # imported by the layers only, which need MindSpore anyway
@@ -44,26 +45,55 @@ def _cpu_features() -> str:
     return platform.machine() + " " + flags.strip()
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _built(folder: Path, key: str) -> Path | None:
+    """The library built for ``key`` if its record names a file whose content still matches."""
+    try:
+        content = (folder / f"fused_ops_{key}.sha256").read_text().strip()
+        target = folder / f"fused_ops_{key}_{content[:16]}.so"
+        return target if len(content) == 64 and _sha256(target) == content else None
+    except OSError:
+        return None
+
+
 def _compile() -> Path | None:
-    """Build the kernel library (once per source, flags and machine); None where impossible."""
+    """Build the kernel library (once per source, flags and machine); None where impossible.
+
+    The library is named by the hash of its inputs (source, flags, compiler, CPU features) and
+    of its own content, and ``fused_ops_<key>.sha256`` records that content hash: a file
+    damaged or replaced on disk no longer matches and is rebuilt, never loaded.
+    """
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         return None
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [compiler, _cpu_features()]).encode())
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [compiler, _cpu_features()]).encode()).hexdigest()[:16]
     folder = Path(os.environ.get("CRYSTALPROP_KERNELS") or cache_dir() / "kernels")
-    target = folder / f"fused_ops_{digest.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)  # several processes may build at once
+    found = _built(folder, key)
+    if found is not None:
+        return found
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=folder)  # several processes may build at once
     os.close(handle)
     try:
         subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], check=True, capture_output=True, timeout=120)
+        content = _sha256(Path(partial))
+        target = folder / f"fused_ops_{key}_{content[:16]}.so"
         os.replace(partial, target)
+        atomic_write_text(folder / f"fused_ops_{key}.sha256", content + "\n")
     except (OSError, subprocess.SubprocessError):
         Path(partial).unlink(missing_ok=True)
         return None
     return target
+
+
+def library_digest() -> str:
+    """What the compiled graphs depend on in the kernels: 'none', or the library file and its
+    content hash (part of the compile cache key)."""
+    path = library()
+    return "none" if path is None else f"{path.name}:{_sha256(path)}"
 
 
 def library() -> Path | None:

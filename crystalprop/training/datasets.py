@@ -13,8 +13,10 @@ Bad records are skipped with a one-line reason each, never fatal.
 
 from __future__ import annotations
 
+import base64
 import csv
 import gzip
+import hashlib
 import json
 import math
 import random
@@ -254,6 +256,47 @@ def assign_splits(dataset: Dataset, val_fraction: float, test_fraction: float, s
     for rank, i in enumerate(order):
         dataset.entries[i].split = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
     dataset.split_source = f"random (val {val_fraction}, test {test_fraction}, seed {seed})"
+
+
+ID_HASH_BYTES = 6  # 48-bit id digests: a false match among 10^5 x 10^5 ids has odds of 1 in 28,000
+
+
+def ids_sha256(ids: list[str]) -> str:
+    """Digest of a set of ids (sorted, newline-joined), to recognise a split later."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def _id_hash(rid: str) -> bytes:
+    return hashlib.blake2b(rid.encode(), digest_size=ID_HASH_BYTES).digest()
+
+
+def pack_ids(ids: list[str]) -> str:
+    """A compact text form of a set of ids (sorted 48-bit digests, base64): 8 characters per id."""
+    return base64.b64encode(b"".join(sorted({_id_hash(i) for i in ids}))).decode("ascii")
+
+
+def ids_in_packed(ids: list[str], packed: str) -> list[str]:
+    """Those of ``ids`` that belong to the set packed by :func:`pack_ids`."""
+    raw = base64.b64decode(packed)
+    members = {raw[k : k + ID_HASH_BYTES] for k in range(0, len(raw), ID_HASH_BYTES)}
+    return [i for i in ids if _id_hash(i) in members]
+
+
+def split_record(dataset: Dataset, val_fraction: float, test_fraction: float, seed: int,
+                 trained_ids: list[str]) -> dict[str, Any]:
+    """What a checkpoint keeps of its split: the settings that rebuild it, a digest of each
+    split's ids, and the ids trained on (packed), so evaluation can refuse trained structures."""
+    record: dict[str, Any] = {"source": dataset.split_source, "seed": seed, "val_fraction": val_fraction,
+                              "test_fraction": test_fraction}
+    for name in SPLITS:
+        record[f"{name}_ids_sha256"] = ids_sha256([e.id for e in dataset.split(name)])
+    record["trained_ids"] = pack_ids(trained_ids)
+    return record
+
+
+def is_random_split(split_source: str) -> bool:
+    """Whether a split description is a seeded random one (not split.json or a split column)."""
+    return split_source.startswith("random")
 
 
 def load_dataset(

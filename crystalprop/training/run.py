@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from crystalprop.atomic import atomic_write_text
-from crystalprop.training.datasets import Dataset, Entry, load_dataset
+from crystalprop.training.datasets import Dataset, Entry, load_dataset, split_record
 from crystalprop.training.distributed import Cluster, join_cluster
 from crystalprop.training.graph_cache import build_graphs
 from crystalprop.training.trainer import Trainer, TrainConfig, TrainResult, TrainingError
@@ -69,6 +69,7 @@ def train_model(
     dataset = load_dataset(data, config.target, id_column=id_column, structure_column=structure_column,
                            val_fraction=val_fraction, test_fraction=test_fraction, seed=config.seed)
     config.target = dataset.target
+    full_splits = Dataset(list(dataset.entries), dataset.target, dataset.origin, split_source=dataset.split_source)
     if limit:
         dataset.entries = [e for e in dataset.entries if e.split == "train"][:limit] + \
             [e for e in dataset.entries if e.split == "val"][: max(limit // 8, 1)]
@@ -91,6 +92,8 @@ def train_model(
         "n_skipped": n_skipped,
     }
     on_event("data", description)
-    trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=description, on_event=on_event,
+    recorded = {**description, "split_record": split_record(full_splits, val_fraction, test_fraction, config.seed,
+                                                            train[2])}
+    trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, on_event=on_event,
                       cluster=cluster)
     return trainer.run(resume=resume, init_from=init_from)

@@ -1,0 +1,105 @@
+"""``evaluate`` takes its split from the checkpoint and never calls trained structures validation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli, write_json_dataset
+from crystalprop.backend import set_device
+
+set_device("CPU")
+
+from crystalprop.evaluation import check_unseen, evaluate_model  # noqa: E402
+from crystalprop.model.checkpoint import read_checkpoint  # noqa: E402
+from crystalprop.model.matformer import ModelConfig  # noqa: E402
+from crystalprop.training.datasets import ids_in_packed, load_dataset, pack_ids  # noqa: E402
+from crystalprop.training.run import train_model  # noqa: E402
+from crystalprop.training.trainer import TrainConfig  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+N_DATA = 40
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """40 records without split.json: the split is random, made from the run's settings."""
+    return write_json_dataset(tmp_path_factory.mktemp("data") / "data.json", N_DATA)
+
+
+@pytest.fixture(scope="module")
+def run_dir(data, tmp_path_factory) -> Path:
+    """One epoch trained with a split other than the defaults (val 0.3, seed 5)."""
+    folder = tmp_path_factory.mktemp("run")
+    config = TrainConfig(target="y", unit="eV", epochs=1, batch_size=8, lr=5e-3, seed=5, model=ModelConfig(**TINY))
+    train_model(data, folder, config, val_fraction=0.3, workers=1)
+    return folder
+
+
+def test_packed_ids_round_trip():
+    packed = pack_ids([f"mp-{i}" for i in range(1000)])
+    assert len(packed) == 8000
+    assert ids_in_packed(["mp-5", "mp-1000", "mp-999", "other"], packed) == ["mp-5", "mp-999"]
+
+
+def test_checkpoint_records_the_split(run_dir, data):
+    card, _ = read_checkpoint(run_dir / "best.ckpt")
+    record = card.training["data"]["split_record"]
+    assert (record["seed"], record["val_fraction"], record["test_fraction"]) == (5, 0.3, 0.0)
+    dataset = load_dataset(data, "y", val_fraction=0.3, seed=5)
+    trained = [e.id for e in dataset.split("train")]
+    assert ids_in_packed([e.id for e in dataset.entries], record["trained_ids"]) == trained
+
+
+def test_evaluate_uses_the_split_of_the_run(run_dir, data):
+    card, _ = read_checkpoint(run_dir / "best.ckpt")
+    result = evaluate_model(str(run_dir), data)
+    assert result["split"] == "val" and result["n"] == 12  # 0.3 of 40, not the default 0.1
+    assert result["mae"] == pytest.approx(card.metrics["mae"], rel=1e-4)
+    assert result["split_check"] == "none trained on; the same val split as in training"
+
+
+def test_evaluate_refuses_trained_structures_as_validation(run_dir, data, tmp_path):
+    copy = shutil.copy(data, tmp_path / "data.json")
+    ids = [r["id"] for r in json.loads(Path(copy).read_text())]
+    (tmp_path / "split.json").write_text(json.dumps({"val": ids[:10]}))  # a fixed split unlike the run's
+    with pytest.raises(ValueError, match=r"of the 10 'val' structures were used to train .*--split all"):
+        evaluate_model(str(run_dir), copy, split="val")
+    assert evaluate_model(str(run_dir), copy, split="all")["n"] == N_DATA
+
+
+def test_cli_refuses_trained_structures_in_one_line(run_dir, data, tmp_path):
+    copy = shutil.copy(data, tmp_path / "data.json")
+    ids = [r["id"] for r in json.loads(Path(copy).read_text())]
+    (tmp_path / "split.json").write_text(json.dumps({"val": ids}))
+    done = run_cli(["evaluate", run_dir, copy, "--split", "val"], cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "were used to train" in done.stderr
+
+
+def test_old_checkpoint_needs_a_fixed_split(random_ckpt, data, tmp_path):
+    """A checkpoint without training ids: a random split cannot be checked, split.json is trusted."""
+    with pytest.raises(ValueError, match="records no training ids"):
+        evaluate_model(str(random_ckpt), data, split="val")
+    copy = shutil.copy(data, tmp_path / "data.json")
+    ids = [r["id"] for r in json.loads(Path(copy).read_text())]
+    (tmp_path / "split.json").write_text(json.dumps({"val": ids[:5]}))
+    result = evaluate_model(str(random_ckpt), copy, split="val")
+    assert result["n"] == 5 and result["split_check"].startswith("not verified")
+
+
+@pytest.mark.shared
+@pytest.mark.skipif(not (SHARED / "mp2018" / "split.json").is_file(), reason="needs ../shared/data")
+@pytest.mark.parametrize(("model", "folder"), [("formation_energy", "mp2018"), ("bulk_modulus", "mp2018_elastic")])
+def test_shipped_checkpoints_validate_on_their_split_json(model, folder):
+    """The shipped models predate the split record; their data's split.json still counts as validation."""
+    from crystalprop.registry import resolve_model
+
+    _, path = resolve_model(model)
+    card, _ = read_checkpoint(path)
+    dataset = load_dataset(SHARED / folder, card.target)
+    note = check_unseen(dataset.split("val"), "val", dataset, card.training, path)
+    assert note.startswith("not verified") and "split.json" in note

@@ -1,0 +1,55 @@
+"""The fused kernel library: verified before use, part of the compile cache key, harmless to the process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crystalprop import backend
+
+backend.set_device("CPU")
+
+from crystalprop.model import fused  # noqa: E402
+
+pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C++ compiler to build the fused kernels")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_damaged_library_is_rebuilt_not_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRYSTALPROP_KERNELS", str(tmp_path))
+    built = fused._compile()
+    good = built.read_bytes()
+    assert good[:4] == b"\x7fELF" and _sha256(built)[:16] in built.name
+    built.write_bytes(good[: len(good) // 2])  # e.g. a disk filled up while another process copied it
+    again = fused._compile()
+    assert again.read_bytes()[:4] == b"\x7fELF" and len(again.read_bytes()) == len(good)
+    assert _sha256(again)[:16] in again.name
+
+
+def _cache_path(monkeypatch, library: Path | None) -> str:
+    monkeypatch.setattr(fused, "_state", {"library": library})
+    monkeypatch.setattr(fused, "library", lambda: library)
+    backend.enable_compile_cache("predict", "CPU", "{}")
+    return os.environ["MS_COMPILER_CACHE_PATH"]
+
+
+def test_compile_cache_is_keyed_on_the_kernels(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRYSTALPROP_COMPILE_CACHE", "1")
+    monkeypatch.delenv("MS_COMPILER_CACHE_PATH", raising=False)
+    monkeypatch.delenv("MS_COMPILER_CACHE_ENABLE", raising=False)
+    library = fused.library()
+    other = tmp_path / library.name  # same name, other content: a rebuild with another compiler
+    other.write_bytes(library.read_bytes() + b"\0")
+    with_kernels = _cache_path(monkeypatch, library)
+    assert _cache_path(monkeypatch, library) == with_kernels
+    assert _cache_path(monkeypatch, None) != with_kernels  # CRYSTALPROP_FUSED_KERNELS=0, or no compiler
+    assert _cache_path(monkeypatch, other) not in (with_kernels, _cache_path(monkeypatch, None))

@@ -1,0 +1,106 @@
+"""``predict --resume``: a file with other columns is refused; ``--retry-failed`` redoes failed rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from pymatgen.io.cif import CifWriter
+
+from conftest import rocksalt, run_cli
+from crystalprop.output import ResultWriter, done_names, read_rows
+
+OLD = ["index", "name", "formula", "model_a", "error", "warning"]
+NEW = ["index", "name", "formula", "model_b", "error", "warning"]
+ROWS = [
+    {"index": 0, "name": "a.cif", "formula": "NaCl", "model_a": 1.5, "error": "", "warning": ""},
+    {"index": 1, "name": "b.cif", "formula": "", "model_a": None, "error": "took too long", "warning": ""},
+    {"index": 2, "name": "c.cif", "formula": "MgO", "model_a": 2.5, "error": "", "warning": "close atoms"},
+]
+SUFFIXES = [".csv", ".json", ".jsonl"]
+
+
+def _killed_file(path: Path, columns=OLD, rows=ROWS) -> None:
+    """A result file as a run killed after its rows leaves it (no closing bracket for JSON)."""
+    writer = ResultWriter(path, columns, overwrite=True)
+    writer.write(rows)
+    writer.handle.close()
+
+
+def _rows(path: Path) -> list[dict]:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    return read_rows(path)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_resume_refuses_other_columns(tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    _killed_file(out)
+    before = out.read_bytes()
+    with pytest.raises(ValueError) as refused:
+        ResultWriter(out, NEW, resume=True)
+    message = str(refused.value)
+    assert str(out) in message and "model_a" in message and "model_b" in message and "\n" not in message
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_resume_with_the_same_columns_appends(tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    _killed_file(out, rows=ROWS[:1])
+    writer = ResultWriter(out, OLD, resume=True)
+    writer.write(ROWS[1:])
+    writer.close()
+    assert [r["name"] for r in _rows(out)] == ["a.cif", "b.cif", "c.cif"]
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_retry_failed_replaces_the_failed_rows(tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    _killed_file(out)
+    assert done_names(out) == {"a.cif", "b.cif", "c.cif"}
+    assert done_names(out, retry_failed=True) == {"a.cif", "c.cif"}
+    writer = ResultWriter(out, OLD, resume=True, retry_failed=True)
+    writer.write([{**ROWS[1], "formula": "KCl", "model_a": 3.5, "error": ""}])
+    writer.close()
+    rows = _rows(out)
+    assert sorted(r["name"] for r in rows) == ["a.cif", "b.cif", "c.cif"]  # one row per structure
+    assert all(not r["error"] for r in rows)
+    by_name = {r["name"]: r for r in rows}
+    assert float(by_name["b.cif"]["model_a"]) == 3.5 and float(by_name["a.cif"]["model_a"]) == 1.5
+    assert by_name["c.cif"]["warning"] == "close atoms"
+
+
+@pytest.mark.slow
+def test_cli_resume_refuses_another_model_set(random_ckpt, shipped_dir, tmp_path):
+    CifWriter(rocksalt(5.64)).write_file(tmp_path / "a.cif")
+    CifWriter(rocksalt(4.21, "Mg", "O")).write_file(tmp_path / "b.cif")
+    first = run_cli(["predict", "a.cif", "-m", random_ckpt, "-o", "out.csv"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "out.csv").read_bytes()
+    other = run_cli(["predict", "a.cif", "b.cif", "-m", shipped_dir / "formation_energy.ckpt", "-o", "out.csv",
+                     "--resume"], cwd=tmp_path)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "cannot resume" in other.stderr and "rand" in other.stderr and "formation_energy" in other.stderr
+    assert (tmp_path / "out.csv").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_cli_retry_failed(random_ckpt, tmp_path):
+    CifWriter(rocksalt(5.64)).write_file(tmp_path / "a.cif")
+    first = run_cli(["predict", "a.cif", "b.cif", "-m", random_ckpt, "-o", "out.csv"], cwd=tmp_path)
+    assert first.returncode == 1  # b.cif does not exist yet
+    CifWriter(rocksalt(4.21, "Mg", "O")).write_file(tmp_path / "b.cif")
+    again = run_cli(["predict", "a.cif", "b.cif", "-m", random_ckpt, "-o", "out.csv", "--resume"], cwd=tmp_path)
+    assert again.returncode == 0 and "0 predicted" in again.stderr  # plain --resume counts failures as done
+    retried = run_cli(["predict", "a.cif", "b.cif", "-m", random_ckpt, "-o", "out.csv", "--resume",
+                       "--retry-failed"], cwd=tmp_path)
+    assert retried.returncode == 0, retried.stderr
+    assert "1 predicted, 0 failed" in retried.stderr
+    with open(tmp_path / "out.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(r["name"] for r in rows) == ["a.cif", "b.cif"]
+    assert all(r["error"] == "" and float(r["rand"]) for r in rows)
