@@ -66,6 +66,7 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
     from crystalprop.predictor import Predictor, ReadAhead  # noqa: PLC0415
+    from crystalprop.provenance import sidecar_path  # noqa: PLC0415
 
     part = _shard(shard)
     if workers is None and len(paths) <= 4 and all(os.path.isfile(p) for p in paths):
@@ -91,7 +92,8 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     writer = None
     if output:
         try:
-            writer = ResultWriter(output, columns, resume=resume, overwrite=overwrite, retry_failed=retry_failed)
+            writer = ResultWriter(output, columns, resume=resume, overwrite=overwrite, retry_failed=retry_failed,
+                                  provenance=predictor.provenance())
         except (OutputExistsError, ValueError) as exc:
             reader.close()
             _fail(str(exc))
@@ -124,7 +126,11 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
         _print_rows(rows_shown[:TABLE_LIMIT], predictor.columns)
         if len(rows_shown) > TABLE_LIMIT:
             console.print(f"(first {TABLE_LIMIT} shown; use --output for all)")
-    console.print(f"{n_ok} predicted, {n_failed} failed" + (f"; results in {output}" if output else ""))
+    where = ""
+    if output:
+        where = f"; results in {output}" + (f" (provenance in {sidecar_path(output)})" if output.lower().endswith(".csv")
+                                            else "")
+    console.print(f"{n_ok} predicted, {n_failed} failed{where}")
     sys.exit(0 if n_failed == 0 else 1)
 
 
@@ -195,20 +201,22 @@ def _print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:
 
 @main.command()
 def models() -> None:
-    """List the shipped models with their target, unit and validation MAE."""
+    """List the shipped models with their target, unit, validation MAE and the sha256 of their weights."""
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+    from crystalprop.provenance import file_sha256  # noqa: PLC0415
     from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415
 
     rows = []
     for name in available_models():
-        card, _ = read_checkpoint(resolve_model(name)[1])
+        path = resolve_model(name)[1]
+        card, _ = read_checkpoint(path)
         metrics = card.metrics
         mae = metrics.get("log10_mae") if card.transform.log10 else metrics.get("mae")
         mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "")
         data = card.training.get("data", {})
         rows.append([name, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
-                     str(card.training.get("cumulative_epochs", card.training.get("epochs", "")))])
-    _show_table(["name", "target", "unit", "val MAE", "trained on", "epochs"], rows,
+                     str(card.training.get("cumulative_epochs", card.training.get("epochs", ""))), file_sha256(path)])
+    _show_table(["name", "target", "unit", "val MAE", "trained on", "epochs", "sha256"], rows,
                 title=f"models in {checkpoints_dir()}")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from crystalprop.atomic import atomic_write_text
+from crystalprop.provenance import provenance, write_sidecar
 from crystalprop.training.datasets import Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset
 from crystalprop.training.graph_cache import build_graphs
 from crystalprop.training.metrics import regression_metrics
@@ -118,6 +119,7 @@ def evaluate_model(
         metrics["n_zero_targets"] = int(zero.sum())
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
               "unit": card.unit, "split": split, "split_check": split_check, "n_failed": int(sum(1 for e in errors if e)), **metrics}
+    result["provenance"] = provenance([(label, path)], cell="as-given", device=device)
     if output_dir:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +128,7 @@ def evaluate_model(
             writer.writerow(["id", "true", "predicted", "error"])
             for (entry, _), t, p in zip(kept, y, pred):
                 writer.writerow([entry.id, f"{t:.6g}", f"{p:.6g}", f"{p - t:.6g}"])
-        result["files"] = ["predictions.csv", "metrics.json"] + _plots(out, y, pred, f"{dataset.target} ({card.unit})")
+        write_sidecar(out / "predictions.csv", result["provenance"])
+        result["files"] = ["predictions.csv", "predictions.csv.meta.json", "metrics.json"] + _plots(out, y, pred, f"{dataset.target} ({card.unit})")
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
     return result

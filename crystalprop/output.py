@@ -3,6 +3,12 @@
 CSV and JSON Lines are appended and flushed batch by batch. ``.json`` is a JSON array
 written one row per line; a run killed mid-way leaves it without the closing bracket,
 which :func:`done_names` and ``--resume`` tolerate.
+
+Given a provenance record (:mod:`crystalprop.provenance`), a JSON Lines file starts with a
+line ``{"crystalprop_provenance": {...}}``, a JSON file is the object
+``{"crystalprop_provenance": {...}, "results": [rows]}`` (its first line holds the record)
+and a CSV gets the sidecar ``<file>.meta.json``. Resuming or merging results made by other
+weights or cell handling is refused.
 """
 
 from __future__ import annotations
@@ -12,6 +18,15 @@ import json
 import os
 from pathlib import Path
 from typing import IO, Sequence
+
+from crystalprop.provenance import (
+    KEY,
+    ProvenanceMismatchError,
+    describe_difference,
+    read_sidecar,
+    same_origin,
+    write_sidecar,
+)
 
 
 class OutputExistsError(FileExistsError):
@@ -53,10 +68,38 @@ def read_rows(path: Path) -> list[dict]:
             line = line.strip().rstrip(",")
             if line.startswith("{"):
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                if KEY not in row:
+                    rows.append(row)
         return rows
+
+
+def _header_line(path: Path) -> str | None:
+    """The first line of a JSON / JSON Lines result file when it holds the provenance record."""
+    if _format(path) == "csv" or not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        first = handle.readline().strip()
+    return first if first.startswith("{" + json.dumps(KEY)) else None
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """The provenance a result file records (inline or in its sidecar), or None."""
+    path = Path(path)
+    if _format(path) == "csv":
+        return read_sidecar(path)
+    header = _header_line(path)
+    if header is None:
+        return None
+    text = header if _format(path) == "jsonl" else header.removesuffix("[") + "[]}"
+    return json.loads(text)[KEY]
+
+
+def _json_opening(record: dict | None) -> str:
+    """What a JSON result file starts with: the record and the opening of its rows, or ``[``."""
+    return "[" if record is None else json.dumps({KEY: record})[:-1] + ', "results": ['
 
 
 def done_names(path: Path, *, retry_failed: bool = False) -> set[str]:
@@ -68,17 +111,11 @@ def done_names(path: Path, *, retry_failed: bool = False) -> set[str]:
 
 def file_columns(path: Path) -> list[str] | None:
     """Columns of an existing result file (CSV header, keys of the first JSON row); None if it has none."""
-    with open(path, encoding="utf-8", newline="") as handle:
-        if _format(path) == "csv":
+    if _format(path) == "csv":
+        with open(path, encoding="utf-8", newline="") as handle:
             return next(csv.reader(handle), None)
-        for line in handle:
-            line = line.strip().rstrip(",")
-            if line.startswith("{"):
-                try:
-                    return list(json.loads(line))
-                except json.JSONDecodeError:
-                    return None
-    return None
+    rows = read_rows(path)
+    return list(rows[0]) if rows else None
 
 
 def _drop_failed_rows(path: Path, columns: list[str]) -> None:
@@ -91,7 +128,12 @@ def _drop_failed_rows(path: Path, columns: list[str]) -> None:
             writer.writeheader()
             writer.writerows(kept)
         else:
-            prefix, sep = ("[\n", ",\n") if _format(path) == "json" else ("", "\n")
+            header = _header_line(path)
+            if _format(path) == "json":
+                prefix, sep = header or "[", ",\n"
+                prefix += "\n"
+            else:
+                prefix, sep = (header + "\n" if header else ""), "\n"
             body = sep.join(json.dumps({k: row.get(k) for k in columns}) for row in kept)
             handle.write(prefix + body + ("\n" if body and _format(path) == "jsonl" else ""))
     os.replace(partial, path)
@@ -107,20 +149,42 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
     if duplicated:
         raise ValueError(f"{len(duplicated)} structure(s) appear in more than one file, e.g. {duplicated[0]}")
     rows.sort(key=lambda r: int(r.get("index") or 0))  # stable: keeps block order within a file
-    writer = ResultWriter(output, list(rows[0].keys()), overwrite=overwrite)
+    writer = ResultWriter(output, list(rows[0].keys()), overwrite=overwrite, provenance=_merged_provenance(parts))
     writer.write(rows)
     writer.close()
     return len(rows)
 
 
+def _merged_provenance(parts: Sequence[str | Path]) -> dict | None:
+    """One record for shards made by the same models; refuse shards made by other weights."""
+    records = [(Path(part), read_provenance(part)) for part in parts]
+    known = [(part, record) for part, record in records if record is not None]
+    if not known:
+        return None
+    first_part, first = known[0]
+    for part, record in known[1:]:
+        if not same_origin(first, record):
+            raise ProvenanceMismatchError(
+                f"{part}: made by other weights or settings than {first_part} "
+                f"({describe_difference(first, record)}); predict all parts with the same models")
+    missing = [str(part) for part, record in records if record is None]
+    return {**first, "merged_from": [str(part) for part, _ in records],
+            **({"parts_without_provenance": missing} if missing else {})}
+
+
 class ResultWriter:
-    """Append rows to CSV / JSON / JSON Lines, flushing after every batch."""
+    """Append rows to CSV / JSON / JSON Lines, flushing after every batch.
+
+    ``provenance``: the record to keep with the rows (see the module docstring); a resumed file
+    must carry the same models' weights and cell handling.
+    """
 
     def __init__(self, path: str | Path, columns: Sequence[str], *, resume: bool = False, overwrite: bool = False,
-                 retry_failed: bool = False):
+                 retry_failed: bool = False, provenance: dict | None = None):
         self.path = Path(path)
         self.kind = _format(self.path)
         self.columns = list(columns)
+        self.provenance = provenance
         exists = self.path.is_file() and self.path.stat().st_size > 0
         if exists and not (resume or overwrite):
             raise OutputExistsError(f"{self.path} exists: use --resume to continue it or --overwrite to replace it")
@@ -128,6 +192,7 @@ class ResultWriter:
         if appending:
             drop_cut_tail(self.path)
             self._check_columns()
+            self._check_provenance()
             if retry_failed:
                 _drop_failed_rows(self.path, self.columns)
         self._rows_in_file = self._reopen_json_array() > 0 if appending and self.kind == "json" else False
@@ -136,8 +201,13 @@ class ResultWriter:
             self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, extrasaction="ignore")
             if not appending:
                 self.writer.writeheader()
-        elif self.kind == "json" and not appending:
-            self.handle.write("[\n")
+                if provenance is not None:
+                    write_sidecar(self.path, provenance)
+        elif not appending and self.kind == "json":
+            self.handle.write(_json_opening(provenance) + "\n")
+        elif not appending and provenance is not None:
+            self.handle.write(json.dumps({KEY: provenance}) + "\n")
+        self._closing = "\n]}\n" if (_header_line(self.path) if appending else provenance) else "\n]\n"
 
     def _check_columns(self) -> None:
         """Refuse to append to a file whose columns differ (e.g. written with another --model set)."""
@@ -146,17 +216,26 @@ class ResultWriter:
             raise ValueError(f"{self.path}: cannot resume, its columns ({', '.join(found)}) differ from this "
                              f"run's ({', '.join(self.columns)}); use the same --model set or another --output")
 
+    def _check_provenance(self) -> None:
+        """Refuse to append rows made by other weights or cell handling than the file's."""
+        found = read_provenance(self.path)
+        if found is not None and self.provenance is not None and not same_origin(found, self.provenance):
+            raise ProvenanceMismatchError(
+                f"{self.path}: cannot resume, it was written by other weights or settings "
+                f"({describe_difference(found, self.provenance)}); use the same models or another --output")
+
     def _reopen_json_array(self) -> int:
         """Drop a closing bracket (and a cut last line) so rows can be appended; count rows."""
         lines = self.path.read_text(encoding="utf-8").splitlines()
-        kept = [ln for ln in lines if ln.strip() not in ("]", "")]
+        header = _header_line(self.path)
+        kept = [ln for ln in lines[1 if header else 0:] if ln.strip() not in ("]", "]}", "")]
         if kept and kept[-1].strip().startswith("{"):
             try:
                 json.loads(kept[-1].strip().rstrip(","))
             except json.JSONDecodeError:
                 kept.pop()
         rows = [ln.strip().rstrip(",") for ln in kept if ln.strip().startswith("{")]
-        self.path.write_text("[\n" + ",\n".join(rows), encoding="utf-8")
+        self.path.write_text((header or "[") + "\n" + ",\n".join(rows), encoding="utf-8")
         return len(rows)
 
     def write(self, rows: Sequence[dict]) -> None:
@@ -178,5 +257,5 @@ class ResultWriter:
     def close(self) -> None:
         """Finish the file (closing bracket for JSON)."""
         if self.kind == "json":
-            self.handle.write("\n]\n")
+            self.handle.write(self._closing)
         self.handle.close()

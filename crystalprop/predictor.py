@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -221,6 +222,8 @@ class Predictor:
         if not names:
             raise ValueError(f"no model given and no shipped model found in {checkpoints_dir()}")
         loaded = [(label, path, *read_checkpoint(path)) for label, path in map(resolve_model, names)]
+        self.device = device
+        self.sources: list[tuple[str, Path]] = [(label, path) for label, path, *_ in loaded]
         configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]
         enable_compile_cache("predict", device, *sorted(set(configs)))
         nets: dict[str, Any] = {}  # configuration -> its network
@@ -252,6 +255,12 @@ class Predictor:
                              np.array([2.5, 2.9], np.float32))
         self.predict_prepared([Prepared("probe", "probe", graph=probe)])
         self._compiled = True
+
+    def provenance(self) -> dict:
+        """Where this predictor's results come from: versions, each model's weights (sha256), cells."""
+        from crystalprop.provenance import provenance  # noqa: PLC0415
+
+        return provenance(self.sources, cell="as-given", device=self.device)
 
     @property
     def columns(self) -> list[tuple[str, str]]:

@@ -1,0 +1,93 @@
+"""Where a result came from: versions, each model's weights by sha256, cell handling, date.
+
+Every result file records this, so a number can be traced to the exact weights that made
+it (a silently changed model is a lost result). JSON and JSON Lines carry it inline; a CSV
+gets a sidecar ``<file>.meta.json`` so that pandas and spreadsheets read the table as is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Sequence
+
+from crystalprop import __version__
+
+KEY = "crystalprop_provenance"
+"""The key that marks the provenance record in JSON / JSON Lines output."""
+
+
+class ProvenanceMismatchError(ValueError):
+    """Results would be joined with results made by other weights or settings."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (a shipped checkpoint hashes in about 5 ms)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-given", device: str = "CPU") -> dict:
+    """The record for results of ``models`` ((label, checkpoint path) pairs)."""
+    return {
+        "crystalprop": __version__,
+        "mindspore": _version("mindspore"),
+        "python": platform.python_version(),
+        "device": device,
+        "cell": cell,
+        "models": [{"name": label, "file": Path(path).name, "sha256": file_sha256(path)} for label, path in models],
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``results.csv`` -> ``results.csv.meta.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")
+
+
+def same_origin(old: dict, new: dict) -> bool:
+    """Whether two records describe the same models (by weights) and cell handling."""
+    def key(record: dict) -> tuple:
+        return record.get("cell"), [(m.get("name"), m.get("sha256")) for m in record.get("models", [])]
+
+    return key(old) == key(new)
+
+
+def describe_difference(old: dict, new: dict) -> str:
+    """One line saying how two records differ, for an error message."""
+    def models(record: dict) -> str:
+        return ", ".join(f"{m.get('name')} ({str(m.get('sha256'))[:12]})" for m in record.get("models", []))
+
+    if old.get("cell") != new.get("cell"):
+        return f"cell handling {old.get('cell')!r} there, {new.get('cell')!r} now"
+    return f"models {models(old) or 'none'} there, {models(new) or 'none'} now"
+
+
+def read_sidecar(path: str | Path) -> dict | None:
+    """The provenance recorded beside a CSV, or None where there is none."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    return json.loads(side.read_text(encoding="utf-8")).get(KEY)
+
+
+def write_sidecar(path: str | Path, record: dict) -> Path:
+    """Write ``<path>.meta.json`` holding ``record``."""
+    side = sidecar_path(path)
+    side.write_text(json.dumps({KEY: record}, indent=2) + "\n", encoding="utf-8")
+    return side

@@ -1,0 +1,133 @@
+"""Every result file says where it came from: versions, each model's weights (sha256), cells, date."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from pymatgen.io.cif import CifWriter
+
+import crystalprop
+from conftest import rocksalt, run_cli
+from crystalprop.output import ResultWriter, merge_results, read_provenance, read_rows
+from crystalprop.provenance import KEY, ProvenanceMismatchError, provenance, sidecar_path
+
+COLUMNS = ["index", "name", "model_a", "error", "warning"]
+ROWS = [{"index": 0, "name": "a.cif", "model_a": 1.5, "error": "", "warning": ""},
+        {"index": 1, "name": "b.cif", "model_a": None, "error": "unreadable", "warning": ""}]
+MORE = [{"index": 2, "name": "c.cif", "model_a": 2.5, "error": "", "warning": ""}]
+SUFFIXES = [".csv", ".json", ".jsonl"]
+
+
+@pytest.fixture
+def weights(tmp_path) -> tuple[Path, Path]:
+    """Two 'checkpoints' with different bytes."""
+    one, two = tmp_path / "one.ckpt", tmp_path / "two.ckpt"
+    one.write_bytes(b"weights one")
+    two.write_bytes(b"weights two")
+    return one, two
+
+
+def _write(path: Path, record: dict, rows=ROWS, *, resume=False, finish=True) -> None:
+    writer = ResultWriter(path, COLUMNS, resume=resume, provenance=record)
+    writer.write(rows)
+    if finish:
+        writer.close()
+    else:
+        writer.handle.close()  # as a killed run leaves it
+
+
+def test_record_names_versions_weights_cells_and_date(weights):
+    record = provenance([("model_a", weights[0])], cell="canonical")
+    assert record["crystalprop"] == crystalprop.__version__
+    assert record["mindspore"] == metadata.version("mindspore")
+    assert record["models"] == [{"name": "model_a", "file": "one.ckpt",
+                                 "sha256": hashlib.sha256(b"weights one").hexdigest()}]
+    assert record["cell"] == "canonical" and record["created"][:2] == "20"
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_each_format_carries_the_record_and_stays_loadable(tmp_path, weights, suffix):
+    out = tmp_path / f"out{suffix}"
+    record = provenance([("model_a", weights[0])])
+    _write(out, record)
+    assert read_provenance(out) == record
+    assert [r["name"] for r in read_rows(out)] == ["a.cif", "b.cif"]
+    if suffix == ".csv":
+        with open(out, newline="") as handle:
+            assert next(csv.reader(handle)) == COLUMNS  # the table itself is untouched
+        assert json.loads(sidecar_path(out).read_text())[KEY] == record
+    elif suffix == ".json":
+        document = json.loads(out.read_text())
+        assert document[KEY] == record and [r["name"] for r in document["results"]] == ["a.cif", "b.cif"]
+    else:
+        first, *rest = [json.loads(line) for line in out.read_text().splitlines()]
+        assert first == {KEY: record} and len(rest) == 2
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_resume_keeps_the_record_and_the_file_valid(tmp_path, weights, suffix):
+    out = tmp_path / f"out{suffix}"
+    record = provenance([("model_a", weights[0])])
+    _write(out, record, finish=False)
+    _write(out, provenance([("model_a", weights[0])]), MORE, resume=True)
+    assert [r["name"] for r in read_rows(out)] == ["a.cif", "b.cif", "c.cif"]
+    assert read_provenance(out)["models"] == record["models"]
+    if suffix == ".json":
+        assert len(json.loads(out.read_text())["results"]) == 3
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_resume_with_other_weights_is_refused(tmp_path, weights, suffix):
+    out = tmp_path / f"out{suffix}"
+    _write(out, provenance([("model_a", weights[0])]), finish=False)
+    before = out.read_bytes()
+    with pytest.raises(ProvenanceMismatchError) as refused:
+        ResultWriter(out, COLUMNS, resume=True, provenance=provenance([("model_a", weights[1])]))
+    assert str(out) in str(refused.value) and "model_a" in str(refused.value)
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_retry_failed_keeps_the_record(tmp_path, weights, suffix):
+    out = tmp_path / f"out{suffix}"
+    record = provenance([("model_a", weights[0])])
+    _write(out, record)
+    writer = ResultWriter(out, COLUMNS, resume=True, retry_failed=True, provenance=record)
+    writer.write([{"index": 1, "name": "b.cif", "model_a": 0.5, "error": "", "warning": ""}])
+    writer.close()
+    assert read_provenance(out)["models"] == record["models"]
+    assert [(r["name"], r["model_a"]) for r in read_rows(out)] == [("a.cif", 1.5), ("b.cif", 0.5)]
+
+
+def test_merge_joins_shards_of_the_same_models_and_refuses_others(tmp_path, weights):
+    one, two, other = tmp_path / "p1.jsonl", tmp_path / "p2.csv", tmp_path / "p3.csv"
+    _write(one, provenance([("model_a", weights[0])]), ROWS[:1])
+    _write(two, provenance([("model_a", weights[0])]), ROWS[1:])
+    _write(other, provenance([("model_a", weights[1])]), MORE)
+    merge_results(tmp_path / "all.json", [one, two])
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert merged[KEY]["models"][0]["sha256"] == hashlib.sha256(b"weights one").hexdigest()
+    assert merged[KEY]["merged_from"] == [str(one), str(two)] and len(merged["results"]) == 2
+    with pytest.raises(ProvenanceMismatchError, match="p3.csv"):
+        merge_results(tmp_path / "bad.csv", [one, other])
+
+
+@pytest.mark.slow
+def test_cli_outputs_and_models_show_the_weights_hash(tmp_path, random_ckpt, shipped_dir):
+    CifWriter(rocksalt(5.64)).write_file(tmp_path / "nacl.cif")
+    result = run_cli(["predict", "nacl.cif", "-m", random_ckpt, "-o", "out.jsonl"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = read_provenance(tmp_path / "out.jsonl")
+    assert record["models"] == [{"name": "rand", "file": "rand.ckpt",
+                                 "sha256": hashlib.sha256(random_ckpt.read_bytes()).hexdigest()}]
+    assert record["mindspore"] and record["crystalprop"] == crystalprop.__version__
+    csv_run = run_cli(["predict", "nacl.cif", "-m", random_ckpt, "-o", "out.csv"], cwd=tmp_path)
+    assert csv_run.returncode == 0 and "out.csv.meta.json" in csv_run.stdout + csv_run.stderr
+    assert read_provenance(tmp_path / "out.csv") is not None
+    listed = run_cli(["models"], env={"CRYSTALPROP_CHECKPOINTS": str(shipped_dir), "COLUMNS": "300"})
+    assert hashlib.sha256((shipped_dir / "formation_energy.ckpt").read_bytes()).hexdigest() in listed.stdout
