@@ -88,7 +88,7 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     if predictor.settings != reader.settings:  # a user model built with other settings: read again
         reader.close()
         reader = start_reading(predictor.settings)
-    columns = ["index", "name", "source", "formula", "n_sites"] + [label for label, _ in predictor.columns] + ["error", "warning"]
+    columns = ["index", "name", "source", "formula", "n_sites", *predictor.value_columns, "error", "warning"]
     writer = None
     if output:
         try:
@@ -191,10 +191,18 @@ def _show_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right:
         click.echo(line)
 
 
+def _value_text(row: dict, label: str) -> str:
+    """A prediction as text, with ``± σ`` where the model is an ensemble."""
+    if row[label] is None:
+        return ""
+    std = row.get(f"{label}_std")
+    return f"{row[label]:.4g}" + ("" if std is None else f" ± {std:.2g}")
+
+
 def _print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:
     headers = ["structure", "formula", "sites"] + [f"{label} ({unit})" if unit else label for label, unit in columns]
     cells = [[row["name"], row["formula"], str(row["n_sites"] or "")]
-             + ["" if row[label] is None else f"{row[label]:.4g}" for label, _ in columns]
+             + [_value_text(row, label) for label, _ in columns]
              + [row["error"] or row["warning"]] for row in rows]
     _show_table(headers + ["note"], cells, right=range(3, 3 + len(columns)))
 
@@ -511,6 +519,17 @@ class _TrainDisplay:
             console.print(f"{kind}: {info}" if info else "stopping after this step (Ctrl-C again to force)")
 
 
+METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "mae_zero_targets",
+               "mae_nonzero_targets", "n_zero_targets", "n_failed", "sigma_spearman", "within_1sigma",
+               "within_2sigma", "mean_sigma", "sigma_scale")
+
+
+def _add_metric_rows(table: Table, result: dict) -> None:
+    for key in METRIC_KEYS:
+        if key in result:
+            table.add_row(key, f"{result[key]:.4g}" if isinstance(result[key], float) else str(result[key]))
+
+
 @main.command()
 @click.argument("model")
 @click.argument("data", type=click.Path(exists=True))
@@ -538,14 +557,40 @@ def evaluate(model, data, target, split, output_dir, batch_size, id_column, stru
     table = Table(title=f"{result['model']} on {result['data']} ({result['split']}, n = {result['n']})")
     table.add_column("metric")
     table.add_column(f"value ({result['unit']})" if result["unit"] else "value", justify="right")
-    for key in ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "mae_zero_targets",
-                "mae_nonzero_targets", "n_zero_targets", "n_failed"):
-        if key in result:
-            table.add_row(key, f"{result[key]:.4g}" if isinstance(result[key], float) else str(result[key]))
+    _add_metric_rows(table, result)
     out.print(table)
     console.print(f"{result['split']} split checked against the training data: {result['split_check']}", highlight=False)
     if output_dir:
         console.print(f"files in {output_dir}: {', '.join(result['files'])}")
+
+
+@main.command()
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.argument("members", nargs=-1, required=True)
+@click.option("--data", required=True, type=click.Path(exists=True),
+              help="Labelled data set the members were trained on; its --split calibrates σ.")
+@click.option("--split", default="val", show_default=True, help="Split that calibrates σ (never one trained on).")
+@click.option("--batch-size", default=128, show_default=True)
+def ensemble(output, members, data, split, batch_size) -> None:
+    """Join MEMBERS (checkpoints or run dirs of one target, architecture and split, e.g. other
+    seeds) into one ensemble OUTPUT.ckpt: predictions are the members' mean, with a σ per
+    structure from their spread, scaled to match the errors on DATA's validation split."""
+    from crystalprop.evaluation import join_ensemble  # noqa: PLC0415
+    from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
+    from crystalprop.training.datasets import DatasetError  # noqa: PLC0415
+
+    try:
+        with console.status("calibrating"):
+            result = join_ensemble(members, output, data, split=split, batch_size=batch_size)
+    except (CheckpointError, DatasetError, ValueError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"ensemble of {result['members']} on {data} ({split}, n = {result['n']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    _add_metric_rows(table, result)
+    out.print(table)
+    maes = ", ".join(f"{m:.4g}" for m in result["member_maes"])
+    console.print(f"members' MAE: {maes}; written to {output}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -5,14 +5,16 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from crystalprop.atomic import atomic_write_text
-from crystalprop.provenance import provenance, write_sidecar
+from crystalprop.model.ensemble import combine
+from crystalprop.provenance import file_sha256, provenance, write_sidecar
 from crystalprop.training.datasets import Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset
 from crystalprop.training.graph_cache import build_graphs
-from crystalprop.training.metrics import regression_metrics
+from crystalprop.training.metrics import coverage_curve, regression_metrics, uncertainty_metrics
 
 ZERO_FRACTION_FOR_SPLIT_METRICS = 0.1  # e.g. band gaps: report metals and gapped apart
 
@@ -42,6 +44,26 @@ def _plots(out: Path, y: np.ndarray, p: np.ndarray, label: str) -> list[str]:
     fig.savefig(out / "error_histogram.png", dpi=120)
     plt.close(fig)
     return ["parity.png", "error_histogram.png"]
+
+
+def _calibration_plot(out: Path, y: np.ndarray, p: np.ndarray, std: np.ndarray, label: str) -> str:
+    """Expected against observed coverage of the central Gaussian intervals ± z·σ."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    expected, observed = coverage_curve(y, p, std)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(expected, observed, "o-", ms=3)
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_xlabel("expected coverage (Gaussian interval from σ)")
+    ax.set_ylabel("observed coverage")
+    ax.set_title(f"calibration of σ, {label}, n = {len(y)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "calibration.png", dpi=120)
+    plt.close(fig)
+    return "calibration.png"
 
 
 def _split_settings(training: dict) -> dict:
@@ -76,27 +98,8 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
     return f"not verified (checkpoint records no training ids); split from {dataset.split_source}"
 
 
-def evaluate_model(
-    model: str,
-    data: str | Path,
-    *,
-    target: str | None = None,
-    split: str | None = None,
-    output_dir: str | Path | None = None,
-    batch_size: int = 128,
-    id_column: str | None = None,
-    structure_column: str | None = None,
-    device: str = "CPU",
-) -> dict:
-    """Metrics of ``model`` on one split (default: test if the data has one, else val)."""
-    from crystalprop.backend import set_device  # noqa: PLC0415
-    from crystalprop.model.checkpoint import load_model  # noqa: PLC0415
-    from crystalprop.model.inference import predict_graphs  # noqa: PLC0415
-    from crystalprop.registry import resolve_model  # noqa: PLC0415
-
-    set_device(device)
-    label, path = resolve_model(model)
-    net, card = load_model(path)
+def _split_for(card, data, target, split, path, id_column, structure_column):
+    """The labelled structures of one split that the model is evaluated on, with their graphs."""
     dataset = load_dataset(data, target or card.target, id_column=id_column, structure_column=structure_column,
                            **_split_settings(card.training))
     if split is None:
@@ -107,8 +110,26 @@ def evaluate_model(
     split_check = check_unseen(entries, split, dataset, card.training, path)
     graphs, errors = build_graphs(entries, card.graph)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
-    y = np.array([e.target for e, _ in kept])
-    pred = card.transform.physical(predict_graphs(net, [g for _, g in kept], batch_size))
+    return dataset, split, split_check, kept, int(sum(1 for e in errors if e))
+
+
+def _member_outputs(checkpoints: Sequence[tuple[object, dict, Path]], graphs: list, batch_size: int) -> np.ndarray:
+    """Normalised outputs (members × structures) of every member of the given (card, params,
+    path) checkpoints, which share one architecture: one network, compiled once, swaps weights."""
+    from crystalprop.model.checkpoint import build_model, load_weights  # noqa: PLC0415
+    from crystalprop.model.ensemble import member_params  # noqa: PLC0415
+    from crystalprop.model.inference import predict_graphs  # noqa: PLC0415
+
+    net = build_model(*checkpoints[0])
+    outputs = []
+    for card, params, path in checkpoints:
+        for member in member_params(card, params):
+            load_weights(net, member, path)
+            outputs.append(predict_graphs(net, graphs, batch_size))
+    return np.stack(outputs)
+
+
+def _error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:
     metrics = regression_metrics(y, pred)
     if card.transform.log10 and (y > 0).all():
         metrics.update({f"log10_{k}": v for k, v in regression_metrics(np.log10(y), np.log10(pred)).items() if k != "n"})
@@ -117,18 +138,105 @@ def evaluate_model(
         metrics["mae_zero_targets"] = float(np.mean(np.abs(pred[zero] - y[zero])))
         metrics["mae_nonzero_targets"] = float(np.mean(np.abs(pred[~zero] - y[~zero])))
         metrics["n_zero_targets"] = int(zero.sum())
+    return metrics
+
+
+def evaluate_model(
+    model: str | Path,
+    data: str | Path,
+    *,
+    target: str | None = None,
+    split: str | None = None,
+    output_dir: str | Path | None = None,
+    batch_size: int = 128,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+    device: str = "CPU",
+) -> dict:
+    """Metrics of ``model`` on one split (default: test if the data has one, else val); for an
+    ensemble also how well its σ tells the size of its errors."""
+    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+    from crystalprop.registry import resolve_model  # noqa: PLC0415
+
+    set_device(device)
+    label, path = resolve_model(model)
+    card, params = read_checkpoint(path)
+    dataset, split, split_check, kept, n_failed = _split_for(card, data, target, split, path, id_column,
+                                                             structure_column)
+    y = np.array([e.target for e, _ in kept])
+    outputs = _member_outputs([(card, params, path)], [g for _, g in kept], batch_size)
+    combined = combine(outputs, card.transform, card.ensemble.get("sigma_scale", 1.0))
+    pred, std = combined.value, combined.std
+    metrics = _error_metrics(card, y, pred)
+    if std is not None:
+        metrics.update(uncertainty_metrics(y, pred, std))
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
-              "unit": card.unit, "split": split, "split_check": split_check, "n_failed": int(sum(1 for e in errors if e)), **metrics}
+              "unit": card.unit, "split": split, "split_check": split_check, "n_failed": n_failed, **metrics}
     result["provenance"] = provenance([(label, path)], cell="as-given", device=device)
     if output_dir:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "predictions.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["id", "true", "predicted", "error"])
-            for (entry, _), t, p in zip(kept, y, pred):
-                writer.writerow([entry.id, f"{t:.6g}", f"{p:.6g}", f"{p - t:.6g}"])
+            writer.writerow(["id", "true", "predicted", "error"] + (["std"] if std is not None else []))
+            for k, ((entry, _), t, p) in enumerate(zip(kept, y, pred)):
+                writer.writerow([entry.id, f"{t:.6g}", f"{p:.6g}", f"{p - t:.6g}"]
+                                + ([f"{std[k]:.6g}"] if std is not None else []))
         write_sidecar(out / "predictions.csv", result["provenance"])
-        result["files"] = ["predictions.csv", "predictions.csv.meta.json", "metrics.json"] + _plots(out, y, pred, f"{dataset.target} ({card.unit})")
+        label_text = f"{dataset.target} ({card.unit})"
+        result["files"] = ["predictions.csv", "predictions.csv.meta.json", "metrics.json"] + _plots(out, y, pred, label_text)
+        if std is not None:
+            result["files"].append(_calibration_plot(out, y, pred, std, label_text))
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
     return result
+
+
+def join_ensemble(
+    members: Sequence[str | Path],
+    output: str | Path,
+    data: str | Path,
+    *,
+    split: str = "val",
+    batch_size: int = 128,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+    device: str = "CPU",
+) -> dict:
+    """Join independently trained members into one ensemble checkpoint whose σ is calibrated
+    on ``split`` of ``data``; returns the ensemble's metrics on that split."""
+    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
+    from crystalprop.model.ensemble import calibration_scale, check_compatible  # noqa: PLC0415
+    from crystalprop.registry import resolve_model  # noqa: PLC0415
+
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two members")
+    set_device(device)
+    paths = [resolve_model(m)[1] for m in members]
+    loaded = [read_checkpoint(p) for p in paths]
+    cards = [card for card, _ in loaded]
+    check_compatible(cards, paths)
+    first = cards[0]
+    _, split, split_check, kept, _ = _split_for(first, data, None, split, paths[0], id_column, structure_column)
+    for card, path in zip(cards[1:], paths[1:]):
+        check_unseen([e for e, _ in kept], split, load_dataset(data, first.target, id_column=id_column,
+                     structure_column=structure_column, **_split_settings(card.training)), card.training, path)
+    graphs = [g for _, g in kept]
+    y = np.array([e.target for e, _ in kept])
+    outputs = _member_outputs([(card, params, path) for (card, params), path in zip(loaded, paths)], graphs,
+                              batch_size)
+    raw = combine(outputs, first.transform)
+    scale = calibration_scale(raw.value - y, raw.std)
+    calibrated = combine(outputs, first.transform, scale)
+    metrics = {**_error_metrics(first, y, calibrated.value), **uncertainty_metrics(y, calibrated.value, calibrated.std)}
+    member_maes = [float(np.mean(np.abs(first.transform.physical(z) - y))) for z in outputs]
+    first.ensemble = {
+        "members": len(paths), "sigma_scale": scale,
+        "calibrated_on": {"data": str(data), "split": split, "n": int(len(y)), "split_check": split_check},
+        "member_files": [{"file": p.name, "sha256": file_sha256(p), f"{split}_mae": mae}
+                         for p, mae in zip(paths, member_maes)],
+    }
+    first.metrics = metrics
+    save_ensemble(output, first, [params for _, params in loaded])
+    return {"output": str(output), "split": split, "member_maes": member_maes, **first.ensemble, **metrics}

@@ -215,6 +215,7 @@ class Predictor:
     def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU") -> None:
         from crystalprop.backend import enable_compile_cache, set_device  # noqa: PLC0415  (lazy: MindSpore)
         from crystalprop.model.checkpoint import build_model, read_checkpoint, weight_set  # noqa: PLC0415
+        from crystalprop.model.ensemble import member_params  # noqa: PLC0415
         from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415
 
         set_device(device)
@@ -227,14 +228,15 @@ class Predictor:
         configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]
         enable_compile_cache("predict", device, *sorted(set(configs)))
         nets: dict[str, Any] = {}  # configuration -> its network
-        self._holding: dict[int, str] = {}  # network -> the model whose weights it holds now
-        self.models: list[tuple[str, Any, Any, list]] = []  # (label, network, card, weights)
+        self._holding: dict[int, tuple[str, int]] = {}  # network -> (model, member) whose weights it holds
+        self.models: list[tuple[str, Any, Any, list]] = []  # (label, network, card, weights of each member)
         for (label, path, card, params), config in zip(loaded, configs):
             if config not in nets:
                 nets[config] = build_model(card, params, path)
                 nets[config].declare_dynamic_inputs()
-                self._holding[id(nets[config])] = label
-            self.models.append((label, nets[config], card, weight_set(nets[config], params, path)))
+                self._holding[id(nets[config])] = (label, 0)
+            members = [weight_set(nets[config], p, path) for p in member_params(card, params)]
+            self.models.append((label, nets[config], card, members))
         settings = {card.graph for _, _, card, _ in self.models}
         if len(settings) != 1:
             raise ValueError("these models use different graph settings; predict with them separately")
@@ -263,6 +265,12 @@ class Predictor:
         return provenance(self.sources, cell="as-given", device=self.device)
 
     @property
+    def value_columns(self) -> list[str]:
+        """Result columns: each model's label, followed by ``<label>_std`` for an ensemble."""
+        return [column for label, _, card, _ in self.models
+                for column in ([label, f"{label}_std"] if card.ensemble else [label])]
+
+    @property
     def columns(self) -> list[tuple[str, str]]:
         """(model label, unit) per output column."""
         return [(label, card.unit) for label, _, card, _ in self.models]
@@ -273,22 +281,31 @@ class Predictor:
         from crystalprop.model.checkpoint import assign_weights  # noqa: PLC0415
         from crystalprop.model.inference import batch_tensors  # noqa: PLC0415
 
+        from crystalprop.model.ensemble import combine  # noqa: PLC0415
+
         good = [p for p in batch if p.graph is not None]
         values: dict[str, np.ndarray] = {}
         if good:
             tensors = batch_tensors(collate([p.graph for p in good]))
-            for label, net, card, weights in self.models:
-                if self._holding[id(net)] != label:
-                    assign_weights(net, weights)
-                    self._holding[id(net)] = label
-                values[label] = card.transform.physical(net(*tensors).asnumpy().reshape(-1))
+            for label, net, card, members in self.models:
+                outputs = []
+                for k, weights in enumerate(members):
+                    if self._holding[id(net)] != (label, k):
+                        assign_weights(net, weights)
+                        self._holding[id(net)] = (label, k)
+                    outputs.append(net(*tensors).asnumpy().reshape(-1))
+                combined = combine(np.stack(outputs), card.transform, card.ensemble.get("sigma_scale", 1.0))
+                values[label] = combined.value
+                if combined.std is not None:
+                    values[f"{label}_std"] = combined.std
         rows, k = [], 0
         for item in batch:
             row = {"index": item.index, "name": item.name, "source": item.source, "formula": item.formula,
                    "n_sites": item.n_sites}
             notes = list(item.warnings)
-            for label, *_ in self.models:
+            for label in self.value_columns:
                 row[label] = float(values[label][k]) if item.graph is not None else None
+            for label, *_ in self.models:
                 unseen = self._unseen_elements(label, item)
                 if unseen:
                     notes.append(f"{label}: element(s) {', '.join(unseen)} absent from its training data")

@@ -23,7 +23,9 @@ from crystalprop.graph.neighbors import GraphSettings
 from crystalprop.model.matformer import Matformer, ModelConfig
 
 METADATA_KEY = "crystalprop_metadata"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Newest metadata format read; ensembles are written as 2 (older crystalprop then asks for an
+upgrade instead of failing on their member-prefixed weights), single models still as 1."""
 
 
 class CheckpointError(ValueError):
@@ -70,12 +72,14 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     elements: list[str] = field(default_factory=list)
     version: str = __version__
+    ensemble: dict[str, Any] = field(default_factory=dict)
+    """For an ensemble checkpoint: ``members`` (count), ``sigma_scale`` and the calibration record."""
 
     def to_json(self) -> str:
         """Serialise for the checkpoint's metadata entry."""
         return json.dumps(
             {
-                "format": FORMAT_VERSION,
+                "format": 2 if self.ensemble else 1,
                 "crystalprop_version": self.version,
                 "name": self.name,
                 "description": self.description,
@@ -87,6 +91,7 @@ class ModelCard:
                 "training": self.training,
                 "metrics": self.metrics,
                 "elements": self.elements,
+                **({"ensemble": self.ensemble} if self.ensemble else {}),
             }
         )
 
@@ -110,6 +115,7 @@ class ModelCard:
             metrics=raw.get("metrics", {}),
             elements=raw.get("elements", []),
             version=raw.get("crystalprop_version", ""),
+            ensemble=raw.get("ensemble", {}),
         )
 
 
@@ -121,6 +127,16 @@ def save_checkpoint(path: str | Path, net: Matformer, card: ModelCard, extra: di
     if extra:
         params += [{"name": k, "data": v} for k, v in extra.items()]
     atomic_write(Path(path), lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict=append))
+
+
+def save_ensemble(path: str | Path, card: ModelCard, members: list[dict[str, Any]]) -> None:
+    """Write the members' weights (``member{k}.<name>``) and the ensemble's card atomically."""
+    from crystalprop.model.ensemble import member_key  # noqa: PLC0415  (ensemble builds on this module)
+
+    ms = mindspore_module()
+    params = [{"name": member_key(k, name), "data": ms.Tensor(value.asnumpy())}
+              for k, member in enumerate(members) for name, value in member.items()]
+    atomic_write(Path(path), lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict={METADATA_KEY: card.to_json()}))
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, Any]]:
@@ -184,15 +200,17 @@ def load_model(path: str | Path) -> tuple[Matformer, ModelCard]:
 
 
 def build_model(card: ModelCard, params: dict[str, Any], path: str | Path) -> Matformer:
-    """The network of ``card`` with ``params`` loaded (inference mode).
+    """The network of ``card`` with ``params`` (an ensemble's first member) loaded (inference mode).
 
     Parameters are not randomly initialised first (0.25 s per network): ``load_weights``
     fills every one of them or raises.
     """
     from mindspore.nn.utils import no_init_parameters  # noqa: PLC0415  (MindSpore is imported lazily)
 
+    from crystalprop.model.ensemble import member_params  # noqa: PLC0415  (ensemble builds on this module)
+
     with no_init_parameters():
         net = Matformer(card.model)
-    load_weights(net, params, path)
+    load_weights(net, member_params(card, params)[0], path)
     net.set_train(False)
     return net

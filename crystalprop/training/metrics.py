@@ -20,3 +20,30 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
         "r2": float(1.0 - np.sum(err**2) / variance) if variance > 0 else float("nan"),
         "max_error": float(np.max(np.abs(err))),
     }
+
+
+def uncertainty_metrics(y_true: np.ndarray, y_pred: np.ndarray, std: np.ndarray) -> dict[str, float]:
+    """How well σ tells the size of the error: Spearman(σ, |error|), the fraction of errors
+    within σ and 2σ (68 % and 95 % for well-calibrated Gaussian errors), and the mean σ."""
+    from scipy.stats import spearmanr  # noqa: PLC0415  (scipy comes with pymatgen)
+
+    err = np.abs(np.asarray(y_pred, np.float64) - np.asarray(y_true, np.float64))
+    std = np.asarray(std, np.float64)
+    return {
+        "sigma_spearman": float(spearmanr(std, err).statistic) if err.size > 1 else float("nan"),
+        "within_1sigma": float(np.mean(err <= std)),
+        "within_2sigma": float(np.mean(err <= 2 * std)),
+        "mean_sigma": float(np.mean(std)),
+    }
+
+
+def coverage_curve(y_true: np.ndarray, y_pred: np.ndarray, std: np.ndarray,
+                   levels: int = 19) -> tuple[np.ndarray, np.ndarray]:
+    """(expected, observed) coverage of the central Gaussian intervals ± z·σ at 5 %, 10 %, ..., 95 %."""
+    from scipy.stats import norm  # noqa: PLC0415
+
+    expected = np.linspace(0.05, 0.95, levels)
+    z = norm.ppf(0.5 + expected / 2)
+    err = np.abs(np.asarray(y_pred, np.float64) - np.asarray(y_true, np.float64))
+    observed = np.array([np.mean(err <= zi * np.asarray(std)) for zi in z])
+    return expected, observed

@@ -1,0 +1,122 @@
+"""Ensembles: members joined into one checkpoint, predictions with a calibrated σ."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from pymatgen.io.cif import CifWriter
+
+from conftest import _random_checkpoint, make_structures, rocksalt, run_cli, synthetic_target
+from crystalprop.model.checkpoint import CheckpointError, read_checkpoint
+from crystalprop.training.metrics import coverage_curve, uncertainty_metrics
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("members")
+    return [_random_checkpoint(folder / f"m{k}.ckpt", "y", "eV", seed=10 + k) for k in range(3)]
+
+
+@pytest.fixture(scope="module")
+def split_data(tmp_path_factory):
+    """40 labelled tiny crystals with a fixed split (every fourth in val)."""
+    path = tmp_path_factory.mktemp("data") / "data.json"
+    records = [{"id": name, "structure": s.as_dict(), "y": synthetic_target(s), "split": "val" if k % 4 == 0 else "train"}
+               for k, (name, s) in enumerate(make_structures(40))]
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def joined(members, split_data, tmp_path_factory):
+    from crystalprop.evaluation import join_ensemble
+
+    out = tmp_path_factory.mktemp("ens") / "ens.ckpt"
+    result = join_ensemble(members, out, split_data)
+    return out, result
+
+
+def test_uncertainty_metrics_on_known_numbers():
+    y = np.zeros(4)
+    pred = np.array([0.1, -0.3, 0.7, 2.0])
+    std = np.array([0.2, 0.2, 0.3, 1.5])
+    got = uncertainty_metrics(y, pred, std)
+    assert got["within_1sigma"] == 0.25 and got["within_2sigma"] == 0.75
+    assert got["sigma_spearman"] == pytest.approx(0.9486833, rel=1e-6)
+    expected, observed = coverage_curve(y, pred, std)
+    assert expected[0] == pytest.approx(0.05) and expected[-1] == pytest.approx(0.95)
+    assert np.all(np.diff(observed) >= 0)
+
+
+def test_join_stores_members_and_a_scale_that_calibrates_the_split(joined, members):
+    out, result = joined
+    card, params = read_checkpoint(out)
+    assert card.ensemble["members"] == 3 and len(params) == 3 * len(read_checkpoint(members[0])[1])
+    assert result["n"] == 10 and result["split"] == "val"
+    scale = card.ensemble["sigma_scale"]
+    assert scale > 0 and card.ensemble["member_files"][1]["file"] == "m1.ckpt"
+    assert 0 <= result["within_1sigma"] <= 1 and "sigma_spearman" in result
+
+
+def test_ensemble_prediction_is_the_members_mean_with_their_scaled_spread(joined, members):
+    import crystalprop
+
+    out, _ = joined
+    scale = read_checkpoint(out)[0].ensemble["sigma_scale"]
+    structures = [s for _, s in make_structures(6)]
+    alone = np.array([[row["m" + str(k)] for row in crystalprop.predict(structures, str(m))]
+                      for k, m in enumerate(members)])
+    rows = crystalprop.predict(structures, str(out))
+    value = np.array([row["ens"] for row in rows])
+    std = np.array([row["ens_std"] for row in rows])
+    np.testing.assert_allclose(value, alone.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(std, alone.std(axis=0, ddof=1) * scale, rtol=1e-4)
+    assert np.all(std > 0)
+
+
+def test_single_model_rows_have_no_std_column(members):
+    import crystalprop
+
+    rows = crystalprop.predict([rocksalt(5.6)], str(members[0]))
+    assert "m0_std" not in rows[0]
+
+
+def test_evaluate_reports_sigma_quality_and_draws_the_calibration_plot(joined, split_data, tmp_path):
+    from crystalprop.evaluation import evaluate_model
+
+    out, joined_result = joined
+    result = evaluate_model(out, split_data, split="val", output_dir=tmp_path)
+    assert result["mae"] == pytest.approx(joined_result["mae"], rel=1e-6)
+    for key in ("sigma_spearman", "within_1sigma", "within_2sigma", "mean_sigma"):
+        assert key in result
+    assert (tmp_path / "calibration.png").stat().st_size > 0
+    with open(tmp_path / "predictions.csv", newline="") as handle:
+        assert next(csv.reader(handle)) == ["id", "true", "predicted", "error", "std"]
+
+
+def test_members_of_another_target_are_refused(members, split_data, tmp_path):
+    from crystalprop.evaluation import join_ensemble
+
+    other = _random_checkpoint(tmp_path / "other.ckpt", "z", "eV", seed=3)
+    with pytest.raises(CheckpointError, match="target"):
+        join_ensemble([members[0], other], tmp_path / "bad.ckpt", split_data)
+    with pytest.raises(ValueError, match="at least two"):
+        join_ensemble([members[0]], tmp_path / "bad.ckpt", split_data)
+
+
+@pytest.mark.slow
+def test_cli_joins_and_predicts_with_sigma(members, split_data, tmp_path):
+    joined_run = run_cli(["ensemble", tmp_path / "e.ckpt", *members, "--data", split_data])
+    assert joined_run.returncode == 0, joined_run.stderr
+    assert "sigma_spearman" in joined_run.stdout
+    CifWriter(rocksalt(5.64)).write_file(tmp_path / "nacl.cif")
+    result = run_cli(["predict", "nacl.cif", "-m", tmp_path / "e.ckpt", "-o", "out.csv"], cwd=tmp_path,
+                     env={"COLUMNS": "300"})
+    assert result.returncode == 0, result.stderr
+    assert "±" in result.stdout
+    with open(tmp_path / "out.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert float(row["e_std"]) > 0
