@@ -294,9 +294,12 @@ def inspect(paths, recursive, as_json, cutoff, neighbors) -> None:
 @click.option("--graph-workers", default=None, type=int, help="Graph-building processes (default: all cores).")
 @click.option("--threads", default=None, type=int, help="MindSpore CPU threads per training process.")
 @click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"], case_sensitive=False))
+@click.option("--ensemble", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Train N members (seeds --seed, --seed+1, ...; one split) in OUTPUT_DIR/member<k>, then join "
+                   "them into OUTPUT_DIR/best.ckpt with σ calibrated on the validation split.")
 def train(data, target, unit, output_dir, epochs, batch_size, lr, weight_decay, schedule, loss, log10, floor, layers,
           features, heads, fc_features, patience, max_time, seed, val_fraction, test_fraction, id_column,
-          structure_column, resume, init_from, limit, workers, graph_workers, threads, device) -> None:
+          structure_column, resume, init_from, limit, workers, graph_workers, threads, device, ensemble) -> None:
     """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, or a CSV with structures).
 
     Ctrl-C (or SIGTERM) stops after the current step and saves last.ckpt; --resume continues.
@@ -311,10 +314,10 @@ def train(data, target, unit, output_dir, epochs, batch_size, lr, weight_decay, 
     if serves_cluster():  # msrun's scheduler process runs this command too: it only coordinates
         join_cluster()
         return
-    if resume and not (Path(output_dir) / "last.ckpt").is_file():
-        _fail(f"{output_dir}: nothing to resume (no last.ckpt)")
-    if not resume and (Path(output_dir) / "last.ckpt").is_file():
-        _fail(f"{output_dir} already holds a run: add --resume to continue it, or choose another --output-dir")
+    if ensemble > 1 and workers > 1:
+        _fail("--ensemble trains its members one after another: use it without --workers")
+    if ensemble == 1:
+        _check_run_dir(Path(output_dir), resume)
     job = {
         "config": dict(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
@@ -326,11 +329,52 @@ def train(data, target, unit, output_dir, epochs, batch_size, lr, weight_decay, 
         "threads": threads,
         "device": device,
     }
+    if ensemble > 1:
+        _train_ensemble(job, ensemble)
+        return
     kind, payload = _run_training_child(job)
     if kind == "error":
         _fail(payload)
     console.print(f"[bold]{payload['stopped_because']}[/]: best validation MAE {payload['best_val_mae']:.4g} at "
                   f"epoch {payload['best_epoch']}; run in {output_dir} (best.ckpt, last.ckpt, history.csv)")
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume and not (run_dir / "last.ckpt").is_file():
+        _fail(f"{run_dir}: nothing to resume (no last.ckpt)")
+    if not resume and (run_dir / "last.ckpt").is_file():
+        _fail(f"{run_dir} already holds a run: add --resume to continue it, or choose another --output-dir")
+
+
+def _train_ensemble(job: dict, members: int) -> None:
+    """Train the members one after another (--resume continues the unfinished ones), then join them."""
+    from crystalprop.evaluation import join_ensemble  # noqa: PLC0415
+    from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
+
+    output_dir, seed, run = Path(job["run"]["run_dir"]), job["config"]["seed"], job["run"]
+    dirs = [output_dir / f"member{k}" for k in range(members)]
+    for k, member_dir in enumerate(dirs):
+        started = (member_dir / "last.ckpt").is_file()
+        if started and not run["resume"]:
+            _check_run_dir(member_dir, False)
+        console.print(f"[bold]member {k + 1} of {members}[/] (seed {seed + k}) in {member_dir}", highlight=False)
+        kind, payload = _run_training_child({**job, "config": {**job["config"], "seed": seed + k},
+                                             "run": {**run, "run_dir": str(member_dir), "resume": started,
+                                                     "split_seed": seed}})
+        if kind == "error":
+            _fail(f"member {k + 1}: {payload}")
+        if payload["stopped_because"] != "finished" and not payload["stopped_because"].startswith("no improvement"):
+            console.print(f"member {k + 1} {payload['stopped_because']}: --resume continues the ensemble")
+            sys.exit(1)
+    try:
+        with console.status("joining the members and calibrating σ"):
+            result = join_ensemble(dirs, output_dir / "best.ckpt", run["data"], id_column=run["id_column"],
+                                   structure_column=run["structure_column"], device=job["device"])
+    except (CheckpointError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(f"ensemble of {members}: validation MAE {result['mae']:.4g} (members "
+                  f"{', '.join(f'{m:.4g}' for m in result['member_maes'])}); Spearman(σ, |error|) "
+                  f"{result['sigma_spearman']:.2f}; run in {output_dir} (best.ckpt)", highlight=False)
 
 
 def _launch_msrun(workers: int, output_dir: str, threads: int | None) -> None:

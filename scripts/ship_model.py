@@ -1,8 +1,8 @@
 """Ship a trained run as a pretrained model: checkpoints/<name>.ckpt plus its model card.
 
-    .venv/bin/python scripts/ship_model.py RUN_DIR NAME DATA [--target T] [--notes FILE]
+    .venv/bin/python scripts/ship_model.py RUN_DIR|ENSEMBLE.ckpt NAME DATA [--target T] [--notes FILE]
 
-Evaluates RUN_DIR/best.ckpt on the validation split of DATA with the same code as
+Evaluates RUN_DIR/best.ckpt (or an ensemble joined by ``crystalprop ensemble``) on the validation split of DATA with the same code as
 ``crystalprop evaluate``, stores the metrics, data description and training budget in the
 checkpoint's metadata, and writes checkpoints/<NAME>.md from the same facts.
 """
@@ -43,19 +43,28 @@ def main() -> None:
 
     set_device("CPU")  # before any network is built
     from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
-    from crystalprop.model.checkpoint import build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
+    from crystalprop.model.checkpoint import build_model, read_checkpoint, save_checkpoint, save_ensemble  # noqa: PLC0415
+    from crystalprop.model.ensemble import member_params  # noqa: PLC0415
 
-    best = Path(args.run_dir) / "best.ckpt"
+    source = Path(args.run_dir)
+    best = source if source.suffix == ".ckpt" else source / "best.ckpt"
     card, params = read_checkpoint(best)
     net = build_model(card, params, best)
     if args.floor is not None:
         card.transform.floor = args.floor
     card.name, card.description = args.name, args.description
     out = ROOT / "checkpoints" / f"{args.name}.ckpt"
-    save_checkpoint(out, net, card)
+
+    def save() -> None:
+        if card.ensemble:
+            save_ensemble(out, card, member_params(card, params))
+        else:
+            save_checkpoint(out, net, card)
+
+    save()
     metrics = evaluate_model(str(out), args.data, target=args.target, split="val")
-    card.metrics = {k: v for k, v in metrics.items() if k not in ("checkpoint", "files", "model")}
-    save_checkpoint(out, net, card)
+    card.metrics = {k: v for k, v in metrics.items() if k not in ("checkpoint", "files", "model", "provenance")}
+    save()
     notes = Path(args.notes).read_text() if args.notes else ""
     (ROOT / "checkpoints" / f"{args.name}.md").write_text(render_card(card, metrics, args) + notes)
     print(json.dumps(card.metrics, indent=2))
@@ -65,6 +74,26 @@ def repo_layout(path: str) -> str:
     """``path`` as seen from a clone with the shared data beside it (``../shared/...``)."""
     _, sep, tail = str(path).partition("/shared/")
     return f"../shared/{tail}" if sep else str(path)
+
+
+def ensemble_lines(card, m: dict) -> list[str]:
+    """The card's account of an ensemble: members, calibration of σ and how well σ ranks errors."""
+    e = card.ensemble
+    members = ", ".join(f"{f['file']} ({f.get('val_mae', float('nan')):.4g})" for f in e.get("member_files", []))
+    unit = card.unit
+    return [
+        "",
+        f"## Uncertainty: ensemble of {e['members']} members",
+        f"- The value is the members' mean (in log10 for a log10 target); σ (`{card.name}_std`, {unit}) is the "
+        f"standard deviation of their predictions times {e['sigma_scale']:.4g}, the one scale that makes "
+        f"mean((error/σ)²) = 1 on the validation split (n = {e['calibrated_on']['n']}).",
+        f"- Members and their own validation MAE ({unit}): {members}.",
+        f"- On the validation split: Spearman(σ, |error|) {m['sigma_spearman']:.3f}; |error| ≤ σ for "
+        f"{100 * m['within_1sigma']:.1f} % and ≤ 2σ for {100 * m['within_2sigma']:.1f} % (68 % and 95 % for "
+        f"Gaussian errors); mean σ {m['mean_sigma']:.4g} {unit}. The scale was fitted on this split, so the "
+        "coverages are in-sample for one parameter; the Spearman correlation does not depend on it.",
+        "- `crystalprop evaluate NAME DATA -o DIR` draws the calibration plot (`calibration.png`).",
+    ]
 
 
 def render_card(card, m: dict, args) -> str:
@@ -112,6 +141,8 @@ def render_card(card, m: dict, args) -> str:
     if "mae_zero_targets" in m:
         lines += ["", f"Metals (true gap = 0, n = {m['n_zero_targets']}): MAE {m['mae_zero_targets']:.4f} {card.unit}; "
                       f"gapped materials (n = {m['n'] - m['n_zero_targets']}): MAE {m['mae_nonzero_targets']:.4f} {card.unit}."]
+    if card.ensemble:
+        lines += ensemble_lines(card, m)
     lines += [
         "",
         "Reproduce:",

@@ -93,6 +93,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 TINY = dict(layers=1, features=8, heads=1, fc_features=8)
+TINY_CLI = ["--layers", "1", "--features", "8", "--heads", "1", "--fc-features", "8"]
+"""The same tiny network as command-line options of ``crystalprop train``."""
 
 
 @pytest.fixture(scope="session")

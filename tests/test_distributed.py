@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CLI, run_cli, write_json_dataset
+from conftest import CLI, TINY_CLI, run_cli, write_json_dataset
 
-TINY_CLI = ["--layers", "1", "--features", "8", "--heads", "1", "--fc-features", "8"]
 # 32 training structures in batches of 6: the last batch of each epoch (2) is split unevenly
 COMMON = ["--target", "y", "--epochs", "3", "--batch-size", "6", "--lr", "5e-3", "--graph-workers", "1",
           "--threads", "1", *TINY_CLI]

@@ -120,3 +120,22 @@ def test_cli_joins_and_predicts_with_sigma(members, split_data, tmp_path):
     with open(tmp_path / "out.csv", newline="") as handle:
         row = next(csv.DictReader(handle))
     assert float(row["e_std"]) > 0
+
+
+@pytest.mark.slow
+def test_train_ensemble_trains_members_on_one_split_and_joins_them(tmp_path):
+    from conftest import TINY_CLI, write_json_dataset
+
+    data = write_json_dataset(tmp_path / "data.json", 40)  # no split: a random one, drawn once from --seed
+    run = run_cli(["train", data, "-t", "y", "-o", tmp_path / "run", "--ensemble", "2", "--epochs", "1",
+                   "--batch-size", "8", "--graph-workers", "1", "--threads", "1", *TINY_CLI], timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    cards = [read_checkpoint(tmp_path / "run" / f"member{k}" / "best.ckpt")[0] for k in range(2)]
+    assert [c.training["config"]["seed"] for c in cards] == [0, 1]
+    records = [c.training["data"]["split_record"] for c in cards]
+    assert records[0]["val_ids_sha256"] == records[1]["val_ids_sha256"]
+    card = read_checkpoint(tmp_path / "run" / "best.ckpt")[0]
+    assert card.ensemble["members"] == 2 and card.ensemble["sigma_scale"] > 0
+    again = run_cli(["train", data, "-t", "y", "-o", tmp_path / "run", "--ensemble", "2", "--epochs", "1",
+                     "--batch-size", "8", *TINY_CLI])
+    assert again.returncode != 0 and "--resume" in again.stdout + again.stderr

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pymatgen.core import Element, Structure
 
-from conftest import CLI, TINY, run_cli, synthetic_target, write_json_dataset
+from conftest import CLI, TINY, TINY_CLI, run_cli, synthetic_target, write_json_dataset
 from crystalprop.backend import mindspore_module, set_device
 
 set_device("CPU")
@@ -38,7 +38,6 @@ pytestmark = pytest.mark.slow
 N_DATA = 40
 STEPS_PER_EPOCH = 5  # 36 training structures, batch size 8
 COMPARED = ("epoch", "train_loss", "val_mae", "val_rmse", "lr", "best")
-TINY_CLI = ["--layers", "1", "--features", "8", "--heads", "1", "--fc-features", "8"]
 
 
 def config(**overrides) -> TrainConfig:

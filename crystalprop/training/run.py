@@ -58,16 +58,20 @@ def train_model(
     resume: bool = False,
     init_from: str | Path | None = None,
     workers: int | None = None,
+    split_seed: int | None = None,
     on_event: Callable[[str, dict], None] | None = None,
 ) -> TrainResult:
     """Load the data, build (or reuse) graphs, and train; see :class:`Trainer`.
 
+    A random split (data without split.json or a split column) is drawn with ``split_seed``,
+    by default the training seed; ensemble members share one split and differ in their seed.
     Started under msrun, this process joins the cluster first and trains its share of each batch.
     """
     cluster = join_cluster()
     on_event = cluster.events(on_event)
+    split_seed = config.seed if split_seed is None else split_seed
     dataset = load_dataset(data, config.target, id_column=id_column, structure_column=structure_column,
-                           val_fraction=val_fraction, test_fraction=test_fraction, seed=config.seed)
+                           val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed)
     config.target = dataset.target
     full_splits = Dataset(list(dataset.entries), dataset.target, dataset.origin, split_source=dataset.split_source)
     if limit:
@@ -92,7 +96,7 @@ def train_model(
         "n_skipped": n_skipped,
     }
     on_event("data", description)
-    recorded = {**description, "split_record": split_record(full_splits, val_fraction, test_fraction, config.seed,
+    recorded = {**description, "split_record": split_record(full_splits, val_fraction, test_fraction, split_seed,
                                                             train[2])}
     trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, on_event=on_event,
                       cluster=cluster)
