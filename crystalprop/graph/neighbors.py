@@ -98,12 +98,20 @@ class _SearchBudget:
     """Atom pairs a structure's neighbour search may still visit, and pairs seen per estimated pair."""
 
     left: int
-    density: float  # atoms per Å³ of the cell
+    n_atoms: int
+    volume: float  # of the cell, Å³
+    diagonal: float  # longest diagonal of the cell, Å
     ratio: float = 1.0  # largest (pairs found / pairs estimated) seen so far: clustered atoms exceed 1
 
     def estimate(self, n_centres: int, radius: float) -> float:
-        """Pairs expected for ``n_centres`` centres at ``radius`` (uniform density, corrected by ``ratio``)."""
-        return n_centres * self.ratio * self.density * 4.0 / 3.0 * np.pi * radius**3
+        """Pairs expected for ``n_centres`` centres at ``radius``.
+
+        Atoms spread evenly, corrected by ``ratio`` for clusters, but never more than every
+        atom of every cell image that the sphere can reach.
+        """
+        sphere = 4.0 / 3.0 * np.pi * radius**3
+        reach = 4.0 / 3.0 * np.pi * (radius + self.diagonal) ** 3
+        return n_centres * self.n_atoms * min(self.ratio * sphere, reach) / self.volume
 
     def spend(self, pairs: int, estimated: float, reason: str) -> None:
         """Count visited pairs; refuse the structure once the budget is spent."""
@@ -200,7 +208,9 @@ def _knn_pairs(structure: Structure, settings: GraphSettings) -> tuple[np.ndarra
     an earlier radius is not searched again: its pairs up to that distance are final.
     """
     n_atoms, k = len(structure), settings.max_neighbors
-    budget = _SearchBudget(MAX_SEARCH_PAIRS, n_atoms / structure.volume)
+    matrix = structure.lattice.matrix
+    diagonal = max(np.linalg.norm(np.array(signs) @ matrix) for signs in ((1, 1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1)))
+    budget = _SearchBudget(MAX_SEARCH_PAIRS, n_atoms, structure.volume, float(diagonal))
     pending = np.arange(n_atoms)
     found: list[tuple[np.ndarray, ...]] = []
     radius = settings.cutoff
