@@ -18,9 +18,9 @@ from pymatgen.core import Structure
 from pymatgen.io.cif import CifWriter
 
 from conftest import CLI, make_structures, perovskite, rocksalt, rocksalt_conventional
-from crystalprop.graph import GraphSettings, build_graph, neighbors
-from crystalprop.graph.batch import BatchLimits
-from crystalprop.predictor import Prepared, ReadAhead, _batched, iter_prepared
+from crystalprop import predictor as predictor_module
+from crystalprop.graph import GraphSettings, batch, build_graph, neighbors
+from crystalprop.predictor import Prepared, ReadAhead, iter_prepared
 
 HAS_PROC = Path("/proc/self/fd").is_dir() and hasattr(os, "mkfifo")
 
@@ -171,8 +171,9 @@ def _prepared(n_atoms: int, n_edges: int) -> Prepared:
 def test_batches_close_before_the_atom_or_edge_limit():
     items = [_prepared(10, 100), _prepared(10, 100), Prepared("failed", "", error="x"), _prepared(50, 100),
              _prepared(5, 900), _prepared(1, 5000), _prepared(1, 1), _prepared(1, 1)]
-    batches = list(_batched(iter(items), BatchLimits(structures=3, atoms=60, edges=1000)))
-    assert [[item.name for item in batch] for batch in batches] == [
+    limits = batch.BatchLimits(structures=3, atoms=60, edges=1000)
+    batches = list(predictor_module._batched(iter(items), limits))
+    assert [[item.name for item in part] for part in batches] == [
         ["10-100", "10-100", "failed"],  # 50 more atoms would make 70
         ["50-100", "5-900"],  # 1000 edges: at the limit
         ["1-5000"],  # over the limit alone: a batch of its own
@@ -181,11 +182,11 @@ def test_batches_close_before_the_atom_or_edge_limit():
 
 
 def test_batch_limits_follow_the_model_size():
-    small = BatchLimits.for_model(64, features=64, heads=1)
-    paper = BatchLimits.for_model(64, features=128, heads=4)
+    small = batch.BatchLimits.for_model(64, features=64, heads=1)
+    paper = batch.BatchLimits.for_model(64, features=128, heads=4)
     assert small.edges == 8 * paper.edges and small.atoms == 8 * paper.atoms
     assert paper.edges * 128 * 4 * 16 <= 1 << 30  # 16 bytes per edge and channel within 1 GiB
-    assert BatchLimits.for_model(64, 64, 1, memory=2 << 30).edges == 2 * small.edges
+    assert batch.BatchLimits.for_model(64, 64, 1, memory=2 << 30).edges == 2 * small.edges
 
 
 @pytest.mark.slow
