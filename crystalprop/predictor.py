@@ -162,9 +162,9 @@ class ReadAhead:
     iterating gives the prepared structures in input order. At most MAX_PENDING inputs are read
     ahead of the consumer, so memory stays flat however long the input list. A reader process
     that dies (or overruns twice ``timeout`` and is stopped) costs only the input it was on,
-    which gets a failed row; a new process takes over. ``workers`` 0 reads in this process, lazily. ``skip``: names already done (``--resume``). ``shard`` (i, n): only
-    inputs whose position k in the input stream has k % n == i - 1, so n jobs split a list
-    without overlap.
+    which gets a failed row; a new process takes over. ``workers`` 0 reads in this process,
+    lazily. ``skip``: names already done (``--resume``). ``shard`` (i, n): only inputs whose
+    position k in the input stream has k % n == i - 1, so n jobs split a list without overlap.
     """
 
     def __init__(self, inputs: Sequence[Any], settings: GraphSettings, *, recursive: bool = False,
@@ -184,10 +184,6 @@ class ReadAhead:
             self._results: Iterator[list[Prepared]] = iter(self._pool)
         else:
             self._results = (prepare_input(job) for job in jobs)
-
-    def worker_pids(self) -> list[int]:
-        """Process ids of the live reader processes (none when reading in this process)."""
-        return self._pool.pids() if self._pool is not None else []
 
     def __iter__(self) -> Iterator[Prepared]:
         try:

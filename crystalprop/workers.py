@@ -99,10 +99,6 @@ class ResilientPool:
         self._thread = threading.Thread(target=self._run, name="crystalprop-readers", daemon=True)
         self._thread.start()
 
-    def pids(self) -> list[int]:
-        """Process ids of the live workers."""
-        return [w.process.pid for w in self._workers if w.process.is_alive()]
-
     def _start_worker(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=_worker_main, args=(child, self._func, self._initializer), daemon=True)
