@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import os
 import signal
 import subprocess
@@ -157,6 +158,38 @@ def test_cli_reader_killed_mid_run_writes_every_row_and_exits_1(tmp_path, random
     assert rows[2]["error"] == "reader process died (signal 9) while preparing this input" and not rows[2]["rand"]
     assert not any(row["error"] for k, row in enumerate(rows) if k != 2)
     assert process.returncode == 1, stderr
+
+
+def _pool_results(func, jobs, **kwargs) -> list:
+    from crystalprop.workers import ResilientPool
+
+    pool = ResilientPool(func, iter(jobs), 1, on_lost=lambda job, reason: reason, **kwargs)
+    try:
+        return list(pool)
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+def test_pool_stops_a_worker_stuck_past_the_hard_limit():
+    started = time.monotonic()
+    assert _pool_results(time.sleep, [0, 600, 0], hard_limit=2) == [
+        None, "no answer within 2 s; reader process stopped", None]
+    assert time.monotonic() - started < 120
+
+
+@pytest.mark.slow
+def test_pool_reports_an_exception_in_the_worker_as_that_job_s_result():
+    import math
+
+    assert _pool_results(math.sqrt, [4.0, -1.0, 9.0]) == [2.0, "reader error: ValueError: math domain error", 3.0]
+
+
+@pytest.mark.slow
+def test_pool_gives_up_when_workers_die_while_starting():
+    suicide = functools.partial(signal.raise_signal, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"3 reader processes in a row died while starting \(last: signal 9\)"):
+        _pool_results(time.sleep, [0, 0], initializer=suicide)
 
 
 # --- batches bounded by atoms and edges --------------------------------------------------------
