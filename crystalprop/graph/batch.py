@@ -30,7 +30,8 @@ class BatchLimits:
 
     @classmethod
     def for_model(cls, structures: int, features: int, heads: int, memory: int = BATCH_MEMORY_BYTES) -> BatchLimits:
-        """Limits so that a forward pass of a model with ``features`` x ``heads`` channels needs about ``memory`` bytes."""
+        """Limits within which a forward pass of a model with ``features`` x ``heads`` channels
+        needs about ``memory`` bytes."""
         channels = max(1, features * heads)
         return cls(structures, max(1, memory // (BYTES_PER_ATOM_CHANNEL * channels)),
                    max(1, memory // (BYTES_PER_EDGE_CHANNEL * channels)))

@@ -176,9 +176,9 @@ def _search_level(structure: Structure, atoms: np.ndarray, radius: float, k: int
     for chunk in _chunks(atoms, radius, budget):
         estimated = budget.estimate(len(chunk), radius)
         if estimated > budget.left:
-            raise NeighborSearchError(_refusal(len(atoms), radius, k, estimated))
+            raise NeighborSearchError(_refusal(len(atoms), radius, k))
         centers, points, images, dists = _neighbor_search(structure, chunk, radius)
-        budget.spend(len(centers), estimated, _refusal(len(atoms), radius, k, len(centers)))
+        budget.spend(len(centers), estimated, _refusal(len(atoms), radius, k))
         chunk_counts, chunk_kth = _k_nearest(centers, dists, n_atoms, k)
         counts[chunk], kth[chunk] = chunk_counts[chunk], chunk_kth[chunk]
         keep = dists <= kth[centers] + TIE_TOLERANCE
@@ -186,10 +186,10 @@ def _search_level(structure: Structure, atoms: np.ndarray, radius: float, k: int
     return counts, kth, *(np.concatenate(parts) for parts in zip(*kept))
 
 
-def _refusal(n_searched: int, radius: float, k: int, pairs: float) -> str:
-    return (f"neighbour search refused: {n_searched} atom(s) searched within {radius:.1f} Å for their {k} nearest "
-            f"neighbours would visit about {pairs:,.0f} atom pairs, over the limit of {MAX_SEARCH_PAIRS:,} "
-            "(atoms too sparse in a large cell, or packed too densely)")
+def _refusal(n_searched: int, radius: float, k: int) -> str:
+    return (f"neighbour search refused: finding the {k} nearest neighbours of {n_searched} atom(s) within "
+            f"{radius:.1f} Å would visit more than {MAX_SEARCH_PAIRS:,} atom pairs (atoms far from all others "
+            "in a large cell, or packed too densely)")
 
 
 def _radii(cutoff: float, longest: float) -> Iterator[float]:
@@ -208,9 +208,8 @@ def _knn_pairs(structure: Structure, settings: GraphSettings) -> tuple[np.ndarra
     an earlier radius is not searched again: its pairs up to that distance are final.
     """
     n_atoms, k = len(structure), settings.max_neighbors
-    matrix = structure.lattice.matrix
-    diagonal = max(np.linalg.norm(np.array(signs) @ matrix) for signs in ((1, 1, 1), (1, 1, -1), (1, -1, 1), (-1, 1, 1)))
-    budget = _SearchBudget(MAX_SEARCH_PAIRS, n_atoms, structure.volume, float(diagonal))
+    diagonals = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]]) @ structure.lattice.matrix
+    budget = _SearchBudget(MAX_SEARCH_PAIRS, n_atoms, structure.volume, float(np.linalg.norm(diagonals, axis=1).max()))
     pending = np.arange(n_atoms)
     found: list[tuple[np.ndarray, ...]] = []
     radius = settings.cutoff
