@@ -49,18 +49,28 @@ def main() -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", "-m", "models", multiple=True, help="Shipped model name or .ckpt file (repeatable). Default: all shipped models.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write results to .csv, .json or .jsonl as they come.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True,
+              help="Most structures per batch. A batch also holds at most as many atoms and edges as the "
+                   "largest model takes within --batch-memory (edges x features x heads x 16 bytes), "
+                   "so a batch of large cells is smaller; a single larger cell forms a batch of its own.")
+@click.option("--batch-memory", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="MiB of model activations one batch may take.")
 @click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"], case_sensitive=False))
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
-@click.option("--workers", default=None, type=int, help="Reader processes (default: cores, at most 4; 0 = in-process).")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds allowed to parse one file.")
+@click.option("--workers", default=None, type=int,
+              help="Reader processes (default: cores, at most 4; 0 = in-process). One that dies costs only "
+                   "the structure it held (a failed row); a new one takes over.")
+@click.option("--timeout", default=60.0, show_default=True,
+              help="Seconds allowed to prepare one structure (read the file, check it, find its neighbours); "
+                   "a structure over it gets a failed row.")
 @click.option("--resume", is_flag=True, help="Continue an existing --output file, skipping structures already in it.")
 @click.option("--retry-failed", is_flag=True,
               help="With --resume: predict again the structures whose rows hold an error, replacing those rows.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @click.option("--shard", default="1/1", show_default=True,
               help="I/N: process only the I-th of N interleaved parts of the input (cluster array jobs).")
-def predict(paths, models, output, batch_size, device, recursive, workers, timeout, resume, retry_failed, overwrite,
+def predict(paths, models, output, batch_size, batch_memory, device, recursive, workers, timeout, resume, retry_failed,
+            overwrite,
             shard) -> None:
     """Predict properties for structure files, folders or glob patterns."""
     from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
@@ -103,7 +113,7 @@ def predict(paths, models, output, batch_size, device, recursive, workers, timeo
     with progress:
         task = progress.add_task("predict", total=None, rate="")
         try:
-            for rows in predictor.iter_rows(reader, batch_size=batch_size):
+            for rows in predictor.iter_rows(reader, batch_size=batch_size, batch_memory=batch_memory << 20):
                 for row in rows:
                     if row["error"]:
                         n_failed += 1

@@ -2,32 +2,35 @@
 
 Files are read and turned into graphs in worker processes while the main process runs
 the models, so the model never waits for the disk; results stream out in input order.
+Every input gets its rows whatever happens while preparing it: a time limit covers each
+structure's whole preparation, and a reader process that dies costs only the input it held.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import multiprocessing as mp
 import os
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from crystalprop.graph.batch import BATCH_MEMORY_BYTES, BatchLimits
 from crystalprop.graph.elements import SYMBOLS, ElementError
-from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
+from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, NeighborSearchError, build_graph
 from crystalprop.io.applicability import domain_warnings
 from crystalprop.io.discovery import iter_structure_paths
+from crystalprop.workers import ResilientPool
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 READ_TIMEOUT_S = 60.0
 MAX_PENDING = 2048  # inputs read ahead of the models (a few MB of graphs)
+HARD_LIMIT_GRACE_S = 30.0  # a reader stuck past twice the time limit plus this is stopped from outside
 
 
 @dataclass
@@ -50,30 +53,69 @@ def _prepare_structure(name: str, source: str, structure: Structure, settings: G
                     warnings=list(notes or []) + domain_warnings(structure))
     try:
         item.graph = build_graph(structure, settings)
-    except ElementError as exc:
+    except (ElementError, NeighborSearchError) as exc:
         item.error = str(exc)
     except Exception as exc:  # a failed graph must not stop a batch of thousands
         item.error = f"graph construction failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return item
 
 
-def prepare_input(job: tuple[int, Any, GraphSettings, float]) -> list[Prepared]:
-    """Worker: one input (a file path, or a named pymatgen Structure) -> prepared structures."""
-    from crystalprop.io.readers import iter_file_records  # noqa: PLC0415  (pymatgen, in the readers only)
+class PreparationTimeout(BaseException):
+    """Raised by the timer inside a structure's preparation.
 
+    A BaseException, so that no ``except Exception`` on the way (parsers, checks, graph
+    building) takes it for an ordinary failure and carries on.
+    """
+
+
+def prepare_input(job: tuple[int, Any, GraphSettings, float]) -> list[Prepared]:
+    """Worker: one input (a file path, or a named pymatgen Structure) -> prepared structures.
+
+    Each structure's whole preparation (for the first one of a file, reading the file too;
+    then the checks and the graph) gets ``timeout`` seconds; a structure over it becomes a
+    failed row and ends the input.
+    """
     index, item, settings, timeout = job
     if isinstance(item, tuple):
-        out = list(_prepare_objects([item], settings))
+        name, steps = item[0], _prepare_objects([item], settings)
     else:
-        out = []
-        for record in iter_file_records(item, timeout):
-            if record.structure is None:
-                out.append(Prepared(record.name, record.source, error=record.error))
-            else:
-                out.append(_prepare_structure(record.name, record.source, record.structure, settings, record.warnings))
+        name, steps = item, _prepare_file(item, settings)
+    out = _within_time_limit(steps, timeout, name)
     for prepared in out:
         prepared.index = index
     return out
+
+
+def _prepare_file(path: str, settings: GraphSettings) -> Iterator[Prepared]:
+    from crystalprop.io.readers import iter_file_records  # noqa: PLC0415  (pymatgen, in the readers only)
+
+    for record in iter_file_records(path, None):  # the caller's time limit covers the reading
+        if record.structure is None:
+            yield Prepared(record.name, record.source, error=record.error)
+        else:
+            yield _prepare_structure(record.name, record.source, record.structure, settings, record.warnings)
+
+
+def _within_time_limit(steps: Iterator[Prepared], timeout: float, name: str) -> list[Prepared]:
+    """Every item of ``steps``, each computed within ``timeout`` seconds (0: no limit).
+
+    The limit is a SIGALRM timer: in force in the main thread of a process, as in the reader
+    processes; elsewhere (a caller's thread) there is none.
+    """
+    from crystalprop.io.readers import run_with_time_limit  # noqa: PLC0415
+
+    out: list[Prepared] = []
+    while True:
+        try:
+            item = run_with_time_limit(lambda: next(steps, None), timeout, PreparationTimeout)
+        except PreparationTimeout:
+            which = f"structure {len(out) + 1} of this input" if out else "this input"
+            out.append(Prepared(name, name, error=f"preparing {which} (reading, checks, neighbour search) "
+                                                  f"took longer than {timeout:g} s; skipped"))
+            return out
+        if item is None:
+            return out
+        out.append(item)
 
 
 def _prepare_objects(structures: Iterable[tuple[str, Any]], settings: GraphSettings) -> Iterator[Prepared]:
@@ -134,10 +176,11 @@ class ReadAhead:
 
     Creating one before importing MindSpore and loading the models lets the two overlap;
     iterating gives the prepared structures in input order. At most MAX_PENDING inputs are read
-    ahead of the consumer, so memory stays flat however long the input list. ``workers`` 0 reads
-    in this process, lazily. ``skip``: names already done (``--resume``). ``shard`` (i, n): only
-    inputs whose position k in the input stream has k % n == i - 1, so n jobs split a list
-    without overlap.
+    ahead of the consumer, so memory stays flat however long the input list. A reader process
+    that dies (or overruns twice ``timeout`` and is stopped) costs only the input it was on,
+    which gets a failed row; a new process takes over. ``workers`` 0 reads in this process,
+    lazily. ``skip``: names already done (``--resume``). ``shard`` (i, n): only inputs whose
+    position k in the input stream has k % n == i - 1, so n jobs split a list without overlap.
     """
 
     def __init__(self, inputs: Sequence[Any], settings: GraphSettings, *, recursive: bool = False,
@@ -149,27 +192,18 @@ class ReadAhead:
         jobs = ((k, item, settings, timeout) for k, item in enumerate(_iter_inputs(inputs, recursive))
                 if k % parts == part - 1 and (isinstance(item, tuple) or item not in self._skip))
         workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
-        self._slots = threading.Semaphore(MAX_PENDING)
-        self._stopping = threading.Event()
-        self._pool = mp.get_context("spawn").Pool(workers, _import_readers) if workers > 0 else None
-        if self._pool is None:
-            self._results: Iterator[list[Prepared]] = (prepare_input(job) for job in jobs)
+        self._pool: ResilientPool | None = None
+        if workers > 0:
+            hard_limit = 2 * timeout + HARD_LIMIT_GRACE_S if timeout > 0 else None
+            self._pool = ResilientPool(prepare_input, jobs, workers, on_lost=_lost_input, initializer=_import_readers,
+                                       max_pending=MAX_PENDING, hard_limit=hard_limit)
+            self._results: Iterator[list[Prepared]] = iter(self._pool)
         else:
-            self._results = self._pool.imap(prepare_input, self._throttled(jobs), chunksize=8)
-
-    def _throttled(self, jobs: Iterator[tuple]) -> Iterator[tuple]:
-        """The jobs, each once a read-ahead slot is free (runs in the pool's feeder thread)."""
-        for job in jobs:
-            self._slots.acquire()
-            if self._stopping.is_set():
-                return
-            yield job
+            self._results = (prepare_input(job) for job in jobs)
 
     def __iter__(self) -> Iterator[Prepared]:
         try:
             for items in self._results:
-                if self._pool is not None:
-                    self._slots.release()
                 yield from (item for item in items if item.name not in self._skip)
         finally:
             self.close()
@@ -177,11 +211,15 @@ class ReadAhead:
     def close(self) -> None:
         """Stop the workers; safe to call more than once."""
         if self._pool is not None:
-            self._stopping.set()
-            self._slots.release(MAX_PENDING)  # wakes the pool's feeder thread if it waits for a slot
-            self._pool.terminate()
-            self._pool.join()
+            self._pool.close()
             self._pool = None
+
+
+def _lost_input(job: tuple[int, Any, GraphSettings, float], reason: str) -> list[Prepared]:
+    """The failed row of an input whose reader process died on it (or failed unexpectedly)."""
+    index, item, _, _ = job
+    name = item[0] if isinstance(item, tuple) else item
+    return [Prepared(name, name, index=index, error=reason)]
 
 
 def iter_prepared(
@@ -193,13 +231,21 @@ def iter_prepared(
                          shard=shard)
 
 
-def _batched(items: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
+def _batched(items: Iterator[Prepared], limits: BatchLimits) -> Iterator[list[Prepared]]:
+    """Consecutive batches within ``limits`` (structures, atoms, edges); failed items ride along."""
     batch: list[Prepared] = []
+    structures = atoms = edges = 0
     for item in items:
+        graph = item.graph
+        if graph is not None:
+            if structures and not limits.fits(structures + 1, atoms + graph.num_nodes, edges + graph.num_edges):
+                yield batch
+                batch, structures, atoms, edges = [], 0, 0, 0
+            structures, atoms, edges = structures + 1, atoms + graph.num_nodes, edges + graph.num_edges
         batch.append(item)
-        if sum(1 for b in batch if b.graph is not None) >= size:
+        if structures >= limits.structures:
             yield batch
-            batch = []
+            batch, structures, atoms, edges = [], 0, 0, 0
     if batch:
         yield batch
 
@@ -322,10 +368,18 @@ class Predictor:
             return []
         return sorted({SYMBOLS[z] for z in np.unique(item.graph.atomic_numbers)} - known)
 
+    def batch_limits(self, batch_size: int = 64, batch_memory: int = BATCH_MEMORY_BYTES) -> BatchLimits:
+        """At most ``batch_size`` structures, and as many atoms and edges as the largest of these
+        models can take in a forward pass within about ``batch_memory`` bytes."""
+        limits = [BatchLimits.for_model(batch_size, card.model.features, card.model.heads, batch_memory)
+                  for _, _, card, _ in self.models]
+        return min(limits, key=lambda limit: limit.edges)
+
     def iter_rows(self, inputs: Sequence[Any] | ReadAhead, *, batch_size: int = 64, recursive: bool = False,
                   workers: int | None = None, timeout: float = READ_TIMEOUT_S,
-                  skip: set[str] | None = None, shard: tuple[int, int] = (1, 1)) -> Iterator[list[dict]]:
-        """Rows batch by batch, in input order.
+                  skip: set[str] | None = None, shard: tuple[int, int] = (1, 1),
+                  batch_memory: int = BATCH_MEMORY_BYTES) -> Iterator[list[dict]]:
+        """Rows batch by batch, in input order; batches are bounded by :meth:`batch_limits`.
 
         ``inputs`` may be a :class:`ReadAhead` already started with these models' graph
         settings (the other reading arguments are then its own).
@@ -339,7 +393,7 @@ class Predictor:
             prepared = ReadAhead(inputs, self.settings, recursive=recursive, workers=workers, timeout=timeout,
                                  skip=skip, shard=shard)
         self.compile()  # while the readers start
-        for batch in _batched(iter(prepared), batch_size):
+        for batch in _batched(iter(prepared), self.batch_limits(batch_size, batch_memory)):
             yield self.predict_prepared(batch)
 
 
@@ -351,11 +405,14 @@ def predict(
     device: str = "CPU",
     recursive: bool = False,
     workers: int | None = 0,
+    batch_memory: int = BATCH_MEMORY_BYTES,
 ) -> list[dict]:
     """Predict every property of every structure in ``inputs``.
 
     ``inputs``: a path, folder, glob, pymatgen Structure, ase.Atoms, or a list of them. ``model``: a
     shipped model name, a ``.ckpt`` path, a list of them, or None for all shipped models.
+    A batch holds at most ``batch_size`` structures and as many atoms and edges as the
+    models take within about ``batch_memory`` bytes (see :meth:`Predictor.batch_limits`).
     Returns one dict per structure: index (position of its file in the input stream),
     name, source, formula, n_sites, one value per model
     (physical units), error and warning.
@@ -364,4 +421,4 @@ def predict(
         inputs = [inputs]
     predictor = Predictor(model, device)
     return [row for rows in predictor.iter_rows(list(inputs), batch_size=batch_size, recursive=recursive,
-                                                workers=workers) for row in rows]
+                                                workers=workers, batch_memory=batch_memory) for row in rows]

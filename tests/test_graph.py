@@ -235,6 +235,119 @@ def test_retry_path_for_a_large_cell():
     assert g.distances.max() > 8.0
 
 
+# --- growing the radius only where needed, within a bound on the work -----
+
+
+def full_search_graph(structure: Structure, settings: GraphSettings = GraphSettings()) -> neighbors.CrystalGraph:
+    """The graph as built before the per-atom radius growth: every atom searched at every radius."""
+    n_atoms, k = len(structure), settings.max_neighbors
+    radius = settings.cutoff
+    for _ in range(neighbors.MAX_RADIUS_GROWTHS):
+        centers, points, images, dists = structure.get_neighbor_list(radius, exclude_self=True)
+        centers, points = centers.astype(np.int64), points.astype(np.int64)
+        counts = np.bincount(centers, minlength=n_atoms)
+        if counts.min() >= k:
+            break
+        longest = max(structure.lattice.abc)
+        radius = longest if radius < longest else 2 * radius
+    order = np.lexsort((dists, centers))
+    kth = dists[order][np.concatenate([[0], np.cumsum(counts)[:-1]]) + k - 1]
+    keep = dists <= kth[centers] + neighbors.TIE_TOLERANCE
+    rows = neighbors._canonical_edges(n_atoms, centers[keep], points[keep], np.rint(images[keep]).astype(np.int64),
+                                      settings.use_lattice)
+    src, dst, img = rows[:, 0], rows[:, 1], rows[:, 2:]
+    frac = structure.frac_coords
+    lengths = np.round(np.linalg.norm((frac[dst] + img - frac[src]) @ structure.lattice.matrix, axis=1),
+                       neighbors.DISTANCE_DECIMALS).astype(np.float32)
+    return neighbors.CrystalGraph(np.array([site.specie.Z for site in structure], dtype=np.int16),
+                                  np.concatenate([src, dst]).astype(np.int32),
+                                  np.concatenate([dst, src]).astype(np.int32), np.concatenate([lengths, lengths]))
+
+
+def assert_same_graph(a: neighbors.CrystalGraph, b: neighbors.CrystalGraph) -> None:
+    for name in ("atomic_numbers", "src", "dst", "distances"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+
+
+def cluster_with_lone_atom(box: float = 30.0, reps: int = 2) -> Structure:
+    """A cube of diamond Si (8 reps^3 atoms) in a large box, and one O atom far from it."""
+    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]]) * (reps, reps, reps)
+    return Structure(Lattice.cubic(box), [site.specie for site in si] + ["O"],
+                     [site.coords for site in si] + [[0.8 * box] * 3], coords_are_cartesian=True)
+
+
+def count_searched_pairs(monkeypatch) -> list[int]:
+    """Pairs returned by every call of pymatgen's neighbour search from now on."""
+    from pymatgen.optimization import neighbors as pmg_neighbors
+
+    original, seen = pmg_neighbors.find_points_in_spheres, []
+
+    def counting(*args, **kwargs):
+        result = original(*args, **kwargs)
+        seen.append(len(result[0]))
+        return result
+
+    monkeypatch.setattr(pmg_neighbors, "find_points_in_spheres", counting)
+    return seen
+
+
+def test_radius_grows_only_for_the_atoms_that_need_it(monkeypatch):
+    """One lone atom in a 30 Å box must not make the 64 atoms of the cluster search to 30 Å."""
+    structure = cluster_with_lone_atom()
+    first_radius_pairs = len(structure.get_neighbor_list(8.0)[0])
+    seen = count_searched_pairs(monkeypatch)
+    graph = build_graph(structure)
+    assert graph.num_nodes == 65 and np.bincount(graph.dst, minlength=65).min() >= K
+    # searching all 65 atoms at 30 Å visits about 20,000 pairs, five times the first search
+    assert sum(seen) < 1.5 * first_radius_pairs, seen
+
+
+@pytest.mark.parametrize("case", ["lone atom", "molecule", "small cell", "chunked supercell"])
+def test_graph_identical_to_searching_every_atom(case, monkeypatch):
+    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.431), ["Si"], [[0, 0, 0]])
+    structure = {
+        "lone atom": cluster_with_lone_atom(),
+        "molecule": Structure(Lattice.cubic(15.0), ["N", "N"], [[0, 0, 0], [1.1, 0, 0]], coords_are_cartesian=True),
+        "small cell": triclinic(),
+        "chunked supercell": si * (3, 3, 3),
+    }[case]
+    if case == "chunked supercell":  # many small search calls instead of one
+        monkeypatch.setattr(neighbors, "FIRST_CHUNK_ATOMS", 7)
+        monkeypatch.setattr(neighbors, "CHUNK_PAIRS", 3000)
+    assert_same_graph(build_graph(structure), full_search_graph(structure))
+
+
+@pytest.mark.shared
+def test_graph_identical_to_searching_every_atom_on_real_files():
+    files = sorted(MP_STRUCTURES.glob("*.cif"))[::500][:60]
+    if not files:
+        pytest.skip(f"{MP_STRUCTURES} not present")
+    for path in files:
+        structure = mp_structure(path.stem)
+        assert_same_graph(build_graph(structure), full_search_graph(structure))
+
+
+def test_search_beyond_the_pair_limit_is_refused(monkeypatch):
+    structure = nacl_conventional() * (3, 3, 3)  # 216 atoms, about 10^5 pairs within 8 Å
+    monkeypatch.setattr(neighbors, "MAX_SEARCH_PAIRS", 20_000)
+    seen = count_searched_pairs(monkeypatch)
+    with pytest.raises(neighbors.NeighborSearchError, match=r"neighbour search refused: .* more than 20,000 "):
+        build_graph(structure)
+    assert sum(seen) <= 20_000 + 256 * 500  # stopped within the first chunk over the limit
+    assert build_graph(nacl_conventional()).num_nodes == 8  # a small cell stays within it
+
+
+def test_lone_atom_in_a_huge_box_is_refused_not_searched(monkeypatch):
+    """A sparse cell whose lone atom would need a search through too many pairs is refused up front."""
+    structure = cluster_with_lone_atom(box=400.0, reps=3)
+    seen = count_searched_pairs(monkeypatch)
+    monkeypatch.setattr(neighbors, "MAX_SEARCH_PAIRS", 20_000)  # the cluster's own search needs about 12,000
+    with pytest.raises(neighbors.NeighborSearchError, match="refused"):
+        build_graph(structure)
+    assert sum(seen) <= 20_000
+
+
 # --- node features ---------------------------------------------------------
 
 

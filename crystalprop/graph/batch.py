@@ -10,6 +10,36 @@ import numpy as np
 from crystalprop.graph.elements import atom_features
 from crystalprop.graph.neighbors import CrystalGraph
 
+BATCH_MEMORY_BYTES = 1 << 30
+"""Default memory for one batch's activations in a forward pass (predict)."""
+BYTES_PER_EDGE_CHANNEL = 16
+"""Forward-pass memory per directed edge and per (feature x head) channel: 12-15 bytes measured
+(CPU, 5 layers, 64x1 and 128x4 channels, 0.1-0.4 M edges), rounded up."""
+BYTES_PER_ATOM_CHANNEL = 64
+"""The same per atom (node tables: queries, keys, values, update terms); edges dominate."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """Most structures, atoms and directed edges one batch may hold (a larger single structure
+    still forms a batch of its own)."""
+
+    structures: int
+    atoms: int
+    edges: int
+
+    @classmethod
+    def for_model(cls, structures: int, features: int, heads: int, memory: int = BATCH_MEMORY_BYTES) -> BatchLimits:
+        """Limits within which a forward pass of a model with ``features`` x ``heads`` channels
+        needs about ``memory`` bytes."""
+        channels = max(1, features * heads)
+        return cls(structures, max(1, memory // (BYTES_PER_ATOM_CHANNEL * channels)),
+                   max(1, memory // (BYTES_PER_EDGE_CHANNEL * channels)))
+
+    def fits(self, structures: int, atoms: int, edges: int) -> bool:
+        """Whether a batch of this size is within every limit."""
+        return structures <= self.structures and atoms <= self.atoms and edges <= self.edges
+
 
 @dataclass
 class GraphBatch:

@@ -6,7 +6,11 @@ Matformer (matformer/graphs.py, YKQ98/Matformer) with its Materials Project sett
 
 1. Neighbours of every atom over all periodic images within the cutoff. If any atom has
    fewer than ``k`` of them, the radius grows to the longest cell edge (or to twice the
-   cutoff where that is not longer) and the search repeats.
+   cutoff where that is not longer) and the search repeats, doubling the radius each time.
+   The original searches every atom again; here only the atoms not yet complete are (an
+   atom is complete once its k-th distance, ties included, lies inside the radius), which
+   gives the same edges at a fraction of the cost, and the pairs visited in all are
+   bounded (``MAX_SEARCH_PAIRS``): a structure that would need more is refused.
 2. Per atom, every neighbour at or within its k-th nearest distance (ties included).
 3. Canonical form: a pair is stored with the lower atom index first and the image taken
    relative to it, so a bond found from both of its atoms counts once. Pairs of an atom
@@ -17,14 +21,15 @@ Matformer (matformer/graphs.py, YKQ98/Matformer) with its Materials Project sett
    always, so every graph carries its cell vectors.
 5. Every kept edge is emitted in both directions.
 
-The neighbour search is pymatgen's cell-list ``get_neighbor_list`` (C code, linear in the
-number of atoms); the rest is numpy without Python loops over atoms or edges.
+The neighbour search is pymatgen's cell-list ``find_points_in_spheres`` (C code, linear in the
+number of atoms), called for a chunk of centre atoms at a time so that memory stays bounded;
+the rest is numpy without Python loops over atoms or edges.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -39,6 +44,12 @@ LATTICE_IMAGES = np.array(
 DISTANCE_DECIMALS = 6  # distances are rounded to 1e-6 Å so equal bonds share one value
 TIE_TOLERANCE = 1e-6  # Å: neighbours this close to the k-th distance count as ties
 MAX_RADIUS_GROWTHS = 8
+SELF_TOLERANCE = 1e-8  # Å: a point this close to its centre is the centre itself (pymatgen's default)
+MAX_SEARCH_PAIRS = 20_000_000
+"""Most atom pairs one structure's neighbour search may visit, over all radii (a few seconds)."""
+CHUNK_PAIRS = 1_000_000
+"""Atom pairs searched per call, so a worker holds about 100 MB of search results at most."""
+FIRST_CHUNK_ATOMS = 256  # the first chunk is small: the pair estimate is not yet corrected for clustering
 
 
 @dataclass(frozen=True)
@@ -78,21 +89,141 @@ class CrystalGraph:
         return int(self.src.shape[0])
 
 
-def _neighbor_search(structure: Structure, radius: float) -> tuple[np.ndarray, ...]:
-    """All (center, neighbour, image, distance) within radius, self at zero distance excluded."""
-    centers, points, images, dists = structure.get_neighbor_list(radius, exclude_self=True)
-    return centers.astype(np.int64), points.astype(np.int64), np.rint(images).astype(np.int64), dists
+class NeighborSearchError(ValueError):
+    """The k-nearest-neighbour graph cannot be built within the search bounds; ``str(e)`` says why."""
+
+
+@dataclass
+class _SearchBudget:
+    """Atom pairs a structure's neighbour search may still visit, and pairs seen per estimated pair."""
+
+    left: int
+    n_atoms: int
+    volume: float  # of the cell, Å³
+    diagonal: float  # longest diagonal of the cell, Å
+    ratio: float = 1.0  # largest (pairs found / pairs estimated) seen so far: clustered atoms exceed 1
+
+    def estimate(self, n_centres: int, radius: float) -> float:
+        """Pairs expected for ``n_centres`` centres at ``radius``.
+
+        Atoms spread evenly, corrected by ``ratio`` for clusters, but never more than every
+        atom of every cell image that the sphere can reach.
+        """
+        sphere = 4.0 / 3.0 * np.pi * radius**3
+        reach = 4.0 / 3.0 * np.pi * (radius + self.diagonal) ** 3
+        return n_centres * self.n_atoms * min(self.ratio * sphere, reach) / self.volume
+
+    def spend(self, pairs: int, estimated: float, reason: str) -> None:
+        """Count visited pairs; refuse the structure once the budget is spent."""
+        self.left -= pairs
+        self.ratio = max(self.ratio, pairs / max(estimated, 1.0))
+        if self.left < 0:
+            raise NeighborSearchError(reason)
+
+
+def _neighbor_search(structure: Structure, atoms: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
+    """(centre, neighbour, image, distance) within radius of the given atoms, self at zero distance excluded.
+
+    pymatgen's ``get_neighbor_list`` for a subset of centres (its self-pair test compares
+    indices of the subset with indices of all atoms, so it is not used for subsets).
+    """
+    from pymatgen.optimization.neighbors import find_points_in_spheres  # noqa: PLC0415
+
+    coords = np.ascontiguousarray(structure.cart_coords, dtype=float)
+    centre_coords = np.ascontiguousarray([structure[i].coords for i in atoms], dtype=float)  # as pymatgen does
+    centres, points, images, dists = find_points_in_spheres(
+        coords, centre_coords, r=radius, pbc=np.ascontiguousarray(structure.pbc, dtype=np.int64),
+        lattice=np.ascontiguousarray(structure.lattice.matrix, dtype=float), tol=SELF_TOLERANCE)
+    centres = atoms[centres.astype(np.int64)]
+    points = points.astype(np.int64)
+    other = ~((centres == points) & (dists <= SELF_TOLERANCE))
+    return centres[other], points[other], np.rint(images[other]).astype(np.int64), dists[other]
 
 
 def _k_nearest(centers: np.ndarray, dists: np.ndarray, n_atoms: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mask of neighbours at or within each centre's k-th distance, and per-atom counts."""
+    """Per atom: neighbour count, and k-th nearest distance (infinite where fewer than k)."""
     counts = np.bincount(centers, minlength=n_atoms)
-    if counts.min() < k:
-        return np.zeros(0, dtype=bool), counts
-    order = np.lexsort((dists, centers))
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    kth = dists[order][starts + k - 1]
-    return dists <= kth[centers] + TIE_TOLERANCE, counts
+    kth = np.full(n_atoms, np.inf)
+    full = counts >= k
+    if full.any():
+        order = np.lexsort((dists, centers))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        kth[full] = dists[order][starts[full] + k - 1]
+    return counts, kth
+
+
+def _chunks(atoms: np.ndarray, radius: float, budget: _SearchBudget) -> Iterator[np.ndarray]:
+    """The atoms in consecutive chunks of about CHUNK_PAIRS expected pairs (re-estimated as pairs are seen)."""
+    start = 0
+    while start < len(atoms):
+        per_atom = max(budget.estimate(1, radius), 1e-9)
+        size = int(np.clip(CHUNK_PAIRS / per_atom, 1, FIRST_CHUNK_ATOMS if start == 0 else len(atoms)))
+        yield atoms[start:start + size]
+        start += size
+
+
+def _search_level(structure: Structure, atoms: np.ndarray, radius: float, k: int,
+                  budget: _SearchBudget) -> tuple[np.ndarray, ...]:
+    """Search ``atoms`` at ``radius``, a chunk at a time.
+
+    Returns, per atom of the structure, the neighbour count and k-th distance (for the
+    atoms searched), and the neighbours at or within each atom's k-th distance (ties
+    included) as (centre, neighbour, image) rows.
+    """
+    n_atoms = len(structure)
+    counts, kth = np.zeros(n_atoms, dtype=np.int64), np.full(n_atoms, np.inf)
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for chunk in _chunks(atoms, radius, budget):
+        estimated = budget.estimate(len(chunk), radius)
+        if estimated > budget.left:
+            raise NeighborSearchError(_refusal(len(atoms), radius, k))
+        centers, points, images, dists = _neighbor_search(structure, chunk, radius)
+        budget.spend(len(centers), estimated, _refusal(len(atoms), radius, k))
+        chunk_counts, chunk_kth = _k_nearest(centers, dists, n_atoms, k)
+        counts[chunk], kth[chunk] = chunk_counts[chunk], chunk_kth[chunk]
+        keep = dists <= kth[centers] + TIE_TOLERANCE
+        kept.append((centers[keep], points[keep], images[keep]))
+    return counts, kth, *(np.concatenate(parts) for parts in zip(*kept))
+
+
+def _refusal(n_searched: int, radius: float, k: int) -> str:
+    return (f"neighbour search refused: finding the {k} nearest neighbours of {n_searched} atom(s) within "
+            f"{radius:.1f} Å would visit more than {MAX_SEARCH_PAIRS:,} atom pairs (atoms far from all others "
+            "in a large cell, or packed too densely)")
+
+
+def _radii(cutoff: float, longest: float) -> Iterator[float]:
+    """The search radii: the cutoff, then the longest cell edge (or twice the cutoff), doubling."""
+    radius = cutoff
+    for _ in range(MAX_RADIUS_GROWTHS):
+        yield radius
+        radius = longest if radius < longest else 2 * radius
+
+
+def _knn_pairs(structure: Structure, settings: GraphSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centre, neighbour, image) of every atom's k nearest neighbours, ties included.
+
+    The same pairs as searching every atom at the first radius of ``_radii`` where all
+    have k neighbours (the original's rule), but an atom whose k-th distance lies inside
+    an earlier radius is not searched again: its pairs up to that distance are final.
+    """
+    n_atoms, k = len(structure), settings.max_neighbors
+    diagonals = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]]) @ structure.lattice.matrix
+    budget = _SearchBudget(MAX_SEARCH_PAIRS, n_atoms, structure.volume, float(np.linalg.norm(diagonals, axis=1).max()))
+    pending = np.arange(n_atoms)
+    found: list[tuple[np.ndarray, ...]] = []
+    radius = settings.cutoff
+    for radius in _radii(settings.cutoff, max(structure.lattice.abc)):
+        counts, kth, centers, points, images = _search_level(structure, pending, radius, k, budget)
+        last = counts[pending].min() >= k  # the original stops here: every atom takes its pairs within radius
+        done = np.zeros(n_atoms, dtype=bool)
+        done[pending] = last | (kth[pending] + TIE_TOLERANCE <= radius)
+        final = done[centers]
+        found.append((centers[final], points[final], images[final]))
+        if last:
+            return tuple(np.concatenate(parts) for parts in zip(*found))
+        pending = pending[~done[pending]]
+    raise NeighborSearchError(f"fewer than {k} neighbours within {radius:.1f} Å")
 
 
 def _canonical_edges(
@@ -133,19 +264,8 @@ def build_graph(structure: Structure, settings: GraphSettings = GraphSettings())
     """Build the Matformer graph of an ordered periodic structure."""
     atomic_numbers = np.array([site.specie.Z for site in structure], dtype=np.int16)
     check_elements(atomic_numbers, [site.specie.symbol for site in structure])
-    n_atoms = len(structure)
-    radius = settings.cutoff
-    for _ in range(MAX_RADIUS_GROWTHS):
-        centers, points, images, dists = _neighbor_search(structure, radius)
-        keep, counts = _k_nearest(centers, dists, n_atoms, settings.max_neighbors)
-        if keep.size:
-            break
-        longest = max(structure.lattice.abc)
-        radius = longest if radius < longest else 2 * radius
-    else:
-        raise ValueError(f"fewer than {settings.max_neighbors} neighbours within {radius:.1f} Å")
-
-    rows = _canonical_edges(n_atoms, centers[keep], points[keep], images[keep], settings.use_lattice)
+    centers, points, images = _knn_pairs(structure, settings)
+    rows = _canonical_edges(len(structure), centers, points, images, settings.use_lattice)
     src, dst, img = rows[:, 0], rows[:, 1], rows[:, 2:]
     frac = structure.frac_coords
     vectors = (frac[dst] + img - frac[src]) @ structure.lattice.matrix

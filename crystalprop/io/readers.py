@@ -443,7 +443,7 @@ def read_file(path: str) -> list[NameStructure]:
     return structure_from_text(_decode(data, path), path)
 
 
-def _call_with_timeout(func: Callable[[], T], seconds: float, on_timeout: Callable[[], Exception]) -> T:
+def _call_with_timeout(func: Callable[[], T], seconds: float, on_timeout: Callable[[], BaseException]) -> T:
     """Run ``func`` under a SIGALRM timer, restoring the previous handler and timer.
 
     The nested ``finally`` keeps the handler restore safe even if the alarm
@@ -468,17 +468,22 @@ def _call_with_timeout(func: Callable[[], T], seconds: float, on_timeout: Callab
             signal.setitimer(signal.ITIMER_REAL, remaining, previous_timer[1])
 
 
-def read_file_with_timeout(path: str, seconds: float) -> list[NameStructure]:
-    """:func:`read_file` with a wall-clock limit (SIGALRM, main thread of a process only).
+def run_with_time_limit(func: Callable[[], T], seconds: float | None, on_timeout: Callable[[], BaseException]) -> T:
+    """``func()``, interrupted by ``on_timeout()`` after ``seconds`` (SIGALRM, main thread of a process only).
 
-    Outside the main thread signals cannot be used, so the file is read
-    without a limit there.
+    Outside the main thread signals cannot be used, so ``func`` runs without a limit there,
+    as it does for ``seconds`` None or 0.
     """
+    if not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        return func()
+    return _call_with_timeout(func, seconds, on_timeout)
+
+
+def read_file_with_timeout(path: str, seconds: float) -> list[NameStructure]:
+    """:func:`read_file` with a wall-clock limit (see :func:`run_with_time_limit`)."""
     path = os.fspath(path)
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        return read_file(path)
     reason = f"took longer than {seconds:g} s to parse; skipped"
-    return _call_with_timeout(lambda: read_file(path), seconds, lambda: StructureReadError(path, reason))
+    return run_with_time_limit(lambda: read_file(path), seconds, lambda: StructureReadError(path, reason))
 
 
 DISORDER_REASON = (

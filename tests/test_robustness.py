@@ -1,0 +1,250 @@
+"""A screening run survives any input: time limits, dying readers, bounded batches (issue 17)."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import functools
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from pymatgen.core import Structure
+from pymatgen.io.cif import CifWriter
+
+from conftest import CLI, make_structures, perovskite, rocksalt, rocksalt_conventional
+from crystalprop import predictor as predictor_module
+from crystalprop.graph import GraphSettings, batch, build_graph, neighbors
+from crystalprop.predictor import Prepared, ReadAhead, iter_prepared
+
+HAS_PROC = Path("/proc/self/fd").is_dir() and hasattr(os, "mkfifo")
+
+
+def collect(reader: ReadAhead, seconds: float) -> list[Prepared]:
+    """Everything ``reader`` yields, or a test failure if it does not finish within ``seconds``."""
+    items: list[Prepared] = []
+    thread = threading.Thread(target=lambda: items.extend(reader), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"reading hung: {len(items)} items after {seconds} s")
+    return items
+
+
+# --- one time limit for a structure's whole preparation ----------------------------------------
+
+
+def test_time_limit_covers_the_neighbour_search(monkeypatch):
+    """The in-process path runs the readers' own code: a graph that takes too long becomes a row."""
+    original = neighbors._neighbor_search
+
+    def slow_for_big_cells(structure, *args):
+        if len(structure) > 2:
+            time.sleep(20)
+        return original(structure, *args)
+
+    monkeypatch.setattr(neighbors, "_neighbor_search", slow_for_big_cells)
+    started = time.monotonic()
+    items = list(iter_prepared([perovskite(3.905), rocksalt(4.21, "Mg", "O")], GraphSettings(), workers=0,
+                               timeout=0.5))
+    assert time.monotonic() - started < 10
+    assert [item.name for item in items] == ["structure0", "structure1"]
+    assert items[0].graph is None
+    assert items[0].error == ("preparing this input (reading, checks, neighbour search) took longer than 0.5 s; "
+                              "skipped")
+    assert items[1].error is None and items[1].graph is not None  # the run goes on
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_PROC, reason="needs named pipes")
+def test_time_limit_is_enforced_in_the_reader_process(tmp_path):
+    """A named pipe nobody writes to blocks its reader: the limit ends that input, the others are read."""
+    stuck = tmp_path / "stuck.cif"
+    os.mkfifo(stuck)
+    good = tmp_path / "good.cif"
+    CifWriter(rocksalt_conventional()).write_file(good)
+    items = collect(ReadAhead([str(stuck), str(good)], GraphSettings(), workers=1, timeout=1.0), 120)
+    assert [item.name for item in items] == [str(stuck), str(good)]
+    assert "took longer than 1 s" in items[0].error and "reading" in items[0].error
+    assert items[1].graph is not None
+
+
+def test_neighbour_search_refusal_is_a_row(monkeypatch):
+    monkeypatch.setattr(neighbors, "MAX_SEARCH_PAIRS", 5_000)
+    items = list(iter_prepared([rocksalt_conventional() * (3, 3, 3), rocksalt(4.21, "Mg", "O")], GraphSettings(),
+                               workers=0))
+    assert items[0].graph is None and items[0].error.startswith("neighbour search refused: ")
+    assert items[1].graph is not None
+
+
+# --- a reader process that dies costs only the input it held ----------------------------------
+
+
+class KillsItsReader(Structure):
+    """A Structure that SIGKILLs the process unpickling it: a reader dying on one input."""
+
+    def __reduce__(self):
+        return signal.raise_signal, (signal.SIGKILL,)
+
+
+@pytest.mark.slow
+def test_reader_killed_loses_only_its_input():
+    structures = [s for _, s in make_structures(12)]
+    poison = KillsItsReader.from_sites(rocksalt(4.2))
+    inputs = structures[:5] + [poison] + structures[5:]
+    items = collect(ReadAhead(inputs, GraphSettings(), workers=2), 180)
+    assert [item.name for item in items] == [f"structure{k}" for k in range(13)]
+    assert [item.name for item in items if item.error] == ["structure5"]
+    assert items[5].error == "reader process died (signal 9) while preparing this input"
+    assert all(item.graph is not None for item in items if not item.error)
+
+
+def _open_writer(fifo: Path, seconds: float) -> int:
+    """The write end of ``fifo``, opened once some process has opened it for reading."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _reader_of(fifo: Path) -> int:
+    """Pid of the other process that has ``fifo`` open."""
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        if int(fd_dir.parent.name) == os.getpid():
+            continue
+        try:
+            if any(os.readlink(link) == str(fifo) for link in fd_dir.iterdir()):
+                return int(fd_dir.parent.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no process has {fifo} open")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_PROC, reason="needs /proc and named pipes")
+def test_cli_reader_killed_mid_run_writes_every_row_and_exits_1(tmp_path, random_ckpt):
+    """SIGKILL the reader while it reads a file: that file gets a reason row, the others their values."""
+    names = []
+    for k, (name, structure) in enumerate(make_structures(6)):
+        if k == 2:
+            os.mkfifo(tmp_path / "stuck.cif")
+            names.append("stuck.cif")
+        CifWriter(structure).write_file(tmp_path / f"{name}.cif")
+        names.append(f"{name}.cif")
+    args = ["predict", *names, "-m", str(random_ckpt), "-o", "out.csv", "--workers", "1", "--timeout", "600"]
+    process = subprocess.Popen(CLI + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "GLOG_v": "3"})
+    try:
+        writer = _open_writer(tmp_path / "stuck.cif", 120)
+        os.kill(_reader_of(tmp_path / "stuck.cif"), signal.SIGKILL)
+        os.close(writer)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with open(tmp_path / "out.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["name"] for row in rows] == names
+    assert rows[2]["error"] == "reader process died (signal 9) while preparing this input" and not rows[2]["rand"]
+    assert not any(row["error"] for k, row in enumerate(rows) if k != 2)
+    assert process.returncode == 1, stderr
+
+
+def _pool_results(func, jobs, **kwargs) -> list:
+    from crystalprop.workers import ResilientPool
+
+    pool = ResilientPool(func, iter(jobs), 1, on_lost=lambda job, reason: reason, **kwargs)
+    try:
+        return list(pool)
+    finally:
+        pool.close()
+
+
+@pytest.mark.slow
+def test_pool_stops_a_worker_stuck_past_the_hard_limit():
+    started = time.monotonic()
+    assert _pool_results(time.sleep, [0, 600, 0], hard_limit=2) == [
+        None, "no answer within 2 s; reader process stopped", None]
+    assert time.monotonic() - started < 120
+
+
+@pytest.mark.slow
+def test_pool_reports_an_exception_in_the_worker_as_that_job_s_result():
+    import math
+
+    assert _pool_results(math.sqrt, [4.0, -1.0, 9.0]) == [2.0, "reader error: ValueError: math domain error", 3.0]
+
+
+@pytest.mark.slow
+def test_pool_gives_up_when_workers_die_while_starting():
+    suicide = functools.partial(signal.raise_signal, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"3 reader processes in a row died while starting \(last: signal 9\)"):
+        _pool_results(time.sleep, [0, 0], initializer=suicide)
+
+
+# --- batches bounded by atoms and edges --------------------------------------------------------
+
+
+def _prepared(n_atoms: int, n_edges: int) -> Prepared:
+    graph = neighbors.CrystalGraph(np.ones(n_atoms, np.int16), np.zeros(n_edges, np.int32),
+                                   np.zeros(n_edges, np.int32), np.ones(n_edges, np.float32))
+    return Prepared(f"{n_atoms}-{n_edges}", "", graph=graph)
+
+
+def test_batches_close_before_the_atom_or_edge_limit():
+    items = [_prepared(10, 100), _prepared(10, 100), Prepared("failed", "", error="x"), _prepared(50, 100),
+             _prepared(5, 900), _prepared(1, 5000), _prepared(1, 1), _prepared(1, 1)]
+    limits = batch.BatchLimits(structures=3, atoms=60, edges=1000)
+    batches = list(predictor_module._batched(iter(items), limits))
+    assert [[item.name for item in part] for part in batches] == [
+        ["10-100", "10-100", "failed"],  # 50 more atoms would make 70
+        ["50-100", "5-900"],  # 1000 edges: at the limit
+        ["1-5000"],  # over the limit alone: a batch of its own
+        ["1-1", "1-1"],
+    ]
+
+
+def test_batch_limits_follow_the_model_size():
+    small = batch.BatchLimits.for_model(64, features=64, heads=1)
+    paper = batch.BatchLimits.for_model(64, features=128, heads=4)
+    assert small.edges == 8 * paper.edges and small.atoms == 8 * paper.atoms
+    assert paper.edges * 128 * 4 * 16 <= 1 << 30  # 16 bytes per edge and channel within 1 GiB
+    assert batch.BatchLimits.for_model(64, 64, 1, memory=2 << 30).edges == 2 * small.edges
+
+
+@pytest.mark.slow
+def test_predictions_do_not_depend_on_the_batch_bound(random_ckpt):
+    from crystalprop.predictor import Predictor
+
+    structures = [s for _, s in make_structures(8)] + [rocksalt_conventional() * (2, 2, 2)]
+    predictor = Predictor(str(random_ckpt))
+    graphs = [build_graph(s) for s in structures]
+    memory = 16 * 8 * 600  # 600 edges for the tiny model's 8 channels at 16 bytes each
+    limits = predictor.batch_limits(64, memory)
+    assert limits.edges == 600
+    bounded = list(predictor.iter_rows(structures, workers=0, batch_memory=memory))
+    edges = {f"structure{k}": g.num_edges for k, g in enumerate(graphs)}
+    assert len(bounded) > 2
+    for rows in bounded:
+        assert len(rows) == 1 or sum(edges[row["name"]] for row in rows) <= limits.edges
+    whole = [row for rows in predictor.iter_rows(structures, workers=0) for row in rows]
+    assert [row["name"] for rows in bounded for row in rows] == [row["name"] for row in whole]
+    np.testing.assert_allclose([row["rand"] for rows in bounded for row in rows], [row["rand"] for row in whole],
+                               rtol=1e-6)
+
+
+def test_predict_help_says_how_batches_are_bounded():
+    from crystalprop.cli import main
+
+    text = " ".join(CliRunner().invoke(main, ["predict", "--help"]).output.split())
+    assert "--batch-memory" in text and "atoms and edges" in text and "features x heads" in text
