@@ -53,3 +53,24 @@ def test_compile_cache_is_keyed_on_the_kernels(tmp_path, monkeypatch):
     assert _cache_path(monkeypatch, library) == with_kernels
     assert _cache_path(monkeypatch, None) != with_kernels  # CRYSTALPROP_FUSED_KERNELS=0, or no compiler
     assert _cache_path(monkeypatch, other) not in (with_kernels, _cache_path(monkeypatch, None))
+
+
+DENORMAL_CHECK = """
+import numpy as np
+from crystalprop import backend
+backend.set_device("CPU")
+ms = backend.mindspore_module()
+from crystalprop.model import fused
+assert fused.library() is not None
+values, index = np.ones((4, 16), np.float32), np.array([0, 1, 1, 2], np.int32)
+fused.scatter_rows_op()(ms.Tensor(values), ms.Tensor(index), ms.Tensor(np.zeros((3, 16), np.float32))).asnumpy()
+print(repr(float(np.float32(1e-38) * np.float32(1e-2))))
+"""
+
+
+def test_loading_the_kernels_keeps_denormals():
+    """The library must not switch the process to flush-to-zero (crtfastmath.o did)."""
+    done = subprocess.run([sys.executable, "-c", DENORMAL_CHECK], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.split()[-1]) == pytest.approx(1e-40, rel=1e-2, abs=0)  # 0.0 under flush-to-zero
