@@ -232,10 +232,12 @@ class Predictor:
         """
         if self._compiled:
             return
+        from crystalprop.backend import first_compile  # noqa: PLC0415
+
         # any graph will do: the compiled graph takes every shape; one Fe atom, two edges
         probe = CrystalGraph(np.array([26], np.int16), np.zeros(2, np.int32), np.zeros(2, np.int32),
                              np.array([2.5, 2.9], np.float32))
-        self.predict_prepared([Prepared("probe", "probe", graph=probe)])
+        first_compile(lambda: self.predict_prepared([Prepared("probe", "probe", graph=probe)]))
         self._compiled = True
 
     @property
