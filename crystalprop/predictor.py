@@ -21,11 +21,11 @@ from crystalprop.graph.elements import SYMBOLS, ElementError
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
 from crystalprop.io.applicability import domain_warnings
 from crystalprop.io.discovery import iter_structure_paths
+from crystalprop.io.limits import READ_TIMEOUT_S
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-READ_TIMEOUT_S = 60.0
 MAX_PENDING = 2048  # inputs read ahead of the models (a few MB of graphs)
 
 

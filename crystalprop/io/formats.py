@@ -12,6 +12,7 @@ CIF_SUFFIXES = (".cif",)
 POSCAR_SUFFIXES = (".vasp", ".poscar")
 POSCAR_PREFIXES = ("poscar", "contcar")
 JSON_SUFFIXES = (".json",)
+STRUCTURE_SUFFIXES = CIF_SUFFIXES + POSCAR_SUFFIXES + JSON_SUFFIXES
 
 
 def _strip_gz(name: str) -> str:
@@ -30,6 +31,14 @@ def format_from_name(path: str) -> str | None:
     if base.endswith(POSCAR_SUFFIXES) or base.startswith(POSCAR_PREFIXES):
         return "poscar"
     return None
+
+
+def structure_stem(name: str) -> str:
+    """A file name without ``.gz`` and its structure suffix (``mp-1.cif.gz`` -> ``mp-1``); names
+    without such a suffix (``POSCAR_Si``) are returned whole."""
+    base = _strip_gz(name)
+    suffix = next((s for s in STRUCTURE_SUFFIXES if base.lower().endswith(s)), None)
+    return base[: -len(suffix)] if suffix else os.path.basename(name)
 
 
 def looks_like_structure_name(name: str) -> bool:

@@ -27,9 +27,7 @@ from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
 from crystalprop.io.formats import format_from_name
-
-MAX_FILE_BYTES = 200 * 1024 * 1024
-"""Largest (decompressed) file size read, to refuse gzip bombs and runaway files."""
+from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
 
 GZIP_MAGIC = b"\x1f\x8b"
 WRAPPER_ID_KEYS = ("id", "material_id", "jid")
@@ -402,9 +400,11 @@ def _gunzip(raw: bytes, path: str, limit: int) -> bytes:
     return data
 
 
-def _read_bytes(path: str) -> bytes:
-    """File content, gunzipped when it starts with the gzip magic bytes."""
-    limit = MAX_FILE_BYTES
+def read_bytes(path: str, limit: int | None = None) -> bytes:
+    """File content, gunzipped when it starts with the gzip magic bytes; refused with a
+    :class:`StructureReadError` beyond ``limit`` bytes (default MAX_FILE_BYTES) before or
+    after decompression. Every input file is read through here."""
+    limit = limit or MAX_FILE_BYTES
     raw = _read_raw(path, limit)
     if len(raw) > limit:
         raise StructureReadError(path, f"file is larger than the {_mb(limit)} limit; refusing to read")
@@ -429,7 +429,7 @@ def read_file(path: str) -> list[NameStructure]:
     Every failure raises :class:`StructureReadError` with a one-line reason.
     """
     path = os.fspath(path)
-    data = _read_bytes(path)
+    data = read_bytes(path)
     if not data.strip():
         raise StructureReadError(path, "empty file")
     return structure_from_text(_decode(data, path), path)
@@ -555,7 +555,7 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, max_s
     return _close_pair_warnings([p for p in pairs if p[2] < min_distance])
 
 
-def iter_file_records(path: str, timeout: float | None = 60) -> Iterator[StructureRecord]:
+def iter_file_records(path: str, timeout: float | None = READ_TIMEOUT_S) -> Iterator[StructureRecord]:
     """Records for one file: one per valid structure, or one carrying the error."""
     try:
         pairs = read_file_with_timeout(path, timeout) if timeout else read_file(path)

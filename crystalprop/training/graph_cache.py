@@ -22,11 +22,11 @@ from crystalprop.atomic import atomic_write
 from crystalprop.backend import cache_dir
 from crystalprop.graph.batch import GraphError, check_graphs
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
+from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, structure_from_text, validate_structure
 from crystalprop.training.datasets import Entry
 
 GRAPH_FORMAT = 2  # bump when the graph builder's output changes
-READ_TIMEOUT_S = 60.0
 
 
 def entry_structure(source: Any, name: str):
