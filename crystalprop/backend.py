@@ -136,7 +136,19 @@ def set_device(device: str = "CPU", threads: int | None = None) -> None:
     _state["device"] = canonical
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity where the system reports one (Linux),
+    else every core (macOS has no ``os.sched_getaffinity``)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        try:
+            return max(1, len(affinity(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
 def cpu_threads() -> int:
     """Threads a CPU kernel may use: those given to :func:`set_device`, else every usable core."""
     threads = _state.get("threads")
-    return int(threads) if threads else len(os.sched_getaffinity(0))
+    return int(threads) if threads else usable_cores()

@@ -8,6 +8,7 @@ enforces size and time limits, and turns every failure into a one-line
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import io
 import json
@@ -460,17 +461,46 @@ def _call_with_timeout(func: Callable[[], T], seconds: float, on_timeout: Callab
             signal.setitimer(signal.ITIMER_REAL, remaining, previous_timer[1])
 
 
-def read_file_with_timeout(path: str, seconds: float) -> list[NameStructure]:
-    """:func:`read_file` with a wall-clock limit (SIGALRM, main thread of a process only).
+class _Abandoned(SystemExit):
+    """Raised into a timed-out worker thread to stop it; threads end silently on SystemExit."""
 
-    Outside the main thread signals cannot be used, so the file is read
-    without a limit there.
+
+def _call_in_watched_thread(func: Callable[[], T], seconds: float, on_timeout: Callable[[], Exception]) -> T:
+    """Run ``func`` in a helper thread and wait at most ``seconds`` for it: the limit where
+    SIGALRM cannot serve (Windows, or any thread but the main one).
+
+    On time-out the caller gets ``on_timeout()`` at once; the helper is stopped by an exception
+    raised into it at its next Python instruction (a C call it is in finishes first).
     """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = func()
+        except BaseException as exc:  # handed to the caller, whatever it is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="crystalprop-read", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(_Abandoned))
+        raise on_timeout()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def read_file_with_timeout(path: str, seconds: float) -> list[NameStructure]:
+    """:func:`read_file` with a wall-clock limit: SIGALRM in the main thread of a process, a
+    watched helper thread elsewhere (other threads, platforms without SIGALRM)."""
     path = os.fspath(path)
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+    if seconds <= 0:
         return read_file(path)
     reason = f"took longer than {seconds:g} s to parse; skipped"
-    return _call_with_timeout(lambda: read_file(path), seconds, lambda: StructureReadError(path, reason))
+    with_alarm = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    call = _call_with_timeout if with_alarm else _call_in_watched_thread
+    return call(lambda: read_file(path), seconds, lambda: StructureReadError(path, reason))
 
 
 DISORDER_REASON = (
