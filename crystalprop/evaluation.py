@@ -117,7 +117,8 @@ def evaluate_model(
         metrics["mae_nonzero_targets"] = float(np.mean(np.abs(pred[~zero] - y[~zero])))
         metrics["n_zero_targets"] = int(zero.sum())
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
-              "unit": card.unit, "split": split, "split_check": split_check, "n_failed": int(sum(1 for e in errors if e)), **metrics}
+              "unit": card.unit, "split": split, "split_check": split_check,
+              "n_failed": int(sum(1 for e in errors if e)), **metrics}
     if output_dir:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -276,11 +276,20 @@ def pack_ids(ids: list[str]) -> str:
     return base64.b64encode(b"".join(sorted({_id_hash(i) for i in ids}))).decode("ascii")
 
 
+def _unpack(packed: str) -> set[bytes]:
+    raw = base64.b64decode(packed)
+    return {raw[k : k + ID_HASH_BYTES] for k in range(0, len(raw), ID_HASH_BYTES)}
+
+
 def ids_in_packed(ids: list[str], packed: str) -> list[str]:
     """Those of ``ids`` that belong to the set packed by :func:`pack_ids`."""
-    raw = base64.b64decode(packed)
-    members = {raw[k : k + ID_HASH_BYTES] for k in range(0, len(raw), ID_HASH_BYTES)}
+    members = _unpack(packed)
     return [i for i in ids if _id_hash(i) in members]
+
+
+def merge_packed(*packed: str) -> str:
+    """The union of id sets packed by :func:`pack_ids`, packed the same way."""
+    return base64.b64encode(b"".join(sorted(set().union(*map(_unpack, packed))))).decode("ascii")
 
 
 def split_record(dataset: Dataset, val_fraction: float, test_fraction: float, seed: int,
