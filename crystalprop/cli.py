@@ -507,7 +507,8 @@ def evaluate(model, data, target, split, output_dir, batch_size, id_column, stru
         if key in result:
             table.add_row(key, f"{result[key]:.4g}" if isinstance(result[key], float) else str(result[key]))
     out.print(table)
-    console.print(f"{result['split']} split checked against the training data: {result['split_check']}", highlight=False)
+    console.print(f"{result['split']} split checked against the training data: {result['split_check']}",
+                  highlight=False)
     if output_dir:
         console.print(f"files in {output_dir}: {', '.join(result['files'])}")
 

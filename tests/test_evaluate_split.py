@@ -77,10 +77,12 @@ def test_a_warm_start_carries_the_ids_it_was_trained_on(run_dir, data, tmp_path)
     train_model(data, tmp_path / "again", config, val_fraction=0.3, workers=1, init_from=run_dir / "best.ckpt")
     with pytest.raises(ValueError, match="were used to train"):
         evaluate_model(str(tmp_path / "again"), data)
-    first = set(ids_in_packed([f"m-{i:03d}" for i in range(N_DATA)],
-                              read_checkpoint(run_dir / "best.ckpt")[0].training["data"]["split_record"]["trained_ids"]))
-    both = read_checkpoint(tmp_path / "again" / "best.ckpt")[0].training["data"]["split_record"]["trained_ids"]
-    assert first < set(ids_in_packed([f"m-{i:03d}" for i in range(N_DATA)], both))
+    ids = [f"m-{i:03d}" for i in range(N_DATA)]
+
+    def trained(path: Path) -> set[str]:
+        return set(ids_in_packed(ids, read_checkpoint(path)[0].training["data"]["split_record"]["trained_ids"]))
+
+    assert trained(run_dir / "best.ckpt") < trained(tmp_path / "again" / "best.ckpt")
 
 
 def test_cli_refuses_trained_structures_in_one_line(run_dir, data, tmp_path):

@@ -108,8 +108,8 @@ def _load_checked(path: Path, ids: list[str]) -> tuple[list[CrystalGraph | None]
         good = [(g, i) for g, i in zip(graphs, ids) if g is not None]
         check_graphs([g for g, _ in good], [f"{path} (entry {i})" for _, i in good])
     except Exception as exc:  # whatever the damage (bad zip, missing array, bad index), rebuild
-        warnings.warn(f"{path}: damaged graph cache, rebuilding it ({(str(exc).splitlines() or [type(exc).__name__])[0]})",
-                      stacklevel=3)
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        warnings.warn(f"{path}: damaged graph cache, rebuilding it ({reason})", stacklevel=3)
         return None
     return graphs, errors
 

@@ -137,7 +137,8 @@ int Backward(void **params, int64_t **shapes) {
   const int64_t rows = shapes[0][0], width = shapes[0][1];
   const int threads = Threads();
   const int64_t blocks = Blocks(rows);
-  std::vector<float> block_sums(static_cast<size_t>(std::max<int64_t>(1, blocks)) * 3 * width, 0.f);  // dgamma, dbeta, dbias
+  // dgamma, dbeta, dbias per block
+  std::vector<float> block_sums(static_cast<size_t>(std::max<int64_t>(1, blocks)) * 3 * width, 0.f);
   std::vector<float> buffers(static_cast<size_t>(threads) * 2 * width);  // dn, n per thread
   float *sums = block_sums.data();
   float *scratch = buffers.data();
@@ -285,7 +286,8 @@ int GateBackward(void **params, int64_t **shapes) {
   const int64_t c = in.c, width = in.width;
   const int threads = Threads();
   const int64_t blocks = Blocks(in.rows);
-  std::vector<float> block_sums(static_cast<size_t>(std::max<int64_t>(1, blocks)) * 2 * width, 0.f);  // dgamma, dbeta
+  // dgamma, dbeta per block
+  std::vector<float> block_sums(static_cast<size_t>(std::max<int64_t>(1, blocks)) * 2 * width, 0.f);
   std::vector<float> buffers(static_cast<size_t>(threads) * 3 * width);  // dn, n, u per thread
   float *sums = block_sums.data();
   float *scratch = buffers.data();
