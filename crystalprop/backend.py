@@ -10,13 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
+from typing import Callable, TypeVar
 
 DEVICES = ("CPU", "GPU", "Ascend")
 
 _state: dict[str, object] = {}
+T = TypeVar("T")
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -51,7 +54,7 @@ def enable_compile_cache(*key_parts: object) -> None:
     ``key_parts`` (e.g. the model configuration). Call it after :func:`set_device` and
     before the first compile; ``CRYSTALPROP_COMPILE_CACHE=0`` turns it off.
     """
-    if os.environ.get("CRYSTALPROP_COMPILE_CACHE", "1") == "0":
+    if os.environ.get("CRYSTALPROP_COMPILE_CACHE", "1") == "0" or not _entry_script_readable():
         return
     from crystalprop.model.fused import library_digest  # noqa: PLC0415  (imports this module)
 
@@ -64,6 +67,32 @@ def enable_compile_cache(*key_parts: object) -> None:
     digest.update(json.dumps([str(p) for p in key_parts], sort_keys=True).encode())
     os.environ["MS_COMPILER_CACHE_ENABLE"] = "1"
     os.environ["MS_COMPILER_CACHE_PATH"] = str(cache_dir() / "ms_compile" / digest.hexdigest()[:24])
+
+
+def _entry_script_readable() -> bool:
+    """Whether MindSpore's compile cache can read the entry script, which it parses for the cache's
+    dependencies: a real file, or none at all (an interactive session). Under ``python -c`` or a
+    script on standard input ``python -``, sys.argv[0] names no file and the cache fails."""
+    entry = sys.argv[0] if sys.argv else ""
+    return entry == "" or os.path.isfile(entry)
+
+
+def disable_compile_cache() -> None:
+    """Compile without MindSpore's compile cache from now on in this process."""
+    os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"
+    os.environ.pop("MS_COMPILER_CACHE_PATH", None)
+
+
+def first_compile(call: Callable[[], T]) -> T:
+    """Run ``call``, the first run of a compiled graph; should it fail with the compile cache on,
+    run it again without the cache: a cache must never cost a prediction."""
+    try:
+        return call()
+    except Exception:  # whatever MindSpore raises from a cache it cannot read or write
+        if os.environ.get("MS_COMPILER_CACHE_ENABLE") != "1":
+            raise
+        disable_compile_cache()
+        return call()
 
 
 def mindspore_module() -> ModuleType:
@@ -107,7 +136,19 @@ def set_device(device: str = "CPU", threads: int | None = None) -> None:
     _state["device"] = canonical
 
 
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity where the system reports one (Linux),
+    else every core (macOS has no ``os.sched_getaffinity``)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    if affinity is not None:
+        try:
+            return max(1, len(affinity(0)))
+        except OSError:
+            pass
+    return os.cpu_count() or 1
+
+
 def cpu_threads() -> int:
     """Threads a CPU kernel may use: those given to :func:`set_device`, else every usable core."""
     threads = _state.get("threads")
-    return int(threads) if threads else len(os.sched_getaffinity(0))
+    return int(threads) if threads else usable_cores()

@@ -613,7 +613,8 @@ def evaluate(model, data, target, split, output_dir, batch_size, id_column, stru
     table.add_column(f"value ({result['unit']})" if result["unit"] else "value", justify="right")
     _add_metric_rows(table, result)
     out.print(table)
-    console.print(f"{result['split']} split checked against the training data: {result['split_check']}", highlight=False)
+    console.print(f"{result['split']} split checked against the training data: {result['split_check']}",
+                  highlight=False)
     if output_dir:
         console.print(f"files in {output_dir}: {', '.join(result['files'])}")
 

@@ -23,12 +23,12 @@ from crystalprop.graph.elements import SYMBOLS, ElementError
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, NeighborSearchError, build_graph
 from crystalprop.io.applicability import domain_warnings
 from crystalprop.io.discovery import iter_structure_paths
+from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.workers import ResilientPool
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-READ_TIMEOUT_S = 60.0
 MAX_PENDING = 2048  # inputs read ahead of the models (a few MB of graphs)
 HARD_LIMIT_GRACE_S = 30.0  # a reader stuck past twice the time limit plus this is stopped from outside
 
@@ -99,8 +99,8 @@ def _prepare_file(path: str, settings: GraphSettings) -> Iterator[Prepared]:
 def _within_time_limit(steps: Iterator[Prepared], timeout: float, name: str) -> list[Prepared]:
     """Every item of ``steps``, each computed within ``timeout`` seconds (0: no limit).
 
-    The limit is a SIGALRM timer: in force in the main thread of a process, as in the reader
-    processes; elsewhere (a caller's thread) there is none.
+    The limit is a SIGALRM timer in the main thread of a process (the reader processes), a
+    watched helper thread elsewhere (see :func:`crystalprop.io.readers.run_with_time_limit`).
     """
     from crystalprop.io.readers import run_with_time_limit  # noqa: PLC0415
 
@@ -298,10 +298,12 @@ class Predictor:
         """
         if self._compiled:
             return
+        from crystalprop.backend import first_compile  # noqa: PLC0415
+
         # any graph will do: the compiled graph takes every shape; one Fe atom, two edges
         probe = CrystalGraph(np.array([26], np.int16), np.zeros(2, np.int32), np.zeros(2, np.int32),
                              np.array([2.5, 2.9], np.float32))
-        self.predict_prepared([Prepared("probe", "probe", graph=probe)])
+        first_compile(lambda: self.predict_prepared([Prepared("probe", "probe", graph=probe)]))
         self._compiled = True
 
     def provenance(self) -> dict:

@@ -71,6 +71,20 @@ def test_evaluate_refuses_trained_structures_as_validation(run_dir, data, tmp_pa
     assert evaluate_model(str(run_dir), copy, split="all")["n"] == N_DATA
 
 
+def test_a_warm_start_carries_the_ids_it_was_trained_on(run_dir, data, tmp_path):
+    """Warm-started on another split of the same data: its validation holds ids trained on before."""
+    config = TrainConfig(target="y", unit="eV", epochs=1, batch_size=8, lr=5e-3, seed=6, model=ModelConfig(**TINY))
+    train_model(data, tmp_path / "again", config, val_fraction=0.3, workers=1, init_from=run_dir / "best.ckpt")
+    with pytest.raises(ValueError, match="were used to train"):
+        evaluate_model(str(tmp_path / "again"), data)
+    ids = [f"m-{i:03d}" for i in range(N_DATA)]
+
+    def trained(path: Path) -> set[str]:
+        return set(ids_in_packed(ids, read_checkpoint(path)[0].training["data"]["split_record"]["trained_ids"]))
+
+    assert trained(run_dir / "best.ckpt") < trained(tmp_path / "again" / "best.ckpt")
+
+
 def test_cli_refuses_trained_structures_in_one_line(run_dir, data, tmp_path):
     copy = shutil.copy(data, tmp_path / "data.json")
     ids = [r["id"] for r in json.loads(Path(copy).read_text())]

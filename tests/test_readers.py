@@ -389,7 +389,7 @@ def test_timeout_restores_handler(tmp_path, monkeypatch, nacl):
     assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
 
 
-def test_timeout_outside_main_thread_has_no_limit(tmp_path, nacl):
+def test_timeout_outside_main_thread_reads(tmp_path, nacl):
     path = write(tmp_path / "ok.cif", str(CifWriter(nacl)))
     result: list = []
     worker = threading.Thread(target=lambda: result.extend(read_file_with_timeout(path, 0.5)))

@@ -7,8 +7,17 @@ from typing import Sequence
 
 import numpy as np
 
-from crystalprop.graph.elements import atom_features
+from crystalprop.graph.elements import MAX_Z, atom_features
 from crystalprop.graph.neighbors import CrystalGraph
+
+INT32_LIMIT = 2**31  # the kernels index atoms and bond lengths with int32
+KEY_LIMIT = 2.0**62  # the int64 edge key of collate must stay below this (as in neighbors.py)
+
+
+class GraphError(ValueError):
+    """A graph whose arrays disagree, e.g. a damaged cache entry: its edges would index atoms
+    it does not have, a read or write outside the kernels' buffers."""
+
 
 BATCH_MEMORY_BYTES = 1 << 30
 """Default memory for one batch's activations in a forward pass (predict)."""
@@ -83,21 +92,110 @@ class GraphBatch:
         )
 
 
-def collate(graphs: Sequence[CrystalGraph]) -> GraphBatch:
-    """Concatenate graphs, offsetting atom indices; find the batch's distinct distances."""
-    n_nodes = np.array([g.num_nodes for g in graphs], dtype=np.int64)
+def _label(names: Sequence[str] | None, k: int) -> str:
+    return names[k] if names is not None else f"graph {k} of the batch"
+
+
+def _check_shapes(graphs: Sequence[CrystalGraph], names: Sequence[str] | None) -> None:
+    """One-dimensional arrays of matching lengths, integer indices, at least one atom."""
+    for k, g in enumerate(graphs):
+        arrays = (g.atomic_numbers, g.src, g.dst, g.distances)
+        if any(np.ndim(a) != 1 for a in arrays) or not len(g.src) == len(g.dst) == len(g.distances):
+            raise GraphError(f"{_label(names, k)}: damaged graph: edge arrays of unequal lengths or not 1-D")
+        if g.num_nodes == 0 or any(not np.issubdtype(a.dtype, np.integer) for a in arrays[:3]):
+            raise GraphError(f"{_label(names, k)}: damaged graph: no atoms, or indices that are not integers")
+
+
+@dataclass
+class _Joined:
+    """The graphs' arrays end to end, indices still local to each graph."""
+
+    n_nodes: np.ndarray
+    n_edges: np.ndarray
+    atomic_numbers: np.ndarray
+    src: np.ndarray
+    dst: np.ndarray
+    distances: np.ndarray
+
+
+def _join(graphs: Sequence[CrystalGraph]) -> _Joined:
+    return _Joined(np.array([g.num_nodes for g in graphs], dtype=np.int64),
+                   np.array([g.num_edges for g in graphs], dtype=np.int64),
+                   np.concatenate([g.atomic_numbers for g in graphs]),
+                   np.concatenate([g.src for g in graphs]).astype(np.int64),
+                   np.concatenate([g.dst for g in graphs]).astype(np.int64),
+                   np.concatenate([g.distances for g in graphs]))
+
+
+def _check_joined(joined: _Joined, names: Sequence[str] | None) -> None:
+    """Edges within their own graph's atoms, finite lengths, elements in the feature table."""
+    n_nodes, n_edges = joined.n_nodes, joined.n_edges
+    limit = np.repeat(n_nodes, n_edges).view(np.uint64)
+    src, dst = joined.src, joined.dst
+    # as unsigned, a negative index is huge: one comparison tests both ends
+    bad_edges = (src.view(np.uint64) >= limit) | (dst.view(np.uint64) >= limit) | ~np.isfinite(joined.distances)
+    if bad_edges.any():
+        edge = int(np.argmax(bad_edges))
+        k = int(np.searchsorted(np.cumsum(n_edges), edge, side="right"))
+        raise GraphError(f"{_label(names, k)}: damaged graph: edge {edge - int(n_edges[:k].sum())} joins atoms "
+                         f"{src[edge]} and {dst[edge]} of {n_nodes[k]} (or has a non-finite length)")
+    z = joined.atomic_numbers
+    bad_atoms = (z < 1) | (z > MAX_Z)
+    if bad_atoms.any():
+        atom = int(np.argmax(bad_atoms))
+        k = int(np.searchsorted(np.cumsum(n_nodes), atom, side="right"))
+        raise GraphError(f"{_label(names, k)}: damaged graph: atomic number {z[atom]} outside 1-{MAX_Z}")
+
+
+def check_graphs(graphs: Sequence[CrystalGraph], names: Sequence[str] | None = None) -> _Joined | None:
+    """Refuse a graph whose edges name atoms it does not have, whose elements are outside the
+    feature table, or whose bond lengths are not finite: vectorised over the whole batch, so
+    that the kernels never index outside their buffers. ``names`` label the graphs in the error.
+    Returns the joined arrays (None for no graphs)."""
+    if not graphs:
+        return None
+    _check_shapes(graphs, names)
+    joined = _join(graphs)
+    _check_joined(joined, names)
+    return joined
+
+
+def _distinct_edges(src: np.ndarray, dst: np.ndarray, distance_index: np.ndarray, n_total: int,
+                    n_distances: int) -> tuple[np.ndarray, np.ndarray]:
+    """First position and count of each distinct (src, dst, length) edge, in lexicographic order.
+
+    One int64 key per edge where it cannot overflow; row-wise ``np.unique`` (same order) beyond.
+    """
+    if float(n_total) ** 2 * float(max(n_distances, 1)) < KEY_LIMIT:
+        key = (src * n_total + dst) * n_distances + distance_index
+        _, first, counts = np.unique(key, return_index=True, return_counts=True)
+    else:
+        _, first, counts = np.unique(np.column_stack([src, dst, distance_index]), axis=0, return_index=True,
+                                     return_counts=True)
+    return first, counts
+
+
+def collate(graphs: Sequence[CrystalGraph], names: Sequence[str] | None = None) -> GraphBatch:
+    """Concatenate graphs, offsetting atom indices; find the batch's distinct distances.
+
+    Every graph is checked first (:func:`check_graphs`); ``names`` label them in its errors.
+    """
+    joined = check_graphs(graphs, names)
+    if joined is None:
+        raise GraphError("no graphs to batch")
+    n_nodes, n_edges = joined.n_nodes, joined.n_edges
     offsets = np.concatenate([[0], np.cumsum(n_nodes)[:-1]])
-    n_edges = np.array([g.num_edges for g in graphs], dtype=np.int64)
     edge_offsets = np.repeat(offsets, n_edges)
-    src = np.concatenate([g.src for g in graphs]).astype(np.int64) + edge_offsets
-    dst = np.concatenate([g.dst for g in graphs]).astype(np.int64) + edge_offsets
-    distances, distance_index = np.unique(np.concatenate([g.distances for g in graphs]), return_inverse=True)
+    src = joined.src + edge_offsets
+    dst = joined.dst + edge_offsets
+    distances, distance_index = np.unique(joined.distances, return_inverse=True)
     distance_index = distance_index.ravel()
     n_total = int(n_nodes.sum())
-    key = (src * n_total + dst) * len(distances) + distance_index
-    _, first, counts = np.unique(key, return_index=True, return_counts=True)
+    if max(n_total, len(src)) >= INT32_LIMIT:
+        raise GraphError(f"batch of {n_total} atoms and {len(src)} edges exceeds the kernels' int32 indices")
+    first, counts = _distinct_edges(src, dst, distance_index, n_total, len(distances))
     return GraphBatch(
-        node_features=atom_features(np.concatenate([g.atomic_numbers for g in graphs])),
+        node_features=atom_features(joined.atomic_numbers),
         src=src[first].astype(np.int32),
         dst=dst[first].astype(np.int32),
         distance_index=distance_index[first].astype(np.int32),

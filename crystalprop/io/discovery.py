@@ -11,6 +11,7 @@ import os
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from crystalprop.io.formats import is_pw_x_file, looks_like_structure_name, may_be_pw_x_name
+from crystalprop.io.limits import READ_TIMEOUT_S
 
 if TYPE_CHECKING:
     from crystalprop.io.readers import StructureRecord
@@ -109,7 +110,7 @@ def iter_structure_paths(args: Iterable[str], recursive: bool = False) -> Iterat
 
 
 def iter_records(
-    args: Iterable[str], recursive: bool = False, timeout: float | None = 60
+    args: Iterable[str], recursive: bool = False, timeout: float | None = READ_TIMEOUT_S
 ) -> Iterator[StructureRecord]:
     """Read and validate every structure in this process, one record per structure.
 

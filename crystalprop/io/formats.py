@@ -14,6 +14,7 @@ CIF_SUFFIXES = (".cif",)
 POSCAR_SUFFIXES = (".vasp", ".poscar")
 POSCAR_PREFIXES = ("poscar", "contcar")
 JSON_SUFFIXES = (".json",)
+STRUCTURE_SUFFIXES = CIF_SUFFIXES + POSCAR_SUFFIXES + JSON_SUFFIXES
 
 ASE_FORMATS = {
     "extxyz": "extended XYZ",
@@ -109,6 +110,14 @@ def is_pw_x_file(path: str) -> bool:
     except (OSError, EOFError):
         return False
     return ase_format_from_content(head.decode("latin-1")) in ("espresso-in", "espresso-out")
+
+
+def structure_stem(name: str) -> str:
+    """A file name without ``.gz`` and its structure suffix (``mp-1.cif.gz`` -> ``mp-1``); names
+    without such a suffix (``POSCAR_Si``) are returned whole."""
+    base = _strip_gz(name)
+    suffix = next((s for s in STRUCTURE_SUFFIXES if base.lower().endswith(s)), None)
+    return base[: -len(suffix)] if suffix else os.path.basename(name)
 
 
 def looks_like_structure_name(name: str) -> bool:

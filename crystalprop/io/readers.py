@@ -8,6 +8,7 @@ enforces size and time limits, and turns every failure into a one-line
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import io
 import json
@@ -27,9 +28,7 @@ from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
-
-MAX_FILE_BYTES = 200 * 1024 * 1024
-"""Largest (decompressed) file size read, to refuse gzip bombs and runaway files."""
+from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
 
 GZIP_MAGIC = b"\x1f\x8b"
 WRAPPER_ID_KEYS = ("id", "material_id", "jid")
@@ -410,9 +409,11 @@ def _gunzip(raw: bytes, path: str, limit: int) -> bytes:
     return data
 
 
-def _read_bytes(path: str) -> bytes:
-    """File content, gunzipped when it starts with the gzip magic bytes."""
-    limit = MAX_FILE_BYTES
+def read_bytes(path: str, limit: int | None = None) -> bytes:
+    """File content, gunzipped when it starts with the gzip magic bytes; refused with a
+    :class:`StructureReadError` beyond ``limit`` bytes (default MAX_FILE_BYTES) before or
+    after decompression. Every input file is read through here."""
+    limit = limit or MAX_FILE_BYTES
     raw = _read_raw(path, limit)
     if len(raw) > limit:
         raise StructureReadError(path, f"file is larger than the {_mb(limit)} limit; refusing to read")
@@ -437,7 +438,7 @@ def read_file(path: str) -> list[NameStructure]:
     Every failure raises :class:`StructureReadError` with a one-line reason.
     """
     path = os.fspath(path)
-    data = _read_bytes(path)
+    data = read_bytes(path)
     if not data.strip():
         raise StructureReadError(path, "empty file")
     return structure_from_text(_decode(data, path), path)
@@ -468,15 +469,44 @@ def _call_with_timeout(func: Callable[[], T], seconds: float, on_timeout: Callab
             signal.setitimer(signal.ITIMER_REAL, remaining, previous_timer[1])
 
 
-def run_with_time_limit(func: Callable[[], T], seconds: float | None, on_timeout: Callable[[], BaseException]) -> T:
-    """``func()``, interrupted by ``on_timeout()`` after ``seconds`` (SIGALRM, main thread of a process only).
+class _Abandoned(SystemExit):
+    """Raised into a timed-out worker thread to stop it; threads end silently on SystemExit."""
 
-    Outside the main thread signals cannot be used, so ``func`` runs without a limit there,
-    as it does for ``seconds`` None or 0.
+
+def _call_in_watched_thread(func: Callable[[], T], seconds: float, on_timeout: Callable[[], BaseException]) -> T:
+    """Run ``func`` in a helper thread and wait at most ``seconds`` for it: the limit where
+    SIGALRM cannot serve (Windows, or any thread but the main one).
+
+    On time-out the caller gets ``on_timeout()`` at once; the helper is stopped by an exception
+    raised into it at its next Python instruction (a C call it is in finishes first).
     """
-    if not seconds or seconds <= 0 or threading.current_thread() is not threading.main_thread():
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = func()
+        except BaseException as exc:  # handed to the caller, whatever it is
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="crystalprop-read", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(_Abandoned))
+        raise on_timeout()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def run_with_time_limit(func: Callable[[], T], seconds: float | None, on_timeout: Callable[[], BaseException]) -> T:
+    """``func()``, interrupted by ``on_timeout()`` after ``seconds`` (None or 0: no limit):
+    SIGALRM in the main thread of a process, a watched helper thread elsewhere (other threads,
+    platforms without SIGALRM), so the limit holds wherever it is called."""
+    if not seconds or seconds <= 0:
         return func()
-    return _call_with_timeout(func, seconds, on_timeout)
+    with_alarm = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    return (_call_with_timeout if with_alarm else _call_in_watched_thread)(func, seconds, on_timeout)
 
 
 def read_file_with_timeout(path: str, seconds: float) -> list[NameStructure]:
@@ -568,7 +598,7 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, max_s
     return _close_pair_warnings([p for p in pairs if p[2] < min_distance])
 
 
-def iter_file_records(path: str, timeout: float | None = 60) -> Iterator[StructureRecord]:
+def iter_file_records(path: str, timeout: float | None = READ_TIMEOUT_S) -> Iterator[StructureRecord]:
     """Records for one file: one per valid structure, or one carrying the error."""
     try:
         pairs = read_file_with_timeout(path, timeout) if timeout else read_file(path)

@@ -30,7 +30,11 @@ ops = mindspore_module().ops  # imported by the layers only, which need MindSpor
 SOURCE = Path(__file__).resolve().parent / "kernels" / "fused_ops.cc"
 # -ffast-math lets the row sums and exp vectorise (1.8x); -march=native uses this CPU's vector
 # width (another 1.5x), so the build is keyed on the CPU's feature flags as well.
-FLAGS = ["-O3", "-ffast-math", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+FLAGS = ["-O3", "-ffast-math", "-march=native", "-std=c++17", "-fPIC", "-pthread"]
+# Linked in a second step without -ffast-math: given at link time, GCC (12 at least) adds
+# crtfastmath.o, whose constructor turns on flush-to-zero and denormals-are-zero for the whole
+# process when the library loads, changing numpy's and MindSpore's results everywhere else.
+LINK_FLAGS = ["-shared", "-pthread"]
 
 _state: dict[str, object] = {}
 
@@ -69,7 +73,8 @@ def _compile() -> Path | None:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [compiler, _cpu_features()]).encode()).hexdigest()[:16]
+    inputs = " ".join([*FLAGS, "|", *LINK_FLAGS, compiler, _cpu_features()])
+    key = hashlib.sha256(SOURCE.read_bytes() + inputs.encode()).hexdigest()[:16]
     folder = Path(os.environ.get("CRYSTALPROP_KERNELS") or cache_dir() / "kernels")
     found = _built(folder, key)
     if found is not None:
@@ -77,8 +82,11 @@ def _compile() -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(suffix=".so", dir=folder)  # several processes may build at once
     os.close(handle)
+    obj = Path(partial).with_suffix(".o")
     try:
-        subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE)], check=True, capture_output=True, timeout=120)
+        for command in ([compiler, *FLAGS, "-c", "-o", str(obj), str(SOURCE)],
+                        [compiler, *LINK_FLAGS, "-o", partial, str(obj)]):
+            subprocess.run(command, check=True, capture_output=True, timeout=120)
         content = _sha256(Path(partial))
         target = folder / f"fused_ops_{key}_{content[:16]}.so"
         os.replace(partial, target)
@@ -86,6 +94,8 @@ def _compile() -> Path | None:
     except (OSError, subprocess.SubprocessError):
         Path(partial).unlink(missing_ok=True)
         return None
+    finally:
+        obj.unlink(missing_ok=True)
     return target
 
 

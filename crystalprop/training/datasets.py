@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import base64
 import csv
-import gzip
 import hashlib
+import io
 import json
 import math
 import random
@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from crystalprop.io.formats import looks_like_structure_name
+from crystalprop.io.formats import looks_like_structure_name, structure_stem
 
 SPLITS = ("train", "val", "test")
-STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".json", ".cif.gz", ".vasp.gz", ".json.gz")
 
 
 class DatasetError(ValueError):
@@ -70,17 +69,25 @@ def _numeric(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _open_text(path: Path):
-    """Open plain or gzip text."""
-    with open(path, "rb") as handle:
-        magic = handle.read(2)
-    return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path, encoding="utf-8-sig")
+def _read_text(path: Path) -> str:
+    """Plain or gzip text, through the readers' size limits (as for structure files, with the
+    data-set limit); a BOM is dropped."""
+    from crystalprop.io.limits import MAX_DATASET_BYTES  # noqa: PLC0415
+    from crystalprop.io.readers import StructureReadError, read_bytes  # noqa: PLC0415  (pymatgen)
+
+    try:
+        data = read_bytes(str(path), MAX_DATASET_BYTES)
+    except StructureReadError as exc:
+        raise DatasetError(str(exc)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def _json_records(path: Path) -> Iterator[dict]:
     """Records from a JSON list, a dict of lists, or JSON Lines."""
-    with _open_text(path) as handle:
-        text = handle.read()
+    text = _read_text(path)
     stripped = text.lstrip()
     if stripped.startswith("["):
         yield from json.loads(text)
@@ -162,8 +169,7 @@ def _read_json_dataset(path: Path, target: str | None) -> Dataset:
 
 def _read_table(path: Path) -> tuple[list[dict], bool]:
     """CSV rows as dicts; a header-less 2-column CGCNN ``id_prop.csv`` gets keys id, target."""
-    with _open_text(path) as handle:
-        rows = list(csv.reader(handle))
+    rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
     rows = [r for r in rows if r and any(c.strip() for c in r)]
     if not rows:
         raise DatasetError(f"{path}: empty table")
@@ -184,12 +190,7 @@ def _structure_index(folder: Path) -> dict[str, Path]:
             name = item.name
             if not item.is_file() or not looks_like_structure_name(name):
                 continue
-            stem = name
-            for suffix in STRUCTURE_SUFFIXES:
-                if name.lower().endswith(suffix):
-                    stem = name[: -len(suffix)]
-                    break
-            index.setdefault(stem, item)
+            index.setdefault(structure_stem(name), item)
             index.setdefault(name, item)
     return index
 
@@ -275,11 +276,20 @@ def pack_ids(ids: list[str]) -> str:
     return base64.b64encode(b"".join(sorted({_id_hash(i) for i in ids}))).decode("ascii")
 
 
+def _unpack(packed: str) -> set[bytes]:
+    raw = base64.b64decode(packed)
+    return {raw[k : k + ID_HASH_BYTES] for k in range(0, len(raw), ID_HASH_BYTES)}
+
+
 def ids_in_packed(ids: list[str], packed: str) -> list[str]:
     """Those of ``ids`` that belong to the set packed by :func:`pack_ids`."""
-    raw = base64.b64decode(packed)
-    members = {raw[k : k + ID_HASH_BYTES] for k in range(0, len(raw), ID_HASH_BYTES)}
+    members = _unpack(packed)
     return [i for i in ids if _id_hash(i) in members]
+
+
+def merge_packed(*packed: str) -> str:
+    """The union of id sets packed by :func:`pack_ids`, packed the same way."""
+    return base64.b64encode(b"".join(sorted(set().union(*map(_unpack, packed))))).decode("ascii")
 
 
 def split_record(dataset: Dataset, val_fraction: float, test_fraction: float, seed: int,

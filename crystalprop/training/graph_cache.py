@@ -12,6 +12,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,12 +20,13 @@ import numpy as np
 
 from crystalprop.atomic import atomic_write
 from crystalprop.backend import cache_dir
+from crystalprop.graph.batch import GraphError, check_graphs
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
+from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, structure_from_text, validate_structure
 from crystalprop.training.datasets import Entry
 
 GRAPH_FORMAT = 2  # bump when the graph builder's output changes
-READ_TIMEOUT_S = 60.0
 
 
 def entry_structure(source: Any, name: str):
@@ -96,6 +98,22 @@ def _load(path: Path) -> tuple[list[CrystalGraph | None], list[str]]:
     return graphs, [str(e) for e in data["errors"]]
 
 
+def _load_checked(path: Path, ids: list[str]) -> tuple[list[CrystalGraph | None], list[str]] | None:
+    """Cached graphs whose ids and indices check out, or None (with a warning) to rebuild them:
+    a damaged entry must never reach the kernels, which do not bounds-check."""
+    try:
+        graphs, errors = _load(path)
+        if len(graphs) != len(ids):
+            raise GraphError(f"{len(graphs)} graphs for {len(ids)} entries")
+        good = [(g, i) for g, i in zip(graphs, ids) if g is not None]
+        check_graphs([g for g, _ in good], [f"{path} (entry {i})" for _, i in good])
+    except Exception as exc:  # whatever the damage (bad zip, missing array, bad index), rebuild
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        warnings.warn(f"{path}: damaged graph cache, rebuilding it ({reason})", stacklevel=3)
+        return None
+    return graphs, errors
+
+
 def build_graphs(
     entries: Sequence[Entry],
     settings: GraphSettings = GraphSettings(),
@@ -107,10 +125,11 @@ def build_graphs(
     """Graphs aligned with ``entries`` (None where it failed) and the failure reasons."""
     path = cache_dir() / "graphs" / f"{cache_key(entries, settings)}.npz"
     if use_cache and path.is_file():
-        graphs, errors = _load(path)
-        if progress:
-            progress(len(entries))
-        return graphs, errors
+        loaded = _load_checked(path, [e.id for e in entries])
+        if loaded is not None:
+            if progress:
+                progress(len(entries))
+            return loaded
     jobs = [(e.id, e.source, settings) for e in entries]
     workers = workers or os.cpu_count() or 1
     results: list[tuple[CrystalGraph | None, str]] = []

@@ -8,7 +8,8 @@ from typing import Callable
 import numpy as np
 
 from crystalprop.atomic import atomic_write_text
-from crystalprop.training.datasets import Dataset, Entry, load_dataset, split_record
+from crystalprop.model.checkpoint import read_checkpoint
+from crystalprop.training.datasets import Dataset, Entry, load_dataset, merge_packed, split_record
 from crystalprop.training.distributed import Cluster, join_cluster
 from crystalprop.training.graph_cache import build_graphs
 from crystalprop.training.trainer import Trainer, TrainConfig, TrainResult, TrainingError
@@ -43,6 +44,19 @@ def build_graphs_shared(entries: list[Entry], settings, cluster: Cluster, worker
         part_graphs, part_errors = own if rank == cluster.rank else build_graphs(theirs, settings)
         graphs[rank :: cluster.size], errors[rank :: cluster.size] = part_graphs, part_errors
     return graphs, errors
+
+
+def earlier_trained_ids(run_dir: Path, resume: bool, init_from: str | Path | None, target: str) -> list[str]:
+    """Packed ids already trained on for ``target`` by the weights this run starts from: the run's
+    own last.ckpt when resuming, a warm start's checkpoint of the same target."""
+    sources = [run_dir / "last.ckpt"] if resume else [Path(init_from)] if init_from else []
+    found = []
+    for path in (p for p in sources if p.is_file()):
+        card, _ = read_checkpoint(path)
+        packed = card.training.get("data", {}).get("split_record", {}).get("trained_ids")
+        if packed and card.target == target:
+            found.append(packed)
+    return found
 
 
 def train_model(
@@ -96,8 +110,10 @@ def train_model(
         "n_skipped": n_skipped,
     }
     on_event("data", description)
-    recorded = {**description, "split_record": split_record(full_splits, val_fraction, test_fraction, split_seed,
-                                                            train[2])}
+    record = split_record(full_splits, val_fraction, test_fraction, split_seed, train[2])
+    record["trained_ids"] = merge_packed(record["trained_ids"],
+                                         *earlier_trained_ids(run_dir, resume, init_from, dataset.target))
+    recorded = {**description, "split_record": record}
     trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, on_event=on_event,
                       cluster=cluster)
     return trainer.run(resume=resume, init_from=init_from)

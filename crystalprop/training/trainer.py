@@ -1,5 +1,9 @@
 """The training loop: resumable, time-bounded, interruptible, deterministic with a seed.
 
+Deterministic means: the same seed, data, batch size and thread count give the same run. The
+fused kernels' results do not depend on the thread count (their LayerNorm gradients sum fixed
+blocks of rows in order); MindSpore's own CPU ops were not checked for that.
+
 A run directory holds ``best.ckpt`` (best validation MAE, a normal checkpoint usable by
 ``predict`` and ``evaluate``), ``last.ckpt`` (weights, optimizer state and loop position,
 to resume from), ``history.csv``, ``skipped.log`` and ``train.log``. Every file is written

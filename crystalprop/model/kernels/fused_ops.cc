@@ -8,18 +8,23 @@
 // RowNorm normalises x + bias, so its dbias = sum_rows dx.
 // Gate: out = u * g with g = sigmoid(LN(a)), so du = dout * g and LN's dy = dout * u * g * (1 - g);
 // a and u are built from per-atom and per-bond-length rows as they are needed.
-// Each row is read once from memory (it stays in cache between the passes below); rows are
-// split between threads, and each thread keeps its own dgamma/dbeta sums.
+// Each row is read once from memory (it stays in cache between the passes below). Rows are
+// cut into fixed blocks that threads share out; dgamma/dbeta are summed per block, then the
+// blocks in order, so the gradients are the same bits whatever the number of threads.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <thread>
 #include <vector>
 
 namespace {
-constexpr float kEps = 1e-5f;            // LAYER_NORM_EPS in layers.py
-constexpr int64_t kRowsPerThread = 2048;  // below this, threads cost more than they save
-int g_threads = 1;
+constexpr float kEps = 1e-5f;           // LAYER_NORM_EPS in layers.py
+constexpr int64_t kRowsPerBlock = 2048;  // rows per unit of work: below this, threads cost more than they save
+std::atomic<int> g_threads{1};
+
+// The thread count set from Python, read once per call so that buffers and work agree.
+int Threads() { return std::max(1, g_threads.load(std::memory_order_relaxed)); }
 
 struct RowStats {
   float mean;
@@ -38,19 +43,23 @@ RowStats Stats(const float *x, int64_t width) {
   return {mean, 1.f / std::sqrt(var / static_cast<float>(width) + kEps)};
 }
 
-// Runs body(first_row, last_row, thread_index) over [0, rows) on up to g_threads threads.
+int64_t Blocks(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
+
+// Runs body(first_row, last_row, block, thread) on each block of kRowsPerBlock rows of [0, rows),
+// the blocks shared out in consecutive runs between up to `threads` threads (thread < threads).
 template <typename Body>
-int ParallelRows(int64_t rows, Body body) {
-  const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(g_threads, rows / kRowsPerThread));
-  const int workers = static_cast<int>(wanted);
+void ParallelBlocks(int64_t rows, int threads, Body body) {
+  const int64_t blocks = Blocks(rows);
+  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, blocks)));
+  auto run = [=](int t) {
+    for (int64_t b = blocks * t / workers; b < blocks * (t + 1) / workers; ++b) {
+      body(b * kRowsPerBlock, std::min(rows, (b + 1) * kRowsPerBlock), b, t);
+    }
+  };
   std::vector<std::thread> pool;
-  const int64_t chunk = (rows + workers - 1) / workers;
-  for (int t = 1; t < workers; ++t) {
-    pool.emplace_back(body, std::min(rows, t * chunk), std::min(rows, (t + 1) * chunk), t);
-  }
-  body(0, std::min(rows, chunk), 0);
+  for (int t = 1; t < workers; ++t) pool.emplace_back(run, t);
+  run(0);
   for (auto &thread : pool) thread.join();
-  return workers;
 }
 
 // LayerNorm's backward step on one row. On entry dn holds dz = dL/dy; adds dz to dbeta and
@@ -75,17 +84,15 @@ inline DnMeans AccumulateRow(float *__restrict__ dn, const float *__restrict__ n
   return {mean_dn / static_cast<float>(width), mean_dn_n / static_cast<float>(width)};
 }
 
-// Sums the per-thread dgamma/dbeta partials: thread t's block starts at t * stride, dgamma first.
-void SumPartials(const std::vector<float> &partial, int used, int64_t stride, int64_t width,
-                 float *dgamma, float *dbeta) {
-  for (int64_t k = 0; k < width; ++k) {
-    float g = 0.f, b = 0.f;
-    for (int t = 0; t < used; ++t) {
-      g += partial[static_cast<size_t>(t) * stride + k];
-      b += partial[static_cast<size_t>(t) * stride + width + k];
+// Adds up the per-block sums in block order: block b's `count` sums of width floats start at
+// b * count * width; out[i] receives the i-th of them.
+void SumBlocks(const std::vector<float> &sums, int64_t blocks, int count, int64_t width, float **out) {
+  for (int i = 0; i < count; ++i) {
+    for (int64_t k = 0; k < width; ++k) {
+      float total = 0.f;
+      for (int64_t b = 0; b < blocks; ++b) total += sums[static_cast<size_t>((b * count + i) * width + k)];
+      out[i][k] = total;
     }
-    dgamma[k] = g;
-    dbeta[k] = b;
   }
 }
 
@@ -98,9 +105,10 @@ int Forward(void **params, int64_t **shapes) {
   const float *beta = static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
   const int64_t rows = shapes[0][0], width = shapes[0][1];
-  std::vector<float> buffers(static_cast<size_t>(std::max(1, g_threads)) * width);
+  const int threads = Threads();
+  std::vector<float> buffers(static_cast<size_t>(threads) * width);
   float *scratch = buffers.data();
-  ParallelRows(rows, [=](int64_t first, int64_t last, int t) {
+  ParallelBlocks(rows, threads, [=](int64_t first, int64_t last, int64_t, int t) {
     float *__restrict__ z = scratch + static_cast<size_t>(t) * width;
     const float *__restrict__ bs = bias;
     const float *__restrict__ gm = gamma;
@@ -127,16 +135,20 @@ int Backward(void **params, int64_t **shapes) {
   float *dgamma = static_cast<float *>(params[8]);
   float *dbeta = static_cast<float *>(params[9]);
   const int64_t rows = shapes[0][0], width = shapes[0][1];
-  const int slots = std::max(1, g_threads);
-  std::vector<float> partial(static_cast<size_t>(slots) * 5 * width, 0.f);  // dgamma, dbeta, dn, n, dbias per thread
-  float *scratch = partial.data();
+  const int threads = Threads();
+  const int64_t blocks = Blocks(rows);
+  // dgamma, dbeta, dbias per block
+  std::vector<float> block_sums(static_cast<size_t>(std::max<int64_t>(1, blocks)) * 3 * width, 0.f);
+  std::vector<float> buffers(static_cast<size_t>(threads) * 2 * width);  // dn, n per thread
+  float *sums = block_sums.data();
+  float *scratch = buffers.data();
   // captured by value with __restrict__ locals: a captured reference blocks vectorisation
-  const int used = ParallelRows(rows, [=](int64_t first, int64_t last, int t) {
-    float *__restrict__ dg = scratch + static_cast<size_t>(t) * 5 * width;
+  ParallelBlocks(rows, threads, [=](int64_t first, int64_t last, int64_t block, int t) {
+    float *__restrict__ dg = sums + static_cast<size_t>(block) * 3 * width;
     float *__restrict__ db = dg + width;
-    float *__restrict__ dn = db + width;
+    float *__restrict__ dbs = db + width;
+    float *__restrict__ dn = scratch + static_cast<size_t>(t) * 2 * width;
     float *__restrict__ n = dn + width;
-    float *__restrict__ dbs = n + width;
     const float *__restrict__ bs = bias;
     const float *__restrict__ gm = gamma;
     for (int64_t m = first; m < last; ++m) {
@@ -153,12 +165,8 @@ int Backward(void **params, int64_t **shapes) {
       for (int64_t f = 0; f < width; ++f) dbs[f] += dxr[f];
     }
   });
-  SumPartials(partial, used, 5 * width, width, dgamma, dbeta);
-  for (int64_t f = 0; f < width; ++f) {
-    float sum = 0.f;
-    for (int t = 0; t < used; ++t) sum += partial[static_cast<size_t>(t) * 5 * width + 4 * width + f];
-    dbias[f] = sum;
-  }
+  float *outputs[] = {dgamma, dbeta, dbias};
+  SumBlocks(block_sums, blocks, 3, width, outputs);
   return 0;
 }
 
@@ -244,9 +252,10 @@ int GateForward(void **params, int64_t **shapes) {
   const GateInputs in = ReadGateInputs(params, shapes);
   float *out = static_cast<float *>(params[11]);
   const int64_t width = in.width;
-  std::vector<float> buffers(static_cast<size_t>(std::max(1, g_threads)) * 2 * width);
+  const int threads = Threads();
+  std::vector<float> buffers(static_cast<size_t>(threads) * 2 * width);
   float *scratch = buffers.data();
-  ParallelRows(in.rows, [=](int64_t first, int64_t last, int t) {
+  ParallelBlocks(in.rows, threads, [=](int64_t first, int64_t last, int64_t, int t) {
     float *__restrict__ u = scratch + static_cast<size_t>(t) * 2 * width;
     float *__restrict__ n = u + width;
     const float *__restrict__ gm = in.gamma;
@@ -275,14 +284,18 @@ int GateBackward(void **params, int64_t **shapes) {
   float *dbeta = static_cast<float *>(params[18]);
   float *du = static_cast<float *>(params[19]);
   const int64_t c = in.c, width = in.width;
-  const int slots = std::max(1, g_threads);
-  std::vector<float> partial(static_cast<size_t>(slots) * 5 * width, 0.f);  // dgamma, dbeta, dn, n, u per thread
-  float *scratch = partial.data();
+  const int threads = Threads();
+  const int64_t blocks = Blocks(in.rows);
+  // dgamma, dbeta per block
+  std::vector<float> block_sums(static_cast<size_t>(std::max<int64_t>(1, blocks)) * 2 * width, 0.f);
+  std::vector<float> buffers(static_cast<size_t>(threads) * 3 * width);  // dn, n, u per thread
+  float *sums = block_sums.data();
+  float *scratch = buffers.data();
   // captured by value with __restrict__ locals: a captured reference blocks vectorisation
-  const int used = ParallelRows(in.rows, [=](int64_t first, int64_t last, int t) {
-    float *__restrict__ dg = scratch + static_cast<size_t>(t) * 5 * width;
+  ParallelBlocks(in.rows, threads, [=](int64_t first, int64_t last, int64_t block, int t) {
+    float *__restrict__ dg = sums + static_cast<size_t>(block) * 2 * width;
     float *__restrict__ db = dg + width;
-    float *__restrict__ dn = db + width;
+    float *__restrict__ dn = scratch + static_cast<size_t>(t) * 3 * width;
     float *__restrict__ n = dn + width;
     float *__restrict__ u = n + width;
     const float *__restrict__ gm = in.gamma;
@@ -320,7 +333,8 @@ int GateBackward(void **params, int64_t **shapes) {
       for (int64_t f = 0; f < c; ++f) ger[f] = d2[f] * q[f];
     }
   });
-  SumPartials(partial, used, 5 * width, width, dgamma, dbeta);
+  float *outputs[] = {dgamma, dbeta};
+  SumBlocks(block_sums, blocks, 2, width, outputs);
   return 0;
 }
 
@@ -333,7 +347,7 @@ int ScatterRows(const float *values, const float *weight, const int32_t *index, 
   std::fill(out, out + targets * width, 0.f);
   constexpr int64_t kBlock = 16;  // one 64-byte cache line of floats per block
   const int64_t blocks = (width + kBlock - 1) / kBlock;
-  const int64_t wanted = std::min<int64_t>({g_threads, blocks, std::max<int64_t>(1, rows / kRowsPerThread)});
+  const int64_t wanted = std::min<int64_t>({Threads(), blocks, std::max<int64_t>(1, rows / kRowsPerBlock)});
   const int workers = static_cast<int>(std::max<int64_t>(1, wanted));
   auto body = [=](int t) {
     const int64_t first = std::min(width, blocks * t / workers * kBlock);
@@ -364,7 +378,7 @@ std::vector<int64_t> ShapeOf(int *ndims, int64_t **shapes, int i) {
 class AotExtra;
 
 extern "C" {
-void CrystalpropSetThreads(int threads) { g_threads = std::max(1, threads); }
+void CrystalpropSetThreads(int threads) { g_threads.store(std::max(1, threads), std::memory_order_relaxed); }
 
 int RowNorm(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   return Forward(params, shapes);

@@ -1,0 +1,17 @@
+"""The limits every reader of input files applies, defined once (and free of heavy imports).
+
+``predict``, ``inspect``, ``evaluate`` and ``train`` read through :mod:`crystalprop.io.readers`
+with these, so a file refused by one is refused by all.
+"""
+
+from __future__ import annotations
+
+MAX_FILE_BYTES = 200 * 1024 * 1024
+"""Largest (decompressed) structure file read, to refuse gzip bombs and runaway files."""
+
+MAX_DATASET_BYTES = 2 * 1024 * 1024 * 1024
+"""Largest (decompressed) data-set table or JSON file read whole (a JSON of 100,000 structures
+with their labels is a few hundred MB); beyond it a gzip bomb, or a file to split."""
+
+READ_TIMEOUT_S = 60.0
+"""Seconds allowed to parse one structure file."""
