@@ -85,8 +85,9 @@ def ensemble_lines(card, m: dict) -> list[str]:
         "",
         f"## Uncertainty: ensemble of {e['members']} members",
         f"- The value is the members' mean (in log10 for a log10 target); σ (`{card.name}_std`, {unit}) is the "
-        f"standard deviation of their predictions times {e['sigma_scale']:.4g}, the one scale that makes "
-        f"mean((error/σ)²) = 1 on the validation split (n = {e['calibrated_on']['n']}).",
+        f"standard deviation of their predictions times {e['sigma_scale']:.4g}, the one scale for which the "
+        f"Gaussian intervals ± z·σ cover the validation errors as often as they should, averaged over "
+        f"5-95 % (n = {e['calibrated_on']['n']}).",
         f"- Members and their own validation MAE ({unit}): {members}.",
         f"- On the validation split: Spearman(σ, |error|) {m['sigma_spearman']:.3f}; |error| ≤ σ for "
         f"{100 * m['within_1sigma']:.1f} % and ≤ 2σ for {100 * m['within_2sigma']:.1f} % (68 % and 95 % for "

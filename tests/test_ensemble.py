@@ -51,6 +51,18 @@ def test_uncertainty_metrics_on_known_numbers():
     assert np.all(np.diff(observed) >= 0)
 
 
+def test_calibration_scale_recovers_the_spread_and_resists_outliers():
+    from crystalprop.model.ensemble import calibration_scale
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.5, 2.0, 20000)
+    errors = rng.normal(0.0, 3.0 * raw)  # the members' spread is a third of the real error
+    assert calibration_scale(errors, raw) == pytest.approx(3.0, rel=0.03)
+    errors[:400] *= 50  # 2 % wild outliers: the bulk of the intervals must stay right
+    scale = calibration_scale(errors, raw)
+    assert np.mean(np.abs(errors) <= scale * raw) == pytest.approx(0.683, abs=0.03)
+
+
 def test_join_stores_members_and_a_scale_that_calibrates_the_split(joined, members):
     out, result = joined
     card, params = read_checkpoint(out)
