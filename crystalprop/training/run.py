@@ -47,9 +47,10 @@ def build_graphs_shared(entries: list[Entry], settings, cluster: Cluster, worker
 
 
 def earlier_trained_ids(run_dir: Path, resume: bool, init_from: str | Path | None, target: str) -> list[str]:
-    """Packed ids already trained on for ``target`` by the weights this run starts from: the run's
-    own last.ckpt when resuming, a warm start's checkpoint of the same target."""
-    sources = [run_dir / "last.ckpt"] if resume else [Path(init_from)] if init_from else []
+    """Packed ids already trained on for ``target`` by the weights this run starts from: a warm
+    start's checkpoint of the same target, or when resuming the run's best.ckpt, whose record
+    holds its warm start's ids too (once the first epoch has written it)."""
+    sources = [run_dir / "best.ckpt"] if resume else [Path(init_from)] if init_from else []
     found = []
     for path in (p for p in sources if p.is_file()):
         card, _ = read_checkpoint(path)
