@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,12 @@ def evaluate_model(
     id_column: str | None = None,
     structure_column: str | None = None,
     device: str = "CPU",
+    cell: str | None = None,
 ) -> dict:
-    """Metrics of ``model`` on one split (default: test if the data has one, else val)."""
+    """Metrics of ``model`` on one split (default: test if the data has one, else val).
+
+    ``cell``: ``canonical`` or ``as-given`` instead of the model's own cell setting.
+    """
     from crystalprop.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import load_model  # noqa: PLC0415
     from crystalprop.model.inference import predict_graphs  # noqa: PLC0415
@@ -70,7 +75,8 @@ def evaluate_model(
     entries = dataset.entries if split == "all" else dataset.split(split)
     if not entries:
         raise ValueError(f"{data}: no structures in split {split!r}")
-    graphs, errors = build_graphs(entries, card.graph)
+    settings = card.graph if cell is None else replace(card.graph, cell=cell)
+    graphs, errors = build_graphs(entries, settings)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     y = np.array([e.target for e, _ in kept])
     pred = card.transform.physical(predict_graphs(net, [g for _, g in kept], batch_size))
@@ -83,7 +89,7 @@ def evaluate_model(
         metrics["mae_nonzero_targets"] = float(np.mean(np.abs(pred[~zero] - y[~zero])))
         metrics["n_zero_targets"] = int(zero.sum())
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
-              "unit": card.unit, "split": split, "n_failed": int(sum(1 for e in errors if e)), **metrics}
+              "unit": card.unit, "split": split, "cell": settings.cell, "n_failed": int(sum(1 for e in errors if e)), **metrics}
     if output_dir:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
