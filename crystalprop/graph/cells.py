@@ -49,7 +49,7 @@ def check_cell_choice(cell: str) -> str:
 
 
 def _species_numbers(structure: Structure) -> np.ndarray:
-    return np.array([site.specie.Z for site in structure], dtype=np.int64)
+    return np.array(structure.atomic_numbers, dtype=np.int64)
 
 
 def may_have_pure_translation(structure: Structure, tolerance: float) -> bool:
@@ -63,7 +63,9 @@ def may_have_pure_translation(structure: Structure, tolerance: float) -> bool:
     no translation either; True means spglib must decide.
     """
     numbers = _species_numbers(structure)
-    elements, counts = np.unique(numbers, return_counts=True)
+    counts = np.bincount(numbers)
+    elements = np.flatnonzero(counts)
+    counts = counts[elements]
     if np.gcd.reduce(counts) == 1:
         return False
     if counts.min() > MAX_TRANSLATION_CANDIDATES:
@@ -115,10 +117,18 @@ def niggli_cell(structure: Structure) -> Structure:
         reduced = spglib.niggli_reduce(structure.lattice.matrix, eps=NIGGLI_EPS)
     if reduced is None:
         raise ValueError("Niggli reduction failed")
-    if np.allclose(reduced, structure.lattice.matrix, rtol=0.0, atol=1e-12):
+    old = structure.lattice.matrix
+    if np.abs(reduced - old).max() <= 1e-12:
         return structure
-    return Structure(Lattice(reduced), structure.species, structure.cart_coords, coords_are_cartesian=True,
-                     to_unit_cell=True)
+    to_new = np.rint(old @ _inverse(reduced))  # integer: both bases span one lattice
+    return Structure(Lattice(reduced), structure.species, (structure.frac_coords @ to_new) % 1.0)
+
+
+def _inverse(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a 3x3 matrix by cross products: LAPACK's costs 50 times more on a 2-core machine
+    where OpenBLAS starts threads for it."""
+    adjugate = np.cross(matrix[[1, 2, 0]], matrix[[2, 0, 1]])  # rows b x c, c x a, a x b
+    return adjugate.T / np.dot(matrix[0], adjugate[0])
 
 
 def canonical_cell(structure: Structure, symprec: float = SYMPREC) -> Structure:
