@@ -22,6 +22,14 @@ from rich.text import Text
 console = Console(stderr=True)
 out = Console()
 TABLE_LIMIT = 25
+CELL_CHOICES = ("canonical", "as-given")  # crystalprop.graph.cells.CELL_CHOICES, without importing numpy here
+
+
+def _cell_option(default_text: str):
+    """``--cell``: the cell each structure's graph is built on."""
+    return click.option("--cell", type=click.Choice(CELL_CHOICES), default=None,
+                        help="canonical: the Niggli-reduced primitive cell, so any cell of a crystal gives one "
+                             f"answer; as-given: the file's own cell. Default: {default_text}.")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -69,9 +77,9 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output file.")
 @click.option("--shard", default="1/1", show_default=True,
               help="I/N: process only the I-th of N interleaved parts of the input (cluster array jobs).")
+@_cell_option("the models' own setting (canonical for the shipped models)")
 def predict(paths, models, output, batch_size, batch_memory, device, recursive, workers, timeout, resume, retry_failed,
-            overwrite,
-            shard) -> None:
+            overwrite, shard, cell) -> None:
     """Predict properties for structure files, folders or glob patterns."""
     from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
@@ -87,11 +95,11 @@ def predict(paths, models, output, batch_size, batch_memory, device, recursive, 
     start_reading = functools.partial(ReadAhead, list(paths), recursive=recursive, workers=workers,
                                       timeout=timeout, skip=skip, shard=part)
     # reading starts now, with the graph settings of every shipped model, while MindSpore loads
-    reader = start_reading(GraphSettings())
+    reader = start_reading(GraphSettings(cell=cell or "canonical"))
     from crystalprop.backend import DeviceUnavailableError  # noqa: PLC0415
     from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415  (imports MindSpore: 1.2 s)
     try:
-        predictor = Predictor(list(models) or None, device)
+        predictor = Predictor(list(models) or None, device, cell)
     except (DeviceUnavailableError, CheckpointError, ValueError) as exc:
         reader.close()
         _fail(str(exc))
@@ -244,30 +252,34 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--cutoff", default=8.0, show_default=True)
 @click.option("--neighbors", default=12, show_default=True)
-def inspect(paths, recursive, as_json, cutoff, neighbors) -> None:
-    """Show what the model will see: sites, graph edges, neighbour distances, warnings."""
+@_cell_option("canonical")
+def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
+    """Show what the model will see: sites (in the file -> in the cell used), graph edges, neighbour distances, warnings."""
     import numpy as np  # noqa: PLC0415
 
     from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
     from crystalprop.predictor import iter_prepared  # noqa: PLC0415
 
     records, failed = [], 0
-    for item in iter_prepared(list(paths), GraphSettings(cutoff, neighbors), recursive=recursive, workers=0):
-        record = {"name": item.name, "formula": item.formula, "n_sites": item.n_sites, "error": item.error or "",
-                  "warnings": item.warnings}
+    settings = GraphSettings(cutoff, neighbors, cell=cell or "canonical")
+    for item in iter_prepared(list(paths), settings, recursive=recursive, workers=0):
+        record = {"name": item.name, "formula": item.formula, "n_sites": item.n_sites, "cell": settings.cell,
+                  "cell_sites": item.cell_sites, "error": item.error or "", "warnings": item.warnings}
         if item.graph is not None:
             d = item.graph.distances
-            record.update(n_edges=item.graph.num_edges, edges_per_atom=round(item.graph.num_edges / item.n_sites, 2),
+            record.update(n_edges=item.graph.num_edges, edges_per_atom=round(item.graph.num_edges / item.cell_sites, 2),
                           nearest_neighbor_A=round(float(d.min()), 4), mean_neighbor_A=round(float(np.mean(d)), 4))
         failed += bool(item.error)
         records.append(record)
     if as_json:
         out.print_json(json.dumps(records))
     else:
-        rows = [[r["name"], r["formula"], str(r["n_sites"] or ""), str(r.get("n_edges", "")),
-                 str(r.get("edges_per_atom", "")), str(r.get("nearest_neighbor_A", "")),
+        rows = [[r["name"], r["formula"],
+                 f"{r['n_sites']} -> {r['cell_sites']}" if r["cell_sites"] else str(r["n_sites"] or ""),
+                 str(r.get("n_edges", "")), str(r.get("edges_per_atom", "")), str(r.get("nearest_neighbor_A", "")),
                  str(r.get("mean_neighbor_A", "")), r["error"] or "; ".join(r["warnings"])] for r in records]
-        _show_table(["structure", "formula", "sites", "edges", "edges/atom", "nearest Å", "mean Å", "note"], rows)
+        _show_table(["structure", "formula", f"sites (file -> {settings.cell} cell)", "edges", "edges/atom",
+                     "nearest Å", "mean Å", "note"], rows)
     sys.exit(1 if failed else 0)
 
 
@@ -307,9 +319,10 @@ def inspect(paths, recursive, as_json, cutoff, neighbors) -> None:
 @click.option("--ensemble", default=1, show_default=True, type=click.IntRange(min=1),
               help="Train N members (seeds --seed, --seed+1, ...; one split) in OUTPUT_DIR/member<k>, then join "
                    "them into OUTPUT_DIR/best.ckpt with σ calibrated on the validation split.")
+@_cell_option("canonical; stored in the model, which then predicts on the same cells")
 def train(data, target, unit, output_dir, epochs, batch_size, lr, weight_decay, schedule, loss, log10, floor, layers,
           features, heads, fc_features, patience, max_time, seed, val_fraction, test_fraction, id_column,
-          structure_column, resume, init_from, limit, workers, graph_workers, threads, device, ensemble) -> None:
+          structure_column, resume, init_from, limit, workers, graph_workers, threads, device, ensemble, cell) -> None:
     """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, or a CSV with structures).
 
     Ctrl-C (or SIGTERM) stops after the current step and saves last.ckpt; --resume continues.
@@ -333,6 +346,7 @@ def train(data, target, unit, output_dir, epochs, batch_size, lr, weight_decay, 
                        weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
                        patience=patience, max_time_s=_duration(max_time), seed=seed),
         "model": dict(layers=layers, features=features, heads=heads, fc_features=fc_features),
+        "graph": dict(cell=cell or "canonical"),
         "run": dict(data=data, run_dir=output_dir, id_column=id_column, structure_column=structure_column,
                     val_fraction=val_fraction, test_fraction=test_fraction, limit=limit, resume=resume,
                     init_from=init_from, workers=graph_workers),
@@ -512,7 +526,8 @@ def _train_child_main(job: dict, events) -> None:
         from crystalprop.training.run import train_model  # noqa: PLC0415
         from crystalprop.training.trainer import TrainConfig  # noqa: PLC0415
 
-        config = TrainConfig(**job["config"], model=ModelConfig(**job["model"]), graph=GraphSettings())
+        config = TrainConfig(**job["config"], model=ModelConfig(**job["model"]),
+                             graph=GraphSettings(**job["graph"]))
         run = dict(job["run"])
         if run["init_from"]:
             run["init_from"] = str(resolve_model(run["init_from"])[1])
@@ -596,7 +611,8 @@ def _add_metric_rows(table: Table, result: dict) -> None:
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--id-column", default=None)
 @click.option("--structure-column", default=None)
-def evaluate(model, data, target, split, output_dir, batch_size, id_column, structure_column) -> None:
+@_cell_option("the model's own setting (canonical for the shipped models)")
+def evaluate(model, data, target, split, output_dir, batch_size, id_column, structure_column, cell) -> None:
     """Measure MODEL (shipped name, .ckpt or run dir) on a labelled DATA set."""
     from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
     from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
@@ -605,10 +621,12 @@ def evaluate(model, data, target, split, output_dir, batch_size, id_column, stru
     try:
         with console.status("evaluating"):
             result = evaluate_model(model, data, target=target, split=split, output_dir=output_dir,
-                                    batch_size=batch_size, id_column=id_column, structure_column=structure_column)
+                                    batch_size=batch_size, id_column=id_column, structure_column=structure_column,
+                                    cell=cell)
     except (CheckpointError, DatasetError, ValueError) as exc:
         _fail(str(exc))
-    table = Table(title=f"{result['model']} on {result['data']} ({result['split']}, n = {result['n']})")
+    table = Table(title=f"{result['model']} on {result['data']} ({result['split']}, n = {result['n']}, "
+                        f"{result['cell']} cells)")
     table.add_column("metric")
     table.add_column(f"value ({result['unit']})" if result["unit"] else "value", justify="right")
     _add_metric_rows(table, result)

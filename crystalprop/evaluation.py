@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -98,8 +99,9 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
     return f"not verified (checkpoint records no training ids); split from {dataset.split_source}"
 
 
-def _split_for(card, data, target, split, path, id_column, structure_column):
-    """The labelled structures of one split that the model is evaluated on, with their graphs."""
+def _split_for(card, data, target, split, path, id_column, structure_column, settings=None):
+    """The labelled structures of one split that the model is evaluated on, with their graphs
+    (built with ``settings``, by default the model's)."""
     dataset = load_dataset(data, target or card.target, id_column=id_column, structure_column=structure_column,
                            **_split_settings(card.training))
     if split is None:
@@ -108,7 +110,7 @@ def _split_for(card, data, target, split, path, id_column, structure_column):
     if not entries:
         raise ValueError(f"{data}: no structures in split {split!r}")
     split_check = check_unseen(entries, split, dataset, card.training, path)
-    graphs, errors = build_graphs(entries, card.graph)
+    graphs, errors = build_graphs(entries, settings or card.graph)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     return dataset, split, split_check, kept, int(sum(1 for e in errors if e))
 
@@ -152,9 +154,13 @@ def evaluate_model(
     id_column: str | None = None,
     structure_column: str | None = None,
     device: str = "CPU",
+    cell: str | None = None,
 ) -> dict:
     """Metrics of ``model`` on one split (default: test if the data has one, else val); for an
-    ensemble also how well its σ tells the size of its errors."""
+    ensemble also how well its σ tells the size of its errors.
+
+    ``cell``: ``canonical`` or ``as-given`` instead of the model's own cell setting.
+    """
     from crystalprop.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
     from crystalprop.registry import resolve_model  # noqa: PLC0415
@@ -162,8 +168,9 @@ def evaluate_model(
     set_device(device)
     label, path = resolve_model(model)
     card, params = read_checkpoint(path)
+    settings = card.graph if cell is None else replace(card.graph, cell=cell)
     dataset, split, split_check, kept, n_failed = _split_for(card, data, target, split, path, id_column,
-                                                             structure_column)
+                                                             structure_column, settings)
     y = np.array([e.target for e, _ in kept])
     outputs = _member_outputs([(card, params, path)], [g for _, g in kept], batch_size)
     combined = combine(outputs, card.transform, card.ensemble.get("sigma_scale", 1.0))
@@ -172,8 +179,9 @@ def evaluate_model(
     if std is not None:
         metrics.update(uncertainty_metrics(y, pred, std))
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
-              "unit": card.unit, "split": split, "split_check": split_check, "n_failed": n_failed, **metrics}
-    result["provenance"] = provenance([(label, path)], cell="as-given", device=device)
+              "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,
+              "n_failed": n_failed, **metrics}
+    result["provenance"] = provenance([(label, path)], cell=settings.cell, device=device)
     if output_dir:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,14 @@ import importlib
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from crystalprop.graph.batch import BATCH_MEMORY_BYTES, BatchLimits
+from crystalprop.graph.cells import cell_for_graph, check_cell_choice
 from crystalprop.graph.elements import SYMBOLS, ElementError
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, NeighborSearchError, build_graph
 from crystalprop.io.applicability import domain_warnings
@@ -42,6 +43,7 @@ class Prepared:
     index: int = 0
     formula: str = ""
     n_sites: int = 0
+    cell_sites: int = 0  # sites of the cell the graph was built on
     graph: CrystalGraph | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -52,7 +54,10 @@ def _prepare_structure(name: str, source: str, structure: Structure, settings: G
     item = Prepared(name, source, formula=structure.composition.reduced_formula, n_sites=len(structure),
                     warnings=list(notes or []) + domain_warnings(structure))
     try:
-        item.graph = build_graph(structure, settings)
+        cell, note = cell_for_graph(structure, settings.cell)
+        item.warnings += [note] if note else []
+        item.cell_sites = len(cell)
+        item.graph = build_graph(cell, settings)
     except (ElementError, NeighborSearchError) as exc:
         item.error = str(exc)
     except Exception as exc:  # a failed graph must not stop a batch of thousands
@@ -166,9 +171,10 @@ def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
 
 
 def _import_readers() -> None:
-    """Worker start-up: import the parsers (pymatgen, 0.5-1 s) at once, not at the first file,
-    so that the import overlaps the parent's MindSpore import and model loading."""
+    """Worker start-up: import the parsers (pymatgen, 0.5-1 s) and spglib (canonical cells, 0.15 s) at
+    once, not at the first file, so that the import overlaps the parent's MindSpore import and model loading."""
     importlib.import_module("crystalprop.io.readers")
+    importlib.import_module("spglib")
 
 
 class ReadAhead:
@@ -256,14 +262,17 @@ class Predictor:
     Models of the same configuration share one network, compiled once, and take turns with
     their weights (swapping 125 weight tensors costs about 1 ms; each further compiled graph
     cost about 0.25 s to load from the compile cache).
+    ``cell``: ``canonical`` or ``as-given`` for every model; None: each model's own setting.
     """
 
-    def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU") -> None:
+    def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU", cell: str | None = None) -> None:
         from crystalprop.backend import enable_compile_cache, set_device  # noqa: PLC0415  (lazy: MindSpore)
         from crystalprop.model.checkpoint import build_model, read_checkpoint, weight_set  # noqa: PLC0415
         from crystalprop.model.ensemble import member_params  # noqa: PLC0415
         from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415
 
+        if cell is not None:
+            check_cell_choice(cell)
         set_device(device)
         names = [models] if isinstance(models, str) else list(models or available_models())
         if not names:
@@ -283,7 +292,8 @@ class Predictor:
                 self._holding[id(nets[config])] = (label, 0)
             members = [weight_set(nets[config], p, path) for p in member_params(card, params)]
             self.models.append((label, nets[config], card, members))
-        settings = {card.graph for _, _, card, _ in self.models}
+        settings = {card.graph if cell is None else replace(card.graph, cell=cell)
+                    for _, _, card, _ in self.models}
         if len(settings) != 1:
             raise ValueError("these models use different graph settings; predict with them separately")
         self.settings: GraphSettings = settings.pop()
@@ -310,7 +320,7 @@ class Predictor:
         """Where this predictor's results come from: versions, each model's weights (sha256), cells."""
         from crystalprop.provenance import provenance  # noqa: PLC0415
 
-        return provenance(self.sources, cell="as-given", device=self.device)
+        return provenance(self.sources, cell=self.settings.cell, device=self.device)
 
     @property
     def value_columns(self) -> list[str]:
@@ -408,6 +418,7 @@ def predict(
     recursive: bool = False,
     workers: int | None = 0,
     batch_memory: int = BATCH_MEMORY_BYTES,
+    cell: str | None = None,
 ) -> list[dict]:
     """Predict every property of every structure in ``inputs``.
 
@@ -415,12 +426,14 @@ def predict(
     shipped model name, a ``.ckpt`` path, a list of them, or None for all shipped models.
     A batch holds at most ``batch_size`` structures and as many atoms and edges as the
     models take within about ``batch_memory`` bytes (see :meth:`Predictor.batch_limits`).
+    ``cell``: ``canonical`` (reduce each structure to its Niggli-reduced primitive cell) or
+    ``as-given``; None uses the models' own setting (``canonical`` for the shipped ones).
     Returns one dict per structure: index (position of its file in the input stream),
     name, source, formula, n_sites, one value per model
     (physical units), error and warning.
     """
     if isinstance(inputs, (str, os.PathLike)) or _is_structure(inputs):
         inputs = [inputs]
-    predictor = Predictor(model, device)
+    predictor = Predictor(model, device, cell)
     return [row for rows in predictor.iter_rows(list(inputs), batch_size=batch_size, recursive=recursive,
                                                 workers=workers, batch_memory=batch_memory) for row in rows]

@@ -22,9 +22,13 @@ NOT_GOOD_FOR = (
     "  are predicted with a warning).\n"
     "- Elements absent from the training data (listed above): predictions carry a warning.\n"
     "- Structures far from DFT-relaxed geometries (the training data are relaxed PBE structures).\n"
-    "- The cell is used as given: a supercell of the same crystal can give a slightly different\n"
-    "  value, because Matformer's lattice self-edges carry the cell vectors (see README).\n"
 )
+CELL_TEXT = {
+    "canonical": "the canonical cell (Niggli-reduced primitive cell), in training and prediction alike, so "
+                 "every cell of a crystal gives the same value (README, \"Cells\")",
+    "as-given": "the cell as given, in training and prediction alike: a supercell or conventional cell of "
+                "the same crystal can give a slightly different value (README, \"Cells\")",
+}
 
 
 def main() -> None:
@@ -118,6 +122,7 @@ def render_card(card, m: dict, args) -> str:
         f"- Matformer, {model['layers']} layers, {model['features']} features, {model['heads']} head(s), "
         f"fc {model['fc_features']}; graph: cutoff {card.graph.cutoff} Å, {card.graph.max_neighbors} neighbours, "
         f"lattice edges {'on' if card.graph.use_lattice else 'off'}.",
+        f"- Cells: graphs are built on {CELL_TEXT[card.graph.cell]}.",
         f"- Target transform: {'log10, then ' if log else ''}standardised with mean {card.transform.mean:.5g}, "
         f"std {card.transform.std:.5g} (training split)"
         + (f"; predictions below {card.transform.floor:g} {card.unit} are raised to it." if card.transform.floor

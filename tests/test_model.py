@@ -23,6 +23,7 @@ backend.set_device("CPU")
 ms = backend.mindspore_module()
 
 from crystalprop.graph import GraphSettings, build_graph, collate  # noqa: E402
+from crystalprop.graph.cells import cell_for_graph  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
 from reference_matformer import matformer_forward  # noqa: E402
 
@@ -240,17 +241,8 @@ INVARIANCE_STRUCTURES = {
 }
 TRANSFORMS = {"rotation": rotated, "translation": translated, "permutation": permuted, "wrap": wrapped}
 
-CELL_CHOICE_REASON = (
-    "Matformer's graph depends on the chosen cell, as in the original: (1) the lattice self-edges "
-    "i -> i+a, +b, +c, +(a+b), +(a+c), +(b+c) carry the cell's own vectors, which become 2a, 2b, 2a+2b... "
-    "in a supercell; (2) a neighbour that is the atom's own periodic image is stored for +n and -n and "
-    "each is emitted both ways, so it sends two messages, while the same neighbour in a supercell is a "
-    "different atom and sends one. The k-NN selection itself (ties included) agrees between the cells."
-)
-
-
 def assert_same_prediction(net: Matformer, structures: list[Structure], settings: GraphSettings = GraphSettings()):
-    out = predict(net, collate([build_graph(s, settings) for s in structures]))
+    out = predict(net, collate([build_graph(cell_for_graph(s, settings.cell)[0], settings) for s in structures]))
     scale = np.abs(out).max()
     np.testing.assert_allclose(out[1:], np.full(len(structures) - 1, out[0]), rtol=RTOL, atol=RTOL * scale)
 
@@ -273,27 +265,37 @@ def test_all_transforms_combined(invariance_net):
     assert_same_prediction(invariance_net, [structure, changed])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=CELL_CHOICE_REASON)
 @pytest.mark.parametrize("name", list(INVARIANCE_STRUCTURES))
 def test_supercell_invariance(invariance_net, name):
     structure = INVARIANCE_STRUCTURES[name]()
-    assert_same_prediction(invariance_net, [structure, supercell(structure, None)])
+    assert_same_prediction(invariance_net, [structure, supercell(structure, None), structure * (2, 2, 2)])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=CELL_CHOICE_REASON)
 def test_conventional_vs_primitive_nacl(invariance_net):
     assert_same_prediction(invariance_net, [nacl_primitive(), nacl_conventional()])
 
 
+@pytest.mark.parametrize("name", list(INVARIANCE_STRUCTURES))
+def test_the_cell_as_given_changes_the_prediction(invariance_net, name):
+    """Why the canonical cell is the default: on the cell as given, Matformer's graph depends on the
+    cell, as in the original: (1) the lattice self-edges i -> i+a, +b, +c, +(a+b), +(a+c), +(b+c) carry
+    the cell's own vectors, which become 2a, 2b, 2a+2b... in a supercell; (2) a neighbour that is the
+    atom's own periodic image is stored for +n and -n and each is emitted both ways, so it sends two
+    messages, while the same neighbour in a supercell is a different atom and sends one."""
+    structure = INVARIANCE_STRUCTURES[name]()
+    with pytest.raises(AssertionError):
+        assert_same_prediction(invariance_net, [structure, supercell(structure, None)], GraphSettings(cell="as-given"))
+
+
 @pytest.mark.parametrize("make", [srtio3, nacl_conventional], ids=["SrTiO3", "NaCl-conv"])
 def test_supercell_invariance_without_lattice_edges(invariance_net, make):
-    """The control for the xfails above: without lattice edges, and in cells where no atom's
-    k nearest neighbours include its own images, a 2x2x1 (and 1x1x2) supercell predicts the same."""
+    """The control for the test above: on the cell as given, without lattice edges, and in cells where
+    no atom's k nearest neighbours include its own images, a 2x2x1 (and 1x1x2) supercell predicts the same."""
     structure = make()
     assert_same_prediction(
         invariance_net,
         [structure, structure * (2, 2, 1), structure * (1, 1, 2)],
-        GraphSettings(use_lattice=False),
+        GraphSettings(use_lattice=False, cell="as-given"),
     )
 
 

@@ -22,7 +22,8 @@ set_device("CPU")
 ms = mindspore_module()
 
 from crystalprop import predict  # noqa: E402
-from crystalprop.graph import build_graph  # noqa: E402
+from crystalprop.graph import GraphSettings, build_graph  # noqa: E402
+from crystalprop.graph.cells import cell_for_graph  # noqa: E402
 from crystalprop.model.checkpoint import load_model  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 
@@ -31,10 +32,15 @@ pytestmark = pytest.mark.slow
 COLUMNS = ["name", "source", "formula", "n_sites", "rand", "error", "warning"]
 
 
-def _expected(ckpt: Path, structures) -> np.ndarray:
+def _graph(structure, settings=GraphSettings()):
+    """The graph the predictor builds: on the cell that ``settings.cell`` names."""
+    return build_graph(cell_for_graph(structure, settings.cell)[0], settings)
+
+
+def _expected(ckpt: Path, structures, settings=GraphSettings()) -> np.ndarray:
     """Physical-unit predictions computed directly from the network."""
     net, card = load_model(ckpt)
-    return card.transform.physical(predict_graphs(net, [build_graph(s) for s in structures]))
+    return card.transform.physical(predict_graphs(net, [_graph(s, settings) for s in structures]))
 
 
 @pytest.fixture()
@@ -100,6 +106,22 @@ def test_predict_structures_and_single_path(files, random_ckpt):
     single = predict(str(folder / "a.cif"), model=str(random_ckpt))
     assert len(single) == 1 and single[0]["formula"] == "NaCl"
     np.testing.assert_allclose(single[0]["rand"], _expected(random_ckpt, [structures["a.cif"]])[0], rtol=1e-5)
+
+
+def test_cell_as_given_keeps_the_old_graphs(files, random_ckpt):
+    """``cell="as-given"`` predicts on the file's own cell, as before the canonical cell; the default
+    gives a conventional and a primitive cell of one crystal the same number."""
+    _, structures = files
+    conventional, primitive = structures["a.cif"], rocksalt(5.64)
+    as_given = [r["rand"] for r in predict([conventional, primitive], model=str(random_ckpt), cell="as-given")]
+    net, card = load_model(random_ckpt)
+    old = card.transform.physical(predict_graphs(net, [build_graph(conventional), build_graph(primitive)]))
+    np.testing.assert_allclose(as_given, old, rtol=1e-5)
+    assert as_given[0] != pytest.approx(as_given[1], rel=1e-3)
+    canonical = [r["rand"] for r in predict([conventional, primitive], model=str(random_ckpt))]
+    assert canonical[0] == pytest.approx(canonical[1], rel=1e-5)
+    with pytest.raises(ValueError, match="unknown cell setting"):
+        predict(primitive, model=str(random_ckpt), cell="primitive")
 
 
 def test_predict_mixed_structures_and_files_keeps_input_order(files, random_ckpt):
@@ -215,10 +237,22 @@ def test_cli_model_with_other_graph_settings_reads_with_them(files, tmp_path):
     got = {Path(r["name"]).name: float(r["near"]) for r in _read_csv(tmp_path / "out.csv")}
     names = sorted(structures)
     loaded, card = load_model(ckpt)
-    own = card.transform.physical(predict_graphs(loaded, [build_graph(structures[n], settings) for n in names]))
-    default = card.transform.physical(predict_graphs(loaded, [build_graph(structures[n]) for n in names]))
+    own = card.transform.physical(predict_graphs(loaded, [_graph(structures[n], settings) for n in names]))
+    default = card.transform.physical(predict_graphs(loaded, [_graph(structures[n]) for n in names]))
     np.testing.assert_allclose([got[n] for n in names], own, rtol=1e-5)
     assert not np.allclose(own, default, rtol=1e-5)
+
+
+def test_cli_cell_as_given(files, random_ckpt, tmp_path):
+    folder, structures = files
+    for cell in ("as-given", "canonical"):
+        done = run_cli(["predict", "in/a.cif", "-m", random_ckpt, "-o", f"{cell}.csv", "--cell", cell], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        (row,) = _read_csv(tmp_path / f"{cell}.csv")
+        expected = _expected(random_ckpt, [structures["a.cif"]], GraphSettings(cell=cell))
+        np.testing.assert_allclose(float(row["rand"]), expected, rtol=1e-5)
+    wrong = run_cli(["predict", "in/a.cif", "-m", random_ckpt, "--cell", "primitive"], cwd=tmp_path)
+    assert wrong.returncode == 2 and "primitive" in wrong.stderr
 
 
 def test_cli_partial_failure_csv(files, random_ckpt, tmp_path):
@@ -375,13 +409,25 @@ def test_cli_inspect_json(files, tmp_path):
     assert [r["name"] for r in records] == ["in/a.cif", "in/b.vasp", "in/missing.cif"]
     nacl = records[0]
     assert nacl["formula"] == "NaCl" and nacl["n_sites"] == 8
+    assert (nacl["cell"], nacl["cell_sites"]) == ("canonical", 2)  # the conventional cell -> the primitive
     assert nacl["nearest_neighbor_A"] == pytest.approx(2.82, abs=1e-3)
-    assert nacl["n_edges"] > 0 and nacl["edges_per_atom"] == pytest.approx(nacl["n_edges"] / 8, abs=0.01)
+    assert nacl["n_edges"] > 0 and nacl["edges_per_atom"] == pytest.approx(nacl["n_edges"] / 2, abs=0.01)
     assert records[1]["nearest_neighbor_A"] == pytest.approx(4.21 / 2, abs=1e-3)
     assert records[2]["error"] and "n_edges" not in records[2]
     ok = run_cli(["inspect", "in/c.cif", "--json", "--cutoff", "5", "--neighbors", "6"], cwd=tmp_path)
     assert ok.returncode == 0
     assert json.loads(ok.stdout)[0]["nearest_neighbor_A"] == pytest.approx(3.905 / 2, abs=1e-3)
+
+
+def test_cli_inspect_shows_the_cell_used(files, tmp_path):
+    table = run_cli(["inspect", "in/a.cif", "in/c.cif"], cwd=tmp_path, env={"COLUMNS": "200"})
+    assert table.returncode == 0, table.stderr
+    assert "file -> canonical cell" in table.stdout
+    assert "8 -> 2" in table.stdout and "5 -> 5" in table.stdout
+    given = run_cli(["inspect", "in/a.cif", "--json", "--cell", "as-given"], cwd=tmp_path)
+    (record,) = json.loads(given.stdout)
+    assert (record["cell"], record["n_sites"], record["cell_sites"]) == ("as-given", 8, 8)
+    assert record["edges_per_atom"] == pytest.approx(record["n_edges"] / 8, abs=0.01)
 
 
 def test_cli_models_lists_checkpoints(shipped_dir, random_ckpt, files, tmp_path, monkeypatch):

@@ -7,8 +7,10 @@ in the same commit.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from crystalprop.registry import checkpoints_dir
 
@@ -59,3 +61,37 @@ def test_shipped_models_predicted_together_keep_their_pins(monkeypatch):
     for row in rows:
         for model, values in PINNED.items():
             assert row[model] == pytest.approx(values[row["name"]], rel=1e-4, abs=1e-4), f"{model} on {row['name']}"
+
+
+def _cells_of_one_crystal(structure: Structure, seed: int) -> dict[str, Structure]:
+    """The structure, its conventional standard cell, a 2x2x2 supercell, and a rotated, translated copy."""
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = q * np.sign(np.diag(r))
+    moved = Structure(Lattice(structure.lattice.matrix @ rotation.T), structure.species,
+                      structure.cart_coords @ rotation.T + rng.uniform(-3, 3, 3), coords_are_cartesian=True)
+    return {"given": structure, "conventional": SpacegroupAnalyzer(structure).get_conventional_standard_structure(),
+            "2x2x2": structure * (2, 2, 2), "rotated+translated": moved}
+
+
+def test_shipped_models_give_one_answer_per_crystal(monkeypatch):
+    """Every shipped model, on the canonical cell (the default): the same number, whatever the cell."""
+    monkeypatch.delenv("CRYSTALPROP_CHECKPOINTS", raising=False)
+    import crystalprop
+
+    crystals = {**pinned_structures(), "Mg": Structure.from_spacegroup(
+        "P6_3/mmc", Lattice.hexagonal(3.21, 5.21), ["Mg"], [[1 / 3, 2 / 3, 0.25]]), "ZnO": Structure.from_spacegroup(
+        "P6_3mc", Lattice.hexagonal(3.25, 5.21), ["Zn", "O"], [[1 / 3, 2 / 3, 0.0], [1 / 3, 2 / 3, 0.382]])}
+    structures = []
+    for k, (name, crystal) in enumerate(crystals.items()):
+        for variant, s in _cells_of_one_crystal(crystal.get_primitive_structure(), k).items():
+            s.name = f"{name}/{variant}"
+            structures.append(s)
+    rows = crystalprop.predict(structures, workers=0)
+    assert not any(row["error"] or row["warning"] for row in rows), rows
+    for model in PINNED:
+        for name in crystals:
+            values = {row["name"]: row[model] for row in rows if row["name"].startswith(f"{name}/")}
+            reference = values[f"{name}/given"]
+            for label, value in values.items():
+                assert value == pytest.approx(reference, rel=1e-4, abs=1e-6), f"{model} on {label}: {values}"

@@ -24,6 +24,7 @@ ms = mindspore_module()
 from crystalprop import predict  # noqa: E402
 from crystalprop.evaluation import evaluate_model  # noqa: E402
 from crystalprop.graph import build_graph  # noqa: E402
+from crystalprop.graph.cells import cell_for_graph  # noqa: E402
 from crystalprop.model.checkpoint import load_model, read_checkpoint  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 from crystalprop.model.matformer import ModelConfig  # noqa: E402
@@ -138,11 +139,13 @@ def test_best_checkpoint_card(run_a, data):
     assert card.transform.mean == pytest.approx(train_y.mean()) and card.transform.std == pytest.approx(train_y.std())
     assert card.training["data"]["n_train"] == 36 and card.training["epochs"] == result.best_epoch
     assert card.training["config"]["lr"] == 5e-3
+    assert card.graph.cell == "canonical"  # the default, stored so that predictions use the same cells
     symbols = {site.specie.symbol for e in dataset.split("train") for site in Structure.from_dict(e.source)}
     assert card.elements == sorted(symbols, key=lambda s: Element(s).Z)
     # the stored validation MAE is what the checkpoint really scores on the validation split
     val = dataset.split("val")
-    pred = card.transform.physical(predict_graphs(net, [build_graph(Structure.from_dict(e.source)) for e in val]))
+    graphs = [build_graph(cell_for_graph(Structure.from_dict(e.source))[0]) for e in val]
+    pred = card.transform.physical(predict_graphs(net, graphs))
     assert np.mean(np.abs(pred - [e.target for e in val])) == pytest.approx(card.metrics["mae"], rel=1e-4)
 
 
@@ -520,7 +523,8 @@ def cli_run(tmp_path_factory):
     records.append({"id": "garbage", "structure": "not a structure\nat all\n", "y": 1.0})
     path.write_text(json.dumps(records))
     run_dir = folder / "run"
-    args = ["train", path, "--target", "y", "-o", run_dir, "--epochs", "2", "--batch-size", "8", *TINY_CLI]
+    args = ["train", path, "--target", "y", "-o", run_dir, "--epochs", "2", "--batch-size", "8", "--cell", "as-given",
+            *TINY_CLI]
     done = run_cli(args, cwd=folder)
     return done, args, path, run_dir, records
 
@@ -535,7 +539,7 @@ def test_cli_train(cli_run):
     assert sorted(line.split("\t")[0] for line in skipped) == ["bad-target", "garbage"]
     assert "best validation MAE" in done.stderr
     card, _ = read_checkpoint(run_dir / "best.ckpt")
-    assert card.target == "y" and card.model == ModelConfig(**TINY)
+    assert card.target == "y" and card.model == ModelConfig(**TINY) and card.graph.cell == "as-given"
     assert card.training["data"]["n_skipped"] == 2 and card.training["data"]["n_train"] == 36
     assert sorted(p.name for p in path.parent.iterdir()) == ["data.json", "run"]  # no litter in the cwd
 
@@ -583,4 +587,8 @@ def test_cli_evaluate_trained_model(cli_run, tmp_path):
     ev_dir = tmp_path / "ev"
     evaluated = run_cli(["evaluate", run_dir / "best.ckpt", path, "--split", "all", "-o", ev_dir], cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
-    _check_evaluation(ev_dir, records, N_DATA)
+    assert _check_evaluation(ev_dir, records, N_DATA)["cell"] == "as-given"  # the model's own setting
+    again = run_cli(["evaluate", run_dir / "best.ckpt", path, "--split", "all", "-o", ev_dir, "--cell", "canonical"],
+                    cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert _check_evaluation(ev_dir, records, N_DATA)["cell"] == "canonical"

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from crystalprop.graph.cells import CANONICAL, check_cell_choice
 from crystalprop.graph.elements import check_elements
 
 if TYPE_CHECKING:
@@ -54,15 +55,24 @@ FIRST_CHUNK_ATOMS = 256  # the first chunk is small: the pair estimate is not ye
 
 @dataclass(frozen=True)
 class GraphSettings:
-    """How the graph is built; part of the cache key and of a checkpoint's metadata."""
+    """How the graph is built; part of the cache key and of a checkpoint's metadata.
+
+    ``cell``: the cell the graph is built on, ``canonical`` (the Niggli-reduced primitive
+    cell, see :mod:`crystalprop.graph.cells`) or ``as-given`` (the file's own cell).
+    """
 
     cutoff: float = 8.0
     max_neighbors: int = 12
     use_lattice: bool = True
+    cell: str = CANONICAL
+
+    def __post_init__(self) -> None:
+        check_cell_choice(self.cell)
 
     def as_dict(self) -> dict:
         """Plain dict for JSON metadata."""
-        return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "use_lattice": self.use_lattice}
+        return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "use_lattice": self.use_lattice,
+                "cell": self.cell}
 
 
 @dataclass
@@ -261,7 +271,11 @@ def _unique_rows(rows: np.ndarray, n_atoms: int) -> np.ndarray:
 
 
 def build_graph(structure: Structure, settings: GraphSettings = GraphSettings()) -> CrystalGraph:
-    """Build the Matformer graph of an ordered periodic structure."""
+    """Build the Matformer graph of an ordered periodic structure, on the cell as given.
+
+    ``settings.cell`` is not applied here: callers first pass the structure through
+    :func:`crystalprop.graph.cells.cell_for_graph`, which also reports a fallback.
+    """
     atomic_numbers = np.array([site.specie.Z for site in structure], dtype=np.int16)
     check_elements(atomic_numbers, [site.specie.symbol for site in structure])
     centers, points, images = _knn_pairs(structure, settings)

@@ -23,9 +23,11 @@ from crystalprop.graph.neighbors import GraphSettings
 from crystalprop.model.matformer import Matformer, ModelConfig
 
 METADATA_KEY = "crystalprop_metadata"
-FORMAT_VERSION = 2
-"""Newest metadata format read; ensembles are written as 2 (older crystalprop then asks for an
-upgrade instead of failing on their member-prefixed weights), single models still as 1."""
+FORMAT_VERSION = 2  # 2: the graph settings name the cell the graphs are built on; ensembles
+# Format-1 checkpoints (the first shipped models among them) say nothing about cells: they were
+# trained on Materials Project cells as given (primitive but for 1 in the first 2,000 mp2018 files), and
+# predict on the canonical cell within 0.1 % of their validation MAE (README, "Cells"), so they use it too.
+LEGACY_CELL = "canonical"
 
 
 class CheckpointError(ValueError):
@@ -79,7 +81,7 @@ class ModelCard:
         """Serialise for the checkpoint's metadata entry."""
         return json.dumps(
             {
-                "format": 2 if self.ensemble else 1,
+                "format": FORMAT_VERSION,
                 "crystalprop_version": self.version,
                 "name": self.name,
                 "description": self.description,
@@ -107,7 +109,7 @@ class ModelCard:
             target=raw["target"],
             unit=raw.get("unit", ""),
             model=ModelConfig(**raw["model"]),
-            graph=GraphSettings(**raw["graph"]),
+            graph=GraphSettings(**{"cell": LEGACY_CELL, **raw["graph"]}),
             transform=TargetTransform(**raw["transform"]),
             name=raw.get("name", ""),
             description=raw.get("description", ""),
@@ -155,10 +157,10 @@ def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, Any]]:
         raise CheckpointError(f"{path}: a MindSpore checkpoint without crystalprop metadata")
     try:
         card = ModelCard.from_json(text)
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: damaged crystalprop metadata ({exc})") from None
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError: bad JSON, or an unknown cell setting
+        raise CheckpointError(f"{path}: damaged crystalprop metadata ({exc})") from None
     return card, raw
 
 

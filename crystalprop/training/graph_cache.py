@@ -1,7 +1,7 @@
 """Build the graphs of a data set once, in parallel, and keep them on disk.
 
 The cache key covers every entry's id and the hash of its source's content (a file's bytes,
-or inline structure text) plus the graph settings, so a changed file or setting rebuilds,
+or inline structure text) plus the graph settings (the cell setting among them), so a changed file or setting rebuilds,
 a copied or re-extracted data set (new modification times, same bytes) does not, and a
 second run on the same data starts training at once.
 """
@@ -21,6 +21,7 @@ import numpy as np
 from crystalprop.atomic import atomic_write
 from crystalprop.backend import cache_dir
 from crystalprop.graph.batch import GraphError, check_graphs
+from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, structure_from_text, validate_structure
@@ -44,7 +45,8 @@ def _build_one(job: tuple[str, Any, GraphSettings]) -> tuple[CrystalGraph | None
     try:
         structure = entry_structure(source, name)
         validate_structure(structure)
-        return build_graph(structure, settings), ""
+        cell, _ = cell_for_graph(structure, settings.cell)  # a failed search falls back to the cell as given
+        return build_graph(cell, settings), ""
     except Exception as exc:  # one bad record must not stop a 30,000-record build
         return None, str(getattr(exc, "reason", None) or exc).splitlines()[0][:300] or type(exc).__name__
 

@@ -1,0 +1,159 @@
+"""The cell a graph is built on: the canonical primitive cell, or the cell as given.
+
+Matformer's graph depends on the cell that describes a crystal: its lattice self-edges carry
+the cell vectors, and an atom's own periodic images send two messages where the same
+neighbour in a supercell sends one. So that one crystal gets one answer, whatever cell its
+file uses (primitive, conventional, supercell, any basis of the lattice), the structure is
+first reduced to a canonical cell:
+
+1. the primitive cell, found by spglib with a symmetry tolerance (``SYMPREC`` Å), without
+   idealising: positions and lattice keep the file's geometry (translationally equivalent
+   atoms are averaged), only the cell changes;
+2. its Niggli-reduced basis (spglib), unique for a lattice, so the self-edges' lengths
+   |a|, |b|, |c|, |a+b|, |a+c|, |b+c| no longer depend on the basis the file chose.
+
+A search that fails or runs longer than its time limit falls back to the cell as given and
+says so in a note (the warning column of ``predict``).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+CANONICAL = "canonical"
+AS_GIVEN = "as-given"
+CELL_CHOICES = (CANONICAL, AS_GIVEN)
+SYMPREC = 0.01  # Å: spglib's default tolerance, and Materials Project's for symmetry
+CELL_TIMEOUT_S = 10.0  # per structure; typical cells take milliseconds
+PRECHECK_FACTOR = 2.0  # the pre-check's tolerance, in units of SYMPREC: looser than spglib's, never tighter
+MAX_TRANSLATION_CANDIDATES = 64  # more candidate shifts than this: leave it to spglib
+NIGGLI_EPS = 1e-5  # spglib's default tolerance for equal lengths and right angles
+
+
+class CellTimeout(Exception):
+    """The canonical-cell search ran past its time limit."""
+
+
+def check_cell_choice(cell: str) -> str:
+    """``cell`` if it is a known cell setting; ValueError naming the choices otherwise."""
+    if cell not in CELL_CHOICES:
+        raise ValueError(f"unknown cell setting {cell!r}: use {' or '.join(CELL_CHOICES)}")
+    return cell
+
+
+def _species_numbers(structure: Structure) -> np.ndarray:
+    return np.array(structure.atomic_numbers, dtype=np.int64)
+
+
+def may_have_pure_translation(structure: Structure, tolerance: float) -> bool:
+    """Whether some lattice translation shorter than a cell vector might map ``structure`` onto itself.
+
+    A cheap, conservative pre-check that spares spglib's symmetry search (tens of ms for a
+    cubic cell) for cells that cannot be supercells: every pure translation splits each
+    element's atoms into orbits of one size, so a cell whose element counts have no common
+    divisor is primitive; otherwise each candidate shift (from one atom of the rarest element
+    to another) is tried with a tolerance looser than spglib's. False means spglib would find
+    no translation either; True means spglib must decide.
+    """
+    numbers = _species_numbers(structure)
+    counts = np.bincount(numbers)
+    elements = np.flatnonzero(counts)
+    counts = counts[elements]
+    if np.gcd.reduce(counts) == 1:
+        return False
+    if counts.min() > MAX_TRANSLATION_CANDIDATES:
+        return True
+    frac = structure.frac_coords
+    rarest = np.flatnonzero(numbers == elements[np.argmin(counts)])
+    groups = [frac[numbers == z] for z in elements]
+    matrix = structure.lattice.matrix
+    for shift in frac[rarest[1:]] - frac[rarest[0]]:
+        if all(_maps_onto_itself(group, shift, matrix, tolerance) for group in groups):
+            return True
+    return False
+
+
+def _maps_onto_itself(frac: np.ndarray, shift: np.ndarray, matrix: np.ndarray, tolerance: float) -> bool:
+    """Whether every atom of one element, moved by ``shift``, lands within ``tolerance`` Å of one of them."""
+    delta = frac[:, None, :] + shift - frac[None, :, :]
+    delta -= np.rint(delta)  # the nearest image, exact for offsets far below half a layer spacing
+    distances = np.linalg.norm(delta @ matrix, axis=-1)
+    return bool((distances.min(axis=1) <= tolerance).all())
+
+
+def primitive_cell(structure: Structure, symprec: float = SYMPREC) -> Structure:
+    """The primitive cell of ``structure`` (spglib, not idealised); ``structure`` itself if it is primitive."""
+    if not may_have_pure_translation(structure, PRECHECK_FACTOR * symprec):
+        return structure
+    import spglib  # noqa: PLC0415  (with pymatgen, in the workers only)
+    from pymatgen.core import Structure  # noqa: PLC0415
+
+    cell = (structure.lattice.matrix, structure.frac_coords, _species_numbers(structure))
+    with warnings.catch_warnings():  # spglib 2.x deprecates its None-on-failure, which works across versions
+        warnings.simplefilter("ignore", DeprecationWarning)
+        found = spglib.standardize_cell(cell, to_primitive=True, no_idealize=True, symprec=symprec)
+    if found is None:
+        raise ValueError("spglib found no symmetry (tolerance too tight or cell degenerate)")
+    lattice, frac, numbers = found
+    if len(numbers) == len(structure):
+        return structure
+    return Structure(lattice, [int(z) for z in numbers], frac)
+
+
+def niggli_cell(structure: Structure) -> Structure:
+    """``structure`` in its Niggli-reduced basis (spglib's reduction; atoms wrapped into the new cell)."""
+    import spglib  # noqa: PLC0415
+    from pymatgen.core import Lattice, Structure  # noqa: PLC0415
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        reduced = spglib.niggli_reduce(structure.lattice.matrix, eps=NIGGLI_EPS)
+    if reduced is None:
+        raise ValueError("Niggli reduction failed")
+    old = structure.lattice.matrix
+    if np.abs(reduced - old).max() <= 1e-12:
+        return structure
+    to_new = np.rint(old @ _inverse(reduced))  # integer: both bases span one lattice
+    return Structure(Lattice(reduced), structure.species, (structure.frac_coords @ to_new) % 1.0)
+
+
+def _inverse(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a 3x3 matrix by cross products: LAPACK's costs 50 times more on a 2-core machine
+    where OpenBLAS starts threads for it."""
+    adjugate = np.cross(matrix[[1, 2, 0]], matrix[[2, 0, 1]])  # rows b x c, c x a, a x b
+    return adjugate.T / np.dot(matrix[0], adjugate[0])
+
+
+def canonical_cell(structure: Structure, symprec: float = SYMPREC) -> Structure:
+    """The Niggli-reduced primitive cell of ``structure`` (raises if either step fails)."""
+    return niggli_cell(primitive_cell(structure, symprec))
+
+
+def cell_for_graph(structure: Structure, cell: str = CANONICAL,
+                   timeout: float = CELL_TIMEOUT_S) -> tuple[Structure, str | None]:
+    """The structure in the cell the graph is built on, and a note if it fell back to the given cell.
+
+    ``cell``: ``canonical`` (reduce) or ``as-given`` (unchanged). The time limit uses SIGALRM,
+    so it applies in a process's main thread only; it interrupts Python code (the Niggli
+    reduction) at once and spglib's C search when that returns.
+    """
+    if check_cell_choice(cell) == AS_GIVEN:
+        return structure, None
+    try:
+        if timeout and timeout > 0 and threading.current_thread() is threading.main_thread():
+            from crystalprop.io.readers import _call_with_timeout  # noqa: PLC0415
+
+            return _call_with_timeout(lambda: canonical_cell(structure), timeout, CellTimeout), None
+        return canonical_cell(structure), None
+    except CellTimeout:
+        return structure, f"canonical cell search took longer than {timeout:g} s; used the cell as given"
+    except Exception as exc:  # any failure of the search must leave the structure usable
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return structure, f"canonical cell search failed ({reason}); used the cell as given"

@@ -1,0 +1,180 @@
+"""Tests for crystalprop.graph.cells: one canonical cell per crystal, and the fallbacks."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
+from crystalprop.graph import cells
+from crystalprop.graph.cells import cell_for_graph, may_have_pure_translation
+from crystalprop.graph.neighbors import GraphSettings, build_graph
+from crystalprop.model.checkpoint import ModelCard
+from crystalprop.training.datasets import Entry
+from crystalprop.training.graph_cache import build_graphs, cache_key
+
+MP_STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp2018" / "structures"
+
+
+def triclinic() -> Structure:
+    lattice = Lattice.from_parameters(4.7, 5.3, 6.1, 79.0, 86.0, 104.0)
+    return Structure(lattice, ["Li", "O", "Si", "O"], [[0, 0, 0], [0.3, 0.1, 0.2], [0.55, 0.45, 0.6], [0.8, 0.7, 0.1]])
+
+
+def rotated_translated(structure: Structure, seed: int) -> Structure:
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    rotation = q * np.sign(np.diag(r))
+    return Structure(Lattice(structure.lattice.matrix @ rotation.T), structure.species,
+                     structure.cart_coords @ rotation.T + rng.uniform(-3, 3, 3), coords_are_cartesian=True)
+
+
+def other_basis(structure: Structure) -> Structure:
+    """The same cell described by a skewed basis (a, b + a, c - 2b)."""
+    return Structure.from_sites(structure.copy().make_supercell([[1, 0, 0], [1, 1, 0], [0, -2, 1]]).sites)
+
+
+def graph_signature(structure: Structure) -> tuple:
+    """What the model sees, independent of atom order: elements and sorted edge lengths."""
+    graph = build_graph(cell_for_graph(structure)[0])
+    return tuple(np.sort(graph.atomic_numbers)), np.sort(graph.distances)
+
+
+BUILT = {"NaCl": nacl_primitive, "SrTiO3": srtio3, "Mg-hcp": hcp_mg, "triclinic": triclinic}
+VARIANTS = {
+    "conventional": lambda s: SpacegroupAnalyzer(s).get_conventional_standard_structure(),
+    "2x2x2": lambda s: s * (2, 2, 2),
+    "2x1x1": lambda s: s * (2, 1, 1),
+    "rotated+translated": lambda s: rotated_translated(s, 3),
+    "other basis": other_basis,
+    "all at once": lambda s: rotated_translated(other_basis(s * (1, 2, 1)), 5),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("name", list(BUILT))
+def test_every_cell_of_a_crystal_gives_the_same_graph(name, variant):
+    structure = BUILT[name]()
+    changed = VARIANTS[variant](structure)
+    (z0, d0), (z1, d1) = graph_signature(structure), graph_signature(changed)
+    assert z0 == z1
+    np.testing.assert_allclose(d1, d0, atol=1e-5)
+
+
+def test_canonical_cell_is_primitive_and_niggli_reduced():
+    cell, note = cell_for_graph(nacl_conventional() * (1, 2, 1))
+    assert note is None and len(cell) == 2
+    a, b, c = cell.lattice.abc
+    assert a == pytest.approx(5.64 / 2**0.5) and b == pytest.approx(a) and c == pytest.approx(a)
+
+
+def test_as_given_keeps_the_cell():
+    structure = nacl_conventional()
+    cell, note = cell_for_graph(structure, "as-given")
+    assert cell is structure and note is None
+
+
+def test_unknown_cell_setting_is_refused():
+    with pytest.raises(ValueError, match="unknown cell setting 'primitive'"):
+        cell_for_graph(nacl_primitive(), "primitive")
+    with pytest.raises(ValueError, match="canonical or as-given"):
+        GraphSettings(cell="primitive")
+
+
+def test_a_failed_symmetry_search_falls_back_to_the_given_cell(monkeypatch):
+    import spglib
+
+    monkeypatch.setattr(spglib, "standardize_cell", lambda *a, **k: None)
+    structure = nacl_conventional()
+    cell, note = cell_for_graph(structure)
+    assert cell is structure
+    assert note.startswith("canonical cell search failed (spglib found no symmetry") and "as given" in note
+
+
+def test_a_symmetry_search_that_runs_long_falls_back_with_a_note(monkeypatch):
+    def slow(structure, symprec=cells.SYMPREC):
+        time.sleep(5)
+        return structure
+
+    monkeypatch.setattr(cells, "canonical_cell", slow)
+    structure = nacl_conventional()
+    start = time.monotonic()
+    cell, note = cell_for_graph(structure, timeout=0.2)
+    assert time.monotonic() - start < 2
+    assert cell is structure and note == "canonical cell search took longer than 0.2 s; used the cell as given"
+
+
+def test_predict_reports_the_fallback_in_the_warning_column(monkeypatch):
+    import spglib
+
+    from crystalprop.predictor import iter_prepared
+
+    monkeypatch.setattr(spglib, "standardize_cell", lambda *a, **k: None)
+    (item,) = iter_prepared([nacl_conventional()], GraphSettings(), workers=0)
+    assert item.graph is not None and item.cell_sites == 8
+    assert any(w.startswith("canonical cell search failed") for w in item.warnings), item.warnings
+
+
+def test_precheck_finds_every_supercell_and_spares_primitive_cells():
+    for make in BUILT.values():
+        structure = make()
+        assert not may_have_pure_translation(structure, 0.02)
+        assert may_have_pure_translation(structure * (1, 1, 2), 0.02)
+        noisy = structure * (2, 1, 1)
+        noisy.perturb(0.004)  # within spglib's tolerance: still a supercell to spglib
+        assert may_have_pure_translation(noisy, 0.02)
+    assert may_have_pure_translation(nacl_conventional(), 0.02)
+
+
+@pytest.mark.shared
+def test_precheck_agrees_with_spglib_on_real_files():
+    """Every file the pre-check calls primitive, spglib calls primitive too (the pre-check only saves time)."""
+    import spglib
+
+    paths = sorted(MP_STRUCTURES.glob("*.cif"))[:150]
+    if not paths:
+        pytest.skip("../shared/data/mp2018 not available")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        structures = [Structure.from_file(p) for p in paths]
+    for structure in structures + [s * (1, 2, 1) for s in structures[:30]]:
+        numbers = [site.specie.Z for site in structure]
+        found = spglib.standardize_cell((structure.lattice.matrix, structure.frac_coords, numbers),
+                                        to_primitive=True, no_idealize=True, symprec=cells.SYMPREC)
+        if len(found[2]) < len(structure):
+            assert may_have_pure_translation(structure, cells.PRECHECK_FACTOR * cells.SYMPREC)
+
+
+def test_graph_cache_key_includes_the_cell_setting():
+    entries = [Entry("x", 1.0, nacl_conventional().as_dict(), "train")]
+    canonical, as_given = GraphSettings(), GraphSettings(cell="as-given")
+    assert cache_key(entries, canonical) != cache_key(entries, as_given)
+
+
+def test_training_graphs_use_the_cell_setting():
+    entries = [Entry("x", 1.0, nacl_conventional().as_dict(), "train")]
+    (canonical,), _ = build_graphs(entries, GraphSettings(), workers=1, use_cache=False)
+    (as_given,), _ = build_graphs(entries, GraphSettings(cell="as-given"), workers=1, use_cache=False)
+    assert (canonical.num_nodes, as_given.num_nodes) == (2, 8)
+
+
+def test_model_card_stores_the_cell_setting():
+    card = ModelCard(target="t", graph=GraphSettings(cell="as-given"))
+    raw = json.loads(card.to_json())
+    assert raw["graph"]["cell"] == "as-given"
+    assert ModelCard.from_json(card.to_json()).graph.cell == "as-given"
+
+
+def test_cards_without_a_cell_setting_use_the_canonical_cell():
+    """Format-1 checkpoints (the first shipped models) predate the setting."""
+    raw = json.loads(ModelCard(target="t").to_json())
+    del raw["graph"]["cell"]
+    raw["format"] = 1
+    assert ModelCard.from_json(json.dumps(raw)).graph.cell == "canonical"
