@@ -221,7 +221,8 @@ def join_ensemble(
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two members")
     set_device(device)
-    paths = [resolve_model(m)[1] for m in members]
+    resolved = [resolve_model(m) for m in members]
+    paths = [path for _, path in resolved]
     loaded = [read_checkpoint(p) for p in paths]
     cards = [card for card, _ in loaded]
     check_compatible(cards, paths)
@@ -242,8 +243,8 @@ def join_ensemble(
     first.ensemble = {
         "members": len(paths), "sigma_scale": scale,
         "calibrated_on": {"data": str(data), "split": split, "n": int(len(y)), "split_check": split_check},
-        "member_files": [{"file": p.name, "sha256": file_sha256(p), f"{split}_mae": mae}
-                         for p, mae in zip(paths, member_maes)],
+        "member_files": [{"name": name, "file": p.name, "sha256": file_sha256(p), f"{split}_mae": mae}
+                         for (name, p), mae in zip(resolved, member_maes)],
     }
     first.metrics = metrics
     save_ensemble(output, first, [params for _, params in loaded])

@@ -83,7 +83,7 @@ def repo_layout(path: str) -> str:
 def ensemble_lines(card, m: dict) -> list[str]:
     """The card's account of an ensemble: members, calibration of σ and how well σ ranks errors."""
     e = card.ensemble
-    members = ", ".join(f"{f['file']} ({f.get('val_mae', float('nan')):.4g})" for f in e.get("member_files", []))
+    members = ", ".join(f"{f.get('name', f['file'])} ({f.get('val_mae', float('nan')):.4g})" for f in e.get("member_files", []))
     unit = card.unit
     return [
         "",

@@ -17,8 +17,12 @@ from crystalprop.registry import checkpoints_dir
 PINNED = {
     "formation_energy": {"NaCl": -2.1372, "Si": 0.0469, "SrTiO3": -3.5729, "Cu": 0.0001},
     "band_gap": {"NaCl": 4.9515, "Si": 0.0035, "SrTiO3": 1.5147, "Cu": 0.0023},
-    "bulk_modulus": {"NaCl": 25.1038, "Si": 86.1415, "SrTiO3": 153.049, "Cu": 158.1454},
-    "shear_modulus": {"NaCl": 15.5059, "Si": 66.3344, "SrTiO3": 96.1602, "Cu": 52.7114},
+    "bulk_modulus": {"NaCl": 28.2099, "Si": 88.3901, "SrTiO3": 153.5045, "Cu": 157.4778},
+    "shear_modulus": {"NaCl": 15.6275, "Si": 64.2585, "SrTiO3": 97.1291, "Cu": 57.2853},
+}
+PINNED_STD = {  # the ensembles' calibrated σ, in the unit of the prediction
+    "bulk_modulus": {"NaCl": 5.9647, "Si": 10.7841, "SrTiO3": 6.7038, "Cu": 21.3378},
+    "shear_modulus": {"NaCl": 4.2296, "Si": 7.5244, "SrTiO3": 5.5654, "Cu": 17.0042},
 }
 
 
@@ -47,6 +51,11 @@ def test_shipped_model_predictions_are_pinned(model, monkeypatch):
     got = {row["name"]: row[model] for row in rows}
     for name, value in PINNED[model].items():
         assert got[name] == pytest.approx(value, rel=1e-4, abs=1e-4), f"{model} on {name}"
+    std = {row["name"]: row.get(f"{model}_std") for row in rows}
+    for name, value in PINNED_STD.get(model, {}).items():
+        assert std[name] == pytest.approx(value, rel=1e-4, abs=1e-4), f"σ of {model} on {name}"
+    if model not in PINNED_STD:
+        assert all(v is None for v in std.values())
 
 
 def test_shipped_models_predicted_together_keep_their_pins(monkeypatch):
