@@ -269,14 +269,14 @@ def test_cli_partial_failure_csv(files, random_ckpt, tmp_path):
     np.testing.assert_allclose([float(r["rand"]) for r in rows[:2]],
                                _expected(random_ckpt, [structures["a.cif"], structures["b.vasp"]]), rtol=1e-5)
     # nothing but the output in the working directory: no rank_0/, kernel_meta/, *.ir, ...
-    assert sorted(os.listdir(tmp_path)) == ["in", "out.csv"]
+    assert sorted(os.listdir(tmp_path)) == ["in", "out.csv", "out.csv.meta.json"]  # the sidecar: provenance
     assert sorted(os.listdir(tmp_path / "in")) == ["POSCAR_d", "a.cif", "b.vasp", "c.cif"]
 
 
 def test_cli_all_succeed_json(files, random_ckpt, tmp_path):
     done = run_cli(["predict", "in", "-m", random_ckpt, "-o", "out.json"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    rows = json.loads((tmp_path / "out.json").read_text())
+    rows = json.loads((tmp_path / "out.json").read_text())["results"]  # the object also holds the provenance
     assert [r["name"] for r in rows] == ["in/POSCAR_d", "in/a.cif", "in/b.vasp", "in/c.cif"]  # folder: sorted
     for r in rows:
         assert_columns(list(r))

@@ -77,8 +77,8 @@ def test_time_limit_is_enforced_in_the_reader_process(tmp_path):
 
 def test_neighbour_search_refusal_is_a_row(monkeypatch):
     monkeypatch.setattr(neighbors, "MAX_SEARCH_PAIRS", 5_000)
-    items = list(iter_prepared([rocksalt_conventional() * (3, 3, 3), rocksalt(4.21, "Mg", "O")], GraphSettings(),
-                               workers=0))
+    big = rocksalt_conventional() * (3, 3, 3)  # kept as given: the canonical cell would be 2 atoms
+    items = list(iter_prepared([big, rocksalt(4.21, "Mg", "O")], GraphSettings(cell="as-given"), workers=0))
     assert items[0].graph is None and items[0].error.startswith("neighbour search refused: ")
     assert items[1].graph is not None
 
@@ -227,7 +227,7 @@ def test_predictions_do_not_depend_on_the_batch_bound(random_ckpt):
     from crystalprop.predictor import Predictor
 
     structures = [s for _, s in make_structures(8)] + [rocksalt_conventional() * (2, 2, 2)]
-    predictor = Predictor(str(random_ckpt))
+    predictor = Predictor(str(random_ckpt), cell="as-given")  # the supercell stays large
     graphs = [build_graph(s) for s in structures]
     memory = 16 * 8 * 600  # 600 edges for the tiny model's 8 channels at 16 bytes each
     limits = predictor.batch_limits(64, memory)
