@@ -346,7 +346,7 @@ def train(data, target, unit, output_dir, epochs, batch_size, lr, weight_decay, 
                        weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
                        patience=patience, max_time_s=_duration(max_time), seed=seed),
         "model": dict(layers=layers, features=features, heads=heads, fc_features=fc_features),
-        "graph": dict(cell=cell or "canonical"),
+        "graph": dict(cell=cell),  # None: canonical for a new run, the run's own setting for --resume
         "run": dict(data=data, run_dir=output_dir, id_column=id_column, structure_column=structure_column,
                     val_fraction=val_fraction, test_fraction=test_fraction, limit=limit, resume=resume,
                     init_from=init_from, workers=graph_workers),
@@ -507,6 +507,14 @@ def _stop_when_orphaned(parent: int, grace_s: float = 300.0) -> None:
     threading.Thread(target=watch, daemon=True, name="orphan-watch").start()
 
 
+def _run_cell(run: dict) -> str:
+    """The cell setting a resumed run was trained with (canonical for a new run)."""
+    from crystalprop.training.trainer import saved_cell  # noqa: PLC0415
+
+    last = Path(run["run_dir"]) / "last.ckpt"
+    return saved_cell(last) if run["resume"] and last.is_file() else "canonical"
+
+
 def _train_child_main(job: dict, events) -> None:
     """Child process: run the training and report events, then the result or the error."""
     os.setsid()  # the terminal's Ctrl-C goes to the parent only
@@ -527,7 +535,7 @@ def _train_child_main(job: dict, events) -> None:
         from crystalprop.training.trainer import TrainConfig  # noqa: PLC0415
 
         config = TrainConfig(**job["config"], model=ModelConfig(**job["model"]),
-                             graph=GraphSettings(**job["graph"]))
+                             graph=GraphSettings(cell=job["graph"]["cell"] or _run_cell(job["run"])))
         run = dict(job["run"])
         if run["init_from"]:
             run["init_from"] = str(resolve_model(run["init_from"])[1])
@@ -644,7 +652,10 @@ def evaluate(model, data, target, split, output_dir, batch_size, id_column, stru
               help="Labelled data set the members were trained on; its --split calibrates σ.")
 @click.option("--split", default="val", show_default=True, help="Split that calibrates σ (never one trained on).")
 @click.option("--batch-size", default=128, show_default=True)
-def ensemble(output, members, data, split, batch_size) -> None:
+@click.option("--id-column", default=None, help="As given to train, for a CSV data set.")
+@click.option("--structure-column", default=None, help="As given to train, for a CSV data set.")
+@click.option("--device", default="CPU", show_default=True, type=click.Choice(["CPU", "GPU", "Ascend"], case_sensitive=False))
+def ensemble(output, members, data, split, batch_size, id_column, structure_column, device) -> None:
     """Join MEMBERS (checkpoints or run dirs of one target, architecture and split, e.g. other
     seeds) into one ensemble OUTPUT.ckpt: predictions are the members' mean, with a σ per
     structure from their spread, scaled to match the errors on DATA's validation split."""
@@ -654,7 +665,8 @@ def ensemble(output, members, data, split, batch_size) -> None:
 
     try:
         with console.status("calibrating"):
-            result = join_ensemble(members, output, data, split=split, batch_size=batch_size)
+            result = join_ensemble(members, output, data, split=split, batch_size=batch_size, id_column=id_column,
+                                   structure_column=structure_column, device=device)
     except (CheckpointError, DatasetError, ValueError) as exc:
         _fail(str(exc))
     table = Table(title=f"ensemble of {result['members']} on {data} ({split}, n = {result['n']})")

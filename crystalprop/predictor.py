@@ -277,19 +277,26 @@ class Predictor:
         names = [models] if isinstance(models, str) else list(models or available_models())
         if not names:
             raise ValueError(f"no model given and no shipped model found in {checkpoints_dir()}")
-        loaded = [(label, path, *read_checkpoint(path)) for label, path in map(resolve_model, names)]
+        resolved = [resolve_model(name) for name in names]
+        labels = [label for label, _ in resolved]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            paths = ", ".join(str(path) for label, path in resolved if label == twice[0])
+            raise ValueError(f"two models would both be called {twice[0]!r} ({paths}): their columns would "
+                             "collide; copy or rename one so that the file or folder names differ")
+        loaded = [(label, path, *read_checkpoint(path)) for label, path in resolved]
         self.device = device
         self.sources: list[tuple[str, Path]] = [(label, path) for label, path, *_ in loaded]
         configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]
         enable_compile_cache("predict", device, *sorted(set(configs)))
         nets: dict[str, Any] = {}  # configuration -> its network
-        self._holding: dict[int, tuple[str, int]] = {}  # network -> (model, member) whose weights it holds
+        self._holding: dict[int, tuple[int, int]] = {}  # network -> (model index, member) whose weights it holds
         self.models: list[tuple[str, Any, Any, list]] = []  # (label, network, card, weights of each member)
-        for (label, path, card, params), config in zip(loaded, configs):
+        for i, ((label, path, card, params), config) in enumerate(zip(loaded, configs)):
             if config not in nets:
                 nets[config] = build_model(card, params, path)
                 nets[config].declare_dynamic_inputs()
-                self._holding[id(nets[config])] = (label, 0)
+                self._holding[id(nets[config])] = (i, 0)
             members = [weight_set(nets[config], p, path) for p in member_params(card, params)]
             self.models.append((label, nets[config], card, members))
         settings = {card.graph if cell is None else replace(card.graph, cell=cell)
@@ -345,12 +352,12 @@ class Predictor:
         values: dict[str, np.ndarray] = {}
         if good:
             tensors = batch_tensors(collate([p.graph for p in good]))
-            for label, net, card, members in self.models:
+            for i, (label, net, card, members) in enumerate(self.models):
                 outputs = []
                 for k, weights in enumerate(members):
-                    if self._holding[id(net)] != (label, k):
+                    if self._holding[id(net)] != (i, k):
                         assign_weights(net, weights)
-                        self._holding[id(net)] = (label, k)
+                        self._holding[id(net)] = (i, k)
                     outputs.append(net(*tensors).asnumpy().reshape(-1))
                 combined = combine(np.stack(outputs), card.transform, card.ensemble.get("sigma_scale", 1.0))
                 values[label] = combined.value

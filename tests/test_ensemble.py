@@ -151,3 +151,15 @@ def test_train_ensemble_trains_members_on_one_split_and_joins_them(tmp_path):
     again = run_cli(["train", data, "-t", "y", "-o", tmp_path / "run", "--ensemble", "2", "--epochs", "1",
                      "--batch-size", "8", *TINY_CLI])
     assert again.returncode != 0 and "--resume" in again.stdout + again.stderr
+
+
+def test_two_models_of_one_name_are_refused(members, tmp_path):
+    import shutil
+
+    from crystalprop.predictor import Predictor
+
+    for k in range(2):
+        (tmp_path / f"run{k}").mkdir()
+        shutil.copy(members[k], tmp_path / f"run{k}" / "best.ckpt")
+    with pytest.raises(ValueError, match="both be called 'best'"):
+        Predictor([str(tmp_path / "run0" / "best.ckpt"), str(tmp_path / "run1" / "best.ckpt")])

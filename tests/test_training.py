@@ -592,3 +592,19 @@ def test_cli_evaluate_trained_model(cli_run, tmp_path):
                     cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert _check_evaluation(ev_dir, records, N_DATA)["cell"] == "canonical"
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_cells_the_run_was_trained_on(tmp_path):
+    path = write_json_dataset(tmp_path / "data.json", 24)
+    run_dir = tmp_path / "run"
+    common = ["train", path, "--target", "y", "-o", run_dir, "--batch-size", "8", "--graph-workers", "1", *TINY_CLI]
+    first = run_cli([*common, "--epochs", "1", "--cell", "as-given"])
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli([*common, "--epochs", "2", "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    from crystalprop.model.checkpoint import read_checkpoint
+
+    assert read_checkpoint(run_dir / "best.ckpt")[0].graph.cell == "as-given"
+    other = run_cli([*common, "--epochs", "3", "--resume", "--cell", "canonical"])
+    assert other.returncode != 0 and "--cell as-given" in " ".join((other.stdout + other.stderr).split())

@@ -50,6 +50,19 @@ SAVE_EVERY_S = 600.0  # last.ckpt is also refreshed mid-epoch, so a kill loses a
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+RUN_LEGACY_CELL = "as-given"
+"""The cells of a run saved before the cell setting existed: graphs were built on the file's cell."""
+
+
+def saved_cell(last: Path) -> str:
+    """The cell setting stored in a run's ``last.ckpt`` (``as-given`` for runs that predate it)."""
+    params = ms.load_checkpoint(str(last))
+    payload = params.get(STATE_KEY)
+    if not isinstance(payload, str):
+        raise CheckpointError(f"{last}: no training state in this checkpoint")
+    return json.loads(payload)["config"].get("graph", {}).get("cell", RUN_LEGACY_CELL)
+
+
 class TrainingError(RuntimeError):
     """Training cannot start or had to stop (NaN loss, locked run directory, ...)."""
 
@@ -424,6 +437,10 @@ class Trainer:
         saved = json.loads(payload)
         if saved["config"]["model"] != self.config.model.as_dict():
             raise TrainingError(f"{path}: the run was started with a different model configuration")
+        cells = saved["config"].get("graph", {}).get("cell", RUN_LEGACY_CELL)
+        if cells != self.config.graph.cell:
+            raise TrainingError(f"{path}: the run was trained on {cells} cells, not {self.config.graph.cell}: "
+                                f"resume it with --cell {cells}")
         not_loaded, _ = ms.load_param_into_net(cell, params, strict_load=True)
         if not_loaded:
             raise CheckpointError(f"{path}: {len(not_loaded)} parameters missing, e.g. {not_loaded[0]}")
