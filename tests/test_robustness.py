@@ -117,16 +117,20 @@ def _open_writer(fifo: Path, seconds: float) -> int:
             time.sleep(0.05)
 
 
-def _reader_of(fifo: Path) -> int:
-    """Pid of the other process that has ``fifo`` open."""
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        if int(fd_dir.parent.name) == os.getpid():
-            continue
-        try:
-            if any(os.readlink(link) == str(fifo) for link in fd_dir.iterdir()):
-                return int(fd_dir.parent.name)
-        except OSError:
-            continue
+def _reader_of(fifo: Path, seconds: float = 60) -> int:
+    """Pid of the other process that has ``fifo`` open, waiting for one (a process that only
+    glances at the file may open and close it before the reader opens it for good)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+            if int(fd_dir.parent.name) == os.getpid():
+                continue
+            try:
+                if any(os.readlink(link) == str(fifo) for link in fd_dir.iterdir()):
+                    return int(fd_dir.parent.name)
+            except OSError:
+                continue
+        time.sleep(0.05)
     raise AssertionError(f"no process has {fifo} open")
 
 
