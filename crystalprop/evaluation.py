@@ -228,9 +228,14 @@ def join_ensemble(
     check_compatible(cards, paths)
     first = cards[0]
     _, split, split_check, kept, _ = _split_for(first, data, None, split, paths[0], id_column, structure_column)
+    datasets: dict[str, Dataset] = {}  # one read of the data per distinct split setting
     for card, path in zip(cards[1:], paths[1:]):
-        check_unseen([e for e, _ in kept], split, load_dataset(data, first.target, id_column=id_column,
-                     structure_column=structure_column, **_split_settings(card.training)), card.training, path)
+        settings = _split_settings(card.training)
+        key = json.dumps(settings, sort_keys=True)
+        if key not in datasets:
+            datasets[key] = load_dataset(data, first.target, id_column=id_column, structure_column=structure_column,
+                                         **settings)
+        check_unseen([e for e, _ in kept], split, datasets[key], card.training, path)
     graphs = [g for _, g in kept]
     y = np.array([e.target for e, _ in kept])
     outputs = _member_outputs([(card, params, path) for (card, params), path in zip(loaded, paths)], graphs,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from crystalprop.atomic import atomic_write_text
 from crystalprop.backend import cache_dir, cpu_threads, mindspore_module
+from crystalprop.provenance import file_sha256
 
 ops = mindspore_module().ops  # imported by the layers only, which need MindSpore anyway
 
@@ -49,16 +50,12 @@ def _cpu_features() -> str:
     return platform.machine() + " " + flags.strip()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _built(folder: Path, key: str) -> Path | None:
     """The library built for ``key`` if its record names a file whose content still matches."""
     try:
         content = (folder / f"fused_ops_{key}.sha256").read_text().strip()
         target = folder / f"fused_ops_{key}_{content[:16]}.so"
-        return target if len(content) == 64 and _sha256(target) == content else None
+        return target if len(content) == 64 and file_sha256(target) == content else None
     except OSError:
         return None
 
@@ -87,7 +84,7 @@ def _compile() -> Path | None:
         for command in ([compiler, *FLAGS, "-c", "-o", str(obj), str(SOURCE)],
                         [compiler, *LINK_FLAGS, "-o", partial, str(obj)]):
             subprocess.run(command, check=True, capture_output=True, timeout=120)
-        content = _sha256(Path(partial))
+        content = file_sha256(Path(partial))
         target = folder / f"fused_ops_{key}_{content[:16]}.so"
         os.replace(partial, target)
         atomic_write_text(folder / f"fused_ops_{key}.sha256", content + "\n")
@@ -103,7 +100,7 @@ def library_digest() -> str:
     """What the compiled graphs depend on in the kernels: 'none', or the library file and its
     content hash (part of the compile cache key)."""
     path = library()
-    return "none" if path is None else f"{path.name}:{_sha256(path)}"
+    return "none" if path is None else f"{path.name}:{file_sha256(path)}"
 
 
 def library() -> Path | None:
