@@ -624,7 +624,7 @@ def evaluate(model, data, target, split, output_dir, batch_size, id_column, stru
     """Measure MODEL (shipped name, .ckpt or run dir) on a labelled DATA set."""
     from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
     from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
-    from crystalprop.training.datasets import DatasetError  # noqa: PLC0415
+    from crystalprop.data.datasets import DatasetError  # noqa: PLC0415
 
     try:
         with console.status("evaluating"):
@@ -661,7 +661,7 @@ def ensemble(output, members, data, split, batch_size, id_column, structure_colu
     structure from their spread, scaled to match the errors on DATA's validation split."""
     from crystalprop.evaluation import join_ensemble  # noqa: PLC0415
     from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
-    from crystalprop.training.datasets import DatasetError  # noqa: PLC0415
+    from crystalprop.data.datasets import DatasetError  # noqa: PLC0415
 
     try:
         with console.status("calibrating"):

@@ -22,7 +22,7 @@ from crystalprop.graph.batch import BATCH_MEMORY_BYTES, BatchLimits
 from crystalprop.graph.cells import cell_for_graph, check_cell_choice
 from crystalprop.graph.elements import SYMBOLS, ElementError
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, NeighborSearchError, build_graph
-from crystalprop.io.applicability import domain_warnings
+from crystalprop.analysis.applicability import domain_warnings
 from crystalprop.io.discovery import iter_structure_paths
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.workers import ResilientPool

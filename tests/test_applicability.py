@@ -1,4 +1,4 @@
-"""Tests for crystalprop.io.applicability: slabs, wires and molecules are told apart from bulk crystals."""
+"""Tests for crystalprop.analysis.applicability: slabs, wires and molecules are told apart from bulk crystals."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pymatgen.core import Lattice, Molecule, Structure
 from pymatgen.core.surface import SlabGenerator
 
 from conftest import rocksalt, rocksalt_conventional
-from crystalprop.io.applicability import VACUUM_GAP, domain_warnings, vacuum_gaps
+from crystalprop.analysis.applicability import VACUUM_GAP, domain_warnings, vacuum_gaps
 from crystalprop.io.readers import validate_structure
 from crystals import hcp_mg, srtio3
 

@@ -10,8 +10,8 @@ from crystalprop.graph import batch as batch_module
 from crystalprop.graph import build_graph
 from crystalprop.graph.batch import GraphError, _distinct_edges, collate
 from crystalprop.graph.neighbors import CrystalGraph
-from crystalprop.training import graph_cache
-from crystalprop.training.datasets import Entry
+from crystalprop.data import graph_cache
+from crystalprop.data.datasets import Entry
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from crystalprop.graph import cells
 from crystalprop.graph.cells import cell_for_graph, may_have_pure_translation
 from crystalprop.graph.neighbors import GraphSettings, build_graph
 from crystalprop.model.checkpoint import ModelCard
-from crystalprop.training.datasets import Entry
-from crystalprop.training.graph_cache import build_graphs, cache_key
+from crystalprop.data.datasets import Entry
+from crystalprop.data.graph_cache import build_graphs, cache_key
 
 MP_STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp2018" / "structures"
 

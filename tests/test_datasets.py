@@ -1,4 +1,4 @@
-"""Tests for crystalprop.training.datasets: every supported layout, splits, bad records."""
+"""Tests for crystalprop.data.datasets: every supported layout, splits, bad records."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from pymatgen.io.cif import CifWriter
 
 from conftest import make_structures, synthetic_target
-from crystalprop.training.datasets import DatasetError, load_dataset
-from crystalprop.training.graph_cache import build_graphs, entry_structure
+from crystalprop.data.datasets import DatasetError, load_dataset
+from crystalprop.data.graph_cache import build_graphs, entry_structure
 
 N = 12
 
@@ -338,7 +338,7 @@ def test_graph_cache_reuses_and_invalidates(tmp_path, crystals, monkeypatch):
             handle.write(f"{name},{synthetic_target(s)}\n")
     dataset = load_dataset(folder)
     first, _ = build_graphs(dataset.entries, workers=1)
-    from crystalprop.training import graph_cache
+    from crystalprop.data import graph_cache
 
     calls = []
     monkeypatch.setattr(graph_cache, "_build_one", lambda job: calls.append(job) or (None, "rebuilt"))

@@ -11,7 +11,7 @@ from pymatgen.io.cif import CifWriter
 
 from conftest import _random_checkpoint, make_structures, rocksalt, run_cli, synthetic_target
 from crystalprop.model.checkpoint import CheckpointError, read_checkpoint
-from crystalprop.training.metrics import coverage_curve, uncertainty_metrics
+from crystalprop.metrics import coverage_curve, uncertainty_metrics
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ set_device("CPU")
 from crystalprop.evaluation import check_unseen, evaluate_model  # noqa: E402
 from crystalprop.model.checkpoint import read_checkpoint  # noqa: E402
 from crystalprop.model.matformer import ModelConfig  # noqa: E402
-from crystalprop.training.datasets import ids_in_packed, load_dataset, pack_ids  # noqa: E402
+from crystalprop.data.datasets import ids_in_packed, load_dataset, pack_ids  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
 from crystalprop.training.trainer import TrainConfig  # noqa: E402
 

@@ -12,7 +12,7 @@ from pymatgen.core import Structure
 
 from conftest import write_json_dataset
 from crystalprop.io import limits
-from crystalprop.training.datasets import DatasetError, load_dataset
+from crystalprop.data.datasets import DatasetError, load_dataset
 
 PACKAGE = Path(__file__).resolve().parents[1] / "crystalprop"
 

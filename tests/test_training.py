@@ -30,7 +30,7 @@ from crystalprop.model.inference import predict_graphs  # noqa: E402
 from crystalprop.model.matformer import ModelConfig  # noqa: E402
 from crystalprop.training import run as run_module  # noqa: E402
 from crystalprop.training import trainer as trainer_module  # noqa: E402
-from crystalprop.training.datasets import load_dataset  # noqa: E402
+from crystalprop.data.datasets import load_dataset  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
 from crystalprop.training.trainer import STATE_KEY, TrainConfig, Trainer, TrainingError  # noqa: E402
 

@@ -53,7 +53,7 @@ class ElementError(ValueError):
 @lru_cache(maxsize=1)
 def feature_table() -> np.ndarray:
     """Return the table as float32 of shape (MAX_Z + 1, 92); row 0 is unused (zeros)."""
-    raw = json.loads(resources.files("crystalprop.data").joinpath("atom_init.json").read_text())
+    raw = json.loads(resources.files("crystalprop.graph").joinpath("atom_init.json").read_text())
     table = np.zeros((MAX_Z + 1, N_FEATURES), dtype=np.float32)
     for z, row in raw.items():
         table[int(z)] = row

@@ -9,9 +9,9 @@ import numpy as np
 
 from crystalprop.atomic import atomic_write_text
 from crystalprop.model.checkpoint import read_checkpoint
-from crystalprop.training.datasets import Dataset, Entry, load_dataset, merge_packed, split_record
+from crystalprop.data.datasets import Dataset, Entry, load_dataset, merge_packed, split_record
 from crystalprop.training.distributed import Cluster, join_cluster
-from crystalprop.training.graph_cache import build_graphs
+from crystalprop.data.graph_cache import build_graphs
 from crystalprop.training.trainer import Trainer, TrainConfig, TrainResult, TrainingError
 
 

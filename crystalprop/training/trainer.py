@@ -38,7 +38,7 @@ from crystalprop.model.checkpoint import (
 from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, ModelConfig, input_signature
 from crystalprop.training.distributed import Cluster
-from crystalprop.training.metrics import regression_metrics
+from crystalprop.metrics import regression_metrics
 from crystalprop.training.schedule import learning_rate
 
 ms = mindspore_module()

@@ -25,7 +25,7 @@ from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, structure_from_text, validate_structure
-from crystalprop.training.datasets import Entry
+from crystalprop.data.datasets import Entry
 
 GRAPH_FORMAT = 2  # bump when the graph builder's output changes
 

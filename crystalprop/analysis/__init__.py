@@ -1,0 +1,1 @@
+"""Analysis of a structure beyond reading it: does it lie inside the models' domain?"""
