@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -81,31 +80,20 @@ def main() -> None:
 def predict(paths, models, output, batch_size, batch_memory, device, recursive, workers, timeout, resume, retry_failed,
             overwrite, shard, cell) -> None:
     """Predict properties for structure files, folders or glob patterns."""
-    from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
+    from crystalprop.backend import DeviceUnavailableError  # noqa: PLC0415
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
-    from crystalprop.predictor import Predictor, ReadAhead  # noqa: PLC0415
+    from crystalprop.predictor import open_prediction  # noqa: PLC0415
     from crystalprop.provenance import sidecar_path  # noqa: PLC0415
 
-    part = _shard(shard)
-    if workers is None and len(paths) <= 4 and all(os.path.isfile(p) for p in paths):
-        workers = 0  # a few files: starting reader processes would cost more than it saves
     if retry_failed and not (output and resume):
         _fail("--retry-failed needs --resume and --output")
+    part = _shard(shard)
     skip = done_names(Path(output), retry_failed=retry_failed) if output and resume else None
-    start_reading = functools.partial(ReadAhead, list(paths), recursive=recursive, workers=workers,
-                                      timeout=timeout, skip=skip, shard=part)
-    # reading starts now, with the graph settings of every shipped model, while MindSpore loads
-    reader = start_reading(GraphSettings(cell=cell or "canonical"))
-    from crystalprop.backend import DeviceUnavailableError  # noqa: PLC0415
-    from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415  (imports MindSpore: 1.2 s)
     try:
-        predictor = Predictor(list(models) or None, device, cell)
-    except (DeviceUnavailableError, CheckpointError, ValueError) as exc:
-        reader.close()
+        predictor, reader = open_prediction(list(paths), list(models) or None, device, cell, recursive=recursive,
+                                            workers=workers, timeout=timeout, skip=skip, shard=part)
+    except (DeviceUnavailableError, ValueError) as exc:  # CheckpointError is a ValueError
         _fail(str(exc))
-    if predictor.settings != reader.settings:  # a user model built with other settings: read again
-        reader.close()
-        reader = start_reading(predictor.settings)
     columns = ["index", "name", "source", "formula", "n_sites", *predictor.value_columns, "error", "warning"]
     writer = None
     if output:

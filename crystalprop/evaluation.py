@@ -11,11 +11,11 @@ from typing import Sequence
 import numpy as np
 
 from crystalprop.atomic import atomic_write_text
-from crystalprop.model.ensemble import combine
-from crystalprop.provenance import file_sha256, provenance, write_sidecar
 from crystalprop.data.datasets import Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
+from crystalprop.model.ensemble import combine
+from crystalprop.provenance import file_sha256, provenance, write_sidecar
 
 ZERO_FRACTION_FOR_SPLIT_METRICS = 0.1  # e.g. band gaps: report metals and gapped apart
 

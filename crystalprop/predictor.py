@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from crystalprop.analysis.applicability import domain_warnings
 from crystalprop.graph.batch import BATCH_MEMORY_BYTES, BatchLimits
 from crystalprop.graph.cells import cell_for_graph, check_cell_choice
 from crystalprop.graph.elements import SYMBOLS, ElementError
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, NeighborSearchError, build_graph
-from crystalprop.analysis.applicability import domain_warnings
 from crystalprop.io.discovery import iter_structure_paths
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.workers import ResilientPool
@@ -416,6 +416,61 @@ class Predictor:
             yield self.predict_prepared(batch)
 
 
+FEW_FILES = 4  # this many files or in-memory structures are read in the calling process
+
+
+def auto_workers(inputs: Sequence[Any]) -> int:
+    """Reader processes for ``inputs``: none for a few files or structures (starting processes
+    costs more than it saves), else one per core up to 4."""
+    few = len(inputs) <= FEW_FILES and all(_is_structure(item) or os.path.isfile(item) for item in inputs)
+    return 0 if few else min(os.cpu_count() or 1, 4)
+
+
+_LOADED: dict[tuple, Predictor] = {}  # the models of the last predict() call, while their files are unchanged
+
+
+def _loaded_key(model: Sequence[str] | str | None, device: str, cell: str | None) -> tuple:
+    """What identifies loaded models: each file's path, size and modification time, the device, the cells."""
+    from crystalprop.registry import available_models, resolve_model  # noqa: PLC0415
+
+    names = [model] if isinstance(model, (str, os.PathLike)) else list(model or available_models())
+    files = []
+    for name in names:
+        label, path = resolve_model(name)
+        stat = path.stat()
+        files.append((label, str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+    return tuple(files), device.upper(), cell
+
+
+def open_prediction(inputs: Sequence[Any], model: Sequence[str] | str | None = None, device: str = "CPU",
+                    cell: str | None = None, *, reuse: bool = False, **reading: Any) -> tuple[Predictor, ReadAhead]:
+    """Loaded models and their inputs being read, the reading started first so that the two overlap.
+
+    The readers start with the shipped models' graph settings before MindSpore is imported
+    (1-2 s); models built with other settings have the inputs read again. ``reading``: the
+    arguments of :class:`ReadAhead` (``workers`` None: :func:`auto_workers`). ``reuse``: take
+    the models of the previous call with the same files, device and cells, if any.
+    """
+    reading["workers"] = auto_workers(inputs) if reading.get("workers") is None else reading["workers"]
+    key = _loaded_key(model, device, cell) if reuse and _LOADED else None  # (imports MindSpore)
+    predictor = _LOADED.get(key)
+    reader = ReadAhead(inputs, predictor.settings if predictor else GraphSettings(cell=cell or "canonical"), **reading)
+    try:
+        if predictor is None:
+            key = key or (_loaded_key(model, device, cell) if reuse else None)
+            predictor = Predictor(model, device, cell)
+            if reuse:
+                _LOADED.clear()
+                _LOADED[key] = predictor
+    except BaseException:
+        reader.close()
+        raise
+    if predictor.settings != reader.settings:  # a user model built with other settings: read again
+        reader.close()
+        reader = ReadAhead(inputs, predictor.settings, **reading)
+    return predictor, reader
+
+
 def predict(
     inputs: Any,
     model: Sequence[str] | str | None = None,
@@ -423,7 +478,7 @@ def predict(
     batch_size: int = 64,
     device: str = "CPU",
     recursive: bool = False,
-    workers: int | None = 0,
+    workers: int | None = None,
     batch_memory: int = BATCH_MEMORY_BYTES,
     cell: str | None = None,
 ) -> list[dict]:
@@ -433,14 +488,18 @@ def predict(
     shipped model name, a ``.ckpt`` path, a list of them, or None for all shipped models.
     A batch holds at most ``batch_size`` structures and as many atoms and edges as the
     models take within about ``batch_memory`` bytes (see :meth:`Predictor.batch_limits`).
+    ``workers``: reader processes that read files and build graphs while the models run
+    (None: none for up to 4 files or structures, else one per core up to 4; 0: read here).
     ``cell``: ``canonical`` (reduce each structure to its Niggli-reduced primitive cell) or
     ``as-given``; None uses the models' own setting (``canonical`` for the shipped ones).
+    The models stay loaded for the next call with the same models (until a file changes).
     Returns one dict per structure: index (position of its file in the input stream),
-    name, source, formula, n_sites, one value per model
-    (physical units), error and warning.
+    name, source, formula, n_sites, one value per model (physical units, with
+    ``<name>_std`` for an ensemble), error and warning.
     """
     if isinstance(inputs, (str, os.PathLike)) or _is_structure(inputs):
         inputs = [inputs]
-    predictor = Predictor(model, device, cell)
-    return [row for rows in predictor.iter_rows(list(inputs), batch_size=batch_size, recursive=recursive,
-                                                workers=workers, batch_memory=batch_memory) for row in rows]
+    predictor, reader = open_prediction(list(inputs), model, device, cell, reuse=True, recursive=recursive,
+                                        workers=workers)
+    return [row for rows in predictor.iter_rows(reader, batch_size=batch_size, batch_memory=batch_memory)
+            for row in rows]

@@ -9,6 +9,10 @@ result, the jobs queued behind it go to another worker, a new worker starts, and
 goes on. A worker that holds one job longer than ``hard_limit`` seconds is killed the same way.
 A worker that dies before it is ready (while importing) is blamed on no job; if that happens
 MAX_START_DEATHS times in a row, the pool gives up with an error.
+
+Workers are started with 'spawn' (a fresh interpreter: no MindSpore threads or locks copied
+from the parent) but without running the caller's ``__main__`` script again in them
+(:func:`main_script_hidden`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from __future__ import annotations
 import multiprocessing as mp
 import pickle
 import signal
+import sys
 import threading
 import time
+import types
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator
@@ -27,6 +34,27 @@ CHUNK = 8  # jobs sent to a worker at once; it answers each as soon as it is don
 READY = -1  # sequence number of the message a worker sends once it is ready
 POLL_S = 0.2  # the dispatcher's longest sleep
 MAX_START_DEATHS = 3  # workers that die before answering anything, in a row, before giving up
+
+
+_MAIN_LOCK = threading.Lock()
+
+
+@contextmanager
+def main_script_hidden() -> Iterator[None]:
+    """Start 'spawn' processes in this block without running the caller's main script in them.
+
+    'spawn' runs the parent's ``__main__`` file again in every child, so that functions defined
+    there can be unpickled. Our workers need only crystalprop's own functions, and a user's
+    script without an ``if __name__ == "__main__":`` guard would otherwise start its whole work
+    over in each child (and fail there). The children see an empty ``__main__`` instead.
+    """
+    with _MAIN_LOCK:
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = main
 
 
 @dataclass
@@ -102,7 +130,8 @@ class ResilientPool:
     def _start_worker(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=_worker_main, args=(child, self._func, self._initializer), daemon=True)
-        process.start()
+        with main_script_hidden():
+            process.start()
         child.close()
         return _Worker(process, parent)
 

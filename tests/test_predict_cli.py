@@ -206,6 +206,64 @@ def test_cli_starts_reading_before_importing_mindspore(files, random_ckpt, tmp_p
     assert result.stdout.strip().splitlines()[-1] == "exit 0 [False]", result.stdout[-2000:] + result.stderr[-2000:]
 
 
+def test_api_starts_reading_before_importing_mindspore(files, random_ckpt, tmp_path):
+    """`crystalprop.predict` on many files starts reader processes before MindSpore's import, as the CLI does."""
+    folder, _ = files
+    result = _run_script(tmp_path, (
+        "import sys, crystalprop\n"
+        "import crystalprop.predictor as predictor\n"
+        "seen, start = [], predictor.ReadAhead.__init__\n"
+        "def init(self, *args, **kwargs):\n"
+        "    seen.append(('mindspore' in sys.modules, kwargs.get('workers')))\n"
+        "    start(self, *args, **kwargs)\n"
+        "predictor.ReadAhead.__init__ = init\n"
+        "if __name__ == '__main__':\n"
+        f"    rows = crystalprop.predict({str(folder)!r}, model={str(random_ckpt)!r})\n"
+        "    assert len(rows) == 4 and not any(r['error'] for r in rows), rows\n"
+        "    print(seen)\n"
+    ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    (mindspore_loaded, workers), = eval(result.stdout.strip().splitlines()[-1])
+    assert not mindspore_loaded and workers > 0
+
+
+def test_api_readers_do_not_rerun_an_unguarded_script(files, random_ckpt, tmp_path):
+    """A script without an `if __name__ == "__main__"` guard runs once: the reader processes
+    ('spawn') do not execute it again (they would otherwise redo its work, and fail to start)."""
+    folder, _ = files
+    runs = tmp_path / "runs.txt"
+    result = _run_script(tmp_path, (
+        "import crystalprop\n"
+        f"open({str(runs)!r}, 'a').write('run\\n')\n"
+        f"rows = crystalprop.predict({str(folder)!r}, model={str(random_ckpt)!r}, workers=2)\n"
+        "assert len(rows) == 4 and not any(r['error'] for r in rows), rows\n"
+        "print('ok')\n"
+    ))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert runs.read_text() == "run\n"
+
+
+def test_repeated_api_calls_reuse_the_loaded_models(tmp_path, random_ckpt, monkeypatch):
+    """A second `crystalprop.predict` with the same models does not load them again, unless a file changed."""
+    from crystalprop import predictor as predictor_module  # noqa: PLC0415
+
+    ckpt = tmp_path / "m.ckpt"
+    shutil.copy(random_ckpt, ckpt)
+    built = []
+    real = predictor_module.Predictor.__init__
+    monkeypatch.setattr(predictor_module.Predictor, "__init__",
+                        lambda self, *a, **k: (built.append(1), real(self, *a, **k))[1])
+    structure = rocksalt(5.6)
+    first = predict(structure, model=str(ckpt))
+    started = time.perf_counter()
+    second = predict(structure, model=str(ckpt))
+    assert time.perf_counter() - started < 0.5
+    assert len(built) == 1 and first[0]["m"] == second[0]["m"]
+    _random_checkpoint(ckpt, "y", "eV", seed=11)  # new weights in the same file
+    third = predict(structure, model=str(ckpt))
+    assert len(built) == 2 and third[0]["m"] != first[0]["m"]
+
+
 def test_elements_absent_from_training_are_named(random_ckpt):
     from crystalprop.predictor import Predictor  # noqa: PLC0415
 

@@ -24,8 +24,9 @@ from crystalprop.graph.batch import GraphError, check_graphs
 from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
 from crystalprop.io.limits import READ_TIMEOUT_S
-from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, structure_from_text, validate_structure
 from crystalprop.data.datasets import Entry
+from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, structure_from_text, validate_structure
+from crystalprop.workers import main_script_hidden
 
 GRAPH_FORMAT = 2  # bump when the graph builder's output changes
 
@@ -136,7 +137,9 @@ def build_graphs(
     workers = workers or os.cpu_count() or 1
     results: list[tuple[CrystalGraph | None, str]] = []
     if workers > 1 and len(jobs) > 64:
-        with mp.get_context("spawn").Pool(workers) as pool:
+        with main_script_hidden():  # a user's script is not run again in the pool's processes
+            pool = mp.get_context("spawn").Pool(workers)
+        with pool:
             for result in pool.imap(_build_one, jobs, chunksize=32):
                 results.append(result)
                 if progress:
