@@ -25,7 +25,7 @@ from crystalprop.graph.elements import SYMBOLS, ElementError
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, NeighborSearchError, build_graph
 from crystalprop.io.discovery import iter_structure_paths
 from crystalprop.io.limits import READ_TIMEOUT_S
-from crystalprop.workers import ResilientPool
+from crystalprop.workers import ResilientPool, heartbeat
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -121,6 +121,7 @@ def _within_time_limit(steps: Iterator[Prepared], timeout: float, name: str) -> 
         if item is None:
             return out
         out.append(item)
+        heartbeat()  # the reader's hard limit covers one structure, not a whole file of them
 
 
 def _prepare_objects(structures: Iterable[tuple[str, Any]], settings: GraphSettings) -> Iterator[Prepared]:

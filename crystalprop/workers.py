@@ -6,7 +6,8 @@ job is lost. Here every worker has its own pipe, so the parent knows which jobs 
 holds. A worker answers its jobs one by one, in order, so when it dies the first job it has
 not answered is the one it was working on: that job gets ``on_lost(job, reason)`` as its
 result, the jobs queued behind it go to another worker, a new worker starts, and the stream
-goes on. A worker that holds one job longer than ``hard_limit`` seconds is killed the same way.
+goes on. A worker that holds one job longer than ``hard_limit`` seconds without reporting
+progress (:func:`heartbeat`, e.g. after each structure of a long file) is killed the same way.
 A worker that dies before it is ready (while importing) is blamed on no job; if that happens
 MAX_START_DEATHS times in a row, the pool gives up with an error.
 
@@ -17,6 +18,7 @@ from the parent) but without running the caller's ``__main__`` script again in t
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import pickle
 import signal
@@ -32,11 +34,19 @@ from typing import Any, Callable, Iterator
 
 CHUNK = 8  # jobs sent to a worker at once; it answers each as soon as it is done
 READY = -1  # sequence number of the message a worker sends once it is ready
+HEARTBEAT = -2  # sequence number of the message that says the current job is progressing
 POLL_S = 0.2  # the dispatcher's longest sleep
 MAX_START_DEATHS = 3  # workers that die before answering anything, in a row, before giving up
 
 
 _MAIN_LOCK = threading.Lock()
+_beat: Callable[[], None] | None = None  # in a worker: sends a HEARTBEAT to the pool
+
+
+def heartbeat() -> None:
+    """Report that the current job is progressing, which restarts its hard-limit clock; no-op outside a worker."""
+    if _beat is not None:
+        _beat()
 
 
 @contextmanager
@@ -72,7 +82,9 @@ class _Worker:
 
 def _worker_main(conn: Connection, func: Callable[[Any], Any], initializer: Callable[[], None] | None) -> None:
     """Worker loop: receive chunks of pickled jobs, answer each with (sequence number, ok, result)."""
+    global _beat
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (Ctrl-C included)
+    _beat = functools.partial(conn.send, (HEARTBEAT, True, None))
     if initializer is not None:
         initializer()
     conn.send((READY, True, None))
@@ -206,6 +218,8 @@ class ResilientPool:
                 worker.since = time.monotonic()
                 if seq == READY:
                     worker.ready = True
+                    continue
+                if seq == HEARTBEAT:
                     continue
                 _, job = worker.held.popleft()
                 self._store(seq, result if ok else self._on_lost(job, f"reader error: {result}"))

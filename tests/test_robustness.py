@@ -182,6 +182,34 @@ def test_pool_stops_a_worker_stuck_past_the_hard_limit():
     assert time.monotonic() - started < 120
 
 
+def _steps_with_heartbeats(n: int) -> int:
+    """A job of ``n`` one-second steps that reports progress after each (a file of many structures)."""
+    from crystalprop.workers import heartbeat
+
+    for _ in range(n):
+        time.sleep(1)
+        heartbeat()
+    return n
+
+
+@pytest.mark.slow
+def test_pool_lets_a_long_job_that_reports_progress_run_past_the_hard_limit():
+    """The hard limit is per step: a file of many structures, each quick, is not stopped for its total time."""
+    assert _pool_results(_steps_with_heartbeats, [1, 5, 1], hard_limit=2.5) == [1, 5, 1]
+
+
+def test_reading_a_file_of_many_structures_reports_progress_after_each(tmp_path, monkeypatch):
+    """Each structure of a multi-structure file sends a heartbeat, so the reader's hard limit
+    (twice the time limit plus a grace) applies per structure, not to the whole file."""
+    path = tmp_path / "three.cif"
+    path.write_text("".join(str(CifWriter(s)) for s in (rocksalt(5.6), perovskite(3.9), rocksalt(4.2, "Mg", "O"))))
+    beats = []
+    monkeypatch.setattr(predictor_module, "heartbeat", lambda: beats.append(1))
+    prepared = predictor_module.prepare_input((0, str(path), GraphSettings(), 60.0))
+    assert len(prepared) == 3 and not any(p.error for p in prepared)
+    assert len(beats) == 3
+
+
 @pytest.mark.slow
 def test_pool_reports_an_exception_in_the_worker_as_that_job_s_result():
     import math
