@@ -280,3 +280,31 @@ def test_predict_help_says_how_batches_are_bounded():
 
     text = " ".join(CliRunner().invoke(main, ["predict", "--help"]).output.split())
     assert "--batch-memory" in text and "atoms and edges" in text and "features x heads" in text
+
+
+# --- nested time limits -----------------------------------------------------------------------
+
+
+class _Outer(Exception):
+    pass
+
+
+class _Inner(Exception):
+    pass
+
+
+def test_an_inner_time_limit_does_not_outlast_the_enclosing_one():
+    """The canonical-cell search's own limit (10 s) runs inside the structure's limit: when the
+    structure's limit ends first, it fires on time and with its own error."""
+    from crystalprop.io.readers import run_with_time_limit
+
+    def inner():
+        return run_with_time_limit(lambda: time.sleep(3), 10.0, _Inner)
+
+    started = time.monotonic()
+    with pytest.raises(_Outer):
+        run_with_time_limit(inner, 0.5, _Outer)
+    assert time.monotonic() - started < 1.5
+    time.sleep(0.2)  # and no second alarm is left armed (with the default handler back, it would kill us)
+    with pytest.raises(_Inner):  # the inner limit still fires first when it is the shorter one
+        run_with_time_limit(lambda: run_with_time_limit(lambda: time.sleep(3), 0.3, _Inner), 10.0, _Outer)

@@ -447,16 +447,25 @@ def read_file(path: str) -> list[NameStructure]:
 def _call_with_timeout(func: Callable[[], T], seconds: float, on_timeout: Callable[[], BaseException]) -> T:
     """Run ``func`` under a SIGALRM timer, restoring the previous handler and timer.
 
+    Inside an enclosing limit that ends sooner, the timer fires at the enclosing deadline and
+    raises the enclosing limit's error (its handler runs), so a nested limit never extends it.
     The nested ``finally`` keeps the handler restore safe even if the alarm
     fires just as ``func`` returns.
     """
+    started = time.monotonic()
+    previous_timer = signal.getitimer(signal.ITIMER_REAL)
+    outer_first = 0 < previous_timer[0] < seconds
+
+    delivered = []  # the enclosing limit's alarm, once its handler has run here
 
     def _alarm(signum: int, frame: Any) -> None:
+        if outer_first and callable(previous_handler):
+            delivered.append(True)
+            previous_handler(signum, frame)
         raise on_timeout()
 
-    started = time.monotonic()
     previous_handler = signal.signal(signal.SIGALRM, _alarm)
-    previous_timer = signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, previous_timer[0] if outer_first else seconds)
     try:
         try:
             return func()
@@ -464,7 +473,7 @@ def _call_with_timeout(func: Callable[[], T], seconds: float, on_timeout: Callab
             signal.setitimer(signal.ITIMER_REAL, 0)
     finally:
         signal.signal(signal.SIGALRM, previous_handler)
-        if previous_timer[0] > 0:
+        if previous_timer[0] > 0 and not delivered:
             remaining = max(previous_timer[0] - (time.monotonic() - started), 1e-3)
             signal.setitimer(signal.ITIMER_REAL, remaining, previous_timer[1])
 
