@@ -26,6 +26,7 @@ from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.data.datasets import Entry
 from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, structure_from_text, validate_structure
+from crystalprop.provenance import file_sha256
 from crystalprop.workers import main_script_hidden
 
 GRAPH_FORMAT = 2  # bump when the graph builder's output changes
@@ -54,8 +55,7 @@ def _build_one(job: tuple[str, Any, GraphSettings]) -> tuple[CrystalGraph | None
 
 def _source_fingerprint(source: Any) -> str:
     if isinstance(source, str) and "\n" not in source and os.path.exists(source):
-        with open(source, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
+        return file_sha256(source)
     text = json.dumps(source, sort_keys=True) if isinstance(source, dict) else str(source)
     return hashlib.sha256(text.encode()).hexdigest()
 
