@@ -18,7 +18,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,7 +27,7 @@ import numpy as np
 from crystalprop.atomic import atomic_write, atomic_write_text
 from crystalprop.backend import mindspore_module
 from crystalprop.graph.batch import collate
-from crystalprop.graph.neighbors import CrystalGraph, GraphSettings
+from crystalprop.graph.neighbors import CrystalGraph
 from crystalprop.model.checkpoint import (
     CheckpointError,
     ModelCard,
@@ -36,7 +36,8 @@ from crystalprop.model.checkpoint import (
     save_checkpoint,
 )
 from crystalprop.model.inference import batch_tensors, predict_graphs
-from crystalprop.model.matformer import Matformer, ModelConfig, input_signature
+from crystalprop.model.matformer import Matformer, input_signature
+from crystalprop.training.config import TrainConfig
 from crystalprop.training.distributed import Cluster
 from crystalprop.metrics import regression_metrics
 from crystalprop.training.schedule import learning_rate
@@ -44,7 +45,6 @@ from crystalprop.training.schedule import learning_rate
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
 
-LOSSES = ("mse", "l1", "huber")
 STATE_KEY = "crystalprop_train_state"
 SAVE_EVERY_S = 600.0  # last.ckpt is also refreshed mid-epoch, so a kill loses at most this much
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -65,34 +65,6 @@ def saved_cell(last: Path) -> str:
 
 class TrainingError(RuntimeError):
     """Training cannot start or had to stop (NaN loss, locked run directory, ...)."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run besides the data."""
-
-    target: str
-    unit: str = ""
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    schedule: str = "onecycle"
-    warmup_fraction: float = 0.3
-    loss: str = "mse"
-    log10: bool = False
-    floor: float | None = None
-    patience: int | None = None
-    max_time_s: float | None = None
-    seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
-    graph: GraphSettings = field(default_factory=GraphSettings)
-
-    def as_dict(self) -> dict:
-        """JSON-ready."""
-        d = asdict(self)
-        d["model"], d["graph"] = self.model.as_dict(), self.graph.as_dict()
-        return d
 
 
 class _LossNet(nn.Cell):
