@@ -16,6 +16,7 @@ os.environ["CRYSTALPROP_CACHE"] = _SESSION_CACHE
 os.environ["CRYSTALPROP_KERNELS"] = os.path.join(_SESSION_CACHE, "kernels")  # built once per test session
 os.environ.setdefault("GLOG_v", "3")
 
+import csv  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -82,6 +83,12 @@ def run_cli(args: list[str], *, cwd: Path | None = None, timeout: float = 300, e
     """Run ``crystalprop ARGS`` in a subprocess; returns the CompletedProcess."""
     return subprocess.run(CLI + [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """A run directory's history.csv, one dict of strings per epoch."""
+    with open(run_dir / "history.csv") as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(autouse=True)
