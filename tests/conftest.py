@@ -27,6 +27,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""The shared data sets (mp2018, ...) beside the repository; tests that need them skip without."""
+
 _ENTRY = Path(sys.executable).with_name("crystalprop")
 CLI = [str(_ENTRY)] if _ENTRY.is_file() else [sys.executable, "-m", "crystalprop.cli"]
 
@@ -85,10 +88,32 @@ def run_cli(args: list[str], *, cwd: Path | None = None, timeout: float = 300, e
                           env={**os.environ, **(env or {})})
 
 
+def read_csv(path: Path) -> list[dict]:
+    """A CSV file's rows as dicts of strings."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def read_history(run_dir: Path) -> list[dict]:
     """A run directory's history.csv, one dict of strings per epoch."""
-    with open(run_dir / "history.csv") as handle:
-        return list(csv.DictReader(handle))
+    return read_csv(run_dir / "history.csv")
+
+
+def train_config(**overrides):
+    """A TrainConfig for the tiny network: 4 epochs of batches of 8 at lr 5e-3, seed 0, target y in eV."""
+    from crystalprop.model.config import ModelConfig
+    from crystalprop.training.config import TrainConfig
+
+    base = dict(target="y", unit="eV", epochs=4, batch_size=8, lr=5e-3, seed=0, model=ModelConfig(**TINY))
+    return TrainConfig(**{**base, **overrides})
+
+
+def train_state(path: Path) -> dict:
+    """The training state stored in a run's last.ckpt."""
+    from crystalprop.backend import mindspore_module
+    from crystalprop.training.trainer import STATE_KEY
+
+    return json.loads(mindspore_module().load_checkpoint(str(path))[STATE_KEY])
 
 
 @pytest.fixture(autouse=True)

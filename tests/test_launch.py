@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import signal
 import subprocess
@@ -21,7 +20,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from conftest import CLI, TINY, TINY_CLI, read_history, write_json_dataset
+from conftest import CLI, TINY, TINY_CLI, read_history, train_state, write_json_dataset
+from conftest import train_config as config
 from crystalprop.training import launch, progress
 from crystalprop.training.jobs import TrainingFailed
 
@@ -127,21 +127,6 @@ def test_an_error_in_the_training_process_comes_back_as_one_line(stderr_console,
 
 
 # --- the command, stopped from outside ------------------------------------------------------------
-
-
-def train_state(path: Path) -> dict:
-    from crystalprop.backend import mindspore_module
-    from crystalprop.training.trainer import STATE_KEY
-
-    return json.loads(mindspore_module().load_checkpoint(str(path))[STATE_KEY])
-
-
-def config(**overrides):
-    from crystalprop.model.matformer import ModelConfig
-    from crystalprop.training.trainer import TrainConfig
-
-    base = dict(target="y", unit="eV", epochs=4, batch_size=8, lr=5e-3, seed=0, model=ModelConfig(**TINY))
-    return TrainConfig(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Element, Structure
 
-from conftest import TINY, TINY_CLI, read_history, run_cli, synthetic_target, write_json_dataset
+from conftest import TINY, TINY_CLI, read_history, run_cli, synthetic_target, train_state, write_json_dataset
+from conftest import train_config as config
 from crystalprop.backend import mindspore_module, set_device
 
 set_device("CPU")
@@ -29,18 +30,13 @@ from crystalprop.training import run as run_module  # noqa: E402
 from crystalprop.training import trainer as trainer_module  # noqa: E402
 from crystalprop.data.datasets import load_dataset  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
-from crystalprop.training.trainer import STATE_KEY, TrainConfig, Trainer, TrainingError  # noqa: E402
+from crystalprop.training.trainer import STATE_KEY, Trainer, TrainingError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 N_DATA = 40
 STEPS_PER_EPOCH = 5  # 36 training structures, batch size 8
 COMPARED = ("epoch", "train_loss", "val_mae", "val_rmse", "lr", "best")
-
-
-def config(**overrides) -> TrainConfig:
-    base = dict(target="y", unit="eV", epochs=4, batch_size=8, lr=5e-3, seed=0, model=ModelConfig(**TINY))
-    return TrainConfig(**{**base, **overrides})
 
 
 def comparable(history: list[dict], keys=COMPARED) -> list[tuple]:
@@ -50,10 +46,6 @@ def comparable(history: list[dict], keys=COMPARED) -> list[tuple]:
 def assert_same_val_curve(a: list[dict], b: list[dict], rel: float = 1e-4) -> None:
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
     np.testing.assert_allclose([r["val_mae"] for r in b], [r["val_mae"] for r in a], rtol=rel)
-
-
-def train_state(path: Path) -> dict:
-    return json.loads(ms.load_checkpoint(str(path))[STATE_KEY])
 
 
 # --- parameter names --------------------------------------------------------------------------
