@@ -17,7 +17,8 @@ from crystalprop.display import TABLE_LIMIT, console, out, print_ensemble, print
 from crystalprop.display import print_rows as _print_rows
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model.config import ModelConfig
-from crystalprop.training.config import LOSSES, TEST_FRACTION, VAL_FRACTION, TrainConfig
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION
+from crystalprop.training.config import EVAL_BATCH_SIZE, LOSSES, TrainConfig
 from crystalprop.training.schedule import SCHEDULES
 
 
@@ -251,7 +252,7 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
                    "model was trained with; val/test are refused if any of their structures were trained on.")
 @click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
               help="Write predictions.csv, metrics.json, parity.png, error_histogram.png here.")
-@click.option("--batch-size", default=128, show_default=True)
+@click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
 @click.option("--id-column", default=None)
 @click.option("--structure-column", default=None)
 @cell_option("the model's own setting (canonical for the shipped models)")
@@ -273,7 +274,7 @@ def evaluate(model, data, **options) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Labelled data set the members were trained on; its --split calibrates σ.")
 @click.option("--split", default="val", show_default=True, help="Split that calibrates σ (never one trained on).")
-@click.option("--batch-size", default=128, show_default=True)
+@click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
 @click.option("--id-column", default=None, help="As given to train, for a CSV data set.")
 @click.option("--structure-column", default=None, help="As given to train, for a CSV data set.")
 @device_option()

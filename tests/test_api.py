@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -71,3 +73,12 @@ def test_train_an_ensemble_in_python(tmp_path):
     assert [m["run_dir"] for m in members] == [str(tmp_path / "ens" / f"member{k}") for k in range(2)]
     assert len(result["members"]) == 2 and len(result["ensemble"]["member_maes"]) == 2
     assert Path(tmp_path / "ens" / "best.ckpt").is_file()
+
+
+def test_the_command_starts_without_heavy_imports():
+    """The defaults the command shows come from light modules: --help loads no numpy, MindSpore or pymatgen."""
+    script = ("import sys\nfrom crystalprop.cli import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n"
+              "    print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'mindspore', 'pymatgen'}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"

@@ -11,10 +11,8 @@ if TYPE_CHECKING:
     from crystalprop.graph.neighbors import GraphSettings
 
 LOSSES = ("mse", "l1", "huber")
-VAL_FRACTION = 0.1
-"""Share of the structures held out for validation when the data has no split of its own."""
-TEST_FRACTION = 0.0
-"""Share held out for testing when the data has no split of its own."""
+EVAL_BATCH_SIZE = 128
+"""Structures per batch when validating or evaluating a model (no gradients: larger than for training)."""
 
 
 def _default_graph() -> GraphSettings:

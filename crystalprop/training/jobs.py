@@ -12,7 +12,8 @@ from typing import Callable
 
 from crystalprop.backend import DEVICES
 from crystalprop.model.config import ModelConfig
-from crystalprop.training.config import TEST_FRACTION, VAL_FRACTION, TrainConfig
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION
+from crystalprop.training.config import TrainConfig
 
 OnEvent = Callable[[str, dict], None]
 

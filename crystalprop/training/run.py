@@ -12,7 +12,8 @@ from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.data.datasets import Dataset, Entry, load_dataset, merge_packed, split_record
 from crystalprop.training.distributed import Cluster, join_cluster
 from crystalprop.data.graph_cache import build_graphs
-from crystalprop.training.config import TEST_FRACTION, VAL_FRACTION, TrainConfig
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION
+from crystalprop.training.config import TrainConfig
 from crystalprop.training.trainer import Trainer, TrainResult, TrainingError
 
 

@@ -37,7 +37,7 @@ from crystalprop.model.checkpoint import (
 )
 from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
-from crystalprop.training.config import TrainConfig
+from crystalprop.training.config import EVAL_BATCH_SIZE, TrainConfig
 from crystalprop.training.distributed import Cluster
 from crystalprop.metrics import regression_metrics
 from crystalprop.training.schedule import learning_rate
@@ -369,7 +369,7 @@ class Trainer:
     def _validate(self, net, transform, losses) -> tuple[dict, str, float]:
         """Validation metrics, the selection metric's name and its value (lower is better)."""
         cfg = self.config
-        val_pred = transform.physical(predict_graphs(net, self.val_graphs, 128)) if self.val_graphs else np.zeros(0)
+        val_pred = transform.physical(predict_graphs(net, self.val_graphs, EVAL_BATCH_SIZE)) if self.val_graphs else np.zeros(0)
         metrics = regression_metrics(self.val_y, val_pred)
         if cfg.log10 and self.val_graphs:
             log_metrics = regression_metrics(np.log10(self.val_y), np.log10(val_pred))
