@@ -13,11 +13,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from crystalprop.cli_options import cell_option, device_option, duration_s
 from crystalprop.cli_options import parse_shard as _shard
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.display import TABLE_LIMIT, console, out, print_ensemble, print_evaluation, show_table
 from crystalprop.display import print_rows as _print_rows
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model.config import ModelConfig
-from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.training.config import EVAL_BATCH_SIZE, LOSSES, TrainConfig
 from crystalprop.training.schedule import SCHEDULES
 
