@@ -27,11 +27,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-"""The shared data sets (mp2018, ...) beside the repository; tests that need them skip without."""
-
 _ENTRY = Path(sys.executable).with_name("crystalprop")
 CLI = [str(_ENTRY)] if _ENTRY.is_file() else [sys.executable, "-m", "crystalprop.cli"]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""The shared data sets (mp2018, ...) beside the repository; tests that need them skip without."""
 
 ROCKSALT_PAIRS = (("Na", "Cl"), ("K", "Cl"), ("Li", "F"), ("Mg", "O"), ("Na", "Br"), ("Ca", "O"), ("K", "Br"),
                   ("Li", "Cl"))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from conftest import SHARED_DATA
 from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
 from crystalprop.graph import cells
 from crystalprop.graph.cells import cell_for_graph, may_have_pure_translation
@@ -20,7 +20,7 @@ from crystalprop.model.checkpoint import ModelCard
 from crystalprop.data.datasets import Entry
 from crystalprop.data.graph_cache import build_graphs, cache_key
 
-MP_STRUCTURES = SHARED_DATA / "mp2018" / "structures"
+MP_STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp2018" / "structures"
 
 
 def triclinic() -> Structure:

@@ -9,12 +9,12 @@ os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"  # the compile cache is keyed on so
 
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from conftest import SHARED_DATA
 from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
 
 from crystalprop import backend
@@ -27,7 +27,7 @@ from crystalprop.graph.cells import cell_for_graph  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
 from reference_matformer import matformer_forward  # noqa: E402
 
-MP_STRUCTURES = SHARED_DATA / "mp2018" / "structures"
+MP_STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp2018" / "structures"
 REAL_IDS = ("mp-1000", "mp-10000", "mp-10003")
 RTOL = 1e-5
 

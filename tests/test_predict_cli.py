@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from pymatgen.io.cif import CifWriter
 
-from conftest import (TINY, _random_checkpoint, make_structures, perovskite, read_csv, rocksalt, rocksalt_conventional,
-                      run_cli)
+from conftest import TINY, _random_checkpoint, make_structures, perovskite, rocksalt, rocksalt_conventional, run_cli
 from crystalprop.backend import mindspore_module, set_device
 
 set_device("CPU")
@@ -26,6 +25,7 @@ from crystalprop.graph import GraphSettings, build_graph  # noqa: E402
 from crystalprop.graph.cells import cell_for_graph  # noqa: E402
 from crystalprop.model.checkpoint import load_model  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
+from conftest import read_csv  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
