@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from crystalprop.backend import DEVICES
-from crystalprop.model.config import ModelConfig
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
+from crystalprop.model.config import ModelConfig
 from crystalprop.training.config import TrainConfig
 
 OnEvent = Callable[[str, dict], None]
