@@ -16,6 +16,7 @@ from crystalprop.data.graph_cache import build_graphs
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
 from crystalprop.model.ensemble import combine
 from crystalprop.provenance import file_sha256, provenance, write_sidecar
+from crystalprop.training.config import EVAL_BATCH_SIZE
 
 ZERO_FRACTION_FOR_SPLIT_METRICS = 0.1  # e.g. band gaps: report metals and gapped apart
 
@@ -150,7 +151,7 @@ def evaluate_model(
     target: str | None = None,
     split: str | None = None,
     output_dir: str | Path | None = None,
-    batch_size: int = 128,
+    batch_size: int = EVAL_BATCH_SIZE,
     id_column: str | None = None,
     structure_column: str | None = None,
     device: str = "CPU",
@@ -206,7 +207,7 @@ def join_ensemble(
     data: str | Path,
     *,
     split: str = "val",
-    batch_size: int = 128,
+    batch_size: int = EVAL_BATCH_SIZE,
     id_column: str | None = None,
     structure_column: str | None = None,
     device: str = "CPU",

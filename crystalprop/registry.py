@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from crystalprop.model.checkpoint import CheckpointError
+from crystalprop.model.checkpoint import CheckpointError, read_checkpoint
+from crystalprop.provenance import file_sha256
 
 SHIPPED = ("formation_energy", "band_gap", "bulk_modulus", "shear_modulus")
 
@@ -47,3 +48,21 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
         return str(name_or_path), shipped
     known = ", ".join(available_models()) or "none shipped"
     raise CheckpointError(f"unknown model {name_or_path!r}: give a .ckpt file, a run directory, or one of: {known}")
+
+
+MODEL_COLUMNS = ("name", "target", "unit", "val MAE", "trained on", "epochs", "sha256")
+
+
+def describe_models() -> list[list[str]]:
+    """One row of :data:`MODEL_COLUMNS` per available model, read from its card and weights."""
+    rows = []
+    for name in available_models():
+        path = resolve_model(name)[1]
+        card, _ = read_checkpoint(path)
+        metrics = card.metrics
+        mae = metrics.get("log10_mae") if card.transform.log10 else metrics.get("mae")
+        mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "")
+        data = card.training.get("data", {})
+        rows.append([name, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
+                     str(card.training.get("cumulative_epochs", card.training.get("epochs", ""))), file_sha256(path)])
+    return rows

@@ -16,6 +16,7 @@ os.environ["CRYSTALPROP_CACHE"] = _SESSION_CACHE
 os.environ["CRYSTALPROP_KERNELS"] = os.path.join(_SESSION_CACHE, "kernels")  # built once per test session
 os.environ.setdefault("GLOG_v", "3")
 
+import csv  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -28,6 +29,8 @@ from pymatgen.core import Lattice, Structure  # noqa: E402
 
 _ENTRY = Path(sys.executable).with_name("crystalprop")
 CLI = [str(_ENTRY)] if _ENTRY.is_file() else [sys.executable, "-m", "crystalprop.cli"]
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""The shared data sets (mp2018, ...) beside the repository; tests that need them skip without."""
 
 ROCKSALT_PAIRS = (("Na", "Cl"), ("K", "Cl"), ("Li", "F"), ("Mg", "O"), ("Na", "Br"), ("Ca", "O"), ("K", "Br"),
                   ("Li", "Cl"))
@@ -82,6 +85,34 @@ def run_cli(args: list[str], *, cwd: Path | None = None, timeout: float = 300, e
     """Run ``crystalprop ARGS`` in a subprocess; returns the CompletedProcess."""
     return subprocess.run(CLI + [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def read_csv(path: Path) -> list[dict]:
+    """A CSV file's rows as dicts of strings."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """A run directory's history.csv, one dict of strings per epoch."""
+    return read_csv(run_dir / "history.csv")
+
+
+def train_config(**overrides):
+    """A TrainConfig for the tiny network: 4 epochs of batches of 8 at lr 5e-3, seed 0, target y in eV."""
+    from crystalprop.model.config import ModelConfig
+    from crystalprop.training.config import TrainConfig
+
+    base = dict(target="y", unit="eV", epochs=4, batch_size=8, lr=5e-3, seed=0, model=ModelConfig(**TINY))
+    return TrainConfig(**{**base, **overrides})
+
+
+def train_state(path: Path) -> dict:
+    """The training state stored in a run's last.ckpt."""
+    from crystalprop.backend import mindspore_module
+    from crystalprop.training.trainer import STATE_KEY
+
+    return json.loads(mindspore_module().load_checkpoint(str(path))[STATE_KEY])
 
 
 @pytest.fixture(autouse=True)

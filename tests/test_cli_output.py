@@ -14,7 +14,7 @@ from pymatgen.io.cif import CifWriter
 from rich.console import Console
 
 from conftest import perovskite, rocksalt, run_cli
-from crystalprop import cli
+from crystalprop import display
 
 LONG = "a_rather_long_file_name_for_a_strontium_titanate_perovskite_crystal_from_a_database_export"
 HEADERS = ["structure", "formula", "sites", "some_property_with_a_long_name (eV/atom)", "note"]
@@ -37,11 +37,11 @@ def _assert_plain_and_whole(text: str, names: list[str], headers: list[str]) -> 
 
 @pytest.fixture()
 def stdout_console(monkeypatch):
-    """Make cli.out a terminal of a given width, writing to a buffer."""
+    """Make display.out a terminal of a given width, writing to a buffer."""
 
     def make(width: int, terminal: bool = True) -> io.StringIO:
         buffer = io.StringIO()
-        monkeypatch.setattr(cli, "out", Console(file=buffer, width=width, force_terminal=terminal, color_system=None))
+        monkeypatch.setattr(display, "out", Console(file=buffer, width=width, force_terminal=terminal, color_system=None))
         return buffer
 
     return make
@@ -49,7 +49,7 @@ def stdout_console(monkeypatch):
 
 def test_wide_terminal_gets_the_rich_table(stdout_console, capsys):
     buffer = stdout_console(300)
-    cli._show_table(HEADERS, ROWS, right=[3])
+    display.show_table(HEADERS, ROWS, right=[3])
     assert "┃" in buffer.getvalue() and LONG in buffer.getvalue() and "…" not in buffer.getvalue()
     assert capsys.readouterr().out == ""
 
@@ -57,7 +57,7 @@ def test_wide_terminal_gets_the_rich_table(stdout_console, capsys):
 @pytest.mark.parametrize("width, terminal", [(80, True), (300, False)])
 def test_narrow_terminal_or_pipe_gets_plain_text_in_full(stdout_console, capsys, width, terminal):
     buffer = stdout_console(width, terminal)
-    cli._show_table(HEADERS, ROWS, right=[3], title="a title")
+    display.show_table(HEADERS, ROWS, right=[3], title="a title")
     assert buffer.getvalue() == ""
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "a title"
@@ -69,7 +69,7 @@ def test_narrow_terminal_or_pipe_gets_plain_text_in_full(stdout_console, capsys,
 
 def test_plain_text_keeps_markup_like_names_literal(stdout_console, capsys):
     stdout_console(80, terminal=False)
-    cli._show_table(["structure"], [["[bold]x[/bold].cif"]])
+    display.show_table(["structure"], [["[bold]x[/bold].cif"]])
     assert capsys.readouterr().out.splitlines()[1] == "[bold]x[/bold].cif"
 
 

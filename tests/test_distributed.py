@@ -12,16 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CLI, TINY_CLI, run_cli, write_json_dataset
+from conftest import CLI, TINY_CLI, read_history, run_cli, write_json_dataset
 
 # 32 training structures in batches of 6: the last batch of each epoch (2) is split unevenly
 COMMON = ["--target", "y", "--epochs", "3", "--batch-size", "6", "--lr", "5e-3", "--graph-workers", "1",
           "--threads", "1", *TINY_CLI]
-
-
-def history(run_dir: Path) -> list[dict]:
-    with open(run_dir / "history.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def assert_same_curve(a: list[dict], b: list[dict]) -> None:
@@ -48,9 +43,9 @@ def test_two_workers_follow_the_single_process_curve(data, single, tmp_path):
     run_dir = tmp_path / "two"
     result = run_cli(["train", data, "-o", run_dir, *COMMON, "--workers", "2"])
     assert result.returncode == 0, result.stderr
-    assert_same_curve(history(single), history(run_dir))
+    assert_same_curve(read_history(single), read_history(run_dir))
     # rank 0 alone wrote the run files; rank 0's progress reached the terminal
-    assert len(history(run_dir)) == 3
+    assert len(read_history(run_dir)) == 3
     assert {"worker_0.log", "worker_1.log", "scheduler.log"} <= {p.name for p in (run_dir / "logs").iterdir()}
     assert "epoch 3:" in result.stderr
     # the distributed model predicts like the single-process one
@@ -74,7 +69,7 @@ def test_distributed_time_budget_then_resume(data, single, tmp_path):
     assert "time budget reached" in first.stderr
     second = run_cli(["train", data, "-o", run_dir, *COMMON, "--workers", "2", "--resume"])
     assert second.returncode == 0, second.stderr
-    assert_same_curve(history(single), history(run_dir))
+    assert_same_curve(read_history(single), read_history(run_dir))
 
 
 def _rank_processes(rank: int, cache: str) -> list[int]:
@@ -101,7 +96,7 @@ def test_a_dead_worker_ends_the_run_and_keeps_the_checkpoint(data, tmp_path):
     proc = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
-        while not ((run_dir / "history.csv").is_file() and len(history(run_dir)) >= 2):
+        while not ((run_dir / "history.csv").is_file() and len(read_history(run_dir)) >= 2):
             assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "no epochs logged"
             time.sleep(0.5)

@@ -8,19 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, run_cli, write_json_dataset
+from conftest import SHARED_DATA, run_cli, train_config, write_json_dataset
 from crystalprop.backend import set_device
 
 set_device("CPU")
 
 from crystalprop.evaluation import check_unseen, evaluate_model  # noqa: E402
 from crystalprop.model.checkpoint import read_checkpoint  # noqa: E402
-from crystalprop.model.matformer import ModelConfig  # noqa: E402
 from crystalprop.data.datasets import ids_in_packed, load_dataset, pack_ids  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
-from crystalprop.training.trainer import TrainConfig  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 N_DATA = 40
 
 
@@ -34,8 +31,7 @@ def data(tmp_path_factory) -> Path:
 def run_dir(data, tmp_path_factory) -> Path:
     """One epoch trained with a split other than the defaults (val 0.3, seed 5)."""
     folder = tmp_path_factory.mktemp("run")
-    config = TrainConfig(target="y", unit="eV", epochs=1, batch_size=8, lr=5e-3, seed=5, model=ModelConfig(**TINY))
-    train_model(data, folder, config, val_fraction=0.3, workers=1)
+    train_model(data, folder, train_config(epochs=1, seed=5), val_fraction=0.3, workers=1)
     return folder
 
 
@@ -73,8 +69,8 @@ def test_evaluate_refuses_trained_structures_as_validation(run_dir, data, tmp_pa
 
 def test_a_warm_start_carries_the_ids_it_was_trained_on(run_dir, data, tmp_path):
     """Warm-started on another split of the same data: its validation holds ids trained on before."""
-    config = TrainConfig(target="y", unit="eV", epochs=1, batch_size=8, lr=5e-3, seed=6, model=ModelConfig(**TINY))
-    train_model(data, tmp_path / "again", config, val_fraction=0.3, workers=1, init_from=run_dir / "best.ckpt")
+    train_model(data, tmp_path / "again", train_config(epochs=1, seed=6), val_fraction=0.3, workers=1,
+                init_from=run_dir / "best.ckpt")
     with pytest.raises(ValueError, match="were used to train"):
         evaluate_model(str(tmp_path / "again"), data)
     ids = [f"m-{i:03d}" for i in range(N_DATA)]
@@ -106,7 +102,7 @@ def test_old_checkpoint_needs_a_fixed_split(random_ckpt, data, tmp_path):
 
 
 @pytest.mark.shared
-@pytest.mark.skipif(not (SHARED / "mp2018" / "split.json").is_file(), reason="needs ../shared/data")
+@pytest.mark.skipif(not (SHARED_DATA / "mp2018" / "split.json").is_file(), reason="needs ../shared/data")
 @pytest.mark.parametrize(("model", "folder"), [("formation_energy", "mp2018"), ("bulk_modulus", "mp2018_elastic")])
 def test_shipped_checkpoints_validate_on_their_split_json(model, folder):
     """A shipped model's validation split checks out: by its trained ids where its checkpoint records
@@ -116,7 +112,7 @@ def test_shipped_checkpoints_validate_on_their_split_json(model, folder):
 
     _, path = resolve_model(model)
     card, _ = read_checkpoint(path)
-    dataset = load_dataset(SHARED / folder, card.target)
+    dataset = load_dataset(SHARED_DATA / folder, card.target)
     note = check_unseen(dataset.split("val"), "val", dataset, card.training, path)
     if "split_record" in card.training.get("data", {}):
         assert note == "none trained on; the same val split as in training"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ from crystalprop.graph import GraphSettings, build_graph  # noqa: E402
 from crystalprop.graph.cells import cell_for_graph  # noqa: E402
 from crystalprop.model.checkpoint import load_model  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
+from conftest import read_csv  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -61,11 +61,6 @@ def files(tmp_path):
 def assert_columns(header) -> None:
     """The documented columns, in this order (other columns, e.g. an input index, may sit between)."""
     assert [c for c in header if c in COLUMNS] == COLUMNS, header
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 # --- the Python API ------------------------------------------------------------------------------
@@ -292,7 +287,7 @@ def test_cli_model_with_other_graph_settings_reads_with_them(files, tmp_path):
     folder, structures = files
     result = run_cli(["predict", folder, "-m", ckpt, "-o", tmp_path / "out.csv"])
     assert result.returncode == 0, result.stderr
-    got = {Path(r["name"]).name: float(r["near"]) for r in _read_csv(tmp_path / "out.csv")}
+    got = {Path(r["name"]).name: float(r["near"]) for r in read_csv(tmp_path / "out.csv")}
     names = sorted(structures)
     loaded, card = load_model(ckpt)
     own = card.transform.physical(predict_graphs(loaded, [_graph(structures[n], settings) for n in names]))
@@ -306,7 +301,7 @@ def test_cli_cell_as_given(files, random_ckpt, tmp_path):
     for cell in ("as-given", "canonical"):
         done = run_cli(["predict", "in/a.cif", "-m", random_ckpt, "-o", f"{cell}.csv", "--cell", cell], cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        (row,) = _read_csv(tmp_path / f"{cell}.csv")
+        (row,) = read_csv(tmp_path / f"{cell}.csv")
         expected = _expected(random_ckpt, [structures["a.cif"]], GraphSettings(cell=cell))
         np.testing.assert_allclose(float(row["rand"]), expected, rtol=1e-5)
     wrong = run_cli(["predict", "in/a.cif", "-m", random_ckpt, "--cell", "primitive"], cwd=tmp_path)
@@ -319,7 +314,7 @@ def test_cli_partial_failure_csv(files, random_ckpt, tmp_path):
                    cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "2 predicted, 1 failed" in done.stderr and "Traceback" not in done.stderr
-    rows = _read_csv(tmp_path / "out.csv")
+    rows = read_csv(tmp_path / "out.csv")
     assert_columns(list(rows[0]))
     assert [r["name"] for r in rows] == ["in/a.cif", "in/b.vasp", "in/missing.cif"]
     assert [r["error"] != "" for r in rows] == [False, False, True]
@@ -392,7 +387,7 @@ def test_cli_resume_csv_and_jsonl(files, random_ckpt, tmp_path, suffix, monkeypa
     done = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", out, "--resume"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     if suffix == ".csv":
-        rows = _read_csv(out)
+        rows = read_csv(out)
         assert_columns(list(rows[0]))
     else:
         rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -415,7 +410,7 @@ def test_cli_resume_after_a_row_cut_mid_write(files, random_ckpt, tmp_path, suff
     done = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", out, "--resume"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     if suffix == ".csv":
-        got = _read_csv(out)
+        got = read_csv(out)
     else:
         got = [json.loads(line) for line in out.read_text().splitlines() if line.strip() != partial]
     assert sorted(r["name"] for r in got) == inputs
@@ -452,7 +447,7 @@ def test_compile_cache_is_keyed_on_the_model(files, random_ckpt, tmp_path):
     for ckpt in (random_ckpt, big):
         done = run_cli(["predict", *inputs, "-m", ckpt, "-o", out, "--overwrite"], cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        rows = _read_csv(out)  # --overwrite: the second run replaced the first one's rows
+        rows = read_csv(out)  # --overwrite: the second run replaced the first one's rows
         assert [r["name"] for r in rows] == inputs and ckpt.stem in rows[0]
         np.testing.assert_allclose([float(r[ckpt.stem]) for r in rows], expected[ckpt], rtol=1e-5)
 

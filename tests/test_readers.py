@@ -17,6 +17,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 from pymatgen.io.vasp import Poscar
 
+from conftest import SHARED_DATA
 from crystalprop.io import (
     StructureReadError,
     StructureRecord,
@@ -31,7 +32,6 @@ from crystalprop.io import (
 )
 from crystalprop.io import discovery, readers
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 @pytest.fixture(scope="module")
@@ -540,7 +540,7 @@ def test_iter_records_validation_errors_and_blocks(tmp_path, nacl):
 
 
 def shared_files(subdir: str, count: int) -> list[Path]:
-    folder = SHARED / "data" / subdir / "structures"
+    folder = SHARED_DATA / subdir / "structures"
     if not folder.is_dir():
         pytest.skip(f"{folder} not present")
     files = []

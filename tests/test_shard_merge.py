@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-
-from conftest import make_structures, run_cli
-
-
-def _rows(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+from conftest import make_structures, read_csv, run_cli
 
 
 def test_three_shards_merge_to_the_unsharded_result(tmp_path, random_ckpt):
@@ -25,11 +18,11 @@ def test_three_shards_merge_to_the_unsharded_result(tmp_path, random_ckpt):
         out = tmp_path / f"part{i}.csv"
         run_cli(["predict", folder, "-m", random_ckpt, "-o", out, "--shard", f"{i}/3", "--workers", "0"])
         parts.append(out)
-    sizes = [len(_rows(p)) for p in parts]
+    sizes = [len(read_csv(p)) for p in parts]
     assert sizes == [4, 4, 3]
     merged = run_cli(["merge", tmp_path / "merged.csv", *parts])
     assert merged.returncode == 0, merged.stderr
-    expected, got = _rows(tmp_path / "all.csv"), _rows(tmp_path / "merged.csv")
+    expected, got = read_csv(tmp_path / "all.csv"), read_csv(tmp_path / "merged.csv")
     assert [r["name"] for r in got] == [r["name"] for r in expected]
     for a, b in zip(got, expected):
         assert a["error"] == b["error"]

@@ -5,17 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pymatgen.core import Element, Structure
 
-from conftest import CLI, TINY, TINY_CLI, run_cli, synthetic_target, write_json_dataset
+from conftest import TINY, TINY_CLI, read_history, run_cli, synthetic_target, train_state, write_json_dataset
+from conftest import train_config as config
 from crystalprop.backend import mindspore_module, set_device
 
 set_device("CPU")
@@ -32,18 +30,13 @@ from crystalprop.training import run as run_module  # noqa: E402
 from crystalprop.training import trainer as trainer_module  # noqa: E402
 from crystalprop.data.datasets import load_dataset  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
-from crystalprop.training.trainer import STATE_KEY, TrainConfig, Trainer, TrainingError  # noqa: E402
+from crystalprop.training.trainer import STATE_KEY, Trainer, TrainingError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 N_DATA = 40
 STEPS_PER_EPOCH = 5  # 36 training structures, batch size 8
 COMPARED = ("epoch", "train_loss", "val_mae", "val_rmse", "lr", "best")
-
-
-def config(**overrides) -> TrainConfig:
-    base = dict(target="y", unit="eV", epochs=4, batch_size=8, lr=5e-3, seed=0, model=ModelConfig(**TINY))
-    return TrainConfig(**{**base, **overrides})
 
 
 def comparable(history: list[dict], keys=COMPARED) -> list[tuple]:
@@ -53,15 +46,6 @@ def comparable(history: list[dict], keys=COMPARED) -> list[tuple]:
 def assert_same_val_curve(a: list[dict], b: list[dict], rel: float = 1e-4) -> None:
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
     np.testing.assert_allclose([r["val_mae"] for r in b], [r["val_mae"] for r in a], rtol=rel)
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    with open(run_dir / "history.csv") as handle:
-        return list(csv.DictReader(handle))
-
-
-def train_state(path: Path) -> dict:
-    return json.loads(ms.load_checkpoint(str(path))[STATE_KEY])
 
 
 # --- parameter names --------------------------------------------------------------------------
@@ -238,126 +222,6 @@ def test_resume_refuses_another_model_configuration(run_a, data, tmp_path):
         train_model(data, run_dir, config(model=ModelConfig(**{**TINY, "features": 16})), workers=1, resume=True)
     with pytest.raises(TrainingError, match="nothing to resume"):
         train_model(data, tmp_path / "empty", config(), workers=1, resume=True)
-
-
-def _wait_for_epochs(proc, run_dir: Path, epochs: int, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if len(read_history(run_dir)) >= epochs:
-                return
-        except (FileNotFoundError, csv.Error):
-            pass
-        if proc.poll() is not None:
-            pytest.fail(f"training ended (rc {proc.returncode}) before {epochs} epochs were logged")
-        time.sleep(0.02)
-    pytest.fail(f"no {epochs} epochs within {timeout} s")
-
-
-def _trainer_pid(run_dir: Path) -> int:
-    """The process that trains (holds the run directory's lock): the CLI's child since 5ada685."""
-    return int((run_dir / ".lock").read_text().strip())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _kill_if_ours(pid: int | None, run_dir: Path) -> None:
-    """Clean-up: SIGKILL a training process this test started (identified by its lock file)."""
-    if pid and _alive(pid):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except FileNotFoundError:
-            return
-        if b"python" in cmdline:
-            os.kill(pid, signal.SIGKILL)
-
-
-def test_cli_resume_after_sigkill_matches_uninterrupted_run(data, tmp_path):
-    run_dir = tmp_path / "killed"
-    epochs = 20
-    args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", str(epochs), "--batch-size", "8",
-            "--lr", "5e-3", "--graph-workers", "1", *TINY_CLI]
-    trainer = None
-    with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            _wait_for_epochs(proc, run_dir, 3)
-            trainer = _trainer_pid(run_dir)
-            os.kill(trainer, signal.SIGKILL)  # the training process dies hard (OOM killer, power cut, ...)
-            proc.wait(timeout=180)
-        finally:
-            _kill_if_ours(trainer, run_dir)
-            proc.kill()
-            proc.wait()
-    stderr = (tmp_path / "stderr.txt").read_text()
-    assert proc.returncode != 0 and "Traceback" not in stderr
-    killed_at = train_state(run_dir / "last.ckpt")["state"]["epoch"]
-    assert 2 <= killed_at < epochs, "training finished before it could be killed"
-    assert _trainer_pid(run_dir) == trainer  # the lock is left behind by the kill
-    events = []
-    resumed = train_model(data, run_dir, config(epochs=epochs, unit=""), workers=1, resume=True,
-                          on_event=lambda kind, info: events.append((kind, info)))
-    assert resumed.stopped_because == "finished"
-    assert next(info for kind, info in events if kind == "resume")["epoch"] == killed_at
-    assert not (run_dir / ".lock").exists()  # the stale lock was taken over and released
-    history = read_history(run_dir)
-    assert [int(r["epoch"]) for r in history] == list(range(1, epochs + 1))
-    reference = train_model(data, tmp_path / "reference", config(epochs=epochs, unit=""), workers=1)
-    np.testing.assert_allclose([float(r["val_mae"]) for r in history], [r["val_mae"] for r in reference.history],
-                               rtol=1e-4)
-
-
-@contextmanager
-def _cli_training_past_two_epochs(data, tmp_path, name: str):
-    """Start a long `crystalprop train`, wait for 2 epochs; yield (command, trainer pid, run dir, stderr file).
-
-    On the way out, whatever this test started is killed.
-    """
-    run_dir = tmp_path / name
-    args = ["train", data, "--target", "y", "-o", run_dir, "--epochs", "500", "--batch-size", "4", "--graph-workers", "1",
-            *TINY_CLI]
-    trainer = None
-    stderr_path = tmp_path / "stderr.txt"
-    with open(stderr_path, "w") as err:
-        proc = subprocess.Popen(CLI + [str(a) for a in args], stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            _wait_for_epochs(proc, run_dir, 2)
-            trainer = _trainer_pid(run_dir)
-            yield proc, trainer, run_dir, stderr_path
-        finally:
-            _kill_if_ours(trainer, run_dir)
-            proc.kill()
-            proc.wait()
-
-
-def test_cli_ctrl_c_stops_cleanly(data, tmp_path):
-    with _cli_training_past_two_epochs(data, tmp_path, "interrupted") as (proc, trainer, run_dir, stderr_path):
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=180)
-    stderr = stderr_path.read_text()
-    assert proc.returncode == 0, f"rc {proc.returncode}: {stderr[-500:]}"
-    assert "interrupted" in stderr
-    state = train_state(run_dir / "last.ckpt")["state"]
-    assert 2 <= state["epoch"] < 500 and not (run_dir / ".lock").exists()
-    assert not _alive(trainer)
-
-
-def test_cli_sigterm_stops_the_training(data, tmp_path):
-    with _cli_training_past_two_epochs(data, tmp_path, "terminated") as (proc, trainer, run_dir, _):
-        proc.send_signal(signal.SIGTERM)  # e.g. `timeout`, a batch scheduler, `kill PID`
-        proc.wait(timeout=180)
-        deadline = time.monotonic() + 5  # a clean stop takes one step
-        while _alive(trainer) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(trainer), "the training process outlived the command"
-        assert not (run_dir / ".lock").exists()
-        assert train_state(run_dir / "last.ckpt")["state"]["epoch"] < 500
 
 
 # --- warm start, log10, patience ---------------------------------------------------------------

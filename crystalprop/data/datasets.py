@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.io.formats import looks_like_structure_name, structure_stem
 
 SPLITS = ("train", "val", "test")
@@ -315,8 +316,8 @@ def load_dataset(
     *,
     id_column: str | None = None,
     structure_column: str | None = None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.0,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     seed: int = 0,
 ) -> Dataset:
     """Read any supported layout and assign splits."""

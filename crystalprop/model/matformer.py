@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 from crystalprop.backend import mindspore_module
 from crystalprop.graph.elements import N_FEATURES
+from crystalprop.model.config import ModelConfig
 from crystalprop.model.layers import HeadRows, MatformerConv, RBFExpansion
 
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture hyper-parameters; stored in every checkpoint."""
-
-    layers: int = 5
-    features: int = 128
-    heads: int = 4
-    rbf_bins: int = 128
-    rbf_max: float = 8.0
-    fc_features: int = 128
-
-    def as_dict(self) -> dict:
-        """Plain dict for JSON metadata."""
-        return asdict(self)
 
 
 class Matformer(nn.Cell):

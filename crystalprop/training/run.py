@@ -12,7 +12,9 @@ from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.data.datasets import Dataset, Entry, load_dataset, merge_packed, split_record
 from crystalprop.training.distributed import Cluster, join_cluster
 from crystalprop.data.graph_cache import build_graphs
-from crystalprop.training.trainer import Trainer, TrainConfig, TrainResult, TrainingError
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION
+from crystalprop.training.config import TrainConfig
+from crystalprop.training.trainer import Trainer, TrainResult, TrainingError
 
 
 def split_graphs(dataset: Dataset, graphs, split: str):
@@ -67,8 +69,8 @@ def train_model(
     *,
     id_column: str | None = None,
     structure_column: str | None = None,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.0,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     limit: int | None = None,
     resume: bool = False,
     init_from: str | Path | None = None,

@@ -18,7 +18,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,7 +27,7 @@ import numpy as np
 from crystalprop.atomic import atomic_write, atomic_write_text
 from crystalprop.backend import mindspore_module
 from crystalprop.graph.batch import collate
-from crystalprop.graph.neighbors import CrystalGraph, GraphSettings
+from crystalprop.graph.neighbors import CrystalGraph
 from crystalprop.model.checkpoint import (
     CheckpointError,
     ModelCard,
@@ -36,7 +36,8 @@ from crystalprop.model.checkpoint import (
     save_checkpoint,
 )
 from crystalprop.model.inference import batch_tensors, predict_graphs
-from crystalprop.model.matformer import Matformer, ModelConfig, input_signature
+from crystalprop.model.matformer import Matformer, input_signature
+from crystalprop.training.config import EVAL_BATCH_SIZE, TrainConfig
 from crystalprop.training.distributed import Cluster
 from crystalprop.metrics import regression_metrics
 from crystalprop.training.schedule import learning_rate
@@ -44,7 +45,6 @@ from crystalprop.training.schedule import learning_rate
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
 
-LOSSES = ("mse", "l1", "huber")
 STATE_KEY = "crystalprop_train_state"
 SAVE_EVERY_S = 600.0  # last.ckpt is also refreshed mid-epoch, so a kill loses at most this much
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -65,34 +65,6 @@ def saved_cell(last: Path) -> str:
 
 class TrainingError(RuntimeError):
     """Training cannot start or had to stop (NaN loss, locked run directory, ...)."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run besides the data."""
-
-    target: str
-    unit: str = ""
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    schedule: str = "onecycle"
-    warmup_fraction: float = 0.3
-    loss: str = "mse"
-    log10: bool = False
-    floor: float | None = None
-    patience: int | None = None
-    max_time_s: float | None = None
-    seed: int = 0
-    model: ModelConfig = field(default_factory=ModelConfig)
-    graph: GraphSettings = field(default_factory=GraphSettings)
-
-    def as_dict(self) -> dict:
-        """JSON-ready."""
-        d = asdict(self)
-        d["model"], d["graph"] = self.model.as_dict(), self.graph.as_dict()
-        return d
 
 
 class _LossNet(nn.Cell):
@@ -168,6 +140,23 @@ class TrainResult:
     stopped_because: str
     run_dir: Path
     history: list[dict]
+
+
+@dataclass
+class _Loop:
+    """What the parts of one training loop share: network, train cell, target transform and loop state."""
+
+    net: Matformer
+    cell: object
+    optimizer: object
+    transform: TargetTransform
+    state: dict
+    y_train: np.ndarray
+    steps_per_epoch: int
+    total_steps: int
+    started: float
+    last_save: float = 0.0
+    diverged: bool = False
 
 
 class Trainer:
@@ -260,6 +249,26 @@ class Trainer:
             return self._run(resume, init_from)
 
     def _run(self, resume: bool, init_from) -> TrainResult:
+        loop = self._setup(resume, init_from)
+        # SIGTERM stops cleanly. MindSpore 2.10 takes SIGINT over while a graph runs and ends the
+        # process, so `crystalprop train` runs this loop in its own session and turns Ctrl-C
+        # into SIGTERM (see training/launch.py); SIGINT is still caught here between steps.
+        previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
+        loop.last_save = time.monotonic()
+        self.on_event("start", {"steps_per_epoch": loop.steps_per_epoch, "epochs": self.config.epochs,
+                                "epoch": loop.state["epoch"], "n_train": len(self.train_graphs),
+                                "n_val": len(self.val_graphs)})
+        try:
+            stopped_because = self._epochs(loop)
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            if not loop.diverged:
+                self._save_loop(loop)
+        return self._finish(loop, stopped_because)
+
+    def _setup(self, resume: bool, init_from) -> _Loop:
+        """Seeded network and optimizer, and the loop's state: fresh, warm-started, or resumed from last.ckpt."""
         cfg = self.config
         ms.set_seed(cfg.seed)
         net = Matformer(cfg.model)
@@ -269,90 +278,98 @@ class Trainer:
         transform = self._transform()
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_mae": float("inf"), "best_epoch": 0,
                  "bad_epochs": 0, "elapsed_s": 0.0}
-        last_path = self.run_dir / "last.ckpt"
         if resume:
-            state = self._restore(cell, last_path, state)
+            state = self._restore(cell, self.run_dir / "last.ckpt", state)
             transform = TargetTransform(**state["transform"])
         elif init_from:
             self._init_from(net, init_from)
         y_train = transform.normalise(self.train_y).astype(np.float32)
         steps_per_epoch = (len(self.train_graphs) + cfg.batch_size - 1) // cfg.batch_size
-        total_steps = steps_per_epoch * cfg.epochs
-        started = time.monotonic() - state["elapsed_s"]
-        stopped_because = "finished"
-        # SIGTERM stops cleanly. MindSpore 2.10 takes SIGINT over while a graph runs and ends the
-        # process, so `crystalprop train` runs this loop in its own session and turns Ctrl-C
-        # into SIGTERM (see cli.py); SIGINT is still caught here between steps.
-        previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
-        diverged = False
-        last_save = time.monotonic()
-        self.on_event("start", {"steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs, "epoch": state["epoch"],
-                                "n_train": len(self.train_graphs), "n_val": len(self.val_graphs)})
-        try:
-            while state["epoch"] < cfg.epochs:
-                epoch = state["epoch"]
-                order = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(self.train_graphs))
-                net.set_train(True)
-                epoch_start = time.monotonic()
-                losses = state.pop("epoch_losses", []) if state["step_in_epoch"] else []
-                state["epoch_losses"] = losses  # saved with a mid-epoch last.ckpt, so a resume averages them all
-                lr = learning_rate(cfg.schedule, state["global_step"], total_steps, cfg.lr, cfg.warmup_fraction)
-                for step in range(state["step_in_epoch"], steps_per_epoch):
-                    idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    lr = learning_rate(cfg.schedule, state["global_step"], total_steps, cfg.lr, cfg.warmup_fraction)
-                    optimizer.learning_rate.set_data(ms.Tensor(lr, ms.float32))
-                    part, share = self.cluster.share(idx)
-                    batch = collate([self.train_graphs[i] for i in part])
-                    loss = cell(*batch_tensors(batch), ms.Tensor(y_train[part]), ms.Tensor(share, ms.float32))
-                    loss = float(self.cluster.sum([float(loss.asnumpy())])[0])  # the global batch's loss
-                    if not np.isfinite(loss):
-                        diverged = True  # the weights are now non-finite: keep the files as they were
-                        raise TrainingError(
-                            f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
-                            f"the last good checkpoint is kept in {self.run_dir} (try a lower --lr)"
-                        )
-                    losses.append(loss)
-                    state["step_in_epoch"], state["global_step"] = step + 1, state["global_step"] + 1
-                    self.on_event("step", {"epoch": epoch, "step": step + 1, "loss": loss, "lr": lr,
-                                           "structures": len(idx)})
-                    # all workers stop at the same step if any of them is asked to or runs out of time
-                    over_time = cfg.max_time_s is not None and time.monotonic() - started > cfg.max_time_s
-                    stopping = bool(self.cluster.sum([float(self.stop_requested or over_time)])[0])
-                    if time.monotonic() - last_save > SAVE_EVERY_S:
-                        state["elapsed_s"], state["transform"] = time.monotonic() - started, asdict(transform)
-                        self._save_last(cell, state)
-                        last_save = time.monotonic()
-                    if stopping:
-                        stopped_because = ("time budget reached" if over_time and not self.stop_requested
-                                           else "interrupted")
-                        break
-                if stopped_because != "finished":
-                    if state["step_in_epoch"] and self.val_graphs:  # keep what the partial epoch gained
-                        done = epoch + state["step_in_epoch"] / steps_per_epoch
-                        metrics, key, score = self._validate(net, transform, losses)
-                        self._keep_if_best(net, transform, state, metrics, key, score, started, round(done, 3))
-                    break
-                record = self._end_epoch(net, cell, transform, state, losses, epoch_start, started, lr)
-                self.on_event("epoch", record)
-                if cfg.patience and state["bad_epochs"] >= cfg.patience:
-                    stopped_because = f"no improvement for {cfg.patience} epochs"
-                    break
-        finally:
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
-            if not diverged:
-                state["elapsed_s"] = time.monotonic() - started
-                state["transform"] = asdict(transform)
-                self._save_last(cell, state)
+        return _Loop(net, cell, optimizer, transform, state, y_train, steps_per_epoch, steps_per_epoch * cfg.epochs,
+                     started=time.monotonic() - state["elapsed_s"])
+
+    def _epochs(self, loop: _Loop) -> str:
+        """Train epoch after epoch; why the loop ended (finished, a stop, the time budget, the patience)."""
+        cfg, state = self.config, loop.state
+        while state["epoch"] < cfg.epochs:
+            epoch_start = time.monotonic()
+            stopped_because, losses, lr = self._train_epoch(loop)
+            if stopped_because != "finished":
+                self._keep_partial_epoch(loop, losses)
+                return stopped_because
+            record = self._end_epoch(loop.net, loop.cell, loop.transform, state, losses, epoch_start, loop.started, lr)
+            self.on_event("epoch", record)
+            if cfg.patience and state["bad_epochs"] >= cfg.patience:
+                return f"no improvement for {cfg.patience} epochs"
+        return "finished"
+
+    def _train_epoch(self, loop: _Loop) -> tuple[str, list[float], float]:
+        """The steps of the current epoch from where it stands; (finished or why it stopped, losses, last lr).
+
+        Every worker stops at the same step if any of them is asked to or runs out of time.
+        """
+        cfg, state = self.config, loop.state
+        epoch = state["epoch"]
+        order = np.random.default_rng(cfg.seed * 100_003 + epoch).permutation(len(self.train_graphs))
+        loop.net.set_train(True)
+        losses = state.pop("epoch_losses", []) if state["step_in_epoch"] else []
+        state["epoch_losses"] = losses  # saved with a mid-epoch last.ckpt, so a resume averages them all
+        lr = learning_rate(cfg.schedule, state["global_step"], loop.total_steps, cfg.lr, cfg.warmup_fraction)
+        for step in range(state["step_in_epoch"], loop.steps_per_epoch):
+            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            lr = learning_rate(cfg.schedule, state["global_step"], loop.total_steps, cfg.lr, cfg.warmup_fraction)
+            loss = self._step(loop, idx, lr)
+            if not np.isfinite(loss):
+                loop.diverged = True  # the weights are now non-finite: keep the files as they were
+                raise TrainingError(
+                    f"loss became {loss} at epoch {epoch + 1}, step {step + 1}; "
+                    f"the last good checkpoint is kept in {self.run_dir} (try a lower --lr)"
+                )
+            losses.append(loss)
+            state["step_in_epoch"], state["global_step"] = step + 1, state["global_step"] + 1
+            self.on_event("step", {"epoch": epoch, "step": step + 1, "loss": loss, "lr": lr, "structures": len(idx)})
+            over_time = cfg.max_time_s is not None and time.monotonic() - loop.started > cfg.max_time_s
+            stopping = bool(self.cluster.sum([float(self.stop_requested or over_time)])[0])
+            if time.monotonic() - loop.last_save > SAVE_EVERY_S:
+                self._save_loop(loop)
+                loop.last_save = time.monotonic()
+            if stopping:
+                return ("time budget reached" if over_time and not self.stop_requested else "interrupted"), losses, lr
+        return "finished", losses, lr
+
+    def _step(self, loop: _Loop, idx: np.ndarray, lr: float) -> float:
+        """One optimizer step on this worker's share of the global batch ``idx``; the global batch's loss."""
+        loop.optimizer.learning_rate.set_data(ms.Tensor(lr, ms.float32))
+        part, share = self.cluster.share(idx)
+        batch = collate([self.train_graphs[i] for i in part])
+        loss = loop.cell(*batch_tensors(batch), ms.Tensor(loop.y_train[part]), ms.Tensor(share, ms.float32))
+        return float(self.cluster.sum([float(loss.asnumpy())])[0])
+
+    def _keep_partial_epoch(self, loop: _Loop, losses: list[float]) -> None:
+        """After a stop mid-epoch, keep what the partial epoch gained (best.ckpt, if it is better)."""
+        state = loop.state
+        if state["step_in_epoch"] and self.val_graphs:
+            done = state["epoch"] + state["step_in_epoch"] / loop.steps_per_epoch
+            metrics, key, score = self._validate(loop.net, loop.transform, losses)
+            self._keep_if_best(loop.net, loop.transform, state, metrics, key, score, loop.started, round(done, 3))
+
+    def _finish(self, loop: _Loop, stopped_because: str) -> TrainResult:
+        """The run's result, also reported as the ``end`` event."""
+        state = loop.state
         result = TrainResult(state["best_mae"], state["best_epoch"], state["epoch"], stopped_because,
                              self.run_dir, self.history)
         self.on_event("end", asdict(result) | {"run_dir": str(self.run_dir)})
         return result
 
+    def _save_loop(self, loop: _Loop) -> None:
+        """Write last.ckpt with the loop's state as it stands."""
+        loop.state["elapsed_s"], loop.state["transform"] = time.monotonic() - loop.started, asdict(loop.transform)
+        self._save_last(loop.cell, loop.state)
+
     def _validate(self, net, transform, losses) -> tuple[dict, str, float]:
         """Validation metrics, the selection metric's name and its value (lower is better)."""
         cfg = self.config
-        val_pred = transform.physical(predict_graphs(net, self.val_graphs, 128)) if self.val_graphs else np.zeros(0)
+        val_pred = transform.physical(predict_graphs(net, self.val_graphs, EVAL_BATCH_SIZE)) if self.val_graphs else np.zeros(0)
         metrics = regression_metrics(self.val_y, val_pred)
         if cfg.log10 and self.val_graphs:
             log_metrics = regression_metrics(np.log10(self.val_y), np.log10(val_pred))

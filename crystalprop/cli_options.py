@@ -1,0 +1,45 @@
+"""Click options and parameter parsers shared by the commands of :mod:`crystalprop.cli`.
+
+Light to import (no numpy), as the command's start-up must be.
+"""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+from crystalprop.backend import DEVICES
+
+CELL_CHOICES = ("canonical", "as-given")  # crystalprop.graph.cells.CELL_CHOICES, without importing numpy here
+
+
+def cell_option(default_text: str):
+    """``--cell``: the cell each structure's graph is built on."""
+    return click.option("--cell", type=click.Choice(CELL_CHOICES), default=None,
+                        help="canonical: the Niggli-reduced primitive cell, so any cell of a crystal gives one "
+                             f"answer; as-given: the file's own cell. Default: {default_text}.")
+
+
+def device_option():
+    """``--device``: the MindSpore backend."""
+    return click.option("--device", default=DEVICES[0], show_default=True,
+                        type=click.Choice(DEVICES, case_sensitive=False))
+
+
+def duration_s(text: str | None) -> float | None:
+    """'90m', '2h', '1h30m', '45s' or plain seconds -> seconds."""
+    if not text:
+        return None
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms]?)", text.strip().lower())
+    if not parts or "".join(n + u for n, u in parts) != re.sub(r"\s", "", text.lower()):
+        raise click.BadParameter(f"{text!r}: use e.g. 2h, 90m, 1h30m or seconds")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' (``--shard``) -> (I, N), with 1 <= I <= N."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise click.BadParameter(f"{text!r}: use I/N with 1 <= I <= N, e.g. 2/8", param_hint="--shard")
+    return int(match[1]), int(match[2])

@@ -1,0 +1,142 @@
+"""Terminal output of the ``crystalprop`` command: its two consoles and its tables.
+
+A table is drawn by rich on a terminal wide enough for it, and as plain space-aligned text
+otherwise (pipes, files, narrow terminals), where rich would cut names and headers short.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import click
+from rich.cells import cell_len
+from rich.console import Console
+from rich.measure import Measurement
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+console = Console(stderr=True)
+"""Progress, messages and errors."""
+out = Console()
+"""Results."""
+TABLE_LIMIT = 25
+"""Most prediction rows shown on the terminal."""
+
+METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "mae_zero_targets",
+               "mae_nonzero_targets", "n_zero_targets", "n_failed", "sigma_spearman", "within_1sigma",
+               "within_2sigma", "mean_sigma", "sigma_scale")
+
+
+def fits(table: Table) -> bool:
+    """Whether standard output is a terminal wide enough to draw ``table`` without cutting a cell."""
+    if not out.is_terminal:
+        return False
+    return Measurement.get(out, out.options.update_width(10**6), table).maximum <= out.width
+
+
+def plain_lines(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    """Header and rows as space-aligned text, every cell in full."""
+    widths = [max(cell_len(cell) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        pads = [" " * (width - cell_len(cell)) for cell, width in zip(cells, widths)]
+        return "  ".join(pad + cell if k in right else cell + pad
+                         for k, (cell, pad) in enumerate(zip(cells, pads))).rstrip()
+
+    return [line(headers)] + [line(row) for row in rows]
+
+
+def show_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = (),
+               title: str | None = None) -> None:
+    """``rows`` under ``headers`` on standard output, columns ``right`` right-aligned."""
+    table = Table(title=title)
+    for k, head in enumerate(headers):
+        table.add_column(head, justify="right" if k in right else "left")
+    for row in rows:
+        table.add_row(*map(Text, row))
+    if fits(table):
+        out.print(table)
+        return
+    for line in ([title] if title else []) + plain_lines(headers, rows, set(right)):
+        click.echo(line)
+
+
+def value_text(row: dict, label: str) -> str:
+    """A prediction as text, with ``± σ`` where the model is an ensemble."""
+    if row[label] is None:
+        return ""
+    std = row.get(f"{label}_std")
+    return f"{row[label]:.4g}" + ("" if std is None else f" ± {std:.2g}")
+
+
+def print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    """Prediction rows as a table: structure, formula, sites, one column per model, note."""
+    headers = ["structure", "formula", "sites"] + [f"{label} ({unit})" if unit else label for label, unit in columns]
+    cells = [[row["name"], row["formula"], str(row["n_sites"] or "")]
+             + [value_text(row, label) for label, _ in columns]
+             + [row["error"] or row["warning"]] for row in rows]
+    show_table(headers + ["note"], cells, right=range(3, 3 + len(columns)))
+
+
+def print_metrics(result: dict, title: str, value_header: str = "value") -> None:
+    """The metrics in ``result`` (those of :data:`METRIC_KEYS` it holds) as a two-column table."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column(value_header, justify="right")
+    for key in METRIC_KEYS:
+        if key in result:
+            table.add_row(key, f"{result[key]:.4g}" if isinstance(result[key], float) else str(result[key]))
+    out.print(table)
+
+
+def print_evaluation(result: dict, output_dir: str | None) -> None:
+    """The report of :func:`crystalprop.evaluation.evaluate_model`: metrics, the split check, the files."""
+    print_metrics(result, f"{result['model']} on {result['data']} ({result['split']}, n = {result['n']}, "
+                          f"{result['cell']} cells)", f"value ({result['unit']})" if result["unit"] else "value")
+    console.print(f"{result['split']} split checked against the training data: {result['split_check']}",
+                  highlight=False)
+    if output_dir:
+        console.print(f"files in {output_dir}: {', '.join(result['files'])}")
+
+
+def print_ensemble(result: dict, data: str, split: str, output: str) -> None:
+    """The report of :func:`crystalprop.evaluation.join_ensemble`: metrics and the members' MAE."""
+    print_metrics(result, f"ensemble of {result['members']} on {data} ({split}, n = {result['n']})")
+    maes = ", ".join(f"{m:.4g}" for m in result["member_maes"])
+    console.print(f"members' MAE: {maes}; written to {output}", highlight=False)
+
+
+def stream_rows(batches: Iterable[list[dict]], writer=None) -> tuple[list[dict], int, int]:
+    """Consume prediction rows batch by batch with a progress line, naming each failure as it comes.
+
+    Every batch goes to ``writer`` (a :class:`crystalprop.output.ResultWriter`, closed at the
+    end) as it arrives, so Ctrl-C keeps what is done. Returns the first rows (for the table),
+    the structures predicted and the structures failed (an interruption counts as a failure).
+    """
+    shown, n_ok, n_failed = [], 0, 0
+    progress = Progress(TextColumn("[bold]predicting"), BarColumn(), TextColumn("{task.completed} structures"),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=True)
+    with progress:
+        task = progress.add_task("predict", total=None, rate="")
+        try:
+            for rows in batches:
+                for row in rows:
+                    if row["error"]:
+                        n_failed += 1
+                        console.print(f"[yellow]skipped[/] {row['name']}: {row['error']}", highlight=False)
+                    else:
+                        n_ok += 1
+                if writer:
+                    writer.write(rows)
+                if len(shown) <= TABLE_LIMIT:
+                    shown.extend(rows)
+                elapsed = progress.tasks[0].elapsed or 1e-9
+                progress.update(task, advance=len(rows), rate=f"{(n_ok + n_failed) / elapsed:.1f}/s")
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: results so far are saved" if writer else "[yellow]interrupted[/]")
+            n_failed += 1
+        finally:
+            if writer:
+                writer.close()
+    return shown, n_ok, n_failed

@@ -1,0 +1,39 @@
+"""What the model will see of each structure: sites, the cell used, graph edges, neighbour distances."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from crystalprop.graph.neighbors import GraphSettings
+from crystalprop.predictor import iter_prepared
+
+
+def inspect_structures(paths: Sequence[str], settings: GraphSettings, *, recursive: bool = False) -> list[dict]:
+    """One record per structure: name, formula, sites in the file and in the cell used, edges per atom,
+    nearest and mean neighbour distance (Å), and the error or warnings of reading it."""
+    records = []
+    for item in iter_prepared(list(paths), settings, recursive=recursive, workers=0):
+        record = {"name": item.name, "formula": item.formula, "n_sites": item.n_sites, "cell": settings.cell,
+                  "cell_sites": item.cell_sites, "error": item.error or "", "warnings": item.warnings}
+        if item.graph is not None:
+            d = item.graph.distances
+            record.update(n_edges=item.graph.num_edges, edges_per_atom=round(item.graph.num_edges / item.cell_sites, 2),
+                          nearest_neighbor_A=round(float(d.min()), 4), mean_neighbor_A=round(float(np.mean(d)), 4))
+        records.append(record)
+    return records
+
+
+def inspection_rows(records: list[dict]) -> list[list[str]]:
+    """The records as text cells under :func:`inspection_columns` (sites: in the file -> in the cell)."""
+    return [[r["name"], r["formula"],
+             f"{r['n_sites']} -> {r['cell_sites']}" if r["cell_sites"] else str(r["n_sites"] or ""),
+             str(r.get("n_edges", "")), str(r.get("edges_per_atom", "")), str(r.get("nearest_neighbor_A", "")),
+             str(r.get("mean_neighbor_A", "")), r["error"] or "; ".join(r["warnings"])] for r in records]
+
+
+def inspection_columns(cell: str) -> list[str]:
+    """Headers of :func:`inspection_rows` for graphs built on ``cell`` cells."""
+    return ["structure", "formula", f"sites (file -> {cell} cell)", "edges", "edges/atom", "nearest Å", "mean Å",
+            "note"]

@@ -1,0 +1,49 @@
+"""What defines a training run besides the data, free of heavy imports so the CLI can show its defaults."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from crystalprop.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from crystalprop.graph.neighbors import GraphSettings
+
+LOSSES = ("mse", "l1", "huber")
+EVAL_BATCH_SIZE = 128
+"""Structures per batch when validating or evaluating a model (no gradients: larger than for training)."""
+
+
+def _default_graph() -> GraphSettings:
+    from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415  (imports numpy)
+
+    return GraphSettings()
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run besides the data."""
+
+    target: str
+    unit: str = ""
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.3
+    loss: str = "mse"
+    log10: bool = False
+    floor: float | None = None
+    patience: int | None = None
+    max_time_s: float | None = None
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    graph: GraphSettings = field(default_factory=_default_graph)
+
+    def as_dict(self) -> dict:
+        """JSON-ready."""
+        d = asdict(self)
+        d["model"], d["graph"] = self.model.as_dict(), self.graph.as_dict()
+        return d

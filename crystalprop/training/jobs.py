@@ -1,0 +1,183 @@
+"""Training as a Python call: :func:`train`, behind ``crystalprop.train`` and ``crystalprop train``.
+
+A run's settings travel as one plain dict (a *job*) so that the command can hand them to a
+child process (see :mod:`crystalprop.training.launch`); :func:`run_job` is what runs one,
+in whatever process. This module imports nothing heavy until a job runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from crystalprop.backend import DEVICES
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION
+from crystalprop.model.config import ModelConfig
+from crystalprop.training.config import TrainConfig
+
+OnEvent = Callable[[str, dict], None]
+
+
+class TrainingFailed(RuntimeError):
+    """A training in a child process failed; the message is its one-line error."""
+
+
+class RunDirError(ValueError):
+    """The run directory does not fit the request (a new run over an old one, a resume of nothing)."""
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse to start a new run over a saved one, or to resume where nothing was saved."""
+    if resume and not (run_dir / "last.ckpt").is_file():
+        raise RunDirError(f"{run_dir}: nothing to resume (no last.ckpt)")
+    if not resume and (run_dir / "last.ckpt").is_file():
+        raise RunDirError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --output-dir")
+
+
+def completed(payload: dict) -> bool:
+    """Whether a run ended on its own (all epochs, or patience), not by a stop or a time budget."""
+    return payload["stopped_because"] == "finished" or payload["stopped_because"].startswith("no improvement")
+
+
+def _run_cell(run: dict) -> str:
+    """The cell setting a resumed run was trained with (canonical for a new run)."""
+    from crystalprop.training.trainer import saved_cell  # noqa: PLC0415
+
+    last = Path(run["run_dir"]) / "last.ckpt"
+    return saved_cell(last) if run["resume"] and last.is_file() else "canonical"
+
+
+def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
+    """Train as ``job`` says, in this process; the outcome as ``stopped_because``, ``best_val_mae``, ``best_epoch``."""
+    from crystalprop.backend import set_device  # noqa: PLC0415
+
+    set_device(job["device"], threads=job["threads"])
+    from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
+    from crystalprop.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.training.run import train_model  # noqa: PLC0415
+
+    config = TrainConfig(**job["config"], model=ModelConfig(**job["model"]),
+                         graph=GraphSettings(cell=job["graph"]["cell"] or _run_cell(job["run"])))
+    run = dict(job["run"])
+    if run["init_from"]:
+        run["init_from"] = str(resolve_model(run["init_from"])[1])
+    result = train_model(run.pop("data"), run.pop("run_dir"), config, **run, on_event=on_event)
+    return {"stopped_because": result.stopped_because, "best_val_mae": result.best_val_mae,
+            "best_epoch": result.best_epoch}
+
+
+def member_jobs(job: dict, members: int):
+    """(member directory, job) of each ensemble member: seeds ``seed``, ``seed + 1``, ... on one split;
+    a member already started is resumed when ``job`` resumes."""
+    output_dir, seed, run = Path(job["run"]["run_dir"]), job["config"]["seed"], job["run"]
+    for k in range(members):
+        member_dir = output_dir / f"member{k}"
+        started = (member_dir / "last.ckpt").is_file()
+        if started and not run["resume"]:
+            check_run_dir(member_dir, False)
+        yield member_dir, {**job, "config": {**job["config"], "seed": seed + k},
+                           "run": {**run, "run_dir": str(member_dir), "resume": started, "split_seed": seed}}
+
+
+def join_members(job: dict, members: int) -> dict:
+    """Join the members of ``job`` into OUTPUT_DIR/best.ckpt; see :func:`crystalprop.evaluation.join_ensemble`."""
+    from crystalprop.evaluation import join_ensemble  # noqa: PLC0415
+
+    run = job["run"]
+    output_dir = Path(run["run_dir"])
+    return join_ensemble([output_dir / f"member{k}" for k in range(members)], output_dir / "best.ckpt", run["data"],
+                         id_column=run["id_column"], structure_column=run["structure_column"], device=job["device"])
+
+
+def train(
+    data: str | Path,
+    output_dir: str | Path,
+    *,
+    target: str | None = None,
+    unit: str = "",
+    epochs: int = TrainConfig.epochs,
+    batch_size: int = TrainConfig.batch_size,
+    lr: float = TrainConfig.lr,
+    weight_decay: float = TrainConfig.weight_decay,
+    schedule: str = TrainConfig.schedule,
+    loss: str = TrainConfig.loss,
+    log10: bool = False,
+    floor: float | None = None,
+    layers: int = ModelConfig.layers,
+    features: int = ModelConfig.features,
+    heads: int = ModelConfig.heads,
+    fc_features: int = ModelConfig.fc_features,
+    patience: int | None = None,
+    max_time_s: float | None = None,
+    seed: int = TrainConfig.seed,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    limit: int | None = None,
+    graph_workers: int | None = None,
+    threads: int | None = None,
+    device: str = DEVICES[0],
+    ensemble: int = 1,
+    cell: str | None = None,
+    on_event: OnEvent | None = None,
+    isolate: bool = False,
+) -> dict:
+    """Train a Matformer on ``data`` into ``output_dir``; the options are those of ``crystalprop train``.
+
+    Writes best.ckpt, last.ckpt, history.csv and skipped.log (see :mod:`crystalprop.training.trainer`);
+    ``resume`` continues from last.ckpt. ``cell`` None means canonical for a new run and the run's
+    own setting on resume. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
+    split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``.
+
+    ``on_event(kind, info)`` hears the progress (``graphs``, ``data``, ``start``, ``step``, ``epoch``, ...;
+    ``member`` before each ensemble member). By default the training runs in this process: SIGTERM,
+    or Ctrl-C between steps, stops it cleanly and saves, but MindSpore ends the process on a Ctrl-C
+    that comes while a step runs. ``isolate=True`` trains in a child process, as the command does,
+    so that Ctrl-C always stops cleanly, with the command's live progress on standard error; errors
+    in the child then come back as :class:`TrainingFailed`.
+
+    Returns ``stopped_because``, ``best_val_mae`` and ``best_epoch``; for an ensemble
+    ``stopped_because`` (that of the last member trained), ``members`` (each member's outcome) and
+    ``ensemble`` (the joined model's validation metrics, None if a member stopped early:
+    ``resume=True`` continues it).
+    """
+    job = {
+        "config": dict(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
+                       patience=patience, max_time_s=max_time_s, seed=seed),
+        "model": dict(layers=layers, features=features, heads=heads, fc_features=fc_features),
+        "graph": dict(cell=cell),
+        "run": dict(data=str(data), run_dir=str(output_dir), id_column=id_column, structure_column=structure_column,
+                    val_fraction=val_fraction, test_fraction=test_fraction, limit=limit, resume=resume,
+                    init_from=None if init_from is None else str(init_from), workers=graph_workers),
+        "threads": threads,
+        "device": device,
+    }
+    if isolate:
+        from crystalprop.training.launch import run_isolated  # noqa: PLC0415
+
+        def run(one: dict) -> dict:
+            return run_isolated(one, on_event)
+    else:
+        def run(one: dict) -> dict:
+            return run_job(one, on_event)
+    if ensemble == 1:
+        check_run_dir(Path(output_dir), resume)
+        return run(job)
+    outcomes = []
+    for k, (member_dir, member) in enumerate(member_jobs(job, ensemble)):
+        if on_event:
+            on_event("member", {"member": k + 1, "members": ensemble, "seed": seed + k, "run_dir": str(member_dir)})
+        try:
+            outcomes.append(run(member))
+        except TrainingFailed as exc:
+            raise TrainingFailed(f"member {k + 1}: {exc}") from None
+        if not completed(outcomes[-1]):
+            return {"stopped_because": outcomes[-1]["stopped_because"], "members": outcomes, "ensemble": None}
+    if on_event:
+        on_event("joining", {"members": ensemble})
+    return {"stopped_because": outcomes[-1]["stopped_because"], "members": outcomes,
+            "ensemble": join_members(job, ensemble)}

@@ -1,0 +1,173 @@
+"""Process supervision for ``crystalprop train``: the child that trains, the msrun workers, signals.
+
+MindSpore ends the process on SIGINT while a graph runs, so the command trains in a child
+process of its own session and turns the terminal's Ctrl-C (and SIGTERM, SIGHUP) into a
+SIGTERM for the child, which the trainer takes as a clean stop. A child whose parent dies
+stops the same way rather than train unattended. Nothing heavy is imported here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from crystalprop.display import console
+from crystalprop.training.jobs import OnEvent, TrainingFailed, run_job
+from crystalprop.training.progress import TrainDisplay
+
+
+def msrun_part(workers: int, output_dir: str, threads: int | None, args: Sequence[str]) -> bool:
+    """Play this process's part of a data-parallel ``--workers`` run, if it has one; whether it had.
+
+    Not yet under msrun, with more than one worker: start them (:func:`launch_msrun`). msrun's
+    scheduler process runs the command too: it only coordinates the cluster.
+    """
+    from crystalprop.training.distributed import join_cluster, launched_by_msrun, serves_cluster  # noqa: PLC0415
+
+    if workers > 1 and not launched_by_msrun():
+        launch_msrun(workers, output_dir, threads, args)
+        return True
+    if serves_cluster():
+        join_cluster()
+        return True
+    return False
+
+
+def launch_msrun(workers: int, output_dir: str, threads: int | None, args: Sequence[str]) -> None:
+    """Run the train command ``args`` (without its ``--workers``) in ``workers`` msrun processes,
+    relaying rank 0's log; their logs go to OUTPUT_DIR/logs. Raises :class:`TrainingFailed`."""
+    import subprocess  # noqa: PLC0415
+
+    from crystalprop.training.distributed import msrun_command, msrun_environment  # noqa: PLC0415
+
+    args = list(args)
+    at = next(i for i, a in enumerate(args) if a == "--workers" or a.startswith("--workers="))
+    del args[at : at + (1 if "=" in args[at] else 2)]
+    if threads is None:
+        args += ["--threads", str(max(1, (os.cpu_count() or 1) // workers))]
+    log_dir = Path(output_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = msrun_command(workers, args, log_dir)
+    console.print(f"starting {workers} training processes with msrun; logs in {log_dir}", highlight=False)
+    with open(log_dir / "msrun.log", "w") as msrun_log:
+        worker = subprocess.Popen(command, env=msrun_environment(), stdout=msrun_log, stderr=subprocess.STDOUT)
+        try:
+            rc = follow_log(log_dir / "worker_0.log", worker)
+        except KeyboardInterrupt:
+            worker.terminate()
+            rc = worker.wait()
+    if rc != 0:
+        raise TrainingFailed(f"distributed training failed (exit {rc}); the last checkpoint in {output_dir} is "
+                             f"intact. Worker logs: {log_dir}")
+
+
+def follow_log(log: Path, process, poll_s: float = 0.5) -> int:
+    """Print ``log``'s lines as they come until ``process`` ends; its exit status.
+
+    Only whole lines are printed, and none of MindSpore's own (they start with ``[LEVEL]``).
+    """
+    position = 0
+    while True:
+        done = process.poll() is not None
+        if log.is_file():
+            with open(log, "rb") as f:
+                f.seek(position)
+                chunk = f.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # whole lines only; the rest comes next time
+            position += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                if line.strip() and not line.startswith("["):
+                    console.print(line, highlight=False, markup=False)
+        if done:
+            return process.returncode
+        time.sleep(poll_s)
+
+
+def run_isolated(job: dict, on_event: OnEvent | None = None) -> dict:
+    """:func:`crystalprop.training.jobs.run_job` in a child process, with the live display; its outcome.
+
+    Raises :class:`TrainingFailed` with the child's error, or when it ended without a result.
+    """
+    kind, payload = run_training_child(job, on_event)
+    if kind == "error":
+        raise TrainingFailed(payload)
+    return payload
+
+
+def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str, object]:
+    """Train in a child process of its own session, relaying its events to the display (and ``on_event``).
+
+    Returns ("result", outcome) or ("error", message). While it runs, SIGINT, SIGTERM and
+    SIGHUP to this process are passed on to the child as SIGTERM.
+    """
+    import multiprocessing as mp  # noqa: PLC0415
+    import queue as queue_module  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    ctx = mp.get_context("spawn")
+    events = ctx.Queue()
+    child = ctx.Process(target=_train_child_main, args=(job, events))
+    child.start()
+
+    def forward(signum, frame) -> None:
+        console.print("[yellow]stopping after this step and saving...[/]")
+        if child.pid:
+            os.kill(child.pid, signal.SIGTERM)
+
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    outcome: tuple[str, object] = ("error", "training process ended without a result (killed?)")
+    try:
+        with TrainDisplay() as display:
+            while True:
+                try:
+                    kind, info = events.get(timeout=0.5)
+                except queue_module.Empty:
+                    if not child.is_alive():
+                        break
+                    continue
+                if kind in ("result", "error"):
+                    outcome = (kind, info)
+                    break
+                display.event(kind, info)
+                if on_event:
+                    on_event(kind, info)
+    finally:
+        child.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return outcome
+
+
+def stop_when_orphaned(parent: int, grace_s: float = 300.0, poll_s: float = 1.0) -> None:
+    """If the process ``parent`` (that started this one) dies, stop cleanly (SIGTERM) rather than train
+    unattended; leave for good if a clean stop has not happened within ``grace_s`` (e.g. a
+    data-parallel peer died and an all-reduce waits for it)."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="orphan-watch").start()
+
+
+def _train_child_main(job: dict, events) -> None:
+    """Child process: run the training and report events, then the result or the error."""
+    os.setsid()  # the terminal's Ctrl-C goes to the parent only
+    events.cancel_join_thread()  # never hang at exit on an unread queue
+    stop_when_orphaned(os.getppid(), grace_s=60.0 if "MS_ROLE" in os.environ else 300.0)
+
+    def report(kind: str, info: dict) -> None:
+        events.put((kind, info))
+
+    try:
+        events.put(("result", run_job(job, report)))
+    except Exception as exc:  # reported to the parent as a one-line error
+        events.put(("error", str(exc) or type(exc).__name__))

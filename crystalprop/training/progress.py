@@ -1,0 +1,99 @@
+"""The live display of a training run on standard error, fed with the trainer's events."""
+
+from __future__ import annotations
+
+import time
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from crystalprop.display import console
+
+
+class TrainDisplay:
+    """Rich progress for graph building and epochs, one line per finished epoch.
+
+    Where standard error is no terminal (nohup, batch jobs), a plain line every 5 % of an
+    epoch stands in for the live bar.
+    """
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=console)
+        self.task = None
+        self.started = time.monotonic()
+
+    def __enter__(self) -> "TrainDisplay":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def event(self, kind: str, info: dict) -> None:
+        """Show one event of :func:`crystalprop.training.run.train_model`."""
+        p = self.progress
+        if kind == "graphs":
+            self.task = p.add_task("building graphs", total=info["total"], info="")
+        elif kind == "graph_progress" and self.task is not None:
+            p.advance(self.task, info["advance"])
+        elif kind == "data":
+            console.print(f"data: {info['n_train']} train, {info['n_val']} val, {info['n_skipped']} skipped "
+                          f"(split: {info['split']})")
+        elif kind == "start":
+            if self.task is not None:
+                p.remove_task(self.task)
+            self.steps = info["steps_per_epoch"]
+            self.task = p.add_task(f"epoch {info['epoch'] + 1}/{info['epochs']}", total=self.steps, info="")
+            self.epochs = info["epochs"]
+        elif kind == "step":
+            p.update(self.task, completed=info["step"], description=f"epoch {info['epoch'] + 1}/{self.epochs}",
+                     info=f"loss {info['loss']:.4f}  lr {info['lr']:.2e}")
+            if not console.is_terminal and info["step"] % max(1, self.steps // 20) == 0:
+                console.print(f"epoch {info['epoch'] + 1}/{self.epochs} step {info['step']}/{self.steps} "
+                              f"loss {info['loss']:.4f} lr {info['lr']:.2e} "
+                              f"{time.monotonic() - self.started:.0f} s", highlight=False)
+        elif kind == "epoch":
+            console.print(f"epoch {info['epoch']}: train loss {info['train_loss']:.4f}, val MAE {info['val_mae']:.4g}"
+                          + (f" (log10 {info['val_log10_mae']:.4f})" if info["val_log10_mae"] == info["val_log10_mae"] else "")
+                          + f", {info['structures_per_s']:.0f} structures/s" + ("  [green]best[/]" if info["best"] else ""))
+            p.reset(self.task, total=self.steps)
+        elif kind in ("resume", "init_from", "stopping"):
+            console.print(f"{kind}: {info}" if info else "stopping after this step (Ctrl-C again to force)")
+
+
+class EnsembleMessages:
+    """The lines between ensemble members, and a spinner while they are joined (until the context ends)."""
+
+    def __init__(self) -> None:
+        self.status = console.status("joining the members and calibrating σ")
+
+    def __enter__(self) -> "EnsembleMessages":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.status.stop()
+
+    def event(self, kind: str, info: dict) -> None:
+        """Show an event of :func:`crystalprop.training.jobs.train` (those of the members have their display)."""
+        if kind == "member":
+            console.print(f"[bold]member {info['member']} of {info['members']}[/] (seed {info['seed']}) in "
+                          f"{info['run_dir']}", highlight=False)
+        elif kind == "joining":
+            self.status.start()
+
+
+def report_training(result: dict, output_dir: str, members: int) -> bool:
+    """Print how a run (or an ensemble of ``members``) ended; whether it is complete."""
+    if members == 1:
+        console.print(f"[bold]{result['stopped_because']}[/]: best validation MAE {result['best_val_mae']:.4g} at "
+                      f"epoch {result['best_epoch']}; run in {output_dir} (best.ckpt, last.ckpt, history.csv)")
+        return True
+    if result["ensemble"] is None:
+        console.print(f"member {len(result['members'])} {result['stopped_because']}: --resume continues the ensemble")
+        return False
+    joined = result["ensemble"]
+    console.print(f"ensemble of {members}: validation MAE {joined['mae']:.4g} (members "
+                  f"{', '.join(f'{m:.4g}' for m in joined['member_maes'])}); Spearman(σ, |error|) "
+                  f"{joined['sigma_spearman']:.2f}; run in {output_dir} (best.ckpt)", highlight=False)
+    return True

@@ -1,0 +1,84 @@
+"""The public Python API: crystalprop.train and crystalprop.evaluate (crystalprop.predict: test_predict_cli)."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+import crystalprop
+from conftest import TINY, read_history, write_json_dataset
+
+
+def _defaults(command: click.Command) -> dict:
+    """What a command passes for each optional parameter left out (click 8.3 says UNSET for None)."""
+    context = click.Context(command)
+    defaults = {p.name: p.get_default(context) for p in command.params if not p.required}
+    return {name: None if type(value).__name__ == "Sentinel" else value for name, value in defaults.items()}
+
+
+def test_train_takes_the_command_s_options_with_the_same_defaults():
+    from crystalprop.cli import train as train_command
+    from crystalprop.training.jobs import train
+
+    command = _defaults(train_command)
+    signature = inspect.signature(train).parameters
+    shared = set(signature) & set(command)
+    assert len(shared) >= 25
+    assert {name: signature[name].default for name in shared} == {name: command[name] for name in shared}
+    assert set(command) - set(signature) == {"max_time", "workers"}  # --max-time takes text; msrun is the command's
+    assert {"layers": 5, "features": 64, "heads": 1, "fc_features": 128} == {k: command[k] for k in TINY}
+
+
+def test_evaluate_is_evaluate_model_with_the_command_s_defaults():
+    from crystalprop.cli import evaluate as evaluate_command
+    from crystalprop.evaluation import evaluate_model
+
+    signature = inspect.signature(evaluate_model).parameters
+    for name, default in _defaults(evaluate_command).items():
+        assert signature[name].default == default, name
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_in_python(tmp_path):
+    data = write_json_dataset(tmp_path / "data.json", 24)
+    events = []
+    result = crystalprop.train(data, tmp_path / "run", target="y", unit="eV", epochs=2, batch_size=8, lr=5e-3,
+                               graph_workers=1, on_event=lambda kind, info: events.append(kind), **TINY)
+    assert result["stopped_because"] == "finished" and result["best_epoch"] in (1, 2)
+    assert len(read_history(tmp_path / "run")) == 2
+    assert {"data", "start", "step", "epoch"} <= set(events)
+    metrics = crystalprop.evaluate(str(tmp_path / "run"), data, output_dir=tmp_path / "eval")
+    assert metrics["split"] == "val" and metrics["unit"] == "eV"
+    assert metrics["mae"] == pytest.approx(result["best_val_mae"], rel=1e-4)
+    assert (tmp_path / "eval" / "predictions.csv").is_file()
+    with pytest.raises(ValueError, match="already holds a run"):
+        crystalprop.train(data, tmp_path / "run", target="y", **TINY)
+    resumed = crystalprop.train(data, tmp_path / "run", target="y", epochs=3, batch_size=8, lr=5e-3, graph_workers=1,
+                                resume=True, **TINY)
+    assert resumed["stopped_because"] == "finished" and len(read_history(tmp_path / "run")) == 3
+
+
+@pytest.mark.slow
+def test_train_an_ensemble_in_python(tmp_path):
+    data = write_json_dataset(tmp_path / "data.json", 24)
+    members = []
+    result = crystalprop.train(data, tmp_path / "ens", target="y", epochs=1, batch_size=8, graph_workers=1, ensemble=2,
+                               on_event=lambda kind, info: members.append(info) if kind == "member" else None, **TINY)
+    assert [m["seed"] for m in members] == [0, 1]
+    assert [m["run_dir"] for m in members] == [str(tmp_path / "ens" / f"member{k}") for k in range(2)]
+    assert len(result["members"]) == 2 and len(result["ensemble"]["member_maes"]) == 2
+    assert Path(tmp_path / "ens" / "best.ckpt").is_file()
+
+
+def test_the_command_starts_without_heavy_imports():
+    """The defaults the command shows come from light modules: --help loads no numpy, MindSpore or pymatgen."""
+    script = ("import sys\nfrom crystalprop.cli import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n"
+              "    print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'mindspore', 'pymatgen'}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
