@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--target", default=None)
     parser.add_argument("--description", default="")
     parser.add_argument("--notes", default=None, help="Markdown file appended to the card (choices, gaps).")
+    parser.add_argument("--cell", choices=("canonical", "as-given"), default=None,
+                        help="Predict on these cells (default: those the run was trained on).")
     parser.add_argument("--floor", type=float, default=None,
                         help="Set the card's physical lower bound (e.g. 0 for band gaps) before evaluating.")
     args = parser.parse_args()
@@ -56,6 +59,9 @@ def main() -> None:
     net = build_model(card, params, best)
     if args.floor is not None:
         card.transform.floor = args.floor
+    args.trained_cell = card.graph.cell
+    if args.cell is not None:
+        card.graph = replace(card.graph, cell=args.cell)
     card.name, card.description = args.name, args.description
     out = ROOT / "checkpoints" / f"{args.name}.ckpt"
 
@@ -101,6 +107,15 @@ def ensemble_lines(card, m: dict) -> list[str]:
     ]
 
 
+def cells_line(cell: str, trained_cell: str) -> str:
+    """The card's line on the cells the graphs are built on, in training and in prediction."""
+    if cell == trained_cell:
+        return f"- Cells: graphs are built on {CELL_TEXT[cell]}."
+    return (f"- Cells: trained on {'the cells as given' if trained_cell == 'as-given' else 'canonical cells'} "
+            f"(`--cell {trained_cell}`); predicts on {CELL_TEXT[cell].replace(', in training and prediction alike', '')}. "
+            "The validation figures below are measured on the cells it predicts on.")
+
+
 def render_card(card, m: dict, args) -> str:
     t = card.training
     cfg, data = t.get("config", {}), t.get("data", {})
@@ -122,7 +137,7 @@ def render_card(card, m: dict, args) -> str:
         f"- Matformer, {model['layers']} layers, {model['features']} features, {model['heads']} head(s), "
         f"fc {model['fc_features']}; graph: cutoff {card.graph.cutoff} Å, {card.graph.max_neighbors} neighbours, "
         f"lattice edges {'on' if card.graph.use_lattice else 'off'}.",
-        f"- Cells: graphs are built on {CELL_TEXT[card.graph.cell]}.",
+        cells_line(card.graph.cell, args.trained_cell),
         f"- Target transform: {'log10, then ' if log else ''}standardised with mean {card.transform.mean:.5g}, "
         f"std {card.transform.std:.5g} (training split)"
         + (f"; predictions below {card.transform.floor:g} {card.unit} are raised to it." if card.transform.floor
