@@ -48,8 +48,9 @@ class Crystal:
 
     @property
     def volume(self) -> float:
-        """Cell volume in Å³, |(a x b) . c|."""
-        return float(abs(np.dot(np.cross(self.lattice[0], self.lattice[1]), self.lattice[2])))
+        """Cell volume in Å³, |(a x b) . c| (the cross product written out: ``np.cross`` costs 20 µs)."""
+        (a0, a1, a2), (b0, b1, b2) = self.lattice[:2].tolist()
+        return float(abs(np.dot(np.array([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0]), self.lattice[2])))
 
     @property
     def lengths(self) -> np.ndarray:

@@ -5,68 +5,96 @@ The same pairs and the same floating-point distances as pymatgen's cell-list
 that ties and the k-th distance decide exactly as before: positions are wrapped into the cell
 through the cofactor inverse of the lattice, images are generated over the same index ranges
 and kept inside the centres' bounding box grown by the radius, and a pair is kept when its
-squared distance, summed over x, y, z in that order, is below ``radius² + tol``. The pairs
-themselves are found with scipy's k-d tree over those images (the cost grows linearly with
-the atoms), then filtered with that exact rule.
+squared distance, summed over x, y, z in that order, is below ``radius² + tol``. Candidate
+pairs come from all (centre, image) combinations where they are few, from scipy's k-d tree
+over the images (cost linear in the atoms) otherwise; both are then held to that exact rule.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 MIN_RADIUS = 1.0  # Å: a smaller radius is searched at this one, then filtered (as pymatgen does)
 SLACK = 1e-6  # Å added to the k-d tree's radius: its own rounding must not drop a pair the exact test keeps
+DENSE_PAIRS = 40_000  # up to this many (centre, image) combinations, all are tested: faster than a tree
 
 
 def _product(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``rows @ matrix`` summed term by term in index order, so that every bit is reproducible."""
-    return (rows[:, 0:1] * matrix[0] + rows[:, 1:2] * matrix[1]) + rows[:, 2:3] * matrix[2]
+    """``rows @ matrix`` with each entry summed term by term in index order, so that every bit is
+    reproducible (a BLAS product may add in another order)."""
+    return (rows[:, :, None] * matrix).sum(axis=1)
 
 
 def _inverse(lattice: np.ndarray) -> np.ndarray:
     """The inverse of a 3x3 matrix: its cofactors times the reciprocal of the determinant."""
-    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = lattice
+    (m00, m01, m02), (m10, m11, m12), (m20, m21, m22) = lattice.tolist()
     inv_det = 1.0 / (m00 * (m11 * m22 - m12 * m21) + m01 * (m12 * m20 - m10 * m22) + m02 * (m10 * m21 - m11 * m20))
     return np.array([[m11 * m22 - m12 * m21, m02 * m21 - m01 * m22, m01 * m12 - m02 * m11],
                      [m12 * m20 - m10 * m22, m00 * m22 - m02 * m20, m02 * m10 - m00 * m12],
                      [m10 * m21 - m11 * m20, m01 * m20 - m00 * m21, m00 * m11 - m01 * m10]]) * inv_det
 
 
-def _image_ranges(lattice: np.ndarray, centre_frac: np.ndarray, radius: float) -> list[range]:
+def _image_ranges(lattice: np.ndarray, centre_frac: np.ndarray, radius: float) -> list[slice]:
     """Per cell vector, the image indices that can hold a point within ``radius`` of a centre."""
+    rows = lattice.tolist()
+    low, high = centre_frac.min(axis=0).tolist(), centre_frac.max(axis=0).tolist()
     ranges = []
     for i in range(3):
-        a1, a2, a3 = lattice[i], lattice[(i + 1) % 3], lattice[(i + 2) % 3]
-        cross = np.array([a2[1] * a3[2] - a2[2] * a3[1], a2[2] * a3[0] - a2[0] * a3[2], a2[0] * a3[1] - a2[1] * a3[0]])
-        reciprocal = 2 * np.pi * cross / ((a1[0] * cross[0] + a1[1] * cross[1]) + a1[2] * cross[2])
-        length = np.sqrt((reciprocal[0] ** 2 + reciprocal[1] ** 2) + reciprocal[2] ** 2)
-        reach = np.ceil((radius + 0.15) * length / (2 * np.pi))
-        low, high = centre_frac[:, i].min(), centre_frac[:, i].max()
-        ranges.append(range(int(np.floor(low - reach - 1e-8)), int(np.ceil(high + reach + 1e-8))))
+        a1, a2, a3 = rows[i], rows[(i + 1) % 3], rows[(i + 2) % 3]
+        cross = (a2[1] * a3[2] - a2[2] * a3[1], a2[2] * a3[0] - a2[0] * a3[2], a2[0] * a3[1] - a2[1] * a3[0])
+        volume = (a1[0] * cross[0] + a1[1] * cross[1]) + a1[2] * cross[2]
+        reciprocal = [2 * math.pi * x / volume for x in cross]
+        length = math.sqrt((reciprocal[0] * reciprocal[0] + reciprocal[1] * reciprocal[1])
+                           + reciprocal[2] * reciprocal[2])
+        reach = math.ceil((radius + 0.15) * length / (2 * math.pi))
+        ranges.append(slice(math.floor(low[i] - reach - 1e-8), math.ceil(high[i] + reach + 1e-8)))
     return ranges
 
 
 def _images(lattice: np.ndarray, cart: np.ndarray, centres: np.ndarray, radius: float,
             tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(atom, image offset relative to the atom's given position, Cartesian position) of every
-    atom image inside the centres' bounding box grown by ``radius + tol``."""
+    """(atom, integer image offset relative to the atom's given position, Cartesian position) of
+    every atom image inside the centres' bounding box grown by ``radius + tol``."""
     inv = _inverse(lattice)
     frac = _product(cart, inv)
     wrapped = frac - np.floor(frac)
-    correction = frac - wrapped
     in_cell = _product(wrapped, lattice)
-    shifts = np.array(np.meshgrid(*_image_ranges(lattice, _product(centres, inv), radius), indexing="ij"),
-                      dtype=np.float64).reshape(3, -1).T
+    shifts = np.mgrid[_image_ranges(lattice, _product(centres, inv), radius)].reshape(3, -1).T.astype(np.float64)
+    positions = _product(shifts, lattice)[:, None, :] + in_cell[None, :, :]
     low = (centres.min(axis=0) - radius) - tol
     high = (centres.max(axis=0) + radius) + tol
-    origins = _product(shifts, lattice)
-    # a cell image whose atoms all lie outside the box is skipped (rounding is monotonic: exact)
-    meets = np.all((origins + in_cell.max(axis=0) > low) & (origins + in_cell.min(axis=0) < high), axis=1)
-    shifts, origins = shifts[meets], origins[meets]
-    positions = origins[:, None, :] + in_cell[None, :, :]
-    inside = np.all((positions > low) & (positions < high), axis=2)
-    shift_index, atoms = np.nonzero(inside)
-    return atoms, shifts[shift_index] - correction[atoms], positions[shift_index, atoms]
+    shift_index, atoms = np.nonzero(np.all((positions > low) & (positions < high), axis=2))
+    offsets = np.rint(shifts[shift_index] - (frac - wrapped)[atoms]).astype(np.int64)
+    return atoms, offsets, positions[shift_index, atoms]
+
+
+def _squared(delta: np.ndarray) -> np.ndarray:
+    """Squared lengths of (..., 3) vectors, summed x, y, z in that order."""
+    squared = delta[..., 0] * delta[..., 0]
+    squared += delta[..., 1] * delta[..., 1]
+    squared += delta[..., 2] * delta[..., 2]
+    return squared
+
+
+def _close_pairs(positions: np.ndarray, centres: np.ndarray, radius: float,
+                 tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centre, image, squared distance) of every pair with squared distance below ``radius² + tol``."""
+    limit = radius * radius + tol
+    if len(centres) * len(positions) <= DENSE_PAIRS:
+        squared = _squared(positions[None, :, :] - centres[:, None, :])
+        centre_index, image_index = np.nonzero(squared < limit)
+        return centre_index, image_index, squared[centre_index, image_index]
+    from scipy.spatial import cKDTree  # noqa: PLC0415  (0.3 s to import: in the graph workers only)
+
+    pairs = cKDTree(centres, balanced_tree=False, compact_nodes=False).sparse_distance_matrix(
+        cKDTree(positions, balanced_tree=False, compact_nodes=False), math.sqrt(limit) + SLACK,
+        output_type="ndarray")
+    centre_index, image_index = pairs["i"], pairs["j"]
+    squared = _squared(positions[image_index] - centres[centre_index])
+    keep = squared < limit
+    return centre_index[keep], image_index[keep], squared[keep]
 
 
 def points_in_spheres(lattice: np.ndarray, cart: np.ndarray, centres: np.ndarray, radius: float,
@@ -80,21 +108,7 @@ def points_in_spheres(lattice: np.ndarray, cart: np.ndarray, centres: np.ndarray
     if radius < MIN_RADIUS:
         found = points_in_spheres(lattice, cart, centres, MIN_RADIUS + tol, tol)
         keep = found[3] <= radius
-        return tuple(part[keep] for part in found)  # type: ignore[return-value]
+        return found[0][keep], found[1][keep], found[2][keep], found[3][keep]
     atoms, offsets, positions = _images(lattice, cart, centres, radius, tol)
-    if not len(atoms):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64), np.zeros(0)
-    from scipy.spatial import cKDTree  # noqa: PLC0415  (0.3 s to import: in the graph workers only)
-
-    tree = cKDTree(positions, balanced_tree=False, compact_nodes=False)
-    pairs = cKDTree(centres, balanced_tree=False, compact_nodes=False).sparse_distance_matrix(
-        tree, np.sqrt(radius * radius + tol) + SLACK, output_type="ndarray")
-    centre_index, image_index = pairs["i"], pairs["j"]
-    x, y, z = (positions[:, axis][image_index] - centres[:, axis][centre_index] for axis in range(3))
-    squared = x * x
-    squared += y * y
-    squared += z * z
-    keep = squared < radius * radius + tol
-    image_index = image_index[keep]
-    return (centre_index[keep], atoms[image_index], np.rint(offsets).astype(np.int64)[image_index],
-            np.sqrt(squared[keep]))
+    centre_index, image_index, squared = _close_pairs(positions, centres, radius, tol)
+    return centre_index, atoms[image_index], offsets[image_index], np.sqrt(squared)
