@@ -54,47 +54,57 @@ def _image_ranges(lattice: np.ndarray, centre_frac: np.ndarray, radius: float) -
 
 
 def _images(lattice: np.ndarray, cart: np.ndarray, centres: np.ndarray, radius: float,
-            tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(atom, integer image offset relative to the atom's given position, Cartesian position) of
+            tol: float) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(atom, integer image offset relative to the atom's given position, [x, y, z] positions) of
     every atom image inside the centres' bounding box grown by ``radius + tol``."""
     inv = _inverse(lattice)
     frac = _product(cart, inv)
     wrapped = frac - np.floor(frac)
     in_cell = _product(wrapped, lattice)
     shifts = np.mgrid[_image_ranges(lattice, _product(centres, inv), radius)].reshape(3, -1).T.astype(np.float64)
-    positions = _product(shifts, lattice)[:, None, :] + in_cell[None, :, :]
+    origins = _product(shifts, lattice)
     low = (centres.min(axis=0) - radius) - tol
     high = (centres.max(axis=0) + radius) + tol
-    shift_index, atoms = np.nonzero(np.all((positions > low) & (positions < high), axis=2))
+    # cell images with no atom in the box are dropped first (exact: rounding is monotonic), so that
+    # memory follows the box's contents, not the whole range of images
+    meets = np.all((origins + in_cell.max(axis=0) > low) & (origins + in_cell.min(axis=0) < high), axis=1)
+    shifts, origins = shifts[meets], origins[meets]
+    axes = [np.add.outer(origins[:, axis], in_cell[:, axis]) for axis in range(3)]  # (shift, atom) per axis
+    inside = (axes[0] > low[0]) & (axes[0] < high[0])
+    for axis in (1, 2):
+        inside &= (axes[axis] > low[axis]) & (axes[axis] < high[axis])
+    shift_index, atoms = np.nonzero(inside)
     offsets = np.rint(shifts[shift_index] - (frac - wrapped)[atoms]).astype(np.int64)
-    return atoms, offsets, positions[shift_index, atoms]
+    return atoms, offsets, [axis[shift_index, atoms] for axis in axes]
 
 
-def _squared(delta: np.ndarray) -> np.ndarray:
-    """Squared lengths of (..., 3) vectors, summed x, y, z in that order."""
-    squared = delta[..., 0] * delta[..., 0]
-    squared += delta[..., 1] * delta[..., 1]
-    squared += delta[..., 2] * delta[..., 2]
+def _squared(points: list[np.ndarray], centres: np.ndarray, outer: bool) -> np.ndarray:
+    """Squared distances from centres to points, summed x, y, z in that order: (points, centres)
+    for every combination (``outer``), else of aligned pairs."""
+    squared = None
+    for axis, coordinate in enumerate(points):
+        delta = np.subtract.outer(coordinate, centres[:, axis]) if outer else coordinate - centres[:, axis]
+        squared = delta * delta if squared is None else squared + delta * delta
     return squared
 
 
-def _close_pairs(positions: np.ndarray, centres: np.ndarray, radius: float,
+def _close_pairs(points: list[np.ndarray], centres: np.ndarray, radius: float,
                  tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centre, image, squared distance) of every pair with squared distance below ``radius² + tol``."""
+    """(centre, point, squared distance) of every pair with squared distance below ``radius² + tol``."""
     limit = radius * radius + tol
-    if len(centres) * len(positions) <= DENSE_PAIRS:
-        squared = _squared(positions[None, :, :] - centres[:, None, :])
-        centre_index, image_index = np.nonzero(squared < limit)
-        return centre_index, image_index, squared[centre_index, image_index]
+    if len(centres) * len(points[0]) <= DENSE_PAIRS:
+        squared = _squared(points, centres, outer=True)
+        point_index, centre_index = np.nonzero(squared < limit)
+        return centre_index, point_index, squared[point_index, centre_index]
     from scipy.spatial import cKDTree  # noqa: PLC0415  (0.3 s to import: in the graph workers only)
 
     pairs = cKDTree(centres, balanced_tree=False, compact_nodes=False).sparse_distance_matrix(
-        cKDTree(positions, balanced_tree=False, compact_nodes=False), math.sqrt(limit) + SLACK,
+        cKDTree(np.column_stack(points), balanced_tree=False, compact_nodes=False), math.sqrt(limit) + SLACK,
         output_type="ndarray")
-    centre_index, image_index = pairs["i"], pairs["j"]
-    squared = _squared(positions[image_index] - centres[centre_index])
+    centre_index, point_index = pairs["i"], pairs["j"]
+    squared = _squared([coordinate[point_index] for coordinate in points], centres[centre_index], outer=False)
     keep = squared < limit
-    return centre_index[keep], image_index[keep], squared[keep]
+    return centre_index[keep], point_index[keep], squared[keep]
 
 
 def points_in_spheres(lattice: np.ndarray, cart: np.ndarray, centres: np.ndarray, radius: float,
@@ -109,6 +119,6 @@ def points_in_spheres(lattice: np.ndarray, cart: np.ndarray, centres: np.ndarray
         found = points_in_spheres(lattice, cart, centres, MIN_RADIUS + tol, tol)
         keep = found[3] <= radius
         return found[0][keep], found[1][keep], found[2][keep], found[3][keep]
-    atoms, offsets, positions = _images(lattice, cart, centres, radius, tol)
-    centre_index, image_index, squared = _close_pairs(positions, centres, radius, tol)
-    return centre_index, atoms[image_index], offsets[image_index], np.sqrt(squared)
+    atoms, offsets, points = _images(lattice, cart, centres, radius, tol)
+    centre_index, point_index, squared = _close_pairs(points, centres, radius, tol)
+    return centre_index, atoms[point_index], offsets[point_index], np.sqrt(squared)
