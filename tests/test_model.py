@@ -49,7 +49,6 @@ def wurtzite_zno() -> Structure:
     )
 
 
-
 def sample_structures() -> list[Structure]:
     return [nacl_primitive(), srtio3(), wurtzite_zno(), triclinic(5, seed=3), hcp_mg()]
 
