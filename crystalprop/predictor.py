@@ -23,8 +23,10 @@ from crystalprop.graph.batch import BATCH_MEMORY_BYTES, BatchLimits
 from crystalprop.graph.cells import cell_for_graph, check_cell_choice
 from crystalprop.graph.elements import SYMBOLS, ElementError
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, NeighborSearchError, build_graph
+from crystalprop.io.adapters import crystal_from_structure
 from crystalprop.io.discovery import iter_structure_paths
 from crystalprop.io.limits import READ_TIMEOUT_S
+from crystalprop.timelimit import run_with_time_limit
 from crystalprop.workers import ResilientPool, heartbeat
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ def _prepare_structure(name: str, source: str, structure: Structure, settings: G
     item = Prepared(name, source, formula=structure.composition.reduced_formula, n_sites=len(structure),
                     warnings=list(notes or []) + domain_warnings(structure))
     try:
-        cell, note = cell_for_graph(structure, settings.cell)
+        cell, note = cell_for_graph(crystal_from_structure(structure), settings.cell)
         item.warnings += [note] if note else []
         item.cell_sites = len(cell)
         item.graph = build_graph(cell, settings)
@@ -105,9 +107,8 @@ def _within_time_limit(steps: Iterator[Prepared], timeout: float, name: str) -> 
     """Every item of ``steps``, each computed within ``timeout`` seconds (0: no limit).
 
     The limit is a SIGALRM timer in the main thread of a process (the reader processes), a
-    watched helper thread elsewhere (see :func:`crystalprop.io.readers.run_with_time_limit`).
+    watched helper thread elsewhere (see :func:`crystalprop.timelimit.run_with_time_limit`).
     """
-    from crystalprop.io.readers import run_with_time_limit  # noqa: PLC0415
 
     out: list[Prepared] = []
     while True:
@@ -172,10 +173,12 @@ def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
 
 
 def _import_readers() -> None:
-    """Worker start-up: import the parsers (pymatgen, 0.5-1 s) and spglib (canonical cells, 0.15 s) at
-    once, not at the first file, so that the import overlaps the parent's MindSpore import and model loading."""
+    """Worker start-up: import the parsers (pymatgen, 0.5-1 s), spglib (canonical cells, 0.15 s) and scipy's
+    k-d tree (neighbour search, 0.3 s) at once, not at the first file, so that the import overlaps the
+    parent's MindSpore import and model loading."""
     importlib.import_module("crystalprop.io.readers")
     importlib.import_module("spglib")
+    importlib.import_module("scipy.spatial")
 
 
 class ReadAhead:

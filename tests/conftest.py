@@ -27,6 +27,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
+from crystalprop.graph import CrystalGraph, GraphSettings, build_graph  # noqa: E402
+from crystalprop.graph.cells import cell_for_graph  # noqa: E402
+from crystalprop.io.adapters import crystal_from_structure  # noqa: E402
+
 _ENTRY = Path(sys.executable).with_name("crystalprop")
 CLI = [str(_ENTRY)] if _ENTRY.is_file() else [sys.executable, "-m", "crystalprop.cli"]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -35,6 +39,27 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROCKSALT_PAIRS = (("Na", "Cl"), ("K", "Cl"), ("Li", "F"), ("Mg", "O"), ("Na", "Br"), ("Ca", "O"), ("K", "Br"),
                   ("Li", "Cl"))
 PEROVSKITE_CATIONS = (("Sr", "Ti"), ("Ba", "Ti"), ("Ca", "Ti"), ("Sr", "Zr"))
+
+
+def graph_of(structure: Structure, settings: GraphSettings = GraphSettings()) -> CrystalGraph:
+    """The graph of a pymatgen structure on its cell as given (the pymatgen adapter, then ``build_graph``)."""
+    return build_graph(crystal_from_structure(structure), settings)
+
+
+def cell_graph_of(structure: Structure, settings: GraphSettings = GraphSettings()) -> CrystalGraph:
+    """The graph of a pymatgen structure on the cell ``settings.cell`` chooses, as ``predict`` builds it."""
+    return build_graph(cell_for_graph(crystal_from_structure(structure), settings.cell)[0], settings)
+
+
+def triclinic(n_atoms: int = 4, seed: int = 7) -> Structure:
+    """A low-symmetry cell with atoms at least 1.6 Å apart."""
+    rng = np.random.default_rng(seed)
+    lattice = Lattice.from_parameters(4.7, 5.3, 6.1, 79.0, 86.0, 104.0)
+    species = ["Li", "O", "Si", "O", "Mg", "F"][:n_atoms]
+    while True:
+        structure = Structure(lattice, species, rng.uniform(0, 1, (n_atoms, 3)))
+        if (structure.distance_matrix + np.eye(n_atoms) * 99).min() > 1.6:
+            return structure
 
 
 def rocksalt(a: float, cation: str = "Na", anion: str = "Cl") -> Structure:

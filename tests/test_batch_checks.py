@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import make_structures
+from conftest import graph_of, make_structures
 from crystalprop.graph import batch as batch_module
-from crystalprop.graph import build_graph
 from crystalprop.graph.batch import GraphError, _distinct_edges, collate
 from crystalprop.graph.neighbors import CrystalGraph
 from crystalprop.data import graph_cache
@@ -16,7 +15,7 @@ from crystalprop.data.datasets import Entry
 
 @pytest.fixture(scope="module")
 def graphs() -> list[CrystalGraph]:
-    return [build_graph(s) for _, s in make_structures(4)]
+    return [graph_of(s) for _, s in make_structures(4)]
 
 
 def _damaged(graph: CrystalGraph, **arrays) -> CrystalGraph:

@@ -12,10 +12,12 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from conftest import cell_graph_of
 from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
 from crystalprop.graph import cells
 from crystalprop.graph.cells import cell_for_graph, may_have_pure_translation
-from crystalprop.graph.neighbors import GraphSettings, build_graph
+from crystalprop.graph.neighbors import GraphSettings
+from crystalprop.io.adapters import crystal_from_structure
 from crystalprop.model.checkpoint import ModelCard
 from crystalprop.data.datasets import Entry
 from crystalprop.data.graph_cache import build_graphs, cache_key
@@ -43,7 +45,7 @@ def other_basis(structure: Structure) -> Structure:
 
 def graph_signature(structure: Structure) -> tuple:
     """What the model sees, independent of atom order: elements and sorted edge lengths."""
-    graph = build_graph(cell_for_graph(structure)[0])
+    graph = cell_graph_of(structure)
     return tuple(np.sort(graph.atomic_numbers)), np.sort(graph.distances)
 
 
@@ -69,21 +71,21 @@ def test_every_cell_of_a_crystal_gives_the_same_graph(name, variant):
 
 
 def test_canonical_cell_is_primitive_and_niggli_reduced():
-    cell, note = cell_for_graph(nacl_conventional() * (1, 2, 1))
+    cell, note = cell_for_graph(crystal_from_structure(nacl_conventional() * (1, 2, 1)))
     assert note is None and len(cell) == 2
-    a, b, c = cell.lattice.abc
+    a, b, c = cell.lengths
     assert a == pytest.approx(5.64 / 2**0.5) and b == pytest.approx(a) and c == pytest.approx(a)
 
 
 def test_as_given_keeps_the_cell():
-    structure = nacl_conventional()
-    cell, note = cell_for_graph(structure, "as-given")
-    assert cell is structure and note is None
+    crystal = crystal_from_structure(nacl_conventional())
+    cell, note = cell_for_graph(crystal, "as-given")
+    assert cell is crystal and note is None
 
 
 def test_unknown_cell_setting_is_refused():
     with pytest.raises(ValueError, match="unknown cell setting 'primitive'"):
-        cell_for_graph(nacl_primitive(), "primitive")
+        cell_for_graph(crystal_from_structure(nacl_primitive()), "primitive")
     with pytest.raises(ValueError, match="canonical or as-given"):
         GraphSettings(cell="primitive")
 
@@ -92,23 +94,23 @@ def test_a_failed_symmetry_search_falls_back_to_the_given_cell(monkeypatch):
     import spglib
 
     monkeypatch.setattr(spglib, "standardize_cell", lambda *a, **k: None)
-    structure = nacl_conventional()
-    cell, note = cell_for_graph(structure)
-    assert cell is structure
+    crystal = crystal_from_structure(nacl_conventional())
+    cell, note = cell_for_graph(crystal)
+    assert cell is crystal
     assert note.startswith("canonical cell search failed (spglib found no symmetry") and "as given" in note
 
 
 def test_a_symmetry_search_that_runs_long_falls_back_with_a_note(monkeypatch):
-    def slow(structure, symprec=cells.SYMPREC):
+    def slow(crystal, symprec=cells.SYMPREC):
         time.sleep(5)
-        return structure
+        return crystal
 
     monkeypatch.setattr(cells, "canonical_cell", slow)
-    structure = nacl_conventional()
+    crystal = crystal_from_structure(nacl_conventional())
     start = time.monotonic()
-    cell, note = cell_for_graph(structure, timeout=0.2)
+    cell, note = cell_for_graph(crystal, timeout=0.2)
     assert time.monotonic() - start < 2
-    assert cell is structure and note == "canonical cell search took longer than 0.2 s; used the cell as given"
+    assert cell is crystal and note == "canonical cell search took longer than 0.2 s; used the cell as given"
 
 
 def test_predict_reports_the_fallback_in_the_warning_column(monkeypatch):
@@ -125,12 +127,12 @@ def test_predict_reports_the_fallback_in_the_warning_column(monkeypatch):
 def test_precheck_finds_every_supercell_and_spares_primitive_cells():
     for make in BUILT.values():
         structure = make()
-        assert not may_have_pure_translation(structure, 0.02)
-        assert may_have_pure_translation(structure * (1, 1, 2), 0.02)
+        assert not may_have_pure_translation(crystal_from_structure(structure), 0.02)
+        assert may_have_pure_translation(crystal_from_structure(structure * (1, 1, 2)), 0.02)
         noisy = structure * (2, 1, 1)
         noisy.perturb(0.004)  # within spglib's tolerance: still a supercell to spglib
-        assert may_have_pure_translation(noisy, 0.02)
-    assert may_have_pure_translation(nacl_conventional(), 0.02)
+        assert may_have_pure_translation(crystal_from_structure(noisy), 0.02)
+    assert may_have_pure_translation(crystal_from_structure(nacl_conventional()), 0.02)
 
 
 @pytest.mark.shared
@@ -149,7 +151,7 @@ def test_precheck_agrees_with_spglib_on_real_files():
         found = spglib.standardize_cell((structure.lattice.matrix, structure.frac_coords, numbers),
                                         to_primitive=True, no_idealize=True, symprec=cells.SYMPREC)
         if len(found[2]) < len(structure):
-            assert may_have_pure_translation(structure, cells.PRECHECK_FACTOR * cells.SYMPREC)
+            assert may_have_pure_translation(crystal_from_structure(structure), cells.PRECHECK_FACTOR * cells.SYMPREC)
 
 
 def test_graph_cache_key_includes_the_cell_setting():

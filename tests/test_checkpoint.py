@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import TINY, make_structures
+from conftest import TINY, graph_of, make_structures
 from crystalprop.backend import mindspore_module, set_device
 
 set_device("CPU")
 ms = mindspore_module()
 
-from crystalprop.graph import GraphSettings, build_graph  # noqa: E402
+from crystalprop.graph import GraphSettings  # noqa: E402
 from crystalprop.model.checkpoint import (  # noqa: E402
     METADATA_KEY,
     CheckpointError,
@@ -29,7 +29,7 @@ from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
 
 @pytest.fixture(scope="module")
 def graphs():
-    return [build_graph(s) for _, s in make_structures(6)]
+    return [graph_of(s) for _, s in make_structures(6)]
 
 
 def _net(seed: int = 0, **overrides) -> Matformer:

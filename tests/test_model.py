@@ -22,8 +22,8 @@ from crystalprop import backend
 backend.set_device("CPU")
 ms = backend.mindspore_module()
 
-from crystalprop.graph import GraphSettings, build_graph, collate  # noqa: E402
-from crystalprop.graph.cells import cell_for_graph  # noqa: E402
+from conftest import cell_graph_of, graph_of, triclinic  # noqa: E402
+from crystalprop.graph import GraphSettings, collate  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
 from reference_matformer import matformer_forward  # noqa: E402
 
@@ -47,18 +47,6 @@ def wurtzite_zno() -> Structure:
     return Structure.from_spacegroup(
         "P6_3mc", Lattice.hexagonal(3.25, 5.21), ["Zn", "O"], [[1 / 3, 2 / 3, 0.0], [1 / 3, 2 / 3, 0.382]]
     )
-
-
-
-def triclinic(n_atoms: int, seed: int) -> Structure:
-    """A low-symmetry cell with atoms at least 1.6 Å apart."""
-    rng = np.random.default_rng(seed)
-    lattice = Lattice.from_parameters(4.7, 5.3, 6.1, 79.0, 86.0, 104.0)
-    species = ["Li", "O", "Si", "O", "Mg", "F"][:n_atoms]
-    while True:
-        structure = Structure(lattice, species, rng.uniform(0, 1, (n_atoms, 3)))
-        if (structure.distance_matrix + np.eye(n_atoms) * 99).min() > 1.6:
-            return structure
 
 
 def sample_structures() -> list[Structure]:
@@ -131,7 +119,7 @@ def max_relative_deviation(out: np.ndarray, ref: np.ndarray) -> float:
 
 
 def check_against_reference(net: Matformer, config: ModelConfig, structures: list[Structure], training: bool):
-    batch = collate([build_graph(s) for s in structures])
+    batch = collate([graph_of(s) for s in structures])
     net.set_train(training)
     try:
         before = parameters(net)
@@ -181,7 +169,7 @@ def test_matches_reference_with_static_shapes():
 def test_reference_is_sensitive(nets):
     """The comparison would notice a wrong BatchNorm statistic or LayerNorm parameter."""
     config, net = CONFIGS["L2-F16-H2"], nets["L2-F16-H2"]
-    batch = collate([build_graph(s) for s in sample_structures()])
+    batch = collate([graph_of(s) for s in sample_structures()])
     params = parameters(net)
     out = predict(net, batch)
     for name in ("att_layers.1.bn.moving_variance", "att_layers.0.layer_norm.beta", "att_layers.0.msg_norm.gamma"):
@@ -242,7 +230,7 @@ INVARIANCE_STRUCTURES = {
 TRANSFORMS = {"rotation": rotated, "translation": translated, "permutation": permuted, "wrap": wrapped}
 
 def assert_same_prediction(net: Matformer, structures: list[Structure], settings: GraphSettings = GraphSettings()):
-    out = predict(net, collate([build_graph(cell_for_graph(s, settings.cell)[0], settings) for s in structures]))
+    out = predict(net, collate([cell_graph_of(s, settings) for s in structures]))
     scale = np.abs(out).max()
     np.testing.assert_allclose(out[1:], np.full(len(structures) - 1, out[0]), rtol=RTOL, atol=RTOL * scale)
 
@@ -305,7 +293,7 @@ def test_supercell_invariance_without_lattice_edges(invariance_net, make):
 def test_compiles_once_for_any_batch_size():
     net = make_net(CONFIGS["L1-F8-H1"], seed=2)
     pool = sample_structures()
-    graphs = [build_graph(s) for s in pool]
+    graphs = [graph_of(s) for s in pool]
     for size in (1, 3, 5):
         out = predict(net, collate(graphs[:size]))
         assert out.shape == (size,)

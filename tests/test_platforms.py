@@ -14,7 +14,7 @@ import pytest
 from pymatgen.io.cif import CifWriter
 
 from conftest import rocksalt
-from crystalprop import backend
+from crystalprop import backend, timelimit
 from crystalprop.io import readers
 from crystalprop.io.readers import StructureReadError, read_file_with_timeout
 
@@ -72,8 +72,8 @@ def test_watched_thread_passes_results_and_errors_through(tmp_path):
     worker.join(60)
     assert len(results[0]) == 1 and results[0][0][0] == str(path)
     with pytest.raises(StructureReadError, match="no such file"):
-        readers._call_in_watched_thread(lambda: readers.read_file(str(tmp_path / "missing.cif")), 30,
-                                        lambda: AssertionError("timed out"))
+        timelimit.call_in_watched_thread(lambda: readers.read_file(str(tmp_path / "missing.cif")), 30,
+                                         lambda: AssertionError("timed out"))
 
 
 def test_cores_without_sched_getaffinity(monkeypatch):

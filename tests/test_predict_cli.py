@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from pymatgen.io.cif import CifWriter
 
-from conftest import TINY, _random_checkpoint, make_structures, perovskite, rocksalt, rocksalt_conventional, run_cli
+from conftest import (TINY, _random_checkpoint, cell_graph_of, graph_of, make_structures, perovskite, rocksalt,
+                      rocksalt_conventional, run_cli)
 from crystalprop.backend import mindspore_module, set_device
 
 set_device("CPU")
 ms = mindspore_module()
 
 from crystalprop import predict  # noqa: E402
-from crystalprop.graph import GraphSettings, build_graph  # noqa: E402
-from crystalprop.graph.cells import cell_for_graph  # noqa: E402
+from crystalprop.graph import GraphSettings  # noqa: E402
 from crystalprop.model.checkpoint import load_model  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 from conftest import read_csv  # noqa: E402
@@ -34,7 +34,7 @@ COLUMNS = ["name", "source", "formula", "n_sites", "rand", "error", "warning"]
 
 def _graph(structure, settings=GraphSettings()):
     """The graph the predictor builds: on the cell that ``settings.cell`` names."""
-    return build_graph(cell_for_graph(structure, settings.cell)[0], settings)
+    return cell_graph_of(structure, settings)
 
 
 def _expected(ckpt: Path, structures, settings=GraphSettings()) -> np.ndarray:
@@ -110,7 +110,7 @@ def test_cell_as_given_keeps_the_old_graphs(files, random_ckpt):
     conventional, primitive = structures["a.cif"], rocksalt(5.64)
     as_given = [r["rand"] for r in predict([conventional, primitive], model=str(random_ckpt), cell="as-given")]
     net, card = load_model(random_ckpt)
-    old = card.transform.physical(predict_graphs(net, [build_graph(conventional), build_graph(primitive)]))
+    old = card.transform.physical(predict_graphs(net, [graph_of(conventional), graph_of(primitive)]))
     np.testing.assert_allclose(as_given, old, rtol=1e-5)
     assert as_given[0] != pytest.approx(as_given[1], rel=1e-3)
     canonical = [r["rand"] for r in predict([conventional, primitive], model=str(random_ckpt))]

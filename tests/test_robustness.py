@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from pymatgen.core import Structure
 from pymatgen.io.cif import CifWriter
 
-from conftest import CLI, make_structures, perovskite, rocksalt, rocksalt_conventional
+from conftest import CLI, graph_of, make_structures, perovskite, rocksalt, rocksalt_conventional
 from crystalprop import predictor as predictor_module
-from crystalprop.graph import GraphSettings, batch, build_graph, neighbors
+from crystalprop.graph import GraphSettings, batch, neighbors
 from crystalprop.predictor import Prepared, ReadAhead, iter_prepared
 
 HAS_PROC = Path("/proc/self/fd").is_dir() and hasattr(os, "mkfifo")
@@ -260,7 +260,7 @@ def test_predictions_do_not_depend_on_the_batch_bound(random_ckpt):
 
     structures = [s for _, s in make_structures(8)] + [rocksalt_conventional() * (2, 2, 2)]
     predictor = Predictor(str(random_ckpt), cell="as-given")  # the supercell stays large
-    graphs = [build_graph(s) for s in structures]
+    graphs = [graph_of(s) for s in structures]
     memory = 16 * 8 * 600  # 600 edges for the tiny model's 8 channels at 16 bytes each
     limits = predictor.batch_limits(64, memory)
     assert limits.edges == 600

@@ -13,6 +13,7 @@ import pytest
 from pymatgen.core import Element, Structure
 
 from conftest import TINY, TINY_CLI, read_history, run_cli, synthetic_target, train_state, write_json_dataset
+from conftest import cell_graph_of, graph_of
 from conftest import train_config as config
 from crystalprop.backend import mindspore_module, set_device
 
@@ -21,8 +22,6 @@ ms = mindspore_module()
 
 from crystalprop import predict  # noqa: E402
 from crystalprop.evaluation import evaluate_model  # noqa: E402
-from crystalprop.graph import build_graph  # noqa: E402
-from crystalprop.graph.cells import cell_for_graph  # noqa: E402
 from crystalprop.model.checkpoint import load_model, read_checkpoint  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 from crystalprop.model.matformer import ModelConfig  # noqa: E402
@@ -128,7 +127,7 @@ def test_best_checkpoint_card(run_a, data):
     assert card.elements == sorted(symbols, key=lambda s: Element(s).Z)
     # the stored validation MAE is what the checkpoint really scores on the validation split
     val = dataset.split("val")
-    graphs = [build_graph(cell_for_graph(Structure.from_dict(e.source))[0]) for e in val]
+    graphs = [cell_graph_of(Structure.from_dict(e.source)) for e in val]
     pred = card.transform.physical(predict_graphs(net, graphs))
     assert np.mean(np.abs(pred - [e.target for e in val])) == pytest.approx(card.metrics["mae"], rel=1e-4)
 
@@ -266,7 +265,7 @@ def test_log10_target_round_trip(tmp_path):
     structures = [Structure.from_dict(e.source) for e in val]
     rows = predict(structures, model=str(tmp_path / "log" / "best.ckpt"), workers=0)
     values = np.array([row["best"] for row in rows])  # column named after the file
-    raw = predict_graphs(net, [build_graph(s) for s in structures])
+    raw = predict_graphs(net, [graph_of(s) for s in structures])
     np.testing.assert_allclose(values, 10 ** (raw * card.transform.std + card.transform.mean), rtol=1e-5)
     assert (values > 0).all()
     y = np.array([e.target for e in val])
@@ -343,7 +342,7 @@ def test_nan_loss_keeps_a_resumable_last_checkpoint(nan_run, data):
 def test_lock_refuses_a_second_trainer(data, tmp_path):
     run_dir = tmp_path / "locked"
     dataset = load_dataset(data, "y", seed=0)
-    graphs = [build_graph(Structure.from_dict(e.source)) for e in dataset.entries]
+    graphs = [graph_of(Structure.from_dict(e.source)) for e in dataset.entries]
     train = ([g for g, e in zip(graphs, dataset.entries) if e.split == "train"],
              np.array([e.target for e in dataset.split("train")]))
     val = ([g for g, e in zip(graphs, dataset.entries) if e.split == "val"],

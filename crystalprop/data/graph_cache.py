@@ -23,6 +23,7 @@ from crystalprop.backend import cache_dir
 from crystalprop.graph.batch import GraphError, check_graphs
 from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
+from crystalprop.io.adapters import crystal_from_structure
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.data.datasets import Entry
 from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, structure_from_text, validate_structure
@@ -47,7 +48,7 @@ def _build_one(job: tuple[str, Any, GraphSettings]) -> tuple[CrystalGraph | None
     try:
         structure = entry_structure(source, name)
         validate_structure(structure)
-        cell, _ = cell_for_graph(structure, settings.cell)  # a failed search falls back to the cell as given
+        cell, _ = cell_for_graph(crystal_from_structure(structure), settings.cell)  # falls back to the given cell
         return build_graph(cell, settings), ""
     except Exception as exc:  # one bad record must not stop a 30,000-record build
         return None, str(getattr(exc, "reason", None) or exc).splitlines()[0][:300] or type(exc).__name__

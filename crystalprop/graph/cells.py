@@ -4,7 +4,7 @@ Matformer's graph depends on the cell that describes a crystal: its lattice self
 the cell vectors, and an atom's own periodic images send two messages where the same
 neighbour in a supercell sends one. So that one crystal gets one answer, whatever cell its
 file uses (primitive, conventional, supercell, any basis of the lattice), the structure is
-first reduced to a canonical cell:
+first reduced to a canonical cell (a :class:`~crystalprop.graph.crystal.Crystal` in, one out):
 
 1. the primitive cell, found by spglib with a symmetry tolerance (``SYMPREC`` Å), without
    idealising: positions and lattice keep the file's geometry (translationally equivalent
@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import threading
 import warnings
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from pymatgen.core import Structure
+from crystalprop.graph.crystal import Crystal
+from crystalprop.timelimit import call_with_alarm
 
 CANONICAL = "canonical"
 AS_GIVEN = "as-given"
@@ -48,12 +46,8 @@ def check_cell_choice(cell: str) -> str:
     return cell
 
 
-def _species_numbers(structure: Structure) -> np.ndarray:
-    return np.array(structure.atomic_numbers, dtype=np.int64)
-
-
-def may_have_pure_translation(structure: Structure, tolerance: float) -> bool:
-    """Whether some lattice translation shorter than a cell vector might map ``structure`` onto itself.
+def may_have_pure_translation(crystal: Crystal, tolerance: float) -> bool:
+    """Whether some lattice translation shorter than a cell vector might map ``crystal`` onto itself.
 
     A cheap, conservative pre-check that spares spglib's symmetry search (tens of ms for a
     cubic cell) for cells that cannot be supercells: every pure translation splits each
@@ -62,7 +56,7 @@ def may_have_pure_translation(structure: Structure, tolerance: float) -> bool:
     to another) is tried with a tolerance looser than spglib's. False means spglib would find
     no translation either; True means spglib must decide.
     """
-    numbers = _species_numbers(structure)
+    numbers = crystal.numbers
     counts = np.bincount(numbers)
     elements = np.flatnonzero(counts)
     counts = counts[elements]
@@ -70,10 +64,10 @@ def may_have_pure_translation(structure: Structure, tolerance: float) -> bool:
         return False
     if counts.min() > MAX_TRANSLATION_CANDIDATES:
         return True
-    frac = structure.frac_coords
+    frac = crystal.frac
     rarest = np.flatnonzero(numbers == elements[np.argmin(counts)])
     groups = [frac[numbers == z] for z in elements]
-    matrix = structure.lattice.matrix
+    matrix = crystal.lattice
     for shift in frac[rarest[1:]] - frac[rarest[0]]:
         if all(_maps_onto_itself(group, shift, matrix, tolerance) for group in groups):
             return True
@@ -88,40 +82,39 @@ def _maps_onto_itself(frac: np.ndarray, shift: np.ndarray, matrix: np.ndarray, t
     return bool((distances.min(axis=1) <= tolerance).all())
 
 
-def primitive_cell(structure: Structure, symprec: float = SYMPREC) -> Structure:
-    """The primitive cell of ``structure`` (spglib, not idealised); ``structure`` itself if it is primitive."""
-    if not may_have_pure_translation(structure, PRECHECK_FACTOR * symprec):
-        return structure
-    import spglib  # noqa: PLC0415  (with pymatgen, in the workers only)
-    from pymatgen.core import Structure  # noqa: PLC0415
+def primitive_cell(crystal: Crystal, symprec: float = SYMPREC) -> Crystal:
+    """The primitive cell of ``crystal`` (spglib, not idealised); ``crystal`` itself if it is primitive."""
+    if not may_have_pure_translation(crystal, PRECHECK_FACTOR * symprec):
+        return crystal
+    import spglib  # noqa: PLC0415  (in the workers only)
 
-    cell = (structure.lattice.matrix, structure.frac_coords, _species_numbers(structure))
     with warnings.catch_warnings():  # spglib 2.x deprecates its None-on-failure, which works across versions
         warnings.simplefilter("ignore", DeprecationWarning)
-        found = spglib.standardize_cell(cell, to_primitive=True, no_idealize=True, symprec=symprec)
+        found = spglib.standardize_cell((crystal.lattice, crystal.frac, crystal.numbers), to_primitive=True,
+                                        no_idealize=True, symprec=symprec)
     if found is None:
         raise ValueError("spglib found no symmetry (tolerance too tight or cell degenerate)")
     lattice, frac, numbers = found
-    if len(numbers) == len(structure):
-        return structure
-    return Structure(lattice, [int(z) for z in numbers], frac)
+    if len(numbers) == len(crystal):
+        return crystal
+    names = None if crystal.symbols is None else dict(zip(crystal.numbers.tolist(), crystal.symbols))
+    return Crystal(numbers, lattice, frac, None if names is None else tuple(names[z] for z in numbers.tolist()))
 
 
-def niggli_cell(structure: Structure) -> Structure:
-    """``structure`` in its Niggli-reduced basis (spglib's reduction; atoms wrapped into the new cell)."""
+def niggli_cell(crystal: Crystal) -> Crystal:
+    """``crystal`` in its Niggli-reduced basis (spglib's reduction; atoms wrapped into the new cell)."""
     import spglib  # noqa: PLC0415
-    from pymatgen.core import Lattice, Structure  # noqa: PLC0415
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        reduced = spglib.niggli_reduce(structure.lattice.matrix, eps=NIGGLI_EPS)
+        reduced = spglib.niggli_reduce(crystal.lattice, eps=NIGGLI_EPS)
     if reduced is None:
         raise ValueError("Niggli reduction failed")
-    old = structure.lattice.matrix
+    old = crystal.lattice
     if np.abs(reduced - old).max() <= 1e-12:
-        return structure
+        return crystal
     to_new = np.rint(old @ _inverse(reduced))  # integer: both bases span one lattice
-    return Structure(Lattice(reduced), structure.species, (structure.frac_coords @ to_new) % 1.0)
+    return Crystal(crystal.numbers, reduced, (crystal.frac @ to_new) % 1.0, crystal.symbols)
 
 
 def _inverse(matrix: np.ndarray) -> np.ndarray:
@@ -131,29 +124,27 @@ def _inverse(matrix: np.ndarray) -> np.ndarray:
     return adjugate.T / np.dot(matrix[0], adjugate[0])
 
 
-def canonical_cell(structure: Structure, symprec: float = SYMPREC) -> Structure:
-    """The Niggli-reduced primitive cell of ``structure`` (raises if either step fails)."""
-    return niggli_cell(primitive_cell(structure, symprec))
+def canonical_cell(crystal: Crystal, symprec: float = SYMPREC) -> Crystal:
+    """The Niggli-reduced primitive cell of ``crystal`` (raises if either step fails)."""
+    return niggli_cell(primitive_cell(crystal, symprec))
 
 
-def cell_for_graph(structure: Structure, cell: str = CANONICAL,
-                   timeout: float = CELL_TIMEOUT_S) -> tuple[Structure, str | None]:
-    """The structure in the cell the graph is built on, and a note if it fell back to the given cell.
+def cell_for_graph(crystal: Crystal, cell: str = CANONICAL,
+                   timeout: float = CELL_TIMEOUT_S) -> tuple[Crystal, str | None]:
+    """The crystal in the cell the graph is built on, and a note if it fell back to the given cell.
 
     ``cell``: ``canonical`` (reduce) or ``as-given`` (unchanged). The time limit uses SIGALRM,
     so it applies in a process's main thread only; it interrupts Python code (the Niggli
     reduction) at once and spglib's C search when that returns.
     """
     if check_cell_choice(cell) == AS_GIVEN:
-        return structure, None
+        return crystal, None
     try:
         if timeout and timeout > 0 and threading.current_thread() is threading.main_thread():
-            from crystalprop.io.readers import _call_with_timeout  # noqa: PLC0415
-
-            return _call_with_timeout(lambda: canonical_cell(structure), timeout, CellTimeout), None
-        return canonical_cell(structure), None
+            return call_with_alarm(lambda: canonical_cell(crystal), timeout, CellTimeout), None
+        return canonical_cell(crystal), None
     except CellTimeout:
-        return structure, f"canonical cell search took longer than {timeout:g} s; used the cell as given"
+        return crystal, f"canonical cell search took longer than {timeout:g} s; used the cell as given"
     except Exception as exc:  # any failure of the search must leave the structure usable
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return structure, f"canonical cell search failed ({reason}); used the cell as given"
+        return crystal, f"canonical cell search failed ({reason}); used the cell as given"

@@ -21,23 +21,24 @@ Matformer (matformer/graphs.py, YKQ98/Matformer) with its Materials Project sett
    always, so every graph carries its cell vectors.
 5. Every kept edge is emitted in both directions.
 
-The neighbour search is pymatgen's cell-list ``find_points_in_spheres`` (C code, linear in the
-number of atoms), called for a chunk of centre atoms at a time so that memory stays bounded;
-the rest is numpy without Python loops over atoms or edges.
+The builder takes a :class:`~crystalprop.graph.crystal.Crystal` (plain arrays; adapters in
+:mod:`crystalprop.io.adapters`). The neighbour search (:mod:`crystalprop.graph.spheres`, scipy's
+k-d tree over the periodic images, the pairs and distances of pymatgen's ``find_points_in_spheres``)
+is called for a chunk of centre atoms at a time so that memory stays bounded; the rest is numpy
+without Python loops over atoms or edges.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from crystalprop.graph.cells import CANONICAL, check_cell_choice
+from crystalprop.graph.crystal import Crystal
 from crystalprop.graph.elements import check_elements
-
-if TYPE_CHECKING:
-    from pymatgen.core import Structure
+from crystalprop.graph.spheres import points_in_spheres
 
 LATTICE_IMAGES = np.array(
     [[0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 1, 1], [1, 0, 1], [1, 1, 0]], dtype=np.int64
@@ -45,7 +46,7 @@ LATTICE_IMAGES = np.array(
 DISTANCE_DECIMALS = 6  # distances are rounded to 1e-6 Å so equal bonds share one value
 TIE_TOLERANCE = 1e-6  # Å: neighbours this close to the k-th distance count as ties
 MAX_RADIUS_GROWTHS = 8
-SELF_TOLERANCE = 1e-8  # Å: a point this close to its centre is the centre itself (pymatgen's default)
+SELF_TOLERANCE = 1e-8  # Å: a point this close to its centre is the centre itself
 MAX_SEARCH_PAIRS = 20_000_000
 """Most atom pairs one structure's neighbour search may visit, over all radii (a few seconds)."""
 CHUNK_PAIRS = 1_000_000
@@ -131,23 +132,13 @@ class _SearchBudget:
             raise NeighborSearchError(reason)
 
 
-def _neighbor_search(structure: Structure, atoms: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
-    """(centre, neighbour, image, distance) within radius of the given atoms, self at zero distance excluded.
-
-    pymatgen's ``get_neighbor_list`` for a subset of centres (its self-pair test compares
-    indices of the subset with indices of all atoms, so it is not used for subsets).
-    """
-    from pymatgen.optimization.neighbors import find_points_in_spheres  # noqa: PLC0415
-
-    coords = np.ascontiguousarray(structure.cart_coords, dtype=float)
-    centre_coords = np.ascontiguousarray([structure[i].coords for i in atoms], dtype=float)  # as pymatgen does
-    centres, points, images, dists = find_points_in_spheres(
-        coords, centre_coords, r=radius, pbc=np.ascontiguousarray(structure.pbc, dtype=np.int64),
-        lattice=np.ascontiguousarray(structure.lattice.matrix, dtype=float), tol=SELF_TOLERANCE)
-    centres = atoms[centres.astype(np.int64)]
-    points = points.astype(np.int64)
+def _neighbor_search(crystal: Crystal, atoms: np.ndarray, radius: float) -> tuple[np.ndarray, ...]:
+    """(centre, neighbour, image, distance) within radius of the given atoms, self at zero distance excluded."""
+    cart = crystal.cart
+    centres, points, images, dists = points_in_spheres(crystal.lattice, cart, cart[atoms], radius, SELF_TOLERANCE)
+    centres = atoms[centres]
     other = ~((centres == points) & (dists <= SELF_TOLERANCE))
-    return centres[other], points[other], np.rint(images[other]).astype(np.int64), dists[other]
+    return centres[other], points[other], images[other], dists[other]
 
 
 def _k_nearest(centers: np.ndarray, dists: np.ndarray, n_atoms: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -172,7 +163,7 @@ def _chunks(atoms: np.ndarray, radius: float, budget: _SearchBudget) -> Iterator
         start += size
 
 
-def _search_level(structure: Structure, atoms: np.ndarray, radius: float, k: int,
+def _search_level(crystal: Crystal, atoms: np.ndarray, radius: float, k: int,
                   budget: _SearchBudget) -> tuple[np.ndarray, ...]:
     """Search ``atoms`` at ``radius``, a chunk at a time.
 
@@ -180,14 +171,14 @@ def _search_level(structure: Structure, atoms: np.ndarray, radius: float, k: int
     atoms searched), and the neighbours at or within each atom's k-th distance (ties
     included) as (centre, neighbour, image) rows.
     """
-    n_atoms = len(structure)
+    n_atoms = len(crystal)
     counts, kth = np.zeros(n_atoms, dtype=np.int64), np.full(n_atoms, np.inf)
     kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for chunk in _chunks(atoms, radius, budget):
         estimated = budget.estimate(len(chunk), radius)
         if estimated > budget.left:
             raise NeighborSearchError(_refusal(len(atoms), radius, k))
-        centers, points, images, dists = _neighbor_search(structure, chunk, radius)
+        centers, points, images, dists = _neighbor_search(crystal, chunk, radius)
         budget.spend(len(centers), estimated, _refusal(len(atoms), radius, k))
         chunk_counts, chunk_kth = _k_nearest(centers, dists, n_atoms, k)
         counts[chunk], kth[chunk] = chunk_counts[chunk], chunk_kth[chunk]
@@ -210,21 +201,21 @@ def _radii(cutoff: float, longest: float) -> Iterator[float]:
         radius = longest if radius < longest else 2 * radius
 
 
-def _knn_pairs(structure: Structure, settings: GraphSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _knn_pairs(crystal: Crystal, settings: GraphSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(centre, neighbour, image) of every atom's k nearest neighbours, ties included.
 
     The same pairs as searching every atom at the first radius of ``_radii`` where all
     have k neighbours (the original's rule), but an atom whose k-th distance lies inside
     an earlier radius is not searched again: its pairs up to that distance are final.
     """
-    n_atoms, k = len(structure), settings.max_neighbors
-    diagonals = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]]) @ structure.lattice.matrix
-    budget = _SearchBudget(MAX_SEARCH_PAIRS, n_atoms, structure.volume, float(np.linalg.norm(diagonals, axis=1).max()))
+    n_atoms, k = len(crystal), settings.max_neighbors
+    diagonals = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]]) @ crystal.lattice
+    budget = _SearchBudget(MAX_SEARCH_PAIRS, n_atoms, crystal.volume, float(np.linalg.norm(diagonals, axis=1).max()))
     pending = np.arange(n_atoms)
     found: list[tuple[np.ndarray, ...]] = []
     radius = settings.cutoff
-    for radius in _radii(settings.cutoff, max(structure.lattice.abc)):
-        counts, kth, centers, points, images = _search_level(structure, pending, radius, k, budget)
+    for radius in _radii(settings.cutoff, float(crystal.lengths.max())):
+        counts, kth, centers, points, images = _search_level(crystal, pending, radius, k, budget)
         last = counts[pending].min() >= k  # the original stops here: every atom takes its pairs within radius
         done = np.zeros(n_atoms, dtype=bool)
         done[pending] = last | (kth[pending] + TIE_TOLERANCE <= radius)
@@ -270,19 +261,18 @@ def _unique_rows(rows: np.ndarray, n_atoms: int) -> np.ndarray:
     return rows[first]
 
 
-def build_graph(structure: Structure, settings: GraphSettings = GraphSettings()) -> CrystalGraph:
-    """Build the Matformer graph of an ordered periodic structure, on the cell as given.
+def build_graph(crystal: Crystal, settings: GraphSettings = GraphSettings()) -> CrystalGraph:
+    """Build the Matformer graph of an ordered periodic crystal, on the cell as given.
 
-    ``settings.cell`` is not applied here: callers first pass the structure through
+    ``settings.cell`` is not applied here: callers first pass the crystal through
     :func:`crystalprop.graph.cells.cell_for_graph`, which also reports a fallback.
     """
-    atomic_numbers = np.array([site.specie.Z for site in structure], dtype=np.int16)
-    check_elements(atomic_numbers, [site.specie.symbol for site in structure])
-    centers, points, images = _knn_pairs(structure, settings)
-    rows = _canonical_edges(len(structure), centers, points, images, settings.use_lattice)
+    atomic_numbers = crystal.numbers.astype(np.int16)
+    check_elements(crystal.numbers, list(crystal.symbols) if crystal.symbols else None)
+    centers, points, images = _knn_pairs(crystal, settings)
+    rows = _canonical_edges(len(crystal), centers, points, images, settings.use_lattice)
     src, dst, img = rows[:, 0], rows[:, 1], rows[:, 2:]
-    frac = structure.frac_coords
-    vectors = (frac[dst] + img - frac[src]) @ structure.lattice.matrix
+    vectors = (crystal.frac[dst] + img - crystal.frac[src]) @ crystal.lattice
     lengths = np.round(np.linalg.norm(vectors, axis=1), DISTANCE_DECIMALS).astype(np.float32)
     return CrystalGraph(
         atomic_numbers=atomic_numbers,

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
 
+from crystalprop.io.adapters import check_periodic_atoms
 from crystalprop.io.formats import ASE_FORMATS
 from crystalprop.io.readers import StructureReadError, _one_line
 
@@ -24,16 +25,11 @@ if TYPE_CHECKING:
     from ase import Atoms
 
 INSTALL_HINT = "pip install crystalprop[ase]"
-MIN_CELL_VOLUME = 1e-6  # Å³: below it a cell is missing, zero or flat
 
 # frames read per format: every frame of an extended XYZ (data sets); the last of an output
 _INDEX: dict[str, int | slice] = {"extxyz": slice(None)}
 # CASTEP: tolerate any keyword, so ASE does not run a `castep` program to list the valid ones
 _READ_OPTIONS: dict[str, dict[str, Any]] = {"castep-cell": {"calculator_args": {"keyword_tolerance": 3}}}
-
-
-def _flag(value: Any) -> str:
-    return "T" if value else "F"
 
 
 def atoms_to_structure(atoms: Atoms) -> Structure:
@@ -42,16 +38,9 @@ def atoms_to_structure(atoms: Atoms) -> Structure:
     Raises ValueError with a one-line reason otherwise (a molecule, a slab periodic in two
     directions only, or ASE's placeholder atom 'X').
     """
-    if not all(atoms.pbc):
-        raise ValueError(f"not periodic in all three directions (pbc: {' '.join(map(_flag, atoms.pbc))}); "
-                         "the model needs a crystal")
-    cell = np.asarray(atoms.cell.array, dtype=float)
-    if not np.all(np.isfinite(cell)) or abs(np.linalg.det(cell)) < MIN_CELL_VOLUME:
-        raise ValueError("no 3D cell: the lattice vectors are missing, zero or coplanar")
-    placeholders = np.flatnonzero(atoms.numbers < 1)
-    if placeholders.size:
-        raise ValueError(f"atom {placeholders[0]} is ASE's placeholder 'X', not an element")
-    return Structure(Lattice(cell), atoms.numbers.tolist(), atoms.positions, coords_are_cartesian=True)
+    check_periodic_atoms(atoms)
+    return Structure(Lattice(np.asarray(atoms.cell.array, dtype=float)), atoms.numbers.tolist(), atoms.positions,
+                     coords_are_cartesian=True)
 
 
 def reduced_formula(atoms: Atoms) -> str:
