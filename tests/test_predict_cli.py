@@ -180,38 +180,36 @@ def test_models_sharing_a_network_give_their_own_predictions(tmp_path, random_ck
     assert not np.allclose([r["rand"] for r in together], [r["other"] for r in together])
 
 
+_RECORD_READER_START = (  # a script prelude: note whether MindSpore was loaded when reading started
+    "import sys\n"
+    "import crystalprop.predictor as predictor\n"
+    "seen, start = [], predictor.ReadAhead.__init__\n"
+    "def init(self, *args, **kwargs):\n"
+    "    seen.append(('mindspore' in sys.modules, kwargs.get('workers')))\n"
+    "    start(self, *args, **kwargs)\n"
+    "predictor.ReadAhead.__init__ = init\n"
+)
+
+
 def test_cli_starts_reading_before_importing_mindspore(files, random_ckpt, tmp_path):
     """`predict` starts its readers before MindSpore's 1-2 s import, so the two overlap."""
     folder, _ = files
-    result = _run_script(tmp_path, (
-        "import sys\n"
-        "import crystalprop.predictor as predictor\n"
+    result = _run_script(tmp_path, _RECORD_READER_START + (
         "from crystalprop.cli import main\n"
-        "seen, start = [], predictor.ReadAhead.__init__\n"
-        "def init(self, *args, **kwargs):\n"
-        "    seen.append('mindspore' in sys.modules)\n"
-        "    start(self, *args, **kwargs)\n"
-        "predictor.ReadAhead.__init__ = init\n"
         "if __name__ == '__main__':\n"
         "    try:\n"
         f"        main(['predict', {str(folder)!r}, '-m', {str(random_ckpt)!r}, '--workers', '1'])\n"
         "    except SystemExit as exc:\n"
         "        print('exit', exc.code, seen)\n"
     ))
-    assert result.stdout.strip().splitlines()[-1] == "exit 0 [False]", result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "exit 0 [(False, 1)]", result.stdout[-2000:] + result.stderr[-2000:]
 
 
 def test_api_starts_reading_before_importing_mindspore(files, random_ckpt, tmp_path):
     """`crystalprop.predict` on many files starts reader processes before MindSpore's import, as the CLI does."""
     folder, _ = files
-    result = _run_script(tmp_path, (
-        "import sys, crystalprop\n"
-        "import crystalprop.predictor as predictor\n"
-        "seen, start = [], predictor.ReadAhead.__init__\n"
-        "def init(self, *args, **kwargs):\n"
-        "    seen.append(('mindspore' in sys.modules, kwargs.get('workers')))\n"
-        "    start(self, *args, **kwargs)\n"
-        "predictor.ReadAhead.__init__ = init\n"
+    result = _run_script(tmp_path, _RECORD_READER_START + (
+        "import crystalprop\n"
         "if __name__ == '__main__':\n"
         f"    rows = crystalprop.predict({str(folder)!r}, model={str(random_ckpt)!r})\n"
         "    assert len(rows) == 4 and not any(r['error'] for r in rows), rows\n"
