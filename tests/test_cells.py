@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from conftest import cell_graph_of
+from conftest import SHARED_DATA, cell_graph_of
 from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
 from crystalprop.graph import cells
 from crystalprop.graph.cells import cell_for_graph, may_have_pure_translation
@@ -22,10 +21,10 @@ from crystalprop.model.checkpoint import ModelCard
 from crystalprop.data.datasets import Entry
 from crystalprop.data.graph_cache import build_graphs, cache_key
 
-MP_STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp2018" / "structures"
+MP_STRUCTURES = SHARED_DATA / "mp2018" / "structures"
 
 
-def triclinic() -> Structure:
+def lisio_triclinic() -> Structure:
     lattice = Lattice.from_parameters(4.7, 5.3, 6.1, 79.0, 86.0, 104.0)
     return Structure(lattice, ["Li", "O", "Si", "O"], [[0, 0, 0], [0.3, 0.1, 0.2], [0.55, 0.45, 0.6], [0.8, 0.7, 0.1]])
 
@@ -49,7 +48,7 @@ def graph_signature(structure: Structure) -> tuple:
     return tuple(np.sort(graph.atomic_numbers)), np.sort(graph.distances)
 
 
-BUILT = {"NaCl": nacl_primitive, "SrTiO3": srtio3, "Mg-hcp": hcp_mg, "triclinic": triclinic}
+BUILT = {"NaCl": nacl_primitive, "SrTiO3": srtio3, "Mg-hcp": hcp_mg, "triclinic": lisio_triclinic}
 VARIANTS = {
     "conventional": lambda s: SpacegroupAnalyzer(s).get_conventional_standard_structure(),
     "2x2x2": lambda s: s * (2, 2, 2),

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from pymatgen.core import Element, Lattice, Structure
 
-from conftest import cell_graph_of, graph_of, triclinic
+from conftest import SHARED_DATA, cell_graph_of, graph_of, triclinic
 from crystalprop.graph import ElementError, GraphSettings, atom_features, check_elements, collate
 from crystalprop.graph import elements, neighbors
 from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
 
-MP_STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp2018" / "structures"
+MP_STRUCTURES = SHARED_DATA / "mp2018" / "structures"
 MP_FILES = Path(__file__).resolve().parent / "files" / "mp2018"  # six of those files, for the edge counts
 K = 12
 

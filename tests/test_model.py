@@ -9,7 +9,6 @@ os.environ["MS_COMPILER_CACHE_ENABLE"] = "0"  # the compile cache is keyed on so
 
 import warnings
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,12 +21,12 @@ from crystalprop import backend
 backend.set_device("CPU")
 ms = backend.mindspore_module()
 
-from conftest import cell_graph_of, graph_of, triclinic  # noqa: E402
+from conftest import SHARED_DATA, cell_graph_of, graph_of, triclinic  # noqa: E402
 from crystalprop.graph import GraphSettings, collate  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
 from reference_matformer import matformer_forward  # noqa: E402
 
-MP_STRUCTURES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mp2018" / "structures"
+MP_STRUCTURES = SHARED_DATA / "mp2018" / "structures"
 REAL_IDS = ("mp-1000", "mp-10000", "mp-10003")
 RTOL = 1e-5
 
