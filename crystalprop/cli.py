@@ -13,6 +13,7 @@ from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.display import (
     TABLE_LIMIT, console, out, print_ensemble, print_evaluation, print_rows, show_table, stream_rows,
 )
+from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, GraphSettings
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model.config import ModelConfig
 from crystalprop.training.config import EVAL_BATCH_SIZE, LOSSES, TrainConfig
@@ -35,11 +36,11 @@ def main() -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--model", "-m", "models", multiple=True, help="Shipped model name or .ckpt file (repeatable). Default: all shipped models.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write results to .csv, .json or .jsonl as they come.")
-@click.option("--batch-size", default=64, show_default=True,
+@click.option("--batch-size", default=BATCH_SIZE, show_default=True,
               help="Most structures per batch. A batch also holds at most as many atoms and edges as the "
                    "largest model takes within --batch-memory (edges x features x heads x 16 bytes), "
                    "so a batch of large cells is smaller; a single larger cell forms a batch of its own.")
-@click.option("--batch-memory", default=1024, show_default=True, type=click.IntRange(min=1),
+@click.option("--batch-memory", default=BATCH_MEMORY_BYTES >> 20, show_default=True, type=click.IntRange(min=1),
               help="MiB of model activations one batch may take.")
 @device_option()
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
@@ -123,15 +124,14 @@ def models() -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--recursive", "-r", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--cutoff", default=8.0, show_default=True)
-@click.option("--neighbors", default=12, show_default=True)
+@click.option("--cutoff", default=GraphSettings.cutoff, show_default=True)
+@click.option("--neighbors", default=GraphSettings.max_neighbors, show_default=True)
 @cell_option("canonical")
 def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
     """Show what the model will see: sites (in the file -> in the cell used), graph edges, neighbour distances, warnings."""
-    from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
     from crystalprop.inspection import inspect_structures, inspection_columns, inspection_rows  # noqa: PLC0415
 
-    settings = GraphSettings(cutoff, neighbors, cell=cell or "canonical")
+    settings = GraphSettings(cutoff, neighbors, cell=cell or GraphSettings.cell)
     records = inspect_structures(paths, settings, recursive=recursive)
     if as_json:
         out.print_json(json.dumps(records))

@@ -10,8 +10,7 @@ import re
 import click
 
 from crystalprop.backend import DEVICES
-
-CELL_CHOICES = ("canonical", "as-given")  # crystalprop.graph.cells.CELL_CHOICES, without importing numpy here
+from crystalprop.graph.settings import CELL_CHOICES
 
 
 def cell_option(default_text: str):

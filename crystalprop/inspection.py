@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crystalprop.graph.neighbors import GraphSettings
+from crystalprop.graph.settings import GraphSettings
 from crystalprop.predictor import iter_prepared
 
 

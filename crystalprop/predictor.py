@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from crystalprop.analysis.applicability import domain_warnings
-from crystalprop.graph.batch import BATCH_MEMORY_BYTES, BatchLimits
-from crystalprop.graph.cells import cell_for_graph, check_cell_choice
+from crystalprop.graph.batch import BatchLimits
+from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.elements import SYMBOLS, ElementError
-from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, NeighborSearchError, build_graph
+from crystalprop.graph.neighbors import CrystalGraph, NeighborSearchError, build_graph
+from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, GraphSettings, check_cell_choice
 from crystalprop.io.adapters import crystal_from_structure
 from crystalprop.io.discovery import iter_structure_paths
 from crystalprop.io.limits import READ_TIMEOUT_S
@@ -391,14 +392,14 @@ class Predictor:
             return []
         return sorted({SYMBOLS[z] for z in np.unique(item.graph.atomic_numbers)} - known)
 
-    def batch_limits(self, batch_size: int = 64, batch_memory: int = BATCH_MEMORY_BYTES) -> BatchLimits:
+    def batch_limits(self, batch_size: int = BATCH_SIZE, batch_memory: int = BATCH_MEMORY_BYTES) -> BatchLimits:
         """At most ``batch_size`` structures, and as many atoms and edges as the largest of these
         models can take in a forward pass within about ``batch_memory`` bytes."""
         limits = [BatchLimits.for_model(batch_size, card.model.features, card.model.heads, batch_memory)
                   for _, _, card, _ in self.models]
         return min(limits, key=lambda limit: limit.edges)
 
-    def iter_rows(self, inputs: Sequence[Any] | ReadAhead, *, batch_size: int = 64, recursive: bool = False,
+    def iter_rows(self, inputs: Sequence[Any] | ReadAhead, *, batch_size: int = BATCH_SIZE, recursive: bool = False,
                   workers: int | None = None, timeout: float = READ_TIMEOUT_S,
                   skip: set[str] | None = None, shard: tuple[int, int] = (1, 1),
                   batch_memory: int = BATCH_MEMORY_BYTES) -> Iterator[list[dict]]:
@@ -479,7 +480,7 @@ def predict(
     inputs: Any,
     model: Sequence[str] | str | None = None,
     *,
-    batch_size: int = 64,
+    batch_size: int = BATCH_SIZE,
     device: str = "CPU",
     recursive: bool = False,
     workers: int | None = None,

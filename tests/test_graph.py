@@ -459,9 +459,12 @@ def test_collate():
 
 
 def test_graph_building_is_linear():
+    """8 times the atoms cost about 8-10 times the time (64 if it were quadratic). Both sizes take
+    the k-d tree path of the sphere search; smaller cells take the all-pairs path, which is
+    faster per atom and would make the ratio look worse than the scaling is."""
     cell = nacl_conventional()
     timings = {}
-    for reps in (1, 2, 4):
+    for reps in (3, 6):
         structure = cell * (reps, reps, reps)
         best = float("inf")
         for _ in range(5):  # best of 5: steady on a loaded machine
@@ -469,8 +472,8 @@ def test_graph_building_is_linear():
             graph_of(structure)
             best = min(best, time.perf_counter() - start)
         timings[len(structure)] = best
-    assert set(timings) == {8, 64, 512}
-    assert timings[512] / timings[64] < 20, timings
+    assert set(timings) == {216, 1728}
+    assert timings[1728] / timings[216] < 25, timings
 
 
 def test_element_symbols_match_pymatgen():

@@ -1,22 +1,31 @@
 """Crystal graphs from plain arrays: element features, the periodic k-nearest-neighbour graph, batching.
 
 No structure library is imported here: :mod:`crystalprop.io.adapters` turns a pymatgen Structure or an
-ase.Atoms into the :class:`Crystal` these functions take.
+ase.Atoms into the :class:`Crystal` these functions take. The names below load on first use
+(PEP 562), so the command can read :mod:`crystalprop.graph.settings` without numpy.
 """
 
-from crystalprop.graph.batch import GraphBatch, collate
-from crystalprop.graph.crystal import Crystal
-from crystalprop.graph.elements import ElementError, atom_features, check_elements
-from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
+from __future__ import annotations
 
-__all__ = [
-    "Crystal",
-    "CrystalGraph",
-    "ElementError",
-    "GraphBatch",
-    "GraphSettings",
-    "atom_features",
-    "build_graph",
-    "check_elements",
-    "collate",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "Crystal": "crystal",
+    "CrystalGraph": "neighbors",
+    "ElementError": "elements",
+    "GraphBatch": "batch",
+    "GraphSettings": "settings",
+    "atom_features": "elements",
+    "build_graph": "neighbors",
+    "check_elements": "elements",
+    "collate": "batch",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'crystalprop.graph' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"crystalprop.graph.{_HOMES[name]}"), name)

@@ -9,6 +9,7 @@ import numpy as np
 
 from crystalprop.graph.elements import MAX_Z, atom_features
 from crystalprop.graph.neighbors import CrystalGraph
+from crystalprop.graph.settings import BATCH_MEMORY_BYTES
 
 INT32_LIMIT = 2**31  # the kernels index atoms and bond lengths with int32
 KEY_LIMIT = 2.0**62  # the int64 edge key of collate must stay below this (as in neighbors.py)
@@ -19,8 +20,6 @@ class GraphError(ValueError):
     it does not have, a read or write outside the kernels' buffers."""
 
 
-BATCH_MEMORY_BYTES = 1 << 30
-"""Default memory for one batch's activations in a forward pass (predict)."""
 BYTES_PER_EDGE_CHANNEL = 16
 """Forward-pass memory per directed edge and per (feature x head) channel: 12-15 bytes measured
 (CPU, 5 layers, 64x1 and 128x4 channels, 0.1-0.4 M edges), rounded up."""

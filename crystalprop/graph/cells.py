@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import threading
 import warnings
+
 import numpy as np
 
 from crystalprop.graph.crystal import Crystal
+from crystalprop.graph.settings import AS_GIVEN, CANONICAL, check_cell_choice
 from crystalprop.timelimit import call_with_alarm
 
-CANONICAL = "canonical"
-AS_GIVEN = "as-given"
-CELL_CHOICES = (CANONICAL, AS_GIVEN)
 SYMPREC = 0.01  # Å: spglib's default tolerance, and Materials Project's for symmetry
 CELL_TIMEOUT_S = 10.0  # per structure; typical cells take milliseconds
 PRECHECK_FACTOR = 2.0  # the pre-check's tolerance, in units of SYMPREC: looser than spglib's, never tighter
@@ -37,13 +36,6 @@ NIGGLI_EPS = 1e-5  # spglib's default tolerance for equal lengths and right angl
 
 class CellTimeout(Exception):
     """The canonical-cell search ran past its time limit."""
-
-
-def check_cell_choice(cell: str) -> str:
-    """``cell`` if it is a known cell setting; ValueError naming the choices otherwise."""
-    if cell not in CELL_CHOICES:
-        raise ValueError(f"unknown cell setting {cell!r}: use {' or '.join(CELL_CHOICES)}")
-    return cell
 
 
 def may_have_pure_translation(crystal: Crystal, tolerance: float) -> bool:

@@ -35,10 +35,12 @@ from typing import Iterator
 
 import numpy as np
 
-from crystalprop.graph.cells import CANONICAL, check_cell_choice
 from crystalprop.graph.crystal import Crystal
 from crystalprop.graph.elements import check_elements
+from crystalprop.graph.settings import GraphSettings
 from crystalprop.graph.spheres import points_in_spheres
+
+__all__ = ["CrystalGraph", "GraphSettings", "NeighborSearchError", "build_graph"]
 
 LATTICE_IMAGES = np.array(
     [[0, 0, 1], [0, 1, 0], [1, 0, 0], [0, 1, 1], [1, 0, 1], [1, 1, 0]], dtype=np.int64
@@ -52,28 +54,6 @@ MAX_SEARCH_PAIRS = 20_000_000
 CHUNK_PAIRS = 1_000_000
 """Atom pairs searched per call, so a worker holds about 100 MB of search results at most."""
 FIRST_CHUNK_ATOMS = 256  # the first chunk is small: the pair estimate is not yet corrected for clustering
-
-
-@dataclass(frozen=True)
-class GraphSettings:
-    """How the graph is built; part of the cache key and of a checkpoint's metadata.
-
-    ``cell``: the cell the graph is built on, ``canonical`` (the Niggli-reduced primitive
-    cell, see :mod:`crystalprop.graph.cells`) or ``as-given`` (the file's own cell).
-    """
-
-    cutoff: float = 8.0
-    max_neighbors: int = 12
-    use_lattice: bool = True
-    cell: str = CANONICAL
-
-    def __post_init__(self) -> None:
-        check_cell_choice(self.cell)
-
-    def as_dict(self) -> dict:
-        """Plain dict for JSON metadata."""
-        return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "use_lattice": self.use_lattice,
-                "cell": self.cell}
 
 
 @dataclass

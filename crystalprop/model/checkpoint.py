@@ -19,7 +19,7 @@ import numpy as np
 from crystalprop import __version__
 from crystalprop.atomic import atomic_write
 from crystalprop.backend import mindspore_module
-from crystalprop.graph.neighbors import GraphSettings
+from crystalprop.graph.settings import GraphSettings
 from crystalprop.model.matformer import Matformer, ModelConfig
 
 METADATA_KEY = "crystalprop_metadata"

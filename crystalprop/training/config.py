@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
+from crystalprop.graph.settings import GraphSettings
 from crystalprop.model.config import ModelConfig
-
-if TYPE_CHECKING:
-    from crystalprop.graph.neighbors import GraphSettings
 
 LOSSES = ("mse", "l1", "huber")
 EVAL_BATCH_SIZE = 128
 """Structures per batch when validating or evaluating a model (no gradients: larger than for training)."""
-
-
-def _default_graph() -> GraphSettings:
-    from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415  (imports numpy)
-
-    return GraphSettings()
 
 
 @dataclass
@@ -40,7 +31,7 @@ class TrainConfig:
     max_time_s: float | None = None
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
-    graph: GraphSettings = field(default_factory=_default_graph)
+    graph: GraphSettings = field(default_factory=GraphSettings)
 
     def as_dict(self) -> dict:
         """JSON-ready."""

@@ -52,7 +52,7 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
     from crystalprop.backend import set_device  # noqa: PLC0415
 
     set_device(job["device"], threads=job["threads"])
-    from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
+    from crystalprop.graph.settings import GraphSettings  # noqa: PLC0415
     from crystalprop.registry import resolve_model  # noqa: PLC0415
     from crystalprop.training.run import train_model  # noqa: PLC0415
 

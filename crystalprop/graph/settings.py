@@ -1,0 +1,43 @@
+"""How a graph is built and batched: the settings and defaults, free of numpy so the command can show them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CANONICAL = "canonical"
+AS_GIVEN = "as-given"
+CELL_CHOICES = (CANONICAL, AS_GIVEN)
+
+BATCH_SIZE = 64
+"""Most structures per prediction batch."""
+BATCH_MEMORY_BYTES = 1 << 30
+"""About how much memory a prediction batch's largest tensors may take (see ``BatchLimits``)."""
+
+
+def check_cell_choice(cell: str) -> str:
+    """``cell`` if it is a known cell setting; ValueError naming the choices otherwise."""
+    if cell not in CELL_CHOICES:
+        raise ValueError(f"unknown cell setting {cell!r}: use {' or '.join(CELL_CHOICES)}")
+    return cell
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    """How the graph is built; part of the cache key and of a checkpoint's metadata.
+
+    ``cell``: the cell the graph is built on, ``canonical`` (the Niggli-reduced primitive
+    cell, see :mod:`crystalprop.graph.cells`) or ``as-given`` (the file's own cell).
+    """
+
+    cutoff: float = 8.0
+    max_neighbors: int = 12
+    use_lattice: bool = True
+    cell: str = CANONICAL
+
+    def __post_init__(self) -> None:
+        check_cell_choice(self.cell)
+
+    def as_dict(self) -> dict:
+        """Plain dict for JSON metadata."""
+        return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "use_lattice": self.use_lattice,
+                "cell": self.cell}
