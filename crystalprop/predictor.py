@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from pymatgen.core import Structure
 
 MAX_PENDING = 2048  # inputs read ahead of the models (a few MB of graphs)
+MAX_READERS = 4  # reader processes at most, by default
 HARD_LIMIT_GRACE_S = 30.0  # a reader stuck past twice the time limit plus this is stopped from outside
 
 
@@ -202,7 +203,7 @@ class ReadAhead:
         self._skip = skip or set()
         jobs = ((k, item, settings, timeout) for k, item in enumerate(_iter_inputs(inputs, recursive))
                 if k % parts == part - 1 and (isinstance(item, tuple) or item not in self._skip))
-        workers = workers if workers is not None else min(os.cpu_count() or 1, 4)
+        workers = workers if workers is not None else _reader_processes()
         self._pool: ResilientPool | None = None
         if workers > 0:
             hard_limit = 2 * timeout + HARD_LIMIT_GRACE_S if timeout > 0 else None
@@ -224,6 +225,11 @@ class ReadAhead:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _reader_processes() -> int:
+    """The default number of reader processes: one per core, up to MAX_READERS."""
+    return min(os.cpu_count() or 1, MAX_READERS)
 
 
 def _lost_input(job: tuple[int, Any, GraphSettings, float], reason: str) -> list[Prepared]:
@@ -428,7 +434,7 @@ def auto_workers(inputs: Sequence[Any]) -> int:
     """Reader processes for ``inputs``: none for a few files or structures (starting processes
     costs more than it saves), else one per core up to 4."""
     few = len(inputs) <= FEW_FILES and all(_is_structure(item) or os.path.isfile(item) for item in inputs)
-    return 0 if few else min(os.cpu_count() or 1, 4)
+    return 0 if few else _reader_processes()
 
 
 _LOADED: dict[tuple, Predictor] = {}  # the models of the last predict() call, while their files are unchanged
@@ -459,7 +465,8 @@ def open_prediction(inputs: Sequence[Any], model: Sequence[str] | str | None = N
     reading["workers"] = auto_workers(inputs) if reading.get("workers") is None else reading["workers"]
     key = _loaded_key(model, device, cell) if reuse and _LOADED else None  # (imports MindSpore)
     predictor = _LOADED.get(key)
-    reader = ReadAhead(inputs, predictor.settings if predictor else GraphSettings(cell=cell or "canonical"), **reading)
+    reader = ReadAhead(inputs, predictor.settings if predictor else GraphSettings(cell=cell or GraphSettings.cell),
+                       **reading)
     try:
         if predictor is None:
             key = key or (_loaded_key(model, device, cell) if reuse else None)

@@ -7,8 +7,7 @@ ase.Atoms into the :class:`Crystal` these functions take. The names below load o
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from crystalprop.lazy import lazy_attributes
 
 _HOMES = {
     "Crystal": "crystal",
@@ -24,8 +23,4 @@ _HOMES = {
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'crystalprop.graph' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"crystalprop.graph.{_HOMES[name]}"), name)
+__getattr__ = lazy_attributes("crystalprop.graph", _HOMES)

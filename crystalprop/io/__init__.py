@@ -6,8 +6,7 @@ The names below are loaded on first use (PEP 562), so importing one light submod
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from crystalprop.lazy import lazy_attributes
 
 _HOMES = {
     "iter_records": "discovery",
@@ -27,8 +26,4 @@ _HOMES = {
 
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'crystalprop.io' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"crystalprop.io.{_HOMES[name]}"), name)
+__getattr__ = lazy_attributes("crystalprop.io", _HOMES)

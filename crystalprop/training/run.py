@@ -8,12 +8,12 @@ from typing import Callable
 import numpy as np
 
 from crystalprop.atomic import atomic_write_text
-from crystalprop.model.checkpoint import read_checkpoint
-from crystalprop.data.datasets import Dataset, Entry, load_dataset, merge_packed, split_record
-from crystalprop.training.distributed import Cluster, join_cluster
-from crystalprop.data.graph_cache import build_graphs
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
+from crystalprop.data.datasets import Dataset, Entry, load_dataset, merge_packed, split_record
+from crystalprop.data.graph_cache import build_graphs
+from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.training.config import TrainConfig
+from crystalprop.training.distributed import Cluster, join_cluster
 from crystalprop.training.trainer import Trainer, TrainResult, TrainingError
 
 

@@ -28,6 +28,7 @@ from crystalprop.atomic import atomic_write, atomic_write_text
 from crystalprop.backend import mindspore_module
 from crystalprop.graph.batch import collate
 from crystalprop.graph.neighbors import CrystalGraph
+from crystalprop.metrics import regression_metrics
 from crystalprop.model.checkpoint import (
     CheckpointError,
     ModelCard,
@@ -39,7 +40,6 @@ from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
 from crystalprop.training.config import EVAL_BATCH_SIZE, TrainConfig
 from crystalprop.training.distributed import Cluster
-from crystalprop.metrics import regression_metrics
 from crystalprop.training.schedule import learning_rate
 
 ms = mindspore_module()
