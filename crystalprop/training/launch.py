@@ -122,12 +122,15 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
     try:
         with TrainDisplay() as display:
             while True:
+                # liveness first: a child found dead sent everything before it exited, so one
+                # more wait still reads its last message (checked after an empty wait, it was lost)
+                alive = child.is_alive()
                 try:
                     kind, info = events.get(timeout=0.5)
                 except queue_module.Empty:
-                    if not child.is_alive():
-                        break
-                    continue
+                    if alive:
+                        continue
+                    break
                 if kind in ("result", "error"):
                     outcome = (kind, info)
                     break
