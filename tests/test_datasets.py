@@ -272,6 +272,8 @@ def test_missing_structure_file_in_folder_is_skipped(tmp_path, crystals):
     reasons = dict(dataset.skipped)
     assert set(reasons) == {"ghost", "bad-value", "nan-value"}
     assert "ghost" in reasons["ghost"] and str(folder) in reasons["ghost"]
+    assert all(suffix in reasons["ghost"] for suffix in (".cif", ".vasp", ".poscar", ".json"))
+    assert "structures/" in reasons["ghost"]
 
 
 def test_unreadable_structure_is_counted_at_graph_time(tmp_path, crystals):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
-from crystalprop.io.formats import looks_like_structure_name, structure_stem
+from crystalprop.io.formats import STRUCTURE_SUFFIXES, looks_like_structure_name, structure_stem
 
 SPLITS = ("train", "val", "test")
 
@@ -214,7 +214,9 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
     def source_of(rid: str, row: dict) -> str:
         path = index.get(rid)
         if path is None:
-            raise LookupError(f"no structure file named {rid}.cif/.vasp/.json in {folder}")
+            names = "/".join(STRUCTURE_SUFFIXES)
+            raise LookupError(f"no structure file named {rid} or {rid}{names} in {folder}, "
+                              f"{folder}/structures/ or {folder}/cifs/")
         return str(path)
 
     entries, skipped = _entries_from_rows(rows, target, id_key, source_of, str(table))
