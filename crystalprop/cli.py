@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from crystalprop.cli_options import cell_option, device_option, duration_s, parse_shard
+from crystalprop.cli_options import cell_option, device_option, duration_s, fold_option, parse_shard
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.display import (
     TABLE_LIMIT, console, out, print_ensemble, print_evaluation, print_rows, show_table, stream_rows,
@@ -176,6 +176,9 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--ensemble", default=1, show_default=True, type=click.IntRange(min=1),
               help="Train N members (seeds --seed, --seed+1, ...; one split) in OUTPUT_DIR/member<k>, then join "
                    "them into OUTPUT_DIR/best.ckpt with σ calibrated on the validation split.")
+@click.option("--fold", default=None, callback=fold_option, metavar="I/K",
+              help="Cross-validation: fold I of K of the training and validation structures is the validation "
+                   "split (folds fixed by the ids); e.g. --fold 1/5 ... --fold 5/5.")
 @cell_option("canonical; stored in the model, which then predicts on the same cells")
 def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
     """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, or a CSV with structures).

@@ -36,9 +36,24 @@ def duration_s(text: str | None) -> float | None:
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[u] for n, u in parts)
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' (``--shard``) -> (I, N), with 1 <= I <= N."""
+def _i_of_n(text: str, option: str, example: str) -> tuple[int, int]:
+    """'I/N' -> (I, N), with 1 <= I <= N."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise click.BadParameter(f"{text!r}: use I/N with 1 <= I <= N, e.g. 2/8", param_hint="--shard")
+        raise click.BadParameter(f"{text!r}: use I/N with 1 <= I <= N, e.g. {example}", param_hint=option)
     return int(match[1]), int(match[2])
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' (``--shard``) -> (I, N), with 1 <= I <= N."""
+    return _i_of_n(text, "--shard", "2/8")
+
+
+def fold_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """Click callback of ``train --fold I/K``: (I, K), or None; at least 2 folds."""
+    if value is None:
+        return None
+    fold = _i_of_n(value, "--fold", "2/5")
+    if fold[1] < 2:
+        raise click.BadParameter(f"{value!r}: cross-validation needs at least 2 folds, e.g. 2/5", param_hint="--fold")
+    return fold

@@ -69,11 +69,12 @@ def _calibration_plot(out: Path, y: np.ndarray, p: np.ndarray, std: np.ndarray, 
 
 
 def _split_settings(training: dict) -> dict:
-    """The seed and fractions the checkpoint's run split its data with (defaults where unrecorded)."""
+    """The seed, fractions and cross-validation fold the checkpoint's run split its data with (defaults where unrecorded)."""
     record = training.get("data", {}).get("split_record") or {}
     seed = record.get("seed", training.get("config", {}).get("seed", 0))
+    fold = record.get("fold")
     return {"val_fraction": record.get("val_fraction", 0.1), "test_fraction": record.get("test_fraction", 0.0),
-            "seed": seed}
+            "seed": seed, "fold": tuple(fold) if fold else None}
 
 
 def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: dict, checkpoint: str | Path) -> str:

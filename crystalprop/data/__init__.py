@@ -7,3 +7,10 @@ VAL_FRACTION = 0.1
 """Share of the structures held out for validation when the data has no split of its own."""
 TEST_FRACTION = 0.0
 """Share held out for testing when the data has no split of its own."""
+
+
+def check_fold(fold: tuple[int, int]) -> None:
+    """Refuse a fold that does not exist: K >= 2 folds, numbered 1 to K."""
+    i, k = fold
+    if k < 2 or not 1 <= i <= k:
+        raise ValueError(f"fold {i}/{k}: cross-validation needs at least 2 folds, numbered 1 to {max(k, 2)}")

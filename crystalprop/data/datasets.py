@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from crystalprop.data import TEST_FRACTION, VAL_FRACTION
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.io.formats import STRUCTURE_SUFFIXES, looks_like_structure_name, structure_stem
 
 SPLITS = ("train", "val", "test")
@@ -262,6 +262,26 @@ def assign_splits(dataset: Dataset, val_fraction: float, test_fraction: float, s
     dataset.split_source = f"random (val {val_fraction}, test {test_fraction}, seed {seed})"
 
 
+FOLD_SEED = 0
+"""Seed of the shuffle that deals structures into cross-validation folds (fixed: folds depend on the ids only)."""
+
+
+def assign_fold(dataset: Dataset, fold: tuple[int, int]) -> None:
+    """Cross-validation: fold I of K of the structures outside the test split becomes the
+    validation split, the other K - 1 folds the training split; the test split is left alone.
+
+    The structures are sorted by id and shuffled with a fixed seed, so every run, seed and
+    ensemble member on the same data sees the same folds, whatever the order of the records.
+    """
+    check_fold(fold)
+    i, k = fold
+    pool = sorted((e for e in dataset.entries if e.split != "test"), key=lambda e: e.id)
+    random.Random(FOLD_SEED).shuffle(pool)
+    for rank, entry in enumerate(pool):
+        entry.split = "val" if rank % k == i - 1 else "train"
+    dataset.split_source += f"; cross-validation fold {i}/{k} of its train and val structures"
+
+
 ID_HASH_BYTES = 6  # 48-bit id digests: a false match among 10^5 x 10^5 ids has odds of 1 in 28,000
 
 
@@ -296,11 +316,13 @@ def merge_packed(*packed: str) -> str:
 
 
 def split_record(dataset: Dataset, val_fraction: float, test_fraction: float, seed: int,
-                 trained_ids: list[str]) -> dict[str, Any]:
+                 trained_ids: list[str], fold: tuple[int, int] | None = None) -> dict[str, Any]:
     """What a checkpoint keeps of its split: the settings that rebuild it, a digest of each
     split's ids, and the ids trained on (packed), so evaluation can refuse trained structures."""
     record: dict[str, Any] = {"source": dataset.split_source, "seed": seed, "val_fraction": val_fraction,
                               "test_fraction": test_fraction}
+    if fold is not None:
+        record["fold"] = list(fold)
     for name in SPLITS:
         record[f"{name}_ids_sha256"] = ids_sha256([e.id for e in dataset.split(name)])
     record["trained_ids"] = pack_ids(trained_ids)
@@ -321,8 +343,10 @@ def load_dataset(
     val_fraction: float = VAL_FRACTION,
     test_fraction: float = TEST_FRACTION,
     seed: int = 0,
+    fold: tuple[int, int] | None = None,
 ) -> Dataset:
-    """Read any supported layout and assign splits."""
+    """Read any supported layout and assign splits; ``fold`` (I, K) makes cross-validation fold I
+    of K the validation split (see :func:`assign_fold`)."""
     path = Path(path)
     if path.is_dir():
         dataset = _read_folder_dataset(path, target, id_column)
@@ -335,4 +359,6 @@ def load_dataset(
     if not dataset.entries:
         raise DatasetError(f"{path}: no usable records ({len(dataset.skipped)} skipped)")
     assign_splits(dataset, val_fraction, test_fraction, seed)
+    if fold is not None:
+        assign_fold(dataset, fold)
     return dataset

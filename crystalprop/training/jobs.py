@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from crystalprop.backend import DEVICES
-from crystalprop.data import TEST_FRACTION, VAL_FRACTION
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.model.config import ModelConfig
 from crystalprop.training.config import TrainConfig
 
@@ -59,6 +59,7 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
     config = TrainConfig(**job["config"], model=ModelConfig(**job["model"]),
                          graph=GraphSettings(cell=job["graph"]["cell"] or _run_cell(job["run"])))
     run = dict(job["run"])
+    run["fold"] = tuple(run["fold"]) if run.get("fold") else None
     if run["init_from"]:
         run["init_from"] = str(resolve_model(run["init_from"])[1])
     result = train_model(run.pop("data"), run.pop("run_dir"), config, **run, on_event=on_event)
@@ -122,6 +123,7 @@ def train(
     device: str = DEVICES[0],
     ensemble: int = 1,
     cell: str | None = None,
+    fold: tuple[int, int] | None = None,
     on_event: OnEvent | None = None,
     isolate: bool = False,
 ) -> dict:
@@ -129,7 +131,8 @@ def train(
 
     Writes best.ckpt, last.ckpt, history.csv and skipped.log (see :mod:`crystalprop.training.trainer`);
     ``resume`` continues from last.ckpt. ``cell`` None means canonical for a new run and the run's
-    own setting on resume. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
+    own setting on resume. ``fold`` (I, K) trains on cross-validation fold I of K: that fold of
+    the training and validation structures is the validation split. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
     split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``.
 
     ``on_event(kind, info)`` hears the progress (``graphs``, ``data``, ``start``, ``step``, ``epoch``, ...;
@@ -144,6 +147,8 @@ def train(
     ``ensemble`` (the joined model's validation metrics, None if a member stopped early:
     ``resume=True`` continues it).
     """
+    if fold is not None:
+        check_fold(fold)
     job = {
         "config": dict(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
@@ -152,7 +157,8 @@ def train(
         "graph": dict(cell=cell),
         "run": dict(data=str(data), run_dir=str(output_dir), id_column=id_column, structure_column=structure_column,
                     val_fraction=val_fraction, test_fraction=test_fraction, limit=limit, resume=resume,
-                    init_from=None if init_from is None else str(init_from), workers=graph_workers),
+                    init_from=None if init_from is None else str(init_from), workers=graph_workers,
+                    fold=None if fold is None else list(fold)),
         "threads": threads,
         "device": device,
     }

@@ -48,6 +48,20 @@ def build_graphs_shared(entries: list[Entry], settings, cluster: Cluster, worker
     return graphs, errors
 
 
+def check_resumed_fold(run_dir: Path, fold: tuple[int, int] | None) -> None:
+    """Refuse to resume a run on another cross-validation fold than it was trained on: its
+    validation split would hold structures it has trained on."""
+    best = run_dir / "best.ckpt"
+    if not best.is_file():
+        return
+    saved = read_checkpoint(best)[0].training.get("data", {}).get("split_record", {}).get("fold")
+    if (tuple(saved) if saved else None) != fold:
+        def name(f) -> str:
+            return f"--fold {f[0]}/{f[1]}" if f else "no --fold"
+
+        raise TrainingError(f"{run_dir}: trained with {name(saved)}; resume it with {name(saved)}, not {name(fold)}")
+
+
 def earlier_trained_ids(run_dir: Path, resume: bool, init_from: str | Path | None, target: str) -> list[str]:
     """Packed ids already trained on for ``target`` by the weights this run starts from: a warm
     start's checkpoint of the same target, or when resuming the run's best.ckpt, whose record
@@ -76,6 +90,7 @@ def train_model(
     init_from: str | Path | None = None,
     workers: int | None = None,
     split_seed: int | None = None,
+    fold: tuple[int, int] | None = None,
     on_event: Callable[[str, dict], None] | None = None,
 ) -> TrainResult:
     """Load the data, build (or reuse) graphs, and train; see :class:`Trainer`.
@@ -87,8 +102,10 @@ def train_model(
     cluster = join_cluster()
     on_event = cluster.events(on_event)
     split_seed = config.seed if split_seed is None else split_seed
+    if resume:
+        check_resumed_fold(Path(run_dir), fold)
     dataset = load_dataset(data, config.target, id_column=id_column, structure_column=structure_column,
-                           val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed)
+                           val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed, fold=fold)
     config.target = dataset.target
     full_splits = Dataset(list(dataset.entries), dataset.target, dataset.origin, split_source=dataset.split_source)
     if limit:
@@ -113,7 +130,7 @@ def train_model(
         "n_skipped": n_skipped,
     }
     on_event("data", description)
-    record = split_record(full_splits, val_fraction, test_fraction, split_seed, train[2])
+    record = split_record(full_splits, val_fraction, test_fraction, split_seed, train[2], fold)
     record["trained_ids"] = merge_packed(record["trained_ids"],
                                          *earlier_trained_ids(run_dir, resume, init_from, dataset.target))
     recorded = {**description, "split_record": record}

@@ -1,0 +1,105 @@
+"""Cross-validation folds: ``train --fold I/K`` validates on fold I of the training and validation
+structures, and evaluation, ensembles and resumes keep that fold."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_CLI, run_cli, train_config, write_json_dataset
+from crystalprop.backend import set_device
+
+set_device("CPU")
+
+from crystalprop.data.datasets import load_dataset  # noqa: E402
+from crystalprop.evaluation import evaluate_model  # noqa: E402
+from crystalprop.model.checkpoint import read_checkpoint  # noqa: E402
+from crystalprop.training.run import train_model  # noqa: E402
+from crystalprop.training.trainer import TrainingError  # noqa: E402
+
+N_DATA = 40
+N_TEST = 5
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """40 records with a split.json: the first 5 ids are the test split, the next 5 validation."""
+    path = write_json_dataset(tmp_path_factory.mktemp("folds") / "data.json", N_DATA)
+    ids = [r["id"] for r in json.loads(path.read_text())]
+    (path.parent / "split.json").write_text(json.dumps({"test": ids[:N_TEST], "val": ids[N_TEST:10]}))
+    return path
+
+
+def val_ids(data: Path, fold: tuple[int, int], **kwargs) -> set[str]:
+    return {e.id for e in load_dataset(data, "y", fold=fold, **kwargs).split("val")}
+
+
+def test_folds_partition_the_training_and_validation_structures(data):
+    folds = [val_ids(data, (i, 5)) for i in range(1, 6)]
+    dataset = load_dataset(data, "y")
+    pool = {e.id for e in dataset.entries if e.split != "test"}
+    assert set().union(*folds) == pool and sum(map(len, folds)) == len(pool) == N_DATA - N_TEST
+    assert sorted(map(len, folds)) == [7, 7, 7, 7, 7]
+    for i in range(1, 6):
+        split = load_dataset(data, "y", fold=(i, 5))
+        assert {e.id for e in split.split("test")} == {e.id for e in dataset.split("test")}
+        assert {e.id for e in split.split("train")} == pool - folds[i - 1]
+        assert f"fold {i}/5" in split.split_source
+
+
+def test_folds_depend_on_the_ids_only(data, tmp_path):
+    """Another seed or another order of the records deals the same folds."""
+    records = json.loads(data.read_text())
+    random.Random(3).shuffle(records)
+    shuffled = tmp_path / "data.json"
+    shuffled.write_text(json.dumps(records))
+    (tmp_path / "split.json").write_text((data.parent / "split.json").read_text())
+    assert val_ids(shuffled, (2, 5), seed=7) == val_ids(data, (2, 5))
+
+
+@pytest.mark.parametrize("fold", [(0, 5), (6, 5), (1, 1)])
+def test_a_fold_that_does_not_exist_is_refused(data, fold):
+    with pytest.raises(ValueError, match="at least 2 folds, numbered 1 to"):
+        load_dataset(data, "y", fold=fold)
+
+
+@pytest.fixture(scope="module")
+def fold_run(data, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("fold_run")
+    train_model(data, folder, train_config(epochs=1), workers=1, fold=(2, 5))
+    return folder
+
+
+def test_a_fold_run_validates_and_is_evaluated_on_its_fold(fold_run, data):
+    card, _ = read_checkpoint(fold_run / "best.ckpt")
+    record = card.training["data"]["split_record"]
+    assert record["fold"] == [2, 5] and "fold 2/5" in card.training["data"]["split"]
+    assert card.training["data"]["n_val"] == 7
+    result = evaluate_model(str(fold_run), data)
+    assert result["split"] == "test" and result["n"] == N_TEST
+    result = evaluate_model(str(fold_run), data, split="val")
+    assert result["n"] == 7 and result["split_check"] == "none trained on; the same val split as in training"
+    assert result["mae"] == pytest.approx(card.metrics["mae"], rel=1e-4)
+
+
+def test_a_fold_run_resumes_only_on_its_fold(fold_run, data):
+    with pytest.raises(TrainingError, match="trained with --fold 2/5; resume it with --fold 2/5, not --fold 3/5"):
+        train_model(data, fold_run, train_config(epochs=2), workers=1, fold=(3, 5), resume=True)
+    with pytest.raises(TrainingError, match="resume it with --fold 2/5, not no --fold"):
+        train_model(data, fold_run, train_config(epochs=2), workers=1, resume=True)
+
+
+def test_the_command_takes_a_fold_and_refuses_a_wrong_one(data, tmp_path):
+    result = run_cli(["train", data, "-o", tmp_path / "bad", "--fold", "3/1", *TINY_CLI])
+    assert result.returncode == 2 and "--fold" in result.stderr and "3/1" in result.stderr
+    result = run_cli(["train", data, "-o", tmp_path / "one", "--fold", "1/1", *TINY_CLI])
+    assert result.returncode == 2 and "at least 2 folds" in result.stderr
+    result = run_cli(["train", data, "-o", tmp_path / "run", "--fold", "4/5", "--epochs", "1", "--batch-size", "8",
+                      "--graph-workers", "1", *TINY_CLI])
+    assert result.returncode == 0, result.stderr
+    card, _ = read_checkpoint(tmp_path / "run" / "best.ckpt")
+    assert card.training["data"]["split_record"]["fold"] == [4, 5]
+    assert {e.id for e in load_dataset(data, "y", fold=(4, 5)).split("val")} != val_ids(data, (2, 5))
