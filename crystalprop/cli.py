@@ -243,6 +243,7 @@ def evaluate(model, data, **options) -> None:
 @click.option("--id-column", default=None, help="As given to train, for a CSV data set.")
 @click.option("--structure-column", default=None, help="As given to train, for a CSV data set.")
 @device_option()
+@cell_option("the members' own setting, which must then agree")
 def ensemble(output, members, data, split, **options) -> None:
     """Join MEMBERS (checkpoints or run dirs of one target, architecture and split, e.g. other
     seeds) into one ensemble OUTPUT.ckpt: predictions are the members' mean, with a σ per

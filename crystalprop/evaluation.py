@@ -13,6 +13,7 @@ import numpy as np
 from crystalprop.atomic import atomic_write_text
 from crystalprop.data.datasets import Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset
 from crystalprop.data.graph_cache import build_graphs
+from crystalprop.graph.settings import check_cell_choice
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
 from crystalprop.model.ensemble import combine
 from crystalprop.provenance import file_sha256, provenance, write_sidecar
@@ -212,9 +213,14 @@ def join_ensemble(
     id_column: str | None = None,
     structure_column: str | None = None,
     device: str = "CPU",
+    cell: str | None = None,
 ) -> dict:
     """Join independently trained members into one ensemble checkpoint whose σ is calibrated
-    on ``split`` of ``data``; returns the ensemble's metrics on that split."""
+    on ``split`` of ``data``; returns the ensemble's metrics on that split.
+
+    ``cell`` (canonical or as-given): the cells the ensemble predicts on, for members trained on
+    other cells than each other; None keeps the members' own setting, which must then agree.
+    """
     from crystalprop.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
     from crystalprop.model.ensemble import calibration_scale, check_compatible  # noqa: PLC0415
@@ -227,6 +233,10 @@ def join_ensemble(
     paths = [path for _, path in resolved]
     loaded = [read_checkpoint(p) for p in paths]
     cards = [card for card, _ in loaded]
+    if cell is not None:
+        check_cell_choice(cell)
+        for card in cards:
+            card.graph = replace(card.graph, cell=cell)
     check_compatible(cards, paths)
     first = cards[0]
     _, split, split_check, kept, _ = _split_for(first, data, None, split, paths[0], id_column, structure_column)

@@ -119,6 +119,31 @@ def test_members_of_another_target_are_refused(members, split_data, tmp_path):
         join_ensemble([members[0]], tmp_path / "bad.ckpt", split_data)
 
 
+def test_members_trained_on_other_cells_join_for_the_cells_chosen(members, split_data, tmp_path):
+    """A member trained on cells as given joins canonical ones only when the ensemble's cells are chosen."""
+    from dataclasses import replace
+
+    from crystalprop.evaluation import evaluate_model, join_ensemble
+    from crystalprop.model.checkpoint import build_model, save_checkpoint
+
+    card, params = read_checkpoint(members[1])
+    net = build_model(card, params, members[1])
+    card.graph = replace(card.graph, cell="as-given")
+    as_given = tmp_path / "as_given.ckpt"
+    save_checkpoint(as_given, net, card)
+    card, params = read_checkpoint(as_given)
+    assert card.graph.cell == "as-given" and read_checkpoint(members[0])[0].graph.cell == "canonical"
+    with pytest.raises(CheckpointError, match="graph settings"):
+        join_ensemble([members[0], as_given], tmp_path / "bad.ckpt", split_data)
+    result = join_ensemble([members[0], as_given], tmp_path / "e.ckpt", split_data, cell="as-given")
+    joined, _ = read_checkpoint(tmp_path / "e.ckpt")
+    assert joined.graph.cell == "as-given" and joined.ensemble["members"] == 2
+    assert evaluate_model(str(tmp_path / "e.ckpt"), split_data)["mae"] == pytest.approx(result["mae"], rel=1e-5)
+    run = run_cli(["ensemble", tmp_path / "c.ckpt", members[0], as_given, "--data", split_data, "--cell", "canonical"])
+    assert run.returncode == 0, run.stderr
+    assert read_checkpoint(tmp_path / "c.ckpt")[0].graph.cell == "canonical"
+
+
 @pytest.mark.slow
 def test_cli_joins_and_predicts_with_sigma(members, split_data, tmp_path):
     joined_run = run_cli(["ensemble", tmp_path / "e.ckpt", *members, "--data", split_data])
