@@ -1,0 +1,62 @@
+"""The cross-validated error of a recipe from its K fold runs (``crystalprop train ... --fold I/K``).
+
+    .venv/bin/python scripts/cross_validate.py RUN_DIR [RUN_DIR ...] [--json OUT]
+
+Reads each run's best.ckpt (validation metrics on its own fold, as recorded by the trainer),
+checks that the runs share target and data and cover folds 1..K once each, and prints each
+fold's figures and their mean and standard deviation across folds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def fold_rows(run_dirs: list[str]) -> tuple[list[dict], int]:
+    """(one row per fold, K), refusing runs that do not form one cross-validation."""
+    from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+
+    rows = []
+    for run in run_dirs:
+        path = Path(run) / "best.ckpt" if Path(run).is_dir() else Path(run)
+        card, _ = read_checkpoint(path)
+        record = card.training.get("data", {}).get("split_record", {})
+        if "fold" not in record:
+            raise SystemExit(f"{path}: not trained with --fold")
+        rows.append({"run": str(run), "fold": tuple(record["fold"]), "target": card.target,
+                     "data": card.training["data"]["source"], "unit": card.unit, **card.metrics})
+    folds = sorted(r["fold"] for r in rows)
+    k = folds[0][1]
+    if folds != [(i, k) for i in range(1, k + 1)]:
+        raise SystemExit(f"the runs hold folds {folds}, not each of 1..{k} of {k} once")
+    if len({(r["target"], r["data"]) for r in rows}) != 1:
+        raise SystemExit("the runs do not share one target and data set")
+    return sorted(rows, key=lambda r: r["fold"]), k
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--json", default=None, help="also write the per-fold figures and the summary here")
+    args = parser.parse_args()
+    rows, k = fold_rows(args.runs)
+    metrics = [m for m in ("mae", "rmse", "log10_mae", "log10_rmse") if all(m in r for r in rows)]
+    unit = rows[0]["unit"]
+    print(f"{rows[0]['target']} ({unit}), {k}-fold cross-validation on {rows[0]['data']}")
+    print("fold  n     " + "  ".join(f"{m:>10}" for m in metrics))
+    for r in rows:
+        print(f"{r['fold'][0]}/{k}  {r['n']:<5} " + "  ".join(f"{r[m]:>10.4g}" for m in metrics))
+    summary = {m: {"mean": statistics.fmean(r[m] for r in rows), "std": statistics.stdev(r[m] for r in rows)}
+               for m in metrics}
+    print("mean      " + "  ".join(f"{summary[m]['mean']:>10.4g}" for m in metrics))
+    print("std       " + "  ".join(f"{summary[m]['std']:>10.4g}" for m in metrics))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"folds": rows, "summary": summary}, indent=2, default=list) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
