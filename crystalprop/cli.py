@@ -13,9 +13,11 @@ from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.display import (
     TABLE_LIMIT, console, out, print_ensemble, print_evaluation, print_rows, show_table, stream_rows,
 )
+from crystalprop.gc_pause import collection_paused
 from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, GraphSettings
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model.config import ModelConfig
+from crystalprop.quick_exit import request as request_quick_exit, run as run_quick_exit
 from crystalprop.training.config import EVAL_BATCH_SIZE, LOSSES, TrainConfig
 from crystalprop.training.schedule import SCHEDULES
 
@@ -65,13 +67,15 @@ def predict(paths, models, output, batch_size, batch_memory, device, recursive, 
     from crystalprop.predictor import open_prediction  # noqa: PLC0415
     from crystalprop.provenance import sidecar_path  # noqa: PLC0415
 
+    request_quick_exit()  # nothing here needs Python's finalisation (0.5-1 s with MindSpore loaded)
     if retry_failed and not (output and resume):
         _fail("--retry-failed needs --resume and --output")
     part = parse_shard(shard)
     skip = done_names(Path(output), retry_failed=retry_failed) if output and resume else None
     try:
-        predictor, reader = open_prediction(list(paths), list(models) or None, device, cell, recursive=recursive,
-                                            workers=workers, timeout=timeout, skip=skip, shard=part)
+        with collection_paused():  # start-up: MindSpore's import, the models
+            predictor, reader = open_prediction(list(paths), list(models) or None, device, cell, recursive=recursive,
+                                                workers=workers, timeout=timeout, skip=skip, shard=part)
     except (DeviceUnavailableError, ValueError) as exc:  # CheckpointError is a ValueError
         _fail(str(exc))
     columns = ["index", "name", "source", "formula", "n_sites", *predictor.value_columns, "error", "warning"]
@@ -83,6 +87,8 @@ def predict(paths, models, output, batch_size, batch_memory, device, recursive, 
         except (OutputExistsError, ValueError) as exc:
             reader.close()
             _fail(str(exc))
+    with collection_paused():
+        predictor.compile()  # else done by iter_rows: the same, without the collector
     rows_shown, n_ok, n_failed = stream_rows(predictor.iter_rows(reader, batch_size=batch_size,
                                                                  batch_memory=batch_memory << 20), writer)
     if not output or len(rows_shown) <= TABLE_LIMIT:
@@ -258,5 +264,10 @@ def ensemble(output, members, data, split, **options) -> None:
     print_ensemble(result, data, split, output)
 
 
+def run() -> None:
+    """The ``crystalprop`` command's entry point: :func:`main`, ending quickly where the command allows."""
+    run_quick_exit(main)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -277,7 +277,11 @@ class Predictor:
     """
 
     def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU", cell: str | None = None) -> None:
-        from crystalprop.backend import enable_compile_cache, set_device  # noqa: PLC0415  (lazy: MindSpore)
+        from crystalprop.backend import (  # noqa: PLC0415  (lazy: MindSpore)
+            enable_compile_cache, prefer_compiled_protobuf, set_device,
+        )
+
+        prefer_compiled_protobuf()  # before the model code imports MindSpore
         from crystalprop.model.checkpoint import build_model, read_checkpoint, weight_set  # noqa: PLC0415
         from crystalprop.model.ensemble import member_params  # noqa: PLC0415
         from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from crystalprop.model.checkpoint import CheckpointError, read_checkpoint
-from crystalprop.provenance import file_sha256
+from crystalprop.provenance import cached_file_sha256
 
 SHIPPED = ("formation_energy", "band_gap", "bulk_modulus", "shear_modulus")
 
@@ -64,5 +64,5 @@ def describe_models() -> list[list[str]]:
         mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "")
         data = card.training.get("data", {})
         rows.append([name, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
-                     str(card.training.get("cumulative_epochs", card.training.get("epochs", ""))), file_sha256(path)])
+                     str(card.training.get("cumulative_epochs", card.training.get("epochs", ""))), cached_file_sha256(path)])
     return rows
