@@ -120,18 +120,14 @@ def _split_for(card, data, target, split, path, id_column, structure_column, set
 
 def _member_outputs(checkpoints: Sequence[tuple[object, dict, Path]], graphs: list, batch_size: int) -> np.ndarray:
     """Normalised outputs (members × structures) of every member of the given (card, params,
-    path) checkpoints, which share one architecture: one network, compiled once, swaps weights."""
-    from crystalprop.model.checkpoint import build_model, load_weights  # noqa: PLC0415
+    path) checkpoints, which share one architecture: one stacked network runs them all at once."""
     from crystalprop.model.ensemble import member_params  # noqa: PLC0415
-    from crystalprop.model.inference import predict_graphs  # noqa: PLC0415
+    from crystalprop.model.inference import predict_members  # noqa: PLC0415
+    from crystalprop.model.stacked import stack_checkpoints  # noqa: PLC0415
 
-    net = build_model(*checkpoints[0])
-    outputs = []
-    for card, params, path in checkpoints:
-        for member in member_params(card, params):
-            load_weights(net, member, path)
-            outputs.append(predict_graphs(net, graphs, batch_size))
-    return np.stack(outputs)
+    net, _ = stack_checkpoints(checkpoints[0][0].model,
+                               [(member_params(card, params), path) for card, params, path in checkpoints])
+    return predict_members(net, graphs, batch_size)
 
 
 def _error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:

@@ -270,9 +270,9 @@ def _batched(items: Iterator[Prepared], limits: BatchLimits) -> Iterator[list[Pr
 class Predictor:
     """One or more loaded models that predict together from shared graphs.
 
-    Models of the same configuration share one network, compiled once, and take turns with
-    their weights (swapping 125 weight tensors costs about 1 ms; each further compiled graph
-    cost about 0.25 s to load from the compile cache).
+    Every member of every model of the same configuration is evaluated by one stacked network
+    (:mod:`crystalprop.model.stacked`), compiled once: one forward pass per batch gives all
+    their outputs, which are then split per model.
     ``cell``: ``canonical`` or ``as-given`` for every model; None: each model's own setting.
     """
 
@@ -282,8 +282,9 @@ class Predictor:
         )
 
         prefer_compiled_protobuf()  # before the model code imports MindSpore
-        from crystalprop.model.checkpoint import build_model, read_checkpoint, weight_set  # noqa: PLC0415
+        from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
         from crystalprop.model.ensemble import member_params  # noqa: PLC0415
+        from crystalprop.model.stacked import stack_checkpoints  # noqa: PLC0415
         from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415
 
         if cell is not None:
@@ -303,17 +304,17 @@ class Predictor:
         self.device = device
         self.sources: list[tuple[str, Path]] = [(label, path) for label, path, *_ in loaded]
         configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]
-        enable_compile_cache("predict", device, *sorted(set(configs)))
-        nets: dict[str, Any] = {}  # configuration -> its network
-        self._holding: dict[int, tuple[int, int]] = {}  # network -> (model index, member) whose weights it holds
-        self.models: list[tuple[str, Any, Any, list]] = []  # (label, network, card, weights of each member)
-        for i, ((label, path, card, params), config) in enumerate(zip(loaded, configs)):
-            if config not in nets:
-                nets[config] = build_model(card, params, path)
-                nets[config].declare_dynamic_inputs()
-                self._holding[id(nets[config])] = (i, 0)
-            members = [weight_set(nets[config], p, path) for p in member_params(card, params)]
-            self.models.append((label, nets[config], card, members))
+        members = [member_params(card, params) for _, _, card, params in loaded]
+        groups = {config: [i for i, c in enumerate(configs) if c == config] for config in configs}
+        # a stacked graph holds its member count: a cached graph of another count must never load
+        enable_compile_cache("predict", device, *sorted(
+            f"{config} stacked members: {sum(len(members[i]) for i in group)}" for config, group in groups.items()))
+        placed: dict[int, tuple[Any, slice]] = {}  # model -> (its stacked network, its rows of the (K, B) output)
+        for group in groups.values():
+            net, rows = stack_checkpoints(loaded[group[0]][2].model, [(members[i], loaded[i][1]) for i in group])
+            placed.update({i: (net, model_rows) for i, model_rows in zip(group, rows)})
+        self.models: list[tuple[str, Any, Any, slice]] = [  # (label, network, card, rows)
+            (label, placed[i][0], card, placed[i][1]) for i, (label, _, card, _) in enumerate(loaded)]
         settings = {card.graph if cell is None else replace(card.graph, cell=cell)
                     for _, _, card, _ in self.models}
         if len(settings) != 1:
@@ -358,23 +359,18 @@ class Predictor:
     def predict_prepared(self, batch: list[Prepared]) -> list[dict]:
         """Rows for a batch of prepared structures."""
         from crystalprop.graph.batch import collate  # noqa: PLC0415
-        from crystalprop.model.checkpoint import assign_weights  # noqa: PLC0415
-        from crystalprop.model.inference import batch_tensors  # noqa: PLC0415
-
         from crystalprop.model.ensemble import combine  # noqa: PLC0415
+        from crystalprop.model.inference import batch_tensors  # noqa: PLC0415
 
         good = [p for p in batch if p.graph is not None]
         values: dict[str, np.ndarray] = {}
         if good:
             tensors = batch_tensors(collate([p.graph for p in good]))
-            for i, (label, net, card, members) in enumerate(self.models):
-                outputs = []
-                for k, weights in enumerate(members):
-                    if self._holding[id(net)] != (i, k):
-                        assign_weights(net, weights)
-                        self._holding[id(net)] = (i, k)
-                    outputs.append(net(*tensors).asnumpy().reshape(-1))
-                combined = combine(np.stack(outputs), card.transform, card.ensemble.get("sigma_scale", 1.0))
+            outputs: dict[int, np.ndarray] = {}  # network -> its (K, B) output, one forward pass each
+            for label, net, card, rows in self.models:
+                if id(net) not in outputs:
+                    outputs[id(net)] = net(*tensors).asnumpy().reshape(net.members, -1)
+                combined = combine(outputs[id(net)][rows], card.transform, card.ensemble.get("sigma_scale", 1.0))
                 values[label] = combined.value
                 if combined.std is not None:
                     values[f"{label}_std"] = combined.std
@@ -404,9 +400,10 @@ class Predictor:
 
     def batch_limits(self, batch_size: int = BATCH_SIZE, batch_memory: int = BATCH_MEMORY_BYTES) -> BatchLimits:
         """At most ``batch_size`` structures, and as many atoms and edges as the largest of these
-        models can take in a forward pass within about ``batch_memory`` bytes."""
-        limits = [BatchLimits.for_model(batch_size, card.model.features, card.model.heads, batch_memory)
-                  for _, _, card, _ in self.models]
+        stacked networks can take in a forward pass within about ``batch_memory`` bytes (each of
+        its members as much as one model)."""
+        limits = [BatchLimits.for_model(batch_size, card.model.features * net.members, card.model.heads, batch_memory)
+                  for _, net, card, _ in self.models]
         return min(limits, key=lambda limit: limit.edges)
 
     def iter_rows(self, inputs: Sequence[Any] | ReadAhead, *, batch_size: int = BATCH_SIZE, recursive: bool = False,

@@ -139,6 +139,8 @@ def _custom(path: Path, name: str, inputs: list[str], outputs: list[str], bprop=
 def row_norm_op():
     """``f(x, bias, gamma, beta)``: LayerNorm of x + bias over the last axis of (M, F) rows; None
     where unavailable. The bias is the one of the linear map before it, added here in the same pass.
+    bias, gamma and beta are (F,), or (K*F,) for K stacked members (forward only): the rows are
+    then K member-major blocks, row m taking member m // (M / K)'s values.
     """
     path = library()
     if path is None:
@@ -159,6 +161,7 @@ def attention_gate_op():
     row m with i, j, r = ri[m], rj[m], re[m]: q, k (·, C) per atom, e (·, C) per bond length, the
     update tables ui, uj, ue (·, 3C), their int32 row indices (M,) -> (M, 3C). Neither the
     logits nor u are ever stored; the gradient scatters each row's share back onto the tables.
+    gamma and beta are (3C,), or (K*3C,) for K stacked members as in :func:`row_norm_op`.
     """
     path = library()
     if path is None:

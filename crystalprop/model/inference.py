@@ -34,3 +34,11 @@ def predict_graphs(net, graphs: Sequence[CrystalGraph], batch_size: int = 64) ->
     """Normalised network outputs for every graph, in order."""
     parts = list(predict_batches(net, iter_batches(graphs, batch_size)))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def predict_members(net, graphs: Sequence[CrystalGraph], batch_size: int = 64) -> np.ndarray:
+    """Normalised outputs (members × graphs) of a :class:`crystalprop.model.stacked.StackedMatformer`."""
+    net.set_train(False)
+    parts = [net(*batch_tensors(batch)).asnumpy().reshape(net.members, -1)
+             for batch in iter_batches(graphs, batch_size)]
+    return np.concatenate(parts, axis=1) if parts else np.zeros((net.members, 0), dtype=np.float32)

@@ -37,7 +37,7 @@ class RBFExpansion(nn.Cell):
         return ops.exp(-self.gamma * diff * diff)
 
 
-def _kernel_or_none(factory, fused: bool | None):
+def kernel_or_none(factory, fused: bool | None):
     """The fused CPU operator from ``factory`` unless ``fused`` is False; fused=True insists on it."""
     kernel = None if fused is False else factory()
     if fused and kernel is None:
@@ -56,7 +56,7 @@ class RowNorm(nn.LayerNorm):
 
     def __init__(self, width: int, fused: bool | None = None) -> None:
         super().__init__((width,), epsilon=LAYER_NORM_EPS)
-        self.kernel = _kernel_or_none(row_norm_op, fused)
+        self.kernel = kernel_or_none(row_norm_op, fused)
 
     def construct(self, x, bias):
         if self.kernel is not None:
@@ -77,7 +77,7 @@ class AttentionGate(nn.LayerNorm):
 
     def __init__(self, channels: int, fused: bool | None = None) -> None:
         super().__init__((3 * channels,), epsilon=LAYER_NORM_EPS)
-        self.kernel = _kernel_or_none(attention_gate_op, fused)
+        self.kernel = kernel_or_none(attention_gate_op, fused)
 
     def construct(self, q, k, e, u_i, u_j, u_e, r_i, r_j, r_e):
         if self.kernel is not None:
@@ -97,7 +97,7 @@ class WeightedScatterRows(nn.Cell):
 
     def __init__(self, fused: bool | None = None) -> None:
         super().__init__()
-        self.kernel = _kernel_or_none(weighted_scatter_rows_op, fused)
+        self.kernel = kernel_or_none(weighted_scatter_rows_op, fused)
 
     def construct(self, values, weight, index, like):
         weight = ops.stop_gradient(weight)

@@ -8,6 +8,9 @@
 // RowNorm normalises x + bias, so its dbias = sum_rows dx.
 // Gate: out = u * g with g = sigmoid(LN(a)), so du = dout * g and LN's dy = dout * u * g * (1 - g);
 // a and u are built from per-atom and per-bond-length rows as they are needed.
+// Forward passes also evaluate K stacked ensemble members at once: bias, gamma and beta may hold
+// K * F values (member k's at k * F), and the M rows are then K equal member-major blocks, row m
+// belonging to member m / (M / K). K = 1 is the plain layer; the backward passes take K = 1 only.
 // Each row is read once from memory (it stays in cache between the passes below). Rows are
 // cut into fixed blocks that threads share out; dgamma/dbeta are summed per block, then the
 // blocks in order, so the gradients are the same bits whatever the number of threads.
@@ -41,6 +44,19 @@ RowStats Stats(const float *x, int64_t width) {
     var += d * d;
   }
   return {mean, 1.f / std::sqrt(var / static_cast<float>(width) + kEps)};
+}
+
+// Members stacked in a per-member vector of `length` floats for rows `width` wide: K, or 0
+// where length is no positive multiple of width or the rows do not split into K blocks.
+int64_t Members(int64_t length, int64_t width, int64_t rows) {
+  if (width <= 0 || length <= 0 || length % width != 0) return 0;
+  const int64_t members = length / width;
+  return rows % members == 0 ? members : 0;
+}
+
+// Offset of row m's member in the stacked vectors: (m / (rows / members)) * width.
+inline int64_t MemberOffset(int64_t m, int64_t rows_per_member, int64_t members, int64_t width) {
+  return members == 1 ? 0 : (m / rows_per_member) * width;
 }
 
 int64_t Blocks(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
@@ -96,8 +112,8 @@ void SumBlocks(const std::vector<float> &sums, int64_t blocks, int count, int64_
   }
 }
 
-// RowNorm applies LN to z = x + bias (bias (F,) per column): the bias of the linear map that
-// produces x, added here rather than in a separate pass over the rows.
+// RowNorm applies LN to z = x + bias (bias (F,) per column, or (K * F,) per member): the bias of
+// the linear map that produces x, added here rather than in a separate pass over the rows.
 int Forward(void **params, int64_t **shapes) {
   const float *x = static_cast<const float *>(params[0]);
   const float *bias = static_cast<const float *>(params[1]);
@@ -105,15 +121,19 @@ int Forward(void **params, int64_t **shapes) {
   const float *beta = static_cast<const float *>(params[3]);
   float *y = static_cast<float *>(params[4]);
   const int64_t rows = shapes[0][0], width = shapes[0][1];
+  const int64_t members = Members(shapes[2][0], width, rows);
+  if (members == 0 || shapes[1][0] != shapes[2][0] || shapes[3][0] != shapes[2][0]) return 1;
+  const int64_t per_member = rows / members;
   const int threads = Threads();
   std::vector<float> buffers(static_cast<size_t>(threads) * width);
   float *scratch = buffers.data();
   ParallelBlocks(rows, threads, [=](int64_t first, int64_t last, int64_t, int t) {
     float *__restrict__ z = scratch + static_cast<size_t>(t) * width;
-    const float *__restrict__ bs = bias;
-    const float *__restrict__ gm = gamma;
-    const float *__restrict__ bt = beta;
     for (int64_t m = first; m < last; ++m) {
+      const int64_t offset = MemberOffset(m, per_member, members, width);
+      const float *__restrict__ bs = bias + offset;
+      const float *__restrict__ gm = gamma + offset;
+      const float *__restrict__ bt = beta + offset;
       const float *__restrict__ xr = x + m * width;
       float *__restrict__ yr = y + m * width;
       for (int64_t f = 0; f < width; ++f) z[f] = xr[f] + bs[f];
@@ -135,6 +155,7 @@ int Backward(void **params, int64_t **shapes) {
   float *dgamma = static_cast<float *>(params[8]);
   float *dbeta = static_cast<float *>(params[9]);
   const int64_t rows = shapes[0][0], width = shapes[0][1];
+  if (shapes[1][0] != width || shapes[2][0] != width) return 1;  // one member only
   const int threads = Threads();
   const int64_t blocks = Blocks(rows);
   // dgamma, dbeta, dbias per block
@@ -252,15 +273,19 @@ int GateForward(void **params, int64_t **shapes) {
   const GateInputs in = ReadGateInputs(params, shapes);
   float *out = static_cast<float *>(params[11]);
   const int64_t width = in.width;
+  const int64_t members = Members(shapes[3][0], width, in.rows);
+  if (members == 0 || shapes[4][0] != shapes[3][0]) return 1;
+  const int64_t per_member = in.rows / members;
   const int threads = Threads();
   std::vector<float> buffers(static_cast<size_t>(threads) * 2 * width);
   float *scratch = buffers.data();
   ParallelBlocks(in.rows, threads, [=](int64_t first, int64_t last, int64_t, int t) {
     float *__restrict__ u = scratch + static_cast<size_t>(t) * 2 * width;
     float *__restrict__ n = u + width;
-    const float *__restrict__ gm = in.gamma;
-    const float *__restrict__ bt = in.beta;
     for (int64_t m = first; m < last; ++m) {
+      const int64_t offset = MemberOffset(m, per_member, members, width);
+      const float *__restrict__ gm = in.gamma + offset;
+      const float *__restrict__ bt = in.beta + offset;
       float inv_std;
       GateRow(in, m, u, n, &inv_std);
       float *__restrict__ outr = out + m * width;
@@ -284,6 +309,7 @@ int GateBackward(void **params, int64_t **shapes) {
   float *dbeta = static_cast<float *>(params[18]);
   float *du = static_cast<float *>(params[19]);
   const int64_t c = in.c, width = in.width;
+  if (shapes[3][0] != width || shapes[4][0] != width) return 1;  // one member only
   const int threads = Threads();
   const int64_t blocks = Blocks(in.rows);
   // dgamma, dbeta per block

@@ -1,0 +1,308 @@
+"""Several Matformer members of one architecture evaluated as one network (inference only).
+
+An ensemble's members, and the members of every model of the same configuration, differ only
+in their weights. Stacked, every operation runs once for all K members: parameters gain a
+leading member axis, activations are member-major (K, N, C) and become (K*N, C) rows for the
+fused kernels, whose stacked affine parameters give each block of rows its own member's values.
+The per-edge work is that of K separate passes; what goes is the per-member overhead of the
+many small per-atom operations, and some of those operations: biases ride in the matrix
+products (a column of ones), BatchNorm's moving statistics and the query scale are folded into
+the weights, the value map into the update's per-atom terms and the edge embedding's last map
+into each layer's edge map. For the shipped models (10 members) this is 1.8-1.9 times the
+throughput of one pass per member (``benchmarks/stacked_members.py``). Outputs equal those of
+:class:`crystalprop.model.matformer.Matformer` per member to float32 rounding.
+
+Notation as in :mod:`crystalprop.model.layers`: N atoms, E edges, D distinct bond lengths,
+B crystals, H heads, C features per head, K members.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from crystalprop.backend import mindspore_module
+from crystalprop.model.config import ModelConfig
+from crystalprop.model.fused import attention_gate_op, row_norm_op
+from crystalprop.model.layers import LAYER_NORM_EPS, HeadRows, RBFExpansion, WeightedScatterRows, kernel_or_none
+from crystalprop.model.matformer import Matformer, input_signature
+
+ms = mindspore_module()
+nn, ops = ms.nn, ms.ops
+
+Members = Sequence[Mapping[str, np.ndarray]]
+
+
+def _param(value: np.ndarray, name: str):
+    """A fixed (untrainable) float32 parameter."""
+    return ms.Parameter(ms.Tensor(np.ascontiguousarray(value, dtype=np.float32)), name=name, requires_grad=False)
+
+
+def _stack(members: Members, name: str) -> np.ndarray:
+    """(K, ...) the members' values of parameter ``name``, in float64 for the folding below."""
+    return np.stack([np.asarray(m[name], dtype=np.float64) for m in members])
+
+
+class _Dense:
+    """A Dense layer's stacked weights: w (K, in, out) for x (K, ·, in) @ w, and b (K, 1, out)."""
+
+    def __init__(self, members: Members, prefix: str, bias: bool = True) -> None:
+        self.w = _stack(members, f"{prefix}.weight").transpose(0, 2, 1)
+        self.b = _stack(members, f"{prefix}.bias")[:, None, :] if bias else np.zeros_like(self.w[:, :1])
+
+    def wide(self) -> tuple[np.ndarray, np.ndarray]:
+        """For an input shared by all members: (in, K*out) and (K*out,), member-major columns."""
+        k, fan_in, out = self.w.shape
+        return self.w.transpose(1, 0, 2).reshape(fan_in, k * out), self.b.reshape(k * out)
+
+
+class _Affine(nn.Cell):
+    """x (K, M, in + 1), whose last column is ones -> x @ [w; b] (K, M, out), member k with its
+    own w (K, in, out) and b (K, 1, out). The bias rides in the product: MindSpore's CPU Add
+    broadcasting (K, 1, out) over (K, M, out) took a third of the stacked network's time."""
+
+    def __init__(self, w: np.ndarray, b: np.ndarray, name: str) -> None:
+        super().__init__()
+        self.weight = _param(np.concatenate([w, b], axis=1), f"{name}.weight")
+        self.bmm = ops.BatchMatMul()
+
+    def construct(self, x):
+        return self.bmm(x, self.weight)
+
+
+class _Linear(nn.Cell):
+    """x (K, M, in) -> x @ w (K, M, out), each member with its own w (K, in, out); no bias."""
+
+    def __init__(self, w: np.ndarray, name: str) -> None:
+        super().__init__()
+        self.weight = _param(w, f"{name}.weight")
+        self.bmm = ops.BatchMatMul()
+
+    def construct(self, x):
+        return self.bmm(x, self.weight)
+
+
+def _with_ones(x, ones):
+    """(K, M, F) -> (K, M, F + 1) with ``ones`` (K, M, 1) as the last column, for :class:`_Affine`."""
+    return ops.concat((x, ones), axis=-1)
+
+
+def _per_head(dense: _Dense, heads: int, then: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A map x -> dense(x), split into heads of C columns, each followed by ``then`` (K, C, F) and
+    ``bias`` (K, 1, F), as one map (K, in, H*F) and its bias (K, 1, H*F): row n of the product,
+    viewed as H rows of F, is each head's result."""
+    c = dense.w.shape[2] // heads
+    w = np.concatenate([dense.w[:, :, h * c : (h + 1) * c] @ then for h in range(heads)], axis=2)
+    b = np.concatenate([dense.b[:, :, h * c : (h + 1) * c] @ then + bias for h in range(heads)], axis=2)
+    return w, b
+
+
+class _StackedLayerNorm(nn.Cell):
+    """LayerNorm parameters gamma/beta (K*F,) of K members, their fused kernel from ``factory``,
+    and the MindSpore-ops fallback :meth:`normalise`."""
+
+    def __init__(self, members: Members, prefix: str, factory, fused: bool | None) -> None:
+        super().__init__()
+        self.members = len(members)
+        self.gamma = _param(_stack(members, f"{prefix}.gamma").reshape(-1), f"{prefix}.gamma")
+        self.beta = _param(_stack(members, f"{prefix}.beta").reshape(-1), f"{prefix}.beta")
+        width = self.gamma.shape[0] // self.members
+        self.kernel = kernel_or_none(factory, fused)
+        self.layer_norm = ops.LayerNorm(-1, -1, epsilon=LAYER_NORM_EPS)
+        self.ones, self.zeros = ms.Tensor(np.ones(width, np.float32)), ms.Tensor(np.zeros(width, np.float32))
+
+    def _per_member(self, vector):
+        """(K*F,) -> (K, 1, F), to broadcast over a member's rows."""
+        return vector.reshape(self.members, 1, -1)
+
+    def normalise(self, z):
+        """z (K, M, F) -> (K*M, F): LayerNorm without affine, then each member's gamma and beta."""
+        n = self.layer_norm(z, self.ones, self.zeros)[0]
+        return (n * self._per_member(self.gamma) + self._per_member(self.beta)).reshape(-1, z.shape[2])
+
+
+class StackedRowNorm(_StackedLayerNorm):
+    """RowNorm of K members: x (K*M, F) member-major rows, bias/gamma/beta (K*F,) -> (K*M, F),
+    LN(x + bias) with member k's parameters on rows k*M .. (k+1)*M - 1."""
+
+    def __init__(self, members: Members, prefix: str, bias: str, fused: bool | None = None) -> None:
+        super().__init__(members, prefix, row_norm_op, fused)
+        self.bias = _param(_stack(members, bias).reshape(-1), f"{prefix}.bias")
+
+    def construct(self, x):
+        if self.kernel is not None:
+            return self.kernel(x, self.bias, self.gamma, self.beta)
+        return self.normalise(x.reshape(self.members, -1, x.shape[1]) + self._per_member(self.bias))
+
+
+class StackedGate(_StackedLayerNorm):
+    """:class:`crystalprop.model.layers.AttentionGate` of K members: tables and row indices as
+    there, with the rows (K*M,) member-major and gamma/beta (K*3C,) -> (K*M, 3C)."""
+
+    def __init__(self, members: Members, prefix: str, fused: bool | None = None) -> None:
+        super().__init__(members, prefix, attention_gate_op, fused)
+
+    def construct(self, q, k, e, u_i, u_j, u_e, r_i, r_j, r_e):
+        if self.kernel is not None:
+            return self.kernel(q, k, e, self.gamma, self.beta, u_i, u_j, u_e, r_i, r_j, r_e)
+        q_i = ops.gather(q, r_i, 0)  # (K*M, C)
+        logits = ops.concat((q_i * ops.gather(k, r_i, 0), q_i * ops.gather(k, r_j, 0),
+                             q_i * ops.gather(e, r_e, 0)), axis=-1)  # (K*M, 3C)
+        u = ops.addn((ops.gather(u_i, r_i, 0), ops.gather(u_j, r_j, 0), ops.gather(u_e, r_e, 0)))
+        return u * ops.sigmoid(self.normalise(logits.reshape(self.members, -1, logits.shape[1])))
+
+
+class StackedConv(nn.Cell):
+    """One :class:`crystalprop.model.layers.MatformerConv` layer of K members.
+
+    x: (K, N, C + 1) and edges: (K, D, C + 1), the bond-length features before the edge
+    embedding's last map (edge_out), each with a last column of ones; edge_weight, dst: (K*E,)
+    tiled and offset per member; head_rows: the (K*E*H,) table rows of (dst, src, distance);
+    ones: (K, N, 1) -> (K, N, C). The value map is folded into the update's per-atom terms (both
+    linear), and edge_out into this layer's edge map.
+    """
+
+    def __init__(self, members: Members, prefix: str, config: ModelConfig, fused: bool | None = None) -> None:
+        super().__init__()
+        c, h = config.features, config.heads
+        self.channels, self.heads, self.members = c, h, len(members)
+        query = _Dense(members, f"{prefix}.lin_query")
+        scale = 1.0 / math.sqrt(3 * c)  # folded into the query map
+        self.lin_query = _Affine(query.w * scale, query.b * scale, "lin_query")
+        key = _Dense(members, f"{prefix}.lin_key")
+        self.lin_key = _Affine(key.w, key.b, "lin_key")
+        update = _Dense(members, f"{prefix}.lin_msg_update")  # w (K, 3C in, 3C out)
+        value = _Dense(members, f"{prefix}.lin_value")
+        self.upd_i = _Affine(*_per_head(value, h, update.w[:, :c], update.b), "upd_i")  # (K, N, H*3C)
+        self.upd_j = _Affine(*_per_head(value, h, update.w[:, c : 2 * c], np.zeros_like(update.b)), "upd_j")
+        self.upd_e = _Linear(update.w[:, 2 * c :], "upd_e")
+        edge_out, edge = _Dense(members, "edge_out"), _Dense(members, f"{prefix}.lin_edge", bias=False)
+        self.lin_edge = _Affine(edge_out.w @ edge.w, edge_out.b @ edge.w, "lin_edge")  # edge_out, then lin_edge
+        self.msg_layer = _Linear(_Dense(members, f"{prefix}.msg_layer").w, "msg_layer")
+        self.msg_norm = StackedRowNorm(members, f"{prefix}.msg_norm", f"{prefix}.msg_layer.bias", fused)
+        self.gate = StackedGate(members, f"{prefix}.layer_norm", fused)
+        self.lin_concate = self._concate_with_batch_norm(members, prefix)
+        skip = _Dense(members, f"{prefix}.lin_skip")
+        self.lin_skip = _Affine(skip.w, skip.b, "lin_skip")
+        self.scatter = WeightedScatterRows(fused)
+
+    @staticmethod
+    def _concate_with_batch_norm(members: Members, prefix: str) -> _Affine:
+        """lin_concate followed by inference BatchNorm, (z - mean) / √(var + eps) · γ + β, as one map."""
+        concate = _Dense(members, f"{prefix}.lin_concate")
+        eps = 1e-5  # MatformerConv's BatchNorm1d
+        factor = _stack(members, f"{prefix}.bn.gamma") / np.sqrt(_stack(members, f"{prefix}.bn.moving_variance") + eps)
+        shift = _stack(members, f"{prefix}.bn.beta") - _stack(members, f"{prefix}.bn.moving_mean") * factor
+        factor, shift = factor[:, None, :], shift[:, None, :]
+        return _Affine(concate.w * factor, concate.b * factor + shift, "lin_concate")
+
+    def construct(self, x, edges, edge_weight, dst, head_rows, ones):
+        c, k = self.channels, self.members
+        q = self.lin_query(x)  # (K, N, H*C)
+        key = self.lin_key(x)
+        upd_i = self.upd_i(x).reshape(-1, 3 * c)  # (K*N*H, 3C)
+        upd_j = self.upd_j(x).reshape(-1, 3 * c)
+        e = self.lin_edge(edges).reshape(k, -1, c)  # (K, D*H, C)
+        upd_e = self.upd_e(e).reshape(-1, 3 * c)  # (K*D*H, 3C)
+        rows_i, rows_j, rows_e = head_rows
+        gated = self.gate(q.reshape(-1, c), key.reshape(-1, c), e.reshape(-1, c), upd_i, upd_j, upd_e,
+                          rows_i, rows_j, rows_e)  # (K*E*H, 3C)
+        message = self.msg_norm(self.msg_layer(gated.reshape(k, -1, 3 * c)).reshape(-1, c))  # (K*E*H, C)
+        width = self.heads * c
+        aggregated = self.scatter(message.reshape(-1, width), edge_weight, dst, q.reshape(-1, width))  # (K*N, H*C)
+        concated = self.lin_concate(_with_ones(aggregated.reshape(k, -1, width), ones))
+        return ops.silu(concated) + self.lin_skip(x)
+
+
+class StackedMatformer(nn.Cell):
+    """K Matformer members of one configuration in one forward pass.
+
+    ``members``: each member's parameters by Matformer's parameter names (the dicts of
+    :func:`crystalprop.model.ensemble.member_params`, checked with :func:`member_arrays`).
+    Inputs are those of :meth:`Matformer.construct` (one graph batch shared by all members);
+    output (K, B), member k's normalised predictions in row k.
+    """
+
+    def __init__(self, config: ModelConfig, members: Members, fused: bool | None = None) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("a stacked network needs at least one member")
+        c, k = config.features, len(members)
+        self.config, self.members, self.channels = config, k, c
+        atom_w, atom_b = _Dense(members, "atom_embedding").wide()
+        self.atom_weight, self.atom_bias = _param(atom_w, "atom_weight"), _param(atom_b, "atom_bias")
+        self.rbf = RBFExpansion(0.0, config.rbf_max, config.rbf_bins)
+        edge_w, edge_b = _Dense(members, "edge_in").wide()
+        self.edge_in_weight, self.edge_in_bias = _param(edge_w, "edge_in_weight"), _param(edge_b, "edge_in_bias")
+        self.att_layers = nn.CellList([StackedConv(members, f"att_layers.{i}", config, fused)
+                                       for i in range(config.layers)])
+        self.head_rows = HeadRows(config.heads)
+        fc, fc_out = _Dense(members, "fc"), _Dense(members, "fc_out")
+        self.fc, self.fc_out = _Affine(fc.w, fc.b, "fc"), _Affine(fc_out.w, fc_out.b, "fc_out")
+        self.member_index = ms.Tensor(np.arange(k, dtype=np.int32).reshape(k, 1))  # (K, 1)
+        self.matmul = ops.MatMul()
+
+    def _member_major(self, x):
+        """(M, K*C) with member-major columns -> (K, M, C)."""
+        return x.reshape(-1, self.members, self.channels).transpose(1, 0, 2)
+
+    def _offset(self, index, count):
+        """(L,) indices into a table of ``count`` rows -> (K*L,) into K stacked tables."""
+        offsets = self.member_index * ops.cast(ops.dyn_shape(count)[0], ms.int32)  # (K, 1)
+        return (index.expand_dims(0) + offsets).reshape(-1)
+
+    def construct(self, node_features, src, dst, distance_index, edge_weight, distances, node_graph, inverse_counts):
+        k, c = self.members, self.channels
+        x = self._member_major(ops.bias_add(self.matmul(node_features, self.atom_weight), self.atom_bias))  # (K, N, C)
+        hidden = ops.softplus(ops.bias_add(self.matmul(self.rbf(distances), self.edge_in_weight), self.edge_in_bias))
+        hidden = self._member_major(hidden)  # (K, D, C), before edge_out (folded into each layer)
+        edges = _with_ones(hidden, ops.ones_like(hidden[:, :, :1]))
+        dst_k = self._offset(dst, node_graph)  # (K*E,)
+        head_rows = (self.head_rows(dst_k), self.head_rows(self._offset(src, node_graph)),
+                     self.head_rows(self._offset(distance_index, distances)))
+        weight = ops.tile(edge_weight, (k,))  # (K*E,)
+        ones = ops.ones_like(x[:, :, :1])  # (K, N, 1)
+        for layer in self.att_layers:
+            x = layer(_with_ones(x, ones), edges, weight, dst_k, head_rows, ones)
+        counts = ops.tile(inverse_counts, (k, 1))  # (K*B, 1)
+        zeros = counts * ops.zeros((1, c), x.dtype)
+        pooled = ops.index_add(zeros, self._offset(node_graph, inverse_counts), x.reshape(-1, c), 0) * counts
+        pooled = pooled.reshape(k, -1, c)  # (K, B, C)
+        ones_b = ops.ones_like(pooled[:, :, :1])
+        out = self.fc_out(_with_ones(ops.silu(self.fc(_with_ones(pooled, ones_b))), ones_b))  # (K, B, 1)
+        return out.squeeze(-1)
+
+    def declare_dynamic_inputs(self) -> None:
+        """Compile once for any batch, as :meth:`Matformer.declare_dynamic_inputs`."""
+        self.set_inputs(*input_signature())
+
+
+def member_arrays(template: Any, members: Sequence[Mapping[str, Any]], path: Any) -> list[dict[str, np.ndarray]]:
+    """Each member's parameters as numpy arrays by name, checked against ``template`` (a Matformer
+    of the configuration) by :func:`crystalprop.model.checkpoint.weight_set`, which refuses a
+    missing or mis-shaped parameter."""
+    from crystalprop.model.checkpoint import weight_set  # noqa: PLC0415  (checkpoint imports the network)
+
+    names = [name for name, _ in template.parameters_and_names()]
+    return [dict(zip(names, (t.asnumpy() for t in weight_set(template, m, path)), strict=True)) for m in members]
+
+
+def stack_checkpoints(config: ModelConfig, checkpoints: Sequence[tuple[Sequence[Mapping[str, Any]], Any]],
+                      fused: bool | None = None) -> tuple[StackedMatformer, list[slice]]:
+    """One stacked network (inference mode, dynamic inputs) over every member of ``checkpoints``,
+    (members' parameter dicts, path) pairs of configuration ``config``, and the rows of its
+    (K, B) output that belong to each checkpoint."""
+    from mindspore.nn.utils import no_init_parameters  # noqa: PLC0415  (MindSpore is imported lazily)
+
+    with no_init_parameters():
+        template = Matformer(config)  # names and shapes only, to check the weights against
+    arrays, rows = [], []
+    for members, path in checkpoints:
+        rows.append(slice(len(arrays), len(arrays) + len(members)))
+        arrays += member_arrays(template, members, path)
+    net = StackedMatformer(config, arrays, fused)
+    net.declare_dynamic_inputs()
+    net.set_train(False)
+    return net, rows

@@ -1,0 +1,154 @@
+"""The stacked network (every member in one forward pass) against the Matformer run member by
+member with the same weights, with the fused kernels and with MindSpore's ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
+
+from crystalprop import backend
+
+backend.set_device("CPU")
+ms = backend.mindspore_module()
+
+from conftest import graph_of, triclinic  # noqa: E402
+from crystalprop.graph import collate  # noqa: E402
+from crystalprop.model import fused  # noqa: E402
+from crystalprop.model.checkpoint import load_weights, read_checkpoint  # noqa: E402
+from crystalprop.model.ensemble import member_params  # noqa: E402
+from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
+from crystalprop.model.stacked import StackedMatformer, member_arrays  # noqa: E402
+from crystalprop.registry import checkpoints_dir  # noqa: E402
+
+SMALL = ModelConfig(layers=2, features=16, heads=2, fc_features=16)
+KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(fused.library() is None, reason="no C++ compiler"))]
+
+
+def _random_members(config: ModelConfig, count: int, seed: int) -> list[dict]:
+    """``count`` members of random weights, unit-scale outputs, random LayerNorm/BatchNorm parameters."""
+    template = Matformer(config)
+    rng = np.random.default_rng(seed)
+    members = []
+    for _ in range(count):
+        member = {}
+        for name, p in template.parameters_and_names():
+            shape = tuple(p.shape)
+            if name.endswith("moving_variance"):
+                value = rng.uniform(0.5, 4.0, shape)
+            elif name.endswith(("moving_mean", "beta", "bias")):
+                value = rng.normal(0.0, 0.5, shape)
+            elif name.endswith("gamma"):
+                value = rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+            else:  # Dense weight (out, in)
+                value = rng.normal(0.0, 1.0 / np.sqrt(shape[1]), shape)
+            member[name] = ms.Tensor(value.astype(np.float32))
+        members.append(member)
+    return members
+
+
+def _shipped_members(*names: str) -> tuple[ModelConfig, list[dict]]:
+    members, config = [], None
+    for name in names:
+        path = checkpoints_dir() / f"{name}.ckpt"
+        if not path.is_file():
+            pytest.skip(f"{path} not present")
+        card, params = read_checkpoint(path)
+        config = config or card.model
+        members += member_params(card, params)
+    return config, members
+
+
+def _batch() -> list:
+    """Structures of 1 to 8 atoms, one batch."""
+    structures = [nacl_primitive(), srtio3(), triclinic(5, seed=3), hcp_mg(), nacl_conventional()]
+    return [ms.Tensor(a) for a in collate([graph_of(s) for s in structures]).arrays()]
+
+
+def _per_member(config: ModelConfig, members: list[dict], inputs: list) -> np.ndarray:
+    net = Matformer(config)
+    net.declare_dynamic_inputs()
+    net.set_train(False)
+    outputs = []
+    for member in members:
+        load_weights(net, member, "member")
+        outputs.append(net(*inputs).asnumpy())
+    return np.stack(outputs)
+
+
+def _stacked(config: ModelConfig, members: list[dict], inputs: list, use_kernels: bool) -> np.ndarray:
+    net = StackedMatformer(config, member_arrays(Matformer(config), members, "member"), fused=use_kernels)
+    net.declare_dynamic_inputs()
+    net.set_train(False)
+    return net(*inputs).asnumpy()
+
+
+def _assert_same(stacked: np.ndarray, reference: np.ndarray) -> None:
+    assert stacked.shape == reference.shape
+    np.testing.assert_allclose(stacked, reference, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(reference).max()))
+
+
+@pytest.mark.parametrize("use_kernels", KERNELS)
+@pytest.mark.parametrize("count", [1, 3])
+def test_stacked_random_members_match_each_member(use_kernels, count):
+    members = _random_members(SMALL, count, seed=count)
+    inputs = _batch()
+    reference = _per_member(SMALL, members, inputs)
+    assert count == 1 or np.ptp(reference, axis=0).min() > 1e-3  # the members do differ
+    _assert_same(_stacked(SMALL, members, inputs, use_kernels), reference)
+
+
+@pytest.mark.parametrize("use_kernels", KERNELS)
+def test_stacked_shipped_ensembles_match_each_member(use_kernels):
+    config, members = _shipped_members("bulk_modulus", "shear_modulus")
+    inputs = _batch()
+    _assert_same(_stacked(config, members, inputs, use_kernels), _per_member(config, members, inputs))
+
+
+class _NormSum(ms.nn.Cell):
+    def __init__(self) -> None:
+        super().__init__()
+        self.op = fused.row_norm_op()
+
+    def construct(self, x, bias, gamma, beta):
+        return (self.op(x, bias, gamma, beta) * x).sum()
+
+
+def test_stacked_kernels_refuse_members_in_backward():
+    """The backward kernels take one member's gamma/beta: K > 1 is refused, never misread."""
+    if fused.library() is None:
+        pytest.skip("no C++ compiler")
+    x = ms.Tensor(np.ones((4, 3), np.float32))
+    stacked = ms.Tensor(np.ones(6, np.float32))
+    assert _NormSum()(x, stacked, stacked, stacked).asnumpy() == pytest.approx(12.0)  # LN of constant rows is beta
+    with pytest.raises(RuntimeError):
+        grads = ms.ops.GradOperation(get_all=True)(_NormSum())(x, stacked, stacked, stacked)
+        [g.asnumpy() for g in grads]  # the kernels run asynchronously: wait for them
+
+
+def test_predictor_stacks_models_of_one_configuration(random_ckpt, shipped_dir, monkeypatch):
+    """Two models of one size run as one stacked network; each column is what the model gives
+    alone, and the compile cache is keyed on the member count."""
+    from conftest import make_structures
+
+    from crystalprop.predictor import Predictor
+
+    keys: list[tuple] = []
+    monkeypatch.setattr(backend, "enable_compile_cache", lambda *parts: keys.append(parts))
+    other = shipped_dir / "formation_energy.ckpt"
+    structures = [s for _, s in make_structures(5)]
+
+    def columns(models: list[str]) -> dict[str, np.ndarray]:
+        predictor = Predictor(models, cell="as-given")
+        rows = [row for rows in predictor.iter_rows(structures, workers=0) for row in rows]
+        return {label: np.array([row[label] for row in rows]) for label in predictor.value_columns}
+
+    together = columns([str(random_ckpt), str(other)])
+    assert len({id(net) for _, net, _, _ in Predictor([str(random_ckpt), str(other)]).models}) == 1
+    for model in (random_ckpt, other):
+        alone = columns([str(model)])
+        (label,) = alone
+        np.testing.assert_allclose(together[label], alone[label], rtol=1e-5)
+    assert [part for part in keys[0] if "stacked members: 2" in str(part)]
+    assert [part for part in keys[-1] if "stacked members: 1" in str(part)]
