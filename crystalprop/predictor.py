@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from crystalprop.analysis.applicability import domain_warnings
-from crystalprop.graph.batch import BatchLimits
+from crystalprop.graph.batch import BatchLimits, batches_within
 from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.elements import SYMBOLS, ElementError
 from crystalprop.graph.neighbors import CrystalGraph, NeighborSearchError, build_graph
@@ -248,25 +248,6 @@ def iter_prepared(
                          shard=shard)
 
 
-def _batched(items: Iterator[Prepared], limits: BatchLimits) -> Iterator[list[Prepared]]:
-    """Consecutive batches within ``limits`` (structures, atoms, edges); failed items ride along."""
-    batch: list[Prepared] = []
-    structures = atoms = edges = 0
-    for item in items:
-        graph = item.graph
-        if graph is not None:
-            if structures and not limits.fits(structures + 1, atoms + graph.num_nodes, edges + graph.num_edges):
-                yield batch
-                batch, structures, atoms, edges = [], 0, 0, 0
-            structures, atoms, edges = structures + 1, atoms + graph.num_nodes, edges + graph.num_edges
-        batch.append(item)
-        if structures >= limits.structures:
-            yield batch
-            batch, structures, atoms, edges = [], 0, 0, 0
-    if batch:
-        yield batch
-
-
 class Predictor:
     """One or more loaded models that predict together from shared graphs.
 
@@ -424,7 +405,7 @@ class Predictor:
             prepared = ReadAhead(inputs, self.settings, recursive=recursive, workers=workers, timeout=timeout,
                                  skip=skip, shard=shard)
         self.compile()  # while the readers start
-        for batch in _batched(iter(prepared), self.batch_limits(batch_size, batch_memory)):
+        for batch in batches_within(prepared, self.batch_limits(batch_size, batch_memory), lambda item: item.graph):
             yield self.predict_prepared(batch)
 
 

@@ -237,7 +237,7 @@ def test_batches_close_before_the_atom_or_edge_limit():
     items = [_prepared(10, 100), _prepared(10, 100), Prepared("failed", "", error="x"), _prepared(50, 100),
              _prepared(5, 900), _prepared(1, 5000), _prepared(1, 1), _prepared(1, 1)]
     limits = batch.BatchLimits(structures=3, atoms=60, edges=1000)
-    batches = list(predictor_module._batched(iter(items), limits))
+    batches = list(batch.batches_within(items, limits, lambda item: item.graph))
     assert [[item.name for item in part] for part in batches] == [
         ["10-100", "10-100", "failed"],  # 50 more atoms would make 70
         ["50-100", "5-900"],  # 1000 edges: at the limit

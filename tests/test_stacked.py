@@ -152,3 +152,27 @@ def test_predictor_stacks_models_of_one_configuration(random_ckpt, shipped_dir, 
         np.testing.assert_allclose(together[label], alone[label], rtol=1e-5)
     assert [part for part in keys[0] if "stacked members: 2" in str(part)]
     assert [part for part in keys[-1] if "stacked members: 1" in str(part)]
+
+
+def test_evaluating_many_members_keeps_batches_within_the_memory_bound(monkeypatch):
+    """Each member of a stacked network holds its own activations: evaluation batches shrink with
+    the member count, as prediction's do, and give the same outputs."""
+    from crystalprop.graph.batch import BatchLimits
+    from crystalprop.model import inference
+
+    graphs = [graph_of(s) for s in (nacl_primitive(), srtio3(), hcp_mg(), nacl_conventional())] * 8
+    sizes: list[tuple[int, int]] = []
+    monkeypatch.setattr(inference, "batch_tensors", lambda batch, real=inference.batch_tensors: (
+        sizes.append((batch.node_features.shape[0], batch.src.shape[0])) or real(batch)))
+    from crystalprop.model.stacked import stack_checkpoints
+
+    path = checkpoints_dir() / "bulk_modulus.ckpt"
+    card, params = read_checkpoint(path)
+    net, _ = stack_checkpoints(card.model, [(member_params(card, params), path)])
+    whole = inference.predict_members(net, graphs, batch_size=64)
+    memory = 4 << 20
+    limits = BatchLimits.for_model(64, card.model.features * net.members, card.model.heads, memory)
+    sizes.clear()
+    bounded = inference.predict_members(net, graphs, batch_size=64, batch_memory=memory)
+    assert len(sizes) > 1 and all(edges <= limits.edges for _, edges in sizes)
+    np.testing.assert_allclose(bounded, whole, rtol=1e-5, atol=1e-6)

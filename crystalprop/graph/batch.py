@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -47,6 +47,30 @@ class BatchLimits:
     def fits(self, structures: int, atoms: int, edges: int) -> bool:
         """Whether a batch of this size is within every limit."""
         return structures <= self.structures and atoms <= self.atoms and edges <= self.edges
+
+
+Item = TypeVar("Item")
+
+
+def batches_within(items: Iterable[Item], limits: BatchLimits,
+                   graph_of: Callable[[Item], CrystalGraph | None] = lambda item: item) -> Iterator[list[Item]]:
+    """Consecutive batches of ``items`` within ``limits`` (structures, atoms, edges of their graphs,
+    ``graph_of(item)``); a larger single graph forms a batch of its own, items without one ride along."""
+    batch: list[Item] = []
+    structures = atoms = edges = 0
+    for item in items:
+        graph = graph_of(item)
+        if graph is not None:
+            if structures and not limits.fits(structures + 1, atoms + graph.num_nodes, edges + graph.num_edges):
+                yield batch
+                batch, structures, atoms, edges = [], 0, 0, 0
+            structures, atoms, edges = structures + 1, atoms + graph.num_nodes, edges + graph.num_edges
+        batch.append(item)
+        if structures >= limits.structures:
+            yield batch
+            batch, structures, atoms, edges = [], 0, 0, 0
+    if batch:
+        yield batch
 
 
 @dataclass

@@ -7,7 +7,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from crystalprop.backend import mindspore_module
-from crystalprop.graph.batch import GraphBatch, collate
+from crystalprop.graph.batch import BatchLimits, GraphBatch, batches_within, collate
+from crystalprop.graph.settings import BATCH_MEMORY_BYTES
 from crystalprop.graph.neighbors import CrystalGraph
 
 
@@ -36,9 +37,15 @@ def predict_graphs(net, graphs: Sequence[CrystalGraph], batch_size: int = 64) ->
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-def predict_members(net, graphs: Sequence[CrystalGraph], batch_size: int = 64) -> np.ndarray:
-    """Normalised outputs (members × graphs) of a :class:`crystalprop.model.stacked.StackedMatformer`."""
+def predict_members(net, graphs: Sequence[CrystalGraph], batch_size: int = 64,
+                    batch_memory: int = BATCH_MEMORY_BYTES) -> np.ndarray:
+    """Normalised outputs (members × graphs) of a :class:`crystalprop.model.stacked.StackedMatformer`.
+
+    Batches hold at most ``batch_size`` graphs and, as in prediction, no more atoms and edges than
+    all the members' activations take in about ``batch_memory`` bytes.
+    """
     net.set_train(False)
-    parts = [net(*batch_tensors(batch)).asnumpy().reshape(net.members, -1)
-             for batch in iter_batches(graphs, batch_size)]
+    limits = BatchLimits.for_model(batch_size, net.config.features * net.members, net.config.heads, batch_memory)
+    parts = [net(*batch_tensors(collate(batch))).asnumpy().reshape(net.members, -1)
+             for batch in batches_within(graphs, limits)]
     return np.concatenate(parts, axis=1) if parts else np.zeros((net.members, 0), dtype=np.float32)
