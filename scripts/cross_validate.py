@@ -2,18 +2,27 @@
 
     .venv/bin/python scripts/cross_validate.py RUN_DIR [RUN_DIR ...] [--json OUT]
 
-Reads each run's best.ckpt (validation metrics on its own fold, as recorded by the trainer),
-checks that the runs share target and data and cover folds 1..K once each, and prints each
-fold's figures and their mean and standard deviation across folds.
+Reads each run's best.ckpt (validation metrics on its own fold, as recorded by the trainer,
+at the best epoch) and the last epoch's validation MAE from its history.csv (no choice made on
+the fold: the recipe's own result), checks that the runs share target and data and cover folds
+1..K once each, and prints each fold's figures and their mean and standard deviation.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
 from pathlib import Path
+
+
+def last_epoch(history: Path, log10: bool) -> dict:
+    """The last epoch's validation MAE (``last_mae``, in log10 for a log10 target) from a run's history."""
+    with open(history, newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    return {"last_epoch": int(last["epoch"]), "last_mae": float(last["val_log10_mae" if log10 else "val_mae"])}
 
 
 def fold_rows(run_dirs: list[str]) -> tuple[list[dict], int]:
@@ -28,7 +37,8 @@ def fold_rows(run_dirs: list[str]) -> tuple[list[dict], int]:
         if "fold" not in record:
             raise SystemExit(f"{path}: not trained with --fold")
         rows.append({"run": str(run), "fold": tuple(record["fold"]), "target": card.target,
-                     "data": card.training["data"]["source"], "unit": card.unit, **card.metrics})
+                     "data": card.training["data"]["source"], "unit": card.unit, **card.metrics,
+                     **last_epoch(path.parent / "history.csv", card.transform.log10)})
     folds = sorted(r["fold"] for r in rows)
     k = folds[0][1]
     if folds != [(i, k) for i in range(1, k + 1)]:
@@ -44,9 +54,10 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the per-fold figures and the summary here")
     args = parser.parse_args()
     rows, k = fold_rows(args.runs)
-    metrics = [m for m in ("mae", "rmse", "log10_mae", "log10_rmse") if all(m in r for r in rows)]
+    metrics = [m for m in ("mae", "rmse", "log10_mae", "log10_rmse", "last_mae") if all(m in r for r in rows)]
     unit = rows[0]["unit"]
-    print(f"{rows[0]['target']} ({unit}), {k}-fold cross-validation on {rows[0]['data']}")
+    print(f"{rows[0]['target']} ({unit}), {k}-fold cross-validation on {rows[0]['data']}; best epoch on each "
+          "fold, and last_mae: the last epoch's MAE" + (" in log10" if "log10_mae" in metrics else ""))
     print("fold  n     " + "  ".join(f"{m:>10}" for m in metrics))
     for r in rows:
         print(f"{r['fold'][0]}/{k}  {r['n']:<5} " + "  ".join(f"{r[m]:>10.4g}" for m in metrics))
