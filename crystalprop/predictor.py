@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 MAX_PENDING = 2048  # inputs read ahead of the models (a few MB of graphs)
 MAX_READERS = 4  # reader processes at most, by default
 HARD_LIMIT_GRACE_S = 30.0  # a reader stuck past twice the time limit plus this is stopped from outside
+READER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Single-threaded BLAS in the readers: there is one reader per core already, and the 3x3 inverses of
+pymatgen's checks woke a second BLAS thread every file (half a reader's time on a busy machine)."""
 
 
 @dataclass
@@ -176,11 +179,13 @@ def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
 
 def _import_readers() -> None:
     """Worker start-up: import the parsers (pymatgen, 0.5-1 s), spglib (canonical cells, 0.15 s) and scipy's
-    k-d tree (neighbour search, 0.3 s) at once, not at the first file, so that the import overlaps the
-    parent's MindSpore import and model loading."""
+    k-d tree (neighbour search, 0.3 s), and load the compiled neighbour search (built on a machine's first
+    run, 1-2 s), at once, not at the first file, so that this overlaps the parent's MindSpore import and
+    model loading."""
     importlib.import_module("crystalprop.io.readers")
     importlib.import_module("spglib")
     importlib.import_module("scipy.spatial")
+    importlib.import_module("crystalprop.graph.sphere_kernel").library()
 
 
 class ReadAhead:
@@ -208,7 +213,7 @@ class ReadAhead:
         if workers > 0:
             hard_limit = 2 * timeout + HARD_LIMIT_GRACE_S if timeout > 0 else None
             self._pool = ResilientPool(prepare_input, jobs, workers, on_lost=_lost_input, initializer=_import_readers,
-                                       max_pending=MAX_PENDING, hard_limit=hard_limit)
+                                       max_pending=MAX_PENDING, hard_limit=hard_limit, env=READER_ENV)
             self._results: Iterator[list[Prepared]] = iter(self._pool)
         else:
             self._results = (prepare_input(job) for job in jobs)

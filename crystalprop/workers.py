@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing as mp
+import os
 import pickle
 import signal
 import sys
@@ -30,7 +31,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 CHUNK = 8  # jobs sent to a worker at once; it answers each as soon as it is done
 READY = -1  # sequence number of the message a worker sends once it is ready
@@ -65,6 +66,22 @@ def main_script_hidden() -> Iterator[None]:
             yield
         finally:
             sys.modules["__main__"] = main
+
+
+@contextmanager
+def environment(overrides: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``overrides`` set, restored on exit: a process spawned in the block
+    starts with them (libraries such as OpenBLAS read their settings once, at load)."""
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass
@@ -115,14 +132,16 @@ class ResilientPool:
 
     ``on_lost(job, reason)`` makes the result of a job whose worker died or overran
     ``hard_limit`` seconds on it, or whose ``func`` raised; at most ``max_pending`` results
-    wait for the consumer. The jobs are drawn by a thread of this process, so reading starts
-    at construction.
+    wait for the consumer; ``env``: environment variables set in the workers only. The jobs are
+    drawn by a thread of this process, so reading starts at construction.
     """
 
     def __init__(self, func: Callable[[Any], Any], jobs: Iterator[Any], workers: int, *,
                  on_lost: Callable[[Any, str], Any], initializer: Callable[[], None] | None = None,
-                 max_pending: int = 2048, hard_limit: float | None = None) -> None:
+                 max_pending: int = 2048, hard_limit: float | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
         self._func, self._jobs, self._on_lost, self._initializer = func, jobs, on_lost, initializer
+        self._env = dict(env or {})
         self._max_pending, self._hard_limit = max_pending, hard_limit
         self._ctx = mp.get_context("spawn")
         self._retry: deque = deque()  # (seq, job) of a dead worker, not yet started
@@ -142,7 +161,7 @@ class ResilientPool:
     def _start_worker(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=_worker_main, args=(child, self._func, self._initializer), daemon=True)
-        with main_script_hidden():
+        with main_script_hidden(), environment(self._env):
             process.start()
         child.close()
         return _Worker(process, parent)

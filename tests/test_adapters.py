@@ -13,7 +13,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from conftest import graph_of, perovskite, rocksalt, triclinic
-from crystalprop.graph import Crystal, GraphSettings, build_graph, spheres
+from crystalprop.graph import Crystal, GraphSettings, build_graph, sphere_kernel, spheres
 from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.spheres import points_in_spheres
 from crystalprop.io.adapters import crystal_from_atoms, crystal_from_structure
@@ -114,12 +114,19 @@ SEARCH_CASES = {"rocksalt": lambda: rocksalt(5.64), "perovskite": lambda: perovs
 
 @pytest.mark.parametrize("name", list(SEARCH_CASES))
 @pytest.mark.parametrize("radius", [0.5, 3.0, 8.0, 13.7])
-@pytest.mark.parametrize("dense_pairs", [0, spheres.DENSE_PAIRS, 10**9], ids=["k-d tree", "default", "all pairs"])
-def test_the_search_finds_what_pymatgen_finds(name, radius, dense_pairs, monkeypatch):
-    """The same pairs and images as pymatgen's cell list, and distances equal to the last bit."""
+@pytest.mark.parametrize("search", ["k-d tree", "default", "all pairs", "compiled"])
+def test_the_search_finds_what_pymatgen_finds(name, radius, search, monkeypatch):
+    """The same pairs and images as pymatgen's cell list, and distances equal to the last bit, by
+    each of the numpy search's paths and by the compiled search."""
     from pymatgen.optimization.neighbors import find_points_in_spheres
 
-    monkeypatch.setattr(spheres, "DENSE_PAIRS", dense_pairs)
+    if search == "compiled":
+        if sphere_kernel.library() is None:
+            pytest.skip("no C++ compiler to build the compiled search")
+    else:
+        monkeypatch.setattr(sphere_kernel, "_state", {"library": None})
+        dense_pairs = {"k-d tree": 0, "all pairs": 10**9}.get(search, spheres.DENSE_PAIRS)
+        monkeypatch.setattr(spheres, "DENSE_PAIRS", dense_pairs)
     structure = SEARCH_CASES[name]()
     structure.translate_sites([0], [1.2, -0.7, 2.1])  # an atom outside the cell
     lattice, cart = structure.lattice.matrix, structure.cart_coords

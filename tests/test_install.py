@@ -42,6 +42,7 @@ def test_wheel_carries_every_subpackage_and_the_shipped_models(wheel):
         assert f"crystalprop/checkpoints/{name}.ckpt" in names
         assert f"crystalprop/checkpoints/{name}.md" in names
     assert "crystalprop/model/kernels/fused_ops.cc" in names
+    assert "crystalprop/graph/spheres.cc" in names
     assert "crystalprop/graph/atom_init.json" in names
 
 

@@ -218,6 +218,14 @@ def test_pool_reports_an_exception_in_the_worker_as_that_job_s_result():
 
 
 @pytest.mark.slow
+def test_pool_workers_start_with_the_given_environment(monkeypatch):
+    """How the readers get single-threaded BLAS: set in the workers only, the parent's environment unchanged."""
+    monkeypatch.setenv("CRYSTALPROP_POOL_PROBE", "parent")
+    assert _pool_results(os.getenv, ["CRYSTALPROP_POOL_PROBE"], env={"CRYSTALPROP_POOL_PROBE": "worker"}) == ["worker"]
+    assert os.environ["CRYSTALPROP_POOL_PROBE"] == "parent"
+
+
+@pytest.mark.slow
 def test_pool_gives_up_when_workers_die_while_starting():
     suicide = functools.partial(signal.raise_signal, signal.SIGKILL)
     with pytest.raises(RuntimeError, match=r"3 reader processes in a row died while starting \(last: signal 9\)"):

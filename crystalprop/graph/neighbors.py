@@ -38,6 +38,7 @@ import numpy as np
 from crystalprop.graph.crystal import Crystal
 from crystalprop.graph.elements import check_elements
 from crystalprop.graph.settings import GraphSettings
+from crystalprop.graph.sphere_kernel import kth_nearest, library
 from crystalprop.graph.spheres import points_in_spheres
 
 __all__ = ["CrystalGraph", "GraphSettings", "NeighborSearchError", "build_graph"]
@@ -123,6 +124,9 @@ def _neighbor_search(crystal: Crystal, atoms: np.ndarray, radius: float) -> tupl
 
 def _k_nearest(centers: np.ndarray, dists: np.ndarray, n_atoms: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per atom: neighbour count, and k-th nearest distance (infinite where fewer than k)."""
+    lib = library()
+    if lib is not None and k >= 1:
+        return kth_nearest(lib, centers, dists, n_atoms, k)
     counts = np.bincount(centers, minlength=n_atoms)
     kth = np.full(n_atoms, np.inf)
     full = counts >= k

@@ -8,13 +8,18 @@ and kept inside the centres' bounding box grown by the radius, and a pair is kep
 squared distance, summed over x, y, z in that order, is below ``radius² + tol``. Candidate
 pairs come from all (centre, image) combinations where they are few, from scipy's k-d tree
 over the images (cost linear in the atoms) otherwise; both are then held to that exact rule.
+Where the compiled search of :mod:`crystalprop.graph.sphere_kernel` is available it runs instead:
+the same arithmetic, the same pairs and distances, in another order.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import numpy as np
+
+from crystalprop.graph.sphere_kernel import library, search
 
 MIN_RADIUS = 1.0  # Å: a smaller radius is searched at this one, then filtered (as pymatgen does)
 SLACK = 1e-6  # Å added to the k-d tree's radius: its own rounding must not drop a pair the exact test keeps
@@ -119,6 +124,26 @@ def points_in_spheres(lattice: np.ndarray, cart: np.ndarray, centres: np.ndarray
         found = points_in_spheres(lattice, cart, centres, MIN_RADIUS + tol, tol)
         keep = found[3] <= radius
         return found[0][keep], found[1][keep], found[2][keep], found[3][keep]
+    lib = library()
+    if lib is not None:
+        return _compiled_search(lib, lattice, cart, centres, radius, tol)
     atoms, offsets, points = _images(lattice, cart, centres, radius, tol)
     centre_index, point_index, squared = _close_pairs(points, centres, radius, tol)
     return centre_index, atoms[point_index], offsets[point_index], np.sqrt(squared)
+
+
+def _compiled_search(lib: ctypes.CDLL, lattice: np.ndarray, cart: np.ndarray, centres: np.ndarray, radius: float,
+                     tol: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`points_in_spheres` by the compiled search, given the bounds the numpy path computes."""
+    inv = _inverse(lattice)
+    ranges = _image_ranges(lattice, _product(centres, inv), radius)
+    low = (centres.min(axis=0) - radius) - tol
+    high = (centres.max(axis=0) + radius) + tol
+    (a, b, c) = lattice.tolist()
+    volume = abs(a[0] * (b[1] * c[2] - b[2] * c[1]) + a[1] * (b[2] * c[0] - b[0] * c[2])
+                 + a[2] * (b[0] * c[1] - b[1] * c[0]))
+    expected = len(centres) * len(cart) * 4.2 * (radius + 1.0) ** 3 / max(volume, 1e-6)
+    capacity = int(min(expected, 4_000_000)) + 256
+    centre_index, atoms, offsets, squared = search(lib, lattice, inv, cart, centres, ranges, low, high,
+                                                   radius * radius + tol, capacity)
+    return centre_index, atoms, offsets, np.sqrt(squared)

@@ -14,16 +14,11 @@ None and the layers use MindSpore's own ops (same results to float rounding).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
-from crystalprop.atomic import atomic_write_text
-from crystalprop.backend import cache_dir, cpu_threads, mindspore_module
+from crystalprop.backend import cpu_threads, mindspore_module
+from crystalprop.native import build
 from crystalprop.provenance import file_sha256
 
 ops = mindspore_module().ops  # imported by the layers only, which need MindSpore anyway
@@ -40,60 +35,9 @@ LINK_FLAGS = ["-shared", "-pthread"]
 _state: dict[str, object] = {}
 
 
-def _cpu_features() -> str:
-    """The machine type and, where Linux reports them, the CPU's feature flags."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line for line in handle if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return platform.machine() + " " + flags.strip()
-
-
-def _built(folder: Path, key: str) -> Path | None:
-    """The library built for ``key`` if its record names a file whose content still matches."""
-    try:
-        content = (folder / f"fused_ops_{key}.sha256").read_text().strip()
-        target = folder / f"fused_ops_{key}_{content[:16]}.so"
-        return target if len(content) == 64 and file_sha256(target) == content else None
-    except OSError:
-        return None
-
-
 def _compile() -> Path | None:
-    """Build the kernel library (once per source, flags and machine); None where impossible.
-
-    The library is named by the hash of its inputs (source, flags, compiler, CPU features) and
-    of its own content, and ``fused_ops_<key>.sha256`` records that content hash: a file
-    damaged or replaced on disk no longer matches and is rebuilt, never loaded.
-    """
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        return None
-    inputs = " ".join([*FLAGS, "|", *LINK_FLAGS, compiler, _cpu_features()])
-    key = hashlib.sha256(SOURCE.read_bytes() + inputs.encode()).hexdigest()[:16]
-    folder = Path(os.environ.get("CRYSTALPROP_KERNELS") or cache_dir() / "kernels")
-    found = _built(folder, key)
-    if found is not None:
-        return found
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=folder)  # several processes may build at once
-    os.close(handle)
-    obj = Path(partial).with_suffix(".o")
-    try:
-        for command in ([compiler, *FLAGS, "-c", "-o", str(obj), str(SOURCE)],
-                        [compiler, *LINK_FLAGS, "-o", partial, str(obj)]):
-            subprocess.run(command, check=True, capture_output=True, timeout=120)
-        content = file_sha256(Path(partial))
-        target = folder / f"fused_ops_{key}_{content[:16]}.so"
-        os.replace(partial, target)
-        atomic_write_text(folder / f"fused_ops_{key}.sha256", content + "\n")
-    except (OSError, subprocess.SubprocessError):
-        Path(partial).unlink(missing_ok=True)
-        return None
-    finally:
-        obj.unlink(missing_ok=True)
-    return target
+    """Build the kernel library (once per source, flags and machine); None where impossible."""
+    return build(SOURCE, FLAGS, LINK_FLAGS)
 
 
 def library_digest() -> str:
