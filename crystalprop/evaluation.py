@@ -11,7 +11,9 @@ from typing import Sequence
 import numpy as np
 
 from crystalprop.atomic import atomic_write_text
-from crystalprop.data.datasets import Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset
+from crystalprop.data.datasets import (
+    Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset, merge_packed,
+)
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.graph.settings import check_cell_choice
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
@@ -199,6 +201,16 @@ def evaluate_model(
     return result
 
 
+def _merge_trained_ids(first, others) -> None:
+    """Record in ``first`` the structures any member trained on, so that evaluating the ensemble
+    refuses every one of them as validation or test, not only the first member's."""
+    record = first.training.get("data", {}).get("split_record")
+    if not record or "trained_ids" not in record:
+        return
+    packed = [c.training.get("data", {}).get("split_record", {}).get("trained_ids") for c in others]
+    record["trained_ids"] = merge_packed(record["trained_ids"], *(p for p in packed if p))
+
+
 def join_ensemble(
     members: Sequence[str | Path],
     output: str | Path,
@@ -260,5 +272,6 @@ def join_ensemble(
                          for (name, p), mae in zip(resolved, member_maes)],
     }
     first.metrics = metrics
+    _merge_trained_ids(first, cards[1:])
     save_ensemble(output, first, [params for _, params in loaded])
     return {"output": str(output), "split": split, "member_maes": member_maes, **first.ensemble, **metrics}

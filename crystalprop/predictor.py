@@ -388,8 +388,7 @@ class Predictor:
         """At most ``batch_size`` structures, and as many atoms and edges as the largest of these
         stacked networks can take in a forward pass within about ``batch_memory`` bytes (each of
         its members as much as one model)."""
-        limits = [BatchLimits.for_model(batch_size, card.model.features * net.members, card.model.heads, batch_memory)
-                  for _, net, card, _ in self.models]
+        limits = [net.batch_limits(batch_size, batch_memory) for _, net, _, _ in self.models]
         return min(limits, key=lambda limit: limit.edges)
 
     def iter_rows(self, inputs: Sequence[Any] | ReadAhead, *, batch_size: int = BATCH_SIZE, recursive: bool = False,

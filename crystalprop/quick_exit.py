@@ -29,16 +29,20 @@ def run(command: Callable[[], Any]) -> None:
     """Run ``command`` (a click group in standalone mode), then end quickly if it asked to.
 
     Not under a profiler or tracer (``python -m cProfile``, coverage): they write their
-    results at the normal exit.
+    results at the normal exit. Only a request made by this command counts.
     """
+    _state["requested"] = False
     try:
         command()
     except SystemExit as exc:
         if not _quick():
             raise
         finish(exc.code)
-    if _quick():
-        finish(0)
+    else:
+        if _quick():
+            finish(0)
+    finally:
+        _state["requested"] = False  # reached only where the process goes on (in-process calls)
 
 
 def _quick() -> bool:

@@ -37,6 +37,7 @@ def fold_rows(run_dirs: list[str]) -> tuple[list[dict], int]:
         if "fold" not in record:
             raise SystemExit(f"{path}: not trained with --fold")
         rows.append({"run": str(run), "fold": tuple(record["fold"]), "target": card.target,
+                     "test_ids": record.get("test_ids_sha256"),
                      "data": card.training["data"]["source"], "unit": card.unit, **card.metrics,
                      **last_epoch(path.parent / "history.csv", card.transform.log10)})
     folds = sorted(r["fold"] for r in rows)
@@ -45,6 +46,9 @@ def fold_rows(run_dirs: list[str]) -> tuple[list[dict], int]:
         raise SystemExit(f"the runs hold folds {folds}, not each of 1..{k} of {k} once")
     if len({(r["target"], r["data"]) for r in rows}) != 1:
         raise SystemExit("the runs do not share one target and data set")
+    if len({r["test_ids"] for r in rows}) != 1:
+        raise SystemExit("the runs held out different test splits (a random test split drawn with other seeds): "
+                         "their folds do not partition one set of structures")
     return sorted(rows, key=lambda r: r["fold"]), k
 
 

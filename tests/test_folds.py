@@ -103,3 +103,28 @@ def test_the_command_takes_a_fold_and_refuses_a_wrong_one(data, tmp_path):
     card, _ = read_checkpoint(tmp_path / "run" / "best.ckpt")
     assert card.training["data"]["split_record"]["fold"] == [4, 5]
     assert {e.id for e in load_dataset(data, "y", fold=(4, 5)).split("val")} != val_ids(data, (2, 5))
+
+
+def test_an_ensemble_refuses_every_members_training_structures(fold_run, data, tmp_path):
+    """A member warm-started from a run on another fold has trained on this fold's validation
+    structures; joined (calibrated on the test split, clean for both), the ensemble remembers it."""
+    from crystalprop.evaluation import join_ensemble
+
+    train_model(data, tmp_path / "fold1", train_config(epochs=1, seed=3), workers=1, fold=(1, 5))
+    train_model(data, tmp_path / "warm", train_config(epochs=1, seed=4), workers=1, fold=(2, 5),
+                init_from=tmp_path / "fold1" / "best.ckpt")
+    join_ensemble([fold_run, tmp_path / "warm"], tmp_path / "ens.ckpt", data, split="test")
+    with pytest.raises(ValueError, match="were used to train"):
+        evaluate_model(str(tmp_path / "ens.ckpt"), data, split="val")
+    assert evaluate_model(str(tmp_path / "ens.ckpt"), data, split="test")["n"] == N_TEST
+
+
+def test_a_fold_run_resumed_by_the_command_keeps_its_fold(data, tmp_path):
+    args = ["train", data, "-o", tmp_path / "run", "--epochs", "1", "--batch-size", "8", "--graph-workers", "1",
+            *TINY_CLI]
+    assert run_cli([*args, "--fold", "3/5"]).returncode == 0
+    result = run_cli([*args[:4], "--epochs", "2", *args[6:], "--resume"])
+    assert result.returncode == 0, result.stderr
+    card, _ = read_checkpoint(tmp_path / "run" / "best.ckpt")
+    assert card.training["data"]["split_record"]["fold"] == [3, 5]
+    assert run_cli([*args[:4], "--epochs", "3", *args[6:], "--resume", "--fold", "1/5"]).returncode != 0

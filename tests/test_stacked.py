@@ -171,7 +171,8 @@ def test_evaluating_many_members_keeps_batches_within_the_memory_bound(monkeypat
     net, _ = stack_checkpoints(card.model, [(member_params(card, params), path)])
     whole = inference.predict_members(net, graphs, batch_size=64)
     memory = 4 << 20
-    limits = BatchLimits.for_model(64, card.model.features * net.members, card.model.heads, memory)
+    assert net.members == 4
+    limits = BatchLimits.for_model(64, card.model.features * 4, card.model.heads, memory)  # all 4 members
     sizes.clear()
     bounded = inference.predict_members(net, graphs, batch_size=64, batch_memory=memory)
     assert len(sizes) > 1 and all(edges <= limits.edges for _, edges in sizes)

@@ -136,3 +136,12 @@ def test_no_quick_exit_under_a_profiler(monkeypatch):
     with pytest.raises(SystemExit) as stopped:
         run(lambda: (request(), sys.exit(5)))
     assert stopped.value.code == 5
+
+
+def test_a_request_left_by_an_earlier_in_process_command_does_not_end_a_later_run():
+    code = ("from crystalprop import quick_exit\n"
+            "quick_exit.request()\n"  # as an in-process predict (main([...])) leaves it
+            "quick_exit.run(lambda: None)\n"
+            "print('still here')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "still here" in result.stdout, result.stderr

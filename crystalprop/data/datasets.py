@@ -271,7 +271,9 @@ def assign_fold(dataset: Dataset, fold: tuple[int, int]) -> None:
     validation split, the other K - 1 folds the training split; the test split is left alone.
 
     The structures are sorted by id and shuffled with a fixed seed, so every run, seed and
-    ensemble member on the same data sees the same folds, whatever the order of the records.
+    ensemble member on the same data sees the same folds, whatever the order of the records, as
+    long as the test split is fixed (split.json, a split column, or no test split): a random test
+    split depends on the seed, and so would the structures dealt into folds.
     """
     check_fold(fold)
     i, k = fold

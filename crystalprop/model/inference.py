@@ -7,7 +7,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from crystalprop.backend import mindspore_module
-from crystalprop.graph.batch import BatchLimits, GraphBatch, batches_within, collate
+from crystalprop.graph.batch import GraphBatch, batches_within, collate
 from crystalprop.graph.settings import BATCH_MEMORY_BYTES
 from crystalprop.graph.neighbors import CrystalGraph
 
@@ -45,7 +45,6 @@ def predict_members(net, graphs: Sequence[CrystalGraph], batch_size: int = 64,
     all the members' activations take in about ``batch_memory`` bytes.
     """
     net.set_train(False)
-    limits = BatchLimits.for_model(batch_size, net.config.features * net.members, net.config.heads, batch_memory)
     parts = [net(*batch_tensors(collate(batch))).asnumpy().reshape(net.members, -1)
-             for batch in batches_within(graphs, limits)]
+             for batch in batches_within(graphs, net.batch_limits(batch_size, batch_memory))]
     return np.concatenate(parts, axis=1) if parts else np.zeros((net.members, 0), dtype=np.float32)

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from crystalprop.backend import mindspore_module
+from crystalprop.graph.batch import BatchLimits
 from crystalprop.model.config import ModelConfig
 from crystalprop.model.fused import attention_gate_op, row_norm_op
 from crystalprop.model.layers import LAYER_NORM_EPS, HeadRows, RBFExpansion, WeightedScatterRows, kernel_or_none
@@ -224,6 +225,10 @@ class StackedMatformer(nn.Cell):
     Inputs are those of :meth:`Matformer.construct` (one graph batch shared by all members);
     output (K, B), member k's normalised predictions in row k.
     """
+
+    def batch_limits(self, batch_size: int, batch_memory: int) -> BatchLimits:
+        """Batches whose forward pass takes about ``batch_memory`` bytes: each member holds its own activations."""
+        return BatchLimits.for_model(batch_size, self.config.features * self.members, self.config.heads, batch_memory)
 
     def __init__(self, config: ModelConfig, members: Members, fused: bool | None = None) -> None:
         super().__init__()

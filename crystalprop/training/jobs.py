@@ -39,6 +39,16 @@ def completed(payload: dict) -> bool:
     return payload["stopped_because"] == "finished" or payload["stopped_because"].startswith("no improvement")
 
 
+def _run_fold(run: dict) -> tuple[int, int] | None:
+    """The cross-validation fold: the one asked for, else on resume the run's own (None for none)."""
+    from crystalprop.training.trainer import saved_fold  # noqa: PLC0415
+
+    if run.get("fold"):
+        return tuple(run["fold"])
+    last = Path(run["run_dir"]) / "last.ckpt"
+    return saved_fold(last) if run["resume"] and last.is_file() else None
+
+
 def _run_cell(run: dict) -> str:
     """The cell setting a resumed run was trained with (canonical for a new run)."""
     from crystalprop.training.trainer import saved_cell  # noqa: PLC0415
@@ -59,7 +69,7 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
     config = TrainConfig(**job["config"], model=ModelConfig(**job["model"]),
                          graph=GraphSettings(cell=job["graph"]["cell"] or _run_cell(job["run"])))
     run = dict(job["run"])
-    run["fold"] = tuple(run["fold"]) if run.get("fold") else None
+    run["fold"] = _run_fold(run)
     if run["init_from"]:
         run["init_from"] = str(resolve_model(run["init_from"])[1])
     result = train_model(run.pop("data"), run.pop("run_dir"), config, **run, on_event=on_event)

@@ -14,7 +14,7 @@ from crystalprop.data.graph_cache import build_graphs
 from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.training.config import TrainConfig
 from crystalprop.training.distributed import Cluster, join_cluster
-from crystalprop.training.trainer import Trainer, TrainResult, TrainingError
+from crystalprop.training.trainer import Trainer, TrainResult, TrainingError, saved_fold
 
 
 def split_graphs(dataset: Dataset, graphs, split: str):
@@ -51,11 +51,9 @@ def build_graphs_shared(entries: list[Entry], settings, cluster: Cluster, worker
 def check_resumed_fold(run_dir: Path, fold: tuple[int, int] | None) -> None:
     """Refuse to resume a run on another cross-validation fold than it was trained on: its
     validation split would hold structures it has trained on."""
-    best = run_dir / "best.ckpt"
-    if not best.is_file():
-        return
-    saved = read_checkpoint(best)[0].training.get("data", {}).get("split_record", {}).get("fold")
-    if (tuple(saved) if saved else None) != fold:
+    last = run_dir / "last.ckpt"
+    saved = saved_fold(last) if last.is_file() else fold
+    if saved != fold:
         def name(f) -> str:
             return f"--fold {f[0]}/{f[1]}" if f else "no --fold"
 

@@ -54,13 +54,23 @@ RUN_LEGACY_CELL = "as-given"
 """The cells of a run saved before the cell setting existed: graphs were built on the file's cell."""
 
 
-def saved_cell(last: Path) -> str:
-    """The cell setting stored in a run's ``last.ckpt`` (``as-given`` for runs that predate it)."""
-    params = ms.load_checkpoint(str(last))
-    payload = params.get(STATE_KEY)
+def _saved_state(last: Path) -> dict:
+    """The training state stored in a run's ``last.ckpt``."""
+    payload = ms.load_checkpoint(str(last)).get(STATE_KEY)
     if not isinstance(payload, str):
         raise CheckpointError(f"{last}: no training state in this checkpoint")
-    return json.loads(payload)["config"].get("graph", {}).get("cell", RUN_LEGACY_CELL)
+    return json.loads(payload)
+
+
+def saved_cell(last: Path) -> str:
+    """The cell setting stored in a run's ``last.ckpt`` (``as-given`` for runs that predate it)."""
+    return _saved_state(last)["config"].get("graph", {}).get("cell", RUN_LEGACY_CELL)
+
+
+def saved_fold(last: Path) -> tuple[int, int] | None:
+    """The cross-validation fold stored in a run's ``last.ckpt`` (None: no fold, or a run that predates folds)."""
+    fold = _saved_state(last).get("fold")
+    return tuple(fold) if fold else None
 
 
 class TrainingError(RuntimeError):
@@ -437,7 +447,8 @@ class Trainer:
         if not self.cluster.is_main:
             return
         payload = json.dumps({"state": state, "config": self.config.as_dict(), "history": self.history,
-                              "prior_training": self.prior_training})
+                              "prior_training": self.prior_training,
+                              "fold": self.data_description.get("split_record", {}).get("fold")})
         atomic_write(self.run_dir / "last.ckpt",
                      lambda tmp: ms.save_checkpoint(cell, str(tmp), append_dict={STATE_KEY: payload}))
 
