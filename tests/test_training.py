@@ -246,6 +246,27 @@ def test_init_from_loads_the_weights(run_a, data, tmp_path):
     assert warm_card.training["cumulative_epochs"] == pytest.approx(result.best_epoch + 1)
 
 
+def test_init_from_an_ensemble_starts_from_its_first_member(run_a, data, tmp_path):
+    """The shipped models are ensembles: ``--init-from formation_energy`` warm-starts from member 0."""
+    from crystalprop.model.checkpoint import save_ensemble
+    from crystalprop.model.ensemble import member_params
+
+    _, run_dir, _ = run_a
+    card, params = read_checkpoint(run_dir / "best.ckpt")
+    other = {name: value * 0.5 for name, value in params.items()}
+    card.ensemble = {"members": 2, "sigma_scale": 1.0}
+    save_ensemble(tmp_path / "ens.ckpt", card, [params, other])
+    events = []
+    train_model(data, tmp_path / "warm", config(epochs=1, lr=1e-12), workers=1, init_from=tmp_path / "ens.ckpt",
+                on_event=lambda kind, info: events.append((kind, info)))
+    init = next(info for kind, info in events if kind == "init_from")
+    assert init["loaded"] == init["total"]
+    _, warm_params = read_checkpoint(tmp_path / "warm" / "best.ckpt")
+    first = member_params(*read_checkpoint(tmp_path / "ens.ckpt"))[0]
+    name = next(n for n in first if "moving_" not in n and "weight" in n)
+    np.testing.assert_allclose(warm_params[name].asnumpy(), first[name].asnumpy(), atol=1e-6)
+
+
 def test_log10_target_round_trip(tmp_path):
     path = write_json_dataset(tmp_path / "positive.json", 32, target="modulus")
     records = json.loads(path.read_text())

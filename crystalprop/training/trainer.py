@@ -36,6 +36,7 @@ from crystalprop.model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from crystalprop.model.ensemble import member_params
 from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
 from crystalprop.training.config import EVAL_BATCH_SIZE, TrainConfig
@@ -232,8 +233,9 @@ class Trainer:
         )
 
     def _init_from(self, net: Matformer, path: str | Path) -> None:
-        """Warm start: copy every parameter whose name and shape match."""
+        """Warm start: copy every parameter whose name and shape match (an ensemble's first member)."""
         card, params = read_checkpoint(path)
+        params = member_params(card, params)[0]
         own = dict(net.parameters_and_names())
         loaded = 0
         for name, param in own.items():
