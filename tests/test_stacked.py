@@ -172,7 +172,9 @@ def test_evaluating_many_members_keeps_batches_within_the_memory_bound(monkeypat
     whole = inference.predict_members(net, graphs, batch_size=64)
     memory = 4 << 20
     assert net.members == 4
-    limits = BatchLimits.for_model(64, card.model.features * 4, card.model.heads, memory)  # all 4 members
+    from crystalprop.model.stacked import MEMORY_FACTOR
+
+    limits = BatchLimits.for_model(64, card.model.features * 4 * MEMORY_FACTOR, card.model.heads, memory)  # 4 members
     sizes.clear()
     bounded = inference.predict_members(net, graphs, batch_size=64, batch_memory=memory)
     assert len(sizes) > 1 and all(edges <= limits.edges for _, edges in sizes)
