@@ -40,7 +40,7 @@ def main() -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write results to .csv, .json or .jsonl as they come.")
 @click.option("--batch-size", default=BATCH_SIZE, show_default=True,
               help="Most structures per batch. A batch also holds at most as many atoms and edges as the "
-                   "models take within --batch-memory (edges x features x heads x 16 bytes per member; "
+                   "models take within --batch-memory (edges x features x heads x 96 bytes per member; "
                    "the members of all models of one size run together), "
                    "so a batch of large cells is smaller; a single larger cell forms a batch of its own.")
 @click.option("--batch-memory", default=BATCH_MEMORY_BYTES >> 20, show_default=True, type=click.IntRange(min=1),

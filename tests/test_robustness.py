@@ -269,7 +269,9 @@ def test_predictions_do_not_depend_on_the_batch_bound(random_ckpt):
     structures = [s for _, s in make_structures(8)] + [rocksalt_conventional() * (2, 2, 2)]
     predictor = Predictor(str(random_ckpt), cell="as-given")  # the supercell stays large
     graphs = [graph_of(s) for s in structures]
-    memory = 16 * 8 * 600  # 600 edges for the tiny model's 8 channels at 16 bytes each
+    from crystalprop.model.stacked import MEMORY_FACTOR
+
+    memory = 16 * MEMORY_FACTOR * 8 * 600  # 600 edges for the tiny model's 8 channels, as a stacked network
     limits = predictor.batch_limits(64, memory)
     assert limits.edges == 600
     bounded = list(predictor.iter_rows(structures, workers=0, batch_memory=memory))
