@@ -14,7 +14,9 @@ from crystalprop.display import (
     TABLE_LIMIT, console, out, print_ensemble, print_evaluation, print_rows, show_table, stream_rows,
 )
 from crystalprop.gc_pause import collection_paused
-from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, GraphSettings
+from crystalprop.graph.settings import (
+    BATCH_MEMORY_BYTES, BATCH_SIZE, BYTES_PER_EDGE_CHANNEL, STACKED_MEMORY_FACTOR, GraphSettings,
+)
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model.config import ModelConfig
 from crystalprop.quick_exit import request as request_quick_exit, run as run_quick_exit
@@ -40,7 +42,8 @@ def main() -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write results to .csv, .json or .jsonl as they come.")
 @click.option("--batch-size", default=BATCH_SIZE, show_default=True,
               help="Most structures per batch. A batch also holds at most as many atoms and edges as the "
-                   "models take within --batch-memory (edges x features x heads x 96 bytes per member; "
+                   f"models take within --batch-memory (edges x features x heads x "
+                   f"{BYTES_PER_EDGE_CHANNEL * STACKED_MEMORY_FACTOR} bytes per member; "
                    "the members of all models of one size run together), "
                    "so a batch of large cells is smaller; a single larger cell forms a batch of its own.")
 @click.option("--batch-memory", default=BATCH_MEMORY_BYTES >> 20, show_default=True, type=click.IntRange(min=1),

@@ -216,7 +216,7 @@ class ReadAhead:
                                        max_pending=MAX_PENDING, hard_limit=hard_limit, env=READER_ENV)
             self._results: Iterator[list[Prepared]] = iter(self._pool)
         else:
-            self._results = (prepare_input(job) for job in jobs)
+            self._results = _prepare_in_process(jobs)
 
     def __iter__(self) -> Iterator[Prepared]:
         try:
@@ -230,6 +230,14 @@ class ReadAhead:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _prepare_in_process(jobs: Iterator[tuple[int, Any, GraphSettings, float]]) -> Iterator[list[Prepared]]:
+    """``prepare_input`` of each job in this process, the readers' start-up done first: a machine's
+    first run builds the compiled search, which must not count against the first input's time limit."""
+    _import_readers()
+    for job in jobs:
+        yield prepare_input(job)
 
 
 def _reader_processes() -> int:

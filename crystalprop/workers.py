@@ -68,22 +68,6 @@ def main_script_hidden() -> Iterator[None]:
             sys.modules["__main__"] = main
 
 
-@contextmanager
-def environment(overrides: Mapping[str, str]) -> Iterator[None]:
-    """``os.environ`` with ``overrides`` set, restored on exit: a process spawned in the block
-    starts with them (libraries such as OpenBLAS read their settings once, at load)."""
-    saved = {name: os.environ.get(name) for name in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 @dataclass
 class _Worker:
     """One worker process, its pipe and the (sequence number, job) pairs it holds, oldest first."""
@@ -97,10 +81,16 @@ class _Worker:
     killed_for_time: bool = False
 
 
-def _worker_main(conn: Connection, func: Callable[[Any], Any], initializer: Callable[[], None] | None) -> None:
-    """Worker loop: receive chunks of pickled jobs, answer each with (sequence number, ok, result)."""
+def _worker_main(conn: Connection, env: Mapping[str, str], task: bytes) -> None:
+    """Worker loop: receive chunks of pickled jobs, answer each with (sequence number, ok, result).
+
+    ``env`` is set before ``task`` (the pickled function and initializer) is unpickled, so that
+    the libraries it imports, such as OpenBLAS, read it at load; the parent's environment is
+    never written (a replacement worker starts from the dispatcher thread)."""
     global _beat
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop (Ctrl-C included)
+    os.environ.update(env)
+    func, initializer = pickle.loads(task)
     _beat = functools.partial(conn.send, (HEARTBEAT, True, None))
     if initializer is not None:
         initializer()
@@ -142,6 +132,7 @@ class ResilientPool:
                  env: Mapping[str, str] | None = None) -> None:
         self._func, self._jobs, self._on_lost, self._initializer = func, jobs, on_lost, initializer
         self._env = dict(env or {})
+        self._task = pickle.dumps((func, initializer))
         self._max_pending, self._hard_limit = max_pending, hard_limit
         self._ctx = mp.get_context("spawn")
         self._retry: deque = deque()  # (seq, job) of a dead worker, not yet started
@@ -160,8 +151,8 @@ class ResilientPool:
 
     def _start_worker(self) -> _Worker:
         parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker_main, args=(child, self._func, self._initializer), daemon=True)
-        with main_script_hidden(), environment(self._env):
+        process = self._ctx.Process(target=_worker_main, args=(child, self._env, self._task), daemon=True)
+        with main_script_hidden():
             process.start()
         child.close()
         return _Worker(process, parent)

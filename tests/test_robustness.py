@@ -226,6 +226,22 @@ def test_pool_workers_start_with_the_given_environment(monkeypatch):
 
 
 @pytest.mark.slow
+def test_pool_workers_get_their_environment_without_writing_the_parent_s(monkeypatch):
+    """The dispatcher thread starts replacement readers while the main thread runs: writing
+    ``os.environ`` there, even briefly, would race with the main thread's own reads and writes."""
+    import collections
+
+    class Watched(collections.UserDict):
+        def __setitem__(self, key, value):
+            if key == "CRYSTALPROP_POOL_PROBE":
+                raise AssertionError("the parent's environment was written")
+            super().__setitem__(key, value)
+
+    monkeypatch.setattr(os, "environ", Watched(os.environ))
+    assert _pool_results(os.getenv, ["CRYSTALPROP_POOL_PROBE"], env={"CRYSTALPROP_POOL_PROBE": "worker"}) == ["worker"]
+
+
+@pytest.mark.slow
 def test_pool_gives_up_when_workers_die_while_starting():
     suicide = functools.partial(signal.raise_signal, signal.SIGKILL)
     with pytest.raises(RuntimeError, match=r"3 reader processes in a row died while starting \(last: signal 9\)"):
@@ -269,7 +285,7 @@ def test_predictions_do_not_depend_on_the_batch_bound(random_ckpt):
     structures = [s for _, s in make_structures(8)] + [rocksalt_conventional() * (2, 2, 2)]
     predictor = Predictor(str(random_ckpt), cell="as-given")  # the supercell stays large
     graphs = [graph_of(s) for s in structures]
-    from crystalprop.model.stacked import MEMORY_FACTOR
+    from crystalprop.graph.settings import STACKED_MEMORY_FACTOR as MEMORY_FACTOR
 
     memory = 16 * MEMORY_FACTOR * 8 * 600  # 600 edges for the tiny model's 8 channels, as a stacked network
     limits = predictor.batch_limits(64, memory)

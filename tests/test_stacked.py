@@ -172,7 +172,7 @@ def test_evaluating_many_members_keeps_batches_within_the_memory_bound(monkeypat
     whole = inference.predict_members(net, graphs, batch_size=64)
     memory = 4 << 20
     assert net.members == 4
-    from crystalprop.model.stacked import MEMORY_FACTOR
+    from crystalprop.graph.settings import STACKED_MEMORY_FACTOR as MEMORY_FACTOR
 
     limits = BatchLimits.for_model(64, card.model.features * 4 * MEMORY_FACTOR, card.model.heads, memory)  # 4 members
     sizes.clear()

@@ -9,7 +9,7 @@ import numpy as np
 
 from crystalprop.graph.elements import MAX_Z, atom_features
 from crystalprop.graph.neighbors import CrystalGraph
-from crystalprop.graph.settings import BATCH_MEMORY_BYTES
+from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BYTES_PER_ATOM_CHANNEL, BYTES_PER_EDGE_CHANNEL
 
 INT32_LIMIT = 2**31  # the kernels index atoms and bond lengths with int32
 KEY_LIMIT = 2.0**62  # the int64 edge key of collate must stay below this (as in neighbors.py)
@@ -18,13 +18,6 @@ KEY_LIMIT = 2.0**62  # the int64 edge key of collate must stay below this (as in
 class GraphError(ValueError):
     """A graph whose arrays disagree, e.g. a damaged cache entry: its edges would index atoms
     it does not have, a read or write outside the kernels' buffers."""
-
-
-BYTES_PER_EDGE_CHANNEL = 16
-"""Forward-pass memory per directed edge and per (feature x head) channel: 12-15 bytes measured
-(CPU, 5 layers, 64x1 and 128x4 channels, 0.1-0.4 M edges), rounded up."""
-BYTES_PER_ATOM_CHANNEL = 64
-"""The same per atom (node tables: queries, keys, values, update terms); edges dominate."""
 
 
 @dataclass(frozen=True)

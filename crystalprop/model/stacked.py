@@ -25,6 +25,7 @@ import numpy as np
 
 from crystalprop.backend import mindspore_module
 from crystalprop.graph.batch import BatchLimits
+from crystalprop.graph.settings import STACKED_MEMORY_FACTOR
 from crystalprop.model.config import ModelConfig
 from crystalprop.model.fused import attention_gate_op, row_norm_op
 from crystalprop.model.layers import LAYER_NORM_EPS, HeadRows, RBFExpansion, WeightedScatterRows, kernel_or_none
@@ -35,12 +36,6 @@ nn, ops = ms.nn, ms.ops
 
 Members = Sequence[Mapping[str, np.ndarray]]
 
-MEMORY_FACTOR = 6
-"""Forward-pass memory per edge and channel of a stacked network, in units of a single network's
-(``graph.batch.BYTES_PER_EDGE_CHANNEL``). Measured with the 14 members of the four shipped models on
-the first 2,000 mp2018 files (343 edges per structure): with the single network's estimate the
-process tree peaked at 2.97 GB (batches of 64 structures, about 1.9 GB above the 1.1 GB floor of the
-loaded models and readers), about 95 bytes per edge and channel; with this factor 1.1-1.2 GB, as fast."""
 
 
 def _param(value: np.ndarray, name: str):
@@ -235,8 +230,8 @@ class StackedMatformer(nn.Cell):
 
     def batch_limits(self, batch_size: int, batch_memory: int) -> BatchLimits:
         """Batches whose forward pass takes about ``batch_memory`` bytes: each member holds its own
-        activations, and the stacked pass holds more of them per channel (:data:`MEMORY_FACTOR`)."""
-        channels = self.config.features * self.members * MEMORY_FACTOR
+        activations, and the stacked pass holds more of them per channel (``STACKED_MEMORY_FACTOR``)."""
+        channels = self.config.features * self.members * STACKED_MEMORY_FACTOR
         return BatchLimits.for_model(batch_size, channels, self.config.heads, batch_memory)
 
     def __init__(self, config: ModelConfig, members: Members, fused: bool | None = None) -> None:
