@@ -127,6 +127,26 @@ def attention_gate_op():
     return _custom(path, "AttentionGate", inputs, ["out"], bprop, int_inputs=indices)
 
 
+def message_pass_op():
+    """``f(q, k, e, gamma, beta, ui, uj, ue, w, bias, norm_gamma, norm_beta, weight, ri, rj, re)``:
+    a stacked Matformer layer's whole message pass for K members, inference only (no gradient);
+    None where unavailable.
+
+    Per member k and edge-head row m (with i, j, r = ri[m], rj[m], re[m]): the gated row g of
+    :func:`attention_gate_op` (q, k, ui, uj (K*N*H, ·), e, ue (K*D*H, ·), gamma, beta (K*3C,)),
+    the message LN_C(g @ w_k + bias_k) · norm_gamma_k + norm_beta_k (w (K*3C, C), the rest
+    (K*C,)), added with weight[m // H] (weight (E,)) to output row k*N*H + i -> (K*N*H, C), like q.
+    ri, rj, re (E*H,) index one member's tables: every member uses the same rows. Neither the
+    (K*E*H, 3C) gated rows nor the messages are stored; threads take whole members.
+    """
+    path = library()
+    if path is None:
+        return None
+    inputs = ["q", "k", "e", "gamma", "beta", "ui", "uj", "ue", "w", "bias", "norm_gamma", "norm_beta",
+              "weight", "ri", "rj", "re"]
+    return _custom(path, "MessagePass", inputs, ["out"], int_inputs=("ri", "rj", "re"))
+
+
 def scatter_rows_op():
     """``f(values, index, like)``: zeros shaped like ``like`` (T, W) plus values (M, W) added at
     rows index (M,) int32; None where unavailable. MindSpore's CPU IndexAdd runs on one thread;

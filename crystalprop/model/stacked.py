@@ -9,7 +9,10 @@ many small per-atom operations, and some of those operations: biases ride in the
 products (a column of ones), BatchNorm's moving statistics and the query scale are folded into
 the weights, the value map into the update's per-atom terms and the edge embedding's last map
 into each layer's edge map. For the shipped models (10 members) this is 1.8-1.9 times the
-throughput of one pass per member (``benchmarks/stacked_members.py``). Outputs equal those of
+throughput of one pass per member (``benchmarks/stacked_members.py``). Where the fused kernels
+are built, each layer's per-edge work (gate, message product, LayerNorm, scatter) is one kernel,
+:func:`crystalprop.model.fused.message_pass_op`, whose gated rows and messages never leave a
+small tile of rows (``benchmarks/stacked_profile.py`` times both paths). Outputs equal those of
 :class:`crystalprop.model.matformer.Matformer` per member to float32 rounding.
 
 Notation as in :mod:`crystalprop.model.layers`: N atoms, E edges, D distinct bond lengths,
@@ -27,7 +30,7 @@ from crystalprop.backend import mindspore_module
 from crystalprop.graph.batch import BatchLimits
 from crystalprop.graph.settings import STACKED_MEMORY_FACTOR
 from crystalprop.model.config import ModelConfig
-from crystalprop.model.fused import attention_gate_op, row_norm_op
+from crystalprop.model.fused import attention_gate_op, message_pass_op, row_norm_op
 from crystalprop.model.layers import LAYER_NORM_EPS, HeadRows, RBFExpansion, WeightedScatterRows, kernel_or_none
 from crystalprop.model.matformer import Matformer, input_signature
 
@@ -190,6 +193,7 @@ class StackedConv(nn.Cell):
         skip = _Dense(members, f"{prefix}.lin_skip")
         self.lin_skip = _Affine(skip.w, skip.b, "lin_skip")
         self.scatter = WeightedScatterRows(fused)
+        self.message = kernel_or_none(message_pass_op, fused)
 
     @staticmethod
     def _concate_with_batch_norm(members: Members, prefix: str) -> _Affine:
@@ -201,6 +205,18 @@ class StackedConv(nn.Cell):
         factor, shift = factor[:, None, :], shift[:, None, :]
         return _Affine(concate.w * factor, concate.b * factor + shift, "lin_concate")
 
+    def message_pass(self, q, key, e, upd_i, upd_j, upd_e, edge_weight, head_rows):
+        """The fused message pass (:func:`crystalprop.model.fused.message_pass_op`): q, key (K, N, H*C),
+        e (K, D*H, C), the update tables (K*N*H or K*D*H, 3C), edge_weight (E,) and head_rows of
+        one member (E*H,) -> the messages summed per atom (K*N, H*C)."""
+        c = self.channels
+        rows_i, rows_j, rows_e = head_rows
+        summed = self.message(q.reshape(-1, c), key.reshape(-1, c), e.reshape(-1, c), self.gate.gamma,
+                              self.gate.beta, upd_i, upd_j, upd_e, self.msg_layer.weight.reshape(-1, c),
+                              self.msg_norm.bias, self.msg_norm.gamma, self.msg_norm.beta, edge_weight,
+                              rows_i, rows_j, rows_e)  # (K*N*H, C)
+        return summed.reshape(-1, self.heads * c)
+
     def construct(self, x, edges, edge_weight, dst, head_rows, ones):
         c, k = self.channels, self.members
         q = self.lin_query(x)  # (K, N, H*C)
@@ -209,13 +225,16 @@ class StackedConv(nn.Cell):
         upd_j = self.upd_j(x).reshape(-1, 3 * c)
         e = self.lin_edge(edges).reshape(k, -1, c)  # (K, D*H, C)
         upd_e = self.upd_e(e).reshape(-1, 3 * c)  # (K*D*H, 3C)
-        rows_i, rows_j, rows_e = head_rows
-        gated = self.gate(q.reshape(-1, c), key.reshape(-1, c), e.reshape(-1, c), upd_i, upd_j, upd_e,
-                          rows_i, rows_j, rows_e)  # (K*E*H, 3C)
-        message = self.msg_norm(self.msg_layer(gated.reshape(k, -1, 3 * c)).reshape(-1, c))  # (K*E*H, C)
         width = self.heads * c
-        aggregated = self.scatter(message.reshape(-1, width), edge_weight, dst, q.reshape(-1, width))  # (K*N, H*C)
-        concated = self.lin_concate(_with_ones(aggregated.reshape(k, -1, width), ones))
+        if self.message is not None:
+            aggregated = self.message_pass(q, key, e, upd_i, upd_j, upd_e, edge_weight, head_rows)
+        else:
+            rows_i, rows_j, rows_e = head_rows
+            gated = self.gate(q.reshape(-1, c), key.reshape(-1, c), e.reshape(-1, c), upd_i, upd_j, upd_e,
+                              rows_i, rows_j, rows_e)  # (K*E*H, 3C)
+            message = self.msg_norm(self.msg_layer(gated.reshape(k, -1, 3 * c)).reshape(-1, c))  # (K*E*H, C)
+            aggregated = self.scatter(message.reshape(-1, width), edge_weight, dst, q.reshape(-1, width))
+        concated = self.lin_concate(_with_ones(aggregated.reshape(k, -1, width), ones))  # (K, N, C)
         return ops.silu(concated) + self.lin_skip(x)
 
 
@@ -248,6 +267,7 @@ class StackedMatformer(nn.Cell):
         self.att_layers = nn.CellList([StackedConv(members, f"att_layers.{i}", config, fused)
                                        for i in range(config.layers)])
         self.head_rows = HeadRows(config.heads)
+        self.fused_message = all(layer.message is not None for layer in self.att_layers)
         fc, fc_out = _Dense(members, "fc"), _Dense(members, "fc_out")
         self.fc, self.fc_out = _Affine(fc.w, fc.b, "fc"), _Affine(fc_out.w, fc_out.b, "fc_out")
         self.member_index = ms.Tensor(np.arange(k, dtype=np.int32).reshape(k, 1))  # (K, 1)
@@ -268,10 +288,14 @@ class StackedMatformer(nn.Cell):
         hidden = ops.softplus(ops.bias_add(self.matmul(self.rbf(distances), self.edge_in_weight), self.edge_in_bias))
         hidden = self._member_major(hidden)  # (K, D, C), before edge_out (folded into each layer)
         edges = _with_ones(hidden, ops.ones_like(hidden[:, :, :1]))
-        dst_k = self._offset(dst, node_graph)  # (K*E,)
-        head_rows = (self.head_rows(dst_k), self.head_rows(self._offset(src, node_graph)),
-                     self.head_rows(self._offset(distance_index, distances)))
-        weight = ops.tile(edge_weight, (k,))  # (K*E,)
+        if self.fused_message:  # one member's rows, (E*H,): the kernel offsets them per member
+            dst_k, weight = dst, edge_weight
+            head_rows = (self.head_rows(dst), self.head_rows(src), self.head_rows(distance_index))
+        else:
+            dst_k = self._offset(dst, node_graph)  # (K*E,)
+            head_rows = (self.head_rows(dst_k), self.head_rows(self._offset(src, node_graph)),
+                         self.head_rows(self._offset(distance_index, distances)))
+            weight = ops.tile(edge_weight, (k,))  # (K*E,)
         ones = ops.ones_like(x[:, :, :1])  # (K, N, 1)
         for layer in self.att_layers:
             x = layer(_with_ones(x, ones), edges, weight, dst_k, head_rows, ones)

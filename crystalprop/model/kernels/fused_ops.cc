@@ -1,5 +1,6 @@
 // Row-wise LayerNorm over the last axis of an (M, F) float32 tensor, the Matformer attention
-// gate built on it, their gradients, and a row scatter-add: MindSpore "aot" custom operators for
+// gate built on it, their gradients, a row scatter-add, and for inference the whole message pass
+// of K stacked members (gate, product, LayerNorm, scatter): MindSpore "aot" custom operators for
 // CPU (model/fused.py).
 //
 // LayerNorm, per row x:  n = (x - mean(x)) / sqrt(var(x) + eps);  y = n * gamma + beta
@@ -18,6 +19,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -396,6 +398,170 @@ int ScatterRows(const float *values, const float *weight, const int32_t *index, 
   return 0;
 }
 
+// The whole message pass of a Matformer layer for K stacked members, inference only:
+//   out[k, i_m] += w_m * LN_C(W_k^T g_m + b_k) * gamma_k + beta_k   over every edge-head row m,
+//   g_m = the attention gate's row m (GateForward), member k's tables and parameters.
+// The gated rows and the messages live in a small tile of rows that stays in cache: neither the
+// (K*M, 3C) gated tensor, nor the (K*M, C) messages, nor K copies of the row indices are ever
+// stored. Threads take whole members (each writes its own block of output rows); with fewer
+// members than threads, a member's rows are cut into slices, all but the first summed into
+// private buffers that are added in slice order.
+struct MessageInputs {
+  GateInputs gate;                             // row indices are one member's, (M,)
+  const float *w, *bias, *norm_gamma, *norm_beta;  // (K*3C, C), (K*C,) x 3
+  const float *edge_weight;                    // (M / H,)
+  int64_t members, heads, atom_rows, length_rows;  // per member: q/k/ui/uj rows, e/ue rows
+};
+
+constexpr int64_t kTile = 32;   // rows gated, multiplied and normalised together
+constexpr int64_t kLanes = 16;  // floats per vector
+constexpr int kProductRows = 6;  // 6 x 4 accumulators, 4 of w and a broadcast: 29 of 32 registers
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
+
+// y (rows, C) = g (rows, 3C) @ w (3C, C) + bias (C,), for rows <= kTile: kRows rows at a time and
+// kVectors vectors of columns, so that each row of w loaded serves kRows rows of g from registers
+// (w, 48 KB for C = 64, comes from L2: the fewer times it is read, the better).
+template <int kRows, int kVectors>
+void TileProduct(const float *__restrict__ g, const float *__restrict__ w, const float *__restrict__ bias,
+                 float *__restrict__ y, int64_t rows, int64_t depth, int64_t c, int64_t column) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+    const int64_t count = std::min<int64_t>(kRows, rows - r0);
+    Vec acc[kRows][kVectors];
+    const float *gr[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      gr[r] = g + std::min<int64_t>(r0 + r, rows - 1) * depth;  // rows past the end repeat the last
+      for (int v = 0; v < kVectors; ++v) std::memcpy(&acc[r][v], bias + column + v * kLanes, sizeof(Vec));
+    }
+    for (int64_t i = 0; i < depth; ++i) {
+      Vec wv[kVectors];
+      for (int v = 0; v < kVectors; ++v) std::memcpy(&wv[v], w + i * c + column + v * kLanes, sizeof(Vec));
+      for (int r = 0; r < kRows; ++r) {
+        const float a = gr[r][i];
+        for (int v = 0; v < kVectors; ++v) acc[r][v] += a * wv[v];
+      }
+    }
+    for (int r = 0; r < count; ++r)
+      for (int v = 0; v < kVectors; ++v) std::memcpy(y + (r0 + r) * c + column + v * kLanes, &acc[r][v], sizeof(Vec));
+  }
+}
+
+// y (rows, C) = g (rows, 3C) @ w (3C, C) + bias: vector blocks of up to 64 columns, then the
+// columns left over (C not a multiple of 16) one by one.
+void TileMatMul(const float *g, const float *w, const float *bias, float *y, int64_t rows, int64_t c) {
+  const int64_t depth = 3 * c;
+  int64_t column = 0;
+  for (; column + 4 * kLanes <= c; column += 4 * kLanes) TileProduct<kProductRows, 4>(g, w, bias, y, rows, depth, c, column);
+  for (; column + kLanes <= c; column += kLanes) TileProduct<kProductRows, 1>(g, w, bias, y, rows, depth, c, column);
+  for (; column < c; ++column) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float sum = bias[column];
+      for (int64_t i = 0; i < depth; ++i) sum += g[r * depth + i] * w[i * c + column];
+      y[r * c + column] = sum;
+    }
+  }
+}
+
+// Rows [first, last) of member `member` added into out (atom_rows, C), that member's block.
+void MessageRows(const MessageInputs &in, int64_t member, int64_t first, int64_t last, float *__restrict__ out,
+                 float *__restrict__ scratch) {
+  const GateInputs &g = in.gate;
+  const int64_t c = g.c, width = g.width;
+  GateInputs mine = g;  // the member's tables
+  mine.q = g.q + member * in.atom_rows * c;
+  mine.k = g.k + member * in.atom_rows * c;
+  mine.e = g.e + member * in.length_rows * c;
+  mine.ui = g.ui + member * in.atom_rows * width;
+  mine.uj = g.uj + member * in.atom_rows * width;
+  mine.ue = g.ue + member * in.length_rows * width;
+  const float *__restrict__ gm = g.gamma + member * width;
+  const float *__restrict__ bt = g.beta + member * width;
+  const float *w = in.w + member * width * c;
+  const float *bias = in.bias + member * c;
+  const float *__restrict__ ngm = in.norm_gamma + member * c;
+  const float *__restrict__ nbt = in.norm_beta + member * c;
+  float *__restrict__ gated = scratch;           // (kTile, 3C)
+  float *__restrict__ product = gated + kTile * width;  // (kTile, C)
+  float *__restrict__ u = product + kTile * c;   // (3C,)
+  float *__restrict__ n = u + width;             // (3C,)
+  for (int64_t start = first; start < last; start += kTile) {
+    const int64_t rows = std::min(kTile, last - start);
+    for (int64_t r = 0; r < rows; ++r) {
+      float inv_std;
+      GateRow(mine, start + r, u, n, &inv_std);
+      float *__restrict__ gr = gated + r * width;
+      for (int64_t f = 0; f < width; ++f) gr[f] = u[f] / (1.f + std::exp(-(n[f] * gm[f] + bt[f])));
+    }
+    TileMatMul(gated, w, bias, product, rows, c);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t m = start + r;
+      float *__restrict__ z = product + r * c;
+      const RowStats s = Stats(z, c);
+      const float mean = s.mean, inv_std = s.inv_std, weight = in.edge_weight[m / in.heads];
+      float *__restrict__ o = out + static_cast<int64_t>(g.ri[m]) * c;
+      for (int64_t f = 0; f < c; ++f) o[f] += weight * ((z[f] - mean) * inv_std * ngm[f] + nbt[f]);
+    }
+  }
+}
+
+int MessageForward(void **params, int64_t **shapes) {
+  MessageInputs in;
+  in.gate = ReadGateInputs(params, shapes);  // q k e gamma beta ui uj ue at 0-7
+  in.gate.ri = static_cast<const int32_t *>(params[13]);
+  in.gate.rj = static_cast<const int32_t *>(params[14]);
+  in.gate.re = static_cast<const int32_t *>(params[15]);
+  in.gate.rows = shapes[13][0];
+  in.w = static_cast<const float *>(params[8]);
+  in.bias = static_cast<const float *>(params[9]);
+  in.norm_gamma = static_cast<const float *>(params[10]);
+  in.norm_beta = static_cast<const float *>(params[11]);
+  in.edge_weight = static_cast<const float *>(params[12]);
+  float *out = static_cast<float *>(params[16]);
+  const int64_t c = in.gate.c, width = in.gate.width, rows = in.gate.rows, edges = shapes[12][0];
+  const int64_t members = Members(shapes[3][0], width, shapes[0][0]);
+  if (members == 0 || shapes[4][0] != shapes[3][0] || shapes[8][0] != members * width || shapes[8][1] != c ||
+      shapes[9][0] != members * c || shapes[10][0] != members * c || shapes[11][0] != members * c ||
+      shapes[2][0] % members != 0 || edges <= 0 || rows % edges != 0 || shapes[14][0] != rows ||
+      shapes[15][0] != rows) {
+    return 1;
+  }
+  in.members = members;
+  in.heads = rows / edges;
+  in.atom_rows = shapes[0][0] / members;
+  in.length_rows = shapes[2][0] / members;
+  std::fill(out, out + members * in.atom_rows * c, 0.f);
+  const int threads = Threads();
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>((threads + members - 1) / members,
+                                                               (rows + kTile - 1) / kTile));
+  const int64_t units = members * slices;
+  const int workers = static_cast<int>(std::min<int64_t>(threads, units));
+  const int64_t block = in.atom_rows * c;
+  const int64_t scratch_floats = kTile * (width + c) + 2 * width;
+  std::vector<float> scratch(static_cast<size_t>(workers) * scratch_floats);
+  std::vector<float> partial(static_cast<size_t>(members * (slices - 1) * block), 0.f);
+  float *scratch_data = scratch.data();
+  float *partial_data = partial.data();
+  auto run = [=, &in](int t) {
+    for (int64_t unit = units * t / workers; unit < units * (t + 1) / workers; ++unit) {
+      const int64_t member = unit / slices, slice = unit % slices;
+      float *target = slice == 0 ? out + member * block : partial_data + (member * (slices - 1) + slice - 1) * block;
+      MessageRows(in, member, rows * slice / slices, rows * (slice + 1) / slices, target,
+                  scratch_data + static_cast<size_t>(t) * scratch_floats);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int t = 1; t < workers; ++t) pool.emplace_back(run, t);
+  run(0);
+  for (auto &thread : pool) thread.join();
+  for (int64_t member = 0; member < members; ++member) {
+    for (int64_t slice = 1; slice < slices; ++slice) {
+      const float *__restrict__ p = partial_data + (member * (slices - 1) + slice - 1) * block;
+      float *__restrict__ o = out + member * block;
+      for (int64_t f = 0; f < block; ++f) o[f] += p[f];
+    }
+  }
+  return 0;
+}
+
 std::vector<int64_t> ShapeOf(int *ndims, int64_t **shapes, int i) {
   return std::vector<int64_t>(shapes[i], shapes[i] + ndims[i]);
 }
@@ -417,6 +583,9 @@ int AttentionGate(int, void **params, int *, int64_t **shapes, const char **, vo
 }
 int AttentionGateGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   return GateBackward(params, shapes);
+}
+int MessagePass(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return MessageForward(params, shapes);
 }
 int ScatterRowsAdd(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   // values (M, W), index (M,), like (T, W) -> out (T, W); like only gives the output's shape
@@ -446,6 +615,9 @@ extern "C" std::vector<std::vector<int64_t>> AttentionGateGradInferShape(int *nd
   const std::vector<int64_t> per_row{shapes[8][0], shapes[0][1]};  // (rows, C)
   return {per_row, per_row, per_row, per_row, ShapeOf(ndims, shapes, 3), ShapeOf(ndims, shapes, 4),
           {shapes[8][0], shapes[5][1]}};
+}
+extern "C" std::vector<int64_t> MessagePassInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return ShapeOf(ndims, shapes, 0);  // like q: (K * atoms * heads, C)
 }
 extern "C" std::vector<int64_t> ScatterRowsAddInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return ShapeOf(ndims, shapes, 2);
