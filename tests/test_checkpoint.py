@@ -135,6 +135,18 @@ def test_arrays_are_read_without_parameters_as_mindspore_reads_them(tmp_path):
         np.testing.assert_array_equal(value, params[name].asnumpy(), err_msg=name)
 
 
+def test_arrays_refuse_what_mindspores_loader_refuses(tmp_path):
+    """A checkpoint under another file name is refused with arrays=True as without (MindSpore wants .ckpt)."""
+    net = _net()
+    save_checkpoint(tmp_path / "model.ckpt", net, _card(net))
+    path = (tmp_path / "model.ckpt").rename(tmp_path / "model.weights")
+    with pytest.raises(CheckpointError) as loader:
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError) as fast:
+        read_checkpoint(path, arrays=True)
+    assert str(fast.value) == str(loader.value)
+
+
 def test_arrays_of_a_file_in_slices_come_from_mindspores_loader(tmp_path):
     """A tensor stored in slices (consecutive entries of one name) is left to MindSpore's loader, which joins them."""
     from mindspore.train.checkpoint_pb2 import Checkpoint

@@ -27,6 +27,8 @@ def read_arrays(path: str | Path) -> dict[str, Any] | None:
         from mindspore.train.checkpoint_pb2 import Checkpoint  # noqa: PLC0415  (imported with MindSpore)
     except ImportError:
         return None
+    if not str(path).endswith("ckpt"):  # refused by MindSpore's loader, whose message the caller then gives
+        return None
     content = Path(path).read_bytes()
     if content[-17:-10] == CRC_MARK:
         content = content[:-17]
