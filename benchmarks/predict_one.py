@@ -1,10 +1,12 @@
 """Time ``crystalprop predict <one file>`` from a cold process start, warm caches (graph compile cache, kernels).
 
 Runs the command ``--runs`` times (after one unmeasured run that fills the caches) and prints
-the median and the fastest wall time; ``--phases`` then runs it once more inside this
-process with timers around its phases (imports, model loading, compiling, reading,
-predicting, output), each phase's own time without the phases nested in it; the modules
-that hold the timed functions are imported first, each import timed as a phase of its own.
+the median and the fastest wall time, and the same of the CPU time (user + system) of each
+run's process tree; ``--phases`` then runs it once more inside this process with timers around
+its phases (imports, model loading, compiling, reading, predicting, output), each phase's own
+wall and CPU time without the phases nested in it; the modules that hold the timed functions
+are imported first, each import timed as a phase of its own. On a busy machine wall times
+grow with the load; CPU times much less so.
 Usage: python benchmarks/predict_one.py [--runs 5] [--phases] [file.cif]
 """
 
@@ -14,6 +16,7 @@ import argparse
 import functools
 import importlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,73 +32,95 @@ WHOLE = {"compile (cache load, probe run)"}  # phases that keep the time of the 
 PHASES = (
     ("crystalprop.model.checkpoint", "read_checkpoint", "read checkpoints"),
     ("crystalprop.backend", "enable_compile_cache", "compile-cache key"),
-    ("crystalprop.model.checkpoint", "build_model", "build networks"),
-    ("crystalprop.model.checkpoint", "weight_set", "weight sets"),
+    ("crystalprop.model.stacked", "stack_checkpoints", "build stacked networks"),
     ("crystalprop.predictor", "Predictor.compile", "compile (cache load, probe run)"),
+    ("crystalprop.predictor", "_import_readers", "import readers (pymatgen)"),
     ("crystalprop.predictor", "prepare_input", "read + graph (pymatgen)"),
     ("crystalprop.predictor", "Predictor.predict_prepared", "predict"),
     ("crystalprop.cli", "print_rows", "print table"),
 )
 
 
-def wall_times(path: str, runs: int) -> list[float]:
-    """Seconds per run of ``python -m crystalprop predict path``, each a new process."""
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and their children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wall_times(path: str, runs: int) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds per run of ``python -m crystalprop predict path``, each a new process."""
     command = [sys.executable, "-m", "crystalprop", "predict", path]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     subprocess.run(command, env=env, capture_output=True, check=True)  # fills the caches
     times = []
     for _ in range(runs):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), children_cpu()
         subprocess.run(command, env=env, capture_output=True, check=True)
-        times.append(time.perf_counter() - started)
+        times.append((time.perf_counter() - started, children_cpu() - cpu))
     return times
 
 
+def now() -> tuple[float, float]:
+    """(wall, CPU of this process) seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    """(wall, CPU) seconds since ``start``, a :func:`now`."""
+    wall, cpu = now()
+    return wall - start[0], cpu - start[1]
+
+
 class PhaseClock:
-    """Time per phase; a phase nested in another is not counted in the outer one (but in :data:`WHOLE`)."""
+    """(Wall, CPU) time per phase; a phase nested in another is not counted in the outer one (but in :data:`WHOLE`)."""
 
     def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self._stack: list[list[Any]] = []  # [phase, started, time of nested phases]
+        self.totals: dict[str, tuple[float, float]] = {}
+        self._stack: list[list[Any]] = []  # [phase, started, (wall, CPU) of nested phases]
+
+    def add(self, phase: str, spent: tuple[float, float]) -> None:
+        """Count ``spent`` (wall, CPU) to ``phase``."""
+        total = self.totals.get(phase, (0.0, 0.0))
+        self.totals[phase] = (total[0] + spent[0], total[1] + spent[1])
 
     def wrap(self, phase: str, function: Callable) -> Callable:
         @functools.wraps(function)
         def timed(*args: Any, **kwargs: Any) -> Any:
             if self._stack and self._stack[-1][0] in WHOLE:
                 return function(*args, **kwargs)
-            frame = [phase, time.perf_counter(), 0.0]
+            frame = [phase, now(), (0.0, 0.0)]
             self._stack.append(frame)
             try:
                 return function(*args, **kwargs)
             finally:
                 self._stack.pop()
-                spent = time.perf_counter() - frame[1]
-                self.totals[phase] = self.totals.get(phase, 0.0) + spent - frame[2]
+                spent = since(frame[1])
+                self.add(phase, (spent[0] - frame[2][0], spent[1] - frame[2][1]))
                 if self._stack:
-                    self._stack[-1][2] += spent
+                    self._stack[-1][2] = (self._stack[-1][2][0] + spent[0], self._stack[-1][2][1] + spent[1])
 
         return timed
 
 
-def phases(path: str) -> dict[str, float]:
-    """Run the command in this process with a timer around each of :data:`PHASES`; seconds per phase."""
+def phases(path: str) -> dict[str, tuple[float, float]]:
+    """Run the command in this process with a timer around each of :data:`PHASES`; (wall, CPU) seconds per phase."""
     main_script = ROOT / "crystalprop" / "__main__.py"
     sys.argv = [str(main_script), "predict", path]  # before MindSpore's import, which keys its compile cache on it
-    started = time.perf_counter()
+    started = now()
     clock = PhaseClock()
     from crystalprop import cli  # noqa: PLC0415  (timed)
 
-    clock.totals["import crystalprop.cli"] = time.perf_counter() - started
+    clock.add("import crystalprop.cli", since(started))
     from crystalprop.backend import prefer_compiled_protobuf  # noqa: PLC0415
     from crystalprop.gc_pause import collection_paused  # noqa: PLC0415
 
     prefer_compiled_protobuf()  # as the command does before MindSpore's import
     for module_name, attribute, phase in PHASES:
         if module_name not in sys.modules:  # the model code imports MindSpore
-            begun = time.perf_counter()
+            begun = now()
             with collection_paused():  # as the command's start-up
                 importlib.import_module(module_name)
-            clock.totals[f"import {module_name}"] = time.perf_counter() - begun
+            clock.add(f"import {module_name}", since(begun))
         module = sys.modules[module_name]
         owner, _, name = attribute.rpartition(".")
         target = getattr(module, owner) if owner else module
@@ -104,8 +129,9 @@ def phases(path: str) -> dict[str, float]:
         cli.main()
     except SystemExit:
         pass
-    total = time.perf_counter() - started
-    clock.totals["rest"] = total - sum(clock.totals.values())
+    total = since(started)
+    clock.totals["rest"] = (total[0] - sum(w for w, _ in clock.totals.values()),
+                            total[1] - sum(c for _, c in clock.totals.values()))
     clock.totals["total (in process)"] = total
     return clock.totals
 
@@ -118,11 +144,15 @@ def main() -> None:
     args = parser.parse_args()
 
     times = wall_times(args.path, args.runs)
+    walls, cpus = [wall for wall, _ in times], [cpu for _, cpu in times]
     print(f"{args.runs} warm runs of `crystalprop predict {args.path}`: "
-          f"median {statistics.median(times):.2f} s, min {min(times):.2f} s")
+          f"median {statistics.median(walls):.2f} s, min {min(walls):.2f} s; "
+          f"CPU (user + system, process tree) median {statistics.median(cpus):.2f} s, min {min(cpus):.2f} s")
     if args.phases:
-        for phase, seconds in phases(args.path).items():
-            print(f"  {phase:<26} {seconds:6.3f} s", file=sys.stderr)
+        timed = phases(args.path)
+        print(f"  {'phase':<36} {'wall':>7} {'CPU':>7}", file=sys.stderr)
+        for phase, (wall, cpu) in timed.items():
+            print(f"  {phase:<36} {wall:6.3f}s {cpu:6.3f}s", file=sys.stderr)
 
 
 if __name__ == "__main__":

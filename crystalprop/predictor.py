@@ -294,7 +294,7 @@ class Predictor:
             paths = ", ".join(str(path) for label, path in resolved if label == twice[0])
             raise ValueError(f"two models would both be called {twice[0]!r} ({paths}): their columns would "
                              "collide; copy or rename one so that the file or folder names differ")
-        loaded = [(label, path, *read_checkpoint(path)) for label, path in resolved]
+        loaded = [(label, path, *read_checkpoint(path, arrays=True)) for label, path in resolved]
         self.device = device
         self.sources: list[tuple[str, Path]] = [(label, path) for label, path, *_ in loaded]
         configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]

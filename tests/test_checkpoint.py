@@ -14,6 +14,7 @@ set_device("CPU")
 ms = mindspore_module()
 
 from crystalprop.graph import GraphSettings  # noqa: E402
+from crystalprop.model.ckpt_arrays import read_arrays  # noqa: E402
 from crystalprop.model.checkpoint import (  # noqa: E402
     METADATA_KEY,
     CheckpointError,
@@ -113,6 +114,57 @@ def test_corrupt_files_are_refused_naming_the_file(tmp_path, good_bytes, kind):
         load_model(path)
     assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError) as fast:
+        read_checkpoint(path, arrays=True)  # the predictor's reader refuses it the same way
+    assert str(fast.value) == str(info.value)
+
+
+def test_arrays_are_read_without_parameters_as_mindspore_reads_them(tmp_path):
+    """``arrays=True`` reads the values itself (no MindSpore Parameter each), equal to MindSpore's loader's."""
+    net = _net(5)
+    path = tmp_path / "model.ckpt"
+    extra = {"step": ms.Tensor(np.array(7, np.int32)), "half": ms.Tensor(np.arange(6, dtype=np.float16).reshape(2, 3)),
+             "wide": ms.Tensor(np.linspace(0, 1, 5)), "flag": ms.Tensor(np.array([True, False]))}
+    save_checkpoint(path, net, _card(net, description="é ✓"), extra=extra)
+    assert read_arrays(path) is not None  # the file is read by crystalprop's reader, not MindSpore's loader
+    card, params = read_checkpoint(path)
+    fast_card, arrays = read_checkpoint(path, arrays=True)
+    assert fast_card == card and fast_card.description == "é ✓" and arrays.keys() == params.keys()
+    for name, value in arrays.items():
+        assert isinstance(value, np.ndarray) and value.dtype == params[name].asnumpy().dtype, name
+        np.testing.assert_array_equal(value, params[name].asnumpy(), err_msg=name)
+
+
+def test_arrays_refuse_what_mindspores_loader_refuses(tmp_path):
+    """A checkpoint under another file name is refused with arrays=True as without (MindSpore wants .ckpt)."""
+    net = _net()
+    save_checkpoint(tmp_path / "model.ckpt", net, _card(net))
+    path = (tmp_path / "model.ckpt").rename(tmp_path / "model.weights")
+    with pytest.raises(CheckpointError) as loader:
+        read_checkpoint(path)
+    with pytest.raises(CheckpointError) as fast:
+        read_checkpoint(path, arrays=True)
+    assert str(fast.value) == str(loader.value)
+
+
+def test_arrays_of_a_file_in_slices_come_from_mindspores_loader(tmp_path):
+    """A tensor stored in slices (consecutive entries of one name) is left to MindSpore's loader, which joins them."""
+    from mindspore.train.checkpoint_pb2 import Checkpoint
+
+    net = _net()
+    path = tmp_path / "model.ckpt"
+    save_checkpoint(path, net, _card(net))
+    message = Checkpoint()
+    message.ParseFromString(path.read_bytes()[:-17] if path.read_bytes()[-17:-10] == b"crc_num" else path.read_bytes())
+    for half in (np.arange(4, dtype=np.float32), np.arange(4, 8, dtype=np.float32)):
+        entry = message.value.add(tag="sliced")
+        entry.tensor.dims.extend([2, 4])
+        entry.tensor.tensor_type = "Float32"
+        entry.tensor.tensor_content = half.tobytes()
+    path.write_bytes(message.SerializeToString())
+    assert read_arrays(path) is None
+    _, arrays = read_checkpoint(path, arrays=True)
+    np.testing.assert_array_equal(arrays["sliced"], np.arange(8, dtype=np.float32).reshape(2, 4))
 
 
 def test_missing_file(tmp_path):

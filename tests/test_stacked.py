@@ -179,3 +179,13 @@ def test_evaluating_many_members_keeps_batches_within_the_memory_bound(monkeypat
     bounded = inference.predict_members(net, graphs, batch_size=64, batch_memory=memory)
     assert len(sizes) > 1 and all(edges <= limits.edges for _, edges in sizes)
     np.testing.assert_allclose(bounded, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_matformer_without_kernels_has_the_same_parameters():
+    """The stacked network's template (names and shapes to check weights against) is built without
+    the fused kernels: the same parameters, none of the kernels' operators."""
+    with_kernels, without = Matformer(SMALL), Matformer(SMALL, fused=False)
+    assert [(n, tuple(p.shape)) for n, p in without.parameters_and_names()] == [
+        (n, tuple(p.shape)) for n, p in with_kernels.parameters_and_names()]
+    layers = [cell for _, cell in without.cells_and_names() if hasattr(cell, "kernel")]
+    assert len(layers) == 3 * SMALL.layers and all(cell.kernel is None for cell in layers)

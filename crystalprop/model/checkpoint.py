@@ -20,6 +20,7 @@ from crystalprop import __version__
 from crystalprop.atomic import atomic_write
 from crystalprop.backend import mindspore_module
 from crystalprop.graph.settings import GraphSettings
+from crystalprop.model.ckpt_arrays import read_arrays
 from crystalprop.model.matformer import Matformer, ModelConfig
 
 METADATA_KEY = "crystalprop_metadata"
@@ -141,17 +142,25 @@ def save_ensemble(path: str | Path, card: ModelCard, members: list[dict[str, Any
     atomic_write(Path(path), lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict={METADATA_KEY: card.to_json()}))
 
 
-def read_checkpoint(path: str | Path) -> tuple[ModelCard, dict[str, Any]]:
-    """Read a checkpoint's card and raw parameter dict; refuse non-checkpoints clearly."""
+def read_checkpoint(path: str | Path, arrays: bool = False) -> tuple[ModelCard, dict[str, Any]]:
+    """Read a checkpoint's card and raw parameter dict; refuse non-checkpoints clearly.
+
+    ``arrays``: the parameters as numpy arrays, read without making a MindSpore Parameter of each
+    (:mod:`crystalprop.model.ckpt_arrays`; the predictor's start-up), instead of Parameters.
+    """
     ms = mindspore_module()
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        raw = ms.load_checkpoint(str(path))
-    except Exception as exc:  # MindSpore raises ValueError/RuntimeError for bad files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({reason})") from None
+    raw = read_arrays(path) if arrays else None
+    if raw is None:
+        try:
+            raw = ms.load_checkpoint(str(path))
+        except Exception as exc:  # MindSpore raises ValueError/RuntimeError for bad files
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path}: not a readable MindSpore checkpoint ({reason})") from None
+        if arrays:
+            raw = {name: value if isinstance(value, str) else value.asnumpy() for name, value in raw.items()}
     text = raw.pop(METADATA_KEY, None)
     if not isinstance(text, str):
         raise CheckpointError(f"{path}: a MindSpore checkpoint without crystalprop metadata")
@@ -178,6 +187,13 @@ def assign_weights(net: Matformer, weights: list) -> None:
 def weight_set(net: Matformer, params: dict[str, Any], path: str | Path) -> list:
     """``params`` as tensors in ``net``'s parameter order, refusing any missing or mis-shaped one."""
     ms = mindspore_module()
+    # by relative name: MindSpore's loader matches global names
+    return [ms.Tensor(as_array(value)) for value in checked_params(net, params, path)]
+
+
+def checked_params(net: Matformer, params: dict[str, Any], path: str | Path) -> list:
+    """``params``' values (arrays or Parameters) in ``net``'s parameter order, refusing any missing or
+    mis-shaped one."""
     own = dict(net.parameters_and_names())  # names relative to the network, whatever wraps it
     expected = {name: tuple(p.shape) for name, p in own.items()}
     found = {k: tuple(params[k].shape) for k in expected.keys() & params.keys()}
@@ -191,8 +207,12 @@ def weight_set(net: Matformer, params: dict[str, Any], path: str | Path) -> list
             k = wrong[0]
             details.append(f"{len(wrong)} with the wrong shape, e.g. {k} {found[k]} != {expected[k]}")
         raise CheckpointError(f"{path}: weights do not fit the model it describes: " + "; ".join(details))
-    # by relative name: MindSpore's loader matches global names
-    return [ms.Tensor(params[name].asnumpy()) for name in own]
+    return [params[name] for name in own]
+
+
+def as_array(value: Any) -> np.ndarray:
+    """A parameter's value as a numpy array, whether read as an array or as a MindSpore Parameter."""
+    return value if isinstance(value, np.ndarray) else value.asnumpy()
 
 
 def load_model(path: str | Path) -> tuple[Matformer, ModelCard]:

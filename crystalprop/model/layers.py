@@ -136,7 +136,7 @@ class MatformerConv(nn.Cell):
     the edge terms once per distinct distance; only W_msg runs once per edge and head.
     """
 
-    def __init__(self, channels: int, heads: int) -> None:
+    def __init__(self, channels: int, heads: int, fused: bool | None = None) -> None:
         super().__init__()
         c, h = channels, heads
         self.channels, self.heads = c, h
@@ -146,15 +146,15 @@ class MatformerConv(nn.Cell):
         self.lin_edge = nn.Dense(c, h * c, has_bias=False)
         self.lin_msg_update = nn.Dense(3 * c, 3 * c)
         self.msg_layer = nn.Dense(3 * c, c)
-        self.msg_norm = RowNorm(c)
-        self.layer_norm = AttentionGate(c)  # named for its LayerNorm parameters
+        self.msg_norm = RowNorm(c, fused)
+        self.layer_norm = AttentionGate(c, fused)  # named for its LayerNorm parameters
         self.lin_concate = nn.Dense(h * c, c)
         self.bn = nn.BatchNorm1d(c, momentum=0.9, eps=1e-5)
         self.all_reduce = None  # set by sync_batch_statistics() for data-parallel training
         self.lin_skip = nn.Dense(c, c)
         self.scale = 1.0 / math.sqrt(3 * c)
         self.matmul_t = ops.MatMul(transpose_b=True)
-        self.scatter = WeightedScatterRows()
+        self.scatter = WeightedScatterRows(fused)
 
     def _per_head(self, x):
         """(M, H*K) -> (M*H, K): one row per (item, head), so per-head maps are 2-D matmuls."""

@@ -15,10 +15,11 @@ class Matformer(nn.Cell):
     """Atom embedding -> attention layers -> mean over atoms -> Linear+SiLU -> Linear.
 
     Inputs are the arrays of :class:`crystalprop.graph.GraphBatch`; output (B,) in the
-    model's normalised target units.
+    model's normalised target units. ``fused``: the layers' fused CPU kernels where available
+    (None), insisted on (True) or not used (False); the parameters are the same either way.
     """
 
-    def __init__(self, config: ModelConfig = ModelConfig()) -> None:
+    def __init__(self, config: ModelConfig = ModelConfig(), fused: bool | None = None) -> None:
         super().__init__()
         c = config.features
         self.config = config
@@ -26,7 +27,7 @@ class Matformer(nn.Cell):
         self.rbf = RBFExpansion(0.0, config.rbf_max, config.rbf_bins)
         self.edge_in = nn.Dense(config.rbf_bins, c)
         self.edge_out = nn.Dense(c, c)
-        self.att_layers = nn.CellList([MatformerConv(c, config.heads) for _ in range(config.layers)])
+        self.att_layers = nn.CellList([MatformerConv(c, config.heads, fused) for _ in range(config.layers)])
         self.head_rows = HeadRows(config.heads)
         self.fc = nn.Dense(c, config.fc_features)
         self.fc_out = nn.Dense(config.fc_features, 1)
