@@ -11,7 +11,7 @@ backend.set_device("CPU")
 ms = backend.mindspore_module()
 
 from crystalprop.model import fused  # noqa: E402
-from crystalprop.model.layers import AttentionGate, RowNorm, WeightedScatterRows  # noqa: E402
+from crystalprop.model.layers import AttentionGate, MatformerConv, RowNorm, WeightedScatterRows  # noqa: E402
 
 pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C++ compiler to build the fused kernels")
 
@@ -46,6 +46,20 @@ class _ScatterLoss(ms.nn.Cell):
 
     def construct(self, values, weight, index, like, w):
         return (self.layer(values * values, weight, index, like) * w).sum()
+
+
+class _BatchNormLoss(ms.nn.Cell):
+    """sum(BN(x) ⊙ w) through a layer's training-mode BatchNorm: the fused kernel, or nn.BatchNorm1d."""
+
+    def __init__(self, use_kernel: bool) -> None:
+        super().__init__()
+        self.layer = MatformerConv(24, 1)
+        if not use_kernel:
+            self.layer.bn_kernel = None
+        self.set_train(True)
+
+    def construct(self, x, w):
+        return (self.layer._batch_norm(x) * w).sum()
 
 
 class _Grad(ms.nn.Cell):
@@ -133,6 +147,19 @@ def test_weighted_scatter_kernel_matches_index_add():
 
     runs = [_run(_ScatterLoss(WeightedScatterRows(fused=use_kernel)), inputs) for use_kernel in (False, True)]
     _assert_same(*runs)
+
+
+def test_batch_norm_kernel_matches_mindspore_batchnorm_and_its_moving_statistics():
+    width = 24
+    runs, moving = [], []
+    for use_kernel in (False, True):
+        loss = _BatchNormLoss(use_kernel)
+        _randomise(loss.layer.bn, np.random.default_rng(0))
+        runs.append(_run(loss, lambda rows, rng: [_floats(rng, rows, width), _floats(rng, rows, width)]))
+        moving.append([loss.layer.bn.moving_mean.asnumpy(), loss.layer.bn.moving_variance.asnumpy()])
+    assert loss.layer.bn_kernel is not None
+    _assert_same(*runs)
+    _assert_same(*moving)
 
 
 @pytest.mark.parametrize("rows", ROWS)

@@ -1,5 +1,5 @@
-"""Fused CPU kernels: row-wise LayerNorm, Matformer's attention gate and a row scatter-add, with
-their gradients.
+"""Fused CPU kernels: row-wise LayerNorm, Matformer's attention gate, a row scatter-add and a
+training-mode BatchNorm, with their gradients.
 
 Each Matformer layer normalises an (edges × heads, 3C) tensor, takes its sigmoid and multiplies
 it into the update. On MindSpore's CPU backend the LayerNorm backward kernel alone took over a
@@ -104,7 +104,7 @@ def attention_gate_op():
     = u ⊙ σ(LN(q_i⊙k_i ‖ q_i⊙k_j ‖ q_i⊙e_r)·γ + β) with u = ui[ri] + uj[rj] + ue[re], on each
     row m with i, j, r = ri[m], rj[m], re[m]: q, k (·, C) per atom, e (·, C) per bond length, the
     update tables ui, uj, ue (·, 3C), their int32 row indices (M,) -> (M, 3C). Neither the
-    logits nor u are ever stored; the gradient scatters each row's share back onto the tables.
+    logits nor u are ever stored; the gradient sums each row's share onto the tables as it goes.
     gamma and beta are (3C,), or (K*3C,) for K stacked members as in :func:`row_norm_op`.
     """
     path = library()
@@ -112,16 +112,14 @@ def attention_gate_op():
         return None
     inputs = ["q", "k", "e", "gamma", "beta", "ui", "uj", "ue", "ri", "rj", "re"]
     indices = ("ri", "rj", "re")
+    # the gradients on the tables, summed in the kernel: k's from k_i and k_j come apart and are
+    # added here, as when each was a scatter of its own
     grad = _custom(path, "AttentionGateGrad", inputs + ["out", "dout"],
-                   ["gq", "gki", "gkj", "ge", "dgamma", "dbeta", "du"], int_inputs=indices)
-
-    scatter = scatter_rows_op()
+                   ["dq", "dki", "dkj", "de", "dgamma", "dbeta", "dui", "duj", "due"], int_inputs=indices)
 
     def bprop(q, k, e, gamma, beta, ui, uj, ue, ri, rj, re, out, dout):
-        gq, gki, gkj, ge, dgamma, dbeta, du = grad(q, k, e, gamma, beta, ui, uj, ue, ri, rj, re, out, dout)
-        dk = scatter(gki, ri, k) + scatter(gkj, rj, k)
-        return (scatter(gq, ri, q), dk, scatter(ge, re, e), dgamma, dbeta,
-                scatter(du, ri, ui), scatter(du, rj, uj), scatter(du, re, ue),
+        dq, dki, dkj, de, dgamma, dbeta, dui, duj, due = grad(q, k, e, gamma, beta, ui, uj, ue, ri, rj, re, out, dout)
+        return (dq, dki + dkj, de, dgamma, dbeta, dui, duj, due,
                 ops.zeros_like(ri), ops.zeros_like(rj), ops.zeros_like(re))
 
     return _custom(path, "AttentionGate", inputs, ["out"], bprop, int_inputs=indices)
@@ -145,6 +143,23 @@ def message_pass_op():
     inputs = ["q", "k", "e", "gamma", "beta", "ui", "uj", "ue", "w", "bias", "norm_gamma", "norm_beta",
               "weight", "ri", "rj", "re"]
     return _custom(path, "MessagePass", inputs, ["out"], int_inputs=("ri", "rj", "re"))
+
+
+def batch_norm_op():
+    """``f(x, gamma, beta) -> (y, mean, var)``: training-mode BatchNorm of x (N, C) with the batch's
+    column mean and biased variance (C,), which are returned for the moving statistics and carry no
+    gradient; None where unavailable. MindSpore's CPU BatchNorm took about 3 ms for 1,700 x 64 values.
+    """
+    path = library()
+    if path is None:
+        return None
+    grad = _custom(path, "BatchNormTrainGrad", ["x", "gamma", "beta", "y", "mean", "var", "dy", "dmean", "dvar"],
+                   ["dx", "dgamma", "dbeta"])
+
+    def bprop(x, gamma, beta, out, dout):
+        return grad(x, gamma, beta, out[0], out[1], out[2], dout[0], dout[1], dout[2])
+
+    return _custom(path, "BatchNormTrain", ["x", "gamma", "beta"], ["y", "mean", "var"], bprop)
 
 
 def scatter_rows_op():
@@ -171,10 +186,11 @@ def weighted_scatter_rows_op():
     if path is None:
         return None
 
+    gather_scale = _custom(path, "GatherScaleRowsOp", ["dout", "weight", "index"], ["out"], int_inputs=("index",))
+
     def bprop(values, weight, index, like, out, dout):
         # d values[m] = weight[m] * dout[index[m]]
-        return (scale_rows(ops.gather(dout, index, 0), weight), ops.zeros_like(weight), ops.zeros_like(index),
-                ops.zeros_like(like))
+        return gather_scale(dout, weight, index), ops.zeros_like(weight), ops.zeros_like(index), ops.zeros_like(like)
 
     return _custom(path, "WeightedScatterRowsAdd", ["values", "weight", "index", "like"], ["out"], bprop,
                    int_inputs=("index",))

@@ -12,7 +12,13 @@ import math
 import numpy as np
 
 from crystalprop.backend import mindspore_module
-from crystalprop.model.fused import attention_gate_op, row_norm_op, scale_rows, weighted_scatter_rows_op
+from crystalprop.model.fused import (
+    attention_gate_op,
+    batch_norm_op,
+    row_norm_op,
+    scale_rows,
+    weighted_scatter_rows_op,
+)
 
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
@@ -151,6 +157,7 @@ class MatformerConv(nn.Cell):
         self.lin_concate = nn.Dense(h * c, c)
         self.bn = nn.BatchNorm1d(c, momentum=0.9, eps=1e-5)
         self.all_reduce = None  # set by sync_batch_statistics() for data-parallel training
+        self.bn_kernel = kernel_or_none(batch_norm_op, None)
         self.lin_skip = nn.Dense(c, c)
         self.scale = 1.0 / math.sqrt(3 * c)
         self.matmul_t = ops.MatMul(transpose_b=True)
@@ -198,22 +205,33 @@ class MatformerConv(nn.Cell):
         self.all_reduce = ops.AllReduce()
 
     def _batch_norm(self, x):
-        """``self.bn``, or in data-parallel training the same maths over every worker's nodes.
+        """``self.bn``, in training the same maths by the fused kernel or, in data-parallel training,
+        over every worker's nodes.
 
-        x: (N, C) -> (N, C). The synced path keeps the moving statistics as ``nn.BatchNorm1d``
-        does, so a worker's batch of 32 trains exactly like one process with the whole 64.
+        x: (N, C) -> (N, C). Both keep the moving statistics as ``nn.BatchNorm1d`` does, so a worker's
+        batch of 32 trains exactly like one process with the whole 64.
         """
-        if self.all_reduce is None or not self.training:
+        if not self.training or (self.all_reduce is None and self.bn_kernel is None):
             return self.bn(x)
         bn = self.bn
+        count = ops.ones_like(x[:, :1]).sum(0)  # (1,)
+        if self.all_reduce is None:
+            normalised, mean, var = self.bn_kernel(x, bn.gamma, bn.beta)
+            self._update_moving_statistics(mean, var, count)
+            return normalised
         # global node count and mean, then the biased variance about that mean (two passes)
-        count = self.all_reduce(ops.ones_like(x[:, :1]).sum(0))  # (1,)
+        count = self.all_reduce(count)
         mean = self.all_reduce(x.sum(0)) / count  # (C,)
         centred = x - mean
         var = self.all_reduce((centred * centred).sum(0)) / count
-        # moving statistics (bn.momentum is the weight of the new batch), unbiased variance
+        self._update_moving_statistics(mean, var, count)
+        return centred / ops.sqrt(var + bn.eps) * bn.gamma + bn.beta
+
+    def _update_moving_statistics(self, mean, var, count) -> None:
+        """Moving mean and unbiased variance from a batch's mean and biased variance over ``count``
+        nodes (bn.momentum is the weight of the new batch)."""
+        bn = self.bn
         new = bn.momentum
         ops.assign(bn.moving_mean, (1 - new) * bn.moving_mean + new * ops.stop_gradient(mean))
         unbiased = ops.stop_gradient(var * count / ops.maximum(count - 1, 1.0))
         ops.assign(bn.moving_variance, (1 - new) * bn.moving_variance + new * unbiased)
-        return centred / ops.sqrt(var + bn.eps) * bn.gamma + bn.beta

@@ -351,10 +351,19 @@ class Trainer:
 
     def _step(self, loop: _Loop, idx: np.ndarray, lr: float) -> float:
         """One optimizer step on this worker's share of the global batch ``idx``; the global batch's loss."""
+        return self._apply_step(loop, self._step_inputs(loop, idx, lr))
+
+    def _step_inputs(self, loop: _Loop, idx: np.ndarray, lr: float) -> list:
+        """The host side of a step: set the learning rate, collate this worker's share of ``idx``,
+        and return the train cell's input tensors (benchmarks/train_step.py times it apart)."""
         loop.optimizer.learning_rate.set_data(ms.Tensor(lr, ms.float32))
         part, share = self.cluster.share(idx)
         batch = collate([self.train_graphs[i] for i in part])
-        loss = loop.cell(*batch_tensors(batch), ms.Tensor(loop.y_train[part]), ms.Tensor(share, ms.float32))
+        return [*batch_tensors(batch), ms.Tensor(loop.y_train[part]), ms.Tensor(share, ms.float32)]
+
+    def _apply_step(self, loop: _Loop, inputs: list) -> float:
+        """The compiled forward, backward and optimizer update on ``inputs``; the global batch's loss."""
+        loss = loop.cell(*inputs)
         return float(self.cluster.sum([float(loss.asnumpy())])[0])
 
     def _keep_partial_epoch(self, loop: _Loop, losses: list[float]) -> None:

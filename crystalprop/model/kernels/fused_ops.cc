@@ -1,7 +1,8 @@
 // Row-wise LayerNorm over the last axis of an (M, F) float32 tensor, the Matformer attention
-// gate built on it, their gradients, a row scatter-add, and for inference the whole message pass
-// of K stacked members (gate, product, LayerNorm, scatter): MindSpore "aot" custom operators for
-// CPU (model/fused.py).
+// gate built on it, their gradients (the gate's summed straight onto its per-atom and per-length
+// tables), a row scatter-add and its gradient, training-mode BatchNorm, and for inference the
+// whole message pass of K stacked members (gate, product, LayerNorm, scatter): MindSpore "aot"
+// custom operators for CPU (model/fused.py).
 //
 // LayerNorm, per row x:  n = (x - mean(x)) / sqrt(var(x) + eps);  y = n * gamma + beta
 // Its backward, given dy: dbeta = sum_rows dy;  dgamma = sum_rows dy * n;  dn = dy * gamma;
@@ -20,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -297,82 +299,11 @@ int GateForward(void **params, int64_t **shapes) {
   return 0;
 }
 
-// Gradients per edge-head row, summed onto the tables by the caller (model/fused.py):
-//   gq = da_0 * k_i + da_1 * k_j + da_2 * e_r  (onto q_i),  gki = da_0 * q_i (onto k_i),
-//   gkj = da_1 * q_i (onto k_j),  ge = da_2 * q_i (onto e_r),  du (onto ui_i, uj_j, ue_r).
-int GateBackward(void **params, int64_t **shapes) {
-  const GateInputs in = ReadGateInputs(params, shapes);
-  const float *dout = static_cast<const float *>(params[12]);  // params[11] is the forward output
-  float *gq = static_cast<float *>(params[13]);
-  float *gki = static_cast<float *>(params[14]);
-  float *gkj = static_cast<float *>(params[15]);
-  float *ge = static_cast<float *>(params[16]);
-  float *dgamma = static_cast<float *>(params[17]);
-  float *dbeta = static_cast<float *>(params[18]);
-  float *du = static_cast<float *>(params[19]);
-  const int64_t c = in.c, width = in.width;
-  if (shapes[3][0] != width || shapes[4][0] != width) return 1;  // one member only
-  const int threads = Threads();
-  const int64_t blocks = Blocks(in.rows);
-  // dgamma, dbeta per block
-  std::vector<float> block_sums(static_cast<size_t>(std::max<int64_t>(1, blocks)) * 2 * width, 0.f);
-  std::vector<float> buffers(static_cast<size_t>(threads) * 3 * width);  // dn, n, u per thread
-  float *sums = block_sums.data();
-  float *scratch = buffers.data();
-  // captured by value with __restrict__ locals: a captured reference blocks vectorisation
-  ParallelBlocks(in.rows, threads, [=](int64_t first, int64_t last, int64_t block, int t) {
-    float *__restrict__ dg = sums + static_cast<size_t>(block) * 2 * width;
-    float *__restrict__ db = dg + width;
-    float *__restrict__ dn = scratch + static_cast<size_t>(t) * 3 * width;
-    float *__restrict__ n = dn + width;
-    float *__restrict__ u = n + width;
-    const float *__restrict__ gm = in.gamma;
-    const float *__restrict__ bt = in.beta;
-    for (int64_t m = first; m < last; ++m) {
-      float inv_std;
-      const GateRows rows = GateRow(in, m, u, n, &inv_std);
-      const float *__restrict__ doutr = dout + m * width;
-      float *__restrict__ dur = du + m * width;
-      // short loops over the cached row: GCC vectorises each, but not one loop doing it all
-      for (int64_t k = 0; k < width; ++k) dur[k] = n[k] * gm[k] + bt[k];
-      for (int64_t k = 0; k < width; ++k) dur[k] = 1.f / (1.f + std::exp(-dur[k]));  // the gate
-      for (int64_t k = 0; k < width; ++k) {
-        const float gate = dur[k];
-        dur[k] = doutr[k] * gate;                       // d/du
-        dn[k] = doutr[k] * u[k] * gate * (1.f - gate);  // dz, through the sigmoid
-      }
-      const DnMeans means = AccumulateRow(dn, n, gm, dg, db, width);
-      for (int64_t k = 0; k < width; ++k) dn[k] = inv_std * (dn[k] - means.dn - n[k] * means.dn_n);  // da
-      // through the products of the logits
-      const float *__restrict__ q = rows.q;
-      const float *__restrict__ ki = rows.ki;
-      const float *__restrict__ kj = rows.kj;
-      const float *__restrict__ e = rows.e;
-      float *__restrict__ gqr = gq + m * c;
-      float *__restrict__ gkir = gki + m * c;
-      float *__restrict__ gkjr = gkj + m * c;
-      float *__restrict__ ger = ge + m * c;
-      const float *__restrict__ d0 = dn;
-      const float *__restrict__ d1 = dn + c;
-      const float *__restrict__ d2 = dn + 2 * c;
-      for (int64_t f = 0; f < c; ++f) gqr[f] = d0[f] * ki[f] + d1[f] * kj[f] + d2[f] * e[f];
-      for (int64_t f = 0; f < c; ++f) gkir[f] = d0[f] * q[f];
-      for (int64_t f = 0; f < c; ++f) gkjr[f] = d1[f] * q[f];
-      for (int64_t f = 0; f < c; ++f) ger[f] = d2[f] * q[f];
-    }
-  });
-  float *outputs[] = {dgamma, dbeta};
-  SumBlocks(block_sums, blocks, 2, width, outputs);
-  return 0;
-}
-
-// Row scatter-add, out = zeros(T, W); out[index[m]] += weight[m] * values[m] for every row m
-// (weight 1 where none is given): the sum of messages over incoming edges, each counted with
-// its multiplicity, and the gradients of row gathers. Threads split the columns, so no two
-// write the same element and the result does not depend on the thread count.
-int ScatterRows(const float *values, const float *weight, const int32_t *index, float *out, int64_t rows,
-                int64_t width, int64_t targets) {
-  std::fill(out, out + targets * width, 0.f);
+// Adds the rows of values (M, width) onto out: out[index[m]] += weight[m] * values[m] (weight 1 where
+// none is given), m in order. Threads split the columns, so no two write
+// the same element and every element sums its terms in row order whatever the thread count.
+void AddRows(const float *values, const float *weight, const int32_t *index, float *out, int64_t rows,
+             int64_t width) {
   constexpr int64_t kBlock = 16;  // one 64-byte cache line of floats per block
   const int64_t blocks = (width + kBlock - 1) / kBlock;
   const int64_t wanted = std::min<int64_t>({Threads(), blocks, std::max<int64_t>(1, rows / kRowsPerBlock)});
@@ -395,6 +326,232 @@ int ScatterRows(const float *values, const float *weight, const int32_t *index, 
   for (int t = 1; t < workers; ++t) pool.emplace_back(body, t);
   body(0);
   for (auto &thread : pool) thread.join();
+}
+
+// Row scatter-add, out = zeros(T, W) plus AddRows: the sum of messages over incoming edges, each
+// counted with its multiplicity.
+int ScatterRows(const float *values, const float *weight, const int32_t *index, float *out, int64_t rows,
+                int64_t width, int64_t targets) {
+  std::fill(out, out + targets * width, 0.f);
+  AddRows(values, weight, index, out, rows, width);
+  return 0;
+}
+
+// The gradient of a weighted scatter-add: out[m] = weight[m] * dout[index[m]] (M, W), one pass
+// instead of a row gather and a product.
+int GatherScaleRows(const float *dout, const float *weight, const int32_t *index, float *out, int64_t rows,
+                    int64_t width) {
+  ParallelBlocks(rows, Threads(), [=](int64_t first, int64_t last, int64_t, int) {
+    for (int64_t m = first; m < last; ++m) {
+      const float *__restrict__ d = dout + static_cast<int64_t>(index[m]) * width;
+      float *__restrict__ o = out + m * width;
+      const float w = weight[m];
+      for (int64_t f = 0; f < width; ++f) o[f] = d[f] * w;
+    }
+  });
+  return 0;
+}
+
+// Per-row gradients of the gate in five planes of rows: gq, gki, gkj, ge (C wide), du (3C wide).
+struct RowGradients {
+  float *gq, *gki, *gkj, *ge, *du;
+
+  // The planes of `rows` rows laid end to end from `base` (7C floats per row in all).
+  static RowGradients At(float *base, int64_t rows, int64_t c) {
+    return {base, base + rows * c, base + 2 * rows * c, base + 3 * rows * c, base + 4 * rows * c};
+  }
+};
+constexpr int64_t kGradWidths = 7;  // floats of row gradients per row, in units of C
+
+// The gate's gradients on edge-head row m, written to row r of the planes g:
+//   gq = da_0 * k_i + da_1 * k_j + da_2 * e_r  (onto q_i),  gki = da_0 * q_i (onto k_i),
+//   gkj = da_1 * q_i (onto k_j),  ge = da_2 * q_i (onto e_r),  du (onto ui_i, uj_j, ue_r).
+// Adds the row's terms to dgamma and dbeta in dg and db; dn, n, u are 3C floats of scratch.
+void GateRowGradients(const GateInputs &in, int64_t m, const float *__restrict__ doutr, float *__restrict__ dg,
+                      float *__restrict__ db, float *__restrict__ dn, float *__restrict__ n, float *__restrict__ u,
+                      const RowGradients &g, int64_t r) {
+  const int64_t c = in.c, width = in.width;
+  const float *__restrict__ gm = in.gamma;
+  const float *__restrict__ bt = in.beta;
+  float inv_std;
+  const GateRows rows = GateRow(in, m, u, n, &inv_std);
+  float *__restrict__ dur = g.du + r * width;
+  // short loops over the cached row: GCC vectorises each, but not one loop doing it all
+  for (int64_t k = 0; k < width; ++k) dur[k] = n[k] * gm[k] + bt[k];
+  for (int64_t k = 0; k < width; ++k) dur[k] = 1.f / (1.f + std::exp(-dur[k]));  // the gate
+  for (int64_t k = 0; k < width; ++k) {
+    const float gate = dur[k];
+    dur[k] = doutr[k] * gate;                       // d/du
+    dn[k] = doutr[k] * u[k] * gate * (1.f - gate);  // dz, through the sigmoid
+  }
+  const DnMeans means = AccumulateRow(dn, n, gm, dg, db, width);
+  for (int64_t k = 0; k < width; ++k) dn[k] = inv_std * (dn[k] - means.dn - n[k] * means.dn_n);  // da
+  // through the products of the logits
+  const float *__restrict__ q = rows.q;
+  const float *__restrict__ ki = rows.ki;
+  const float *__restrict__ kj = rows.kj;
+  const float *__restrict__ e = rows.e;
+  const float *__restrict__ d0 = dn;
+  const float *__restrict__ d1 = dn + c;
+  const float *__restrict__ d2 = dn + 2 * c;
+  float *__restrict__ gq = g.gq + r * c;
+  float *__restrict__ gki = g.gki + r * c;
+  float *__restrict__ gkj = g.gkj + r * c;
+  float *__restrict__ ge = g.ge + r * c;
+  for (int64_t f = 0; f < c; ++f) gq[f] = d0[f] * ki[f] + d1[f] * kj[f] + d2[f] * e[f];
+  for (int64_t f = 0; f < c; ++f) gki[f] = d0[f] * q[f];
+  for (int64_t f = 0; f < c; ++f) gkj[f] = d1[f] * q[f];
+  for (int64_t f = 0; f < c; ++f) ge[f] = d2[f] * q[f];
+}
+
+// The gate's gradients on its tables: dq (., C), dki and dkj (k's shape: k_i's and k_j's terms
+// apart, as two scatters gave them), de, and dui, duj, due (the update tables' shapes).
+struct GateTables {
+  float *dq, *dki, *dkj, *de, *dui, *duj, *due;
+};
+
+// Adds the row gradients g of rows [first, first + count) onto the tables.
+void AddToTables(const GateInputs &in, const RowGradients &g, int64_t first, int64_t count, const GateTables &t) {
+  const int64_t c = in.c;
+  const int32_t *ri = in.ri + first, *rj = in.rj + first, *re = in.re + first;
+  AddRows(g.gq, nullptr, ri, t.dq, count, c);
+  AddRows(g.gki, nullptr, ri, t.dki, count, c);
+  AddRows(g.gkj, nullptr, rj, t.dkj, count, c);
+  AddRows(g.ge, nullptr, re, t.de, count, c);
+  AddRows(g.du, nullptr, ri, t.dui, count, in.width);
+  AddRows(g.du, nullptr, rj, t.duj, count, in.width);
+  AddRows(g.du, nullptr, re, t.due, count, in.width);
+}
+
+// The row gradients of all rows when more than one thread computes them (7C floats a row: about
+// 50 MB for 64 mp2018 crystals), kept between calls: a fresh buffer's pages were faulted in on every
+// call, which made the kernel about 1.6 times slower on two threads.
+std::mutex g_row_buffer_mutex;
+std::vector<float> g_row_buffer;
+
+// Every table element sums its rows' terms in row order, and dgamma/dbeta sum fixed blocks of rows
+// in order, so the gradients are the same bits whatever the thread count. On one thread the row
+// gradients pass through a small buffer that stays in cache; on more, all rows are computed in
+// parallel first, then added with the columns split between threads.
+int GateBackward(void **params, int64_t **shapes) {
+  const GateInputs in = ReadGateInputs(params, shapes);
+  const float *dout = static_cast<const float *>(params[12]);  // params[11] is the forward output
+  const GateTables tables{static_cast<float *>(params[13]), static_cast<float *>(params[14]),
+                          static_cast<float *>(params[15]), static_cast<float *>(params[16]),
+                          static_cast<float *>(params[19]), static_cast<float *>(params[20]),
+                          static_cast<float *>(params[21])};
+  float *dgamma = static_cast<float *>(params[17]);
+  float *dbeta = static_cast<float *>(params[18]);
+  const int64_t c = in.c, width = in.width, stride = kGradWidths * c;
+  if (shapes[3][0] != width || shapes[4][0] != width) return 1;  // one member only
+  const int64_t sizes[] = {shapes[0][0] * c, shapes[1][0] * c, shapes[1][0] * c, shapes[2][0] * c,
+                           shapes[5][0] * width, shapes[6][0] * width, shapes[7][0] * width};
+  float *outs[] = {tables.dq, tables.dki, tables.dkj, tables.de, tables.dui, tables.duj, tables.due};
+  for (int i = 0; i < 7; ++i) std::fill(outs[i], outs[i] + sizes[i], 0.f);
+  const int64_t blocks = Blocks(in.rows);
+  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(Threads(), blocks)));
+  // dgamma, dbeta per block
+  std::vector<float> block_sums(static_cast<size_t>(std::max<int64_t>(1, blocks)) * 2 * width, 0.f);
+  std::vector<float> buffers(static_cast<size_t>(workers) * 3 * width);  // dn, n, u per thread
+  float *sums = block_sums.data();
+  float *scratch = buffers.data();
+  // row m's gradients to row r of the planes g, its dgamma/dbeta terms to its block's sums
+  auto row_gradients = [=](int64_t m, int64_t block, int t, const RowGradients &g, int64_t r) {
+    float *dg = sums + static_cast<size_t>(block) * 2 * width;
+    float *dn = scratch + static_cast<size_t>(t) * 3 * width;
+    GateRowGradients(in, m, dout + m * width, dg, dg + width, dn, dn + width, dn + 2 * width, g, r);
+  };
+  if (workers == 1) {
+    constexpr int64_t kChunk = 64;  // rows per pass through the buffer: 64 x 7C floats stay in L2
+    std::vector<float> buffer(static_cast<size_t>(kChunk * stride));
+    const RowGradients chunk = RowGradients::At(buffer.data(), kChunk, c);
+    for (int64_t first = 0; first < in.rows; first += kChunk) {
+      const int64_t count = std::min(kChunk, in.rows - first);
+      for (int64_t m = first; m < first + count; ++m) row_gradients(m, m / kRowsPerBlock, 0, chunk, m - first);
+      AddToTables(in, chunk, first, count, tables);
+    }
+  } else {
+    const std::lock_guard<std::mutex> lock(g_row_buffer_mutex);
+    if (g_row_buffer.size() < static_cast<size_t>(in.rows * stride)) g_row_buffer.resize(in.rows * stride);
+    const RowGradients all = RowGradients::At(g_row_buffer.data(), in.rows, c);
+    ParallelBlocks(in.rows, workers, [=](int64_t first, int64_t last, int64_t block, int t) {
+      for (int64_t m = first; m < last; ++m) row_gradients(m, block, t, all, m);
+    });
+    AddToTables(in, all, 0, in.rows, tables);
+  }
+  float *outputs[] = {dgamma, dbeta};
+  SumBlocks(block_sums, blocks, 2, width, outputs);
+  return 0;
+}
+
+// Training-mode BatchNorm over the rows of x (N, C): y = (x - mean) / sqrt(var + eps) * gamma + beta
+// with the batch's column mean and biased variance, which are output too (for the moving
+// statistics; they carry no gradient). One thread: N x C is a few hundred thousand floats.
+int BatchNormForward(void **params, int64_t **shapes) {
+  const float *x = static_cast<const float *>(params[0]);
+  const float *gamma = static_cast<const float *>(params[1]);
+  const float *beta = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[3]);
+  float *mean = static_cast<float *>(params[4]);
+  float *var = static_cast<float *>(params[5]);
+  const int64_t rows = shapes[0][0], width = shapes[0][1];
+  if (shapes[1][0] != width || shapes[2][0] != width || rows == 0) return 1;
+  std::vector<float> inv_std(static_cast<size_t>(width));
+  std::fill(mean, mean + width, 0.f);
+  std::fill(var, var + width, 0.f);
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t f = 0; f < width; ++f) mean[f] += x[m * width + f];
+  }
+  for (int64_t f = 0; f < width; ++f) mean[f] /= static_cast<float>(rows);
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t f = 0; f < width; ++f) {
+      const float d = x[m * width + f] - mean[f];
+      var[f] += d * d;
+    }
+  }
+  for (int64_t f = 0; f < width; ++f) {
+    var[f] /= static_cast<float>(rows);
+    inv_std[f] = 1.f / std::sqrt(var[f] + kEps);
+  }
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t f = 0; f < width; ++f) {
+      y[m * width + f] = (x[m * width + f] - mean[f]) * inv_std[f] * gamma[f] + beta[f];
+    }
+  }
+  return 0;
+}
+
+// Its backward for dy: dbeta = sum dy, dgamma = sum dy * n, dx = gamma / sigma * (dy - mean(dy) - n *
+// mean(dy * n)) with n the normalised x, all sums over the rows (batch statistics differentiated).
+int BatchNormBackward(void **params, int64_t **shapes) {
+  const float *x = static_cast<const float *>(params[0]);
+  const float *gamma = static_cast<const float *>(params[1]);
+  const float *mean = static_cast<const float *>(params[4]);  // params[3] is y
+  const float *var = static_cast<const float *>(params[5]);
+  const float *dy = static_cast<const float *>(params[6]);  // params[7], params[8]: d mean, d var (none)
+  float *dx = static_cast<float *>(params[9]);
+  float *dgamma = static_cast<float *>(params[10]);
+  float *dbeta = static_cast<float *>(params[11]);
+  const int64_t rows = shapes[0][0], width = shapes[0][1];
+  if (shapes[1][0] != width || rows == 0) return 1;
+  std::vector<float> inv_std(static_cast<size_t>(width));
+  for (int64_t f = 0; f < width; ++f) inv_std[f] = 1.f / std::sqrt(var[f] + kEps);
+  std::fill(dgamma, dgamma + width, 0.f);
+  std::fill(dbeta, dbeta + width, 0.f);
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t f = 0; f < width; ++f) {
+      const float g = dy[m * width + f];
+      dbeta[f] += g;
+      dgamma[f] += g * (x[m * width + f] - mean[f]) * inv_std[f];
+    }
+  }
+  const float scale = 1.f / static_cast<float>(rows);
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t f = 0; f < width; ++f) {
+      const float n = (x[m * width + f] - mean[f]) * inv_std[f];
+      dx[m * width + f] = gamma[f] * inv_std[f] * (dy[m * width + f] - (dbeta[f] + n * dgamma[f]) * scale);
+    }
+  }
   return 0;
 }
 
@@ -592,6 +749,18 @@ int ScatterRowsAdd(int, void **params, int *, int64_t **shapes, const char **, v
   return ScatterRows(static_cast<const float *>(params[0]), nullptr, static_cast<const int32_t *>(params[1]),
                      static_cast<float *>(params[3]), shapes[0][0], shapes[0][1], shapes[2][0]);
 }
+int GatherScaleRowsOp(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  // dout (T, W), weight (M,), index (M,) -> out (M, W)
+  return GatherScaleRows(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                         static_cast<const int32_t *>(params[2]), static_cast<float *>(params[3]), shapes[2][0],
+                         shapes[0][1]);
+}
+int BatchNormTrain(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return BatchNormForward(params, shapes);
+}
+int BatchNormTrainGrad(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
+  return BatchNormBackward(params, shapes);
+}
 int WeightedScatterRowsAdd(int, void **params, int *, int64_t **shapes, const char **, void *, void *) {
   // values (M, W), weight (M,), index (M,), like (T, W) -> out (T, W)
   return ScatterRows(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
@@ -612,9 +781,20 @@ extern "C" std::vector<int64_t> AttentionGateInferShape(int *, int64_t **shapes,
   return {shapes[8][0], shapes[5][1]};  // (rows, 3C)
 }
 extern "C" std::vector<std::vector<int64_t>> AttentionGateGradInferShape(int *ndims, int64_t **shapes, AotExtra *) {
-  const std::vector<int64_t> per_row{shapes[8][0], shapes[0][1]};  // (rows, C)
-  return {per_row, per_row, per_row, per_row, ShapeOf(ndims, shapes, 3), ShapeOf(ndims, shapes, 4),
-          {shapes[8][0], shapes[5][1]}};
+  // dq, dki, dkj, de, dgamma, dbeta, dui, duj, due: each like the input it is the gradient of
+  const int like[] = {0, 1, 1, 2, 3, 4, 5, 6, 7};
+  std::vector<std::vector<int64_t>> out;
+  for (int i : like) out.push_back(ShapeOf(ndims, shapes, i));
+  return out;
+}
+extern "C" std::vector<std::vector<int64_t>> BatchNormTrainInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 1)};  // y, mean, var
+}
+extern "C" std::vector<std::vector<int64_t>> BatchNormTrainGradInferShape(int *ndims, int64_t **shapes, AotExtra *) {
+  return {ShapeOf(ndims, shapes, 0), ShapeOf(ndims, shapes, 1), ShapeOf(ndims, shapes, 2)};  // dx, dgamma, dbeta
+}
+extern "C" std::vector<int64_t> GatherScaleRowsOpInferShape(int *, int64_t **shapes, AotExtra *) {
+  return {shapes[2][0], shapes[0][1]};  // (M, W)
 }
 extern "C" std::vector<int64_t> MessagePassInferShape(int *ndims, int64_t **shapes, AotExtra *) {
   return ShapeOf(ndims, shapes, 0);  // like q: (K * atoms * heads, C)
