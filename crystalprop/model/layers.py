@@ -157,7 +157,7 @@ class MatformerConv(nn.Cell):
         self.lin_concate = nn.Dense(h * c, c)
         self.bn = nn.BatchNorm1d(c, momentum=0.9, eps=1e-5)
         self.all_reduce = None  # set by sync_batch_statistics() for data-parallel training
-        self.bn_kernel = kernel_or_none(batch_norm_op, None)
+        self.bn_kernel = kernel_or_none(batch_norm_op, fused)
         self.lin_skip = nn.Dense(c, c)
         self.scale = 1.0 / math.sqrt(3 * c)
         self.matmul_t = ops.MatMul(transpose_b=True)
