@@ -273,6 +273,15 @@ GateRows GateRow(const GateInputs &in, int64_t m, float *__restrict__ u, float *
   return rows;
 }
 
+// Row m's gated output u * sigmoid(n * gamma + beta) into out (3C floats), gamma and beta being
+// the row's member's; u and n are 3C floats of scratch.
+void GatedRow(const GateInputs &in, int64_t m, const float *__restrict__ gm, const float *__restrict__ bt,
+              float *__restrict__ u, float *__restrict__ n, float *__restrict__ out) {
+  float inv_std;
+  GateRow(in, m, u, n, &inv_std);
+  for (int64_t k = 0; k < in.width; ++k) out[k] = u[k] / (1.f + std::exp(-(n[k] * gm[k] + bt[k])));
+}
+
 int GateForward(void **params, int64_t **shapes) {
   const GateInputs in = ReadGateInputs(params, shapes);
   float *out = static_cast<float *>(params[11]);
@@ -288,12 +297,7 @@ int GateForward(void **params, int64_t **shapes) {
     float *__restrict__ n = u + width;
     for (int64_t m = first; m < last; ++m) {
       const int64_t offset = MemberOffset(m, per_member, members, width);
-      const float *__restrict__ gm = in.gamma + offset;
-      const float *__restrict__ bt = in.beta + offset;
-      float inv_std;
-      GateRow(in, m, u, n, &inv_std);
-      float *__restrict__ outr = out + m * width;
-      for (int64_t k = 0; k < width; ++k) outr[k] = u[k] / (1.f + std::exp(-(n[k] * gm[k] + bt[k])));
+      GatedRow(in, m, in.gamma + offset, in.beta + offset, u, n, out + m * width);
     }
   });
   return 0;
@@ -642,12 +646,7 @@ void MessageRows(const MessageInputs &in, int64_t member, int64_t first, int64_t
   float *__restrict__ n = u + width;             // (3C,)
   for (int64_t start = first; start < last; start += kTile) {
     const int64_t rows = std::min(kTile, last - start);
-    for (int64_t r = 0; r < rows; ++r) {
-      float inv_std;
-      GateRow(mine, start + r, u, n, &inv_std);
-      float *__restrict__ gr = gated + r * width;
-      for (int64_t f = 0; f < width; ++f) gr[f] = u[f] / (1.f + std::exp(-(n[f] * gm[f] + bt[f])));
-    }
+    for (int64_t r = 0; r < rows; ++r) GatedRow(mine, start + r, gm, bt, u, n, gated + r * width);
     TileMatMul(gated, w, bias, product, rows, c);
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t m = start + r;
