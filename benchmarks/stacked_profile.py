@@ -37,17 +37,15 @@ def _cpu_seconds(run: Callable[[], Any]) -> float:
 
 
 class OpTimer:
-    """Process CPU seconds per named step, each step synchronised before and after."""
+    """Process CPU seconds per named step; the steps must run synchronously (PyNative with
+    ``pynative_synchronize``), so that each one's time is its own."""
 
-    def __init__(self, synchronize: Callable[[], None]) -> None:
+    def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self.synchronize = synchronize
 
     def __call__(self, name: str, run: Callable[[], Any]) -> Any:
-        self.synchronize()
         started = time.process_time()
         result = run()
-        self.synchronize()
         self.seconds[name] += time.process_time() - started
         return result
 
@@ -80,7 +78,7 @@ def profile(net, batches: list[list], ms) -> dict[str, float]:
     from crystalprop.model.stacked import _with_ones  # noqa: PLC0415
 
     ops = ms.ops
-    timer = OpTimer(lambda: None)  # ops run synchronously (pynative_synchronize)
+    timer = OpTimer()
     k, c = net.members, net.channels
     for tensors in batches:
         node_features, src, dst, distance_index, edge_weight, distances, node_graph, inverse_counts = tensors
