@@ -187,7 +187,6 @@ def assign_weights(net: Matformer, weights: list) -> None:
 def weight_set(net: Matformer, params: dict[str, Any], path: str | Path) -> list:
     """``params`` as tensors in ``net``'s parameter order, refusing any missing or mis-shaped one."""
     ms = mindspore_module()
-    # by relative name: MindSpore's loader matches global names
     return [ms.Tensor(as_array(value)) for value in checked_params(net, params, path)]
 
 
@@ -207,7 +206,7 @@ def checked_params(net: Matformer, params: dict[str, Any], path: str | Path) -> 
             k = wrong[0]
             details.append(f"{len(wrong)} with the wrong shape, e.g. {k} {found[k]} != {expected[k]}")
         raise CheckpointError(f"{path}: weights do not fit the model it describes: " + "; ".join(details))
-    return [params[name] for name in own]
+    return [params[name] for name in own]  # by relative name: MindSpore's loader matches global names
 
 
 def as_array(value: Any) -> np.ndarray:
