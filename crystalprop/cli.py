@@ -252,12 +252,16 @@ def evaluate(model, data, **options) -> None:
 @click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
 @click.option("--id-column", default=None, help="As given to train, for a CSV data set.")
 @click.option("--structure-column", default=None, help="As given to train, for a CSV data set.")
+@click.option("--sigma", type=click.Choice(["spread", "latent"]), default="spread", show_default=True,
+              help="spread: σ from the members' spread; latent: from the distance to DATA's training "
+                   "structures in the first member's readout space, times their training errors (ranks the "
+                   "errors better where the members share their training; stores 2-3 MB more).")
 @device_option()
 @cell_option("the members' own setting, which must then agree")
 def ensemble(output, members, data, split, **options) -> None:
     """Join MEMBERS (checkpoints or run dirs of one target, architecture and split, e.g. other
     seeds) into one ensemble OUTPUT.ckpt: predictions are the members' mean, with a σ per
-    structure from their spread, scaled to match the errors on DATA's validation split."""
+    structure (see --sigma), scaled to match the errors on DATA's validation split."""
     from crystalprop.evaluation import join_ensemble  # noqa: PLC0415
 
     try:

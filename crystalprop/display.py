@@ -25,7 +25,7 @@ TABLE_LIMIT = 25
 
 METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "mae_zero_targets",
                "mae_nonzero_targets", "n_zero_targets", "n_failed", "sigma_spearman", "within_1sigma",
-               "within_2sigma", "mean_sigma", "sigma_scale")
+               "within_2sigma", "mean_sigma", "sigma_scale", "spread_sigma_spearman")
 
 
 def fits(table: Table) -> bool:

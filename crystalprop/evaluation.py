@@ -17,7 +17,8 @@ from crystalprop.data.datasets import (
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.graph.settings import check_cell_choice
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
-from crystalprop.model.ensemble import combine
+from crystalprop.model.ensemble import combine, ensemble_output
+from crystalprop.model.latent_sigma import LatentReference, stored_reference
 from crystalprop.provenance import file_sha256, provenance, write_sidecar
 from crystalprop.training.config import EVAL_BATCH_SIZE
 
@@ -120,16 +121,19 @@ def _split_for(card, data, target, split, path, id_column, structure_column, set
     return dataset, split, split_check, kept, int(sum(1 for e in errors if e))
 
 
-def _member_outputs(checkpoints: Sequence[tuple[object, dict, Path]], graphs: list, batch_size: int) -> np.ndarray:
+def _member_outputs(checkpoints: Sequence[tuple[object, dict, Path]], graphs: list, batch_size: int,
+                    readout: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Normalised outputs (members × structures) of every member of the given (card, params,
-    path) checkpoints, which share one architecture: one stacked network runs them all at once."""
+    path) checkpoints, which share one architecture: one stacked network runs them all at once;
+    with ``readout`` also their readout features (members × structures × F), else None."""
     from crystalprop.model.ensemble import member_params  # noqa: PLC0415
-    from crystalprop.model.inference import predict_members  # noqa: PLC0415
+    from crystalprop.model.inference import member_outputs  # noqa: PLC0415
     from crystalprop.model.stacked import stack_checkpoints  # noqa: PLC0415
 
     net, _ = stack_checkpoints(checkpoints[0][0].model,
-                               [(member_params(card, params), path) for card, params, path in checkpoints])
-    return predict_members(net, graphs, batch_size)
+                               [(member_params(card, params), path) for card, params, path in checkpoints],
+                               readout=readout)
+    return member_outputs(net, graphs, batch_size)
 
 
 def _error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:
@@ -173,8 +177,10 @@ def evaluate_model(
     dataset, split, split_check, kept, n_failed = _split_for(card, data, target, split, path, id_column,
                                                              structure_column, settings)
     y = np.array([e.target for e, _ in kept])
-    outputs = _member_outputs([(card, params, path)], [g for _, g in kept], batch_size)
-    combined = combine(outputs, card.transform, card.ensemble.get("sigma_scale", 1.0))
+    reference = stored_reference(card, params, path)
+    outputs, features = _member_outputs([(card, params, path)], [g for _, g in kept], batch_size,
+                                        readout=reference is not None)
+    combined = ensemble_output(card, outputs, features[0] if reference else None, reference)
     pred, std = combined.value, combined.std
     metrics = _error_metrics(card, y, pred)
     if std is not None:
@@ -222,12 +228,16 @@ def join_ensemble(
     structure_column: str | None = None,
     device: str = "CPU",
     cell: str | None = None,
+    sigma: str = "spread",
 ) -> dict:
     """Join independently trained members into one ensemble checkpoint whose σ is calibrated
     on ``split`` of ``data``; returns the ensemble's metrics on that split.
 
     ``cell`` (canonical or as-given): the cells the ensemble predicts on, for members trained on
     other cells than each other; None keeps the members' own setting, which must then agree.
+    ``sigma``: ``spread``, σ from the members' spread; ``latent``, from the distance to the training
+    structures in the first member's readout space (:mod:`crystalprop.model.latent_sigma`), whose
+    reference is built on the training split of ``data`` and stored in the checkpoint.
     """
     from crystalprop.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
@@ -256,22 +266,44 @@ def join_ensemble(
             datasets[key] = load_dataset(data, first.target, id_column=id_column, structure_column=structure_column,
                                          **settings)
         check_unseen([e for e, _ in kept], split, datasets[key], card.training, path)
+    if sigma not in ("spread", "latent"):
+        raise ValueError(f"sigma must be 'spread' or 'latent', not {sigma!r}")
+    checkpoints = [(card, params, path) for (card, params), path in zip(loaded, paths)]
+    reference, reference_record = None, {}
+    if sigma == "latent":
+        reference, reference_record = _latent_reference(checkpoints, data, batch_size, id_column, structure_column)
     graphs = [g for _, g in kept]
     y = np.array([e.target for e, _ in kept])
-    outputs = _member_outputs([(card, params, path) for (card, params), path in zip(loaded, paths)], graphs,
-                              batch_size)
+    outputs, features = _member_outputs(checkpoints, graphs, batch_size, readout=reference is not None)
     raw = combine(outputs, first.transform)
-    scale = calibration_scale(raw.value - y, raw.std)
-    calibrated = combine(outputs, first.transform, scale)
-    metrics = {**_error_metrics(first, y, calibrated.value), **uncertainty_metrics(y, calibrated.value, calibrated.std)}
+    raw_std = raw.std if reference is None else reference.raw_sigma(features[0])
+    scale = calibration_scale(raw.value - y, raw_std)
+    calibrated_std = raw_std * scale
+    metrics = {**_error_metrics(first, y, raw.value), **uncertainty_metrics(y, raw.value, calibrated_std)}
+    if reference is not None:  # what the members' spread would have given, for the record
+        metrics["spread_sigma_spearman"] = uncertainty_metrics(y, raw.value, raw.std)["sigma_spearman"]
     member_maes = [float(np.mean(np.abs(first.transform.physical(z) - y))) for z in outputs]
     first.ensemble = {
-        "members": len(paths), "sigma_scale": scale,
+        "members": len(paths), "sigma_scale": scale, "sigma_from": sigma, **reference_record,
         "calibrated_on": {"data": str(data), "split": split, "n": int(len(y)), "split_check": split_check},
         "member_files": [{"name": name, "file": p.name, "sha256": file_sha256(p), f"{split}_mae": mae}
                          for (name, p), mae in zip(resolved, member_maes)],
     }
     first.metrics = metrics
     _merge_trained_ids(first, cards[1:])
-    save_ensemble(output, first, [params for _, params in loaded])
+    save_ensemble(output, first, [params for _, params in loaded], reference.arrays() if reference else None)
     return {"output": str(output), "split": split, "member_maes": member_maes, **first.ensemble, **metrics}
+
+
+def _latent_reference(checkpoints: Sequence[tuple[object, dict, Path]], data: str | Path, batch_size: int,
+                      id_column: str | None, structure_column: str | None) -> tuple[LatentReference, dict]:
+    """The latent reference of an ensemble of ``checkpoints`` (first member's readout features and
+    the ensemble's absolute errors on the training split of ``data``) and its record for the card."""
+    first, _, path = checkpoints[0]
+    _, _, _, kept, _ = _split_for(first, data, None, "train", path, id_column, structure_column)
+    outputs, features = _member_outputs(checkpoints, [g for _, g in kept], batch_size, readout=True)
+    residuals = np.abs(combine(outputs, first.transform).value - np.array([e.target for e, _ in kept]))
+    reference = LatentReference.build(features[0], residuals)
+    return reference, {"latent_neighbours": reference.neighbours, "latent_dimensions": int(reference.table.shape[1]),
+                       "latent_reference": {"split": "train", "n": len(kept),
+                                            "mae": float(residuals.mean())}}

@@ -278,6 +278,7 @@ class Predictor:
         prefer_compiled_protobuf()  # before the model code imports MindSpore
         from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
         from crystalprop.model.ensemble import member_params  # noqa: PLC0415
+        from crystalprop.model.latent_sigma import stored_reference  # noqa: PLC0415
         from crystalprop.model.stacked import stack_checkpoints  # noqa: PLC0415
         from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415
 
@@ -299,13 +300,18 @@ class Predictor:
         self.sources: list[tuple[str, Path]] = [(label, path) for label, path, *_ in loaded]
         configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]
         members = [member_params(card, params) for _, _, card, params in loaded]
+        self.references = {label: stored_reference(card, params, path) for label, path, card, params in loaded}
         groups = {config: [i for i, c in enumerate(configs) if c == config] for config in configs}
-        # a stacked graph holds its member count: a cached graph of another count must never load
+        readout = {config: any(self.references[loaded[i][0]] is not None for i in group)
+                   for config, group in groups.items()}
+        # a stacked graph holds its member count and outputs: a cached graph of others must never load
         enable_compile_cache("predict", device, *sorted(
-            f"{config} stacked members: {sum(len(members[i]) for i in group)}" for config, group in groups.items()))
+            f"{config} stacked members: {sum(len(members[i]) for i in group)}, readout: {readout[config]}"
+            for config, group in groups.items()))
         placed: dict[int, tuple[Any, slice]] = {}  # model -> (its stacked network, its rows of the (K, B) output)
-        for group in groups.values():
-            net, rows = stack_checkpoints(loaded[group[0]][2].model, [(members[i], loaded[i][1]) for i in group])
+        for config, group in groups.items():
+            net, rows = stack_checkpoints(loaded[group[0]][2].model, [(members[i], loaded[i][1]) for i in group],
+                                          readout=readout[config])
             placed.update({i: (net, model_rows) for i, model_rows in zip(group, rows)})
         self.models: list[tuple[str, Any, Any, slice]] = [  # (label, network, card, rows)
             (label, placed[i][0], card, placed[i][1]) for i, (label, _, card, _) in enumerate(loaded)]
@@ -353,18 +359,23 @@ class Predictor:
     def predict_prepared(self, batch: list[Prepared]) -> list[dict]:
         """Rows for a batch of prepared structures."""
         from crystalprop.graph.batch import collate  # noqa: PLC0415
-        from crystalprop.model.ensemble import combine  # noqa: PLC0415
+        from crystalprop.model.ensemble import ensemble_output  # noqa: PLC0415
         from crystalprop.model.inference import batch_tensors  # noqa: PLC0415
 
         good = [p for p in batch if p.graph is not None]
         values: dict[str, np.ndarray] = {}
         if good:
             tensors = batch_tensors(collate([p.graph for p in good]))
-            outputs: dict[int, np.ndarray] = {}  # network -> its (K, B) output, one forward pass each
+            # network -> its (K, B) output and (K, B, F) readout features (or None), one forward pass each
+            outputs: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
             for label, net, card, rows in self.models:
                 if id(net) not in outputs:
-                    outputs[id(net)] = net(*tensors).asnumpy().reshape(net.members, -1)
-                combined = combine(outputs[id(net)][rows], card.transform, card.ensemble.get("sigma_scale", 1.0))
+                    result = net(*tensors)
+                    out, features = (result[0], result[1].asnumpy()) if net.readout else (result, None)
+                    outputs[id(net)] = out.asnumpy().reshape(net.members, -1), features
+                out, features = outputs[id(net)]
+                reference = self.references[label]
+                combined = ensemble_output(card, out[rows], features[rows.start] if reference else None, reference)
                 values[label] = combined.value
                 if combined.std is not None:
                     values[f"{label}_std"] = combined.std

@@ -50,7 +50,10 @@ def main() -> None:
 
     set_device("CPU")  # before any network is built
     from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
-    from crystalprop.model.checkpoint import build_model, read_checkpoint, save_checkpoint, save_ensemble  # noqa: PLC0415
+    from crystalprop.model.checkpoint import (  # noqa: PLC0415
+        as_array, build_model, read_checkpoint, save_checkpoint, save_ensemble,
+    )
+    from crystalprop.model.latent_sigma import PREFIX as LATENT_PREFIX  # noqa: PLC0415
     from crystalprop.model.ensemble import member_params  # noqa: PLC0415
 
     source = Path(args.run_dir)
@@ -67,7 +70,8 @@ def main() -> None:
 
     def save() -> None:
         if card.ensemble:
-            save_ensemble(out, card, member_params(card, params))
+            extra = {name: as_array(value) for name, value in params.items() if name.startswith(LATENT_PREFIX)}
+            save_ensemble(out, card, member_params(card, params), extra)
         else:
             save_checkpoint(out, net, card)
 
@@ -91,11 +95,19 @@ def ensemble_lines(card, m: dict) -> list[str]:
     e = card.ensemble
     members = ", ".join(f"{f.get('name', f['file'])} ({f.get('val_mae', float('nan')):.4g})" for f in e.get("member_files", []))
     unit = card.unit
+    if e.get("sigma_from") == "latent":
+        reference = e["latent_reference"]
+        raw = (f"mean distance from the structure to its {e['latent_neighbours']} nearest training structures "
+               f"(n = {reference['n']}) in the first member's readout features (standardised, "
+               f"{e['latent_dimensions']} principal axes) times the ensemble's mean absolute error on those "
+               f"neighbours (`crystalprop ensemble --sigma latent`; README, \"Ensembles and error bars\")")
+    else:
+        raw = "standard deviation of their predictions"
     return [
         "",
         f"## Uncertainty: ensemble of {e['members']} members",
         f"- The value is the members' mean (in log10 for a log10 target); σ (`{card.name}_std`, {unit}) is the "
-        f"standard deviation of their predictions times {e['sigma_scale']:.4g}, the one scale for which the "
+        f"{raw}, times {e['sigma_scale']:.4g}, the one scale for which the "
         f"Gaussian intervals ± z·σ cover the validation errors as often as they should, averaged over "
         f"5-95 % (n = {e['calibrated_on']['n']}).",
         f"- Members and their own validation MAE ({unit}): {members}.",

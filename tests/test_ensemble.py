@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from pymatgen.core import Structure
 from pymatgen.io.cif import CifWriter
 
 from conftest import _random_checkpoint, make_structures, rocksalt, run_cli, synthetic_target
@@ -188,3 +189,51 @@ def test_two_models_of_one_name_are_refused(members, tmp_path):
         shutil.copy(members[k], tmp_path / f"run{k}" / "best.ckpt")
     with pytest.raises(ValueError, match="both be called 'best'"):
         Predictor([str(tmp_path / "run0" / "best.ckpt"), str(tmp_path / "run1" / "best.ckpt")])
+
+
+def test_latent_sigma_is_stored_calibrated_and_the_same_in_predict_and_evaluate(members, split_data, tmp_path):
+    """--sigma latent: the reference is built on the training split and σ = scale × raw σ of the
+    first member's readout features, alike in join, evaluate and predict; the values stay the mean."""
+    import crystalprop
+    from crystalprop.data.datasets import load_dataset
+    from crystalprop.evaluation import evaluate_model, join_ensemble
+    from crystalprop.model.latent_sigma import stored_reference
+
+    out = tmp_path / "lat.ckpt"
+    result = join_ensemble(members, out, split_data, sigma="latent")
+    card, params = read_checkpoint(out)
+    assert card.ensemble["sigma_from"] == "latent" and card.ensemble["latent_reference"]["n"] == 30
+    reference = stored_reference(card, params, out)
+    assert reference.table.shape == (30, card.ensemble["latent_dimensions"])
+    spread = join_ensemble(members, tmp_path / "spread.ckpt", split_data)
+    assert result["mae"] == pytest.approx(spread["mae"], rel=1e-6)
+    evaluated = evaluate_model(out, split_data, split="val", output_dir=tmp_path / "eval")
+    assert evaluated["sigma_spearman"] == pytest.approx(result["sigma_spearman"], abs=1e-9)
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as handle:
+        evaluate_std = {row["id"]: float(row["std"]) for row in csv.DictReader(handle)}
+    val = load_dataset(split_data, "y").split("val")
+    structures = []
+    for entry in val:
+        structure = Structure.from_dict(entry.source)
+        structure.name = entry.id  # crystalprop.predict names rows by this attribute
+        structures.append(structure)
+    rows = crystalprop.predict(structures, str(out))
+    spread_rows = crystalprop.predict(structures, str(tmp_path / "spread.ckpt"))
+    std = np.array([row["lat_std"] for row in rows])
+    np.testing.assert_allclose(std, [evaluate_std[row["name"]] for row in rows], rtol=1e-4)
+    assert not np.allclose(std, [row["spread_std"] for row in spread_rows], rtol=0.05)
+    np.testing.assert_allclose([row["lat"] for row in rows], [row["spread"] for row in spread_rows], rtol=1e-6)
+
+
+def test_latent_ensemble_without_its_reference_is_refused_by_name(members, split_data, tmp_path):
+    """A latent-σ ensemble re-saved without its reference must not predict a wrong σ or fail obscurely."""
+    from crystalprop.evaluation import join_ensemble
+    from crystalprop.model.checkpoint import save_ensemble
+    from crystalprop.model.ensemble import member_params
+    from crystalprop.predictor import Predictor
+
+    join_ensemble(members[:2], tmp_path / "lat.ckpt", split_data, sigma="latent")
+    card, params = read_checkpoint(tmp_path / "lat.ckpt")
+    save_ensemble(tmp_path / "damaged.ckpt", card, member_params(card, params))
+    with pytest.raises(CheckpointError, match=r"damaged\.ckpt: .*latent_sigma\.projection"):
+        Predictor(str(tmp_path / "damaged.ckpt"))

@@ -106,6 +106,22 @@ def test_stacked_shipped_ensembles_match_each_member(use_kernels):
     _assert_same(_stacked(config, members, inputs, use_kernels), _per_member(config, members, inputs))
 
 
+@pytest.mark.parametrize("use_kernels", KERNELS)
+def test_stacked_readout_features_are_what_each_member_s_output_layer_reads(use_kernels):
+    """readout=True adds each member's silu(fc(pooled)) (K, B, F): the member's fc_out of it is its output."""
+    members = _random_members(SMALL, 3, seed=7)
+    inputs = _batch()
+    net = StackedMatformer(SMALL, member_arrays(Matformer(SMALL), members, "member"), fused=use_kernels, readout=True)
+    net.declare_dynamic_inputs()
+    net.set_train(False)
+    out, features = (t.asnumpy() for t in net(*inputs))
+    _assert_same(out, _per_member(SMALL, members, inputs))
+    assert features.shape == (3, out.shape[1], SMALL.fc_features) and np.all(features > -0.2785)  # silu's minimum
+    for k, member in enumerate(members):
+        weight, bias = member["fc_out.weight"].asnumpy(), member["fc_out.bias"].asnumpy()
+        _assert_same(features[k] @ weight.T[:, 0] + bias[0], out[k])
+
+
 class _NormSum(ms.nn.Cell):
     def __init__(self) -> None:
         super().__init__()

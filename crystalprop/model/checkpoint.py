@@ -132,13 +132,16 @@ def save_checkpoint(path: str | Path, net: Matformer, card: ModelCard, extra: di
     atomic_write(Path(path), lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict=append))
 
 
-def save_ensemble(path: str | Path, card: ModelCard, members: list[dict[str, Any]]) -> None:
-    """Write the members' weights (``member{k}.<name>``) and the ensemble's card atomically."""
+def save_ensemble(path: str | Path, card: ModelCard, members: list[dict[str, Any]],
+                  extra: dict[str, np.ndarray] | None = None) -> None:
+    """Write the members' weights (``member{k}.<name>``), any ``extra`` arrays by name (the latent
+    σ reference) and the ensemble's card atomically."""
     from crystalprop.model.ensemble import member_key  # noqa: PLC0415  (ensemble builds on this module)
 
     ms = mindspore_module()
-    params = [{"name": member_key(k, name), "data": ms.Tensor(value.asnumpy())}
+    params = [{"name": member_key(k, name), "data": ms.Tensor(as_array(value))}
               for k, member in enumerate(members) for name, value in member.items()]
+    params += [{"name": name, "data": ms.Tensor(value)} for name, value in (extra or {}).items()]
     atomic_write(Path(path), lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict={METADATA_KEY: card.to_json()}))
 
 

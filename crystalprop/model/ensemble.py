@@ -6,7 +6,9 @@ target transform) and joined into one ``.ckpt``: member k's weights are stored u
 the calibration scale. A prediction is the members' mean in network units (so for a log10
 target the geometric mean, as for one model), and its σ is the standard deviation of the
 members' physical predictions times the scale, which makes σ match the errors on the split
-it was calibrated on (see :func:`calibration_scale`).
+it was calibrated on (see :func:`calibration_scale`). An ensemble joined with ``sigma="latent"``
+takes its σ instead from the distance to the training set in its first member's readout space
+(:mod:`crystalprop.model.latent_sigma`); the card's ``sigma_from`` says which.
 """
 
 from __future__ import annotations
@@ -58,6 +60,17 @@ def combine(outputs: np.ndarray, transform: TargetTransform, scale: float = 1.0)
         return EnsembleOutput(value, None)
     spread = np.stack([transform.physical(z) for z in outputs]).std(axis=0, ddof=1)
     return EnsembleOutput(value, spread * scale)
+
+
+def ensemble_output(card: ModelCard, outputs: np.ndarray, features: np.ndarray | None = None,
+                    reference: Any = None) -> EnsembleOutput:
+    """A model's values and calibrated σ from its members' normalised outputs (members × structures):
+    σ from the :class:`crystalprop.model.latent_sigma.LatentReference` ``reference`` and the first
+    member's readout ``features`` (structures × F) where the model has one, else from the spread."""
+    scale = (card.ensemble or {}).get("sigma_scale", 1.0)
+    if reference is None:
+        return combine(outputs, card.transform, scale)
+    return EnsembleOutput(combine(outputs, card.transform).value, reference.raw_sigma(features) * scale)
 
 
 def calibration_scale(errors: np.ndarray, raw_std: np.ndarray, levels: int = 19) -> float:

@@ -37,14 +37,28 @@ def predict_graphs(net, graphs: Sequence[CrystalGraph], batch_size: int = 64) ->
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-def predict_members(net, graphs: Sequence[CrystalGraph], batch_size: int = 64,
-                    batch_memory: int = BATCH_MEMORY_BYTES) -> np.ndarray:
-    """Normalised outputs (members × graphs) of a :class:`crystalprop.model.stacked.StackedMatformer`.
+def member_outputs(net, graphs: Sequence[CrystalGraph], batch_size: int = 64,
+                   batch_memory: int = BATCH_MEMORY_BYTES) -> tuple[np.ndarray, np.ndarray | None]:
+    """Normalised outputs (members × graphs) of a :class:`crystalprop.model.stacked.StackedMatformer`,
+    and for a network built with ``readout`` its readout features (members × graphs × F), else None.
 
     Batches hold at most ``batch_size`` graphs and, as in prediction, no more atoms and edges than
     all the members' activations take in about ``batch_memory`` bytes.
     """
     net.set_train(False)
-    parts = [net(*batch_tensors(collate(batch))).asnumpy().reshape(net.members, -1)
-             for batch in batches_within(graphs, net.batch_limits(batch_size, batch_memory))]
-    return np.concatenate(parts, axis=1) if parts else np.zeros((net.members, 0), dtype=np.float32)
+    outputs, features = [], []
+    for batch in batches_within(graphs, net.batch_limits(batch_size, batch_memory)):
+        result = net(*batch_tensors(collate(batch)))
+        if net.readout:
+            result, readout = result
+            features.append(readout.asnumpy())
+        outputs.append(result.asnumpy().reshape(net.members, -1))
+    if not outputs:
+        return np.zeros((net.members, 0), dtype=np.float32), None
+    return np.concatenate(outputs, axis=1), np.concatenate(features, axis=1) if features else None
+
+
+def predict_members(net, graphs: Sequence[CrystalGraph], batch_size: int = 64,
+                    batch_memory: int = BATCH_MEMORY_BYTES) -> np.ndarray:
+    """Normalised outputs (members × graphs) of a stacked network (:func:`member_outputs`)."""
+    return member_outputs(net, graphs, batch_size, batch_memory)[0]

@@ -244,7 +244,9 @@ class StackedMatformer(nn.Cell):
     ``members``: each member's parameters by Matformer's parameter names (the dicts of
     :func:`crystalprop.model.ensemble.member_params`, checked with :func:`member_arrays`).
     Inputs are those of :meth:`Matformer.construct` (one graph batch shared by all members);
-    output (K, B), member k's normalised predictions in row k.
+    output (K, B), member k's normalised predictions in row k. With ``readout``, the output is
+    that and (K, B, F), each member's readout features silu(fc(pooled)) (F = fc_features), for
+    :mod:`crystalprop.model.latent_sigma`.
     """
 
     def batch_limits(self, batch_size: int, batch_memory: int) -> BatchLimits:
@@ -253,12 +255,13 @@ class StackedMatformer(nn.Cell):
         channels = self.config.features * self.members * STACKED_MEMORY_FACTOR
         return BatchLimits.for_model(batch_size, channels, self.config.heads, batch_memory)
 
-    def __init__(self, config: ModelConfig, members: Members, fused: bool | None = None) -> None:
+    def __init__(self, config: ModelConfig, members: Members, fused: bool | None = None,
+                 readout: bool = False) -> None:
         super().__init__()
         if not members:
             raise ValueError("a stacked network needs at least one member")
         c, k = config.features, len(members)
-        self.config, self.members, self.channels = config, k, c
+        self.config, self.members, self.channels, self.readout = config, k, c, readout
         atom_w, atom_b = _Dense(members, "atom_embedding").wide()
         self.atom_weight, self.atom_bias = _param(atom_w, "atom_weight"), _param(atom_b, "atom_bias")
         self.rbf = RBFExpansion(0.0, config.rbf_max, config.rbf_bins)
@@ -304,8 +307,11 @@ class StackedMatformer(nn.Cell):
         pooled = ops.index_add(zeros, self._offset(node_graph, inverse_counts), x.reshape(-1, c), 0) * counts
         pooled = pooled.reshape(k, -1, c)  # (K, B, C)
         ones_b = ops.ones_like(pooled[:, :, :1])
-        out = self.fc_out(_with_ones(ops.silu(self.fc(_with_ones(pooled, ones_b))), ones_b))  # (K, B, 1)
-        return out.squeeze(-1)
+        features = ops.silu(self.fc(_with_ones(pooled, ones_b)))  # (K, B, F)
+        out = self.fc_out(_with_ones(features, ones_b)).squeeze(-1)  # (K, B)
+        if self.readout:
+            return out, features
+        return out
 
     def declare_dynamic_inputs(self) -> None:
         """Compile once for any batch, as :meth:`Matformer.declare_dynamic_inputs`."""
@@ -323,10 +329,10 @@ def member_arrays(template: Any, members: Sequence[Mapping[str, Any]], path: Any
 
 
 def stack_checkpoints(config: ModelConfig, checkpoints: Sequence[tuple[Sequence[Mapping[str, Any]], Any]],
-                      fused: bool | None = None) -> tuple[StackedMatformer, list[slice]]:
+                      fused: bool | None = None, readout: bool = False) -> tuple[StackedMatformer, list[slice]]:
     """One stacked network (inference mode, dynamic inputs) over every member of ``checkpoints``,
     (members' parameter dicts, path) pairs of configuration ``config``, and the rows of its
-    (K, B) output that belong to each checkpoint."""
+    (K, B) output that belong to each checkpoint; ``readout``: also output the readout features."""
     from mindspore.nn.utils import no_init_parameters  # noqa: PLC0415  (MindSpore is imported lazily)
 
     with no_init_parameters():
@@ -335,7 +341,7 @@ def stack_checkpoints(config: ModelConfig, checkpoints: Sequence[tuple[Sequence[
     for members, path in checkpoints:
         rows.append(slice(len(arrays), len(arrays) + len(members)))
         arrays += member_arrays(template, members, path)
-    net = StackedMatformer(config, arrays, fused)
+    net = StackedMatformer(config, arrays, fused, readout)
     net.declare_dynamic_inputs()
     net.set_train(False)
     return net, rows

@@ -1,0 +1,102 @@
+"""σ from how far a structure lies from the training set in the model's own latent space.
+
+An ensemble whose members share their early training make much the same errors, so their
+spread hardly tells a well-predicted structure from a badly predicted one (formation energy:
+Spearman(spread, |error|) 0.15-0.21 on the validation split). What does tell them apart is
+whether the model has seen crystals like this one, and how well it fitted those: for each
+structure, the first member's readout features h = silu(fc(pooled)) (F = fc_features) are
+standardised and projected on their leading principal axes (d of them), and
+
+    σ_raw = mean distance to its k nearest training structures × mean |training error| of those k
+
+(both factors rank the validation errors, their product better than either; campaign, session 11).
+The calibration scale of :func:`crystalprop.model.ensemble.calibration_scale` turns σ_raw into σ.
+
+The reference ships inside the checkpoint under ``latent_sigma.<name>``: ``projection`` (F, d)
+and ``offset`` (d,), which standardise and project in one affine map, z = h @ projection - offset;
+``table`` (N, d) float16, the training structures' z; ``residuals`` (N,) float16, the ensemble's
+absolute error on each of them, in the unit of the prediction. For the shipped formation-energy
+model (N = 31,623, d = 32) that is 2.1 MB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+PREFIX = "latent_sigma."
+NEIGHBOURS = 5
+DIMENSIONS = 32
+QUERY_CHUNK = 256  # query rows per distance block: 256 × N float32, 32 MB for N = 31,623
+
+
+@dataclass
+class LatentReference:
+    """The training set as seen by the model's readout, and its errors there."""
+
+    projection: np.ndarray  # (F, d) float32
+    offset: np.ndarray  # (d,) float32
+    table: np.ndarray  # (N, d) float32
+    residuals: np.ndarray  # (N,) float32
+    neighbours: int = NEIGHBOURS
+
+    def __post_init__(self) -> None:
+        self.table = np.asarray(self.table, np.float32)
+        self.residuals = np.asarray(self.residuals, np.float32)
+        self._table_norms = np.einsum("nd,nd->n", self.table, self.table)
+
+    @classmethod
+    def build(cls, hidden: np.ndarray, residuals: np.ndarray, dimensions: int = DIMENSIONS,
+              neighbours: int = NEIGHBOURS) -> "LatentReference":
+        """From the training structures' readout features ``hidden`` (N, F) and the model's absolute
+        errors on them (N,): standardise each feature, keep the ``dimensions`` leading principal axes."""
+        hidden = np.asarray(hidden, np.float64)
+        mean, std = hidden.mean(axis=0), hidden.std(axis=0) + 1e-6
+        standard = (hidden - mean) / std
+        axes = np.linalg.svd(standard - standard.mean(axis=0), full_matrices=False)[2][:dimensions].T  # (F, d)
+        projection = axes / std[:, None]
+        offset = (mean / std) @ axes
+        table = (hidden @ projection - offset).astype(np.float16)
+        return cls(projection.astype(np.float32), offset.astype(np.float32), table,
+                   np.asarray(residuals, np.float64).astype(np.float16), neighbours)
+
+    def raw_sigma(self, hidden: np.ndarray) -> np.ndarray:
+        """(B, F) readout features -> (B,) uncalibrated σ: mean distance to the k nearest training
+        structures times their mean absolute training error."""
+        z = np.asarray(hidden, np.float32) @ self.projection - self.offset  # (B, d)
+        out = np.empty(len(z), np.float64)
+        k = min(self.neighbours, len(self.table))
+        for start in range(0, len(z), QUERY_CHUNK):
+            block = z[start : start + QUERY_CHUNK]
+            squared = np.einsum("bd,bd->b", block, block)[:, None] + self._table_norms - 2.0 * block @ self.table.T
+            nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]  # (b, k)
+            distance = np.sqrt(np.maximum(np.take_along_axis(squared, nearest, axis=1), 0.0)).mean(axis=1)
+            out[start : start + len(block)] = distance * self.residuals[nearest].mean(axis=1)
+        return out
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The values to store in a checkpoint, by parameter name."""
+        return {f"{PREFIX}projection": self.projection, f"{PREFIX}offset": self.offset,
+                f"{PREFIX}table": self.table.astype(np.float16), f"{PREFIX}residuals": self.residuals.astype(np.float16)}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], neighbours: int, path: Any = "checkpoint") -> "LatentReference":
+        """The reference stored in the parameters (arrays or MindSpore Parameters) of checkpoint ``path``."""
+        from crystalprop.model.checkpoint import CheckpointError, as_array  # noqa: PLC0415  (imports MindSpore)
+
+        values = {name[len(PREFIX):]: as_array(value) for name, value in params.items() if name.startswith(PREFIX)}
+        missing = sorted({"projection", "offset", "table", "residuals"} - set(values))
+        if missing:
+            raise CheckpointError(f"{path}: its σ comes from a latent reference, but {', '.join(PREFIX + m for m in missing)} "
+                                  "is missing from its weights (re-join it with crystalprop ensemble --sigma latent)")
+        return cls(values["projection"], values["offset"], values["table"], values["residuals"], neighbours)
+
+
+def stored_reference(card: Any, params: Mapping[str, Any], path: Any) -> LatentReference | None:
+    """The latent reference of a checkpoint whose σ comes from it (card.ensemble's ``sigma_from``
+    is ``latent``), else None (σ from the members' spread, or no σ)."""
+    if (card.ensemble or {}).get("sigma_from") != "latent":
+        return None
+    return LatentReference.from_params(params, int(card.ensemble["latent_neighbours"]), path)
