@@ -117,6 +117,13 @@ def test_ensemble_messages_name_each_member(stderr_console):
     assert stderr_console.getvalue().splitlines() == ["member 2 of 3 (seed 8) in out/member1"]
 
 
+def test_the_training_process_s_last_message_survives_its_exit(stderr_console):
+    """A child that fails at once and exits right after sending its error must not lose it (its
+    queue once dropped unsent messages at exit: 'ended without a result (killed?)' every time)."""
+    for _ in range(3):
+        assert launch.run_training_child({"device": "CPU"}) == ("error", "'threads'")  # a job without threads
+
+
 @pytest.mark.slow
 def test_an_error_in_the_training_process_comes_back_as_one_line(stderr_console, tmp_path):
     from crystalprop.training.jobs import train

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from crystalprop.display import console
 from crystalprop.training.jobs import OnEvent, TrainingFailed, run_job
@@ -144,16 +144,19 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
     return outcome
 
 
-def stop_when_orphaned(parent: int, grace_s: float = 300.0, poll_s: float = 1.0) -> None:
-    """If the process ``parent`` (that started this one) dies, stop cleanly (SIGTERM) rather than train
-    unattended; leave for good if a clean stop has not happened within ``grace_s`` (e.g. a
-    data-parallel peer died and an all-reduce waits for it)."""
+def stop_when_orphaned(parent: int, grace_s: float = 300.0, poll_s: float = 1.0,
+                       on_orphaned: Callable[[], None] | None = None) -> None:
+    """If the process ``parent`` (that started this one) dies, call ``on_orphaned`` and stop cleanly
+    (SIGTERM) rather than train unattended; leave for good if a clean stop has not happened within
+    ``grace_s`` (e.g. a data-parallel peer died and an all-reduce waits for it)."""
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_s)
+        if on_orphaned is not None:
+            on_orphaned()
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(grace_s)
         os._exit(1)
@@ -164,8 +167,10 @@ def stop_when_orphaned(parent: int, grace_s: float = 300.0, poll_s: float = 1.0)
 def _train_child_main(job: dict, events) -> None:
     """Child process: run the training and report events, then the result or the error."""
     os.setsid()  # the terminal's Ctrl-C goes to the parent only
-    events.cancel_join_thread()  # never hang at exit on an unread queue
-    stop_when_orphaned(os.getppid(), grace_s=60.0 if "MS_ROLE" in os.environ else 300.0)
+    # At exit the queue's feeder thread sends what is left (the result or error, put just before):
+    # only a queue nobody reads any more, the parent's being gone, may drop it rather than hang.
+    stop_when_orphaned(os.getppid(), grace_s=60.0 if "MS_ROLE" in os.environ else 300.0,
+                       on_orphaned=events.cancel_join_thread)
 
     def report(kind: str, info: dict) -> None:
         events.put((kind, info))
