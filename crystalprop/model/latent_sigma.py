@@ -1,6 +1,6 @@
 """σ from how far a structure lies from the training set in the model's own latent space.
 
-An ensemble whose members share their early training make much the same errors, so their
+An ensemble whose members share their early training makes much the same errors, so their
 spread hardly tells a well-predicted structure from a badly predicted one (formation energy:
 Spearman(spread, |error|) 0.15-0.21 on the validation split). What does tell them apart is
 whether the model has seen crystals like this one, and how well it fitted those: for each
