@@ -237,3 +237,13 @@ def test_latent_ensemble_without_its_reference_is_refused_by_name(members, split
     save_ensemble(tmp_path / "damaged.ckpt", card, member_params(card, params))
     with pytest.raises(CheckpointError, match=r"damaged\.ckpt: .*latent_sigma\.projection"):
         Predictor(str(tmp_path / "damaged.ckpt"))
+
+
+def test_cli_ensemble_with_latent_sigma_reports_both_rankings(members, split_data, tmp_path):
+    run = run_cli(["ensemble", tmp_path / "lat.ckpt", *members, "--data", split_data, "--sigma", "latent"],
+                  env={"COLUMNS": "200"})
+    assert run.returncode == 0, run.stderr
+    assert "spread_sigma_spearman" in run.stdout and "sigma_spearman" in run.stdout
+    assert read_checkpoint(tmp_path / "lat.ckpt")[0].ensemble["sigma_from"] == "latent"
+    bad = run_cli(["ensemble", tmp_path / "x.ckpt", *members, "--data", split_data, "--sigma", "members"])
+    assert bad.returncode != 0 and "'members' is not one of 'spread', 'latent'" in bad.stderr
