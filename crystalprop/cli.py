@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from crystalprop.cli_options import cell_option, device_option, duration_s, fold_option, parse_shard
+from crystalprop.cli_options import cell_option, device_option, duration_s, fold_option, parse_shard, sigma_option
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.display import (
     TABLE_LIMIT, console, out, print_ensemble, print_evaluation, print_rows, show_table, stream_rows,
@@ -186,6 +186,7 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--ensemble", default=1, show_default=True, type=click.IntRange(min=1),
               help="Train N members (seeds --seed, --seed+1, ...; one split) in OUTPUT_DIR/member<k>, then join "
                    "them into OUTPUT_DIR/best.ckpt with σ calibrated on the validation split.")
+@sigma_option()
 @click.option("--fold", default=None, callback=fold_option, metavar="I/K",
               help="Cross-validation: fold I of K of the training and validation structures is the validation "
                    "split (folds fixed by the ids); e.g. --fold 1/5 ... --fold 5/5.")
@@ -208,6 +209,8 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
         _fail(str(exc), code=1)
     if ensemble > 1 and workers > 1:
         _fail("--ensemble trains its members one after another: use it without --workers")
+    if ensemble == 1 and options["sigma"] != "spread":
+        _fail("--sigma is where an ensemble's σ comes from: use it with --ensemble N (N > 1)")
     try:
         with EnsembleMessages() as messages:
             result = train_run(data, output_dir, max_time_s=duration_s(max_time), ensemble=ensemble, isolate=True,
@@ -252,10 +255,7 @@ def evaluate(model, data, **options) -> None:
 @click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
 @click.option("--id-column", default=None, help="As given to train, for a CSV data set.")
 @click.option("--structure-column", default=None, help="As given to train, for a CSV data set.")
-@click.option("--sigma", type=click.Choice(["spread", "latent"]), default="spread", show_default=True,
-              help="spread: σ from the members' spread; latent: from the distance to DATA's training "
-                   "structures in the first member's readout space, times their training errors (ranks the "
-                   "errors better where the members share their training; stores 2-3 MB more).")
+@sigma_option()
 @device_option()
 @cell_option("the members' own setting, which must then agree")
 def ensemble(output, members, data, split, **options) -> None:

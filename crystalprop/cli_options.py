@@ -11,6 +11,7 @@ import click
 
 from crystalprop.backend import DEVICES
 from crystalprop.graph.settings import CELL_CHOICES
+from crystalprop.model import SIGMA_CHOICES
 
 
 def cell_option(default_text: str):
@@ -18,6 +19,14 @@ def cell_option(default_text: str):
     return click.option("--cell", type=click.Choice(CELL_CHOICES), default=None,
                         help="canonical: the Niggli-reduced primitive cell, so any cell of a crystal gives one "
                              f"answer; as-given: the file's own cell. Default: {default_text}.")
+
+
+def sigma_option():
+    """``--sigma``: where an ensemble's σ comes from (:func:`crystalprop.evaluation.join_ensemble`)."""
+    return click.option("--sigma", type=click.Choice(SIGMA_CHOICES), default=SIGMA_CHOICES[0], show_default=True,
+                        help="An ensemble's σ. spread: from the members' spread; latent: from the distance to the "
+                             "training structures in the first member's readout space, times their training errors "
+                             "(ranks the errors better where the members share their training; stores 2-3 MB more).")
 
 
 def device_option():

@@ -17,6 +17,7 @@ from crystalprop.data.datasets import (
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.graph.settings import check_cell_choice
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
+from crystalprop.model import SIGMA_CHOICES
 from crystalprop.model.ensemble import combine, ensemble_output
 from crystalprop.model.latent_sigma import LatentReference, stored_reference
 from crystalprop.provenance import file_sha256, provenance, write_sidecar
@@ -266,8 +267,8 @@ def join_ensemble(
             datasets[key] = load_dataset(data, first.target, id_column=id_column, structure_column=structure_column,
                                          **settings)
         check_unseen([e for e, _ in kept], split, datasets[key], card.training, path)
-    if sigma not in ("spread", "latent"):
-        raise ValueError(f"sigma must be 'spread' or 'latent', not {sigma!r}")
+    if sigma not in SIGMA_CHOICES:
+        raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
     checkpoints = [(card, params, path) for (card, params), path in zip(loaded, paths)]
     reference, reference_record = None, {}
     if sigma == "latent":

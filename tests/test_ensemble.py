@@ -166,7 +166,8 @@ def test_train_ensemble_trains_members_on_one_split_and_joins_them(tmp_path):
 
     data = write_json_dataset(tmp_path / "data.json", 40)  # no split: a random one, drawn once from --seed
     run = run_cli(["train", data, "-t", "y", "-o", tmp_path / "run", "--ensemble", "2", "--epochs", "1",
-                   "--batch-size", "8", "--graph-workers", "1", "--threads", "1", *TINY_CLI], timeout=900)
+                   "--batch-size", "8", "--graph-workers", "1", "--threads", "1", "--sigma", "latent", *TINY_CLI],
+                  timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     cards = [read_checkpoint(tmp_path / "run" / f"member{k}" / "best.ckpt")[0] for k in range(2)]
     assert [c.training["config"]["seed"] for c in cards] == [0, 1]
@@ -174,9 +175,12 @@ def test_train_ensemble_trains_members_on_one_split_and_joins_them(tmp_path):
     assert records[0]["val_ids_sha256"] == records[1]["val_ids_sha256"]
     card = read_checkpoint(tmp_path / "run" / "best.ckpt")[0]
     assert card.ensemble["members"] == 2 and card.ensemble["sigma_scale"] > 0
+    assert card.ensemble["sigma_from"] == "latent" and card.ensemble["latent_reference"]["split"] == "train"
     again = run_cli(["train", data, "-t", "y", "-o", tmp_path / "run", "--ensemble", "2", "--epochs", "1",
                      "--batch-size", "8", *TINY_CLI])
     assert again.returncode != 0 and "--resume" in again.stdout + again.stderr
+    single = run_cli(["train", data, "-t", "y", "-o", tmp_path / "one", "--sigma", "latent", *TINY_CLI])
+    assert single.returncode != 0 and "use it with --ensemble" in single.stderr
 
 
 def test_two_models_of_one_name_are_refused(members, tmp_path):

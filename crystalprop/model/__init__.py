@@ -1,1 +1,5 @@
 """The Matformer network in MindSpore and its checkpoint format."""
+
+SIGMA_CHOICES = ("spread", "latent")
+"""Where an ensemble's σ comes from: the members' spread, or the latent distance (:mod:`.latent_sigma`).
+Here, not in those modules, so that the command line reads it without importing numpy."""

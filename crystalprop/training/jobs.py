@@ -90,14 +90,16 @@ def member_jobs(job: dict, members: int):
                            "run": {**run, "run_dir": str(member_dir), "resume": started, "split_seed": seed}}
 
 
-def join_members(job: dict, members: int) -> dict:
-    """Join the members of ``job`` into OUTPUT_DIR/best.ckpt; see :func:`crystalprop.evaluation.join_ensemble`."""
+def join_members(job: dict, members: int, sigma: str) -> dict:
+    """Join the members of ``job`` into OUTPUT_DIR/best.ckpt, σ from ``sigma``; see
+    :func:`crystalprop.evaluation.join_ensemble`."""
     from crystalprop.evaluation import join_ensemble  # noqa: PLC0415
 
     run = job["run"]
     output_dir = Path(run["run_dir"])
     return join_ensemble([output_dir / f"member{k}" for k in range(members)], output_dir / "best.ckpt", run["data"],
-                         id_column=run["id_column"], structure_column=run["structure_column"], device=job["device"])
+                         id_column=run["id_column"], structure_column=run["structure_column"], device=job["device"],
+                         sigma=sigma)
 
 
 def train(
@@ -132,6 +134,7 @@ def train(
     threads: int | None = None,
     device: str = DEVICES[0],
     ensemble: int = 1,
+    sigma: str = "spread",
     cell: str | None = None,
     fold: tuple[int, int] | None = None,
     on_event: OnEvent | None = None,
@@ -143,7 +146,8 @@ def train(
     ``resume`` continues from last.ckpt. ``cell`` None means canonical for a new run and the run's
     own setting on resume. ``fold`` (I, K) trains on cross-validation fold I of K: that fold of
     the training and validation structures is the validation split. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
-    split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``.
+    split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``,
+    with σ from ``sigma`` (``spread`` or ``latent``, as :func:`crystalprop.evaluation.join_ensemble`).
 
     ``on_event(kind, info)`` hears the progress (``graphs``, ``data``, ``start``, ``step``, ``epoch``, ...;
     ``member`` before each ensemble member). By default the training runs in this process: SIGTERM,
@@ -196,4 +200,4 @@ def train(
     if on_event:
         on_event("joining", {"members": ensemble})
     return {"stopped_because": outcomes[-1]["stopped_because"], "members": outcomes,
-            "ensemble": join_members(job, ensemble)}
+            "ensemble": join_members(job, ensemble, sigma)}
