@@ -261,7 +261,8 @@ def evaluate(model, data, **options) -> None:
 def ensemble(output, members, data, split, **options) -> None:
     """Join MEMBERS (checkpoints or run dirs of one target, architecture and split, e.g. other
     seeds) into one ensemble OUTPUT.ckpt: predictions are the members' mean, with a σ per
-    structure (see --sigma), scaled to match the errors on DATA's validation split."""
+    structure (see --sigma), scaled to match the errors on DATA's validation split. With
+    --sigma latent one member is enough: a single model gains a σ."""
     from crystalprop.evaluation import join_ensemble  # noqa: PLC0415
 
     try:

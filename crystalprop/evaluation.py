@@ -238,15 +238,18 @@ def join_ensemble(
     other cells than each other; None keeps the members' own setting, which must then agree.
     ``sigma``: ``spread``, σ from the members' spread; ``latent``, from the distance to the training
     structures in the first member's readout space (:mod:`crystalprop.model.latent_sigma`), whose
-    reference is built on the training split of ``data`` and stored in the checkpoint.
+    reference is built on the training split of ``data`` and stored in the checkpoint; then one
+    member is enough (a single model with a σ).
     """
     from crystalprop.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
     from crystalprop.model.ensemble import calibration_scale, check_compatible  # noqa: PLC0415
     from crystalprop.registry import resolve_model  # noqa: PLC0415
 
-    if len(members) < 2:
-        raise ValueError("an ensemble needs at least two members")
+    if sigma not in SIGMA_CHOICES:
+        raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
+    if len(members) < (1 if sigma == "latent" else 2):
+        raise ValueError("an ensemble needs at least two members (one is enough with σ from the latent distance)")
     set_device(device)
     resolved = [resolve_model(m) for m in members]
     paths = [path for _, path in resolved]
@@ -267,8 +270,6 @@ def join_ensemble(
             datasets[key] = load_dataset(data, first.target, id_column=id_column, structure_column=structure_column,
                                          **settings)
         check_unseen([e for e, _ in kept], split, datasets[key], card.training, path)
-    if sigma not in SIGMA_CHOICES:
-        raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
     checkpoints = [(card, params, path) for (card, params), path in zip(loaded, paths)]
     reference, reference_record = None, {}
     if sigma == "latent":
@@ -281,7 +282,7 @@ def join_ensemble(
     scale = calibration_scale(raw.value - y, raw_std)
     calibrated_std = raw_std * scale
     metrics = {**_error_metrics(first, y, raw.value), **uncertainty_metrics(y, raw.value, calibrated_std)}
-    if reference is not None:  # what the members' spread would have given, for the record
+    if reference is not None and raw.std is not None:  # what the members' spread would have given, for the record
         metrics["spread_sigma_spearman"] = uncertainty_metrics(y, raw.value, raw.std)["sigma_spearman"]
     member_maes = [float(np.mean(np.abs(first.transform.physical(z) - y))) for z in outputs]
     first.ensemble = {

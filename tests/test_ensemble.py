@@ -251,3 +251,18 @@ def test_cli_ensemble_with_latent_sigma_reports_both_rankings(members, split_dat
     assert read_checkpoint(tmp_path / "lat.ckpt")[0].ensemble["sigma_from"] == "latent"
     bad = run_cli(["ensemble", tmp_path / "x.ckpt", *members, "--data", split_data, "--sigma", "members"])
     assert bad.returncode != 0 and "'members' is not one of 'spread', 'latent'" in bad.stderr
+
+
+def test_one_model_gains_a_latent_sigma_and_keeps_its_values(members, split_data, tmp_path):
+    import crystalprop
+    from crystalprop.evaluation import join_ensemble
+
+    with pytest.raises(ValueError, match="at least two members"):
+        join_ensemble(members[:1], tmp_path / "spread.ckpt", split_data)
+    result = join_ensemble(members[:1], tmp_path / "one.ckpt", split_data, sigma="latent")
+    assert result["members"] == 1 and "spread_sigma_spearman" not in result
+    structures = [s for _, s in make_structures(5)]
+    alone = [row["m0"] for row in crystalprop.predict(structures, str(members[0]))]
+    rows = crystalprop.predict(structures, str(tmp_path / "one.ckpt"))
+    np.testing.assert_allclose([row["one"] for row in rows], alone, rtol=1e-6)
+    assert all(row["one_std"] > 0 for row in rows)
