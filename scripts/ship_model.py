@@ -103,14 +103,16 @@ def ensemble_lines(card, m: dict) -> list[str]:
                f"neighbours (`crystalprop ensemble --sigma latent`; README, \"Ensembles and error bars\")")
     else:
         raw = "standard deviation of their predictions"
+    one = e["members"] == 1
     return [
         "",
-        f"## Uncertainty: ensemble of {e['members']} members",
-        f"- The value is the members' mean (in log10 for a log10 target); σ (`{card.name}_std`, {unit}) is the "
+        "## Uncertainty: one model with a latent σ" if one else f"## Uncertainty: ensemble of {e['members']} members",
+        ("- The value is the model's prediction" if one else
+         "- The value is the members' mean (in log10 for a log10 target)") + f"; σ (`{card.name}_std`, {unit}) is the "
         f"{raw}, times {e['sigma_scale']:.4g}, the one scale for which the "
         f"Gaussian intervals ± z·σ cover the validation errors as often as they should, averaged over "
         f"5-95 % (n = {e['calibrated_on']['n']}).",
-        f"- Members and their own validation MAE ({unit}): {members}.",
+        f"- {'Model' if one else 'Members'} and {'its' if one else 'their'} own validation MAE ({unit}): {members}.",
         f"- On the validation split: Spearman(σ, |error|) {m['sigma_spearman']:.3f}; |error| ≤ σ for "
         f"{100 * m['within_1sigma']:.1f} % and ≤ 2σ for {100 * m['within_2sigma']:.1f} % (68 % and 95 % for "
         f"Gaussian errors); mean σ {m['mean_sigma']:.4g} {unit}. The scale was fitted on this split, so the "
