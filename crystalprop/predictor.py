@@ -360,7 +360,7 @@ class Predictor:
         """Rows for a batch of prepared structures."""
         from crystalprop.graph.batch import collate  # noqa: PLC0415
         from crystalprop.model.ensemble import ensemble_output  # noqa: PLC0415
-        from crystalprop.model.inference import batch_tensors  # noqa: PLC0415
+        from crystalprop.model.inference import batch_tensors, forward_members  # noqa: PLC0415
 
         good = [p for p in batch if p.graph is not None]
         values: dict[str, np.ndarray] = {}
@@ -370,9 +370,7 @@ class Predictor:
             outputs: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
             for label, net, card, rows in self.models:
                 if id(net) not in outputs:
-                    result = net(*tensors)
-                    out, features = (result[0], result[1].asnumpy()) if net.readout else (result, None)
-                    outputs[id(net)] = out.asnumpy().reshape(net.members, -1), features
+                    outputs[id(net)] = forward_members(net, tensors)
                 out, features = outputs[id(net)]
                 reference = self.references[label]
                 combined = ensemble_output(card, out[rows], features[rows.start] if reference else None, reference)

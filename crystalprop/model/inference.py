@@ -37,6 +37,14 @@ def predict_graphs(net, graphs: Sequence[CrystalGraph], batch_size: int = 64) ->
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
+def forward_members(net, tensors: list) -> tuple[np.ndarray, np.ndarray | None]:
+    """One forward pass of a stacked network over a batch's tensors: its (K, B) normalised outputs
+    and, for a network built with ``readout``, its (K, B, F) readout features, else None."""
+    result = net(*tensors)
+    out, features = (result[0], result[1].asnumpy()) if net.readout else (result, None)
+    return out.asnumpy().reshape(net.members, -1), features
+
+
 def member_outputs(net, graphs: Sequence[CrystalGraph], batch_size: int = 64,
                    batch_memory: int = BATCH_MEMORY_BYTES) -> tuple[np.ndarray, np.ndarray | None]:
     """Normalised outputs (members × graphs) of a :class:`crystalprop.model.stacked.StackedMatformer`,
@@ -48,11 +56,10 @@ def member_outputs(net, graphs: Sequence[CrystalGraph], batch_size: int = 64,
     net.set_train(False)
     outputs, features = [], []
     for batch in batches_within(graphs, net.batch_limits(batch_size, batch_memory)):
-        result = net(*batch_tensors(collate(batch)))
-        if net.readout:
-            result, readout = result
-            features.append(readout.asnumpy())
-        outputs.append(result.asnumpy().reshape(net.members, -1))
+        out, readout = forward_members(net, batch_tensors(collate(batch)))
+        outputs.append(out)
+        if readout is not None:
+            features.append(readout)
     if not outputs:
         return np.zeros((net.members, 0), dtype=np.float32), None
     return np.concatenate(outputs, axis=1), np.concatenate(features, axis=1) if features else None
