@@ -31,8 +31,8 @@ DEFAULT = ROOT / "tests" / "files" / "mp2018" / "mp-1.cif"
 WHOLE = {"compile (cache load, probe run)"}  # phases that keep the time of the phases nested in them
 PHASES = (
     ("crystalprop.model.checkpoint", "read_checkpoint", "read checkpoints"),
-    ("crystalprop.backend", "enable_compile_cache", "compile-cache key"),
-    ("crystalprop.model.stacked", "stack_checkpoints", "build stacked networks"),
+    ("crystalprop.model.folded", "stack_members", "check members"),
+    ("crystalprop.model.folded", "FoldedMatformer.fold", "fold stacked weights"),
     ("crystalprop.predictor", "Predictor.compile", "compile (cache load, probe run)"),
     ("crystalprop.predictor", "_import_readers", "import readers (pymatgen)"),
     ("crystalprop.predictor", "prepare_input", "read + graph (pymatgen)"),
@@ -111,10 +111,8 @@ def phases(path: str) -> dict[str, tuple[float, float]]:
     from crystalprop import cli  # noqa: PLC0415  (timed)
 
     clock.add("import crystalprop.cli", since(started))
-    from crystalprop.backend import prefer_compiled_protobuf  # noqa: PLC0415
     from crystalprop.gc_pause import collection_paused  # noqa: PLC0415
 
-    prefer_compiled_protobuf()  # as the command does before MindSpore's import
     for module_name, attribute, phase in PHASES:
         if module_name not in sys.modules:  # the model code imports MindSpore
             begun = now()

@@ -129,12 +129,12 @@ def bench_model(graphs, batch_size: int = 64) -> dict:
     return {"model_inference": len(graphs) / elapsed, "batch_s": elapsed / len(batches)}
 
 
-def bench_cli_predict(files: list[str], models: list[str], workdir: Path) -> tuple[float, float]:
-    """End-to-end `crystalprop predict` over a file list: (structures/s, peak GB).
+def bench_cli_predict(files: list[str], models: list[str], workdir: Path, engine: str = "auto") -> tuple[float, float]:
+    """End-to-end `crystalprop predict --engine ENGINE` over a file list: (structures/s, peak GB).
 
-    A first run on 64 of the files fills MindSpore's compile cache, as any earlier run of the
-    same models would; the measured run then starts the process, reads, builds graphs, predicts
-    and writes the CSV.
+    A first run on 64 of the files fills MindSpore's compile cache (for that engine), as any
+    earlier run of the same models would; the measured run then starts the process, reads,
+    builds graphs, predicts and writes the CSV.
     """
     def command(subset: list[str], folder: Path) -> list[str]:
         folder.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,7 @@ def bench_cli_predict(files: list[str], models: list[str], workdir: Path) -> tup
             if not link.exists():
                 link.symlink_to(f)
         cmd = [sys.executable, "-m", "crystalprop.cli", "predict", str(folder), "-o", str(folder.parent / "out.csv"),
-               "--overwrite"]
+               "--overwrite", "--engine", engine]
         return cmd + [arg for m in models for arg in ("-m", m)]
 
     run_measured(command(files[:64], workdir / "warm_up"))
@@ -241,6 +241,8 @@ def main() -> None:
         shipped = available_models()
         results["shipped_models"] = shipped
         results["shipped_end_to_end"], results["shipped_peak_gb"] = bench_cli_predict(files, shipped, work / "shipped")
+        results["shipped_mindspore"], results["shipped_mindspore_peak_gb"] = bench_cli_predict(
+            files, shipped, work / "shipped_ms", engine="mindspore")
         one = files[0]
         cmd = [sys.executable, "-m", "crystalprop.cli", "predict", one]
         run_measured(cmd)
@@ -269,6 +271,8 @@ def print_table(r: dict) -> None:
         ("training peak memory", "train_peak_gb", "GB"),
         ("shipped models, all properties, end to end", "shipped_end_to_end", "structures/s"),
         ("shipped models, 2,000 files: peak memory", "shipped_peak_gb", "GB"),
+        ("shipped models, end to end, --engine mindspore", "shipped_mindspore", "structures/s"),
+        ("shipped models, --engine mindspore: peak memory", "shipped_mindspore_peak_gb", "GB"),
         ("`crystalprop predict one.cif`, second run", "predict_one_s", "s wall"),
         ("predict 20,000 files (shipped models): peak memory", "predict_20k_peak_gb", "GB"),
         ("predict 20,000 files (shipped models): throughput", "predict_20k_per_s", "structures/s"),

@@ -19,6 +19,7 @@ from crystalprop.graph.settings import check_cell_choice
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
 from crystalprop.model import SIGMA_CHOICES
 from crystalprop.model.ensemble import combine, ensemble_output
+from crystalprop.model.inference import member_outputs
 from crystalprop.model.latent_sigma import LatentReference, stored_reference
 from crystalprop.provenance import file_sha256, provenance, write_sidecar
 from crystalprop.training.config import EVAL_BATCH_SIZE
@@ -122,19 +123,15 @@ def _split_for(card, data, target, split, path, id_column, structure_column, set
     return dataset, split, split_check, kept, int(sum(1 for e in errors if e))
 
 
-def _member_outputs(checkpoints: Sequence[tuple[object, dict, Path]], graphs: list, batch_size: int,
-                    readout: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Normalised outputs (members × structures) of every member of the given (card, params,
-    path) checkpoints, which share one architecture: one stacked network runs them all at once;
-    with ``readout`` also their readout features (members × structures × F), else None."""
+def _stacked_network(checkpoints: Sequence[tuple[object, dict, Path]], readout: bool = False):
+    """One stacked network of every member of the given (card, params, path) checkpoints, which share
+    one architecture; with ``readout`` it also gives the readout features."""
     from crystalprop.model.ensemble import member_params  # noqa: PLC0415
-    from crystalprop.model.inference import member_outputs  # noqa: PLC0415
     from crystalprop.model.stacked import stack_checkpoints  # noqa: PLC0415
 
-    net, _ = stack_checkpoints(checkpoints[0][0].model,
-                               [(member_params(card, params), path) for card, params, path in checkpoints],
-                               readout=readout)
-    return member_outputs(net, graphs, batch_size)
+    return stack_checkpoints(checkpoints[0][0].model,
+                             [(member_params(card, params), path) for card, params, path in checkpoints],
+                             readout=readout)[0]
 
 
 def _error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:
@@ -179,8 +176,8 @@ def evaluate_model(
                                                              structure_column, settings)
     y = np.array([e.target for e, _ in kept])
     reference = stored_reference(card, params, path)
-    outputs, features = _member_outputs([(card, params, path)], [g for _, g in kept], batch_size,
-                                        readout=reference is not None)
+    outputs, features = member_outputs(_stacked_network([(card, params, path)], readout=reference is not None),
+                                       [g for _, g in kept], batch_size)
     combined = ensemble_output(card, outputs, features[0] if reference else None, reference)
     pred, std = combined.value, combined.std
     metrics = _error_metrics(card, y, pred)
@@ -271,12 +268,14 @@ def join_ensemble(
                                          **settings)
         check_unseen([e for e, _ in kept], split, datasets[key], card.training, path)
     checkpoints = [(card, params, path) for (card, params), path in zip(loaded, paths)]
+    net = _stacked_network(checkpoints, readout=sigma == "latent")
     reference, reference_record = None, {}
     if sigma == "latent":
-        reference, reference_record = _latent_reference(checkpoints, data, batch_size, id_column, structure_column)
+        reference, reference_record = _latent_reference(checkpoints, net, data, batch_size, id_column,
+                                                        structure_column)
     graphs = [g for _, g in kept]
     y = np.array([e.target for e, _ in kept])
-    outputs, features = _member_outputs(checkpoints, graphs, batch_size, readout=reference is not None)
+    outputs, features = member_outputs(net, graphs, batch_size)
     raw = combine(outputs, first.transform)
     raw_std = raw.std if reference is None else reference.raw_sigma(features[0])
     scale = calibration_scale(raw.value - y, raw_std)
@@ -297,13 +296,14 @@ def join_ensemble(
     return {"output": str(output), "split": split, "member_maes": member_maes, **first.ensemble, **metrics}
 
 
-def _latent_reference(checkpoints: Sequence[tuple[object, dict, Path]], data: str | Path, batch_size: int,
+def _latent_reference(checkpoints: Sequence[tuple[object, dict, Path]], net, data: str | Path, batch_size: int,
                       id_column: str | None, structure_column: str | None) -> tuple[LatentReference, dict]:
-    """The latent reference of an ensemble of ``checkpoints`` (first member's readout features and
-    the ensemble's absolute errors on the training split of ``data``) and its record for the card."""
+    """The latent reference of an ensemble of ``checkpoints``, run by their stacked network ``net``
+    built with readout (first member's readout features and the ensemble's absolute errors on the
+    training split of ``data``) and its record for the card."""
     first, _, path = checkpoints[0]
     _, _, _, kept, _ = _split_for(first, data, None, "train", path, id_column, structure_column)
-    outputs, features = _member_outputs(checkpoints, [g for _, g in kept], batch_size, readout=True)
+    outputs, features = member_outputs(net, [g for _, g in kept], batch_size)
     residuals = np.abs(combine(outputs, first.transform).value - np.array([e.target for e, _ in kept]))
     reference = LatentReference.build(features[0], residuals)
     return reference, {"latent_neighbours": reference.neighbours, "latent_dimensions": int(reference.table.shape[1]),

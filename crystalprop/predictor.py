@@ -261,30 +261,51 @@ def iter_prepared(
                          shard=shard)
 
 
+ENGINES = ("auto", "numpy", "mindspore")
+
+
+def choose_engine(device: str, engine: str | None = None) -> str:
+    """The inference engine for ``device``: ``numpy`` (:mod:`crystalprop.model.numpy_stacked`, no
+    MindSpore import, 1.3-2 s less start-up) on CPU where the fused kernels can be built, else
+    ``mindspore``; ``engine`` other than auto insists on one (numpy only on CPU)."""
+    from crystalprop.model import kernel_library  # noqa: PLC0415
+
+    engine = (engine or "auto").lower()
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    on_cpu = device.upper() == "CPU"
+    if engine == "numpy" and not on_cpu:
+        raise ValueError(f"the numpy engine runs on the CPU only, not on {device}")
+    if engine == "auto":
+        return "numpy" if on_cpu and kernel_library.loaded() is not None else "mindspore"
+    return engine
+
+
 class Predictor:
     """One or more loaded models that predict together from shared graphs.
 
     Every member of every model of the same configuration is evaluated by one stacked network
-    (:mod:`crystalprop.model.stacked`), compiled once: one forward pass per batch gives all
-    their outputs, which are then split per model.
+    (:mod:`crystalprop.model.stacked` in MindSpore, or :mod:`crystalprop.model.numpy_stacked`),
+    built once: one forward pass per batch gives all their outputs, which are then split per model.
     ``cell``: ``canonical`` or ``as-given`` for every model; None: each model's own setting.
+    ``engine``: see :func:`choose_engine`.
     """
 
-    def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU", cell: str | None = None) -> None:
-        from crystalprop.backend import (  # noqa: PLC0415  (lazy: MindSpore)
-            enable_compile_cache, prefer_compiled_protobuf, set_device,
-        )
-
-        prefer_compiled_protobuf()  # before the model code imports MindSpore
+    def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU", cell: str | None = None,
+                 engine: str | None = None) -> None:
         from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
         from crystalprop.model.ensemble import member_params  # noqa: PLC0415
         from crystalprop.model.latent_sigma import stored_reference  # noqa: PLC0415
-        from crystalprop.model.stacked import stack_checkpoints  # noqa: PLC0415
         from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415
 
         if cell is not None:
             check_cell_choice(cell)
-        set_device(device)
+        self.engine = choose_engine(device, engine)
+        if self.engine == "mindspore":
+            from crystalprop.backend import prefer_compiled_protobuf, set_device  # noqa: PLC0415  (lazy: MindSpore)
+
+            prefer_compiled_protobuf()  # before the model code imports MindSpore
+            set_device(device)
         names = [models] if isinstance(models, str) else list(models or available_models())
         if not names:
             raise ValueError(f"no model given and no shipped model found in {checkpoints_dir()}")
@@ -304,14 +325,17 @@ class Predictor:
         groups = {config: [i for i, c in enumerate(configs) if c == config] for config in configs}
         readout = {config: any(self.references[loaded[i][0]] is not None for i in group)
                    for config, group in groups.items()}
-        # a stacked graph holds its member count and outputs: a cached graph of others must never load
-        enable_compile_cache("predict", device, *sorted(
-            f"{config} stacked members: {sum(len(members[i]) for i in group)}, readout: {readout[config]}"
-            for config, group in groups.items()))
+        if self.engine == "mindspore":
+            from crystalprop.backend import enable_compile_cache  # noqa: PLC0415
+
+            # a stacked graph holds its member count and outputs: a cached graph of others must never load
+            enable_compile_cache("predict", device, *sorted(
+                f"{config} stacked members: {sum(len(members[i]) for i in group)}, readout: {readout[config]}"
+                for config, group in groups.items()))
         placed: dict[int, tuple[Any, slice]] = {}  # model -> (its stacked network, its rows of the (K, B) output)
         for config, group in groups.items():
-            net, rows = stack_checkpoints(loaded[group[0]][2].model, [(members[i], loaded[i][1]) for i in group],
-                                          readout=readout[config])
+            net, rows = self._stacked(loaded[group[0]][2].model, [(members[i], loaded[i][1]) for i in group],
+                                      readout[config])
             placed.update({i: (net, model_rows) for i, model_rows in zip(group, rows)})
         self.models: list[tuple[str, Any, Any, slice]] = [  # (label, network, card, rows)
             (label, placed[i][0], card, placed[i][1]) for i, (label, _, card, _) in enumerate(loaded)]
@@ -323,13 +347,28 @@ class Predictor:
         self.known_elements = {label: set(card.elements) for label, _, card, _ in self.models}
         self._compiled = False
 
+    def _stacked(self, config, checkpoints, readout: bool) -> tuple:
+        """The stacked network of ``checkpoints`` ((members, path) pairs of one configuration) in this
+        predictor's engine, and each checkpoint's rows of its output."""
+        if self.engine == "numpy":
+            from crystalprop.backend import cpu_threads  # noqa: PLC0415
+            from crystalprop.model.folded import stack_members  # noqa: PLC0415
+            from crystalprop.model.numpy_stacked import NumpyStackedMatformer  # noqa: PLC0415
+
+            arrays, rows = stack_members(config, checkpoints)
+            return NumpyStackedMatformer(config, arrays, readout=readout, threads=cpu_threads()), rows
+        from crystalprop.model.stacked import stack_checkpoints  # noqa: PLC0415
+
+        return stack_checkpoints(config, checkpoints, readout=readout)
+
     def compile(self) -> None:
-        """Compile (or load from MindSpore's compile cache) every model's graph, once.
+        """Compile (or load from MindSpore's compile cache) every model's graph, once; nothing to do
+        for the numpy engine.
 
         Called while the reader processes start, so that the two overlap; any later batch
         reuses the graph, whatever its shape.
         """
-        if self._compiled:
+        if self._compiled or self.engine == "numpy":
             return
         from crystalprop.backend import first_compile  # noqa: PLC0415
 
@@ -340,10 +379,10 @@ class Predictor:
         self._compiled = True
 
     def provenance(self) -> dict:
-        """Where this predictor's results come from: versions, each model's weights (sha256), cells."""
+        """Where this predictor's results come from: versions, each model's weights (sha256), cells, engine."""
         from crystalprop.provenance import provenance  # noqa: PLC0415
 
-        return provenance(self.sources, cell=self.settings.cell, device=self.device)
+        return provenance(self.sources, cell=self.settings.cell, device=self.device, engine=self.engine)
 
     @property
     def value_columns(self) -> list[str]:
@@ -365,12 +404,13 @@ class Predictor:
         good = [p for p in batch if p.graph is not None]
         values: dict[str, np.ndarray] = {}
         if good:
-            tensors = batch_tensors(collate([p.graph for p in good]))
+            graphs = collate([p.graph for p in good])
+            inputs = graphs.arrays() if self.engine == "numpy" else batch_tensors(graphs)
             # network -> its (K, B) output and (K, B, F) readout features (or None), one forward pass each
             outputs: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
             for label, net, card, rows in self.models:
                 if id(net) not in outputs:
-                    outputs[id(net)] = forward_members(net, tensors)
+                    outputs[id(net)] = net(*inputs) if self.engine == "numpy" else forward_members(net, inputs)
                 out, features = outputs[id(net)]
                 reference = self.references[label]
                 combined = ensemble_output(card, out[rows], features[rows.start] if reference else None, reference)
@@ -443,8 +483,9 @@ def auto_workers(inputs: Sequence[Any]) -> int:
 _LOADED: dict[tuple, Predictor] = {}  # the models of the last predict() call, while their files are unchanged
 
 
-def _loaded_key(model: Sequence[str] | str | None, device: str, cell: str | None) -> tuple:
-    """What identifies loaded models: each file's path, size and modification time, the device, the cells."""
+def _loaded_key(model: Sequence[str] | str | None, device: str, cell: str | None, engine: str | None) -> tuple:
+    """What identifies loaded models: each file's path, size and modification time, the device, the cells,
+    the engine."""
     from crystalprop.registry import available_models, resolve_model  # noqa: PLC0415
 
     names = [model] if isinstance(model, (str, os.PathLike)) else list(model or available_models())
@@ -453,27 +494,29 @@ def _loaded_key(model: Sequence[str] | str | None, device: str, cell: str | None
         label, path = resolve_model(name)
         stat = path.stat()
         files.append((label, str(path.resolve()), stat.st_size, stat.st_mtime_ns))
-    return tuple(files), device.upper(), cell
+    return tuple(files), device.upper(), cell, engine
 
 
 def open_prediction(inputs: Sequence[Any], model: Sequence[str] | str | None = None, device: str = "CPU",
-                    cell: str | None = None, *, reuse: bool = False, **reading: Any) -> tuple[Predictor, ReadAhead]:
+                    cell: str | None = None, *, engine: str | None = None, reuse: bool = False,
+                    **reading: Any) -> tuple[Predictor, ReadAhead]:
     """Loaded models and their inputs being read, the reading started first so that the two overlap.
 
-    The readers start with the shipped models' graph settings before MindSpore is imported
-    (1-2 s); models built with other settings have the inputs read again. ``reading``: the
-    arguments of :class:`ReadAhead` (``workers`` None: :func:`auto_workers`). ``reuse``: take
-    the models of the previous call with the same files, device and cells, if any.
+    The readers start with the shipped models' graph settings before the models load (and
+    MindSpore is imported, 1-2 s, for that engine); models built with other settings have the
+    inputs read again. ``reading``: the arguments of :class:`ReadAhead` (``workers`` None:
+    :func:`auto_workers`). ``reuse``: take the models of the previous call with the same files,
+    device, cells and engine, if any.
     """
     reading["workers"] = auto_workers(inputs) if reading.get("workers") is None else reading["workers"]
-    key = _loaded_key(model, device, cell) if reuse and _LOADED else None  # (imports MindSpore)
+    key = _loaded_key(model, device, cell, engine) if reuse and _LOADED else None
     predictor = _LOADED.get(key)
     reader = ReadAhead(inputs, predictor.settings if predictor else GraphSettings(cell=cell or GraphSettings.cell),
                        **reading)
     try:
         if predictor is None:
-            key = key or (_loaded_key(model, device, cell) if reuse else None)
-            predictor = Predictor(model, device, cell)
+            key = key or (_loaded_key(model, device, cell, engine) if reuse else None)
+            predictor = Predictor(model, device, cell, engine)
             if reuse:
                 _LOADED.clear()
                 _LOADED[key] = predictor
@@ -496,6 +539,7 @@ def predict(
     workers: int | None = None,
     batch_memory: int = BATCH_MEMORY_BYTES,
     cell: str | None = None,
+    engine: str | None = None,
 ) -> list[dict]:
     """Predict every property of every structure in ``inputs``.
 
@@ -507,6 +551,7 @@ def predict(
     (None: none for up to 4 files or structures, else one per core up to 4; 0: read here).
     ``cell``: ``canonical`` (reduce each structure to its Niggli-reduced primitive cell) or
     ``as-given``; None uses the models' own setting (``canonical`` for the shipped ones).
+    ``engine``: ``auto`` (None), ``numpy`` or ``mindspore`` (:func:`choose_engine`).
     The models stay loaded for the next call with the same models (until a file changes).
     Returns one dict per structure: index (position of its file in the input stream),
     name, source, formula, n_sites, one value per model (physical units, with
@@ -514,7 +559,7 @@ def predict(
     """
     if isinstance(inputs, (str, os.PathLike)) or _is_structure(inputs):
         inputs = [inputs]
-    predictor, reader = open_prediction(list(inputs), model, device, cell, reuse=True, recursive=recursive,
-                                        workers=workers)
+    predictor, reader = open_prediction(list(inputs), model, device, cell, engine=engine, reuse=True,
+                                        recursive=recursive, workers=workers)
     return [row for rows in predictor.iter_rows(reader, batch_size=batch_size, batch_memory=batch_memory)
             for row in rows]

@@ -82,13 +82,16 @@ def _version(package: str) -> str | None:
         return None
 
 
-def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-given", device: str = "CPU") -> dict:
-    """The record for results of ``models`` ((label, checkpoint path) pairs)."""
+def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-given", device: str = "CPU",
+               engine: str = "mindspore") -> dict:
+    """The record for results of ``models`` ((label, checkpoint path) pairs) computed by ``engine``
+    (``mindspore``, or ``numpy``: :mod:`crystalprop.model.numpy_stacked`)."""
     return {
         "crystalprop": __version__,
         "mindspore": _version("mindspore"),
         "python": platform.python_version(),
         "device": device,
+        "engine": engine,
         "cell": cell,
         "models": [{"name": label, "file": Path(path).name, "sha256": cached_file_sha256(path)}
                    for label, path in models],

@@ -224,7 +224,8 @@ def test_latent_sigma_is_stored_calibrated_and_the_same_in_predict_and_evaluate(
     rows = crystalprop.predict(structures, str(out))
     spread_rows = crystalprop.predict(structures, str(tmp_path / "spread.ckpt"))
     std = np.array([row["lat_std"] for row in rows])
-    np.testing.assert_allclose(std, [evaluate_std[row["name"]] for row in rows], rtol=1e-4)
+    # predict may run the numpy engine and evaluate MindSpore: the same σ to float32 rounding of the features
+    np.testing.assert_allclose(std, [evaluate_std[row["name"]] for row in rows], rtol=1e-3)
     assert not np.allclose(std, [row["spread_std"] for row in spread_rows], rtol=0.05)
     np.testing.assert_allclose([row["lat"] for row in rows], [row["spread"] for row in spread_rows], rtol=1e-6)
 

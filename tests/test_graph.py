@@ -76,17 +76,18 @@ def test_edge_counts_match_original(material_id, expected):
     assert graph_of(mp_structure(material_id)).num_edges == expected
 
 
-@pytest.mark.parametrize(("material_id", "original", "ours", "without_tolerance"),
-                         [("mp-10003", 304, 336, 322), ("mp-10004", 398, 416, 398), ("mp-1013953", 1384, 1408, 1384)])
-def test_edge_counts_with_ties(material_id, original, ours, without_tolerance, monkeypatch):
+@pytest.mark.parametrize(("material_id", "original", "ours"),
+                         [("mp-10003", 304, 336), ("mp-10004", 398, 416), ("mp-1013953", 1384, 1408)])
+def test_edge_counts_with_ties(material_id, original, ours, monkeypatch):
     """The counts the README quotes."""
     structure = mp_structure(material_id)
     # ties within 1e-6 Å of the 12th distance are all kept: never fewer edges than the original
     assert graph_of(structure).num_edges == ours >= original
-    # comparing floats exactly, as the original does, lands close to its count
+    # comparing floats exactly, as the original does, drops some tied neighbours and lands close to
+    # its count; which ones depends on rounding, so on the CPU (322 and 1384 on one, 316 and 1380 on another)
     monkeypatch.setattr(neighbors, "TIE_TOLERANCE", 0.0)
-    assert graph_of(structure).num_edges == without_tolerance
-    assert abs(without_tolerance - original) <= 0.1 * original
+    without_tolerance = graph_of(structure).num_edges
+    assert without_tolerance <= ours and abs(without_tolerance - original) <= 0.1 * original
 
 
 GRAPH_PINS = {  # (edges, sha256 of the graph's arrays) on the cell as given and on the canonical cell

@@ -12,6 +12,7 @@ import pytest
 from pymatgen.io.cif import CifWriter
 
 import crystalprop
+from crystalprop.model import kernel_library
 from conftest import rocksalt, run_cli
 from crystalprop.output import ResultWriter, merge_results, read_provenance, read_rows
 from crystalprop.provenance import KEY, ProvenanceMismatchError, provenance, sidecar_path
@@ -48,6 +49,7 @@ def test_record_names_versions_weights_cells_and_date(weights):
     assert record["models"] == [{"name": "model_a", "file": "one.ckpt",
                                  "sha256": hashlib.sha256(b"weights one").hexdigest()}]
     assert record["cell"] == "canonical" and record["created"][:2] == "20"
+    assert record["engine"] == "mindspore" and provenance([], engine="numpy")["engine"] == "numpy"
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)
@@ -126,6 +128,7 @@ def test_cli_outputs_and_models_show_the_weights_hash(tmp_path, random_ckpt, shi
     assert record["models"] == [{"name": "rand", "file": "rand.ckpt",
                                  "sha256": hashlib.sha256(random_ckpt.read_bytes()).hexdigest()}]
     assert record["mindspore"] and record["crystalprop"] == crystalprop.__version__
+    assert record["engine"] == ("numpy" if kernel_library.loaded() else "mindspore")  # which engine computed them
     csv_run = run_cli(["predict", "nacl.cif", "-m", random_ckpt, "-o", "out.csv"], cwd=tmp_path)
     assert csv_run.returncode == 0 and "out.csv.meta.json" in csv_run.stdout + csv_run.stderr
     assert read_provenance(tmp_path / "out.csv") is not None

@@ -19,7 +19,8 @@ from crystalprop.model import fused  # noqa: E402
 from crystalprop.model.checkpoint import load_weights, read_checkpoint  # noqa: E402
 from crystalprop.model.ensemble import member_params  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
-from crystalprop.model.stacked import StackedMatformer, member_arrays  # noqa: E402
+from crystalprop.model.folded import member_arrays  # noqa: E402
+from crystalprop.model.stacked import StackedMatformer  # noqa: E402
 from crystalprop.registry import checkpoints_dir  # noqa: E402
 
 SMALL = ModelConfig(layers=2, features=16, heads=2, fc_features=16)
@@ -78,7 +79,7 @@ def _per_member(config: ModelConfig, members: list[dict], inputs: list) -> np.nd
 
 
 def _stacked(config: ModelConfig, members: list[dict], inputs: list, use_kernels: bool) -> np.ndarray:
-    net = StackedMatformer(config, member_arrays(Matformer(config), members, "member"), fused=use_kernels)
+    net = StackedMatformer(config, member_arrays(config, members, "member"), fused=use_kernels)
     net.declare_dynamic_inputs()
     net.set_train(False)
     return net(*inputs).asnumpy()
@@ -111,7 +112,7 @@ def test_stacked_readout_features_are_what_each_member_s_output_layer_reads(use_
     """readout=True adds each member's silu(fc(pooled)) (K, B, F): the member's fc_out of it is its output."""
     members = _random_members(SMALL, 3, seed=7)
     inputs = _batch()
-    net = StackedMatformer(SMALL, member_arrays(Matformer(SMALL), members, "member"), fused=use_kernels, readout=True)
+    net = StackedMatformer(SMALL, member_arrays(SMALL, members, "member"), fused=use_kernels, readout=True)
     net.declare_dynamic_inputs()
     net.set_train(False)
     out, features = (t.asnumpy() for t in net(*inputs))
@@ -156,12 +157,12 @@ def test_predictor_stacks_models_of_one_configuration(random_ckpt, shipped_dir, 
     structures = [s for _, s in make_structures(5)]
 
     def columns(models: list[str]) -> dict[str, np.ndarray]:
-        predictor = Predictor(models, cell="as-given")
+        predictor = Predictor(models, cell="as-given", engine="mindspore")
         rows = [row for rows in predictor.iter_rows(structures, workers=0) for row in rows]
         return {label: np.array([row[label] for row in rows]) for label in predictor.value_columns}
 
     together = columns([str(random_ckpt), str(other)])
-    assert len({id(net) for _, net, _, _ in Predictor([str(random_ckpt), str(other)]).models}) == 1
+    assert len({id(net) for _, net, _, _ in Predictor([str(random_ckpt), str(other)], engine="mindspore").models}) == 1
     for model in (random_ckpt, other):
         alone = columns([str(model)])
         (label,) = alone

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -21,7 +21,10 @@ from crystalprop.atomic import atomic_write
 from crystalprop.backend import mindspore_module
 from crystalprop.graph.settings import GraphSettings
 from crystalprop.model.ckpt_arrays import read_arrays
-from crystalprop.model.matformer import Matformer, ModelConfig
+from crystalprop.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from crystalprop.model.matformer import Matformer
 
 METADATA_KEY = "crystalprop_metadata"
 FORMAT_VERSION = 2  # 2: the graph settings name the cell the graphs are built on; ensembles
@@ -149,14 +152,15 @@ def read_checkpoint(path: str | Path, arrays: bool = False) -> tuple[ModelCard, 
     """Read a checkpoint's card and raw parameter dict; refuse non-checkpoints clearly.
 
     ``arrays``: the parameters as numpy arrays, read without making a MindSpore Parameter of each
-    (:mod:`crystalprop.model.ckpt_arrays`; the predictor's start-up), instead of Parameters.
+    (:mod:`crystalprop.model.ckpt_arrays`; the predictor's start-up, which then needs no MindSpore
+    unless the file is one that reader leaves to MindSpore's loader), instead of Parameters.
     """
-    ms = mindspore_module()
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     raw = read_arrays(path) if arrays else None
     if raw is None:
+        ms = mindspore_module()
         try:
             raw = ms.load_checkpoint(str(path))
         except Exception as exc:  # MindSpore raises ValueError/RuntimeError for bad files
@@ -190,14 +194,17 @@ def assign_weights(net: Matformer, weights: list) -> None:
 def weight_set(net: Matformer, params: dict[str, Any], path: str | Path) -> list:
     """``params`` as tensors in ``net``'s parameter order, refusing any missing or mis-shaped one."""
     ms = mindspore_module()
-    return [ms.Tensor(as_array(value)) for value in checked_params(net, params, path)]
+    return [ms.Tensor(as_array(value)) for value in checked_params(parameter_shapes(net), params, path)]
 
 
-def checked_params(net: Matformer, params: dict[str, Any], path: str | Path) -> list:
-    """``params``' values (arrays or Parameters) in ``net``'s parameter order, refusing any missing or
-    mis-shaped one."""
-    own = dict(net.parameters_and_names())  # names relative to the network, whatever wraps it
-    expected = {name: tuple(p.shape) for name, p in own.items()}
+def parameter_shapes(net: Matformer) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape by its name relative to ``net`` (whatever wraps it), in ``net``'s order."""
+    return {name: tuple(p.shape) for name, p in net.parameters_and_names()}
+
+
+def checked_params(expected: Mapping[str, tuple[int, ...]], params: dict[str, Any], path: str | Path) -> list:
+    """``params``' values (arrays or Parameters) in the order of ``expected`` (name -> shape: a network's
+    :func:`parameter_shapes`, or :meth:`ModelConfig.parameter_shapes`), refusing any missing or mis-shaped one."""
     found = {k: tuple(params[k].shape) for k in expected.keys() & params.keys()}
     missing = sorted(set(expected) - set(found))
     wrong = sorted(k for k in expected.keys() & found.keys() if expected[k] != found[k])
@@ -209,7 +216,7 @@ def checked_params(net: Matformer, params: dict[str, Any], path: str | Path) -> 
             k = wrong[0]
             details.append(f"{len(wrong)} with the wrong shape, e.g. {k} {found[k]} != {expected[k]}")
         raise CheckpointError(f"{path}: weights do not fit the model it describes: " + "; ".join(details))
-    return [params[name] for name in own]  # by relative name: MindSpore's loader matches global names
+    return [params[name] for name in expected]  # by relative name: MindSpore's loader matches global names
 
 
 def as_array(value: Any) -> np.ndarray:
@@ -232,6 +239,7 @@ def build_model(card: ModelCard, params: dict[str, Any], path: str | Path) -> Ma
     from mindspore.nn.utils import no_init_parameters  # noqa: PLC0415  (MindSpore is imported lazily)
 
     from crystalprop.model.ensemble import member_params  # noqa: PLC0415  (ensemble builds on this module)
+    from crystalprop.model.matformer import Matformer  # noqa: PLC0415  (MindSpore)
 
     with no_init_parameters():
         net = Matformer(card.model)

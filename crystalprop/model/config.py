@@ -20,6 +20,30 @@ class ModelConfig:
     rbf_max: float = 8.0
     fc_features: int = 128
 
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of every parameter of a :class:`crystalprop.model.matformer.Matformer` of
+        this configuration, in its order (Dense weights are (out, in)), known without MindSpore."""
+        from crystalprop.graph.elements import N_FEATURES  # noqa: PLC0415
+
+        c, hc, f = self.features, self.heads * self.features, self.fc_features
+
+        def dense(name: str, fan_in: int, out: int, bias: bool = True) -> dict[str, tuple[int, ...]]:
+            return {f"{name}.weight": (out, fan_in), **({f"{name}.bias": (out,)} if bias else {})}
+
+        shapes = {**dense("atom_embedding", N_FEATURES, c), **dense("edge_in", self.rbf_bins, c),
+                  **dense("edge_out", c, c)}
+        for i in range(self.layers):
+            p = f"att_layers.{i}"
+            shapes.update({**dense(f"{p}.lin_query", c, hc), **dense(f"{p}.lin_key", c, hc),
+                           **dense(f"{p}.lin_value", c, hc), **dense(f"{p}.lin_edge", c, hc, bias=False),
+                           **dense(f"{p}.lin_msg_update", 3 * c, 3 * c), **dense(f"{p}.msg_layer", 3 * c, c),
+                           f"{p}.msg_norm.gamma": (c,), f"{p}.msg_norm.beta": (c,),
+                           f"{p}.layer_norm.gamma": (3 * c,), f"{p}.layer_norm.beta": (3 * c,),
+                           **dense(f"{p}.lin_concate", hc, c),
+                           **{f"{p}.bn.{name}": (c,) for name in ("moving_mean", "moving_variance", "gamma", "beta")},
+                           **dense(f"{p}.lin_skip", c, c)})
+        return {**shapes, **dense("fc", c, f), **dense("fc_out", f, 1)}
+
     def as_dict(self) -> dict:
         """Plain dict for JSON metadata."""
         return asdict(self)

@@ -14,30 +14,20 @@ None and the layers use MindSpore's own ops (same results to float rounding).
 from __future__ import annotations
 
 import ctypes
-import os
 from pathlib import Path
 
 from crystalprop.backend import cpu_threads, mindspore_module
-from crystalprop.native import build
+from crystalprop.model import kernel_library
 from crystalprop.provenance import file_sha256
 
 ops = mindspore_module().ops  # imported by the layers only, which need MindSpore anyway
-
-SOURCE = Path(__file__).resolve().parent / "kernels" / "fused_ops.cc"
-# -ffast-math lets the row sums and exp vectorise (1.8x); -march=native uses this CPU's vector
-# width (another 1.5x), so the build is keyed on the CPU's feature flags as well.
-FLAGS = ["-O3", "-ffast-math", "-march=native", "-std=c++17", "-fPIC", "-pthread"]
-# Linked in a second step without -ffast-math: given at link time, GCC (12 at least) adds
-# crtfastmath.o, whose constructor turns on flush-to-zero and denormals-are-zero for the whole
-# process when the library loads, changing numpy's and MindSpore's results everywhere else.
-LINK_FLAGS = ["-shared", "-pthread"]
 
 _state: dict[str, object] = {}
 
 
 def _compile() -> Path | None:
     """Build the kernel library (once per source, flags and machine); None where impossible."""
-    return build(SOURCE, FLAGS, LINK_FLAGS)
+    return kernel_library.compiled()
 
 
 def library_digest() -> str:
@@ -51,9 +41,8 @@ def library() -> Path | None:
     """Path of the compiled kernel library, or None where the fused kernels are not used."""
     if "library" not in _state:
         ms = mindspore_module()
-        wanted = os.environ.get("CRYSTALPROP_FUSED_KERNELS", "1") != "0"
         on_cpu = ms.get_context("device_target") == "CPU"
-        _state["library"] = _compile() if wanted and on_cpu else None
+        _state["library"] = _compile() if kernel_library.wanted() and on_cpu else None
     path = _state["library"]
     if path is not None:
         # the library MindSpore opens is this same file, so the setting reaches its kernels

@@ -6,9 +6,8 @@ leading member axis, activations are member-major (K, N, C) and become (K*N, C) 
 fused kernels, whose stacked affine parameters give each block of rows its own member's values.
 The per-edge work is that of K separate passes; what goes is the per-member overhead of the
 many small per-atom operations, and some of those operations: biases ride in the matrix
-products (a column of ones), BatchNorm's moving statistics and the query scale are folded into
-the weights, the value map into the update's per-atom terms and the edge embedding's last map
-into each layer's edge map. For the shipped models (10 members) this is 1.8-1.9 times the
+products (a column of ones), and the weights are folded as :mod:`crystalprop.model.folded`
+describes. For the shipped models (10 members) this is 1.8-1.9 times the
 throughput of one pass per member (``benchmarks/stacked_members.py``). Where the fused kernels
 are built, each layer's per-edge work (gate, message product, LayerNorm, scatter) is one kernel,
 :func:`crystalprop.model.fused.message_pass_op`, whose gated rows and messages never leave a
@@ -21,7 +20,6 @@ B crystals, H heads, C features per head, K members.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -30,15 +28,13 @@ from crystalprop.backend import mindspore_module
 from crystalprop.graph.batch import BatchLimits
 from crystalprop.graph.settings import STACKED_MEMORY_FACTOR
 from crystalprop.model.config import ModelConfig
+from crystalprop.model.folded import FoldedLayer, FoldedMatformer, Map, stack_members
 from crystalprop.model.fused import attention_gate_op, message_pass_op, row_norm_op
 from crystalprop.model.layers import LAYER_NORM_EPS, HeadRows, RBFExpansion, WeightedScatterRows, kernel_or_none
-from crystalprop.model.matformer import Matformer, input_signature
+from crystalprop.model.matformer import input_signature
 
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
-
-Members = Sequence[Mapping[str, np.ndarray]]
-
 
 
 def _param(value: np.ndarray, name: str):
@@ -46,31 +42,14 @@ def _param(value: np.ndarray, name: str):
     return ms.Parameter(ms.Tensor(np.ascontiguousarray(value, dtype=np.float32)), name=name, requires_grad=False)
 
 
-def _stack(members: Members, name: str) -> np.ndarray:
-    """(K, ...) the members' values of parameter ``name``, in float64 for the folding below."""
-    return np.stack([np.asarray(m[name], dtype=np.float64) for m in members])
-
-
-class _Dense:
-    """A Dense layer's stacked weights: w (K, in, out) for x (K, ·, in) @ w, and b (K, 1, out)."""
-
-    def __init__(self, members: Members, prefix: str, bias: bool = True) -> None:
-        self.w = _stack(members, f"{prefix}.weight").transpose(0, 2, 1)
-        self.b = _stack(members, f"{prefix}.bias")[:, None, :] if bias else np.zeros_like(self.w[:, :1])
-
-    def wide(self) -> tuple[np.ndarray, np.ndarray]:
-        """For an input shared by all members: (in, K*out) and (K*out,), member-major columns."""
-        k, fan_in, out = self.w.shape
-        return self.w.transpose(1, 0, 2).reshape(fan_in, k * out), self.b.reshape(k * out)
-
-
 class _Affine(nn.Cell):
     """x (K, M, in + 1), whose last column is ones -> x @ [w; b] (K, M, out), member k with its
     own w (K, in, out) and b (K, 1, out). The bias rides in the product: MindSpore's CPU Add
     broadcasting (K, 1, out) over (K, M, out) took a third of the stacked network's time."""
 
-    def __init__(self, w: np.ndarray, b: np.ndarray, name: str) -> None:
+    def __init__(self, layer: Map, name: str) -> None:
         super().__init__()
+        w, b = layer
         self.weight = _param(np.concatenate([w, b], axis=1), f"{name}.weight")
         self.bmm = ops.BatchMatMul()
 
@@ -95,26 +74,15 @@ def _with_ones(x, ones):
     return ops.concat((x, ones), axis=-1)
 
 
-def _per_head(dense: _Dense, heads: int, then: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A map x -> dense(x), split into heads of C columns, each followed by ``then`` (K, C, F) and
-    ``bias`` (K, 1, F), as one map (K, in, H*F) and its bias (K, 1, H*F): row n of the product,
-    viewed as H rows of F, is each head's result."""
-    c = dense.w.shape[2] // heads
-    w = np.concatenate([dense.w[:, :, h * c : (h + 1) * c] @ then for h in range(heads)], axis=2)
-    b = np.concatenate([dense.b[:, :, h * c : (h + 1) * c] @ then + bias for h in range(heads)], axis=2)
-    return w, b
-
-
 class _StackedLayerNorm(nn.Cell):
-    """LayerNorm parameters gamma/beta (K*F,) of K members, their fused kernel from ``factory``,
-    and the MindSpore-ops fallback :meth:`normalise`."""
+    """LayerNorm parameters gamma/beta (K, F) of K members, kept as (K*F,), their fused kernel from
+    ``factory``, and the MindSpore-ops fallback :meth:`normalise`."""
 
-    def __init__(self, members: Members, prefix: str, factory, fused: bool | None) -> None:
+    def __init__(self, gamma: np.ndarray, beta: np.ndarray, name: str, factory, fused: bool | None) -> None:
         super().__init__()
-        self.members = len(members)
-        self.gamma = _param(_stack(members, f"{prefix}.gamma").reshape(-1), f"{prefix}.gamma")
-        self.beta = _param(_stack(members, f"{prefix}.beta").reshape(-1), f"{prefix}.beta")
-        width = self.gamma.shape[0] // self.members
+        self.members, width = gamma.shape
+        self.gamma = _param(gamma.reshape(-1), f"{name}.gamma")
+        self.beta = _param(beta.reshape(-1), f"{name}.beta")
         self.kernel = kernel_or_none(factory, fused)
         self.layer_norm = ops.LayerNorm(-1, -1, epsilon=LAYER_NORM_EPS)
         self.ones, self.zeros = ms.Tensor(np.ones(width, np.float32)), ms.Tensor(np.zeros(width, np.float32))
@@ -133,9 +101,9 @@ class StackedRowNorm(_StackedLayerNorm):
     """RowNorm of K members: x (K*M, F) member-major rows, bias/gamma/beta (K*F,) -> (K*M, F),
     LN(x + bias) with member k's parameters on rows k*M .. (k+1)*M - 1."""
 
-    def __init__(self, members: Members, prefix: str, bias: str, fused: bool | None = None) -> None:
-        super().__init__(members, prefix, row_norm_op, fused)
-        self.bias = _param(_stack(members, bias).reshape(-1), f"{prefix}.bias")
+    def __init__(self, bias: np.ndarray, gamma: np.ndarray, beta: np.ndarray, fused: bool | None = None) -> None:
+        super().__init__(gamma, beta, "msg_norm", row_norm_op, fused)
+        self.bias = _param(bias.reshape(-1), "msg_norm.bias")
 
     def construct(self, x):
         if self.kernel is not None:
@@ -147,8 +115,8 @@ class StackedGate(_StackedLayerNorm):
     """:class:`crystalprop.model.layers.AttentionGate` of K members: tables and row indices as
     there, with the rows (K*M,) member-major and gamma/beta (K*3C,) -> (K*M, 3C)."""
 
-    def __init__(self, members: Members, prefix: str, fused: bool | None = None) -> None:
-        super().__init__(members, prefix, attention_gate_op, fused)
+    def __init__(self, gamma: np.ndarray, beta: np.ndarray, fused: bool | None = None) -> None:
+        super().__init__(gamma, beta, "layer_norm", attention_gate_op, fused)
 
     def construct(self, q, k, e, u_i, u_j, u_e, r_i, r_j, r_e):
         if self.kernel is not None:
@@ -170,40 +138,22 @@ class StackedConv(nn.Cell):
     linear), and edge_out into this layer's edge map.
     """
 
-    def __init__(self, members: Members, prefix: str, config: ModelConfig, fused: bool | None = None) -> None:
+    def __init__(self, folded: FoldedLayer, config: ModelConfig, fused: bool | None = None) -> None:
         super().__init__()
-        c, h = config.features, config.heads
-        self.channels, self.heads, self.members = c, h, len(members)
-        query = _Dense(members, f"{prefix}.lin_query")
-        scale = 1.0 / math.sqrt(3 * c)  # folded into the query map
-        self.lin_query = _Affine(query.w * scale, query.b * scale, "lin_query")
-        key = _Dense(members, f"{prefix}.lin_key")
-        self.lin_key = _Affine(key.w, key.b, "lin_key")
-        update = _Dense(members, f"{prefix}.lin_msg_update")  # w (K, 3C in, 3C out)
-        value = _Dense(members, f"{prefix}.lin_value")
-        self.upd_i = _Affine(*_per_head(value, h, update.w[:, :c], update.b), "upd_i")  # (K, N, H*3C)
-        self.upd_j = _Affine(*_per_head(value, h, update.w[:, c : 2 * c], np.zeros_like(update.b)), "upd_j")
-        self.upd_e = _Linear(update.w[:, 2 * c :], "upd_e")
-        edge_out, edge = _Dense(members, "edge_out"), _Dense(members, f"{prefix}.lin_edge", bias=False)
-        self.lin_edge = _Affine(edge_out.w @ edge.w, edge_out.b @ edge.w, "lin_edge")  # edge_out, then lin_edge
-        self.msg_layer = _Linear(_Dense(members, f"{prefix}.msg_layer").w, "msg_layer")
-        self.msg_norm = StackedRowNorm(members, f"{prefix}.msg_norm", f"{prefix}.msg_layer.bias", fused)
-        self.gate = StackedGate(members, f"{prefix}.layer_norm", fused)
-        self.lin_concate = self._concate_with_batch_norm(members, prefix)
-        skip = _Dense(members, f"{prefix}.lin_skip")
-        self.lin_skip = _Affine(skip.w, skip.b, "lin_skip")
+        self.channels, self.heads, self.members = config.features, config.heads, folded.msg.shape[0]
+        self.lin_query = _Affine(folded.query, "lin_query")
+        self.lin_key = _Affine(folded.key, "lin_key")
+        self.upd_i = _Affine(folded.upd_i, "upd_i")  # (K, N, H*3C)
+        self.upd_j = _Affine(folded.upd_j, "upd_j")
+        self.upd_e = _Linear(folded.upd_e, "upd_e")
+        self.lin_edge = _Affine(folded.edge, "lin_edge")  # edge_out, then lin_edge
+        self.msg_layer = _Linear(folded.msg, "msg_layer")
+        self.msg_norm = StackedRowNorm(folded.msg_bias, folded.msg_gamma, folded.msg_beta, fused)
+        self.gate = StackedGate(folded.gate_gamma, folded.gate_beta, fused)
+        self.lin_concate = _Affine(folded.concate, "lin_concate")  # with inference BatchNorm
+        self.lin_skip = _Affine(folded.skip, "lin_skip")
         self.scatter = WeightedScatterRows(fused)
         self.message = kernel_or_none(message_pass_op, fused)
-
-    @staticmethod
-    def _concate_with_batch_norm(members: Members, prefix: str) -> _Affine:
-        """lin_concate followed by inference BatchNorm, (z - mean) / √(var + eps) · γ + β, as one map."""
-        concate = _Dense(members, f"{prefix}.lin_concate")
-        eps = 1e-5  # MatformerConv's BatchNorm1d
-        factor = _stack(members, f"{prefix}.bn.gamma") / np.sqrt(_stack(members, f"{prefix}.bn.moving_variance") + eps)
-        shift = _stack(members, f"{prefix}.bn.beta") - _stack(members, f"{prefix}.bn.moving_mean") * factor
-        factor, shift = factor[:, None, :], shift[:, None, :]
-        return _Affine(concate.w * factor, concate.b * factor + shift, "lin_concate")
 
     def message_pass(self, q, key, e, upd_i, upd_j, upd_e, edge_weight, head_rows):
         """The fused message pass (:func:`crystalprop.model.fused.message_pass_op`): q, key (K, N, H*C),
@@ -242,7 +192,7 @@ class StackedMatformer(nn.Cell):
     """K Matformer members of one configuration in one forward pass.
 
     ``members``: each member's parameters by Matformer's parameter names (the dicts of
-    :func:`crystalprop.model.ensemble.member_params`, checked with :func:`member_arrays`).
+    :func:`crystalprop.model.ensemble.member_params`, checked with :func:`crystalprop.model.folded.member_arrays`).
     Inputs are those of :meth:`Matformer.construct` (one graph batch shared by all members);
     output (K, B), member k's normalised predictions in row k. With ``readout``, the output is
     that and (K, B, F), each member's readout features silu(fc(pooled)) (F = fc_features), for
@@ -255,24 +205,20 @@ class StackedMatformer(nn.Cell):
         channels = self.config.features * self.members * STACKED_MEMORY_FACTOR
         return BatchLimits.for_model(batch_size, channels, self.config.heads, batch_memory)
 
-    def __init__(self, config: ModelConfig, members: Members, fused: bool | None = None,
+    def __init__(self, config: ModelConfig, members: Sequence[Mapping[str, np.ndarray]], fused: bool | None = None,
                  readout: bool = False) -> None:
         super().__init__()
-        if not members:
-            raise ValueError("a stacked network needs at least one member")
-        c, k = config.features, len(members)
+        folded = FoldedMatformer.fold(config, members)
+        c, k = config.features, folded.members
         self.config, self.members, self.channels, self.readout = config, k, c, readout
-        atom_w, atom_b = _Dense(members, "atom_embedding").wide()
-        self.atom_weight, self.atom_bias = _param(atom_w, "atom_weight"), _param(atom_b, "atom_bias")
+        self.atom_weight, self.atom_bias = _param(folded.atom[0], "atom_weight"), _param(folded.atom[1], "atom_bias")
         self.rbf = RBFExpansion(0.0, config.rbf_max, config.rbf_bins)
-        edge_w, edge_b = _Dense(members, "edge_in").wide()
+        edge_w, edge_b = folded.edge_in
         self.edge_in_weight, self.edge_in_bias = _param(edge_w, "edge_in_weight"), _param(edge_b, "edge_in_bias")
-        self.att_layers = nn.CellList([StackedConv(members, f"att_layers.{i}", config, fused)
-                                       for i in range(config.layers)])
+        self.att_layers = nn.CellList([StackedConv(layer, config, fused) for layer in folded.layers])
         self.head_rows = HeadRows(config.heads)
         self.fused_message = all(layer.message is not None for layer in self.att_layers)
-        fc, fc_out = _Dense(members, "fc"), _Dense(members, "fc_out")
-        self.fc, self.fc_out = _Affine(fc.w, fc.b, "fc"), _Affine(fc_out.w, fc_out.b, "fc_out")
+        self.fc, self.fc_out = _Affine(folded.fc, "fc"), _Affine(folded.fc_out, "fc_out")
         self.member_index = ms.Tensor(np.arange(k, dtype=np.int32).reshape(k, 1))  # (K, 1)
         self.matmul = ops.MatMul()
 
@@ -318,29 +264,12 @@ class StackedMatformer(nn.Cell):
         self.set_inputs(*input_signature())
 
 
-def member_arrays(template: Any, members: Sequence[Mapping[str, Any]], path: Any) -> list[dict[str, np.ndarray]]:
-    """Each member's parameters as numpy arrays by name, checked against ``template`` (a Matformer
-    of the configuration) by :func:`crystalprop.model.checkpoint.checked_params`, which refuses a
-    missing or mis-shaped parameter."""
-    from crystalprop.model.checkpoint import as_array, checked_params  # noqa: PLC0415  (checkpoint imports the network)
-
-    names = [name for name, _ in template.parameters_and_names()]
-    return [dict(zip(names, map(as_array, checked_params(template, m, path)), strict=True)) for m in members]
-
-
 def stack_checkpoints(config: ModelConfig, checkpoints: Sequence[tuple[Sequence[Mapping[str, Any]], Any]],
                       fused: bool | None = None, readout: bool = False) -> tuple[StackedMatformer, list[slice]]:
     """One stacked network (inference mode, dynamic inputs) over every member of ``checkpoints``,
     (members' parameter dicts, path) pairs of configuration ``config``, and the rows of its
     (K, B) output that belong to each checkpoint; ``readout``: also output the readout features."""
-    from mindspore.nn.utils import no_init_parameters  # noqa: PLC0415  (MindSpore is imported lazily)
-
-    with no_init_parameters():
-        template = Matformer(config, fused=False)  # names and shapes to check the weights against; no kernels (0.03 s)
-    arrays, rows = [], []
-    for members, path in checkpoints:
-        rows.append(slice(len(arrays), len(arrays) + len(members)))
-        arrays += member_arrays(template, members, path)
+    arrays, rows = stack_members(config, checkpoints)
     net = StackedMatformer(config, arrays, fused, readout)
     net.declare_dynamic_inputs()
     net.set_train(False)
