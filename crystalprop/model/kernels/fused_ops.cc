@@ -575,8 +575,22 @@ struct MessageInputs {
 };
 
 constexpr int64_t kTile = 32;   // rows gated, multiplied and normalised together
-constexpr int64_t kLanes = 16;  // floats per vector
-constexpr int kProductRows = 6;  // 6 x 4 accumulators, 4 of w and a broadcast: 29 of 32 registers
+// The tile product's register blocking, by the vector registers the build targets: kProductRows
+// rows of g times kProductVectors vectors of columns held in registers, plus kProductVectors
+// vectors of w and a broadcast of g. Blocks larger than the register file spill to the stack: the
+// AVX-512 blocking (24 accumulators of 16 floats) built for AVX2 (16 registers of 8) ran the
+// message pass 6 times slower on an AMD EPYC (Zen 3).
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;         // floats per vector (one zmm register)
+constexpr int kProductVectors = 4;     // 6 x 4 accumulators, 4 of w and a broadcast: 29 of 32 registers
+#elif defined(__AVX__)
+constexpr int64_t kLanes = 8;          // one ymm register
+constexpr int kProductVectors = 2;     // 6 x 2 accumulators, 2 of w and a broadcast: 15 of 16 registers
+#else
+constexpr int64_t kLanes = 4;          // one xmm register
+constexpr int kProductVectors = 2;     // 15 of 16 registers
+#endif
+constexpr int kProductRows = 6;
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
 
 // y (rows, C) = g (rows, 3C) @ w (3C, C) + bias (C,), for rows <= kTile: kRows rows at a time and
@@ -606,12 +620,13 @@ void TileProduct(const float *__restrict__ g, const float *__restrict__ w, const
   }
 }
 
-// y (rows, C) = g (rows, 3C) @ w (3C, C) + bias: vector blocks of up to 64 columns, then the
-// columns left over (C not a multiple of 16) one by one.
+// y (rows, C) = g (rows, 3C) @ w (3C, C) + bias: blocks of kProductVectors vectors of columns,
+// then single vectors, then the columns left over (C not a multiple of kLanes) one by one.
 void TileMatMul(const float *g, const float *w, const float *bias, float *y, int64_t rows, int64_t c) {
   const int64_t depth = 3 * c;
   int64_t column = 0;
-  for (; column + 4 * kLanes <= c; column += 4 * kLanes) TileProduct<kProductRows, 4>(g, w, bias, y, rows, depth, c, column);
+  for (; column + kProductVectors * kLanes <= c; column += kProductVectors * kLanes)
+    TileProduct<kProductRows, kProductVectors>(g, w, bias, y, rows, depth, c, column);
   for (; column + kLanes <= c; column += kLanes) TileProduct<kProductRows, 1>(g, w, bias, y, rows, depth, c, column);
   for (; column < c; ++column) {
     for (int64_t r = 0; r < rows; ++r) {
