@@ -42,6 +42,9 @@ def main() -> None:
     parser.add_argument("--notes", default=None, help="Markdown file appended to the card (choices, gaps).")
     parser.add_argument("--cell", choices=("canonical", "as-given"), default=None,
                         help="Predict on these cells (default: those the run was trained on).")
+    parser.add_argument("--trained-cell", choices=("canonical", "as-given"), default=None,
+                        help="The cells the members were trained on, for an ensemble joined with `ensemble --cell` "
+                             "(its card holds the cell it predicts on); default: the checkpoint's cell setting.")
     parser.add_argument("--floor", type=float, default=None,
                         help="Set the card's physical lower bound (e.g. 0 for band gaps) before evaluating.")
     args = parser.parse_args()
@@ -62,7 +65,7 @@ def main() -> None:
     net = build_model(card, params, best)
     if args.floor is not None:
         card.transform.floor = args.floor
-    args.trained_cell = card.graph.cell
+    args.trained_cell = args.trained_cell or card.graph.cell
     if args.cell is not None:
         card.graph = replace(card.graph, cell=args.cell)
     card.name, card.description = args.name, args.description
@@ -121,6 +124,16 @@ def ensemble_lines(card, m: dict) -> list[str]:
     ]
 
 
+def warm_start(init_from: str | None) -> str:
+    """What the run started from: a shipped model (checkpoints/NAME.ckpt) or another run's weights."""
+    if not init_from:
+        return "none (from scratch)"
+    path = Path(init_from)
+    if path.parent.name == "checkpoints":
+        return f"{path.stem}, the shipped model of that name at the time"
+    return f"{path.parent.name if path.name in ('best.ckpt', 'last.ckpt') else path.stem} ({path.name})"
+
+
 def cells_line(cell: str, trained_cell: str) -> str:
     """The card's line on the cells the graphs are built on, in training and in prediction."""
     if cell == trained_cell:
@@ -162,7 +175,7 @@ def render_card(card, m: dict, args) -> str:
         f"schedule), {t.get('wall_hours')} wall-clock hours on a {t.get('cpu_threads', 2)}-core CPU (shared with "
         f"other work), batch {cfg.get('batch_size')}, AdamW peak lr {cfg.get('lr')}, {cfg.get('loss')} loss, "
         f"seed {cfg.get('seed')}.",
-        f"- Warm start: {Path(t['init_from']).name + ' (the shipped model of that name at the time)' if t.get('init_from') else 'none (from scratch)'}; "
+        f"- Warm start: {warm_start(t.get('init_from'))}; "
         f"cumulative including the weights it started from: {t.get('cumulative_epochs', t.get('epochs'))} epochs, "
         f"{t.get('cumulative_wall_hours', t.get('wall_hours'))} wall-clock hours.",
         "",
