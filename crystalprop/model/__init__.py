@@ -1,4 +1,4 @@
-"""The Matformer network in MindSpore and its checkpoint format."""
+"""The Matformer network (in MindSpore, and a numpy inference engine) and its checkpoint format."""
 
 SIGMA_CHOICES = ("spread", "latent")
 """Where an ensemble's σ comes from: the members' spread, or the latent distance (:mod:`.latent_sigma`).
