@@ -591,7 +591,13 @@ constexpr int64_t kLanes = 4;          // one xmm register
 constexpr int kProductVectors = 2;     // 15 of 16 registers
 #endif
 constexpr int kProductRows = 6;
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float))));
+// Unaligned (aligned to a float) and allowed to alias float data, so that vectors are loaded from and
+// stored to the rows directly: memcpy through a stack copy made GCC keep the accumulators in memory and
+// split each load into two halves that the full-width reload could not forward.
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(sizeof(float)), may_alias));
+
+inline Vec LoadVec(const float *p) { return *reinterpret_cast<const Vec *>(p); }
+inline void StoreVec(float *p, Vec v) { *reinterpret_cast<Vec *>(p) = v; }
 
 // y (rows, C) = g (rows, 3C) @ w (3C, C) + bias (C,), for rows <= kTile: kRows rows at a time and
 // kVectors vectors of columns, so that each row of w loaded serves kRows rows of g from registers
@@ -605,18 +611,18 @@ void TileProduct(const float *__restrict__ g, const float *__restrict__ w, const
     const float *gr[kRows];
     for (int r = 0; r < kRows; ++r) {
       gr[r] = g + std::min<int64_t>(r0 + r, rows - 1) * depth;  // rows past the end repeat the last
-      for (int v = 0; v < kVectors; ++v) std::memcpy(&acc[r][v], bias + column + v * kLanes, sizeof(Vec));
+      for (int v = 0; v < kVectors; ++v) acc[r][v] = LoadVec(bias + column + v * kLanes);
     }
     for (int64_t i = 0; i < depth; ++i) {
       Vec wv[kVectors];
-      for (int v = 0; v < kVectors; ++v) std::memcpy(&wv[v], w + i * c + column + v * kLanes, sizeof(Vec));
+      for (int v = 0; v < kVectors; ++v) wv[v] = LoadVec(w + i * c + column + v * kLanes);
       for (int r = 0; r < kRows; ++r) {
         const float a = gr[r][i];
         for (int v = 0; v < kVectors; ++v) acc[r][v] += a * wv[v];
       }
     }
     for (int r = 0; r < count; ++r)
-      for (int v = 0; v < kVectors; ++v) std::memcpy(y + (r0 + r) * c + column + v * kLanes, &acc[r][v], sizeof(Vec));
+      for (int v = 0; v < kVectors; ++v) StoreVec(y + (r0 + r) * c + column + v * kLanes, acc[r][v]);
   }
 }
 
