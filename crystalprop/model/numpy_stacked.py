@@ -78,9 +78,10 @@ class _Layer:
             np.ascontiguousarray(a[:, None, :], dtype=np.float32)
             for a in (folded.msg_bias, folded.msg_gamma, folded.msg_beta, folded.gate_gamma, folded.gate_beta))
         self.concate, self.skip = _f32(folded.concate), _f32(folded.skip)
-        self.kernel_params = tuple(np.ascontiguousarray(a.reshape(-1, a.shape[-1]) if a is self.msg else a.reshape(-1))
-                                   for a in (self.gate_gamma, self.gate_beta, self.msg, self.msg_bias, self.msg_gamma,
-                                             self.msg_beta))
+        # the kernel's stacked parameters: gamma, beta (K*3C,), w (K*3C, C), bias, norm gamma, norm beta (K*C,)
+        self.kernel_params = (self.gate_gamma.reshape(-1), self.gate_beta.reshape(-1),
+                              self.msg.reshape(-1, self.channels), self.msg_bias.reshape(-1),
+                              self.msg_gamma.reshape(-1), self.msg_beta.reshape(-1))
 
     def __call__(self, x: np.ndarray, hidden: np.ndarray, edge_weight: np.ndarray, dst: np.ndarray,
                  rows: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
