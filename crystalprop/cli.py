@@ -18,6 +18,7 @@ from crystalprop.graph.settings import (
     BATCH_MEMORY_BYTES, BATCH_SIZE, BYTES_PER_EDGE_CHANNEL, STACKED_MEMORY_FACTOR, GraphSettings,
 )
 from crystalprop.io.limits import READ_TIMEOUT_S
+from crystalprop.model import ENGINES
 from crystalprop.model.config import ModelConfig
 from crystalprop.quick_exit import request as request_quick_exit, run as run_quick_exit
 from crystalprop.training.config import EVAL_BATCH_SIZE, LOSSES, TrainConfig
@@ -49,7 +50,7 @@ def main() -> None:
 @click.option("--batch-memory", default=BATCH_MEMORY_BYTES >> 20, show_default=True, type=click.IntRange(min=1),
               help="MiB of model activations one batch may take.")
 @device_option()
-@click.option("--engine", type=click.Choice(["auto", "numpy", "mindspore"]), default="auto", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default=ENGINES[0], show_default=True,
               help="Inference engine. auto: on CPU, numpy with crystalprop's fused kernels (same results to float32 "
                    "rounding, no MindSpore import: about 1.5 s less start-up) where a C++ compiler built them, "
                    "else MindSpore.")

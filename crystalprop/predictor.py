@@ -27,6 +27,7 @@ from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, GraphSett
 from crystalprop.io.adapters import crystal_from_structure
 from crystalprop.io.discovery import iter_structure_paths
 from crystalprop.io.limits import READ_TIMEOUT_S
+from crystalprop.model import ENGINES
 from crystalprop.timelimit import run_with_time_limit
 from crystalprop.workers import ResilientPool, heartbeat
 
@@ -259,9 +260,6 @@ def iter_prepared(
     """Prepared structures in input order (see :class:`ReadAhead`)."""
     yield from ReadAhead(inputs, settings, recursive=recursive, workers=workers, timeout=timeout, skip=skip,
                          shard=shard)
-
-
-ENGINES = ("auto", "numpy", "mindspore")
 
 
 def choose_engine(device: str, engine: str | None = None) -> str:

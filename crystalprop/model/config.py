@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+LAYER_NORM_EPS = 1e-5  # PyTorch's default, as in the original (both LayerNorms of each layer)
+BATCH_NORM_EPS = 1e-5  # each layer's BatchNorm1d
+
+
+def radial_basis(vmax: float, bins: int, vmin: float = 0.0):
+    """(centres μ_k (bins,) float32, γ) of the Gaussian radial basis exp(-γ (d - μ_k)²): μ evenly
+    spaced in [vmin, vmax], γ the inverse spacing (not its square), as in the original. Shared by
+    both inference engines."""
+    import numpy as np  # noqa: PLC0415
+
+    centres = np.linspace(vmin, vmax, bins, dtype=np.float32)
+    return centres, float(1.0 / np.diff(centres).mean())
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -43,6 +56,10 @@ class ModelConfig:
                            **{f"{p}.bn.{name}": (c,) for name in ("moving_mean", "moving_variance", "gamma", "beta")},
                            **dense(f"{p}.lin_skip", c, c)})
         return {**shapes, **dense("fc", c, f), **dense("fc_out", f, 1)}
+
+    def radial_basis(self):
+        """This configuration's :func:`radial_basis` (from 0 to ``rbf_max`` in ``rbf_bins``)."""
+        return radial_basis(self.rbf_max, self.rbf_bins)
 
     def as_dict(self) -> dict:
         """Plain dict for JSON metadata."""

@@ -21,13 +21,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from crystalprop.model.checkpoint import as_array, checked_params
-from crystalprop.model.config import ModelConfig
+from crystalprop.model.config import BATCH_NORM_EPS, ModelConfig
 
 Members = Sequence[Mapping[str, np.ndarray]]
 Map = tuple[np.ndarray, np.ndarray]
 """A stacked affine map: w (K, in, out) and b (K, 1, out)."""
-
-BATCH_NORM_EPS = 1e-5  # MatformerConv's BatchNorm1d
 
 
 def stack(members: Members, name: str) -> np.ndarray:

@@ -25,11 +25,6 @@ ops = mindspore_module().ops  # imported by the layers only, which need MindSpor
 _state: dict[str, object] = {}
 
 
-def _compile() -> Path | None:
-    """Build the kernel library (once per source, flags and machine); None where impossible."""
-    return kernel_library.compiled()
-
-
 def library_digest() -> str:
     """What the compiled graphs depend on in the kernels: 'none', or the library file and its
     content hash (part of the compile cache key)."""
@@ -42,7 +37,7 @@ def library() -> Path | None:
     if "library" not in _state:
         ms = mindspore_module()
         on_cpu = ms.get_context("device_target") == "CPU"
-        _state["library"] = _compile() if kernel_library.wanted() and on_cpu else None
+        _state["library"] = kernel_library.compiled() if kernel_library.wanted() and on_cpu else None
     path = _state["library"]
     if path is not None:
         # the library MindSpore opens is this same file, so the setting reaches its kernels

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from crystalprop.backend import mindspore_module
+from crystalprop.model.config import BATCH_NORM_EPS, LAYER_NORM_EPS, radial_basis
 from crystalprop.model.fused import (
     attention_gate_op,
     batch_norm_op,
@@ -23,8 +24,6 @@ from crystalprop.model.fused import (
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
 
-LAYER_NORM_EPS = 1e-5  # PyTorch's default, as in the original
-
 
 class RBFExpansion(nn.Cell):
     """Gaussian radial basis: exp(-γ (d - μ_k)²), μ_k evenly spaced in [vmin, vmax], γ = 1/Δμ.
@@ -34,9 +33,8 @@ class RBFExpansion(nn.Cell):
 
     def __init__(self, vmin: float = 0.0, vmax: float = 8.0, bins: int = 128) -> None:
         super().__init__()
-        centers = np.linspace(vmin, vmax, bins, dtype=np.float32)
+        centers, self.gamma = radial_basis(vmax, bins, vmin)
         self.centers = ms.Tensor(centers)
-        self.gamma = float(1.0 / np.diff(centers).mean())
 
     def construct(self, distances):
         diff = distances.expand_dims(-1) - self.centers  # (D, bins)
@@ -155,7 +153,7 @@ class MatformerConv(nn.Cell):
         self.msg_norm = RowNorm(c, fused)
         self.layer_norm = AttentionGate(c, fused)  # named for its LayerNorm parameters
         self.lin_concate = nn.Dense(h * c, c)
-        self.bn = nn.BatchNorm1d(c, momentum=0.9, eps=1e-5)
+        self.bn = nn.BatchNorm1d(c, momentum=0.9, eps=BATCH_NORM_EPS)
         self.all_reduce = None  # set by sync_batch_statistics() for data-parallel training
         self.bn_kernel = kernel_or_none(batch_norm_op, fused)
         self.lin_skip = nn.Dense(c, c)

@@ -20,11 +20,9 @@ import numpy as np
 
 from crystalprop.graph.batch import BatchLimits
 from crystalprop.graph.settings import STACKED_MEMORY_FACTOR
-from crystalprop.model.config import ModelConfig
+from crystalprop.model.config import LAYER_NORM_EPS, ModelConfig
 from crystalprop.model import kernel_library
 from crystalprop.model.folded import FoldedLayer, FoldedMatformer, Map
-
-LAYER_NORM_EPS = 1e-5  # as crystalprop.model.layers (which imports MindSpore)
 
 
 def _f32(layer: Map) -> Map:
@@ -105,8 +103,8 @@ class _Layer:
         """The messages summed per atom (K, N, H*C) by the fused kernel (as the MindSpore network's)."""
         k, c = q.shape[0], self.channels
         gamma, beta, w, bias, norm_gamma, norm_beta = self.kernel_params
-        inputs = [np.ascontiguousarray(a.reshape(-1, a.shape[-1])) for a in (q, key, e)]
-        inputs += [gamma, beta] + [np.ascontiguousarray(a.reshape(-1, 3 * c)) for a in (upd_i, upd_j, upd_e)]
+        inputs = [a.reshape(-1, a.shape[-1]) for a in (q, key, e)]
+        inputs += [gamma, beta] + [a.reshape(-1, 3 * c) for a in (upd_i, upd_j, upd_e)]
         inputs += [w, bias, norm_gamma, norm_beta, edge_weight, *rows]
         out = np.empty_like(inputs[0])  # (K*N*H, C)
         kernel_library.call(self.kernels, "MessagePass", inputs, out)
@@ -150,8 +148,8 @@ class NumpyStackedMatformer:
         self.edge_in = tuple(a.astype(np.float32) for a in folded.edge_in)
         self.layers = [_Layer(layer, config, kernels) for layer in folded.layers]
         self.fc, self.fc_out = _f32(folded.fc), _f32(folded.fc_out)
-        self.centers = np.linspace(0.0, config.rbf_max, config.rbf_bins, dtype=np.float32)
-        self.gamma = np.float32(1.0 / np.diff(self.centers).mean())
+        self.centers, gamma = config.radial_basis()
+        self.gamma = np.float32(gamma)
 
     def batch_limits(self, batch_size: int, batch_memory: int) -> BatchLimits:
         """As :meth:`crystalprop.model.stacked.StackedMatformer.batch_limits`."""

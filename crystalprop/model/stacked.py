@@ -27,10 +27,10 @@ import numpy as np
 from crystalprop.backend import mindspore_module
 from crystalprop.graph.batch import BatchLimits
 from crystalprop.graph.settings import STACKED_MEMORY_FACTOR
-from crystalprop.model.config import ModelConfig
+from crystalprop.model.config import LAYER_NORM_EPS, ModelConfig
 from crystalprop.model.folded import FoldedLayer, FoldedMatformer, Map, stack_members
 from crystalprop.model.fused import attention_gate_op, message_pass_op, row_norm_op
-from crystalprop.model.layers import LAYER_NORM_EPS, HeadRows, RBFExpansion, WeightedScatterRows, kernel_or_none
+from crystalprop.model.layers import HeadRows, RBFExpansion, WeightedScatterRows, kernel_or_none
 from crystalprop.model.matformer import input_signature
 
 ms = mindspore_module()
