@@ -7,9 +7,11 @@ its own step functions: ``_step_inputs`` (learning rate, collate, tensors: the d
 ``_apply_step`` (the compiled forward, backward and AdamW update, with the loss read back). Each
 part is timed as process CPU time (all threads; with ``--threads 1`` that is one thread's work, the
 figure to compare on a loaded machine) and as wall time; the medians over the timed steps are printed
-and, with ``--json``, written. Without the data folder the benchmark says so and exits 0.
+and, with ``--json``, written. With ``--profile`` MindSpore's profiler records the timed steps and the
+compiled step's time is printed by operator (shares of the summed operator time; the fused kernels by
+name, forward and backward apart). Without the data folder the benchmark says so and exits 0.
 
-Usage: python benchmarks/train_step.py [--steps 20] [--warmup 3] [--threads 1] [--json out.json]
+Usage: python benchmarks/train_step.py [--steps 20] [--warmup 3] [--threads 1] [--profile] [--json out.json]
 """
 
 from __future__ import annotations
@@ -45,6 +47,42 @@ def _sample_graphs(data: Path, count: int, seed: int, cell: str):
     return [g for g, _ in kept], np.array([t for _, t in kept])
 
 
+def _operator_shares(profile_dir: Path) -> list[tuple[str, float]]:
+    """(operator, % of all operator time) from a MindSpore CPU profile, largest first: operators
+    by type, those of the backward pass apart, the fused kernels by the cell they belong to (e.g.
+    ``AttentionGate (backward)``)."""
+    import csv  # noqa: PLC0415
+    from collections import Counter  # noqa: PLC0415
+
+    details = sorted(profile_dir.rglob("cpu_op_detail_info_*.csv"))
+    if not details:
+        raise SystemExit(f"{profile_dir}: the profiler wrote no CPU operator table")
+    totals: Counter = Counter()
+    for row in csv.DictReader(details[0].open(newline="")):
+        name, kind = row["full_op_name"], row["op_type"]
+        if kind == "Custom":  # .../layer_norm-AttentionGate/Custom-op0 or .../Grad_Custom/Custom-op0
+            cell = next((part.split("-", 1)[1] for part in reversed(name.split("/")) if "-" in part
+                         and not part.startswith(("Custom", "Grad_"))), "Custom")
+            kind = cell
+        totals[f"{kind} (backward)" if "Gradients" in name else kind] += float(row["op_total_time(ms)"])
+    whole = sum(totals.values())
+    return [(name, 100.0 * t / whole) for name, t in totals.most_common()]
+
+
+def _profiled_steps(trainer, loop, args, lr: float, run_dir: Path) -> list[tuple[str, float]]:
+    """Run the timed batches once more under MindSpore's profiler (apart from the timing, which
+    the profiler would slow) and return :func:`_operator_shares` of its record."""
+    import mindspore as ms  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    profiler = ms.Profiler(output_path=str(run_dir / "profile"))
+    for step in range(args.warmup, args.warmup + args.steps):
+        idx = np.arange(step * args.batch_size, (step + 1) * args.batch_size)
+        trainer._apply_step(loop, trainer._step_inputs(loop, idx, lr))
+    profiler.analyse()
+    return _operator_shares(run_dir / "profile")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
@@ -56,6 +94,7 @@ def main() -> None:
     parser.add_argument("--cell", default="as-given", help="graph cells (the shipped members: as-given)")
     parser.add_argument("--seed", type=int, default=0, help="which crystals")
     parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--profile", action="store_true", help="also print the step's time by operator")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     if not Path(args.data, "structures").is_dir():
@@ -91,6 +130,7 @@ def main() -> None:
             if step >= args.warmup:
                 rows.append({"data_cpu": c1 - c0, "data_wall": w1 - w0, "step_cpu": c2 - c1, "step_wall": w2 - w1,
                              "edges": int(inputs[1].shape[0]), "atoms": int(inputs[0].shape[0]), "loss": loss})
+        shares = _profiled_steps(trainer, loop, args, config.lr, Path(run_dir)) if args.profile else []
     medians = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     medians["total_cpu"] = statistics.median(r["data_cpu"] + r["step_cpu"] for r in rows)
     medians["total_wall"] = statistics.median(r["data_wall"] + r["step_wall"] for r in rows)
@@ -101,8 +141,14 @@ def main() -> None:
     print(f"  total:                         cpu {medians['total_cpu']:.4f}  wall {medians['total_wall']:.4f}")
     print(f"  per batch: {medians['atoms']:.0f} atoms, {medians['edges']:.0f} distinct edges; "
           f"first losses {[round(r['loss'], 5) for r in rows[:3]]}")
+    if shares:
+        print("  by operator (MindSpore profiler, the timed batches once more; % of operator time):")
+        for name, share in shares:
+            if share >= 0.5:
+                print(f"    {name:<40} {share:5.1f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "medians": medians, "steps": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "medians": medians, "steps": rows,
+                                               "operator_shares": dict(shares)}, indent=1))
 
 
 if __name__ == "__main__":
