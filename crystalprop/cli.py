@@ -177,6 +177,9 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--patience", default=None, type=int, help="Stop after this many epochs without improvement.")
 @click.option("--max-time", default=None, help="Time budget, e.g. 2h or 90m; stops cleanly and saves.")
 @click.option("--seed", default=TrainConfig.seed, show_default=True)
+@click.option("--ema", default=None, type=float, metavar="DECAY",
+              help="Validate and keep a moving average of the weights, updated every step with this decay "
+                   "(e.g. 0.999: about the last 1,000 steps).")
 @click.option("--val-fraction", default=VAL_FRACTION, show_default=True, help="Used when the data has no split.")
 @click.option("--test-fraction", default=TEST_FRACTION, show_default=True)
 @click.option("--id-column", default=None)

@@ -12,6 +12,14 @@ EVAL_BATCH_SIZE = 128
 """Structures per batch when validating or evaluating a model (no gradients: larger than for training)."""
 
 
+def check_decay(decay: float) -> float:
+    """``decay`` (of ``--ema``) if it lies in (0, 1); else a ValueError that says what it means."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"--ema {decay}: the decay must lie between 0 and 1 (e.g. 0.999 averages about "
+                         "the last 1,000 steps)")
+    return decay
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a run besides the data."""
@@ -30,6 +38,8 @@ class TrainConfig:
     patience: int | None = None
     max_time_s: float | None = None
     seed: int = 0
+    ema: float | None = None
+    """Decay of the weight average that is validated and kept (:mod:`crystalprop.training.averaging`); None: none."""
     model: ModelConfig = field(default_factory=ModelConfig)
     graph: GraphSettings = field(default_factory=GraphSettings)
 

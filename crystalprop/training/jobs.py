@@ -13,7 +13,7 @@ from typing import Callable
 from crystalprop.backend import DEVICES
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.model.config import ModelConfig
-from crystalprop.training.config import TrainConfig
+from crystalprop.training.config import TrainConfig, check_decay
 
 OnEvent = Callable[[str, dict], None]
 
@@ -123,6 +123,7 @@ def train(
     patience: int | None = None,
     max_time_s: float | None = None,
     seed: int = TrainConfig.seed,
+    ema: float | None = None,
     val_fraction: float = VAL_FRACTION,
     test_fraction: float = TEST_FRACTION,
     id_column: str | None = None,
@@ -144,7 +145,8 @@ def train(
 
     Writes best.ckpt, last.ckpt, history.csv and skipped.log (see :mod:`crystalprop.training.trainer`);
     ``resume`` continues from last.ckpt. ``cell`` None means canonical for a new run and the run's
-    own setting on resume. ``fold`` (I, K) trains on cross-validation fold I of K: that fold of
+    own setting on resume. ``ema``: validate and keep a moving average of the weights with this decay
+    (e.g. 0.999; :mod:`crystalprop.training.averaging`). ``fold`` (I, K) trains on cross-validation fold I of K: that fold of
     the training and validation structures is the validation split. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
     split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``,
     with σ from ``sigma`` (``spread`` or ``latent``, as :func:`crystalprop.evaluation.join_ensemble`).
@@ -163,10 +165,12 @@ def train(
     """
     if fold is not None:
         check_fold(fold)
+    if ema is not None:
+        check_decay(ema)
     job = {
         "config": dict(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
-                       patience=patience, max_time_s=max_time_s, seed=seed),
+                       patience=patience, max_time_s=max_time_s, seed=seed, ema=ema),
         "model": dict(layers=layers, features=features, heads=heads, fc_features=fc_features),
         "graph": dict(cell=cell),
         "run": dict(data=str(data), run_dir=str(output_dir), id_column=id_column, structure_column=structure_column,

@@ -7,7 +7,9 @@ blocks of rows in order); MindSpore's own CPU ops were not checked for that.
 A run directory holds ``best.ckpt`` (best validation MAE, a normal checkpoint usable by
 ``predict`` and ``evaluate``), ``last.ckpt`` (weights, optimizer state and loop position,
 to resume from), ``history.csv``, ``skipped.log`` and ``train.log``. Every file is written
-atomically, so a run killed at any moment leaves loadable checkpoints behind.
+atomically, so a run killed at any moment leaves loadable checkpoints behind. With
+``TrainConfig.ema`` the run validates, and keeps as ``best.ckpt``, a moving average of its weights
+(:mod:`crystalprop.training.averaging`), which ``last.ckpt`` stores beside the weights.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,6 +42,7 @@ from crystalprop.model.checkpoint import (
 from crystalprop.model.ensemble import member_params
 from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
+from crystalprop.training.averaging import WeightAverage, saved_average
 from crystalprop.training.config import EVAL_BATCH_SIZE, TrainConfig
 from crystalprop.training.distributed import Cluster
 from crystalprop.training.schedule import learning_rate
@@ -168,6 +172,12 @@ class _Loop:
     started: float
     last_save: float = 0.0
     diverged: bool = False
+    average: WeightAverage | None = None
+
+    def averaged(self):
+        """Context in which the network holds the weights that are validated and kept: the moving
+        average with ``--ema``, else its own."""
+        return self.average.applied() if self.average is not None else nullcontext()
 
 
 class Trainer:
@@ -290,15 +300,17 @@ class Trainer:
         transform = self._transform()
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_mae": float("inf"), "best_epoch": 0,
                  "bad_epochs": 0, "elapsed_s": 0.0}
+        saved = None
         if resume:
-            state = self._restore(cell, self.run_dir / "last.ckpt", state)
+            state, saved = self._restore(cell, self.run_dir / "last.ckpt", state)
             transform = TargetTransform(**state["transform"])
         elif init_from:
             self._init_from(net, init_from)
         y_train = transform.normalise(self.train_y).astype(np.float32)
         steps_per_epoch = (len(self.train_graphs) + cfg.batch_size - 1) // cfg.batch_size
+        average = WeightAverage(net, cfg.ema, saved) if cfg.ema else None  # a resume without one starts it here
         return _Loop(net, cell, optimizer, transform, state, y_train, steps_per_epoch, steps_per_epoch * cfg.epochs,
-                     started=time.monotonic() - state["elapsed_s"])
+                     started=time.monotonic() - state["elapsed_s"], average=average)
 
     def _epochs(self, loop: _Loop) -> str:
         """Train epoch after epoch; why the loop ended (finished, a stop, the time budget, the patience)."""
@@ -309,7 +321,7 @@ class Trainer:
             if stopped_because != "finished":
                 self._keep_partial_epoch(loop, losses)
                 return stopped_because
-            record = self._end_epoch(loop.net, loop.cell, loop.transform, state, losses, epoch_start, loop.started, lr)
+            record = self._end_epoch(loop, losses, epoch_start, lr)
             self.on_event("epoch", record)
             if cfg.patience and state["bad_epochs"] >= cfg.patience:
                 return f"no improvement for {cfg.patience} epochs"
@@ -338,6 +350,8 @@ class Trainer:
                     f"the last good checkpoint is kept in {self.run_dir} (try a lower --lr)"
                 )
             losses.append(loss)
+            if loop.average is not None:
+                loop.average.update()
             state["step_in_epoch"], state["global_step"] = step + 1, state["global_step"] + 1
             self.on_event("step", {"epoch": epoch, "step": step + 1, "loss": loss, "lr": lr, "structures": len(idx)})
             over_time = cfg.max_time_s is not None and time.monotonic() - loop.started > cfg.max_time_s
@@ -371,8 +385,9 @@ class Trainer:
         state = loop.state
         if state["step_in_epoch"] and self.val_graphs:
             done = state["epoch"] + state["step_in_epoch"] / loop.steps_per_epoch
-            metrics, key, score = self._validate(loop.net, loop.transform, losses)
-            self._keep_if_best(loop.net, loop.transform, state, metrics, key, score, loop.started, round(done, 3))
+            with loop.averaged():
+                metrics, key, score = self._validate(loop.net, loop.transform, losses)
+                self._keep_if_best(loop.net, loop.transform, state, metrics, key, score, loop.started, round(done, 3))
 
     def _finish(self, loop: _Loop, stopped_because: str) -> TrainResult:
         """The run's result, also reported as the ``end`` event."""
@@ -385,7 +400,7 @@ class Trainer:
     def _save_loop(self, loop: _Loop) -> None:
         """Write last.ckpt with the loop's state as it stands."""
         loop.state["elapsed_s"], loop.state["transform"] = time.monotonic() - loop.started, asdict(loop.transform)
-        self._save_last(loop.cell, loop.state)
+        self._save_last(loop)
 
     def _validate(self, net, transform, losses) -> tuple[dict, str, float]:
         """Validation metrics, the selection metric's name and its value (lower is better)."""
@@ -411,14 +426,17 @@ class Trainer:
             save_checkpoint(self.run_dir / "best.ckpt", net, self._card(transform, card_metrics, elapsed_h, epochs))
         return True
 
-    def _end_epoch(self, net, cell, transform, state, losses, epoch_start, started, lr) -> dict:
+    def _end_epoch(self, loop: _Loop, losses: list[float], epoch_start: float, lr: float) -> dict:
         """Validate, update best.ckpt, history and state; return the history row."""
+        state, started = loop.state, loop.started
         epoch_time = time.monotonic() - epoch_start
-        metrics, key, score = self._validate(net, transform, losses)
         state["epoch"] += 1
         state["step_in_epoch"] = 0
         state["epoch_losses"] = []
-        improved = self._keep_if_best(net, transform, state, metrics, key, score, started, state["epoch"])
+        with loop.averaged():
+            metrics, key, score = self._validate(loop.net, loop.transform, losses)
+            improved = self._keep_if_best(loop.net, loop.transform, state, metrics, key, score, started,
+                                          state["epoch"])
         state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
         elapsed_h = (time.monotonic() - started) / 3600
         record = {
@@ -436,8 +454,8 @@ class Trainer:
         self.history.append(record)
         self._write_history()
         state["elapsed_s"] = time.monotonic() - started
-        state["transform"] = asdict(transform)
-        self._save_last(cell, state)
+        state["transform"] = asdict(loop.transform)
+        self._save_last(loop)
         return record
 
     # -- persistence ------------------------------------------------------------------------
@@ -454,16 +472,18 @@ class Trainer:
         writer.writerows(self.history)
         atomic_write_text(self.run_dir / "history.csv", buffer.getvalue())
 
-    def _save_last(self, cell, state: dict) -> None:
+    def _save_last(self, loop: _Loop) -> None:
+        """last.ckpt: the train cell's weights and optimizer state, the loop's state and any weight average."""
         if not self.cluster.is_main:
             return
-        payload = json.dumps({"state": state, "config": self.config.as_dict(), "history": self.history,
+        payload = json.dumps({"state": loop.state, "config": self.config.as_dict(), "history": self.history,
                               "prior_training": self.prior_training,
                               "fold": self.data_description.get("split_record", {}).get("fold")})
-        atomic_write(self.run_dir / "last.ckpt",
-                     lambda tmp: ms.save_checkpoint(cell, str(tmp), append_dict={STATE_KEY: payload}))
+        extra = {STATE_KEY: payload, **(loop.average.tensors() if loop.average is not None else {})}
+        atomic_write(self.run_dir / "last.ckpt", lambda tmp: ms.save_checkpoint(loop.cell, str(tmp), append_dict=extra))
 
-    def _restore(self, cell, path: Path, state: dict) -> dict:
+    def _restore(self, cell, path: Path, state: dict) -> tuple[dict, dict[str, np.ndarray] | None]:
+        """The saved loop state, loaded into ``cell``, and the saved weight average (None without one)."""
         if not path.is_file():
             raise TrainingError(f"{path}: nothing to resume (no last.ckpt in the run directory)")
         try:
@@ -471,6 +491,7 @@ class Trainer:
         except Exception as exc:
             raise CheckpointError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0]})") from None
         payload = params.pop(STATE_KEY, None)
+        average = saved_average(params)
         if not isinstance(payload, str):
             raise CheckpointError(f"{path}: no training state in this checkpoint")
         saved = json.loads(payload)
@@ -486,4 +507,4 @@ class Trainer:
         self.history = saved["history"]
         self.prior_training = saved.get("prior_training", {})
         self.on_event("resume", {"epoch": saved["state"]["epoch"], "step": saved["state"]["step_in_epoch"]})
-        return saved["state"]
+        return saved["state"], average
