@@ -132,6 +132,32 @@ def train_config(**overrides):
     return TrainConfig(**{**base, **overrides})
 
 
+def train_stopped_mid_epoch(data: Path, run_dir: Path, config, epoch: int = 2, step: int = 2):
+    """Train in this process and stop it, as Ctrl-C would, after step ``step`` of epoch ``epoch + 1``
+    (0-based ``epoch`` as in the step events); the stopped run's result."""
+    from crystalprop.training import run as run_module
+    from crystalprop.training.run import train_model
+    from crystalprop.training.trainer import Trainer
+
+    captured = {}
+
+    class Capturing(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            captured["trainer"] = self
+
+    def stop_there(kind, info):
+        if kind == "step" and info["epoch"] == epoch and info["step"] == step:
+            captured["trainer"].stop_requested = True
+
+    original = run_module.Trainer
+    run_module.Trainer = Capturing
+    try:
+        return train_model(data, run_dir, config, workers=1, on_event=stop_there)
+    finally:
+        run_module.Trainer = original
+
+
 def train_state(path: Path) -> dict:
     """The training state stored in a run's last.ckpt."""
     from crystalprop.backend import mindspore_module

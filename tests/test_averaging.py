@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import TINY_CLI, run_cli, train_state, write_json_dataset
+from conftest import TINY_CLI, run_cli, train_state, train_stopped_mid_epoch, write_json_dataset
 from conftest import train_config as config
 from crystalprop.backend import mindspore_module, set_device
 
@@ -13,10 +13,8 @@ set_device("CPU")
 ms = mindspore_module()
 
 from crystalprop.model.checkpoint import load_model, read_checkpoint  # noqa: E402
-from crystalprop.training import run as run_module  # noqa: E402
 from crystalprop.training.averaging import AVERAGE_PREFIX, WeightAverage, saved_average  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
-from crystalprop.training.trainer import Trainer  # noqa: E402
 
 
 def _dense(value: float):
@@ -117,23 +115,7 @@ def test_resume_mid_epoch_continues_the_average(averaged_run, data, tmp_path):
     """Stopped after step 2 of epoch 3 and resumed: the same validation curve as the uninterrupted run,
     which needs the average saved with last.ckpt (restarting it from the weights gives another curve)."""
     run_dir = tmp_path / "ema_b"
-    captured = {}
-
-    class Capturing(Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            captured["trainer"] = self
-
-    def stop_in_epoch_3(kind, info):
-        if kind == "step" and info["epoch"] == 2 and info["step"] == 2:
-            captured["trainer"].stop_requested = True
-
-    original = run_module.Trainer
-    run_module.Trainer = Capturing
-    try:
-        first = train_model(data, run_dir, config(ema=0.8), workers=1, on_event=stop_in_epoch_3)
-    finally:
-        run_module.Trainer = original
+    first = train_stopped_mid_epoch(data, run_dir, config(ema=0.8))
     assert first.stopped_because == "interrupted" and train_state(run_dir / "last.ckpt")["state"]["epoch"] == 2
     second = train_model(data, run_dir, config(ema=0.8), workers=1, resume=True)
     reference, _ = averaged_run

@@ -13,7 +13,7 @@ import pytest
 from pymatgen.core import Element, Structure
 
 from conftest import TINY, TINY_CLI, read_history, run_cli, synthetic_target, train_state, write_json_dataset
-from conftest import cell_graph_of, graph_of
+from conftest import cell_graph_of, graph_of, train_stopped_mid_epoch
 from conftest import train_config as config
 from crystalprop.backend import mindspore_module, set_device
 
@@ -25,7 +25,6 @@ from crystalprop.evaluation import evaluate_model  # noqa: E402
 from crystalprop.model.checkpoint import load_model, read_checkpoint  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 from crystalprop.model.matformer import ModelConfig  # noqa: E402
-from crystalprop.training import run as run_module  # noqa: E402
 from crystalprop.training import trainer as trainer_module  # noqa: E402
 from crystalprop.data.datasets import load_dataset  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
@@ -153,23 +152,7 @@ def test_evaluate_run_directory_in_process(run_a, data):
 def resumed_mid_epoch(data, tmp_path_factory):
     """Run B: stopped (as by Ctrl-C) after step 2 of epoch 3, then resumed."""
     run_dir = tmp_path_factory.mktemp("run_b")
-    captured = {}
-
-    class Capturing(Trainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            captured["trainer"] = self
-
-    def stop_in_epoch_3(kind, info):
-        if kind == "step" and info["epoch"] == 2 and info["step"] == 2:
-            captured["trainer"].stop_requested = True
-
-    original = run_module.Trainer
-    run_module.Trainer = Capturing
-    try:
-        first = train_model(data, run_dir, config(), workers=1, on_event=stop_in_epoch_3)
-    finally:
-        run_module.Trainer = original
+    first = train_stopped_mid_epoch(data, run_dir, config())
     state = train_state(run_dir / "last.ckpt")
     second = train_model(data, run_dir, config(), workers=1, resume=True)
     return first, state, second, run_dir
