@@ -71,7 +71,9 @@ def main() -> None:
 def predict(paths, models, output, batch_size, batch_memory, device, engine, recursive, workers, timeout, resume,
             retry_failed, overwrite, shard, cell) -> None:
     """Predict properties for structure files, folders or glob patterns."""
-    from crystalprop.backend import DeviceUnavailableError  # noqa: PLC0415
+    from crystalprop.backend import DeviceUnavailableError, single_threaded_blas  # noqa: PLC0415
+
+    single_threaded_blas()  # before numpy is imported
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
     from crystalprop.predictor import open_prediction  # noqa: PLC0415
     from crystalprop.provenance import sidecar_path  # noqa: PLC0415

@@ -500,3 +500,39 @@ def test_cli_models_lists_checkpoints(shipped_dir, random_ckpt, files, tmp_path,
     named = predict(str(files[0] / "a.cif"), model="formation_energy")
     assert named[0]["formation_energy"] == pytest.approx(rows[0]["formation_energy"])
     assert "my_model" not in named[0]
+
+
+_BLAS_PROBE = (
+    "import ctypes, os, sys\n"
+    "from crystalprop.cli import main\n"
+    "try:\n"
+    "    main(['predict', 'a.cif', '-m', sys.argv[1]])\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    "threads = None\n"
+    "for path in dict.fromkeys(line.split()[-1] for line in open('/proc/self/maps') if 'openblas' in line):\n"
+    "    library = ctypes.CDLL(path)\n"
+    "    for name in ('openblas_get_num_threads64_', 'openblas_get_num_threads'):\n"
+    "        if threads is None and hasattr(library, name):\n"
+    "            threads = getattr(library, name)()\n"
+    "print('blas', os.environ.get('OPENBLAS_NUM_THREADS'), threads)\n"
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the loaded libraries from /proc")
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("2", "2")])
+def test_cli_predict_keeps_numpy_blas_on_one_thread_unless_told(tmp_path, random_ckpt, given, expected):
+    """The readers take the other cores: a BLAS thread pool in the predicting process only contended
+    (a quarter of its CPU time in the system on 2 cores). A user's own OPENBLAS_NUM_THREADS is kept."""
+    CifWriter(rocksalt(5.64)).write_file(tmp_path / "a.cif")
+    (tmp_path / "probe.py").write_text(_BLAS_PROBE)
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given:
+        env["OPENBLAS_NUM_THREADS"] = given
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "probe.py", str(random_ckpt)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env=env)
+    words = done.stdout.split()
+    assert words[-3:-1] == ["blas", expected], done.stdout + done.stderr[-2000:]
+    if words[-1] != "None":  # numpy's OpenBLAS answered: the setting reached it
+        assert words[-1] == expected
