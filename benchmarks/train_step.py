@@ -9,9 +9,11 @@ part is timed as process CPU time (all threads; with ``--threads 1`` that is one
 figure to compare on a loaded machine) and as wall time; the medians over the timed steps are printed
 and, with ``--json``, written. With ``--profile`` MindSpore's profiler records the timed steps and the
 compiled step's time is printed by operator (shares of the summed operator time; the fused kernels by
-name, forward and backward apart). Without the data folder the benchmark says so and exits 0.
+name, forward and backward apart). With ``--ema DECAY`` the weight average's update after each step
+(``train --ema``) is timed as a third part. Without the data folder the benchmark says so and exits 0.
 
-Usage: python benchmarks/train_step.py [--steps 20] [--warmup 3] [--threads 1] [--profile] [--json out.json]
+Usage: python benchmarks/train_step.py [--steps 20] [--warmup 3] [--threads 1] [--ema 0.999] [--profile]
+                                      [--json out.json]
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument("--cell", default="as-given", help="graph cells (the shipped members: as-given)")
     parser.add_argument("--seed", type=int, default=0, help="which crystals")
     parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--ema", type=float, default=None, help="also time the weight average's update (train --ema)")
     parser.add_argument("--profile", action="store_true", help="also print the step's time by operator")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -114,7 +117,7 @@ def main() -> None:
     model = ModelConfig(**overrides)
     total = args.steps + args.warmup
     graphs, y = _sample_graphs(Path(args.data), total * args.batch_size, args.seed, args.cell)
-    config = TrainConfig(target="formation_energy_per_atom", batch_size=args.batch_size, model=model)
+    config = TrainConfig(target="formation_energy_per_atom", batch_size=args.batch_size, model=model, ema=args.ema)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, run_dir, (graphs, y), ([], np.zeros(0)))
         loop = trainer._setup(False, None)
@@ -127,17 +130,23 @@ def main() -> None:
             c1, w1 = _clock()
             loss = trainer._apply_step(loop, inputs)
             c2, w2 = _clock()
+            if loop.average is not None:
+                loop.average.update()
+            c3, w3 = _clock()
             if step >= args.warmup:
                 rows.append({"data_cpu": c1 - c0, "data_wall": w1 - w0, "step_cpu": c2 - c1, "step_wall": w2 - w1,
+                             "average_cpu": c3 - c2, "average_wall": w3 - w2,
                              "edges": int(inputs[1].shape[0]), "atoms": int(inputs[0].shape[0]), "loss": loss})
         shares = _profiled_steps(trainer, loop, args, config.lr, Path(run_dir)) if args.profile else []
     medians = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    medians["total_cpu"] = statistics.median(r["data_cpu"] + r["step_cpu"] for r in rows)
-    medians["total_wall"] = statistics.median(r["data_wall"] + r["step_wall"] for r in rows)
+    medians["total_cpu"] = statistics.median(r["data_cpu"] + r["step_cpu"] + r["average_cpu"] for r in rows)
+    medians["total_wall"] = statistics.median(r["data_wall"] + r["step_wall"] + r["average_wall"] for r in rows)
     print(f"{model.layers} layers, {model.features} features, {model.heads} heads; {len(rows)} steps of "
           f"{args.batch_size} crystals, {args.threads} thread(s); medians per step (s):")
     print(f"  data side (collate, tensors): cpu {medians['data_cpu']:.4f}  wall {medians['data_wall']:.4f}")
     print(f"  compiled step (fwd+bwd+AdamW): cpu {medians['step_cpu']:.4f}  wall {medians['step_wall']:.4f}")
+    if args.ema:
+        print(f"  weight average (--ema {args.ema}):   cpu {medians['average_cpu']:.4f}  wall {medians['average_wall']:.4f}")
     print(f"  total:                         cpu {medians['total_cpu']:.4f}  wall {medians['total_wall']:.4f}")
     print(f"  per batch: {medians['atoms']:.0f} atoms, {medians['edges']:.0f} distinct edges; "
           f"first losses {[round(r['loss'], 5) for r in rows[:3]]}")

@@ -163,9 +163,10 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
-def single_threaded_blas() -> bool:
+def single_threaded_blas() -> None:
     """Keep numpy's BLAS on one thread in this process unless the user chose otherwise
-    (``OPENBLAS_NUM_THREADS``); whether it took effect (only before numpy's first import).
+    (``OPENBLAS_NUM_THREADS``). Takes effect only before numpy's first import, so callers run it
+    first thing (``crystalprop.cli`` imports no numpy, which a test checks).
 
     For ``crystalprop predict``: its reader processes take a core each and the model's fused kernels
     run their own threads, so a BLAS thread pool on top only contends. On 2 cores, 2,000 files with
@@ -174,7 +175,6 @@ def single_threaded_blas() -> bool:
     instead of 32-35 s.
     """
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    return "numpy" not in sys.modules
 
 
 def cpu_threads() -> int:
