@@ -4,8 +4,10 @@
 
 Reads each run's best.ckpt (validation metrics on its own fold, as recorded by the trainer,
 at the best epoch) and the last epoch's validation MAE from its history.csv (no choice made on
-the fold: the recipe's own result), checks that the runs share target and data and cover folds
-1..K once each, and prints each fold's figures and their mean and standard deviation.
+the fold: the recipe's own result). An ensemble recipe gives one joined checkpoint per fold
+(``crystalprop ensemble`` of that fold's members, ``--data`` the same data set: its metrics are on
+the fold's held-out part); it has no last epoch. Checks that the runs share target and data
+and cover folds 1..K once each, and prints each fold's figures and their mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def fold_rows(run_dirs: list[str]) -> tuple[list[dict], int]:
         rows.append({"run": str(run), "fold": tuple(record["fold"]), "target": card.target,
                      "test_ids": record.get("test_ids_sha256"),
                      "data": card.training["data"]["source"], "unit": card.unit, **card.metrics,
-                     **last_epoch(path.parent / "history.csv", card.transform.log10)})
+                     **(last_epoch(path.parent / "history.csv", card.transform.log10) if not card.ensemble else {})})
     folds = sorted(r["fold"] for r in rows)
     k = folds[0][1]
     if folds != [(i, k) for i in range(1, k + 1)]:
