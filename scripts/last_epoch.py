@@ -4,8 +4,9 @@ members of a cross-validation fold as they ended rather than at the epoch the fo
     .venv/bin/python scripts/last_epoch.py RUN_DIR OUT.ckpt
 
 ``best.ckpt`` holds the card and the weights of the best validation epoch; ``last.ckpt`` the train
-cell's weights (``net.<name>``) and optimizer state at the end. The output has the card (its
-validation metrics cleared: they belong to another epoch) and the last weights.
+cell's weights (``net.<name>``) and optimizer state at the end, and for a run with ``--ema`` the
+weight average (``ema.<name>``), which is what such a run validates and keeps. The output has the card
+(its validation metrics cleared: they belong to another epoch) and the last weights, or the average.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ def main() -> None:
     import mindspore as ms  # noqa: PLC0415
 
     from crystalprop.model.checkpoint import build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
+    from crystalprop.training.averaging import AVERAGE_PREFIX  # noqa: PLC0415
 
     card, _ = read_checkpoint(args.run_dir / "best.ckpt")
     last = args.run_dir / "last.ckpt"
-    params = {k[len(NET_PREFIX):]: v for k, v in ms.load_checkpoint(str(last)).items() if k.startswith(NET_PREFIX)}
+    saved = ms.load_checkpoint(str(last))
+    prefix = AVERAGE_PREFIX if any(k.startswith(AVERAGE_PREFIX) for k in saved) else NET_PREFIX
+    params = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
     net = build_model(card, params, last)  # refuses missing or mis-shaped weights
     card.metrics = {}
     save_checkpoint(args.output, net, card)

@@ -18,11 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def test_last_epoch_script_saves_the_last_weights_not_the_best(tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_last_epoch_script_saves_the_last_weights_not_the_best(tmp_path, ema):
+    """Without --ema the train cell's last weights; with it the weight average, which such a run keeps."""
     set_device("CPU")
     data = write_json_dataset(tmp_path / "data.json", 40)
     run_dir = tmp_path / "run"
-    train_stopped_mid_epoch(data, run_dir, train_config())  # best.ckpt: an epoch's end; last.ckpt: mid-epoch 3
+    train_stopped_mid_epoch(data, run_dir, train_config(ema=ema))  # best.ckpt: an epoch's end; last.ckpt: mid-epoch 3
     out = tmp_path / "last_epoch.ckpt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GLOG_v": "3"}
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "last_epoch.py"), str(run_dir), str(out)],
@@ -32,7 +34,8 @@ def test_last_epoch_script_saves_the_last_weights_not_the_best(tmp_path):
     card, params = read_checkpoint(out, arrays=True)
     best_card, best = read_checkpoint(run_dir / "best.ckpt", arrays=True)
     raw = mindspore_module().load_checkpoint(str(run_dir / "last.ckpt"))
-    last = {k[len("net."):]: v.asnumpy() for k, v in raw.items() if k.startswith("net.")}
+    prefix = "ema." if ema else "net."
+    last = {k[len(prefix):]: v.asnumpy() for k, v in raw.items() if k.startswith(prefix)}
     assert card.target == best_card.target and card.model == best_card.model
     assert card.metrics == {} and best_card.metrics  # the best epoch's figures are not the last's
     assert sorted(params) == sorted(best)
