@@ -27,13 +27,12 @@ def main() -> None:
     import mindspore as ms  # noqa: PLC0415
 
     from crystalprop.model.checkpoint import build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
-    from crystalprop.training.averaging import AVERAGE_PREFIX  # noqa: PLC0415
+    from crystalprop.training.averaging import saved_average  # noqa: PLC0415
 
     card, _ = read_checkpoint(args.run_dir / "best.ckpt")
     last = args.run_dir / "last.ckpt"
     saved = ms.load_checkpoint(str(last))
-    prefix = AVERAGE_PREFIX if any(k.startswith(AVERAGE_PREFIX) for k in saved) else NET_PREFIX
-    params = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
+    params = saved_average(saved) or {k[len(NET_PREFIX):]: v for k, v in saved.items() if k.startswith(NET_PREFIX)}
     net = build_model(card, params, last)  # refuses missing or mis-shaped weights
     card.metrics = {}
     save_checkpoint(args.output, net, card)
