@@ -32,7 +32,9 @@ def main() -> None:
     card, _ = read_checkpoint(args.run_dir / "best.ckpt")
     last = args.run_dir / "last.ckpt"
     saved = ms.load_checkpoint(str(last))
-    params = saved_average(saved) or {k[len(NET_PREFIX):]: v for k, v in saved.items() if k.startswith(NET_PREFIX)}
+    average = saved_average(saved)
+    params = average.weights if average else {k[len(NET_PREFIX):]: v for k, v in saved.items()
+                                               if k.startswith(NET_PREFIX)}
     net = build_model(card, params, last)  # refuses missing or mis-shaped weights
     card.metrics = {}
     save_checkpoint(args.output, net, card)

@@ -13,7 +13,7 @@ set_device("CPU")
 ms = mindspore_module()
 
 from crystalprop.model.checkpoint import load_model, read_checkpoint  # noqa: E402
-from crystalprop.training.averaging import AVERAGE_PREFIX, WeightAverage, saved_average  # noqa: E402
+from crystalprop.training.averaging import AVERAGE_PREFIX, SavedAverage, WeightAverage, saved_average  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
 
 
@@ -28,20 +28,47 @@ def _values(net) -> dict[str, np.ndarray]:
     return {name: p.asnumpy().copy() for name, p in net.parameters_and_names()}
 
 
-def test_update_moves_the_average_by_one_minus_decay():
+def _set(net, value: float) -> None:
+    for _, param in net.parameters_and_names():
+        param.set_data(ms.Tensor(np.full(param.shape, value, np.float32)))
+
+
+def test_update_averages_the_steps_taken_not_the_starting_weights():
+    """The first step's weights are the whole average: the starting weights (another task's, or random
+    ones) never enter it, so a short run with --ema 0.999 keeps what it learnt."""
     net = _dense(1.0)
     average = WeightAverage(net, 0.75)
-    for _, param in net.parameters_and_names():
-        param.set_data(ms.Tensor(np.full(param.shape, 5.0, np.float32)))
+    _set(net, 5.0)
+    average.update()
+    assert all(np.allclose(a, 5.0) for a in average.average.values())
+    _set(net, 9.0)
+    average.update()  # weights 0.75 * 0.25 for the first step, 0.25 for the second
+    assert all(np.allclose(a, (0.1875 * 5 + 0.25 * 9) / 0.4375) for a in average.average.values())
+    assert average.updates == 2
+
+
+def test_update_moves_a_long_average_by_one_minus_decay():
+    net = _dense(1.0)
+    average = WeightAverage(net, 0.75)
+    for _ in range(200):
+        average.update()  # all at 1.0
+    _set(net, 5.0)
     average.update()  # 0.75 * 1 + 0.25 * 5
     assert all(np.allclose(a, 2.0) for a in average.average.values())
-    average.update()  # 0.75 * 2 + 0.25 * 5
-    assert all(np.allclose(a, 2.75) for a in average.average.values())
+
+
+def test_an_average_saved_without_its_count_is_taken_as_long():
+    """last.ckpt files written before the count was kept resume as they did: by 1 - decay per step."""
+    net = _dense(1.0)
+    average = WeightAverage(net, 0.75, saved=SavedAverage(_values(net), updates=None))
+    _set(net, 5.0)
+    average.update()
+    assert all(np.allclose(a, 2.0) for a in average.average.values())
 
 
 def test_applied_swaps_the_average_in_and_the_own_weights_back():
     net = _dense(1.0)
-    average = WeightAverage(net, 0.5, saved={name: np.full(v.shape, 3.0) for name, v in _values(net).items()})
+    average = WeightAverage(net, 0.5, saved=SavedAverage({name: np.full(v.shape, 3.0) for name, v in _values(net).items()}, 4))
     with average.applied():
         assert all(np.allclose(v, 3.0) for v in _values(net).values())
     assert all(np.allclose(v, 1.0) for v in _values(net).values())
@@ -53,17 +80,20 @@ def test_applied_swaps_the_average_in_and_the_own_weights_back():
 def test_saved_average_round_trip_and_refusals():
     net = _dense(2.0)
     average = WeightAverage(net, 0.9)
+    for _ in range(3):
+        average.update()
     params = {"other": ms.Tensor(np.zeros(1, np.float32)), **average.tensors()}
     restored = saved_average(params)
-    assert list(params) == ["other"]  # the average is taken out, the rest left
-    assert set(restored) == set(_values(net)) and all(np.allclose(v, 2.0) for v in restored.values())
+    assert list(params) == ["other"]  # the average and its count are taken out, the rest left
+    assert restored.updates == 3
+    assert set(restored.weights) == set(_values(net)) and all(np.allclose(v, 2.0) for v in restored.weights.values())
+    assert WeightAverage(net, 0.9, restored).updates == 3
     assert saved_average({"other": 1}) is None
     with pytest.raises(ValueError, match="lacks 1 parameters"):
-        WeightAverage(net, 0.9, saved={"weight": restored["weight"]})
+        WeightAverage(net, 0.9, saved=SavedAverage({"weight": restored.weights["weight"]}, 3))
     for decay in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="between 0 and 1"):
             WeightAverage(net, decay)
-
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +120,8 @@ def test_best_checkpoint_holds_the_average_it_was_validated_with(averaged_run, d
     assert report["mae"] == pytest.approx(result.best_val_mae, rel=1e-4)
     # and they are the average, not the trained weights: last.ckpt holds both, and they differ
     raw = ms.load_checkpoint(str(run_dir / "last.ckpt"))
-    average = saved_average(raw)
-    assert average is not None and not any(k.startswith(AVERAGE_PREFIX) for k in raw)
+    average = saved_average(raw).weights
+    assert not any(k.startswith(AVERAGE_PREFIX) for k in raw)
     name = "fc_out.weight"
     assert not np.allclose(average[name], raw[f"net.{name}"].asnumpy())
     if result.best_epoch == result.epochs_done:
@@ -132,3 +162,18 @@ def test_cli_ema_option(data, tmp_path):
                     "--ema", "0.9", *TINY_CLI])
     assert good.returncode == 0, good.stderr
     assert read_checkpoint(tmp_path / "good" / "best.ckpt")[0].training["config"]["ema"] == 0.9
+
+
+
+@pytest.mark.slow
+def test_a_warm_start_shorter_than_the_average_is_not_its_starting_point(averaged_run, data, tmp_path):
+    """--init-from and --ema 0.999 for one epoch of 5 steps: the average is of those steps, so it lies
+    about as far from the starting weights as the trained ones; it used to be 99.5 % the starting weights."""
+    _, first_dir = averaged_run
+    _, start = read_checkpoint(first_dir / "best.ckpt", arrays=True)
+    train_model(data, tmp_path / "warm", config(ema=0.999, epochs=1), workers=1, init_from=first_dir / "best.ckpt")
+    _, kept = read_checkpoint(tmp_path / "warm" / "best.ckpt", arrays=True)
+    raw = ms.load_checkpoint(str(tmp_path / "warm" / "last.ckpt"))
+    name = "fc_out.weight"
+    moved, trained = np.abs(kept[name] - start[name]).sum(), np.abs(raw[f"net.{name}"].asnumpy() - start[name]).sum()
+    assert trained > 0 and moved > 0.3 * trained

@@ -18,13 +18,15 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("ema", [None, 0.9])
-def test_last_epoch_script_saves_the_last_weights_not_the_best(tmp_path, ema):
-    """Without --ema the train cell's last weights; with it the weight average, which such a run keeps."""
+@pytest.mark.parametrize(("ema", "stop_epoch"), [(None, 2), (0.9, 1)])
+def test_last_epoch_script_saves_the_last_weights_not_the_best(tmp_path, ema, stop_epoch):
+    """Without --ema the train cell's last weights; with it the weight average, which such a run keeps.
+    Each run stops where its partial epoch is not its best, so best.ckpt holds an earlier epoch's weights."""
     set_device("CPU")
     data = write_json_dataset(tmp_path / "data.json", 40)
     run_dir = tmp_path / "run"
-    train_stopped_mid_epoch(data, run_dir, train_config(ema=ema))  # best.ckpt: an epoch's end; last.ckpt: mid-epoch 3
+    stopped = train_stopped_mid_epoch(data, run_dir, train_config(ema=ema), epoch=stop_epoch)
+    assert stopped.best_epoch == int(stopped.best_epoch) <= stopped.epochs_done  # a whole epoch, not the partial one
     out = tmp_path / "last_epoch.ckpt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GLOG_v": "3"}
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "last_epoch.py"), str(run_dir), str(out)],
