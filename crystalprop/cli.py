@@ -171,7 +171,8 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--loss", default=TrainConfig.loss, show_default=True, type=click.Choice(LOSSES))
 @click.option("--log10", is_flag=True, help="Learn log10 of a positive target (e.g. moduli).")
 @click.option("--floor", default=None, type=float,
-              help="Physical lower bound: predictions below it are raised to it (e.g. 0 for band gaps).")
+              help="Physical lower bound: predictions below it are raised to it (e.g. 0 for band gaps), "
+                   "and a target at it costs nothing when predicted at or below it.")
 @click.option("--layers", default=ModelConfig.layers, show_default=True)
 @click.option("--features", default=ModelConfig.features, show_default=True)
 @click.option("--heads", default=ModelConfig.heads, show_default=True)

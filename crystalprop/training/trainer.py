@@ -83,7 +83,14 @@ class TrainingError(RuntimeError):
 
 
 class _LossNet(nn.Cell):
-    """Network + loss on normalised targets, times this worker's share of the global batch."""
+    """Network + loss on normalised targets, times this worker's share of the global batch.
+
+    ``floor`` (network units; -inf without ``--floor``): a target at the floor, such as a metal's band
+    gap of 0, is compared with the prediction raised to the floor, as validation and users see it. A
+    metal predicted at or below 0 eV then costs nothing and sends no gradient, instead of being pulled
+    to exactly 0 (L1 pulls with full force however close it is); targets above the floor keep their
+    loss, so a semiconductor predicted as a metal is still pushed up.
+    """
 
     def __init__(self, net: Matformer, loss: str) -> None:
         super().__init__()
@@ -91,9 +98,17 @@ class _LossNet(nn.Cell):
         self.loss = {"mse": nn.MSELoss(), "l1": nn.L1Loss(), "huber": nn.HuberLoss(delta=1.0)}[loss]
 
     def construct(self, node_features, src, dst, distance_index, edge_weight, distances, node_graph, inverse_counts,
-                  targets, share):
+                  targets, share, floor):
         pred = self.net(node_features, src, dst, distance_index, edge_weight, distances, node_graph, inverse_counts)
+        pred = ops.select(targets <= floor, ops.maximum(pred, floor), pred)
         return self.loss(pred, targets) * share
+
+
+def normalised_floor(transform: TargetTransform) -> np.float32:
+    """The transform's floor in network units, as the loss compares it; -inf for none (or none in log10)."""
+    if transform.floor is None or (transform.log10 and transform.floor <= 0):
+        return np.float32(-np.inf)
+    return transform.normalise(np.array([transform.floor])).astype(np.float32)[0]
 
 
 def _optimizer(net: Matformer, lr: float, weight_decay: float):
@@ -108,7 +123,8 @@ def _train_cell(net: Matformer, config: TrainConfig):
     optimizer = _optimizer(net, config.lr, config.weight_decay)
     cell = nn.TrainOneStepCell(_LossNet(net, config.loss), optimizer)
     targets, share = ms.Tensor(shape=[None], dtype=ms.float32), ms.Tensor(shape=[], dtype=ms.float32)
-    cell.set_inputs(*input_signature(), targets, share)
+    floor = ms.Tensor(shape=[], dtype=ms.float32)
+    cell.set_inputs(*input_signature(), targets, share, floor)
     return cell, optimizer
 
 
@@ -202,6 +218,9 @@ class Trainer:
             raise TrainingError("no training structures")
         if config.log10 and (self.train_y <= 0).any():
             raise TrainingError(f"--log10 needs positive targets; {int((self.train_y <= 0).sum())} are <= 0")
+        if config.floor is not None and (self.train_y < config.floor).any():
+            raise TrainingError(f"--floor {config.floor:g} is a lower bound, but {int((self.train_y < config.floor).sum())} "
+                                f"training targets lie below it (lowest {self.train_y.min():g})")
         self.data_description = data_description or {}
         self.cluster = cluster
         self.on_event = cluster.events(on_event)
@@ -373,7 +392,8 @@ class Trainer:
         loop.optimizer.learning_rate.set_data(ms.Tensor(lr, ms.float32))
         part, share = self.cluster.share(idx)
         batch = collate([self.train_graphs[i] for i in part])
-        return [*batch_tensors(batch), ms.Tensor(loop.y_train[part]), ms.Tensor(share, ms.float32)]
+        return [*batch_tensors(batch), ms.Tensor(loop.y_train[part]), ms.Tensor(share, ms.float32),
+                ms.Tensor(normalised_floor(loop.transform), ms.float32)]
 
     def _apply_step(self, loop: _Loop, inputs: list) -> float:
         """The compiled forward, backward and optimizer update on ``inputs``; the global batch's loss."""
