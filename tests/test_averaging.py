@@ -68,7 +68,8 @@ def test_an_average_saved_without_its_count_is_taken_as_long():
 
 def test_applied_swaps_the_average_in_and_the_own_weights_back():
     net = _dense(1.0)
-    average = WeightAverage(net, 0.5, saved=SavedAverage({name: np.full(v.shape, 3.0) for name, v in _values(net).items()}, 4))
+    threes = {name: np.full(v.shape, 3.0) for name, v in _values(net).items()}
+    average = WeightAverage(net, 0.5, saved=SavedAverage(threes, 4))
     with average.applied():
         assert all(np.allclose(v, 3.0) for v in _values(net).values())
     assert all(np.allclose(v, 1.0) for v in _values(net).values())

@@ -218,9 +218,10 @@ class Trainer:
             raise TrainingError("no training structures")
         if config.log10 and (self.train_y <= 0).any():
             raise TrainingError(f"--log10 needs positive targets; {int((self.train_y <= 0).sum())} are <= 0")
-        if config.floor is not None and (self.train_y < config.floor).any():
-            raise TrainingError(f"--floor {config.floor:g} is a lower bound, but {int((self.train_y < config.floor).sum())} "
-                                f"training targets lie below it (lowest {self.train_y.min():g})")
+        below = int((self.train_y < config.floor).sum()) if config.floor is not None else 0
+        if below:
+            raise TrainingError(f"--floor {config.floor:g} is a lower bound, but {below} training targets lie "
+                                f"below it (lowest {self.train_y.min():g})")
         self.data_description = data_description or {}
         self.cluster = cluster
         self.on_event = cluster.events(on_event)
