@@ -183,6 +183,7 @@ class _Loop:
     transform: TargetTransform
     state: dict
     y_train: np.ndarray
+    floor: np.float32
     steps_per_epoch: int
     total_steps: int
     started: float
@@ -329,8 +330,8 @@ class Trainer:
         y_train = transform.normalise(self.train_y).astype(np.float32)
         steps_per_epoch = (len(self.train_graphs) + cfg.batch_size - 1) // cfg.batch_size
         average = WeightAverage(net, cfg.ema, saved) if cfg.ema else None  # a resume without one starts it here
-        return _Loop(net, cell, optimizer, transform, state, y_train, steps_per_epoch, steps_per_epoch * cfg.epochs,
-                     started=time.monotonic() - state["elapsed_s"], average=average)
+        return _Loop(net, cell, optimizer, transform, state, y_train, normalised_floor(transform), steps_per_epoch,
+                     steps_per_epoch * cfg.epochs, started=time.monotonic() - state["elapsed_s"], average=average)
 
     def _epochs(self, loop: _Loop) -> str:
         """Train epoch after epoch; why the loop ended (finished, a stop, the time budget, the patience)."""
@@ -394,7 +395,7 @@ class Trainer:
         part, share = self.cluster.share(idx)
         batch = collate([self.train_graphs[i] for i in part])
         return [*batch_tensors(batch), ms.Tensor(loop.y_train[part]), ms.Tensor(share, ms.float32),
-                ms.Tensor(normalised_floor(loop.transform), ms.float32)]
+                ms.Tensor(loop.floor, ms.float32)]
 
     def _apply_step(self, loop: _Loop, inputs: list) -> float:
         """The compiled forward, backward and optimizer update on ``inputs``; the global batch's loss."""
