@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Sequence
@@ -121,6 +122,17 @@ def describe_difference(old: dict, new: dict) -> str:
     if old.get("cell") != new.get("cell"):
         return f"cell handling {old.get('cell')!r} there, {new.get('cell')!r} now"
     return f"models {models(old) or 'none'} there, {models(new) or 'none'} now"
+
+
+def is_results_file(path: str | Path) -> bool:
+    """Whether a JSON file is one of crystalprop's own outputs (a JSON table of results or a CSV's
+    sidecar): both open with the provenance record, so 256 bytes tell, without parsing the file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return False
+    return re.match(rb'\s*\{\s*"' + KEY.encode() + rb'"', head) is not None
 
 
 def read_sidecar(path: str | Path) -> dict | None:

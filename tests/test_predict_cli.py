@@ -335,6 +335,17 @@ def test_cli_all_succeed_json(files, random_ckpt, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["in", "out.json"]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_cli_rerun_over_a_folder_holding_its_results(files, random_ckpt, tmp_path, suffix):
+    """Results written into the folder they came from are not read as structures the next time."""
+    first = run_cli(["predict", "in", "-m", random_ckpt, "-o", f"in/out{suffix}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_cli(["predict", "in", "-m", random_ckpt, "-o", "again.csv"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "4 predicted, 0 failed" in again.stderr
+    assert [r["name"] for r in read_csv(tmp_path / "again.csv")] == ["in/POSCAR_d", "in/a.cif", "in/b.vasp", "in/c.cif"]
+
+
 def test_cli_refuses_existing_output(files, random_ckpt, tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("precious\n")

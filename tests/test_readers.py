@@ -494,6 +494,18 @@ def test_discovery_glob_matching_folders_yields_each_file_once(tree):
     ]
 
 
+def test_discovery_skips_crystalprop_results_in_folders(tmp_path, nacl):
+    """Results written into the scanned folder (a JSON table, a CSV's provenance sidecar) are not
+    inputs of the next run; named on their own they are read, and refused by name."""
+    write(tmp_path / "a.json", json.dumps(nacl.as_dict()))
+    write(tmp_path / "results.json", '{"crystalprop_provenance": {"models": []}, "results": [\n]}\n')
+    write(tmp_path / "results.csv.meta.json", json.dumps({"crystalprop_provenance": {}}, indent=2))
+    assert rel(iter_structure_paths([str(tmp_path)]), tmp_path) == ["a.json"]
+    named = str(tmp_path / "results.json")
+    assert list(iter_structure_paths([named])) == [named]
+    assert "crystalprop's own results" in reason_of(named)
+
+
 def test_discovery_streams(tree, monkeypatch):
     calls: list[str] = []
     real_scandir = os.scandir

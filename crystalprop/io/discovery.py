@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from crystalprop.io.formats import is_pw_x_file, looks_like_structure_name, may_be_pw_x_name
 from crystalprop.io.limits import READ_TIMEOUT_S
+from crystalprop.provenance import is_results_file
 
 if TYPE_CHECKING:
     from crystalprop.io.readers import StructureRecord
@@ -25,7 +26,8 @@ def _has_glob(arg: str) -> bool:
 
 def _is_candidate(entry: os.DirEntry[str]) -> bool:
     """A regular file (or link to one) named like a structure, or a ``.in``/``.out`` file that
-    starts like pw.x input or output (those names are too common to trust); dot files are skipped."""
+    starts like pw.x input or output (those names are too common to trust); dot files are skipped,
+    and so are crystalprop's own JSON results, which a run may have written into the folder."""
     by_name = looks_like_structure_name(entry.name)
     if entry.name.startswith(".") or not (by_name or may_be_pw_x_name(entry.name)):
         return False
@@ -34,7 +36,9 @@ def _is_candidate(entry: os.DirEntry[str]) -> bool:
             return False
     except OSError:
         return False
-    return by_name or is_pw_x_file(entry.path)
+    if by_name:
+        return not (entry.name.lower().endswith(".json") and is_results_file(entry.path))
+    return is_pw_x_file(entry.path)
 
 
 def _is_subdir(entry: os.DirEntry[str]) -> bool:

@@ -25,6 +25,7 @@ from pymatgen.io.cif import CifParser
 from crystalprop.io.cif_p1 import p1_structure
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
+from crystalprop.provenance import KEY as PROVENANCE_KEY
 from crystalprop.timelimit import run_with_time_limit
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -300,6 +301,8 @@ def structure_from_dict(d: dict[str, Any]) -> Structure:
         raise ValueError(_one_line(str(exc), 160)) from exc
     except Exception as exc:
         raise ValueError(f"invalid structure dict: {type(exc).__name__}: {_one_line(str(exc), 120)}") from exc
+    if PROVENANCE_KEY in d:
+        raise ValueError("crystalprop's own results (the output of predict), not a structure")
     keys = ", ".join(sorted(map(str, d))[:8])
     raise ValueError(f"not a pymatgen Structure dict or JARVIS atoms dict (keys: {keys})")
 
