@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary file beside the target, then rename over it."""
+"""Writing results safely: the folders they go into, made up front with a clear error, and atomic
+file writes (to a temporary file beside the target, then renamed over it)."""
 
 from __future__ import annotations
 
@@ -25,3 +26,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Atomically replace a text file."""
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def make_folder(folder: str | Path) -> Path:
+    """Make ``folder`` and its parents (before any long work); where that cannot be done, a
+    ValueError that names the file standing in the way, or the system's reason."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next((p for p in (*reversed(folder.parents), folder) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
+        raise ValueError(f"cannot make the folder {folder} ({reason})") from exc
+    return folder

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crystalprop.atomic import atomic_write_text
+from crystalprop.atomic import atomic_write_text, make_folder
 from crystalprop.data.datasets import (
     Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset, merge_packed,
 )
@@ -168,6 +168,7 @@ def evaluate_model(
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
     from crystalprop.registry import resolve_model  # noqa: PLC0415
 
+    out = make_folder(output_dir) if output_dir else None  # before the work, not after it
     set_device(device)
     label, path = resolve_model(model)
     card, params = read_checkpoint(path)
@@ -187,9 +188,7 @@ def evaluate_model(
               "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,
               "n_failed": n_failed, **metrics}
     result["provenance"] = provenance([(label, path)], cell=settings.cell, device=device)
-    if output_dir:
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         with open(out / "predictions.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["id", "true", "predicted", "error"] + (["std"] if std is not None else []))
@@ -247,6 +246,7 @@ def join_ensemble(
         raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
     if len(members) < (1 if sigma == "latent" else 2):
         raise ValueError("an ensemble needs at least two members (one is enough with σ from the latent distance)")
+    make_folder(Path(output).parent)  # before the work, not after it
     set_device(device)
     resolved = [resolve_model(m) for m in members]
     paths = [path for _, path in resolved]

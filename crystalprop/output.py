@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import IO, Sequence
 
+from crystalprop.atomic import make_folder
 from crystalprop.provenance import (
     KEY,
     ProvenanceMismatchError,
@@ -196,7 +197,13 @@ class ResultWriter:
             if retry_failed:
                 _drop_failed_rows(self.path, self.columns)
         self._rows_in_file = self._reopen_json_array() > 0 if appending and self.kind == "json" else False
-        self.handle: IO[str] = open(self.path, "a" if appending else "w", encoding="utf-8", newline="")
+        try:
+            make_folder(self.path.parent)
+            self.handle: IO[str] = open(self.path, "a" if appending else "w", encoding="utf-8", newline="")
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: {exc}") from exc
+        except OSError as exc:
+            raise ValueError(f"{self.path}: cannot write the results there ({exc.strerror or exc})") from exc
         if self.kind == "csv":
             self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, extrasaction="ignore")
             if not appending:

@@ -104,3 +104,40 @@ def test_cli_retry_failed(random_ckpt, tmp_path):
         rows = list(csv.DictReader(handle))
     assert sorted(r["name"] for r in rows) == ["a.cif", "b.cif"]
     assert all(r["error"] == "" and float(r["rand"]) for r in rows)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_output_folders_are_made_and_an_unwritable_place_is_named(tmp_path, suffix):
+    """-o results/run1/out.csv makes its folders; where no file can be made, a ValueError names the path
+    (the command shows it as an error line, not a traceback, before any structure is read)."""
+    nested = tmp_path / "results" / "run1" / f"out{suffix}"
+    writer = ResultWriter(nested, OLD)
+    writer.write(ROWS[:1])
+    writer.close()
+    assert [r["name"] for r in read_rows(nested)] == ["a.cif"]
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="a_file/out"):
+        ResultWriter(tmp_path / "a_file" / f"out{suffix}", OLD)
+
+
+@pytest.mark.slow
+def test_cli_output_in_a_new_folder(random_ckpt, tmp_path):
+    CifWriter(rocksalt(5.64)).write_file(tmp_path / "a.cif")
+    done = run_cli(["predict", "a.cif", "-m", random_ckpt, "-o", "results/run1/out.csv"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "results" / "run1" / "out.csv.meta.json").is_file()
+    (tmp_path / "taken").write_text("")
+    blocked = run_cli(["predict", "a.cif", "-m", random_ckpt, "-o", "taken/out.csv"], cwd=tmp_path)
+    assert blocked.returncode == 2 and "Traceback" not in blocked.stderr and "taken/out.csv" in blocked.stderr
+
+
+def test_evaluate_train_and_ensemble_refuse_an_output_folder_they_cannot_make(random_ckpt, tmp_path):
+    """Checked before any data is read or model run, with the file in the way named, no traceback."""
+    (tmp_path / "taken").write_text("")
+    for args in (["evaluate", random_ckpt, "data", "-o", "taken/eval"],
+                 ["train", "data", "-t", "y", "-o", "taken/run"],
+                 ["ensemble", "taken/e.ckpt", random_ckpt, random_ckpt, "--data", "data"]):
+        (tmp_path / "data").mkdir(exist_ok=True)
+        done = run_cli(args, cwd=tmp_path)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, (args, done.stderr)
+        assert "taken is a file, not a folder" in done.stderr.replace("\n", " "), (args, done.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from crystalprop.atomic import make_folder
 from crystalprop.backend import DEVICES
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.model.config import ModelConfig
@@ -27,11 +28,16 @@ class RunDirError(ValueError):
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Refuse to start a new run over a saved one, or to resume where nothing was saved."""
+    """Refuse to start a new run over a saved one, to resume where nothing was saved, or to run
+    where the folder cannot be made."""
     if resume and not (run_dir / "last.ckpt").is_file():
         raise RunDirError(f"{run_dir}: nothing to resume (no last.ckpt)")
     if not resume and (run_dir / "last.ckpt").is_file():
         raise RunDirError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --output-dir")
+    try:
+        make_folder(run_dir)
+    except ValueError as exc:
+        raise RunDirError(str(exc)) from exc
 
 
 def completed(payload: dict) -> bool:
