@@ -318,6 +318,23 @@ def test_target_auto_choice_and_listing(tmp_path, crystals):
         load_dataset(none)
 
 
+def test_a_target_no_record_has_is_named_with_the_columns_there(tmp_path, crystals):
+    """E.g. the band-gap model evaluated on elastic data: one line naming what is there, not
+    'no usable records (N skipped)'."""
+    several = tmp_path / "several.json"
+    several.write_text(json.dumps([{"id": n, "structure": s.as_dict(), "K_VRH": 1.0, "G_VRH": 2.0}
+                                   for n, s in crystals[:3]]))
+    with pytest.raises(DatasetError, match=r"no field 'band_gap'.*K_VRH, G_VRH"):
+        load_dataset(several, "band_gap")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "properties.csv").write_text("material_id,K_VRH,G_VRH\n" + "".join(f"{n},1,2\n" for n, _ in crystals[:3]))
+    for name, structure in crystals[:3]:
+        CifWriter(structure).write_file(folder / f"{name}.cif")
+    with pytest.raises(DatasetError, match=r"no column 'band_gap'.*material_id, K_VRH, G_VRH"):
+        load_dataset(folder, "band_gap")
+
+
 def test_no_usable_records_and_missing_path(tmp_path, crystals):
     path = tmp_path / "data.json"
     path.write_text(json.dumps([{"id": n, "structure": s.as_dict(), "y": "?"} for n, s in crystals[:3]]))

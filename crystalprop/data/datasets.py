@@ -108,9 +108,15 @@ def _json_records(path: Path) -> Iterator[dict]:
         raise DatasetError(f"{path}: expected a list of records")
 
 
-def _choose_target(records: list[dict], target: str | None, exclude: set[str], origin: str) -> str:
-    """The requested target, or the only numeric field of the records."""
+def _choose_target(records: list[dict], target: str | None, exclude: set[str], origin: str,
+                   kind: str = "field") -> str:
+    """The requested target, which some record must have, or the only numeric field of the records.
+    ``kind``: what the records' keys are called in messages (a table's are columns)."""
     if target:
+        if not any(target in r for r in records):
+            names = ", ".join(dict.fromkeys(k for r in records[:100] for k in r))
+            where = "" if kind == "column" else " in any record"
+            raise DatasetError(f"{origin}: no {kind} {target!r}{where} ({kind}s: {names or 'none'})")
         return target
     numeric = [k for k, v in records[0].items() if k not in exclude and _numeric(v) is not None]
     if len(numeric) != 1:
@@ -205,7 +211,7 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
     rows, has_header = _read_table(table)
     id_key = id_column or ("id" if not has_header else next(iter(rows[0])))
     if has_header:
-        target = _choose_target(rows, target, {id_key, "split"}, str(table))
+        target = _choose_target(rows, target, {id_key, "split"}, str(table), "column")
     else:
         target = target or "target"
         rows = [{"id": r["id"], target: r["target"]} for r in rows]
@@ -228,7 +234,7 @@ def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, str
     if structure_column not in rows[0]:
         raise DatasetError(f"{path}: no column {structure_column!r} (columns: {', '.join(rows[0])})")
     id_key = id_column or next((k for k in ("id", "material_id", "jid", "mpid") if k in rows[0]), "id")
-    target = _choose_target(rows, target, {id_key, structure_column, "split"}, str(path))
+    target = _choose_target(rows, target, {id_key, structure_column, "split"}, str(path), "column")
 
     def source_of(rid: str, row: dict) -> str:
         if not row[structure_column].strip():
