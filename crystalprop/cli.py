@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
-from crystalprop.cli_options import cell_option, device_option, duration_s, fold_option, parse_shard, sigma_option
+from crystalprop.cli_options import (
+    cell_option, device_option, duration_s, fold_option, models_option, parse_shard, sigma_option,
+)
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.display import (
     TABLE_LIMIT, console, out, print_ensemble, print_evaluation, print_rows, show_table, stream_rows,
@@ -39,7 +41,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--model", "-m", "models", multiple=True, help="Shipped model name or .ckpt file (repeatable). Default: all shipped models.")
+@models_option()
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write results to .csv, .json or .jsonl as they come.")
 @click.option("--batch-size", default=BATCH_SIZE, show_default=True,
               help="Most structures per batch. A batch also holds at most as many atoms and edges as the "

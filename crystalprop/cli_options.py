@@ -5,6 +5,7 @@ Light to import (no numpy), as the command's start-up must be.
 
 from __future__ import annotations
 
+import os
 import re
 
 import click
@@ -27,6 +28,21 @@ def sigma_option():
                         help="An ensemble's σ. spread: from the members' spread; latent: from the distance to the "
                              "training structures in the first member's readout space, times their training errors "
                              "(ranks the errors better where the members share their training; stores 2-3 MB more).")
+
+
+def split_models(values: tuple[str, ...]) -> tuple[str, ...]:
+    """``-m`` values, each a model or several separated by commas (``-m band_gap,bulk_modulus``);
+    a value naming an existing file or folder is one model, commas and all."""
+    return tuple(part for value in values
+                 for part in ([value] if os.path.exists(value) else
+                              [p.strip() for p in value.split(",") if p.strip()]))
+
+
+def models_option():
+    """``--model/-m``: the models to run, repeatable or comma-separated."""
+    return click.option("--model", "-m", "models", multiple=True, callback=lambda ctx, param, v: split_models(v),
+                        help="Shipped model name or .ckpt file; repeat it or separate several with commas. "
+                             "Default: all shipped models.")
 
 
 def device_option():

@@ -180,6 +180,16 @@ def test_models_sharing_a_network_give_their_own_predictions(tmp_path, random_ck
     assert not np.allclose([r["rand"] for r in together], [r["other"] for r in together])
 
 
+def test_cli_models_repeated_or_comma_separated(files, random_ckpt, tmp_path):
+    """`-m a,b` is `-m a -m b`; a path that holds a comma is still one model."""
+    other = _random_checkpoint(tmp_path / "other.ckpt", "z", "eV", seed=7, log10=True)
+    third = _random_checkpoint(tmp_path / "third,v2.ckpt", "z", "eV", seed=8, log10=True)
+    done = run_cli(["predict", "in/a.cif", "-m", f"{random_ckpt}, {other}", "-m", str(third), "-o", "out.csv"],
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert {"rand", "other", "third,v2"} <= set(read_csv(tmp_path / "out.csv")[0])
+
+
 _RECORD_READER_START = (  # a script prelude: note whether MindSpore was loaded when reading started
     "import sys\n"
     "import crystalprop.predictor as predictor\n"
