@@ -61,3 +61,39 @@ def test_charged_species_are_left_to_pymatgen():
     structure = srtio3()
     structure.add_oxidation_state_by_element({"Sr": 2, "Ti": 4, "O": -2})
     assert p1_structure(_block(_p1_cif(structure))) is None
+
+
+def _large_cell(repeat: int) -> Structure:
+    """A perturbed (2 repeat)^3 supercell of conventional NaCl: 8 repeat^3 sites, no two coincident."""
+    structure = nacl_conventional()
+    structure.make_supercell([repeat] * 3)
+    noise = np.random.default_rng(0).normal(0, 0.002, (len(structure), 3))
+    return Structure(structure.lattice, structure.species, structure.frac_coords + noise)
+
+
+def test_large_p1_cell_takes_the_direct_path(monkeypatch):
+    """Past 2,000 sites too (a 2,744-site cell): pymatgen's parse compares every site with every
+    other in Python (about 15 s for 4,096 sites) and is not called."""
+    text = _p1_cif(_large_cell(7))
+    expected = CifParser.from_str(text).parse_structures(primitive=False)[0]
+    fast = p1_structure(_block(text))
+    assert fast is not None and len(fast) == 2744
+    _assert_same_structure(fast, expected)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pymatgen's parse was used")
+
+    monkeypatch.setattr(CifParser, "parse_structures", refuse)
+    _assert_same_structure(structure_from_text(text, "x.cif")[0][1], expected)
+
+
+def test_coincident_sites_in_a_large_cell_are_left_to_pymatgen():
+    structure = _large_cell(7)
+    text = _p1_cif(structure)
+    site = structure[100].frac_coords % 1.0
+    moved = structure[2000].frac_coords % 1.0
+    line = next(line for line in text.splitlines() if f"{moved[0]:.8f}  {moved[1]:.8f}  {moved[2]:.8f}" in line)
+    close = site + [0.0, 0.0, 0.00004]
+    text = text.replace(line, line.replace(f"{moved[0]:.8f}  {moved[1]:.8f}  {moved[2]:.8f}",
+                                           f"{close[0]:.8f}  {close[1]:.8f}  {close[2]:.8f}"))
+    assert p1_structure(_block(text)) is None

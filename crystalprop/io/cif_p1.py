@@ -21,6 +21,7 @@ FRACT_KEYS = ("_atom_site_fract_x", "_atom_site_fract_y", "_atom_site_fract_z")
 # tags that make pymatgen do more than place atoms (charges, implicit H, magnetic moments)
 SPECIAL_TAG_PARTS = ("oxidation_number", "attached_hydrogens", "moment", "magn")
 SITE_TOLERANCE = 1e-4  # pymatgen's: sites closer than this (fractional) are merged
+PAIRWISE_LIMIT = 2000  # sites; beyond, the all-pairs test would take more memory than a k-d tree
 
 
 def p1_structure(data: dict) -> Structure | None:
@@ -67,10 +68,15 @@ def _is_identity_only(data: dict) -> bool:
 
 
 def _has_coincident_sites(coords: np.ndarray) -> bool:
-    """Any two sites within SITE_TOLERANCE of each other in fractional coordinates (periodic)."""
+    """Any two sites within SITE_TOLERANCE of each other in every fractional coordinate (periodic),
+    coords in [0, 1]: all pairs at once for small cells, a periodic k-d tree for large ones."""
     n = len(coords)
-    if n > 2000:
-        return True  # the pairwise test would cost more than pymatgen's own parse: let it decide
+    if n > PAIRWISE_LIMIT:
+        from scipy.spatial import cKDTree  # noqa: PLC0415  (pymatgen's own dependency)
+
+        wrapped = np.where(coords >= 1.0, 0.0, coords)  # the tree takes [0, 1): 1 - 1e-17 wraps to 1.0
+        tree = cKDTree(wrapped, boxsize=1.0)
+        return bool(tree.query_pairs(SITE_TOLERANCE, p=np.inf, output_type="ndarray").size)
     diff = coords[:, None, :] - coords[None, :, :]
     diff -= np.round(diff)
     close = np.all(np.abs(diff) < SITE_TOLERANCE, axis=-1)
