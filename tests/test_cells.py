@@ -134,6 +134,33 @@ def test_precheck_finds_every_supercell_and_spares_primitive_cells():
     assert may_have_pure_translation(crystal_from_structure(nacl_conventional()), 0.02)
 
 
+@pytest.mark.parametrize("make", [nacl_primitive, lisio_triclinic, hcp_mg])
+def test_precheck_settles_large_cells_without_spglib(make, monkeypatch):
+    """With hundreds of candidate shifts (5 x 5 x 6 cells, 150+ atoms of each element): a supercell is
+    still found, within spglib's tolerance too, and a thermally disordered one (0.05 Å) is called
+    primitive, so spglib's search (28 s for 4,096 perturbed Si atoms) is not run for it."""
+    import spglib
+
+    base = make()
+    supercell = base * (5, 5, 6)
+    assert min(supercell.composition.values()) > 100
+    assert may_have_pure_translation(crystal_from_structure(supercell), 0.02)
+    within = supercell.copy()
+    within.perturb(0.004)
+    assert may_have_pure_translation(crystal_from_structure(within), 0.02)
+    disordered = supercell.copy()
+    disordered.perturb(0.05)
+    crystal = crystal_from_structure(disordered)
+    assert not may_have_pure_translation(crystal, 0.02)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("spglib was asked")
+
+    monkeypatch.setattr(spglib, "standardize_cell", refuse)
+    cell, note = cell_for_graph(crystal)
+    assert note is None and len(cell) == len(crystal)
+
+
 @pytest.mark.shared
 def test_precheck_agrees_with_spglib_on_real_files():
     """Every file the pre-check calls primitive, spglib calls primitive too (the pre-check only saves time)."""

@@ -30,7 +30,8 @@ from crystalprop.timelimit import call_with_alarm
 SYMPREC = 0.01  # Å: spglib's default tolerance, and Materials Project's for symmetry
 CELL_TIMEOUT_S = 10.0  # per structure; typical cells take milliseconds
 PRECHECK_FACTOR = 2.0  # the pre-check's tolerance, in units of SYMPREC: looser than spglib's, never tighter
-MAX_TRANSLATION_CANDIDATES = 64  # more candidate shifts than this: leave it to spglib
+MAX_PAIRWISE_SHIFTS = 64  # more candidate shifts than this: k-d trees, not all pairs of atoms
+SCREEN_ATOMS = 8  # atoms of each element that every one of many candidate shifts is tried on first
 NIGGLI_EPS = 1e-5  # spglib's default tolerance for equal lengths and right angles
 
 
@@ -42,11 +43,12 @@ def may_have_pure_translation(crystal: Crystal, tolerance: float) -> bool:
     """Whether some lattice translation shorter than a cell vector might map ``crystal`` onto itself.
 
     A cheap, conservative pre-check that spares spglib's symmetry search (tens of ms for a
-    cubic cell) for cells that cannot be supercells: every pure translation splits each
-    element's atoms into orbits of one size, so a cell whose element counts have no common
-    divisor is primitive; otherwise each candidate shift (from one atom of the rarest element
-    to another) is tried with a tolerance looser than spglib's. False means spglib would find
-    no translation either; True means spglib must decide.
+    cubic cell, half a minute for a 4,096-atom supercell with thermal noise) for cells that
+    cannot be supercells: every pure translation splits each element's atoms into orbits of one
+    size, so a cell whose element counts have no common divisor is primitive; otherwise each
+    candidate shift (from one atom of the rarest element to another) must carry every atom onto
+    an atom of its element, tested with a tolerance looser than spglib's. False means spglib
+    would find no translation either; True means spglib must decide.
     """
     numbers = crystal.numbers
     counts = np.bincount(numbers)
@@ -54,14 +56,14 @@ def may_have_pure_translation(crystal: Crystal, tolerance: float) -> bool:
     counts = counts[elements]
     if np.gcd.reduce(counts) == 1:
         return False
-    if counts.min() > MAX_TRANSLATION_CANDIDATES:
-        return True
     frac = crystal.frac
-    rarest = np.flatnonzero(numbers == elements[np.argmin(counts)])
     groups = [frac[numbers == z] for z in elements]
-    matrix = crystal.lattice
-    for shift in frac[rarest[1:]] - frac[rarest[0]]:
-        if all(_maps_onto_itself(group, shift, matrix, tolerance) for group in groups):
+    rarest = groups[int(np.argmin(counts))]
+    shifts = rarest[1:] - rarest[0]
+    if len(shifts) > MAX_PAIRWISE_SHIFTS:
+        return _some_shift_carries_all(groups, shifts, crystal.lattice, tolerance)
+    for shift in shifts:
+        if all(_maps_onto_itself(group, shift, crystal.lattice, tolerance) for group in groups):
             return True
     return False
 
@@ -72,6 +74,38 @@ def _maps_onto_itself(frac: np.ndarray, shift: np.ndarray, matrix: np.ndarray, t
     delta -= np.rint(delta)  # the nearest image, exact for offsets far below half a layer spacing
     distances = np.linalg.norm(delta @ matrix, axis=-1)
     return bool((distances.min(axis=1) <= tolerance).all())
+
+
+def _some_shift_carries_all(groups: list[np.ndarray], shifts: np.ndarray, lattice: np.ndarray,
+                            tolerance: float) -> bool:
+    """:func:`_maps_onto_itself` for many shifts at once, with one periodic k-d tree per element.
+
+    Positions are scaled per axis by the spacing of the lattice planes it crosses: a Cartesian
+    offset of at most ``tolerance`` moves each scaled coordinate by at most ``tolerance``, so the
+    trees' max-norm ball of that radius holds every match the all-pairs test would accept. A few
+    atoms of each element rule most shifts out at once; the rest are tried on every atom.
+    """
+    from scipy.spatial import cKDTree  # noqa: PLC0415  (imported by the graph workers anyway)
+
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(lattice), axis=0)
+    trees = [cKDTree(_scaled(group, spacing), boxsize=spacing) for group in groups]
+    bound = tolerance * (1 + 1e-9)
+
+    def carried(positions: np.ndarray, tree, shifts: np.ndarray) -> np.ndarray:
+        """(shifts,) whether each shift carries every one of ``positions`` onto an atom of ``tree``."""
+        moved = _scaled(positions[:, None, :] + shifts[None, :, :], spacing)  # (atoms, shifts, 3)
+        distance, _ = tree.query(moved.reshape(-1, 3), p=np.inf, distance_upper_bound=bound)
+        return np.isfinite(distance.reshape(moved.shape[:2])).all(axis=0)
+
+    for group, tree in zip(groups, trees):
+        shifts = shifts[carried(group[:SCREEN_ATOMS], tree, shifts)]
+    return any(all(carried(group, tree, shift[None])[0] for group, tree in zip(groups, trees)) for shift in shifts)
+
+
+def _scaled(frac: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Fractional positions (..., 3) wrapped into the k-d trees' periodic box [0, spacing)."""
+    scaled = (frac - np.floor(frac)) * spacing
+    return np.where(scaled >= spacing, 0.0, scaled)
 
 
 def primitive_cell(crystal: Crystal, symprec: float = SYMPREC) -> Crystal:
