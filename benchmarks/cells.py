@@ -6,6 +6,7 @@ Not a test: prints figures and writes JSON. Run from the repository root:
     PYTHONPATH=. .venv/bin/python benchmarks/cells.py displacement --n 300
     PYTHONPATH=. .venv/bin/python benchmarks/cells.py speed --n 2000 --rounds 2
     PYTHONPATH=. .venv/bin/python benchmarks/cells.py reader --n 2000
+    PYTHONPATH=. .venv/bin/python benchmarks/cells.py large --repeat 8 [--old /tmp/old]
 
 invariance: for real files of ../shared/data (first N in sorted order), every shipped model's
 prediction for the file, its conventional standard cell (symmetrised by pymatgen, and not), and
@@ -15,6 +16,9 @@ displacement: every atom moved by 0.01 Å in a random direction (on both cell se
 speed: ``crystalprop predict`` on the first N mp2018 files, with and without the reduction,
 runs interleaved (as-given, canonical, as-given, ...) so both see the same machine load.
 reader: the CPU time of reading one file and building its graph, both settings alternating file by file.
+large: a REPEAT^3 supercell of conventional Si (8 REPEAT^3 atoms) with 0.05 Å of random thermal
+displacement, written as a P1 CIF; the reader's work on it (parse, checks, cell, graph) in a fresh
+interpreter per setting, for this tree and, with --old, another version's crystalprop package.
 """
 
 from __future__ import annotations
@@ -177,13 +181,45 @@ def reader_cost(n: int) -> dict:
             "added_ms_per_file": 1e3 * (spent["canonical"] - spent["as-given"]) / n}
 
 
+def large_cell(repeat: int, old: str | None) -> dict:
+    """Seconds of the reader's work on one thermally disordered Si supercell, per tree and setting."""
+    from pymatgen.core import Lattice, Structure  # noqa: PLC0415
+
+    conventional = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]])
+    supercell = conventional * (repeat, repeat, repeat)
+    noise = np.random.default_rng(0).normal(0.0, 0.05 / np.sqrt(3), (len(supercell), 3))
+    disordered = Structure(supercell.lattice, supercell.species, supercell.cart_coords + noise,
+                           coords_are_cartesian=True)
+    path = Path(tempfile.mkdtemp(prefix="large_cell_")) / f"Si_{len(disordered)}.cif"
+    disordered.to(filename=str(path))
+    script = ("import json, sys, time\n"
+              "from crystalprop.graph.neighbors import GraphSettings\n"
+              "from crystalprop.predictor import prepare_input\n"
+              "prepare_input((0, sys.argv[1], GraphSettings(cell='as-given'), 1e6))  # imports, kernels\n"
+              "start = time.perf_counter()\n"
+              "(item,) = prepare_input((0, sys.argv[1], GraphSettings(cell=sys.argv[2]), 1e6))\n"
+              "print(json.dumps({'s': round(time.perf_counter() - start, 2), 'cell_sites': item.cell_sites,\n"
+              "                  'notes': item.warnings}))\n")
+    trees = {"this": str(ROOT)} | ({"old": old} if old else {})
+    seconds = {}
+    for name, tree in trees.items():
+        for cell in CELLS:
+            done = subprocess.run([sys.executable, "-c", script, str(path), cell], capture_output=True, text=True,
+                                  env={**os.environ, "PYTHONPATH": tree}, cwd=path.parent, check=True)
+            seconds[f"{name} {cell}"] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(name, cell, seconds[f"{name} {cell}"], flush=True)
+    return {"atoms": len(disordered), "displacement_A": 0.05, "reader_seconds": seconds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["invariance", "displacement", "speed", "reader"])
+    parser.add_argument("what", choices=["invariance", "displacement", "speed", "reader", "large"])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--n-mp", type=int, default=400)
     parser.add_argument("--n-elastic", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=8, help="large: Si supercell of REPEAT^3 conventional cells")
+    parser.add_argument("--old", default=None, help="large: another version's tree to compare")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if args.what == "invariance":
@@ -192,6 +228,8 @@ def main() -> None:
         result = displacement(args.n)
     elif args.what == "reader":
         result = reader_cost(args.n)
+    elif args.what == "large":
+        result = large_cell(args.repeat, args.old)
     else:
         result = speed(args.n, args.rounds)
     text = json.dumps(result, indent=2)
