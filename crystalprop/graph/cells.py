@@ -80,7 +80,7 @@ def _some_shift_carries_all(groups: list[np.ndarray], shifts: np.ndarray, lattic
                             tolerance: float) -> bool:
     """:func:`_maps_onto_itself` for many shifts at once, with one periodic k-d tree per element.
 
-    Positions are scaled per axis by the spacing of the lattice planes it crosses: a Cartesian
+    Each fractional axis is scaled by the spacing of the lattice planes along it: a Cartesian
     offset of at most ``tolerance`` moves each scaled coordinate by at most ``tolerance``, so the
     trees' max-norm ball of that radius holds every match the all-pairs test would accept. A few
     atoms of each element rule most shifts out at once; the rest are tried on every atom.
