@@ -72,7 +72,7 @@ def _has_coincident_sites(coords: np.ndarray) -> bool:
     coords in [0, 1]: all pairs at once for small cells, a periodic k-d tree for large ones."""
     n = len(coords)
     if n > PAIRWISE_LIMIT:
-        from scipy.spatial import cKDTree  # noqa: PLC0415  (pymatgen's own dependency)
+        from scipy.spatial import cKDTree  # noqa: PLC0415  (imported by the readers anyway)
 
         wrapped = np.where(coords >= 1.0, 0.0, coords)  # the tree takes [0, 1): 1 - 1e-17 wraps to 1.0
         tree = cKDTree(wrapped, boxsize=1.0)
