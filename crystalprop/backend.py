@@ -151,6 +151,14 @@ def set_device(device: str = "CPU", threads: int | None = None) -> None:
     _state["device"] = canonical
 
 
+def ensure_device() -> None:
+    """The CPU in graph mode unless :func:`set_device` has chosen already: in MindSpore's default
+    PyNative mode a training step never saw the learning rate set before it, so a schedule was
+    silently ignored (every step at the first rate)."""
+    if "device" not in _state:
+        set_device("CPU")
+
+
 def usable_cores() -> int:
     """Cores this process may run on: its CPU affinity where the system reports one (Linux),
     else every core (macOS has no ``os.sched_getaffinity``)."""

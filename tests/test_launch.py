@@ -264,3 +264,38 @@ def test_cli_sigterm_stops_the_training(data, tmp_path):
         assert not _alive(trainer), "the training process outlived the command"
         assert not (run_dir / ".lock").exists()
         assert train_state(run_dir / "last.ckpt")["state"]["epoch"] < 500
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().split(")")[-1].split()[0]
+
+
+def _wait_for_state(pid: int, stopped: bool, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (_state(pid) == "T") == stopped:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.slow
+def test_cli_ctrl_z_suspends_the_training_and_fg_resumes_it(data, tmp_path):
+    """The training runs in a process of its own session, which the terminal's Ctrl-Z (SIGTSTP to
+    the command) never reached: the command stopped, its training went on using the cores."""
+    with _cli_training_past_two_epochs(data, tmp_path, "suspended") as (proc, trainer, run_dir, _):
+        proc.send_signal(signal.SIGTSTP)
+        assert _wait_for_state(proc.pid, stopped=True), "the command did not stop"
+        assert _wait_for_state(trainer, stopped=True), "the training went on while the command was stopped"
+        epochs = len(read_history(run_dir))
+        time.sleep(1.5)
+        assert len(read_history(run_dir)) == epochs
+        proc.send_signal(signal.SIGCONT)  # the shell's fg / bg
+        assert _wait_for_state(trainer, stopped=False), "the training stayed stopped after SIGCONT"
+        assert _wait_for_state(proc.pid, stopped=False)
+        _wait_for_epochs(proc, run_dir, epochs + 2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=180)
+    assert proc.returncode == 0

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -475,3 +476,32 @@ def test_resume_keeps_the_cells_the_run_was_trained_on(tmp_path):
     assert read_checkpoint(run_dir / "best.ckpt")[0].graph.cell == "as-given"
     other = run_cli([*common, "--epochs", "3", "--resume", "--cell", "canonical"])
     assert other.returncode != 0 and "--cell as-given" in " ".join((other.stdout + other.stderr).split())
+
+
+# --- the Python API in a fresh process ------------------------------------------------------------
+#
+# Regression: MindSpore 2.10 starts in PyNative mode, where the learning rate a step sets on the
+# optimizer did not reach it: train_model called without set_device first trained every step at
+# the first rate it saw (the val curves of a 2- and a 12-epoch one-cycle run were the same).
+
+FRESH_TRAINING = """
+import json, sys
+from crystalprop.model.matformer import ModelConfig
+from crystalprop.training.config import TrainConfig
+from crystalprop.training.run import train_model
+data, run_dir, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+config = TrainConfig(target="y", epochs=epochs, batch_size=8, lr=5e-3, seed=0, model=ModelConfig(**json.loads(sys.argv[4])))
+result = train_model(data, run_dir, config, workers=0)
+print(json.dumps([row["train_loss"] for row in result.history]))
+"""
+
+
+def test_the_python_api_follows_the_schedule_without_set_device(data, tmp_path):
+    losses = {}
+    for epochs in (2, 12):
+        done = subprocess.run([sys.executable, "-c", FRESH_TRAINING, str(data), str(tmp_path / f"run{epochs}"),
+                               str(epochs), json.dumps(TINY)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        losses[epochs] = json.loads(done.stdout.strip().splitlines()[-1])
+    # in its first epoch a 2-epoch one-cycle run climbs to its 5e-3 peak, a 12-epoch run to a third of it
+    assert losses[2][0] != pytest.approx(losses[12][0], rel=1e-3)

@@ -2,8 +2,8 @@
 
 MindSpore ends the process on SIGINT while a graph runs, so the command trains in a child
 process of its own session and turns the terminal's Ctrl-C (and SIGTERM, SIGHUP) into a
-SIGTERM for the child, which the trainer takes as a clean stop. A child whose parent dies
-stops the same way rather than train unattended. Nothing heavy is imported here.
+SIGTERM for the child, which the trainer takes as a clean stop; Ctrl-Z and the shell's fg/bg
+stop and continue both. A child whose parent dies stops the same way rather than train unattended. Nothing heavy is imported here.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
     """Train in a child process of its own session, relaying its events to the display (and ``on_event``).
 
     Returns ("result", outcome) or ("error", message). While it runs, SIGINT, SIGTERM and
-    SIGHUP to this process are passed on to the child as SIGTERM.
+    SIGHUP to this process are passed on to the child as SIGTERM, and Ctrl-Z stops both
+    (:func:`relay_job_control`).
     """
     import multiprocessing as mp  # noqa: PLC0415
     import queue as queue_module  # noqa: PLC0415
@@ -118,6 +119,7 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
 
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    previous.update(relay_job_control(child.pid))
     outcome: tuple[str, object] = ("error", "training process ended without a result (killed?)")
     try:
         with TrainDisplay() as display:
@@ -142,6 +144,37 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return outcome
+
+
+def relay_job_control(child: int) -> dict:
+    """Make the terminal's Ctrl-Z (SIGTSTP) stop the training process group ``child`` with this
+    process, and SIGCONT (the shell's ``fg``/``bg``) continue it; returns the replaced handlers.
+
+    The child leads a session of its own (so that Ctrl-C reaches only this process), which also
+    keeps the terminal's job control from reaching it: without the relay a suspended command
+    left its training running.
+    """
+    import signal  # noqa: PLC0415
+
+    def signal_child(sig: int) -> None:
+        try:
+            os.killpg(child, sig)  # the training process and its graph workers
+        except ProcessLookupError:  # not yet a group leader, or gone
+            try:
+                os.kill(child, sig)
+            except ProcessLookupError:
+                pass
+
+    def suspend(signum, frame) -> None:
+        signal_child(signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)  # returns once continued
+        signal_child(signal.SIGCONT)
+
+    def resume(signum, frame) -> None:  # also after a SIGSTOP sent to this process from outside
+        signal_child(signal.SIGCONT)
+
+    return {signal.SIGTSTP: signal.signal(signal.SIGTSTP, suspend),
+            signal.SIGCONT: signal.signal(signal.SIGCONT, resume)}
 
 
 def stop_when_orphaned(parent: int, grace_s: float = 300.0, poll_s: float = 1.0,

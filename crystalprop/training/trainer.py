@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from crystalprop.atomic import atomic_write, atomic_write_text
-from crystalprop.backend import mindspore_module
+from crystalprop.backend import ensure_device, mindspore_module
 from crystalprop.graph.batch import collate
 from crystalprop.graph.neighbors import CrystalGraph
 from crystalprop.metrics import regression_metrics
@@ -211,6 +211,7 @@ class Trainer:
         on_event: Callable[[str, dict], None] | None = None,
         cluster: Cluster = Cluster(),
     ) -> None:
+        ensure_device()
         self.config = config
         self.run_dir = Path(run_dir)
         self.train_graphs, self.train_y = list(train[0]), np.asarray(train[1], dtype=np.float64)
