@@ -85,6 +85,39 @@ def run_measured(cmd: list[str], cwd: Path | None = None) -> tuple[float, float,
     return wall, peak[0] / 1e9, stdout
 
 
+class OtherLoad:
+    """CPU time that processes outside this benchmark's own tree used while it ran (Linux).
+
+    A training left running beside the benchmark takes cores from it without a word; stopping a
+    `crystalprop train` command's process group does not stop its training, which runs in a session
+    of its own (send SIGTSTP to the command, as Ctrl-Z does). Session 13's figures were most likely
+    taken that way: 74 structures/s for the shipped models, where the idle machine gives 129-143.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except OSError:
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+        busy = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+        own = sum(os.times()[:4])  # this process and its waited-for children
+        return time.monotonic(), busy, own
+
+    def share(self) -> float | None:
+        """The other processes' CPU as a fraction of all cores over the run so far."""
+        end = self._sample()
+        if self.start is None or end is None:
+            return None
+        wall = end[0] - self.start[0]
+        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        return max(others, 0.0) / (wall * (os.cpu_count() or 1)) if wall > 0 else None
+
+
 def mp2018_files(n: int) -> list[str]:
     folder = DATA / "mp2018" / "structures"
     return [str(folder / name) for name in sorted(os.listdir(folder))[:n]]
@@ -223,6 +256,7 @@ def main() -> None:
     from crystalprop.backend import set_device  # noqa: PLC0415
 
     set_device("CPU")
+    load = OtherLoad()
     work = Path(tempfile.mkdtemp(prefix="crystalprop_bench_"))
     files = mp2018_files(args.files)
     results: dict = {"machine": {"cores": os.cpu_count()}, "files": len(files)}
@@ -257,6 +291,7 @@ def main() -> None:
         results["qmof_per_s"], results["qmof_peak_gb"] = bench_cli_predict(qmof, available_models(), work / "qmof")
     if "scaling" not in args.skip:
         results["scaling"] = bench_scaling(files[5])
+    results["other_processes_cpu_share"] = load.share()
     print_table(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
@@ -287,6 +322,10 @@ def print_table(r: dict) -> None:
         ratio = "" if orig is None else f"{(orig / value if unit == 's' else value / orig):.1f}x"
         print(f"{label:55s} {value:10.2f} {unit[:3]:>3s} {'' if orig is None else orig:>10} {ratio:>7s} "
               f"{'' if target is None else target:>8}")
+    share = r.get("other_processes_cpu_share")
+    if share is not None:
+        print(f"other processes used {100 * share:.0f} % of the CPUs meanwhile"
+              + ("" if share < 0.05 else ": these are not an idle machine's figures"))
     if "scaling" in r:
         s = r["scaling"]
         print(f"cost vs atoms ({s['atoms'][0]}..{s['atoms'][-1]}): graph exponent {s['graph_exponent']:.2f}, "
