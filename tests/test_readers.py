@@ -422,6 +422,21 @@ def test_validate_overlap_and_close_atoms():
     assert validate_structure(close, min_distance=0.2) == []
 
 
+def test_validate_atoms_close_to_their_own_periodic_image():
+    """An atom's own images were never checked: Cu in a 0.3 Å cell was predicted without a word,
+    and a 0.05 Å cubic cell was refused as 'coplanar'."""
+    thin = Structure(Lattice.orthorhombic(0.3, 5, 5), ["Cu"], [[0, 0, 0]])
+    assert validate_structure(thin) == [
+        "each atom is 0.30 Å from its own periodic image (the cell's shortest translation)"]
+    assert validate_structure(thin, min_distance=0.2) == []
+    skewed = Structure(Lattice([[5, 0, 0], [5.3, 4, 0], [0, 0, 5]]), ["Cu"], [[0, 0, 0]])  # b - a is 4.01 Å
+    assert validate_structure(skewed) == []
+    short = Structure(Lattice([[5, 0, 0], [5.3, 0.02, 0], [0, 0, 5]]), ["Cu"], [[0, 0, 0]])  # b - a is 0.30 Å
+    assert validate_structure(short)[0].startswith("each atom is 0.30 Å from its own periodic image")
+    with pytest.raises(ValueError, match="overlaps its own periodic image: lattice vector a is 0.05 Å long"):
+        validate_structure(Structure(Lattice.cubic(0.05), ["Cu"], [[0, 0, 0]]))
+
+
 def test_validate_large_structures_use_neighbour_search(monkeypatch):
     close = Structure(Lattice.cubic(10), ["Si", "Si", "O"], [[0, 0, 0], [0.97, 0, 0], [0.5, 0.5, 0.5]])
     expected = validate_structure(close)

@@ -490,7 +490,8 @@ from crystalprop.model.matformer import ModelConfig
 from crystalprop.training.config import TrainConfig
 from crystalprop.training.run import train_model
 data, run_dir, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-config = TrainConfig(target="y", epochs=epochs, batch_size=8, lr=5e-3, seed=0, model=ModelConfig(**json.loads(sys.argv[4])))
+config = TrainConfig(target="y", epochs=epochs, batch_size=8, lr=5e-3, seed=0,
+                     model=ModelConfig(**json.loads(sys.argv[4])))
 result = train_model(data, run_dir, config, workers=0)
 print(json.dumps([row["train_loss"] for row in result.history]))
 """

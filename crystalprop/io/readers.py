@@ -469,8 +469,13 @@ def _check_cell(structure: Structure) -> None:
         raise ValueError("lattice has non-finite (NaN or infinite) values")
     if np.abs(matrix).max() > MAX_ABS_COORD:
         raise ValueError(f"lattice vectors longer than {MAX_ABS_COORD:g} Å")
+    lengths = np.linalg.norm(matrix, axis=1)
+    if lengths.min() < OVERLAP_DISTANCE:
+        axis = "abc"[int(lengths.argmin())]
+        raise ValueError(f"every atom overlaps its own periodic image: lattice vector {axis} is "
+                         f"{lengths.min():.3g} Å long")
     volume = abs(float(np.linalg.det(matrix)))
-    scale = float(np.prod(np.linalg.norm(matrix, axis=1)))
+    scale = float(np.prod(lengths))
     if volume < 1e-3 or volume < 1e-6 * scale:
         raise ValueError(
             f"cell volume is zero or near zero ({volume:.3g} Å³): the lattice vectors are (nearly) coplanar"
@@ -503,6 +508,15 @@ def _close_pairs(structure: Structure, cutoff: float) -> list[tuple[int, int, fl
     return sorted(((i, j, d) for (i, j), d in pairs.items()), key=lambda p: p[2])
 
 
+def _shortest_translation(structure: Structure, cutoff: float) -> float | None:
+    """The length of the cell's shortest lattice translation, where it is below ``cutoff`` Å:
+    how far every atom is from its own nearest periodic image."""
+    lattice = structure.lattice
+    _, distances, _, _ = lattice.get_points_in_sphere(np.zeros((1, 3)), np.zeros(3), cutoff, zip_results=False)
+    nonzero = distances[distances > 1e-8] if len(distances) else distances
+    return float(nonzero.min()) if len(nonzero) else None
+
+
 def _close_pair_warnings(pairs: list[tuple[int, int, float]]) -> list[str]:
     shown = [f"atoms {i} and {j} are {d:.2f} Å apart" for i, j, d in pairs[:MAX_REPORTED_CLOSE_PAIRS]]
     hidden = len(pairs) - len(shown)
@@ -513,8 +527,9 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, max_s
     """Reject structures the model cannot use; return warnings for merely odd ones.
 
     Raises ValueError for disorder, a degenerate cell, non-finite or absurd
-    coordinates, too many sites or overlapping atoms (< 0.1 Å). Returns
-    one warning per pair of atoms closer than ``min_distance``.
+    coordinates, too many sites or overlapping atoms (< 0.1 Å, an atom and its own periodic
+    image included). Returns one warning per pair of atoms closer than ``min_distance``, and one
+    where the cell's shortest translation is.
     """
     if len(structure) == 0:
         raise ValueError("structure has no atoms")
@@ -529,7 +544,14 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, max_s
         i, j, d = overlapping[0]
         more = f" (and {len(overlapping) - 1} more pairs)" if len(overlapping) > 1 else ""
         raise ValueError(f"overlapping atoms: atoms {i} and {j} are {d:.3f} Å apart{more}")
-    return _close_pair_warnings([p for p in pairs if p[2] < min_distance])
+    warnings = _close_pair_warnings([p for p in pairs if p[2] < min_distance])
+    shortest = _shortest_translation(structure, max(min_distance, OVERLAP_DISTANCE))
+    if shortest is not None and shortest < OVERLAP_DISTANCE:
+        raise ValueError("every atom overlaps its own periodic image: the cell's shortest translation "
+                         f"is {shortest:.3f} Å")
+    if shortest is not None and shortest < min_distance:
+        warnings.append(f"each atom is {shortest:.2f} Å from its own periodic image (the cell's shortest translation)")
+    return warnings
 
 
 def iter_file_records(path: str, timeout: float | None = READ_TIMEOUT_S) -> Iterator[StructureRecord]:

@@ -3,7 +3,8 @@
 MindSpore ends the process on SIGINT while a graph runs, so the command trains in a child
 process of its own session and turns the terminal's Ctrl-C (and SIGTERM, SIGHUP) into a
 SIGTERM for the child, which the trainer takes as a clean stop; Ctrl-Z and the shell's fg/bg
-stop and continue both. A child whose parent dies stops the same way rather than train unattended. Nothing heavy is imported here.
+stop and continue both. A child whose parent dies stops the same way rather than train
+unattended. Nothing heavy is imported here.
 """
 
 from __future__ import annotations
