@@ -550,7 +550,8 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, max_s
         raise ValueError("every atom overlaps its own periodic image: the cell's shortest translation "
                          f"is {shortest:.3f} Å")
     if shortest is not None and shortest < min_distance:
-        warnings.append(f"each atom is {shortest:.2f} Å from its own periodic image (the cell's shortest translation)")
+        warnings.append(f"each atom is {shortest:.2f} Å from its own periodic image "
+                        "(the cell's shortest translation)")
     return warnings
 
 
