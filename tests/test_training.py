@@ -482,7 +482,7 @@ def test_resume_keeps_the_cells_the_run_was_trained_on(tmp_path):
 #
 # Regression: MindSpore 2.10 starts in PyNative mode, where the learning rate a step sets on the
 # optimizer did not reach it: train_model called without set_device first trained every step at
-# the first rate it saw (the val curves of a 2- and a 12-epoch one-cycle run were the same).
+# the first rate it saw (a 2- and a 12-epoch one-cycle run had the same first epochs).
 
 FRESH_TRAINING = """
 import json, sys
