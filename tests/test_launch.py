@@ -160,10 +160,15 @@ def _trainer_pid(run_dir: Path) -> int:
     return int((run_dir / ".lock").read_text().strip())
 
 
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped, Z: a zombie)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().split(")")[-1].split()[0]
+
+
 def _alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
+        return _state(pid) != "Z"
     except FileNotFoundError:
         return False
 
@@ -264,12 +269,6 @@ def test_cli_sigterm_stops_the_training(data, tmp_path):
         assert not _alive(trainer), "the training process outlived the command"
         assert not (run_dir / ".lock").exists()
         assert train_state(run_dir / "last.ckpt")["state"]["epoch"] < 500
-
-
-def _state(pid: int) -> str:
-    """The process's state letter from /proc (T: stopped)."""
-    with open(f"/proc/{pid}/stat") as handle:
-        return handle.read().split(")")[-1].split()[0]
 
 
 def _wait_for_state(pid: int, stopped: bool, timeout: float = 10) -> bool:

@@ -511,9 +511,10 @@ def _close_pairs(structure: Structure, cutoff: float) -> list[tuple[int, int, fl
 def _shortest_translation(structure: Structure, cutoff: float) -> float | None:
     """The length of the cell's shortest lattice translation, where it is below ``cutoff`` Å:
     how far every atom is from its own nearest periodic image."""
-    lattice = structure.lattice
-    _, distances, _, _ = lattice.get_points_in_sphere(np.zeros((1, 3)), np.zeros(3), cutoff, zip_results=False)
-    nonzero = distances[distances > 1e-8] if len(distances) else distances
+    _, distances, _, _ = structure.lattice.get_points_in_sphere(np.zeros((1, 3)), np.zeros(3), cutoff,
+                                                                zip_results=False)
+    distances = np.asarray(distances)
+    nonzero = distances[distances > 1e-8]  # the origin itself is always found
     return float(nonzero.min()) if len(nonzero) else None
 
 
