@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from crystalprop.cli_options import (
     cell_option, device_option, duration_s, fold_option, models_option, parse_shard, sigma_option,
@@ -29,7 +30,7 @@ from crystalprop.training.schedule import SCHEDULES
 
 def _fail(message: str, code: int = 2) -> None:
     """Print ``message`` as an error and exit with ``code``."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     sys.exit(code)
 
 
@@ -113,7 +114,7 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     if output:
         where = f"; results in {output}" + (f" (provenance in {sidecar_path(output)})" if output.lower().endswith(".csv")
                                             else "")
-    console.print(f"{n_ok} predicted, {n_failed} failed{where}")
+    console.print(f"{n_ok} predicted, {n_failed} failed{where}", markup=False)
     sys.exit(0 if n_failed == 0 else 1)
 
 
@@ -129,7 +130,7 @@ def merge(output, parts, overwrite) -> None:
         n = merge_results(output, parts, overwrite=overwrite)
     except (OutputExistsError, ValueError) as exc:
         _fail(str(exc))
-    console.print(f"{n} rows from {len(parts)} files written to {output}")
+    console.print(f"{n} rows from {len(parts)} files written to {output}", markup=False)
 
 
 @main.command()

@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 import click
 from rich.cells import cell_len
 from rich.console import Console
+from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -81,7 +82,7 @@ def print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:
 
 def print_metrics(result: dict, title: str, value_header: str = "value") -> None:
     """The metrics in ``result`` (those of :data:`METRIC_KEYS` it holds) as a two-column table."""
-    table = Table(title=title)
+    table = Table(title=Text(title))
     table.add_column("metric")
     table.add_column(value_header, justify="right")
     for key in METRIC_KEYS:
@@ -95,16 +96,16 @@ def print_evaluation(result: dict, output_dir: str | None) -> None:
     print_metrics(result, f"{result['model']} on {result['data']} ({result['split']}, n = {result['n']}, "
                           f"{result['cell']} cells)", f"value ({result['unit']})" if result["unit"] else "value")
     console.print(f"{result['split']} split checked against the training data: {result['split_check']}",
-                  highlight=False)
+                  highlight=False, markup=False)
     if output_dir:
-        console.print(f"files in {output_dir}: {', '.join(result['files'])}")
+        console.print(f"files in {output_dir}: {', '.join(result['files'])}", markup=False)
 
 
 def print_ensemble(result: dict, data: str, split: str, output: str) -> None:
     """The report of :func:`crystalprop.evaluation.join_ensemble`: metrics and the members' MAE."""
     print_metrics(result, f"ensemble of {result['members']} on {data} ({split}, n = {result['n']})")
     maes = ", ".join(f"{m:.4g}" for m in result["member_maes"])
-    console.print(f"members' MAE: {maes}; written to {output}", highlight=False)
+    console.print(f"members' MAE: {maes}; written to {output}", highlight=False, markup=False)
 
 
 def stream_rows(batches: Iterable[list[dict]], writer=None) -> tuple[list[dict], int, int]:
@@ -124,7 +125,8 @@ def stream_rows(batches: Iterable[list[dict]], writer=None) -> tuple[list[dict],
                 for row in rows:
                     if row["error"]:
                         n_failed += 1
-                        console.print(f"[yellow]skipped[/] {row['name']}: {row['error']}", highlight=False)
+                        console.print(f"[yellow]skipped[/] {escape(row['name'])}: {escape(row['error'])}",
+                                      highlight=False)
                     else:
                         n_ok += 1
                 if writer:

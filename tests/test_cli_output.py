@@ -100,3 +100,16 @@ def test_piped_models_prints_full_names(shipped_dir, random_ckpt, tmp_path):
     assert done.returncode == 0, done.stderr
     _assert_plain_and_whole(done.stdout, [long_name, "formation_energy_per_atom", str(folder)],
                             ["name", "target", "unit", "val MAE", "trained on", "epochs"])
+
+
+def test_messages_keep_square_brackets(tmp_path, random_ckpt):
+    """File names and advice with [...] reach the terminal as written: rich markup must not eat them
+    (``pip install crystalprop[ase]`` lost its extra; ``empty[red].cif`` was reported as ``empty.cif``)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "empty[red].cif").write_text("")
+    CifWriter(rocksalt(5.64)).write_file(folder / "good.cif")
+    done = run_cli(["predict", folder, "-m", random_ckpt, "-o", tmp_path / "out.csv"])
+    assert "empty[red].cif" in done.stderr, done.stderr
+    missing = run_cli(["predict", folder / "good.cif", "-m", tmp_path / "run[bold]" / "best.ckpt"])
+    assert missing.returncode != 0 and "run[bold]" in missing.stderr, missing.stderr

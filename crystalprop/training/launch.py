@@ -51,7 +51,8 @@ def launch_msrun(workers: int, output_dir: str, threads: int | None, args: Seque
     log_dir = Path(output_dir) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     command = msrun_command(workers, args, log_dir)
-    console.print(f"starting {workers} training processes with msrun; logs in {log_dir}", highlight=False)
+    console.print(f"starting {workers} training processes with msrun; logs in {log_dir}", highlight=False,
+                  markup=False)
     with open(log_dir / "msrun.log", "w") as msrun_log:
         worker = subprocess.Popen(command, env=msrun_environment(), stdout=msrun_log, stderr=subprocess.STDOUT)
         try:

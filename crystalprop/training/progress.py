@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from crystalprop.display import console
@@ -39,7 +40,7 @@ class TrainDisplay:
             p.advance(self.task, info["advance"])
         elif kind == "data":
             console.print(f"data: {info['n_train']} train, {info['n_val']} val, {info['n_skipped']} skipped "
-                          f"(split: {info['split']})")
+                          f"(split: {info['split']})", markup=False)
         elif kind == "start":
             if self.task is not None:
                 p.remove_task(self.task)
@@ -59,7 +60,8 @@ class TrainDisplay:
                           + f", {info['structures_per_s']:.0f} structures/s" + ("  [green]best[/]" if info["best"] else ""))
             p.reset(self.task, total=self.steps)
         elif kind in ("resume", "init_from", "stopping"):
-            console.print(f"{kind}: {info}" if info else "stopping after this step (Ctrl-C again to force)")
+            console.print(f"{kind}: {info}" if info else "stopping after this step (Ctrl-C again to force)",
+                          markup=False)
 
 
 class EnsembleMessages:
@@ -78,7 +80,7 @@ class EnsembleMessages:
         """Show an event of :func:`crystalprop.training.jobs.train` (those of the members have their display)."""
         if kind == "member":
             console.print(f"[bold]member {info['member']} of {info['members']}[/] (seed {info['seed']}) in "
-                          f"{info['run_dir']}", highlight=False)
+                          f"{escape(str(info['run_dir']))}", highlight=False)
         elif kind == "joining":
             self.status.start()
 
@@ -87,7 +89,7 @@ def report_training(result: dict, output_dir: str, members: int) -> bool:
     """Print how a run (or an ensemble of ``members``) ended; whether it is complete."""
     if members == 1:
         console.print(f"[bold]{result['stopped_because']}[/]: best validation MAE {result['best_val_mae']:.4g} at "
-                      f"epoch {result['best_epoch']}; run in {output_dir} (best.ckpt, last.ckpt, history.csv)")
+                      f"epoch {result['best_epoch']}; run in {escape(str(output_dir))} (best.ckpt, last.ckpt, history.csv)")
         return True
     if result["ensemble"] is None:
         console.print(f"member {len(result['members'])} {result['stopped_because']}: --resume continues the ensemble")
@@ -95,5 +97,5 @@ def report_training(result: dict, output_dir: str, members: int) -> bool:
     joined = result["ensemble"]
     console.print(f"ensemble of {members}: validation MAE {joined['mae']:.4g} (members "
                   f"{', '.join(f'{m:.4g}' for m in joined['member_maes'])}); Spearman(σ, |error|) "
-                  f"{joined['sigma_spearman']:.2f}; run in {output_dir} (best.ckpt)", highlight=False)
+                  f"{joined['sigma_spearman']:.2f}; run in {output_dir} (best.ckpt)", highlight=False, markup=False)
     return True
