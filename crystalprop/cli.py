@@ -241,10 +241,12 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--target", "-t", default=None, help="Property column (default: the model's target).")
 @click.option("--split", default=None,
-              help="train, val, test or all (default: test if present, else val). The split is the one the "
-                   "model was trained with; val/test are refused if any of their structures were trained on.")
+              help="train, val, test, all, or unseen: every structure the model was not trained on. Default: "
+                   "test if present, else val, on data with a split of its own (split.json or a split column) "
+                   "or on the model's own data; unseen on other data. The split is the one the model was "
+                   "trained with; val/test are refused if any of their structures were trained on.")
 @click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
-              help="Write predictions.csv, metrics.json, parity.png, error_histogram.png here.")
+              help="Write predictions.csv, metrics.json, parity.png, error_histogram.png (and skipped.log) here.")
 @click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
 @click.option("--id-column", default=None)
 @click.option("--structure-column", default=None)

@@ -97,6 +97,11 @@ def print_evaluation(result: dict, output_dir: str | None) -> None:
                           f"{result['cell']} cells)", f"value ({result['unit']})" if result["unit"] else "value")
     console.print(f"{result['split']} split checked against the training data: {result['split_check']}",
                   highlight=False, markup=False)
+    skipped = result.get("skipped") or []
+    if skipped:
+        shown = "; ".join(f"{rid}: {reason}" for rid, reason in skipped[:3])
+        console.print(f"{len(skipped)} records skipped ({shown}{'; ...' if len(skipped) > 3 else ''})"
+                      + (f"; all in {output_dir}/skipped.log" if output_dir else ""), highlight=False, markup=False)
     if output_dir:
         console.print(f"files in {output_dir}: {', '.join(result['files'])}", markup=False)
 

@@ -107,20 +107,47 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
     return f"not verified (checkpoint records no training ids); split from {dataset.split_source}"
 
 
+def default_split(dataset: Dataset, training: dict) -> str:
+    """The split ``evaluate`` takes when none is given: test if the data has one, else val, where
+    the data fixes its split or is the model's own (its val split is the run's); on other data
+    with no split of its own, every structure the model records it has not trained on."""
+    split = "test" if any(e.split == "test" for e in dataset.entries) else "val"
+    record = training.get("data", {}).get("split_record") or {}
+    own = record.get(f"{split}_ids_sha256") == ids_sha256([e.id for e in dataset.split(split)])
+    if is_random_split(dataset.split_source) and not own and "trained_ids" in record:
+        return "unseen"
+    return split
+
+
+def _unseen(dataset: Dataset, training: dict) -> tuple[list[Entry], str]:
+    """The structures the model records it has not trained on, and a note on those left out."""
+    record = training.get("data", {}).get("split_record") or {}
+    if "trained_ids" not in record:
+        raise ValueError(f"{dataset.origin}: the model records no training ids, so its unseen structures "
+                         "cannot be told; choose --split")
+    trained = set(ids_in_packed([e.id for e in dataset.entries], record["trained_ids"]))
+    entries = [e for e in dataset.entries if e.id not in trained]
+    return entries, f"none trained on; {len(trained)} structures the model was trained on left out"
+
+
 def _split_for(card, data, target, split, path, id_column, structure_column, settings=None):
     """The labelled structures of one split that the model is evaluated on, with their graphs
-    (built with ``settings``, by default the model's)."""
+    (built with ``settings``, by default the model's), and every record left out with its reason."""
     dataset = load_dataset(data, target or card.target, id_column=id_column, structure_column=structure_column,
                            **_split_settings(card.training))
-    if split is None:
-        split = "test" if any(e.split == "test" for e in dataset.entries) else "val"
-    entries = dataset.entries if split == "all" else dataset.split(split)
+    split = split or default_split(dataset, card.training)
+    if split == "unseen":
+        entries, split_check = _unseen(dataset, card.training)
+    else:
+        entries = dataset.entries if split == "all" else dataset.split(split)
     if not entries:
         raise ValueError(f"{data}: no structures in split {split!r}")
-    split_check = check_unseen(entries, split, dataset, card.training, path)
+    if split != "unseen":
+        split_check = check_unseen(entries, split, dataset, card.training, path)
     graphs, errors = build_graphs(entries, settings or card.graph)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
-    return dataset, split, split_check, kept, int(sum(1 for e in errors if e))
+    skipped = list(dataset.skipped) + [(e.id, err) for e, err in zip(entries, errors) if err]
+    return dataset, split, split_check, kept, skipped
 
 
 def _stacked_network(checkpoints: Sequence[tuple[object, dict, Path]], readout: bool = False):
@@ -139,11 +166,16 @@ def _error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:
     if card.transform.log10 and (y > 0).all():
         metrics.update({f"log10_{k}": v for k, v in regression_metrics(np.log10(y), np.log10(pred)).items() if k != "n"})
     zero = y == 0
-    if zero.mean() >= ZERO_FRACTION_FOR_SPLIT_METRICS:
+    if zero.mean() >= ZERO_FRACTION_FOR_SPLIT_METRICS and not zero.all():
         metrics["mae_zero_targets"] = float(np.mean(np.abs(pred[zero] - y[zero])))
         metrics["mae_nonzero_targets"] = float(np.mean(np.abs(pred[~zero] - y[~zero])))
         metrics["n_zero_targets"] = int(zero.sum())
     return metrics
+
+
+def _undefined_as_null(result: dict) -> dict:
+    """``result`` with undefined (NaN) metrics as None, so that metrics.json stays standard JSON."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in result.items()}
 
 
 def evaluate_model(
@@ -173,8 +205,9 @@ def evaluate_model(
     label, path = resolve_model(model)
     card, params = read_checkpoint(path)
     settings = card.graph if cell is None else replace(card.graph, cell=cell)
-    dataset, split, split_check, kept, n_failed = _split_for(card, data, target, split, path, id_column,
-                                                             structure_column, settings)
+    dataset, split, split_check, kept, skipped = _split_for(card, data, target, split, path, id_column,
+                                                            structure_column, settings)
+    n_failed = len(skipped) - len(dataset.skipped)
     y = np.array([e.target for e, _ in kept])
     reference = stored_reference(card, params, path)
     outputs, features = member_outputs(_stacked_network([(card, params, path)], readout=reference is not None),
@@ -186,7 +219,7 @@ def evaluate_model(
         metrics.update(uncertainty_metrics(y, pred, std))
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
               "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,
-              "n_failed": n_failed, **metrics}
+              "n_failed": n_failed, **metrics, "skipped": skipped}
     result["provenance"] = provenance([(label, path)], cell=settings.cell, device=device)
     if out is not None:
         with open(out / "predictions.csv", "w", newline="") as handle:
@@ -198,9 +231,12 @@ def evaluate_model(
         write_sidecar(out / "predictions.csv", result["provenance"])
         label_text = f"{dataset.target} ({card.unit})"
         result["files"] = ["predictions.csv", "predictions.csv.meta.json", "metrics.json"] + _plots(out, y, pred, label_text)
+        if skipped:
+            atomic_write_text(out / "skipped.log", "".join(f"{rid}\t{reason}\n" for rid, reason in skipped))
+            result["files"].append("skipped.log")
         if std is not None:
             result["files"].append(_calibration_plot(out, y, pred, std, label_text))
-        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2))
+        atomic_write_text(out / "metrics.json", json.dumps(_undefined_as_null(result), indent=2, allow_nan=False))
     return result
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,49 @@ def test_shipped_checkpoints_validate_on_their_split_json(model, folder):
         assert note == "none trained on; the same val split as in training"
     else:
         assert note.startswith("not verified") and "split.json" in note
+
+
+def _foreign(data: Path, folder: Path, n_new: int, trained_ids: list[str]) -> tuple[Path, list[dict]]:
+    """``n_new`` of ``data``'s records under ids the model never saw, plus the records of ``trained_ids``."""
+    records = json.loads(Path(data).read_text())
+    new = [{**r, "id": f"new-{k}"} for k, r in enumerate(records[:n_new])]
+    records = new + [r for r in records if r["id"] in trained_ids]
+    path = folder / "theirs.json"
+    path.write_text(json.dumps(records))
+    return path, records
+
+
+def test_evaluate_on_other_data_takes_every_structure_the_model_has_not_seen(run_dir, data, tmp_path):
+    """Data without a split of its own and not the model's: every unseen structure, not a random 10 %."""
+    card, _ = read_checkpoint(run_dir / "best.ckpt")
+    all_ids = [r["id"] for r in json.loads(Path(data).read_text())]
+    trained = ids_in_packed(all_ids, card.training["data"]["split_record"]["trained_ids"])[:5]
+    theirs, _ = _foreign(data, tmp_path, 30, trained)
+    result = evaluate_model(str(run_dir), theirs)
+    assert result["split"] == "unseen" and result["n"] == 30
+    assert "5 structures the model was trained on left out" in result["split_check"]
+
+
+def test_evaluate_names_the_records_it_could_not_use(run_dir, data, tmp_path):
+    theirs, records = _foreign(data, tmp_path, 12, [])
+    records[3]["y"] = float("nan")
+    records[5]["structure"] = {"not": "a structure"}
+    theirs.write_text(json.dumps(records))
+    result = evaluate_model(str(run_dir), theirs, output_dir=tmp_path / "eval")
+    assert result["n"] == 10
+    assert sorted(rid for rid, _ in result["skipped"]) == ["new-3", "new-5"]
+    log = (tmp_path / "eval" / "skipped.log").read_text()
+    assert "new-3\t" in log and "new-5\t" in log and "skipped.log" in result["files"]
+    done = run_cli(["evaluate", run_dir, theirs], cwd=tmp_path)
+    assert done.returncode == 0 and "2 records skipped" in done.stderr and "new-3" in done.stderr, done.stderr
+
+
+def test_metrics_json_is_standard_json_when_a_metric_is_undefined(run_dir, data, tmp_path):
+    """R² of targets that are all equal is undefined: null in metrics.json, not a bare NaN."""
+    theirs, records = _foreign(data, tmp_path, 6, [])
+    theirs.write_text(json.dumps([{**r, "y": 1.5} for r in records]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" reached the terminal
+        evaluate_model(str(run_dir), theirs, output_dir=tmp_path / "eval")
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert metrics["r2"] is None and metrics["n"] == 6
