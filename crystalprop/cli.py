@@ -75,6 +75,7 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
             retry_failed, overwrite, shard, cell) -> None:
     """Predict properties for structure files, folders or glob patterns."""
     from crystalprop.backend import DeviceUnavailableError, single_threaded_blas  # noqa: PLC0415
+    from crystalprop.io.discovery import no_structures_found  # noqa: PLC0415
 
     single_threaded_blas()  # before numpy is imported
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
@@ -85,6 +86,9 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     if retry_failed and not (output and resume):
         _fail("--retry-failed needs --resume and --output")
     part = parse_shard(shard)
+    nothing_to_read = no_structures_found(paths, recursive)
+    if nothing_to_read:
+        _fail(nothing_to_read)
     skip = done_names(Path(output), retry_failed=retry_failed) if output and resume else None
     try:
         with collection_paused():  # start-up: the models (and MindSpore's import, for that engine)

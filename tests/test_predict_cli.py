@@ -366,6 +366,58 @@ def test_cli_refuses_existing_output(files, random_ckpt, tmp_path):
     assert out.read_text() == "precious\n"
 
 
+def test_cli_folders_without_structure_files_are_an_error(files, random_ckpt, tmp_path):
+    """Folders that give no structure file (structures only in sub-folders without -r, other files only,
+    nothing at all) are an error naming them and what they hold, and leave no output file; a structure
+    found anywhere (with -r, or another argument) is predicted as before."""
+    nest = tmp_path / "nest"
+    (nest / "a").mkdir(parents=True)
+    (nest / "b").mkdir()
+    shutil.copy(files[0] / "a.cif", nest / "a" / "a.cif")
+    for name in ("notes.txt", "run.log", "table.dat"):
+        (nest / name).write_text("not a structure\n")
+    (tmp_path / "text").mkdir()
+    for name in ("notes.txt", "x.csv"):
+        (tmp_path / "text" / name).write_text("not a structure\n")
+    (tmp_path / "empty").mkdir()
+    expected = {
+        "nest": ["no structure files found in nest", "3 files not recognised as structures, e.g. notes.txt",
+                 "2 sub-folders: use -r to read them"],
+        "text": ["no structure files found in text (2 files not recognised as structures, e.g. notes.txt)"],
+        "empty": ["no structure files found in empty (it is empty)"],
+    }
+    for folder, parts in expected.items():
+        done = run_cli(["predict", folder, "-m", random_ckpt, "-o", "out.csv"], cwd=tmp_path)
+        message = " ".join(done.stderr.split())
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert all(part in message for part in parts), message
+        assert "predicted" not in message
+        assert sorted(os.listdir(tmp_path)) == ["empty", "in", "nest", "text"]
+    for args in (["nest", "-r"], ["empty", "in/a.cif"]):
+        done = run_cli(["predict", *args, "-m", random_ckpt, "-o", "out.csv", "--overwrite"], cwd=tmp_path)
+        assert done.returncode == 0 and "1 predicted, 0 failed" in done.stderr, done.stderr
+
+
+def test_no_structures_found_counts_what_the_folders_hold(tmp_path):
+    from crystalprop.io.discovery import no_structures_found
+
+    (tmp_path / "nest" / "a" / "deeper").mkdir(parents=True)
+    (tmp_path / "nest" / "a" / "deeper" / "x.txt").write_text("")
+    (tmp_path / "nest" / "y.txt").write_text("")
+    (tmp_path / "other").mkdir()
+    nest, other = str(tmp_path / "nest"), str(tmp_path / "other")
+    assert no_structures_found([nest, other], recursive=True) == (
+        f"no structure files found in {nest}, {other} or their 2 sub-folders "
+        f"(2 files not recognised as structures, e.g. y.txt)")
+    assert no_structures_found([other]) == f"no structure files found in {other} (it is empty)"
+    assert no_structures_found([str(tmp_path / "n*")]) == (
+        f"no structure files found in {tmp_path}/n* (1 file not recognised as structures, e.g. y.txt; "
+        f"1 sub-folder: use -r to read it)")
+    (tmp_path / "nest" / "a" / "deeper" / "s.cif").write_text("")
+    assert no_structures_found([nest], recursive=True) is None
+    assert no_structures_found([str(tmp_path / "missing.cif")]) is None  # the reader reports it
+
+
 def _killed_output(path: Path, ckpt: Path, inputs: list[str], n_done: int, cut: str = "") -> list[dict]:
     """An output file as a killed ``predict -o`` leaves it: ``n_done`` rows flushed, no end, maybe a cut line."""
     from crystalprop.output import ResultWriter

@@ -113,6 +113,50 @@ def iter_structure_paths(args: Iterable[str], recursive: bool = False) -> Iterat
             yield from _iter_arg(arg, recursive)
 
 
+def _given_folders(args: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(argument, folder) for each argument that is a folder or a glob pattern matching folders."""
+    for arg in map(os.fspath, args):
+        matches = sorted(glob.glob(arg, recursive=True)) if _has_glob(arg) and not os.path.exists(arg) else [arg]
+        yield from ((arg, match) for match in matches if os.path.isdir(match))
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def no_structures_found(args: Iterable[str], recursive: bool = False) -> str | None:
+    """None when ``args`` give a path to read (:func:`iter_structure_paths`), else why they give none:
+    the folders named, the files in them not recognised as structures, the sub-folders left unread."""
+    args = list(map(os.fspath, args))
+    if next(iter_structure_paths(args, recursive), None) is not None:
+        return None
+    given = list(_given_folders(args))
+    named = list(dict.fromkeys(arg for arg, _ in given))
+    pending = [folder for _, folder in reversed(given)]
+    files, folders = [], 0
+    while pending:
+        entries = _list_dir(pending.pop()) or []
+        files += [entry.name for entry in entries if _is_file(entry)]
+        subdirs = [entry.path for entry in entries if _is_subdir(entry)]
+        folders += len(subdirs)
+        if recursive:
+            pending.extend(reversed(subdirs))
+    one = len(named) == 1
+    where = ", ".join(named) + (f" or {'its' if one else 'their'} {_plural(folders, 'sub-folder')}"
+                                if recursive and folders else "")
+    held = [f"{_plural(len(files), 'file')} not recognised as structures, e.g. {files[0]}"] if files else []
+    if folders and not recursive:
+        held.append(f"{_plural(folders, 'sub-folder')}: use -r to read {'it' if folders == 1 else 'them'}")
+    return f"no structure files found in {where} ({'; '.join(held) or ('it is' if one else 'they are') + ' empty'})"
+
+
 def iter_records(
     args: Iterable[str], recursive: bool = False, timeout: float | None = READ_TIMEOUT_S
 ) -> Iterator[StructureRecord]:
