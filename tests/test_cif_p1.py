@@ -97,3 +97,16 @@ def test_coincident_sites_in_a_large_cell_are_left_to_pymatgen():
     text = text.replace(line, line.replace(f"{moved[0]:.8f}  {moved[1]:.8f}  {moved[2]:.8f}",
                                            f"{close[0]:.8f}  {close[1]:.8f}  {close[2]:.8f}"))
     assert p1_structure(_block(text)) is None
+
+
+def test_dotted_p1_tag_takes_the_direct_path(monkeypatch):
+    """A CIF2 ``_space_group_symop.operation_xyz`` P1 block, whose operation the reader also copies under
+    the tag pymatgen reads, is still P1 to the direct path."""
+    text = _p1_cif(srtio3()).replace("_symmetry_equiv_pos_as_xyz", "_space_group_symop.operation_xyz")
+    expected = CifParser.from_str(text.replace("symop.", "symop_")).parse_structures(primitive=False)[0]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pymatgen's parse was used")
+
+    monkeypatch.setattr(CifParser, "parse_structures", refuse)
+    _assert_same_structure(structure_from_text(text, "x.cif")[0][1], expected)

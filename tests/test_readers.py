@@ -16,12 +16,14 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 from pymatgen.io.vasp import Poscar
+from pymatgen.symmetry.groups import SpaceGroup
 
 from conftest import SHARED_DATA
 from crystalprop.io import (
     StructureReadError,
     StructureRecord,
     detect_format,
+    iter_file_records,
     iter_records,
     iter_structure_paths,
     read_file,
@@ -165,6 +167,73 @@ def test_cif_without_atoms_names_missing_tag(tmp_path, nacl):
     text = str(CifWriter(nacl))
     reason = reason_of(write(tmp_path / "noatoms.cif", text[: text.index("loop_")]))
     assert "no structure" in reason and "_atom_site" in reason
+
+
+def cubic_cif(a: float, sites: list[tuple[str, float]], symmetry: str = "") -> str:
+    """CIF text of a cubic cell with sites (symbol, x = y = z) and the given symmetry lines."""
+    cell = "".join(f"_cell_length_{axis} {a}\n" for axis in "abc")
+    cell += "".join(f"_cell_angle_{angle} 90\n" for angle in ("alpha", "beta", "gamma"))
+    atoms = "".join(f"{symbol}{i} {symbol} {x} {x} {x}\n" for i, (symbol, x) in enumerate(sites, 1))
+    return (f"data_test\n{cell}{symmetry}\nloop_\n_atom_site_label\n_atom_site_type_symbol\n"
+            f"_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n{atoms}")
+
+
+NACL_SITES = [("Na", 0.0), ("Cl", 0.5)]
+FM3M_OPS = "loop_\n_space_group_symop.operation_xyz\n" + "".join(
+    f"'{op.as_xyz_str()}'\n" for op in SpaceGroup("Fm-3m").symmetry_ops)
+
+
+@pytest.mark.parametrize("symmetry", [
+    "_space_group_name_Hall '-F 4 2 3'",
+    "_symmetry_space_group_name_Hall '-F 4 2 3'",
+    "_space_group.name_Hall '-F  4 2 3'",
+    "_space_group.name_H-M_alt 'F m -3 m'",
+    "_SYMMETRY_SPACE_GROUP_NAME_H-M 'F m -3 m'",
+    "_space_group.IT_number 225",
+    FM3M_OPS,
+])
+def test_cif_symmetry_under_any_tag_expands(tmp_path, symmetry):
+    """A Hall symbol, and dotted (CIF2/mmCIF) or upper-case symmetry tags, were read as a 2-atom P1 cell
+    (CsCl-like) without a word: pymatgen reads none of them."""
+    (record,) = iter_file_records(write(tmp_path / "nacl.cif", cubic_cif(5.69, NACL_SITES, symmetry)))
+    assert record.error is None and record.warnings == []
+    assert len(record.structure) == 8 and record.structure.composition.reduced_formula == "NaCl"
+    assert record.structure.lattice.a == pytest.approx(5.69)
+
+
+def test_cif_hall_symbol_fixes_the_setting():
+    """Diamond in origin choice 2 of Fd-3m (Si at 1/8, 1/8, 1/8): IT number 227 alone means origin choice 1
+    in pymatgen, where that is a 16-fold site; the Hall symbol says which one the file uses."""
+    symmetry = "_space_group_IT_number 227\n_space_group_name_Hall '-F 4vw 2vw 3'"
+    [(_, s)] = structure_from_text(cubic_cif(5.43, [("Si", 0.125)], symmetry), "si.cif")
+    assert len(s) == 8
+    assert min(s.distance_matrix[0][1:]) == pytest.approx(5.43 * 3**0.5 / 4)
+
+
+@pytest.mark.parametrize("symmetry", ["", "_symmetry_space_group_name_H-M ?", "_space_group_name_Hall '.'"])
+def test_cif_without_symmetry_is_p1_with_a_warning(tmp_path, symmetry):
+    """pymatgen warns 'Defaulting to P1' and a one-Cu file became simple-cubic Cu without a word."""
+    (record,) = iter_file_records(write(tmp_path / "cu.cif", cubic_cif(3.615, [("Cu", 0.0)], symmetry)))
+    assert record.error is None and len(record.structure) == 1
+    assert record.warnings == ["no symmetry operations or space group in the file: read as P1"]
+
+
+@pytest.mark.parametrize("symmetry", ["_symmetry_equiv_pos_as_xyz 'x, y, z'", "_symmetry_space_group_name_H-M 'P 1'",
+                                      "_space_group_name_Hall 'P 1'"])
+def test_cif_stated_p1_gives_no_warning(tmp_path, symmetry):
+    (record,) = iter_file_records(write(tmp_path / "cu.cif", cubic_cif(3.615, [("Cu", 0.0)], symmetry)))
+    assert record.error is None and len(record.structure) == 1 and record.warnings == []
+
+
+@pytest.mark.parametrize(("symmetry", "named"), [
+    ("_space_group_name_Hall '-F 4 2 3 (x+1/4,y,z)'", "_space_group_name_Hall '-F 4 2 3 (x+1/4,y,z)'"),
+    ("_symmetry_space_group_name_H-M 'F m 3 q'", "_symmetry_space_group_name_H-M 'F m 3 q'"),
+    ("loop_\n_symmetry_equiv_pos_as_xyz\n'x, y, z'\n'-x, -y, z+0.5.5'",
+     "_symmetry_equiv_pos_as_xyz has an operation that cannot be read: '-x, -y, z+0.5.5'"),
+])
+def test_cif_unreadable_space_group_is_refused(tmp_path, symmetry, named):
+    reason = reason_of(write(tmp_path / "nacl.cif", cubic_cif(5.69, NACL_SITES, symmetry)))
+    assert reason.startswith("CIF data block 'test': cannot apply the symmetry") and named in reason
 
 
 # --- POSCAR ----------------------------------------------------------------

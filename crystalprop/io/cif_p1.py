@@ -59,11 +59,13 @@ def p1_structure(data: dict) -> Structure | None:
 
 
 def _is_identity_only(data: dict) -> bool:
-    """True where the block's only symmetry operation is x, y, z."""
+    """True where the block's only symmetry operation is x, y, z (under each tag that lists operations:
+    the reader copies a CIF2 tag's operations under the one pymatgen reads)."""
     ops = [data[key] for key in SYMOP_KEYS if key in data]
-    if len(ops) != 1:
-        return False
-    listed = ops[0] if isinstance(ops[0], list) else [ops[0]]
+    return bool(ops) and all(_identity_only(listed if isinstance(listed, list) else [listed]) for listed in ops)
+
+
+def _identity_only(listed: list) -> bool:
     return [str(op).replace(" ", "").replace("'", "").lower() for op in listed] == ["x,y,z"]
 
 

@@ -23,6 +23,7 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
+from crystalprop.io.cif_symmetry import p1_fallback, symmetry_supplement
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
 from crystalprop.provenance import KEY as PROVENANCE_KEY
@@ -36,6 +37,9 @@ MAX_ABS_COORD = 1e6
 DISTANCE_MATRIX_MAX_SITES = 2000
 MAX_REPORTED_CLOSE_PAIRS = 10
 MAX_REASON_CHARS = 240
+READ_NOTES_KEY = "crystalprop_read_notes"
+"""``Structure.properties`` key of a parser's notes on what it read (e.g. a CIF without symmetry read as
+P1); :func:`iter_file_records` moves them to the record's warnings."""
 
 _CIF_BLOCK_SPLIT = re.compile(r"^\s*data_", re.MULTILINE)
 _CIF_CELL_TAG = re.compile(r"_cell_length_a", re.IGNORECASE)
@@ -164,23 +168,35 @@ def _split_cif_blocks(text: str) -> list[str]:
     return [f"data_{part}" for part in parts]
 
 
+def _cif_parser(block_text: str, name: str) -> CifParser:
+    try:
+        return CifParser.from_str(block_text)
+    except StructureReadError:
+        raise
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {_one_line(str(exc), 120)}"
+        raise StructureReadError(name, f"malformed or truncated CIF (broken tag or loop_ table; {detail})") from exc
+
+
 def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None:
-    """(block name, structure) for one data block; None for blocks without a cell."""
+    """(block name, structure) for one data block; None for blocks without a cell.
+
+    Symmetry that pymatgen would not read (see :mod:`crystalprop.io.cif_symmetry`) is appended to
+    the block under tags it reads; a block left without any is read as P1 with a note.
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            parser = CifParser.from_str(block_text)
-        except StructureReadError:
-            raise
-        except Exception as exc:
-            detail = f"{type(exc).__name__}: {_one_line(str(exc), 120)}"
-            raise StructureReadError(name, f"malformed or truncated CIF (broken tag or loop_ table; {detail})") from exc
+        parser = _cif_parser(block_text, name)
         blocks = parser.as_dict()  # after pymatgen's clean-up of the tags and coordinates
         if not blocks:
             return None
         block_name, data = next(iter(blocks.items()))
         if "_cell_length_a" not in data:
             return None
+        supplement = symmetry_supplement(data)
+        if supplement:
+            parser = _cif_parser(f"{block_text.rstrip()}\n{supplement}", name)
+            data = next(iter(parser.as_dict().values()))
         fast = p1_structure(data)
         if fast is not None:
             return block_name, fast
@@ -191,6 +207,12 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
         except Exception as exc:
             detail = _warning_summary(caught) or _one_line(str(exc), 160)
             raise StructureReadError(name, f"no structure in CIF data block '{block_name}': {detail}") from exc
+    try:
+        note = p1_fallback(data, parser.warnings)
+    except ValueError as exc:
+        raise StructureReadError(name, f"CIF data block '{block_name}': {exc}") from exc
+    if note:
+        structures[0].properties[READ_NOTES_KEY] = [note]
     return block_name, structures[0]
 
 
@@ -572,8 +594,9 @@ def iter_file_records(path: str, timeout: float | None = READ_TIMEOUT_S) -> Iter
 
 
 def _validated_record(name: str, source: str, structure: Structure) -> StructureRecord:
+    read_notes = structure.properties.pop(READ_NOTES_KEY, [])
     try:
-        notes = validate_structure(structure)
+        notes = read_notes + validate_structure(structure)
     except ValueError as exc:
         return StructureRecord(name, source, None, str(exc))
     except Exception as exc:

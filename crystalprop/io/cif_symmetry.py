@@ -1,0 +1,148 @@
+"""The symmetry of a CIF block, whichever tag spelling or symbol gives it.
+
+pymatgen's ``CifParser`` reads symmetry operations and space-group symbols under a fixed list of
+tag spellings, and reads a Hall symbol only where it happens to spell a Hermann-Mauguin one. The
+dotted CIF2/mmCIF tags (``_space_group_symop.operation_xyz``, ``_space_group.IT_number``), other
+letter cases and most Hall symbols it does not read, and it falls back to P1 with only a Python
+warning: a NaCl cell given as ``-F 4 2 3`` became a two-atom CsCl-like crystal. CIF tags are
+case-insensitive and ``.``, ``_`` spell the same DDL1/DDL2 names, so this module finds the
+symmetry under any spelling, expands Hall symbols with spglib's table of the 530 settings, and
+gives the lines to append so that pymatgen applies it. :func:`p1_fallback` says what to do
+where pymatgen still falls back to P1.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pymatgen.core.operations import SymmOp
+
+SYMOP_TAG = "_space_group_symop_operation_xyz"
+HM_TAG = "_symmetry_space_group_name_H-M"
+IT_TAG = "_symmetry_Int_Tables_number"
+# tag kind -> the normalised spellings (see _normalised), the first kind found wins
+KINDS = {
+    "operations": ("_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz"),
+    "Hall": ("_space_group_name_hall", "_symmetry_space_group_name_hall"),
+    "H-M": ("_symmetry_space_group_name_h_m", "_space_group_name_h_m_alt"),
+    "IT number": ("_space_group_it_number", "_symmetry_int_tables_number"),
+}
+# the exact spellings pymatgen's get_symops reads, by kind (it also tries the Hall tags as H-M)
+PYMATGEN_TAGS = {
+    "operations": {"_symmetry_equiv_pos_as_xyz", "_space_group_symop_operation_xyz"},
+    "H-M": {"_symmetry_space_group_name_H-M", "_symmetry_space_group_name_H_M", "_space_group_name_H-M_alt",
+            "_symmetry_space_group_name_h-m"},
+    "IT number": {"_space_group_IT_number", "_symmetry_Int_Tables_number"},
+}
+UNKNOWN_VALUES = {"", "?", "."}  # CIF's unknown and inapplicable
+PYMATGEN_P1_WARNING = "Defaulting to P1"
+NO_SYMMETRY_NOTE = "no symmetry operations or space group in the file: read as P1"
+
+
+def _normalised(tag: str) -> str:
+    return tag.lower().replace(".", "_").replace("-", "_").rstrip("_")
+
+
+def _given(value: object) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return any(str(v).strip() not in UNKNOWN_VALUES for v in values)
+
+
+def symmetry_tags(data: dict) -> dict[str, list[tuple[str, object]]]:
+    """The block's symmetry tags with a known value, as (tag, value) by kind (see ``KINDS``)."""
+    kind_of = {spelling: kind for kind, spellings in KINDS.items() for spelling in spellings}
+    found: dict[str, list[tuple[str, object]]] = {}
+    for tag, value in data.items():
+        kind = kind_of.get(_normalised(tag))
+        if kind and _given(value):
+            found.setdefault(kind, []).append((tag, value))
+    return found
+
+
+def _hall_key(symbol: str) -> str:
+    return " ".join(symbol.split()).lower()
+
+
+@lru_cache(maxsize=1)
+def _hall_numbers() -> dict[str, int]:
+    import spglib  # noqa: PLC0415  (only for the rare block that gives a Hall symbol alone)
+
+    return {_hall_key(spglib.get_spacegroup_type(n).hall_symbol): n for n in range(1, 531)}
+
+
+def hall_operations(symbol: str) -> list[str] | None:
+    """The symmetry operations (``x, y+1/2, -z``) of a Hall symbol in spglib's table; None for others."""
+    import spglib  # noqa: PLC0415
+
+    number = _hall_numbers().get(_hall_key(symbol))
+    if number is None:
+        return None
+    ops = spglib.get_symmetry_from_database(number)
+    return [SymmOp.from_rotation_and_translation(r, t).as_xyz_str()
+            for r, t in zip(ops["rotations"], ops["translations"])]
+
+
+def _quoted(value: str) -> str:
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def _operations_loop(ops: list[str]) -> str:
+    return f"loop_\n{SYMOP_TAG}\n" + "".join(f"{_quoted(op)}\n" for op in ops)
+
+
+def symmetry_supplement(data: dict) -> str:
+    """CIF lines to append to a block so that pymatgen applies its symmetry; '' where it already does.
+
+    ``data``: one block's tags and values as ``CifParser.as_dict()`` gives them. Listed operations
+    come first (copied under a tag pymatgen reads), then a Hall symbol of spglib's table (it names
+    the setting, which a Hermann-Mauguin symbol or IT number may leave open), then a symbol or
+    number under a tag pymatgen reads, else copied under one.
+    """
+    tags = symmetry_tags(data)
+    if "operations" in tags:
+        if any(tag in PYMATGEN_TAGS["operations"] for tag, _ in tags["operations"]):
+            return ""
+        value = tags["operations"][0][1]
+        return _operations_loop([str(op) for op in (value if isinstance(value, list) else [value])])
+    for _, symbol in tags.get("Hall", []):
+        ops = hall_operations(str(symbol)) if isinstance(symbol, str) else None
+        if ops:
+            return _operations_loop(ops)
+    lines = []
+    for kind, canonical in (("H-M", HM_TAG), ("IT number", IT_TAG)):
+        found = tags.get(kind, [])
+        if found and not any(tag in PYMATGEN_TAGS[kind] for tag, _ in found) and isinstance(found[0][1], str):
+            lines.append(f"{canonical} {_quoted(found[0][1])}\n")
+    return "".join(lines)
+
+
+def _description(data: dict) -> str:
+    """What symmetry the block gives, for a refusal: the tag, and the symbol or a bad operation."""
+    tags = symmetry_tags(data)
+    kind = next(k for k in KINDS if k in tags)
+    tag, value = tags[kind][0]
+    if kind != "operations":
+        return f"{tag} {_quoted(str(value))} is not a space group that pymatgen or spglib can expand"
+    ops = value if isinstance(value, list) else [value]
+    bad = next((str(op) for op in ops if not _parses(str(op))), None)
+    return f"{tag} has an operation that cannot be read" + (f": {_quoted(bad)}" if bad else "")
+
+
+def _parses(op: str) -> bool:
+    try:
+        SymmOp.from_xyz_str(op)
+    except ValueError:
+        return False
+    return True
+
+
+def p1_fallback(data: dict, pymatgen_warnings: list[str]) -> str | None:
+    """None where pymatgen applied a symmetry; else the note for a block that gives none (P1 is right,
+    but a user with an incomplete file must be told). Raises ValueError, with the tag, for a block whose
+    symmetry pymatgen dropped."""
+    if not any(PYMATGEN_P1_WARNING in message for message in pymatgen_warnings):
+        return None
+    if not symmetry_tags(data):
+        return NO_SYMMETRY_NOTE
+    raise ValueError(f"cannot apply the symmetry: {_description(data)}; "
+                     f"list its operations in a {SYMOP_TAG} loop")
