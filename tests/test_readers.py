@@ -506,6 +506,22 @@ def test_validate_atoms_close_to_their_own_periodic_image():
         validate_structure(Structure(Lattice.cubic(0.05), ["Cu"], [[0, 0, 0]]))
 
 
+@pytest.mark.parametrize("symmetry", ["_space_group_name_H-M_alt 'F m -3 m'", "_symmetry_equiv_pos_as_xyz 'x, y, z'"])
+def test_unknown_element_is_refused_by_name(tmp_path, symmetry):
+    """'Xx' became pymatgen's DummySpecies, reported as "Z = [4596438891025889392] in ['Na', 'Xx']" (a new
+    number every run) after a 'canonical cell search failed' warning."""
+    text = cubic_cif(5.69, [("Na", 0.0), ("Xx", 0.5)], symmetry)
+    (record,) = iter_file_records(write(tmp_path / "naxx.cif", text))
+    assert record.structure is None and record.error == "unknown element 'Xx'"
+
+
+def test_unknown_elements_are_named_once_each():
+    coords = [[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0], [0, 0, 0.5]]
+    structure = Structure(Lattice.cubic(6), ["Qq", "Na", "Xx", "Qq"], coords)
+    with pytest.raises(ValueError, match=r"^unknown elements 'Qq', 'Xx'$"):
+        validate_structure(structure)
+
+
 def test_validate_large_structures_use_neighbour_search(monkeypatch):
     close = Structure(Lattice.cubic(10), ["Si", "Si", "O"], [[0, 0, 0], [0.97, 0, 0], [0.5, 0.5, 0.5]])
     expected = validate_structure(close)

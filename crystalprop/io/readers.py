@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import DummySpecies, Lattice, Structure
 from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
@@ -546,16 +546,25 @@ def _close_pair_warnings(pairs: list[tuple[int, int, float]]) -> list[str]:
     return shown + ([f"... and {hidden} more pairs of close atoms"] if hidden > 0 else [])
 
 
+def _check_elements(structure: Structure) -> None:
+    """Refuse pymatgen's DummySpecies (a symbol that is no element, e.g. 'Xx'), naming only those."""
+    unknown = sorted({sp.symbol for sp in structure.composition if isinstance(sp, DummySpecies)})
+    if unknown:
+        names = ", ".join(f"'{symbol}'" for symbol in unknown)
+        raise ValueError(f"unknown element{'s' if len(unknown) > 1 else ''} {names}")
+
+
 def validate_structure(structure: Structure, *, min_distance: float = 0.5, max_sites: int = 5000) -> list[str]:
     """Reject structures the model cannot use; return warnings for merely odd ones.
 
-    Raises ValueError for disorder, a degenerate cell, non-finite or absurd
+    Raises ValueError for unknown elements, disorder, a degenerate cell, non-finite or absurd
     coordinates, too many sites or overlapping atoms (< 0.1 Å, an atom and its own periodic
     image included). Returns one warning per pair of atoms closer than ``min_distance``, and one
     where the cell's shortest translation is.
     """
     if len(structure) == 0:
         raise ValueError("structure has no atoms")
+    _check_elements(structure)
     _check_ordered(structure)
     if len(structure) > max_sites:
         raise ValueError(f"{len(structure)} sites exceed the limit of {max_sites}")
