@@ -108,8 +108,8 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
             _fail(str(exc))
     with collection_paused():
         predictor.compile()  # else done by iter_rows: the same, without the collector
-    rows_shown, n_ok, n_failed = stream_rows(predictor.iter_rows(reader, batch_size=batch_size,
-                                                                 batch_memory=batch_memory << 20), writer)
+    rows_shown, n_ok, n_failed, stopped = stream_rows(predictor.iter_rows(reader, batch_size=batch_size,
+                                                                          batch_memory=batch_memory << 20), writer)
     if not output or len(rows_shown) <= TABLE_LIMIT:
         print_rows(rows_shown[:TABLE_LIMIT], predictor.columns)
         if len(rows_shown) > TABLE_LIMIT:
@@ -118,8 +118,10 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     if output:
         where = f"; results in {output}" + (f" (provenance in {sidecar_path(output)})" if output.lower().endswith(".csv")
                                             else "")
+    if stopped:
+        where = ", interrupted before the end" + where + ("; --resume continues" if output else "")
     console.print(f"{n_ok} predicted, {n_failed} failed{where}", markup=False)
-    sys.exit(0 if n_failed == 0 else 1)
+    sys.exit(128 + stopped if stopped else 0 if n_failed == 0 else 1)
 
 
 @main.command()

@@ -6,6 +6,7 @@ otherwise (pipes, files, narrow terminals), where rich would cut names and heade
 
 from __future__ import annotations
 
+import signal
 from typing import Iterable, Sequence
 
 import click
@@ -113,14 +114,15 @@ def print_ensemble(result: dict, data: str, split: str, output: str) -> None:
     console.print(f"members' MAE: {maes}; written to {output}", highlight=False, markup=False)
 
 
-def stream_rows(batches: Iterable[list[dict]], writer=None) -> tuple[list[dict], int, int]:
+def stream_rows(batches: Iterable[list[dict]], writer=None) -> tuple[list[dict], int, int, int | None]:
     """Consume prediction rows batch by batch with a progress line, naming each failure as it comes.
 
     Every batch goes to ``writer`` (a :class:`crystalprop.output.ResultWriter`, closed at the
     end) as it arrives, so Ctrl-C keeps what is done. Returns the first rows (for the table),
-    the structures predicted and the structures failed (an interruption counts as a failure).
+    the structures predicted, the structures failed, and the signal that stopped the stream
+    before its end (None when it ran to the end).
     """
-    shown, n_ok, n_failed = [], 0, 0
+    shown, n_ok, n_failed, stopped = [], 0, 0, None
     progress = Progress(TextColumn("[bold]predicting"), BarColumn(), TextColumn("{task.completed} structures"),
                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=True)
     with progress:
@@ -141,9 +143,9 @@ def stream_rows(batches: Iterable[list[dict]], writer=None) -> tuple[list[dict],
                 elapsed = progress.tasks[0].elapsed or 1e-9
                 progress.update(task, advance=len(rows), rate=f"{(n_ok + n_failed) / elapsed:.1f}/s")
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: results so far are saved" if writer else "[yellow]interrupted[/]")
-            n_failed += 1
+            stopped = signal.SIGINT
+            console.print(f"[yellow]interrupted[/] ({stopped.name})" + (": results so far are saved" if writer else ""))
         finally:
             if writer:
                 writer.close()
-    return shown, n_ok, n_failed
+    return shown, n_ok, n_failed, stopped

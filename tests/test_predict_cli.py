@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from pymatgen.io.cif import CifWriter
 
-from conftest import (TINY, _random_checkpoint, cell_graph_of, graph_of, make_structures, perovskite, rocksalt,
+from conftest import (CLI, TINY, _random_checkpoint, cell_graph_of, graph_of, make_structures, perovskite, rocksalt,
                       rocksalt_conventional, run_cli)
 from crystalprop.backend import mindspore_module, set_device
 
@@ -486,6 +487,40 @@ def test_cli_resume_after_a_row_cut_mid_write(files, random_ckpt, tmp_path, suff
         got = [json.loads(line) for line in out.read_text().splitlines() if line.strip() != partial]
     assert sorted(r["name"] for r in got) == inputs
     assert all(r["rand"] not in ("", None) and r["formula"] for r in got)
+
+
+def _default_stop_signals() -> None:
+    """In the child, before exec: the stop signals as a terminal leaves them (a shell's background job
+    started pytest with SIGINT ignored, and a child inherits that)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize(("sig", "workers"), [(signal.SIGINT, "1"), (signal.SIGINT, "0")])
+def test_cli_stopped_by_a_signal_keeps_a_valid_file_and_says_so(files, random_ckpt, tmp_path, sig, workers):
+    """Ctrl-C while an input is being read: the rows so far are in a valid JSON file, nothing is counted
+    as failed, the exit status is 128 + the signal's number, and --resume finishes the run."""
+    inputs = ["in/a.cif", "in/b.vasp", "slow.cif"]
+    os.mkfifo(tmp_path / "slow.cif")  # reading it waits for a writer that never comes: a slow input
+    out = tmp_path / "out.json"
+    proc = subprocess.Popen(CLI + ["predict", *inputs, "-m", str(random_ckpt), "-o", "out.json", "--batch-size", "1",
+                                   "--workers", workers], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_stop_signals)
+    deadline = time.monotonic() + 120
+    while "in/b.vasp" not in (out.read_text() if out.is_file() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    message = " ".join(stderr.split())
+    assert proc.returncode == 128 + sig and "Traceback" not in stderr, stderr
+    assert "2 predicted, 0 failed, interrupted" in message, message
+    assert [r["name"] for r in json.loads(out.read_text())["results"]] == inputs[:2]
+    (tmp_path / "slow.cif").unlink()
+    shutil.copy(files[0] / "c.cif", tmp_path / "slow.cif")
+    resumed = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", "out.json", "--resume"], cwd=tmp_path)
+    assert resumed.returncode == 0 and "1 predicted, 0 failed" in resumed.stderr, resumed.stderr
+    assert [r["name"] for r in json.loads(out.read_text())["results"]] == inputs
 
 
 def test_cli_gpu_fails_fast_and_clearly(files, random_ckpt, tmp_path):
