@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from crystalprop.lazy import lazy_attributes
+
 __version__ = "0.1.0"
 
 if os.name != "posix":  # training relies on POSIX process groups and signals (setsid, SIGHUP, SIGTERM)
@@ -13,22 +15,12 @@ if os.name != "posix":  # training relies on POSIX process groups and signals (s
 __all__ = ["__version__", "evaluate", "predict", "train"]
 
 
-def predict(*args, **kwargs):
-    """Predict properties of structures or files; see :func:`crystalprop.predictor.predict`."""
-    from crystalprop.predictor import predict as _predict  # lazy: keeps `import crystalprop` fast
+_HOMES = {"predict": "predictor", "train": "training.jobs", "evaluate": "evaluation:evaluate_model"}
+"""Where each public function lives: loaded on first use (keeps ``import crystalprop`` light), the
+function itself, so that ``help()`` and IDEs see its parameters."""
 
-    return _predict(*args, **kwargs)
-
-
-def train(*args, **kwargs):
-    """Train a model on a labelled data set; see :func:`crystalprop.training.jobs.train`."""
-    from crystalprop.training.jobs import train as _train  # lazy, as predict
-
-    return _train(*args, **kwargs)
+__getattr__ = lazy_attributes("crystalprop", _HOMES)
 
 
-def evaluate(*args, **kwargs):
-    """Measure a model on a labelled data set; see :func:`crystalprop.evaluation.evaluate_model`."""
-    from crystalprop.evaluation import evaluate_model  # lazy, as predict
-
-    return evaluate_model(*args, **kwargs)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
