@@ -252,7 +252,10 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
                    "or on the model's own data; unseen on other data. The split is the one the model was "
                    "trained with; val/test are refused if any of their structures were trained on.")
 @click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
-              help="Write predictions.csv, metrics.json, parity.png, error_histogram.png (and skipped.log) here.")
+              help="Write predictions.csv, metrics.json, parity.png, error_histogram.png (and skipped.log) here; "
+                   "a folder holding an earlier evaluation is refused without --overwrite.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier evaluation in --output-dir (its files only; nothing else there is touched).")
 @click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
 @click.option("--id-column", default=None)
 @click.option("--structure-column", default=None)
@@ -260,11 +263,12 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
 def evaluate(model, data, **options) -> None:
     """Measure MODEL (shipped name, .ckpt or run dir) on a labelled DATA set."""
     from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
+    from crystalprop.output import OutputExistsError  # noqa: PLC0415
 
     try:
         with console.status("evaluating"):
             result = evaluate_model(model, data, **options)
-    except ValueError as exc:  # CheckpointError, DatasetError
+    except (OutputExistsError, ValueError) as exc:  # CheckpointError, DatasetError
         _fail(str(exc))
     print_evaluation(result, options["output_dir"])
 

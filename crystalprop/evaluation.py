@@ -25,6 +25,28 @@ from crystalprop.provenance import file_sha256, provenance, write_sidecar
 from crystalprop.training.config import EVAL_BATCH_SIZE
 
 ZERO_FRACTION_FOR_SPLIT_METRICS = 0.1  # e.g. band gaps: report metals and gapped apart
+RESULT_FILES = ("predictions.csv", "metrics.json")  # an evaluation's results: a folder holding one is refused
+EVALUATION_FILES = (*RESULT_FILES, "predictions.csv.meta.json", "parity.png", "error_histogram.png",
+                    "calibration.png", "skipped.log")  # every file evaluate writes, removed by overwrite
+
+
+def _output_folder(output_dir: str | Path, overwrite: bool) -> Path:
+    """The results folder, made before the work; OutputExistsError where it holds an earlier
+    evaluation's results and ``overwrite`` is not given."""
+    from crystalprop.output import OutputExistsError  # noqa: PLC0415
+
+    folder = Path(output_dir)
+    earlier = [name for name in RESULT_FILES if (folder / name).exists()]
+    if earlier and not overwrite:
+        raise OutputExistsError(f"{folder} holds an earlier evaluation ({', '.join(earlier)}): "
+                                "use --overwrite to replace it or choose another folder")
+    return make_folder(folder)
+
+
+def _remove_earlier(out: Path) -> None:
+    """Remove the files an earlier evaluation wrote into ``out`` (and nothing else), so none is left stale."""
+    for name in EVALUATION_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _plots(out: Path, y: np.ndarray, p: np.ndarray, label: str) -> list[str]:
@@ -190,17 +212,21 @@ def evaluate_model(
     structure_column: str | None = None,
     device: str = "CPU",
     cell: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Metrics of ``model`` on one split (default: test if the data has one, else val); for an
     ensemble also how well its σ tells the size of its errors.
 
     ``cell``: ``canonical`` or ``as-given`` instead of the model's own cell setting.
+    ``output_dir`` holding an earlier evaluation (predictions.csv or metrics.json) is refused with
+    :class:`crystalprop.output.OutputExistsError` unless ``overwrite``, which removes that
+    evaluation's files (:data:`EVALUATION_FILES`, nothing else) before the new ones are written.
     """
     from crystalprop.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
     from crystalprop.registry import resolve_model  # noqa: PLC0415
 
-    out = make_folder(output_dir) if output_dir else None  # before the work, not after it
+    out = _output_folder(output_dir, overwrite) if output_dir else None  # before the work, not after it
     set_device(device)
     label, path = resolve_model(model)
     card, params = read_checkpoint(path)
@@ -222,6 +248,7 @@ def evaluate_model(
               "n_failed": n_failed, **metrics, "skipped": skipped}
     result["provenance"] = provenance([(label, path)], cell=settings.cell, device=device)
     if out is not None:
+        _remove_earlier(out)
         with open(out / "predictions.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["id", "true", "predicted", "error"] + (["std"] if std is not None else []))

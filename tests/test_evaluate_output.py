@@ -1,0 +1,66 @@
+"""``evaluate -o DIR``: an earlier evaluation's results are kept unless ``--overwrite`` replaces them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_json_dataset
+from crystalprop.backend import set_device
+
+set_device("CPU")
+
+from crystalprop.evaluation import evaluate_model  # noqa: E402
+from crystalprop.output import OutputExistsError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_json_dataset(tmp_path_factory.mktemp("data") / "data.json", 6)
+
+
+@pytest.mark.parametrize("earlier", ["metrics.json", "predictions.csv"])
+def test_evaluate_refuses_a_folder_holding_an_earlier_evaluation(random_ckpt, data, tmp_path, earlier):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / earlier).write_text("earlier\n")
+    with pytest.raises(OutputExistsError, match=rf"{out}.*{earlier}.*--overwrite"):
+        evaluate_model(str(random_ckpt), data, split="all", output_dir=out)
+    assert (out / earlier).read_text() == "earlier\n"
+
+
+def test_evaluate_writes_into_a_folder_without_results(random_ckpt, data, tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine\n")
+    evaluate_model(str(random_ckpt), data, split="all", output_dir=out)
+    assert (out / "metrics.json").is_file() and (out / "notes.txt").read_text() == "mine\n"
+
+
+def test_overwrite_removes_the_earlier_evaluations_own_files_only(random_ckpt, data, tmp_path):
+    """A model without σ writes no calibration.png: an earlier one must not stay beside its results."""
+    out = tmp_path / "eval"
+    out.mkdir()
+    for name in ("predictions.csv", "predictions.csv.meta.json", "metrics.json", "parity.png",
+                 "error_histogram.png", "calibration.png", "skipped.log"):
+        (out / name).write_text("earlier\n")
+    (out / "notes.txt").write_text("mine\n")
+    result = evaluate_model(str(random_ckpt), data, split="all", output_dir=out, overwrite=True)
+    assert not (out / "calibration.png").exists() and not (out / "skipped.log").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted([*result["files"], "notes.txt"])
+    assert json.loads((out / "metrics.json").read_text())["n"] == 6
+    assert (out / "notes.txt").read_text() == "mine\n"
+
+
+def test_cli_refuses_then_overwrites(random_ckpt, data, tmp_path):
+    out = tmp_path / "eval"
+    assert run_cli(["evaluate", random_ckpt, data, "--split", "all", "-o", out]).returncode == 0
+    (out / "calibration.png").write_text("stale\n")
+    done = run_cli(["evaluate", random_ckpt, data, "--split", "all", "-o", out])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert str(out) in done.stderr and "--overwrite" in done.stderr
+    done = run_cli(["evaluate", random_ckpt, data, "--split", "all", "-o", out, "--overwrite"])
+    assert done.returncode == 0, done.stderr
+    assert not (out / "calibration.png").exists()
