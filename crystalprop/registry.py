@@ -63,6 +63,7 @@ def describe_models() -> list[list[str]]:
         mae = metrics.get("log10_mae") if card.transform.log10 else metrics.get("mae")
         mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "")
         data = card.training.get("data", {})
+        epochs = card.training.get("cumulative_epochs", card.training.get("epochs", ""))
         rows.append([name, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
-                     str(card.training.get("cumulative_epochs", card.training.get("epochs", ""))), cached_file_sha256(path)])
+                     f"{epochs:g}" if isinstance(epochs, (int, float)) else str(epochs), cached_file_sha256(path)])
     return rows

@@ -106,3 +106,11 @@ def test_shipped_models_give_one_answer_per_crystal(monkeypatch):
             reference = values[f"{name}/given"]
             for label, value in values.items():
                 assert value == pytest.approx(reference, rel=1e-4, abs=1e-6), f"{model} on {label}: {values}"
+
+
+def test_models_table_gives_whole_epochs_as_integers():
+    """`crystalprop models` showed 218.0 epochs."""
+    from crystalprop.registry import MODEL_COLUMNS, describe_models
+
+    epochs = [row[MODEL_COLUMNS.index("epochs")] for row in describe_models()]
+    assert epochs and all(e.isdigit() for e in epochs), epochs
