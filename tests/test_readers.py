@@ -350,6 +350,22 @@ def test_json_bad_cases(tmp_path, nacl):
     assert "item 1" in reason_of(write(tmp_path / "mixed.json", json.dumps([nacl.as_dict(), {"a": 1}])))
 
 
+def test_json_list_fails_only_its_bad_items(tmp_path, nacl, quartz_like):
+    """As a CIF's bad block, a bad item of a JSON list is a failed record of its own, named by its
+    index (or id); the good items are read. read_file, which has no place for a failure, still raises."""
+    path = write(tmp_path / "list.json", json.dumps([nacl.as_dict(), {"foo": 1}, quartz_like.as_dict(),
+                                                     {"id": "x-9", "structure": {"bar": 2}}]))
+    records = list(iter_file_records(path, None))
+    assert [r.name for r in records] == [f"{path}#0", f"{path}#1", f"{path}#2", f"{path}#x-9"]
+    assert [r.source for r in records] == [path] * 4
+    assert [len(r.structure) if r.structure else None for r in records] == [8, None, 9, None]
+    assert records[1].error.startswith("item 1: not a pymatgen Structure dict") and "foo" in records[1].error
+    assert records[3].error.startswith("item 3: not a pymatgen Structure dict") and "bar" in records[3].error
+    assert records[0].error is None and records[2].error is None
+    assert reason_of(path).startswith("item 1: not a pymatgen Structure dict")
+    assert [r.error for r in iter_file_records(path, 5)] == [r.error for r in records]
+
+
 def test_structure_from_dict_public(nacl):
     assert structure_from_dict(nacl.as_dict()) == nacl
     with pytest.raises(ValueError):

@@ -56,6 +56,10 @@ class StructureReadError(Exception):
         self.reason = reason
 
 
+NameItem = tuple[str, Structure | StructureReadError]
+"""One structure of a file, or why that one could not be read (the file's other structures are kept)."""
+
+
 @dataclass
 class StructureRecord:
     """One structure (or one failure) found while reading inputs.
@@ -340,44 +344,60 @@ def _unwrap(item: Any) -> tuple[str | None, Any]:
     return (None if ident is None else str(ident)), item[inner_key]
 
 
-def _json_item(item: Any, label: str) -> tuple[str | None, Structure]:
+def _json_item(item: Any, label: str, name: str) -> tuple[str | None, Structure | StructureReadError]:
+    """(id, structure) of one JSON item, or (id, the error naming ``label``) where it is no structure."""
     ident, inner = _unwrap(item)
     try:
         return ident, structure_from_dict(inner)
     except ValueError as exc:
-        raise ValueError(f"{label}: {exc}") from exc
+        return ident, StructureReadError(name, f"{label}: {exc}")
 
 
-def _read_json(text: str, name: str) -> list[NameStructure]:
-    """A structure dict, a wrapped record, or a list of either (``path#i`` / ``path#id``, repeats ``~2``)."""
+def _read_json(text: str, name: str) -> list[NameItem]:
+    """A structure dict, a wrapped record, or a list of either (``path#i`` / ``path#id``, repeats ``~2``);
+    a bad item of a list is an error of its own, not of the whole file."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise StructureReadError(name, f"invalid or truncated JSON: {_one_line(str(exc), 160)}") from exc
-    try:
-        if isinstance(data, list):
-            if not data:
-                raise ValueError("JSON holds an empty list")
-            items = [_json_item(item, f"item {i}") for i, item in enumerate(data)]
-            labels = _unique_block_names([str(i) if ident is None else ident for i, (ident, _) in enumerate(items)])
-            return [(f"{name}#{label}", s) for label, (_, s) in zip(labels, items)]
-        return [(name, _json_item(data, "JSON")[1])]
-    except ValueError as exc:
-        raise StructureReadError(name, str(exc)) from exc
+    if not isinstance(data, list):
+        found = _json_item(data, "JSON", name)[1]
+        if isinstance(found, StructureReadError):
+            raise found
+        return [(name, found)]
+    if not data:
+        raise StructureReadError(name, "JSON holds an empty list")
+    items = [_json_item(item, f"item {i}", name) for i, item in enumerate(data)]
+    labels = _unique_block_names([str(i) if ident is None else ident for i, (ident, _) in enumerate(items)])
+    return [(f"{name}#{label}", s) for label, (_, s) in zip(labels, items)]
 
 
-_PARSERS: dict[str, Callable[[str, str], list[NameStructure]]] = {
+_PARSERS: dict[str, Callable[[str, str], list[NameItem]]] = {
     "cif": _read_cif,
     "poscar": _read_poscar,
     "json": _read_json,
 }
 
 
+def _every_structure(items: list[NameItem]) -> list[NameStructure]:
+    """``items`` where each was read; else the first item's error is raised."""
+    for _, item in items:
+        if isinstance(item, StructureReadError):
+            raise item
+    return items
+
+
 def structure_from_text(text: str, name: str) -> list[NameStructure]:
     """Detect the format of a structure text and parse it into (name, structure) pairs.
 
     CIF, POSCAR and JSON are read by pymatgen; the formats of ``ASE_FORMATS`` by ASE.
+    Any structure that cannot be read raises :class:`StructureReadError`.
     """
+    return _every_structure(_items_from_text(text, name))
+
+
+def _items_from_text(text: str, name: str) -> list[NameItem]:
+    """As :func:`structure_from_text`, with a bad item of a JSON list as an error of its own."""
     text = text.lstrip("\ufeff")
     if not text.strip():
         raise StructureReadError(name, "empty file")
@@ -458,18 +478,28 @@ def read_file(path: str) -> list[NameStructure]:
 
     Every failure raises :class:`StructureReadError` with a one-line reason.
     """
+    return _every_structure(_file_items(path))
+
+
+def _file_items(path: str) -> list[NameItem]:
+    """As :func:`read_file`, with a bad item of a JSON list as an error of its own."""
     path = os.fspath(path)
     data = read_bytes(path)
     if not data.strip():
         raise StructureReadError(path, "empty file")
-    return structure_from_text(_decode(data, path), path)
+    return _items_from_text(_decode(data, path), path)
+
+
+def _within(read: Callable[[str], list[NameItem]], path: str, seconds: float) -> list[NameItem]:
+    """``read(path)`` with a wall-clock limit (see :func:`run_with_time_limit`)."""
+    path = os.fspath(path)
+    reason = f"took longer than {seconds:g} s to parse; skipped"
+    return run_with_time_limit(lambda: read(path), seconds, lambda: StructureReadError(path, reason))
 
 
 def read_file_with_timeout(path: str, seconds: float) -> list[NameStructure]:
     """:func:`read_file` with a wall-clock limit (see :func:`run_with_time_limit`)."""
-    path = os.fspath(path)
-    reason = f"took longer than {seconds:g} s to parse; skipped"
-    return run_with_time_limit(lambda: read_file(path), seconds, lambda: StructureReadError(path, reason))
+    return _within(read_file, path, seconds)
 
 
 DISORDER_REASON = (
@@ -588,9 +618,10 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, max_s
 
 
 def iter_file_records(path: str, timeout: float | None = READ_TIMEOUT_S) -> Iterator[StructureRecord]:
-    """Records for one file: one per valid structure, or one carrying the error."""
+    """Records for one file: one per valid structure, or one carrying the error (of the whole file, or
+    of one item of a JSON list, named ``path#i`` or ``path#id``, whose other items are kept)."""
     try:
-        pairs = read_file_with_timeout(path, timeout) if timeout else read_file(path)
+        pairs = _within(_file_items, path, timeout) if timeout else _file_items(path)
     except StructureReadError as exc:
         yield StructureRecord(path, path, None, exc.reason)
         return
@@ -599,7 +630,10 @@ def iter_file_records(path: str, timeout: float | None = READ_TIMEOUT_S) -> Iter
         yield StructureRecord(path, path, None, reason)
         return
     for name, structure in pairs:
-        yield _validated_record(name, path, structure)
+        if isinstance(structure, StructureReadError):
+            yield StructureRecord(name, path, None, structure.reason)
+        else:
+            yield _validated_record(name, path, structure)
 
 
 def _validated_record(name: str, source: str, structure: Structure) -> StructureRecord:
