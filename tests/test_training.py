@@ -207,6 +207,20 @@ def test_resume_refuses_another_model_configuration(run_a, data, tmp_path):
         train_model(data, tmp_path / "empty", config(), workers=1, resume=True)
 
 
+def test_resume_of_a_finished_run_starts_no_epoch(run_a, data, tmp_path):
+    """`train --resume` on a finished run showed a progress bar for "epoch 5/4"; it now only reports the result."""
+    run_dir = tmp_path / "done"
+    run_dir.mkdir()
+    for name in ("last.ckpt", "best.ckpt", "history.csv"):
+        (run_dir / name).write_bytes((run_a[1] / name).read_bytes())
+    events = []
+    result = train_model(data, run_dir, config(), workers=1, resume=True,
+                         on_event=lambda kind, info: events.append((kind, info)))
+    assert [kind for kind, _ in events if kind in ("start", "step", "epoch")] == []
+    assert result.stopped_because == "finished" and result.epochs_done == 4
+    assert result.best_val_mae == run_a[0].best_val_mae
+
+
 # --- warm start, log10, patience ---------------------------------------------------------------
 
 

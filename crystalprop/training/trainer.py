@@ -299,9 +299,10 @@ class Trainer:
         # into SIGTERM (see training/launch.py); SIGINT is still caught here between steps.
         previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
         loop.last_save = time.monotonic()
-        self.on_event("start", {"steps_per_epoch": loop.steps_per_epoch, "epochs": self.config.epochs,
-                                "epoch": loop.state["epoch"], "n_train": len(self.train_graphs),
-                                "n_val": len(self.val_graphs)})
+        if loop.state["epoch"] < self.config.epochs:  # else a finished run, resumed: nothing to start
+            self.on_event("start", {"steps_per_epoch": loop.steps_per_epoch, "epochs": self.config.epochs,
+                                    "epoch": loop.state["epoch"], "n_train": len(self.train_graphs),
+                                    "n_val": len(self.val_graphs)})
         try:
             stopped_because = self._epochs(loop)
         finally:
