@@ -622,6 +622,25 @@ def test_discovery_skips_crystalprop_results_in_folders(tmp_path, nacl):
     assert "crystalprop's own results" in reason_of(named)
 
 
+def test_discovery_skips_the_metrics_evaluate_wrote(tmp_path, nacl):
+    """evaluate's metrics.json (it opens with the model and its checkpoint; predictions.csv.meta.json
+    lies beside it) is no input of predict -r; a user's structure called metrics.json still is."""
+    metrics = {"model": "y", "checkpoint": "/runs/y/best.ckpt", "data": "d.json", "target": "y", "n": 6,
+               "provenance": {"models": []}}
+    (tmp_path / "eval").mkdir()
+    write(tmp_path / "eval" / "metrics.json", json.dumps(metrics, indent=2))
+    write(tmp_path / "eval" / "predictions.csv.meta.json", json.dumps({"crystalprop_provenance": {}}, indent=2))
+    (tmp_path / "bare").mkdir()
+    write(tmp_path / "bare" / "metrics.json", json.dumps(metrics))  # alone: told by its content
+    (tmp_path / "side").mkdir()
+    write(tmp_path / "side" / "metrics.json", json.dumps({"mae": 0.1, "model": "y"}))
+    write(tmp_path / "side" / "predictions.csv.meta.json", json.dumps({"crystalprop_provenance": {}}, indent=2))
+    (tmp_path / "mine").mkdir()
+    write(tmp_path / "mine" / "metrics.json", json.dumps(nacl.as_dict()))
+    assert rel(iter_structure_paths([str(tmp_path)], recursive=True), tmp_path) == ["mine/metrics.json"]
+    assert "evaluate" in reason_of(str(tmp_path / "eval" / "metrics.json"))
+
+
 def test_discovery_streams(tree, monkeypatch):
     calls: list[str] = []
     real_scandir = os.scandir

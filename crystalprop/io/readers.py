@@ -329,6 +329,8 @@ def structure_from_dict(d: dict[str, Any]) -> Structure:
         raise ValueError(f"invalid structure dict: {type(exc).__name__}: {_one_line(str(exc), 120)}") from exc
     if PROVENANCE_KEY in d:
         raise ValueError("crystalprop's own results (the output of predict), not a structure")
+    if {"model", "checkpoint", "provenance"} <= d.keys():
+        raise ValueError("crystalprop's own results (the metrics.json of evaluate), not a structure")
     keys = ", ".join(sorted(map(str, d))[:8])
     raise ValueError(f"not a pymatgen Structure dict or JARVIS atoms dict (keys: {keys})")
 
