@@ -366,6 +366,26 @@ def test_json_list_fails_only_its_bad_items(tmp_path, nacl, quartz_like):
     assert [r.error for r in iter_file_records(path, 5)] == [r.error for r in records]
 
 
+def test_json_reads_the_training_data_formats(tmp_path, nacl, quartz_like):
+    """What train and evaluate read, predict reads: records with the structure as a dict or as
+    CIF/POSCAR text (under structure, atoms, cif or poscar), in a list, JSON Lines or under "records"."""
+    records = [{"id": "mp-1", "structure": str(CifWriter(nacl)), "y": 1.0},
+               {"id": "mp-2", "poscar": Poscar(quartz_like).get_str(), "y": 2.0},
+               {"material_id": "mp-3", "cif": str(CifWriter(quartz_like)), "y": 3.0},
+               {"id": "mp-4", "structure": nacl.as_dict(), "y": 4.0}]
+    sizes = [8, 9, 9, 8]
+    listed = write(tmp_path / "data.json", json.dumps(records))
+    lines = write(tmp_path / "data.jsonl", "\n".join(json.dumps(r) for r in records) + "\n")
+    wrapped = write(tmp_path / "wrapped.json", json.dumps({"records": records}))
+    for path in (listed, lines, wrapped):
+        found = list(iter_file_records(path, None))
+        assert [r.name for r in found] == [f"{path}#mp-{i}" for i in range(1, 5)], path
+        assert [len(r.structure) for r in found] == sizes
+    bad = write(tmp_path / "bad.jsonl", json.dumps(records[0]) + "\n" + json.dumps({"id": "x", "structure": "junk"}))
+    found = list(iter_file_records(bad, None))
+    assert found[0].error is None and found[1].name == f"{bad}#x" and found[1].error.startswith("item 1: ")
+
+
 def test_structure_from_dict_public(nacl):
     assert structure_from_dict(nacl.as_dict()) == nacl
     with pytest.raises(ValueError):

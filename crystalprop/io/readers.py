@@ -31,7 +31,8 @@ from crystalprop.timelimit import run_with_time_limit
 
 GZIP_MAGIC = b"\x1f\x8b"
 WRAPPER_ID_KEYS = ("id", "material_id", "jid")
-WRAPPER_STRUCTURE_KEYS = ("structure", "atoms")
+WRAPPER_STRUCTURE_KEYS = ("structure", "atoms", "cif", "poscar")  # as train reads records
+RECORD_LIST_KEYS = ("records", "data")
 OVERLAP_DISTANCE = 0.1
 MAX_ABS_COORD = 1e6
 DISTANCE_MATRIX_MAX_SITES = 2000
@@ -336,10 +337,10 @@ def structure_from_dict(d: dict[str, Any]) -> Structure:
 
 
 def _unwrap(item: Any) -> tuple[str | None, Any]:
-    """(id, structure dict) for ``{"id": ..., "structure"/"atoms": ...}`` records."""
+    """(id, structure dict or text) for ``{"id": ..., "structure"/"atoms"/"cif"/"poscar": ...}`` records."""
     if not isinstance(item, dict):
         return None, item
-    inner_key = next((k for k in WRAPPER_STRUCTURE_KEYS if isinstance(item.get(k), dict)), None)
+    inner_key = next((k for k in WRAPPER_STRUCTURE_KEYS if isinstance(item.get(k), (dict, str))), None)
     if inner_key is None or _is_pymatgen_dict(item) or _is_jarvis_dict(item):
         return None, item
     ident = next((item[k] for k in WRAPPER_ID_KEYS if item.get(k) is not None), None)
@@ -350,18 +351,42 @@ def _json_item(item: Any, label: str, name: str) -> tuple[str | None, Structure 
     """(id, structure) of one JSON item, or (id, the error naming ``label``) where it is no structure."""
     ident, inner = _unwrap(item)
     try:
+        if isinstance(inner, str):  # CIF or POSCAR text; a record holds one structure: the first
+            return ident, structure_from_text(inner, label)[0][1]
         return ident, structure_from_dict(inner)
+    except StructureReadError as exc:
+        return ident, StructureReadError(name, f"{label}: {exc.reason}")
     except ValueError as exc:
         return ident, StructureReadError(name, f"{label}: {exc}")
 
 
+def _json_lines(text: str) -> list[Any] | None:
+    """The values of JSON Lines text (one per non-blank line), or None where its first line is no
+    JSON object; a bad later line is kept as its text, to fail as an item of its own."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    items: list[Any] = []
+    for line in lines:
+        try:
+            items.append(json.loads(line))
+        except (ValueError, RecursionError):
+            if not items:
+                return None
+            items.append(line)
+    return items if len(items) > 1 and isinstance(items[0], dict) else None
+
+
 def _read_json(text: str, name: str) -> list[NameItem]:
-    """A structure dict, a wrapped record, or a list of either (``path#i`` / ``path#id``, repeats ``~2``);
-    a bad item of a list is an error of its own, not of the whole file."""
+    """A structure dict, a wrapped record, or a list of either (``path#i`` / ``path#id``, repeats ``~2``),
+    also as JSON Lines or under "records" or "data", as train reads them; a bad item of a list is an
+    error of its own, not of the whole file."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise StructureReadError(name, f"invalid or truncated JSON: {_one_line(str(exc), 160)}") from exc
+        data = _json_lines(text)
+        if data is None:
+            raise StructureReadError(name, f"invalid or truncated JSON: {_one_line(str(exc), 160)}") from exc
+    if isinstance(data, dict):
+        data = next((data[k] for k in RECORD_LIST_KEYS if isinstance(data.get(k), list)), data)
     if not isinstance(data, list):
         found = _json_item(data, "JSON", name)[1]
         if isinstance(found, StructureReadError):
