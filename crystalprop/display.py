@@ -7,7 +7,8 @@ otherwise (pipes, files, narrow terminals), where rich would cut names and heade
 from __future__ import annotations
 
 import signal
-from typing import Iterable, Sequence
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
 
 import click
 from rich.cells import cell_len
@@ -24,6 +25,10 @@ out = Console()
 """Results."""
 TABLE_LIMIT = 25
 """Most prediction rows shown on the terminal."""
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What stops :func:`stream_rows` as Ctrl-C does: a cluster's time limit and ``kill`` send SIGTERM, a closed
+terminal SIGHUP (as for ``train``)."""
 
 METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "mae_zero_targets",
                "mae_nonzero_targets", "n_zero_targets", "n_failed", "sigma_spearman", "within_1sigma",
@@ -114,18 +119,42 @@ def print_ensemble(result: dict, data: str, split: str, output: str) -> None:
     console.print(f"members' MAE: {maes}; written to {output}", highlight=False, markup=False)
 
 
+@contextmanager
+def _stop_signals_interrupt() -> Iterator[list[int]]:
+    """Make the first of :data:`STOP_SIGNALS` raise KeyboardInterrupt in this, the main, thread; later ones
+    are noted without raising, so that the saving they asked for is not cut short. Yields the signals
+    received. A signal ignored on entry (a background job's SIGINT, ``nohup``'s SIGHUP) stays ignored."""
+    received: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    taken = [sig for sig, handler in previous.items() if handler not in (signal.SIG_IGN, None)]
+    for sig in taken:
+        signal.signal(sig, stop)
+    try:
+        yield received
+    finally:
+        for sig in taken:
+            signal.signal(sig, previous[sig])
+
+
 def stream_rows(batches: Iterable[list[dict]], writer=None) -> tuple[list[dict], int, int, int | None]:
     """Consume prediction rows batch by batch with a progress line, naming each failure as it comes.
 
     Every batch goes to ``writer`` (a :class:`crystalprop.output.ResultWriter`, closed at the
-    end) as it arrives, so Ctrl-C keeps what is done. Returns the first rows (for the table),
+    end) as it arrives, so Ctrl-C, SIGTERM or SIGHUP keeps what is done and leaves a whole file
+    (:func:`_stop_signals_interrupt`; call it in the main thread). Returns the first rows (for the table),
     the structures predicted, the structures failed, and the signal that stopped the stream
     before its end (None when it ran to the end).
     """
     shown, n_ok, n_failed, stopped = [], 0, 0, None
     progress = Progress(TextColumn("[bold]predicting"), BarColumn(), TextColumn("{task.completed} structures"),
                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=True)
-    with progress:
+    with progress, _stop_signals_interrupt() as received:
         task = progress.add_task("predict", total=None, rate="")
         try:
             for rows in batches:
@@ -143,7 +172,7 @@ def stream_rows(batches: Iterable[list[dict]], writer=None) -> tuple[list[dict],
                 elapsed = progress.tasks[0].elapsed or 1e-9
                 progress.update(task, advance=len(rows), rate=f"{(n_ok + n_failed) / elapsed:.1f}/s")
         except KeyboardInterrupt:
-            stopped = signal.SIGINT
+            stopped = signal.Signals(received[0]) if received else signal.SIGINT
             console.print(f"[yellow]interrupted[/] ({stopped.name})" + (": results so far are saved" if writer else ""))
         finally:
             if writer:

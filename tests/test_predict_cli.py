@@ -496,10 +496,12 @@ def _default_stop_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize(("sig", "workers"), [(signal.SIGINT, "1"), (signal.SIGINT, "0")])
+@pytest.mark.parametrize(("sig", "workers"), [(signal.SIGINT, "1"), (signal.SIGINT, "0"), (signal.SIGTERM, "1"),
+                                              (signal.SIGTERM, "0"), (signal.SIGHUP, "1")])
 def test_cli_stopped_by_a_signal_keeps_a_valid_file_and_says_so(files, random_ckpt, tmp_path, sig, workers):
-    """Ctrl-C while an input is being read: the rows so far are in a valid JSON file, nothing is counted
-    as failed, the exit status is 128 + the signal's number, and --resume finishes the run."""
+    """Ctrl-C, SIGTERM (a cluster's time limit, `kill`) or SIGHUP while an input is being read: the rows so
+    far are in a valid JSON file, nothing is counted as failed, the exit status is 128 + the signal's number,
+    and --resume finishes the run."""
     inputs = ["in/a.cif", "in/b.vasp", "slow.cif"]
     os.mkfifo(tmp_path / "slow.cif")  # reading it waits for a writer that never comes: a slow input
     out = tmp_path / "out.json"
