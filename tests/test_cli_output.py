@@ -7,7 +7,11 @@ by cutting cells short ('structu…'); names and headers must always come out in
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
+import signal
+import time
 
 import pytest
 from pymatgen.io.cif import CifWriter
@@ -113,3 +117,37 @@ def test_messages_keep_square_brackets(tmp_path, random_ckpt):
     assert "empty[red].cif" in done.stderr, done.stderr
     missing = run_cli(["predict", folder / "good.cif", "-m", tmp_path / "run[bold]" / "best.ckpt"])
     assert missing.returncode != 0 and "run[bold]" in missing.stderr, missing.stderr
+
+
+def test_stream_rows_stops_on_sigterm_and_finishes_saving(tmp_path):
+    """SIGTERM stops the stream as Ctrl-C does, with a closed JSON file; another stop signal while the
+    file is closed does not cut that short; SIGHUP ignored on entry (nohup) stays ignored; the previous
+    handlers are back afterwards."""
+    from crystalprop.output import ResultWriter
+
+    class ClosedUnderFire(ResultWriter):
+        def close(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler repeating itself, or Ctrl-C hammered
+            time.sleep(0.2)  # the handler runs here
+            super().close()
+
+    def batches():
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.2)
+        yield [{"index": 0, "name": "a.cif", "error": ""}]
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # interrupted by the handler
+        yield [{"index": 1, "name": "b.cif", "error": ""}]
+
+    out = tmp_path / "out.json"
+    ignored = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        _, n_ok, n_failed, stopped = display.stream_rows(batches(), ClosedUnderFire(out, ["index", "name", "error"]))
+    except KeyboardInterrupt:
+        pytest.fail("a second stop signal cut the saving short")
+    finally:
+        hup = signal.signal(signal.SIGHUP, ignored)
+    assert (n_ok, n_failed, stopped) == (1, 0, signal.SIGTERM)
+    assert [row["name"] for row in json.loads(out.read_text())] == ["a.cif"]
+    assert hup is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is term
