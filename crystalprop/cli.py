@@ -73,7 +73,11 @@ def main() -> None:
 @cell_option("the models' own setting (canonical for the shipped models)")
 def predict(paths, models, output, batch_size, batch_memory, device, engine, recursive, workers, timeout, resume,
             retry_failed, overwrite, shard, cell) -> None:
-    """Predict properties for structure files, folders or glob patterns."""
+    """Predict properties for structure files, folders or glob patterns.
+
+    Ctrl-C, SIGTERM (a cluster's time limit) or SIGHUP stops it with the rows so far saved in --output
+    and the exit status 128 + the signal (130, 143, 129); --resume continues.
+    """
     from crystalprop.backend import DeviceUnavailableError, single_threaded_blas  # noqa: PLC0415
     from crystalprop.io.discovery import no_structures_found  # noqa: PLC0415
 
