@@ -112,9 +112,13 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
             _fail(str(exc))
     with collection_paused():
         predictor.compile()  # else done by iter_rows: the same, without the collector
+    every_row = not output and not out.is_terminal  # piped or redirected: the results are the output
     rows_shown, n_ok, n_failed, stopped = stream_rows(predictor.iter_rows(reader, batch_size=batch_size,
-                                                                          batch_memory=batch_memory << 20), writer)
-    if not output or len(rows_shown) <= TABLE_LIMIT:
+                                                                          batch_memory=batch_memory << 20), writer,
+                                                      keep=None if every_row else TABLE_LIMIT)
+    if every_row:
+        print_rows(rows_shown, predictor.columns)
+    elif not output or len(rows_shown) <= TABLE_LIMIT:
         print_rows(rows_shown[:TABLE_LIMIT], predictor.columns)
         if len(rows_shown) > TABLE_LIMIT:
             console.print(f"(first {TABLE_LIMIT} shown; use --output for all)")

@@ -142,12 +142,14 @@ def _stop_signals_interrupt() -> Iterator[list[int]]:
             signal.signal(sig, previous[sig])
 
 
-def stream_rows(batches: Iterable[list[dict]], writer=None) -> tuple[list[dict], int, int, int | None]:
+def stream_rows(batches: Iterable[list[dict]], writer=None, keep: int | None = TABLE_LIMIT
+                ) -> tuple[list[dict], int, int, int | None]:
     """Consume prediction rows batch by batch with a progress line, naming each failure as it comes.
 
     Every batch goes to ``writer`` (a :class:`crystalprop.output.ResultWriter`, closed at the
     end) as it arrives, so Ctrl-C, SIGTERM or SIGHUP keeps what is done and leaves a whole file
-    (:func:`_stop_signals_interrupt`; call it in the main thread). Returns the first rows (for the table),
+    (:func:`_stop_signals_interrupt`; call it in the main thread). Returns the first ``keep`` rows or
+    so (every row for ``keep=None``) for the table,
     the structures predicted, the structures failed, and the signal that stopped the stream
     before its end (None when it ran to the end).
     """
@@ -167,7 +169,7 @@ def stream_rows(batches: Iterable[list[dict]], writer=None) -> tuple[list[dict],
                         n_ok += 1
                 if writer:
                     writer.write(rows)
-                if len(shown) <= TABLE_LIMIT:
+                if keep is None or len(shown) <= keep:
                     shown.extend(rows)
                 elapsed = progress.tasks[0].elapsed or 1e-9
                 progress.update(task, advance=len(rows), rate=f"{(n_ok + n_failed) / elapsed:.1f}/s")

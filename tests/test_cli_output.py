@@ -151,3 +151,16 @@ def test_stream_rows_stops_on_sigterm_and_finishes_saving(tmp_path):
     assert (n_ok, n_failed, stopped) == (1, 0, signal.SIGTERM)
     assert [row["name"] for row in json.loads(out.read_text())] == ["a.cif"]
     assert hup is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is term
+
+
+def test_piped_output_holds_every_row(tmp_path, random_ckpt):
+    """`crystalprop predict FOLDER > results.txt` (or `| wc -l`) gave the first 25 rows only."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(30):
+        CifWriter(rocksalt(5.0 + 0.02 * k)).write_file(folder / f"s{k:02d}.cif")
+    done = run_cli(["predict", folder, "-m", random_ckpt])
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 31 and all(f"s{k:02d}.cif" in done.stdout for k in range(30)), done.stdout
+    assert "first 25 shown" not in done.stderr
