@@ -44,7 +44,7 @@ def main() -> None:
 @click.argument("paths", nargs=-1, required=True)
 @models_option()
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write results to .csv, .json or .jsonl as they come.")
-@click.option("--batch-size", default=BATCH_SIZE, show_default=True,
+@click.option("--batch-size", default=BATCH_SIZE, show_default=True, type=click.IntRange(min=1),
               help="Most structures per batch. A batch also holds at most as many atoms and edges as the "
                    f"models take within --batch-memory (edges x features x heads x "
                    f"{BYTES_PER_EDGE_CHANNEL * STACKED_MEMORY_FACTOR} bytes per member; "
@@ -58,12 +58,12 @@ def main() -> None:
                    "rounding, no MindSpore import: about 1.5 s less start-up) where a C++ compiler built them, "
                    "else MindSpore.")
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
-@click.option("--workers", default=None, type=int,
+@click.option("--workers", default=None, type=click.IntRange(min=0),
               help="Reader processes (default: cores, at most 4; 0 = in-process). One that dies costs only "
                    "the structure it held (a failed row); a new one takes over.")
-@click.option("--timeout", default=READ_TIMEOUT_S, show_default=True,
+@click.option("--timeout", default=READ_TIMEOUT_S, show_default=True, type=click.FloatRange(min=0),
               help="Seconds allowed to prepare one structure (read the file, check it, find its neighbours); "
-                   "a structure over it gets a failed row.")
+                   "a structure over it gets a failed row. 0: no limit.")
 @click.option("--resume", is_flag=True, help="Continue an existing --output file, skipping structures already in it.")
 @click.option("--retry-failed", is_flag=True,
               help="With --resume: predict again the structures whose rows hold an error, replacing those rows.")
@@ -80,6 +80,9 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     """
     from crystalprop.backend import DeviceUnavailableError, single_threaded_blas  # noqa: PLC0415
     from crystalprop.io.discovery import no_structures_found  # noqa: PLC0415
+
+    if resume and overwrite:
+        raise click.UsageError("--resume continues the --output file and --overwrite replaces it: give one")
 
     single_threaded_blas()  # before numpy is imported
     from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
@@ -159,8 +162,8 @@ def models() -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--recursive", "-r", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--cutoff", default=GraphSettings.cutoff, show_default=True)
-@click.option("--neighbors", default=GraphSettings.max_neighbors, show_default=True)
+@click.option("--cutoff", default=GraphSettings.cutoff, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--neighbors", default=GraphSettings.max_neighbors, show_default=True, type=click.IntRange(min=1))
 @cell_option("canonical")
 def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
     """Show what the model will see: sites (in the file -> in the cell used), graph edges, neighbour distances, warnings."""
@@ -181,7 +184,7 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--unit", default="", help="Unit of the target, stored in the model card.")
 @click.option("--output-dir", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--epochs", default=TrainConfig.epochs, show_default=True)
-@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True)
+@click.option("--batch-size", default=TrainConfig.batch_size, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=TrainConfig.lr, show_default=True, help="Peak learning rate.")
 @click.option("--weight-decay", default=TrainConfig.weight_decay, show_default=True)
 @click.option("--schedule", default=TrainConfig.schedule, show_default=True, type=click.Choice(SCHEDULES))
@@ -264,7 +267,7 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
                    "a folder holding an earlier evaluation is refused without --overwrite.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier evaluation in --output-dir (its files only; nothing else there is touched).")
-@click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
+@click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True, type=click.IntRange(min=1))
 @click.option("--id-column", default=None)
 @click.option("--structure-column", default=None)
 @cell_option("the model's own setting (canonical for the shipped models)")
@@ -287,7 +290,7 @@ def evaluate(model, data, **options) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Labelled data set the members were trained on; its --split calibrates σ.")
 @click.option("--split", default="val", show_default=True, help="Split that calibrates σ (never one trained on).")
-@click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True)
+@click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True, type=click.IntRange(min=1))
 @click.option("--id-column", default=None, help="As given to train, for a CSV data set.")
 @click.option("--structure-column", default=None, help="As given to train, for a CSV data set.")
 @sigma_option()

@@ -33,6 +33,8 @@ def sigma_option():
 def split_models(values: tuple[str, ...]) -> tuple[str, ...]:
     """``-m`` values, each a model or several separated by commas (``-m band_gap,bulk_modulus``);
     a value naming an existing file or folder is one model, commas and all."""
+    if any(not value.strip(" ,") for value in values):
+        raise click.BadParameter("an empty model name; leave -m out to run every shipped model")
     return tuple(part for value in values
                  for part in ([value] if os.path.exists(value) else
                               [p.strip() for p in value.split(",") if p.strip()]))
