@@ -227,11 +227,16 @@ def test_cif_stated_p1_gives_no_warning(tmp_path, symmetry):
 
 @pytest.mark.parametrize(("symmetry", "named"), [
     ("_space_group_name_Hall '-F 4 2 3 (x+1/4,y,z)'", "_space_group_name_Hall '-F 4 2 3 (x+1/4,y,z)'"),
+    ("_space_group_name_Hall '-F 4 2 3 (x+1/4,y,z)'\n_space_group_name_H-M_alt 'F m -3 m'",
+     "_space_group_name_Hall '-F 4 2 3 (x+1/4,y,z)'"),
+    ("_space_group_name_Hall '-F 4 2 3 (x+1/4,y,z)'\n_space_group_IT_number 225",
+     "_space_group_name_Hall '-F 4 2 3 (x+1/4,y,z)'"),
     ("_symmetry_space_group_name_H-M 'F m 3 q'", "_symmetry_space_group_name_H-M 'F m 3 q'"),
     ("loop_\n_symmetry_equiv_pos_as_xyz\n'x, y, z'\n'-x, -y, z+0.5.5'",
      "_symmetry_equiv_pos_as_xyz has an operation that cannot be read: '-x, -y, z+0.5.5'"),
 ])
 def test_cif_unreadable_space_group_is_refused(tmp_path, symmetry, named):
+    """A Hall symbol beside an H-M symbol or IT number was dropped for them, and its origin shift lost."""
     reason = reason_of(write(tmp_path / "nacl.cif", cubic_cif(5.69, NACL_SITES, symmetry)))
     assert reason.startswith("CIF data block 'test': cannot apply the symmetry") and named in reason
 

@@ -96,7 +96,8 @@ def symmetry_supplement(data: dict) -> str:
     ``data``: one block's tags and values as ``CifParser.as_dict()`` gives them. Listed operations
     come first (copied under a tag pymatgen reads), then a Hall symbol of spglib's table (it names
     the setting, which a Hermann-Mauguin symbol or IT number may leave open), then a symbol or
-    number under a tag pymatgen reads, else copied under one.
+    number under a tag pymatgen reads, else copied under one. Raises ValueError, with the tag, for a
+    Hall symbol outside spglib's table: a symbol or number beside it may name another setting.
     """
     tags = symmetry_tags(data)
     if "operations" in tags:
@@ -108,6 +109,8 @@ def symmetry_supplement(data: dict) -> str:
         ops = hall_operations(str(symbol)) if isinstance(symbol, str) else None
         if ops:
             return _operations_loop(ops)
+    if "Hall" in tags:
+        raise ValueError(_refusal(data))
     lines = []
     for kind, canonical in (("H-M", HM_TAG), ("IT number", IT_TAG)):
         found = tags.get(kind, [])
@@ -128,6 +131,10 @@ def _description(data: dict) -> str:
     return f"{tag} has an operation that cannot be read" + (f": {_quoted(bad)}" if bad else "")
 
 
+def _refusal(data: dict) -> str:
+    return f"cannot apply the symmetry: {_description(data)}; list its operations in a {SYMOP_TAG} loop"
+
+
 def _parses(op: str) -> bool:
     try:
         SymmOp.from_xyz_str(op)
@@ -144,5 +151,4 @@ def p1_fallback(data: dict, pymatgen_warnings: list[str]) -> str | None:
         return None
     if not symmetry_tags(data):
         return NO_SYMMETRY_NOTE
-    raise ValueError(f"cannot apply the symmetry: {_description(data)}; "
-                     f"list its operations in a {SYMOP_TAG} loop")
+    raise ValueError(_refusal(data))

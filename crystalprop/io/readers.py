@@ -198,7 +198,10 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
         block_name, data = next(iter(blocks.items()))
         if "_cell_length_a" not in data:
             return None
-        supplement = symmetry_supplement(data)
+        try:
+            supplement = symmetry_supplement(data)
+        except ValueError as exc:
+            raise StructureReadError(name, f"CIF data block '{block_name}': {exc}") from exc
         if supplement:
             parser = _cif_parser(f"{block_text.rstrip()}\n{supplement}", name)
             data = next(iter(parser.as_dict().values()))
