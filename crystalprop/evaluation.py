@@ -245,10 +245,11 @@ def evaluate_model(
         metrics.update(uncertainty_metrics(y, pred, std))
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
               "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,
-              "n_failed": n_failed, **metrics, "skipped": skipped}
+              "n_failed": n_failed, **metrics, "n_skipped": len(skipped), "skipped": skipped}
     result["provenance"] = provenance([(label, path)], cell=settings.cell, device=device)
     if out is not None:
-        _remove_earlier(out)
+        if overwrite:
+            _remove_earlier(out)
         with open(out / "predictions.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["id", "true", "predicted", "error"] + (["std"] if std is not None else []))
@@ -263,7 +264,8 @@ def evaluate_model(
             result["files"].append("skipped.log")
         if std is not None:
             result["files"].append(_calibration_plot(out, y, pred, std, label_text))
-        atomic_write_text(out / "metrics.json", json.dumps(_undefined_as_null(result), indent=2, allow_nan=False))
+        recorded = {k: v for k, v in result.items() if k != "skipped"}  # the list is in skipped.log
+        atomic_write_text(out / "metrics.json", json.dumps(_undefined_as_null(recorded), indent=2, allow_nan=False))
     return result
 
 

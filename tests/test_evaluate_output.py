@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def test_evaluate_refuses_a_folder_holding_an_earlier_evaluation(random_ckpt, da
     out = tmp_path / "eval"
     out.mkdir()
     (out / earlier).write_text("earlier\n")
-    with pytest.raises(OutputExistsError, match=rf"{out}.*{earlier}.*--overwrite"):
+    with pytest.raises(OutputExistsError, match=rf"{re.escape(str(out))}.*{earlier}.*--overwrite"):
         evaluate_model(str(random_ckpt), data, split="all", output_dir=out)
     assert (out / earlier).read_text() == "earlier\n"
 
@@ -35,8 +36,10 @@ def test_evaluate_writes_into_a_folder_without_results(random_ckpt, data, tmp_pa
     out = tmp_path / "eval"
     out.mkdir()
     (out / "notes.txt").write_text("mine\n")
+    (out / "calibration.png").write_text("mine\n")  # removed only with overwrite
     evaluate_model(str(random_ckpt), data, split="all", output_dir=out)
     assert (out / "metrics.json").is_file() and (out / "notes.txt").read_text() == "mine\n"
+    assert (out / "calibration.png").read_text() == "mine\n"
 
 
 def test_overwrite_removes_the_earlier_evaluations_own_files_only(random_ckpt, data, tmp_path):

@@ -95,6 +95,8 @@ def test_old_checkpoint_needs_a_fixed_split(random_ckpt, data, tmp_path):
     """A checkpoint without training ids: a random split cannot be checked, split.json is trusted."""
     with pytest.raises(ValueError, match="records no training ids"):
         evaluate_model(str(random_ckpt), data, split="val")
+    with pytest.raises(ValueError, match="records no training ids"):  # the default: val, as it cannot tell unseen
+        evaluate_model(str(random_ckpt), data)
     copy = shutil.copy(data, tmp_path / "data.json")
     ids = [r["id"] for r in json.loads(Path(copy).read_text())]
     (tmp_path / "split.json").write_text(json.dumps({"val": ids[:5]}))
@@ -152,6 +154,8 @@ def test_evaluate_names_the_records_it_could_not_use(run_dir, data, tmp_path):
     assert sorted(rid for rid, _ in result["skipped"]) == ["new-3", "new-5"]
     log = (tmp_path / "eval" / "skipped.log").read_text()
     assert "new-3\t" in log and "new-5\t" in log and "skipped.log" in result["files"]
+    recorded = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert recorded["n_skipped"] == 2 and "skipped" not in recorded
     done = run_cli(["evaluate", run_dir, theirs], cwd=tmp_path)
     assert done.returncode == 0 and "2 records skipped" in done.stderr and "new-3" in done.stderr, done.stderr
 
