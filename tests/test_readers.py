@@ -218,6 +218,29 @@ def test_cif_without_symmetry_is_p1_with_a_warning(tmp_path, symmetry):
     assert record.warnings == ["no symmetry operations or space group in the file: read as P1"]
 
 
+def test_read_notes_stay_out_of_returned_structures(tmp_path):
+    """The P1 note rode in ``Structure.properties`` out of read_file and structure_from_text, so a structure
+    saved with as_dict() and read again carried a stale 'read as P1' warning."""
+    text = cubic_cif(3.615, [("Cu", 0.0)])
+    path = write(tmp_path / "cu.cif", text)
+    for _, s in read_file(path) + read_file_with_timeout(path, 30) + structure_from_text(text, "cu.cif"):
+        assert readers.READ_NOTES_KEY not in s.properties
+    saved = write(tmp_path / "cu.json", json.dumps(read_file(path)[0][1].as_dict()))
+    (record,) = iter_file_records(saved)
+    assert record.error is None and record.warnings == []
+    (record,) = iter_file_records(write(tmp_path / "wrapped.json", json.dumps([{"id": "cu", "cif": text}])))
+    assert record.warnings == ["no symmetry operations or space group in the file: read as P1"]
+
+
+@pytest.mark.slow
+def test_predict_warns_of_a_cif_read_as_p1(tmp_path, random_ckpt):
+    from crystalprop.predictor import predict  # noqa: PLC0415  (loads the model backend)
+
+    path = write(tmp_path / "cu.cif", cubic_cif(3.615, [("Cu", 0.0)]))
+    (row,) = predict(path, str(random_ckpt), workers=0)
+    assert row["error"] in (None, "") and "read as P1" in row["warning"]
+
+
 @pytest.mark.parametrize("symmetry", ["_symmetry_equiv_pos_as_xyz 'x, y, z'", "_symmetry_space_group_name_H-M 'P 1'",
                                       "_space_group_name_Hall 'P 1'"])
 def test_cif_stated_p1_gives_no_warning(tmp_path, symmetry):

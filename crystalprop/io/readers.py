@@ -355,7 +355,7 @@ def _json_item(item: Any, label: str, name: str) -> tuple[str | None, Structure 
     ident, inner = _unwrap(item)
     try:
         if isinstance(inner, str):  # CIF or POSCAR text; a record holds one structure: the first
-            return ident, structure_from_text(inner, label)[0][1]
+            return ident, _every_structure(_items_from_text(inner, label))[0][1]
         return ident, structure_from_dict(inner)
     except StructureReadError as exc:
         return ident, StructureReadError(name, f"{label}: {exc.reason}")
@@ -417,13 +417,21 @@ def _every_structure(items: list[NameItem]) -> list[NameStructure]:
     return items
 
 
+def _without_read_notes(pairs: list[NameStructure]) -> list[NameStructure]:
+    """``pairs`` with the reader's notes taken off each structure: they are for the record's warnings
+    (:func:`iter_file_records`), not for a structure handed to the user, which would carry them on."""
+    for _, structure in pairs:
+        structure.properties.pop(READ_NOTES_KEY, None)
+    return pairs
+
+
 def structure_from_text(text: str, name: str) -> list[NameStructure]:
     """Detect the format of a structure text and parse it into (name, structure) pairs.
 
     CIF, POSCAR and JSON are read by pymatgen; the formats of ``ASE_FORMATS`` by ASE.
     Any structure that cannot be read raises :class:`StructureReadError`.
     """
-    return _every_structure(_items_from_text(text, name))
+    return _without_read_notes(_every_structure(_items_from_text(text, name)))
 
 
 def _items_from_text(text: str, name: str) -> list[NameItem]:
@@ -508,7 +516,7 @@ def read_file(path: str) -> list[NameStructure]:
 
     Every failure raises :class:`StructureReadError` with a one-line reason.
     """
-    return _every_structure(_file_items(path))
+    return _without_read_notes(_every_structure(_file_items(path)))
 
 
 def _file_items(path: str) -> list[NameItem]:
