@@ -65,5 +65,6 @@ def describe_models() -> list[list[str]]:
         data = card.training.get("data", {})
         epochs = card.training.get("cumulative_epochs", card.training.get("epochs", ""))
         rows.append([name, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
-                     f"{epochs:g}" if isinstance(epochs, (int, float)) else str(epochs), cached_file_sha256(path)])
+                     str(int(epochs)) if isinstance(epochs, (int, float)) and float(epochs).is_integer() else str(epochs),
+                     cached_file_sha256(path)])
     return rows

@@ -85,11 +85,6 @@ def test_the_command_starts_without_heavy_imports():
 
 
 @pytest.mark.parametrize(("name", "parameter"), [("predict", "model"), ("train", "epochs"), ("evaluate", "split")])
-def test_the_api_functions_show_their_signatures_and_stay_light(name, parameter):
-    """help(crystalprop.predict) and IDEs see the real parameters, not (*args, **kwargs); importing
-    crystalprop alone still loads no numpy, MindSpore or pymatgen."""
+def test_the_api_functions_show_their_signatures(name, parameter):
+    """help(crystalprop.predict) and IDEs see the real parameters, not (*args, **kwargs)."""
     assert parameter in inspect.signature(getattr(crystalprop, name)).parameters
-    assert name in dir(crystalprop)
-    script = "import sys, crystalprop\nprint(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'mindspore', 'pymatgen'}))"
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert done.stdout.splitlines()[-1] == "[]", done.stderr
