@@ -135,6 +135,27 @@ def is_results_file(path: str | Path) -> bool:
     return re.match(rb'\s*\{\s*"' + KEY.encode() + rb'"', head) is not None
 
 
+EVALUATION_LEAD_KEYS = ("model", "checkpoint")
+"""The keys that the metrics.json of ``crystalprop evaluate`` opens with, in this order."""
+_EVALUATION_HEAD = re.compile(rb'\s*\{\s*"model"\s*:\s*"(?:[^"\\]|\\.)*"\s*,\s*"checkpoint"\s*:')
+
+
+def opens_as_evaluation_metrics(record: dict) -> bool:
+    """Whether a parsed JSON object opens as evaluate's metrics.json does (:data:`EVALUATION_LEAD_KEYS`)."""
+    return tuple(record)[:len(EVALUATION_LEAD_KEYS)] == EVALUATION_LEAD_KEYS
+
+
+def is_evaluation_metrics(path: str | Path) -> bool:
+    """Whether a JSON file is the metrics.json that ``crystalprop evaluate`` wrote, under any name: told by
+    its content, an object opening with the model's name and its checkpoint (a structure never does)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return _EVALUATION_HEAD.match(head) is not None
+
+
 def read_sidecar(path: str | Path) -> dict | None:
     """The provenance recorded beside a CSV, or None where there is none."""
     side = sidecar_path(path)

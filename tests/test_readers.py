@@ -671,22 +671,26 @@ def test_discovery_skips_crystalprop_results_in_folders(tmp_path, nacl):
 
 
 def test_discovery_skips_the_metrics_evaluate_wrote(tmp_path, nacl):
-    """evaluate's metrics.json (it opens with the model and its checkpoint; predictions.csv.meta.json
-    lies beside it) is no input of predict -r; a user's structure called metrics.json still is."""
+    """evaluate's metrics.json (told by its content: it opens with the model and its checkpoint) is no input
+    of predict -r, under any name; a user's structure called metrics.json is, even beside predict's
+    predictions.csv.meta.json (a sidecar beside it was taken for evaluate's, and the structure skipped)."""
     metrics = {"model": "y", "checkpoint": "/runs/y/best.ckpt", "data": "d.json", "target": "y", "n": 6,
                "provenance": {"models": []}}
     (tmp_path / "eval").mkdir()
     write(tmp_path / "eval" / "metrics.json", json.dumps(metrics, indent=2))
     write(tmp_path / "eval" / "predictions.csv.meta.json", json.dumps({"crystalprop_provenance": {}}, indent=2))
     (tmp_path / "bare").mkdir()
-    write(tmp_path / "bare" / "metrics.json", json.dumps(metrics))  # alone: told by its content
-    (tmp_path / "side").mkdir()
-    write(tmp_path / "side" / "metrics.json", json.dumps({"mae": 0.1, "model": "y"}))
-    write(tmp_path / "side" / "predictions.csv.meta.json", json.dumps({"crystalprop_provenance": {}}, indent=2))
+    write(tmp_path / "bare" / "metrics.json", json.dumps(metrics))
+    write(tmp_path / "bare" / "kept_metrics.json", json.dumps(metrics))
+    (tmp_path / "predicted").mkdir()
+    write(tmp_path / "predicted" / "metrics.json", json.dumps(nacl.as_dict()))
+    write(tmp_path / "predicted" / "predictions.csv.meta.json", json.dumps({"crystalprop_provenance": {}}))
     (tmp_path / "mine").mkdir()
     write(tmp_path / "mine" / "metrics.json", json.dumps(nacl.as_dict()))
-    assert rel(iter_structure_paths([str(tmp_path)], recursive=True), tmp_path) == ["mine/metrics.json"]
-    assert "evaluate" in reason_of(str(tmp_path / "eval" / "metrics.json"))
+    assert rel(iter_structure_paths([str(tmp_path)], recursive=True), tmp_path) == [
+        "mine/metrics.json", "predicted/metrics.json"]
+    for name in ("eval/metrics.json", "bare/kept_metrics.json"):
+        assert "the metrics.json of evaluate" in reason_of(str(tmp_path / name))
 
 
 def test_discovery_streams(tree, monkeypatch):

@@ -8,49 +8,27 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from crystalprop.io.formats import is_pw_x_file, looks_like_structure_name, may_be_pw_x_name
 from crystalprop.io.limits import READ_TIMEOUT_S
-from crystalprop.provenance import is_results_file
+from crystalprop.provenance import is_evaluation_metrics, is_results_file
 
 if TYPE_CHECKING:
     from crystalprop.io.readers import StructureRecord
 
 _GLOB_CHARS = ("*", "?", "[")
-EVALUATION_METRICS = "metrics.json"
-_EVALUATION_SIDECAR = "predictions.csv.meta.json"
-_EVALUATION_HEAD = re.compile(rb'\s*\{\s*"model"\s*:\s*"(?:[^"\\]|\\.)*"\s*,\s*"checkpoint"\s*:')
-_HEAD_BYTES = 4096
 
 
 def _has_glob(arg: str) -> bool:
     return any(c in arg for c in _GLOB_CHARS)
 
 
-def is_evaluation_metrics(path: str) -> bool:
-    """Whether ``path`` is the metrics.json that ``crystalprop evaluate`` wrote: named so, and either
-    beside that evaluation's predictions.csv.meta.json (a crystalprop sidecar) or opening as evaluate
-    writes it, with the model and its checkpoint. The name alone does not tell: a user's structure
-    may be called metrics.json, and is then read."""
-    if os.path.basename(path) != EVALUATION_METRICS:
-        return False
-    if is_results_file(os.path.join(os.path.dirname(path), _EVALUATION_SIDECAR)):
-        return True
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(_HEAD_BYTES)
-    except OSError:
-        return False
-    return _EVALUATION_HEAD.match(head) is not None
-
-
 def _is_candidate(entry: os.DirEntry[str]) -> bool:
     """A regular file (or link to one) named like a structure, or a ``.in``/``.out`` file that
     starts like pw.x input or output (those names are too common to trust); dot files are skipped,
     and so are crystalprop's own JSON results, which a run may have written into the folder
-    (predict's tables and sidecars, evaluate's metrics.json: :func:`is_evaluation_metrics`)."""
+    (predict's tables and sidecars, evaluate's metrics.json: :func:`~crystalprop.provenance.is_evaluation_metrics`)."""
     by_name = looks_like_structure_name(entry.name)
     if entry.name.startswith(".") or not (by_name or may_be_pw_x_name(entry.name)):
         return False

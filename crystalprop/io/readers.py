@@ -26,7 +26,7 @@ from crystalprop.io.cif_p1 import p1_structure
 from crystalprop.io.cif_symmetry import p1_fallback, symmetry_supplement
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
-from crystalprop.provenance import KEY as PROVENANCE_KEY
+from crystalprop.provenance import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
 from crystalprop.timelimit import run_with_time_limit
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -333,7 +333,7 @@ def structure_from_dict(d: dict[str, Any]) -> Structure:
         raise ValueError(f"invalid structure dict: {type(exc).__name__}: {_one_line(str(exc), 120)}") from exc
     if PROVENANCE_KEY in d:
         raise ValueError("crystalprop's own results (the output of predict), not a structure")
-    if {"model", "checkpoint", "provenance"} <= d.keys():
+    if opens_as_evaluation_metrics(d):
         raise ValueError("crystalprop's own results (the metrics.json of evaluate), not a structure")
     keys = ", ".join(sorted(map(str, d))[:8])
     raise ValueError(f"not a pymatgen Structure dict or JARVIS atoms dict (keys: {keys})")
