@@ -411,10 +411,12 @@ _PARSERS: dict[str, Callable[[str, str], list[NameItem]]] = {
 
 def _every_structure(items: list[NameItem]) -> list[NameStructure]:
     """``items`` where each was read; else the first item's error is raised."""
-    for _, item in items:
+    pairs: list[NameStructure] = []
+    for name, item in items:
         if isinstance(item, StructureReadError):
             raise item
-    return items
+        pairs.append((name, item))
+    return pairs
 
 
 def _without_read_notes(pairs: list[NameStructure]) -> list[NameStructure]:
