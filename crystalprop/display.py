@@ -7,8 +7,7 @@ otherwise (pipes, files, narrow terminals), where rich would cut names and heade
 from __future__ import annotations
 
 import signal
-from contextlib import contextmanager
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import click
 from rich.cells import cell_len
@@ -19,16 +18,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from crystalprop.stopping import stop_signals_interrupt
+
 console = Console(stderr=True)
 """Progress, messages and errors."""
 out = Console()
 """Results."""
 TABLE_LIMIT = 25
 """Most prediction rows shown on the terminal."""
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-"""What stops :func:`stream_rows` as Ctrl-C does: a cluster's time limit and ``kill`` send SIGTERM, a closed
-terminal SIGHUP (as for ``train``)."""
 
 METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "mae_zero_targets",
                "mae_nonzero_targets", "n_zero_targets", "n_failed", "sigma_spearman", "within_1sigma",
@@ -119,64 +116,47 @@ def print_ensemble(result: dict, data: str, split: str, output: str) -> None:
     console.print(f"members' MAE: {maes}; written to {output}", highlight=False, markup=False)
 
 
-@contextmanager
-def _stop_signals_interrupt() -> Iterator[list[int]]:
-    """Make the first of :data:`STOP_SIGNALS` raise KeyboardInterrupt in this, the main, thread; later ones
-    are noted without raising, so that the saving they asked for is not cut short. Yields the signals
-    received. A signal ignored on entry (a background job's SIGINT, ``nohup``'s SIGHUP) stays ignored."""
-    received: list[int] = []
-
-    def stop(signum: int, frame: object) -> None:
-        received.append(signum)
-        if len(received) == 1:
-            raise KeyboardInterrupt
-
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    taken = [sig for sig, handler in previous.items() if handler not in (signal.SIG_IGN, None)]
-    for sig in taken:
-        signal.signal(sig, stop)
-    try:
-        yield received
-    finally:
-        for sig in taken:
-            signal.signal(sig, previous[sig])
-
-
 def stream_rows(batches: Iterable[list[dict]], writer=None, keep: int | None = TABLE_LIMIT
                 ) -> tuple[list[dict], int, int, int | None]:
     """Consume prediction rows batch by batch with a progress line, naming each failure as it comes.
 
     Every batch goes to ``writer`` (a :class:`crystalprop.output.ResultWriter`, closed at the
     end) as it arrives, so Ctrl-C, SIGTERM or SIGHUP keeps what is done and leaves a whole file
-    (:func:`_stop_signals_interrupt`; call it in the main thread). Returns the first ``keep`` rows or
-    so (every row for ``keep=None``) for the table,
-    the structures predicted, the structures failed, and the signal that stopped the stream
-    before its end (None when it ran to the end).
+    (:func:`crystalprop.stopping.stop_signals_interrupt`; call it in the main thread). Returns the
+    first ``keep`` rows or so (every row for ``keep=None``) for the table, the structures predicted,
+    the structures failed, and the stop signal received, before the end of the stream or while the
+    file was closed (None when none came).
     """
     shown, n_ok, n_failed, stopped = [], 0, 0, None
     progress = Progress(TextColumn("[bold]predicting"), BarColumn(), TextColumn("{task.completed} structures"),
                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=True)
-    with progress, _stop_signals_interrupt() as received:
+    with progress, stop_signals_interrupt() as interrupt:
         task = progress.add_task("predict", total=None, rate="")
         try:
-            for rows in batches:
-                for row in rows:
-                    if row["error"]:
-                        n_failed += 1
-                        console.print(f"[yellow]skipped[/] {escape(row['name'])}: {escape(row['error'])}",
-                                      highlight=False)
-                    else:
-                        n_ok += 1
-                if writer:
-                    writer.write(rows)
-                if keep is None or len(shown) <= keep:
-                    shown.extend(rows)
-                elapsed = progress.tasks[0].elapsed or 1e-9
-                progress.update(task, advance=len(rows), rate=f"{(n_ok + n_failed) / elapsed:.1f}/s")
+            try:
+                for rows in batches:
+                    for row in rows:
+                        if row["error"]:
+                            n_failed += 1
+                            console.print(f"[yellow]skipped[/] {escape(row['name'])}: {escape(row['error'])}",
+                                          highlight=False)
+                        else:
+                            n_ok += 1
+                    if writer:
+                        writer.write(rows)
+                    if keep is None or len(shown) <= keep:
+                        shown.extend(rows)
+                    elapsed = progress.tasks[0].elapsed or 1e-9
+                    progress.update(task, advance=len(rows), rate=f"{(n_ok + n_failed) / elapsed:.1f}/s")
+            finally:
+                interrupt.disarm()  # from here on a stop signal is noted and cuts nothing short
         except KeyboardInterrupt:
-            stopped = signal.Signals(received[0]) if received else signal.SIGINT
-            console.print(f"[yellow]interrupted[/] ({stopped.name})" + (": results so far are saved" if writer else ""))
+            stopped = signal.SIGINT  # unless one of the stop signals raised it
         finally:
             if writer:
                 writer.close()
+    if interrupt.received:
+        stopped = signal.Signals(interrupt.received[0])
+    if stopped:
+        console.print(f"[yellow]interrupted[/] ({stopped.name})" + (": results so far are saved" if writer else ""))
     return shown, n_ok, n_failed, stopped

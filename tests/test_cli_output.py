@@ -153,6 +153,30 @@ def test_stream_rows_stops_on_sigterm_and_finishes_saving(tmp_path):
     assert hup is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is term
 
 
+def test_stop_signal_while_the_file_is_closed_leaves_it_whole(tmp_path):
+    """The first stop signal arriving while the writer closes the file (the rows all streamed) does not cut
+    the closing short (was: a JSON file without its closing bracket, and "Aborted!"); the stream is still
+    reported as stopped by it."""
+    from crystalprop.output import ResultWriter
+
+    class ClosedUnderFire(ResultWriter):
+        def close(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs here
+            super().close()
+
+    out = tmp_path / "out.json"
+    term = signal.getsignal(signal.SIGTERM)
+    try:
+        _, n_ok, n_failed, stopped = display.stream_rows(iter([[{"index": 0, "name": "a.cif", "error": ""}]]),
+                                                         ClosedUnderFire(out, ["index", "name", "error"]))
+    except KeyboardInterrupt:
+        pytest.fail("a stop signal cut the closing of the file short")
+    assert (n_ok, n_failed, stopped) == (1, 0, signal.SIGTERM)
+    assert [row["name"] for row in json.loads(out.read_text())] == ["a.cif"]
+    assert signal.getsignal(signal.SIGTERM) is term
+
+
 def test_piped_output_holds_every_row(tmp_path, random_ckpt):
     """`crystalprop predict FOLDER > results.txt` (or `| wc -l`) gave the first 25 rows only."""
     folder = tmp_path / "many"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from crystalprop.display import console
+from crystalprop.stopping import STOP_SIGNALS
 from crystalprop.training.jobs import OnEvent, TrainingFailed, run_job
 from crystalprop.training.progress import TrainDisplay
 
@@ -119,8 +120,7 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
         if child.pid:
             os.kill(child.pid, signal.SIGTERM)
 
-    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     previous.update(relay_job_control(child.pid))
     outcome: tuple[str, object] = ("error", "training process ended without a result (killed?)")
     try:

@@ -42,6 +42,7 @@ from crystalprop.model.checkpoint import (
 from crystalprop.model.ensemble import member_params
 from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
+from crystalprop.stopping import TRAINING_STOP_SIGNALS as STOP_SIGNALS
 from crystalprop.training.averaging import WeightAverage, saved_average
 from crystalprop.training.config import EVAL_BATCH_SIZE, TrainConfig
 from crystalprop.training.distributed import Cluster
@@ -52,7 +53,6 @@ nn, ops = ms.nn, ms.ops
 
 STATE_KEY = "crystalprop_train_state"
 SAVE_EVERY_S = 600.0  # last.ckpt is also refreshed mid-epoch, so a kill loses at most this much
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 RUN_LEGACY_CELL = "as-given"
