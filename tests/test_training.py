@@ -470,8 +470,8 @@ def test_cli_evaluate_trained_model(cli_run, tmp_path):
     evaluated = run_cli(["evaluate", run_dir / "best.ckpt", path, "--split", "all", "-o", ev_dir], cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert _check_evaluation(ev_dir, records, N_DATA)["cell"] == "as-given"  # the model's own setting
-    again = run_cli(["evaluate", run_dir / "best.ckpt", path, "--split", "all", "-o", ev_dir, "--cell", "canonical"],
-                    cwd=tmp_path)
+    again = run_cli(["evaluate", run_dir / "best.ckpt", path, "--split", "all", "-o", ev_dir, "--cell", "canonical",
+                     "--overwrite"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert _check_evaluation(ev_dir, records, N_DATA)["cell"] == "canonical"
 
