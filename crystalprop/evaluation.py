@@ -96,9 +96,14 @@ def _calibration_plot(out: Path, y: np.ndarray, p: np.ndarray, std: np.ndarray, 
     return "calibration.png"
 
 
+def _split_record(training: dict) -> dict:
+    """The record of how a checkpoint's run split its data (empty where unrecorded)."""
+    return training.get("data", {}).get("split_record") or {}
+
+
 def _split_settings(training: dict) -> dict:
     """The seed, fractions and cross-validation fold the checkpoint's run split its data with (defaults where unrecorded)."""
-    record = training.get("data", {}).get("split_record") or {}
+    record = _split_record(training)
     seed = record.get("seed", training.get("config", {}).get("seed", 0))
     fold = record.get("fold")
     return {"val_fraction": record.get("val_fraction", 0.1), "test_fraction": record.get("test_fraction", 0.0),
@@ -111,7 +116,7 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
     cannot be told (a checkpoint without its training ids, on data without a fixed split)."""
     if split in ("all", "train"):
         return "not checked (split chosen deliberately)"
-    record = training.get("data", {}).get("split_record")
+    record = _split_record(training)
     if record and "trained_ids" in record:
         trained = ids_in_packed([e.id for e in entries], record["trained_ids"])
         if trained:
@@ -134,7 +139,7 @@ def default_split(dataset: Dataset, training: dict) -> str:
     the data fixes its split or is the model's own (its val split is the run's); on other data
     with no split of its own, every structure the model records it has not trained on."""
     split = "test" if any(e.split == "test" for e in dataset.entries) else "val"
-    record = training.get("data", {}).get("split_record") or {}
+    record = _split_record(training)
     own = record.get(f"{split}_ids_sha256") == ids_sha256([e.id for e in dataset.split(split)])
     if is_random_split(dataset.split_source) and not own and "trained_ids" in record:
         return "unseen"
@@ -143,7 +148,7 @@ def default_split(dataset: Dataset, training: dict) -> str:
 
 def _unseen(dataset: Dataset, training: dict) -> tuple[list[Entry], str]:
     """The structures the model records it has not trained on, and a note on those left out."""
-    record = training.get("data", {}).get("split_record") or {}
+    record = _split_record(training)
     if "trained_ids" not in record:
         raise ValueError(f"{dataset.origin}: the model records no training ids, so its unseen structures "
                          "cannot be told; choose --split")
@@ -162,10 +167,9 @@ def _split_for(card, data, target, split, path, id_column, structure_column, set
         entries, split_check = _unseen(dataset, card.training)
     else:
         entries = dataset.entries if split == "all" else dataset.split(split)
+        split_check = check_unseen(entries, split, dataset, card.training, path) if entries else ""
     if not entries:
         raise ValueError(f"{data}: no structures in split {split!r}")
-    if split != "unseen":
-        split_check = check_unseen(entries, split, dataset, card.training, path)
     graphs, errors = build_graphs(entries, settings or card.graph)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     skipped = list(dataset.skipped) + [(e.id, err) for e, err in zip(entries, errors) if err]
@@ -272,10 +276,10 @@ def evaluate_model(
 def _merge_trained_ids(first, others) -> None:
     """Record in ``first`` the structures any member trained on, so that evaluating the ensemble
     refuses every one of them as validation or test, not only the first member's."""
-    record = first.training.get("data", {}).get("split_record")
+    record = _split_record(first.training)
     if not record or "trained_ids" not in record:
         return
-    packed = [c.training.get("data", {}).get("split_record", {}).get("trained_ids") for c in others]
+    packed = [_split_record(c.training).get("trained_ids") for c in others]
     record["trained_ids"] = merge_packed(record["trained_ids"], *(p for p in packed if p))
 
 
