@@ -293,10 +293,14 @@ def evaluate(model, data, **options) -> None:
 @click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True, type=click.IntRange(min=1))
 @click.option("--id-column", default=None, help="As given to train, for a CSV data set.")
 @click.option("--structure-column", default=None, help="As given to train, for a CSV data set.")
+@click.option("--product", "products", multiple=True, metavar="MODEL,MODEL[,...]",
+              help="One more member: the product of these models' predictions (log10 targets; an "
+                   "ensemble counts as its mean), e.g. --product bulk_modulus,g_over_k.ckpt for a shear "
+                   "modulus as K × G/K. Repeatable.")
 @sigma_option()
 @device_option()
 @cell_option("the members' own setting, which must then agree")
-def ensemble(output, members, data, split, **options) -> None:
+def ensemble(output, members, data, split, products, **options) -> None:
     """Join MEMBERS (checkpoints or run dirs of one target, architecture and split, e.g. other
     seeds) into one ensemble OUTPUT.ckpt: predictions are the members' mean, with a σ per
     structure (see --sigma), scaled to match the errors on DATA's validation split. With
@@ -305,7 +309,8 @@ def ensemble(output, members, data, split, **options) -> None:
 
     try:
         with console.status("calibrating"):
-            result = join_ensemble(members, output, data, split=split, **options)
+            result = join_ensemble(members, output, data, split=split,
+                                   products=[[f for f in p.split(",") if f] for p in products], **options)
     except ValueError as exc:  # CheckpointError, DatasetError
         _fail(str(exc))
     print_ensemble(result, data, split, output)

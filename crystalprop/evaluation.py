@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +18,7 @@ from crystalprop.data.graph_cache import build_graphs
 from crystalprop.graph.settings import check_cell_choice
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
 from crystalprop.model import SIGMA_CHOICES
-from crystalprop.model.ensemble import combine, ensemble_output
+from crystalprop.model.ensemble import combine, ensemble_output, members_from_networks
 from crystalprop.model.inference import member_outputs
 from crystalprop.model.latent_sigma import LatentReference, stored_reference
 from crystalprop.provenance import file_sha256, provenance, write_sidecar
@@ -176,15 +176,24 @@ def _split_for(card, data, target, split, path, id_column, structure_column, set
     return dataset, split, split_check, kept, skipped
 
 
-def _stacked_network(checkpoints: Sequence[tuple[object, dict, Path]], readout: bool = False):
-    """One stacked network of every member of the given (card, params, path) checkpoints, which share
-    one architecture; with ``readout`` it also gives the readout features."""
+def _network_outputs(checkpoints: Sequence[tuple[object, dict, Path]], readout: bool = False):
+    """A function of graphs giving the normalised outputs (networks × graphs) of every network stored in the
+    given (card, params, path) checkpoints, which share one architecture, in their order, and with
+    ``readout`` their readout features (networks × graphs × F), else None. One stacked network runs
+    them all, each distinct network once."""
     from crystalprop.model.ensemble import member_params  # noqa: PLC0415
     from crystalprop.model.stacked import stack_checkpoints  # noqa: PLC0415
 
-    return stack_checkpoints(checkpoints[0][0].model,
-                             [(member_params(card, params), path) for card, params, path in checkpoints],
-                             readout=readout)[0]
+    net, rows = stack_checkpoints(checkpoints[0][0].model,
+                                  [(member_params(card, params), path) for card, params, path in checkpoints],
+                                  readout=readout)
+    order = [k for indices in rows for k in indices]
+
+    def run(graphs: list, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs, features = member_outputs(net, graphs, batch_size)
+        return outputs[order], None if features is None else features[order]
+
+    return run
 
 
 def _error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:
@@ -240,8 +249,8 @@ def evaluate_model(
     n_failed = len(skipped) - len(dataset.skipped)
     y = np.array([e.target for e, _ in kept])
     reference = stored_reference(card, params, path)
-    outputs, features = member_outputs(_stacked_network([(card, params, path)], readout=reference is not None),
-                                       [g for _, g in kept], batch_size)
+    outputs, features = _network_outputs([(card, params, path)], readout=reference is not None)(
+        [g for _, g in kept], batch_size)
     combined = ensemble_output(card, outputs, features[0] if reference else None, reference)
     pred, std = combined.value, combined.std
     metrics = _error_metrics(card, y, pred)
@@ -295,6 +304,7 @@ def join_ensemble(
     device: str = "CPU",
     cell: str | None = None,
     sigma: str = "spread",
+    products: Sequence[Sequence[str | Path]] = (),
 ) -> dict:
     """Join independently trained members into one ensemble checkpoint whose σ is calibrated
     on ``split`` of ``data``; returns the ensemble's metrics on that split.
@@ -305,46 +315,70 @@ def join_ensemble(
     structures in the first member's readout space (:mod:`crystalprop.model.latent_sigma`), whose
     reference is built on the training split of ``data`` and stored in the checkpoint; then one
     member is enough (a single model with a σ).
+    ``products``: further members, each the product of the models given (checkpoints, run dirs or
+    shipped names, an ensemble standing for its mean; log10 targets of one architecture and graph),
+    e.g. ``[("bulk_modulus", "g_over_k.ckpt")]`` for a shear modulus as K × G/K. Every model's
+    networks are stored in the checkpoint (:func:`crystalprop.model.ensemble.product_combination`).
     """
     from crystalprop.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
-    from crystalprop.model.ensemble import calibration_scale, check_compatible  # noqa: PLC0415
+    from crystalprop.model.ensemble import (  # noqa: PLC0415
+        calibration_scale, check_compatible, check_factor, member_params, product_combination,
+    )
     from crystalprop.registry import resolve_model  # noqa: PLC0415
 
     if sigma not in SIGMA_CHOICES:
         raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
-    if len(members) < (1 if sigma == "latent" else 2):
+    if not members:
+        raise ValueError("an ensemble needs at least one member that predicts its target itself")
+    if len(members) + len(products) < (1 if sigma == "latent" else 2):
         raise ValueError("an ensemble needs at least two members (one is enough with σ from the latent distance)")
+    if any(len(factors) < 2 for factors in products):
+        raise ValueError("a product member needs at least two models")
     make_folder(Path(output).parent)  # before the work, not after it
     set_device(device)
     resolved = [resolve_model(m) for m in members]
+    factor_models = [[resolve_model(f) for f in factors] for factors in products]
     paths = [path for _, path in resolved]
-    loaded = [read_checkpoint(p) for p in paths]
-    cards = [card for card, _ in loaded]
+    models = list(dict.fromkeys(paths + [path for factors in factor_models for _, path in factors]))
+    loaded = {path: read_checkpoint(path) for path in models}  # each model read once
+    cards = [loaded[path][0] for path in models]
     if cell is not None:
         check_cell_choice(cell)
         for card in cards:
             card.graph = replace(card.graph, cell=cell)
-    check_compatible(cards, paths)
-    first = cards[0]
+    check_compatible([loaded[p][0] for p in paths], paths)
+    first = loaded[paths[0]][0]
+    for path in models[len(set(paths)):]:
+        check_factor(loaded[path][0], first, path, paths[0])
     _, split, split_check, kept, _ = _split_for(first, data, None, split, paths[0], id_column, structure_column)
     datasets: dict[str, Dataset] = {}  # one read of the data per distinct split setting
-    for card, path in zip(cards[1:], paths[1:]):
+    for card, path in zip(cards[1:], models[1:]):
         settings = _split_settings(card.training)
         key = json.dumps(settings, sort_keys=True)
         if key not in datasets:
             datasets[key] = load_dataset(data, first.target, id_column=id_column, structure_column=structure_column,
                                          **settings)
         check_unseen([e for e, _ in kept], split, datasets[key], card.training, path)
-    checkpoints = [(card, params, path) for (card, params), path in zip(loaded, paths)]
-    net = _stacked_network(checkpoints, readout=sigma == "latent")
+    networks = {path: member_params(card, params) for path, (card, params) in loaded.items()}
+    member_names = [name for name, _ in resolved] + [" × ".join(name for name, _ in f) for f in factor_models]
+    combination, transforms = product_combination(
+        first.transform, [[loaded[p][0].transform] * len(networks[p]) for p in models],
+        [[models.index(p)] for p in paths] + [[models.index(p) for _, p in f] for f in factor_models],
+        member_names)
+    checkpoints = [(loaded[p][0], loaded[p][1], p) for p in models]
+    networks_of = _network_outputs(checkpoints, readout=sigma == "latent")
+    first.ensemble = {"members": len(transforms)}  # after the network: until then ``first`` is one model
+    if products:
+        first.ensemble.update({"combination": combination, "network_transforms": [asdict(t) for t in transforms]})
     reference, reference_record = None, {}
     if sigma == "latent":
-        reference, reference_record = _latent_reference(checkpoints, net, data, batch_size, id_column,
+        reference, reference_record = _latent_reference(first, paths[0], networks_of, data, batch_size, id_column,
                                                         structure_column)
     graphs = [g for _, g in kept]
     y = np.array([e.target for e, _ in kept])
-    outputs, features = member_outputs(net, graphs, batch_size)
+    outputs, features = networks_of(graphs, batch_size)
+    outputs = members_from_networks(first, outputs)
     raw = combine(outputs, first.transform)
     raw_std = raw.std if reference is None else reference.raw_sigma(features[0])
     scale = calibration_scale(raw.value - y, raw_std)
@@ -353,27 +387,35 @@ def join_ensemble(
     if reference is not None and raw.std is not None:  # what the members' spread would have given, for the record
         metrics["spread_sigma_spearman"] = uncertainty_metrics(y, raw.value, raw.std)["sigma_spearman"]
     member_maes = [float(np.mean(np.abs(first.transform.physical(z) - y))) for z in outputs]
-    first.ensemble = {
-        "members": len(paths), "sigma_scale": scale, "sigma_from": sigma, **reference_record,
+    files = [[(name, p)] for name, p in resolved] + factor_models
+    first.ensemble.update({
+        "sigma_scale": scale, "sigma_from": sigma, **reference_record,
         "calibrated_on": {"data": str(data), "split": split, "n": int(len(y)), "split_check": split_check},
-        "member_files": [{"name": name, "file": p.name, "sha256": file_sha256(p), f"{split}_mae": mae}
-                         for (name, p), mae in zip(resolved, member_maes)],
-    }
+        "member_files": [{"name": name, **_files_record(f), f"{split}_mae": mae}
+                         for name, f, mae in zip(member_names, files, member_maes)],
+    })
     first.metrics = metrics
     _merge_trained_ids(first, cards[1:])
-    save_ensemble(output, first, [params for _, params in loaded], reference.arrays() if reference else None)
+    save_ensemble(output, first, [params for p in models for params in networks[p]],
+                  reference.arrays() if reference else None)
     return {"output": str(output), "split": split, "member_maes": member_maes, **first.ensemble, **metrics}
 
 
-def _latent_reference(checkpoints: Sequence[tuple[object, dict, Path]], net, data: str | Path, batch_size: int,
+def _files_record(files: Sequence[tuple[str, Path]]) -> dict:
+    """The card's record of a member's file (``file``, ``sha256``), or of a product member's files (``files``)."""
+    records = [{"file": p.name, "sha256": file_sha256(p)} for _, p in files]
+    return records[0] if len(records) == 1 else {"files": [{"name": name, **r} for (name, _), r in zip(files, records)]}
+
+
+def _latent_reference(first, path: Path, networks_of, data: str | Path, batch_size: int,
                       id_column: str | None, structure_column: str | None) -> tuple[LatentReference, dict]:
-    """The latent reference of an ensemble of ``checkpoints``, run by their stacked network ``net``
-    built with readout (first member's readout features and the ensemble's absolute errors on the
-    training split of ``data``) and its record for the card."""
-    first, _, path = checkpoints[0]
+    """The latent reference of the ensemble whose card is ``first`` (its first member's, ``path``),
+    from ``networks_of`` (:func:`_network_outputs` with readout): the first network's readout features
+    and the ensemble's absolute errors on the training split of ``data``, and its record for the card."""
     _, _, _, kept, _ = _split_for(first, data, None, "train", path, id_column, structure_column)
-    outputs, features = member_outputs(net, [g for _, g in kept], batch_size)
-    residuals = np.abs(combine(outputs, first.transform).value - np.array([e.target for e, _ in kept]))
+    outputs, features = networks_of([g for _, g in kept], batch_size)
+    residuals = np.abs(combine(members_from_networks(first, outputs), first.transform).value
+                       - np.array([e.target for e, _ in kept]))
     reference = LatentReference.build(features[0], residuals)
     return reference, {"latent_neighbours": reference.neighbours, "latent_dimensions": int(reference.table.shape[1]),
                        "latent_reference": {"split": "train", "n": len(kept),

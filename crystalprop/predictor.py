@@ -323,19 +323,23 @@ class Predictor:
         groups = {config: [i for i, c in enumerate(configs) if c == config] for config in configs}
         readout = {config: any(self.references[loaded[i][0]] is not None for i in group)
                    for config, group in groups.items()}
+        from crystalprop.model.folded import stack_members  # noqa: PLC0415
+
+        # per configuration: its distinct networks (one stacked network runs them) and each model's rows
+        stacks = {config: stack_members(loaded[group[0]][2].model, [(members[i], loaded[i][1]) for i in group])
+                  for config, group in groups.items()}
         if self.engine == "mindspore":
             from crystalprop.backend import enable_compile_cache  # noqa: PLC0415
 
             # a stacked graph holds its member count and outputs: a cached graph of others must never load
             enable_compile_cache("predict", device, *sorted(
-                f"{config} stacked members: {sum(len(members[i]) for i in group)}, readout: {readout[config]}"
-                for config, group in groups.items()))
-        placed: dict[int, tuple[Any, slice]] = {}  # model -> (its stacked network, its rows of the (K, B) output)
+                f"{config} stacked members: {len(stacks[config][0])}, readout: {readout[config]}" for config in groups))
+        placed: dict[int, tuple[Any, list[int]]] = {}  # model -> (its stacked network, its rows of the (K, B) output)
         for config, group in groups.items():
-            net, rows = self._stacked(loaded[group[0]][2].model, [(members[i], loaded[i][1]) for i in group],
-                                      readout[config])
+            arrays, rows = stacks[config]
+            net = self._stacked(loaded[group[0]][2].model, arrays, readout[config])
             placed.update({i: (net, model_rows) for i, model_rows in zip(group, rows)})
-        self.models: list[tuple[str, Any, Any, slice]] = [  # (label, network, card, rows)
+        self.models: list[tuple[str, Any, Any, list[int]]] = [  # (label, network, card, rows)
             (label, placed[i][0], card, placed[i][1]) for i, (label, _, card, _) in enumerate(loaded)]
         settings = {card.graph if cell is None else replace(card.graph, cell=cell)
                     for _, _, card, _ in self.models}
@@ -345,19 +349,17 @@ class Predictor:
         self.known_elements = {label: set(card.elements) for label, _, card, _ in self.models}
         self._compiled = False
 
-    def _stacked(self, config, checkpoints, readout: bool) -> tuple:
-        """The stacked network of ``checkpoints`` ((members, path) pairs of one configuration) in this
-        predictor's engine, and each checkpoint's rows of its output."""
+    def _stacked(self, config, arrays: list[dict[str, np.ndarray]], readout: bool):
+        """The stacked network of the members ``arrays`` (of one configuration, checked:
+        :func:`crystalprop.model.folded.stack_members`) in this predictor's engine."""
         if self.engine == "numpy":
             from crystalprop.backend import cpu_threads  # noqa: PLC0415
-            from crystalprop.model.folded import stack_members  # noqa: PLC0415
             from crystalprop.model.numpy_stacked import NumpyStackedMatformer  # noqa: PLC0415
 
-            arrays, rows = stack_members(config, checkpoints)
-            return NumpyStackedMatformer(config, arrays, readout=readout, threads=cpu_threads()), rows
-        from crystalprop.model.stacked import stack_checkpoints  # noqa: PLC0415
+            return NumpyStackedMatformer(config, arrays, readout=readout, threads=cpu_threads())
+        from crystalprop.model.stacked import stacked_network  # noqa: PLC0415
 
-        return stack_checkpoints(config, checkpoints, readout=readout)
+        return stacked_network(config, arrays, readout=readout)
 
     def compile(self) -> None:
         """Compile (or load from MindSpore's compile cache) every model's graph, once; nothing to do
@@ -411,7 +413,7 @@ class Predictor:
                     outputs[id(net)] = net(*inputs) if self.engine == "numpy" else forward_members(net, inputs)
                 out, features = outputs[id(net)]
                 reference = self.references[label]
-                combined = ensemble_output(card, out[rows], features[rows.start] if reference else None, reference)
+                combined = ensemble_output(card, out[rows], features[rows[0]] if reference else None, reference)
                 values[label] = combined.value
                 if combined.std is not None:
                     values[f"{label}_std"] = combined.std

@@ -96,7 +96,8 @@ def repo_layout(path: str) -> str:
 def ensemble_lines(card, m: dict) -> list[str]:
     """The card's account of an ensemble: members, calibration of σ and how well σ ranks errors."""
     e = card.ensemble
-    members = ", ".join(f"{f.get('name', f['file'])} ({f.get('val_mae', float('nan')):.4g})" for f in e.get("member_files", []))
+    files = e.get("member_files", [])
+    members = ", ".join(f"{f.get('name') or f['file']} ({f.get('val_mae', float('nan')):.4g})" for f in files)
     unit = card.unit
     if e.get("sigma_from") == "latent":
         reference = e["latent_reference"]
@@ -106,10 +107,11 @@ def ensemble_lines(card, m: dict) -> list[str]:
                f"neighbours (`crystalprop ensemble --sigma latent`; README, \"Ensembles and error bars\")")
     else:
         raw = "standard deviation of their predictions"
-    one = e["members"] == 1
+    count = len(files) or e["members"]
+    one = count == 1
     return [
         "",
-        "## Uncertainty: one model with a latent σ" if one else f"## Uncertainty: ensemble of {e['members']} members",
+        "## Uncertainty: one model with a latent σ" if one else f"## Uncertainty: ensemble of {count} members",
         ("- The value is the model's prediction" if one else
          "- The value is the members' mean (in log10 for a log10 target)") + f"; σ (`{card.name}_std`, {unit}) is the "
         f"{raw}, times {e['sigma_scale']:.4g}, the one scale for which the "

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from crystalprop.model.matformer import Matformer
 
 METADATA_KEY = "crystalprop_metadata"
-FORMAT_VERSION = 2  # 2: the graph settings name the cell the graphs are built on; ensembles
+FORMAT_VERSION = 3  # 2: the graph settings name the cell the graphs are built on; ensembles. 3: product members
+PRODUCTS_FORMAT = 3  # written only by ensembles with product members, which older readers would average wrongly
+PLAIN_FORMAT = 2  # every other checkpoint, readable by the versions before product members
 # Format-1 checkpoints (the first shipped models among them) say nothing about cells: they were
 # trained on Materials Project cells as given (primitive but for 1 in the first 2,000 mp2018 files), and
 # predict on the canonical cell within 0.1 % of their validation MAE (README, "Cells"), so they use it too.
@@ -85,7 +87,7 @@ class ModelCard:
         """Serialise for the checkpoint's metadata entry."""
         return json.dumps(
             {
-                "format": FORMAT_VERSION,
+                "format": PRODUCTS_FORMAT if self.ensemble.get("combination") else PLAIN_FORMAT,
                 "crystalprop_version": self.version,
                 "name": self.name,
                 "description": self.description,

@@ -9,6 +9,14 @@ members' physical predictions times the scale, which makes σ match the errors o
 it was calibrated on (see :func:`calibration_scale`). An ensemble joined with ``sigma="latent"``
 takes its σ instead from the distance to the training set in its first member's readout space
 (:mod:`crystalprop.model.latent_sigma`); the card's ``sigma_from`` says which.
+
+A member can also be a product of models (:func:`product_combination`): shear modulus as bulk
+modulus times G/K, where each factor is a model of its own (an ensemble's mean, or one network).
+For log10 targets a product is a sum of the factors' log10 values, so such a member's output is
+a weighted sum of networks' outputs, each in its own target transform. The card then stores the
+networks (``members``: their count), each network's transform (``network_transforms``) and each
+member's terms (``combination``: [network, weight] pairs); :func:`members_from_networks` turns the
+networks' outputs into the members'.
 """
 
 from __future__ import annotations
@@ -52,6 +60,36 @@ def member_params(card: ModelCard, params: dict[str, Any]) -> list[dict[str, Any
     return members
 
 
+def members_from_networks(card: ModelCard, networks: np.ndarray) -> np.ndarray:
+    """The members' normalised outputs (members × structures, in the card's transform) from the stored
+    networks' (networks × structures, each in its own): the same array for a plain ensemble."""
+    combination = (card.ensemble or {}).get("combination")
+    if not combination:
+        return networks
+    transforms = [TargetTransform(**t) for t in card.ensemble["network_transforms"]]
+    networks = np.atleast_2d(np.asarray(networks, dtype=np.float64))
+    exponents = np.stack([z * t.std + t.mean for z, t in zip(networks, transforms, strict=True)])  # log10 y
+    members = np.stack([sum(weight * exponents[k] for k, weight in terms) for terms in combination])
+    return (members - card.transform.mean) / card.transform.std
+
+
+def product_combination(target: TargetTransform, models: Sequence[Sequence[TargetTransform]],
+                        members: Sequence[Sequence[int]], paths: Sequence[str | Path]
+                        ) -> tuple[list[list[tuple[int, float]]], list[TargetTransform]]:
+    """The card's ``combination`` and ``network_transforms``: ``models`` holds each distinct model's
+    network transforms (one for a single network, several for an ensemble, whose mean it stands
+    for), stored in that order; ``members`` the models whose product each member is (one model: a
+    plain member); ``paths`` names each member in errors."""
+    first = [sum(len(m) for m in models[:i]) for i in range(len(models))]  # each model's first network
+    combination = []
+    for factors, path in zip(members, paths, strict=True):
+        if len(factors) > 1 and not (target.log10 and all(t.log10 for i in factors for t in models[i])):
+            raise CheckpointError(f"{path}: a product member needs log10 targets (its value is the sum of "
+                                  "the factors' log10 values), for the ensemble and each factor")
+        combination.append([(first[i] + k, 1.0 / len(models[i])) for i in factors for k in range(len(models[i]))])
+    return combination, [t for m in models for t in m]
+
+
 def combine(outputs: np.ndarray, transform: TargetTransform, scale: float = 1.0) -> EnsembleOutput:
     """Members' normalised outputs (members × structures) -> value and σ in physical units."""
     outputs = np.atleast_2d(np.asarray(outputs, dtype=np.float64))
@@ -64,10 +102,12 @@ def combine(outputs: np.ndarray, transform: TargetTransform, scale: float = 1.0)
 
 def ensemble_output(card: ModelCard, outputs: np.ndarray, features: np.ndarray | None = None,
                     reference: Any = None) -> EnsembleOutput:
-    """A model's values and calibrated σ from its members' normalised outputs (members × structures):
-    σ from the :class:`crystalprop.model.latent_sigma.LatentReference` ``reference`` and the first
+    """A model's values and calibrated σ from its stored networks' normalised outputs (networks ×
+    structures; :func:`members_from_networks` makes them the members'): σ from the
+    :class:`crystalprop.model.latent_sigma.LatentReference` ``reference`` and the first
     member's readout ``features`` (structures × F) where the model has one, else from the spread."""
     scale = (card.ensemble or {}).get("sigma_scale", 1.0)
+    outputs = members_from_networks(card, outputs)
     if reference is None:
         return combine(outputs, card.transform, scale)
     return EnsembleOutput(combine(outputs, card.transform).value, reference.raw_sigma(features) * scale)
@@ -114,3 +154,14 @@ def check_compatible(cards: Sequence[ModelCard], paths: Sequence[str | Path]) ->
             raise CheckpointError(f"{path}: already an ensemble; join its members' own checkpoints")
     if first.ensemble:
         raise CheckpointError(f"{paths[0]}: already an ensemble; join its members' own checkpoints")
+
+
+def check_factor(card: ModelCard, first: ModelCard, path: str | Path, first_path: str | Path) -> None:
+    """Refuse a factor of a product member that cannot be stored and run beside ``first``, the
+    ensemble's first member: another architecture or graph, or a product ensemble itself."""
+    for what, mine, theirs in (("architecture", card.model, first.model), ("graph settings", card.graph, first.graph)):
+        if mine != theirs:
+            raise CheckpointError(f"{path}: another {what} than {first_path} ({mine} != {theirs}); "
+                                  "the models of a product member must share architecture and graph")
+    if card.ensemble.get("combination"):
+        raise CheckpointError(f"{path}: already holds product members; give the models it was joined from")

@@ -13,6 +13,7 @@ Notation as in :mod:`crystalprop.model.layers`: C features per head, H heads, K 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,12 +157,30 @@ def member_arrays(config: ModelConfig, members: Sequence[Mapping[str, Any]], pat
 
 
 def stack_members(config: ModelConfig, checkpoints: Sequence[tuple[Sequence[Mapping[str, Any]], str | Path]]
-                  ) -> tuple[list[dict[str, np.ndarray]], list[slice]]:
-    """Every member of ``checkpoints``, (members' parameter dicts, path) pairs of configuration ``config``,
-    checked (:func:`member_arrays`), in order, and the members that belong to each checkpoint."""
+                  ) -> tuple[list[dict[str, np.ndarray]], list[list[int]]]:
+    """Every distinct member of ``checkpoints``, (members' parameter dicts, path) pairs of configuration
+    ``config``, checked (:func:`member_arrays`), in order, and the indices of each checkpoint's members
+    among them. A network stored in two checkpoints (the bulk-modulus members inside a shear-modulus
+    model that multiplies them by G/K) is stacked, and so run, once."""
     arrays: list[dict[str, np.ndarray]] = []
+    seen: dict[bytes, int] = {}
     rows = []
     for members, path in checkpoints:
-        rows.append(slice(len(arrays), len(arrays) + len(members)))
-        arrays += member_arrays(config, members, path)
+        indices = []
+        for member in member_arrays(config, members, path):
+            digest = _digest(member)
+            if digest not in seen:
+                seen[digest] = len(arrays)
+                arrays.append(member)
+            indices.append(seen[digest])
+        rows.append(indices)
     return arrays, rows
+
+
+def _digest(member: Mapping[str, np.ndarray]) -> bytes:
+    """A fingerprint of one member's weights (names, shapes and values)."""
+    h = hashlib.blake2b(digest_size=20)
+    for name, value in member.items():
+        h.update(f"{name}{value.shape}{value.dtype}".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.digest()

@@ -265,12 +265,19 @@ class StackedMatformer(nn.Cell):
 
 
 def stack_checkpoints(config: ModelConfig, checkpoints: Sequence[tuple[Sequence[Mapping[str, Any]], Any]],
-                      fused: bool | None = None, readout: bool = False) -> tuple[StackedMatformer, list[slice]]:
-    """One stacked network (inference mode, dynamic inputs) over every member of ``checkpoints``,
-    (members' parameter dicts, path) pairs of configuration ``config``, and the rows of its
-    (K, B) output that belong to each checkpoint; ``readout``: also output the readout features."""
+                      fused: bool | None = None, readout: bool = False) -> tuple[StackedMatformer, list[list[int]]]:
+    """One stacked network (inference mode, dynamic inputs) over every distinct member of ``checkpoints``,
+    (members' parameter dicts, path) pairs of configuration ``config``, and the rows of its (K, B) output
+    that belong to each checkpoint's members (:func:`crystalprop.model.folded.stack_members`);
+    ``readout``: also output the readout features."""
     arrays, rows = stack_members(config, checkpoints)
+    return stacked_network(config, arrays, fused, readout), rows
+
+
+def stacked_network(config: ModelConfig, arrays: Sequence[Mapping[str, np.ndarray]], fused: bool | None = None,
+                    readout: bool = False) -> StackedMatformer:
+    """The stacked network of checked members ``arrays`` in inference mode, compiled once for any batch."""
     net = StackedMatformer(config, arrays, fused, readout)
     net.declare_dynamic_inputs()
     net.set_train(False)
-    return net, rows
+    return net

@@ -1,0 +1,104 @@
+"""Product members: an ensemble member that is the product of other models (shear = bulk × G/K)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import _random_checkpoint, make_structures, synthetic_target
+from crystalprop.model.checkpoint import CheckpointError, METADATA_KEY, read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Log10 models: two members of the target y, a two-member ensemble of k and one model of r."""
+    from crystalprop.evaluation import join_ensemble
+
+    folder = tmp_path_factory.mktemp("product_models")
+    y = [_random_checkpoint(folder / f"y{k}.ckpt", "y", "GPa", seed=30 + k, log10=True) for k in range(2)]
+    k_members = [_random_checkpoint(folder / f"k{k}.ckpt", "k", "GPa", seed=40 + k, log10=True) for k in range(2)]
+    r = _random_checkpoint(folder / "r.ckpt", "r", "", seed=50, log10=True)
+    data = folder / "k.json"
+    data.write_text(json.dumps([{"id": name, "structure": s.as_dict(), "k": synthetic_target(s),
+                                 "split": "val" if i % 4 == 0 else "train"}
+                                for i, (name, s) in enumerate(make_structures(40))]))
+    join_ensemble(k_members, folder / "kens.ckpt", data)
+    return {"y": y, "k": folder / "kens.ckpt", "r": r}
+
+
+@pytest.fixture(scope="module")
+def log_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("product_data") / "data.json"
+    path.write_text(json.dumps([{"id": name, "structure": s.as_dict(), "y": synthetic_target(s),
+                                 "split": "val" if i % 4 == 0 else "train"}
+                                for i, (name, s) in enumerate(make_structures(40))]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def product(models, log_data, tmp_path_factory):
+    from crystalprop.evaluation import join_ensemble
+
+    out = tmp_path_factory.mktemp("product") / "shear.ckpt"
+    result = join_ensemble(models["y"], out, log_data, products=[(models["k"], models["r"])])
+    return out, result
+
+
+def test_a_product_member_is_the_product_of_its_models_and_the_value_their_geometric_mean(models, product):
+    import crystalprop
+
+    out, result = product
+    structures = [s for _, s in make_structures(6)]
+    rows = crystalprop.predict(structures, [str(p) for p in (*models["y"], models["k"], models["r"], out)])
+    alone = {label: np.array([row[label] for row in rows]) for label in ("y0", "y1", "kens", "r")}
+    members = np.log10([alone["y0"], alone["y1"], alone["kens"] * alone["r"]])
+    np.testing.assert_allclose([row["shear"] for row in rows], 10 ** members.mean(axis=0), rtol=1e-4)
+    assert len(result["member_maes"]) == 3 and result["members"] == 5  # members; networks stored
+    files = read_checkpoint(out)[0].ensemble["member_files"]
+    assert files[2]["name"] == "kens × r" and [f["file"] for f in files[2]["files"]] == ["kens.ckpt", "r.ckpt"]
+
+
+def test_evaluate_gives_the_joined_figures(product, log_data, tmp_path):
+    from crystalprop.evaluation import evaluate_model
+
+    out, joined = product
+    result = evaluate_model(out, log_data, split="val", output_dir=tmp_path)
+    assert result["mae"] == pytest.approx(joined["mae"], rel=1e-6)
+    assert result["sigma_spearman"] == pytest.approx(joined["sigma_spearman"], abs=1e-9)
+
+
+def test_networks_shared_with_another_model_run_once(models, product):
+    """The bulk-modulus networks inside the shear model are stacked once when both predict together."""
+    from crystalprop.predictor import Predictor
+
+    out, _ = product
+    predictor = Predictor([str(models["k"]), str(out)])
+    networks = {id(net): net.members for _, net, _, _ in predictor.models}
+    assert list(networks.values()) == [5]  # 2 k + 2 y + 1 r, not 2 + 5
+
+
+def test_products_are_written_in_a_format_older_versions_refuse(product, models):
+    ms = pytest.importorskip("mindspore")
+    out, _ = product
+    meta = json.loads(ms.load_checkpoint(str(out))[METADATA_KEY])
+    assert meta["format"] == 3 and meta["ensemble"]["combination"][2] == [[2, 0.5], [3, 0.5], [4, 1.0]]
+    plain = json.loads(ms.load_checkpoint(str(models["k"]))[METADATA_KEY])
+    assert plain["format"] == 2 and "combination" not in plain["ensemble"]
+
+
+def test_a_product_of_linear_targets_is_refused(tmp_path, log_data):
+    from crystalprop.evaluation import join_ensemble
+
+    y = [_random_checkpoint(tmp_path / f"y{k}.ckpt", "y", "eV", seed=60 + k) for k in range(2)]
+    factor = _random_checkpoint(tmp_path / "f.ckpt", "f", "eV", seed=62)
+    with pytest.raises(CheckpointError, match="log10"):
+        join_ensemble(y, tmp_path / "p.ckpt", log_data, products=[(y[0], factor)])
+
+
+def test_a_product_of_one_model_is_refused(models, log_data, tmp_path):
+    from crystalprop.evaluation import join_ensemble
+
+    with pytest.raises(ValueError, match="at least two models"):
+        join_ensemble(models["y"], tmp_path / "p.ckpt", log_data, products=[(models["r"],)])
