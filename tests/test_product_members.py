@@ -102,3 +102,13 @@ def test_a_product_of_one_model_is_refused(models, log_data, tmp_path):
 
     with pytest.raises(ValueError, match="at least two models"):
         join_ensemble(models["y"], tmp_path / "p.ckpt", log_data, products=[(models["r"],)])
+
+
+def test_cli_joins_a_product_member(models, log_data, tmp_path):
+    from conftest import run_cli
+
+    factors = f"{models['k']},{models['r']}"
+    result = run_cli(["ensemble", tmp_path / "s.ckpt", *models["y"], "--product", factors, "--data", log_data])
+    assert result.returncode == 0, result.stderr
+    assert "ensemble of 3" in result.stdout
+    assert read_checkpoint(tmp_path / "s.ckpt")[0].ensemble["members"] == 5
