@@ -25,7 +25,7 @@ from crystalprop.graph.elements import SYMBOLS, ElementError
 from crystalprop.graph.neighbors import CrystalGraph, NeighborSearchError, build_graph
 from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, GraphSettings, check_cell_choice
 from crystalprop.io.adapters import crystal_from_structure
-from crystalprop.io.discovery import iter_structure_paths
+from crystalprop.io.discovery import iter_structure_paths, no_structures_found
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model import ENGINES
 from crystalprop.timelimit import run_with_time_limit
@@ -559,7 +559,12 @@ def predict(
     """
     if isinstance(inputs, (str, os.PathLike)) or _is_structure(inputs):
         inputs = [inputs]
-    predictor, reader = open_prediction(list(inputs), model, device, cell, engine=engine, reuse=True,
+    inputs = list(inputs)
+    if inputs and all(isinstance(x, (str, os.PathLike)) for x in inputs):
+        nothing_to_read = no_structures_found([str(x) for x in inputs], recursive)
+        if nothing_to_read:
+            raise ValueError(nothing_to_read)
+    predictor, reader = open_prediction(inputs, model, device, cell, engine=engine, reuse=True,
                                         recursive=recursive, workers=workers)
     return [row for rows in predictor.iter_rows(reader, batch_size=batch_size, batch_memory=batch_memory)
             for row in rows]

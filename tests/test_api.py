@@ -88,3 +88,13 @@ def test_the_command_starts_without_heavy_imports():
 def test_the_api_functions_show_their_signatures(name, parameter):
     """help(crystalprop.predict) and IDEs see the real parameters, not (*args, **kwargs)."""
     assert parameter in inspect.signature(getattr(crystalprop, name)).parameters
+
+
+def test_predict_on_a_folder_without_structures_says_so(tmp_path, random_ckpt):
+    """As the command does, not an empty list that looks like success."""
+    (tmp_path / "notes.txt").write_text("not a structure")
+    with pytest.raises(ValueError, match="no structure files found in .*notes.txt"):
+        crystalprop.predict(str(tmp_path), str(random_ckpt))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no structure files found in .*empty"):
+        crystalprop.predict([tmp_path / "empty"], str(random_ckpt))
