@@ -311,6 +311,10 @@ def test_patience_stops_a_run_that_does_not_improve(data, tmp_path):
     assert result.epochs_done == result.best_epoch + 2 < 20
     assert [r["best"] for r in result.history[-2:]] == [False, False]
     assert all(r["val_mae"] >= result.best_val_mae for r in result.history)
+    resumed = train_model(data, tmp_path / "flat", config(epochs=20, lr=0.0, schedule="constant", patience=2),
+                          workers=1, resume=True)
+    assert resumed.stopped_because == result.stopped_because and resumed.epochs_done == result.epochs_done
+    assert len(read_history(tmp_path / "flat")) == result.epochs_done  # no epoch trained beyond the stop
 
 
 # --- guards ---------------------------------------------------------------------------------

@@ -299,7 +299,7 @@ class Trainer:
         # into SIGTERM (see training/launch.py); SIGINT is still caught here between steps.
         previous_handlers = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
         loop.last_save = time.monotonic()
-        if loop.state["epoch"] < self.config.epochs:  # else a finished run, resumed: nothing to start
+        if self._why_done(loop) is None:  # else a finished run, resumed: nothing to start
             self.on_event("start", {"steps_per_epoch": loop.steps_per_epoch, "epochs": self.config.epochs,
                                     "epoch": loop.state["epoch"], "n_train": len(self.train_graphs),
                                     "n_val": len(self.val_graphs)})
@@ -337,8 +337,7 @@ class Trainer:
 
     def _epochs(self, loop: _Loop) -> str:
         """Train epoch after epoch; why the loop ended (finished, a stop, the time budget, the patience)."""
-        cfg, state = self.config, loop.state
-        while state["epoch"] < cfg.epochs:
+        while (done := self._why_done(loop)) is None:
             epoch_start = time.monotonic()
             stopped_because, losses, lr = self._train_epoch(loop)
             if stopped_because != "finished":
@@ -346,9 +345,16 @@ class Trainer:
                 return stopped_because
             record = self._end_epoch(loop, losses, epoch_start, lr)
             self.on_event("epoch", record)
-            if cfg.patience and state["bad_epochs"] >= cfg.patience:
-                return f"no improvement for {cfg.patience} epochs"
-        return "finished"
+        return done
+
+    def _why_done(self, loop: _Loop) -> str | None:
+        """Why the run has no epoch left (all trained, or the patience spent, also when resumed), or None."""
+        cfg, state = self.config, loop.state
+        if state["epoch"] >= cfg.epochs:
+            return "finished"
+        if cfg.patience and state["bad_epochs"] >= cfg.patience:
+            return f"no improvement for {cfg.patience} epochs"
+        return None
 
     def _train_epoch(self, loop: _Loop) -> tuple[str, list[float], float]:
         """The steps of the current epoch from where it stands; (finished or why it stopped, losses, last lr).
