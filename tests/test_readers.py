@@ -191,10 +191,13 @@ FM3M_OPS = "loop_\n_space_group_symop.operation_xyz\n" + "".join(
     "_SYMMETRY_SPACE_GROUP_NAME_H-M 'F m -3 m'",
     "_space_group.IT_number 225",
     FM3M_OPS,
+    "_symmetry_equiv_pos_as_xyz ?\n_symmetry_space_group_name_H-M 'F m -3 m'",
+    "_space_group_symop_operation_xyz .\n_space_group_IT_number 225",
 ])
 def test_cif_symmetry_under_any_tag_expands(tmp_path, symmetry):
     """A Hall symbol, and dotted (CIF2/mmCIF) or upper-case symmetry tags, were read as a 2-atom P1 cell
-    (CsCl-like) without a word: pymatgen reads none of them."""
+    (CsCl-like) without a word: pymatgen reads none of them. Operations given as unknown ('?') beside
+    a symbol failed with 'Occupancy 2.0 exceeded tolerance' (pymatgen took '?' for a one-line P1 list)."""
     (record,) = iter_file_records(write(tmp_path / "nacl.cif", cubic_cif(5.69, NACL_SITES, symmetry)))
     assert record.error is None and record.warnings == []
     assert len(record.structure) == 8 and record.structure.composition.reduced_formula == "NaCl"
@@ -210,7 +213,8 @@ def test_cif_hall_symbol_fixes_the_setting():
     assert min(s.distance_matrix[0][1:]) == pytest.approx(5.43 * 3**0.5 / 4)
 
 
-@pytest.mark.parametrize("symmetry", ["", "_symmetry_space_group_name_H-M ?", "_space_group_name_Hall '.'"])
+@pytest.mark.parametrize("symmetry", ["", "_symmetry_space_group_name_H-M ?", "_space_group_name_Hall '.'",
+                                      "_symmetry_equiv_pos_as_xyz ?"])
 def test_cif_without_symmetry_is_p1_with_a_warning(tmp_path, symmetry):
     """pymatgen warns 'Defaulting to P1' and a one-Cu file became simple-cubic Cu without a word."""
     (record,) = iter_file_records(write(tmp_path / "cu.cif", cubic_cif(3.615, [("Cu", 0.0)], symmetry)))

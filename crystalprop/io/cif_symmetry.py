@@ -13,6 +13,7 @@ where pymatgen still falls back to P1.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from pymatgen.core.operations import SymmOp
@@ -117,6 +118,18 @@ def symmetry_supplement(data: dict) -> str:
         if found and not any(tag in PYMATGEN_TAGS[kind] for tag, _ in found) and isinstance(found[0][1], str):
             lines.append(f"{canonical} {_quoted(found[0][1])}\n")
     return "".join(lines)
+
+
+def unknown_operations(block_text: str, data: dict) -> str | None:
+    """The block without its operations given as unknown (``_symmetry_equiv_pos_as_xyz ?``), which
+    pymatgen takes for a one-line P1 list (and then fails with 'Occupancy 2.0 exceeded tolerance'
+    beside a space-group symbol); None where the block has no such line. ``data`` as for
+    :func:`symmetry_supplement`."""
+    tags = [tag for tag, value in data.items() if tag in PYMATGEN_TAGS["operations"] and not _given(value)]
+    text = block_text
+    for tag in tags:
+        text = re.sub(rf"(?im)^[ \t]*{re.escape(tag)}[ \t]+['\"]?[?.]?['\"]?[ \t]*$", "", text)
+    return text if text != block_text else None
 
 
 def _description(data: dict) -> str:

@@ -23,7 +23,7 @@ from pymatgen.core import DummySpecies, Lattice, Structure
 from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
-from crystalprop.io.cif_symmetry import p1_fallback, symmetry_supplement
+from crystalprop.io.cif_symmetry import p1_fallback, symmetry_supplement, unknown_operations
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
 from crystalprop.provenance import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
@@ -187,7 +187,8 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
     """(block name, structure) for one data block; None for blocks without a cell.
 
     Symmetry that pymatgen would not read (see :mod:`crystalprop.io.cif_symmetry`) is appended to
-    the block under tags it reads; a block left without any is read as P1 with a note.
+    the block under tags it reads, and operations given as unknown are taken out; a block left
+    without any symmetry is read as P1 with a note.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -202,8 +203,9 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
             supplement = symmetry_supplement(data)
         except ValueError as exc:
             raise StructureReadError(name, f"CIF data block '{block_name}': {exc}") from exc
-        if supplement:
-            parser = _cif_parser(f"{block_text.rstrip()}\n{supplement}", name)
+        cleaned = unknown_operations(block_text, data)
+        if supplement or cleaned:
+            parser = _cif_parser(f"{(cleaned or block_text).rstrip()}\n{supplement}", name)
             data = next(iter(parser.as_dict().values()))
         fast = p1_structure(data)
         if fast is not None:
