@@ -376,3 +376,18 @@ def test_graph_cache_reuses_and_invalidates(tmp_path, crystals, monkeypatch):
     os.utime(folder / f"{crystals[0][0]}.cif", ns=(1, 1))
     build_graphs(load_dataset(folder).entries, workers=1)
     assert len(calls) == 4
+
+
+def test_bad_json_data_is_refused_naming_the_file_and_the_record(tmp_path):
+    """Was: 'Expecting value: line 1 column 1 (char 0)', naming neither the file nor the record."""
+    (name, s), = make_structures(1)
+    good = json.dumps({"id": name, "structure": s.as_dict(), "y": 1.0})
+    (tmp_path / "d.jsonl").write_text(f"{good}\n{good}\nnot json\n")
+    with pytest.raises(DatasetError, match=r"d\.jsonl: record 3 is not a JSON object \('not json'\)"):
+        load_dataset(tmp_path / "d.jsonl", "y")
+    (tmp_path / "t.json").write_text(f"[{good}, {good[:40]}")
+    with pytest.raises(DatasetError, match=r"t\.json: invalid or truncated JSON: "):
+        load_dataset(tmp_path / "t.json", "y")
+    (tmp_path / "w.json").write_text(json.dumps({"records": [json.loads(good), 7]}))
+    with pytest.raises(DatasetError, match=r"w\.json: record 2 is not a JSON object"):
+        load_dataset(tmp_path / "w.json", "y")

@@ -22,7 +22,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.io.formats import STRUCTURE_SUFFIXES, looks_like_structure_name, structure_stem
@@ -86,26 +86,20 @@ def _read_text(path: Path) -> str:
         raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def _json_records(path: Path) -> Iterator[dict]:
-    """Records from a JSON list, a dict of lists, or JSON Lines."""
-    text = _read_text(path)
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        yield from json.loads(text)
-        return
+def _json_records(path: Path) -> list[dict]:
+    """Records from a JSON list, a dict of lists, one record, or JSON Lines
+    (:func:`crystalprop.io.readers.json_records`, as predict reads them); each must be an object."""
+    from crystalprop.io.readers import json_records  # noqa: PLC0415  (pymatgen)
+
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        for line in text.splitlines():
-            if line.strip():
-                yield json.loads(line)
-        return
-    if isinstance(data, dict) and isinstance(data.get("records") or data.get("data"), list):
-        yield from data.get("records") or data.get("data")
-    elif isinstance(data, dict):
-        yield data
-    else:
-        raise DatasetError(f"{path}: expected a list of records")
+        data = json_records(_read_text(path))
+    except ValueError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+    records = data if isinstance(data, list) else [data]
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise DatasetError(f"{path}: record {number} is not a JSON object ({str(record)[:60]!r})")
+    return records
 
 
 def _choose_target(records: list[dict], target: str | None, exclude: set[str], origin: str,
@@ -156,7 +150,7 @@ def _entries_from_rows(
 
 
 def _read_json_dataset(path: Path, target: str | None) -> Dataset:
-    records = list(_json_records(path))
+    records = _json_records(path)
     if not records:
         raise DatasetError(f"{path}: no records")
     id_key = next((k for k in ("id", "material_id", "jid") if k in records[0]), "id")

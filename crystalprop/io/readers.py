@@ -380,18 +380,30 @@ def _json_lines(text: str) -> list[Any] | None:
     return items if len(items) > 1 and isinstance(items[0], dict) else None
 
 
-def _read_json(text: str, name: str) -> list[NameItem]:
-    """A structure dict, a wrapped record, or a list of either (``path#i`` / ``path#id``, repeats ``~2``),
-    also as JSON Lines or under "records" or "data", as train reads them; a bad item of a list is an
-    error of its own, not of the whole file."""
+def json_records(text: str) -> Any:
+    """The records of a JSON text, as both predict and train read them: a JSON document's value (a
+    dict's list under "records" or "data" in its place), or JSON Lines as the list of their values,
+    a bad later line kept as its text so that it fails as an item of its own. Raises ValueError
+    ("invalid or truncated JSON: ...") where the text is neither."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         data = _json_lines(text)
         if data is None:
-            raise StructureReadError(name, f"invalid or truncated JSON: {_one_line(str(exc), 160)}") from exc
+            raise ValueError(f"invalid or truncated JSON: {_one_line(str(exc), 160)}") from None
     if isinstance(data, dict):
         data = next((data[k] for k in RECORD_LIST_KEYS if isinstance(data.get(k), list)), data)
+    return data
+
+
+def _read_json(text: str, name: str) -> list[NameItem]:
+    """A structure dict, a wrapped record, or a list of either (``path#i`` / ``path#id``, repeats ``~2``),
+    also as JSON Lines or under "records" or "data" (:func:`json_records`); a bad item of a list is an
+    error of its own, not of the whole file."""
+    try:
+        data = json_records(text)
+    except ValueError as exc:
+        raise StructureReadError(name, str(exc)) from None
     if not isinstance(data, list):
         found = _json_item(data, "JSON", name)[1]
         if isinstance(found, StructureReadError):
