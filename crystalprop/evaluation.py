@@ -340,6 +340,9 @@ def join_ensemble(
     resolved = [resolve_model(m) for m in members]
     factor_models = [[resolve_model(f) for f in factors] for factors in products]
     paths = [path for _, path in resolved]
+    twice = next((p for k, p in enumerate(paths) if p in paths[:k]), None)
+    if twice is not None:
+        raise ValueError(f"{twice}: given twice as a member")
     models = list(dict.fromkeys(paths + [path for factors in factor_models for _, path in factors]))
     loaded = {path: read_checkpoint(path) for path in models}  # each model read once
     cards = [loaded[path][0] for path in models]

@@ -112,3 +112,10 @@ def test_cli_joins_a_product_member(models, log_data, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "ensemble of 3" in result.stdout
     assert read_checkpoint(tmp_path / "s.ckpt")[0].ensemble["members"] == 5
+
+
+def test_a_member_given_twice_is_refused(models, log_data, tmp_path):
+    from crystalprop.evaluation import join_ensemble
+
+    with pytest.raises(ValueError, match="given twice"):
+        join_ensemble([models["y"][0], models["y"][1], models["y"][0]], tmp_path / "p.ckpt", log_data)
