@@ -45,7 +45,8 @@ def main() -> None:
     from crystalprop.model.checkpoint import assign_weights, build_model, read_checkpoint, weight_set
     from crystalprop.model.ensemble import member_params
     from crystalprop.model.inference import batch_tensors
-    from crystalprop.model.stacked import stack_checkpoints
+    from crystalprop.model.folded import member_arrays
+    from crystalprop.model.stacked import stacked_network
     from crystalprop.predictor import iter_prepared
     from crystalprop.registry import resolve_model
 
@@ -65,7 +66,9 @@ def main() -> None:
     net = build_model(card, params, path)
     net.declare_dynamic_inputs()
     weights = [weight_set(net, member, path) for *_, path, members in checkpoints for member in members]
-    stacked, _ = stack_checkpoints(card.model, [(members, path) for *_, path, members in checkpoints])
+    # every member its own network, repeats included (stack_checkpoints would run a repeated one once)
+    stacked = stacked_network(card.model, [a for *_, path, members in checkpoints
+                                           for a in member_arrays(card.model, members, path)])
 
     def per_member() -> list[np.ndarray]:
         outputs = []

@@ -310,7 +310,7 @@ def ensemble(output, members, data, split, products, **options) -> None:
     try:
         with console.status("calibrating"):
             result = join_ensemble(members, output, data, split=split,
-                                   products=[[f for f in p.split(",") if f] for p in products], **options)
+                                   products=[[f.strip() for f in p.split(",") if f.strip()] for p in products], **options)
     except ValueError as exc:  # CheckpointError, DatasetError
         _fail(str(exc))
     print_ensemble(result, data, split, output)

@@ -188,9 +188,12 @@ def _network_outputs(checkpoints: Sequence[tuple[object, dict, Path]], readout: 
                                   [(member_params(card, params), path) for card, params, path in checkpoints],
                                   readout=readout)
     order = [k for indices in rows for k in indices]
+    order = None if order == list(range(net.members)) else order  # no copy where every network is distinct
 
     def run(graphs: list, batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
         outputs, features = member_outputs(net, graphs, batch_size)
+        if order is None:
+            return outputs, features
         return outputs[order], None if features is None else features[order]
 
     return run
@@ -340,9 +343,11 @@ def join_ensemble(
     resolved = [resolve_model(m) for m in members]
     factor_models = [[resolve_model(f) for f in factors] for factors in products]
     paths = [path for _, path in resolved]
-    twice = next((p for k, p in enumerate(paths) if p in paths[:k]), None)
+    given = [Path(p).resolve() for p in paths] + [tuple(Path(p).resolve() for _, p in f) for f in factor_models]
+    twice = next((g for k, g in enumerate(given) if g in given[:k]), None)
     if twice is not None:
-        raise ValueError(f"{twice}: given twice as a member")
+        raise ValueError(f"{' × '.join(map(str, twice)) if isinstance(twice, tuple) else twice}: "
+                         "given twice as a member")
     models = list(dict.fromkeys(paths + [path for factors in factor_models for _, path in factors]))
     loaded = {path: read_checkpoint(path) for path in models}  # each model read once
     cards = [loaded[path][0] for path in models]
@@ -398,6 +403,8 @@ def join_ensemble(
                          for name, f, mae in zip(member_names, files, member_maes)],
     })
     first.metrics = metrics
+    first.elements = sorted(set.intersection(*(set(c.elements) for c in cards))) if all(c.elements for c in cards) \
+        else first.elements  # warn for an element any model has not seen
     _merge_trained_ids(first, cards[1:])
     save_ensemble(output, first, [params for p in models for params in networks[p]],
                   reference.arrays() if reference else None)

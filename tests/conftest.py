@@ -188,7 +188,8 @@ def tiny_config():
     return ModelConfig(**TINY)
 
 
-def _random_checkpoint(path: Path, target: str, unit: str, seed: int, log10: bool = False) -> Path:
+def _random_checkpoint(path: Path, target: str, unit: str, seed: int, log10: bool = False,
+                       mean: float = 1.5, std: float = 0.5) -> Path:
     from crystalprop.backend import mindspore_module, set_device
 
     set_device("CPU")
@@ -198,7 +199,7 @@ def _random_checkpoint(path: Path, target: str, unit: str, seed: int, log10: boo
     mindspore_module().set_seed(seed)
     net = Matformer(ModelConfig(**TINY))
     card = ModelCard(target=target, unit=unit, model=net.config,
-                     transform=TargetTransform(mean=1.5, std=0.5, log10=log10),
+                     transform=TargetTransform(mean=mean, std=std, log10=log10),
                      metrics={"mae": 0.123}, training={"epochs": 3, "data": {"n_train": 40}})
     save_checkpoint(path, net, card)
     return path

@@ -18,8 +18,10 @@ def models(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("product_models")
     y = [_random_checkpoint(folder / f"y{k}.ckpt", "y", "GPa", seed=30 + k, log10=True) for k in range(2)]
-    k_members = [_random_checkpoint(folder / f"k{k}.ckpt", "k", "GPa", seed=40 + k, log10=True) for k in range(2)]
-    r = _random_checkpoint(folder / "r.ckpt", "r", "", seed=50, log10=True)
+    # each factor with a transform of its own, as a bulk modulus and a G/K ratio have
+    k_members = [_random_checkpoint(folder / f"k{k}.ckpt", "k", "GPa", seed=40 + k, log10=True, mean=2.0, std=0.3)
+                 for k in range(2)]
+    r = _random_checkpoint(folder / "r.ckpt", "r", "", seed=50, log10=True, mean=-0.3, std=0.2)
     data = folder / "k.json"
     data.write_text(json.dumps([{"id": name, "structure": s.as_dict(), "k": synthetic_target(s),
                                  "split": "val" if i % 4 == 0 else "train"}
@@ -69,14 +71,23 @@ def test_evaluate_gives_the_joined_figures(product, log_data, tmp_path):
     assert result["sigma_spearman"] == pytest.approx(joined["sigma_spearman"], abs=1e-9)
 
 
-def test_networks_shared_with_another_model_run_once(models, product):
-    """The bulk-modulus networks inside the shear model are stacked once when both predict together."""
+@pytest.mark.parametrize("engine", ["numpy", "mindspore"])
+def test_networks_shared_with_another_model_run_once(models, product, engine):
+    """The bulk-modulus networks inside the shear model are stacked once when both predict together,
+    and every model gets its own networks' outputs."""
+    import crystalprop
     from crystalprop.predictor import Predictor
 
     out, _ = product
-    predictor = Predictor([str(models["k"]), str(out)])
+    predictor = Predictor([str(models["k"]), str(out)], engine=engine)
     networks = {id(net): net.members for _, net, _, _ in predictor.models}
     assert list(networks.values()) == [5]  # 2 k + 2 y + 1 r, not 2 + 5
+    assert [rows for *_, rows in predictor.models] == [[0, 1], [2, 3, 0, 1, 4]]
+    structures = [s for _, s in make_structures(4)]
+    together = crystalprop.predict(structures, [str(models["k"]), str(out)], engine=engine)
+    for label, path in (("kens", models["k"]), ("shear", out)):
+        alone = crystalprop.predict(structures, str(path), engine=engine)
+        np.testing.assert_allclose([r[label] for r in together], [r[label] for r in alone], rtol=1e-5)
 
 
 def test_products_are_written_in_a_format_older_versions_refuse(product, models):
@@ -119,3 +130,26 @@ def test_a_member_given_twice_is_refused(models, log_data, tmp_path):
 
     with pytest.raises(ValueError, match="given twice"):
         join_ensemble([models["y"][0], models["y"][1], models["y"][0]], tmp_path / "p.ckpt", log_data)
+
+
+def test_latent_sigma_of_a_product_ensemble_is_its_own_beside_the_factor(models, log_data, tmp_path):
+    """Predicted beside the factor, the product ensemble's first network sits after the factor's in the
+    stacked network: its σ must still come from its own first member's readout."""
+    import crystalprop
+    from crystalprop.evaluation import join_ensemble
+
+    out = tmp_path / "lat.ckpt"
+    join_ensemble(models["y"], out, log_data, sigma="latent", products=[(models["k"], models["r"])])
+    structures = [s for _, s in make_structures(5)]
+    alone = crystalprop.predict(structures, str(out), engine="numpy")
+    beside = crystalprop.predict(structures, [str(models["k"]), str(out)], engine="numpy")
+    np.testing.assert_allclose([r["lat_std"] for r in beside], [r["lat_std"] for r in alone], rtol=1e-5)
+    np.testing.assert_allclose([r["lat"] for r in beside], [r["lat"] for r in alone], rtol=1e-5)
+
+
+def test_a_product_given_twice_is_refused(models, log_data, tmp_path):
+    from crystalprop.evaluation import join_ensemble
+
+    pair = (models["k"], models["r"])
+    with pytest.raises(ValueError, match="given twice"):
+        join_ensemble(models["y"], tmp_path / "p.ckpt", log_data, products=[pair, pair])

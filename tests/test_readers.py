@@ -204,6 +204,17 @@ def test_cif_symmetry_under_any_tag_expands(tmp_path, symmetry):
     assert record.structure.lattice.a == pytest.approx(5.69)
 
 
+def test_cif_unknown_operations_are_dropped_with_any_line_ending_and_loops_kept(tmp_path):
+    unknown = "_symmetry_equiv_pos_as_xyz ?\n_symmetry_space_group_name_H-M 'F m -3 m'"
+    text = cubic_cif(5.69, NACL_SITES, unknown).replace("\n", "\r\n")
+    (record,) = iter_file_records(write(tmp_path / "crlf.cif", text))
+    assert record.error is None and len(record.structure) == 8
+    listed = "loop_\n_symmetry_equiv_pos_as_xyz \n" + "".join(
+        f"'{op.as_xyz_str()}'\n" for op in SpaceGroup("Fm-3m").symmetry_ops)  # a tag line with a trailing blank
+    (record,) = iter_file_records(write(tmp_path / "loop.cif", cubic_cif(5.69, NACL_SITES, listed)))
+    assert record.error is None and len(record.structure) == 8
+
+
 def test_cif_hall_symbol_fixes_the_setting():
     """Diamond in origin choice 2 of Fd-3m (Si at 1/8, 1/8, 1/8): IT number 227 alone means origin choice 1
     in pymatgen, where that is a 16-fold site; the Hall symbol says which one the file uses."""

@@ -89,7 +89,7 @@ def _read_text(path: Path) -> str:
 def _json_records(path: Path) -> list[dict]:
     """Records from a JSON list, a dict of lists, one record, or JSON Lines
     (:func:`crystalprop.io.readers.json_records`, as predict reads them); each must be an object."""
-    from crystalprop.io.readers import json_records  # noqa: PLC0415  (pymatgen)
+    from crystalprop.io.readers import InvalidJsonLine, json_records  # noqa: PLC0415  (pymatgen)
 
     try:
         data = json_records(_read_text(path))
@@ -97,6 +97,8 @@ def _json_records(path: Path) -> list[dict]:
         raise DatasetError(f"{path}: {exc}") from None
     records = data if isinstance(data, list) else [data]
     for number, record in enumerate(records, start=1):
+        if isinstance(record, InvalidJsonLine):
+            raise DatasetError(f"{path}: line {record.line} is not valid JSON ({record.error})")
         if not isinstance(record, dict):
             raise DatasetError(f"{path}: record {number} is not a JSON object ({str(record)[:60]!r})")
     return records

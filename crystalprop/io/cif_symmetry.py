@@ -128,7 +128,7 @@ def unknown_operations(block_text: str, data: dict) -> str | None:
     tags = [tag for tag, value in data.items() if tag in PYMATGEN_TAGS["operations"] and not _given(value)]
     text = block_text
     for tag in tags:
-        text = re.sub(rf"(?im)^[ \t]*{re.escape(tag)}[ \t]+['\"]?[?.]?['\"]?[ \t]*$", "", text)
+        text = re.sub(rf"(?im)^[ \t]*{re.escape(tag)}[ \t]+(?:[?.]|'[?.]?'|\"[?.]?\")[ \t]*\r?$", "", text)
     return text if text != block_text else None
 
 

@@ -365,18 +365,28 @@ def _json_item(item: Any, label: str, name: str) -> tuple[str | None, Structure 
         return ident, StructureReadError(name, f"{label}: {exc}")
 
 
+class InvalidJsonLine(str):
+    """A line of JSON Lines text that is no JSON: its text, with its line number and the decoder's message."""
+
+    def __new__(cls, text: str, line: int, error: str) -> "InvalidJsonLine":
+        value = super().__new__(cls, text)
+        value.line, value.error = line, error
+        return value
+
+
 def _json_lines(text: str) -> list[Any] | None:
     """The values of JSON Lines text (one per non-blank line), or None where its first line is no
-    JSON object; a bad later line is kept as its text, to fail as an item of its own."""
-    lines = [line for line in text.splitlines() if line.strip()]
+    JSON object; a bad later line is kept as an :class:`InvalidJsonLine`, to fail as an item of its own."""
     items: list[Any] = []
-    for line in lines:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
             items.append(json.loads(line))
-        except (ValueError, RecursionError):
+        except (ValueError, RecursionError) as exc:
             if not items:
                 return None
-            items.append(line)
+            items.append(InvalidJsonLine(line, number, _one_line(str(exc), 120)))
     return items if len(items) > 1 and isinstance(items[0], dict) else None
 
 

@@ -81,7 +81,8 @@ class ModelCard:
     elements: list[str] = field(default_factory=list)
     version: str = __version__
     ensemble: dict[str, Any] = field(default_factory=dict)
-    """For an ensemble checkpoint: ``members`` (count), ``sigma_scale`` and the calibration record."""
+    """For an ensemble checkpoint: ``members`` (the networks stored; more than the members where some
+    are products, see :mod:`crystalprop.model.ensemble`), ``sigma_scale`` and the calibration record."""
 
     def to_json(self) -> str:
         """Serialise for the checkpoint's metadata entry."""
