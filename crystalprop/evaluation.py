@@ -403,8 +403,8 @@ def join_ensemble(
                          for name, f, mae in zip(member_names, files, member_maes)],
     })
     first.metrics = metrics
-    first.elements = sorted(set.intersection(*(set(c.elements) for c in cards))) if all(c.elements for c in cards) \
-        else first.elements  # warn for an element any model has not seen
+    if all(c.elements for c in cards):  # warn for an element any model has not seen; in the first one's order
+        first.elements = [e for e in first.elements if all(e in c.elements for c in cards[1:])]
     _merge_trained_ids(first, cards[1:])
     save_ensemble(output, first, [params for p in models for params in networks[p]],
                   reference.arrays() if reference else None)

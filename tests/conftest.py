@@ -189,7 +189,7 @@ def tiny_config():
 
 
 def _random_checkpoint(path: Path, target: str, unit: str, seed: int, log10: bool = False,
-                       mean: float = 1.5, std: float = 0.5) -> Path:
+                       mean: float = 1.5, std: float = 0.5, elements: list[str] | None = None) -> Path:
     from crystalprop.backend import mindspore_module, set_device
 
     set_device("CPU")
@@ -200,7 +200,8 @@ def _random_checkpoint(path: Path, target: str, unit: str, seed: int, log10: boo
     net = Matformer(ModelConfig(**TINY))
     card = ModelCard(target=target, unit=unit, model=net.config,
                      transform=TargetTransform(mean=mean, std=std, log10=log10),
-                     metrics={"mae": 0.123}, training={"epochs": 3, "data": {"n_train": 40}})
+                     metrics={"mae": 0.123}, training={"epochs": 3, "data": {"n_train": 40}},
+                     elements=elements or [])
     save_checkpoint(path, net, card)
     return path
 

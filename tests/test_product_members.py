@@ -153,3 +153,15 @@ def test_a_product_given_twice_is_refused(models, log_data, tmp_path):
     pair = (models["k"], models["r"])
     with pytest.raises(ValueError, match="given twice"):
         join_ensemble(models["y"], tmp_path / "p.ckpt", log_data, products=[pair, pair])
+
+
+def test_an_ensemble_knows_the_elements_every_model_has_seen_in_periodic_table_order(log_data, tmp_path):
+    from crystalprop.evaluation import join_ensemble
+
+    seen = [["H", "O", "Fe", "Zr"], ["H", "C", "O", "Fe"], ["Li", "H", "O", "Fe", "Zr"]]
+    y = [_random_checkpoint(tmp_path / f"y{k}.ckpt", "y", "GPa", seed=60 + k, log10=True, elements=seen[k])
+         for k in range(2)]
+    k = _random_checkpoint(tmp_path / "k.ckpt", "k", "GPa", seed=62, log10=True, elements=seen[2])
+    r = _random_checkpoint(tmp_path / "r.ckpt", "r", "", seed=63, log10=True, elements=seen[2])
+    join_ensemble(y, tmp_path / "p.ckpt", log_data, products=[(k, r)])
+    assert read_checkpoint(tmp_path / "p.ckpt")[0].elements == ["H", "O", "Fe"]
