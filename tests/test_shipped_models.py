@@ -114,3 +114,14 @@ def test_models_table_gives_whole_epochs_as_integers():
 
     epochs = [row[MODEL_COLUMNS.index("epochs")] for row in describe_models()]
     assert epochs and all(e.isdigit() for e in epochs), epochs
+
+
+LIMIT_MB = 80
+
+
+def test_shipped_weights_stay_within_the_size_budget(monkeypatch):
+    """The accuracy issue's budget: every shipped model's files together under 80 MB (wheels carry them)."""
+    monkeypatch.delenv("CRYSTALPROP_CHECKPOINTS", raising=False)
+    folder = checkpoints_dir()
+    total = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    assert total < LIMIT_MB * 2**20, f"checkpoints/ holds {total / 2**20:.1f} MB, over {LIMIT_MB} MB"
