@@ -96,6 +96,13 @@ def test_json_dict_with_records_key(tmp_path, crystals):
     _check_dataset(load_dataset(path, "y"), crystals)
 
 
+def test_json_dict_with_an_empty_records_list_beside_the_data(tmp_path, crystals):
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"records": [], "data": [{"id": n, "structure": s.as_dict(), "y": synthetic_target(s)}
+                                                        for n, s in crystals]}))
+    _check_dataset(load_dataset(path, "y"), crystals)
+
+
 # --- folders and CSV ------------------------------------------------------------------
 
 

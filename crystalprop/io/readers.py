@@ -392,9 +392,9 @@ def _json_lines(text: str) -> list[Any] | None:
 
 def json_records(text: str) -> Any:
     """The records of a JSON text, as both predict and train read them: a JSON document's value (a
-    dict's list under "records" or "data" in its place), or JSON Lines as the list of their values,
-    a bad later line kept as its text so that it fails as an item of its own. Raises ValueError
-    ("invalid or truncated JSON: ...") where the text is neither."""
+    dict's list under "records" or "data" in its place, the first that is not empty), or JSON Lines
+    as the list of their values, a bad later line kept as its text so that it fails as an item of
+    its own. Raises ValueError ("invalid or truncated JSON: ...") where the text is neither."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -402,7 +402,8 @@ def json_records(text: str) -> Any:
         if data is None:
             raise ValueError(f"invalid or truncated JSON: {_one_line(str(exc), 160)}") from None
     if isinstance(data, dict):
-        data = next((data[k] for k in RECORD_LIST_KEYS if isinstance(data.get(k), list)), data)
+        lists = [data[k] for k in RECORD_LIST_KEYS if isinstance(data.get(k), list)]
+        data = next((items for items in lists if items), lists[0] if lists else data)  # an empty list only if all are
     return data
 
 
