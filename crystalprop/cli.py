@@ -141,13 +141,15 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
 @click.option("--overwrite", is_flag=True)
 def merge(output, parts, overwrite) -> None:
     """Join the outputs of sharded `predict --shard I/N` runs into one file, in input order."""
-    from crystalprop.output import OutputExistsError, merge_results  # noqa: PLC0415
+    from crystalprop.output import OutputExistsError, merge_results, read_provenance  # noqa: PLC0415
 
     try:
         n = merge_results(output, parts, overwrite=overwrite)
     except (OutputExistsError, ValueError) as exc:
         _fail(str(exc))
-    console.print(f"{n} rows from {len(parts)} files written to {output}", markup=False)
+    unchecked = "" if read_provenance(output) else (
+        "; the parts carry no provenance record, so they were not checked to come from the same models and settings")
+    console.print(f"{n} rows from {len(parts)} files written to {output}{unchecked}", markup=False)
 
 
 @main.command()

@@ -26,6 +26,7 @@ from crystalprop.provenance import (
     describe_difference,
     read_sidecar,
     same_origin,
+    sidecar_path,
     write_sidecar,
 )
 
@@ -56,25 +57,42 @@ def drop_cut_tail(path: Path) -> None:
             handle.truncate(end)
 
 
-def read_rows(path: Path) -> list[dict]:
-    """Rows of a result file; a JSON line cut by a kill is dropped (that structure is redone)."""
+def read_rows(path: Path, *, strict: bool = False) -> list[dict]:
+    """Rows of a result file; a row cut by a kill is dropped (``--resume`` redoes that structure),
+    or with ``strict`` refused (:func:`merge_results` must not take it as a result or lose it)."""
     if not path.is_file():
         return []
     kind = _format(path)
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8", newline="" if kind == "csv" else None) as handle:
         if kind == "csv":
-            return [row for row in csv.DictReader(handle) if row.get("name")]
+            reader = csv.DictReader(handle)
+            rows = []
+            for row in reader:
+                if None in row.values() or None in row:  # fewer (or more) cells than the header
+                    if strict:
+                        raise ValueError(_cut_message(path, reader.line_num))
+                    continue
+                if row.get("name"):
+                    rows.append(row)
+            return rows
         rows = []
-        for line in handle:
+        for number, line in enumerate(handle, 1):
             line = line.strip().rstrip(",")
             if line.startswith("{"):
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:
+                    if strict:
+                        raise ValueError(_cut_message(path, number)) from None
                     continue
                 if KEY not in row:
                     rows.append(row)
         return rows
+
+
+def _cut_message(path: Path, line: int) -> str:
+    return (f"{path}: line {line} is a row cut short (the run writing it was stopped mid-row); "
+            f"finish the file with the same `crystalprop predict ... -o {path} --resume` (and --shard), then merge")
 
 
 def _header_line(path: Path) -> str | None:
@@ -140,9 +158,41 @@ def _drop_failed_rows(path: Path, columns: list[str]) -> None:
     os.replace(partial, path)
 
 
+TEXT_COLUMNS = ("name", "source", "formula", "error", "warning")
+"""Result columns that hold text; the others hold numbers (``index`` and ``n_sites`` whole ones)."""
+
+
+def _typed(row: dict, path: Path) -> dict:
+    """A CSV row's cells as the numbers and nulls a JSON result row holds."""
+    typed = {}
+    for key, value in row.items():
+        if key in TEXT_COLUMNS or not isinstance(value, str):
+            typed[key] = value
+        elif value == "":
+            typed[key] = None
+        else:
+            try:
+                typed[key] = int(value) if key in ("index", "n_sites") else float(value)
+            except ValueError:
+                raise ValueError(f"{path}: column {key} holds {value!r} for {row.get('name')}, not a number") from None
+    return typed
+
+
 def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite: bool = False) -> int:
-    """Join sharded result files into one, ordered by input position; refuse duplicates."""
-    rows = [row for part in parts for row in read_rows(Path(part))]
+    """Join sharded result files into one, ordered by input position.
+
+    Refused: a structure in two parts, parts with other columns or provenance than the first's, and
+    a part whose last row a kill cut short (``--resume`` finishes it).
+    """
+    parts = [Path(part) for part in parts]
+    provenance = _merged_provenance(parts)
+    columns = [(part, found) for part in parts if part.is_file() and (found := file_columns(part)) is not None]
+    for part, found in columns[1:]:
+        if found != columns[0][1]:
+            raise ValueError(f"{part}: its columns ({', '.join(found)}) differ from {columns[0][0]}'s "
+                             f"({', '.join(columns[0][1])}); merge parts predicted with the same --model set")
+    rows = [_typed(row, part) if _format(part) == "csv" else row
+            for part in parts for row in read_rows(part, strict=True)]
     if not rows:
         raise ValueError("no rows in the given files")
     seen: set[str] = set()
@@ -150,27 +200,35 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
     if duplicated:
         raise ValueError(f"{len(duplicated)} structure(s) appear in more than one file, e.g. {duplicated[0]}")
     rows.sort(key=lambda r: int(r.get("index") or 0))  # stable: keeps block order within a file
-    writer = ResultWriter(output, list(rows[0].keys()), overwrite=overwrite, provenance=_merged_provenance(parts))
+    writer = ResultWriter(output, list(rows[0].keys()), overwrite=overwrite, provenance=provenance)
     writer.write(rows)
     writer.close()
     return len(rows)
 
 
-def _merged_provenance(parts: Sequence[str | Path]) -> dict | None:
-    """One record for shards made by the same models; refuse shards made by other weights."""
-    records = [(Path(part), read_provenance(part)) for part in parts]
+def _no_record(path: Path) -> str:
+    """Why a result file has no provenance record, in words."""
+    return f"{sidecar_path(path).name} is missing" if _format(path) == "csv" else "its first line holds none"
+
+
+def _merged_provenance(parts: Sequence[Path]) -> dict | None:
+    """One record for shards made by the same models; refuse shards made by other weights, or
+    without a record beside shards with one (they cannot be checked)."""
+    records = [(part, read_provenance(part)) for part in parts]
     known = [(part, record) for part, record in records if record is not None]
     if not known:
         return None
     first_part, first = known[0]
-    for part, record in known[1:]:
+    for part, record in records:
+        if record is None:
+            raise ProvenanceMismatchError(
+                f"{part}: no provenance record ({_no_record(part)}), so it cannot be checked to come from the "
+                f"same models and settings as {first_part}; put the record back beside it")
         if not same_origin(first, record):
             raise ProvenanceMismatchError(
                 f"{part}: made by other weights or settings than {first_part} "
                 f"({describe_difference(first, record)}); predict all parts with the same models")
-    missing = [str(part) for part, record in records if record is None]
-    return {**first, "merged_from": [str(part) for part, _ in records],
-            **({"parts_without_provenance": missing} if missing else {})}
+    return {**first, "merged_from": [str(part) for part, _ in records]}
 
 
 class ResultWriter:
@@ -226,6 +284,11 @@ class ResultWriter:
     def _check_provenance(self) -> None:
         """Refuse to append rows made by other weights or cell handling than the file's."""
         found = read_provenance(self.path)
+        if found is None and self.provenance is not None and read_rows(self.path):
+            raise ProvenanceMismatchError(
+                f"{self.path}: cannot resume, it carries no provenance record ({_no_record(self.path)}), so its "
+                "rows cannot be checked to come from the same models and settings; put the record back, or use "
+                "--overwrite or another --output")
         if found is not None and self.provenance is not None and not same_origin(found, self.provenance):
             raise ProvenanceMismatchError(
                 f"{self.path}: cannot resume, it was written by other weights or settings "

@@ -134,3 +134,71 @@ def test_cli_outputs_and_models_show_the_weights_hash(tmp_path, random_ckpt, shi
     assert read_provenance(tmp_path / "out.csv") is not None
     listed = run_cli(["models"], env={"CRYSTALPROP_CHECKPOINTS": str(shipped_dir), "COLUMNS": "300"})
     assert hashlib.sha256((shipped_dir / "formation_energy.ckpt").read_bytes()).hexdigest() in listed.stdout
+
+
+def _cut_inside_last_value(path: Path) -> None:
+    """Cut the file inside the last row's number, as a hard kill (SIGKILL, lost node) can."""
+    data = path.read_bytes()
+    at = data.rfind(b"2.71828")
+    path.write_bytes(data[:at + 3])
+
+
+CUT = [{"index": 2, "name": "c.cif", "model_a": 2.71828, "error": "", "warning": ""}]
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_merge_refuses_a_part_whose_last_row_was_cut_short(tmp_path, weights, suffix):
+    record = provenance([("model_a", weights[0])])
+    one, two = tmp_path / "p1.csv", tmp_path / f"p2{suffix}"
+    _write(one, record, ROWS)
+    _write(two, record, CUT, finish=False)
+    _cut_inside_last_value(two)
+    with pytest.raises(ValueError) as refused:
+        merge_results(tmp_path / "all.csv", [one, two])
+    message = str(refused.value)
+    assert str(two) in message and "cut short" in message and "--resume" in message
+    assert not (tmp_path / "all.csv").exists()
+
+
+def test_merge_refuses_parts_with_other_columns(tmp_path):
+    one, two = tmp_path / "p1.csv", tmp_path / "p2.csv"
+    writer = ResultWriter(one, COLUMNS)
+    writer.write(ROWS)
+    writer.close()
+    writer = ResultWriter(two, ["index", "name", "model_b", "error", "warning"])
+    writer.write([{"index": 2, "name": "c.cif", "model_b": 7.0, "error": "", "warning": ""}])
+    writer.close()
+    with pytest.raises(ValueError) as refused:
+        merge_results(tmp_path / "all.csv", [one, two])
+    assert str(two) in str(refused.value) and "model_b" in str(refused.value) and "model_a" in str(refused.value)
+
+
+def test_merge_refuses_a_csv_part_whose_record_is_missing(tmp_path, weights):
+    one, two = tmp_path / "p1.csv", tmp_path / "p2.csv"
+    _write(one, provenance([("model_a", weights[0])]), ROWS)
+    _write(two, provenance([("model_a", weights[1])]), MORE)
+    sidecar_path(two).unlink()  # only the table was copied off the cluster
+    with pytest.raises(ProvenanceMismatchError) as refused:
+        merge_results(tmp_path / "all.csv", [one, two])
+    assert str(two) in str(refused.value) and sidecar_path(two).name in str(refused.value)
+
+
+def test_resume_refuses_a_csv_whose_record_is_missing(tmp_path, weights):
+    out = tmp_path / "out.csv"
+    _write(out, provenance([("model_a", weights[0])]), ROWS, finish=False)
+    sidecar_path(out).unlink()
+    with pytest.raises(ProvenanceMismatchError) as refused:
+        ResultWriter(out, COLUMNS, resume=True, provenance=provenance([("model_a", weights[1])]))
+    assert str(out) in str(refused.value) and sidecar_path(out).name in str(refused.value)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_csv_parts_merged_into_json_keep_numbers_and_nulls(tmp_path, weights, suffix):
+    record = provenance([("model_a", weights[0])])
+    one, two = tmp_path / "p1.csv", tmp_path / "p2.csv"
+    _write(one, record, ROWS)
+    _write(two, record, MORE)
+    merge_results(tmp_path / f"all{suffix}", [one, two])
+    rows = read_rows(tmp_path / f"all{suffix}")
+    assert [(r["index"], r["model_a"], r["error"]) for r in rows] == [
+        (0, 1.5, ""), (1, None, "unreadable"), (2, 2.5, "")]

@@ -41,3 +41,18 @@ def test_merge_refuses_duplicates_and_bad_shard(tmp_path, random_ckpt):
     assert dup.returncode == 2 and "more than one file" in dup.stderr
     bad = run_cli(["predict", folder, "-m", random_ckpt, "--shard", "4/3"])
     assert bad.returncode == 2 and "--shard" in bad.stderr
+
+
+def test_merging_parts_without_provenance_says_they_were_not_checked(tmp_path):
+    from crystalprop.output import ResultWriter  # noqa: PLC0415
+
+    parts = []
+    for i, name in enumerate(("a.cif", "b.cif")):
+        part = tmp_path / f"p{i}.csv"
+        writer = ResultWriter(part, ["index", "name", "rand", "error", "warning"])
+        writer.write([{"index": i, "name": name, "rand": 1.0 + i, "error": "", "warning": ""}])
+        writer.close()
+        parts.append(part)
+    merged = run_cli(["merge", tmp_path / "all.csv", *parts])
+    assert merged.returncode == 0, merged.stderr
+    assert "2 rows" in merged.stderr and "not checked" in merged.stderr
