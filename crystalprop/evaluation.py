@@ -326,7 +326,7 @@ def join_ensemble(
     from crystalprop.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
     from crystalprop.model.ensemble import (  # noqa: PLC0415
-        calibration_scale, check_compatible, check_factor, member_params, product_combination,
+        calibration_scale, check_compatible, check_factor, check_product_units, member_params, product_combination,
     )
     from crystalprop.registry import resolve_model  # noqa: PLC0415
 
@@ -374,6 +374,8 @@ def join_ensemble(
         first.transform, [[loaded[p][0].transform] * len(networks[p]) for p in models],
         [[models.index(p)] for p in paths] + [[models.index(p) for _, p in f] for f in factor_models],
         member_names)
+    for factors in factor_models:  # after the log10 check: units multiply only as log10 values add
+        check_product_units(first.unit, [(loaded[path][0].unit, path) for _, path in factors])
     checkpoints = [(loaded[p][0], loaded[p][1], p) for p in models]
     networks_of = _network_outputs(checkpoints, readout=sigma == "latent")
     first.ensemble = {"members": len(transforms)}  # after the network: until then ``first`` is one model

@@ -108,6 +108,16 @@ def test_a_product_of_linear_targets_is_refused(tmp_path, log_data):
         join_ensemble(y, tmp_path / "p.ckpt", log_data, products=[(y[0], factor)])
 
 
+def test_a_product_whose_units_multiply_to_another_unit_is_refused(models, log_data, tmp_path):
+    from crystalprop.evaluation import join_ensemble
+
+    other = _random_checkpoint(tmp_path / "g.ckpt", "g", "GPa", seed=63, log10=True)
+    with pytest.raises(CheckpointError) as refused:  # GPa x GPa is not the ensemble's GPa
+        join_ensemble(models["y"], tmp_path / "p.ckpt", log_data, products=[(models["k"], other)])
+    assert "g.ckpt" in str(refused.value) and "unit" in str(refused.value)
+    assert not (tmp_path / "p.ckpt").exists()
+
+
 def test_a_product_of_one_model_is_refused(models, log_data, tmp_path):
     from crystalprop.evaluation import join_ensemble
 

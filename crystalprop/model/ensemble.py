@@ -156,6 +156,21 @@ def check_compatible(cards: Sequence[ModelCard], paths: Sequence[str | Path]) ->
         raise CheckpointError(f"{paths[0]}: already an ensemble; join its members' own checkpoints")
 
 
+DIMENSIONLESS = ("", "1", "-", "dimensionless")
+"""Units a ratio model may carry (``crystalprop train --unit``)."""
+
+
+def check_product_units(unit: str, factors: Sequence[tuple[str, str | Path]]) -> None:
+    """Refuse a product member whose factors' units (``(unit, path)`` each) do not multiply to the
+    ensemble's ``unit``: one factor in that unit, the others dimensionless (GPa × 1 for K × G/K)."""
+    dimensioned = [u for u, _ in factors if u.strip().lower() not in DIMENSIONLESS]
+    if dimensioned != ([] if unit.strip().lower() in DIMENSIONLESS else [unit]):
+        product = " × ".join(u or "1" for u, _ in factors)
+        raise CheckpointError(f"{' × '.join(str(p) for _, p in factors)}: a product in {product}, not the "
+                              f"ensemble's unit ({unit or '1'}); a product member is one model in that unit "
+                              "times dimensionless ones (e.g. a bulk modulus in GPa × G/K in 1)")
+
+
 def check_factor(card: ModelCard, first: ModelCard, path: str | Path, first_path: str | Path) -> None:
     """Refuse a factor of a product member that cannot be stored and run beside ``first``, the
     ensemble's first member: another architecture or graph, or a product ensemble itself."""
