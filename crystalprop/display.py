@@ -30,6 +30,8 @@ TABLE_LIMIT = 25
 METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "mae_zero_targets",
                "mae_nonzero_targets", "n_zero_targets", "n_failed", "sigma_spearman", "within_1sigma",
                "within_2sigma", "mean_sigma", "sigma_scale", "spread_sigma_spearman")
+UNIT_KEYS = ("mae", "rmse", "max_error", "mae_zero_targets", "mae_nonzero_targets", "mean_sigma")
+"""Metrics in the target's unit (the others are log10 values, ratios, fractions or counts)."""
 
 
 def fits(table: Table) -> bool:
@@ -83,21 +85,23 @@ def print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:
     show_table(headers + ["note"], cells, right=range(3, 3 + len(columns)))
 
 
-def print_metrics(result: dict, title: str, value_header: str = "value") -> None:
-    """The metrics in ``result`` (those of :data:`METRIC_KEYS` it holds) as a two-column table."""
+def print_metrics(result: dict, title: str, unit: str = "") -> None:
+    """The metrics in ``result`` (those of :data:`METRIC_KEYS` it holds) as a two-column table, the
+    ``unit`` beside the name of each metric in it (:data:`UNIT_KEYS`)."""
     table = Table(title=Text(title))
     table.add_column("metric")
-    table.add_column(value_header, justify="right")
+    table.add_column("value", justify="right")
     for key in METRIC_KEYS:
         if key in result:
-            table.add_row(key, f"{result[key]:.4g}" if isinstance(result[key], float) else str(result[key]))
+            name = f"{key} ({unit})" if unit and key in UNIT_KEYS else key
+            table.add_row(name, f"{result[key]:.4g}" if isinstance(result[key], float) else str(result[key]))
     out.print(table)
 
 
 def print_evaluation(result: dict, output_dir: str | None) -> None:
     """The report of :func:`crystalprop.evaluation.evaluate_model`: metrics, the split check, the files."""
     print_metrics(result, f"{result['model']} on {result['data']} ({result['split']}, n = {result['n']}, "
-                          f"{result['cell']} cells)", f"value ({result['unit']})" if result["unit"] else "value")
+                          f"{result['cell']} cells)", result["unit"])
     console.print(f"{result['split']} split checked against the training data: {result['split_check']}",
                   highlight=False, markup=False)
     skipped = result.get("skipped") or []

@@ -67,3 +67,11 @@ def test_cli_refuses_then_overwrites(random_ckpt, data, tmp_path):
     done = run_cli(["evaluate", random_ckpt, data, "--split", "all", "-o", out, "--overwrite"])
     assert done.returncode == 0, done.stderr
     assert not (out / "calibration.png").exists()
+
+
+def test_the_metrics_table_gives_the_unit_only_to_the_metrics_in_it(random_ckpt, data):
+    done = run_cli(["evaluate", random_ckpt, data, "--split", "all"], env={"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(re.match(r"\W*mae \(eV\)\W", line) for line in lines), done.stdout
+    assert any(re.match(r"\W*r2\W", line) for line in lines) and "value (eV)" not in done.stdout
