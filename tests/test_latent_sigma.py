@@ -52,3 +52,27 @@ def test_reference_round_trips_through_its_arrays():
     again = LatentReference.from_params(reference.arrays(), neighbours=4)
     np.testing.assert_array_equal(again.raw_sigma(hidden), reference.raw_sigma(hidden))
     assert reference.arrays()["latent_sigma.table"].dtype == np.float16
+
+
+@pytest.mark.parametrize("rows", [40, 129, 2001])  # fewer blocks than neighbours; one row past a block; many
+def test_the_nearest_training_structures_are_the_k_closest(rows):
+    rng = np.random.default_rng(rows)
+    reference = LatentReference(np.eye(6, dtype=np.float32), np.zeros(6, np.float32),
+                                rng.normal(size=(rows, 6)), rng.uniform(0.1, 1.0, rows), neighbours=5)
+    queries = rng.normal(size=(300, 6)).astype(np.float32)
+    distances = np.linalg.norm(queries[:, None, :] - reference.table[None, :, :], axis=2)
+    nearest = np.sort(distances, axis=1)[:, :5]
+    expected = nearest.mean(axis=1) * np.take_along_axis(
+        np.broadcast_to(reference.residuals, distances.shape), np.argsort(distances, axis=1)[:, :5], axis=1).mean(axis=1)
+    np.testing.assert_allclose(reference.raw_sigma(queries), expected, rtol=1e-4)
+
+
+def test_k_smallest_falls_back_where_a_row_holds_nan():
+    from crystalprop.model.latent_sigma import BLOCK, k_smallest
+
+    values = np.random.default_rng(3).random((4, 8 * BLOCK)).astype(np.float32)
+    values[2, 17] = np.nan
+    got = k_smallest(values, 5)
+    for row in (0, 1, 3):
+        assert sorted(got[row]) == sorted(np.argsort(values[row])[:5])
+    assert got.shape == (4, 5)

@@ -30,6 +30,7 @@ PREFIX = "latent_sigma."
 NEIGHBOURS = 5
 DIMENSIONS = 32
 QUERY_CHUNK = 256  # query rows per distance block: 256 × N float32, 32 MB for N = 31,623
+BLOCK = 128  # training rows per block of the nearest-neighbour search (:func:`k_smallest`)
 
 
 @dataclass
@@ -45,7 +46,11 @@ class LatentReference:
     def __post_init__(self) -> None:
         self.table = np.asarray(self.table, np.float32)
         self.residuals = np.asarray(self.residuals, np.float32)
-        self._table_norms = np.einsum("nd,nd->n", self.table, self.table)
+        rows = -(-len(self.table) // BLOCK) * BLOCK  # whole blocks: rows of zeros at infinite distance
+        self._search_table = np.zeros((rows, self.table.shape[1]), np.float32)
+        self._search_table[: len(self.table)] = self.table
+        self._table_norms = np.full(rows, np.inf, np.float32)
+        self._table_norms[: len(self.table)] = np.einsum("nd,nd->n", self.table, self.table)
 
     @classmethod
     def build(cls, hidden: np.ndarray, residuals: np.ndarray, dimensions: int = DIMENSIONS,
@@ -70,8 +75,9 @@ class LatentReference:
         k = min(self.neighbours, len(self.table))
         for start in range(0, len(z), QUERY_CHUNK):
             block = z[start : start + QUERY_CHUNK]
-            squared = np.einsum("bd,bd->b", block, block)[:, None] + self._table_norms - 2.0 * block @ self.table.T
-            nearest = np.argpartition(squared, k - 1, axis=1)[:, :k]  # (b, k)
+            squared = (np.einsum("bd,bd->b", block, block)[:, None] + self._table_norms
+                       - 2.0 * block @ self._search_table.T)  # (b, whole blocks of training rows)
+            nearest = k_smallest(squared, k)  # (b, k)
             distance = np.sqrt(np.maximum(np.take_along_axis(squared, nearest, axis=1), 0.0)).mean(axis=1)
             out[start : start + len(block)] = distance * self.residuals[nearest].mean(axis=1)
         return out
@@ -92,6 +98,29 @@ class LatentReference:
             raise CheckpointError(f"{path}: its σ comes from a latent reference, but {', '.join(PREFIX + m for m in missing)} "
                                   "is missing from its weights (re-join it with crystalprop ensemble --sigma latent)")
         return cls(values["projection"], values["offset"], values["table"], values["residuals"], neighbours)
+
+
+def k_smallest(values: np.ndarray, k: int) -> np.ndarray:
+    """Column indices (b, k) of the k smallest of each row of ``values`` (b, blocks × BLOCK), in no
+    particular order: what ``np.argpartition`` gives, about three times faster for k << BLOCK.
+
+    The k smallest block minima of a row are k of its values, so its k smallest values are at most
+    the k-th smallest block minimum; only the few values within that bound are sorted.
+    """
+    b, width = values.shape
+    blocks = values.reshape(b, width // BLOCK, BLOCK)
+    minima = blocks.min(axis=2)
+    if minima.shape[1] < k:
+        return np.argpartition(values, k - 1, axis=1)[:, :k]
+    bound = np.partition(minima, k - 1, axis=1)[:, k - 1]
+    block_rows, block_ids = np.nonzero(minima <= bound[:, None])  # the few blocks that can hold them
+    hits, within = np.nonzero(blocks[block_rows, block_ids] <= bound[block_rows, None])
+    rows, cols = block_rows[hits], block_ids[hits] * BLOCK + within
+    if np.bincount(rows, minlength=b).min(initial=k) < k:  # a NaN row: no bound holds
+        return np.argpartition(values, k - 1, axis=1)[:, :k]
+    order = np.lexsort((values[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    return cols[np.searchsorted(rows, np.arange(b))[:, None] + np.arange(k)]
 
 
 def stored_reference(card: Any, params: Mapping[str, Any], path: Any) -> LatentReference | None:
