@@ -58,8 +58,10 @@ def drop_cut_tail(path: Path) -> None:
 
 
 def read_rows(path: Path, *, strict: bool = False) -> list[dict]:
-    """Rows of a result file; a row cut by a kill is dropped (``--resume`` redoes that structure),
-    or with ``strict`` refused (:func:`merge_results` must not take it as a result or lose it)."""
+    """Rows of a result file; a JSON row cut by a kill is dropped (``--resume`` redoes that structure,
+    after :func:`drop_cut_tail`). With ``strict`` a row cut short (a JSON line that does not parse,
+    a CSV row with fewer or more cells than the header) is refused: :func:`merge_results` must
+    neither take it as a result nor lose it."""
     if not path.is_file():
         return []
     kind = _format(path)
@@ -68,10 +70,8 @@ def read_rows(path: Path, *, strict: bool = False) -> list[dict]:
             reader = csv.DictReader(handle)
             rows = []
             for row in reader:
-                if None in row.values() or None in row:  # fewer (or more) cells than the header
-                    if strict:
-                        raise ValueError(_cut_message(path, reader.line_num))
-                    continue
+                if strict and (None in row.values() or None in row):  # fewer (or more) cells than the header
+                    raise ValueError(_cut_message(path, reader.line_num))
                 if row.get("name"):
                     rows.append(row)
             return rows
