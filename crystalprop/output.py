@@ -284,11 +284,6 @@ class ResultWriter:
     def _check_provenance(self) -> None:
         """Refuse to append rows made by other weights or cell handling than the file's."""
         found = read_provenance(self.path)
-        if found is None and self.provenance is not None and read_rows(self.path):
-            raise ProvenanceMismatchError(
-                f"{self.path}: cannot resume, it carries no provenance record ({_no_record(self.path)}), so its "
-                "rows cannot be checked to come from the same models and settings; put the record back, or use "
-                "--overwrite or another --output")
         if found is not None and self.provenance is not None and not same_origin(found, self.provenance):
             raise ProvenanceMismatchError(
                 f"{self.path}: cannot resume, it was written by other weights or settings "

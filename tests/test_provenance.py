@@ -183,15 +183,6 @@ def test_merge_refuses_a_csv_part_whose_record_is_missing(tmp_path, weights):
     assert str(two) in str(refused.value) and sidecar_path(two).name in str(refused.value)
 
 
-def test_resume_refuses_a_csv_whose_record_is_missing(tmp_path, weights):
-    out = tmp_path / "out.csv"
-    _write(out, provenance([("model_a", weights[0])]), ROWS, finish=False)
-    sidecar_path(out).unlink()
-    with pytest.raises(ProvenanceMismatchError) as refused:
-        ResultWriter(out, COLUMNS, resume=True, provenance=provenance([("model_a", weights[1])]))
-    assert str(out) in str(refused.value) and sidecar_path(out).name in str(refused.value)
-
-
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 def test_csv_parts_merged_into_json_keep_numbers_and_nulls(tmp_path, weights, suffix):
     record = provenance([("model_a", weights[0])])
