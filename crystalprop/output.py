@@ -178,6 +178,13 @@ def _typed(row: dict, path: Path) -> dict:
     return typed
 
 
+def _part_columns(path: Path, rows: list[dict]) -> list[str] | None:
+    """:func:`file_columns` of a part whose ``rows`` are read already (a CSV's header, else the first row's keys)."""
+    if _format(path) == "csv":
+        return file_columns(path) if path.is_file() else None
+    return list(rows[0]) if rows else None
+
+
 def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite: bool = False) -> int:
     """Join sharded result files into one, ordered by input position.
 
@@ -186,13 +193,13 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
     """
     parts = [Path(part) for part in parts]
     provenance = _merged_provenance(parts)
-    columns = [(part, found) for part in parts if part.is_file() and (found := file_columns(part)) is not None]
+    read = [(part, read_rows(part, strict=True)) for part in parts]
+    columns = [(part, cols) for part, found in read if (cols := _part_columns(part, found)) is not None]
     for part, found in columns[1:]:
         if found != columns[0][1]:
             raise ValueError(f"{part}: its columns ({', '.join(found)}) differ from {columns[0][0]}'s "
                              f"({', '.join(columns[0][1])}); merge parts predicted with the same --model set")
-    rows = [_typed(row, part) if _format(part) == "csv" else row
-            for part in parts for row in read_rows(part, strict=True)]
+    rows = [_typed(row, part) if _format(part) == "csv" else row for part, found in read for row in found]
     if not rows:
         raise ValueError("no rows in the given files")
     seen: set[str] = set()

@@ -44,13 +44,14 @@ class LatentReference:
     neighbours: int = NEIGHBOURS
 
     def __post_init__(self) -> None:
-        self.table = np.asarray(self.table, np.float32)
+        table = np.asarray(self.table, np.float32)
         self.residuals = np.asarray(self.residuals, np.float32)
-        rows = -(-len(self.table) // BLOCK) * BLOCK  # whole blocks: rows of zeros at infinite distance
-        self._search_table = np.zeros((rows, self.table.shape[1]), np.float32)
-        self._search_table[: len(self.table)] = self.table
+        rows = -(-len(table) // BLOCK) * BLOCK  # whole blocks: rows of zeros at infinite distance
+        self._search_table = np.zeros((rows, table.shape[1]), np.float32)
+        self._search_table[: len(table)] = table
+        self.table = self._search_table[: len(table)]  # a view: the table is held once
         self._table_norms = np.full(rows, np.inf, np.float32)
-        self._table_norms[: len(self.table)] = np.einsum("nd,nd->n", self.table, self.table)
+        self._table_norms[: len(table)] = np.einsum("nd,nd->n", table, table)
 
     @classmethod
     def build(cls, hidden: np.ndarray, residuals: np.ndarray, dimensions: int = DIMENSIONS,
