@@ -109,7 +109,7 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     if output:
         try:
             writer = ResultWriter(output, columns, resume=resume, overwrite=overwrite, retry_failed=retry_failed,
-                                  provenance=predictor.provenance())
+                                  provenance=predictor.provenance(part))
         except (OutputExistsError, ValueError) as exc:
             reader.close()
             _fail(str(exc))

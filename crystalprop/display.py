@@ -125,13 +125,13 @@ def stream_rows(batches: Iterable[list[dict]], writer=None, keep: int | None = T
     """Consume prediction rows batch by batch with a progress line, naming each failure as it comes.
 
     Every batch goes to ``writer`` (a :class:`crystalprop.output.ResultWriter`, closed at the
-    end) as it arrives, so Ctrl-C, SIGTERM or SIGHUP keeps what is done and leaves a whole file
+    end, and marked finished when the stream ran to its end) as it arrives, so Ctrl-C, SIGTERM or SIGHUP keeps what is done and leaves a whole file
     (:func:`crystalprop.stopping.stop_signals_interrupt`; call it in the main thread). Returns the
     first ``keep`` rows or so (every row for ``keep=None``) for the table, the structures predicted,
     the structures failed, and the stop signal received, before the end of the stream or while the
     file was closed (None when none came).
     """
-    shown, n_ok, n_failed, stopped = [], 0, 0, None
+    shown, n_ok, n_failed, stopped, reached_end = [], 0, 0, None, False
     progress = Progress(TextColumn("[bold]predicting"), BarColumn(), TextColumn("{task.completed} structures"),
                         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=True)
     with progress, stop_signals_interrupt() as interrupt:
@@ -152,13 +152,14 @@ def stream_rows(batches: Iterable[list[dict]], writer=None, keep: int | None = T
                         shown.extend(rows)
                     elapsed = progress.tasks[0].elapsed or 1e-9
                     progress.update(task, advance=len(rows), rate=f"{(n_ok + n_failed) / elapsed:.1f}/s")
+                reached_end = True
             finally:
                 interrupt.disarm()  # from here on a stop signal is noted and cuts nothing short
         except KeyboardInterrupt:
             stopped = signal.SIGINT  # unless one of the stop signals raised it
         finally:
             if writer:
-                writer.close()
+                writer.close(finished=reached_end)
     if interrupt.received:
         stopped = signal.Signals(interrupt.received[0])
     if stopped:

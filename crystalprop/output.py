@@ -9,6 +9,11 @@ line ``{"crystalprop_provenance": {...}}``, a JSON file is the object
 ``{"crystalprop_provenance": {...}, "results": [rows]}`` (its first line holds the record)
 and a CSV gets the sidecar ``<file>.meta.json``. Resuming or merging results made by other
 weights or cell handling is refused.
+
+A run that reaches the end of its input marks its file finished (:data:`FINISHED`: a last line
+of a JSON Lines file, a key after a JSON file's rows, a key of a CSV's sidecar); a run stopped
+before the end leaves a whole file without the mark. With the shard each part covers in its record,
+``merge`` refuses an unfinished part, a missing shard and a shard given twice.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ from typing import IO, Sequence
 
 from crystalprop.atomic import make_folder
 from crystalprop.provenance import (
+    FINISHED,
     KEY,
     ProvenanceMismatchError,
     describe_difference,
     read_sidecar,
     same_origin,
+    sidecar_finished,
     sidecar_path,
+    utc_now,
     write_sidecar,
 )
 
@@ -85,7 +93,7 @@ def read_rows(path: Path, *, strict: bool = False) -> list[dict]:
                     if strict:
                         raise ValueError(_cut_message(path, number)) from None
                     continue
-                if KEY not in row:
+                if KEY not in row and FINISHED not in row:
                     rows.append(row)
         return rows
 
@@ -114,6 +122,27 @@ def read_provenance(path: str | Path) -> dict | None:
         return None
     text = header if _format(path) == "jsonl" else header.removesuffix("[") + "[]}"
     return json.loads(text)[KEY]
+
+
+def is_finished(path: str | Path) -> bool:
+    """Whether the run that wrote a result file reached the end of its input (see the module docstring)."""
+    path = Path(path)
+    if _format(path) == "csv":
+        return sidecar_finished(path)
+    last = _last_line(path)
+    if _format(path) == "jsonl":
+        return last.startswith("{" + json.dumps(FINISHED))
+    return last.startswith("], " + json.dumps(FINISHED))
+
+
+def _last_line(path: Path) -> str:
+    """The last line of a text file that is not blank ("" for none)."""
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+        lines = [line.strip() for line in handle.read().decode("utf-8", "replace").splitlines()]
+    return next((line for line in reversed(lines) if line), "")
 
 
 def _json_opening(record: dict | None) -> str:
@@ -188,11 +217,13 @@ def _part_columns(path: Path, rows: list[dict]) -> list[str] | None:
 def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite: bool = False) -> int:
     """Join sharded result files into one, ordered by input position.
 
-    Refused: a structure in two parts, parts with other columns or provenance than the first's, and
-    a part whose last row a kill cut short (``--resume`` finishes it).
+    Refused: a structure in two parts, parts with other columns or provenance than the first's, a part
+    whose last row a kill cut short, and, for parts whose records name their shard, a part whose run
+    stopped before its end (``--resume`` finishes both), a missing shard and a shard given twice.
     """
     parts = [Path(part) for part in parts]
     provenance = _merged_provenance(parts)
+    _check_shards(parts)
     read = [(part, read_rows(part, strict=True)) for part in parts]
     columns = [(part, cols) for part, found in read if (cols := _part_columns(part, found)) is not None]
     for part, found in columns[1:]:
@@ -209,8 +240,35 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
     rows.sort(key=lambda r: int(r.get("index") or 0))  # stable: keeps block order within a file
     writer = ResultWriter(output, list(rows[0].keys()), overwrite=overwrite, provenance=provenance)
     writer.write(rows)
-    writer.close()
+    writer.close(finished=True)
     return len(rows)
+
+
+def _check_shards(parts: Sequence[Path]) -> None:
+    """Refuse an unfinished part, a missing shard and a shard given twice, judged by the parts whose
+    records name their shard (files written before records did cannot be checked)."""
+    sharded = [(part, tuple(record["shard"])) for part in parts
+               if (record := read_provenance(part)) is not None and "shard" in record]
+    for part, (i, n) in sharded:
+        if not is_finished(part):
+            raise ValueError(f"{part}: unfinished, the run writing it stopped before the end of shard {i}/{n}; "
+                             f"finish it with the same `crystalprop predict ... --shard {i}/{n} -o {part} --resume`, "
+                             "then merge")
+    counts = sorted({n for _, (_, n) in sharded})
+    if len(counts) > 1:
+        raise ValueError(f"the parts come from splits into {' and '.join(map(str, counts))} shards; "
+                         "merge the parts of one split")
+    if not counts or counts[0] == 1 or len(sharded) < len(parts):
+        return
+    n, seen = counts[0], {}
+    for part, (i, _) in sharded:
+        if i in seen:
+            raise ValueError(f"{seen[i]} and {part} are both shard {i}/{n}; give each shard once")
+        seen[i] = part
+    missing = [f"{i}/{n}" for i in range(1, n + 1) if i not in seen]
+    if missing:
+        raise ValueError(f"shard {', '.join(missing)} missing: predict it with `crystalprop predict ... --shard "
+                         f"{missing[0]} -o PART`, then merge all {n} parts")
 
 
 def _no_record(path: Path) -> str:
@@ -235,7 +293,10 @@ def _merged_provenance(parts: Sequence[Path]) -> dict | None:
             raise ProvenanceMismatchError(
                 f"{part}: made by other weights or settings than {first_part} "
                 f"({describe_difference(first, record)}); predict all parts with the same models")
-    return {**first, "merged_from": [str(part) for part, _ in records]}
+    merged = {**first, "merged_from": [str(part) for part, _ in records]}
+    if "shard" in merged:
+        merged["shard"] = [1, 1]  # the whole input, once _check_shards found every shard
+    return merged
 
 
 class ResultWriter:
@@ -255,12 +316,15 @@ class ResultWriter:
         if exists and not (resume or overwrite):
             raise OutputExistsError(f"{self.path} exists: use --resume to continue it or --overwrite to replace it")
         appending = exists and resume
+        self._record = provenance
         if appending:
             drop_cut_tail(self.path)
             self._check_columns()
             self._check_provenance()
             if retry_failed:
                 _drop_failed_rows(self.path, self.columns)
+            self._record = read_provenance(self.path)
+            self._unfinish()
         self._rows_in_file = self._reopen_json_array() > 0 if appending and self.kind == "json" else False
         try:
             make_folder(self.path.parent)
@@ -279,7 +343,7 @@ class ResultWriter:
             self.handle.write(_json_opening(provenance) + "\n")
         elif not appending and provenance is not None:
             self.handle.write(json.dumps({KEY: provenance}) + "\n")
-        self._closing = "\n]}\n" if (_header_line(self.path) if appending else provenance) else "\n]\n"
+        self._closing = "\n]}\n" if self._record is not None else "\n]\n"
 
     def _check_columns(self) -> None:
         """Refuse to append to a file whose columns differ (e.g. written with another --model set)."""
@@ -291,10 +355,22 @@ class ResultWriter:
     def _check_provenance(self) -> None:
         """Refuse to append rows made by other weights or cell handling than the file's."""
         found = read_provenance(self.path)
-        if found is not None and self.provenance is not None and not same_origin(found, self.provenance):
+        if found is not None and self.provenance is not None and not (
+                same_origin(found, self.provenance) and found.get("shard", self.provenance.get("shard"))
+                == self.provenance.get("shard", found.get("shard"))):
             raise ProvenanceMismatchError(
                 f"{self.path}: cannot resume, it was written by other weights or settings "
                 f"({describe_difference(found, self.provenance)}); use the same models or another --output")
+
+    def _unfinish(self) -> None:
+        """Drop the finished mark of a file being resumed: it is unfinished until this run ends."""
+        if self.kind == "csv":
+            if self._record is not None and sidecar_finished(self.path):
+                write_sidecar(self.path, self._record)
+        elif self.kind == "jsonl" and is_finished(self.path):
+            data = self.path.read_bytes().rstrip()
+            with open(self.path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
 
     def _reopen_json_array(self) -> int:
         """Drop a closing bracket (and a cut last line) so rows can be appended; count rows."""
@@ -326,8 +402,14 @@ class ResultWriter:
         self.handle.flush()
         os.fsync(self.handle.fileno())
 
-    def close(self) -> None:
-        """Finish the file (closing bracket for JSON)."""
+    def close(self, *, finished: bool = False) -> None:
+        """Close the file whole (a JSON file's closing bracket); ``finished``: the run reached the end of its
+        input, which a file with a provenance record then says (:data:`FINISHED`)."""
+        mark = utc_now() if finished and self._record is not None else None
         if self.kind == "json":
-            self.handle.write(self._closing)
+            self.handle.write(self._closing if mark is None else f"\n], {json.dumps(FINISHED)}: {json.dumps(mark)}}}\n")
+        elif self.kind == "jsonl" and mark is not None:
+            self.handle.write(json.dumps({FINISHED: mark}) + "\n")
         self.handle.close()
+        if self.kind == "csv" and mark is not None:
+            write_sidecar(self.path, self._record, mark)

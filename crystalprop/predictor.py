@@ -378,11 +378,12 @@ class Predictor:
         first_compile(lambda: self.predict_prepared([Prepared("probe", "probe", graph=probe)]))
         self._compiled = True
 
-    def provenance(self) -> dict:
-        """Where this predictor's results come from: versions, each model's weights (sha256), cells, engine."""
+    def provenance(self, shard: tuple[int, int] = (1, 1)) -> dict:
+        """Where this predictor's results come from: versions, each model's weights (sha256), cells, engine,
+        and the ``shard`` of the input they cover."""
         from crystalprop.provenance import provenance  # noqa: PLC0415
 
-        return provenance(self.sources, cell=self.settings.cell, device=self.device, engine=self.engine)
+        return provenance(self.sources, cell=self.settings.cell, device=self.device, engine=self.engine, shard=shard)
 
     @property
     def value_columns(self) -> list[str]:

@@ -21,6 +21,10 @@ from crystalprop import __version__
 
 KEY = "crystalprop_provenance"
 """The key that marks the provenance record in JSON / JSON Lines output."""
+FINISHED = "crystalprop_finished"
+"""The key under which a result file says when the run writing it reached the end of its input: the
+last line of a JSON Lines file, a key after the rows of a JSON file, a key of a CSV's sidecar. A run
+stopped before the end leaves a whole file without it, which ``merge`` refuses."""
 
 
 class ProvenanceMismatchError(ValueError):
@@ -84,10 +88,11 @@ def _version(package: str) -> str | None:
 
 
 def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-given", device: str = "CPU",
-               engine: str = "mindspore") -> dict:
+               engine: str = "mindspore", shard: tuple[int, int] | None = None) -> dict:
     """The record for results of ``models`` ((label, checkpoint path) pairs) computed by ``engine``
-    (``mindspore``, or ``numpy``: :mod:`crystalprop.model.numpy_stacked`)."""
-    return {
+    (``mindspore``, or ``numpy``: :mod:`crystalprop.model.numpy_stacked`). ``shard`` (I, N): the part of
+    the input these results cover (``predict --shard I/N``), so that ``merge`` can tell a missing part."""
+    record = {
         "crystalprop": __version__,
         "mindspore": _version("mindspore"),
         "python": platform.python_version(),
@@ -96,8 +101,16 @@ def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-give
         "cell": cell,
         "models": [{"name": label, "file": Path(path).name, "sha256": cached_file_sha256(path)}
                    for label, path in models],
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
     }
+    if shard is not None:
+        record["shard"] = list(shard)
+    return record
+
+
+def utc_now() -> str:
+    """The time now, UTC, to the second (ISO 8601)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -119,6 +132,8 @@ def describe_difference(old: dict, new: dict) -> str:
     def models(record: dict) -> str:
         return ", ".join(f"{m.get('name')} ({str(m.get('sha256'))[:12]})" for m in record.get("models", []))
 
+    if old.get("shard") != new.get("shard") and old.get("shard") and new.get("shard"):
+        return f"shard {'/'.join(map(str, old['shard']))} there, {'/'.join(map(str, new['shard']))} now"
     if old.get("cell") != new.get("cell"):
         return f"cell handling {old.get('cell')!r} there, {new.get('cell')!r} now"
     return f"models {models(old) or 'none'} there, {models(new) or 'none'} now"
@@ -164,8 +179,16 @@ def read_sidecar(path: str | Path) -> dict | None:
     return json.loads(side.read_text(encoding="utf-8")).get(KEY)
 
 
-def write_sidecar(path: str | Path, record: dict) -> Path:
-    """Write ``<path>.meta.json`` holding ``record``."""
+def write_sidecar(path: str | Path, record: dict, finished: str | None = None) -> Path:
+    """Write ``<path>.meta.json`` holding ``record`` and, once the run that writes the CSV reached
+    the end of its input, when it did (``finished``, under :data:`FINISHED`)."""
     side = sidecar_path(path)
-    side.write_text(json.dumps({KEY: record}, indent=2) + "\n", encoding="utf-8")
+    content = {KEY: record} if finished is None else {KEY: record, FINISHED: finished}
+    side.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     return side
+
+
+def sidecar_finished(path: str | Path) -> bool:
+    """Whether the sidecar of a CSV says that the run writing it reached the end of its input."""
+    side = sidecar_path(path)
+    return side.is_file() and FINISHED in json.loads(side.read_text(encoding="utf-8"))

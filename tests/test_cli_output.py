@@ -126,10 +126,10 @@ def test_stream_rows_stops_on_sigterm_and_finishes_saving(tmp_path):
     from crystalprop.output import ResultWriter
 
     class ClosedUnderFire(ResultWriter):
-        def close(self) -> None:
+        def close(self, **finished) -> None:
             os.kill(os.getpid(), signal.SIGTERM)  # a scheduler repeating itself, or Ctrl-C hammered
             time.sleep(0.2)  # the handler runs here
-            super().close()
+            super().close(**finished)
 
     def batches():
         os.kill(os.getpid(), signal.SIGHUP)
@@ -160,10 +160,10 @@ def test_stop_signal_while_the_file_is_closed_leaves_it_whole(tmp_path):
     from crystalprop.output import ResultWriter
 
     class ClosedUnderFire(ResultWriter):
-        def close(self) -> None:
+        def close(self, **finished) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.2)  # the handler runs here
-            super().close()
+            super().close(**finished)
 
     out = tmp_path / "out.json"
     term = signal.getsignal(signal.SIGTERM)

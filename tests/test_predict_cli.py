@@ -27,6 +27,7 @@ from crystalprop.graph import GraphSettings  # noqa: E402
 from crystalprop.model.checkpoint import load_model  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 from conftest import read_csv  # noqa: E402
+from crystalprop.output import is_finished  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -518,11 +519,13 @@ def test_cli_stopped_by_a_signal_keeps_a_valid_file_and_says_so(files, random_ck
     assert proc.returncode == 128 + sig and "Traceback" not in stderr, stderr
     assert "2 predicted, 0 failed, interrupted" in message, message
     assert [r["name"] for r in json.loads(out.read_text())["results"]] == inputs[:2]
+    assert not is_finished(out)  # so that `merge` refuses it
     (tmp_path / "slow.cif").unlink()
     shutil.copy(files[0] / "c.cif", tmp_path / "slow.cif")
     resumed = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", "out.json", "--resume"], cwd=tmp_path)
     assert resumed.returncode == 0 and "1 predicted, 0 failed" in resumed.stderr, resumed.stderr
     assert [r["name"] for r in json.loads(out.read_text())["results"]] == inputs
+    assert is_finished(out)
 
 
 def test_cli_gpu_fails_fast_and_clearly(files, random_ckpt, tmp_path):

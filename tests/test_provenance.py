@@ -14,7 +14,7 @@ from pymatgen.io.cif import CifWriter
 import crystalprop
 from crystalprop.model import kernel_library
 from conftest import rocksalt, run_cli
-from crystalprop.output import ResultWriter, merge_results, read_provenance, read_rows
+from crystalprop.output import ResultWriter, is_finished, merge_results, read_provenance, read_rows
 from crystalprop.provenance import KEY, ProvenanceMismatchError, provenance, sidecar_path
 
 COLUMNS = ["index", "name", "model_a", "error", "warning"]
@@ -193,3 +193,72 @@ def test_csv_parts_merged_into_json_keep_numbers_and_nulls(tmp_path, weights, su
     rows = read_rows(tmp_path / f"all{suffix}")
     assert [(r["index"], r["model_a"], r["error"]) for r in rows] == [
         (0, 1.5, ""), (1, None, "unreadable"), (2, 2.5, "")]
+
+
+def _shard(path: Path, part: int, parts: int, rows, weights, *, finished: bool = True) -> None:
+    """Write shard ``part``/``parts`` as `predict --shard` does: finished when its run reached the end."""
+    writer = ResultWriter(path, COLUMNS, provenance=provenance([("model_a", weights[0])], shard=(part, parts)))
+    writer.write(rows)
+    writer.close(finished=finished)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_a_run_that_reached_its_end_is_marked_finished_and_a_stopped_one_is_not(tmp_path, weights, suffix):
+    """A kill or Ctrl-C leaves a whole file; only the mark tells it from one whose run reached its end."""
+    record = provenance([("model_a", weights[0])], shard=(1, 1))
+    done, stopped = tmp_path / f"done{suffix}", tmp_path / f"stopped{suffix}"
+    _shard(done, 1, 1, ROWS, weights)
+    _write(stopped, record)  # closed on the way out of a stopped run
+    assert is_finished(done) and not is_finished(stopped)
+    assert [r["name"] for r in read_rows(done)] == ["a.cif", "b.cif"]
+    assert read_provenance(done) == {**record, "created": read_provenance(done)["created"]}
+    if suffix == ".json":
+        assert [r["name"] for r in json.loads(done.read_text())["results"]] == ["a.cif", "b.cif"]
+    writer = ResultWriter(done, COLUMNS, resume=True, provenance=record)
+    assert not is_finished(done)  # rows are being added: unfinished until this run ends
+    writer.write(MORE)
+    writer.close(finished=True)
+    assert is_finished(done) and [r["name"] for r in read_rows(done)] == ["a.cif", "b.cif", "c.cif"]
+
+
+def test_resuming_a_file_as_another_shard_is_refused(tmp_path, weights):
+    part = tmp_path / "p1.csv"
+    _shard(part, 1, 2, ROWS, weights, finished=False)
+    with pytest.raises(ProvenanceMismatchError) as refused:
+        ResultWriter(part, COLUMNS, resume=True, provenance=provenance([("model_a", weights[0])], shard=(2, 2)))
+    assert str(part) in str(refused.value) and "1/2" in str(refused.value) and "2/2" in str(refused.value)
+
+
+def test_merge_refuses_an_unfinished_shard(tmp_path, weights):
+    one, two = tmp_path / "p1.csv", tmp_path / "p2.jsonl"
+    _shard(one, 1, 2, ROWS, weights)
+    _shard(two, 2, 2, MORE, weights, finished=False)  # its job hit the cluster's time limit
+    with pytest.raises(ValueError) as refused:
+        merge_results(tmp_path / "all.csv", [one, two])
+    message = str(refused.value)
+    assert str(two) in message and "--shard 2/2" in message and "--resume" in message
+    assert not (tmp_path / "all.csv").exists()
+
+
+def test_merge_refuses_a_missing_shard_and_a_shard_given_twice(tmp_path, weights):
+    one, two, three = (tmp_path / f"p{i}.csv" for i in (1, 2, 3))
+    _shard(one, 1, 3, ROWS[:1], weights)
+    _shard(three, 3, 3, MORE, weights)
+    with pytest.raises(ValueError) as missing:
+        merge_results(tmp_path / "all.csv", [one, three])
+    assert "2/3" in str(missing.value) and "missing" in str(missing.value)
+    _shard(two, 1, 3, ROWS[1:], weights)  # predicted with the wrong --shard
+    with pytest.raises(ValueError) as twice:
+        merge_results(tmp_path / "all.csv", [one, two, three])
+    assert str(one) in str(twice.value) and str(two) in str(twice.value) and "1/3" in str(twice.value)
+    assert not (tmp_path / "all.csv").exists()
+
+
+def test_merging_every_finished_shard_gives_a_finished_whole(tmp_path, weights):
+    one, two = tmp_path / "p1.csv", tmp_path / "p2.jsonl"
+    _shard(one, 1, 2, ROWS, weights)
+    _shard(two, 2, 2, MORE, weights)
+    merge_results(tmp_path / "all.json", [one, two])
+    merged = tmp_path / "all.json"
+    assert is_finished(merged) and read_provenance(merged)["shard"] == [1, 1]
+    assert [r["name"] for r in json.loads(merged.read_text())["results"]] == ["a.cif", "b.cif", "c.cif"]

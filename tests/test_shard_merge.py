@@ -20,6 +20,8 @@ def test_three_shards_merge_to_the_unsharded_result(tmp_path, random_ckpt):
         parts.append(out)
     sizes = [len(read_csv(p)) for p in parts]
     assert sizes == [4, 4, 3]
+    missing = run_cli(["merge", tmp_path / "two.csv", parts[0], parts[2]])
+    assert missing.returncode == 2 and "2/3" in missing.stderr and not (tmp_path / "two.csv").exists()
     merged = run_cli(["merge", tmp_path / "merged.csv", *parts])
     assert merged.returncode == 0, merged.stderr
     expected, got = read_csv(tmp_path / "all.csv"), read_csv(tmp_path / "merged.csv")
