@@ -353,11 +353,20 @@ class ResultWriter:
                              f"run's ({', '.join(self.columns)}); use the same --model set or another --output")
 
     def _check_provenance(self) -> None:
-        """Refuse to append rows made by other weights or cell handling than the file's."""
+        """Refuse to append rows made by other weights, cell handling or shard than the file's, or rows
+        whose record is missing (they cannot be checked)."""
+        if self.provenance is None:
+            return
         found = read_provenance(self.path)
-        if found is not None and self.provenance is not None and not (
-                same_origin(found, self.provenance) and found.get("shard", self.provenance.get("shard"))
-                == self.provenance.get("shard", found.get("shard"))):
+        if found is None:
+            if read_rows(self.path):
+                raise ProvenanceMismatchError(
+                    f"{self.path}: cannot resume, it has no provenance record ({_no_record(self.path)}), so its rows "
+                    "cannot be checked to come from these models and settings; put the record back beside it, "
+                    "or start again with --overwrite")
+            return
+        shards = found.get("shard"), self.provenance.get("shard")
+        if not same_origin(found, self.provenance) or (all(shards) and shards[0] != shards[1]):
             raise ProvenanceMismatchError(
                 f"{self.path}: cannot resume, it was written by other weights or settings "
                 f"({describe_difference(found, self.provenance)}); use the same models or another --output")

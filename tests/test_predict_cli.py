@@ -27,7 +27,7 @@ from crystalprop.graph import GraphSettings  # noqa: E402
 from crystalprop.model.checkpoint import load_model  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 from conftest import read_csv  # noqa: E402
-from crystalprop.output import is_finished  # noqa: E402
+from crystalprop.output import is_finished, read_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -421,13 +421,17 @@ def test_no_structures_found_counts_what_the_folders_hold(tmp_path):
 
 
 def _killed_output(path: Path, ckpt: Path, inputs: list[str], n_done: int, cut: str = "") -> list[dict]:
-    """An output file as a killed ``predict -o`` leaves it: ``n_done`` rows flushed, no end, maybe a cut line."""
+    """An output file as a killed ``predict -o`` leaves it: ``n_done`` rows flushed, no end, maybe a cut line;
+    with the provenance record that ``predict`` writes."""
     from crystalprop.output import ResultWriter
+    from crystalprop.model.checkpoint import read_checkpoint
+    from crystalprop.provenance import provenance
 
     rows = predict(inputs, model=str(ckpt), workers=0)
     for i, row in enumerate(rows):
         row["rand"] = 1000.0 + i  # recognisable: rows kept by --resume are not recomputed
-    writer = ResultWriter(path, list(rows[0]), overwrite=True)
+    record = provenance([("rand", ckpt)], cell=read_checkpoint(ckpt)[0].graph.cell, shard=(1, 1))
+    writer = ResultWriter(path, list(rows[0]), overwrite=True, provenance=record)
     writer.write(rows[:n_done])
     writer.handle.close()  # killed: no closing bracket
     with open(path, "a") as handle:
@@ -444,7 +448,7 @@ def test_cli_resume_truncated_json(files, random_ckpt, tmp_path, monkeypatch):
     done = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", out, "--resume"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "2 predicted" in done.stderr
-    rows = json.loads(out.read_text())
+    rows = json.loads(out.read_text())["results"]
     assert [r["name"] for r in rows] == inputs
     assert [r["rand"] for r in rows[:2]] == [1000.0, 1001.0]  # kept, not recomputed
     np.testing.assert_allclose([r["rand"] for r in rows[2:]],
@@ -459,11 +463,9 @@ def test_cli_resume_csv_and_jsonl(files, random_ckpt, tmp_path, suffix, monkeypa
     _killed_output(out, random_ckpt, inputs, 1)  # killed between two batches
     done = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", out, "--resume"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    rows = read_rows(out)
     if suffix == ".csv":
-        rows = read_csv(out)
         assert_columns(list(rows[0]))
-    else:
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["name"] for r in rows) == inputs
     assert float(rows[0]["rand"]) == 1000.0
     np.testing.assert_allclose([float(r["rand"]) for r in rows[1:]],
@@ -482,10 +484,7 @@ def test_cli_resume_after_a_row_cut_mid_write(files, random_ckpt, tmp_path, suff
     out.write_text(whole + partial)  # the second row cut half-way
     done = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", out, "--resume"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    if suffix == ".csv":
-        got = read_csv(out)
-    else:
-        got = [json.loads(line) for line in out.read_text().splitlines() if line.strip() != partial]
+    got = read_rows(out, strict=True)  # the cut row is gone
     assert sorted(r["name"] for r in got) == inputs
     assert all(r["rand"] not in ("", None) and r["formula"] for r in got)
 

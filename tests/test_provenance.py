@@ -262,3 +262,17 @@ def test_merging_every_finished_shard_gives_a_finished_whole(tmp_path, weights):
     merged = tmp_path / "all.json"
     assert is_finished(merged) and read_provenance(merged)["shard"] == [1, 1]
     assert [r["name"] for r in json.loads(merged.read_text())["results"]] == ["a.cif", "b.cif", "c.cif"]
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_resume_refuses_a_file_whose_record_is_missing(tmp_path, weights, suffix):
+    """Rows that cannot be checked are not continued: with another --cell or model they would mix silently."""
+    out = tmp_path / f"out{suffix}"
+    _write(out, provenance([("model_a", weights[0])]) if suffix == ".csv" else None, finish=False)
+    sidecar_path(out).unlink(missing_ok=True)  # only the table was copied off the cluster
+    before = out.read_bytes()
+    with pytest.raises(ProvenanceMismatchError) as refused:
+        ResultWriter(out, COLUMNS, resume=True, provenance=provenance([("model_a", weights[0])]))
+    message = str(refused.value)
+    assert str(out) in message and "--overwrite" in message
+    assert out.read_bytes() == before
