@@ -125,7 +125,8 @@ def stream_rows(batches: Iterable[list[dict]], writer=None, keep: int | None = T
     """Consume prediction rows batch by batch with a progress line, naming each failure as it comes.
 
     Every batch goes to ``writer`` (a :class:`crystalprop.output.ResultWriter`, closed at the
-    end, and marked finished when the stream ran to its end) as it arrives, so Ctrl-C, SIGTERM or SIGHUP keeps what is done and leaves a whole file
+    end, marked finished if the stream ran to its end) as it arrives, so Ctrl-C, SIGTERM or SIGHUP
+    keeps what is done and leaves a whole file
     (:func:`crystalprop.stopping.stop_signals_interrupt`; call it in the main thread). Returns the
     first ``keep`` rows or so (every row for ``keep=None``) for the table, the structures predicted,
     the structures failed, and the stop signal received, before the end of the stream or while the

@@ -221,9 +221,10 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
     whose last row a kill cut short, and, for parts whose records name their shard, a part whose run
     stopped before its end (``--resume`` finishes both), a missing shard and a shard given twice.
     """
-    parts = [Path(part) for part in parts]
-    provenance = _merged_provenance(parts)
-    _check_shards(parts)
+    records = [(Path(part), read_provenance(part)) for part in parts]
+    parts = [part for part, _ in records]
+    provenance = _merged_provenance(records)
+    _check_shards(records)
     read = [(part, read_rows(part, strict=True)) for part in parts]
     columns = [(part, cols) for part, found in read if (cols := _part_columns(part, found)) is not None]
     for part, found in columns[1:]:
@@ -244,11 +245,10 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
     return len(rows)
 
 
-def _check_shards(parts: Sequence[Path]) -> None:
+def _check_shards(records: Sequence[tuple[Path, dict | None]]) -> None:
     """Refuse an unfinished part, a missing shard and a shard given twice, judged by the parts whose
-    records name their shard (files written before records did cannot be checked)."""
-    sharded = [(part, tuple(record["shard"])) for part in parts
-               if (record := read_provenance(part)) is not None and "shard" in record]
+    records (part, its provenance) name their shard (files written before records did cannot be checked)."""
+    sharded = [(part, tuple(record["shard"])) for part, record in records if record is not None and "shard" in record]
     for part, (i, n) in sharded:
         if not is_finished(part):
             raise ValueError(f"{part}: unfinished, the run writing it stopped before the end of shard {i}/{n}; "
@@ -258,7 +258,7 @@ def _check_shards(parts: Sequence[Path]) -> None:
     if len(counts) > 1:
         raise ValueError(f"the parts come from splits into {' and '.join(map(str, counts))} shards; "
                          "merge the parts of one split")
-    if not counts or counts[0] == 1 or len(sharded) < len(parts):
+    if not counts or counts[0] == 1 or len(sharded) < len(records):
         return
     n, seen = counts[0], {}
     for part, (i, _) in sharded:
@@ -276,10 +276,9 @@ def _no_record(path: Path) -> str:
     return f"{sidecar_path(path).name} is missing" if _format(path) == "csv" else "its first line holds none"
 
 
-def _merged_provenance(parts: Sequence[Path]) -> dict | None:
-    """One record for shards made by the same models; refuse shards made by other weights, or
-    without a record beside shards with one (they cannot be checked)."""
-    records = [(part, read_provenance(part)) for part in parts]
+def _merged_provenance(records: Sequence[tuple[Path, dict | None]]) -> dict | None:
+    """One record for shards (part, its provenance) made by the same models; refuse shards made by other
+    weights, or without a record beside shards with one (they cannot be checked)."""
     known = [(part, record) for part, record in records if record is not None]
     if not known:
         return None
