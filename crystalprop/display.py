@@ -27,9 +27,9 @@ out = Console()
 TABLE_LIMIT = 25
 """Most prediction rows shown on the terminal."""
 
-METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "mae_zero_targets",
-               "mae_nonzero_targets", "n_zero_targets", "n_failed", "sigma_spearman", "within_1sigma",
-               "within_2sigma", "mean_sigma", "sigma_scale", "spread_sigma_spearman")
+METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "log10_n_excluded",
+               "mae_zero_targets", "mae_nonzero_targets", "n_zero_targets", "n_failed", "sigma_spearman",
+               "within_1sigma", "within_2sigma", "mean_sigma", "sigma_scale", "spread_sigma_spearman")
 UNIT_KEYS = ("mae", "rmse", "max_error", "mae_zero_targets", "mae_nonzero_targets", "mean_sigma")
 """Metrics in the target's unit (the others are log10 values, ratios, fractions or counts)."""
 

@@ -201,8 +201,12 @@ def _network_outputs(checkpoints: Sequence[tuple[object, dict, Path]], readout: 
 
 def _error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:
     metrics = regression_metrics(y, pred)
-    if card.transform.log10 and (y > 0).all():
-        metrics.update({f"log10_{k}": v for k, v in regression_metrics(np.log10(y), np.log10(pred)).items() if k != "n"})
+    positive = y > 0  # a label <= 0 has no log10: left out of the log10 metrics, and counted
+    if card.transform.log10 and positive.any():
+        metrics.update({f"log10_{k}": v for k, v in
+                        regression_metrics(np.log10(y[positive]), np.log10(pred[positive])).items() if k != "n"})
+        if not positive.all():
+            metrics["log10_n_excluded"] = int((~positive).sum())
     zero = y == 0
     if zero.mean() >= ZERO_FRACTION_FOR_SPLIT_METRICS and not zero.all():
         metrics["mae_zero_targets"] = float(np.mean(np.abs(pred[zero] - y[zero])))

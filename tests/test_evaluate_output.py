@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import run_cli, write_json_dataset
@@ -75,3 +76,17 @@ def test_the_metrics_table_gives_the_unit_only_to_the_metrics_in_it(random_ckpt,
     lines = done.stdout.splitlines()
     assert any(re.match(r"\W*mae \(eV\)\W", line) for line in lines), done.stdout
     assert any(re.match(r"\W*r2\W", line) for line in lines) and "value (eV)" not in done.stdout
+
+
+def test_log10_metrics_leave_out_labels_without_a_log10_and_say_how_many():
+    """Was: one label <= 0 (a mechanically unstable crystal's modulus) dropped every log10 metric without a word."""
+    from types import SimpleNamespace
+
+    from crystalprop.evaluation import _error_metrics
+
+    card = SimpleNamespace(transform=SimpleNamespace(log10=True))
+    metrics = _error_metrics(card, np.array([10.0, 100.0, 0.0, 1000.0]), np.array([10.0, 110.0, 5.0, 1000.0]))
+    assert metrics["log10_n_excluded"] == 1
+    assert metrics["log10_mae"] == pytest.approx(np.log10(1.1) / 3)
+    whole = _error_metrics(card, np.array([10.0, 100.0]), np.array([10.0, 110.0]))
+    assert "log10_n_excluded" not in whole and whole["log10_mae"] == pytest.approx(np.log10(1.1) / 2)

@@ -3,6 +3,8 @@ below it, as the floored prediction that validation and users see; other targets
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -66,6 +68,26 @@ def test_normalised_floor():
 
 def test_a_floor_above_some_targets_is_refused(tmp_path):
     data = write_json_dataset(tmp_path / "data.json", 20)
-    with pytest.raises(TrainingError, match=r"--floor 1e\+06 is a lower bound, but \d+ training targets lie below it"):
+    with pytest.raises(TrainingError, match=r"--floor 1e\+06 is a lower bound, but \d+ targets lie below it"):
         train_model(data, tmp_path / "run", train_config(floor=1e6, epochs=1), workers=1)
+    assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("option", ["log10", "floor"])
+def test_a_label_log10_or_the_floor_cannot_take_is_refused_in_every_split(tmp_path, option):
+    """Was: only training labels were checked; a validation label <= 0 with --log10 gave a NaN validation
+    error every epoch, no best.ckpt, and a run reported as finished."""
+    path = write_json_dataset(tmp_path / "data.json", 20)
+    records = json.loads(path.read_text())
+    records[3]["y"] = 0.0 if option == "log10" else -2.0
+    path.write_text(json.dumps(records))
+    (tmp_path / "split.json").write_text(json.dumps({"val": [records[3]["id"], records[4]["id"]]}))
+    config = train_config(epochs=1, **({"log10": True} if option == "log10" else {"floor": -1.0}))
+    if option == "log10":
+        for record in records:
+            record["y"] = abs(record["y"]) + 0.5 if record is not records[3] else 0.0
+        path.write_text(json.dumps(records))
+    with pytest.raises(TrainingError) as refused:
+        train_model(path, tmp_path / "run", config, workers=1)
+    assert records[3]["id"] in str(refused.value) and f"--{option}" in str(refused.value)
     assert not (tmp_path / "run" / "last.ckpt").exists()

@@ -60,6 +60,21 @@ def check_resumed_fold(run_dir: Path, fold: tuple[int, int] | None) -> None:
         raise TrainingError(f"{run_dir}: trained with {name(saved)}; resume it with {name(saved)}, not {name(fold)}")
 
 
+def check_labels(dataset: Dataset, config: TrainConfig) -> None:
+    """Refuse labels that ``--log10`` or ``--floor`` cannot take, in every split, naming them: one validation
+    label <= 0 under --log10 would make every validation error NaN, and no epoch could be kept."""
+    def named(bad: list[Entry]) -> str:
+        shown = ", ".join(f"{e.id} ({e.target:g}, {e.split})" for e in bad[:5])
+        return shown + (", ..." if len(bad) > 5 else "")
+
+    if config.log10 and (bad := [e for e in dataset.entries if e.target <= 0]):
+        raise TrainingError(f"--log10 needs positive targets, but {len(bad)} are <= 0: {named(bad)}; leave them out "
+                            "of the data, or train without --log10")
+    if config.floor is not None and (bad := [e for e in dataset.entries if e.target < config.floor]):
+        raise TrainingError(f"--floor {config.floor:g} is a lower bound, but {len(bad)} targets lie below it: "
+                            f"{named(bad)}")
+
+
 def earlier_trained_ids(run_dir: Path, resume: bool, init_from: str | Path | None, target: str) -> list[str]:
     """Packed ids already trained on for ``target`` by the weights this run starts from: a warm
     start's checkpoint of the same target, or when resuming the run's best.ckpt, whose record
@@ -105,6 +120,7 @@ def train_model(
     dataset = load_dataset(data, config.target, id_column=id_column, structure_column=structure_column,
                            val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed, fold=fold)
     config.target = dataset.target
+    check_labels(dataset, config)
     full_splits = Dataset(list(dataset.entries), dataset.target, dataset.origin, split_source=dataset.split_source)
     if limit:
         dataset.entries = [e for e in dataset.entries if e.split == "train"][:limit] + \
