@@ -319,6 +319,12 @@ def test_target_auto_choice_and_listing(tmp_path, crystals):
     assert "--target" in message and "band_gap" in message and "e_form" in message
     assert "formula" not in message and "id" not in message.split("numeric fields")[1]
     assert [e.target for e in load_dataset(several, "e_form").entries] == [-1.0] * 3
+    blank_first = tmp_path / "blank_first.json"  # was: the target chosen from the first record alone (nsites)
+    blank_first.write_text(json.dumps([{"id": n, "structure": s.as_dict(), "band_gap": None if k == 0 else 1.0,
+                                        "nsites": len(s)} for k, (n, s) in enumerate(crystals[:3])]))
+    with pytest.raises(DatasetError, match="--target") as both:
+        load_dataset(blank_first)
+    assert "band_gap" in str(both.value) and "nsites" in str(both.value)
     none = tmp_path / "none.json"
     none.write_text(json.dumps([{"id": "a", "structure": crystals[0][1].as_dict(), "label": "x"}]))
     with pytest.raises(DatasetError, match="none"):
@@ -398,3 +404,50 @@ def test_bad_json_data_is_refused_naming_the_file_and_the_record(tmp_path):
     (tmp_path / "w.json").write_text(json.dumps({"records": [json.loads(good), 7]}))
     with pytest.raises(DatasetError, match=r"w\.json: record 2 is not a JSON object"):
         load_dataset(tmp_path / "w.json", "y")
+
+
+def _json_with_splits(path, crystals, splits, key="split"):
+    path.write_text(json.dumps([{"id": n, "structure": s.as_dict(), "y": synthetic_target(s), key: split}
+                                for (n, s), split in zip(crystals, splits)]))
+    return path
+
+
+def test_a_split_column_is_used_or_refused_never_ignored(tmp_path, crystals):
+    """Was: one value outside train/val/test (or one blank) set the whole column aside for a random split,
+    and the rows meant for testing were trained on."""
+    names = [n for n, _ in crystals[:6]]
+    spelled = _json_with_splits(tmp_path / "spelled.json", crystals[:6],
+                                ["train", "Train", "validation", "dev", "test", "TEST"], key="Split")
+    dataset = load_dataset(spelled, "y")
+    assert dataset.split_source == "split column"
+    assert [e.split for e in dataset.entries] == ["train", "train", "val", "val", "test", "test"]
+    for splits, odd, shown in ((["train", "train", "val", "holdout", "test", "test"], 3, "holdout"),
+                               (["train", " ", "val", "val", "test", "test"], 1, "blank")):
+        path = _json_with_splits(tmp_path / "odd.json", crystals[:6], splits)
+        with pytest.raises(DatasetError) as refused:
+            load_dataset(path, "y")
+        message = str(refused.value)
+        assert str(path) in message and names[odd] in message and shown in message
+        assert names[0] not in message
+
+
+def test_split_json_is_read_as_written_or_refused(tmp_path, crystals):
+    """Was: a 'validation' key and ids with stray spaces fell to training, an id in two lists went to the
+    last, and an unknown key was ignored."""
+    path = _write_json(tmp_path / "data.json", crystals)
+    names = [n for n, _ in crystals]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": names[:6], "validation": [f" {names[6]}", f"{names[7]} "], "test": names[8:]}))
+    dataset = load_dataset(path, "y")
+    assert [e.id for e in dataset.split("val")] == names[6:8] and len(dataset.split("train")) == 6
+    split.write_text(json.dumps({"train": names[:6], "val": names[5:8]}))
+    with pytest.raises(DatasetError) as twice:
+        load_dataset(path, "y")
+    assert str(split) in str(twice.value) and names[5] in str(twice.value) and names[6] not in str(twice.value)
+    split.write_text(json.dumps({"train": names[:6], "holdout": names[6:]}))
+    with pytest.raises(DatasetError) as unknown:
+        load_dataset(path, "y")
+    assert str(split) in str(unknown.value) and "holdout" in str(unknown.value)
+    split.write_text("{not json")
+    with pytest.raises(DatasetError, match="split.json"):
+        load_dataset(path, "y")

@@ -97,7 +97,7 @@ def test_the_display_prints_data_and_epoch_lines(stderr_console):
     with progress.TrainDisplay() as display:
         display.event("graphs", {"total": 3})
         display.event("graph_progress", {"advance": 3})
-        display.event("data", {"n_train": 36, "n_val": 4, "n_skipped": 1, "split": "random"})
+        display.event("data", {"target": "band_gap", "n_train": 36, "n_val": 4, "n_skipped": 1, "split": "random"})
         display.event("start", {"steps_per_epoch": 2, "epochs": 3, "epoch": 0, "n_train": 36, "n_val": 4})
         for step in (1, 2):
             display.event("step", {"epoch": 0, "step": step, "loss": 0.5, "lr": 1e-3, "structures": 18})
@@ -105,7 +105,7 @@ def test_the_display_prints_data_and_epoch_lines(stderr_console):
                                 "structures_per_s": 90.0, "best": True})
         display.event("stopping", {})
     lines = stderr_console.getvalue().splitlines()
-    assert "data: 36 train, 4 val, 1 skipped (split: random)" in lines
+    assert "data: target band_gap; 36 train, 4 val, 1 skipped (split: random)" in lines  # the target: chosen or given
     assert any(line.startswith("epoch 1/3 step 2/2 loss 0.5000 lr 1.00e-03") for line in lines)  # no terminal
     assert "epoch 1: train loss 0.5000, val MAE 0.25, 90 structures/s  best" in lines
     assert "stopping after this step (Ctrl-C again to force)" in lines

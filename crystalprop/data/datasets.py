@@ -28,6 +28,14 @@ from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.io.formats import STRUCTURE_SUFFIXES, looks_like_structure_name, structure_stem
 
 SPLITS = ("train", "val", "test")
+SPLIT_SPELLINGS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                   "dev": "val", "test": "test", "testing": "test"}
+"""The names a split column or split.json may give a split (any letter case), and the split each means."""
+
+
+def split_name(value: Any) -> str | None:
+    """The split a split column's cell or split.json's key names (:data:`SPLIT_SPELLINGS`), or None."""
+    return SPLIT_SPELLINGS.get(str(value).strip().lower()) if value is not None else None
 
 
 class DatasetError(ValueError):
@@ -53,6 +61,8 @@ class Dataset:
     origin: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     split_source: str = ""
+    split_column: list[tuple[str, Any]] | None = None
+    """(id, cell) of each entry whose split column names no split; None where the records have no split column."""
 
     def split(self, name: str) -> list[Entry]:
         """Entries of one split."""
@@ -114,17 +124,26 @@ def _choose_target(records: list[dict], target: str | None, exclude: set[str], o
             where = "" if kind == "column" else " in any record"
             raise DatasetError(f"{origin}: no {kind} {target!r}{where} ({kind}s: {names or 'none'})")
         return target
-    numeric = [k for k, v in records[0].items() if k not in exclude and _numeric(v) is not None]
+    numeric = list(dict.fromkeys(k for r in records[:1000] for k, v in r.items()  # any record's: a blank first
+                                 if k not in exclude and _numeric(v) is not None))  # cell must not hide a column
     if len(numeric) != 1:
         raise DatasetError(f"{origin}: choose the target with --target (numeric fields: {', '.join(numeric) or 'none'})")
     return numeric[0]
 
 
+def _split_key(rows: list[dict]) -> str | None:
+    """The records' split column (``split`` in any letter case), or None."""
+    return next((k for row in rows[:1000] for k in row if str(k).strip().lower() == "split"), None)
+
+
 def _entries_from_rows(
     rows: list[dict], target: str, id_key: str, source_of, origin: str
-) -> tuple[list[Entry], list[tuple[str, str]]]:
-    """Turn table rows into entries; skip bad ones with reasons; refuse duplicated ids."""
+) -> tuple[list[Entry], list[tuple[str, str]], list[tuple[str, Any]] | None]:
+    """Turn table rows into entries; skip bad ones with reasons; refuse duplicated ids. Also returns the
+    (id, cell) of entries whose split column names no split (None: no split column)."""
     entries, skipped, seen, duplicates = [], [], set(), set()
+    split_key = _split_key(rows)
+    unnamed: list[tuple[str, Any]] = []
     for number, row in enumerate(rows, start=1):
         rid = str(row.get(id_key, "")).strip() or f"row{number}"
         if rid in seen:
@@ -143,12 +162,14 @@ def _entries_from_rows(
         except LookupError as exc:
             skipped.append((rid, str(exc)))
             continue
-        split = str(row.get("split", "")).strip().lower() or None
-        entries.append(Entry(rid, value, source, split if split in SPLITS else None))
+        split = split_name(row.get(split_key)) if split_key else None
+        if split_key and split is None:
+            unnamed.append((rid, row.get(split_key)))
+        entries.append(Entry(rid, value, source, split))
     if duplicates:
         listed = ", ".join(sorted(duplicates)[:10])
         raise DatasetError(f"{origin}: duplicated id(s): {listed}" + (" ..." if len(duplicates) > 10 else ""))
-    return entries, skipped
+    return entries, skipped, unnamed if split_key else None
 
 
 def _read_json_dataset(path: Path, target: str | None) -> Dataset:
@@ -166,8 +187,8 @@ def _read_json_dataset(path: Path, target: str | None) -> Dataset:
             raise LookupError("no structure")
         return row[structure_key]
 
-    entries, skipped = _entries_from_rows(records, target, id_key, source_of, str(path))
-    return Dataset(entries, target, str(path), skipped)
+    entries, skipped, unnamed = _entries_from_rows(records, target, id_key, source_of, str(path))
+    return Dataset(entries, target, str(path), skipped, split_column=unnamed)
 
 
 def _read_table(path: Path) -> tuple[list[dict], bool]:
@@ -221,8 +242,8 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
                               f"{folder}/structures/ or {folder}/cifs/")
         return str(path)
 
-    entries, skipped = _entries_from_rows(rows, target, id_key, source_of, str(table))
-    return Dataset(entries, target, str(folder), skipped)
+    entries, skipped, unnamed = _entries_from_rows(rows, target, id_key, source_of, str(table))
+    return Dataset(entries, target, str(folder), skipped, split_column=unnamed)
 
 
 def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, structure_column: str) -> Dataset:
@@ -237,22 +258,53 @@ def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, str
             raise LookupError("empty structure column")
         return row[structure_column]
 
-    entries, skipped = _entries_from_rows(rows, target, id_key, source_of, str(path))
-    return Dataset(entries, target, str(path), skipped)
+    entries, skipped, unnamed = _entries_from_rows(rows, target, id_key, source_of, str(path))
+    return Dataset(entries, target, str(path), skipped, split_column=unnamed)
+
+
+def read_split_file(path: Path) -> dict[str, str]:
+    """split.json as id -> split: its keys must name splits (:data:`SPLIT_SPELLINGS`), ids are stripped
+    as the data's are, and an id listed in two splits is refused."""
+    try:
+        lists = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(lists, dict) or not all(isinstance(ids, list) for ids in lists.values()):
+        raise DatasetError(f"{path}: expected an object of id lists, e.g. {{\"train\": [...], \"val\": [...]}}")
+    unknown = [key for key in lists if split_name(key) is None]
+    if unknown:
+        raise DatasetError(f"{path}: {', '.join(map(repr, unknown))} names no split; use train, val and test")
+    lookup: dict[str, str] = {}
+    twice: dict[str, str] = {}
+    for key, ids in lists.items():
+        name = split_name(key)
+        for rid in (str(i).strip() for i in ids):
+            if lookup.setdefault(rid, name) != name:
+                twice.setdefault(rid, f"{rid} ({lookup[rid]} and {name})")
+    if twice:
+        shown = ", ".join(list(twice.values())[:5])
+        raise DatasetError(f"{path}: {len(twice)} id(s) listed in two splits: {shown}" + (", ..." if len(twice) > 5 else ""))
+    return lookup
 
 
 def assign_splits(dataset: Dataset, val_fraction: float, test_fraction: float, seed: int) -> None:
-    """Use split.json beside the data, else a split column, else seeded random fractions."""
+    """Use split.json beside the data, else a split column (which must name a split for every
+    record), else seeded random fractions."""
     origin = Path(dataset.origin)
     split_file = (origin if origin.is_dir() else origin.parent) / "split.json"
     if split_file.is_file():
-        lists = json.loads(split_file.read_text())
-        lookup = {str(i): name for name in SPLITS for i in lists.get(name, [])}
+        lookup = read_split_file(split_file)
         for entry in dataset.entries:
             entry.split = lookup.get(entry.id, "train")
         dataset.split_source = str(split_file)
         return
-    if dataset.entries and all(e.split for e in dataset.entries):
+    if dataset.split_column:
+        shown = ", ".join(f"{rid} ({'blank' if not str(cell or '').strip() else repr(cell)})"
+                          for rid, cell in dataset.split_column[:5])
+        raise DatasetError(f"{dataset.origin}: the split column names no split for {len(dataset.split_column)} "
+                           f"record(s): {shown}{', ...' if len(dataset.split_column) > 5 else ''}; give each "
+                           "train, val or test, or drop the column for a random split")
+    if dataset.split_column is not None and dataset.entries:
         dataset.split_source = "split column"
         return
     order = list(range(len(dataset.entries)))

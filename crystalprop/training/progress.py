@@ -39,8 +39,8 @@ class TrainDisplay:
         elif kind == "graph_progress" and self.task is not None:
             p.advance(self.task, info["advance"])
         elif kind == "data":
-            console.print(f"data: {info['n_train']} train, {info['n_val']} val, {info['n_skipped']} skipped "
-                          f"(split: {info['split']})", markup=False)
+            console.print(f"data: target {info['target']}; {info['n_train']} train, {info['n_val']} val, "
+                          f"{info['n_skipped']} skipped (split: {info['split']})", markup=False)
         elif kind == "start":
             if self.task is not None:
                 p.remove_task(self.task)
