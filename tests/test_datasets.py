@@ -15,6 +15,7 @@ from pymatgen.io.cif import CifWriter
 from conftest import make_structures, synthetic_target
 from crystalprop.data.datasets import DatasetError, load_dataset
 from crystalprop.data.graph_cache import build_graphs, entry_structure
+from crystalprop.graph import GraphSettings
 
 N = 12
 
@@ -373,7 +374,7 @@ def test_graph_cache_reuses_and_invalidates(tmp_path, crystals, monkeypatch):
     from crystalprop.data import graph_cache
 
     calls = []
-    monkeypatch.setattr(graph_cache, "_build_one", lambda job: calls.append(job) or (None, "rebuilt"))
+    monkeypatch.setattr(graph_cache, "_build_one", lambda job: calls.append(job) or (None, "rebuilt", False))
     again, _ = build_graphs(dataset.entries, workers=1)
     assert calls == []  # served from the cache
     for g1, g2 in zip(first, again):
@@ -451,3 +452,61 @@ def test_split_json_is_read_as_written_or_refused(tmp_path, crystals):
     split.write_text("{not json")
     with pytest.raises(DatasetError, match="split.json"):
         load_dataset(path, "y")
+
+
+def _folder_of(tmp_path, crystals):
+    folder = tmp_path / "cgcnn"
+    folder.mkdir()
+    with open(folder / "id_prop.csv", "w") as handle:
+        for name, s in crystals:
+            CifWriter(s).write_file(folder / f"{name}.cif")
+            handle.write(f"{name},{synthetic_target(s)}\n")
+    return load_dataset(folder)
+
+
+def test_graphs_made_under_a_time_limit_are_not_cached(tmp_path, crystals, monkeypatch):
+    """Was: a read that timed out on a loaded machine was cached as a failure for good, and a canonical-cell
+    search that timed out left a graph of the cell as given, cached as the canonical one."""
+    from crystalprop.data import graph_cache
+
+    dataset = _folder_of(tmp_path, crystals[:4])
+    limit = graph_cache.READ_TIMEOUT_S
+    monkeypatch.setattr(graph_cache, "READ_TIMEOUT_S", 1e-9)
+    graphs, errors = build_graphs(dataset.entries, workers=1)
+    assert all(g is None for g in graphs) and "longer than" in errors[0]
+    monkeypatch.setattr(graph_cache, "READ_TIMEOUT_S", limit)
+    graphs, errors = build_graphs(dataset.entries, workers=1)
+    assert all(g is not None for g in graphs), errors
+    fallback = tmp_path / "fallback"
+    fallback.mkdir()
+    monkeypatch.setenv("CRYSTALPROP_CACHE", str(fallback))
+    real_cell, real_build = graph_cache.cell_for_graph, graph_cache._build_one
+    monkeypatch.setattr(graph_cache, "cell_for_graph", lambda crystal, cell: (crystal, "search took too long"))
+    build_graphs(dataset.entries, workers=1)
+    monkeypatch.setattr(graph_cache, "cell_for_graph", real_cell)
+    calls = []
+    monkeypatch.setattr(graph_cache, "_build_one", lambda job: calls.append(job) or real_build(job))
+    build_graphs(dataset.entries, workers=1)
+    assert len(calls) == 4  # built again on the canonical cells, not served from the cache
+    build_graphs(dataset.entries, workers=1)
+    assert len(calls) == 4  # and those are cached
+
+
+def test_the_graph_cache_key_follows_the_code_that_reads_and_builds(tmp_path, crystals, monkeypatch):
+    """Was: graphs built by an older version's readers (before a fix that changed some structures) were reused."""
+    from crystalprop.data import graph_cache
+
+    dataset = _folder_of(tmp_path, crystals[:2])
+    source = tmp_path / "readers.py"
+    source.write_text("version = 1\n")
+    real_files = graph_cache._builder_files
+    monkeypatch.setattr(graph_cache, "_builder_files", lambda: [source])
+    graph_cache.builder_fingerprint.cache_clear()
+    before = graph_cache.cache_key(dataset.entries, GraphSettings())
+    source.write_text("version = 2\n")
+    graph_cache.builder_fingerprint.cache_clear()
+    assert graph_cache.cache_key(dataset.entries, GraphSettings()) != before
+    monkeypatch.setattr(graph_cache, "_builder_files", real_files)
+    graph_cache.builder_fingerprint.cache_clear()
+    names = {path.name for path in graph_cache._builder_files()}
+    assert {"readers.py", "neighbors.py", "cells.py", "graph_cache.py"} <= names

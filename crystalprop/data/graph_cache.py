@@ -1,9 +1,12 @@
 """Build the graphs of a data set once, in parallel, and keep them on disk.
 
 The cache key covers every entry's id and the hash of its source's content (a file's bytes,
-or inline structure text) plus the graph settings (the cell setting among them), so a changed file or setting rebuilds,
+or inline structure text), the graph settings (the cell setting among them) and the source of the
+code that reads structures and builds graphs, so a changed file, setting or reader rebuilds,
 a copied or re-extracted data set (new modification times, same bytes) does not, and a
-second run on the same data starts training at once.
+second run on the same data starts training at once. Graphs made under a time limit (a read
+that ran out of time, a canonical-cell search that fell back to the cell as given) are used but
+not cached: on a less loaded machine the next run may do better.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import multiprocessing as mp
 import os
 import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -42,16 +46,39 @@ def entry_structure(source: Any, name: str):
     return structure_from_text(str(source), name)[0][1]
 
 
-def _build_one(job: tuple[str, Any, GraphSettings]) -> tuple[CrystalGraph | None, str]:
-    """Worker: structure -> graph, or the reason it failed."""
+TIMED_OUT = "took longer than"
+"""How a reader's error begins when its time limit ran out (:func:`crystalprop.io.readers.read_file_with_timeout`)."""
+
+
+def _build_one(job: tuple[str, Any, GraphSettings]) -> tuple[CrystalGraph | None, str, bool]:
+    """Worker: structure -> graph, or the reason it failed; and whether a time limit shaped the outcome
+    (then it is not cached)."""
     name, source, settings = job
     try:
         structure = entry_structure(source, name)
         validate_structure(structure)
-        cell, _ = cell_for_graph(crystal_from_structure(structure), settings.cell)  # falls back to the given cell
-        return build_graph(cell, settings), ""
+        cell, fell_back = cell_for_graph(crystal_from_structure(structure), settings.cell)  # to the given cell
+        return build_graph(cell, settings), "", fell_back is not None
     except Exception as exc:  # one bad record must not stop a 30,000-record build
-        return None, str(getattr(exc, "reason", None) or exc).splitlines()[0][:300] or type(exc).__name__
+        reason = str(getattr(exc, "reason", None) or exc).splitlines()[0][:300] or type(exc).__name__
+        return None, reason, reason.startswith(TIMED_OUT)
+
+
+def _builder_files() -> list[Path]:
+    """The source files whose code decides the graphs: the readers, the graph builder, this module."""
+    package = Path(__file__).resolve().parents[1]
+    found = [p for folder in ("io", "graph") for p in (package / folder).iterdir()
+             if p.suffix in (".py", ".cc", ".json")]
+    return sorted(found + [Path(__file__).resolve()])
+
+
+@lru_cache(maxsize=1)
+def builder_fingerprint() -> str:
+    """sha256 over :func:`_builder_files`: cached graphs are rebuilt after any change to that code."""
+    digest = hashlib.sha256()
+    for path in _builder_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _source_fingerprint(source: Any) -> str:
@@ -63,7 +90,7 @@ def _source_fingerprint(source: Any) -> str:
 
 def cache_key(entries: Sequence[Entry], settings: GraphSettings) -> str:
     """Content key of a data set's graphs."""
-    digest = hashlib.sha256(json.dumps([GRAPH_FORMAT, settings.as_dict()]).encode())
+    digest = hashlib.sha256(json.dumps([GRAPH_FORMAT, builder_fingerprint(), settings.as_dict()]).encode())
     for entry in entries:
         digest.update(f"{entry.id}\0{_source_fingerprint(entry.source)}\n".encode())
     return digest.hexdigest()[:32]
@@ -136,7 +163,7 @@ def build_graphs(
             return loaded
     jobs = [(e.id, e.source, settings) for e in entries]
     workers = workers or os.cpu_count() or 1
-    results: list[tuple[CrystalGraph | None, str]] = []
+    results: list[tuple[CrystalGraph | None, str, bool]] = []
     if workers > 1 and len(jobs) > 64:
         with main_script_hidden():  # a user's script is not run again in the pool's processes
             pool = mp.get_context("spawn").Pool(workers)
@@ -150,8 +177,8 @@ def build_graphs(
             results.append(_build_one(job))
             if progress:
                 progress(1)
-    graphs = [g for g, _ in results]
-    errors = [e for _, e in results]
-    if use_cache:
+    graphs = [g for g, _, _ in results]
+    errors = [e for _, e, _ in results]
+    if use_cache and not any(limited for _, _, limited in results):
         _save(path, [e.id for e in entries], graphs, errors)
     return graphs, errors
