@@ -122,6 +122,21 @@ def test_cgcnn_folder_id_prop_without_header(tmp_path, crystals):
     assert all(e.source == str(folder / f"{e.id}.cif") for e in dataset.entries)
 
 
+@pytest.mark.parametrize("first_value", ["nan", "", "?"])
+def test_a_headerless_table_whose_first_label_is_missing_keeps_that_record(tmp_path, crystals, first_value):
+    """Was: a first row with a missing or NaN label was taken for a header: the record vanished from the data
+    and from skipped.log, and the target was named after the missing value."""
+    folder = tmp_path / "cgcnn"
+    folder.mkdir()
+    with open(folder / "id_prop.csv", "w", newline="") as handle:
+        for k, (name, s) in enumerate(crystals):
+            handle.write(f"{name},{first_value if k == 0 else repr(synthetic_target(s))}\n")
+            CifWriter(s).write_file(folder / f"{name}.cif")
+    dataset = load_dataset(folder)
+    assert dataset.target == "target" and len(dataset.entries) == len(crystals) - 1
+    assert [rid for rid, _ in dataset.skipped] == [crystals[0][0]]
+
+
 def test_cgcnn_folder_with_named_target(tmp_path, crystals):
     folder = tmp_path / "cgcnn"
     (folder / "structures").mkdir(parents=True)

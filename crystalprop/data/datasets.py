@@ -191,13 +191,24 @@ def _read_json_dataset(path: Path, target: str | None) -> Dataset:
     return Dataset(entries, target, str(path), skipped, split_column=unnamed)
 
 
+MISSING_WORDS = {"nan", "na", "n/a", "none", "null", "inf", "infinity", "missing"}
+"""Cells that spell a missing or non-finite value, not a column name."""
+
+
+def _is_column_name(cell: str) -> bool:
+    """Whether a cell of a table's first row reads as a column name (a header), not as a value, even a
+    missing one (blank, ``?``, ``nan``), which a header-less ``id_prop.csv`` may start with."""
+    text = cell.strip()
+    return bool(text) and (text[0].isalpha() or text[0] == "_") and text.lower() not in MISSING_WORDS
+
+
 def _read_table(path: Path) -> tuple[list[dict], bool]:
     """CSV rows as dicts; a header-less 2-column CGCNN ``id_prop.csv`` gets keys id, target."""
     rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
     rows = [r for r in rows if r and any(c.strip() for c in r)]
     if not rows:
         raise DatasetError(f"{path}: empty table")
-    has_header = any(_numeric(c) is None for c in rows[0][1:])
+    has_header = bool(rows[0][1:]) and all(_is_column_name(c) for c in rows[0][1:])
     if has_header:
         header = [h.strip() for h in rows[0]]
         return [dict(zip(header, r)) for r in rows[1:]], True
