@@ -205,8 +205,8 @@ def _error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:
     if card.transform.log10 and positive.any():
         metrics.update({f"log10_{k}": v for k, v in
                         regression_metrics(np.log10(y[positive]), np.log10(pred[positive])).items() if k != "n"})
-        if not positive.all():
-            metrics["log10_n_excluded"] = int((~positive).sum())
+    if card.transform.log10 and not positive.all():
+        metrics["log10_n_excluded"] = int((~positive).sum())
     zero = y == 0
     if zero.mean() >= ZERO_FRACTION_FOR_SPLIT_METRICS and not zero.all():
         metrics["mae_zero_targets"] = float(np.mean(np.abs(pred[zero] - y[zero])))

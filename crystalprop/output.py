@@ -86,6 +86,8 @@ def read_rows(path: Path, *, strict: bool = False) -> list[dict]:
         rows = []
         for number, line in enumerate(handle, 1):
             line = line.strip().rstrip(",")
+            if number == 1 and kind == "json" and line.startswith("{" + json.dumps(KEY)):
+                continue  # a .json file's record, which opens its rows: no row
             if line.startswith("{"):
                 try:
                     row = json.loads(line)
@@ -293,7 +295,7 @@ def _merged_provenance(records: Sequence[tuple[Path, dict | None]]) -> dict | No
                 f"{part}: made by other weights or settings than {first_part} "
                 f"({describe_difference(first, record)}); predict all parts with the same models")
     merged = {**first, "merged_from": [str(part) for part, _ in records]}
-    if "shard" in merged:
+    if all("shard" in record for _, record in known):
         merged["shard"] = [1, 1]  # the whole input, once _check_shards found every shard
     return merged
 
@@ -315,15 +317,17 @@ class ResultWriter:
         if exists and not (resume or overwrite):
             raise OutputExistsError(f"{self.path} exists: use --resume to continue it or --overwrite to replace it")
         appending = exists and resume
+        if appending and provenance is not None and read_provenance(self.path) is None and not read_rows(self.path):
+            appending = False  # an older version's file without rows: nothing to keep, start it with the record
         self._record = provenance
         if appending:
             drop_cut_tail(self.path)
             self._check_columns()
             self._check_provenance()
+            self._record = read_provenance(self.path)
+            self._unfinish()  # before any rewrite: a kill from here on leaves an unfinished file
             if retry_failed:
                 _drop_failed_rows(self.path, self.columns)
-            self._record = read_provenance(self.path)
-            self._unfinish()
         self._rows_in_file = self._reopen_json_array() > 0 if appending and self.kind == "json" else False
         try:
             make_folder(self.path.parent)

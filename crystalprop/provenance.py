@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from crystalprop import __version__
+from crystalprop.atomic import atomic_write_text
 
 KEY = "crystalprop_provenance"
 """The key that marks the provenance record in JSON / JSON Lines output."""
@@ -132,11 +133,11 @@ def describe_difference(old: dict, new: dict) -> str:
     def models(record: dict) -> str:
         return ", ".join(f"{m.get('name')} ({str(m.get('sha256'))[:12]})" for m in record.get("models", []))
 
-    if old.get("shard") != new.get("shard") and old.get("shard") and new.get("shard"):
-        return f"shard {'/'.join(map(str, old['shard']))} there, {'/'.join(map(str, new['shard']))} now"
     if old.get("cell") != new.get("cell"):
         return f"cell handling {old.get('cell')!r} there, {new.get('cell')!r} now"
-    return f"models {models(old) or 'none'} there, {models(new) or 'none'} now"
+    if not same_origin(old, new):
+        return f"models {models(old) or 'none'} there, {models(new) or 'none'} now"
+    return f"shard {'/'.join(map(str, old.get('shard', '?')))} there, {'/'.join(map(str, new.get('shard', '?')))} now"
 
 
 def is_results_file(path: str | Path) -> bool:
@@ -173,10 +174,20 @@ def is_evaluation_metrics(path: str | Path) -> bool:
 
 def read_sidecar(path: str | Path) -> dict | None:
     """The provenance recorded beside a CSV, or None where there is none."""
+    content = _sidecar(path)
+    return None if content is None else content.get(KEY)
+
+
+def _sidecar(path: str | Path) -> dict | None:
+    """The parsed sidecar of a CSV (None where there is none); a damaged one is named in the error."""
     side = sidecar_path(path)
     if not side.is_file():
         return None
-    return json.loads(side.read_text(encoding="utf-8")).get(KEY)
+    try:
+        content = json.loads(side.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{side}: damaged provenance record ({exc}); restore it, or start again with --overwrite") from None
+    return content if isinstance(content, dict) else {}
 
 
 def write_sidecar(path: str | Path, record: dict, finished: str | None = None) -> Path:
@@ -184,11 +195,10 @@ def write_sidecar(path: str | Path, record: dict, finished: str | None = None) -
     the end of its input, when it did (``finished``, under :data:`FINISHED`)."""
     side = sidecar_path(path)
     content = {KEY: record} if finished is None else {KEY: record, FINISHED: finished}
-    side.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(side, json.dumps(content, indent=2) + "\n")  # a kill leaves the old record or the new
     return side
 
 
 def sidecar_finished(path: str | Path) -> bool:
     """Whether the sidecar of a CSV says that the run writing it reached the end of its input."""
-    side = sidecar_path(path)
-    return side.is_file() and FINISHED in json.loads(side.read_text(encoding="utf-8"))
+    return FINISHED in (_sidecar(path) or {})

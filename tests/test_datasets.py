@@ -137,6 +137,24 @@ def test_a_headerless_table_whose_first_label_is_missing_keeps_that_record(tmp_p
     assert [rid for rid, _ in dataset.skipped] == [crystals[0][0]]
 
 
+@pytest.mark.parametrize("header", ["id,y,", "id,y,2d_gap", "id,(eV),y"])
+def test_a_header_with_a_blank_or_unusual_name_is_still_a_header(tmp_path, crystals, header):
+    """A spreadsheet's trailing comma, or a name led by a digit or a symbol, must not turn the header into
+    a record (and the columns after the id into an unnamed target)."""
+    folder = tmp_path / "table"
+    folder.mkdir()
+    columns = header.split(",")
+    lines = [header]
+    for name, s in crystals[:4]:
+        CifWriter(s).write_file(folder / f"{name}.cif")
+        values = {"id": name, "y": repr(synthetic_target(s))}
+        lines.append(",".join(values.get(c, "1") for c in columns))
+    (folder / "properties.csv").write_text("\n".join(lines) + "\n")
+    dataset = load_dataset(folder, "y")
+    assert [e.id for e in dataset.entries] == [n for n, _ in crystals[:4]] and dataset.skipped == []
+    assert [e.target for e in dataset.entries] == [pytest.approx(synthetic_target(s)) for _, s in crystals[:4]]
+
+
 def test_cgcnn_folder_with_named_target(tmp_path, crystals):
     folder = tmp_path / "cgcnn"
     (folder / "structures").mkdir(parents=True)
@@ -496,7 +514,8 @@ def test_graphs_made_under_a_time_limit_are_not_cached(tmp_path, crystals, monke
     fallback.mkdir()
     monkeypatch.setenv("CRYSTALPROP_CACHE", str(fallback))
     real_cell, real_build = graph_cache.cell_for_graph, graph_cache._build_one
-    monkeypatch.setattr(graph_cache, "cell_for_graph", lambda crystal, cell: (crystal, "search took too long"))
+    monkeypatch.setattr(graph_cache, "cell_for_graph", lambda crystal, cell: (
+        crystal, "canonical cell search took longer than 10 s; used the cell as given"))
     build_graphs(dataset.entries, workers=1)
     monkeypatch.setattr(graph_cache, "cell_for_graph", real_cell)
     calls = []
@@ -505,6 +524,15 @@ def test_graphs_made_under_a_time_limit_are_not_cached(tmp_path, crystals, monke
     assert len(calls) == 4  # built again on the canonical cells, not served from the cache
     build_graphs(dataset.entries, workers=1)
     assert len(calls) == 4  # and those are cached
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    monkeypatch.setenv("CRYSTALPROP_CACHE", str(failed))
+    monkeypatch.setattr(graph_cache, "cell_for_graph", lambda crystal, cell: (
+        crystal, "canonical cell search failed (no symmetry found); used the cell as given"))
+    build_graphs(dataset.entries, workers=1)
+    monkeypatch.setattr(graph_cache, "cell_for_graph", real_cell)
+    build_graphs(dataset.entries, workers=1)
+    assert len(calls) == 8  # a search that fails (no time limit) fails again: its graphs are cached
 
 
 def test_the_graph_cache_key_follows_the_code_that_reads_and_builds(tmp_path, crystals, monkeypatch):

@@ -15,7 +15,7 @@ import crystalprop
 from crystalprop.model import kernel_library
 from conftest import rocksalt, run_cli
 from crystalprop.output import ResultWriter, is_finished, merge_results, read_provenance, read_rows
-from crystalprop.provenance import KEY, ProvenanceMismatchError, provenance, sidecar_path
+from crystalprop.provenance import KEY, ProvenanceMismatchError, describe_difference, provenance, sidecar_path
 
 COLUMNS = ["index", "name", "model_a", "error", "warning"]
 ROWS = [{"index": 0, "name": "a.cif", "model_a": 1.5, "error": "", "warning": ""},
@@ -276,3 +276,57 @@ def test_resume_refuses_a_file_whose_record_is_missing(tmp_path, weights, suffix
     message = str(refused.value)
     assert str(out) in message and "--overwrite" in message
     assert out.read_bytes() == before
+
+
+
+def test_json_parts_merge(tmp_path, weights):
+    """Was: every .json part with a record was refused, its first line read as a row cut short."""
+    one, two, empty = tmp_path / "p1.json", tmp_path / "p2.json", tmp_path / "p3.json"
+    _shard(one, 1, 3, ROWS, weights)
+    _shard(two, 2, 3, MORE, weights)
+    _shard(empty, 3, 3, [], weights)
+    merge_results(tmp_path / "all.csv", [two, empty, one])
+    assert [r["name"] for r in read_rows(tmp_path / "all.csv")] == ["a.cif", "b.cif", "c.cif"]
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_resuming_a_file_without_rows_or_record_starts_it_with_the_record(tmp_path, weights, suffix):
+    """Was: resumed without a record, so the next --resume refused the file as unchecked."""
+    out = tmp_path / f"out{suffix}"
+    ResultWriter(out, COLUMNS).close()  # an older version's output of a run stopped before any row
+    sidecar_path(out).unlink(missing_ok=True)
+    record = provenance([("model_a", weights[0])], shard=(1, 1))
+    writer = ResultWriter(out, COLUMNS, resume=True, provenance=record)
+    writer.write(ROWS)
+    writer.close(finished=True)
+    assert read_provenance(out)["models"] == record["models"] and is_finished(out)
+    again = ResultWriter(out, COLUMNS, resume=True, provenance=record)
+    again.write(MORE)
+    again.close(finished=True)
+    assert [r["name"] for r in read_rows(out)] == ["a.cif", "b.cif", "c.cif"]
+
+
+def test_retry_failed_unmarks_a_csv_before_it_drops_the_failed_rows(tmp_path, weights, monkeypatch):
+    """A kill between dropping the failed rows and clearing the mark left a finished part that lacked them."""
+    out = tmp_path / "out.csv"
+    _shard(out, 1, 1, ROWS, weights)
+    order = []
+    monkeypatch.setattr("crystalprop.output._drop_failed_rows", lambda *a: order.append(("drop", is_finished(out))))
+    ResultWriter(out, COLUMNS, resume=True, retry_failed=True,
+                 provenance=provenance([("model_a", weights[0])], shard=(1, 1))).close()
+    assert order == [("drop", False)]
+
+
+def test_a_damaged_sidecar_is_named(tmp_path, weights):
+    out = tmp_path / "out.csv"
+    _shard(out, 1, 1, ROWS, weights)
+    sidecar_path(out).write_text('{"crystalprop_provenance": {"cell": "canon')  # cut by a full disk
+    with pytest.raises(ValueError, match=sidecar_path(out).name):
+        read_provenance(out)
+
+
+def test_a_refusal_names_other_weights_before_another_shard(tmp_path, weights):
+    one = provenance([("model_a", weights[0])], shard=(1, 2))
+    two = provenance([("model_a", weights[1])], shard=(2, 2))
+    assert "model_a" in describe_difference(one, two) and "shard" not in describe_difference(one, two)
+    assert "shard 1/2" in describe_difference(one, {**one, "shard": [2, 2]})

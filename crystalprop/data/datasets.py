@@ -208,7 +208,8 @@ def _read_table(path: Path) -> tuple[list[dict], bool]:
     rows = [r for r in rows if r and any(c.strip() for c in r)]
     if not rows:
         raise DatasetError(f"{path}: empty table")
-    has_header = bool(rows[0][1:]) and all(_is_column_name(c) for c in rows[0][1:])
+    cells = rows[0][1:]  # a header: no number after the id, and some name (blank cells and odd names allowed)
+    has_header = not any(_numeric(c) is not None for c in cells) and any(_is_column_name(c) for c in cells)
     if has_header:
         header = [h.strip() for h in rows[0]]
         return [dict(zip(header, r)) for r in rows[1:]], True

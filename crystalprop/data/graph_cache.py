@@ -58,7 +58,7 @@ def _build_one(job: tuple[str, Any, GraphSettings]) -> tuple[CrystalGraph | None
         structure = entry_structure(source, name)
         validate_structure(structure)
         cell, fell_back = cell_for_graph(crystal_from_structure(structure), settings.cell)  # to the given cell
-        return build_graph(cell, settings), "", fell_back is not None
+        return build_graph(cell, settings), "", fell_back is not None and TIMED_OUT in fell_back
     except Exception as exc:  # one bad record must not stop a 30,000-record build
         reason = str(getattr(exc, "reason", None) or exc).splitlines()[0][:300] or type(exc).__name__
         return None, reason, reason.startswith(TIMED_OUT)
