@@ -471,7 +471,8 @@ def test_split_json_is_read_as_written_or_refused(tmp_path, crystals):
     path = _write_json(tmp_path / "data.json", crystals)
     names = [n for n, _ in crystals]
     split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": names[:6], "validation": [f" {names[6]}", f"{names[7]} "], "test": names[8:]}))
+    split.write_text(json.dumps({"train": names[:6], "validation": [f" {names[6]}", f"{names[7]} "], "test": names[8:],
+                                 "seed": 42}))
     dataset = load_dataset(path, "y")
     assert [e.id for e in dataset.split("val")] == names[6:8] and len(dataset.split("train")) == 6
     split.write_text(json.dumps({"train": names[:6], "val": names[5:8]}))

@@ -275,13 +275,16 @@ def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, str
 
 
 def read_split_file(path: Path) -> dict[str, str]:
-    """split.json as id -> split: its keys must name splits (:data:`SPLIT_SPELLINGS`), ids are stripped
-    as the data's are, and an id listed in two splits is refused."""
+    """split.json as id -> split: the keys of its id lists must name splits (:data:`SPLIT_SPELLINGS`; keys
+    of other values, such as a seed, are notes), ids are stripped as the data's are, and an id listed in
+    two splits is refused."""
     try:
         lists = json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(lists, dict) or not all(isinstance(ids, list) for ids in lists.values()):
+    if isinstance(lists, dict):
+        lists = {key: ids for key, ids in lists.items() if isinstance(ids, list)}  # other values: notes, e.g. a seed
+    if not isinstance(lists, dict) or not lists:
         raise DatasetError(f"{path}: expected an object of id lists, e.g. {{\"train\": [...], \"val\": [...]}}")
     unknown = [key for key in lists if split_name(key) is None]
     if unknown:
