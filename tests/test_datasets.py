@@ -155,6 +155,23 @@ def test_a_header_with_a_blank_or_unusual_name_is_still_a_header(tmp_path, cryst
     assert [e.target for e in dataset.entries] == [pytest.approx(synthetic_target(s)) for _, s in crystals[:4]]
 
 
+def test_an_id_with_two_structure_files_is_skipped_naming_both(tmp_path, crystals):
+    """Was: one of them taken, whichever the folder listed first (or the top-level file over structures/)."""
+    folder = tmp_path / "cgcnn"
+    (folder / "structures").mkdir(parents=True)
+    with open(folder / "id_prop.csv", "w") as handle:
+        for name, s in crystals[:3]:
+            handle.write(f"{name},{synthetic_target(s)!r}\n")
+            CifWriter(s).write_file(folder / "structures" / f"{name}.cif")
+    crystals[3][1].to(filename=str(folder / "structures" / f"{crystals[0][0]}.vasp"), fmt="poscar")
+    CifWriter(crystals[4][1]).write_file(folder / f"{crystals[1][0]}.cif")
+    dataset = load_dataset(folder)
+    assert [e.id for e in dataset.entries] == [crystals[2][0]]
+    reasons = dict(dataset.skipped)
+    assert f"{crystals[0][0]}.cif" in reasons[crystals[0][0]] and f"{crystals[0][0]}.vasp" in reasons[crystals[0][0]]
+    assert "structures" in reasons[crystals[1][0]]
+
+
 def test_cgcnn_folder_with_named_target(tmp_path, crystals):
     folder = tmp_path / "cgcnn"
     (folder / "structures").mkdir(parents=True)

@@ -216,18 +216,20 @@ def _read_table(path: Path) -> tuple[list[dict], bool]:
     return [{"id": r[0], "target": r[1] if len(r) > 1 else ""} for r in rows], False
 
 
-def _structure_index(folder: Path) -> dict[str, Path]:
-    """Map structure-file stems (id) to paths, in the folder and its ``structures/``."""
-    index: dict[str, Path] = {}
+def _structure_index(folder: Path) -> dict[str, list[Path]]:
+    """Map structure-file stems (id) and names to the paths that have them, in the folder and its
+    ``structures/`` and ``cifs/``: an id with two files is ambiguous, and skipped naming both."""
+    index: dict[str, list[Path]] = {}
     for directory in (folder, folder / "structures", folder / "cifs"):
         if not directory.is_dir():
             continue
-        for item in directory.iterdir():
+        for item in sorted(directory.iterdir()):
             name = item.name
             if not item.is_file() or not looks_like_structure_name(name):
                 continue
-            index.setdefault(structure_stem(name), item)
-            index.setdefault(name, item)
+            index.setdefault(structure_stem(name), []).append(item)
+            if name != structure_stem(name):
+                index.setdefault(name, []).append(item)
     return index
 
 
@@ -247,12 +249,15 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
     index = _structure_index(folder)
 
     def source_of(rid: str, row: dict) -> str:
-        path = index.get(rid)
-        if path is None:
+        paths = index.get(rid)
+        if not paths:
             names = "/".join(STRUCTURE_SUFFIXES)
             raise LookupError(f"no structure file named {rid} or {rid}{names} in {folder}, "
                               f"{folder}/structures/ or {folder}/cifs/")
-        return str(path)
+        if len(paths) > 1:
+            raise LookupError(f"{len(paths)} structure files for this id: "
+                              f"{', '.join(str(p.relative_to(folder)) for p in paths)}; keep one")
+        return str(paths[0])
 
     entries, skipped, unnamed = _entries_from_rows(rows, target, id_key, source_of, str(table))
     return Dataset(entries, target, str(folder), skipped, split_column=unnamed)
