@@ -48,7 +48,6 @@ def cached_file_sha256(path: str | Path) -> str:
     write or replacement of the file, which is then hashed again; so is a file whose entry is
     missing or unreadable. Saves hashing the checkpoints (40 ms for the shipped ones) on every run.
     """
-    from crystalprop.atomic import atomic_write_text  # noqa: PLC0415
     from crystalprop.backend import cache_dir  # noqa: PLC0415
 
     path = Path(path).resolve()

@@ -124,8 +124,9 @@ def _choose_target(records: list[dict], target: str | None, exclude: set[str], o
             where = "" if kind == "column" else " in any record"
             raise DatasetError(f"{origin}: no {kind} {target!r}{where} ({kind}s: {names or 'none'})")
         return target
-    numeric = list(dict.fromkeys(k for r in records[:1000] for k, v in r.items()  # any record's: a blank first
-                                 if k not in exclude and _numeric(v) is not None))  # cell must not hide a column
+    # numeric in any record, not only the first: a blank first cell must not hide a column
+    numeric = list(dict.fromkeys(k for r in records[:1000] for k, v in r.items()
+                                 if k not in exclude and _numeric(v) is not None))
     if len(numeric) != 1:
         raise DatasetError(f"{origin}: choose the target with --target (numeric fields: {', '.join(numeric) or 'none'})")
     return numeric[0]
