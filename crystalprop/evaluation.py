@@ -124,7 +124,9 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
                 f"{dataset.origin}: {len(trained)} of the {len(entries)} {split!r} structures were used to train "
                 f"{checkpoint} (e.g. {trained[0]}): not a {split} figure; --split all evaluates them deliberately")
         same = record.get(f"{split}_ids_sha256") == ids_sha256([e.id for e in entries])
-        return f"none trained on; {'the same' if same else 'not the'} {split} split as in training"
+        positions = (f" (ids from row numbers: {dataset.positional_ids} records have none, so this compares positions "
+                     "in the data, not crystals)") if dataset.positional_ids else ""
+        return f"none trained on; {'the same' if same else 'not the'} {split} split as in training{positions}"
     recorded = str(training.get("data", {}).get("split", ""))
     if is_random_split(dataset.split_source) or is_random_split(recorded):
         raise ValueError(

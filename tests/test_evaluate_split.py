@@ -169,3 +169,18 @@ def test_metrics_json_is_standard_json_when_a_metric_is_undefined(run_dir, data,
         evaluate_model(str(run_dir), theirs, output_dir=tmp_path / "eval")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(), parse_constant=pytest.fail)
     assert metrics["r2"] is None and metrics["n"] == 6
+
+
+def test_ids_made_from_row_numbers_are_said_to_check_positions_only(tmp_path):
+    """Records without an id are named row1, row2, ...: the check against the training ids then compares
+    positions, not crystals, and the note says so (was: "none trained on", whatever the crystals)."""
+    records = json.loads(write_json_dataset(tmp_path / "data.json", 6).read_text())
+    for record in records:
+        del record["id"]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    dataset = load_dataset(tmp_path / "data.json", "y")
+    training = {"data": {"split_record": {"trained_ids": pack_ids(["mp-x"]), "val_ids_sha256": ""}}}
+    note = check_unseen(dataset.entries[:2], "val", dataset, training, "model.ckpt")
+    assert "row numbers" in note
+    named = load_dataset(write_json_dataset(tmp_path / "named.json", 6), "y")
+    assert "row numbers" not in check_unseen(named.entries[:2], "val", named, training, "model.ckpt")

@@ -63,6 +63,8 @@ class Dataset:
     split_source: str = ""
     split_column: list[tuple[str, Any]] | None = None
     """(id, cell) of each entry whose split column names no split; None where the records have no split column."""
+    positional_ids: int = 0
+    """Entries without an id of their own, named ``row<N>`` after their position in the data."""
 
     def split(self, name: str) -> list[Entry]:
         """Entries of one split."""
@@ -137,6 +139,11 @@ def _split_key(rows: list[dict]) -> str | None:
     return next((k for row in rows[:1000] for k in row if str(k).strip().lower() == "split"), None)
 
 
+def _positional(rows: list[dict], id_key: str) -> int:
+    """How many rows have no id of their own (:func:`_entries_from_rows` names them after their position)."""
+    return sum(not str(row.get(id_key, "")).strip() for row in rows)
+
+
 def _entries_from_rows(
     rows: list[dict], target: str, id_key: str, source_of, origin: str
 ) -> tuple[list[Entry], list[tuple[str, str]], list[tuple[str, Any]] | None]:
@@ -189,7 +196,7 @@ def _read_json_dataset(path: Path, target: str | None) -> Dataset:
         return row[structure_key]
 
     entries, skipped, unnamed = _entries_from_rows(records, target, id_key, source_of, str(path))
-    return Dataset(entries, target, str(path), skipped, split_column=unnamed)
+    return Dataset(entries, target, str(path), skipped, split_column=unnamed, positional_ids=_positional(records, id_key))
 
 
 MISSING_WORDS = {"nan", "na", "n/a", "none", "null", "inf", "infinity", "missing"}
@@ -277,7 +284,7 @@ def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, str
         return row[structure_column]
 
     entries, skipped, unnamed = _entries_from_rows(rows, target, id_key, source_of, str(path))
-    return Dataset(entries, target, str(path), skipped, split_column=unnamed)
+    return Dataset(entries, target, str(path), skipped, split_column=unnamed, positional_ids=_positional(rows, id_key))
 
 
 def read_split_file(path: Path) -> dict[str, str]:
