@@ -185,7 +185,8 @@ def _sidecar(path: str | Path) -> dict | None:
     try:
         content = json.loads(side.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{side}: damaged provenance record ({exc}); restore it, or start again with --overwrite") from None
+        raise ValueError(f"{side}: damaged provenance record ({exc}); restore it, "
+                         "or start again with --overwrite") from None
     return content if isinstance(content, dict) else {}
 
 

@@ -196,7 +196,8 @@ def _read_json_dataset(path: Path, target: str | None) -> Dataset:
         return row[structure_key]
 
     entries, skipped, unnamed = _entries_from_rows(records, target, id_key, source_of, str(path))
-    return Dataset(entries, target, str(path), skipped, split_column=unnamed, positional_ids=_positional(records, id_key))
+    return Dataset(entries, target, str(path), skipped, split_column=unnamed,
+                   positional_ids=_positional(records, id_key))
 
 
 MISSING_WORDS = {"nan", "na", "n/a", "none", "null", "inf", "infinity", "missing"}
@@ -311,7 +312,8 @@ def read_split_file(path: Path) -> dict[str, str]:
                 twice.setdefault(rid, f"{rid} ({lookup[rid]} and {name})")
     if twice:
         shown = ", ".join(list(twice.values())[:5])
-        raise DatasetError(f"{path}: {len(twice)} id(s) listed in two splits: {shown}" + (", ..." if len(twice) > 5 else ""))
+        more = ", ..." if len(twice) > 5 else ""
+        raise DatasetError(f"{path}: {len(twice)} id(s) listed in two splits: {shown}{more}")
     return lookup
 
 
