@@ -139,21 +139,18 @@ def _split_key(rows: list[dict]) -> str | None:
     return next((k for row in rows[:1000] for k in row if str(k).strip().lower() == "split"), None)
 
 
-def _positional(rows: list[dict], id_key: str) -> int:
-    """How many rows have no id of their own (:func:`_entries_from_rows` names them after their position)."""
-    return sum(not str(row.get(id_key, "")).strip() for row in rows)
-
-
-def _entries_from_rows(
-    rows: list[dict], target: str, id_key: str, source_of, origin: str
-) -> tuple[list[Entry], list[tuple[str, str]], list[tuple[str, Any]] | None]:
-    """Turn table rows into entries; skip bad ones with reasons; refuse duplicated ids. Also returns the
-    (id, cell) of entries whose split column names no split (None: no split column)."""
+def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, table: str, origin: str) -> Dataset:
+    """The data set (``origin``) of table rows (read from ``table``, named in errors): bad rows skipped with
+    reasons, duplicated ids refused; a row without an id is named after its position (``row<N>``), and
+    entries whose split column names no split are kept aside for :func:`assign_splits` to refuse."""
     entries, skipped, seen, duplicates = [], [], set(), set()
     split_key = _split_key(rows)
     unnamed: list[tuple[str, Any]] = []
+    positional = 0
     for number, row in enumerate(rows, start=1):
-        rid = str(row.get(id_key, "")).strip() or f"row{number}"
+        rid = str(row.get(id_key, "")).strip()
+        if not rid:
+            rid, positional = f"row{number}", positional + 1
         if rid in seen:
             duplicates.add(rid)
             continue
@@ -176,8 +173,9 @@ def _entries_from_rows(
         entries.append(Entry(rid, value, source, split))
     if duplicates:
         listed = ", ".join(sorted(duplicates)[:10])
-        raise DatasetError(f"{origin}: duplicated id(s): {listed}" + (" ..." if len(duplicates) > 10 else ""))
-    return entries, skipped, unnamed if split_key else None
+        raise DatasetError(f"{table}: duplicated id(s): {listed}" + (" ..." if len(duplicates) > 10 else ""))
+    return Dataset(entries, target, origin, skipped, split_column=unnamed if split_key else None,
+                   positional_ids=positional)
 
 
 def _read_json_dataset(path: Path, target: str | None) -> Dataset:
@@ -195,9 +193,7 @@ def _read_json_dataset(path: Path, target: str | None) -> Dataset:
             raise LookupError("no structure")
         return row[structure_key]
 
-    entries, skipped, unnamed = _entries_from_rows(records, target, id_key, source_of, str(path))
-    return Dataset(entries, target, str(path), skipped, split_column=unnamed,
-                   positional_ids=_positional(records, id_key))
+    return _dataset_from_rows(records, target, id_key, source_of, str(path), str(path))
 
 
 MISSING_WORDS = {"nan", "na", "n/a", "none", "null", "inf", "infinity", "missing"}
@@ -268,8 +264,7 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
                               f"{', '.join(str(p.relative_to(folder)) for p in paths)}; keep one")
         return str(paths[0])
 
-    entries, skipped, unnamed = _entries_from_rows(rows, target, id_key, source_of, str(table))
-    return Dataset(entries, target, str(folder), skipped, split_column=unnamed)
+    return _dataset_from_rows(rows, target, id_key, source_of, str(table), str(folder))
 
 
 def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, structure_column: str) -> Dataset:
@@ -284,8 +279,7 @@ def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, str
             raise LookupError("empty structure column")
         return row[structure_column]
 
-    entries, skipped, unnamed = _entries_from_rows(rows, target, id_key, source_of, str(path))
-    return Dataset(entries, target, str(path), skipped, split_column=unnamed, positional_ids=_positional(rows, id_key))
+    return _dataset_from_rows(rows, target, id_key, source_of, str(path), str(path))
 
 
 def read_split_file(path: Path) -> dict[str, str]:
