@@ -317,14 +317,14 @@ class ResultWriter:
         if exists and not (resume or overwrite):
             raise OutputExistsError(f"{self.path} exists: use --resume to continue it or --overwrite to replace it")
         appending = exists and resume
-        if appending and provenance is not None and read_provenance(self.path) is None and not read_rows(self.path):
+        found = read_provenance(self.path) if appending else None
+        if appending and provenance is not None and found is None and not read_rows(self.path):
             appending = False  # an older version's file without rows: nothing to keep, start it with the record
-        self._record = provenance
+        self._record = found if appending else provenance  # the record the file keeps
         if appending:
             drop_cut_tail(self.path)
             self._check_columns()
-            self._check_provenance()
-            self._record = read_provenance(self.path)
+            self._check_provenance(found)
             self._unfinish()  # before any rewrite: a kill from here on leaves an unfinished file
             if retry_failed:
                 _drop_failed_rows(self.path, self.columns)
@@ -346,7 +346,6 @@ class ResultWriter:
             self.handle.write(_json_opening(provenance) + "\n")
         elif not appending and provenance is not None:
             self.handle.write(json.dumps({KEY: provenance}) + "\n")
-        self._closing = "\n]}\n" if self._record is not None else "\n]\n"
 
     def _check_columns(self) -> None:
         """Refuse to append to a file whose columns differ (e.g. written with another --model set)."""
@@ -355,12 +354,11 @@ class ResultWriter:
             raise ValueError(f"{self.path}: cannot resume, its columns ({', '.join(found)}) differ from this "
                              f"run's ({', '.join(self.columns)}); use the same --model set or another --output")
 
-    def _check_provenance(self) -> None:
-        """Refuse to append rows made by other weights, cell handling or shard than the file's, or rows
-        whose record is missing (they cannot be checked)."""
+    def _check_provenance(self, found: dict | None) -> None:
+        """Refuse to append rows made by other weights, cell handling or shard than the file's record
+        ``found``, or rows whose record is missing (they cannot be checked)."""
         if self.provenance is None:
             return
-        found = read_provenance(self.path)
         if found is None:
             if read_rows(self.path):
                 raise ProvenanceMismatchError(
@@ -418,8 +416,9 @@ class ResultWriter:
         """Close the file whole (a JSON file's closing bracket); ``finished``: the run reached the end of its
         input, which a file with a provenance record then says (:data:`FINISHED`)."""
         mark = utc_now() if finished and self._record is not None else None
-        if self.kind == "json":
-            self.handle.write(self._closing if mark is None else f"\n], {json.dumps(FINISHED)}: {json.dumps(mark)}}}\n")
+        if self.kind == "json":  # a plain array, or the object the record opened, with the mark after the rows
+            marked = f"], {json.dumps(FINISHED)}: {json.dumps(mark)}}}"
+            self.handle.write("\n" + ("]" if self._record is None else "]}" if mark is None else marked) + "\n")
         elif self.kind == "jsonl" and mark is not None:
             self.handle.write(json.dumps({FINISHED: mark}) + "\n")
         self.handle.close()
