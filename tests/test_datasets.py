@@ -571,3 +571,24 @@ def test_the_graph_cache_key_follows_the_code_that_reads_and_builds(tmp_path, cr
     graph_cache.builder_fingerprint.cache_clear()
     names = {path.name for path in graph_cache._builder_files()}
     assert {"readers.py", "neighbors.py", "cells.py", "graph_cache.py"} <= names
+
+
+def test_the_graph_cache_closes_its_files(tmp_path, crystals):
+    """Was: ``np.savez(open(tmp, "wb"))`` and ``np.load(path)`` left their files to the garbage
+    collector (a ResourceWarning each, and an open handle per cached data set on Windows)."""
+    import gc
+    import warnings
+
+    from crystalprop.data import graph_cache
+    from crystalprop.graph import build_graph
+    from crystalprop.io.adapters import crystal_from_structure
+
+    graphs = [build_graph(crystal_from_structure(s)) for _, s in crystals[:2]]
+    path = tmp_path / "graphs.npz"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        graph_cache._save(path, ["a", "b"], graphs, ["", ""])
+        loaded, _ = graph_cache._load(path)
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    np.testing.assert_array_equal(loaded[1].src, graphs[1].src)

@@ -109,11 +109,17 @@ def _save(path: Path, ids: list[str], graphs: list[CrystalGraph | None], errors:
         "dst": np.concatenate([g.dst for g in good]) if good else np.zeros(0, np.int32),
         "distances": np.concatenate([g.distances for g in good]) if good else np.zeros(0, np.float32),
     }
-    atomic_write(path, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would add ".npz" to a bare name
+            np.savez(handle, **arrays)
+
+    atomic_write(path, write)
 
 
 def _load(path: Path) -> tuple[list[CrystalGraph | None], list[str]]:
-    data = np.load(path)
+    with np.load(path) as archive:
+        data = {name: archive[name] for name in archive.files}
     node_ends = np.cumsum(data["n_nodes"])
     edge_ends = np.cumsum(data["n_edges"])
     pieces = {k: np.split(data[k], ends[:-1]) for k, ends in (
