@@ -73,7 +73,7 @@ def read_rows(path: Path, *, strict: bool = False) -> list[dict]:
     if not path.is_file():
         return []
     kind = _format(path)
-    with open(path, encoding="utf-8", newline="" if kind == "csv" else None) as handle:
+    with open(path, encoding="utf-8-sig", newline="" if kind == "csv" else None) as handle:
         if kind == "csv":
             reader = csv.DictReader(handle)
             rows = []
@@ -109,7 +109,7 @@ def _header_line(path: Path) -> str | None:
     """The first line of a JSON / JSON Lines result file when it holds the provenance record."""
     if _format(path) == "csv" or not path.is_file():
         return None
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         first = handle.readline().strip()
     return first if first.startswith("{" + json.dumps(KEY)) else None
 
@@ -162,7 +162,7 @@ def done_names(path: Path, *, retry_failed: bool = False) -> set[str]:
 def file_columns(path: Path) -> list[str] | None:
     """Columns of an existing result file (CSV header, keys of the first JSON row); None if it has none."""
     if _format(path) == "csv":
-        with open(path, encoding="utf-8", newline="") as handle:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
             return next(csv.reader(handle), None)
     rows = read_rows(path)
     return list(rows[0]) if rows else None
@@ -384,7 +384,7 @@ class ResultWriter:
 
     def _reopen_json_array(self) -> int:
         """Drop a closing bracket (and a cut last line) so rows can be appended; count rows."""
-        lines = self.path.read_text(encoding="utf-8").splitlines()
+        lines = self.path.read_text(encoding="utf-8-sig").splitlines()
         header = _header_line(self.path)
         kept = [ln for ln in lines[1 if header else 0:] if ln.strip() not in ("]", "]}", "")]
         if kept and kept[-1].strip().startswith("{"):

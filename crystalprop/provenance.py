@@ -74,7 +74,7 @@ def cached_file_sha256(path: str | Path) -> str:
 def _read_json(path: Path) -> dict:
     """The JSON object in ``path``; empty where the file is missing, unreadable or not an object."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
@@ -183,7 +183,7 @@ def _sidecar(path: str | Path) -> dict | None:
     if not side.is_file():
         return None
     try:
-        content = json.loads(side.read_text(encoding="utf-8"))
+        content = json.loads(side.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{side}: damaged provenance record ({exc}); restore it, "
                          "or start again with --overwrite") from None

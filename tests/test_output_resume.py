@@ -141,3 +141,27 @@ def test_evaluate_train_and_ensemble_refuse_an_output_folder_they_cannot_make(ra
         done = run_cli(args, cwd=tmp_path)
         assert done.returncode != 0 and "Traceback" not in done.stderr, (args, done.stderr)
         assert "taken is a file, not a folder" in done.stderr.replace("\n", " "), (args, done.stderr)
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+def test_a_file_saved_again_with_a_byte_order_mark_keeps_its_record_rows_and_columns(tmp_path, suffix):
+    """Was: a result file saved by an editor or spreadsheet as "UTF-8 with BOM" lost its record
+    (a JSON file then merged as if it had none: no shard check) and a CSV's first column was
+    read as "\\ufeffindex", so that --resume and merge refused it as other columns."""
+    from crystalprop.output import file_columns, is_finished, read_provenance
+
+    record = {"models": [{"name": "model_a", "sha256": "0" * 64}], "cell": "canonical", "shard": "1/1"}
+    out = tmp_path / f"out{suffix}"
+    writer = ResultWriter(out, OLD, overwrite=True, provenance=record)
+    writer.write(ROWS[:2])
+    writer.close(finished=True)
+    out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())
+    assert read_provenance(out) == record
+    assert is_finished(out)
+    assert file_columns(out) == OLD
+    assert [r["name"] for r in read_rows(out)] == ["a.cif", "b.cif"]
+    writer = ResultWriter(out, OLD, resume=True, provenance=record)
+    writer.write(ROWS[2:])
+    writer.close(finished=True)
+    assert [r["name"] for r in read_rows(out)] == ["a.cif", "b.cif", "c.cif"]
+    assert read_provenance(out) == record
