@@ -91,3 +91,20 @@ def test_a_label_log10_or_the_floor_cannot_take_is_refused_in_every_split(tmp_pa
         train_model(path, tmp_path / "run", config, workers=1)
     assert records[3]["id"] in str(refused.value) and f"--{option}" in str(refused.value)
     assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_labels_left_out_by_limit_are_not_checked(tmp_path):
+    """Was: the labels were checked before --limit cut the data, so a label the run would never
+    see refused a quick --limit trial."""
+    path = write_json_dataset(tmp_path / "data.json", 20)
+    records = json.loads(path.read_text())
+    for record in records:
+        record["y"] = abs(record["y"]) + 0.5
+    records[-1]["y"] = 0.0
+    path.write_text(json.dumps(records))
+    ids = [r["id"] for r in records]
+    (tmp_path / "split.json").write_text(json.dumps({"train": ids[:-2], "val": ids[-2:-1] + ids[:0], "test": ids[-1:]}))
+    result = train_model(path, tmp_path / "run", train_config(epochs=1, log10=True), workers=1, limit=8)
+    assert (tmp_path / "run" / "best.ckpt").exists() and result is not None
+    with pytest.raises(TrainingError, match=records[-1]["id"]):
+        train_model(path, tmp_path / "full", train_config(epochs=1, log10=True), workers=1)

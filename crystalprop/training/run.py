@@ -120,11 +120,11 @@ def train_model(
     dataset = load_dataset(data, config.target, id_column=id_column, structure_column=structure_column,
                            val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed, fold=fold)
     config.target = dataset.target
-    check_labels(dataset, config)
     full_splits = Dataset(list(dataset.entries), dataset.target, dataset.origin, split_source=dataset.split_source)
     if limit:
         dataset.entries = [e for e in dataset.entries if e.split == "train"][:limit] + \
             [e for e in dataset.entries if e.split == "val"][: max(limit // 8, 1)]
+    check_labels(dataset, config)  # the labels this run trains and validates on
     on_event("graphs", {"total": len(dataset.entries[cluster.rank :: cluster.size])})
     graphs, errors = build_graphs_shared(dataset.entries, config.graph, cluster, workers,
                                          lambda n: on_event("graph_progress", {"advance": n}))
