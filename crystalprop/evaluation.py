@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence
@@ -314,6 +315,7 @@ def join_ensemble(
     cell: str | None = None,
     sigma: str = "spread",
     products: Sequence[Sequence[str | Path]] = (),
+    latent_prior: float = 0.0,
 ) -> dict:
     """Join independently trained members into one ensemble checkpoint whose σ is calibrated
     on ``split`` of ``data``; returns the ensemble's metrics on that split.
@@ -323,7 +325,8 @@ def join_ensemble(
     ``sigma``: ``spread``, σ from the members' spread; ``latent``, from the distance to the training
     structures in the first member's readout space (:mod:`crystalprop.model.latent_sigma`), whose
     reference is built on the training split of ``data`` and stored in the checkpoint; then one
-    member is enough (a single model with a σ).
+    member is enough (a single model with a σ). ``latent_prior``: the share of the mean training error
+    added to the neighbours' (:class:`crystalprop.model.latent_sigma.LatentReference`; 0: none).
     ``products``: further members, each the product of the models given (checkpoints, run dirs or
     shipped names, an ensemble standing for its mean; log10 targets of one architecture and graph),
     e.g. ``[("bulk_modulus", "g_over_k.ckpt")]`` for a shear modulus as K × G/K. Every model's
@@ -338,6 +341,10 @@ def join_ensemble(
 
     if sigma not in SIGMA_CHOICES:
         raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
+    if latent_prior and sigma != "latent":
+        raise ValueError("a latent prior weighs the training errors of σ from the latent distance: give --sigma latent")
+    if not (latent_prior >= 0 and math.isfinite(latent_prior)):
+        raise ValueError(f"the latent prior is a share of the mean training error, 0 or more, not {latent_prior}")
     if not members:
         raise ValueError("an ensemble needs at least one member that predicts its target itself")
     if len(members) + len(products) < (1 if sigma == "latent" else 2):
@@ -390,7 +397,7 @@ def join_ensemble(
     reference, reference_record = None, {}
     if sigma == "latent":
         reference, reference_record = _latent_reference(first, paths[0], networks_of, data, batch_size, id_column,
-                                                        structure_column)
+                                                        structure_column, latent_prior)
     graphs = [g for _, g in kept]
     y = np.array([e.target for e, _ in kept])
     outputs, features = networks_of(graphs, batch_size)
@@ -426,7 +433,8 @@ def _files_record(files: Sequence[tuple[str, Path]]) -> dict:
 
 
 def _latent_reference(first, path: Path, networks_of, data: str | Path, batch_size: int,
-                      id_column: str | None, structure_column: str | None) -> tuple[LatentReference, dict]:
+                      id_column: str | None, structure_column: str | None,
+                      prior: float = 0.0) -> tuple[LatentReference, dict]:
     """The latent reference of the ensemble whose card is ``first`` (its first member's, ``path``),
     from ``networks_of`` (:func:`_network_outputs` with readout): the first network's readout features
     and the ensemble's absolute errors on the training split of ``data``, and its record for the card."""
@@ -434,7 +442,8 @@ def _latent_reference(first, path: Path, networks_of, data: str | Path, batch_si
     outputs, features = networks_of([g for _, g in kept], batch_size)
     residuals = np.abs(combine(members_from_networks(first, outputs), first.transform).value
                        - np.array([e.target for e, _ in kept]))
-    reference = LatentReference.build(features[0], residuals)
-    return reference, {"latent_neighbours": reference.neighbours, "latent_dimensions": int(reference.table.shape[1]),
+    reference = LatentReference.build(features[0], residuals, prior=prior)
+    return reference, {"latent_neighbours": reference.neighbours, **({"latent_prior": prior} if prior else {}),
+                       "latent_dimensions": int(reference.table.shape[1]),
                        "latent_reference": {"split": "train", "n": len(kept),
                                             "mae": float(residuals.mean())}}

@@ -230,6 +230,29 @@ def test_latent_sigma_is_stored_calibrated_and_the_same_in_predict_and_evaluate(
     np.testing.assert_allclose([row["lat"] for row in rows], [row["spread"] for row in spread_rows], rtol=1e-6)
 
 
+def test_a_latent_prior_is_stored_and_used_alike_in_join_and_evaluate(members, split_data, tmp_path):
+    """``latent_prior``: the card keeps it, the calibration and every later σ use it."""
+    from crystalprop.evaluation import evaluate_model, join_ensemble
+
+    plain = join_ensemble(members, tmp_path / "plain.ckpt", split_data, sigma="latent")
+    shrunk = join_ensemble(members, tmp_path / "prior.ckpt", split_data, sigma="latent", latent_prior=1.0)
+    card, _ = read_checkpoint(tmp_path / "prior.ckpt")
+    assert card.ensemble["latent_prior"] == 1.0 and "latent_prior" not in read_checkpoint(tmp_path / "plain.ckpt")[0].ensemble
+    assert shrunk["mae"] == pytest.approx(plain["mae"], rel=1e-9)
+    evaluated = evaluate_model(tmp_path / "prior.ckpt", split_data, split="val", output_dir=tmp_path / "eval_prior")
+    assert evaluated["sigma_spearman"] == pytest.approx(shrunk["sigma_spearman"], abs=1e-9)
+    assert evaluated["within_2sigma"] == pytest.approx(shrunk["within_2sigma"], abs=1e-9)
+    evaluate_model(tmp_path / "plain.ckpt", split_data, split="val", output_dir=tmp_path / "eval_plain")
+    std = {}
+    for name in ("prior", "plain"):
+        with open(tmp_path / f"eval_{name}" / "predictions.csv", newline="") as handle:
+            std[name] = np.array([float(row["std"]) for row in csv.DictReader(handle)])
+    ratio = std["prior"] / std["plain"]
+    assert np.ptp(ratio) > 0.01 * ratio.mean()  # not the plain σ rescaled: the prior changes it structure by structure
+    with pytest.raises(ValueError, match="latent"):
+        join_ensemble(members, tmp_path / "bad.ckpt", split_data, latent_prior=1.0)
+
+
 def test_latent_ensemble_without_its_reference_is_refused_by_name(members, split_data, tmp_path):
     """A latent-σ ensemble re-saved without its reference must not predict a wrong σ or fail obscurely."""
     from crystalprop.evaluation import join_ensemble
@@ -252,6 +275,12 @@ def test_cli_ensemble_with_latent_sigma_reports_both_rankings(members, split_dat
     assert read_checkpoint(tmp_path / "lat.ckpt")[0].ensemble["sigma_from"] == "latent"
     bad = run_cli(["ensemble", tmp_path / "x.ckpt", *members, "--data", split_data, "--sigma", "members"])
     assert bad.returncode != 0 and "'members' is not one of 'spread', 'latent'" in bad.stderr
+    prior = run_cli(["ensemble", tmp_path / "prior.ckpt", *members, "--data", split_data, "--sigma", "latent",
+                     "--latent-prior", "0.5"])
+    assert prior.returncode == 0, prior.stderr
+    assert read_checkpoint(tmp_path / "prior.ckpt")[0].ensemble["latent_prior"] == 0.5
+    spread = run_cli(["ensemble", tmp_path / "y.ckpt", *members, "--data", split_data, "--latent-prior", "0.5"])
+    assert spread.returncode != 0 and "--sigma latent" in spread.stderr and "Traceback" not in spread.stderr
 
 
 def test_one_model_gains_a_latent_sigma_and_keeps_its_values(members, split_data, tmp_path):

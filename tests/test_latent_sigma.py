@@ -29,6 +29,29 @@ def test_raw_sigma_is_mean_neighbour_distance_times_their_mean_training_error():
     np.testing.assert_allclose(reference.raw_sigma(queries), expected, rtol=2e-3, atol=1e-6)
 
 
+def test_a_prior_adds_a_share_of_the_mean_training_error_to_the_neighbours(tmp_path):
+    """With ``prior`` w, σ_raw = mean distance × (mean error of the k nearest + w × mean error of all):
+    a structure whose nearest training structures were fitted exactly keeps a σ that grows with
+    its distance, and the prior survives the round trip through the checkpoint's arrays."""
+    hidden = _cloud(200, 8, seed=7)
+    residuals = np.random.default_rng(8).uniform(0.0, 0.4, 200)
+    residuals[:100] = 0.0
+    plain = LatentReference.build(hidden, residuals, dimensions=4, neighbours=3)
+    shrunk = LatentReference.build(hidden, residuals, dimensions=4, neighbours=3, prior=0.5)
+    queries = _cloud(50, 8, seed=9)
+    z = queries.astype(np.float32) @ plain.projection - plain.offset
+    distances = np.linalg.norm(z[:, None, :] - plain.table[None].astype(np.float32), axis=2)
+    nearest = np.argsort(distances, axis=1)[:, :3]
+    mean_distance = np.take_along_axis(distances, nearest, axis=1).mean(axis=1)
+    stored = shrunk.residuals.astype(np.float64)
+    np.testing.assert_allclose(shrunk.raw_sigma(queries),
+                               mean_distance * (stored[nearest].mean(axis=1) + 0.5 * stored.mean()), rtol=2e-3)
+    fitted_exactly = plain.raw_sigma(hidden[:100]) == 0
+    assert fitted_exactly.any() and np.all(shrunk.raw_sigma(hidden[:100])[fitted_exactly] > 0)
+    again = LatentReference.from_params(shrunk.arrays(), neighbours=3, prior=0.5)
+    np.testing.assert_array_equal(again.raw_sigma(queries), shrunk.raw_sigma(queries))
+
+
 def test_projection_standardises_features_and_keeps_the_leading_axes():
     hidden = _cloud(500, 10, seed=3)
     reference = LatentReference.build(hidden, np.ones(500), dimensions=3)

@@ -10,6 +10,12 @@ standardised and projected on their leading principal axes (d of them), and
     σ_raw = mean distance to its k nearest training structures × mean |training error| of those k
 
 (both factors rank the validation errors, their product better than either; campaign, session 11).
+With a ``prior`` w, a share of the mean error of the whole training set joins the second factor,
+
+    σ_raw = mean distance × (mean |training error| of the k nearest + w × mean |training error| of all),
+
+so that a structure whose nearest training structures were fitted exactly still gets a σ that
+grows with its distance (formation energy: within 2σ 89 → 91 %, cross-fitted; campaign, session 26).
 The calibration scale of :func:`crystalprop.model.ensemble.calibration_scale` turns σ_raw into σ.
 
 The reference ships inside the checkpoint under ``latent_sigma.<name>``: ``projection`` (F, d)
@@ -42,6 +48,7 @@ class LatentReference:
     table: np.ndarray  # (N, d) float32
     residuals: np.ndarray  # (N,) float32
     neighbours: int = NEIGHBOURS
+    prior: float = 0.0  # w above: the share of the mean training error added to the neighbours'
 
     def __post_init__(self) -> None:
         table = np.asarray(self.table, np.float32)
@@ -52,10 +59,11 @@ class LatentReference:
         self.table = self._search_table[: len(table)]  # a view: the table is held once
         self._table_norms = np.full(rows, np.inf, np.float32)
         self._table_norms[: len(table)] = np.einsum("nd,nd->n", table, table)
+        self._prior_error = self.prior * float(self.residuals.astype(np.float64).mean()) if len(table) else 0.0
 
     @classmethod
     def build(cls, hidden: np.ndarray, residuals: np.ndarray, dimensions: int = DIMENSIONS,
-              neighbours: int = NEIGHBOURS) -> "LatentReference":
+              neighbours: int = NEIGHBOURS, prior: float = 0.0) -> "LatentReference":
         """From the training structures' readout features ``hidden`` (N, F) and the model's absolute
         errors on them (N,): standardise each feature, keep the ``dimensions`` leading principal axes."""
         hidden = np.asarray(hidden, np.float64)
@@ -66,11 +74,11 @@ class LatentReference:
         offset = (mean / std) @ axes
         table = (hidden @ projection - offset).astype(np.float16)
         return cls(projection.astype(np.float32), offset.astype(np.float32), table,
-                   np.asarray(residuals, np.float64).astype(np.float16), neighbours)
+                   np.asarray(residuals, np.float64).astype(np.float16), neighbours, prior)
 
     def raw_sigma(self, hidden: np.ndarray) -> np.ndarray:
         """(B, F) readout features -> (B,) uncalibrated σ: mean distance to the k nearest training
-        structures times their mean absolute training error."""
+        structures times their mean absolute training error (plus the prior's share of all)."""
         z = np.asarray(hidden, np.float32) @ self.projection - self.offset  # (B, d)
         out = np.empty(len(z), np.float64)
         k = min(self.neighbours, len(self.table))
@@ -80,7 +88,7 @@ class LatentReference:
                        - 2.0 * block @ self._search_table.T)  # (b, whole blocks of training rows)
             nearest = k_smallest(squared, k)  # (b, k)
             distance = np.sqrt(np.maximum(np.take_along_axis(squared, nearest, axis=1), 0.0)).mean(axis=1)
-            out[start : start + len(block)] = distance * self.residuals[nearest].mean(axis=1)
+            out[start : start + len(block)] = distance * (self.residuals[nearest].mean(axis=1) + self._prior_error)
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -89,7 +97,8 @@ class LatentReference:
                 f"{PREFIX}table": self.table.astype(np.float16), f"{PREFIX}residuals": self.residuals.astype(np.float16)}
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], neighbours: int, path: Any = "checkpoint") -> "LatentReference":
+    def from_params(cls, params: Mapping[str, Any], neighbours: int, path: Any = "checkpoint",
+                    prior: float = 0.0) -> "LatentReference":
         """The reference stored in the parameters (arrays or MindSpore Parameters) of checkpoint ``path``."""
         from crystalprop.model.checkpoint import CheckpointError, as_array  # noqa: PLC0415  (imports MindSpore)
 
@@ -98,7 +107,7 @@ class LatentReference:
         if missing:
             raise CheckpointError(f"{path}: its σ comes from a latent reference, but {', '.join(PREFIX + m for m in missing)} "
                                   "is missing from its weights (re-join it with crystalprop ensemble --sigma latent)")
-        return cls(values["projection"], values["offset"], values["table"], values["residuals"], neighbours)
+        return cls(values["projection"], values["offset"], values["table"], values["residuals"], neighbours, prior)
 
 
 def k_smallest(values: np.ndarray, k: int) -> np.ndarray:
@@ -126,7 +135,8 @@ def k_smallest(values: np.ndarray, k: int) -> np.ndarray:
 
 def stored_reference(card: Any, params: Mapping[str, Any], path: Any) -> LatentReference | None:
     """The latent reference of a checkpoint whose σ comes from it (card.ensemble's ``sigma_from``
-    is ``latent``), else None (σ from the members' spread, or no σ)."""
+    is ``latent``), else None (σ from the members' spread, or no σ); its prior from ``latent_prior``."""
     if (card.ensemble or {}).get("sigma_from") != "latent":
         return None
-    return LatentReference.from_params(params, int(card.ensemble["latent_neighbours"]), path)
+    return LatentReference.from_params(params, int(card.ensemble["latent_neighbours"]), path,
+                                       float(card.ensemble.get("latent_prior", 0.0)))
