@@ -22,6 +22,7 @@ from crystalprop.stopping import stop_signals_interrupt
 
 console = Console(stderr=True)
 """Progress, messages and errors."""
+console.soft_wrap = not console.is_terminal  # a log file or pipe keeps each message on one line
 out = Console()
 """Results."""
 TABLE_LIMIT = 25
