@@ -33,11 +33,11 @@ def sigma_option():
 def split_models(values: tuple[str, ...]) -> tuple[str, ...]:
     """``-m`` values, each a model or several separated by commas (``-m band_gap,bulk_modulus``);
     a value naming an existing file or folder is one model, commas and all."""
+    from crystalprop.registry import model_names  # noqa: PLC0415  (the command starts without it)
+
     if any(not value.strip(" ,") for value in values):
         raise click.BadParameter("an empty model name; leave -m out to run every shipped model")
-    return tuple(part for value in values
-                 for part in ([value] if os.path.exists(value) else
-                              [p.strip() for p in value.split(",") if p.strip()]))
+    return tuple(model_names(values))
 
 
 def models_option():

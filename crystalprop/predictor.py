@@ -294,7 +294,7 @@ class Predictor:
         from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
         from crystalprop.model.ensemble import member_params  # noqa: PLC0415
         from crystalprop.model.latent_sigma import stored_reference  # noqa: PLC0415
-        from crystalprop.registry import available_models, checkpoints_dir, resolve_model  # noqa: PLC0415
+        from crystalprop.registry import available_models, checkpoints_dir, model_names, resolve_model  # noqa: PLC0415
 
         if cell is not None:
             check_cell_choice(cell)
@@ -304,7 +304,7 @@ class Predictor:
 
             prefer_compiled_protobuf()  # before the model code imports MindSpore
             set_device(device)
-        names = [models] if isinstance(models, str) else list(models or available_models())
+        names = model_names(models) if models else available_models()
         if not names:
             raise ValueError(f"no model given and no shipped model found in {checkpoints_dir()}")
         resolved = [resolve_model(name) for name in names]
@@ -487,9 +487,9 @@ _LOADED: dict[tuple, Predictor] = {}  # the models of the last predict() call, w
 def _loaded_key(model: Sequence[str] | str | None, device: str, cell: str | None, engine: str | None) -> tuple:
     """What identifies loaded models: each file's path, size and modification time, the device, the cells,
     the engine."""
-    from crystalprop.registry import available_models, resolve_model  # noqa: PLC0415
+    from crystalprop.registry import available_models, model_names, resolve_model  # noqa: PLC0415
 
-    names = [model] if isinstance(model, (str, os.PathLike)) else list(model or available_models())
+    names = model_names(model) if model else available_models()
     files = []
     for name in names:
         label, path = resolve_model(name)
@@ -545,7 +545,8 @@ def predict(
     """Predict every property of every structure in ``inputs``.
 
     ``inputs``: a path, folder, glob, pymatgen Structure, ase.Atoms, or a list of them. ``model``: a
-    shipped model name, a ``.ckpt`` path, a list of them, or None for all shipped models.
+    shipped model name, a ``.ckpt`` path, several of them in a list or separated by commas, or None for
+    all shipped models.
     A batch holds at most ``batch_size`` structures and as many atoms and edges as the
     models take within about ``batch_memory`` bytes (see :meth:`Predictor.batch_limits`).
     ``workers``: reader processes that read files and build graphs while the models run

@@ -98,3 +98,20 @@ def test_predict_on_a_folder_without_structures_says_so(tmp_path, random_ckpt):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no structure files found in .*empty"):
         crystalprop.predict([tmp_path / "empty"], str(random_ckpt))
+
+
+def test_predict_takes_comma_separated_models_as_the_command_does(random_ckpt, tmp_path):
+    """Was: ``model="formation_energy,band_gap"`` failed with 'unknown model' while ``-m a,b`` works."""
+    import shutil
+
+    from conftest import rocksalt
+
+    second = tmp_path / "other.ckpt"
+    shutil.copy(random_ckpt, second)
+    structure = rocksalt(5.64)
+    joined = crystalprop.predict(structure, model=f"{random_ckpt}, {second}")
+    listed = crystalprop.predict(structure, model=[random_ckpt, str(second)])
+    assert joined == listed and {"rand", "other"} <= set(joined[0])
+    comma = tmp_path / "a,b.ckpt"  # a file whose name holds a comma is one model
+    shutil.copy(random_ckpt, comma)
+    assert "a,b" in crystalprop.predict(structure, model=str(comma))[0]
