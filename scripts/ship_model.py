@@ -103,8 +103,12 @@ def ensemble_lines(card, m: dict) -> list[str]:
         reference = e["latent_reference"]
         raw = (f"mean distance from the structure to its {e['latent_neighbours']} nearest training structures "
                f"(n = {reference['n']}) in the first member's readout features (standardised, "
-               f"{e['latent_dimensions']} principal axes) times the ensemble's mean absolute error on those "
-               f"neighbours (`crystalprop ensemble --sigma latent`; README, \"Ensembles and error bars\")")
+               f"{e['latent_dimensions']} principal axes) times "
+               + (f"(the ensemble's mean absolute error on those neighbours + {e['latent_prior']:g} × its mean "
+                  f"absolute error on all of them, {reference['mae']:.4g} {card.unit}; `--latent-prior "
+                  f"{e['latent_prior']:g}`)" if e.get("latent_prior") else
+                  "the ensemble's mean absolute error on those neighbours")
+               + " (`crystalprop ensemble --sigma latent`; README, \"Ensembles and error bars\")")
     else:
         raw = "standard deviation of their predictions"
     count = len(files) or e["members"]
