@@ -170,12 +170,18 @@ def _is_structure(item: Any) -> bool:
 
 
 def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
-    """Files (expanded from folders and globs) and named Structures or Atoms, in the order given."""
+    """Files (expanded from folders and globs) and named Structures or Atoms, in the order given;
+    a file given twice (by name and in its folder, say) once, where it first comes: one row per file."""
+    seen: set[str] = set()
     for k, item in enumerate(inputs):
         if _is_structure(item):
             yield (getattr(item, "name", None) or f"structure{k}", item)
-        else:
-            yield from iter_structure_paths([os.fspath(item)], recursive)
+            continue
+        for path in iter_structure_paths([os.fspath(item)], recursive):
+            key = os.path.normcase(os.path.abspath(path))
+            if key not in seen:
+                seen.add(key)
+                yield path
 
 
 def _import_readers() -> None:

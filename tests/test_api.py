@@ -115,3 +115,19 @@ def test_predict_takes_comma_separated_models_as_the_command_does(random_ckpt, t
     comma = tmp_path / "a,b.ckpt"  # a file whose name holds a comma is one model
     shutil.copy(random_ckpt, comma)
     assert "a,b" in crystalprop.predict(structure, model=str(comma))[0]
+
+
+def test_a_file_given_twice_is_predicted_once(random_ckpt, tmp_path):
+    """Was: ``predict Cu.cif folder/`` (the folder holding Cu.cif) gave Cu twice: two rows of one
+    name, which --resume and merge cannot tell apart."""
+    from pymatgen.io.cif import CifWriter
+
+    from conftest import perovskite, rocksalt
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    CifWriter(rocksalt(5.64)).write_file(folder / "NaCl.cif")
+    CifWriter(perovskite(3.905)).write_file(folder / "SrTiO3.cif")
+    given = [str(folder / "NaCl.cif"), str(folder), f"{folder}/./NaCl.cif", str(folder / "*.cif")]
+    rows = crystalprop.predict(given, model=str(random_ckpt), workers=0)
+    assert [Path(row["name"]).name for row in rows] == ["NaCl.cif", "SrTiO3.cif"]
