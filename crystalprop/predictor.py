@@ -178,7 +178,7 @@ def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
             yield (getattr(item, "name", None) or f"structure{k}", item)
             continue
         for path in iter_structure_paths([os.fspath(item)], recursive):
-            key = os.path.normcase(os.path.abspath(path))
+            key = os.path.normcase(os.path.realpath(path))  # realpath: link/.. is where the link points
             if key not in seen:
                 seen.add(key)
                 yield path
@@ -310,9 +310,11 @@ class Predictor:
 
             prefer_compiled_protobuf()  # before the model code imports MindSpore
             set_device(device)
-        names = model_names(models) if models else available_models()
-        if not names:
+        names = available_models() if models is None else model_names(models)
+        if models is None and not names:
             raise ValueError(f"no model given and no shipped model found in {checkpoints_dir()}")
+        if not names:
+            raise ValueError(f"an empty model name ({models!r}); give None for every shipped model")
         resolved = [resolve_model(name) for name in names]
         labels = [label for label, _ in resolved]
         twice = sorted({label for label in labels if labels.count(label) > 1})
@@ -495,7 +497,7 @@ def _loaded_key(model: Sequence[str] | str | None, device: str, cell: str | None
     the engine."""
     from crystalprop.registry import available_models, model_names, resolve_model  # noqa: PLC0415
 
-    names = model_names(model) if model else available_models()
+    names = available_models() if model is None else model_names(model)
     files = []
     for name in names:
         label, path = resolve_model(name)

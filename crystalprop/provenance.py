@@ -139,6 +139,10 @@ def describe_difference(old: dict, new: dict) -> str:
     return f"shard {'/'.join(map(str, old.get('shard', '?')))} there, {'/'.join(map(str, new.get('shard', '?')))} now"
 
 
+BOM = rb"(?:\xef\xbb\xbf)?"
+"""A UTF-8 byte order mark, which an editor or spreadsheet may put before a file it saves again."""
+
+
 def is_results_file(path: str | Path) -> bool:
     """Whether a JSON file is one of crystalprop's own outputs (a JSON table of results or a CSV's
     sidecar): both open with the provenance record, so 256 bytes tell, without parsing the file."""
@@ -147,12 +151,12 @@ def is_results_file(path: str | Path) -> bool:
             head = f.read(256)
     except OSError:
         return False
-    return re.match(rb'\s*\{\s*"' + KEY.encode() + rb'"', head) is not None
+    return re.match(BOM + rb'\s*\{\s*"' + KEY.encode() + rb'"', head) is not None
 
 
 EVALUATION_LEAD_KEYS = ("model", "checkpoint")
 """The keys that the metrics.json of ``crystalprop evaluate`` opens with, in this order."""
-_EVALUATION_HEAD = re.compile(rb'\s*\{\s*"model"\s*:\s*"(?:[^"\\]|\\.)*"\s*,\s*"checkpoint"\s*:')
+_EVALUATION_HEAD = re.compile(BOM + rb'\s*\{\s*"model"\s*:\s*"(?:[^"\\]|\\.)*"\s*,\s*"checkpoint"\s*:')
 
 
 def opens_as_evaluation_metrics(record: dict) -> bool:

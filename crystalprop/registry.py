@@ -19,11 +19,12 @@ SHIPPED = ("formation_energy", "band_gap", "bulk_modulus", "shear_modulus")
 
 def model_names(values: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """The models named by ``values``: each a model or several separated by commas
-    (``"band_gap,bulk_modulus"``), as ``-m`` takes them; a value naming an existing file or folder
-    is one model, commas and all."""
+    (``"band_gap,bulk_modulus"``), as ``-m`` takes them; a path object, or a string naming an
+    existing file or folder, is one model, commas and all."""
     values = [values] if isinstance(values, (str, os.PathLike)) else list(values)
-    return [part for value in map(str, values)
-            for part in ([value] if os.path.exists(value) else [p.strip() for p in value.split(",") if p.strip()])]
+    return [part for value in values
+            for part in ([os.fspath(value)] if not isinstance(value, str) or os.path.exists(value) else
+                         [p.strip() for p in value.split(",") if p.strip()])]
 
 
 def checkpoints_dir() -> Path:

@@ -105,7 +105,8 @@ def ensemble_lines(card, m: dict) -> list[str]:
                f"(n = {reference['n']}) in the first member's readout features (standardised, "
                f"{e['latent_dimensions']} principal axes) times "
                + (f"(the ensemble's mean absolute error on those neighbours + {e['latent_prior']:g} × its mean "
-                  f"absolute error on all of them, {reference['mae']:.4g} {card.unit}; `--latent-prior "
+                  f"absolute error on all {reference['n']} training structures, {reference['mae']:.4g} {card.unit}; "
+                  f"`--latent-prior "
                   f"{e['latent_prior']:g}`)" if e.get("latent_prior") else
                   "the ensemble's mean absolute error on those neighbours")
                + " (`crystalprop ensemble --sigma latent`; README, \"Ensembles and error bars\")")

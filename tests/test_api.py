@@ -112,6 +112,12 @@ def test_predict_takes_comma_separated_models_as_the_command_does(random_ckpt, t
     joined = crystalprop.predict(structure, model=f"{random_ckpt}, {second}")
     listed = crystalprop.predict(structure, model=[random_ckpt, str(second)])
     assert joined == listed and {"rand", "other"} <= set(joined[0])
+    with pytest.raises(ValueError, match="empty"):
+        crystalprop.predict(structure, model="")
+    with pytest.raises(ValueError, match="empty"):
+        crystalprop.predict(structure, model=" , ")
+    with pytest.raises(Exception, match="no such checkpoint"):  # a path is one model, commas and all
+        crystalprop.predict(structure, model=tmp_path / "lr=1e-3,bs=32" / "best.ckpt")
     comma = tmp_path / "a,b.ckpt"  # a file whose name holds a comma is one model
     shutil.copy(random_ckpt, comma)
     assert "a,b" in crystalprop.predict(structure, model=str(comma))[0]
@@ -131,3 +137,11 @@ def test_a_file_given_twice_is_predicted_once(random_ckpt, tmp_path):
     given = [str(folder / "NaCl.cif"), str(folder), f"{folder}/./NaCl.cif", str(folder / "*.cif")]
     rows = crystalprop.predict(given, model=str(random_ckpt), workers=0)
     assert [Path(row["name"]).name for row in rows] == ["NaCl.cif", "SrTiO3.cif"]
+    other = tmp_path / "other" / "deeper"  # link/../NaCl.cif is other/NaCl.cif: another file
+    other.mkdir(parents=True)
+    CifWriter(perovskite(3.905)).write_file(tmp_path / "other" / "NaCl.cif")
+    (tmp_path / "link").symlink_to(other)
+    CifWriter(rocksalt(5.64)).write_file(tmp_path / "NaCl.cif")
+    rows = crystalprop.predict([str(tmp_path / "NaCl.cif"), str(tmp_path / "link" / ".." / "NaCl.cif")],
+                               model=str(random_ckpt), workers=0)
+    assert [row["formula"] for row in rows] == ["NaCl", "SrTiO3"]

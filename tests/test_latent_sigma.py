@@ -52,6 +52,19 @@ def test_a_prior_adds_a_share_of_the_mean_training_error_to_the_neighbours(tmp_p
     np.testing.assert_array_equal(again.raw_sigma(queries), shrunk.raw_sigma(queries))
 
 
+def test_one_non_finite_training_error_spoils_only_the_structures_near_it():
+    """Was (with the prior): the mean of all training errors entered every σ even with prior 0, so one
+    residual that overflowed float16 (or a NaN training prediction) made every σ NaN."""
+    hidden = _cloud(200, 8, seed=10)
+    residuals = np.random.default_rng(11).uniform(0.01, 0.4, 200)
+    residuals[0] = np.nan
+    residuals[1] = 1e6  # inf in float16
+    for prior in (0.0, 1.0):
+        reference = LatentReference.build(hidden, residuals, dimensions=4, neighbours=3, prior=prior)
+        sigma = reference.raw_sigma(hidden[2:])
+        assert np.isfinite(sigma).mean() > 0.9, prior
+
+
 def test_projection_standardises_features_and_keeps_the_leading_axes():
     hidden = _cloud(500, 10, seed=3)
     reference = LatentReference.build(hidden, np.ones(500), dimensions=3)

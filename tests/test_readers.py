@@ -685,6 +685,17 @@ def test_discovery_skips_crystalprop_results_in_folders(tmp_path, nacl):
     assert "crystalprop's own results" in reason_of(named)
 
 
+def test_discovery_skips_results_saved_again_with_a_byte_order_mark(tmp_path, nacl):
+    """Was: a result table, sidecar or metrics.json re-saved by an editor as "UTF-8 with BOM" was taken
+    for a structure file of the folder (and failed as one), though its record still read."""
+    bom = "\ufeff"
+    write(tmp_path / "a.json", json.dumps(nacl.as_dict()))
+    write(tmp_path / "results.json", bom + '{"crystalprop_provenance": {"models": []}, "results": [\n]}\n')
+    write(tmp_path / "results.csv.meta.json", bom + json.dumps({"crystalprop_provenance": {}}, indent=2))
+    write(tmp_path / "metrics.json", bom + json.dumps({"model": "y", "checkpoint": "/runs/y/best.ckpt", "n": 6}))
+    assert rel(iter_structure_paths([str(tmp_path)]), tmp_path) == ["a.json"]
+
+
 def test_discovery_skips_the_metrics_evaluate_wrote(tmp_path, nacl):
     """evaluate's metrics.json (told by its content: it opens with the model and its checkpoint) is no input
     of predict -r, under any name; a user's structure called metrics.json is, even beside predict's

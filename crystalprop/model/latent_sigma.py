@@ -59,7 +59,8 @@ class LatentReference:
         self.table = self._search_table[: len(table)]  # a view: the table is held once
         self._table_norms = np.full(rows, np.inf, np.float32)
         self._table_norms[: len(table)] = np.einsum("nd,nd->n", table, table)
-        self._prior_error = self.prior * float(self.residuals.astype(np.float64).mean()) if len(table) else 0.0
+        finite = self.residuals[np.isfinite(self.residuals)].astype(np.float64)
+        self._prior_error = self.prior * float(finite.mean()) if self.prior and finite.size else 0.0
 
     @classmethod
     def build(cls, hidden: np.ndarray, residuals: np.ndarray, dimensions: int = DIMENSIONS,

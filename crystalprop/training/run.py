@@ -61,8 +61,9 @@ def check_resumed_fold(run_dir: Path, fold: tuple[int, int] | None) -> None:
 
 
 def check_labels(dataset: Dataset, config: TrainConfig) -> None:
-    """Refuse labels that ``--log10`` or ``--floor`` cannot take, in every split, naming them: one validation
-    label <= 0 under --log10 would make every validation error NaN, and no epoch could be kept."""
+    """Refuse labels that ``--log10`` or ``--floor`` cannot take, in every split the run holds (all of them
+    but where ``--limit`` cut the data), naming them: one validation label <= 0 under --log10 would make
+    every validation error NaN, and no epoch could be kept."""
     def named(bad: list[Entry]) -> str:
         shown = ", ".join(f"{e.id} ({e.target:g}, {e.split})" for e in bad[:5])
         return shown + (", ..." if len(bad) > 5 else "")
