@@ -135,7 +135,8 @@ def stream_rows(batches: Iterable[list[dict]], writer=None, keep: int | None = T
     """
     shown, n_ok, n_failed, stopped, reached_end = [], 0, 0, None, False
     progress = Progress(TextColumn("[bold]predicting"), BarColumn(), TextColumn("{task.completed} structures"),
-                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=True)
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console, transient=True,
+                        disable=not console.is_terminal)  # a log file or pipe gets no bar (it left a blank line)
     with progress, stop_signals_interrupt() as interrupt:
         task = progress.add_task("predict", total=None, rate="")
         try:
