@@ -6,6 +6,7 @@ otherwise (pipes, files, narrow terminals), where rich would cut names and heade
 
 from __future__ import annotations
 
+import math
 import signal
 from typing import Iterable, Sequence
 
@@ -70,11 +71,21 @@ def show_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: 
 
 
 def value_text(row: dict, label: str) -> str:
-    """A prediction as text, with ``± σ`` where the model is an ensemble."""
-    if row[label] is None:
+    """A prediction as text, with ``± σ`` where the model gives one: σ to two significant figures and
+    the value to the same decimal place (the digits beyond it are noise); four significant figures
+    for a value without σ, or with σ = 0 or far outside 1e-4 to 1e6."""
+    value = row[label]
+    if value is None:
         return ""
     std = row.get(f"{label}_std")
-    return f"{row[label]:.4g}" + ("" if std is None else f" ± {std:.2g}")
+    if std is None:
+        return f"{value:.4g}"
+    if not (1e-4 <= std < 1e6):
+        return f"{value:.4g} ± {std:.2g}"
+    decimals = 1 - math.floor(math.log10(std))  # σ's second significant figure
+    if decimals > 0:
+        return f"{value:.{decimals}f} ± {std:.{decimals}f}"
+    return f"{round(value, decimals):.0f} ± {round(std, decimals):.0f}"
 
 
 def print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:

@@ -199,3 +199,20 @@ def test_piped_messages_are_not_broken_into_lines(tmp_path, random_ckpt):
     done = run_cli(["predict", tmp_path / "NaCl.cif", "-m", random_ckpt, "-o", output], env={"COLUMNS": "80"})
     assert done.returncode == 0, done.stderr
     assert done.stderr == f"1 predicted, 0 failed; results in {output} (provenance in {output}.meta.json)\n"
+
+
+@pytest.mark.parametrize("value, std, shown", [
+    (0.02302, 0.0891, "0.023 ± 0.089"),
+    (50.05, 51.2, "50 ± 51"),
+    (146.12, 9.93, "146.1 ± 9.9"),
+    (-3.5812, 0.0213, "-3.581 ± 0.021"),
+    (12345.6, 1234.0, "12300 ± 1200"),
+    (0.0, 0.0, "0 ± 0"),
+    (1.5e-7, 2.0e-8, "1.5e-07 ± 2e-08"),
+    (2.5, None, "2.5"),
+])
+def test_a_value_is_shown_to_the_digits_its_sigma_allows(value, std, shown):
+    """Was: four significant figures for every value and two for σ (``0.02302 ± 0.089``,
+    ``50.05 ± 51``): digits the σ says are noise."""
+    row = {"m": value, **({} if std is None else {"m_std": std})}
+    assert display.value_text(row, "m") == shown
