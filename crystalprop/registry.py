@@ -3,6 +3,8 @@
 The weights and cards live in the repository's top-level ``checkpoints/``; a wheel or a
 plain ``pip install .`` carries them as the package data of ``crystalprop.checkpoints``
 (``pyproject.toml`` maps that folder), so they sit beside the installed package.
+The module imports no numpy at load: the command splits ``-m`` here before it limits numpy's
+BLAS threads, which must come before numpy loads.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from crystalprop.model.checkpoint import CheckpointError, read_checkpoint
-from crystalprop.provenance import cached_file_sha256
 
 SHIPPED = ("formation_energy", "band_gap", "bulk_modulus", "shear_modulus")
 
@@ -52,12 +52,16 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
         return candidate.name, candidate / "best.ckpt"
     if candidate.suffix == ".ckpt" or candidate.exists():
         if not candidate.is_file():
+            from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415  (numpy: after the CLI set BLAS)
+
             raise CheckpointError(f"{candidate}: no such checkpoint file")
         return candidate.stem, candidate
     shipped = checkpoints_dir() / f"{name_or_path}.ckpt"
     if shipped.is_file():
         return str(name_or_path), shipped
     known = ", ".join(available_models()) or "none shipped"
+    from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
+
     raise CheckpointError(f"unknown model {name_or_path!r}: give a .ckpt file, a run directory, or one of: {known}")
 
 
@@ -66,6 +70,9 @@ MODEL_COLUMNS = ("name", "target", "unit", "val MAE", "trained on", "epochs", "s
 
 def describe_models() -> list[list[str]]:
     """One row of :data:`MODEL_COLUMNS` per available model, read from its card and weights."""
+    from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+    from crystalprop.provenance import cached_file_sha256  # noqa: PLC0415
+
     rows = []
     for name in available_models():
         path = resolve_model(name)[1]
