@@ -52,6 +52,7 @@ def test_a_prior_adds_a_share_of_the_mean_training_error_to_the_neighbours(tmp_p
     np.testing.assert_array_equal(again.raw_sigma(queries), shrunk.raw_sigma(queries))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_one_non_finite_training_error_spoils_only_the_structures_near_it():
     """Was (with the prior): the mean of all training errors entered every σ even with prior 0, so one
     residual that overflowed float16 (or a NaN training prediction) made every σ NaN."""
