@@ -5,7 +5,6 @@ Light to import (no numpy), as the command's start-up must be.
 
 from __future__ import annotations
 
-import os
 import re
 
 import click
