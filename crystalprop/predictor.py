@@ -172,16 +172,12 @@ def _is_structure(item: Any) -> bool:
 def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
     """Files (expanded from folders and globs) and named Structures or Atoms, in the order given;
     a file given twice (by name and in its folder, say) once, where it first comes: one row per file."""
-    seen: set[str] = set()
+    seen: set[str] = set()  # the files read so far, across the inputs (iter_structure_paths)
     for k, item in enumerate(inputs):
         if _is_structure(item):
             yield (getattr(item, "name", None) or f"structure{k}", item)
-            continue
-        for path in iter_structure_paths([os.fspath(item)], recursive):
-            key = os.path.normcase(os.path.realpath(path))  # realpath: link/.. is where the link points
-            if key not in seen:
-                seen.add(key)
-                yield path
+        else:
+            yield from iter_structure_paths([os.fspath(item)], recursive, seen)
 
 
 def _import_readers() -> None:

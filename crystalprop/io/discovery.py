@@ -88,31 +88,34 @@ def _iter_arg(arg: str, recursive: bool) -> Iterator[str]:
 
 
 def _iter_glob(pattern: str, recursive: bool) -> Iterator[str]:
-    """Sorted matches of a pattern, each once (``**`` also matches the folders it walks)."""
+    """Sorted matches of a pattern (``**`` also matches the folders it walks, so a file can come twice:
+    :func:`iter_structure_paths` keeps one)."""
     matches = sorted(glob.glob(pattern, recursive=True))
     if not matches:
         yield pattern
         return
-    seen: set[str] = set()
     for match in matches:
-        for path in _iter_arg(match, recursive):
-            if path not in seen:
-                seen.add(path)
-                yield path
+        yield from _iter_arg(match, recursive)
 
 
-def iter_structure_paths(args: Iterable[str], recursive: bool = False) -> Iterator[str]:
-    """Yield structure file paths from files, folders and glob patterns.
+def iter_structure_paths(args: Iterable[str], recursive: bool = False, seen: set[str] | None = None) -> Iterator[str]:
+    """Yield structure file paths from files, folders and glob patterns, each file once.
 
     Files are yielded as given (missing ones too, so the reader reports
     them); folders give their structure-named files, one level or
     ``recursive``; glob patterns are expanded (``**`` allowed) and sorted.
+    A file given again (by name and in its folder, or by a glob) is left out where it comes again,
+    told by its real path (``link/..`` is where the link points); ``seen`` holds the real paths
+    yielded so far, for a caller that lists more inputs than one call.
     """
+    seen = set() if seen is None else seen
     for arg in map(os.fspath, args):
-        if _has_glob(arg) and not os.path.exists(arg):
-            yield from _iter_glob(arg, recursive)
-        else:
-            yield from _iter_arg(arg, recursive)
+        paths = _iter_glob(arg, recursive) if _has_glob(arg) and not os.path.exists(arg) else _iter_arg(arg, recursive)
+        for path in paths:
+            key = os.path.normcase(os.path.realpath(path))
+            if key not in seen:
+                seen.add(key)
+                yield path
 
 
 def _given_folders(args: Iterable[str]) -> Iterator[tuple[str, str]]:
