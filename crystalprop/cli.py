@@ -301,8 +301,9 @@ def evaluate(model, data, **options) -> None:
                    "modulus as K × G/K. Repeatable.")
 @sigma_option()
 @click.option("--latent-prior", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="With --sigma latent: add this share of the mean training error to the nearest training "
-                   "structures' own, so that σ grows with the distance even where they were fitted exactly.")
+              help="With --sigma latent or latent+spread: add this share of the mean training error to the "
+                   "nearest training structures' own, so that σ grows with the distance even where they were "
+                   "fitted exactly.")
 @device_option()
 @cell_option("the members' own setting, which must then agree")
 def ensemble(output, members, data, split, products, **options) -> None:

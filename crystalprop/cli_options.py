@@ -26,7 +26,8 @@ def sigma_option():
     return click.option("--sigma", type=click.Choice(SIGMA_CHOICES), default=SIGMA_CHOICES[0], show_default=True,
                         help="An ensemble's σ. spread: from the members' spread; latent: from the distance to the "
                              "training structures in the first member's readout space, times their training errors "
-                             "(ranks the errors better where the members share their training; stores 2-3 MB more).")
+                             "(ranks the errors better where the members share their training; stores 2-3 MB more); "
+                             "latent+spread: the two added, the spread weighted to the latent σ's median.")
 
 
 def split_models(values: tuple[str, ...]) -> tuple[str, ...]:

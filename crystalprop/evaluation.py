@@ -19,7 +19,9 @@ from crystalprop.data.graph_cache import build_graphs
 from crystalprop.graph.settings import check_cell_choice
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
 from crystalprop.model import SIGMA_CHOICES
-from crystalprop.model.ensemble import combine, ensemble_output, members_from_networks
+from crystalprop.model.ensemble import (
+    calibration_scale, combine, ensemble_output, members_from_networks, raw_sigma, spread_weight,
+)
 from crystalprop.model.inference import member_outputs
 from crystalprop.model.latent_sigma import LatentReference, stored_reference
 from crystalprop.provenance import file_sha256, provenance, write_sidecar
@@ -325,7 +327,9 @@ def join_ensemble(
     ``sigma``: ``spread``, σ from the members' spread; ``latent``, from the distance to the training
     structures in the first member's readout space (:mod:`crystalprop.model.latent_sigma`), whose
     reference is built on the training split of ``data`` and stored in the checkpoint; then one
-    member is enough (a single model with a σ). ``latent_prior``: the share of the mean training error
+    member is enough (a single model with a σ); ``latent+spread``, the latent σ plus the members'
+    spread, weighted by the ratio of their medians on ``split`` (:func:`crystalprop.model.ensemble.spread_weight`,
+    stored as ``spread_weight``). ``latent_prior``: the share of the mean training error
     added to the neighbours' (:class:`crystalprop.model.latent_sigma.LatentReference`; 0: none).
     ``products``: further members, each the product of the models given (checkpoints, run dirs or
     shipped names, an ensemble standing for its mean; log10 targets of one architecture and graph),
@@ -335,19 +339,21 @@ def join_ensemble(
     from crystalprop.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
     from crystalprop.model.ensemble import (  # noqa: PLC0415
-        calibration_scale, check_compatible, check_factor, check_product_units, member_params, product_combination,
+        check_compatible, check_factor, check_product_units, member_params, product_combination,
     )
     from crystalprop.registry import resolve_model  # noqa: PLC0415
 
     if sigma not in SIGMA_CHOICES:
         raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
-    if latent_prior and sigma != "latent":
-        raise ValueError("a latent prior weighs the training errors of σ from the latent distance: give --sigma latent")
+    latent = sigma != "spread"
+    if latent_prior and not latent:
+        raise ValueError("a latent prior weighs the training errors of σ from the latent distance: "
+                         "give --sigma latent or latent+spread")
     if not (latent_prior >= 0 and math.isfinite(latent_prior)):
         raise ValueError(f"the latent prior is a share of the mean training error, 0 or more, not {latent_prior}")
     if not members:
         raise ValueError("an ensemble needs at least one member that predicts its target itself")
-    if len(members) + len(products) < (1 if sigma == "latent" else 2):
+    if len(members) + len(products) < (1 if sigma == "latent" else 2):  # latent+spread needs a spread
         raise ValueError("an ensemble needs at least two members (one is enough with σ from the latent distance)")
     if any(len(factors) < 2 for factors in products):
         raise ValueError("a product member needs at least two models")
@@ -390,25 +396,20 @@ def join_ensemble(
     for factors in factor_models:  # after the log10 check: units multiply only as log10 values add
         check_product_units(first.unit, [(loaded[path][0].unit, path) for _, path in factors])
     checkpoints = [(loaded[p][0], loaded[p][1], p) for p in models]
-    networks_of = _network_outputs(checkpoints, readout=sigma == "latent")
+    networks_of = _network_outputs(checkpoints, readout=latent)
     first.ensemble = {"members": len(transforms)}  # after the network: until then ``first`` is one model
     if products:
         first.ensemble.update({"combination": combination, "network_transforms": [asdict(t) for t in transforms]})
     reference, reference_record = None, {}
-    if sigma == "latent":
+    if latent:
         reference, reference_record = _latent_reference(first, paths[0], networks_of, data, batch_size, id_column,
                                                         structure_column, latent_prior)
     graphs = [g for _, g in kept]
     y = np.array([e.target for e, _ in kept])
     outputs, features = networks_of(graphs, batch_size)
     outputs = members_from_networks(first, outputs)
-    raw = combine(outputs, first.transform)
-    raw_std = raw.std if reference is None else reference.raw_sigma(features[0])
-    scale = calibration_scale(raw.value - y, raw_std)
-    calibrated_std = raw_std * scale
-    metrics = {**_error_metrics(first, y, raw.value), **uncertainty_metrics(y, raw.value, calibrated_std)}
-    if reference is not None and raw.std is not None:  # what the members' spread would have given, for the record
-        metrics["spread_sigma_spearman"] = uncertainty_metrics(y, raw.value, raw.std)["sigma_spearman"]
+    scale, metrics, weight = _calibrated(first, y, outputs, features[0] if reference else None, reference, sigma)
+    reference_record.update(weight)
     member_maes = [float(np.mean(np.abs(first.transform.physical(z) - y))) for z in outputs]
     files = [[(name, p)] for name, p in resolved] + factor_models
     first.ensemble.update({
@@ -424,6 +425,79 @@ def join_ensemble(
     save_ensemble(output, first, [params for p in models for params in networks[p]],
                   reference.arrays() if reference else None)
     return {"output": str(output), "split": split, "member_maes": member_maes, **first.ensemble, **metrics}
+
+
+def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray | None,
+                reference: LatentReference | None, sigma: str) -> tuple[float, dict, dict]:
+    """The calibration scale of σ in the form ``sigma`` on labels ``y``, given the members' normalised
+    ``outputs`` (members × structures) and the first member's readout ``features``; the metrics of the
+    calibrated σ; and ``{"spread_weight": w}`` for ``latent+spread`` (else empty)."""
+    raw = combine(outputs, card.transform)
+    raw_std, record = raw.std, {}
+    if reference is not None:
+        raw_std = reference.raw_sigma(features)
+        if sigma == "latent+spread":
+            record["spread_weight"] = spread_weight(raw_std, raw.std)
+            raw_std = raw_sigma(raw, raw_std, record["spread_weight"])
+    scale = calibration_scale(raw.value - y, raw_std)
+    metrics = {**_error_metrics(card, y, raw.value), **uncertainty_metrics(y, raw.value, raw_std * scale)}
+    if reference is not None and raw.std is not None:  # what the members' spread would have given, for the record
+        metrics["spread_sigma_spearman"] = uncertainty_metrics(y, raw.value, raw.std)["sigma_spearman"]
+    return scale, metrics, record
+
+
+def recalibrate_sigma(
+    model: str | Path,
+    output: str | Path,
+    data: str | Path,
+    *,
+    sigma: str = "latent+spread",
+    latent_prior: float | None = None,
+    split: str = "val",
+    batch_size: int = EVAL_BATCH_SIZE,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+    device: str = "CPU",
+) -> dict:
+    """Give a model whose σ comes from a latent reference σ in another form (``latent`` or
+    ``latent+spread``; another ``latent_prior``, None keeping its own), calibrated again on ``split``
+    of ``data``, and write it to ``output``: its networks, reference and values stay the same, so its
+    member files are not needed (as :func:`join_ensemble` would). Returns the new σ's metrics."""
+    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
+    from crystalprop.model.ensemble import member_params  # noqa: PLC0415
+    from crystalprop.registry import resolve_model  # noqa: PLC0415
+
+    if sigma not in ("latent", "latent+spread"):
+        raise ValueError(f"only σ from a latent reference can be recalibrated: latent or latent+spread, not {sigma!r}")
+    if latent_prior is not None and not (latent_prior >= 0 and math.isfinite(latent_prior)):
+        raise ValueError(f"the latent prior is a share of the mean training error, 0 or more, not {latent_prior}")
+    make_folder(Path(output).parent)
+    set_device(device)
+    _, path = resolve_model(model)
+    card, params = read_checkpoint(path)
+    reference = stored_reference(card, params, path)
+    if reference is None:
+        raise ValueError(f"{path}: its σ does not come from a latent reference (join its members with "
+                         "crystalprop ensemble --sigma latent)")
+    networks = member_params(card, params)
+    if sigma == "latent+spread" and card.ensemble["members"] < 2:
+        raise ValueError(f"{path}: σ from latent+spread needs at least two members (it has one)")
+    if latent_prior is not None:
+        reference = replace(reference, prior=latent_prior)
+    _, split, split_check, kept, _ = _split_for(card, data, None, split, path, id_column, structure_column)
+    y = np.array([e.target for e, _ in kept])
+    outputs, features = _network_outputs([(card, params, path)], readout=True)([g for _, g in kept], batch_size)
+    scale, metrics, weight = _calibrated(card, y, members_from_networks(card, outputs), features[0], reference, sigma)
+    for key in ("spread_weight", "latent_prior"):
+        card.ensemble.pop(key, None)
+    card.ensemble.update({"sigma_scale": scale, "sigma_from": sigma, **weight,
+                          **({"latent_prior": reference.prior} if reference.prior else {}),
+                          "calibrated_on": {"data": str(data), "split": split, "n": int(len(y)),
+                                            "split_check": split_check}})
+    card.metrics = {**(card.metrics or {}), **metrics}  # what else it records (an evaluation's data, cells) stays
+    save_ensemble(output, card, networks, reference.arrays())
+    return {"output": str(output), "split": split, **card.ensemble, **metrics}
 
 
 def _files_record(files: Sequence[tuple[str, Path]]) -> dict:

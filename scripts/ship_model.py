@@ -99,7 +99,7 @@ def ensemble_lines(card, m: dict) -> list[str]:
     files = e.get("member_files", [])
     members = ", ".join(f"{f.get('name') or f['file']} ({f.get('val_mae', float('nan')):.4g})" for f in files)
     unit = card.unit
-    if e.get("sigma_from") == "latent":
+    if e.get("sigma_from") in ("latent", "latent+spread"):
         reference = e["latent_reference"]
         raw = (f"mean distance from the structure to its {e['latent_neighbours']} nearest training structures "
                f"(n = {reference['n']}) in the first member's readout features (standardised, "
@@ -109,7 +109,9 @@ def ensemble_lines(card, m: dict) -> list[str]:
                   f"`--latent-prior "
                   f"{e['latent_prior']:g}`)" if e.get("latent_prior") else
                   "the ensemble's mean absolute error on those neighbours")
-               + " (`crystalprop ensemble --sigma latent`; README, \"Ensembles and error bars\")")
+               + (f", plus {e['spread_weight']:.4g} × the members' standard deviation (the ratio of the two's medians "
+                  "on the validation split)" if e.get("spread_weight") else "")
+               + f" (`crystalprop ensemble --sigma {e['sigma_from']}`; README, \"Ensembles and error bars\")")
     else:
         raw = "standard deviation of their predictions"
     count = len(files) or e["members"]
@@ -126,7 +128,9 @@ def ensemble_lines(card, m: dict) -> list[str]:
         f"- On the validation split: Spearman(σ, |error|) {m['sigma_spearman']:.3f}; |error| ≤ σ for "
         f"{100 * m['within_1sigma']:.1f} % and ≤ 2σ for {100 * m['within_2sigma']:.1f} % (68 % and 95 % for "
         f"Gaussian errors); mean σ {m['mean_sigma']:.4g} {unit}. The scale was fitted on this split, so the "
-        "coverages are in-sample for one parameter; the Spearman correlation does not depend on it.",
+        + ("coverages are in-sample for two parameters (the spread's weight and the scale); the Spearman correlation "
+           "depends on the weight only." if e.get("spread_weight") else
+           "coverages are in-sample for one parameter; the Spearman correlation does not depend on it."),
         "- `crystalprop evaluate NAME DATA -o DIR` draws the calibration plot (`calibration.png`).",
     ]
 

@@ -253,6 +253,68 @@ def test_a_latent_prior_is_stored_and_used_alike_in_join_and_evaluate(members, s
         join_ensemble(members, tmp_path / "bad.ckpt", split_data, latent_prior=1.0)
 
 
+def test_latent_plus_spread_sigma_adds_the_members_spread_by_their_median_ratio(members, split_data, tmp_path):
+    """``latent+spread``: raw σ = latent σ + w × the members' spread, w = median latent σ / median spread on
+    the calibration split (each source in the other's unit), one scale on top; alike in join, evaluate, predict."""
+    import crystalprop
+    from crystalprop.evaluation import evaluate_model, join_ensemble
+
+    parts = {"latent": join_ensemble(members, tmp_path / "latent.ckpt", split_data, sigma="latent"),
+             "spread": join_ensemble(members, tmp_path / "spread.ckpt", split_data)}
+    both = join_ensemble(members, tmp_path / "both.ckpt", split_data, sigma="latent+spread")
+    card, _ = read_checkpoint(tmp_path / "both.ckpt")
+    assert card.ensemble["sigma_from"] == "latent+spread" and card.ensemble["latent_reference"]["n"] == 30
+    raw = {}
+    for name in ("latent", "spread", "both"):
+        evaluate_model(tmp_path / f"{name}.ckpt", split_data, split="val", output_dir=tmp_path / f"eval_{name}")
+        with open(tmp_path / f"eval_{name}" / "predictions.csv", newline="") as handle:
+            std = np.array([float(row["std"]) for row in csv.DictReader(handle)])
+        raw[name] = std / read_checkpoint(tmp_path / f"{name}.ckpt")[0].ensemble["sigma_scale"]
+    weight = np.median(raw["latent"]) / np.median(raw["spread"])
+    assert card.ensemble["spread_weight"] == pytest.approx(weight, rel=1e-6)
+    np.testing.assert_allclose(raw["both"], raw["latent"] + weight * raw["spread"], rtol=1e-5)
+    assert both["mae"] == pytest.approx(parts["spread"]["mae"], rel=1e-9)
+    structures = []
+    for name, structure in make_structures(40):
+        structure.name = name
+        structures.append(structure)
+    rows = crystalprop.predict(structures[::4], str(tmp_path / "both.ckpt"))
+    np.testing.assert_allclose([row["both_std"] for row in rows], raw["both"] * card.ensemble["sigma_scale"], rtol=1e-3)
+    with pytest.raises(ValueError, match="at least two members"):
+        join_ensemble(members[:1], tmp_path / "one.ckpt", split_data, sigma="latent+spread")
+    with_prior = join_ensemble(members, tmp_path / "prior.ckpt", split_data, sigma="latent+spread", latent_prior=1.0)
+    assert with_prior["sigma_from"] == "latent+spread" and with_prior["latent_prior"] == 1.0
+
+
+def test_recalibrating_a_latent_ensemble_gives_what_joining_its_members_so_gives(members, split_data, tmp_path):
+    """recalibrate_sigma changes σ's form (and prior) of a joined model without its member files:
+    the same card entries, σ and metrics as joining the members in that form, the same values."""
+    from crystalprop.evaluation import join_ensemble, recalibrate_sigma
+
+    join_ensemble(members, tmp_path / "latent.ckpt", split_data, sigma="latent")
+    for sigma, prior in (("latent+spread", None), ("latent", 1.0), ("latent+spread", 0.5)):
+        direct = join_ensemble(members, tmp_path / "direct.ckpt", split_data, sigma=sigma, latent_prior=prior or 0.0)
+        again = recalibrate_sigma(tmp_path / "latent.ckpt", tmp_path / "again.ckpt", split_data, sigma=sigma,
+                                  latent_prior=prior)
+        for key in ("mae", "sigma_scale", "sigma_spearman", "within_1sigma", "within_2sigma", "spread_weight",
+                    "latent_prior", "sigma_from"):
+            expected = direct.get(key)
+            wanted = pytest.approx(expected, rel=1e-6) if isinstance(expected, float) else expected
+            assert again.get(key) == wanted, key
+        stored, joined = (read_checkpoint(tmp_path / f"{name}.ckpt")[0].metrics for name in ("again", "direct"))
+        assert stored.keys() == joined.keys()
+        assert all(stored[k] == pytest.approx(joined[k], rel=1e-6) for k in joined if isinstance(joined[k], float))
+    back = recalibrate_sigma(tmp_path / "again.ckpt", tmp_path / "back.ckpt", split_data, sigma="latent", latent_prior=0)
+    assert "spread_weight" not in back and "latent_prior" not in back
+    assert back["sigma_scale"] == pytest.approx(read_checkpoint(tmp_path / "latent.ckpt")[0].ensemble["sigma_scale"])
+    join_ensemble(members, tmp_path / "spread.ckpt", split_data)
+    with pytest.raises(ValueError, match=r"spread\.ckpt: its σ does not come from a latent reference"):
+        recalibrate_sigma(tmp_path / "spread.ckpt", tmp_path / "x.ckpt", split_data)
+    join_ensemble(members[:1], tmp_path / "one.ckpt", split_data, sigma="latent")
+    with pytest.raises(ValueError, match="at least two members"):
+        recalibrate_sigma(tmp_path / "one.ckpt", tmp_path / "x.ckpt", split_data)
+
+
 def test_latent_ensemble_without_its_reference_is_refused_by_name(members, split_data, tmp_path):
     """A latent-σ ensemble re-saved without its reference must not predict a wrong σ or fail obscurely."""
     from crystalprop.evaluation import join_ensemble
@@ -274,7 +336,7 @@ def test_cli_ensemble_with_latent_sigma_reports_both_rankings(members, split_dat
     assert "spread_sigma_spearman" in run.stdout and "sigma_spearman" in run.stdout
     assert read_checkpoint(tmp_path / "lat.ckpt")[0].ensemble["sigma_from"] == "latent"
     bad = run_cli(["ensemble", tmp_path / "x.ckpt", *members, "--data", split_data, "--sigma", "members"])
-    assert bad.returncode != 0 and "'members' is not one of 'spread', 'latent'" in bad.stderr
+    assert bad.returncode != 0 and "'members' is not one of 'spread', 'latent', 'latent+spread'" in bad.stderr
     prior = run_cli(["ensemble", tmp_path / "prior.ckpt", *members, "--data", split_data, "--sigma", "latent",
                      "--latent-prior", "0.5"])
     assert prior.returncode == 0, prior.stderr

@@ -25,9 +25,9 @@ PINNED = {
 }
 PINNED_STD = {  # the ensembles' calibrated σ, in the unit of the prediction
     "formation_energy": {"NaCl": 0.0768, "Si": 0.0874, "SrTiO3": 0.0323, "Cu": 0.0806},
-    "band_gap": {"NaCl": 0.352, "Si": 0.3849, "SrTiO3": 0.1451, "Cu": 0.0},
-    "bulk_modulus": {"NaCl": 4.6901, "Si": 5.0566, "SrTiO3": 36.6866, "Cu": 9.889},
-    "shear_modulus": {"NaCl": 0.8854, "Si": 9.5145, "SrTiO3": 41.0585, "Cu": 50.943},
+    "band_gap": {"NaCl": 0.4742, "Si": 0.41945, "SrTiO3": 0.16515, "Cu": 0.0},
+    "bulk_modulus": {"NaCl": 2.4531, "Si": 4.1365, "SrTiO3": 19.769, "Cu": 8.5675},
+    "shear_modulus": {"NaCl": 1.2433, "Si": 9.9649, "SrTiO3": 25.901, "Cu": 25.326},
 }
 
 

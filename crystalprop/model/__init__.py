@@ -1,7 +1,8 @@
 """The Matformer network (in MindSpore, and a numpy inference engine) and its checkpoint format."""
 
-SIGMA_CHOICES = ("spread", "latent")
-"""Where an ensemble's σ comes from: the members' spread, or the latent distance (:mod:`.latent_sigma`).
+SIGMA_CHOICES = ("spread", "latent", "latent+spread")
+"""Where an ensemble's σ comes from: the members' spread, the latent distance (:mod:`.latent_sigma`), or both
+(:func:`.ensemble.ensemble_output`).
 Here, not in those modules, so that the command line reads it without importing numpy."""
 
 ENGINES = ("auto", "numpy", "mindspore")

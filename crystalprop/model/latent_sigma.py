@@ -136,8 +136,9 @@ def k_smallest(values: np.ndarray, k: int) -> np.ndarray:
 
 def stored_reference(card: Any, params: Mapping[str, Any], path: Any) -> LatentReference | None:
     """The latent reference of a checkpoint whose σ comes from it (card.ensemble's ``sigma_from``
-    is ``latent``), else None (σ from the members' spread, or no σ); its prior from ``latent_prior``."""
-    if (card.ensemble or {}).get("sigma_from") != "latent":
+    is ``latent`` or ``latent+spread``), else None (σ from the members' spread, or no σ); its prior
+    from ``latent_prior``."""
+    if (card.ensemble or {}).get("sigma_from") not in ("latent", "latent+spread"):
         return None
     return LatentReference.from_params(params, int(card.ensemble["latent_neighbours"]), path,
                                        float(card.ensemble.get("latent_prior", 0.0)))
