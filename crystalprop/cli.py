@@ -311,7 +311,7 @@ def ensemble(output, members, data, split, products, **options) -> None:
     seeds) into one ensemble OUTPUT.ckpt: predictions are the members' mean, with a σ per
     structure (see --sigma), scaled to match the errors on DATA's validation split. With
     --sigma latent one member is enough: a single model gains a σ."""
-    from crystalprop.evaluation import join_ensemble  # noqa: PLC0415
+    from crystalprop.joining import join_ensemble  # noqa: PLC0415
 
     try:
         with console.status("calibrating"):

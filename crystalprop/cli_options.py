@@ -22,7 +22,7 @@ def cell_option(default_text: str):
 
 
 def sigma_option():
-    """``--sigma``: where an ensemble's σ comes from (:func:`crystalprop.evaluation.join_ensemble`)."""
+    """``--sigma``: where an ensemble's σ comes from (:func:`crystalprop.joining.join_ensemble`)."""
     return click.option("--sigma", type=click.Choice(SIGMA_CHOICES), default=SIGMA_CHOICES[0], show_default=True,
                         help="An ensemble's σ. spread: from the members' spread; latent: from the distance to the "
                              "training structures in the first member's readout space, times their training errors "

@@ -126,7 +126,7 @@ def print_evaluation(result: dict, output_dir: str | None) -> None:
 
 
 def print_ensemble(result: dict, data: str, split: str, output: str) -> None:
-    """The report of :func:`crystalprop.evaluation.join_ensemble`: metrics and the members' MAE."""
+    """The report of :func:`crystalprop.joining.join_ensemble`: metrics and the members' MAE."""
     print_metrics(result, f"ensemble of {len(result['member_maes'])} on {data} ({split}, n = {result['n']})")
     maes = ", ".join(f"{m:.4g}" for m in result["member_maes"])
     console.print(f"members' MAE: {maes}; written to {output}", highlight=False, markup=False)

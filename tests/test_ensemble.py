@@ -33,7 +33,7 @@ def split_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def joined(members, split_data, tmp_path_factory):
-    from crystalprop.evaluation import join_ensemble
+    from crystalprop.joining import join_ensemble
 
     out = tmp_path_factory.mktemp("ens") / "ens.ckpt"
     result = join_ensemble(members, out, split_data)
@@ -111,7 +111,7 @@ def test_evaluate_reports_sigma_quality_and_draws_the_calibration_plot(joined, s
 
 
 def test_members_of_another_target_are_refused(members, split_data, tmp_path):
-    from crystalprop.evaluation import join_ensemble
+    from crystalprop.joining import join_ensemble
 
     other = _random_checkpoint(tmp_path / "other.ckpt", "z", "eV", seed=3)
     with pytest.raises(CheckpointError, match="target"):
@@ -124,7 +124,8 @@ def test_members_trained_on_other_cells_join_for_the_cells_chosen(members, split
     """A member trained on cells as given joins canonical ones only when the ensemble's cells are chosen."""
     from dataclasses import replace
 
-    from crystalprop.evaluation import evaluate_model, join_ensemble
+    from crystalprop.evaluation import evaluate_model
+    from crystalprop.joining import join_ensemble
     from crystalprop.model.checkpoint import build_model, save_checkpoint
 
     card, params = read_checkpoint(members[1])
@@ -200,7 +201,8 @@ def test_latent_sigma_is_stored_calibrated_and_the_same_in_predict_and_evaluate(
     first member's readout features, alike in join, evaluate and predict; the values stay the mean."""
     import crystalprop
     from crystalprop.data.datasets import load_dataset
-    from crystalprop.evaluation import evaluate_model, join_ensemble
+    from crystalprop.evaluation import evaluate_model
+    from crystalprop.joining import join_ensemble
     from crystalprop.model.latent_sigma import stored_reference
 
     out = tmp_path / "lat.ckpt"
@@ -232,7 +234,8 @@ def test_latent_sigma_is_stored_calibrated_and_the_same_in_predict_and_evaluate(
 
 def test_a_latent_prior_is_stored_and_used_alike_in_join_and_evaluate(members, split_data, tmp_path):
     """``latent_prior``: the card keeps it, the calibration and every later σ use it."""
-    from crystalprop.evaluation import evaluate_model, join_ensemble
+    from crystalprop.evaluation import evaluate_model
+    from crystalprop.joining import join_ensemble
 
     plain = join_ensemble(members, tmp_path / "plain.ckpt", split_data, sigma="latent")
     shrunk = join_ensemble(members, tmp_path / "prior.ckpt", split_data, sigma="latent", latent_prior=1.0)
@@ -257,7 +260,8 @@ def test_latent_plus_spread_sigma_adds_the_members_spread_by_their_median_ratio(
     """``latent+spread``: raw σ = latent σ + w × the members' spread, w = median latent σ / median spread on
     the calibration split (each source in the other's unit), one scale on top; alike in join, evaluate, predict."""
     import crystalprop
-    from crystalprop.evaluation import evaluate_model, join_ensemble
+    from crystalprop.evaluation import evaluate_model
+    from crystalprop.joining import join_ensemble
 
     parts = {"latent": join_ensemble(members, tmp_path / "latent.ckpt", split_data, sigma="latent"),
              "spread": join_ensemble(members, tmp_path / "spread.ckpt", split_data)}
@@ -289,7 +293,7 @@ def test_latent_plus_spread_sigma_adds_the_members_spread_by_their_median_ratio(
 def test_recalibrating_a_latent_ensemble_gives_what_joining_its_members_so_gives(members, split_data, tmp_path):
     """recalibrate_sigma changes σ's form (and prior) of a joined model without its member files:
     the same card entries, σ and metrics as joining the members in that form, the same values."""
-    from crystalprop.evaluation import join_ensemble, recalibrate_sigma
+    from crystalprop.joining import join_ensemble, recalibrate_sigma
 
     join_ensemble(members, tmp_path / "latent.ckpt", split_data, sigma="latent")
     for sigma, prior in (("latent+spread", None), ("latent", 1.0), ("latent+spread", 0.5)):
@@ -317,7 +321,7 @@ def test_recalibrating_a_latent_ensemble_gives_what_joining_its_members_so_gives
 
 def test_latent_ensemble_without_its_reference_is_refused_by_name(members, split_data, tmp_path):
     """A latent-σ ensemble re-saved without its reference must not predict a wrong σ or fail obscurely."""
-    from crystalprop.evaluation import join_ensemble
+    from crystalprop.joining import join_ensemble
     from crystalprop.model.checkpoint import save_ensemble
     from crystalprop.model.ensemble import member_params
     from crystalprop.predictor import Predictor
@@ -347,7 +351,7 @@ def test_cli_ensemble_with_latent_sigma_reports_both_rankings(members, split_dat
 
 def test_one_model_gains_a_latent_sigma_and_keeps_its_values(members, split_data, tmp_path):
     import crystalprop
-    from crystalprop.evaluation import join_ensemble
+    from crystalprop.joining import join_ensemble
 
     with pytest.raises(ValueError, match="at least two members"):
         join_ensemble(members[:1], tmp_path / "spread.ckpt", split_data)

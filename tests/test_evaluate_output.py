@@ -82,12 +82,12 @@ def test_log10_metrics_leave_out_labels_without_a_log10_and_say_how_many():
     """Was: one label <= 0 (a mechanically unstable crystal's modulus) dropped every log10 metric without a word."""
     from types import SimpleNamespace
 
-    from crystalprop.evaluation import _error_metrics
+    from crystalprop.evaluation import error_metrics
 
     card = SimpleNamespace(transform=SimpleNamespace(log10=True))
-    metrics = _error_metrics(card, np.array([10.0, 100.0, 0.0, 1000.0]), np.array([10.0, 110.0, 5.0, 1000.0]))
+    metrics = error_metrics(card, np.array([10.0, 100.0, 0.0, 1000.0]), np.array([10.0, 110.0, 5.0, 1000.0]))
     assert metrics["log10_n_excluded"] == 1
     assert metrics["log10_mae"] == pytest.approx(np.log10(1.1) / 3)
-    assert _error_metrics(card, np.array([0.0, -1.0]), np.array([1.0, 1.0]))["log10_n_excluded"] == 2
-    whole = _error_metrics(card, np.array([10.0, 100.0]), np.array([10.0, 110.0]))
+    assert error_metrics(card, np.array([0.0, -1.0]), np.array([1.0, 1.0]))["log10_n_excluded"] == 2
+    whole = error_metrics(card, np.array([10.0, 100.0]), np.array([10.0, 110.0]))
     assert "log10_n_excluded" not in whole and whole["log10_mae"] == pytest.approx(np.log10(1.1) / 2)

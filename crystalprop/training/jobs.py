@@ -98,8 +98,8 @@ def member_jobs(job: dict, members: int):
 
 def join_members(job: dict, members: int, sigma: str) -> dict:
     """Join the members of ``job`` into OUTPUT_DIR/best.ckpt, σ from ``sigma``; see
-    :func:`crystalprop.evaluation.join_ensemble`."""
-    from crystalprop.evaluation import join_ensemble  # noqa: PLC0415
+    :func:`crystalprop.joining.join_ensemble`."""
+    from crystalprop.joining import join_ensemble  # noqa: PLC0415
 
     run = job["run"]
     output_dir = Path(run["run_dir"])
@@ -155,7 +155,7 @@ def train(
     (e.g. 0.999; :mod:`crystalprop.training.averaging`). ``fold`` (I, K) trains on cross-validation fold I of K: that fold of
     the training and validation structures is the validation split. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
     split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``,
-    with σ from ``sigma`` (``spread`` or ``latent``, as :func:`crystalprop.evaluation.join_ensemble`).
+    with σ from ``sigma`` (``spread``, ``latent`` or ``latent+spread``, as :func:`crystalprop.joining.join_ensemble`).
 
     ``on_event(kind, info)`` hears the progress (``graphs``, ``data``, ``start``, ``step``, ``epoch``, ...;
     ``member`` before each ensemble member). By default the training runs in this process: SIGTERM,

@@ -1,0 +1,255 @@
+"""Join trained models into one ensemble checkpoint and calibrate its σ (or calibrate a joined one again)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from crystalprop.atomic import make_folder
+from crystalprop.data.datasets import Dataset, load_dataset, merge_packed
+from crystalprop.evaluation import (
+    check_unseen, error_metrics, labelled_split, network_outputs, recorded_split, split_settings,
+)
+from crystalprop.graph.settings import check_cell_choice
+from crystalprop.metrics import uncertainty_metrics
+from crystalprop.model import SIGMA_CHOICES
+from crystalprop.model.ensemble import (
+    calibration_scale, combine, members_from_networks, raw_sigma, spread_weight,
+)
+from crystalprop.model.latent_sigma import LatentReference, stored_reference
+from crystalprop.provenance import file_sha256
+from crystalprop.training.config import EVAL_BATCH_SIZE
+
+
+def _merge_trained_ids(first, others) -> None:
+    """Record in ``first`` the structures any member trained on, so that evaluating the ensemble
+    refuses every one of them as validation or test, not only the first member's."""
+    record = recorded_split(first.training)
+    if not record or "trained_ids" not in record:
+        return
+    packed = [recorded_split(c.training).get("trained_ids") for c in others]
+    record["trained_ids"] = merge_packed(record["trained_ids"], *(p for p in packed if p))
+
+
+def join_ensemble(
+    members: Sequence[str | Path],
+    output: str | Path,
+    data: str | Path,
+    *,
+    split: str = "val",
+    batch_size: int = EVAL_BATCH_SIZE,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+    device: str = "CPU",
+    cell: str | None = None,
+    sigma: str = "spread",
+    products: Sequence[Sequence[str | Path]] = (),
+    latent_prior: float = 0.0,
+) -> dict:
+    """Join independently trained members into one ensemble checkpoint whose σ is calibrated
+    on ``split`` of ``data``; returns the ensemble's metrics on that split.
+
+    ``cell`` (canonical or as-given): the cells the ensemble predicts on, for members trained on
+    other cells than each other; None keeps the members' own setting, which must then agree.
+    ``sigma``: ``spread``, σ from the members' spread; ``latent``, from the distance to the training
+    structures in the first member's readout space (:mod:`crystalprop.model.latent_sigma`), whose
+    reference is built on the training split of ``data`` and stored in the checkpoint; then one
+    member is enough (a single model with a σ); ``latent+spread``, the latent σ plus the members'
+    spread, weighted by the ratio of their medians on ``split`` (:func:`crystalprop.model.ensemble.spread_weight`,
+    stored as ``spread_weight``). ``latent_prior``: the share of the mean training error
+    added to the neighbours' (:class:`crystalprop.model.latent_sigma.LatentReference`; 0: none).
+    ``products``: further members, each the product of the models given (checkpoints, run dirs or
+    shipped names, an ensemble standing for its mean; log10 targets of one architecture and graph),
+    e.g. ``[("bulk_modulus", "g_over_k.ckpt")]`` for a shear modulus as K × G/K. Every model's
+    networks are stored in the checkpoint (:func:`crystalprop.model.ensemble.product_combination`).
+    """
+    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
+    from crystalprop.model.ensemble import (  # noqa: PLC0415
+        check_compatible, check_factor, check_product_units, member_params, product_combination,
+    )
+    from crystalprop.registry import resolve_model  # noqa: PLC0415
+
+    if sigma not in SIGMA_CHOICES:
+        raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
+    latent = sigma != "spread"
+    if latent_prior and not latent:
+        raise ValueError("a latent prior weighs the training errors of σ from the latent distance: "
+                         "give --sigma latent or latent+spread")
+    if not (latent_prior >= 0 and math.isfinite(latent_prior)):
+        raise ValueError(f"the latent prior is a share of the mean training error, 0 or more, not {latent_prior}")
+    if not members:
+        raise ValueError("an ensemble needs at least one member that predicts its target itself")
+    if len(members) + len(products) < (1 if sigma == "latent" else 2):  # latent+spread needs a spread
+        raise ValueError("an ensemble needs at least two members (one is enough with σ from the latent distance)")
+    if any(len(factors) < 2 for factors in products):
+        raise ValueError("a product member needs at least two models")
+    make_folder(Path(output).parent)  # before the work, not after it
+    set_device(device)
+    resolved = [resolve_model(m) for m in members]
+    factor_models = [[resolve_model(f) for f in factors] for factors in products]
+    paths = [path for _, path in resolved]
+    given = [Path(p).resolve() for p in paths] + [tuple(Path(p).resolve() for _, p in f) for f in factor_models]
+    twice = next((g for k, g in enumerate(given) if g in given[:k]), None)
+    if twice is not None:
+        raise ValueError(f"{' × '.join(map(str, twice)) if isinstance(twice, tuple) else twice}: "
+                         "given twice as a member")
+    models = list(dict.fromkeys(paths + [path for factors in factor_models for _, path in factors]))
+    loaded = {path: read_checkpoint(path) for path in models}  # each model read once
+    cards = [loaded[path][0] for path in models]
+    if cell is not None:
+        check_cell_choice(cell)
+        for card in cards:
+            card.graph = replace(card.graph, cell=cell)
+    check_compatible([loaded[p][0] for p in paths], paths)
+    first = loaded[paths[0]][0]
+    for path in models[len(set(paths)):]:
+        check_factor(loaded[path][0], first, path, paths[0])
+    _, split, split_check, kept, _ = labelled_split(first, data, None, split, paths[0], id_column, structure_column)
+    datasets: dict[str, Dataset] = {}  # one read of the data per distinct split setting
+    for card, path in zip(cards[1:], models[1:]):
+        settings = split_settings(card.training)
+        key = json.dumps(settings, sort_keys=True)
+        if key not in datasets:
+            datasets[key] = load_dataset(data, first.target, id_column=id_column, structure_column=structure_column,
+                                         **settings)
+        check_unseen([e for e, _ in kept], split, datasets[key], card.training, path)
+    networks = {path: member_params(card, params) for path, (card, params) in loaded.items()}
+    member_names = [name for name, _ in resolved] + [" × ".join(name for name, _ in f) for f in factor_models]
+    combination, transforms = product_combination(
+        first.transform, [[loaded[p][0].transform] * len(networks[p]) for p in models],
+        [[models.index(p)] for p in paths] + [[models.index(p) for _, p in f] for f in factor_models],
+        member_names)
+    for factors in factor_models:  # after the log10 check: units multiply only as log10 values add
+        check_product_units(first.unit, [(loaded[path][0].unit, path) for _, path in factors])
+    checkpoints = [(loaded[p][0], loaded[p][1], p) for p in models]
+    networks_of = network_outputs(checkpoints, readout=latent)
+    first.ensemble = {"members": len(transforms)}  # after the network: until then ``first`` is one model
+    if products:
+        first.ensemble.update({"combination": combination, "network_transforms": [asdict(t) for t in transforms]})
+    reference, reference_record = None, {}
+    if latent:
+        reference, reference_record = _latent_reference(first, paths[0], networks_of, data, batch_size, id_column,
+                                                        structure_column, latent_prior)
+    graphs = [g for _, g in kept]
+    y = np.array([e.target for e, _ in kept])
+    outputs, features = networks_of(graphs, batch_size)
+    outputs = members_from_networks(first, outputs)
+    scale, metrics, weight = _calibrated(first, y, outputs, features[0] if reference else None, reference, sigma)
+    reference_record.update(weight)
+    member_maes = [float(np.mean(np.abs(first.transform.physical(z) - y))) for z in outputs]
+    files = [[(name, p)] for name, p in resolved] + factor_models
+    first.ensemble.update({
+        "sigma_scale": scale, "sigma_from": sigma, **reference_record,
+        "calibrated_on": {"data": str(data), "split": split, "n": int(len(y)), "split_check": split_check},
+        "member_files": [{"name": name, **_files_record(f), f"{split}_mae": mae}
+                         for name, f, mae in zip(member_names, files, member_maes)],
+    })
+    first.metrics = metrics
+    if all(c.elements for c in cards):  # warn for an element any model has not seen; in the first one's order
+        first.elements = [e for e in first.elements if all(e in c.elements for c in cards[1:])]
+    _merge_trained_ids(first, cards[1:])
+    save_ensemble(output, first, [params for p in models for params in networks[p]],
+                  reference.arrays() if reference else None)
+    return {"output": str(output), "split": split, "member_maes": member_maes, **first.ensemble, **metrics}
+
+
+def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray | None,
+                reference: LatentReference | None, sigma: str) -> tuple[float, dict, dict]:
+    """The calibration scale of σ in the form ``sigma`` on labels ``y``, given the members' normalised
+    ``outputs`` (members × structures) and the first member's readout ``features``; the metrics of the
+    calibrated σ; and ``{"spread_weight": w}`` for ``latent+spread`` (else empty)."""
+    raw = combine(outputs, card.transform)
+    raw_std, record = raw.std, {}
+    if reference is not None:
+        raw_std = reference.raw_sigma(features)
+        if sigma == "latent+spread":
+            record["spread_weight"] = spread_weight(raw_std, raw.std)
+            raw_std = raw_sigma(raw, raw_std, record["spread_weight"])
+    scale = calibration_scale(raw.value - y, raw_std)
+    metrics = {**error_metrics(card, y, raw.value), **uncertainty_metrics(y, raw.value, raw_std * scale)}
+    if reference is not None and raw.std is not None:  # what the members' spread would have given, for the record
+        metrics["spread_sigma_spearman"] = uncertainty_metrics(y, raw.value, raw.std)["sigma_spearman"]
+    return scale, metrics, record
+
+
+def recalibrate_sigma(
+    model: str | Path,
+    output: str | Path,
+    data: str | Path,
+    *,
+    sigma: str = "latent+spread",
+    latent_prior: float | None = None,
+    split: str = "val",
+    batch_size: int = EVAL_BATCH_SIZE,
+    id_column: str | None = None,
+    structure_column: str | None = None,
+    device: str = "CPU",
+) -> dict:
+    """Give a model whose σ comes from a latent reference σ in another form (``latent`` or
+    ``latent+spread``; another ``latent_prior``, None keeping its own), calibrated again on ``split``
+    of ``data``, and write it to ``output``: its networks, reference and values stay the same, so its
+    member files are not needed (as :func:`join_ensemble` would). Returns the new σ's metrics."""
+    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
+    from crystalprop.model.ensemble import member_params  # noqa: PLC0415
+    from crystalprop.registry import resolve_model  # noqa: PLC0415
+
+    if sigma not in ("latent", "latent+spread"):
+        raise ValueError(f"only σ from a latent reference can be recalibrated: latent or latent+spread, not {sigma!r}")
+    if latent_prior is not None and not (latent_prior >= 0 and math.isfinite(latent_prior)):
+        raise ValueError(f"the latent prior is a share of the mean training error, 0 or more, not {latent_prior}")
+    make_folder(Path(output).parent)
+    set_device(device)
+    _, path = resolve_model(model)
+    card, params = read_checkpoint(path)
+    reference = stored_reference(card, params, path)
+    if reference is None:
+        raise ValueError(f"{path}: its σ does not come from a latent reference (join its members with "
+                         "crystalprop ensemble --sigma latent)")
+    networks = member_params(card, params)
+    if sigma == "latent+spread" and card.ensemble["members"] < 2:
+        raise ValueError(f"{path}: σ from latent+spread needs at least two members (it has one)")
+    if latent_prior is not None:
+        reference = replace(reference, prior=latent_prior)
+    _, split, split_check, kept, _ = labelled_split(card, data, None, split, path, id_column, structure_column)
+    y = np.array([e.target for e, _ in kept])
+    outputs, features = network_outputs([(card, params, path)], readout=True)([g for _, g in kept], batch_size)
+    scale, metrics, weight = _calibrated(card, y, members_from_networks(card, outputs), features[0], reference, sigma)
+    for key in ("spread_weight", "latent_prior"):
+        card.ensemble.pop(key, None)
+    card.ensemble.update({"sigma_scale": scale, "sigma_from": sigma, **weight,
+                          **({"latent_prior": reference.prior} if reference.prior else {}),
+                          "calibrated_on": {"data": str(data), "split": split, "n": int(len(y)),
+                                            "split_check": split_check}})
+    card.metrics = {**(card.metrics or {}), **metrics}  # what else it records (an evaluation's data, cells) stays
+    save_ensemble(output, card, networks, reference.arrays())
+    return {"output": str(output), "split": split, **card.ensemble, **metrics}
+
+
+def _files_record(files: Sequence[tuple[str, Path]]) -> dict:
+    """The card's record of a member's file (``file``, ``sha256``), or of a product member's files (``files``)."""
+    records = [{"file": p.name, "sha256": file_sha256(p)} for _, p in files]
+    return records[0] if len(records) == 1 else {"files": [{"name": name, **r} for (name, _), r in zip(files, records)]}
+
+
+def _latent_reference(first, path: Path, networks_of, data: str | Path, batch_size: int,
+                      id_column: str | None, structure_column: str | None,
+                      prior: float = 0.0) -> tuple[LatentReference, dict]:
+    """The latent reference of the ensemble whose card is ``first`` (its first member's, ``path``),
+    from ``networks_of`` (:func:`network_outputs` with readout): the first network's readout features
+    and the ensemble's absolute errors on the training split of ``data``, and its record for the card."""
+    _, _, _, kept, _ = labelled_split(first, data, None, "train", path, id_column, structure_column)
+    outputs, features = networks_of([g for _, g in kept], batch_size)
+    residuals = np.abs(combine(members_from_networks(first, outputs), first.transform).value
+                       - np.array([e.target for e, _ in kept]))
+    reference = LatentReference.build(features[0], residuals, prior=prior)
+    return reference, {"latent_neighbours": reference.neighbours, **({"latent_prior": prior} if prior else {}),
+                       "latent_dimensions": int(reference.table.shape[1]),
+                       "latent_reference": {"split": "train", "n": len(kept),
+                                            "mae": float(residuals.mean())}}
