@@ -15,6 +15,7 @@ from crystalprop.atomic import atomic_write_text, make_folder
 from crystalprop.data.datasets import (
     Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset,
 )
+from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
 from crystalprop.model.ensemble import ensemble_output
@@ -174,7 +175,26 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
     graphs, errors = build_graphs(entries, settings or card.graph)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     skipped = list(dataset.skipped) + [(e.id, err) for e, err in zip(entries, errors) if err]
+    kept, split_check = _look_alikes(kept, split, split_check, card.training)
     return dataset, split, split_check, kept, skipped
+
+
+def _look_alikes(kept: list, split: str, note: str, training: dict) -> tuple[list, str]:
+    """The structures that look like training crystals under other ids (:mod:`crystalprop.data.fingerprints`):
+    left out of ``unseen``, counted in the note of any other split chosen as unseen (val, test); the
+    structures kept and the note."""
+    packed = recorded_split(training).get("trained_structures")
+    if split in ("all", "train") or not packed or not kept:
+        return kept, note
+    alike = like_packed([g for _, g in kept], packed)
+    n = sum(alike)
+    if not n:
+        return kept, note
+    what = (f"look like training crystals under other ids (the same reduced formula, volume per atom within "
+            f"{100 * VOLUME_TOLERANCE:g} %)")
+    if split == "unseen":
+        return [k for k, a in zip(kept, alike) if not a], f"{note}; {n} more that {what} left out"
+    return kept, f"{note}; {n} of the {len(kept)} {what}"
 
 
 def network_outputs(checkpoints: Sequence[tuple[object, dict, Path]], readout: bool = False):

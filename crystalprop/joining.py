@@ -12,6 +12,7 @@ import numpy as np
 
 from crystalprop.atomic import make_folder
 from crystalprop.data.datasets import Dataset, load_dataset, merge_packed
+from crystalprop.data.fingerprints import merge_fingerprints
 from crystalprop.evaluation import (
     check_unseen, error_metrics, labelled_split, network_outputs, recorded_split, split_settings,
 )
@@ -27,13 +28,19 @@ from crystalprop.training.config import EVAL_BATCH_SIZE
 
 
 def _merge_trained_ids(first, others) -> None:
-    """Record in ``first`` the structures any member trained on, so that evaluating the ensemble
-    refuses every one of them as validation or test, not only the first member's."""
+    """Record in ``first`` the structures any member trained on (ids, and fingerprints where every
+    member has them), so that evaluating the ensemble refuses every one of them as validation or test,
+    and reports the look-alikes of every member's, not only the first member's."""
     record = recorded_split(first.training)
     if not record or "trained_ids" not in record:
         return
     packed = [recorded_split(c.training).get("trained_ids") for c in others]
     record["trained_ids"] = merge_packed(record["trained_ids"], *(p for p in packed if p))
+    prints = [recorded_split(c.training).get("trained_structures") for c in others]
+    if "trained_structures" in record and all(prints):
+        record["trained_structures"] = merge_fingerprints(record["trained_structures"], *prints)
+    else:
+        record.pop("trained_structures", None)  # a member's training set unknown: no partial record
 
 
 def join_ensemble(

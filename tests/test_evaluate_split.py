@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA, run_cli, train_config, write_json_dataset
+from pymatgen.core import Structure
+
+from conftest import SHARED_DATA, graph_of, run_cli, train_config, write_json_dataset
 from crystalprop.backend import set_device
 
 set_device("CPU")
@@ -17,6 +19,7 @@ set_device("CPU")
 from crystalprop.evaluation import check_unseen, evaluate_model  # noqa: E402
 from crystalprop.model.checkpoint import read_checkpoint  # noqa: E402
 from crystalprop.data.datasets import ids_in_packed, load_dataset, pack_ids  # noqa: E402
+from crystalprop.data.fingerprints import like_packed  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
 
 N_DATA = 40
@@ -49,6 +52,9 @@ def test_checkpoint_records_the_split(run_dir, data):
     dataset = load_dataset(data, "y", val_fraction=0.3, seed=5)
     trained = [e.id for e in dataset.split("train")]
     assert ids_in_packed([e.id for e in dataset.entries], record["trained_ids"]) == trained
+    graphs = {e.id: graph_of(Structure.from_dict(e.source)) for e in dataset.entries}
+    assert all(like_packed([graphs[i] for i in trained], record["trained_structures"]))
+    assert not any(like_packed([graphs[e.id] for e in dataset.split("val")], record["trained_structures"]))
 
 
 def test_evaluate_uses_the_split_of_the_run(run_dir, data):
@@ -123,10 +129,19 @@ def test_shipped_checkpoints_validate_on_their_split_json(model, folder):
         assert note.startswith("not verified") and "split.json" in note
 
 
-def _foreign(data: Path, folder: Path, n_new: int, trained_ids: list[str]) -> tuple[Path, list[dict]]:
-    """``n_new`` of ``data``'s records under ids the model never saw, plus the records of ``trained_ids``."""
+def _expanded(structure: dict) -> dict:
+    crystal = Structure.from_dict(structure)
+    crystal.scale_lattice(crystal.volume * 1.25)
+    return crystal.as_dict()
+
+
+def _foreign(data: Path, folder: Path, n_new: int, trained_ids: list[str],
+             same_crystals: bool = False) -> tuple[Path, list[dict]]:
+    """``n_new`` of ``data``'s records under ids the model never saw, plus the records of ``trained_ids``;
+    the new records' crystals expanded by a quarter in volume unless ``same_crystals``."""
     records = json.loads(Path(data).read_text())
-    new = [{**r, "id": f"new-{k}"} for k, r in enumerate(records[:n_new])]
+    new = [{**r, "id": f"new-{k}", "structure": r["structure"] if same_crystals else _expanded(r["structure"])}
+           for k, r in enumerate(records[:n_new])]
     records = new + [r for r in records if r["id"] in trained_ids]
     path = folder / "theirs.json"
     path.write_text(json.dumps(records))
@@ -138,10 +153,29 @@ def test_evaluate_on_other_data_takes_every_structure_the_model_has_not_seen(run
     card, _ = read_checkpoint(run_dir / "best.ckpt")
     all_ids = [r["id"] for r in json.loads(Path(data).read_text())]
     trained = ids_in_packed(all_ids, card.training["data"]["split_record"]["trained_ids"])[:5]
-    theirs, _ = _foreign(data, tmp_path, 30, trained)
+    theirs, _ = _foreign(data, tmp_path, 30, trained, same_crystals=True)
+    renamed = ids_in_packed(all_ids[:30], card.training["data"]["split_record"]["trained_ids"])  # trained, now new-k
     result = evaluate_model(str(run_dir), theirs)
-    assert result["split"] == "unseen" and result["n"] == 30
+    assert result["split"] == "unseen" and result["n"] == 30 - len(renamed) and renamed
     assert "5 structures the model was trained on left out" in result["split_check"]
+    assert (f"{len(renamed)} more that look like training crystals under other ids (the same reduced formula, "
+            "volume per atom within 2 %) left out") in result["split_check"]
+
+
+def test_a_validation_figure_says_how_many_look_like_training_crystals(run_dir, data, tmp_path):
+    """Training crystals under other ids are not caught by the id check: the note counts them."""
+    card, _ = read_checkpoint(run_dir / "best.ckpt")
+    records = json.loads(Path(data).read_text())
+    trained = set(ids_in_packed([r["id"] for r in records], card.training["data"]["split_record"]["trained_ids"]))
+    copies = [{**r, "id": f"copy-{r['id']}", "split": "val"} for r in records if r["id"] in trained][:4]
+    fresh = [{**r, "split": "val"} for r in records if r["id"] not in trained][:6]
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps(copies + fresh))
+    result = evaluate_model(str(run_dir), path, split="val")
+    assert result["n"] == 10
+    assert result["split_check"].startswith("none trained on")
+    assert ("4 of the 10 look like training crystals under other ids (the same reduced formula, volume per "
+            "atom within 2 %)") in result["split_check"]
 
 
 def test_evaluate_names_the_records_it_could_not_use(run_dir, data, tmp_path):

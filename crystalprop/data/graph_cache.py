@@ -34,7 +34,7 @@ from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, 
 from crystalprop.provenance import file_sha256
 from crystalprop.workers import main_script_hidden
 
-GRAPH_FORMAT = 2  # bump when the graph builder's output changes
+GRAPH_FORMAT = 3  # bump when the graph builder's output changes
 
 
 def entry_structure(source: Any, name: str):
@@ -108,6 +108,7 @@ def _save(path: Path, ids: list[str], graphs: list[CrystalGraph | None], errors:
         "src": np.concatenate([g.src for g in good]) if good else np.zeros(0, np.int32),
         "dst": np.concatenate([g.dst for g in good]) if good else np.zeros(0, np.int32),
         "distances": np.concatenate([g.distances for g in good]) if good else np.zeros(0, np.float32),
+        "volumes": np.array([g.volume for g in good], dtype=np.float64),
     }
 
     def write(tmp: Path) -> None:
@@ -129,7 +130,8 @@ def _load(path: Path) -> tuple[list[CrystalGraph | None], list[str]]:
     for ok in data["ok"]:
         if ok:
             i = next(good)
-            graphs.append(CrystalGraph(*(pieces[k][i] for k in ("atomic_numbers", "src", "dst", "distances"))))
+            graphs.append(CrystalGraph(*(pieces[k][i] for k in ("atomic_numbers", "src", "dst", "distances")),
+                                       volume=float(data["volumes"][i])))
         else:
             graphs.append(None)
     return graphs, [str(e) for e in data["errors"]]

@@ -62,13 +62,16 @@ class CrystalGraph:
     """One crystal's directed graph.
 
     atomic_numbers: (N,) int16. src, dst: (E,) int32 edge endpoints (messages flow
-    src -> dst). distances: (E,) float32 bond lengths in Å, rounded to 1e-6 Å.
+    src -> dst). distances: (E,) float32 bond lengths in Å, rounded to 1e-6 Å. volume: the
+    cell's volume in Å³ (with N the volume per atom, which :mod:`crystalprop.data.fingerprints`
+    compares with the training crystals'; 0 where unknown).
     """
 
     atomic_numbers: np.ndarray
     src: np.ndarray
     dst: np.ndarray
     distances: np.ndarray
+    volume: float = 0.0
 
     @property
     def num_nodes(self) -> int:
@@ -263,4 +266,5 @@ def build_graph(crystal: Crystal, settings: GraphSettings = GraphSettings()) -> 
         src=np.concatenate([src, dst]).astype(np.int32),
         dst=np.concatenate([dst, src]).astype(np.int32),
         distances=np.concatenate([lengths, lengths]),
+        volume=float(abs(np.linalg.det(crystal.lattice))),
     )

@@ -10,6 +10,7 @@ import numpy as np
 from crystalprop.atomic import atomic_write_text
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.data.datasets import Dataset, Entry, load_dataset, merge_packed, split_record
+from crystalprop.data.fingerprints import merge_fingerprints, pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.training.config import TrainConfig
@@ -76,15 +77,16 @@ def check_labels(dataset: Dataset, config: TrainConfig) -> None:
                             f"{named(bad)}")
 
 
-def earlier_trained_ids(run_dir: Path, resume: bool, init_from: str | Path | None, target: str) -> list[str]:
-    """Packed ids already trained on for ``target`` by the weights this run starts from: a warm
-    start's checkpoint of the same target, or when resuming the run's best.ckpt, whose record
-    holds its warm start's ids too (once the first epoch has written it)."""
+def earlier_trained_ids(run_dir: Path, resume: bool, init_from: str | Path | None, target: str,
+                        key: str = "trained_ids") -> list[str]:
+    """Packed ids (or with ``key`` ``trained_structures``, fingerprints) already trained on for ``target``
+    by the weights this run starts from: a warm start's checkpoint of the same target, or when resuming
+    the run's best.ckpt, whose record holds its warm start's too (once the first epoch has written it)."""
     sources = [run_dir / "best.ckpt"] if resume else [Path(init_from)] if init_from else []
     found = []
     for path in (p for p in sources if p.is_file()):
         card, _ = read_checkpoint(path)
-        packed = card.training.get("data", {}).get("split_record", {}).get("trained_ids")
+        packed = card.training.get("data", {}).get("split_record", {}).get(key)
         if packed and card.target == target:
             found.append(packed)
     return found
@@ -148,6 +150,8 @@ def train_model(
     record = split_record(full_splits, val_fraction, test_fraction, split_seed, train[2], fold)
     record["trained_ids"] = merge_packed(record["trained_ids"],
                                          *earlier_trained_ids(run_dir, resume, init_from, dataset.target))
+    record["trained_structures"] = merge_fingerprints(
+        pack_fingerprints(train[0]), *earlier_trained_ids(run_dir, resume, init_from, dataset.target, "trained_structures"))
     recorded = {**description, "split_record": record}
     trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, on_event=on_event,
                       cluster=cluster)

@@ -1,0 +1,49 @@
+"""Structures that look like a model's training crystals under other ids: the same reduced formula
+and volume per atom, in whatever cell they come."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import graph_of, perovskite, rocksalt
+from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed, merge_fingerprints, pack_fingerprints
+
+
+def _scaled(structure, volume_ratio):
+    scaled = structure.copy()
+    scaled.scale_lattice(structure.volume * volume_ratio)
+    return scaled
+
+
+def test_a_crystal_looks_like_itself_in_any_cell_and_like_nothing_else():
+    nacl = rocksalt(5.64, "Na", "Cl")
+    packed = pack_fingerprints([graph_of(nacl), graph_of(perovskite(3.905, "Sr", "Ti"))])
+    longer = nacl.copy()
+    longer.make_supercell([2, 1, 1])
+    same = [longer, nacl.get_primitive_structure(),
+            _scaled(nacl, 1 + VOLUME_TOLERANCE / 2), _scaled(nacl, 1 - VOLUME_TOLERANCE / 2)]
+    other = [_scaled(nacl, 1 + 2 * VOLUME_TOLERANCE), _scaled(rocksalt(5.64, "K", "Cl"), 1.0),
+             perovskite(3.905, "Ba", "Ti")]
+    assert like_packed([graph_of(s) for s in same], packed) == [True] * 4
+    assert like_packed([graph_of(s) for s in other], packed) == [False] * 3
+
+
+def test_supercells_reduce_to_one_formula():
+    nacl = rocksalt(5.64, "Na", "Cl")
+    big = nacl.copy()
+    big.make_supercell([2, 2, 1])
+    assert len(big) == 4 * len(nacl)
+    assert like_packed([graph_of(big)], pack_fingerprints([graph_of(nacl)])) == [True]
+
+
+def test_merged_fingerprints_hold_each_set():
+    a, b = rocksalt(5.64, "Na", "Cl"), rocksalt(6.29, "K", "Cl")
+    merged = merge_fingerprints(pack_fingerprints([graph_of(a)]), pack_fingerprints([graph_of(b), graph_of(a)]))
+    assert len(merged) == len(pack_fingerprints([graph_of(a), graph_of(b)]))
+    assert like_packed([graph_of(a), graph_of(b), graph_of(rocksalt(5.0, "Li", "Cl"))], merged) == [True, True, False]
+
+
+def test_an_empty_record_matches_nothing():
+    assert like_packed([graph_of(rocksalt(5.64, "Na", "Cl"))], pack_fingerprints([])) == [False]
+    with pytest.raises(ValueError, match="fingerprint"):
+        like_packed([graph_of(rocksalt(5.64, "Na", "Cl"))], "not base64 of whole records!")
