@@ -179,15 +179,21 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
     return dataset, split, split_check, kept, skipped
 
 
+def _alike_flags(graphs: list, split: str, training: dict) -> list[bool] | None:
+    """Whether each of ``graphs`` looks like a crystal the model records it trained on, where that
+    is asked (not for ``all`` or ``train``) and the model records them; else None."""
+    packed = recorded_split(training).get("trained_structures")
+    if split in ("all", "train") or not packed or not graphs:
+        return None
+    return like_packed(graphs, packed)
+
+
 def _look_alikes(kept: list, split: str, note: str, training: dict) -> tuple[list, str]:
     """The structures that look like training crystals under other ids (:mod:`crystalprop.data.fingerprints`):
     left out of ``unseen``, counted in the note of any other split chosen as unseen (val, test); the
     structures kept and the note."""
-    packed = recorded_split(training).get("trained_structures")
-    if split in ("all", "train") or not packed or not kept:
-        return kept, note
-    alike = like_packed([g for _, g in kept], packed)
-    n = sum(alike)
+    alike = _alike_flags([g for _, g in kept], split, training)
+    n = sum(alike or ())
     if not n:
         return kept, note
     what = (f"look like training crystals under other ids (the same reduced formula, volume per atom within "
@@ -284,6 +290,11 @@ def evaluate_model(
     metrics = error_metrics(card, y, pred)
     if std is not None:
         metrics.update(uncertainty_metrics(y, pred, std))
+    alike = np.array(_alike_flags([g for _, g in kept], split, card.training) or [False] * len(kept), bool)
+    if alike.any() and not alike.all():  # the figure on the crystals unlike any trained on, beside it
+        unlike = error_metrics(card, y[~alike], pred[~alike])
+        metrics.update({"n_like_training": int(alike.sum()), "mae_unlike_training": unlike["mae"],
+                        **({"log10_mae_unlike_training": unlike["log10_mae"]} if "log10_mae" in unlike else {})})
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
               "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,
               "n_failed": n_failed, **metrics, "n_skipped": len(skipped), "skipped": skipped}

@@ -176,6 +176,9 @@ def test_a_validation_figure_says_how_many_look_like_training_crystals(run_dir, 
     assert result["split_check"].startswith("none trained on")
     assert ("4 of the 10 look like training crystals under other ids (the same reduced formula, volume per "
             "atom within 2 %)") in result["split_check"]
+    path.write_text(json.dumps(fresh))
+    assert result["n_like_training"] == 4
+    assert result["mae_unlike_training"] == pytest.approx(evaluate_model(str(run_dir), path, split="val")["mae"], rel=1e-6)
 
 
 def test_evaluate_names_the_records_it_could_not_use(run_dir, data, tmp_path):

@@ -125,3 +125,21 @@ def test_shipped_weights_stay_within_the_size_budget(monkeypatch):
     folder = checkpoints_dir()
     total = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
     assert total < LIMIT_MB * 2**20, f"checkpoints/ holds {total / 2**20:.1f} MB, over {LIMIT_MB} MB"
+
+
+@pytest.mark.parametrize("model", sorted(PINNED))
+def test_shipped_models_record_their_training_crystals_by_id_and_fingerprint(model, monkeypatch):
+    """So that evaluate refuses them by id and reports them under other ids (crystalprop/data/fingerprints.py)."""
+    import base64
+
+    from crystalprop.graph.neighbors import build_graph
+    from crystalprop.io.adapters import crystal_from_structure
+    from crystalprop.data.fingerprints import like_packed
+    from crystalprop.model.checkpoint import read_checkpoint
+
+    monkeypatch.delenv("CRYSTALPROP_CHECKPOINTS", raising=False)
+    record = read_checkpoint(checkpoints_dir() / f"{model}.ckpt")[0].training["data"]["split_record"]
+    n_ids, n_prints = len(base64.b64decode(record["trained_ids"])) // 6, len(base64.b64decode(record["trained_structures"])) // 8
+    assert n_ids >= 2553 and 0.9 * n_ids <= n_prints <= n_ids  # one each, less the few crystals listed twice
+    graphs = [build_graph(crystal_from_structure(s)) for s in pinned_structures().values()]
+    assert like_packed(graphs, record["trained_structures"]) != [True] * 4  # not a record that matches anything
