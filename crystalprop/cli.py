@@ -260,10 +260,12 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--target", "-t", default=None, help="Property column (default: the model's target).")
 @click.option("--split", default=None,
-              help="train, val, test, all, or unseen: every structure the model was not trained on. Default: "
+              help="train, val, test, all, or unseen: every structure the model was not trained on, nor looks "
+                   "like a training crystal under another id (the same reduced formula and volume per atom). Default: "
                    "test if present, else val, on data with a split of its own (split.json or a split column) "
                    "or on the model's own data; unseen on other data. The split is the one the model was "
-                   "trained with; val/test are refused if any of their structures were trained on.")
+                   "trained with; val/test are refused if any of their structures were trained on, and count "
+                   "the look-alikes.")
 @click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
               help="Write predictions.csv, metrics.json, parity.png, error_histogram.png (and skipped.log) here; "
                    "a folder holding an earlier evaluation is refused without --overwrite.")

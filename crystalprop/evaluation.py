@@ -161,7 +161,8 @@ def _unseen(dataset: Dataset, training: dict) -> tuple[list[Entry], str]:
 
 def labelled_split(card, data, target, split, path, id_column, structure_column, settings=None):
     """The labelled structures of one split that the model is evaluated on, with their graphs
-    (built with ``settings``, by default the model's), and every record left out with its reason."""
+    (built with ``settings``, by default the model's), and every record that could not be used, with
+    its reason (training look-alikes left out of ``unseen`` are counted in the split's note instead)."""
     dataset = load_dataset(data, target or card.target, id_column=id_column, structure_column=structure_column,
                            **split_settings(card.training))
     split = split or default_split(dataset, card.training)
@@ -176,6 +177,11 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     skipped = list(dataset.skipped) + [(e.id, err) for e, err in zip(entries, errors) if err]
     kept, split_check = _look_alikes(kept, split, split_check, card.training)
+    if not kept:
+        why = (f"every one looks like a training crystal under another id ({split_check}); --split all evaluates them "
+               "deliberately" if graphs.count(None) < len(graphs) else f"none could be used (e.g. {skipped[-1][0]}: "
+               f"{skipped[-1][1]})")
+        raise ValueError(f"{data}: {len(entries)} structures in split {split!r}, but {why}")
     return dataset, split, split_check, kept, skipped
 
 
@@ -290,10 +296,11 @@ def evaluate_model(
     metrics = error_metrics(card, y, pred)
     if std is not None:
         metrics.update(uncertainty_metrics(y, pred, std))
-    alike = np.array(_alike_flags([g for _, g in kept], split, card.training) or [False] * len(kept), bool)
-    if alike.any() and not alike.all():  # the figure on the crystals unlike any trained on, beside it
-        unlike = error_metrics(card, y[~alike], pred[~alike])
-        metrics.update({"n_like_training": int(alike.sum()), "mae_unlike_training": unlike["mae"],
+    flags = _alike_flags([g for _, g in kept], split, card.training) if split != "unseen" else None
+    if flags is not None:  # the figure on the crystals unlike any trained on, beside it (unseen has none left)
+        alike = np.array(flags, bool)
+        unlike = error_metrics(card, y[~alike], pred[~alike]) if not alike.all() else {}
+        metrics.update({"n_like_training": int(alike.sum()), "mae_unlike_training": unlike.get("mae", float("nan")),
                         **({"log10_mae_unlike_training": unlike["log10_mae"]} if "log10_mae" in unlike else {})})
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
               "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,

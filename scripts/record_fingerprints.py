@@ -34,9 +34,13 @@ def main() -> None:
     if not card.ensemble:
         raise SystemExit(f"{path}: one network, not a joined model: join it first (crystalprop ensemble --sigma latent)")
     record = recorded_split(card.training)
+    if not record.get("trained_ids"):
+        raise SystemExit(f"{path}: records no training ids, so its training crystals cannot be found in {args.data}")
     dataset = load_dataset(args.data, card.target, **split_settings(card.training))
     trained = set(ids_in_packed([e.id for e in dataset.entries], record["trained_ids"]))
     entries = [e for e in dataset.entries if e.id in trained]
+    if not entries:
+        raise SystemExit(f"{args.data}: holds none of the structures {path} records it trained on")
     graphs, _ = build_graphs(entries, card.graph)
     found = [g for g in graphs if g is not None]
     record["trained_structures"] = pack_fingerprints(found)

@@ -430,6 +430,7 @@ def test_graph_cache_reuses_and_invalidates(tmp_path, crystals, monkeypatch):
     for g1, g2 in zip(first, again):
         np.testing.assert_array_equal(g1.src, g2.src)
         np.testing.assert_array_equal(g1.distances, g2.distances)
+        assert g1.volume == g2.volume > 0  # the fingerprints' volume per atom survives the cache
     # a re-copied data set (new modification times, same bytes) keeps its graphs
     for path in folder.glob("*.cif"):
         os.utime(path, ns=(2, 2))

@@ -286,6 +286,13 @@ def test_latent_plus_spread_sigma_adds_the_members_spread_by_their_median_ratio(
     np.testing.assert_allclose([row["both_std"] for row in rows], raw["both"] * card.ensemble["sigma_scale"], rtol=1e-3)
     with pytest.raises(ValueError, match="at least two members"):
         join_ensemble(members[:1], tmp_path / "one.ckpt", split_data, sigma="latent+spread")
+    ms = pytest.importorskip("mindspore")
+    from crystalprop.model.checkpoint import METADATA_KEY
+
+    # a crystalprop before latent+spread (format 3) would take σ from the latent distance alone: it must refuse
+    formats = {name: json.loads(ms.load_checkpoint(str(tmp_path / f"{name}.ckpt"))[METADATA_KEY])["format"]
+               for name in ("both", "latent")}
+    assert formats == {"both": 4, "latent": 2}
     with_prior = join_ensemble(members, tmp_path / "prior.ckpt", split_data, sigma="latent+spread", latent_prior=1.0)
     assert with_prior["sigma_from"] == "latent+spread" and with_prior["latent_prior"] == 1.0
 

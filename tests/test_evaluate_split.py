@@ -221,3 +221,16 @@ def test_ids_made_from_row_numbers_are_said_to_check_positions_only(tmp_path):
     assert "row numbers" in note
     named = load_dataset(write_json_dataset(tmp_path / "named.json", 6), "y")
     assert "row numbers" not in check_unseen(named.entries[:2], "val", named, training, "model.ckpt")
+
+
+def test_unseen_data_that_all_look_like_training_crystals_is_refused_by_name(run_dir, data, tmp_path):
+    """Every structure left out as a training look-alike: a clear refusal, not a crash on no structures."""
+    card, _ = read_checkpoint(run_dir / "best.ckpt")
+    records = json.loads(Path(data).read_text())
+    trained = set(ids_in_packed([r["id"] for r in records], card.training["data"]["split_record"]["trained_ids"]))
+    path = tmp_path / "copies.json"
+    path.write_text(json.dumps([{**r, "id": f"copy-{r['id']}"} for r in records if r["id"] in trained][:4]))
+    with pytest.raises(ValueError, match=r"copies\.json: 4 structures in split 'unseen', but every one looks like"):
+        evaluate_model(str(run_dir), path)
+    done = run_cli(["evaluate", run_dir, path], cwd=tmp_path)
+    assert done.returncode != 0 and "--split all" in done.stderr and "Traceback" not in done.stderr

@@ -143,3 +143,17 @@ def test_shipped_models_record_their_training_crystals_by_id_and_fingerprint(mod
     assert n_ids >= 2553 and 0.9 * n_ids <= n_prints <= n_ids  # one each, less the few crystals listed twice
     graphs = [build_graph(crystal_from_structure(s)) for s in pinned_structures().values()]
     assert like_packed(graphs, record["trained_structures"]) != [True] * 4  # not a record that matches anything
+
+
+@pytest.mark.parametrize("model", sorted(PINNED))
+def test_shipped_models_are_written_in_the_oldest_format_that_reads_them_right(model, monkeypatch):
+    """σ from latent + spread needs format 4: an older crystalprop must refuse it, not drop the spread."""
+    import json
+
+    ms = pytest.importorskip("mindspore")
+    from crystalprop.model.checkpoint import METADATA_KEY, read_checkpoint
+
+    monkeypatch.delenv("CRYSTALPROP_CHECKPOINTS", raising=False)
+    path = checkpoints_dir() / f"{model}.ckpt"
+    written = json.loads(ms.load_checkpoint(str(path))[METADATA_KEY])["format"]
+    assert written == json.loads(read_checkpoint(path)[0].to_json())["format"]

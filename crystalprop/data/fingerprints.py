@@ -5,7 +5,8 @@ The check by id (:func:`crystalprop.data.datasets.ids_in_packed`) misses a train
 comes back under another name, as Materials Project structures do in Matbench (``mb-mp-e_form-*``)
 or in a user's own export, and its error then counts as one on unseen data. Formula and volume per
 atom do not depend on the cell a file gives, and two polymorphs rarely share both; where they do
-(polytypes), the structure is only reported, never refused. The record is packed like the ids:
+(polytypes), a validation or test figure only counts them, and ``--split unseen`` leaves them out
+with the rest (``--split all`` evaluates everything). The record is packed like the ids:
 per training structure a 48-bit digest of its reduced formula and its volume per atom (float16),
 sorted, base64: 11 characters each.
 """
@@ -24,6 +25,7 @@ from crystalprop.graph.neighbors import CrystalGraph
 VOLUME_TOLERANCE = 0.02
 """Relative difference in volume per atom within which two structures of one formula look alike."""
 _RECORD = np.dtype([("formula", "S6"), ("volume", "<f2")])  # 8 bytes per structure
+_LARGEST = float(np.finfo(np.float16).max)  # Å³ per atom: an atom alone in a 40 Å box; nothing like a crystal
 
 
 def _formula_digest(numbers: np.ndarray) -> bytes:
@@ -37,9 +39,12 @@ def _formula_digest(numbers: np.ndarray) -> bytes:
 
 
 def _records(graphs: Sequence[CrystalGraph]) -> np.ndarray:
+    """Formula digest and volume per atom of each graph; a volume per atom that is unknown (0) or beyond
+    float16 (a molecule in a vast box) is stored as NaN, which matches nothing."""
     records = np.zeros(len(graphs), _RECORD)
     for k, graph in enumerate(graphs):
-        records[k] = (_formula_digest(graph.atomic_numbers), graph.volume / max(graph.num_nodes, 1))
+        volume = graph.volume / max(graph.num_nodes, 1)
+        records[k] = (_formula_digest(graph.atomic_numbers), volume if 0 < volume <= _LARGEST else np.nan)
     return records
 
 

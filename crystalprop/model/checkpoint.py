@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from crystalprop.model.matformer import Matformer
 
 METADATA_KEY = "crystalprop_metadata"
-FORMAT_VERSION = 3  # 2: the graph settings name the cell the graphs are built on; ensembles. 3: product members
+FORMAT_VERSION = 4  # 2: the graph settings name the cell the graphs are built on; ensembles. 3: product members.
+# 4: σ from the latent distance plus the spread
 PRODUCTS_FORMAT = 3  # written only by ensembles with product members, which older readers would average wrongly
+SPREAD_WEIGHT_FORMAT = 4  # written only where σ adds the spread to the latent σ, which older readers would drop
 PLAIN_FORMAT = 2  # every other checkpoint, readable by the versions before product members
 # Format-1 checkpoints (the first shipped models among them) say nothing about cells: they were
 # trained on Materials Project cells as given (primitive but for 1 in the first 2,000 mp2018 files), and
@@ -88,7 +90,7 @@ class ModelCard:
         """Serialise for the checkpoint's metadata entry."""
         return json.dumps(
             {
-                "format": PRODUCTS_FORMAT if self.ensemble.get("combination") else PLAIN_FORMAT,
+                "format": self._format(),
                 "crystalprop_version": self.version,
                 "name": self.name,
                 "description": self.description,
@@ -103,6 +105,14 @@ class ModelCard:
                 **({"ensemble": self.ensemble} if self.ensemble else {}),
             }
         )
+
+    def _format(self) -> int:
+        """The oldest format that reads this card right: older readers refuse a newer one rather than
+        average product members as plain ones, or take σ from the latent distance alone."""
+        ensemble = self.ensemble or {}
+        if ensemble.get("spread_weight"):
+            return SPREAD_WEIGHT_FORMAT
+        return PRODUCTS_FORMAT if ensemble.get("combination") else PLAIN_FORMAT
 
     @classmethod
     def from_json(cls, text: str) -> "ModelCard":

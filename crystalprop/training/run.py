@@ -77,18 +77,18 @@ def check_labels(dataset: Dataset, config: TrainConfig) -> None:
                             f"{named(bad)}")
 
 
-def earlier_trained_ids(run_dir: Path, resume: bool, init_from: str | Path | None, target: str,
-                        key: str = "trained_ids") -> list[str]:
-    """Packed ids (or with ``key`` ``trained_structures``, fingerprints) already trained on for ``target``
-    by the weights this run starts from: a warm start's checkpoint of the same target, or when resuming
-    the run's best.ckpt, whose record holds its warm start's too (once the first epoch has written it)."""
+def earlier_trained(run_dir: Path, resume: bool, init_from: str | Path | None, target: str) -> list[dict]:
+    """The split records (packed ``trained_ids``, and ``trained_structures`` where recorded) of what the
+    weights this run starts from already trained on for ``target``: a warm start's checkpoint of the same
+    target, or when resuming the run's best.ckpt, whose record holds its warm start's too (once the first
+    epoch has written it)."""
     sources = [run_dir / "best.ckpt"] if resume else [Path(init_from)] if init_from else []
     found = []
     for path in (p for p in sources if p.is_file()):
         card, _ = read_checkpoint(path)
-        packed = card.training.get("data", {}).get("split_record", {}).get(key)
-        if packed and card.target == target:
-            found.append(packed)
+        record = card.training.get("data", {}).get("split_record", {})
+        if record.get("trained_ids") and card.target == target:
+            found.append(record)
     return found
 
 
@@ -148,10 +148,11 @@ def train_model(
     }
     on_event("data", description)
     record = split_record(full_splits, val_fraction, test_fraction, split_seed, train[2], fold)
-    record["trained_ids"] = merge_packed(record["trained_ids"],
-                                         *earlier_trained_ids(run_dir, resume, init_from, dataset.target))
-    record["trained_structures"] = merge_fingerprints(
-        pack_fingerprints(train[0]), *earlier_trained_ids(run_dir, resume, init_from, dataset.target, "trained_structures"))
+    earlier = earlier_trained(run_dir, resume, init_from, dataset.target)
+    record["trained_ids"] = merge_packed(record["trained_ids"], *(r["trained_ids"] for r in earlier))
+    if all(r.get("trained_structures") for r in earlier):  # else unknown for some ids: no partial record
+        record["trained_structures"] = merge_fingerprints(pack_fingerprints(train[0]),
+                                                          *(r["trained_structures"] for r in earlier))
     recorded = {**description, "split_record": record}
     trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, on_event=on_event,
                       cluster=cluster)
