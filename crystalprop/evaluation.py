@@ -178,9 +178,11 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
     skipped = list(dataset.skipped) + [(e.id, err) for e, err in zip(entries, errors) if err]
     kept, split_check = _look_alikes(kept, split, split_check, card.training)
     if not kept:
-        why = (f"every one looks like a training crystal under another id ({split_check}); --split all evaluates them "
-               "deliberately" if graphs.count(None) < len(graphs) else f"none could be used (e.g. {skipped[-1][0]}: "
-               f"{skipped[-1][1]})")
+        if any(g is not None for g in graphs):
+            why = (f"every one looks like a training crystal under another id ({split_check}); "
+                   "--split all evaluates them deliberately")
+        else:
+            why = f"none could be used (e.g. {skipped[-1][0]}: {skipped[-1][1]})"
         raise ValueError(f"{data}: {len(entries)} structures in split {split!r}, but {why}")
     return dataset, split, split_check, kept, skipped
 

@@ -58,7 +58,8 @@ def _unpack(packed: str) -> np.ndarray:
     except ValueError as exc:
         raise ValueError(f"not a packed fingerprint record: {exc}") from exc
     if len(raw) % _RECORD.itemsize:
-        raise ValueError(f"not a packed fingerprint record ({len(raw)} bytes, not whole {_RECORD.itemsize}-byte records)")
+        raise ValueError(f"not a packed fingerprint record ({len(raw)} bytes, not whole "
+                         f"{_RECORD.itemsize}-byte records)")
     return np.frombuffer(raw, _RECORD)
 
 
@@ -80,7 +81,7 @@ def like_packed(graphs: Sequence[CrystalGraph], packed: str) -> list[bool]:
     formulas, volumes = known["formula"][order], known["volume"][order].astype(np.float64)
     out = []
     for record in _records(graphs):
-        start, end = np.searchsorted(formulas, record["formula"], "left"), np.searchsorted(formulas, record["formula"], "right")
+        start, end = (np.searchsorted(formulas, record["formula"], side) for side in ("left", "right"))
         volume = float(record["volume"])
         out.append(bool(np.any(np.abs(volumes[start:end] - volume) <= VOLUME_TOLERANCE * volume)))
     return out
