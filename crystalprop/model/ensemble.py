@@ -118,7 +118,7 @@ def ensemble_output(card: ModelCard, outputs: np.ndarray, features: np.ndarray |
 
 
 def raw_sigma(combined: EnsembleOutput, latent: np.ndarray, spread_weight: float) -> np.ndarray:
-    """The uncalibrated σ of σ from the latent distance: ``latent`` (structures,) plus ``spread_weight`` ×
+    """The uncalibrated σ from the latent distance: ``latent`` (structures,) plus ``spread_weight`` ×
     the members' spread in ``combined`` (its ``std``, unscaled; none for one member). The two rank the
     errors differently (campaign, session 27, cross-fitted on the validation splits: Spearman 0.565 → 0.581
     bulk, 0.525 → 0.548 shear, 0.761 → 0.797 band gap), so their sum ranks better than either."""
