@@ -85,7 +85,10 @@ def test_predictor_engines_agree_on_every_column(random_ckpt):
         results[engine] = {label: np.array([row[label] for row in rows]) for label in predictor.value_columns}
     assert len(results["numpy"]) == 1 + 2 * len(models[1:])  # every shipped model has a σ
     for label, values in results["mindspore"].items():
-        np.testing.assert_allclose(results["numpy"][label], values, rtol=2e-5, atol=1e-6, err_msg=label)
+        # a σ with the members' spread takes their float32 differences times the spread's weight (band gap
+        # 8.9): where the members nearly agree that is 1e-5 eV of the σ, not a disagreement of the engines
+        atol = 5e-5 if label.endswith("_std") else 1e-6
+        np.testing.assert_allclose(results["numpy"][label], values, rtol=2e-5, atol=atol, err_msg=label)
 
 
 def test_the_numpy_engine_needs_no_mindspore(tmp_path, random_ckpt):
