@@ -7,7 +7,7 @@ import csv
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -159,7 +159,18 @@ def _unseen(dataset: Dataset, training: dict) -> tuple[list[Entry], str]:
     return entries, f"none trained on; {len(trained)} structures the model was trained on left out"
 
 
-def labelled_split(card, data, target, split, path, id_column, structure_column, settings=None):
+class LabelledSplit(NamedTuple):
+    """The labelled structures of one split, as evaluating or joining uses them."""
+
+    dataset: Dataset
+    split: str  # the split's name (the data's default where none was asked for)
+    note: str  # what was checked and left out, for the report
+    kept: list  # (entry, graph) of every usable structure
+    skipped: list  # (id, reason) of every record that could not be used
+    alike: list[bool] | None  # per kept structure: looks like a training crystal (None where not asked)
+
+
+def labelled_split(card, data, target, split, path, id_column, structure_column, settings=None) -> LabelledSplit:
     """The labelled structures of one split that the model is evaluated on, with their graphs
     (built with ``settings``, by default the model's), and every record that could not be used, with
     its reason (training look-alikes left out of ``unseen`` are counted in the split's note instead)."""
@@ -176,7 +187,7 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
     graphs, errors = build_graphs(entries, settings or card.graph)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     skipped = list(dataset.skipped) + [(e.id, err) for e, err in zip(entries, errors) if err]
-    kept, split_check = _look_alikes(kept, split, split_check, card.training)
+    kept, split_check, alike = _look_alikes(kept, split, split_check, card.training)
     if not kept:
         if any(g is not None for g in graphs):
             why = (f"every one looks like a training crystal under another id ({split_check}); "
@@ -184,31 +195,25 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
         else:
             why = f"none could be used (e.g. {skipped[-1][0]}: {skipped[-1][1]})"
         raise ValueError(f"{data}: {len(entries)} structures in split {split!r}, but {why}")
-    return dataset, split, split_check, kept, skipped
+    return LabelledSplit(dataset, split, split_check, kept, skipped, alike)
 
 
-def _alike_flags(graphs: list, split: str, training: dict) -> list[bool] | None:
-    """Whether each of ``graphs`` looks like a crystal the model records it trained on, where that
-    is asked (not for ``all`` or ``train``) and the model records them; else None."""
-    packed = recorded_split(training).get("trained_structures")
-    if split in ("all", "train") or not packed or not graphs:
-        return None
-    return like_packed(graphs, packed)
-
-
-def _look_alikes(kept: list, split: str, note: str, training: dict) -> tuple[list, str]:
+def _look_alikes(kept: list, split: str, note: str, training: dict) -> tuple[list, str, list[bool] | None]:
     """The structures that look like training crystals under other ids (:mod:`crystalprop.data.fingerprints`):
     left out of ``unseen``, counted in the note of any other split chosen as unseen (val, test); the
-    structures kept and the note."""
-    alike = _alike_flags([g for _, g in kept], split, training)
-    n = sum(alike or ())
-    if not n:
-        return kept, note
+    structures kept, the note and, for a split that keeps them, which of them look alike (None where
+    the question is not asked: ``all``, ``train``, ``unseen`` or a model without the records)."""
+    packed = recorded_split(training).get("trained_structures")
+    if split in ("all", "train") or not packed or not kept:
+        return kept, note, None
+    alike = like_packed([g for _, g in kept], packed)
+    n = sum(alike)
     what = (f"look like training crystals under other ids (the same reduced formula, volume per atom within "
             f"{100 * VOLUME_TOLERANCE:g} %)")
     if split == "unseen":
-        return [k for k, a in zip(kept, alike) if not a], f"{note}; {n} more that {what} left out"
-    return kept, f"{note}; {n} of the {len(kept)} {what}"
+        unlike = [k for k, a in zip(kept, alike) if not a]
+        return unlike, (f"{note}; {n} more that {what} left out" if n else note), None
+    return kept, (f"{note}; {n} of the {len(kept)} {what}" if n else note), alike
 
 
 def network_outputs(checkpoints: Sequence[tuple[object, dict, Path]], readout: bool = False):
@@ -286,8 +291,8 @@ def evaluate_model(
     label, path = resolve_model(model)
     card, params = read_checkpoint(path)
     settings = card.graph if cell is None else replace(card.graph, cell=cell)
-    dataset, split, split_check, kept, skipped = labelled_split(card, data, target, split, path, id_column,
-                                                            structure_column, settings)
+    dataset, split, split_check, kept, skipped, flags = labelled_split(card, data, target, split, path, id_column,
+                                                                   structure_column, settings)
     n_failed = len(skipped) - len(dataset.skipped)
     y = np.array([e.target for e, _ in kept])
     reference = stored_reference(card, params, path)
@@ -298,7 +303,6 @@ def evaluate_model(
     metrics = error_metrics(card, y, pred)
     if std is not None:
         metrics.update(uncertainty_metrics(y, pred, std))
-    flags = _alike_flags([g for _, g in kept], split, card.training) if split != "unseen" else None
     if flags is not None:  # the figure on the crystals unlike any trained on, beside it (unseen has none left)
         alike = np.array(flags, bool)
         unlike = error_metrics(card, y[~alike], pred[~alike]) if not alike.all() else {}

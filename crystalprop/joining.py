@@ -11,8 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from crystalprop.atomic import make_folder
-from crystalprop.data.datasets import Dataset, load_dataset, merge_packed
-from crystalprop.data.fingerprints import merge_fingerprints
+from crystalprop.data.datasets import Dataset, load_dataset, merge_trained
 from crystalprop.evaluation import (
     check_unseen, error_metrics, labelled_split, network_outputs, recorded_split, split_settings,
 )
@@ -34,13 +33,7 @@ def _merge_trained_ids(first, others) -> None:
     record = recorded_split(first.training)
     if not record or "trained_ids" not in record:
         return
-    packed = [recorded_split(c.training).get("trained_ids") for c in others]
-    record["trained_ids"] = merge_packed(record["trained_ids"], *(p for p in packed if p))
-    prints = [recorded_split(c.training).get("trained_structures") for c in others]
-    if "trained_structures" in record and all(prints):
-        record["trained_structures"] = merge_fingerprints(record["trained_structures"], *prints)
-    else:
-        record.pop("trained_structures", None)  # a member's training set unknown: no partial record
+    merge_trained(record, [recorded_split(c.training) for c in others])
 
 
 def join_ensemble(
@@ -117,7 +110,8 @@ def join_ensemble(
     first = loaded[paths[0]][0]
     for path in models[len(set(paths)):]:
         check_factor(loaded[path][0], first, path, paths[0])
-    _, split, split_check, kept, _ = labelled_split(first, data, None, split, paths[0], id_column, structure_column)
+    _, split, split_check, kept, _, _ = labelled_split(first, data, None, split, paths[0], id_column,
+                                                       structure_column)
     datasets: dict[str, Dataset] = {}  # one read of the data per distinct split setting
     for card, path in zip(cards[1:], models[1:]):
         settings = split_settings(card.training)
@@ -203,8 +197,8 @@ def recalibrate_sigma(
     of ``data``, and write it to ``output``: its networks, reference and values stay the same, so its
     member files are not needed (as :func:`join_ensemble` would). Returns the new σ's metrics."""
     from crystalprop.backend import set_device  # noqa: PLC0415
-    from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
-    from crystalprop.model.ensemble import member_params  # noqa: PLC0415
+    from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+    from crystalprop.model.ensemble import save_with_card  # noqa: PLC0415
     from crystalprop.registry import resolve_model  # noqa: PLC0415
 
     if sigma not in ("latent", "latent+spread"):
@@ -219,12 +213,11 @@ def recalibrate_sigma(
     if reference is None:
         raise ValueError(f"{path}: its σ does not come from a latent reference (join its members with "
                          "crystalprop ensemble --sigma latent)")
-    networks = member_params(card, params)
     if sigma == "latent+spread" and card.ensemble["members"] < 2:
         raise ValueError(f"{path}: σ from latent+spread needs at least two members (it has one)")
     if latent_prior is not None:
         reference = replace(reference, prior=latent_prior)
-    _, split, split_check, kept, _ = labelled_split(card, data, None, split, path, id_column, structure_column)
+    _, split, split_check, kept, _, _ = labelled_split(card, data, None, split, path, id_column, structure_column)
     y = np.array([e.target for e, _ in kept])
     outputs, features = network_outputs([(card, params, path)], readout=True)([g for _, g in kept], batch_size)
     scale, metrics, weight = _calibrated(card, y, members_from_networks(card, outputs), features[0], reference, sigma)
@@ -235,7 +228,7 @@ def recalibrate_sigma(
                           "calibrated_on": {"data": str(data), "split": split, "n": int(len(y)),
                                             "split_check": split_check}})
     card.metrics = {**(card.metrics or {}), **metrics}  # what else it records (an evaluation's data, cells) stays
-    save_ensemble(output, card, networks, reference.arrays())
+    save_with_card(output, card, params)
     return {"output": str(output), "split": split, **card.ensemble, **metrics}
 
 
@@ -251,7 +244,7 @@ def _latent_reference(first, path: Path, networks_of, data: str | Path, batch_si
     """The latent reference of the ensemble whose card is ``first`` (its first member's, ``path``),
     from ``networks_of`` (:func:`network_outputs` with readout): the first network's readout features
     and the ensemble's absolute errors on the training split of ``data``, and its record for the card."""
-    _, _, _, kept, _ = labelled_split(first, data, None, "train", path, id_column, structure_column)
+    kept = labelled_split(first, data, None, "train", path, id_column, structure_column).kept
     outputs, features = networks_of([g for _, g in kept], batch_size)
     residuals = np.abs(combine(members_from_networks(first, outputs), first.transform).value
                        - np.array([e.target for e, _ in kept]))

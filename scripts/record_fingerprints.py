@@ -17,9 +17,8 @@ from crystalprop.data.datasets import ids_in_packed, load_dataset
 from crystalprop.data.fingerprints import pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.evaluation import recorded_split, split_settings
-from crystalprop.model.checkpoint import as_array, read_checkpoint, save_ensemble
-from crystalprop.model.ensemble import member_params
-from crystalprop.model.latent_sigma import PREFIX
+from crystalprop.model.checkpoint import read_checkpoint
+from crystalprop.model.ensemble import save_with_card
 from crystalprop.registry import resolve_model
 
 
@@ -44,8 +43,7 @@ def main() -> None:
     graphs, _ = build_graphs(entries, card.graph)
     found = [g for g in graphs if g is not None]
     record["trained_structures"] = pack_fingerprints(found)
-    extra = {name: as_array(value) for name, value in params.items() if name.startswith(PREFIX)}
-    save_ensemble(args.output, card, member_params(card, params), extra or None)
+    save_with_card(args.output, card, params)
     print(f"{args.output}: {len(found)} training structures fingerprinted "
           f"({len(trained)} trained ids found in {args.data}, {len(graphs) - len(found)} without a graph)")
 

@@ -53,11 +53,8 @@ def main() -> None:
 
     set_device("CPU")  # before any network is built
     from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
-    from crystalprop.model.checkpoint import (  # noqa: PLC0415
-        as_array, build_model, read_checkpoint, save_checkpoint, save_ensemble,
-    )
-    from crystalprop.model.latent_sigma import PREFIX as LATENT_PREFIX  # noqa: PLC0415
-    from crystalprop.model.ensemble import member_params  # noqa: PLC0415
+    from crystalprop.model.checkpoint import build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
+    from crystalprop.model.ensemble import save_with_card  # noqa: PLC0415
 
     source = Path(args.run_dir)
     best = source if source.suffix == ".ckpt" else source / "best.ckpt"
@@ -73,8 +70,7 @@ def main() -> None:
 
     def save() -> None:
         if card.ensemble:
-            extra = {name: as_array(value) for name, value in params.items() if name.startswith(LATENT_PREFIX)}
-            save_ensemble(out, card, member_params(card, params), extra)
+            save_with_card(out, card, params)
         else:
             save_checkpoint(out, net, card)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
+from crystalprop.data.fingerprints import merge_fingerprints
 from crystalprop.io.formats import STRUCTURE_SUFFIXES, looks_like_structure_name, structure_stem
 
 SPLITS = ("train", "val", "test")
@@ -407,6 +408,19 @@ def split_record(dataset: Dataset, val_fraction: float, test_fraction: float, se
         record[f"{name}_ids_sha256"] = ids_sha256([e.id for e in dataset.split(name)])
     record["trained_ids"] = pack_ids(trained_ids)
     return record
+
+
+def merge_trained(record: dict[str, Any], others: list[dict[str, Any]]) -> None:
+    """Add to the split record ``record`` what the ``others`` trained on (a warm start's, an ensemble's
+    other members'): the ids of every one that records them, the fingerprints only where ``record`` and
+    every other have them (a training set partly unknown gets no partial record)."""
+    record["trained_ids"] = merge_packed(record["trained_ids"],
+                                         *(o["trained_ids"] for o in others if o.get("trained_ids")))
+    prints = [o.get("trained_structures") for o in others]
+    if record.get("trained_structures") and all(prints):
+        record["trained_structures"] = merge_fingerprints(record["trained_structures"], *prints)
+    else:
+        record.pop("trained_structures", None)
 
 
 def is_random_split(split_source: str) -> bool:

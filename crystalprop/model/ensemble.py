@@ -61,6 +61,16 @@ def member_params(card: ModelCard, params: dict[str, Any]) -> list[dict[str, Any
     return members
 
 
+def save_with_card(path: str | Path, card: ModelCard, params: dict[str, Any]) -> None:
+    """Write the joined model read as ``params`` to ``path`` under ``card`` (its σ recalibrated, its
+    records completed): every network's weights and the latent σ reference (if any) as they were."""
+    from crystalprop.model.checkpoint import as_array, save_ensemble  # noqa: PLC0415  (imports MindSpore)
+    from crystalprop.model.latent_sigma import PREFIX  # noqa: PLC0415  (builds on this module's checkpoint)
+
+    extra = {name: as_array(value) for name, value in params.items() if name.startswith(PREFIX)}
+    save_ensemble(path, card, member_params(card, params), extra or None)
+
+
 def members_from_networks(card: ModelCard, networks: np.ndarray) -> np.ndarray:
     """The members' normalised outputs (members × structures, in the card's transform) from the stored
     networks' (networks × structures, each in its own): the same array for a plain ensemble."""

@@ -9,8 +9,8 @@ import numpy as np
 
 from crystalprop.atomic import atomic_write_text
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
-from crystalprop.data.datasets import Dataset, Entry, load_dataset, merge_packed, split_record
-from crystalprop.data.fingerprints import merge_fingerprints, pack_fingerprints
+from crystalprop.data.datasets import Dataset, Entry, load_dataset, merge_trained, split_record
+from crystalprop.data.fingerprints import pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.training.config import TrainConfig
@@ -148,11 +148,8 @@ def train_model(
     }
     on_event("data", description)
     record = split_record(full_splits, val_fraction, test_fraction, split_seed, train[2], fold)
-    earlier = earlier_trained(run_dir, resume, init_from, dataset.target)
-    record["trained_ids"] = merge_packed(record["trained_ids"], *(r["trained_ids"] for r in earlier))
-    if all(r.get("trained_structures") for r in earlier):  # else unknown for some ids: no partial record
-        record["trained_structures"] = merge_fingerprints(pack_fingerprints(train[0]),
-                                                          *(r["trained_structures"] for r in earlier))
+    record["trained_structures"] = pack_fingerprints(train[0])
+    merge_trained(record, earlier_trained(run_dir, resume, init_from, dataset.target))
     recorded = {**description, "split_record": record}
     trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, on_event=on_event,
                       cluster=cluster)
