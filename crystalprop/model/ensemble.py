@@ -28,7 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from crystalprop.model.checkpoint import CheckpointError, ModelCard, TargetTransform
+from crystalprop.model.checkpoint import CheckpointError, ModelCard, TargetTransform, as_array, save_ensemble
+from crystalprop.model.latent_sigma import PREFIX as LATENT_PREFIX
 
 MEMBER_PREFIX = "member"
 
@@ -64,10 +65,7 @@ def member_params(card: ModelCard, params: dict[str, Any]) -> list[dict[str, Any
 def save_with_card(path: str | Path, card: ModelCard, params: dict[str, Any]) -> None:
     """Write the joined model read as ``params`` to ``path`` under ``card`` (its σ recalibrated, its
     records completed): every network's weights and the latent σ reference (if any) as they were."""
-    from crystalprop.model.checkpoint import as_array, save_ensemble  # noqa: PLC0415  (imports MindSpore)
-    from crystalprop.model.latent_sigma import PREFIX  # noqa: PLC0415  (builds on this module's checkpoint)
-
-    extra = {name: as_array(value) for name, value in params.items() if name.startswith(PREFIX)}
+    extra = {name: as_array(value) for name, value in params.items() if name.startswith(LATENT_PREFIX)}
     save_ensemble(path, card, member_params(card, params), extra or None)
 
 
