@@ -26,6 +26,7 @@ from crystalprop.graph.neighbors import CrystalGraph, NeighborSearchError, build
 from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, GraphSettings, check_cell_choice
 from crystalprop.io.adapters import crystal_from_structure
 from crystalprop.io.discovery import iter_structure_paths, no_structures_found
+from crystalprop.io.formula import crystal_formula
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model import ENGINES
 from crystalprop.timelimit import run_with_time_limit
@@ -59,7 +60,7 @@ class Prepared:
 
 def _prepare_structure(name: str, source: str, structure: Structure, settings: GraphSettings,
                        notes: list[str] | None = None) -> Prepared:
-    item = Prepared(name, source, formula=structure.composition.reduced_formula, n_sites=len(structure),
+    item = Prepared(name, source, formula=crystal_formula(structure.composition), n_sites=len(structure),
                     warnings=list(notes or []) + domain_warnings(structure))
     try:
         cell, note = cell_for_graph(crystal_from_structure(structure), settings.cell)
@@ -147,7 +148,7 @@ def _prepare_objects(structures: Iterable[tuple[str, Any]], settings: GraphSetti
         try:
             notes = validate_structure(structure)
         except ValueError as exc:
-            yield Prepared(name, name, formula=structure.composition.reduced_formula, n_sites=len(structure),
+            yield Prepared(name, name, formula=crystal_formula(structure.composition), n_sites=len(structure),
                            error=str(exc))
             continue
         yield _prepare_structure(name, name, structure, settings, notes)

@@ -79,6 +79,22 @@ def test_prepared_structure_fields():
     assert item.graph is not None and item.graph.num_nodes == 5
 
 
+def test_formula_of_an_element_counts_its_atoms_not_a_molecule():
+    """pymatgen's reduced formula writes elemental H, N, O, F, Cl, ... as diatomic molecules ("H2"), so a
+    one-site hydrogen cell was listed as H2 beside "sites 1"; a crystal's formula names no molecule."""
+    from pymatgen.core import Lattice, Structure
+
+    from crystalprop.graph import GraphSettings
+    from crystalprop.io.ase_reader import reduced_formula
+    from crystalprop.predictor import iter_prepared
+
+    cells = [Structure(Lattice.cubic(3.0), [el], [[0, 0, 0]]) for el in ("H", "O", "Cl", "Cu")]
+    cells.append(Structure(Lattice.cubic(4.0), ["H", "H", "O"], [[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0.5]]))
+    assert [item.formula for item in iter_prepared(cells, GraphSettings(), workers=0)] == ["H", "O", "Cl", "Cu", "H2O"]
+    ase = pytest.importorskip("ase")
+    assert reduced_formula(ase.Atoms("H2", cell=[3, 3, 3], pbc=True)) == "H"
+
+
 def test_predict_files_and_missing_file_in_order(files, random_ckpt):
     folder, structures = files
     inputs = [folder / "c.cif", folder / "a.cif", folder / "missing.cif", folder / "b.vasp", folder / "POSCAR_d"]

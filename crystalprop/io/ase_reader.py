@@ -19,6 +19,7 @@ from pymatgen.core import Composition, Lattice, Structure
 
 from crystalprop.io.adapters import check_periodic_atoms
 from crystalprop.io.formats import ASE_FORMATS
+from crystalprop.io.formula import crystal_formula
 from crystalprop.io.readers import StructureReadError, _one_line
 
 if TYPE_CHECKING:
@@ -44,10 +45,10 @@ def atoms_to_structure(atoms: Atoms) -> Structure:
 
 
 def reduced_formula(atoms: Atoms) -> str:
-    """Reduced formula of an ``ase.Atoms`` as pymatgen writes it (``SrTiO3``); '' when empty."""
+    """Reduced formula of an ``ase.Atoms`` as :func:`crystalprop.io.formula.crystal_formula` writes it; '' when empty."""
     counts = Counter(atoms.get_chemical_symbols())
     counts.pop("X", None)
-    return Composition(counts).reduced_formula if counts else ""
+    return crystal_formula(Composition(counts))
 
 
 def _import_ase_io(fmt: str, name: str) -> ModuleType:
