@@ -302,7 +302,7 @@ def evaluate_model(
     pred, std = combined.value, combined.std
     metrics = error_metrics(card, y, pred)
     if std is not None:
-        metrics.update(uncertainty_metrics(y, pred, std))
+        metrics.update(uncertainty_metrics(y, pred, std, (card.ensemble or {}).get("interval95")))
     if flags is not None:  # the figure on the crystals unlike any trained on, beside it (unseen has none left)
         alike = np.array(flags, bool)
         unlike = error_metrics(card, y[~alike], pred[~alike]) if not alike.all() else {}

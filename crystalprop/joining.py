@@ -19,7 +19,7 @@ from crystalprop.graph.settings import check_cell_choice
 from crystalprop.metrics import uncertainty_metrics
 from crystalprop.model import SIGMA_CHOICES
 from crystalprop.model.ensemble import (
-    calibration_scale, combine, members_from_networks, raw_sigma, spread_weight,
+    calibration_scale, combine, interval_multiple, members_from_networks, raw_sigma, spread_weight,
 )
 from crystalprop.model.latent_sigma import LatentReference, stored_reference
 from crystalprop.provenance import file_sha256
@@ -164,7 +164,8 @@ def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray |
                 reference: LatentReference | None, sigma: str) -> tuple[float, dict, dict]:
     """The calibration scale of σ in the form ``sigma`` on labels ``y``, given the members' normalised
     ``outputs`` (members × structures) and the first member's readout ``features``; the metrics of the
-    calibrated σ; and ``{"spread_weight": w}`` for ``latent+spread`` (else empty)."""
+    calibrated σ; and the card's σ entries: ``interval95`` (:func:`interval_multiple`), and ``spread_weight``
+    for ``latent+spread``."""
     raw = combine(outputs, card.transform)
     raw_std, record = raw.std, {}
     if reference is not None:
@@ -173,7 +174,9 @@ def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray |
             record["spread_weight"] = spread_weight(raw_std, raw.std)
             raw_std = raw_sigma(raw, raw_std, record["spread_weight"])
     scale = calibration_scale(raw.value - y, raw_std)
-    metrics = {**error_metrics(card, y, raw.value), **uncertainty_metrics(y, raw.value, raw_std * scale)}
+    record["interval95"] = interval_multiple(raw.value - y, raw_std * scale)
+    metrics = {**error_metrics(card, y, raw.value),
+               **uncertainty_metrics(y, raw.value, raw_std * scale, record["interval95"])}
     if reference is not None and raw.std is not None:  # what the members' spread would have given, for the record
         metrics["spread_sigma_spearman"] = uncertainty_metrics(y, raw.value, raw.std)["sigma_spearman"]
     return scale, metrics, record
@@ -221,7 +224,7 @@ def recalibrate_sigma(
     y = np.array([e.target for e, _ in kept])
     outputs, features = network_outputs([(card, params, path)], readout=True)([g for _, g in kept], batch_size)
     scale, metrics, weight = _calibrated(card, y, members_from_networks(card, outputs), features[0], reference, sigma)
-    for key in ("spread_weight", "latent_prior"):
+    for key in ("spread_weight", "latent_prior", "interval95"):
         card.ensemble.pop(key, None)
     card.ensemble.update({"sigma_scale": scale, "sigma_from": sigma, **weight,
                           **({"latent_prior": reference.prior} if reference.prior else {}),

@@ -22,9 +22,11 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     }
 
 
-def uncertainty_metrics(y_true: np.ndarray, y_pred: np.ndarray, std: np.ndarray) -> dict[str, float]:
+def uncertainty_metrics(y_true: np.ndarray, y_pred: np.ndarray, std: np.ndarray,
+                        interval95: float | None = None) -> dict[str, float]:
     """How well σ tells the size of the error: Spearman(σ, |error|), the fraction of errors
-    within σ and 2σ (68 % and 95 % for well-calibrated Gaussian errors), and the mean σ."""
+    within σ and 2σ (68 % and 95 % for well-calibrated Gaussian errors), and the mean σ; with the
+    model's ``interval95`` (the multiple of σ meant to cover 95 %), the fraction within it."""
     from scipy.stats import spearmanr  # noqa: PLC0415  (scipy comes with pymatgen)
 
     err = np.abs(np.asarray(y_pred, np.float64) - np.asarray(y_true, np.float64))
@@ -34,6 +36,7 @@ def uncertainty_metrics(y_true: np.ndarray, y_pred: np.ndarray, std: np.ndarray)
         "within_1sigma": float(np.mean(err <= std)),
         "within_2sigma": float(np.mean(err <= 2 * std)),
         "mean_sigma": float(np.mean(std)),
+        **({"within_interval95": float(np.mean(err <= interval95 * std))} if interval95 else {}),
     }
 
 

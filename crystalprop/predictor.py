@@ -392,9 +392,11 @@ class Predictor:
 
     @property
     def value_columns(self) -> list[str]:
-        """Result columns: each model's label, followed by ``<label>_std`` for an ensemble."""
+        """Result columns: each model's label, followed by ``<label>_std`` for an ensemble and
+        ``<label>_err95`` (the half-width of its 95 % interval) where its card stores ``interval95``."""
         return [column for label, _, card, _ in self.models
-                for column in ([label, f"{label}_std"] if card.ensemble else [label])]
+                for column in [label] + ([f"{label}_std"] if card.ensemble else [])
+                + ([f"{label}_err95"] if (card.ensemble or {}).get("interval95") else [])]
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -423,6 +425,8 @@ class Predictor:
                 values[label] = combined.value
                 if combined.std is not None:
                     values[f"{label}_std"] = combined.std
+                    if card.ensemble.get("interval95"):
+                        values[f"{label}_err95"] = combined.std * card.ensemble["interval95"]
         rows, k = [], 0
         for item in batch:
             row = {"index": item.index, "name": item.name, "source": item.source, "formula": item.formula,

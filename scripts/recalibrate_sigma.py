@@ -26,7 +26,7 @@ def main() -> None:
     result = recalibrate_sigma(args.model, args.output, args.data, sigma=args.sigma,
                                latent_prior=args.latent_prior, split=args.split)
     keep = ("sigma_from", "spread_weight", "latent_prior", "sigma_scale", "mae", "sigma_spearman",
-            "spread_sigma_spearman", "within_1sigma", "within_2sigma", "mean_sigma")
+            "spread_sigma_spearman", "within_1sigma", "within_2sigma", "interval95", "within_interval95", "mean_sigma")
     print(json.dumps({k: result[k] for k in keep if k in result}, indent=1))
 
 

@@ -127,6 +127,10 @@ def ensemble_lines(card, m: dict) -> list[str]:
         + ("coverages are in-sample for two parameters (the spread's weight and the scale); the Spearman correlation "
            "depends on the weight only." if e.get("spread_weight") else
            "coverages are in-sample for one parameter; the Spearman correlation does not depend on it."),
+        *([f"- 95 % interval: `{card.name}_err95` = {e['interval95']:.3f} σ, the least multiple of σ that holds 95 % of "
+           "the validation errors (the errors' tails are heavier than a Gaussian's, so 2σ holds fewer); cross-fitted "
+           "on halves of the split: `python scripts/interval_crossfit.py DIR/predictions.csv` after "
+           "`crystalprop evaluate NAME DATA --split val -o DIR`."] if e.get("interval95") else []),
         "- `crystalprop evaluate NAME DATA -o DIR` draws the calibration plot (`calibration.png`).",
     ]
 

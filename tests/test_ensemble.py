@@ -64,6 +64,26 @@ def test_calibration_scale_recovers_the_spread_and_resists_outliers():
     assert np.mean(np.abs(errors) <= scale * raw) == pytest.approx(0.683, abs=0.03)
 
 
+def test_interval_multiple_covers_its_level_where_the_tails_are_heavy():
+    """σ calibrated to the Gaussian coverage curve covers too few errors at 2σ when the errors have heavy
+    tails (materials data do): the stored multiple k95 of σ must cover 95 % of them."""
+    from crystalprop.model.ensemble import calibration_scale, interval_multiple
+
+    rng = np.random.default_rng(1)
+    std = rng.uniform(0.5, 2.0, 20000)
+    gaussian = rng.normal(0.0, std)
+    assert interval_multiple(gaussian, std) == pytest.approx(1.96, rel=0.03)
+    heavy = rng.standard_t(3, 20000) * std
+    sigma = calibration_scale(heavy, std) * std
+    assert np.mean(np.abs(heavy) <= 2 * sigma) < 0.935
+    k = interval_multiple(heavy, sigma)
+    assert k > 2.2 and np.mean(np.abs(heavy) <= k * sigma) == pytest.approx(0.95, abs=1e-4)
+    exact = np.r_[np.zeros(50), np.ones(50)]  # σ = 0 where the error is 0 (metals at 0 eV) is covered
+    assert interval_multiple(exact, np.r_[np.zeros(50), np.ones(50)]) == 1.0
+    with pytest.raises(ValueError, match="σ = 0 for 10 % of the errors"):
+        interval_multiple(np.ones(100), np.r_[np.zeros(10), np.ones(90)])
+
+
 def test_join_stores_members_and_a_scale_that_calibrates_the_split(joined, members):
     out, result = joined
     card, params = read_checkpoint(out)
@@ -72,6 +92,7 @@ def test_join_stores_members_and_a_scale_that_calibrates_the_split(joined, membe
     scale = card.ensemble["sigma_scale"]
     assert scale > 0 and card.ensemble["member_files"][1]["file"] == "m1.ckpt"
     assert 0 <= result["within_1sigma"] <= 1 and "sigma_spearman" in result
+    assert card.ensemble["interval95"] > 0 and result["within_interval95"] >= 0.95
 
 
 def test_ensemble_prediction_is_the_members_mean_with_their_scaled_spread(joined, members):
@@ -88,6 +109,8 @@ def test_ensemble_prediction_is_the_members_mean_with_their_scaled_spread(joined
     np.testing.assert_allclose(value, alone.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(std, alone.std(axis=0, ddof=1) * scale, rtol=1e-4)
     assert np.all(std > 0)
+    k95 = read_checkpoint(out)[0].ensemble["interval95"]
+    np.testing.assert_allclose([row["ens_err95"] for row in rows], k95 * std, rtol=1e-6)
 
 
 def test_single_model_rows_have_no_std_column(members):
@@ -105,6 +128,7 @@ def test_evaluate_reports_sigma_quality_and_draws_the_calibration_plot(joined, s
     assert result["mae"] == pytest.approx(joined_result["mae"], rel=1e-6)
     for key in ("sigma_spearman", "within_1sigma", "within_2sigma", "mean_sigma"):
         assert key in result
+    assert result["within_interval95"] == pytest.approx(joined_result["within_interval95"], rel=1e-6)
     assert (tmp_path / "calibration.png").stat().st_size > 0
     with open(tmp_path / "predictions.csv", newline="") as handle:
         assert next(csv.reader(handle)) == ["id", "true", "predicted", "error", "std"]
@@ -308,7 +332,7 @@ def test_recalibrating_a_latent_ensemble_gives_what_joining_its_members_so_gives
         again = recalibrate_sigma(tmp_path / "latent.ckpt", tmp_path / "again.ckpt", split_data, sigma=sigma,
                                   latent_prior=prior)
         for key in ("mae", "sigma_scale", "sigma_spearman", "within_1sigma", "within_2sigma", "spread_weight",
-                    "latent_prior", "sigma_from"):
+                    "latent_prior", "sigma_from", "interval95", "within_interval95"):
             expected = direct.get(key)
             wanted = pytest.approx(expected, rel=1e-6) if isinstance(expected, float) else expected
             assert again.get(key) == wanted, key

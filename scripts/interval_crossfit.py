@@ -1,0 +1,48 @@
+"""How often the 95 % interval holds an unseen error: cross-fitted on an evaluation's predictions.
+
+    python scripts/interval_crossfit.py EVAL_DIR/predictions.csv [...]
+
+For each ``crystalprop evaluate ... -o EVAL_DIR`` predictions file (with its ``std`` column), fits the
+multiple of σ that holds 95 % of the errors (:func:`crystalprop.model.ensemble.interval_multiple`, as
+joining does) on one random half of the structures and counts the errors it holds on the other half,
+over 200 halvings.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import numpy as np
+
+from crystalprop.model.ensemble import interval_multiple
+
+
+def crossfit(errors: np.ndarray, std: np.ndarray, halvings: int = 200, seed: int = 0) -> tuple[list, list]:
+    """The multiples fitted on the first halves and the fractions they hold on the second halves."""
+    rng = np.random.default_rng(seed)
+    multiples, held = [], []
+    for _ in range(halvings):
+        order = rng.permutation(errors.size)
+        fit, check = order[: errors.size // 2], order[errors.size // 2:]
+        k = interval_multiple(errors[fit], std[fit])
+        multiples.append(k)
+        held.append(float(np.mean(np.abs(errors[check]) <= k * std[check])))
+    return multiples, held
+
+
+def main() -> None:
+    for path in sys.argv[1:]:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        errors = np.array([float(r["error"]) for r in rows])
+        std = np.array([float(r["std"]) for r in rows])
+        multiples, held = crossfit(errors, std)
+        low, high = np.quantile(held, [0.05, 0.95])
+        print(f"{path}: n {errors.size}, multiple on all {interval_multiple(errors, std):.3f}, on halves "
+              f"{np.mean(multiples):.3f} ± {np.std(multiples):.3f}; held on the other half {100 * np.mean(held):.1f} % "
+              f"(5-95 % of halvings {100 * low:.1f}-{100 * high:.1f} %)")
+
+
+if __name__ == "__main__":
+    main()
