@@ -164,8 +164,8 @@ def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray |
                 reference: LatentReference | None, sigma: str) -> tuple[float, dict, dict]:
     """The calibration scale of σ in the form ``sigma`` on labels ``y``, given the members' normalised
     ``outputs`` (members × structures) and the first member's readout ``features``; the metrics of the
-    calibrated σ; and the card's σ entries: ``interval95`` (:func:`interval_multiple`), and ``spread_weight``
-    for ``latent+spread``."""
+    calibrated σ; and the card's σ entries: ``interval95`` (:func:`interval_multiple`, where there is one)
+    and ``spread_weight`` for ``latent+spread``."""
     raw = combine(outputs, card.transform)
     raw_std, record = raw.std, {}
     if reference is not None:
@@ -174,9 +174,9 @@ def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray |
             record["spread_weight"] = spread_weight(raw_std, raw.std)
             raw_std = raw_sigma(raw, raw_std, record["spread_weight"])
     scale = calibration_scale(raw.value - y, raw_std)
-    record["interval95"] = interval_multiple(raw.value - y, raw_std * scale)
-    metrics = {**error_metrics(card, y, raw.value),
-               **uncertainty_metrics(y, raw.value, raw_std * scale, record["interval95"])}
+    interval = interval_multiple(raw.value - y, raw_std * scale)
+    record.update({"interval95": interval} if interval is not None else {})
+    metrics = {**error_metrics(card, y, raw.value), **uncertainty_metrics(y, raw.value, raw_std * scale, interval)}
     if reference is not None and raw.std is not None:  # what the members' spread would have given, for the record
         metrics["spread_sigma_spearman"] = uncertainty_metrics(y, raw.value, raw.std)["sigma_spearman"]
     return scale, metrics, record
