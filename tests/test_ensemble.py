@@ -392,3 +392,31 @@ def test_one_model_gains_a_latent_sigma_and_keeps_its_values(members, split_data
     rows = crystalprop.predict(structures, str(tmp_path / "one.ckpt"))
     np.testing.assert_allclose([row["one"] for row in rows], alone, rtol=1e-6)
     assert all(row["one_std"] > 0 for row in rows)
+
+
+def test_extract_member_script_gives_any_network_of_a_joined_model(joined, members, tmp_path):
+    """--init-from starts from an ensemble's first network; scripts/extract_member.py gives any other as a
+    model of its own, which predicts what that member's own file predicts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import crystalprop
+
+    out, _ = joined
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "GLOG_v": "3"}
+    script = [sys.executable, str(root / "scripts" / "extract_member.py"), str(out)]
+    done = subprocess.run(script + ["1", str(tmp_path / "second.ckpt")], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card, _ = read_checkpoint(tmp_path / "second.ckpt")
+    assert not card.ensemble and card.training["network"] == 1
+    structures = [s for _, s in make_structures(4)]
+    mine = [row["second"] for row in crystalprop.predict(structures, str(tmp_path / "second.ckpt"))]
+    theirs = [row["m1"] for row in crystalprop.predict(structures, str(members[1]))]
+    np.testing.assert_allclose(mine, theirs, rtol=1e-6)
+    refused = subprocess.run(script + ["3", str(tmp_path / "x.ckpt")], capture_output=True, text=True,
+                             timeout=300, env=env)
+    assert refused.returncode != 0 and "has 3 networks (0-2), not 3" in refused.stderr

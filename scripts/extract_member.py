@@ -1,0 +1,45 @@
+"""One network of a joined model as a model of its own, to warm-start a round from (``--init-from``).
+
+    .venv/bin/python scripts/extract_member.py MODEL K OUT.ckpt
+
+``crystalprop train --init-from`` starts from an ensemble's first network; this gives network K
+(counted from 0) of MODEL (a checkpoint or shipped model name): the band-gap model's second member, or
+one route of the shear-modulus model (a product member's factors are networks of their own, each in
+its own target transform). The card is the ensemble's without its σ and metrics, with that network's
+transform, and records where the weights came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("network", type=int)
+    parser.add_argument("output", type=Path)
+    args = parser.parse_args()
+
+    from crystalprop.model.checkpoint import TargetTransform, build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
+    from crystalprop.model.ensemble import member_params  # noqa: PLC0415
+    from crystalprop.registry import resolve_model  # noqa: PLC0415
+
+    _, path = resolve_model(args.model)
+    card, params = read_checkpoint(path)
+    networks = member_params(card, params)
+    if not 0 <= args.network < len(networks):
+        sys.exit(f"{path} has {len(networks)} networks (0-{len(networks) - 1}), not {args.network}")
+    transforms = (card.ensemble or {}).get("network_transforms")
+    one = replace(card, ensemble={}, metrics={},
+                  transform=TargetTransform(**transforms[args.network]) if transforms else card.transform,
+                  training={"network_of": str(path), "network": args.network})
+    save_checkpoint(args.output, build_model(one, networks[args.network], path), one)
+    print(f"{args.output}: network {args.network} of {path}")
+
+
+if __name__ == "__main__":
+    main()
