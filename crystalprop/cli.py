@@ -205,6 +205,9 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--ema", default=None, type=float, metavar="DECAY",
               help="Validate and keep a moving average of the weights, updated every step with this decay "
                    "(e.g. 0.999: about the last 1,000 steps).")
+@click.option("--emphasize", default=None, type=(float, float, float), metavar="LOW HIGH FACTOR",
+              help="Weigh training targets in (LOW, HIGH] (the target's unit) FACTOR times as much in the loss, "
+                   "e.g. 0 1 3 for band gaps of 0-1 eV, between the metals and the wide gaps.")
 @click.option("--val-fraction", default=VAL_FRACTION, show_default=True, help="Used when the data has no split.")
 @click.option("--test-fraction", default=TEST_FRACTION, show_default=True)
 @click.option("--id-column", default=None)

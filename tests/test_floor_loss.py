@@ -37,7 +37,9 @@ class _Fixed(ms.nn.Cell):
 def _loss_and_grad(loss: str, floor: float):
     net = _LossNet(_Fixed(PREDICTED), loss)
     graphs = [ms.Tensor(np.zeros(1, np.float32))] * 8
-    args = (*graphs, ms.Tensor(np.array(TARGETS, np.float32)), ms.Tensor(1.0, ms.float32), ms.Tensor(floor, ms.float32))
+    weights = ms.Tensor(np.ones(len(TARGETS), np.float32))
+    args = (*graphs, ms.Tensor(np.array(TARGETS, np.float32)), weights, ms.Tensor(1.0, ms.float32),
+            ms.Tensor(floor, ms.float32))
     value, grad = ms.value_and_grad(net, grad_position=None, weights=net.trainable_params())(*args)
     return float(value.asnumpy()), grad[0].asnumpy()
 

@@ -189,8 +189,7 @@ def interval_multiple(errors: np.ndarray, std: np.ndarray, level: float = INTERV
     uncovered = (std <= 0) & (errors > 0)
     if uncovered.mean() > 1 - level:
         return None
-    ratios = np.where(uncovered, np.inf, errors / np.where(std > 0, std, 1.0))
-    ratios = np.sort(np.where(errors > 0, ratios, 0.0))
+    ratios = np.sort(np.where(uncovered, np.inf, errors / np.where(std > 0, std, 1.0)))
     return float(ratios[max(int(np.ceil(level * ratios.size)) - 1, 0)])
 
 

@@ -20,6 +20,16 @@ def check_decay(decay: float) -> float:
     return decay
 
 
+def check_emphasis(emphasis) -> tuple[float, float, float]:
+    """``(low, high, factor)`` of ``--emphasize`` as floats if low < high and factor > 0; else a ValueError."""
+    low, high, factor = (float(v) for v in emphasis)
+    if not low < high:
+        raise ValueError(f"--emphasize {low:g} {high:g} {factor:g}: the range (LOW, HIGH] needs LOW < HIGH")
+    if not factor > 0:
+        raise ValueError(f"--emphasize {low:g} {high:g} {factor:g}: the FACTOR must be positive")
+    return low, high, factor
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a run besides the data."""
@@ -40,6 +50,9 @@ class TrainConfig:
     seed: int = 0
     ema: float | None = None
     """Decay of the weight average that is validated and kept (:mod:`crystalprop.training.averaging`); None: none."""
+    emphasis: tuple[float, float, float] | None = None
+    """(low, high, factor): training targets in (low, high] weigh ``factor`` times as much in the loss
+    (:func:`crystalprop.training.trainer.sample_weights`); None: all alike."""
     model: ModelConfig = field(default_factory=ModelConfig)
     graph: GraphSettings = field(default_factory=GraphSettings)
 

@@ -14,7 +14,7 @@ from crystalprop.atomic import make_folder
 from crystalprop.backend import DEVICES
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.model.config import ModelConfig
-from crystalprop.training.config import TrainConfig, check_decay
+from crystalprop.training.config import TrainConfig, check_decay, check_emphasis
 
 OnEvent = Callable[[str, dict], None]
 
@@ -130,6 +130,7 @@ def train(
     max_time_s: float | None = None,
     seed: int = TrainConfig.seed,
     ema: float | None = None,
+    emphasize: tuple[float, float, float] | None = None,
     val_fraction: float = VAL_FRACTION,
     test_fraction: float = TEST_FRACTION,
     id_column: str | None = None,
@@ -152,8 +153,9 @@ def train(
     Writes best.ckpt, last.ckpt, history.csv and skipped.log (see :mod:`crystalprop.training.trainer`);
     ``resume`` continues from last.ckpt. ``cell`` None means canonical for a new run and the run's
     own setting on resume. ``ema``: validate and keep a moving average of the weights with this decay
-    (e.g. 0.999; :mod:`crystalprop.training.averaging`). ``fold`` (I, K) trains on cross-validation fold I of K: that fold of
-    the training and validation structures is the validation split. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
+    (e.g. 0.999; :mod:`crystalprop.training.averaging`). ``emphasize`` (low, high, factor): training
+    targets in (low, high], in the target's own unit, weigh ``factor`` times as much in the loss.
+    ``fold`` (I, K) trains on cross-validation fold I of K: that fold of the training and validation structures is the validation split. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
     split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``,
     with σ from ``sigma`` (``spread``, ``latent`` or ``latent+spread``, as :func:`crystalprop.joining.join_ensemble`).
 
@@ -173,10 +175,13 @@ def train(
         check_fold(fold)
     if ema is not None:
         check_decay(ema)
+    if emphasize is not None:
+        emphasize = check_emphasis(emphasize)
     job = {
         "config": dict(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
-                       patience=patience, max_time_s=max_time_s, seed=seed, ema=ema),
+                       patience=patience, max_time_s=max_time_s, seed=seed, ema=ema,
+                       emphasis=emphasize),
         "model": dict(layers=layers, features=features, heads=heads, fc_features=fc_features),
         "graph": dict(cell=cell),
         "run": dict(data=str(data), run_dir=str(output_dir), id_column=id_column, structure_column=structure_column,
