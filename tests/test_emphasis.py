@@ -1,5 +1,5 @@
 """--emphasize: training targets in a range weigh more in the loss (band gaps of 0-1 eV, which an L1
-loss pulls toward the metals and the wide gaps around them)."""
+loss pulls toward the metals and the wide gaps around them); the weighted loss itself: test_floor_loss.py."""
 
 from __future__ import annotations
 
@@ -8,38 +8,15 @@ import json
 import numpy as np
 import pytest
 
-from crystalprop.backend import mindspore_module, set_device
+from crystalprop.backend import set_device
 
 set_device("CPU")
-ms = mindspore_module()
 
 from conftest import run_cli, train_config, write_json_dataset  # noqa: E402
 from crystalprop.model.checkpoint import read_checkpoint  # noqa: E402
 from crystalprop.training.config import check_emphasis  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
-from crystalprop.training.trainer import TrainingError, _LossNet, sample_weights  # noqa: E402
-
-
-class _Fixed(ms.nn.Cell):
-    """Stands for the network: returns its one parameter, whatever the graphs."""
-
-    def __init__(self, values) -> None:
-        super().__init__()
-        self.value = ms.Parameter(ms.Tensor(np.array(values, np.float32)), name="value")
-
-    def construct(self, *graphs):
-        return self.value
-
-
-def test_each_structures_loss_is_weighted():
-    net = _LossNet(_Fixed([1.0, -0.5, 0.0]), "l1")
-    graphs = [ms.Tensor(np.zeros(1, np.float32))] * 8
-    weights = np.array([0.5, 0.5, 2.0], np.float32)
-    args = (*graphs, ms.Tensor(np.zeros(3, np.float32) + [0.0, 0.0, 1.0]), ms.Tensor(weights),
-            ms.Tensor(1.0, ms.float32), ms.Tensor(-np.inf, ms.float32))
-    value, grad = ms.value_and_grad(net, grad_position=None, weights=net.trainable_params())(*args)
-    assert float(value.asnumpy()) == pytest.approx((0.5 * 1.0 + 0.5 * 0.5 + 2.0 * 1.0) / 3, rel=1e-5)
-    np.testing.assert_allclose(grad[0].asnumpy(), [0.5 / 3, -0.5 / 3, -2.0 / 3], rtol=1e-5)
+from crystalprop.training.trainer import TrainingError, sample_weights  # noqa: E402
 
 
 def test_sample_weights_mark_the_range_and_average_one():

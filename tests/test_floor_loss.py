@@ -1,4 +1,4 @@
-"""--floor in the loss: a target at the floor (a metal's band gap of 0) is met by any prediction at or
+"""The training loss. --floor: a target at the floor (a metal's band gap of 0) is met by any prediction at or
 below it, as the floored prediction that validation and users see; other targets keep their loss."""
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ class _Fixed(ms.nn.Cell):
         return self.value
 
 
-def _loss_and_grad(loss: str, floor: float):
+def _loss_and_grad(loss: str, floor: float, weights=(1.0, 1.0, 1.0)):
     net = _LossNet(_Fixed(PREDICTED), loss)
     graphs = [ms.Tensor(np.zeros(1, np.float32))] * 8
-    weights = ms.Tensor(np.ones(len(TARGETS), np.float32))
-    args = (*graphs, ms.Tensor(np.array(TARGETS, np.float32)), weights, ms.Tensor(1.0, ms.float32),
-            ms.Tensor(floor, ms.float32))
+    args = (*graphs, ms.Tensor(np.array(TARGETS, np.float32)), ms.Tensor(np.array(weights, np.float32)),
+            ms.Tensor(1.0, ms.float32), ms.Tensor(floor, ms.float32))
     value, grad = ms.value_and_grad(net, grad_position=None, weights=net.trainable_params())(*args)
     return float(value.asnumpy()), grad[0].asnumpy()
 
@@ -59,6 +58,13 @@ def test_without_a_floor_every_target_keeps_its_loss():
     value, grad = _loss_and_grad("l1", float("-inf"))
     assert value == pytest.approx((0.7 + 0.3 + 2.5) / 3, rel=1e-5)
     np.testing.assert_allclose(grad, [-1 / 3, 1 / 3, -1 / 3], rtol=1e-5)
+
+
+def test_each_structures_loss_is_weighted():
+    """--emphasize: each structure's loss (and its gradient) times its weight, then the mean."""
+    value, grad = _loss_and_grad("l1", float("-inf"), weights=(0.5, 0.5, 2.0))
+    assert value == pytest.approx((0.5 * 0.7 + 0.5 * 0.3 + 2.0 * 2.5) / 3, rel=1e-5)
+    np.testing.assert_allclose(grad, [-0.5 / 3, 0.5 / 3, -2.0 / 3], rtol=1e-5)
 
 
 def test_normalised_floor():

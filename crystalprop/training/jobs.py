@@ -155,7 +155,8 @@ def train(
     own setting on resume. ``ema``: validate and keep a moving average of the weights with this decay
     (e.g. 0.999; :mod:`crystalprop.training.averaging`). ``emphasize`` (low, high, factor): training
     targets in (low, high], in the target's own unit, weigh ``factor`` times as much in the loss.
-    ``fold`` (I, K) trains on cross-validation fold I of K: that fold of the training and validation structures is the validation split. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
+    ``fold`` (I, K) trains on cross-validation fold I of K: that fold of the training and validation
+    structures is the validation split. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
     split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``,
     with σ from ``sigma`` (``spread``, ``latent`` or ``latent+spread``, as :func:`crystalprop.joining.join_ensemble`).
 
