@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-RANGES = {"all": lambda y: y == y, "metals": lambda y: y == 0, "gapped": lambda y: y > 0,
+RANGES = {"all": lambda y: np.ones(y.shape, bool), "metals": lambda y: y == 0, "gapped": lambda y: y > 0,
           "0-1 eV": lambda y: (y > 0) & (y <= 1)}
 
 

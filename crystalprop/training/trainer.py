@@ -113,6 +113,12 @@ def normalised_floor(transform: TargetTransform) -> np.float32:
     return transform.normalise(np.array([transform.floor])).astype(np.float32)[0]
 
 
+def emphasized(targets: np.ndarray, emphasis: tuple[float, float, float]) -> np.ndarray:
+    """Which targets lie in the range (low, high] of ``emphasis`` (low, high, factor)."""
+    low, high, _ = emphasis
+    return (targets > low) & (targets <= high)
+
+
 def sample_weights(targets: np.ndarray, emphasis: tuple[float, float, float] | None) -> np.ndarray:
     """Each training structure's weight in the loss: ``factor`` for a target in (low, high] of
     ``emphasis``, 1 otherwise, scaled so that the mean is 1 (the learning rate keeps its meaning).
@@ -122,8 +128,7 @@ def sample_weights(targets: np.ndarray, emphasis: tuple[float, float, float] | N
     weighting it trades some accuracy elsewhere for accuracy there."""
     weights = np.ones(len(targets), np.float64)
     if emphasis is not None:
-        low, high, factor = emphasis
-        weights[(targets > low) & (targets <= high)] = factor
+        weights[emphasized(targets, emphasis)] = emphasis[2]
     return (weights / weights.mean()).astype(np.float32)
 
 
@@ -243,7 +248,7 @@ class Trainer:
                                 f"below it (lowest {self.train_y.min():g})")
         if config.emphasis is not None:
             low, high, factor = config.emphasis
-            if not ((self.train_y > low) & (self.train_y <= high)).any():
+            if not emphasized(self.train_y, config.emphasis).any():
                 raise TrainingError(f"--emphasize {low:g} {high:g} {factor:g}: no training target lies in "
                                     f"({low:g}, {high:g}] (they span {self.train_y.min():g} to {self.train_y.max():g})")
         self.data_description = data_description or {}
@@ -356,7 +361,8 @@ class Trainer:
         average = WeightAverage(net, cfg.ema, saved) if cfg.ema else None  # a resume without one starts it here
         weights = sample_weights(self.train_y, cfg.emphasis)
         return _Loop(net, cell, optimizer, transform, state, y_train, weights, normalised_floor(transform),
-                     steps_per_epoch, steps_per_epoch * cfg.epochs, started=time.monotonic() - state["elapsed_s"], average=average)
+                     steps_per_epoch, steps_per_epoch * cfg.epochs, started=time.monotonic() - state["elapsed_s"],
+                     average=average)
 
     def _epochs(self, loop: _Loop) -> str:
         """Train epoch after epoch; why the loop ended (finished, a stop, the time budget, the patience)."""
@@ -426,8 +432,7 @@ class Trainer:
         part, share = self.cluster.share(idx)
         batch = collate([self.train_graphs[i] for i in part])
         return [*batch_tensors(batch), ms.Tensor(loop.y_train[part]), ms.Tensor(loop.weights[part]),
-                ms.Tensor(share, ms.float32),
-                ms.Tensor(loop.floor, ms.float32)]
+                ms.Tensor(share, ms.float32), ms.Tensor(loop.floor, ms.float32)]
 
     def _apply_step(self, loop: _Loop, inputs: list) -> float:
         """The compiled forward, backward and optimizer update on ``inputs``; the global batch's loss."""
