@@ -8,8 +8,16 @@ from pathlib import Path
 from typing import Callable
 
 
+def _file_mode() -> int:
+    """The mode a new file gets from ``open`` under the process's umask (0o644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so readers never see half a file."""
+    """Call ``write(tmp_path)`` then rename over ``path``, so readers never see half a file. The file
+    gets the mode of any file the user writes (MindSpore makes its checkpoints owner-read-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # keep the suffix: MindSpore appends .ckpt otherwise
@@ -17,6 +25,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.markup import escape
 
 from crystalprop.cli_options import (
@@ -172,7 +173,10 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
     from crystalprop.inspection import inspect_structures, inspection_columns, inspection_rows  # noqa: PLC0415
 
     settings = GraphSettings(cutoff, neighbors, cell=cell or GraphSettings.cell)
-    records = inspect_structures(paths, settings, recursive=recursive)
+    try:
+        records = inspect_structures(paths, settings, recursive=recursive)
+    except ValueError as exc:
+        _fail(str(exc))
     if as_json:
         out.print_json(json.dumps(records))
     else:
@@ -212,7 +216,9 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--test-fraction", default=TEST_FRACTION, show_default=True)
 @click.option("--id-column", default=None)
 @click.option("--structure-column", default=None, help="CSV column holding CIF/POSCAR text.")
-@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from last.ckpt.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --output-dir from last.ckpt, with the settings it was started with "
+                   "(schedule, loss, seed, model size, ...) except those given again.")
 @click.option("--init-from", default=None, help="Start from these weights (checkpoint or shipped model name).")
 @click.option("--limit", default=None, type=int, help="Use only the first N training structures (quick trials).")
 @click.option("--workers", default=1, show_default=True,
@@ -248,10 +254,12 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
         _fail("--ensemble trains its members one after another: use it without --workers")
     if ensemble == 1 and options["sigma"] != "spread":
         _fail("--sigma is where an ensemble's σ comes from: use it with --ensemble N (N > 1)")
+    context = click.get_current_context()
+    given = [name for name in options if context.get_parameter_source(name) is not ParameterSource.DEFAULT]
     try:
         with EnsembleMessages() as messages:
             result = train_run(data, output_dir, max_time_s=duration_s(max_time), ensemble=ensemble, isolate=True,
-                               on_event=messages.event, **options)
+                               on_event=messages.event, given=given, **options)
     except (TrainingFailed, ValueError) as exc:
         _fail(str(exc))
     if not report_training(result, output_dir, ensemble):
@@ -311,18 +319,20 @@ def evaluate(model, data, **options) -> None:
                    "fitted exactly.")
 @device_option()
 @cell_option("the members' own setting, which must then agree")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 def ensemble(output, members, data, split, products, **options) -> None:
     """Join MEMBERS (checkpoints or run dirs of one target, architecture and split, e.g. other
     seeds) into one ensemble OUTPUT.ckpt: predictions are the members' mean, with a σ per
     structure (see --sigma), scaled to match the errors on DATA's validation split. With
     --sigma latent one member is enough: a single model gains a σ."""
     from crystalprop.joining import join_ensemble  # noqa: PLC0415
+    from crystalprop.output import OutputExistsError  # noqa: PLC0415
 
     try:
         with console.status("calibrating"):
             result = join_ensemble(members, output, data, split=split,
                                    products=[[f.strip() for f in p.split(",") if f.strip()] for p in products], **options)
-    except ValueError as exc:  # CheckpointError, DatasetError
+    except (ValueError, OutputExistsError) as exc:  # CheckpointError, DatasetError
         _fail(str(exc))
     print_ensemble(result, data, split, output)
 

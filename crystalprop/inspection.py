@@ -7,12 +7,17 @@ from typing import Sequence
 import numpy as np
 
 from crystalprop.graph.settings import GraphSettings
+from crystalprop.io.discovery import no_structures_found
 from crystalprop.predictor import iter_prepared
 
 
 def inspect_structures(paths: Sequence[str], settings: GraphSettings, *, recursive: bool = False) -> list[dict]:
     """One record per structure: name, formula, sites in the file and in the cell used, edges per atom,
-    nearest and mean neighbour distance (Å), and the error or warnings of reading it."""
+    nearest and mean neighbour distance (Å), and the error or warnings of reading it. A ValueError
+    where ``paths`` name no structure file (an empty folder, say), as for prediction."""
+    nothing_to_read = no_structures_found(paths, recursive)
+    if nothing_to_read:
+        raise ValueError(nothing_to_read)
     records = []
     for item in iter_prepared(list(paths), settings, recursive=recursive, workers=0):
         record = {"name": item.name, "formula": item.formula, "n_sites": item.n_sites, "cell": settings.cell,

@@ -50,6 +50,7 @@ def join_ensemble(
     sigma: str = "spread",
     products: Sequence[Sequence[str | Path]] = (),
     latent_prior: float = 0.0,
+    overwrite: bool = True,
 ) -> dict:
     """Join independently trained members into one ensemble checkpoint whose σ is calibrated
     on ``split`` of ``data``; returns the ensemble's metrics on that split.
@@ -67,9 +68,10 @@ def join_ensemble(
     shipped names, an ensemble standing for its mean; log10 targets of one architecture and graph),
     e.g. ``[("bulk_modulus", "g_over_k.ckpt")]`` for a shear modulus as K × G/K. Every model's
     networks are stored in the checkpoint (:func:`crystalprop.model.ensemble.product_combination`).
+    ``output`` must be named .ckpt; ``overwrite=False`` refuses an existing one (the command's default).
     """
     from crystalprop.backend import set_device  # noqa: PLC0415
-    from crystalprop.model.checkpoint import read_checkpoint, save_ensemble  # noqa: PLC0415
+    from crystalprop.model.checkpoint import check_new_checkpoint, read_checkpoint, save_ensemble  # noqa: PLC0415
     from crystalprop.model.ensemble import (  # noqa: PLC0415
         check_compatible, check_factor, check_product_units, member_params, product_combination,
     )
@@ -89,6 +91,7 @@ def join_ensemble(
         raise ValueError("an ensemble needs at least two members (one is enough with σ from the latent distance)")
     if any(len(factors) < 2 for factors in products):
         raise ValueError("a product member needs at least two models")
+    check_new_checkpoint(output, overwrite)
     make_folder(Path(output).parent)  # before the work, not after it
     set_device(device)
     resolved = [resolve_model(m) for m in members]
@@ -200,7 +203,7 @@ def recalibrate_sigma(
     of ``data``, and write it to ``output``: its networks, reference and values stay the same, so its
     member files are not needed (as :func:`join_ensemble` would). Returns the new σ's metrics."""
     from crystalprop.backend import set_device  # noqa: PLC0415
-    from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+    from crystalprop.model.checkpoint import check_new_checkpoint, read_checkpoint  # noqa: PLC0415
     from crystalprop.model.ensemble import save_with_card  # noqa: PLC0415
     from crystalprop.registry import resolve_model  # noqa: PLC0415
 
@@ -208,6 +211,7 @@ def recalibrate_sigma(
         raise ValueError(f"only σ from a latent reference can be recalibrated: latent or latent+spread, not {sigma!r}")
     if latent_prior is not None and not (latent_prior >= 0 and math.isfinite(latent_prior)):
         raise ValueError(f"the latent prior is a share of the mean training error, 0 or more, not {latent_prior}")
+    check_new_checkpoint(output)
     make_folder(Path(output).parent)
     set_device(device)
     _, path = resolve_model(model)

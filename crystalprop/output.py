@@ -223,6 +223,8 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
     whose last row a kill cut short, and, for parts whose records name their shard, a part whose run
     stopped before its end (``--resume`` finishes both), a missing shard and a shard given twice.
     """
+    if Path(output).is_file() and Path(output).stat().st_size > 0 and not overwrite:
+        raise OutputExistsError(f"{output} exists: use --overwrite to replace it")
     records = [(Path(part), read_provenance(part)) for part in parts]
     parts = [part for part, _ in records]
     provenance = _merged_provenance(records)
@@ -278,6 +280,11 @@ def _no_record(path: Path) -> str:
     return f"{sidecar_path(path).name} is missing" if _format(path) == "csv" else "its first line holds none"
 
 
+PART_KEYS = ("crystalprop", "mindspore", "python", "device", "engine", "created")
+"""What a merged record keeps of each part (under ``parts``); where the parts differ in one of these
+but the time, its value in the merged record is ``mixed (see parts)``."""
+
+
 def _merged_provenance(records: Sequence[tuple[Path, dict | None]]) -> dict | None:
     """One record for shards (part, its provenance) made by the same models; refuse shards made by other
     weights, or without a record beside shards with one (they cannot be checked)."""
@@ -294,7 +301,11 @@ def _merged_provenance(records: Sequence[tuple[Path, dict | None]]) -> dict | No
             raise ProvenanceMismatchError(
                 f"{part}: made by other weights or settings than {first_part} "
                 f"({describe_difference(first, record)}); predict all parts with the same models")
-    merged = {**first, "merged_from": [str(part) for part, _ in records]}
+    merged = {**first, "merged_from": [str(part) for part, _ in records],
+              "parts": [{"file": str(part), **{k: record[k] for k in PART_KEYS if k in record}} for part, record in known]}
+    for key in PART_KEYS[:-1]:
+        if len({json.dumps(record.get(key)) for _, record in known}) > 1:
+            merged[key] = "mixed (see parts)"
     if all("shard" in record for _, record in known):
         merged["shard"] = [1, 1]  # the whole input, once _check_shards found every shard
     return merged

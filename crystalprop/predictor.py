@@ -314,6 +314,10 @@ class Predictor:
             raise ValueError(f"an empty model name ({models!r}); give None for every shipped model")
         resolved = [resolve_model(name) for name in names]
         labels = [label for label, _ in resolved]
+        paths = [Path(path).resolve() for _, path in resolved]
+        repeated = next((path for k, path in enumerate(paths) if path in paths[:k]), None)
+        if repeated is not None:
+            raise ValueError(f"the model {repeated} is given twice: give each model once")
         twice = sorted({label for label in labels if labels.count(label) > 1})
         if twice:
             paths = ", ".join(str(path) for label, path in resolved if label == twice[0])

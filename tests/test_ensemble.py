@@ -219,6 +219,14 @@ def test_two_models_of_one_name_are_refused(members, tmp_path):
         Predictor([str(tmp_path / "run0" / "best.ckpt"), str(tmp_path / "run1" / "best.ckpt")])
 
 
+def test_one_model_given_twice_is_refused_as_such(members):
+    from crystalprop.predictor import Predictor
+
+    with pytest.raises(ValueError, match="given twice") as caught:
+        Predictor([str(members[0]), str(members[0])])
+    assert "rename" not in str(caught.value)
+
+
 def test_latent_sigma_is_stored_calibrated_and_the_same_in_predict_and_evaluate(members, split_data, tmp_path):
     """--sigma latent: the reference is built on the training split and σ = scale × raw σ of the
     first member's readout features, alike in join, evaluate and predict; the values stay the mean."""
@@ -420,3 +428,35 @@ def test_extract_member_script_gives_any_network_of_a_joined_model(joined, membe
     refused = subprocess.run(script + ["3", str(tmp_path / "x.ckpt")], capture_output=True, text=True,
                              timeout=300, env=env)
     assert refused.returncode != 0 and "has 3 networks (0-2), not 3" in refused.stderr
+
+
+def test_an_output_not_named_ckpt_is_refused_before_the_work_and_leaves_nothing(members, split_data, tmp_path):
+    from crystalprop.joining import join_ensemble
+
+    for name in ("ens", "ens.txt"):
+        with pytest.raises(ValueError, match=r"\.ckpt"):
+            join_ensemble(members, tmp_path / name, split_data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    run = run_cli(["ensemble", tmp_path / "ens", *members, "--data", split_data])
+    assert run.returncode == 2 and "Traceback" not in run.stderr and ".ckpt" in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_command_refuses_to_replace_an_ensemble_without_overwrite(members, split_data, tmp_path):
+    out = tmp_path / "e.ckpt"
+    assert run_cli(["ensemble", out, *members, "--data", split_data]).returncode == 0
+    before = out.read_bytes()
+    again = run_cli(["ensemble", out, members[0], "--data", split_data, "--sigma", "latent"])
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert out.read_bytes() == before
+    replaced = run_cli(["ensemble", out, members[0], "--data", split_data, "--sigma", "latent", "--overwrite"])
+    assert replaced.returncode == 0, replaced.stderr
+    assert read_checkpoint(out)[0].ensemble["members"] == 1
+
+
+def test_written_checkpoints_are_readable_by_others_as_any_file_the_user_writes(joined):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    assert joined[0].stat().st_mode & 0o777 == 0o666 & ~umask

@@ -598,6 +598,18 @@ def test_cli_inspect_json(files, tmp_path):
     assert json.loads(ok.stdout)[0]["nearest_neighbor_A"] == pytest.approx(3.905 / 2, abs=1e-3)
 
 
+def test_cli_inspect_of_a_folder_without_structures_says_so(tmp_path):
+    """`inspect` of an empty folder printed an empty table and exited 0; it now says what predict says."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "readme.txt").write_text("notes")
+    for folder, held in (("empty", "it is empty"), ("junk", "1 file not recognised as structures")):
+        for extra in ([], ["--json"]):
+            done = run_cli(["inspect", folder, *extra], cwd=tmp_path)
+            assert done.returncode == 2 and "no structure files found" in done.stdout + done.stderr
+            assert held in done.stdout + done.stderr and "Traceback" not in done.stderr
+
+
 def test_cli_inspect_shows_the_cell_used(files, tmp_path):
     table = run_cli(["inspect", "in/a.cif", "in/c.cif"], cwd=tmp_path, env={"COLUMNS": "200"})
     assert table.returncode == 0, table.stderr

@@ -119,6 +119,27 @@ def test_merge_joins_shards_of_the_same_models_and_refuses_others(tmp_path, weig
         merge_results(tmp_path / "bad.csv", [one, other])
 
 
+def test_merge_keeps_each_parts_engine_and_time_and_says_when_they_differ(tmp_path, weights):
+    """Parts of the numpy and the MindSpore engine merged into a record that named the first's engine."""
+    one, two = tmp_path / "p1.jsonl", tmp_path / "p2.csv"
+    _write(one, provenance([("model_a", weights[0])], engine="numpy"), ROWS[:1])
+    _write(two, provenance([("model_a", weights[0])], engine="mindspore"), ROWS[1:])
+    merge_results(tmp_path / "all.json", [one, two])
+    merged = json.loads((tmp_path / "all.json").read_text())[KEY]
+    assert merged["engine"] == "mixed (see parts)"
+    assert [(p["file"], p["engine"]) for p in merged["parts"]] == [(str(one), "numpy"), (str(two), "mindspore")]
+    assert all(p["created"] for p in merged["parts"]) and merged["python"] == merged["parts"][0]["python"]
+
+
+def test_merge_over_an_existing_file_names_the_option_merge_has(tmp_path, weights):
+    one = tmp_path / "p1.jsonl"
+    _write(one, provenance([("model_a", weights[0])]), ROWS)
+    (tmp_path / "all.csv").write_text("name\nx\n")
+    with pytest.raises(FileExistsError) as caught:
+        merge_results(tmp_path / "all.csv", [one])
+    assert "--overwrite" in str(caught.value) and "--resume" not in str(caught.value)
+
+
 @pytest.mark.slow
 def test_cli_outputs_and_models_show_the_weights_hash(tmp_path, random_ckpt, shipped_dir):
     CifWriter(rocksalt(5.64)).write_file(tmp_path / "nacl.cif")

@@ -106,6 +106,18 @@ def test_cif_several_blocks_named_by_block(tmp_path, nacl, quartz_like):
     assert [len(s) for _, s in result] == [8, 9]
 
 
+def test_a_cif_block_that_cannot_be_read_fails_alone(tmp_path, nacl):
+    """A broken second block (a cell and nothing else) failed the whole file, the good block with it."""
+    good = str(CifWriter(nacl)).replace("data_NaCl", "data_good")
+    path = write(tmp_path / "two.cif", good + "\ndata_broken\n_cell_length_a 5\n")
+    records = list(iter_file_records(path, None))
+    assert [r.name for r in records] == [f"{path}#good", f"{path}#broken"]
+    assert records[0].error is None and len(records[0].structure) == 8
+    assert records[1].structure is None and "data block 'broken'" in records[1].error
+    alone = write(tmp_path / "one.cif", "data_broken\n_cell_length_a 5\n")
+    assert "data block 'broken'" in reason_of(alone)
+
+
 def test_cif_block_without_cell_is_skipped(tmp_path, nacl):
     text = "data_global\n_journal_name_full 'Some Journal'\n\n" + str(CifWriter(nacl))
     path = write(tmp_path / "pub.cif", text)

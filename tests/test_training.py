@@ -468,6 +468,15 @@ def test_cli_evaluate_writes_reports(cli_run, random_ckpt, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev"]
 
 
+def test_a_runs_last_checkpoint_given_as_a_model_points_to_best(cli_run):
+    from crystalprop.model.checkpoint import CheckpointError, read_checkpoint
+
+    run_dir = cli_run[3]
+    with pytest.raises(CheckpointError, match="best.ckpt") as caught:
+        read_checkpoint(run_dir / "last.ckpt", arrays=True)
+    assert "training state" in str(caught.value)
+
+
 def test_cli_evaluate_trained_model(cli_run, tmp_path):
     _, _, path, run_dir, records = cli_run
     ev_dir = tmp_path / "ev"
@@ -494,6 +503,30 @@ def test_resume_keeps_the_cells_the_run_was_trained_on(tmp_path):
     assert read_checkpoint(run_dir / "best.ckpt")[0].graph.cell == "as-given"
     other = run_cli([*common, "--epochs", "3", "--resume", "--cell", "canonical"])
     assert other.returncode != 0 and "--cell as-given" in " ".join((other.stdout + other.stderr).split())
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_runs_own_settings_unless_given_again_and_says_what_changed(tmp_path):
+    """`train --resume` without --epochs continued a 1-epoch run to the default 30 epochs with the
+    default lr and seed, silently; a resumed run now keeps what it was started with."""
+    from crystalprop.model.checkpoint import read_checkpoint
+
+    path = write_json_dataset(tmp_path / "data.json", 24)
+    run_dir = tmp_path / "run"
+    common = ["train", path, "-o", run_dir, "--graph-workers", "1"]
+    first = run_cli([*common, "--target", "y", "--epochs", "1", "--lr", "2e-3", "--seed", "3", "--batch-size", "8",
+                     "--loss", "l1", "--ema", "0.9", *TINY_CLI])
+    assert first.returncode == 0, first.stderr
+    again = run_cli([*common, "--resume"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(read_history(run_dir)) == 1 and "changed" not in again.stdout + again.stderr
+    longer = run_cli([*common, "--resume", "--epochs", "2"])
+    assert longer.returncode == 0, longer.stdout + longer.stderr
+    assert "'changed': {'epochs': [1, 2]}" in longer.stdout + longer.stderr
+    config = read_checkpoint(run_dir / "best.ckpt")[0].training["config"]
+    assert (config["epochs"], config["lr"], config["seed"], config["batch_size"], config["loss"], config["ema"]) == \
+        (2, 2e-3, 3, 8, "l1", 0.9)
+    assert config["model"]["features"] == 8 and len(read_history(run_dir)) == 2
 
 
 # --- the Python API in a fresh process ------------------------------------------------------------

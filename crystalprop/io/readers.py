@@ -236,20 +236,35 @@ def _unique_block_names(names: list[str]) -> list[str]:
     return unique
 
 
-def _read_cif(text: str, name: str) -> list[NameStructure]:
-    """One structure per data block that has a cell; blocks without one are skipped.
+def _cif_block_item(block_text: str, name: str) -> tuple[str, Structure | StructureReadError] | None:
+    """(block name, structure or why it could not be read) for one data block; None for a block
+    without a cell, also one that cannot be parsed (a publication block, say)."""
+    try:
+        return _parse_cif_block(block_text, name)
+    except StructureReadError as exc:
+        if not _CIF_CELL_TAG.search(block_text):
+            return None
+        return block_text.split(None, 1)[0][len("data_"):], exc
+
+
+def _read_cif(text: str, name: str) -> list[NameItem]:
+    """One structure per data block that has a cell; blocks without one are skipped, and a block
+    that cannot be read is an error of its own, not of the whole file.
 
     Blocks are parsed one at a time because pymatgen's parse_structures drops
     failing blocks silently, which would misalign names and structures, and
     its CifFile keeps only the last of several blocks with the same name.
     """
-    found = [r for r in (_parse_cif_block(b, name) for b in _split_cif_blocks(text)) if r is not None]
+    found = [r for r in (_cif_block_item(b, name) for b in _split_cif_blocks(text)) if r is not None]
     if not found:
         raise StructureReadError(name, "CIF has no crystal structure (no data block with _cell_length_a)")
     if len(found) == 1:
+        if isinstance(found[0][1], StructureReadError):
+            raise found[0][1]
         return [(name, found[0][1])]
     labels = _unique_block_names([block for block, _ in found])
-    return [(f"{name}#{label}", structure) for label, (_, structure) in zip(labels, found)]
+    return [(f"{name}#{label}", StructureReadError(f"{name}#{label}", item.reason)
+             if isinstance(item, StructureReadError) else item) for label, (_, item) in zip(labels, found)]
 
 
 VASP4_REASON = (

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from crystalprop.model.matformer import Matformer
 
 METADATA_KEY = "crystalprop_metadata"
+STATE_KEY = "crystalprop_train_state"
+"""A run's ``last.ckpt`` keeps its training state under this key (:mod:`crystalprop.training.trainer`)."""
 FORMAT_VERSION = 4  # 2: the graph settings name the cell the graphs are built on; ensembles. 3: product members.
 # 4: σ from the latent distance plus the spread
 PRODUCTS_FORMAT = 3  # written only by ensembles with product members, which older readers would average wrongly
@@ -140,12 +142,10 @@ class ModelCard:
 
 def save_checkpoint(path: str | Path, net: Matformer, card: ModelCard, extra: dict | None = None) -> None:
     """Write weights + metadata (and optional extra tensors, e.g. optimizer state) atomically."""
-    ms = mindspore_module()
-    append = {METADATA_KEY: card.to_json()}
     params = [{"name": name, "data": p} for name, p in net.parameters_and_names()]
     if extra:
         params += [{"name": k, "data": v} for k, v in extra.items()]
-    atomic_write(Path(path), lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict=append))
+    _write(path, params, {METADATA_KEY: card.to_json()})
 
 
 def save_ensemble(path: str | Path, card: ModelCard, members: list[dict[str, Any]],
@@ -158,7 +158,27 @@ def save_ensemble(path: str | Path, card: ModelCard, members: list[dict[str, Any
     params = [{"name": member_key(k, name), "data": ms.Tensor(as_array(value))}
               for k, member in enumerate(members) for name, value in member.items()]
     params += [{"name": name, "data": ms.Tensor(value)} for name, value in (extra or {}).items()]
-    atomic_write(Path(path), lambda tmp: ms.save_checkpoint(params, str(tmp), append_dict={METADATA_KEY: card.to_json()}))
+    _write(path, params, {METADATA_KEY: card.to_json()})
+
+
+def check_new_checkpoint(path: str | Path, overwrite: bool = True) -> Path:
+    """``path`` for a model about to be written, checked before the work: a ValueError unless its name
+    ends in .ckpt (MindSpore would add the suffix), an OutputExistsError where it exists and
+    ``overwrite`` is false."""
+    from crystalprop.output import OutputExistsError  # noqa: PLC0415
+
+    path = Path(path)
+    if path.suffix != ".ckpt":
+        raise ValueError(f"{path}: a model file's name ends in .ckpt (e.g. {path.with_suffix('.ckpt').name})")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists: use --overwrite to replace it")
+    return path
+
+
+def _write(path: str | Path, params: list[dict], append: dict) -> None:
+    """Write ``params`` and ``append`` as the checkpoint ``path`` (named .ckpt) atomically."""
+    path = check_new_checkpoint(path)
+    atomic_write(path, lambda tmp: mindspore_module().save_checkpoint(params, str(tmp), append_dict=append))
 
 
 def read_checkpoint(path: str | Path, arrays: bool = False) -> tuple[ModelCard, dict[str, Any]]:
@@ -182,6 +202,9 @@ def read_checkpoint(path: str | Path, arrays: bool = False) -> tuple[ModelCard, 
         if arrays:
             raw = {name: value if isinstance(value, str) else value.asnumpy() for name, value in raw.items()}
     text = raw.pop(METADATA_KEY, None)
+    if not isinstance(text, str) and STATE_KEY in raw:
+        raise CheckpointError(f"{path}: the training state of a run (kept to resume it), not a model: "
+                              f"give {path.with_name('best.ckpt')}")
     if not isinstance(text, str):
         raise CheckpointError(f"{path}: a MindSpore checkpoint without crystalprop metadata")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 from crystalprop.graph.settings import GraphSettings
@@ -28,6 +29,31 @@ def check_emphasis(emphasis) -> tuple[float, float, float]:
     if not factor > 0:
         raise ValueError(f"--emphasize {low:g} {high:g} {factor:g}: the FACTOR must be positive")
     return low, high, factor
+
+
+RESUMED_SETTINGS = ("target", "unit", "epochs", "batch_size", "lr", "weight_decay", "schedule", "loss", "log10",
+                    "floor", "patience", "seed", "ema", "emphasis")
+"""What ``crystalprop train --resume`` keeps from the run's start unless given again (the model's size too)."""
+
+
+def changed_settings(saved: dict, now: dict) -> dict[str, list]:
+    """``{setting: [saved, now]}`` for each of :data:`RESUMED_SETTINGS` in which the config dict ``now``
+    differs from the ``saved`` one (both as :meth:`TrainConfig.as_dict` gives them)."""
+    def plain(value):
+        return json.loads(json.dumps(value))  # a tuple as the list it is saved as
+
+    return {key: [saved[key], plain(now[key])] for key in RESUMED_SETTINGS
+            if key in saved and saved[key] != plain(now[key])}
+
+
+def kept_settings(saved: dict, config: dict, model: dict, given: set[str]) -> tuple[dict, dict]:
+    """The ``config`` and ``model`` dicts of a resumed job, with every setting of
+    :data:`RESUMED_SETTINGS` and every model size not in ``given`` taken from the ``saved`` config."""
+    config = {**config, **{k: saved[k] for k in RESUMED_SETTINGS if k not in given and k in saved and k in config}}
+    model = {**model, **{k: v for k, v in saved["model"].items() if k not in given and k in model}}
+    if config.get("emphasis") is not None:
+        config["emphasis"] = tuple(config["emphasis"])
+    return config, model
 
 
 @dataclass

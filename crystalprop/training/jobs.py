@@ -8,13 +8,13 @@ in whatever process. This module imports nothing heavy until a job runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from crystalprop.atomic import make_folder
 from crystalprop.backend import DEVICES
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.model.config import ModelConfig
-from crystalprop.training.config import TrainConfig, check_decay, check_emphasis
+from crystalprop.training.config import TrainConfig, check_decay, check_emphasis, kept_settings
 
 OnEvent = Callable[[str, dict], None]
 
@@ -63,6 +63,16 @@ def _run_cell(run: dict) -> str:
     return saved_cell(last) if run["resume"] and last.is_file() else "canonical"
 
 
+def _run_settings(job: dict) -> tuple[dict, dict]:
+    """The job's training and model settings; on resume with ``given`` named, those not given are the run's own."""
+    from crystalprop.training.trainer import saved_config  # noqa: PLC0415
+
+    last = Path(job["run"]["run_dir"]) / "last.ckpt"
+    if job["run"]["resume"] and job.get("given") is not None and last.is_file():
+        return kept_settings(saved_config(last), job["config"], job["model"], set(job["given"]))
+    return job["config"], job["model"]
+
+
 def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
     """Train as ``job`` says, in this process; the outcome as ``stopped_because``, ``best_val_mae``, ``best_epoch``."""
     from crystalprop.backend import set_device  # noqa: PLC0415
@@ -72,7 +82,8 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
     from crystalprop.registry import resolve_model  # noqa: PLC0415
     from crystalprop.training.run import train_model  # noqa: PLC0415
 
-    config = TrainConfig(**job["config"], model=ModelConfig(**job["model"]),
+    settings, model = _run_settings(job)
+    config = TrainConfig(**settings, model=ModelConfig(**model),
                          graph=GraphSettings(cell=job["graph"]["cell"] or _run_cell(job["run"])))
     run = dict(job["run"])
     run["fold"] = _run_fold(run)
@@ -147,6 +158,7 @@ def train(
     fold: tuple[int, int] | None = None,
     on_event: OnEvent | None = None,
     isolate: bool = False,
+    given: Collection[str] | None = None,
 ) -> dict:
     """Train a Matformer on ``data`` into ``output_dir``; the options are those of ``crystalprop train``.
 
@@ -156,7 +168,10 @@ def train(
     (e.g. 0.999; :mod:`crystalprop.training.averaging`). ``emphasize`` (low, high, factor): training
     targets in (low, high], in the target's own unit, weigh ``factor`` times as much in the loss.
     ``fold`` (I, K) trains on cross-validation fold I of K: that fold of the training and validation
-    structures is the validation split. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
+    structures is the validation split. ``given``: the names of the settings given explicitly (as the
+    command passes them); on resume the others (the schedule, loss, seed, model size, ...:
+    :data:`crystalprop.training.config.RESUMED_SETTINGS`) are the run's own. None: all given. A resumed
+    run whose settings differ from its start says which in its ``resume`` event. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
     split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``,
     with σ from ``sigma`` (``spread``, ``latent`` or ``latent+spread``, as :func:`crystalprop.joining.join_ensemble`).
 
@@ -191,6 +206,7 @@ def train(
                     fold=None if fold is None else list(fold)),
         "threads": threads,
         "device": device,
+        "given": None if given is None else sorted("emphasis" if g == "emphasize" else g for g in given),
     }
     if isolate:
         from crystalprop.training.launch import run_isolated  # noqa: PLC0415

@@ -33,6 +33,7 @@ from crystalprop.graph.batch import collate
 from crystalprop.graph.neighbors import CrystalGraph
 from crystalprop.metrics import regression_metrics
 from crystalprop.model.checkpoint import (
+    STATE_KEY,
     CheckpointError,
     ModelCard,
     TargetTransform,
@@ -44,14 +45,13 @@ from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
 from crystalprop.stopping import TRAINING_STOP_SIGNALS as STOP_SIGNALS
 from crystalprop.training.averaging import WeightAverage, saved_average
-from crystalprop.training.config import EVAL_BATCH_SIZE, TrainConfig
+from crystalprop.training.config import EVAL_BATCH_SIZE, TrainConfig, changed_settings
 from crystalprop.training.distributed import Cluster
 from crystalprop.training.schedule import learning_rate
 
 ms = mindspore_module()
 nn, ops = ms.nn, ms.ops
 
-STATE_KEY = "crystalprop_train_state"
 SAVE_EVERY_S = 600.0  # last.ckpt is also refreshed mid-epoch, so a kill loses at most this much
 
 
@@ -69,7 +69,12 @@ def _saved_state(last: Path) -> dict:
 
 def saved_cell(last: Path) -> str:
     """The cell setting stored in a run's ``last.ckpt`` (``as-given`` for runs that predate it)."""
-    return _saved_state(last)["config"].get("graph", {}).get("cell", RUN_LEGACY_CELL)
+    return saved_config(last).get("graph", {}).get("cell", RUN_LEGACY_CELL)
+
+
+def saved_config(last: Path) -> dict:
+    """The training settings stored in a run's ``last.ckpt`` (:meth:`TrainConfig.as_dict`)."""
+    return _saved_state(last)["config"]
 
 
 def saved_fold(last: Path) -> tuple[int, int] | None:
@@ -565,5 +570,7 @@ class Trainer:
             raise CheckpointError(f"{path}: {len(not_loaded)} parameters missing, e.g. {not_loaded[0]}")
         self.history = saved["history"]
         self.prior_training = saved.get("prior_training", {})
-        self.on_event("resume", {"epoch": saved["state"]["epoch"], "step": saved["state"]["step_in_epoch"]})
+        changed = changed_settings(saved["config"], self.config.as_dict())
+        self.on_event("resume", {"epoch": saved["state"]["epoch"], "step": saved["state"]["step_in_epoch"],
+                                 **({"changed": changed} if changed else {})})
         return saved["state"], average
