@@ -438,10 +438,18 @@ class Predictor:
             notes = list(item.warnings)
             for label in self.value_columns:
                 row[label] = float(values[label][k]) if item.graph is not None else None
-            for label, *_ in self.models:
+            unseen_by: dict[tuple[str, ...], list[str]] = {}  # the models that lack the same elements, together
+            for label, _, card, _ in self.models:
                 unseen = self._unseen_elements(label, item)
                 if unseen:
-                    notes.append(f"{label}: element(s) {', '.join(unseen)} absent from its training data")
+                    unseen_by.setdefault(tuple(unseen), []).append(label)
+                    for column in (f"{label}_std", f"{label}_err95"):  # σ was calibrated on known elements only
+                        if column in row:
+                            row[column] = None
+            for unseen, labels in unseen_by.items():
+                notes.append(f"{', '.join(labels)}: element(s) {', '.join(unseen)} absent from "
+                             f"{'its' if len(labels) == 1 else 'their'} training data"
+                             + ("; no error bar" if any(f"{label}_std" in row for label in labels) else ""))
             if item.graph is not None:
                 k += 1
             row["error"] = item.error or ""

@@ -112,6 +112,21 @@ def test_ensemble_prediction_is_the_members_mean_with_their_scaled_spread(joined
     np.testing.assert_allclose([row["ens_err95"] for row in rows], k95 * std, rtol=1e-6)
 
 
+def test_no_error_bar_is_claimed_for_an_element_the_model_never_saw(joined):
+    """Po, absent from the band-gap model's training data, was predicted 0 ± 0 with a 95 % interval of 0."""
+    from crystalprop.predictor import Predictor
+
+    predictor = Predictor(str(joined[0]))
+    label = predictor.columns[0][0]
+    rows = [row for rows in predictor.iter_rows([rocksalt(5.64)], workers=0) for row in rows]
+    assert rows[0][f"{label}_std"] > 0 and rows[0][f"{label}_err95"] > 0 and not rows[0]["warning"]
+    predictor.known_elements[label] = {"Na"}
+    rows = [row for rows in predictor.iter_rows([rocksalt(5.64)], workers=0) for row in rows]
+    assert "Cl absent from its training data" in rows[0]["warning"] and "no error bar" in rows[0]["warning"]
+    assert rows[0][label] is not None
+    assert rows[0][f"{label}_std"] is None and rows[0][f"{label}_err95"] is None
+
+
 def test_single_model_rows_have_no_std_column(members):
     import crystalprop
 
