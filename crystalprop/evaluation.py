@@ -13,7 +13,7 @@ import numpy as np
 
 from crystalprop.atomic import atomic_write_text, make_folder
 from crystalprop.data.datasets import (
-    Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset,
+    SPLITS, Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset,
 )
 from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed
 from crystalprop.data.graph_cache import build_graphs
@@ -177,6 +177,8 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
     dataset = load_dataset(data, target or card.target, id_column=id_column, structure_column=structure_column,
                            **split_settings(card.training))
     split = split or default_split(dataset, card.training)
+    if split not in (*SPLITS, "all", "unseen"):
+        raise ValueError(f"--split {split!r}: choose one of {', '.join((*SPLITS, 'all', 'unseen'))}")
     if split == "unseen":
         entries, split_check = _unseen(dataset, card.training)
     else:
@@ -317,10 +319,13 @@ def evaluate_model(
             _remove_earlier(out)
         with open(out / "predictions.csv", "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["id", "true", "predicted", "error"] + (["std"] if std is not None else []))
+            interval = (card.ensemble or {}).get("interval95") if std is not None else None
+            writer.writerow(["id", "true", "predicted", "error"] + (["std"] if std is not None else [])
+                            + (["err95"] if interval else []))
             for k, ((entry, _), t, p) in enumerate(zip(kept, y, pred)):
                 writer.writerow([entry.id, f"{t:.6g}", f"{p:.6g}", f"{p - t:.6g}"]
-                                + ([f"{std[k]:.6g}"] if std is not None else []))
+                                + ([f"{std[k]:.6g}"] if std is not None else [])
+                                + ([f"{std[k] * interval:.6g}"] if interval else []))
         write_sidecar(out / "predictions.csv", result["provenance"])
         label_text = f"{dataset.target} ({card.unit})"
         result["files"] = ["predictions.csv", "predictions.csv.meta.json", "metrics.json"] + _plots(out, y, pred, label_text)

@@ -36,6 +36,14 @@ def _merge_trained_ids(first, others) -> None:
     merge_trained(record, [recorded_split(c.training) for c in others])
 
 
+def check_calibration_split(split: str) -> None:
+    """Refuse to calibrate σ on the training split (or all structures): its errors are those of
+    structures the members were fitted to, far smaller than a new structure's."""
+    if split in ("train", "all"):
+        raise ValueError(f"--split {split}: σ is calibrated on structures the members were not trained on "
+                         "(val, or test); the training errors would make it far too small")
+
+
 def join_ensemble(
     members: Sequence[str | Path],
     output: str | Path,
@@ -92,6 +100,7 @@ def join_ensemble(
     if any(len(factors) < 2 for factors in products):
         raise ValueError("a product member needs at least two models")
     check_new_checkpoint(output, overwrite)
+    check_calibration_split(split)
     make_folder(Path(output).parent)  # before the work, not after it
     set_device(device)
     resolved = [resolve_model(m) for m in members]
@@ -212,6 +221,7 @@ def recalibrate_sigma(
     if latent_prior is not None and not (latent_prior >= 0 and math.isfinite(latent_prior)):
         raise ValueError(f"the latent prior is a share of the mean training error, 0 or more, not {latent_prior}")
     check_new_checkpoint(output)
+    check_calibration_split(split)
     make_folder(Path(output).parent)
     set_device(device)
     _, path = resolve_model(model)

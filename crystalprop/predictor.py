@@ -314,8 +314,8 @@ class Predictor:
             raise ValueError(f"an empty model name ({models!r}); give None for every shipped model")
         resolved = [resolve_model(name) for name in names]
         labels = [label for label, _ in resolved]
-        paths = [Path(path).resolve() for _, path in resolved]
-        repeated = next((path for k, path in enumerate(paths) if path in paths[:k]), None)
+        files = [Path(path).resolve() for _, path in resolved]
+        repeated = next((path for k, path in enumerate(files) if path in files[:k]), None)
         if repeated is not None:
             raise ValueError(f"the model {repeated} is given twice: give each model once")
         twice = sorted({label for label in labels if labels.count(label) > 1})

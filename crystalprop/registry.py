@@ -54,6 +54,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
         if not candidate.is_file():
             from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415  (numpy: after the CLI set BLAS)
 
+            if (candidate / "last.ckpt").is_file():
+                raise CheckpointError(f"{candidate}: no best.ckpt yet, the run stopped before its first validated "
+                                      "epoch (its last.ckpt is for `crystalprop train ... --resume`)")
             raise CheckpointError(f"{candidate}: no such checkpoint file")
         return candidate.stem, candidate
     shipped = checkpoints_dir() / f"{name_or_path}.ckpt"

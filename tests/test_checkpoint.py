@@ -172,6 +172,17 @@ def test_missing_file(tmp_path):
         load_model(tmp_path / "absent.ckpt")
 
 
+def test_a_run_stopped_before_its_first_epoch_is_named_as_such(tmp_path):
+    """`evaluate RUN` of a run stopped before any validated epoch said only 'no such checkpoint file'."""
+    from crystalprop.registry import resolve_model
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.ckpt").write_bytes(b"state")
+    with pytest.raises(CheckpointError, match="no best.ckpt yet") as caught:
+        resolve_model(tmp_path / "run")
+    assert "--resume" in str(caught.value)
+
+
 def test_plain_mindspore_checkpoint_without_metadata(tmp_path):
     path = tmp_path / "plain.ckpt"
     ms.save_checkpoint(_net(), str(path))

@@ -145,7 +145,10 @@ def test_evaluate_reports_sigma_quality_and_draws_the_calibration_plot(joined, s
     assert result["within_interval95"] == pytest.approx(joined_result["within_interval95"], rel=1e-6)
     assert (tmp_path / "calibration.png").stat().st_size > 0
     with open(tmp_path / "predictions.csv", newline="") as handle:
-        assert next(csv.reader(handle)) == ["id", "true", "predicted", "error", "std"]
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["id", "true", "predicted", "error", "std", "err95"]  # within_interval95, checkable
+    inside = np.mean([abs(float(r["error"])) <= float(r["err95"]) for r in rows])
+    assert inside == pytest.approx(result["within_interval95"], abs=1.5 / len(rows))  # 6-digit rounding
 
 
 def test_members_of_another_target_are_refused(members, split_data, tmp_path):
@@ -457,6 +460,15 @@ def test_an_output_not_named_ckpt_is_refused_before_the_work_and_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_sigma_is_not_calibrated_on_structures_the_members_trained_on(members, split_data, tmp_path):
+    from crystalprop.joining import join_ensemble
+
+    for split in ("train", "all"):
+        with pytest.raises(ValueError, match="trained on"):
+            join_ensemble(members, tmp_path / "e.ckpt", split_data, split=split)
+    assert not (tmp_path / "e.ckpt").exists()
+
+
 def test_the_command_refuses_to_replace_an_ensemble_without_overwrite(members, split_data, tmp_path):
     out = tmp_path / "e.ckpt"
     assert run_cli(["ensemble", out, *members, "--data", split_data]).returncode == 0
@@ -475,3 +487,19 @@ def test_written_checkpoints_are_readable_by_others_as_any_file_the_user_writes(
     umask = os.umask(0)
     os.umask(umask)
     assert joined[0].stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.slow
+def test_members_of_other_random_splits_are_refused_for_that_reason(tmp_path):
+    """Seeds trained one by one on data without a split drew other splits; the refusal named only
+    their target transforms."""
+    from conftest import TINY_CLI, write_json_dataset
+
+    data = write_json_dataset(tmp_path / "data.json", 24)
+    for seed in (0, 1):
+        run = run_cli(["train", data, "-t", "y", "-o", tmp_path / f"s{seed}", "--seed", str(seed), "--epochs", "1",
+                       "--batch-size", "8", "--graph-workers", "1", *TINY_CLI])
+        assert run.returncode == 0, run.stderr
+    joined = run_cli(["ensemble", tmp_path / "e.ckpt", tmp_path / "s0", tmp_path / "s1", "--data", data])
+    said = " ".join((joined.stdout + joined.stderr).split())
+    assert joined.returncode == 2 and "another split" in said and "--ensemble N" in said

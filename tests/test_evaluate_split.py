@@ -65,6 +65,12 @@ def test_evaluate_uses_the_split_of_the_run(run_dir, data):
     assert result["split_check"] == "none trained on; the same val split as in training"
 
 
+def test_an_unknown_split_is_refused_with_the_choices(run_dir, data):
+    """--split bogus said only 'no structures in split', as if the data lacked that split."""
+    with pytest.raises(ValueError, match="choose one of train, val, test, all, unseen"):
+        evaluate_model(str(run_dir), data, split="bogus")
+
+
 def test_evaluate_refuses_trained_structures_as_validation(run_dir, data, tmp_path):
     copy = shutil.copy(data, tmp_path / "data.json")
     ids = [r["id"] for r in json.loads(Path(copy).read_text())]

@@ -23,7 +23,7 @@ ms = mindspore_module()
 
 from crystalprop import predict  # noqa: E402
 from crystalprop.evaluation import evaluate_model  # noqa: E402
-from crystalprop.model.checkpoint import load_model, read_checkpoint  # noqa: E402
+from crystalprop.model.checkpoint import CheckpointError, load_model, read_checkpoint  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 from crystalprop.model.matformer import ModelConfig  # noqa: E402
 from crystalprop.training import trainer as trainer_module  # noqa: E402
@@ -205,6 +205,24 @@ def test_resume_refuses_another_model_configuration(run_a, data, tmp_path):
         train_model(data, run_dir, config(model=ModelConfig(**{**TINY, "features": 16})), workers=1, resume=True)
     with pytest.raises(TrainingError, match="nothing to resume"):
         train_model(data, tmp_path / "empty", config(), workers=1, resume=True)
+
+
+def test_resume_refuses_another_target(run_a, tmp_path):
+    """A resume with another --target went on training the old target's network on the new labels."""
+    other = write_json_dataset(tmp_path / "other.json", N_DATA, target="z")
+    run_dir = tmp_path / "copy"
+    run_dir.mkdir()
+    (run_dir / "last.ckpt").write_bytes((run_a[1] / "last.ckpt").read_bytes())
+    with pytest.raises(TrainingError, match="target y, not z"):
+        train_model(other, run_dir, config(target="z"), workers=1, resume=True)
+
+
+def test_init_from_a_model_of_another_size_is_refused_by_name(run_a, data, tmp_path):
+    """A warm start from a model of other sizes loaded 1 of 33 parameters, then claimed its history."""
+    with pytest.raises(CheckpointError, match="features") as caught:
+        train_model(data, tmp_path / "warm", config(epochs=1, model=ModelConfig(**{**TINY, "features": 16})),
+                    workers=1, init_from=run_a[1] / "best.ckpt")
+    assert "of" in str(caught.value) and "parameters" in str(caught.value)
 
 
 def test_resume_of_a_finished_run_starts_no_epoch(run_a, data, tmp_path):
@@ -469,8 +487,6 @@ def test_cli_evaluate_writes_reports(cli_run, random_ckpt, tmp_path):
 
 
 def test_a_runs_last_checkpoint_given_as_a_model_points_to_best(cli_run):
-    from crystalprop.model.checkpoint import CheckpointError, read_checkpoint
-
     run_dir = cli_run[3]
     with pytest.raises(CheckpointError, match="best.ckpt") as caught:
         read_checkpoint(run_dir / "last.ckpt", arrays=True)
@@ -529,6 +545,38 @@ def test_resume_keeps_the_runs_own_settings_unless_given_again_and_says_what_cha
     assert config["model"]["features"] == 8 and len(read_history(run_dir)) == 2
 
 
+@pytest.mark.slow
+def test_a_run_without_validation_structures_says_what_it_selects_by(tmp_path):
+    """With no validation split the training loss was reported as the 'best validation MAE', and an
+    ensemble trained every member before it found it had nothing to calibrate σ on."""
+    path = write_json_dataset(tmp_path / "data.json", 16)
+    common = ["train", path, "-t", "y", "--val-fraction", "0", "--epochs", "1", "--batch-size", "8",
+              "--graph-workers", "1", *TINY_CLI]
+    done = run_cli([*common, "-o", tmp_path / "run"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join((done.stdout + done.stderr).split())
+    assert "no validation structures" in said and "best training loss" in said
+    assert "best validation MAE" not in said
+    ensemble = run_cli([*common, "-o", tmp_path / "ens", "--ensemble", "2"])
+    assert ensemble.returncode == 2 and "no validation structures" in ensemble.stdout + ensemble.stderr
+    assert not (tmp_path / "ens" / "member0" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("bad, says", [
+    (dict(loss="mae"), "loss"), (dict(schedule="linear"), "schedule"), (dict(batch_size=0), "batch"),
+    (dict(epochs=0), "epochs"), (dict(max_time_s="1m"), "max_time_s"), (dict(val_fraction=-0.1), "fraction"),
+    (dict(val_fraction=0.6, test_fraction=0.5), "fraction"), (dict(fold="1/5"), "fold"),
+])
+def test_the_api_refuses_bad_settings_before_any_work(data, tmp_path, bad, says):
+    """crystalprop.train(loss='mae') ended in a KeyError, batch_size=0 in a ZeroDivisionError, and
+    max_time_s='1m' in a TypeError that left a last.ckpt behind."""
+    import crystalprop
+
+    with pytest.raises(ValueError, match=says):
+        crystalprop.train(data, tmp_path / "run", target="y", **bad)
+    assert not (tmp_path / "run").exists()
+
+
 # --- the Python API in a fresh process ------------------------------------------------------------
 #
 # Regression: MindSpore 2.10 starts in PyNative mode, where the learning rate a step sets on the
@@ -557,3 +605,25 @@ def test_the_python_api_follows_the_schedule_without_set_device(data, tmp_path):
         losses[epochs] = json.loads(done.stdout.strip().splitlines()[-1])
     # in its first epoch a 2-epoch one-cycle run climbs to its 5e-3 peak, a 12-epoch run to a third of it
     assert losses[2][0] != pytest.approx(losses[12][0], rel=1e-3)
+
+
+UNGUARDED_SCRIPT = """
+import sys
+import crystalprop
+print("SCRIPT START", flush=True)
+result = crystalprop.train(sys.argv[1], sys.argv[2], target="y", epochs=1, batch_size=8, layers=1, features=8,
+                           heads=1, fc_features=8, graph_workers=1, threads=1, isolate=True)
+print("DONE", result["stopped_because"], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_isolated_training_does_not_run_the_callers_script_again(data, tmp_path):
+    """train(isolate=True) from a script without an `if __name__ == "__main__":` guard ran the whole
+    script again in the training process, which then failed (or trained a second run)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(data), str(tmp_path / "run")], capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stdout.count("SCRIPT START") == 1 and "DONE finished" in done.stdout

@@ -200,6 +200,12 @@ def check_compatible(cards: Sequence[ModelCard], paths: Sequence[str | Path]) ->
         for what, mine, theirs in (("target", card.target, first.target), ("architecture", card.model, first.model),
                                    ("graph settings", card.graph, first.graph),
                                    ("target transform", card.transform, first.transform)):
+            if mine != theirs and what == "target transform" and _split_seeds(card) != _split_seeds(first):
+                raise CheckpointError(
+                    f"{path}: trained on another split than {paths[0]} (random splits drawn with --seed "
+                    f"{_split_seeds(card)} and {_split_seeds(first)}, so other training structures and another "
+                    "target transform); give the data a split of its own (split.json or a split column), or "
+                    "train the members together with crystalprop train --ensemble N, which shares one")
             if mine != theirs:
                 raise CheckpointError(f"{path}: another {what} than {paths[0]} ({mine} != {theirs}); "
                                       "members must share target, architecture, graph and split")
@@ -207,6 +213,12 @@ def check_compatible(cards: Sequence[ModelCard], paths: Sequence[str | Path]) ->
             raise CheckpointError(f"{path}: already an ensemble; join its members' own checkpoints")
     if first.ensemble:
         raise CheckpointError(f"{paths[0]}: already an ensemble; join its members' own checkpoints")
+
+
+def _split_seeds(card: ModelCard) -> int | None:
+    """The seed that drew a model's random split (None: the data's own split, or no record)."""
+    record = card.training.get("data", {}).get("split_record", {})
+    return record.get("seed") if str(record.get("source", "")).startswith("random") else None
 
 
 DIMENSIONLESS = ("", "1", "-", "dimensionless")

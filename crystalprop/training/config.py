@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from crystalprop.graph.settings import GraphSettings
 from crystalprop.model.config import ModelConfig
+from crystalprop.training.schedule import SCHEDULES
 
 LOSSES = ("mse", "l1", "huber")
 EVAL_BATCH_SIZE = 128
@@ -29,6 +30,27 @@ def check_emphasis(emphasis) -> tuple[float, float, float]:
     if not factor > 0:
         raise ValueError(f"--emphasize {low:g} {high:g} {factor:g}: the FACTOR must be positive")
     return low, high, factor
+
+
+def check_settings(*, loss: str, schedule: str, epochs: int, batch_size: int, max_time_s: float | None,
+                   val_fraction: float, test_fraction: float) -> None:
+    """A ValueError naming the first setting of a run that cannot work (the command's options check
+    most of these themselves; the Python API reaches here with whatever it was given)."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r}: choose one of {', '.join(LOSSES)}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} {value!r}: a whole number, 1 or more")
+    if max_time_s is not None and (isinstance(max_time_s, bool) or not isinstance(max_time_s, (int, float))
+                                   or not max_time_s >= 0):
+        raise ValueError(f"max_time_s {max_time_s!r}: a number of seconds, 0 or more (the command takes "
+                         "--max-time 2h)")
+    fractions = (val_fraction, test_fraction)
+    if not all(isinstance(f, (int, float)) and 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
+        raise ValueError(f"val_fraction {val_fraction!r}, test_fraction {test_fraction!r}: each fraction lies in "
+                         "[0, 1) and together they leave structures to train on")
 
 
 RESUMED_SETTINGS = ("target", "unit", "epochs", "batch_size", "lr", "weight_decay", "schedule", "loss", "log10",

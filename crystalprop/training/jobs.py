@@ -14,7 +14,7 @@ from crystalprop.atomic import make_folder
 from crystalprop.backend import DEVICES
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.model.config import ModelConfig
-from crystalprop.training.config import TrainConfig, check_decay, check_emphasis, kept_settings
+from crystalprop.training.config import TrainConfig, check_decay, check_emphasis, check_settings, kept_settings
 
 OnEvent = Callable[[str, dict], None]
 
@@ -91,7 +91,7 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
         run["init_from"] = str(resolve_model(run["init_from"])[1])
     result = train_model(run.pop("data"), run.pop("run_dir"), config, **run, on_event=on_event)
     return {"stopped_because": result.stopped_because, "best_val_mae": result.best_val_mae,
-            "best_epoch": result.best_epoch}
+            "best_epoch": result.best_epoch, "validated": result.validated, "log10": config.log10}
 
 
 def member_jobs(job: dict, members: int):
@@ -104,7 +104,8 @@ def member_jobs(job: dict, members: int):
         if started and not run["resume"]:
             check_run_dir(member_dir, False)
         yield member_dir, {**job, "config": {**job["config"], "seed": seed + k},
-                           "run": {**run, "run_dir": str(member_dir), "resume": started, "split_seed": seed}}
+                           "run": {**run, "run_dir": str(member_dir), "resume": started, "split_seed": seed,
+                                   "require_val": True}}
 
 
 def join_members(job: dict, members: int, sigma: str) -> dict:
@@ -182,12 +183,17 @@ def train(
     so that Ctrl-C always stops cleanly, with the command's live progress on standard error; errors
     in the child then come back as :class:`TrainingFailed`.
 
-    Returns ``stopped_because``, ``best_val_mae`` and ``best_epoch``; for an ensemble
+    Returns ``stopped_because``, ``best_val_mae`` (of log10 for a ``log10`` run; the training loss where
+    ``validated`` is false: no validation structures) and ``best_epoch``; for an ensemble
     ``stopped_because`` (that of the last member trained), ``members`` (each member's outcome) and
     ``ensemble`` (the joined model's validation metrics, None if a member stopped early:
     ``resume=True`` continues it).
     """
+    check_settings(loss=loss, schedule=schedule, epochs=epochs, batch_size=batch_size, max_time_s=max_time_s,
+                   val_fraction=val_fraction, test_fraction=test_fraction)
     if fold is not None:
+        if not (isinstance(fold, (tuple, list)) and len(fold) == 2):
+            raise ValueError(f"fold {fold!r}: a pair (I, K) for fold I of K, e.g. (1, 5)")
         check_fold(fold)
     if ema is not None:
         check_decay(ema)

@@ -110,10 +110,13 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
     import queue as queue_module  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
+    from crystalprop.workers import main_script_hidden  # noqa: PLC0415
+
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
     child = ctx.Process(target=_train_child_main, args=(job, events))
-    child.start()
+    with main_script_hidden():  # a caller's script without a __main__ guard must not run again in the child
+        child.start()
 
     def forward(signum, frame) -> None:
         console.print("[yellow]stopping after this step and saving...[/]")

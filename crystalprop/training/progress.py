@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -41,6 +42,9 @@ class TrainDisplay:
         elif kind == "data":
             console.print(f"data: target {info['target']}; {info['n_train']} train, {info['n_val']} val, "
                           f"{info['n_skipped']} skipped (split: {info['split']})", markup=False)
+            if not info["n_val"]:
+                console.print("[yellow]no validation structures[/]: best.ckpt is the epoch of least training loss, "
+                              "and no validation MAE is measured")
         elif kind == "start":
             if self.task is not None:
                 p.remove_task(self.task)
@@ -88,8 +92,11 @@ class EnsembleMessages:
 def report_training(result: dict, output_dir: str, members: int) -> bool:
     """Print how a run (or an ensemble of ``members``) ended; whether it is complete."""
     if members == 1:
-        console.print(f"[bold]{result['stopped_because']}[/]: best validation MAE {result['best_val_mae']:.4g} at "
-                      f"epoch {result['best_epoch']}; run in {escape(str(output_dir))} (best.ckpt, last.ckpt, history.csv)")
+        best = "best validation MAE" if result.get("validated", True) else "best training loss"
+        files = [name for name in ("best.ckpt", "last.ckpt", "history.csv") if (Path(output_dir) / name).is_file()]
+        best += " (log10)" if result.get("log10") and result.get("validated", True) else ""
+        console.print(f"[bold]{result['stopped_because']}[/]: {best} {result['best_val_mae']:.4g} at "
+                      f"epoch {result['best_epoch']}; run in {escape(str(output_dir))} ({', '.join(files) or 'no file yet'})")
         return True
     if result["ensemble"] is None:
         console.print(f"member {len(result['members'])} {result['stopped_because']}: --resume continues the ensemble")

@@ -107,9 +107,13 @@ def train_model(
     workers: int | None = None,
     split_seed: int | None = None,
     fold: tuple[int, int] | None = None,
+    require_val: bool = False,
     on_event: Callable[[str, dict], None] | None = None,
 ) -> TrainResult:
     """Load the data, build (or reuse) graphs, and train; see :class:`Trainer`.
+
+    Without validation structures the epoch of least training loss is kept as best; ``require_val``
+    (an ensemble member, whose σ is calibrated on them) refuses to train without any.
 
     A random split (data without split.json or a split column) is drawn with ``split_seed``,
     by default the training seed; ensemble members share one split and differ in their seed.
@@ -138,6 +142,9 @@ def train_model(
     val = split_graphs(dataset, graphs, "val")
     if not train[0]:
         raise TrainingError(f"{data}: no training structures could be used (see {run_dir / 'skipped.log'})")
+    if require_val and not val[0]:
+        raise TrainingError(f"{data}: no validation structures, on which an ensemble's σ is calibrated: give a "
+                            "split (split.json, a split column) or --val-fraction above 0")
     description = {
         "source": str(data),
         "target": dataset.target,

@@ -197,6 +197,8 @@ class TrainResult:
     stopped_because: str
     run_dir: Path
     history: list[dict]
+    validated: bool = True
+    """False where the run had no validation structures: ``best_val_mae`` is then the training loss."""
 
 
 @dataclass
@@ -306,8 +308,13 @@ class Trainer:
             if name in params and tuple(params[name].shape) == tuple(param.shape):
                 param.set_data(params[name])
                 loaded += 1
-        if loaded == 0:
-            raise CheckpointError(f"{path}: no parameter fits this model configuration")
+        if loaded < len(own):
+            def sizes(model) -> str:
+                return f"{model.layers} layers, {model.features} features, {model.heads} heads, fc {model.fc_features}"
+
+            raise CheckpointError(f"{path}: {loaded} of this model's {len(own)} parameters fit: its model has "
+                                  f"{sizes(card.model)}, this run {sizes(self.config.model)}; give the same sizes "
+                                  "to warm-start from it")
         self.prior_training = {
             "init_from": str(path),
             "cumulative_wall_hours": card.training.get("cumulative_wall_hours", card.training.get("wall_hours", 0.0)),
@@ -457,7 +464,7 @@ class Trainer:
         """The run's result, also reported as the ``end`` event."""
         state = loop.state
         result = TrainResult(state["best_mae"], state["best_epoch"], state["epoch"], stopped_because,
-                             self.run_dir, self.history)
+                             self.run_dir, self.history, validated=bool(self.val_graphs))
         self.on_event("end", asdict(result) | {"run_dir": str(self.run_dir)})
         return result
 
@@ -561,6 +568,10 @@ class Trainer:
         saved = json.loads(payload)
         if saved["config"]["model"] != self.config.model.as_dict():
             raise TrainingError(f"{path}: the run was started with a different model configuration")
+        if saved["config"]["target"] != self.config.target:
+            raise TrainingError(f"{path}: the run learns the target {saved['config']['target']}, not "
+                                f"{self.config.target}: resume it with --target {saved['config']['target']}, or "
+                                "start another run (--init-from its best.ckpt to warm-start)")
         cells = saved["config"].get("graph", {}).get("cell", RUN_LEGACY_CELL)
         if cells != self.config.graph.cell:
             raise TrainingError(f"{path}: the run was trained on {cells} cells, not {self.config.graph.cell}: "
