@@ -8,11 +8,15 @@ from pathlib import Path
 from typing import Callable
 
 
-def _file_mode() -> int:
-    """The mode a new file gets from ``open`` under the process's umask (0o644 under the usual 022)."""
+def _umask() -> int:
+    """The process's umask (read by setting it, so once, at import, before any thread writes files)."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+FILE_MODE = 0o666 & ~_umask()
+"""The mode a new file gets from ``open`` (0o644 under the usual umask 022)."""
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -25,7 +29,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -200,12 +200,12 @@ def check_compatible(cards: Sequence[ModelCard], paths: Sequence[str | Path]) ->
         for what, mine, theirs in (("target", card.target, first.target), ("architecture", card.model, first.model),
                                    ("graph settings", card.graph, first.graph),
                                    ("target transform", card.transform, first.transform)):
-            if mine != theirs and what == "target transform" and _split_seeds(card) != _split_seeds(first):
+            if mine != theirs and what == "target transform" and _split(card)["val"] != _split(first)["val"]:
                 raise CheckpointError(
-                    f"{path}: trained on another split than {paths[0]} (random splits drawn with --seed "
-                    f"{_split_seeds(card)} and {_split_seeds(first)}, so other training structures and another "
-                    "target transform); give the data a split of its own (split.json or a split column), or "
-                    "train the members together with crystalprop train --ensemble N, which shares one")
+                    f"{path}: trained on another split than {paths[0]} ({_split(card)['source']} and "
+                    f"{_split(first)['source']}: other training structures, so another target transform); give "
+                    "the data a split of its own (split.json or a split column), or train the members together "
+                    "with crystalprop train --ensemble N, which shares one")
             if mine != theirs:
                 raise CheckpointError(f"{path}: another {what} than {paths[0]} ({mine} != {theirs}); "
                                       "members must share target, architecture, graph and split")
@@ -215,10 +215,11 @@ def check_compatible(cards: Sequence[ModelCard], paths: Sequence[str | Path]) ->
         raise CheckpointError(f"{paths[0]}: already an ensemble; join its members' own checkpoints")
 
 
-def _split_seeds(card: ModelCard) -> int | None:
-    """The seed that drew a model's random split (None: the data's own split, or no record)."""
+def _split(card: ModelCard) -> dict:
+    """A model's split as its record gives it: ``source`` (e.g. a random one and its seed) and the
+    digest of its ``val`` ids (None where not recorded)."""
     record = card.training.get("data", {}).get("split_record", {})
-    return record.get("seed") if str(record.get("source", "")).startswith("random") else None
+    return {"source": record.get("source", "an unrecorded split"), "val": record.get("val_ids_sha256")}
 
 
 DIMENSIONLESS = ("", "1", "-", "dimensionless")

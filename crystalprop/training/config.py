@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
 
 from crystalprop.graph.settings import GraphSettings
 from crystalprop.model.config import ModelConfig
@@ -41,14 +42,14 @@ def check_settings(*, loss: str, schedule: str, epochs: int, batch_size: int, ma
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
             raise ValueError(f"{name} {value!r}: a whole number, 1 or more")
-    if max_time_s is not None and (isinstance(max_time_s, bool) or not isinstance(max_time_s, (int, float))
+    if max_time_s is not None and (isinstance(max_time_s, bool) or not isinstance(max_time_s, Real)
                                    or not max_time_s >= 0):
         raise ValueError(f"max_time_s {max_time_s!r}: a number of seconds, 0 or more (the command takes "
                          "--max-time 2h)")
     fractions = (val_fraction, test_fraction)
-    if not all(isinstance(f, (int, float)) and 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
+    if not all(isinstance(f, Real) and not isinstance(f, bool) and 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
         raise ValueError(f"val_fraction {val_fraction!r}, test_fraction {test_fraction!r}: each fraction lies in "
                          "[0, 1) and together they leave structures to train on")
 

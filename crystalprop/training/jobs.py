@@ -45,48 +45,48 @@ def completed(payload: dict) -> bool:
     return payload["stopped_because"] == "finished" or payload["stopped_because"].startswith("no improvement")
 
 
-def _run_fold(run: dict) -> tuple[int, int] | None:
-    """The cross-validation fold: the one asked for, else on resume the run's own (None for none)."""
-    from crystalprop.training.trainer import saved_fold  # noqa: PLC0415
+def _run_settings(job: dict) -> tuple[dict, dict, dict, Path | None]:
+    """The job's training, model and run settings, and the saved run they continue (None: a new one).
 
-    if run.get("fold"):
-        return tuple(run["fold"])
-    last = Path(run["run_dir"]) / "last.ckpt"
-    return saved_fold(last) if run["resume"] and last.is_file() else None
+    On resume the cells and the cross-validation fold are the run's own unless given; with ``given``
+    named, so are the settings not given (the split's fractions and seed too). An ensemble member not
+    yet started takes them from the first member (``settings_from``), its seed shifted by its place.
+    """
+    from crystalprop.training.trainer import saved_config, saved_split  # noqa: PLC0415
 
-
-def _run_cell(run: dict) -> str:
-    """The cell setting a resumed run was trained with (canonical for a new run)."""
-    from crystalprop.training.trainer import saved_cell  # noqa: PLC0415
-
-    last = Path(run["run_dir"]) / "last.ckpt"
-    return saved_cell(last) if run["resume"] and last.is_file() else "canonical"
-
-
-def _run_settings(job: dict) -> tuple[dict, dict]:
-    """The job's training and model settings; on resume with ``given`` named, those not given are the run's own."""
-    from crystalprop.training.trainer import saved_config  # noqa: PLC0415
-
-    last = Path(job["run"]["run_dir"]) / "last.ckpt"
-    if job["run"]["resume"] and job.get("given") is not None and last.is_file():
-        return kept_settings(saved_config(last), job["config"], job["model"], set(job["given"]))
-    return job["config"], job["model"]
+    config, model, run = job["config"], job["model"], dict(job["run"])
+    member, settings_from = run.pop("member", None), run.pop("settings_from", None)
+    own = Path(run["run_dir"]) / "last.ckpt"
+    source = own if run["resume"] and own.is_file() else Path(settings_from) if settings_from else None
+    if job.get("given") is None or source is None:
+        return config, model, run, source
+    given = set(job["given"])
+    saved, split = saved_config(source), saved_split(source)
+    config, model = kept_settings(saved, config, model, given)
+    run.update({k: split[k] for k in ("val_fraction", "test_fraction") if k not in given and k in split})
+    if "seed" not in given and member is not None:  # members: seeds base + k, all on the split of the base seed
+        base = saved["seed"] - (member if source == own else 0)
+        config["seed"], run["split_seed"] = base + member, base
+    elif "seed" not in given and "seed" in split:
+        run["split_seed"] = split["seed"]
+    return config, model, run, source
 
 
 def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
-    """Train as ``job`` says, in this process; the outcome as ``stopped_because``, ``best_val_mae``, ``best_epoch``."""
+    """Train as ``job`` says, in this process; the outcome as ``stopped_because``, ``best_val_mae``, ``best_epoch``,
+    ``validated`` (whether there were validation structures) and ``log10``."""
     from crystalprop.backend import set_device  # noqa: PLC0415
 
     set_device(job["device"], threads=job["threads"])
     from crystalprop.graph.settings import GraphSettings  # noqa: PLC0415
     from crystalprop.registry import resolve_model  # noqa: PLC0415
     from crystalprop.training.run import train_model  # noqa: PLC0415
+    from crystalprop.training.trainer import saved_cell, saved_fold  # noqa: PLC0415
 
-    settings, model = _run_settings(job)
-    config = TrainConfig(**settings, model=ModelConfig(**model),
-                         graph=GraphSettings(cell=job["graph"]["cell"] or _run_cell(job["run"])))
-    run = dict(job["run"])
-    run["fold"] = _run_fold(run)
+    settings, model, run, source = _run_settings(job)
+    cell = job["graph"]["cell"] or (saved_cell(source) if source else "canonical")
+    config = TrainConfig(**settings, model=ModelConfig(**model), graph=GraphSettings(cell=cell))
+    run["fold"] = tuple(run["fold"]) if run.get("fold") else saved_fold(source) if source else None
     if run["init_from"]:
         run["init_from"] = str(resolve_model(run["init_from"])[1])
     result = train_model(run.pop("data"), run.pop("run_dir"), config, **run, on_event=on_event)
@@ -98,6 +98,8 @@ def member_jobs(job: dict, members: int):
     """(member directory, job) of each ensemble member: seeds ``seed``, ``seed + 1``, ... on one split;
     a member already started is resumed when ``job`` resumes."""
     output_dir, seed, run = Path(job["run"]["run_dir"]), job["config"]["seed"], job["run"]
+    first = output_dir / "member0" / "last.ckpt"
+    settings_from = str(first) if run["resume"] and first.is_file() else None  # for members not yet started
     for k in range(members):
         member_dir = output_dir / f"member{k}"
         started = (member_dir / "last.ckpt").is_file()
@@ -105,7 +107,7 @@ def member_jobs(job: dict, members: int):
             check_run_dir(member_dir, False)
         yield member_dir, {**job, "config": {**job["config"], "seed": seed + k},
                            "run": {**run, "run_dir": str(member_dir), "resume": started, "split_seed": seed,
-                                   "require_val": True}}
+                                   "require_val": True, "member": k, "settings_from": settings_from}}
 
 
 def join_members(job: dict, members: int, sigma: str) -> dict:

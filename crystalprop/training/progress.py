@@ -63,7 +63,11 @@ class TrainDisplay:
                           + (f" (log10 {info['val_log10_mae']:.4f})" if info["val_log10_mae"] == info["val_log10_mae"] else "")
                           + f", {info['structures_per_s']:.0f} structures/s" + ("  [green]best[/]" if info["best"] else ""))
             p.reset(self.task, total=self.steps)
-        elif kind in ("resume", "init_from", "stopping"):
+        elif kind == "resume":
+            changed = "; ".join(f"{key} {old} -> {new}" for key, (old, new) in info.get("changed", {}).items())
+            console.print(f"resume: epoch {info['epoch']}, step {info['step']}"
+                          + (f"; changed: {changed}" if changed else ""), markup=False)
+        elif kind in ("init_from", "stopping"):
             console.print(f"{kind}: {info}" if info else "stopping after this step (Ctrl-C again to force)",
                           markup=False)
 

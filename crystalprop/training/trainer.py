@@ -77,6 +77,15 @@ def saved_config(last: Path) -> dict:
     return _saved_state(last)["config"]
 
 
+SPLIT_SETTINGS = ("seed", "val_fraction", "test_fraction")
+"""What a run's ``last.ckpt`` keeps of how its split was drawn (the seed: of a random split)."""
+
+
+def saved_split(last: Path) -> dict:
+    """How a run's split was drawn (:data:`SPLIT_SETTINGS`; empty for runs that predate the record)."""
+    return _saved_state(last).get("split") or {}
+
+
 def saved_fold(last: Path) -> tuple[int, int] | None:
     """The cross-validation fold stored in a run's ``last.ckpt`` (None: no fold, or a run that predates folds)."""
     fold = _saved_state(last).get("fold")
@@ -312,9 +321,12 @@ class Trainer:
             def sizes(model) -> str:
                 return f"{model.layers} layers, {model.features} features, {model.heads} heads, fc {model.fc_features}"
 
-            raise CheckpointError(f"{path}: {loaded} of this model's {len(own)} parameters fit: its model has "
-                                  f"{sizes(card.model)}, this run {sizes(self.config.model)}; give the same sizes "
-                                  "to warm-start from it")
+            missing = next(name for name, param in own.items()
+                           if name not in params or tuple(params[name].shape) != tuple(param.shape))
+            why = (f"its model has {sizes(card.model)}, this run {sizes(self.config.model)}; give the same sizes"
+                   if card.model != self.config.model else f"e.g. {missing} has no counterpart of its shape there")
+            raise CheckpointError(f"{path}: {loaded} of this model's {len(own)} parameters fit ({why}), "
+                                  "so it cannot be a warm start")
         self.prior_training = {
             "init_from": str(path),
             "cumulative_wall_hours": card.training.get("cumulative_wall_hours", card.training.get("wall_hours", 0.0)),
@@ -547,9 +559,10 @@ class Trainer:
         """last.ckpt: the train cell's weights and optimizer state, the loop's state and any weight average."""
         if not self.cluster.is_main:
             return
+        record = self.data_description.get("split_record", {})
         payload = json.dumps({"state": loop.state, "config": self.config.as_dict(), "history": self.history,
-                              "prior_training": self.prior_training,
-                              "fold": self.data_description.get("split_record", {}).get("fold")})
+                              "prior_training": self.prior_training, "fold": record.get("fold"),
+                              "split": {k: record[k] for k in SPLIT_SETTINGS if k in record}})
         extra = {STATE_KEY: payload, **(loop.average.tensors() if loop.average is not None else {})}
         atomic_write(self.run_dir / "last.ckpt", lambda tmp: ms.save_checkpoint(loop.cell, str(tmp), append_dict=extra))
 
