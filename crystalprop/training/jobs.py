@@ -45,31 +45,33 @@ def completed(payload: dict) -> bool:
     return payload["stopped_because"] == "finished" or payload["stopped_because"].startswith("no improvement")
 
 
-def _run_settings(job: dict) -> tuple[dict, dict, dict, Path | None]:
-    """The job's training, model and run settings, and the saved run they continue (None: a new one).
+def _run_settings(job: dict) -> tuple[dict, dict, dict, dict | None]:
+    """The job's training, model and run settings, and the saved state of the run they continue
+    (:func:`crystalprop.training.trainer.saved_state`; None: a new one).
 
     On resume the cells and the cross-validation fold are the run's own unless given; with ``given``
     named, so are the settings not given (the split's fractions and seed too). An ensemble member not
     yet started takes them from the first member (``settings_from``), its seed shifted by its place.
     """
-    from crystalprop.training.trainer import saved_config, saved_split  # noqa: PLC0415
+    from crystalprop.training.trainer import saved_split, saved_state  # noqa: PLC0415
 
     config, model, run = job["config"], job["model"], dict(job["run"])
     member, settings_from = run.pop("member", None), run.pop("settings_from", None)
     own = Path(run["run_dir"]) / "last.ckpt"
-    source = own if run["resume"] and own.is_file() else Path(settings_from) if settings_from else None
-    if job.get("given") is None or source is None:
-        return config, model, run, source
-    given = set(job["given"])
-    saved, split = saved_config(source), saved_split(source)
+    resumed = run["resume"] and own.is_file()
+    source = own if resumed else Path(settings_from) if settings_from else None
+    state = saved_state(source) if source else None
+    if job.get("given") is None or state is None:
+        return config, model, run, state
+    given, saved, split = set(job["given"]), state["config"], saved_split(state)
     config, model = kept_settings(saved, config, model, given)
     run.update({k: split[k] for k in ("val_fraction", "test_fraction") if k not in given and k in split})
     if "seed" not in given and member is not None:  # members: seeds base + k, all on the split of the base seed
-        base = saved["seed"] - (member if source == own else 0)
+        base = saved["seed"] - (member if resumed else 0)
         config["seed"], run["split_seed"] = base + member, base
     elif "seed" not in given and "seed" in split:
         run["split_seed"] = split["seed"]
-    return config, model, run, source
+    return config, model, run, state
 
 
 def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
@@ -83,10 +85,10 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
     from crystalprop.training.run import train_model  # noqa: PLC0415
     from crystalprop.training.trainer import saved_cell, saved_fold  # noqa: PLC0415
 
-    settings, model, run, source = _run_settings(job)
-    cell = job["graph"]["cell"] or (saved_cell(source) if source else "canonical")
+    settings, model, run, state = _run_settings(job)
+    cell = job["graph"]["cell"] or (saved_cell(state) if state else "canonical")
     config = TrainConfig(**settings, model=ModelConfig(**model), graph=GraphSettings(cell=cell))
-    run["fold"] = tuple(run["fold"]) if run.get("fold") else saved_fold(source) if source else None
+    run["fold"] = tuple(run["fold"]) if run.get("fold") else saved_fold(state) if state else None
     if run["init_from"]:
         run["init_from"] = str(resolve_model(run["init_from"])[1])
     result = train_model(run.pop("data"), run.pop("run_dir"), config, **run, on_event=on_event)

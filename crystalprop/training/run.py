@@ -15,7 +15,7 @@ from crystalprop.data.graph_cache import build_graphs
 from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.training.config import TrainConfig
 from crystalprop.training.distributed import Cluster, join_cluster
-from crystalprop.training.trainer import Trainer, TrainResult, TrainingError, saved_fold
+from crystalprop.training.trainer import Trainer, TrainResult, TrainingError, saved_fold, saved_state
 
 
 def split_graphs(dataset: Dataset, graphs, split: str):
@@ -53,7 +53,7 @@ def check_resumed_fold(run_dir: Path, fold: tuple[int, int] | None) -> None:
     """Refuse to resume a run on another cross-validation fold than it was trained on: its
     validation split would hold structures it has trained on."""
     last = run_dir / "last.ckpt"
-    saved = saved_fold(last) if last.is_file() else fold
+    saved = saved_fold(saved_state(last)) if last.is_file() else fold
     if saved != fold:
         def name(f) -> str:
             return f"--fold {f[0]}/{f[1]}" if f else "no --fold"

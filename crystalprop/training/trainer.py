@@ -59,36 +59,32 @@ RUN_LEGACY_CELL = "as-given"
 """The cells of a run saved before the cell setting existed: graphs were built on the file's cell."""
 
 
-def _saved_state(last: Path) -> dict:
-    """The training state stored in a run's ``last.ckpt``."""
+def saved_state(last: Path) -> dict:
+    """The training state stored in a run's ``last.ckpt`` (read once: the file holds all the weights)."""
     payload = ms.load_checkpoint(str(last)).get(STATE_KEY)
     if not isinstance(payload, str):
         raise CheckpointError(f"{last}: no training state in this checkpoint")
     return json.loads(payload)
 
 
-def saved_cell(last: Path) -> str:
-    """The cell setting stored in a run's ``last.ckpt`` (``as-given`` for runs that predate it)."""
-    return saved_config(last).get("graph", {}).get("cell", RUN_LEGACY_CELL)
-
-
-def saved_config(last: Path) -> dict:
-    """The training settings stored in a run's ``last.ckpt`` (:meth:`TrainConfig.as_dict`)."""
-    return _saved_state(last)["config"]
+def saved_cell(state: dict) -> str:
+    """The cell setting of a run's :func:`saved_state` (``as-given`` for runs that predate it)."""
+    return state["config"].get("graph", {}).get("cell", RUN_LEGACY_CELL)
 
 
 SPLIT_SETTINGS = ("seed", "val_fraction", "test_fraction")
 """What a run's ``last.ckpt`` keeps of how its split was drawn (the seed: of a random split)."""
 
 
-def saved_split(last: Path) -> dict:
-    """How a run's split was drawn (:data:`SPLIT_SETTINGS`; empty for runs that predate the record)."""
-    return _saved_state(last).get("split") or {}
+def saved_split(state: dict) -> dict:
+    """How the split of a run's :func:`saved_state` was drawn (:data:`SPLIT_SETTINGS`; empty for runs
+    that predate the record)."""
+    return state.get("split") or {}
 
 
-def saved_fold(last: Path) -> tuple[int, int] | None:
-    """The cross-validation fold stored in a run's ``last.ckpt`` (None: no fold, or a run that predates folds)."""
-    fold = _saved_state(last).get("fold")
+def saved_fold(state: dict) -> tuple[int, int] | None:
+    """The cross-validation fold of a run's :func:`saved_state` (None: no fold, or a run that predates folds)."""
+    fold = state.get("fold")
     return tuple(fold) if fold else None
 
 
