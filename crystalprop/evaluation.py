@@ -17,6 +17,7 @@ from crystalprop.data.datasets import (
 )
 from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed
 from crystalprop.data.graph_cache import build_graphs
+from crystalprop.graph.elements import absent_elements
 from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
 from crystalprop.model.ensemble import ensemble_output
 from crystalprop.model.inference import member_outputs
@@ -257,6 +258,11 @@ def error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:
     return metrics
 
 
+def _number(value: float) -> str:
+    """A value for predictions.csv: 6 significant digits, empty for none (NaN)."""
+    return "" if value != value else f"{value:.6g}"
+
+
 def _undefined_as_null(result: dict) -> dict:
     """``result`` with undefined (NaN) metrics as None, so that metrics.json stays standard JSON."""
     return {k: None if isinstance(v, float) and v != v else v for k, v in result.items()}
@@ -303,8 +309,15 @@ def evaluate_model(
     combined = ensemble_output(card, outputs, features[0] if reference else None, reference)
     pred, std = combined.value, combined.std
     metrics = error_metrics(card, y, pred)
-    if std is not None:
-        metrics.update(uncertainty_metrics(y, pred, std, (card.ensemble or {}).get("interval95")))
+    if std is not None:  # no σ where the model lacks an element, as in predict: σ was calibrated on those it knows
+        known = set(card.elements)
+        std = np.array([np.nan if absent_elements(g.atomic_numbers, known) else s for (_, g), s in zip(kept, std)])
+        with_sigma = ~np.isnan(std)
+        if with_sigma.any():
+            metrics.update(uncertainty_metrics(y[with_sigma], pred[with_sigma], std[with_sigma],
+                                               (card.ensemble or {}).get("interval95")))
+        if not with_sigma.all():
+            metrics["n_without_sigma"] = int((~with_sigma).sum())
     if flags is not None:  # the figure on the crystals unlike any trained on, beside it (unseen has none left)
         alike = np.array(flags, bool)
         unlike = error_metrics(card, y[~alike], pred[~alike]) if not alike.all() else {}
@@ -324,16 +337,16 @@ def evaluate_model(
                             + (["err95"] if interval else []))
             for k, ((entry, _), t, p) in enumerate(zip(kept, y, pred)):
                 writer.writerow([entry.id, f"{t:.6g}", f"{p:.6g}", f"{p - t:.6g}"]
-                                + ([f"{std[k]:.6g}"] if std is not None else [])
-                                + ([f"{std[k] * interval:.6g}"] if interval else []))
+                                + ([_number(std[k])] if std is not None else [])
+                                + ([_number(std[k] * interval)] if interval else []))
         write_sidecar(out / "predictions.csv", result["provenance"])
         label_text = f"{dataset.target} ({card.unit})"
         result["files"] = ["predictions.csv", "predictions.csv.meta.json", "metrics.json"] + _plots(out, y, pred, label_text)
         if skipped:
             atomic_write_text(out / "skipped.log", "".join(f"{rid}\t{reason}\n" for rid, reason in skipped))
             result["files"].append("skipped.log")
-        if std is not None:
-            result["files"].append(_calibration_plot(out, y, pred, std, label_text))
+        if std is not None and with_sigma.any():
+            result["files"].append(_calibration_plot(out, y[with_sigma], pred[with_sigma], std[with_sigma], label_text))
         recorded = {k: v for k, v in result.items() if k != "skipped"}  # the list is in skipped.log
         atomic_write_text(out / "metrics.json", json.dumps(_undefined_as_null(recorded), indent=2, allow_nan=False))
     return result

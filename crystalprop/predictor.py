@@ -21,7 +21,7 @@ import numpy as np
 from crystalprop.analysis.applicability import domain_warnings
 from crystalprop.graph.batch import BatchLimits, batches_within
 from crystalprop.graph.cells import cell_for_graph
-from crystalprop.graph.elements import SYMBOLS, ElementError
+from crystalprop.graph.elements import ElementError, absent_elements
 from crystalprop.graph.neighbors import CrystalGraph, NeighborSearchError, build_graph
 from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, GraphSettings, check_cell_choice
 from crystalprop.io.adapters import crystal_from_structure
@@ -458,10 +458,7 @@ class Predictor:
         return rows
 
     def _unseen_elements(self, label: str, item: Prepared) -> list[str]:
-        known = self.known_elements[label]
-        if item.graph is None or not known:
-            return []
-        return sorted({SYMBOLS[z] for z in np.unique(item.graph.atomic_numbers)} - known)
+        return [] if item.graph is None else absent_elements(item.graph.atomic_numbers, self.known_elements[label])
 
     def batch_limits(self, batch_size: int = BATCH_SIZE, batch_memory: int = BATCH_MEMORY_BYTES) -> BatchLimits:
         """At most ``batch_size`` structures, and as many atoms and edges as the largest of these

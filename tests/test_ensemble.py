@@ -151,6 +151,33 @@ def test_evaluate_reports_sigma_quality_and_draws_the_calibration_plot(joined, s
     assert inside == pytest.approx(result["within_interval95"], abs=1.5 / len(rows))  # 6-digit rounding
 
 
+def test_evaluate_claims_no_error_bar_for_an_element_the_model_never_saw(joined, split_data, tmp_path):
+    """predict gives no σ where a structure holds an element absent from the model's training data (σ was
+    calibrated on the elements it knows); evaluate kept that σ in predictions.csv and in its σ figures."""
+    from crystalprop.evaluation import evaluate_model
+    from crystalprop.model.ensemble import save_with_card
+
+    out, _ = joined
+    card, params = read_checkpoint(out)
+    card.elements = sorted(set(card.elements or ["Na", "Cl", "K", "Li", "F", "Mg", "O", "Br", "Ca", "Sr", "Ti", "Ba", "Zr"])
+                           - {"Br"})
+    save_with_card(tmp_path / "no_br.ckpt", card, params)
+    full = evaluate_model(out, split_data, split="val")
+    result = evaluate_model(tmp_path / "no_br.ckpt", split_data, split="val", output_dir=tmp_path / "ev")
+    with open(tmp_path / "ev" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    records = {r["id"]: r for r in json.loads(split_data.read_text())}
+    with_br = [r for r in rows if "Br" in {s["species"][0]["element"] for s in records[r["id"]]["structure"]["sites"]}]
+    assert with_br and len(with_br) < len(rows)
+    assert all(r["std"] == "" and r["err95"] == "" and r["predicted"] for r in with_br)
+    assert all(r["std"] != "" for r in rows if r not in with_br)
+    assert result["mae"] == pytest.approx(full["mae"], rel=1e-6)  # the values stay
+    assert result["n_without_sigma"] == len(with_br) and "n_without_sigma" not in full
+    known = [r for r in rows if r not in with_br]
+    within = np.mean([abs(float(r["error"])) <= float(r["std"]) for r in known])
+    assert result["within_1sigma"] == pytest.approx(within, abs=1.5 / len(known))
+
+
 def test_members_of_another_target_are_refused(members, split_data, tmp_path):
     from crystalprop.joining import join_ensemble
 

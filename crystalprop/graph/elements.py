@@ -71,6 +71,14 @@ def check_elements(atomic_numbers: np.ndarray, symbols: list[str] | None = None)
         )
 
 
+def absent_elements(atomic_numbers: np.ndarray, known: set[str]) -> list[str]:
+    """The symbols among ``atomic_numbers`` that are not in ``known`` (a model's training elements),
+    sorted; none where ``known`` is empty (a model that does not list them)."""
+    if not known:
+        return []
+    return sorted({SYMBOLS[z] for z in np.unique(atomic_numbers)} - known)
+
+
 def atom_features(atomic_numbers: np.ndarray) -> np.ndarray:
     """Look up the (N, 92) float32 feature rows for atomic numbers (N,)."""
     z = np.asarray(atomic_numbers, dtype=np.int64)
