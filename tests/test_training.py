@@ -545,6 +545,24 @@ def test_resume_keeps_the_runs_own_settings_unless_given_again_and_says_what_cha
     assert config["model"]["features"] == 8 and len(read_history(run_dir)) == 2
 
 
+def test_resume_keeps_the_runs_limit(tmp_path):
+    """A run started with --limit and resumed without it went on over all the data (another training set
+    and another schedule, mid-run)."""
+    from crystalprop.model.checkpoint import read_checkpoint
+
+    path = write_json_dataset(tmp_path / "data.json", 40)
+    run_dir = tmp_path / "run"
+    common = ["train", path, "-o", run_dir, "--graph-workers", "1"]
+    first = run_cli([*common, "--target", "y", "--epochs", "1", "--batch-size", "8", "--limit", "16", *TINY_CLI])
+    assert first.returncode == 0, first.stderr
+    assert read_checkpoint(run_dir / "best.ckpt")[0].training["data"]["n_train"] == 16
+    longer = run_cli([*common, "--resume", "--epochs", "2"])
+    assert longer.returncode == 0, longer.stdout + longer.stderr
+    said = longer.stdout + longer.stderr
+    assert "16 train, 2 val" in said and "epoch 2/2 step 2/2" in said and "step 3/" not in said
+    assert len(read_history(run_dir)) == 2
+
+
 @pytest.mark.slow
 def test_a_run_without_validation_structures_says_what_it_selects_by(tmp_path):
     """With no validation split the training loss was reported as the 'best validation MAE', and an

@@ -50,7 +50,7 @@ def _run_settings(job: dict) -> tuple[dict, dict, dict, dict | None]:
     (:func:`crystalprop.training.trainer.saved_state`; None: a new one).
 
     On resume the cells and the cross-validation fold are the run's own unless given; with ``given``
-    named, so are the settings not given (the split's fractions and seed too). An ensemble member not
+    named, so are the settings not given (the split's fractions and seed, and ``limit``, too). An ensemble member not
     yet started takes them from the first member (``settings_from``), its seed shifted by its place.
     """
     from crystalprop.training.trainer import saved_split, saved_state  # noqa: PLC0415
@@ -65,7 +65,7 @@ def _run_settings(job: dict) -> tuple[dict, dict, dict, dict | None]:
         return config, model, run, state
     given, saved, split = set(job["given"]), state["config"], saved_split(state)
     config, model = kept_settings(saved, config, model, given)
-    run.update({k: split[k] for k in ("val_fraction", "test_fraction") if k not in given and k in split})
+    run.update({k: split[k] for k in ("val_fraction", "test_fraction", "limit") if k not in given and k in split})
     if "seed" not in given and member is not None:  # members: seeds base + k, all on the split of the base seed
         base = saved["seed"] - (member if resumed else 0)
         config["seed"], run["split_seed"] = base + member, base

@@ -155,6 +155,8 @@ def train_model(
     }
     on_event("data", description)
     record = split_record(full_splits, val_fraction, test_fraction, split_seed, train[2], fold)
+    if limit:
+        record["limit"] = limit
     record["trained_structures"] = pack_fingerprints(train[0])
     merge_trained(record, earlier_trained(run_dir, resume, init_from, dataset.target))
     recorded = {**description, "split_record": record}

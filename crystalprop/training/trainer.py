@@ -72,7 +72,7 @@ def saved_cell(state: dict) -> str:
     return state["config"].get("graph", {}).get("cell", RUN_LEGACY_CELL)
 
 
-SPLIT_SETTINGS = ("seed", "val_fraction", "test_fraction")
+SPLIT_SETTINGS = ("seed", "val_fraction", "test_fraction", "limit")
 """What a run's ``last.ckpt`` keeps of how its split was drawn (the seed: of a random split)."""
 
 
