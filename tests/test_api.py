@@ -63,6 +63,21 @@ def test_train_then_evaluate_in_python(tmp_path):
     assert resumed["stopped_because"] == "finished" and len(read_history(tmp_path / "run")) == 3
 
 
+def test_resume_in_python_keeps_the_runs_own_settings_as_the_command_does(tmp_path):
+    """crystalprop.train(..., resume=True) took every argument left out at its default (lr, seed, the model
+    size: a tiny run was refused as 'another size') unless given=[...] named those set."""
+    from crystalprop.training.trainer import saved_state
+
+    data = write_json_dataset(tmp_path / "data.json", 24)
+    crystalprop.train(data, tmp_path / "run", target="y", epochs=1, batch_size=8, lr=5e-3, seed=3, loss="l1",
+                      graph_workers=1, **TINY)
+    resumed = crystalprop.train(data, tmp_path / "run", epochs=2, resume=True, graph_workers=1)
+    assert resumed["stopped_because"] == "finished" and len(read_history(tmp_path / "run")) == 2
+    config = saved_state(tmp_path / "run" / "last.ckpt")["config"]
+    assert (config["epochs"], config["lr"], config["seed"], config["loss"], config["batch_size"], config["model"]["features"]) == \
+        (2, 5e-3, 3, "l1", 8, 8)
+
+
 @pytest.mark.slow
 def test_train_an_ensemble_in_python(tmp_path):
     data = write_json_dataset(tmp_path / "data.json", 24)

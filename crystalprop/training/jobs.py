@@ -7,8 +7,9 @@ in whatever process. This module imports nothing heavy until a job runs.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Callable, Collection
+from typing import Any, Callable, Collection
 
 from crystalprop.atomic import make_folder
 from crystalprop.backend import DEVICES
@@ -124,6 +125,19 @@ def join_members(job: dict, members: int, sigma: str) -> dict:
                          sigma=sigma)
 
 
+def _given_by_the_caller(train_function: Callable[..., dict]) -> Callable[..., dict]:
+    """``train_function`` whose ``given``, where the caller passes none, names the keyword arguments the
+    caller passed: a resumed run then keeps its own settings for the others, as the command's --resume does."""
+    @functools.wraps(train_function)
+    def wrapper(*args: Any, **kwargs: Any) -> dict:
+        if kwargs.get("given") is None:
+            kwargs["given"] = sorted(kwargs)
+        return train_function(*args, **kwargs)
+
+    return wrapper
+
+
+@_given_by_the_caller
 def train(
     data: str | Path,
     output_dir: str | Path,
@@ -174,8 +188,8 @@ def train(
     targets in (low, high], in the target's own unit, weigh ``factor`` times as much in the loss.
     ``fold`` (I, K) trains on cross-validation fold I of K: that fold of the training and validation
     structures is the validation split. ``given``: the names of the settings given explicitly (as the
-    command passes them); on resume the others (the schedule, loss, seed, model size, ...:
-    :data:`crystalprop.training.config.RESUMED_SETTINGS`) are the run's own. None: all given. A resumed
+    command passes them; by default the keyword arguments passed); on resume the others (the schedule,
+    loss, seed, model size, ...: :data:`crystalprop.training.config.RESUMED_SETTINGS`) are the run's own. A resumed
     run whose settings differ from its start says which in its ``resume`` event. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
     split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``,
     with σ from ``sigma`` (``spread``, ``latent`` or ``latent+spread``, as :func:`crystalprop.joining.join_ensemble`).
