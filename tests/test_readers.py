@@ -327,6 +327,24 @@ def test_poscar_negative_scale_is_volume(tmp_path, nacl):
     assert s.lattice.a == pytest.approx(5.64)
 
 
+@pytest.mark.parametrize("selective", [False, True])
+def test_poscar_negative_scale_with_cartesian_coordinates(tmp_path, nacl, selective):
+    """A negative scale (the volume) with Cartesian coordinates: pymatgen scaled the lattice to the volume but
+    multiplied the coordinates by the raw negative number, scrambling the atoms (MgO predicted at -0.49 instead
+    of -3.06 eV/atom, no note). VASP scales both by (volume / cell volume)^(1/3)."""
+    flags = [[True, True, False]] * len(nacl) if selective else None
+    lines = Poscar(nacl, selective_dynamics=flags).get_str(direct=False).splitlines()
+    scale = 2.0  # the file's lattice and coordinates are half size; the volume restores them
+    lines[1] = f"-{nacl.volume:.9f}"
+    lines[2:5] = [" ".join(f"{x / scale:.12f}" for x in row) for row in nacl.lattice.matrix]
+    first = 9 if selective else 8
+    for k, site in enumerate(nacl):
+        lines[first + k] = " ".join(f"{x / scale:.12f}" for x in site.coords) + (" T T F" if selective else "")
+    [(_, s)] = read_file(write(tmp_path / "neg_cart.vasp", "\n".join(lines)))
+    assert s.volume == pytest.approx(nacl.volume)
+    assert np.allclose(s.cart_coords, nacl.cart_coords, atol=1e-6)
+
+
 def test_vasp4_poscar_without_species_is_refused(tmp_path, nacl):
     text = strip_symbols(Poscar(nacl).get_str(vasp4_compatible=True), len(nacl))
     (tmp_path / "POTCAR").write_text("PAW_PBE Na_pv 05Jan2001\n")

@@ -273,6 +273,26 @@ VASP4_REASON = (
 )
 
 
+def _volume_as_scale(text: str) -> str:
+    """``text`` with a negative scale factor (VASP reads it as the cell volume) replaced by the factor it
+    stands for, (volume / volume of the lattice as written)^(1/3).
+
+    pymatgen scales the lattice to that volume but multiplies Cartesian coordinates by the raw negative
+    number, which scrambles the atoms; with the factor written out, both are scaled alike."""
+    lines = text.splitlines()
+    tokens = lines[1].split() if len(lines) > 4 else []
+    try:
+        scale = float(tokens[0]) if tokens else 0.0
+        lattice = np.array([[float(x) for x in line.split()[:3]] for line in lines[2:5]])
+    except ValueError:
+        return text  # malformed: pymatgen says how
+    volume = abs(float(np.linalg.det(lattice))) if lattice.shape == (3, 3) else 0.0
+    if scale >= 0 or not volume > 0:
+        return text
+    lines[1] = " ".join([repr((-scale / volume) ** (1 / 3))] + tokens[1:])
+    return "\n".join(lines)
+
+
 def _read_poscar(text: str, name: str) -> list[NameStructure]:
     """Parse a VASP 5/6 POSCAR/CONTCAR; refuse VASP 4 files whose species pymatgen would invent.
 
@@ -285,7 +305,7 @@ def _read_poscar(text: str, name: str) -> list[NameStructure]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            poscar = Poscar.from_str(text, default_names=None, read_velocities=False)
+            poscar = Poscar.from_str(_volume_as_scale(text), default_names=None, read_velocities=False)
         except StructureReadError:
             raise
         except IndexError as exc:
