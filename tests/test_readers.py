@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -289,6 +291,21 @@ def test_cif_unreadable_space_group_is_refused(tmp_path, symmetry, named):
     """A Hall symbol beside an H-M symbol or IT number was dropped for them, and its origin shift lost."""
     reason = reason_of(write(tmp_path / "nacl.cif", cubic_cif(5.69, NACL_SITES, symmetry)))
     assert reason.startswith("CIF data block 'test': cannot apply the symmetry") and named in reason
+
+
+def test_a_nearly_flat_cell_is_refused_at_once():
+    """A one-atom cell of 0.0032 Å³ (a 4 x 4 Å base, c almost in its plane) passed the volume check, then hung
+    in pymatgen's compiled lattice-point search, deaf to --timeout and SIGTERM, until killed."""
+    code = ("import time; from pymatgen.core import Lattice, Structure; from crystalprop.io.readers import "
+            "validate_structure\n"
+            "s = Structure(Lattice([[4, 0, 0], [0, 4, 0], [4, 4, 2e-4]]), ['Si'], [[0, 0, 0]])\n"
+            "start = time.monotonic()\n"
+            "try:\n    validate_structure(s)\nexcept ValueError as exc:\n    print('refused:', exc)\n"
+            "print(f'{time.monotonic() - start:.2f} s')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "refused: every atom overlaps its own periodic image" in done.stdout
+    assert float(done.stdout.split()[-2]) < 5.0
 
 
 # --- POSCAR ----------------------------------------------------------------

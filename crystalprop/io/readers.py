@@ -663,8 +663,10 @@ def _close_pairs(structure: Structure, cutoff: float) -> list[tuple[int, int, fl
 def _shortest_translation(structure: Structure, cutoff: float) -> float | None:
     """The length of the cell's shortest lattice translation, where it is below ``cutoff`` Å:
     how far every atom is from its own nearest periodic image."""
-    _, distances, _, _ = structure.lattice.get_points_in_sphere(np.zeros((1, 3)), np.zeros(3), cutoff,
-                                                                zip_results=False)
+    # searched in the LLL-reduced basis of the same lattice: in a nearly flat cell given in a skewed basis,
+    # the search over the basis as given runs for hours in compiled code, deaf to time limits and signals
+    reduced = Lattice(structure.lattice.lll_matrix)
+    _, distances, _, _ = reduced.get_points_in_sphere(np.zeros((1, 3)), np.zeros(3), cutoff, zip_results=False)
     distances = np.asarray(distances)
     nonzero = distances[distances > 1e-8]  # the origin itself is always found
     return float(nonzero.min()) if len(nonzero) else None
@@ -700,6 +702,10 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, max_s
         raise ValueError(f"{len(structure)} sites exceed the limit of {max_sites}")
     _check_cell(structure)
     _check_coords(structure)
+    shortest = _shortest_translation(structure, max(min_distance, OVERLAP_DISTANCE))  # first: cheap in any cell
+    if shortest is not None and shortest < OVERLAP_DISTANCE:
+        raise ValueError("every atom overlaps its own periodic image: the cell's shortest translation "
+                         f"is {shortest:.3g} Å")
     pairs = _close_pairs(structure, max(min_distance, OVERLAP_DISTANCE))
     overlapping = [p for p in pairs if p[2] < OVERLAP_DISTANCE]
     if overlapping:
@@ -707,10 +713,6 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, max_s
         more = f" (and {len(overlapping) - 1} more pairs)" if len(overlapping) > 1 else ""
         raise ValueError(f"overlapping atoms: atoms {i} and {j} are {d:.3f} Å apart{more}")
     warnings = _close_pair_warnings([p for p in pairs if p[2] < min_distance])
-    shortest = _shortest_translation(structure, max(min_distance, OVERLAP_DISTANCE))
-    if shortest is not None and shortest < OVERLAP_DISTANCE:
-        raise ValueError("every atom overlaps its own periodic image: the cell's shortest translation "
-                         f"is {shortest:.3f} Å")
     if shortest is not None and shortest < min_distance:
         warnings.append(f"each atom is {shortest:.2f} Å from its own periodic image "
                         "(the cell's shortest translation)")
