@@ -481,3 +481,23 @@ def test_graph_building_is_linear():
 
 def test_element_symbols_match_pymatgen():
     assert elements.SYMBOLS[1:] == tuple(Element.from_Z(z).symbol for z in range(1, elements.MAX_Z + 1))
+
+
+def test_atoms_far_outside_the_cell_give_the_same_graph_at_once():
+    """Unwrapped positions (atoms moved by whole cell vectors, as in unwrapped MD coordinates) are the same
+    crystal; the neighbour search spanned every image between them, so at 300 cells a 22-atom cell took
+    over 120 s and was skipped."""
+    from crystalprop.graph.crystal import Crystal
+    from crystalprop.graph.neighbors import build_graph
+
+    structure = srtio3()
+    crystal = Crystal(np.array(structure.atomic_numbers), structure.lattice.matrix, structure.frac_coords)
+    shifts = np.random.default_rng(0).integers(-300, 301, size=crystal.frac.shape)
+    moved = Crystal(crystal.numbers, crystal.lattice, crystal.frac + shifts)
+    start = time.monotonic()
+    far = build_graph(moved)
+    assert time.monotonic() - start < 2.0
+    near = build_graph(crystal)
+    np.testing.assert_array_equal(far.src, near.src)
+    np.testing.assert_array_equal(far.dst, near.dst)
+    np.testing.assert_allclose(far.distances, near.distances, atol=1e-5)
