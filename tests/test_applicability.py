@@ -99,6 +99,19 @@ def test_slab_in_a_sheared_cell_is_found_on_its_own_planes():
     assert "2D slab" in warning and "normal to (1 0 1)" in warning
 
 
+def test_slab_in_a_cell_of_long_skewed_vectors_is_found():
+    """The same slab in an equivalent basis (a + 3c, b + 5c, c): its vacuum lies on planes of Miller indices
+    beyond those searched in that basis, so it went unflagged while the graph, built on the reduced cell, was
+    the same."""
+    slab = cu111_slab(15.0)
+    skewed = slab.copy()
+    skewed.make_supercell([[1, 0, 3], [0, 1, 5], [0, 0, 1]])
+    assert len(skewed) == len(slab)
+    (warning,) = domain_warnings(skewed)
+    assert "2D slab" in warning and "15.0 Å of vacuum" in warning
+    assert "normal to (3 5 1)" in warning  # the planes (0 0 1) of the first basis, named in the file's own
+
+
 @pytest.mark.parametrize(("vacuum", "flagged"), [(5.0, False), (VACUUM_GAP - 0.5, False), (VACUUM_GAP + 0.5, True)])
 def test_threshold(vacuum, flagged):
     assert bool(domain_warnings(cu111_slab(vacuum))) is flagged

@@ -43,6 +43,19 @@ SHAPES = {1: "a 2D slab", 2: "a 1D wire or chain", 3: "an isolated molecule or c
 AXIS_NAMES = {(1, 0, 0): "a", (0, 1, 0): "b", (0, 0, 1): "c"}
 
 
+def _primitive(hkl: np.ndarray) -> tuple[int, int, int]:
+    """Miller indices without a common factor, the first nonzero one positive."""
+    h = [int(v) for v in hkl]
+    divisor = math.gcd(*h) or 1
+    sign = -1 if next(v for v in h if v) < 0 else 1
+    return tuple(sign * v // divisor for v in h)
+
+
+def _family_key(hkl: tuple[int, int, int]) -> tuple:
+    """The order of plane families: lowest indices first, the cell axes a, b, c before the others."""
+    return sum(map(abs, hkl)), [-h for h in hkl]
+
+
 def _plane_families(max_index: int) -> np.ndarray:
     """Primitive Miller indices (hkl) up to ``max_index``, one sign of each, cell axes first."""
     families = []
@@ -50,33 +63,36 @@ def _plane_families(max_index: int) -> np.ndarray:
         first = next((h for h in hkl if h), 0)
         if first > 0 and math.gcd(*hkl) == 1:
             families.append(hkl)
-    families.sort(key=lambda hkl: (sum(map(abs, hkl)), [-h for h in hkl]))
+    families.sort(key=_family_key)
     return np.array(families, dtype=float)
 
 
 PLANE_FAMILIES = _plane_families(MAX_MILLER_INDEX)
-FAMILY_ORDER = {tuple(int(h) for h in hkl): k for k, hkl in enumerate(PLANE_FAMILIES)}
 
 
 def vacuum_gaps(structure: Structure, min_gap: float = VACUUM_GAP) -> list[tuple[tuple[int, int, int], float]]:
     """((hkl), gap in Å) for every plane family with an empty layer wider than ``min_gap``.
 
-    Widest first; equal gaps keep the order of :data:`PLANE_FAMILIES` (a, b, c first).
+    The planes are searched in the LLL-reduced basis of the lattice, so a cell given in a basis of long,
+    skewed vectors is searched on the same planes as its reduced cell; each family is named by its Miller
+    indices in the basis as given. Widest first; equal gaps keep the order of :func:`_family_key`.
     """
+    lattice = structure.lattice
+    to_given = np.rint(np.linalg.inv(lattice.lll_mapping)).T  # Miller indices: reduced basis -> basis as given
     # the spacing of each family of planes; only families spaced wider than min_gap can hold such a gap
-    reciprocal = structure.lattice.inv_matrix.T
+    reciprocal = np.linalg.inv(lattice.lll_matrix).T
     spacing = 1.0 / np.linalg.norm(PLANE_FAMILIES @ reciprocal, axis=1)
     wide = spacing > min_gap
     families, spacing = PLANE_FAMILIES[wide], spacing[wide]
     if not len(families):
         return []
     # each atom's position along each plane normal, as a fraction of the plane spacing
-    positions = np.sort(np.mod(structure.frac_coords @ families.T, 1.0), axis=0)
+    positions = np.sort(np.mod(lattice.get_lll_frac_coords(structure.frac_coords) @ families.T, 1.0), axis=0)
     # widest empty interval between neighbours, including the one across the periodic boundary
     wrap = positions[0] + 1.0 - positions[-1]
     widest = np.maximum(np.diff(positions, axis=0).max(axis=0, initial=0.0), wrap) * spacing
-    found = [(tuple(int(h) for h in hkl), float(gap)) for hkl, gap in zip(families, widest) if gap > min_gap]
-    return sorted(found, key=lambda item: -round(item[1], 2))
+    found = [(_primitive(hkl @ to_given), float(gap)) for hkl, gap in zip(families, widest) if gap > min_gap]
+    return sorted(found, key=lambda item: (-round(item[1], 2), _family_key(item[0])))
 
 
 def _independent(gaps: list[tuple[tuple[int, int, int], float]]) -> list[tuple[tuple[int, int, int], float]]:
@@ -108,7 +124,7 @@ def domain_warnings(structure: Structure, min_gap: float = VACUUM_GAP) -> list[s
     if not chosen:
         return []
     # report them in cell order (a, b, c, then other planes)
-    chosen.sort(key=lambda item: FAMILY_ORDER[item[0]])
+    chosen.sort(key=lambda item: _family_key(item[0]))
     amounts = _enumerate([f"{gap:.1f}" for _, gap in chosen])
     directions = _enumerate([_direction(hkl) for hkl, _ in chosen])
     return [f"looks like {SHAPES[len(chosen)]}: {amounts} Å of vacuum along {directions}; {TRAINED_ON}"]
