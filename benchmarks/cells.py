@@ -93,7 +93,7 @@ def _summary(diff: np.ndarray, reference: np.ndarray) -> dict:
 
 def invariance(n_mp: int, n_elastic: int) -> dict:
     """Differences between cells of one crystal, before (as given) and after (canonical)."""
-    from crystalprop.predictor import Predictor  # noqa: PLC0415
+    from crystalprop.prediction.predictor import Predictor  # noqa: PLC0415
 
     paths = (sorted((DATA / "mp2018" / "structures").glob("*.cif"))[:n_mp]
              + sorted((DATA / "mp2018_elastic" / "structures").glob("*.cif"))[:n_elastic])
@@ -112,7 +112,7 @@ def invariance(n_mp: int, n_elastic: int) -> dict:
 
 def displacement(n: int, step: float = 0.01, seed: int = 0) -> dict:
     """Prediction changes when every atom moves by ``step`` Å in a random direction, on both cell settings."""
-    from crystalprop.predictor import Predictor  # noqa: PLC0415
+    from crystalprop.prediction.predictor import Predictor  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     structures = _read(sorted((DATA / "mp2018" / "structures").glob("*.cif"))[:n])
@@ -166,7 +166,7 @@ def reader_cost(n: int) -> dict:
     """CPU time of the reader's work per file (parse, checks, cell, graph), both settings alternating file
     by file (which goes first alternates too), so that machine load hits both alike."""
     from crystalprop.graph.neighbors import GraphSettings  # noqa: PLC0415
-    from crystalprop.predictor import prepare_input  # noqa: PLC0415
+    from crystalprop.prediction.predictor import prepare_input  # noqa: PLC0415
 
     paths = [str(p) for p in sorted((DATA / "mp2018" / "structures").glob("*.cif"))[:n]]
     spent = {cell: 0.0 for cell in CELLS}
@@ -194,7 +194,7 @@ def large_cell(repeat: int, old: str | None) -> dict:
     disordered.to(filename=str(path))
     script = ("import json, sys, time\n"
               "from crystalprop.graph.neighbors import GraphSettings\n"
-              "from crystalprop.predictor import prepare_input\n"
+              "from crystalprop.prediction.predictor import prepare_input\n"
               "prepare_input((0, sys.argv[1], GraphSettings(cell='as-given'), 1e6))  # imports, kernels\n"
               "start = time.perf_counter()\n"
               "(item,) = prepare_input((0, sys.argv[1], GraphSettings(cell=sys.argv[2]), 1e6))\n"

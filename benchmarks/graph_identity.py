@@ -31,7 +31,7 @@ def _hash_all(paths: list[str], cell: str) -> dict[str, str]:
     import hashlib  # noqa: PLC0415
 
     from crystalprop.graph.settings import GraphSettings  # noqa: PLC0415
-    from crystalprop.predictor import ReadAhead  # noqa: PLC0415
+    from crystalprop.prediction.predictor import ReadAhead  # noqa: PLC0415
 
     out = {}
     for item in ReadAhead(paths, GraphSettings(cell=cell), workers=1):

@@ -44,7 +44,7 @@ def main() -> None:
     models = ("formation_energy", "band_gap", "bulk_modulus", "shear_modulus")
 
     def run(path: str) -> tuple[float, float, float]:
-        cmd = [sys.executable, "-m", "crystalprop.cli", "predict", str(folder), "-o", str(work / "out.csv"),
+        cmd = [sys.executable, "-m", "crystalprop.cli.commands", "predict", str(folder), "-o", str(work / "out.csv"),
                "--overwrite", *(arg for m in models for arg in ("-m", m))]
         os.environ["PYTHONPATH"] = str(Path(path).resolve())  # this tree's crystalprop, not the installed one
         before = _children_cpu()

@@ -33,11 +33,11 @@ PHASES = (
     ("crystalprop.model.checkpoint", "read_checkpoint", "read checkpoints"),
     ("crystalprop.model.folded", "stack_members", "check members"),
     ("crystalprop.model.folded", "FoldedMatformer.fold", "fold stacked weights"),
-    ("crystalprop.predictor", "Predictor.compile", "compile (cache load, probe run)"),
-    ("crystalprop.predictor", "_import_readers", "import readers (pymatgen)"),
-    ("crystalprop.predictor", "prepare_input", "read + graph (pymatgen)"),
-    ("crystalprop.predictor", "Predictor.predict_prepared", "predict"),
-    ("crystalprop.cli", "print_rows", "print table"),
+    ("crystalprop.prediction.predictor", "Predictor.compile", "compile (cache load, probe run)"),
+    ("crystalprop.prediction.predictor", "_import_readers", "import readers (pymatgen)"),
+    ("crystalprop.prediction.predictor", "prepare_input", "read + graph (pymatgen)"),
+    ("crystalprop.prediction.predictor", "Predictor.predict_prepared", "predict"),
+    ("crystalprop.cli.commands", "print_rows", "print table"),
 )
 
 
@@ -108,10 +108,10 @@ def phases(path: str) -> dict[str, tuple[float, float]]:
     sys.argv = [str(main_script), "predict", path]  # before MindSpore's import, which keys its compile cache on it
     started = now()
     clock = PhaseClock()
-    from crystalprop import cli  # noqa: PLC0415  (timed)
+    from crystalprop.cli import commands as cli  # noqa: PLC0415  (timed)
 
-    clock.add("import crystalprop.cli", since(started))
-    from crystalprop.gc_pause import collection_paused  # noqa: PLC0415
+    clock.add("import crystalprop.cli.commands", since(started))
+    from crystalprop.utils.gc_pause import collection_paused  # noqa: PLC0415
 
     for module_name, attribute, phase in PHASES:
         if module_name not in sys.modules:  # the model code imports MindSpore

@@ -32,7 +32,7 @@ def _rates(n: int) -> tuple[float, float]:
     import time  # noqa: PLC0415
 
     from crystalprop.graph.settings import GraphSettings  # noqa: PLC0415
-    from crystalprop.predictor import _import_readers, prepare_input  # noqa: PLC0415
+    from crystalprop.prediction.predictor import _import_readers, prepare_input  # noqa: PLC0415
 
     _import_readers()
     paths = sorted(str(p) for p in MP2018.iterdir())[:n]
@@ -46,7 +46,7 @@ def _rates(n: int) -> tuple[float, float]:
 
 def _reader_env(code_root: str) -> dict[str, str]:
     """The environment variables that version sets in its reader processes."""
-    probe = "import json; from crystalprop import predictor; print(json.dumps(getattr(predictor, 'READER_ENV', {})))"
+    probe = "import json; from crystalprop.prediction import predictor; print(json.dumps(getattr(predictor, 'READER_ENV', {})))"
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=code_root), cwd=ROOT.parent)
     return json.loads(out.stdout.splitlines()[-1])

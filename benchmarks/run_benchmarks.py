@@ -175,7 +175,7 @@ def bench_cli_predict(files: list[str], models: list[str], workdir: Path, engine
             link = folder / Path(f).name
             if not link.exists():
                 link.symlink_to(f)
-        cmd = [sys.executable, "-m", "crystalprop.cli", "predict", str(folder), "-o", str(folder.parent / "out.csv"),
+        cmd = [sys.executable, "-m", "crystalprop.cli.commands", "predict", str(folder), "-o", str(folder.parent / "out.csv"),
                "--overwrite", "--engine", engine]
         return cmd + [arg for m in models for arg in ("-m", m)]
 
@@ -202,7 +202,7 @@ def bench_train(workdir: Path, n: int = 1000) -> tuple[float, float]:
             if not link.exists():
                 link.symlink_to(f)
     run_dir = workdir / "train_run"
-    cmd = [sys.executable, "-m", "crystalprop.cli", "train", str(data), "-o", str(run_dir), "--epochs", "1",
+    cmd = [sys.executable, "-m", "crystalprop.cli.commands", "train", str(data), "-o", str(run_dir), "--epochs", "1",
            "--features", "128", "--heads", "4", "--layers", "5", "--fc-features", "128", "--val-fraction", "0.0001"]
     run_measured(cmd + ["--limit", "64"])  # builds and caches the graphs, compiles once
     subprocess.run(["rm", "-rf", str(run_dir)], check=True)
@@ -253,7 +253,7 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"needs {DATA} (the shared data sets)")
     os.environ.setdefault("CRYSTALPROP_CACHE", tempfile.mkdtemp(prefix="crystalprop_bench_cache_"))
-    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.utils.backend import set_device  # noqa: PLC0415
 
     set_device("CPU")
     load = OtherLoad()
@@ -270,7 +270,7 @@ def main() -> None:
     if "train" not in args.skip:
         results["train_epoch_s"], results["train_peak_gb"] = bench_train(work)
     if "shipped" not in args.skip:
-        from crystalprop.registry import available_models  # noqa: PLC0415
+        from crystalprop.prediction.registry import available_models  # noqa: PLC0415
 
         shipped = available_models()
         results["shipped_models"] = shipped
@@ -278,11 +278,11 @@ def main() -> None:
         results["shipped_mindspore"], results["shipped_mindspore_peak_gb"] = bench_cli_predict(
             files, shipped, work / "shipped_ms", engine="mindspore")
         one = files[0]
-        cmd = [sys.executable, "-m", "crystalprop.cli", "predict", one]
+        cmd = [sys.executable, "-m", "crystalprop.cli.commands", "predict", one]
         run_measured(cmd)
         results["predict_one_s"], _, _ = run_measured(cmd)
     if "memory" not in args.skip:  # with the shipped models, all properties
-        from crystalprop.registry import available_models  # noqa: PLC0415
+        from crystalprop.prediction.registry import available_models  # noqa: PLC0415
 
         many = mp2018_files(20000)
         results["predict_20k_per_s"], results["predict_20k_peak_gb"] = bench_cli_predict(

@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--structures", default=str(STRUCTURES))
     args = parser.parse_args()
 
-    from crystalprop.backend import set_device
+    from crystalprop.utils.backend import set_device
 
     set_device("CPU")
     import numpy as np
@@ -47,8 +47,8 @@ def main() -> None:
     from crystalprop.model.inference import batch_tensors
     from crystalprop.model.folded import member_arrays
     from crystalprop.model.stacked import stacked_network
-    from crystalprop.predictor import iter_prepared
-    from crystalprop.registry import resolve_model
+    from crystalprop.prediction.predictor import iter_prepared
+    from crystalprop.prediction.registry import resolve_model
 
     checkpoints = []
     for name in MODELS:

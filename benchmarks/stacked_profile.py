@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--structures", default=str(STRUCTURES))
     args = parser.parse_args()
 
-    from crystalprop.backend import mindspore_module, set_device
+    from crystalprop.utils.backend import mindspore_module, set_device
 
     set_device("CPU", threads=args.threads)
     ms = mindspore_module()
@@ -160,8 +160,8 @@ def main() -> None:
     from crystalprop.model.fused import library
     from crystalprop.model.inference import batch_tensors
     from crystalprop.model.stacked import stack_checkpoints
-    from crystalprop.predictor import iter_prepared
-    from crystalprop.registry import resolve_model
+    from crystalprop.prediction.predictor import iter_prepared
+    from crystalprop.prediction.registry import resolve_model
 
     library()  # sets the kernels' thread count
     checkpoints = []

@@ -104,7 +104,7 @@ def main() -> None:
         print(f"{args.data}: no mp2018 data here; nothing measured")
         return
 
-    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.utils.backend import set_device  # noqa: PLC0415
 
     set_device("CPU", threads=args.threads)
     import numpy as np  # noqa: PLC0415

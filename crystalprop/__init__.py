@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from crystalprop.lazy import lazy_attributes
+from crystalprop.utils.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -15,7 +15,7 @@ if os.name != "posix":  # training relies on POSIX process groups and signals (s
 __all__ = ["__version__", "evaluate", "predict", "train"]
 
 
-_HOMES = {"predict": "predictor", "train": "training.jobs", "evaluate": "evaluation:evaluate_model"}
+_HOMES = {"predict": "prediction.predictor", "train": "training.jobs", "evaluate": "evaluation.evaluate:evaluate_model"}
 """Where each public function lives: loaded on first use (keeps ``import crystalprop`` light), the
 function itself, so that ``help()`` and IDEs see its parameters."""
 

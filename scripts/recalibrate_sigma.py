@@ -2,7 +2,7 @@
 
     python scripts/recalibrate_sigma.py MODEL OUT.ckpt DATA [--sigma latent+spread] [--latent-prior W]
 
-(:func:`crystalprop.joining.recalibrate_sigma`): the networks, the latent reference and so the
+(:func:`crystalprop.evaluation.joining.recalibrate_sigma`): the networks, the latent reference and so the
 values stay; the card's σ entries and metrics are those of the new form on DATA's validation split.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from crystalprop.joining import recalibrate_sigma
+from crystalprop.evaluation.joining import recalibrate_sigma
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ import argparse
 from crystalprop.data.datasets import ids_in_packed, load_dataset
 from crystalprop.data.fingerprints import pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
-from crystalprop.evaluation import recorded_split, split_settings
+from crystalprop.evaluation.evaluate import recorded_split, split_settings
 from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.model.ensemble import save_with_card
-from crystalprop.registry import resolve_model
+from crystalprop.prediction.registry import resolve_model
 
 
 def main() -> None:

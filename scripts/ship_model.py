@@ -49,10 +49,10 @@ def main() -> None:
                         help="Set the card's physical lower bound (e.g. 0 for band gaps) before evaluating.")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.utils.backend import set_device  # noqa: PLC0415
 
     set_device("CPU")  # before any network is built
-    from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
+    from crystalprop.evaluation.evaluate import evaluate_model  # noqa: PLC0415
     from crystalprop.model.checkpoint import build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
     from crystalprop.model.ensemble import save_with_card  # noqa: PLC0415
 

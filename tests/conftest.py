@@ -32,7 +32,7 @@ from crystalprop.graph.cells import cell_for_graph  # noqa: E402
 from crystalprop.io.adapters import crystal_from_structure  # noqa: E402
 
 _ENTRY = Path(sys.executable).with_name("crystalprop")
-CLI = [str(_ENTRY)] if _ENTRY.is_file() else [sys.executable, "-m", "crystalprop.cli"]
+CLI = [str(_ENTRY)] if _ENTRY.is_file() else [sys.executable, "-m", "crystalprop.cli.commands"]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 """The shared data sets (mp2018, ...) beside the repository; tests that need them skip without."""
 
@@ -160,7 +160,7 @@ def train_stopped_mid_epoch(data: Path, run_dir: Path, config, epoch: int = 2, s
 
 def train_state(path: Path) -> dict:
     """The training state stored in a run's last.ckpt."""
-    from crystalprop.backend import mindspore_module
+    from crystalprop.utils.backend import mindspore_module
     from crystalprop.training.trainer import STATE_KEY
 
     return json.loads(mindspore_module().load_checkpoint(str(path))[STATE_KEY])
@@ -181,7 +181,7 @@ TINY_CLI = ["--layers", "1", "--features", "8", "--heads", "1", "--fc-features",
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from crystalprop.backend import set_device
+    from crystalprop.utils.backend import set_device
     from crystalprop.model.matformer import ModelConfig
 
     set_device("CPU")
@@ -190,7 +190,7 @@ def tiny_config():
 
 def _random_checkpoint(path: Path, target: str, unit: str, seed: int, log10: bool = False,
                        mean: float = 1.5, std: float = 0.5, elements: list[str] | None = None) -> Path:
-    from crystalprop.backend import mindspore_module, set_device
+    from crystalprop.utils.backend import mindspore_module, set_device
 
     set_device("CPU")
     from crystalprop.model.checkpoint import ModelCard, TargetTransform, save_checkpoint

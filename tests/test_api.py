@@ -22,7 +22,7 @@ def _defaults(command: click.Command) -> dict:
 
 
 def test_train_takes_the_command_s_options_with_the_same_defaults():
-    from crystalprop.cli import train as train_command
+    from crystalprop.cli.commands import train as train_command
     from crystalprop.training.jobs import train
 
     command = _defaults(train_command)
@@ -35,8 +35,8 @@ def test_train_takes_the_command_s_options_with_the_same_defaults():
 
 
 def test_evaluate_is_evaluate_model_with_the_command_s_defaults():
-    from crystalprop.cli import evaluate as evaluate_command
-    from crystalprop.evaluation import evaluate_model
+    from crystalprop.cli.commands import evaluate as evaluate_command
+    from crystalprop.evaluation.evaluate import evaluate_model
 
     signature = inspect.signature(evaluate_model).parameters
     for name, default in _defaults(evaluate_command).items():
@@ -92,7 +92,7 @@ def test_train_an_ensemble_in_python(tmp_path):
 
 def test_the_command_starts_without_heavy_imports():
     """The defaults the command shows come from light modules: --help loads no numpy, MindSpore or pymatgen."""
-    script = ("import sys\nfrom crystalprop.cli import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n"
+    script = ("import sys\nfrom crystalprop.cli.commands import main\ntry:\n    main(['train', '--help'])\nexcept SystemExit:\n"
               "    print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'mindspore', 'pymatgen'}))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

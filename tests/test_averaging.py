@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TINY_CLI, run_cli, train_state, train_stopped_mid_epoch, write_json_dataset
 from conftest import train_config as config
-from crystalprop.backend import mindspore_module, set_device
+from crystalprop.utils.backend import mindspore_module, set_device
 
 set_device("CPU")
 ms = mindspore_module()
@@ -115,7 +115,7 @@ def test_best_checkpoint_holds_the_average_it_was_validated_with(averaged_run, d
     net, card = load_model(run_dir / "best.ckpt")
     assert card.training["config"]["ema"] == 0.8
     # the weights kept are those validated: evaluating best.ckpt gives the recorded validation MAE
-    from crystalprop.evaluation import evaluate_model
+    from crystalprop.evaluation.evaluate import evaluate_model
 
     report = evaluate_model(run_dir / "best.ckpt", data, split="val")
     assert report["mae"] == pytest.approx(result.best_val_mae, rel=1e-4)

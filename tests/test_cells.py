@@ -115,7 +115,7 @@ def test_a_symmetry_search_that_runs_long_falls_back_with_a_note(monkeypatch):
 def test_predict_reports_the_fallback_in_the_warning_column(monkeypatch):
     import spglib
 
-    from crystalprop.predictor import iter_prepared
+    from crystalprop.prediction.predictor import iter_prepared
 
     monkeypatch.setattr(spglib, "standardize_cell", lambda *a, **k: None)
     (item,) = iter_prepared([nacl_conventional()], GraphSettings(), workers=0)

@@ -18,7 +18,7 @@ from pymatgen.io.cif import CifWriter
 from rich.console import Console
 
 from conftest import perovskite, rocksalt, run_cli
-from crystalprop import display
+from crystalprop.cli import display
 
 LONG = "a_rather_long_file_name_for_a_strontium_titanate_perovskite_crystal_from_a_database_export"
 HEADERS = ["structure", "formula", "sites", "some_property_with_a_long_name (eV/atom)", "note"]
@@ -123,7 +123,7 @@ def test_stream_rows_stops_on_sigterm_and_finishes_saving(tmp_path):
     """SIGTERM stops the stream as Ctrl-C does, with a closed JSON file; another stop signal while the
     file is closed does not cut that short; SIGHUP ignored on entry (nohup) stays ignored; the previous
     handlers are back afterwards."""
-    from crystalprop.output import ResultWriter
+    from crystalprop.prediction.output import ResultWriter
 
     class ClosedUnderFire(ResultWriter):
         def close(self, **finished) -> None:
@@ -157,7 +157,7 @@ def test_stop_signal_while_the_file_is_closed_leaves_it_whole(tmp_path):
     """The first stop signal arriving while the writer closes the file (the rows all streamed) does not cut
     the closing short (was: a JSON file without its closing bracket, and "Aborted!"); the stream is still
     reported as stopped by it."""
-    from crystalprop.output import ResultWriter
+    from crystalprop.prediction.output import ResultWriter
 
     class ClosedUnderFire(ResultWriter):
         def close(self, **finished) -> None:

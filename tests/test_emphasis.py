@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from crystalprop.backend import set_device
+from crystalprop.utils.backend import set_device
 
 set_device("CPU")
 

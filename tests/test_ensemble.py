@@ -12,7 +12,7 @@ from pymatgen.io.cif import CifWriter
 
 from conftest import _random_checkpoint, make_structures, rocksalt, run_cli, synthetic_target
 from crystalprop.model.checkpoint import CheckpointError, read_checkpoint
-from crystalprop.metrics import coverage_curve, uncertainty_metrics
+from crystalprop.evaluation.metrics import coverage_curve, uncertainty_metrics
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def split_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def joined(members, split_data, tmp_path_factory):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     out = tmp_path_factory.mktemp("ens") / "ens.ckpt"
     result = join_ensemble(members, out, split_data)
@@ -114,7 +114,7 @@ def test_ensemble_prediction_is_the_members_mean_with_their_scaled_spread(joined
 
 def test_no_error_bar_is_claimed_for_an_element_the_model_never_saw(joined):
     """Po, absent from the band-gap model's training data, was predicted 0 ± 0 with a 95 % interval of 0."""
-    from crystalprop.predictor import Predictor
+    from crystalprop.prediction.predictor import Predictor
 
     predictor = Predictor(str(joined[0]))
     label = predictor.columns[0][0]
@@ -135,7 +135,7 @@ def test_single_model_rows_have_no_std_column(members):
 
 
 def test_evaluate_reports_sigma_quality_and_draws_the_calibration_plot(joined, split_data, tmp_path):
-    from crystalprop.evaluation import evaluate_model
+    from crystalprop.evaluation.evaluate import evaluate_model
 
     out, joined_result = joined
     result = evaluate_model(out, split_data, split="val", output_dir=tmp_path)
@@ -154,7 +154,7 @@ def test_evaluate_reports_sigma_quality_and_draws_the_calibration_plot(joined, s
 def test_evaluate_claims_no_error_bar_for_an_element_the_model_never_saw(joined, split_data, tmp_path):
     """predict gives no σ where a structure holds an element absent from the model's training data (σ was
     calibrated on the elements it knows); evaluate kept that σ in predictions.csv and in its σ figures."""
-    from crystalprop.evaluation import evaluate_model
+    from crystalprop.evaluation.evaluate import evaluate_model
     from crystalprop.model.ensemble import save_with_card
 
     out, _ = joined
@@ -179,7 +179,7 @@ def test_evaluate_claims_no_error_bar_for_an_element_the_model_never_saw(joined,
 
 
 def test_members_of_another_target_are_refused(members, split_data, tmp_path):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     other = _random_checkpoint(tmp_path / "other.ckpt", "z", "eV", seed=3)
     with pytest.raises(CheckpointError, match="target"):
@@ -192,8 +192,8 @@ def test_members_trained_on_other_cells_join_for_the_cells_chosen(members, split
     """A member trained on cells as given joins canonical ones only when the ensemble's cells are chosen."""
     from dataclasses import replace
 
-    from crystalprop.evaluation import evaluate_model
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.evaluate import evaluate_model
+    from crystalprop.evaluation.joining import join_ensemble
     from crystalprop.model.checkpoint import build_model, save_checkpoint
 
     card, params = read_checkpoint(members[1])
@@ -255,7 +255,7 @@ def test_train_ensemble_trains_members_on_one_split_and_joins_them(tmp_path):
 def test_two_models_of_one_name_are_refused(members, tmp_path):
     import shutil
 
-    from crystalprop.predictor import Predictor
+    from crystalprop.prediction.predictor import Predictor
 
     for k in range(2):
         (tmp_path / f"run{k}").mkdir()
@@ -265,7 +265,7 @@ def test_two_models_of_one_name_are_refused(members, tmp_path):
 
 
 def test_one_model_given_twice_is_refused_as_such(members):
-    from crystalprop.predictor import Predictor
+    from crystalprop.prediction.predictor import Predictor
 
     with pytest.raises(ValueError, match="given twice") as caught:
         Predictor([str(members[0]), str(members[0])])
@@ -277,8 +277,8 @@ def test_latent_sigma_is_stored_calibrated_and_the_same_in_predict_and_evaluate(
     first member's readout features, alike in join, evaluate and predict; the values stay the mean."""
     import crystalprop
     from crystalprop.data.datasets import load_dataset
-    from crystalprop.evaluation import evaluate_model
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.evaluate import evaluate_model
+    from crystalprop.evaluation.joining import join_ensemble
     from crystalprop.model.latent_sigma import stored_reference
 
     out = tmp_path / "lat.ckpt"
@@ -310,8 +310,8 @@ def test_latent_sigma_is_stored_calibrated_and_the_same_in_predict_and_evaluate(
 
 def test_a_latent_prior_is_stored_and_used_alike_in_join_and_evaluate(members, split_data, tmp_path):
     """``latent_prior``: the card keeps it, the calibration and every later σ use it."""
-    from crystalprop.evaluation import evaluate_model
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.evaluate import evaluate_model
+    from crystalprop.evaluation.joining import join_ensemble
 
     plain = join_ensemble(members, tmp_path / "plain.ckpt", split_data, sigma="latent")
     shrunk = join_ensemble(members, tmp_path / "prior.ckpt", split_data, sigma="latent", latent_prior=1.0)
@@ -336,8 +336,8 @@ def test_latent_plus_spread_sigma_adds_the_members_spread_by_their_median_ratio(
     """``latent+spread``: raw σ = latent σ + w × the members' spread, w = median latent σ / median spread on
     the calibration split (each source in the other's unit), one scale on top; alike in join, evaluate, predict."""
     import crystalprop
-    from crystalprop.evaluation import evaluate_model
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.evaluate import evaluate_model
+    from crystalprop.evaluation.joining import join_ensemble
 
     parts = {"latent": join_ensemble(members, tmp_path / "latent.ckpt", split_data, sigma="latent"),
              "spread": join_ensemble(members, tmp_path / "spread.ckpt", split_data)}
@@ -376,7 +376,7 @@ def test_latent_plus_spread_sigma_adds_the_members_spread_by_their_median_ratio(
 def test_recalibrating_a_latent_ensemble_gives_what_joining_its_members_so_gives(members, split_data, tmp_path):
     """recalibrate_sigma changes σ's form (and prior) of a joined model without its member files:
     the same card entries, σ and metrics as joining the members in that form, the same values."""
-    from crystalprop.joining import join_ensemble, recalibrate_sigma
+    from crystalprop.evaluation.joining import join_ensemble, recalibrate_sigma
 
     join_ensemble(members, tmp_path / "latent.ckpt", split_data, sigma="latent")
     for sigma, prior in (("latent+spread", None), ("latent", 1.0), ("latent+spread", 0.5)):
@@ -404,10 +404,10 @@ def test_recalibrating_a_latent_ensemble_gives_what_joining_its_members_so_gives
 
 def test_latent_ensemble_without_its_reference_is_refused_by_name(members, split_data, tmp_path):
     """A latent-σ ensemble re-saved without its reference must not predict a wrong σ or fail obscurely."""
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
     from crystalprop.model.checkpoint import save_ensemble
     from crystalprop.model.ensemble import member_params
-    from crystalprop.predictor import Predictor
+    from crystalprop.prediction.predictor import Predictor
 
     join_ensemble(members[:2], tmp_path / "lat.ckpt", split_data, sigma="latent")
     card, params = read_checkpoint(tmp_path / "lat.ckpt")
@@ -434,7 +434,7 @@ def test_cli_ensemble_with_latent_sigma_reports_both_rankings(members, split_dat
 
 def test_one_model_gains_a_latent_sigma_and_keeps_its_values(members, split_data, tmp_path):
     import crystalprop
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     with pytest.raises(ValueError, match="at least two members"):
         join_ensemble(members[:1], tmp_path / "spread.ckpt", split_data)
@@ -476,7 +476,7 @@ def test_extract_member_script_gives_any_network_of_a_joined_model(joined, membe
 
 
 def test_an_output_not_named_ckpt_is_refused_before_the_work_and_leaves_nothing(members, split_data, tmp_path):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     for name in ("ens", "ens.txt"):
         with pytest.raises(ValueError, match=r"\.ckpt"):
@@ -488,7 +488,7 @@ def test_an_output_not_named_ckpt_is_refused_before_the_work_and_leaves_nothing(
 
 
 def test_sigma_is_not_calibrated_on_structures_the_members_trained_on(members, split_data, tmp_path):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     for split in ("train", "all"):
         with pytest.raises(ValueError, match="trained on"):

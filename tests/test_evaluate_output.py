@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import run_cli, write_json_dataset
-from crystalprop.backend import set_device
+from crystalprop.utils.backend import set_device
 
 set_device("CPU")
 
-from crystalprop.evaluation import evaluate_model  # noqa: E402
-from crystalprop.output import OutputExistsError  # noqa: E402
+from crystalprop.evaluation.evaluate import evaluate_model  # noqa: E402
+from crystalprop.prediction.output import OutputExistsError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_log10_metrics_leave_out_labels_without_a_log10_and_say_how_many():
     """Was: one label <= 0 (a mechanically unstable crystal's modulus) dropped every log10 metric without a word."""
     from types import SimpleNamespace
 
-    from crystalprop.evaluation import error_metrics
+    from crystalprop.evaluation.evaluate import error_metrics
 
     card = SimpleNamespace(transform=SimpleNamespace(log10=True))
     metrics = error_metrics(card, np.array([10.0, 100.0, 0.0, 1000.0]), np.array([10.0, 110.0, 5.0, 1000.0]))

@@ -12,11 +12,11 @@ import pytest
 from pymatgen.core import Structure
 
 from conftest import SHARED_DATA, graph_of, run_cli, train_config, write_json_dataset
-from crystalprop.backend import set_device
+from crystalprop.utils.backend import set_device
 
 set_device("CPU")
 
-from crystalprop.evaluation import check_unseen, evaluate_model  # noqa: E402
+from crystalprop.evaluation.evaluate import check_unseen, evaluate_model  # noqa: E402
 from crystalprop.model.checkpoint import read_checkpoint  # noqa: E402
 from crystalprop.data.datasets import ids_in_packed, load_dataset, pack_ids  # noqa: E402
 from crystalprop.data.fingerprints import like_packed  # noqa: E402
@@ -123,7 +123,7 @@ def test_shipped_checkpoints_validate_on_their_split_json(model, folder):
     """A shipped model's validation split checks out: by its trained ids where its checkpoint records
     them (formation energy since session 7), else (the elastic ones predate the record) by the
     data's split.json, which still counts as validation."""
-    from crystalprop.registry import resolve_model
+    from crystalprop.prediction.registry import resolve_model
 
     _, path = resolve_model(model)
     card, _ = read_checkpoint(path)

@@ -69,7 +69,7 @@ def test_an_ensemble_records_every_members_training_crystals_or_none():
     from types import SimpleNamespace
 
     from crystalprop.data.datasets import pack_ids
-    from crystalprop.joining import _merge_trained_ids
+    from crystalprop.evaluation.joining import _merge_trained_ids
 
     a, b = rocksalt(5.64, "Na", "Cl"), rocksalt(6.29, "K", "Cl")
 

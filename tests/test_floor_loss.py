@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from crystalprop.backend import mindspore_module, set_device
+from crystalprop.utils.backend import mindspore_module, set_device
 
 set_device("CPU")
 ms = mindspore_module()

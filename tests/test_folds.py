@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_CLI, run_cli, train_config, write_json_dataset
-from crystalprop.backend import set_device
+from crystalprop.utils.backend import set_device
 
 set_device("CPU")
 
 from crystalprop.data.datasets import load_dataset  # noqa: E402
-from crystalprop.evaluation import evaluate_model  # noqa: E402
+from crystalprop.evaluation.evaluate import evaluate_model  # noqa: E402
 from crystalprop.model.checkpoint import read_checkpoint  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
 from crystalprop.training.trainer import TrainingError  # noqa: E402
@@ -108,7 +108,7 @@ def test_the_command_takes_a_fold_and_refuses_a_wrong_one(data, tmp_path):
 def test_an_ensemble_refuses_every_members_training_structures(fold_run, data, tmp_path):
     """A member warm-started from a run on another fold has trained on this fold's validation
     structures; joined (calibrated on the test split, clean for both), the ensemble remembers it."""
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     train_model(data, tmp_path / "fold1", train_config(epochs=1, seed=3), workers=1, fold=(1, 5))
     train_model(data, tmp_path / "warm", train_config(epochs=1, seed=4), workers=1, fold=(2, 5),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crystalprop import backend
+from crystalprop.utils import backend
 
 backend.set_device("CPU")
 ms = backend.mindspore_module()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from crystalprop import backend
+from crystalprop.utils import backend
 
 backend.set_device("CPU")
 
@@ -57,7 +57,7 @@ def test_compile_cache_is_keyed_on_the_kernels(tmp_path, monkeypatch):
 
 DENORMAL_CHECK = """
 import numpy as np
-from crystalprop import backend
+from crystalprop.utils import backend
 backend.set_device("CPU")
 ms = backend.mindspore_module()
 from crystalprop.model import fused

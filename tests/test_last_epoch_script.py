@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import train_config, train_stopped_mid_epoch, write_json_dataset
-from crystalprop.backend import mindspore_module, set_device
+from crystalprop.utils.backend import mindspore_module, set_device
 from crystalprop.model.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

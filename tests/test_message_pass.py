@@ -8,7 +8,7 @@ import ctypes
 import numpy as np
 import pytest
 
-from crystalprop import backend
+from crystalprop.utils import backend
 
 backend.set_device("CPU")
 ms = backend.mindspore_module()

@@ -16,7 +16,7 @@ from pymatgen.core import Lattice, Structure
 
 from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
 
-from crystalprop import backend
+from crystalprop.utils import backend
 
 backend.set_device("CPU")
 ms = backend.mindspore_module()

@@ -7,7 +7,7 @@ import pytest
 
 from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
 
-from crystalprop import backend
+from crystalprop.utils import backend
 
 backend.set_device("CPU")
 ms = backend.mindspore_module()
@@ -70,8 +70,8 @@ def test_predictor_engines_agree_on_every_column(random_ckpt):
     """The shipped models and a user's model, by the numpy engine and by MindSpore: the same values and σ."""
     from conftest import make_structures
 
-    from crystalprop.predictor import Predictor
-    from crystalprop.registry import checkpoints_dir
+    from crystalprop.prediction.predictor import Predictor
+    from crystalprop.prediction.registry import checkpoints_dir
 
     structures = [s for _, s in make_structures(6)]
     models = [str(random_ckpt)] + [str(p) for p in sorted(checkpoints_dir().glob("*.ckpt"))]
@@ -108,7 +108,7 @@ def test_the_numpy_engine_needs_no_mindspore(tmp_path, random_ckpt):
     script = tmp_path / "run.py"
     script.write_text(
         "import sys\n"
-        "from crystalprop.cli import main\n"
+        "from crystalprop.cli.commands import main\n"
         "try:\n"
         f"    main(['predict', 'a.cif', '-m', {str(random_ckpt)!r}])\n"
         "except SystemExit as stop:\n"

@@ -10,7 +10,7 @@ import pytest
 from pymatgen.io.cif import CifWriter
 
 from conftest import rocksalt, run_cli
-from crystalprop.output import ResultWriter, done_names, read_rows
+from crystalprop.prediction.output import ResultWriter, done_names, read_rows
 
 OLD = ["index", "name", "formula", "model_a", "error", "warning"]
 NEW = ["index", "name", "formula", "model_b", "error", "warning"]
@@ -148,7 +148,7 @@ def test_a_file_saved_again_with_a_byte_order_mark_keeps_its_record_rows_and_col
     """Was: a result file saved by an editor or spreadsheet as "UTF-8 with BOM" lost its record
     (a JSON file then merged as if it had none: no shard check) and a CSV's first column was
     read as "\\ufeffindex", so that --resume and merge refused it as other columns."""
-    from crystalprop.output import file_columns, is_finished, read_provenance
+    from crystalprop.prediction.output import file_columns, is_finished, read_provenance
 
     record = {"models": [{"name": "model_a", "sha256": "0" * 64}], "cell": "canonical", "shard": "1/1"}
     out = tmp_path / f"out{suffix}"

@@ -14,7 +14,8 @@ import pytest
 from pymatgen.io.cif import CifWriter
 
 from conftest import rocksalt
-from crystalprop import backend, timelimit
+from crystalprop.utils import backend
+from crystalprop.utils import timelimit
 from crystalprop.io import readers
 from crystalprop.io.readers import StructureReadError, read_file_with_timeout
 

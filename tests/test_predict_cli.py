@@ -17,7 +17,7 @@ from pymatgen.io.cif import CifWriter
 
 from conftest import (CLI, TINY, _random_checkpoint, cell_graph_of, graph_of, make_structures, perovskite, rocksalt,
                       rocksalt_conventional, run_cli)
-from crystalprop.backend import mindspore_module, set_device
+from crystalprop.utils.backend import mindspore_module, set_device
 
 set_device("CPU")
 ms = mindspore_module()
@@ -27,7 +27,7 @@ from crystalprop.graph import GraphSettings  # noqa: E402
 from crystalprop.model.checkpoint import load_model  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 from conftest import read_csv  # noqa: E402
-from crystalprop.output import is_finished, read_rows  # noqa: E402
+from crystalprop.prediction.output import is_finished, read_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def assert_columns(header) -> None:
 def test_prepared_structure_fields():
     """Regression (5ada685): the `index` field inserted into Prepared took the formula positionally."""
     from crystalprop.graph import GraphSettings
-    from crystalprop.predictor import iter_prepared
+    from crystalprop.prediction.predictor import iter_prepared
 
     structure = perovskite(3.905)
     (item,) = iter_prepared([structure], GraphSettings(), workers=0)
@@ -86,7 +86,7 @@ def test_formula_of_an_element_counts_its_atoms_not_a_molecule():
 
     from crystalprop.graph import GraphSettings
     from crystalprop.io.ase_reader import reduced_formula
-    from crystalprop.predictor import iter_prepared
+    from crystalprop.prediction.predictor import iter_prepared
 
     cells = [Structure(Lattice.cubic(3.0), [el], [[0, 0, 0]]) for el in ("H", "O", "Cl", "Cu")]
     cells.append(Structure(Lattice.cubic(4.0), ["H", "H", "O"], [[0, 0, 0], [0.5, 0, 0], [0, 0.5, 0.5]]))
@@ -210,7 +210,7 @@ def test_cli_models_repeated_or_comma_separated(files, random_ckpt, tmp_path):
 
 _RECORD_READER_START = (  # a script prelude: note whether MindSpore was loaded when reading started
     "import sys\n"
-    "import crystalprop.predictor as predictor\n"
+    "import crystalprop.prediction.predictor as predictor\n"
     "seen, start = [], predictor.ReadAhead.__init__\n"
     "def init(self, *args, **kwargs):\n"
     "    seen.append(('mindspore' in sys.modules, kwargs.get('workers')))\n"
@@ -223,7 +223,7 @@ def test_cli_starts_reading_before_importing_mindspore(files, random_ckpt, tmp_p
     """`predict` starts its readers before MindSpore's 1-2 s import, so the two overlap."""
     folder, _ = files
     result = _run_script(tmp_path, _RECORD_READER_START + (
-        "from crystalprop.cli import main\n"
+        "from crystalprop.cli.commands import main\n"
         "if __name__ == '__main__':\n"
         "    try:\n"
         f"        main(['predict', {str(folder)!r}, '-m', {str(random_ckpt)!r}, '--workers', '1'])\n"
@@ -266,7 +266,7 @@ def test_api_readers_do_not_rerun_an_unguarded_script(files, random_ckpt, tmp_pa
 
 def test_repeated_api_calls_reuse_the_loaded_models(tmp_path, random_ckpt, monkeypatch):
     """A second `crystalprop.predict` with the same models does not load them again, unless a file changed."""
-    from crystalprop import predictor as predictor_module  # noqa: PLC0415
+    from crystalprop.prediction import predictor as predictor_module  # noqa: PLC0415
 
     ckpt = tmp_path / "m.ckpt"
     shutil.copy(random_ckpt, ckpt)
@@ -286,7 +286,7 @@ def test_repeated_api_calls_reuse_the_loaded_models(tmp_path, random_ckpt, monke
 
 
 def test_elements_absent_from_training_are_named(random_ckpt):
-    from crystalprop.predictor import Predictor  # noqa: PLC0415
+    from crystalprop.prediction.predictor import Predictor  # noqa: PLC0415
 
     predictor = Predictor(str(random_ckpt))
     label = predictor.columns[0][0]
@@ -439,9 +439,9 @@ def test_no_structures_found_counts_what_the_folders_hold(tmp_path):
 def _killed_output(path: Path, ckpt: Path, inputs: list[str], n_done: int, cut: str = "") -> list[dict]:
     """An output file as a killed ``predict -o`` leaves it: ``n_done`` rows flushed, no end, maybe a cut line;
     with the provenance record that ``predict`` writes."""
-    from crystalprop.output import ResultWriter
+    from crystalprop.prediction.output import ResultWriter
     from crystalprop.model.checkpoint import read_checkpoint
-    from crystalprop.provenance import provenance
+    from crystalprop.prediction.provenance import provenance
 
     rows = predict(inputs, model=str(ckpt), workers=0)
     for i, row in enumerate(rows):
@@ -644,7 +644,7 @@ def test_cli_models_lists_checkpoints(shipped_dir, random_ckpt, files, tmp_path,
 
 _BLAS_PROBE = (
     "import ctypes, os, sys\n"
-    "from crystalprop.cli import main\n"
+    "from crystalprop.cli.commands import main\n"
     "try:\n"
     "    main(['predict', 'a.cif', '-m', sys.argv[1]])\n"
     "except SystemExit:\n"

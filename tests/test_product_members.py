@@ -14,7 +14,7 @@ from crystalprop.model.checkpoint import CheckpointError, METADATA_KEY, read_che
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Log10 models: two members of the target y, a two-member ensemble of k and one model of r."""
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     folder = tmp_path_factory.mktemp("product_models")
     y = [_random_checkpoint(folder / f"y{k}.ckpt", "y", "GPa", seed=30 + k, log10=True) for k in range(2)]
@@ -41,7 +41,7 @@ def log_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def product(models, log_data, tmp_path_factory):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     out = tmp_path_factory.mktemp("product") / "shear.ckpt"
     result = join_ensemble(models["y"], out, log_data, products=[(models["k"], models["r"])])
@@ -63,7 +63,7 @@ def test_a_product_member_is_the_product_of_its_models_and_the_value_their_geome
 
 
 def test_evaluate_gives_the_joined_figures(product, log_data, tmp_path):
-    from crystalprop.evaluation import evaluate_model
+    from crystalprop.evaluation.evaluate import evaluate_model
 
     out, joined = product
     result = evaluate_model(out, log_data, split="val", output_dir=tmp_path)
@@ -76,7 +76,7 @@ def test_networks_shared_with_another_model_run_once(models, product, engine):
     """The bulk-modulus networks inside the shear model are stacked once when both predict together,
     and every model gets its own networks' outputs."""
     import crystalprop
-    from crystalprop.predictor import Predictor
+    from crystalprop.prediction.predictor import Predictor
 
     out, _ = product
     predictor = Predictor([str(models["k"]), str(out)], engine=engine)
@@ -100,7 +100,7 @@ def test_products_are_written_in_a_format_older_versions_refuse(product, models)
 
 
 def test_a_product_of_linear_targets_is_refused(tmp_path, log_data):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     y = [_random_checkpoint(tmp_path / f"y{k}.ckpt", "y", "eV", seed=60 + k) for k in range(2)]
     factor = _random_checkpoint(tmp_path / "f.ckpt", "f", "eV", seed=62)
@@ -109,7 +109,7 @@ def test_a_product_of_linear_targets_is_refused(tmp_path, log_data):
 
 
 def test_a_product_whose_units_multiply_to_another_unit_is_refused(models, log_data, tmp_path):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     other = _random_checkpoint(tmp_path / "g.ckpt", "g", "GPa", seed=63, log10=True)
     with pytest.raises(CheckpointError) as refused:  # GPa x GPa is not the ensemble's GPa
@@ -119,7 +119,7 @@ def test_a_product_whose_units_multiply_to_another_unit_is_refused(models, log_d
 
 
 def test_a_product_of_one_model_is_refused(models, log_data, tmp_path):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     with pytest.raises(ValueError, match="at least two models"):
         join_ensemble(models["y"], tmp_path / "p.ckpt", log_data, products=[(models["r"],)])
@@ -136,7 +136,7 @@ def test_cli_joins_a_product_member(models, log_data, tmp_path):
 
 
 def test_a_member_given_twice_is_refused(models, log_data, tmp_path):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     with pytest.raises(ValueError, match="given twice"):
         join_ensemble([models["y"][0], models["y"][1], models["y"][0]], tmp_path / "p.ckpt", log_data)
@@ -146,7 +146,7 @@ def test_latent_sigma_of_a_product_ensemble_is_its_own_beside_the_factor(models,
     """Predicted beside the factor, the product ensemble's first network sits after the factor's in the
     stacked network: its σ must still come from its own first member's readout."""
     import crystalprop
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     out = tmp_path / "lat.ckpt"
     join_ensemble(models["y"], out, log_data, sigma="latent", products=[(models["k"], models["r"])])
@@ -158,7 +158,7 @@ def test_latent_sigma_of_a_product_ensemble_is_its_own_beside_the_factor(models,
 
 
 def test_a_product_given_twice_is_refused(models, log_data, tmp_path):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     pair = (models["k"], models["r"])
     with pytest.raises(ValueError, match="given twice"):
@@ -166,7 +166,7 @@ def test_a_product_given_twice_is_refused(models, log_data, tmp_path):
 
 
 def test_an_ensemble_knows_the_elements_every_model_has_seen_in_periodic_table_order(log_data, tmp_path):
-    from crystalprop.joining import join_ensemble
+    from crystalprop.evaluation.joining import join_ensemble
 
     seen = [["H", "O", "Fe", "Zr"], ["H", "C", "O", "Fe"], ["Li", "H", "O", "Fe", "Zr"]]
     y = [_random_checkpoint(tmp_path / f"y{k}.ckpt", "y", "GPa", seed=60 + k, log10=True, elements=seen[k])

@@ -14,8 +14,8 @@ from pymatgen.io.cif import CifWriter
 import crystalprop
 from crystalprop.model import kernel_library
 from conftest import rocksalt, run_cli
-from crystalprop.output import ResultWriter, is_finished, merge_results, read_provenance, read_rows
-from crystalprop.provenance import KEY, ProvenanceMismatchError, describe_difference, provenance, sidecar_path
+from crystalprop.prediction.output import ResultWriter, is_finished, merge_results, read_provenance, read_rows
+from crystalprop.prediction.provenance import KEY, ProvenanceMismatchError, describe_difference, provenance, sidecar_path
 
 COLUMNS = ["index", "name", "model_a", "error", "warning"]
 ROWS = [{"index": 0, "name": "a.cif", "model_a": 1.5, "error": "", "warning": ""},
@@ -332,7 +332,7 @@ def test_retry_failed_unmarks_a_csv_before_it_drops_the_failed_rows(tmp_path, we
     out = tmp_path / "out.csv"
     _shard(out, 1, 1, ROWS, weights)
     order = []
-    monkeypatch.setattr("crystalprop.output._drop_failed_rows", lambda *a: order.append(("drop", is_finished(out))))
+    monkeypatch.setattr("crystalprop.prediction.output._drop_failed_rows", lambda *a: order.append(("drop", is_finished(out))))
     ResultWriter(out, COLUMNS, resume=True, retry_failed=True,
                  provenance=provenance([("model_a", weights[0])], shard=(1, 1))).close()
     assert order == [("drop", False)]

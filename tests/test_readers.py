@@ -263,7 +263,7 @@ def test_read_notes_stay_out_of_returned_structures(tmp_path):
 
 @pytest.mark.slow
 def test_predict_warns_of_a_cif_read_as_p1(tmp_path, random_ckpt):
-    from crystalprop.predictor import predict  # noqa: PLC0415  (loads the model backend)
+    from crystalprop.prediction.predictor import predict  # noqa: PLC0415  (loads the model backend)
 
     path = write(tmp_path / "cu.cif", cubic_cif(3.615, [("Cu", 0.0)]))
     (row,) = predict(path, str(random_ckpt), workers=0)

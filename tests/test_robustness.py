@@ -19,9 +19,9 @@ from pymatgen.core import Structure
 from pymatgen.io.cif import CifWriter
 
 from conftest import CLI, graph_of, make_structures, perovskite, rocksalt, rocksalt_conventional
-from crystalprop import predictor as predictor_module
+from crystalprop.prediction import predictor as predictor_module
 from crystalprop.graph import GraphSettings, batch, neighbors
-from crystalprop.predictor import Prepared, ReadAhead, iter_prepared
+from crystalprop.prediction.predictor import Prepared, ReadAhead, iter_prepared
 
 HAS_PROC = Path("/proc/self/fd").is_dir() and hasattr(os, "mkfifo")
 
@@ -165,7 +165,7 @@ def test_cli_reader_killed_mid_run_writes_every_row_and_exits_1(tmp_path, random
 
 
 def _pool_results(func, jobs, **kwargs) -> list:
-    from crystalprop.workers import ResilientPool
+    from crystalprop.prediction.workers import ResilientPool
 
     pool = ResilientPool(func, iter(jobs), 1, on_lost=lambda job, reason: reason, **kwargs)
     try:
@@ -184,7 +184,7 @@ def test_pool_stops_a_worker_stuck_past_the_hard_limit():
 
 def _steps_with_heartbeats(n: int) -> int:
     """A job of ``n`` one-second steps that reports progress after each (a file of many structures)."""
-    from crystalprop.workers import heartbeat
+    from crystalprop.prediction.workers import heartbeat
 
     for _ in range(n):
         time.sleep(1)
@@ -280,7 +280,7 @@ def test_batch_limits_follow_the_model_size():
 
 @pytest.mark.slow
 def test_predictions_do_not_depend_on_the_batch_bound(random_ckpt):
-    from crystalprop.predictor import Predictor
+    from crystalprop.prediction.predictor import Predictor
 
     structures = [s for _, s in make_structures(8)] + [rocksalt_conventional() * (2, 2, 2)]
     predictor = Predictor(str(random_ckpt), cell="as-given")  # the supercell stays large
@@ -302,7 +302,7 @@ def test_predictions_do_not_depend_on_the_batch_bound(random_ckpt):
 
 
 def test_predict_help_says_how_batches_are_bounded():
-    from crystalprop.cli import main
+    from crystalprop.cli.commands import main
 
     text = " ".join(CliRunner().invoke(main, ["predict", "--help"]).output.split())
     assert "--batch-memory" in text and "atoms and edges" in text and "features x heads" in text

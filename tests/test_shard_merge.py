@@ -46,7 +46,7 @@ def test_merge_refuses_duplicates_and_bad_shard(tmp_path, random_ckpt):
 
 
 def test_merging_parts_without_provenance_says_they_were_not_checked(tmp_path):
-    from crystalprop.output import ResultWriter  # noqa: PLC0415
+    from crystalprop.prediction.output import ResultWriter  # noqa: PLC0415
 
     parts = []
     for i, name in enumerate(("a.cif", "b.cif")):

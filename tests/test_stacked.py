@@ -8,7 +8,7 @@ import pytest
 
 from crystals import hcp_mg, nacl_conventional, nacl_primitive, srtio3
 
-from crystalprop import backend
+from crystalprop.utils import backend
 
 backend.set_device("CPU")
 ms = backend.mindspore_module()
@@ -21,7 +21,7 @@ from crystalprop.model.ensemble import member_params  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
 from crystalprop.model.folded import member_arrays  # noqa: E402
 from crystalprop.model.stacked import StackedMatformer  # noqa: E402
-from crystalprop.registry import checkpoints_dir  # noqa: E402
+from crystalprop.prediction.registry import checkpoints_dir  # noqa: E402
 
 SMALL = ModelConfig(layers=2, features=16, heads=2, fc_features=16)
 KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(fused.library() is None, reason="no C++ compiler"))]
@@ -149,7 +149,7 @@ def test_predictor_stacks_models_of_one_configuration(random_ckpt, shipped_dir, 
     alone, and the compile cache is keyed on the member count."""
     from conftest import make_structures
 
-    from crystalprop.predictor import Predictor
+    from crystalprop.prediction.predictor import Predictor
 
     keys: list[tuple] = []
     monkeypatch.setattr(backend, "enable_compile_cache", lambda *parts: keys.append(parts))

@@ -13,10 +13,11 @@ import pytest
 from pymatgen.io.cif import CifWriter
 
 from conftest import rocksalt
-from crystalprop import provenance as provenance_module, quick_exit
-from crystalprop.gc_pause import collection_paused
-from crystalprop.provenance import cached_file_sha256, file_sha256, read_sidecar
-from crystalprop.quick_exit import request, run
+from crystalprop.prediction import provenance as provenance_module
+from crystalprop.utils import quick_exit
+from crystalprop.utils.gc_pause import collection_paused
+from crystalprop.prediction.provenance import cached_file_sha256, file_sha256, read_sidecar
+from crystalprop.utils.quick_exit import request, run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,7 @@ def test_quick_exit_keeps_what_a_normal_exit_does(tmp_path):
     script = tmp_path / "quick.py"
     script.write_text(
         "import atexit, sys, threading, time\n"
-        "from crystalprop.quick_exit import request, run\n"
+        "from crystalprop.utils.quick_exit import request, run\n"
         "def command():\n"
         "    request()\n"
         "    threading.Thread(target=lambda: (time.sleep(0.3), print('thread done'))).start()\n"
@@ -139,7 +140,7 @@ def test_no_quick_exit_under_a_profiler(monkeypatch):
 
 
 def test_a_request_left_by_an_earlier_in_process_command_does_not_end_a_later_run():
-    code = ("from crystalprop import quick_exit\n"
+    code = ("from crystalprop.utils import quick_exit\n"
             "quick_exit.request()\n"  # as an in-process predict (main([...])) leaves it
             "quick_exit.run(lambda: None)\n"
             "print('still here')\n")

@@ -16,13 +16,13 @@ from pymatgen.core import Element, Structure
 from conftest import TINY, TINY_CLI, read_history, run_cli, synthetic_target, train_state, write_json_dataset
 from conftest import cell_graph_of, graph_of, train_stopped_mid_epoch
 from conftest import train_config as config
-from crystalprop.backend import mindspore_module, set_device
+from crystalprop.utils.backend import mindspore_module, set_device
 
 set_device("CPU")
 ms = mindspore_module()
 
 from crystalprop import predict  # noqa: E402
-from crystalprop.evaluation import evaluate_model  # noqa: E402
+from crystalprop.evaluation.evaluate import evaluate_model  # noqa: E402
 from crystalprop.model.checkpoint import CheckpointError, load_model, read_checkpoint  # noqa: E402
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 from crystalprop.model.matformer import ModelConfig  # noqa: E402

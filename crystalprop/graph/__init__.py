@@ -7,7 +7,7 @@ ase.Atoms into the :class:`Crystal` these functions take. The names below load o
 
 from __future__ import annotations
 
-from crystalprop.lazy import lazy_attributes
+from crystalprop.utils.lazy import lazy_attributes
 
 _HOMES = {
     "Crystal": "crystal",

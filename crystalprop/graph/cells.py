@@ -25,7 +25,7 @@ import numpy as np
 
 from crystalprop.graph.crystal import Crystal
 from crystalprop.graph.settings import AS_GIVEN, CANONICAL, check_cell_choice
-from crystalprop.timelimit import call_with_alarm
+from crystalprop.utils.timelimit import call_with_alarm
 
 SYMPREC = 0.01  # Å: spglib's default tolerance, and Materials Project's for symmetry
 CELL_TIMEOUT_S = 10.0  # per structure; typical cells take milliseconds

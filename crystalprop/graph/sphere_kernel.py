@@ -3,7 +3,7 @@
 The numpy search of :mod:`crystalprop.graph.spheres` spends most of its time in the overhead of
 numpy calls on arrays of a few dozen atoms (0.3 ms a search). ``spheres.cc`` does the same
 arithmetic in one pass; it is built once per machine with the system C++ compiler (see
-:mod:`crystalprop.native`) and loaded with ctypes, so the reader processes need no MindSpore.
+:mod:`crystalprop.utils.native`) and loaded with ctypes, so the reader processes need no MindSpore.
 It also picks each atom's k-th nearest distance. Without a compiler, or with
 ``CRYSTALPROP_NATIVE_SEARCH=0``, :func:`library` is None and numpy does both instead, with the
 same pairs and distances to the last bit.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crystalprop.native import build
+from crystalprop.utils.native import build
 
 SOURCE = Path(__file__).resolve().parent / "spheres.cc"
 # no -ffast-math and no contraction into fused multiply-adds: every rounding must be numpy's

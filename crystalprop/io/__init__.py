@@ -6,7 +6,7 @@ The names below are loaded on first use (PEP 562), so importing one light submod
 
 from __future__ import annotations
 
-from crystalprop.lazy import lazy_attributes
+from crystalprop.utils.lazy import lazy_attributes
 
 _HOMES = {
     "iter_records": "discovery",

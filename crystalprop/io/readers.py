@@ -26,8 +26,8 @@ from crystalprop.io.cif_p1 import p1_structure
 from crystalprop.io.cif_symmetry import p1_fallback, symmetry_supplement, unknown_operations
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
-from crystalprop.provenance import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
-from crystalprop.timelimit import run_with_time_limit
+from crystalprop.prediction.provenance import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
+from crystalprop.utils.timelimit import run_with_time_limit
 
 GZIP_MAGIC = b"\x1f\x8b"
 WRAPPER_ID_KEYS = ("id", "material_id", "jid")

@@ -6,4 +6,4 @@ SIGMA_CHOICES = ("spread", "latent", "latent+spread")
 Here, not in those modules, so that the command line reads it without importing numpy."""
 
 ENGINES = ("auto", "numpy", "mindspore")
-"""Inference engines (:func:`crystalprop.predictor.choose_engine`), here for the command line too."""
+"""Inference engines (:func:`crystalprop.prediction.predictor.choose_engine`), here for the command line too."""

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from crystalprop import __version__
-from crystalprop.atomic import atomic_write
-from crystalprop.backend import mindspore_module
+from crystalprop.utils.atomic import atomic_write
+from crystalprop.utils.backend import mindspore_module
 from crystalprop.graph.settings import GraphSettings
 from crystalprop.model.ckpt_arrays import read_arrays
 from crystalprop.model.config import ModelConfig
@@ -165,7 +165,7 @@ def check_new_checkpoint(path: str | Path, overwrite: bool = True) -> Path:
     """``path`` for a model about to be written, checked before the work: a ValueError unless its name
     ends in .ckpt (MindSpore would add the suffix), an OutputExistsError where it exists and
     ``overwrite`` is false."""
-    from crystalprop.output import OutputExistsError  # noqa: PLC0415
+    from crystalprop.prediction.output import OutputExistsError  # noqa: PLC0415
 
     path = Path(path)
     if path.suffix != ".ckpt":

@@ -16,9 +16,9 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
-from crystalprop.backend import cpu_threads, mindspore_module
+from crystalprop.utils.backend import cpu_threads, mindspore_module
 from crystalprop.model import kernel_library
-from crystalprop.provenance import file_sha256
+from crystalprop.prediction.provenance import file_sha256
 
 ops = mindspore_module().ops  # imported by the layers only, which need MindSpore anyway
 

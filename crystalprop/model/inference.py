@@ -6,7 +6,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from crystalprop.backend import mindspore_module
+from crystalprop.utils.backend import mindspore_module
 from crystalprop.graph.batch import GraphBatch, batches_within, collate
 from crystalprop.graph.settings import BATCH_MEMORY_BYTES
 from crystalprop.graph.neighbors import CrystalGraph

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from crystalprop.native import build
+from crystalprop.utils.native import build
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "fused_ops.cc"
 # -ffast-math lets the row sums and exp vectorise (1.8x); -march=native uses this CPU's vector

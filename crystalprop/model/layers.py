@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from crystalprop.backend import mindspore_module
+from crystalprop.utils.backend import mindspore_module
 from crystalprop.model.config import BATCH_NORM_EPS, LAYER_NORM_EPS, radial_basis
 from crystalprop.model.fused import (
     attention_gate_op,

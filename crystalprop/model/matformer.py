@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crystalprop.backend import mindspore_module
+from crystalprop.utils.backend import mindspore_module
 from crystalprop.graph.elements import N_FEATURES
 from crystalprop.model.config import ModelConfig
 from crystalprop.model.layers import HeadRows, MatformerConv, RBFExpansion

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from crystalprop.backend import mindspore_module
+from crystalprop.utils.backend import mindspore_module
 from crystalprop.graph.batch import BatchLimits
 from crystalprop.graph.settings import STACKED_MEMORY_FACTOR
 from crystalprop.model.config import LAYER_NORM_EPS, ModelConfig

@@ -17,7 +17,7 @@ from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
-from crystalprop.backend import mindspore_module
+from crystalprop.utils.backend import mindspore_module
 from crystalprop.training.config import check_decay
 
 AVERAGE_PREFIX = "ema."

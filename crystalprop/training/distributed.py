@@ -59,7 +59,7 @@ class Cluster:
         array = np.asarray(values, dtype=np.float32)
         if not self.distributed:
             return array
-        from crystalprop.backend import mindspore_module  # noqa: PLC0415
+        from crystalprop.utils.backend import mindspore_module  # noqa: PLC0415
 
         return _all_reduce()(mindspore_module().Tensor(array)).asnumpy()
 
@@ -71,7 +71,7 @@ class Cluster:
 @functools.cache
 def _all_reduce():
     """One AllReduce (sum) primitive for the process: Cluster.sum runs twice per training step."""
-    from crystalprop.backend import mindspore_module  # noqa: PLC0415
+    from crystalprop.utils.backend import mindspore_module  # noqa: PLC0415
 
     return mindspore_module().ops.AllReduce()
 
@@ -93,7 +93,7 @@ def join_cluster() -> Cluster:
     """
     if not launched_by_msrun():
         return Cluster()
-    from crystalprop.backend import mindspore_module  # noqa: PLC0415
+    from crystalprop.utils.backend import mindspore_module  # noqa: PLC0415
 
     ms = mindspore_module()
     from mindspore.communication import get_group_size, get_rank, init  # noqa: PLC0415

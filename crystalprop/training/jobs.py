@@ -11,8 +11,8 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from crystalprop.atomic import make_folder
-from crystalprop.backend import DEVICES
+from crystalprop.utils.atomic import make_folder
+from crystalprop.utils.backend import DEVICES
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.model.config import ModelConfig
 from crystalprop.training.config import TrainConfig, check_decay, check_emphasis, check_settings, kept_settings
@@ -78,11 +78,11 @@ def _run_settings(job: dict) -> tuple[dict, dict, dict, dict | None]:
 def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
     """Train as ``job`` says, in this process; the outcome as ``stopped_because``, ``best_val_mae``, ``best_epoch``,
     ``validated`` (whether there were validation structures) and ``log10``."""
-    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.utils.backend import set_device  # noqa: PLC0415
 
     set_device(job["device"], threads=job["threads"])
     from crystalprop.graph.settings import GraphSettings  # noqa: PLC0415
-    from crystalprop.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.prediction.registry import resolve_model  # noqa: PLC0415
     from crystalprop.training.run import train_model  # noqa: PLC0415
     from crystalprop.training.trainer import saved_cell, saved_fold  # noqa: PLC0415
 
@@ -115,8 +115,8 @@ def member_jobs(job: dict, members: int):
 
 def join_members(job: dict, members: int, sigma: str) -> dict:
     """Join the members of ``job`` into OUTPUT_DIR/best.ckpt, σ from ``sigma``; see
-    :func:`crystalprop.joining.join_ensemble`."""
-    from crystalprop.joining import join_ensemble  # noqa: PLC0415
+    :func:`crystalprop.evaluation.joining.join_ensemble`."""
+    from crystalprop.evaluation.joining import join_ensemble  # noqa: PLC0415
 
     run = job["run"]
     output_dir = Path(run["run_dir"])
@@ -192,7 +192,7 @@ def train(
     loss, seed, model size, ...: :data:`crystalprop.training.config.RESUMED_SETTINGS`) are the run's own. A resumed
     run whose settings differ from its start says which in its ``resume`` event. With ``ensemble`` N > 1 the members (seeds ``seed``, ``seed + 1``, ...; one
     split) train one after another in ``output_dir/member<k>`` and are joined into ``output_dir/best.ckpt``,
-    with σ from ``sigma`` (``spread``, ``latent`` or ``latent+spread``, as :func:`crystalprop.joining.join_ensemble`).
+    with σ from ``sigma`` (``spread``, ``latent`` or ``latent+spread``, as :func:`crystalprop.evaluation.joining.join_ensemble`).
 
     ``on_event(kind, info)`` hears the progress (``graphs``, ``data``, ``start``, ``step``, ``epoch``, ...;
     ``member`` before each ensemble member). By default the training runs in this process: SIGTERM,

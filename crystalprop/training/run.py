@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from crystalprop.atomic import atomic_write_text
+from crystalprop.utils.atomic import atomic_write_text
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.data.datasets import Dataset, Entry, load_dataset, merge_trained, split_record
 from crystalprop.data.fingerprints import pack_fingerprints

@@ -27,11 +27,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from crystalprop.atomic import atomic_write, atomic_write_text
-from crystalprop.backend import ensure_device, mindspore_module
+from crystalprop.utils.atomic import atomic_write, atomic_write_text
+from crystalprop.utils.backend import ensure_device, mindspore_module
 from crystalprop.graph.batch import collate
 from crystalprop.graph.neighbors import CrystalGraph
-from crystalprop.metrics import regression_metrics
+from crystalprop.evaluation.metrics import regression_metrics
 from crystalprop.model.checkpoint import (
     STATE_KEY,
     CheckpointError,
@@ -43,7 +43,7 @@ from crystalprop.model.checkpoint import (
 from crystalprop.model.ensemble import member_params
 from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
-from crystalprop.stopping import TRAINING_STOP_SIGNALS as STOP_SIGNALS
+from crystalprop.utils.stopping import TRAINING_STOP_SIGNALS as STOP_SIGNALS
 from crystalprop.training.averaging import WeightAverage, saved_average
 from crystalprop.training.config import EVAL_BATCH_SIZE, TrainConfig, changed_settings
 from crystalprop.training.distributed import Cluster

@@ -10,19 +10,19 @@ from typing import Sequence
 
 import numpy as np
 
-from crystalprop.atomic import make_folder
+from crystalprop.utils.atomic import make_folder
 from crystalprop.data.datasets import Dataset, load_dataset, merge_trained
-from crystalprop.evaluation import (
+from crystalprop.evaluation.evaluate import (
     check_unseen, error_metrics, labelled_split, network_outputs, recorded_split, split_settings,
 )
 from crystalprop.graph.settings import check_cell_choice
-from crystalprop.metrics import uncertainty_metrics
+from crystalprop.evaluation.metrics import uncertainty_metrics
 from crystalprop.model import SIGMA_CHOICES
 from crystalprop.model.ensemble import (
     calibration_scale, combine, interval_multiple, members_from_networks, raw_sigma, spread_weight,
 )
 from crystalprop.model.latent_sigma import LatentReference, stored_reference
-from crystalprop.provenance import file_sha256
+from crystalprop.prediction.provenance import file_sha256
 from crystalprop.training.config import EVAL_BATCH_SIZE
 
 
@@ -78,12 +78,12 @@ def join_ensemble(
     networks are stored in the checkpoint (:func:`crystalprop.model.ensemble.product_combination`).
     ``output`` must be named .ckpt; ``overwrite=False`` refuses an existing one (the command's default).
     """
-    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.utils.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import check_new_checkpoint, read_checkpoint, save_ensemble  # noqa: PLC0415
     from crystalprop.model.ensemble import (  # noqa: PLC0415
         check_compatible, check_factor, check_product_units, member_params, product_combination,
     )
-    from crystalprop.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.prediction.registry import resolve_model  # noqa: PLC0415
 
     if sigma not in SIGMA_CHOICES:
         raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
@@ -211,10 +211,10 @@ def recalibrate_sigma(
     ``latent+spread``; another ``latent_prior``, None keeping its own), calibrated again on ``split``
     of ``data``, and write it to ``output``: its networks, reference and values stay the same, so its
     member files are not needed (as :func:`join_ensemble` would). Returns the new σ's metrics."""
-    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.utils.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import check_new_checkpoint, read_checkpoint  # noqa: PLC0415
     from crystalprop.model.ensemble import save_with_card  # noqa: PLC0415
-    from crystalprop.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.prediction.registry import resolve_model  # noqa: PLC0415
 
     if sigma not in ("latent", "latent+spread"):
         raise ValueError(f"only σ from a latent reference can be recalibrated: latent or latent+spread, not {sigma!r}")

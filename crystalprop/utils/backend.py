@@ -62,7 +62,7 @@ def enable_compile_cache(*key_parts: object) -> None:
     ms = mindspore_module()
     key_parts = (*key_parts, f"fused kernels: {library_digest()}")
     digest = hashlib.sha256(ms.__version__.encode())
-    model_dir = Path(__file__).resolve().parent / "model"
+    model_dir = Path(__file__).resolve().parent.parent / "model"
     for source in sorted([*model_dir.glob("*.py"), *model_dir.glob("kernels/*.cc")]):  # kernels too
         digest.update(source.read_bytes())
     digest.update(json.dumps([str(p) for p in key_parts], sort_keys=True).encode())
@@ -174,7 +174,7 @@ def usable_cores() -> int:
 def single_threaded_blas() -> None:
     """Keep numpy's BLAS on one thread in this process unless the user chose otherwise
     (``OPENBLAS_NUM_THREADS``). Takes effect only before numpy's first import, so callers run it
-    first thing (``crystalprop.cli`` imports no numpy, which a test checks).
+    first thing (``crystalprop.cli.commands`` imports no numpy, which a test checks).
 
     For ``crystalprop predict``: its reader processes take a core each and the model's fused kernels
     run their own threads, so a BLAS thread pool on top only contends. On 2 cores, 2,000 files with

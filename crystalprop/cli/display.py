@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from crystalprop.stopping import stop_signals_interrupt
+from crystalprop.utils.stopping import stop_signals_interrupt
 
 console = Console(stderr=True)
 """Progress, messages and errors."""
@@ -113,7 +113,7 @@ def print_metrics(result: dict, title: str, unit: str = "") -> None:
 
 
 def print_evaluation(result: dict, output_dir: str | None) -> None:
-    """The report of :func:`crystalprop.evaluation.evaluate_model`: metrics, the split check, the files."""
+    """The report of :func:`crystalprop.evaluation.evaluate.evaluate_model`: metrics, the split check, the files."""
     print_metrics(result, f"{result['model']} on {result['data']} ({result['split']}, n = {result['n']}, "
                           f"{result['cell']} cells)", result["unit"])
     console.print(f"{result['split']} split checked against the training data: {result['split_check']}",
@@ -128,7 +128,7 @@ def print_evaluation(result: dict, output_dir: str | None) -> None:
 
 
 def print_ensemble(result: dict, data: str, split: str, output: str) -> None:
-    """The report of :func:`crystalprop.joining.join_ensemble`: metrics and the members' MAE."""
+    """The report of :func:`crystalprop.evaluation.joining.join_ensemble`: metrics and the members' MAE."""
     print_metrics(result, f"ensemble of {len(result['member_maes'])} on {data} ({split}, n = {result['n']})")
     maes = ", ".join(f"{m:.4g}" for m in result["member_maes"])
     console.print(f"members' MAE: {maes}; written to {output}", highlight=False, markup=False)
@@ -138,10 +138,10 @@ def stream_rows(batches: Iterable[list[dict]], writer=None, keep: int | None = T
                 ) -> tuple[list[dict], int, int, int | None]:
     """Consume prediction rows batch by batch with a progress line, naming each failure as it comes.
 
-    Every batch goes to ``writer`` (a :class:`crystalprop.output.ResultWriter`, closed at the
+    Every batch goes to ``writer`` (a :class:`crystalprop.prediction.output.ResultWriter`, closed at the
     end, marked finished if the stream ran to its end) as it arrives, so Ctrl-C, SIGTERM or SIGHUP
     keeps what is done and leaves a whole file
-    (:func:`crystalprop.stopping.stop_signals_interrupt`; call it in the main thread). Returns the
+    (:func:`crystalprop.utils.stopping.stop_signals_interrupt`; call it in the main thread). Returns the
     first ``keep`` rows or so (every row for ``keep=None``) for the table, the structures predicted,
     the structures failed, and the stop signal received, before the end of the stream or while the
     file was closed (None when none came).

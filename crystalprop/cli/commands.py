@@ -10,21 +10,21 @@ import click
 from click.core import ParameterSource
 from rich.markup import escape
 
-from crystalprop.cli_options import (
+from crystalprop.cli.options import (
     cell_option, device_option, duration_s, fold_option, models_option, parse_shard, sigma_option,
 )
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
-from crystalprop.display import (
+from crystalprop.cli.display import (
     TABLE_LIMIT, console, out, print_ensemble, print_evaluation, print_rows, show_table, stream_rows,
 )
-from crystalprop.gc_pause import collection_paused
+from crystalprop.utils.gc_pause import collection_paused
 from crystalprop.graph.settings import (
     BATCH_MEMORY_BYTES, BATCH_SIZE, BYTES_PER_EDGE_CHANNEL, STACKED_MEMORY_FACTOR, GraphSettings,
 )
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model import ENGINES
 from crystalprop.model.config import ModelConfig
-from crystalprop.quick_exit import request as request_quick_exit, run as run_quick_exit
+from crystalprop.utils.quick_exit import request as request_quick_exit, run as run_quick_exit
 from crystalprop.training.config import EVAL_BATCH_SIZE, LOSSES, TrainConfig
 from crystalprop.training.schedule import SCHEDULES
 
@@ -79,16 +79,16 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     Ctrl-C, SIGTERM (a cluster's time limit) or SIGHUP stops it with the rows so far saved in --output
     and the exit status 128 + the signal (130, 143, 129); --resume continues.
     """
-    from crystalprop.backend import DeviceUnavailableError, single_threaded_blas  # noqa: PLC0415
+    from crystalprop.utils.backend import DeviceUnavailableError, single_threaded_blas  # noqa: PLC0415
     from crystalprop.io.discovery import no_structures_found  # noqa: PLC0415
 
     if resume and overwrite:
         raise click.UsageError("--resume continues the --output file and --overwrite replaces it: give one")
 
     single_threaded_blas()  # before numpy is imported
-    from crystalprop.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
-    from crystalprop.predictor import open_prediction  # noqa: PLC0415
-    from crystalprop.provenance import sidecar_path  # noqa: PLC0415
+    from crystalprop.prediction.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
+    from crystalprop.prediction.predictor import open_prediction  # noqa: PLC0415
+    from crystalprop.prediction.provenance import sidecar_path  # noqa: PLC0415
 
     request_quick_exit()  # nothing here needs Python's finalisation (0.5-1 s with MindSpore loaded)
     if retry_failed and not (output and resume):
@@ -142,7 +142,7 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
 @click.option("--overwrite", is_flag=True)
 def merge(output, parts, overwrite) -> None:
     """Join the outputs of sharded `predict --shard I/N` runs into one file, in input order."""
-    from crystalprop.output import OutputExistsError, merge_results, read_provenance  # noqa: PLC0415
+    from crystalprop.prediction.output import OutputExistsError, merge_results, read_provenance  # noqa: PLC0415
 
     try:
         n = merge_results(output, parts, overwrite=overwrite)
@@ -156,7 +156,7 @@ def merge(output, parts, overwrite) -> None:
 @main.command()
 def models() -> None:
     """List the shipped models with their target, unit, validation MAE and the sha256 of their weights."""
-    from crystalprop.registry import MODEL_COLUMNS, checkpoints_dir, describe_models  # noqa: PLC0415
+    from crystalprop.prediction.registry import MODEL_COLUMNS, checkpoints_dir, describe_models  # noqa: PLC0415
 
     show_table(MODEL_COLUMNS, describe_models(), title=f"models in {checkpoints_dir()}")
 
@@ -170,7 +170,7 @@ def models() -> None:
 @cell_option("canonical")
 def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
     """Show what the model will see: sites (in the file -> in the cell used), graph edges, neighbour distances, warnings."""
-    from crystalprop.inspection import inspect_structures, inspection_columns, inspection_rows  # noqa: PLC0415
+    from crystalprop.prediction.inspection import inspect_structures, inspection_columns, inspection_rows  # noqa: PLC0415
 
     settings = GraphSettings(cutoff, neighbors, cell=cell or GraphSettings.cell)
     try:
@@ -288,8 +288,8 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
 @cell_option("the model's own setting (canonical for the shipped models)")
 def evaluate(model, data, **options) -> None:
     """Measure MODEL (shipped name, .ckpt or run dir) on a labelled DATA set."""
-    from crystalprop.evaluation import evaluate_model  # noqa: PLC0415
-    from crystalprop.output import OutputExistsError  # noqa: PLC0415
+    from crystalprop.evaluation.evaluate import evaluate_model  # noqa: PLC0415
+    from crystalprop.prediction.output import OutputExistsError  # noqa: PLC0415
 
     try:
         with console.status("evaluating"):
@@ -325,8 +325,8 @@ def ensemble(output, members, data, split, products, **options) -> None:
     seeds) into one ensemble OUTPUT.ckpt: predictions are the members' mean, with a σ per
     structure (see --sigma), scaled to match the errors on DATA's validation split. With
     --sigma latent one member is enough: a single model gains a σ."""
-    from crystalprop.joining import join_ensemble  # noqa: PLC0415
-    from crystalprop.output import OutputExistsError  # noqa: PLC0415
+    from crystalprop.evaluation.joining import join_ensemble  # noqa: PLC0415
+    from crystalprop.prediction.output import OutputExistsError  # noqa: PLC0415
 
     try:
         with console.status("calibrating"):

@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from crystalprop.atomic import atomic_write_text
-from crystalprop.backend import cache_dir
-from crystalprop.provenance import file_sha256
+from crystalprop.utils.atomic import atomic_write_text
+from crystalprop.utils.backend import cache_dir
+from crystalprop.prediction.provenance import file_sha256
 
 
 def _cpu_features() -> str:

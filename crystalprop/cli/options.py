@@ -1,4 +1,4 @@
-"""Click options and parameter parsers shared by the commands of :mod:`crystalprop.cli`.
+"""Click options and parameter parsers shared by the commands of :mod:`crystalprop.cli.commands`.
 
 Light to import (no numpy), as the command's start-up must be.
 """
@@ -9,7 +9,7 @@ import re
 
 import click
 
-from crystalprop.backend import DEVICES
+from crystalprop.utils.backend import DEVICES
 from crystalprop.graph.settings import CELL_CHOICES
 from crystalprop.model import SIGMA_CHOICES
 
@@ -22,7 +22,7 @@ def cell_option(default_text: str):
 
 
 def sigma_option():
-    """``--sigma``: where an ensemble's σ comes from (:func:`crystalprop.joining.join_ensemble`)."""
+    """``--sigma``: where an ensemble's σ comes from (:func:`crystalprop.evaluation.joining.join_ensemble`)."""
     return click.option("--sigma", type=click.Choice(SIGMA_CHOICES), default=SIGMA_CHOICES[0], show_default=True,
                         help="An ensemble's σ. spread: from the members' spread; latent: from the distance to the "
                              "training structures in the first member's readout space, times their training errors "
@@ -33,7 +33,7 @@ def sigma_option():
 def split_models(values: tuple[str, ...]) -> tuple[str, ...]:
     """``-m`` values, each a model or several separated by commas (``-m band_gap,bulk_modulus``);
     a value naming an existing file or folder is one model, commas and all."""
-    from crystalprop.registry import model_names  # noqa: PLC0415  (the command starts without it)
+    from crystalprop.prediction.registry import model_names  # noqa: PLC0415  (the command starts without it)
 
     if any(not value.strip(" ,") for value in values):
         raise click.BadParameter("an empty model name; leave -m out to run every shipped model")

@@ -32,7 +32,7 @@ def checkpoints_dir() -> Path:
     override = os.environ.get("CRYSTALPROP_CHECKPOINTS")
     if override:
         return Path(override)
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # crystalprop/
     installed = package / "checkpoints"  # a wheel or a non-editable install
     return installed if installed.is_dir() else package.parent / "checkpoints"
 
@@ -74,7 +74,7 @@ MODEL_COLUMNS = ("name", "target", "unit", "val MAE", "trained on", "epochs", "s
 def describe_models() -> list[list[str]]:
     """One row of :data:`MODEL_COLUMNS` per available model, read from its card and weights."""
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
-    from crystalprop.provenance import cached_file_sha256  # noqa: PLC0415
+    from crystalprop.prediction.provenance import cached_file_sha256  # noqa: PLC0415
 
     rows = []
     for name in available_models():

@@ -4,7 +4,7 @@ CSV and JSON Lines are appended and flushed batch by batch. ``.json`` is a JSON 
 written one row per line; a run killed mid-way leaves it without the closing bracket,
 which :func:`done_names` and ``--resume`` tolerate.
 
-Given a provenance record (:mod:`crystalprop.provenance`), a JSON Lines file starts with a
+Given a provenance record (:mod:`crystalprop.prediction.provenance`), a JSON Lines file starts with a
 line ``{"crystalprop_provenance": {...}}``, a JSON file is the object
 ``{"crystalprop_provenance": {...}, "results": [rows]}`` (its first line holds the record)
 and a CSV gets the sidecar ``<file>.meta.json``. Resuming or merging results made by other
@@ -24,8 +24,8 @@ import os
 from pathlib import Path
 from typing import IO, Sequence
 
-from crystalprop.atomic import make_folder
-from crystalprop.provenance import (
+from crystalprop.utils.atomic import make_folder
+from crystalprop.prediction.provenance import (
     FINISHED,
     KEY,
     ProvenanceMismatchError,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from crystalprop import __version__
-from crystalprop.atomic import atomic_write_text
+from crystalprop.utils.atomic import atomic_write_text
 
 KEY = "crystalprop_provenance"
 """The key that marks the provenance record in JSON / JSON Lines output."""
@@ -48,7 +48,7 @@ def cached_file_sha256(path: str | Path) -> str:
     write or replacement of the file, which is then hashed again; so is a file whose entry is
     missing or unreadable. Saves hashing the checkpoints (40 ms for the shipped ones) on every run.
     """
-    from crystalprop.backend import cache_dir  # noqa: PLC0415
+    from crystalprop.utils.backend import cache_dir  # noqa: PLC0415
 
     path = Path(path).resolve()
     info = path.stat()

@@ -1,5 +1,5 @@
 """Evaluate a model on a labelled data set: metrics, per-structure table, plots; and the labelled split
-and network outputs that joining ensemble members (:mod:`crystalprop.joining`) shares."""
+and network outputs that joining ensemble members (:mod:`crystalprop.evaluation.joining`) shares."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from crystalprop.atomic import atomic_write_text, make_folder
+from crystalprop.utils.atomic import atomic_write_text, make_folder
 from crystalprop.data.datasets import (
     SPLITS, Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset,
 )
 from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.graph.elements import absent_elements
-from crystalprop.metrics import coverage_curve, regression_metrics, uncertainty_metrics
+from crystalprop.evaluation.metrics import coverage_curve, regression_metrics, uncertainty_metrics
 from crystalprop.model.ensemble import ensemble_output
 from crystalprop.model.inference import member_outputs
 from crystalprop.model.latent_sigma import stored_reference
-from crystalprop.provenance import provenance, write_sidecar
+from crystalprop.prediction.provenance import provenance, write_sidecar
 from crystalprop.training.config import EVAL_BATCH_SIZE
 
 ZERO_FRACTION_FOR_SPLIT_METRICS = 0.1  # e.g. band gaps: report metals and gapped apart
@@ -34,7 +34,7 @@ EVALUATION_FILES = (*RESULT_FILES, "predictions.csv.meta.json", "parity.png", "e
 def _output_folder(output_dir: str | Path, overwrite: bool) -> Path:
     """The results folder, made before the work; OutputExistsError where it holds an earlier
     evaluation's results and ``overwrite`` is not given."""
-    from crystalprop.output import OutputExistsError  # noqa: PLC0415
+    from crystalprop.prediction.output import OutputExistsError  # noqa: PLC0415
 
     folder = Path(output_dir)
     earlier = [name for name in RESULT_FILES if (folder / name).exists()]
@@ -287,12 +287,12 @@ def evaluate_model(
 
     ``cell``: ``canonical`` or ``as-given`` instead of the model's own cell setting.
     ``output_dir`` holding an earlier evaluation (predictions.csv or metrics.json) is refused with
-    :class:`crystalprop.output.OutputExistsError` unless ``overwrite``, which removes that
+    :class:`crystalprop.prediction.output.OutputExistsError` unless ``overwrite``, which removes that
     evaluation's files (:data:`EVALUATION_FILES`, nothing else) before the new ones are written.
     """
-    from crystalprop.backend import set_device  # noqa: PLC0415
+    from crystalprop.utils.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
-    from crystalprop.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.prediction.registry import resolve_model  # noqa: PLC0415
 
     out = _output_folder(output_dir, overwrite) if output_dir else None  # before the work, not after it
     set_device(device)

@@ -8,7 +8,7 @@ import numpy as np
 
 from crystalprop.graph.settings import GraphSettings
 from crystalprop.io.discovery import no_structures_found
-from crystalprop.predictor import iter_prepared
+from crystalprop.prediction.predictor import iter_prepared
 
 
 def inspect_structures(paths: Sequence[str], settings: GraphSettings, *, recursive: bool = False) -> list[dict]:

@@ -29,8 +29,8 @@ from crystalprop.io.discovery import iter_structure_paths, no_structures_found
 from crystalprop.io.formula import crystal_formula
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model import ENGINES
-from crystalprop.timelimit import run_with_time_limit
-from crystalprop.workers import ResilientPool, heartbeat
+from crystalprop.utils.timelimit import run_with_time_limit
+from crystalprop.prediction.workers import ResilientPool, heartbeat
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -114,7 +114,7 @@ def _within_time_limit(steps: Iterator[Prepared], timeout: float, name: str) -> 
     """Every item of ``steps``, each computed within ``timeout`` seconds (0: no limit).
 
     The limit is a SIGALRM timer in the main thread of a process (the reader processes), a
-    watched helper thread elsewhere (see :func:`crystalprop.timelimit.run_with_time_limit`).
+    watched helper thread elsewhere (see :func:`crystalprop.utils.timelimit.run_with_time_limit`).
     """
 
     out: list[Prepared] = []
@@ -297,13 +297,13 @@ class Predictor:
         from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
         from crystalprop.model.ensemble import member_params  # noqa: PLC0415
         from crystalprop.model.latent_sigma import stored_reference  # noqa: PLC0415
-        from crystalprop.registry import available_models, checkpoints_dir, model_names, resolve_model  # noqa: PLC0415
+        from crystalprop.prediction.registry import available_models, checkpoints_dir, model_names, resolve_model  # noqa: PLC0415
 
         if cell is not None:
             check_cell_choice(cell)
         self.engine = choose_engine(device, engine)
         if self.engine == "mindspore":
-            from crystalprop.backend import prefer_compiled_protobuf, set_device  # noqa: PLC0415  (lazy: MindSpore)
+            from crystalprop.utils.backend import prefer_compiled_protobuf, set_device  # noqa: PLC0415  (lazy: MindSpore)
 
             prefer_compiled_protobuf()  # before the model code imports MindSpore
             set_device(device)
@@ -338,7 +338,7 @@ class Predictor:
         stacks = {config: stack_members(loaded[group[0]][2].model, [(members[i], loaded[i][1]) for i in group])
                   for config, group in groups.items()}
         if self.engine == "mindspore":
-            from crystalprop.backend import enable_compile_cache  # noqa: PLC0415
+            from crystalprop.utils.backend import enable_compile_cache  # noqa: PLC0415
 
             # a stacked graph holds its member count and outputs: a cached graph of others must never load
             enable_compile_cache("predict", device, *sorted(
@@ -362,7 +362,7 @@ class Predictor:
         """The stacked network of the members ``arrays`` (of one configuration, checked:
         :func:`crystalprop.model.folded.stack_members`) in this predictor's engine."""
         if self.engine == "numpy":
-            from crystalprop.backend import cpu_threads  # noqa: PLC0415
+            from crystalprop.utils.backend import cpu_threads  # noqa: PLC0415
             from crystalprop.model.numpy_stacked import NumpyStackedMatformer  # noqa: PLC0415
 
             return NumpyStackedMatformer(config, arrays, readout=readout, threads=cpu_threads())
@@ -379,7 +379,7 @@ class Predictor:
         """
         if self._compiled or self.engine == "numpy":
             return
-        from crystalprop.backend import first_compile  # noqa: PLC0415
+        from crystalprop.utils.backend import first_compile  # noqa: PLC0415
 
         # any graph will do: the compiled graph takes every shape; one Fe atom, two edges
         probe = CrystalGraph(np.array([26], np.int16), np.zeros(2, np.int32), np.zeros(2, np.int32),
@@ -390,7 +390,7 @@ class Predictor:
     def provenance(self, shard: tuple[int, int] = (1, 1)) -> dict:
         """Where this predictor's results come from: versions, each model's weights (sha256), cells, engine,
         and the ``shard`` of the input they cover."""
-        from crystalprop.provenance import provenance  # noqa: PLC0415
+        from crystalprop.prediction.provenance import provenance  # noqa: PLC0415
 
         return provenance(self.sources, cell=self.settings.cell, device=self.device, engine=self.engine, shard=shard)
 
@@ -505,7 +505,7 @@ _LOADED: dict[tuple, Predictor] = {}  # the models of the last predict() call, w
 def _loaded_key(model: Sequence[str] | str | None, device: str, cell: str | None, engine: str | None) -> tuple:
     """What identifies loaded models: each file's path, size and modification time, the device, the cells,
     the engine."""
-    from crystalprop.registry import available_models, model_names, resolve_model  # noqa: PLC0415
+    from crystalprop.prediction.registry import available_models, model_names, resolve_model  # noqa: PLC0415
 
     names = available_models() if model is None else model_names(model)
     files = []
