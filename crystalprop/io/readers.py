@@ -664,7 +664,7 @@ def _shortest_translation(structure: Structure, cutoff: float) -> float | None:
     """The length of the cell's shortest lattice translation, where it is below ``cutoff`` Å:
     how far every atom is from its own nearest periodic image."""
     # searched in the LLL-reduced basis of the same lattice: in a nearly flat cell given in a skewed basis,
-    # the search over the basis as given runs for hours in compiled code, deaf to time limits and signals
+    # the search over the basis as given ran over 10 minutes in compiled code, deaf to time limits and signals
     reduced = Lattice(structure.lattice.lll_matrix)
     _, distances, _, _ = reduced.get_points_in_sphere(np.zeros((1, 3)), np.zeros(3), cutoff, zip_results=False)
     distances = np.asarray(distances)
