@@ -308,6 +308,17 @@ def test_a_nearly_flat_cell_is_refused_at_once():
     assert float(done.stdout.split()[-2]) < 5.0
 
 
+def test_atoms_closer_than_their_radii_allow_are_told():
+    """Two Si atoms 1.0 Å apart (the Si-Si bond is 2.35 Å) were predicted without a note: the warning took
+    0.5 Å for every pair of elements."""
+    squeezed = Structure(Lattice.cubic(5.43), ["Si", "Si"], [[0, 0, 0], [1.0, 0, 0]], coords_are_cartesian=True)
+    (warning,) = validate_structure(squeezed)
+    assert "atoms 0 and 1 are 1.00 Å apart" in warning and "Si" in warning
+    assert validate_structure(Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])) == []
+    water_like = Structure(Lattice.cubic(6.0), ["O", "H"], [[0, 0, 0], [0.96, 0, 0]], coords_are_cartesian=True)
+    assert validate_structure(water_like) == []  # an O-H bond is short, and right
+
+
 # --- POSCAR ----------------------------------------------------------------
 
 
@@ -614,7 +625,7 @@ def test_validate_overlap_and_close_atoms():
         validate_structure(overlap)
     close = Structure(Lattice.cubic(10), ["Si", "Si", "O"], [[0, 0, 0], [0.03, 0, 0], [0.5, 0.5, 0.5]])
     assert validate_structure(close) == ["atoms 0 and 1 are 0.30 Å apart"]
-    assert validate_structure(close, min_distance=0.2) == []
+    assert validate_structure(close, min_distance=0.2, radius_fraction=0) == []
 
 
 def test_validate_atoms_close_to_their_own_periodic_image():
