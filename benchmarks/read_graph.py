@@ -32,9 +32,10 @@ def _rates(n: int) -> tuple[float, float]:
     import time  # noqa: PLC0415
 
     from crystalprop.graph.settings import GraphSettings  # noqa: PLC0415
-    from crystalprop.prediction.predictor import _import_readers, prepare_input  # noqa: PLC0415
 
-    _import_readers()
+    predictor = _predictor_module()
+    prepare_input = predictor.prepare_input
+    predictor._import_readers()
     paths = sorted(str(p) for p in MP2018.iterdir())[:n]
     settings = GraphSettings()
     prepare_input((0, paths[0], settings, 0.0))
@@ -44,9 +45,29 @@ def _rates(n: int) -> tuple[float, float]:
     return n / (time.perf_counter() - wall), n / (time.process_time() - cpu)
 
 
+PREDICTOR_MODULES = ("crystalprop.prediction.predictor", "crystalprop.predictor")
+"""Where ``prepare_input`` lives: since session 34, and before it (versions before the package layout)."""
+
+
+def _predictor_module():
+    """This interpreter's version's predictor module, wherever that version keeps it (looked up in its own
+    folder: an editable install of another version would otherwise lend its subpackages)."""
+    import importlib  # noqa: PLC0415
+
+    import crystalprop  # noqa: PLC0415
+
+    package = Path(crystalprop.__file__).parent
+    for name in PREDICTOR_MODULES:
+        if (package / Path(*name.split(".")[1:])).with_suffix(".py").is_file():
+            return importlib.import_module(name)
+    raise ModuleNotFoundError(f"none of {', '.join(PREDICTOR_MODULES)} in {package}")
+
+
 def _reader_env(code_root: str) -> dict[str, str]:
     """The environment variables that version sets in its reader processes."""
-    probe = "import json; from crystalprop.prediction import predictor; print(json.dumps(getattr(predictor, 'READER_ENV', {})))"
+    probe = (f"import json, sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
+             "from read_graph import _predictor_module; "
+             "print(json.dumps(getattr(_predictor_module(), 'READER_ENV', {})))")
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=code_root), cwd=ROOT.parent)
     return json.loads(out.stdout.splitlines()[-1])

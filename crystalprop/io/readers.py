@@ -645,18 +645,24 @@ def _check_coords(structure: Structure) -> None:
         raise ValueError(f"absurd coordinates at site {index} (beyond {MAX_ABS_COORD:g} Å)")
 
 
-def _close_pairs(structure: Structure, cutoff: float) -> list[tuple[int, int, float]]:
-    """Site pairs (i < j) closer than ``cutoff`` Å, periodic images included, closest first."""
+def _close_pairs(structure: Structure, min_distance: float, radius_fraction: float) -> list[tuple[int, int, float]]:
+    """Site pairs (i < j) closer than ``min_distance``, or than ``radius_fraction`` of the sum of their atomic
+    radii where that is more (both radii known); periodic images included, closest first."""
+    radii = radius_fraction * np.array([_atomic_radius(site.specie.symbol) for site in structure])
+    known = radii > 0
     if len(structure) <= DISTANCE_MATRIX_MAX_SITES:
         dist = structure.distance_matrix
-        i_idx, j_idx = np.nonzero(np.triu(dist < cutoff, k=1))
+        both = known[:, None] & known[None, :]
+        limit = np.maximum(min_distance, np.where(both, radii[:, None] + radii[None, :], 0.0))
+        i_idx, j_idx = np.nonzero(np.triu(dist < limit, k=1))
         pairs = {(int(i), int(j)): float(dist[i, j]) for i, j in zip(i_idx, j_idx)}
     else:
-        centers, points, _, dists = structure.get_neighbor_list(r=cutoff)
+        centers, points, _, dists = structure.get_neighbor_list(r=max(min_distance, 2 * float(radii.max())))
         pairs = {}
         for i, j, d in zip(centers, points, dists):
             key = (int(min(i, j)), int(max(i, j)))
-            if key[0] != key[1]:
+            limit = max(min_distance, radii[i] + radii[j] if known[i] and known[j] else 0.0)
+            if key[0] != key[1] and d < limit:
                 pairs[key] = min(float(d), pairs.get(key, math.inf))
     return sorted(((i, j, d) for (i, j), d in pairs.items()), key=lambda p: p[2])
 
@@ -679,25 +685,18 @@ def _atomic_radius(symbol: str) -> float:
     return float(Element(symbol).atomic_radius or 0.0)
 
 
-def _too_close(structure: Structure, pairs: list[tuple[int, int, float]], min_distance: float,
-               radius_fraction: float) -> list[tuple[int, int, float, str]]:
-    """The ``pairs`` closer than ``min_distance``, or than ``radius_fraction`` of the sum of their atomic radii
-    (then with a note naming the elements and that limit)."""
-    found = []
-    for i, j, d in pairs:
+def _close_pair_warnings(structure: Structure, pairs: list[tuple[int, int, float]], min_distance: float,
+                         radius_fraction: float) -> list[str]:
+    """One line per pair (the first few), naming the elements and the limit where it is their radii's."""
+    def line(i: int, j: int, d: float) -> str:
         a, b = structure[i].specie.symbol, structure[j].specie.symbol
-        known = _atomic_radius(a) > 0 and _atomic_radius(b) > 0
-        limit = radius_fraction * (_atomic_radius(a) + _atomic_radius(b)) if known else 0.0
-        if d < min_distance:
-            found.append((i, j, d, ""))
-        elif d < limit:
-            found.append((i, j, d, f" ({a}-{b}: under {radius_fraction:g} of the sum of their atomic radii, "
-                                   f"{limit:.2f} Å)"))
-    return found
+        limit = radius_fraction * (_atomic_radius(a) + _atomic_radius(b))
+        if d < min_distance or not d < limit:
+            return f"atoms {i} and {j} are {d:.2f} Å apart"
+        return (f"atoms {i} and {j} are {d:.2f} Å apart ({a}-{b}: under {radius_fraction:g} of the sum of their "
+                f"atomic radii, {limit:.2f} Å)")
 
-
-def _close_pair_warnings(pairs: list[tuple[int, int, float, str]]) -> list[str]:
-    shown = [f"atoms {i} and {j} are {d:.2f} Å apart{why}" for i, j, d, why in pairs[:MAX_REPORTED_CLOSE_PAIRS]]
+    shown = [line(i, j, d) for i, j, d in pairs[:MAX_REPORTED_CLOSE_PAIRS]]
     hidden = len(pairs) - len(shown)
     return shown + ([f"... and {hidden} more pairs of close atoms"] if hidden > 0 else [])
 
@@ -732,14 +731,13 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, radiu
     if shortest is not None and shortest < OVERLAP_DISTANCE:
         raise ValueError("every atom overlaps its own periodic image: the cell's shortest translation "
                          f"is {shortest:.3g} Å")
-    widest = 2 * radius_fraction * max(_atomic_radius(e.symbol) for e in structure.composition.elements)
-    pairs = _close_pairs(structure, max(min_distance, OVERLAP_DISTANCE, widest))
+    pairs = _close_pairs(structure, max(min_distance, OVERLAP_DISTANCE), radius_fraction)
     overlapping = [p for p in pairs if p[2] < OVERLAP_DISTANCE]
     if overlapping:
         i, j, d = overlapping[0]
         more = f" (and {len(overlapping) - 1} more pairs)" if len(overlapping) > 1 else ""
         raise ValueError(f"overlapping atoms: atoms {i} and {j} are {d:.3f} Å apart{more}")
-    warnings = _close_pair_warnings(_too_close(structure, pairs, min_distance, radius_fraction))
+    warnings = _close_pair_warnings(structure, pairs, min_distance, radius_fraction)
     if shortest is not None and shortest < min_distance:
         warnings.append(f"each atom is {shortest:.2f} Å from its own periodic image "
                         "(the cell's shortest translation)")
