@@ -317,6 +317,8 @@ def test_atoms_closer_than_their_radii_allow_are_told():
     assert validate_structure(Structure(Lattice.cubic(5.43), ["Si"] * 2, [[0, 0, 0], [0.25, 0.25, 0.25]])) == []
     water_like = Structure(Lattice.cubic(6.0), ["O", "H"], [[0, 0, 0], [0.96, 0, 0]], coords_are_cartesian=True)
     assert validate_structure(water_like) == []  # an O-H bond is short, and right
+    (image,) = validate_structure(Structure(Lattice.tetragonal(5.43, 1.0), ["Si"], [[0, 0, 0]]))
+    assert image.startswith("each atom is 1.00 Å from its own periodic image") and "Si" in image
 
 
 # --- POSCAR ----------------------------------------------------------------
@@ -368,6 +370,7 @@ def test_poscar_negative_scale_with_cartesian_coordinates(tmp_path, nacl, select
     first = 9 if selective else 8
     for k, site in enumerate(nacl):
         lines[first + k] = " ".join(f"{x / scale:.12f}" for x in site.coords) + (" T T F" if selective else "")
+    lines[0] = "NaCl\x0cpage"  # a form feed in the comment: a line break to str.splitlines, not to pymatgen
     [(_, s)] = read_file(write(tmp_path / "neg_cart.vasp", "\n".join(lines)))
     assert s.volume == pytest.approx(nacl.volume)
     assert np.allclose(s.cart_coords, nacl.cart_coords, atol=1e-6)
@@ -634,7 +637,7 @@ def test_validate_atoms_close_to_their_own_periodic_image():
     thin = Structure(Lattice.orthorhombic(0.3, 5, 5), ["Cu"], [[0, 0, 0]])
     assert validate_structure(thin) == [
         "each atom is 0.30 Å from its own periodic image (the cell's shortest translation)"]
-    assert validate_structure(thin, min_distance=0.2) == []
+    assert validate_structure(thin, min_distance=0.2, radius_fraction=0) == []
     skewed = Structure(Lattice([[5, 0, 0], [5.3, 4, 0], [0, 0, 5]]), ["Cu"], [[0, 0, 0]])  # b - a is 4.01 Å
     assert validate_structure(skewed) == []
     short = Structure(Lattice([[5, 0, 0], [5.3, 0.02, 0], [0, 0, 5]]), ["Cu"], [[0, 0, 0]])  # b - a is 0.30 Å

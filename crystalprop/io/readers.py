@@ -280,7 +280,7 @@ def _volume_as_scale(text: str) -> str:
 
     pymatgen scales the lattice to that volume but multiplies Cartesian coordinates by the raw negative
     number, which scrambles the atoms; with the factor written out, both are scaled alike."""
-    lines = text.splitlines()
+    lines = text.split("\n")  # as pymatgen counts lines (str.splitlines also breaks at form feeds and others)
     tokens = lines[1].split() if len(lines) > 4 else []
     try:
         scale = float(tokens[0]) if tokens else 0.0
@@ -727,7 +727,9 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, radiu
         raise ValueError(f"{len(structure)} sites exceed the limit of {max_sites}")
     _check_cell(structure)
     _check_coords(structure)
-    shortest = _shortest_translation(structure, max(min_distance, OVERLAP_DISTANCE))  # first: cheap in any cell
+    largest = max((e.symbol for e in structure.composition.elements), key=_atomic_radius)  # the most squeezed
+    image_limit = radius_fraction * 2 * _atomic_radius(largest)
+    shortest = _shortest_translation(structure, max(min_distance, OVERLAP_DISTANCE, image_limit))  # first: cheap
     if shortest is not None and shortest < OVERLAP_DISTANCE:
         raise ValueError("every atom overlaps its own periodic image: the cell's shortest translation "
                          f"is {shortest:.3g} Å")
@@ -741,6 +743,10 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, radiu
     if shortest is not None and shortest < min_distance:
         warnings.append(f"each atom is {shortest:.2f} Å from its own periodic image "
                         "(the cell's shortest translation)")
+    elif shortest is not None and shortest < image_limit:
+        warnings.append(f"each atom is {shortest:.2f} Å from its own periodic image (the cell's shortest "
+                        f"translation; {largest}: under {radius_fraction:g} of twice its atomic radius, "
+                        f"{image_limit:.2f} Å)")
     return warnings
 
 
