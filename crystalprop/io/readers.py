@@ -685,12 +685,19 @@ def _atomic_radius(symbol: str) -> float:
     return float(Element(symbol).atomic_radius or 0.0)
 
 
+def _radius_limit(a: str, b: str, radius_fraction: float) -> float:
+    """``radius_fraction`` of the sum of the atomic radii of elements ``a`` and ``b``; 0 (no limit) where
+    either has none."""
+    ra, rb = _atomic_radius(a), _atomic_radius(b)
+    return radius_fraction * (ra + rb) if ra > 0 and rb > 0 else 0.0
+
+
 def _close_pair_warnings(structure: Structure, pairs: list[tuple[int, int, float]], min_distance: float,
                          radius_fraction: float) -> list[str]:
     """One line per pair (the first few), naming the elements and the limit where it is their radii's."""
     def line(i: int, j: int, d: float) -> str:
         a, b = structure[i].specie.symbol, structure[j].specie.symbol
-        limit = radius_fraction * (_atomic_radius(a) + _atomic_radius(b))
+        limit = _radius_limit(a, b, radius_fraction)
         if d < min_distance or not d < limit:
             return f"atoms {i} and {j} are {d:.2f} Å apart"
         return (f"atoms {i} and {j} are {d:.2f} Å apart ({a}-{b}: under {radius_fraction:g} of the sum of their "
@@ -728,7 +735,7 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, radiu
     _check_cell(structure)
     _check_coords(structure)
     largest = max((e.symbol for e in structure.composition.elements), key=_atomic_radius)  # the most squeezed
-    image_limit = radius_fraction * 2 * _atomic_radius(largest)
+    image_limit = _radius_limit(largest, largest, radius_fraction)
     shortest = _shortest_translation(structure, max(min_distance, OVERLAP_DISTANCE, image_limit))  # first: cheap
     if shortest is not None and shortest < OVERLAP_DISTANCE:
         raise ValueError("every atom overlaps its own periodic image: the cell's shortest translation "
