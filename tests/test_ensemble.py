@@ -552,3 +552,30 @@ def test_an_ensemble_resumed_without_its_options_keeps_them_for_every_member(tmp
     assert settings == [(3, 2e-3, 1, 8), (4, 2e-3, 1, 8)]
     records = [c.training["data"]["split_record"] for c in cards]
     assert records[0]["val_ids_sha256"] == records[1]["val_ids_sha256"] and records[0]["seed"] == 3
+
+
+def test_sigma_is_calibrated_on_the_structures_it_is_given_for(split_data, tmp_path):
+    """σ is given only for structures whose elements every member trained on (predict, evaluate); joining and
+    recalibrating fitted its scale and 95 % interval on every validation structure, also those with an element
+    the members lack, so the card's σ figures differed from what `evaluate --split val` then reported."""
+    from crystalprop.evaluation.evaluate import evaluate_model
+    from crystalprop.evaluation.joining import join_ensemble, recalibrate_sigma
+
+    records = json.loads(split_data.read_text())
+    elements = sorted({s["species"][0]["element"] for r in records for s in r["structure"]["sites"]})
+    assert "Br" in elements
+    without_br = [e for e in elements if e != "Br"]
+    members = [_random_checkpoint(tmp_path / f"m{k}.ckpt", "y", "eV", seed=10 + k, elements=without_br)
+               for k in range(3)]
+    for name, join in (("spread", lambda out: join_ensemble(members, out, split_data)),
+                       ("latent", lambda out: join_ensemble(members, out, split_data, sigma="latent+spread")),
+                       ("again", lambda out: recalibrate_sigma(tmp_path / "latent.ckpt", out, split_data))):
+        joined = join(tmp_path / f"{name}.ckpt")
+        evaluated = evaluate_model(tmp_path / f"{name}.ckpt", split_data, split="val")
+        assert evaluated["n_without_sigma"] > 0
+        assert joined["n_without_sigma"] == evaluated["n_without_sigma"], name
+        for key in ("mae", "sigma_spearman", "within_1sigma", "within_2sigma", "within_interval95", "mean_sigma"):
+            assert joined[key] == pytest.approx(evaluated[key], rel=1e-5), (name, key)
+        stored = read_checkpoint(tmp_path / f"{name}.ckpt")[0]
+        assert stored.metrics["n_without_sigma"] == evaluated["n_without_sigma"]
+        assert stored.ensemble["calibrated_on"]["n"] == evaluated["n"] - evaluated["n_without_sigma"], name

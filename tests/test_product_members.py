@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from pymatgen.core import Element
 
 from conftest import _random_checkpoint, make_structures, synthetic_target
 from crystalprop.model.checkpoint import CheckpointError, METADATA_KEY, read_checkpoint
@@ -168,10 +169,13 @@ def test_a_product_given_twice_is_refused(models, log_data, tmp_path):
 def test_an_ensemble_knows_the_elements_every_model_has_seen_in_periodic_table_order(log_data, tmp_path):
     from crystalprop.evaluation.joining import join_ensemble
 
-    seen = [["H", "O", "Fe", "Zr"], ["H", "C", "O", "Fe"], ["Li", "H", "O", "Fe", "Zr"]]
+    data = sorted({s["species"][0]["element"] for r in json.loads(log_data.read_text())
+                   for s in r["structure"]["sites"]})  # σ is calibrated on structures of elements all know
+    by_z = lambda elements: sorted(elements, key=lambda e: Element(e).Z)  # noqa: E731
+    seen = [by_z(data + ["H", "Fe", "U"]), ["H", "C", "Fe"] + data, ["Pb", "H", "Fe"] + data]
     y = [_random_checkpoint(tmp_path / f"y{k}.ckpt", "y", "GPa", seed=60 + k, log10=True, elements=seen[k])
          for k in range(2)]
     k = _random_checkpoint(tmp_path / "k.ckpt", "k", "GPa", seed=62, log10=True, elements=seen[2])
     r = _random_checkpoint(tmp_path / "r.ckpt", "r", "", seed=63, log10=True, elements=seen[2])
     join_ensemble(y, tmp_path / "p.ckpt", log_data, products=[(k, r)])
-    assert read_checkpoint(tmp_path / "p.ckpt")[0].elements == ["H", "O", "Fe"]
+    assert read_checkpoint(tmp_path / "p.ckpt")[0].elements == by_z(data + ["H", "Fe"])

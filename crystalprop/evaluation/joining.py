@@ -15,6 +15,7 @@ from crystalprop.data.datasets import Dataset, load_dataset, merge_trained
 from crystalprop.evaluation.evaluate import (
     check_unseen, error_metrics, labelled_split, network_outputs, recorded_split, split_settings,
 )
+from crystalprop.graph.elements import absent_elements
 from crystalprop.graph.settings import check_cell_choice
 from crystalprop.evaluation.metrics import uncertainty_metrics
 from crystalprop.model import SIGMA_CHOICES
@@ -149,48 +150,64 @@ def join_ensemble(
     if latent:
         reference, reference_record = _latent_reference(first, paths[0], networks_of, data, batch_size, id_column,
                                                         structure_column, latent_prior)
+    if all(c.elements for c in cards):  # warn for an element any model has not seen; in the first one's order
+        first.elements = [e for e in first.elements if all(e in c.elements for c in cards[1:])]
     graphs = [g for _, g in kept]
     y = np.array([e.target for e, _ in kept])
     outputs, features = networks_of(graphs, batch_size)
     outputs = members_from_networks(first, outputs)
-    scale, metrics, weight = _calibrated(first, y, outputs, features[0] if reference else None, reference, sigma)
+    with_sigma = _with_sigma(first, graphs)
+    scale, metrics, weight = _calibrated(first, y, outputs, features[0] if reference else None, reference, sigma,
+                                         with_sigma)
     reference_record.update(weight)
     member_maes = [float(np.mean(np.abs(first.transform.physical(z) - y))) for z in outputs]
     files = [[(name, p)] for name, p in resolved] + factor_models
     first.ensemble.update({
         "sigma_scale": scale, "sigma_from": sigma, **reference_record,
-        "calibrated_on": {"data": str(data), "split": split, "n": int(len(y)), "split_check": split_check},
+        "calibrated_on": {"data": str(data), "split": split, "n": int(with_sigma.sum()), "split_check": split_check},
         "member_files": [{"name": name, **_files_record(f), f"{split}_mae": mae}
                          for name, f, mae in zip(member_names, files, member_maes)],
     })
     first.metrics = metrics
-    if all(c.elements for c in cards):  # warn for an element any model has not seen; in the first one's order
-        first.elements = [e for e in first.elements if all(e in c.elements for c in cards[1:])]
     _merge_trained_ids(first, cards[1:])
     save_ensemble(output, first, [params for p in models for params in networks[p]],
                   reference.arrays() if reference else None)
     return {"output": str(output), "split": split, "member_maes": member_maes, **first.ensemble, **metrics}
 
 
+def _with_sigma(card, graphs) -> np.ndarray:
+    """Which structures get a σ: those whose elements the model trained on all of (every one where its card
+    lists none), as in ``predict`` and ``evaluate``; σ is calibrated on these alone."""
+    known = set(card.elements or [])
+    return np.array([not known or not absent_elements(g.atomic_numbers, known) for g in graphs], bool)
+
+
 def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray | None,
-                reference: LatentReference | None, sigma: str) -> tuple[float, dict, dict]:
+                reference: LatentReference | None, sigma: str,
+                with_sigma: np.ndarray) -> tuple[float, dict, dict]:
     """The calibration scale of σ in the form ``sigma`` on labels ``y``, given the members' normalised
     ``outputs`` (members × structures) and the first member's readout ``features``; the metrics of the
     calibrated σ; and the card's σ entries: ``interval95`` (:func:`interval_multiple`, where there is one)
-    and ``spread_weight`` for ``latent+spread``."""
+    and ``spread_weight`` for ``latent+spread``. σ's entries and figures come from the structures
+    ``with_sigma`` only (:func:`_with_sigma`), the error figures from all."""
+    if not with_sigma.any():
+        raise ValueError(f"none of the {len(y)} structures to calibrate σ on has only elements every member "
+                         "trained on: σ cannot be calibrated on them")
     raw = combine(outputs, card.transform)
     raw_std, record = raw.std, {}
     if reference is not None:
         raw_std = reference.raw_sigma(features)
         if sigma == "latent+spread":
-            record["spread_weight"] = spread_weight(raw_std, raw.std)
+            record["spread_weight"] = spread_weight(raw_std[with_sigma], raw.std[with_sigma])
             raw_std = raw_sigma(raw, raw_std, record["spread_weight"])
-    scale = calibration_scale(raw.value - y, raw_std)
-    interval = interval_multiple(raw.value - y, raw_std * scale)
+    y_known, value, raw_std = y[with_sigma], raw.value[with_sigma], raw_std[with_sigma]
+    scale = calibration_scale(value - y_known, raw_std)
+    interval = interval_multiple(value - y_known, raw_std * scale)
     record.update({"interval95": interval} if interval is not None else {})
-    metrics = {**error_metrics(card, y, raw.value), **uncertainty_metrics(y, raw.value, raw_std * scale, interval)}
+    metrics = {**error_metrics(card, y, raw.value), **uncertainty_metrics(y_known, value, raw_std * scale, interval),
+               **({"n_without_sigma": int((~with_sigma).sum())} if not with_sigma.all() else {})}
     if reference is not None and raw.std is not None:  # what the members' spread would have given, for the record
-        metrics["spread_sigma_spearman"] = uncertainty_metrics(y, raw.value, raw.std)["sigma_spearman"]
+        metrics["spread_sigma_spearman"] = uncertainty_metrics(y_known, value, raw.std[with_sigma])["sigma_spearman"]
     return scale, metrics, record
 
 
@@ -236,15 +253,18 @@ def recalibrate_sigma(
         reference = replace(reference, prior=latent_prior)
     _, split, split_check, kept, _, _ = labelled_split(card, data, None, split, path, id_column, structure_column)
     y = np.array([e.target for e, _ in kept])
-    outputs, features = network_outputs([(card, params, path)], readout=True)([g for _, g in kept], batch_size)
-    scale, metrics, weight = _calibrated(card, y, members_from_networks(card, outputs), features[0], reference, sigma)
+    graphs = [g for _, g in kept]
+    outputs, features = network_outputs([(card, params, path)], readout=True)(graphs, batch_size)
+    with_sigma = _with_sigma(card, graphs)
+    scale, metrics, weight = _calibrated(card, y, members_from_networks(card, outputs), features[0], reference, sigma,
+                                         with_sigma)
     for key in ("spread_weight", "latent_prior", "interval95"):
         card.ensemble.pop(key, None)
     card.ensemble.update({"sigma_scale": scale, "sigma_from": sigma, **weight,
                           **({"latent_prior": reference.prior} if reference.prior else {}),
-                          "calibrated_on": {"data": str(data), "split": split, "n": int(len(y)),
+                          "calibrated_on": {"data": str(data), "split": split, "n": int(with_sigma.sum()),
                                             "split_check": split_check}})
-    card.metrics = {**(card.metrics or {}), **metrics}  # what else it records (an evaluation's data, cells) stays
+    card.metrics = {**{k: v for k, v in (card.metrics or {}).items() if k != "n_without_sigma"}, **metrics}  # what else it records (an evaluation's data, cells) stays
     save_with_card(output, card, params)
     return {"output": str(output), "split": split, **card.ensemble, **metrics}
 
