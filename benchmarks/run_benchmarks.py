@@ -270,7 +270,7 @@ def main() -> None:
     if "train" not in args.skip:
         results["train_epoch_s"], results["train_peak_gb"] = bench_train(work)
     if "shipped" not in args.skip:
-        from crystalprop.prediction.registry import available_models  # noqa: PLC0415
+        from crystalprop.model.registry import available_models  # noqa: PLC0415
 
         shipped = available_models()
         results["shipped_models"] = shipped
@@ -282,7 +282,7 @@ def main() -> None:
         run_measured(cmd)
         results["predict_one_s"], _, _ = run_measured(cmd)
     if "memory" not in args.skip:  # with the shipped models, all properties
-        from crystalprop.prediction.registry import available_models  # noqa: PLC0415
+        from crystalprop.model.registry import available_models  # noqa: PLC0415
 
         many = mp2018_files(20000)
         results["predict_20k_per_s"], results["predict_20k_peak_gb"] = bench_cli_predict(

@@ -48,7 +48,7 @@ def main() -> None:
     from crystalprop.model.folded import member_arrays
     from crystalprop.model.stacked import stacked_network
     from crystalprop.prediction.predictor import iter_prepared
-    from crystalprop.prediction.registry import resolve_model
+    from crystalprop.model.registry import resolve_model
 
     checkpoints = []
     for name in MODELS:

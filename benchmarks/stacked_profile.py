@@ -161,7 +161,7 @@ def main() -> None:
     from crystalprop.model.inference import batch_tensors
     from crystalprop.model.stacked import stack_checkpoints
     from crystalprop.prediction.predictor import iter_prepared
-    from crystalprop.prediction.registry import resolve_model
+    from crystalprop.model.registry import resolve_model
 
     library()  # sets the kernels' thread count
     checkpoints = []

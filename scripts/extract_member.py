@@ -26,7 +26,7 @@ def main() -> None:
 
     from crystalprop.model.checkpoint import TargetTransform, build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
     from crystalprop.model.ensemble import member_params  # noqa: PLC0415
-    from crystalprop.prediction.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.model.registry import resolve_model  # noqa: PLC0415
 
     _, path = resolve_model(args.model)
     card, params = read_checkpoint(path)

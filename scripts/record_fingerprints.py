@@ -19,7 +19,7 @@ from crystalprop.data.graph_cache import build_graphs
 from crystalprop.evaluation.evaluate import recorded_split, split_settings
 from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.model.ensemble import save_with_card
-from crystalprop.prediction.registry import resolve_model
+from crystalprop.model.registry import resolve_model
 
 
 def main() -> None:

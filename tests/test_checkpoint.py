@@ -174,7 +174,7 @@ def test_missing_file(tmp_path):
 
 def test_a_run_stopped_before_its_first_epoch_is_named_as_such(tmp_path):
     """`evaluate RUN` of a run stopped before any validated epoch said only 'no such checkpoint file'."""
-    from crystalprop.prediction.registry import resolve_model
+    from crystalprop.model.registry import resolve_model
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "last.ckpt").write_bytes(b"state")

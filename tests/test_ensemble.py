@@ -147,6 +147,8 @@ def test_evaluate_reports_sigma_quality_and_draws_the_calibration_plot(joined, s
     with open(tmp_path / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["id", "true", "predicted", "error", "std", "err95"]  # within_interval95, checkable
+    record = json.loads((tmp_path / "predictions.csv.meta.json").read_text())["crystalprop_provenance"]
+    assert record["units"] == {column: "eV" for column in ["true", "predicted", "error", "std", "err95"]}
     inside = np.mean([abs(float(r["error"])) <= float(r["err95"]) for r in rows])
     assert inside == pytest.approx(result["within_interval95"], abs=1.5 / len(rows))  # 6-digit rounding
 

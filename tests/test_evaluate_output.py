@@ -15,7 +15,7 @@ from crystalprop.utils.backend import set_device
 set_device("CPU")
 
 from crystalprop.evaluation.evaluate import evaluate_model  # noqa: E402
-from crystalprop.prediction.output import OutputExistsError  # noqa: E402
+from crystalprop.utils.atomic import OutputExistsError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

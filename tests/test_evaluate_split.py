@@ -123,7 +123,7 @@ def test_shipped_checkpoints_validate_on_their_split_json(model, folder):
     """A shipped model's validation split checks out: by its trained ids where its checkpoint records
     them (formation energy since session 7), else (the elastic ones predate the record) by the
     data's split.json, which still counts as validation."""
-    from crystalprop.prediction.registry import resolve_model
+    from crystalprop.model.registry import resolve_model
 
     _, path = resolve_model(model)
     card, _ = read_checkpoint(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from crystalprop.prediction.registry import SHIPPED
+from crystalprop.model.registry import SHIPPED
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "crystalprop"

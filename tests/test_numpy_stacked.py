@@ -71,7 +71,7 @@ def test_predictor_engines_agree_on_every_column(random_ckpt):
     from conftest import make_structures
 
     from crystalprop.prediction.predictor import Predictor
-    from crystalprop.prediction.registry import checkpoints_dir
+    from crystalprop.model.registry import checkpoints_dir
 
     structures = [s for _, s in make_structures(6)]
     models = [str(random_ckpt)] + [str(p) for p in sorted(checkpoints_dir().glob("*.ckpt"))]

@@ -15,7 +15,8 @@ import crystalprop
 from crystalprop.model import kernel_library
 from conftest import rocksalt, run_cli
 from crystalprop.prediction.output import ResultWriter, is_finished, merge_results, read_provenance, read_rows
-from crystalprop.prediction.provenance import KEY, ProvenanceMismatchError, describe_difference, provenance, sidecar_path
+from crystalprop.io.result_files import KEY
+from crystalprop.prediction.provenance import ProvenanceMismatchError, describe_difference, provenance, sidecar_path
 
 COLUMNS = ["index", "name", "model_a", "error", "warning"]
 ROWS = [{"index": 0, "name": "a.cif", "model_a": 1.5, "error": "", "warning": ""},
@@ -147,12 +148,13 @@ def test_cli_outputs_and_models_show_the_weights_hash(tmp_path, random_ckpt, shi
     assert result.returncode == 0, result.stderr
     record = read_provenance(tmp_path / "out.jsonl")
     assert record["models"] == [{"name": "rand", "file": "rand.ckpt",
-                                 "sha256": hashlib.sha256(random_ckpt.read_bytes()).hexdigest()}]
+                                 "sha256": hashlib.sha256(random_ckpt.read_bytes()).hexdigest(), "target": "y"}]
+    assert record["units"] == {"rand": "eV"}  # what each number is, in the file itself
     assert record["mindspore"] and record["crystalprop"] == crystalprop.__version__
     assert record["engine"] == ("numpy" if kernel_library.loaded() else "mindspore")  # which engine computed them
     csv_run = run_cli(["predict", "nacl.cif", "-m", random_ckpt, "-o", "out.csv"], cwd=tmp_path)
     assert csv_run.returncode == 0 and "out.csv.meta.json" in csv_run.stdout + csv_run.stderr
-    assert read_provenance(tmp_path / "out.csv") is not None
+    assert read_provenance(tmp_path / "out.csv")["units"] == {"rand": "eV"}
     listed = run_cli(["models"], env={"CRYSTALPROP_CHECKPOINTS": str(shipped_dir), "COLUMNS": "300"})
     assert hashlib.sha256((shipped_dir / "formation_energy.ckpt").read_bytes()).hexdigest() in listed.stdout
 

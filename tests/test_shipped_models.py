@@ -12,7 +12,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from crystalprop.prediction.registry import checkpoints_dir
+from crystalprop.model.registry import checkpoints_dir
 
 LIMIT_MB = 80
 """The most the shipped checkpoints may weigh together (the accuracy issue's budget)."""
@@ -120,7 +120,7 @@ def test_shipped_models_give_one_answer_per_crystal(monkeypatch):
 
 def test_models_table_gives_whole_epochs_as_integers():
     """`crystalprop models` showed 218.0 epochs."""
-    from crystalprop.prediction.registry import MODEL_COLUMNS, describe_models
+    from crystalprop.model.registry import MODEL_COLUMNS, describe_models
 
     epochs = [row[MODEL_COLUMNS.index("epochs")] for row in describe_models()]
     assert epochs and all(e.isdigit() for e in epochs), epochs

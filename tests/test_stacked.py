@@ -21,7 +21,7 @@ from crystalprop.model.ensemble import member_params  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
 from crystalprop.model.folded import member_arrays  # noqa: E402
 from crystalprop.model.stacked import StackedMatformer  # noqa: E402
-from crystalprop.prediction.registry import checkpoints_dir  # noqa: E402
+from crystalprop.model.registry import checkpoints_dir  # noqa: E402
 
 SMALL = ModelConfig(layers=2, features=16, heads=2, fc_features=16)
 KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(fused.library() is None, reason="no C++ compiler"))]

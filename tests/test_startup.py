@@ -13,10 +13,11 @@ import pytest
 from pymatgen.io.cif import CifWriter
 
 from conftest import rocksalt
-from crystalprop.prediction import provenance as provenance_module
+from crystalprop.utils import hashing as hashing_module
 from crystalprop.utils import quick_exit
 from crystalprop.utils.gc_pause import collection_paused
-from crystalprop.prediction.provenance import cached_file_sha256, file_sha256, read_sidecar
+from crystalprop.prediction.provenance import read_sidecar
+from crystalprop.utils.hashing import cached_file_sha256, file_sha256
 from crystalprop.utils.quick_exit import request, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +82,7 @@ def test_cached_hash_follows_the_file(tmp_path, monkeypatch):
     """A cached sha256 is reused while the file is unchanged, and redone when it is rewritten or replaced,
     even with the same size and modification time."""
     hashed = []
-    monkeypatch.setattr(provenance_module, "file_sha256", lambda path: hashed.append(path) or file_sha256(path))
+    monkeypatch.setattr(hashing_module, "file_sha256", lambda path: hashed.append(path) or file_sha256(path))
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"weights one")
     assert cached_file_sha256(ckpt) == file_sha256(ckpt)

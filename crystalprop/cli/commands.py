@@ -86,7 +86,8 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
         raise click.UsageError("--resume continues the --output file and --overwrite replaces it: give one")
 
     single_threaded_blas()  # before numpy is imported
-    from crystalprop.prediction.output import OutputExistsError, ResultWriter, done_names  # noqa: PLC0415
+    from crystalprop.prediction.output import ResultWriter, done_names  # noqa: PLC0415
+    from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
     from crystalprop.prediction.predictor import open_prediction  # noqa: PLC0415
     from crystalprop.prediction.provenance import sidecar_path  # noqa: PLC0415
 
@@ -142,7 +143,8 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
 @click.option("--overwrite", is_flag=True)
 def merge(output, parts, overwrite) -> None:
     """Join the outputs of sharded `predict --shard I/N` runs into one file, in input order."""
-    from crystalprop.prediction.output import OutputExistsError, merge_results, read_provenance  # noqa: PLC0415
+    from crystalprop.prediction.output import merge_results, read_provenance  # noqa: PLC0415
+    from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
 
     try:
         n = merge_results(output, parts, overwrite=overwrite)
@@ -156,7 +158,7 @@ def merge(output, parts, overwrite) -> None:
 @main.command()
 def models() -> None:
     """List the shipped models with their target, unit, validation MAE and the sha256 of their weights."""
-    from crystalprop.prediction.registry import MODEL_COLUMNS, checkpoints_dir, describe_models  # noqa: PLC0415
+    from crystalprop.model.registry import MODEL_COLUMNS, checkpoints_dir, describe_models  # noqa: PLC0415
 
     show_table(MODEL_COLUMNS, describe_models(), title=f"models in {checkpoints_dir()}")
 
@@ -289,7 +291,7 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
 def evaluate(model, data, **options) -> None:
     """Measure MODEL (shipped name, .ckpt or run dir) on a labelled DATA set."""
     from crystalprop.evaluation.evaluate import evaluate_model  # noqa: PLC0415
-    from crystalprop.prediction.output import OutputExistsError  # noqa: PLC0415
+    from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
 
     try:
         with console.status("evaluating"):
@@ -326,7 +328,7 @@ def ensemble(output, members, data, split, products, **options) -> None:
     structure (see --sigma), scaled to match the errors on DATA's validation split. With
     --sigma latent one member is enough: a single model gains a σ."""
     from crystalprop.evaluation.joining import join_ensemble  # noqa: PLC0415
-    from crystalprop.prediction.output import OutputExistsError  # noqa: PLC0415
+    from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
 
     try:
         with console.status("calibrating"):

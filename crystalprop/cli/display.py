@@ -12,20 +12,15 @@ from typing import Iterable, Sequence
 
 import click
 from rich.cells import cell_len
-from rich.console import Console
 from rich.markup import escape
 from rich.measure import Measurement
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from crystalprop.utils.console import console, out
 from crystalprop.utils.stopping import stop_signals_interrupt
 
-console = Console(stderr=True)
-"""Progress, messages and errors."""
-console.soft_wrap = not console.is_terminal  # a log file or pipe keeps each message on one line
-out = Console()
-"""Results."""
 TABLE_LIMIT = 25
 """Most prediction rows shown on the terminal."""
 

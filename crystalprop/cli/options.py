@@ -33,7 +33,7 @@ def sigma_option():
 def split_models(values: tuple[str, ...]) -> tuple[str, ...]:
     """``-m`` values, each a model or several separated by commas (``-m band_gap,bulk_modulus``);
     a value naming an existing file or folder is one model, commas and all."""
-    from crystalprop.prediction.registry import model_names  # noqa: PLC0415  (the command starts without it)
+    from crystalprop.model.registry import model_names  # noqa: PLC0415  (the command starts without it)
 
     if any(not value.strip(" ,") for value in values):
         raise click.BadParameter("an empty model name; leave -m out to run every shipped model")

@@ -31,8 +31,8 @@ from crystalprop.graph.neighbors import CrystalGraph, GraphSettings, build_graph
 from crystalprop.io.adapters import crystal_from_structure
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.io.readers import read_file_with_timeout, structure_from_dict, structure_from_text, validate_structure
-from crystalprop.prediction.provenance import file_sha256
-from crystalprop.prediction.workers import main_script_hidden
+from crystalprop.utils.hashing import file_sha256
+from crystalprop.utils.spawn import main_script_hidden
 
 GRAPH_FORMAT = 3  # bump when the graph builder's output changes
 

@@ -34,7 +34,7 @@ EVALUATION_FILES = (*RESULT_FILES, "predictions.csv.meta.json", "parity.png", "e
 def _output_folder(output_dir: str | Path, overwrite: bool) -> Path:
     """The results folder, made before the work; OutputExistsError where it holds an earlier
     evaluation's results and ``overwrite`` is not given."""
-    from crystalprop.prediction.output import OutputExistsError  # noqa: PLC0415
+    from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
 
     folder = Path(output_dir)
     earlier = [name for name in RESULT_FILES if (folder / name).exists()]
@@ -287,12 +287,12 @@ def evaluate_model(
 
     ``cell``: ``canonical`` or ``as-given`` instead of the model's own cell setting.
     ``output_dir`` holding an earlier evaluation (predictions.csv or metrics.json) is refused with
-    :class:`crystalprop.prediction.output.OutputExistsError` unless ``overwrite``, which removes that
+    :class:`crystalprop.utils.atomic.OutputExistsError` unless ``overwrite``, which removes that
     evaluation's files (:data:`EVALUATION_FILES`, nothing else) before the new ones are written.
     """
     from crystalprop.utils.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
-    from crystalprop.prediction.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.model.registry import resolve_model  # noqa: PLC0415
 
     out = _output_folder(output_dir, overwrite) if output_dir else None  # before the work, not after it
     set_device(device)
@@ -326,7 +326,11 @@ def evaluate_model(
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
               "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,
               "n_failed": n_failed, **metrics, "n_skipped": len(skipped), "skipped": skipped}
-    result["provenance"] = provenance([(label, path)], cell=settings.cell, device=device)
+    result["provenance"] = provenance([(label, path)], cell=settings.cell, device=device, targets={label: card.target},
+                                      units={column: card.unit for column in ["true", "predicted", "error"]
+                                             + (["std"] if std is not None else [])
+                                             + (["err95"] if std is not None and (card.ensemble or {}).get("interval95")
+                                                else [])})
     if out is not None:
         if overwrite:
             _remove_earlier(out)

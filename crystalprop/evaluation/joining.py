@@ -23,7 +23,7 @@ from crystalprop.model.ensemble import (
     calibration_scale, combine, interval_multiple, members_from_networks, raw_sigma, spread_weight,
 )
 from crystalprop.model.latent_sigma import LatentReference, stored_reference
-from crystalprop.prediction.provenance import file_sha256
+from crystalprop.utils.hashing import file_sha256
 from crystalprop.training.config import EVAL_BATCH_SIZE
 
 
@@ -84,7 +84,7 @@ def join_ensemble(
     from crystalprop.model.ensemble import (  # noqa: PLC0415
         check_compatible, check_factor, check_product_units, member_params, product_combination,
     )
-    from crystalprop.prediction.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.model.registry import resolve_model  # noqa: PLC0415
 
     if sigma not in SIGMA_CHOICES:
         raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
@@ -231,7 +231,7 @@ def recalibrate_sigma(
     from crystalprop.utils.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import check_new_checkpoint, read_checkpoint  # noqa: PLC0415
     from crystalprop.model.ensemble import save_with_card  # noqa: PLC0415
-    from crystalprop.prediction.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.model.registry import resolve_model  # noqa: PLC0415
 
     if sigma not in ("latent", "latent+spread"):
         raise ValueError(f"only σ from a latent reference can be recalibrated: latent or latent+spread, not {sigma!r}")

@@ -27,7 +27,7 @@ from crystalprop.io.cif_p1 import p1_structure
 from crystalprop.io.cif_symmetry import p1_fallback, symmetry_supplement, unknown_operations
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
-from crystalprop.prediction.provenance import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
+from crystalprop.io.result_files import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
 from crystalprop.utils.timelimit import run_with_time_limit
 
 GZIP_MAGIC = b"\x1f\x8b"

@@ -165,7 +165,7 @@ def check_new_checkpoint(path: str | Path, overwrite: bool = True) -> Path:
     """``path`` for a model about to be written, checked before the work: a ValueError unless its name
     ends in .ckpt (MindSpore would add the suffix), an OutputExistsError where it exists and
     ``overwrite`` is false."""
-    from crystalprop.prediction.output import OutputExistsError  # noqa: PLC0415
+    from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
 
     path = Path(path)
     if path.suffix != ".ckpt":

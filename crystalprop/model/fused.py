@@ -18,7 +18,7 @@ from pathlib import Path
 
 from crystalprop.utils.backend import cpu_threads, mindspore_module
 from crystalprop.model import kernel_library
-from crystalprop.prediction.provenance import file_sha256
+from crystalprop.utils.hashing import file_sha256
 
 ops = mindspore_module().ops  # imported by the layers only, which need MindSpore anyway
 

@@ -24,10 +24,9 @@ import os
 from pathlib import Path
 from typing import IO, Sequence
 
-from crystalprop.utils.atomic import make_folder
+from crystalprop.utils.atomic import OutputExistsError, make_folder
+from crystalprop.io.result_files import FINISHED, KEY
 from crystalprop.prediction.provenance import (
-    FINISHED,
-    KEY,
     ProvenanceMismatchError,
     describe_difference,
     read_sidecar,
@@ -37,10 +36,6 @@ from crystalprop.prediction.provenance import (
     utc_now,
     write_sidecar,
 )
-
-
-class OutputExistsError(FileExistsError):
-    """The output file exists and neither --resume nor --overwrite was given."""
 
 
 def _format(path: Path) -> str:

@@ -35,6 +35,8 @@ from crystalprop.prediction.workers import ResilientPool, heartbeat
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
+    from crystalprop.model.checkpoint import ModelCard
+
 MAX_PENDING = 2048  # inputs read ahead of the models (a few MB of graphs)
 MAX_READERS = 4  # reader processes at most, by default
 HARD_LIMIT_GRACE_S = 30.0  # a reader stuck past twice the time limit plus this is stopped from outside
@@ -282,6 +284,13 @@ def choose_engine(device: str, engine: str | None = None) -> str:
     return engine
 
 
+
+def _value_columns(label: str, card: ModelCard) -> list[str]:
+    """One model's result columns, all in its unit: the value, σ for an ensemble, the 95 % half-width
+    where the card stores ``interval95``."""
+    return ([label] + ([f"{label}_std"] if card.ensemble else [])
+            + ([f"{label}_err95"] if (card.ensemble or {}).get("interval95") else []))
+
 class Predictor:
     """One or more loaded models that predict together from shared graphs.
 
@@ -297,7 +306,7 @@ class Predictor:
         from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
         from crystalprop.model.ensemble import member_params  # noqa: PLC0415
         from crystalprop.model.latent_sigma import stored_reference  # noqa: PLC0415
-        from crystalprop.prediction.registry import available_models, checkpoints_dir, model_names, resolve_model  # noqa: PLC0415
+        from crystalprop.model.registry import available_models, checkpoints_dir, model_names, resolve_model  # noqa: PLC0415
 
         if cell is not None:
             check_cell_choice(cell)
@@ -392,15 +401,16 @@ class Predictor:
         and the ``shard`` of the input they cover."""
         from crystalprop.prediction.provenance import provenance  # noqa: PLC0415
 
-        return provenance(self.sources, cell=self.settings.cell, device=self.device, engine=self.engine, shard=shard)
+        return provenance(self.sources, cell=self.settings.cell, device=self.device, engine=self.engine, shard=shard,
+                          targets={label: card.target for label, _, card, _ in self.models},
+                          units={column: card.unit for label, _, card, _ in self.models
+                                 for column in _value_columns(label, card)})
 
     @property
     def value_columns(self) -> list[str]:
         """Result columns: each model's label, followed by ``<label>_std`` for an ensemble and
         ``<label>_err95`` (the half-width of its 95 % interval) where its card stores ``interval95``."""
-        return [column for label, _, card, _ in self.models
-                for column in [label] + ([f"{label}_std"] if card.ensemble else [])
-                + ([f"{label}_err95"] if (card.ensemble or {}).get("interval95") else [])]
+        return [column for label, _, card, _ in self.models for column in _value_columns(label, card)]
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -505,7 +515,7 @@ _LOADED: dict[tuple, Predictor] = {}  # the models of the last predict() call, w
 def _loaded_key(model: Sequence[str] | str | None, device: str, cell: str | None, engine: str | None) -> tuple:
     """What identifies loaded models: each file's path, size and modification time, the device, the cells,
     the engine."""
-    from crystalprop.prediction.registry import available_models, model_names, resolve_model  # noqa: PLC0415
+    from crystalprop.model.registry import available_models, model_names, resolve_model  # noqa: PLC0415
 
     names = available_models() if model is None else model_names(model)
     files = []

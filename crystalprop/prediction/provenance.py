@@ -8,76 +8,20 @@ gets a sidecar ``<file>.meta.json`` so that pandas and spreadsheets read the tab
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import os
 import platform
-import re
 from importlib import metadata
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from crystalprop import __version__
+from crystalprop.io.result_files import FINISHED, KEY
 from crystalprop.utils.atomic import atomic_write_text
-
-KEY = "crystalprop_provenance"
-"""The key that marks the provenance record in JSON / JSON Lines output."""
-FINISHED = "crystalprop_finished"
-"""The key under which a result file says when the run writing it reached the end of its input: the
-last line of a JSON Lines file, a key after the rows of a JSON file, a key of a CSV's sidecar. A run
-stopped before the end leaves a whole file without it, which ``merge`` refuses."""
+from crystalprop.utils.hashing import cached_file_sha256
 
 
 class ProvenanceMismatchError(ValueError):
     """Results would be joined with results made by other weights or settings."""
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (a shipped checkpoint hashes in about 5 ms)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def cached_file_sha256(path: str | Path) -> str:
-    """:func:`file_sha256`, remembered in the cache folder per file and its stat record.
-
-    The record (size, modification and change times in ns, inode, device) changes with any
-    write or replacement of the file, which is then hashed again; so is a file whose entry is
-    missing or unreadable. Saves hashing the checkpoints (40 ms for the shipped ones) on every run.
-    """
-    from crystalprop.utils.backend import cache_dir  # noqa: PLC0415
-
-    path = Path(path).resolve()
-    info = path.stat()
-    stamp = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev]
-    try:
-        store = cache_dir() / "sha256.json"
-    except OSError:  # no writable cache folder
-        return file_sha256(path)
-    known = _read_json(store)
-    entry = known.get(str(path))
-    if isinstance(entry, dict) and entry.get("stat") == stamp and isinstance(entry.get("sha256"), str):
-        return entry["sha256"]
-    digest = file_sha256(path)
-    known = {name: value for name, value in known.items() if os.path.exists(name)}  # forget deleted files
-    known[str(path)] = {"stat": stamp, "sha256": digest}
-    try:
-        atomic_write_text(store, json.dumps(known, indent=1))
-    except OSError:  # a read-only cache folder: hash again next time
-        pass
-    return digest
-
-
-def _read_json(path: Path) -> dict:
-    """The JSON object in ``path``; empty where the file is missing, unreadable or not an object."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _version(package: str) -> str | None:
@@ -88,10 +32,13 @@ def _version(package: str) -> str | None:
 
 
 def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-given", device: str = "CPU",
-               engine: str = "mindspore", shard: tuple[int, int] | None = None) -> dict:
+               engine: str = "mindspore", shard: tuple[int, int] | None = None,
+               targets: Mapping[str, str] | None = None, units: Mapping[str, str] | None = None) -> dict:
     """The record for results of ``models`` ((label, checkpoint path) pairs) computed by ``engine``
     (``mindspore``, or ``numpy``: :mod:`crystalprop.model.numpy_stacked`). ``shard`` (I, N): the part of
-    the input these results cover (``predict --shard I/N``), so that ``merge`` can tell a missing part."""
+    the input these results cover (``predict --shard I/N``), so that ``merge`` can tell a missing part.
+    ``targets``: each label's trained property (recorded with its model); ``units``: each numeric
+    column's unit, so that the file itself says what its numbers are."""
     record = {
         "crystalprop": __version__,
         "mindspore": _version("mindspore"),
@@ -99,8 +46,10 @@ def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-give
         "device": device,
         "engine": engine,
         "cell": cell,
-        "models": [{"name": label, "file": Path(path).name, "sha256": cached_file_sha256(path)}
+        "models": [{"name": label, "file": Path(path).name, "sha256": cached_file_sha256(path),
+                    **({"target": targets[label]} if targets and label in targets else {})}
                    for label, path in models],
+        **({"units": dict(units)} if units is not None else {}),
         "created": utc_now(),
     }
     if shard is not None:
@@ -137,42 +86,6 @@ def describe_difference(old: dict, new: dict) -> str:
     if not same_origin(old, new):
         return f"models {models(old) or 'none'} there, {models(new) or 'none'} now"
     return f"shard {'/'.join(map(str, old.get('shard', '?')))} there, {'/'.join(map(str, new.get('shard', '?')))} now"
-
-
-BOM = rb"(?:\xef\xbb\xbf)?"
-"""A UTF-8 byte order mark, which an editor or spreadsheet may put before a file it saves again."""
-
-
-def is_results_file(path: str | Path) -> bool:
-    """Whether a JSON file is one of crystalprop's own outputs (a JSON table of results or a CSV's
-    sidecar): both open with the provenance record, so 256 bytes tell, without parsing the file."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(256)
-    except OSError:
-        return False
-    return re.match(BOM + rb'\s*\{\s*"' + KEY.encode() + rb'"', head) is not None
-
-
-EVALUATION_LEAD_KEYS = ("model", "checkpoint")
-"""The keys that the metrics.json of ``crystalprop evaluate`` opens with, in this order."""
-_EVALUATION_HEAD = re.compile(BOM + rb'\s*\{\s*"model"\s*:\s*"(?:[^"\\]|\\.)*"\s*,\s*"checkpoint"\s*:')
-
-
-def opens_as_evaluation_metrics(record: dict) -> bool:
-    """Whether a parsed JSON object opens as evaluate's metrics.json does (:data:`EVALUATION_LEAD_KEYS`)."""
-    return tuple(record)[:len(EVALUATION_LEAD_KEYS)] == EVALUATION_LEAD_KEYS
-
-
-def is_evaluation_metrics(path: str | Path) -> bool:
-    """Whether a JSON file is the metrics.json that ``crystalprop evaluate`` wrote, under any name: told by
-    its content, an object opening with the model's name and its checkpoint (a structure never does)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return _EVALUATION_HEAD.match(head) is not None
 
 
 def read_sidecar(path: str | Path) -> dict | None:

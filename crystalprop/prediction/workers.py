@@ -13,7 +13,7 @@ MAX_START_DEATHS times in a row, the pool gives up with an error.
 
 Workers are started with 'spawn' (a fresh interpreter: no MindSpore threads or locks copied
 from the parent) but without running the caller's ``__main__`` script again in them
-(:func:`main_script_hidden`).
+(:func:`crystalprop.utils.spawn.main_script_hidden`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
-import sys
 import threading
 import time
-import types
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator, Mapping
+
+from crystalprop.utils.spawn import main_script_hidden
 
 CHUNK = 8  # jobs sent to a worker at once; it answers each as soon as it is done
 READY = -1  # sequence number of the message a worker sends once it is ready
@@ -40,7 +39,6 @@ POLL_S = 0.2  # the dispatcher's longest sleep
 MAX_START_DEATHS = 3  # workers that die before answering anything, in a row, before giving up
 
 
-_MAIN_LOCK = threading.Lock()
 _beat: Callable[[], None] | None = None  # in a worker: sends a HEARTBEAT to the pool
 
 
@@ -48,24 +46,6 @@ def heartbeat() -> None:
     """Report that the current job is progressing, which restarts its hard-limit clock; no-op outside a worker."""
     if _beat is not None:
         _beat()
-
-
-@contextmanager
-def main_script_hidden() -> Iterator[None]:
-    """Start 'spawn' processes in this block without running the caller's main script in them.
-
-    'spawn' runs the parent's ``__main__`` file again in every child, so that functions defined
-    there can be unpickled. Our workers need only crystalprop's own functions, and a user's
-    script without an ``if __name__ == "__main__":`` guard would otherwise start its whole work
-    over in each child (and fail there). The children see an empty ``__main__`` instead.
-    """
-    with _MAIN_LOCK:
-        main = sys.modules["__main__"]
-        sys.modules["__main__"] = types.ModuleType("__main__")
-        try:
-            yield
-        finally:
-            sys.modules["__main__"] = main
 
 
 @dataclass

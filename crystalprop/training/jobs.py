@@ -82,7 +82,7 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
 
     set_device(job["device"], threads=job["threads"])
     from crystalprop.graph.settings import GraphSettings  # noqa: PLC0415
-    from crystalprop.prediction.registry import resolve_model  # noqa: PLC0415
+    from crystalprop.model.registry import resolve_model  # noqa: PLC0415
     from crystalprop.training.run import train_model  # noqa: PLC0415
     from crystalprop.training.trainer import saved_cell, saved_fold  # noqa: PLC0415
 

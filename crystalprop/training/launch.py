@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from crystalprop.cli.display import console
+from crystalprop.utils.console import console
 from crystalprop.utils.stopping import STOP_SIGNALS
 from crystalprop.training.jobs import OnEvent, TrainingFailed, run_job
 from crystalprop.training.progress import TrainDisplay
@@ -110,7 +110,7 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
     import queue as queue_module  # noqa: PLC0415
     import signal  # noqa: PLC0415
 
-    from crystalprop.prediction.workers import main_script_hidden  # noqa: PLC0415
+    from crystalprop.utils.spawn import main_script_hidden  # noqa: PLC0415
 
     ctx = mp.get_context("spawn")
     events = ctx.Queue()

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from crystalprop.cli.display import console
+from crystalprop.utils.console import console
 
 
 class TrainDisplay:

@@ -19,6 +19,10 @@ FILE_MODE = 0o666 & ~_umask()
 """The mode a new file gets from ``open`` (0o644 under the usual umask 022)."""
 
 
+class OutputExistsError(FileExistsError):
+    """The output file exists and neither --resume nor --overwrite was given."""
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``, so readers never see half a file. The file
     gets the mode of any file the user writes (MindSpore makes its checkpoints owner-read-only)."""

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from crystalprop.utils.atomic import atomic_write_text
 from crystalprop.utils.backend import cache_dir
-from crystalprop.prediction.provenance import file_sha256
+from crystalprop.utils.hashing import file_sha256
 
 
 def _cpu_features() -> str:

@@ -74,7 +74,7 @@ MODEL_COLUMNS = ("name", "target", "unit", "val MAE", "trained on", "epochs", "s
 def describe_models() -> list[list[str]]:
     """One row of :data:`MODEL_COLUMNS` per available model, read from its card and weights."""
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
-    from crystalprop.prediction.provenance import cached_file_sha256  # noqa: PLC0415
+    from crystalprop.utils.hashing import cached_file_sha256  # noqa: PLC0415
 
     rows = []
     for name in available_models():

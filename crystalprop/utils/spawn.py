@@ -1,0 +1,29 @@
+"""Starting 'spawn' processes (reader workers, the training process) from a user's script safely."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from contextlib import contextmanager
+from typing import Iterator
+
+_MAIN_LOCK = threading.Lock()
+
+
+@contextmanager
+def main_script_hidden() -> Iterator[None]:
+    """Start 'spawn' processes in this block without running the caller's main script in them.
+
+    'spawn' runs the parent's ``__main__`` file again in every child, so that functions defined
+    there can be unpickled. Our workers need only crystalprop's own functions, and a user's
+    script without an ``if __name__ == "__main__":`` guard would otherwise start its whole work
+    over in each child (and fail there). The children see an empty ``__main__`` instead.
+    """
+    with _MAIN_LOCK:
+        main = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = main
