@@ -176,6 +176,14 @@ def test_xyz_without_a_lattice_is_refused_with_the_fix(tmp_path):
     assert "not periodic in all three directions" in reason and "Lattice=" in reason
 
 
+def test_an_xyz_with_a_cell_marked_not_periodic_is_told_about_its_pbc_not_its_lattice(tmp_path):
+    path = tmp_path / "si_pbc_false.xyz"
+    path.write_text('2\nLattice="5.43 0 0 0 5.43 0 0 0 5.43" Properties=species:S:1:pos:R:3 pbc="F F F"\n'
+                    'Si 0 0 0\nSi 1.3575 1.3575 1.3575\n')
+    reason = _reason(path)
+    assert "pbc: F F F" in reason and 'pbc="T T T"' in reason and "give the cell" not in reason
+
+
 def test_broken_files_give_one_line_reasons(tmp_path):
     pwo = (FILES / "si_vc-relax.pwo").read_text()
     truncated = tmp_path / "cut.pwo"

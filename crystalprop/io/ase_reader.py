@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pymatgen.core import Composition, Lattice, Structure
 
-from crystalprop.io.adapters import check_periodic_atoms
+from crystalprop.io.adapters import MIN_CELL_VOLUME, check_periodic_atoms
 from crystalprop.io.formats import ASE_FORMATS
 from crystalprop.io.formula import crystal_formula
 from crystalprop.io.readers import StructureReadError, _one_line
@@ -85,11 +85,19 @@ def _read_frames(text: str, fmt: str, name: str) -> list[Atoms]:
     return frames
 
 
+def _extxyz_hint(atoms: Atoms) -> str:
+    """How to fix an extended XYZ frame that is not a crystal: the comment line's ``pbc`` where it gives
+    a cell but marks it not periodic, else the ``Lattice`` it lacks."""
+    if not all(atoms.pbc) and abs(np.linalg.det(np.asarray(atoms.cell.array, dtype=float))) >= MIN_CELL_VOLUME:
+        return ' (for a crystal, mark the cell periodic on the comment line: pbc="T T T")'
+    return ' (give the cell on the comment line: Lattice="ax ay az bx by bz cx cy cz")'
+
+
 def _structure(atoms: Atoms, fmt: str, name: str, label: str) -> Structure:
     try:
         return atoms_to_structure(atoms)
     except ValueError as exc:
-        hint = ' (give the cell on the comment line: Lattice="ax ay az bx by bz cx cy cz")' if fmt == "extxyz" else ""
+        hint = _extxyz_hint(atoms) if fmt == "extxyz" else ""
         raise StructureReadError(name, f"{label}{exc}{hint}") from exc
     except Exception as exc:
         raise StructureReadError(name, f"{label}cannot build a structure: {type(exc).__name__}: "
