@@ -9,8 +9,8 @@ with that range's mean signed error (predicted - true), the figures the band-gap
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 
 import numpy as np
 
@@ -31,7 +31,10 @@ def gap_ranges(true: np.ndarray, predicted: np.ndarray) -> dict[str, dict]:
 
 
 def main() -> None:
-    for path in sys.argv[1:]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("predictions", nargs="+", help="EVAL_DIR/predictions.csv of crystalprop evaluate")
+    for path in parser.parse_args().predictions:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
         true = np.array([float(r["true"]) for r in rows])

@@ -4,14 +4,14 @@
 
 For each ``crystalprop evaluate ... -o EVAL_DIR`` predictions file (with its ``std`` column), fits the
 multiple of σ that holds 95 % of the errors (:func:`crystalprop.model.ensemble.interval_multiple`, as
-joining does) on one random half of the structures and counts the errors it holds on the other half,
+joining does) on one random half of the structures with a σ and counts the errors it holds on the other half,
 over 200 halvings.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 
 import numpy as np
 
@@ -32,14 +32,18 @@ def crossfit(errors: np.ndarray, std: np.ndarray, halvings: int = 200, seed: int
 
 
 def main() -> None:
-    for path in sys.argv[1:]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2])
+    parser.add_argument("predictions", nargs="+", help="EVAL_DIR/predictions.csv of crystalprop evaluate, with std")
+    for path in parser.parse_args().predictions:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        errors = np.array([float(r["error"]) for r in rows])
-        std = np.array([float(r["std"]) for r in rows])
+        known = [r for r in rows if r["std"] != ""]  # no σ for a structure with an element the model lacks
+        errors = np.array([float(r["error"]) for r in known])
+        std = np.array([float(r["std"]) for r in known])
         multiples, held = crossfit(errors, std)
         low, high = np.quantile(held, [0.05, 0.95])
-        print(f"{path}: n {errors.size}, multiple on all {interval_multiple(errors, std):.3f}, on halves "
+        print(f"{path}: n {errors.size} with σ ({len(rows) - len(known)} without), multiple on all {interval_multiple(errors, std):.3f}, on halves "
               f"{np.mean(multiples):.3f} ± {np.std(multiples):.3f}; held on the other half {100 * np.mean(held):.1f} % "
               f"(5-95 % of halvings {100 * low:.1f}-{100 * high:.1f} %)")
 

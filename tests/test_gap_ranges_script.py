@@ -1,10 +1,13 @@
-"""scripts/gap_ranges.py: a band-gap evaluation's error on metals, gapped materials and 0-1 eV apart."""
+"""scripts/gap_ranges.py (a band-gap evaluation's error on metals, gapped materials and 0-1 eV apart) and
+scripts/interval_crossfit.py (the 95 % interval cross-fitted on an evaluation's predictions)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,3 +27,25 @@ def test_each_range_counts_its_own_structures(tmp_path):
     assert "n =     2  MAE 0.2000  mean signed error +0.2000" in lines["metals"]
     assert "n =     3  MAE 0.5333  mean signed error -0.2667" in lines["gapped"]
     assert "n =     2  MAE 0.3000  mean signed error +0.1000" in lines["0-1"]
+
+
+def test_the_evaluation_scripts_explain_themselves(tmp_path):
+    for script in ("gap_ranges.py", "interval_crossfit.py"):
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "predictions.csv" in done.stdout, script
+        assert not (tmp_path / "--help").exists()
+
+
+def test_interval_crossfit_leaves_out_structures_without_sigma(tmp_path):
+    """evaluate leaves std and err95 empty for a structure with an element the model lacks; the script
+    read them as numbers and failed on the first."""
+    rng = np.random.default_rng(0)
+    std = rng.uniform(0.1, 1.0, 400)
+    error = rng.normal(0, std)
+    predictions = tmp_path / "predictions.csv"
+    rows = [f"s{k},0,{e:.6g},{e:.6g},{s:.6g}" for k, (e, s) in enumerate(zip(error, std))]
+    predictions.write_text("id,true,predicted,error,std\n" + "\n".join(rows + ["po,0,5.0,5.0,"]) + "\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "interval_crossfit.py"), str(predictions)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "n 400 with σ (1 without)" in done.stdout
