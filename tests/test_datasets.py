@@ -593,3 +593,89 @@ def test_the_graph_cache_closes_its_files(tmp_path, crystals):
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
     np.testing.assert_array_equal(loaded[1].src, graphs[1].src)
+
+
+def _cif_folder(folder, crystals):
+    folder.mkdir()
+    for name, s in crystals:
+        CifWriter(s).write_file(folder / f"{name}.cif")
+    return folder
+
+
+def test_a_folder_with_two_label_tables_is_refused_naming_both(tmp_path, crystals):
+    """Was: id_prop.csv was read without a word beside a properties.csv, and its unnamed second column took
+    whatever --target name was asked for (Poisson ratios evaluated as K_VRH)."""
+    folder = _cif_folder(tmp_path / "two", crystals)
+    (folder / "id_prop.csv").write_text("".join(f"{n},0.3\n" for n, _ in crystals))
+    (folder / "properties.csv").write_text("material_id,K_VRH\n" + "".join(f"{n},100\n" for n, _ in crystals))
+    with pytest.raises(DatasetError, match=r"two.*id_prop\.csv.*properties\.csv"):
+        load_dataset(folder, "K_VRH")
+
+
+def test_column_names_that_are_numbers_are_a_header_when_the_target_names_one(tmp_path, crystals):
+    """Was: a header such as material_id,300,1000 read as a record, and --target 1000 took column 300."""
+    folder = _cif_folder(tmp_path / "temps", crystals)
+    rows = [(n, 10 + k, 20 + k) for k, (n, _) in enumerate(crystals)]
+    (folder / "props.csv").write_text("material_id,300,1000\n" + "".join(f"{n},{a},{b}\n" for n, a, b in rows))
+    dataset = load_dataset(folder, "1000")
+    assert [e.target for e in dataset.entries] == [b for _, _, b in rows] and not dataset.skipped
+    with pytest.raises(DatasetError, match=r"props\.csv.*3 columns.*header"):
+        load_dataset(folder, "y")  # no header it can tell, and three columns: which is the label?
+
+
+def test_a_split_column_and_a_split_json_that_disagree_are_refused(tmp_path, crystals):
+    """Was: a split.json beside the data silently replaced the data's own split column (its test rows were
+    trained on)."""
+    names = [n for n, _ in crystals[:6]]
+    path = _json_with_splits(tmp_path / "cols.json", crystals[:6], ["train", "train", "val", "val", "test", "test"])
+    (tmp_path / "split.json").write_text(json.dumps({"train": names[:4], "val": names[4:]}))
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(path, "y")
+    message = str(refused.value)
+    assert "split.json" in message and "split column" in message and names[2] in message
+    (tmp_path / "split.json").write_text(json.dumps({"train": names[:2], "val": names[2:4], "test": names[4:]}))
+    assert [e.split for e in load_dataset(path, "y").entries] == ["train", "train", "val", "val", "test", "test"]
+
+
+def test_split_json_ids_that_match_no_record_are_told(tmp_path, crystals):
+    """Was: ids of split.json that match no record (a stray .cif suffix) were ignored without a word, and the
+    structures meant for validation were trained on."""
+    path = _write_json(tmp_path / "data.json", crystals)
+    names = [n for n, _ in crystals]
+    (tmp_path / "split.json").write_text(json.dumps({"train": names[:8], "val": [f"{n}.cif" for n in names[8:]]}))
+    dataset = load_dataset(path, "y")
+    assert any("4" in note and f"{names[8]}.cif" in note and "val" in note for note in dataset.notes)
+    (tmp_path / "split.json").write_text(json.dumps({"train": names[:8], "val": names[8:]}))
+    assert load_dataset(path, "y").notes == []
+
+
+def test_no_usable_records_gives_the_reasons_and_an_unknown_id_column_is_named(tmp_path, crystals):
+    """Was: only 'no usable records (N skipped)', with no reason (values with units, a mistyped --id-column)."""
+    folder = _cif_folder(tmp_path / "units", crystals)
+    (folder / "properties.csv").write_text("material_id,K_VRH\n" + "".join(f"{n},273.0 GPa\n" for n, _ in crystals))
+    with pytest.raises(DatasetError, match=r"no usable records.*'273\.0 GPa'"):
+        load_dataset(folder, "K_VRH")
+    (folder / "properties.csv").write_text("material_id,K_VRH\n" + "".join(f"{n},273\n" for n, _ in crystals))
+    with pytest.raises(DatasetError, match=r"no column 'mpid'.*material_id"):
+        load_dataset(folder, "K_VRH", id_column="mpid")
+
+
+def test_a_null_id_is_named_by_its_position(tmp_path, crystals):
+    path = tmp_path / "null.json"
+    path.write_text(json.dumps([{"id": None, "structure": s.as_dict(), "y": 1.0} for _, s in crystals[:3]]))
+    assert [e.id for e in load_dataset(path, "y").entries] == ["row1", "row2", "row3"]
+
+
+def test_a_folder_finds_extended_xyz_files_by_their_stem(tmp_path, crystals):
+    """Was: traj.extxyz matched only the id 'traj.extxyz', and the message listed other suffixes."""
+    import ase.io
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    folder = tmp_path / "xyz"
+    folder.mkdir()
+    for name, s in crystals[:3]:
+        ase.io.write(folder / f"{name}.extxyz", AseAtomsAdaptor.get_atoms(s), format="extxyz")
+    (folder / "id_prop.csv").write_text("".join(f"{n},1.0\n" for n, _ in crystals[:3]))
+    dataset = load_dataset(folder)
+    assert not dataset.skipped and [e.source for e in dataset.entries] == [
+        str(folder / f"{n}.extxyz") for n, _ in crystals[:3]]

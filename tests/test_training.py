@@ -645,3 +645,17 @@ def test_isolated_training_does_not_run_the_callers_script_again(data, tmp_path)
                           text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.count("SCRIPT START") == 1 and "DONE finished" in done.stdout
+
+
+def test_train_tells_split_json_ids_that_match_no_record(tmp_path):
+    """A misspelt id in split.json's val list left its structure in training without a word."""
+    path = write_json_dataset(tmp_path / "data.json", 16)
+    names = [r["id"] for r in json.loads(path.read_text())]
+    (tmp_path / "split.json").write_text(json.dumps({"train": names[:12], "val": names[12:14] + ["mp-0.cif"]}))
+    done = run_cli(["train", path, "-t", "y", "-o", tmp_path / "run", "--epochs", "1", "--batch-size", "8",
+                    "--graph-workers", "1", *TINY_CLI])
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = " ".join((done.stdout + done.stderr).split())
+    assert "1 val id(s) match no record of the data (e.g. mp-0.cif)" in said
+    assert read_checkpoint(tmp_path / "run" / "best.ckpt")[0].training["data"]["notes"] == [
+        f"{tmp_path / 'split.json'}: 1 val id(s) match no record of the data (e.g. mp-0.cif)"]

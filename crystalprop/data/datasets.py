@@ -66,6 +66,8 @@ class Dataset:
     """(id, cell) of each entry whose split column names no split; None where the records have no split column."""
     positional_ids: int = 0
     """Entries without an id of their own, named ``row<N>`` after their position in the data."""
+    notes: list[str] = field(default_factory=list)
+    """What a user should know about how the data was read (split.json ids that match no record)."""
 
     def split(self, name: str) -> list[Entry]:
         """Entries of one split."""
@@ -149,7 +151,8 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
     unnamed: list[tuple[str, Any]] = []
     positional = 0
     for number, row in enumerate(rows, start=1):
-        rid = str(row.get(id_key, "")).strip()
+        value = row.get(id_key)
+        rid = "" if value is None else str(value).strip()
         if not rid:
             rid, positional = f"row{number}", positional + 1
         if rid in seen:
@@ -208,18 +211,30 @@ def _is_column_name(cell: str) -> bool:
     return bool(text) and (text[0].isalpha() or text[0] == "_") and text.lower() not in MISSING_WORDS
 
 
-def _read_table(path: Path) -> tuple[list[dict], bool]:
-    """CSV rows as dicts; a header-less 2-column CGCNN ``id_prop.csv`` gets keys id, target."""
+def _read_table(path: Path, target: str | None = None) -> tuple[list[dict], bool]:
+    """CSV rows as dicts; a header-less 2-column CGCNN ``id_prop.csv`` gets keys id, target. A first row
+    naming the ``target`` is a header even where its names are numbers (temperatures, pressures)."""
     rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
     rows = [r for r in rows if r and any(c.strip() for c in r)]
     if not rows:
         raise DatasetError(f"{path}: empty table")
     cells = rows[0][1:]  # a header: no number after the id, and some name (blank cells and odd names allowed)
-    has_header = not any(_numeric(c) is not None for c in cells) and any(_is_column_name(c) for c in cells)
+    has_header = ((not any(_numeric(c) is not None for c in cells) and any(_is_column_name(c) for c in cells))
+                  or (target is not None and target in (c.strip() for c in cells)))
     if has_header:
         header = [h.strip() for h in rows[0]]
         return [dict(zip(header, r)) for r in rows[1:]], True
+    width = max(len(r) for r in rows)
+    if width > 2:
+        raise DatasetError(f"{path}: no header row that names its columns, and {width} columns: add a header "
+                           "(e.g. id,band_gap,...), then choose the label with --target")
     return [{"id": r[0], "target": r[1] if len(r) > 1 else ""} for r in rows], False
+
+
+def _check_id_column(rows: list[dict], id_column: str | None, table: Path) -> None:
+    """Refuse an ``--id-column`` the table's header does not name (every record would lack an id)."""
+    if id_column is not None and rows and id_column not in rows[0]:
+        raise DatasetError(f"{table}: no column {id_column!r} for the ids (columns: {', '.join(rows[0])})")
 
 
 def _structure_index(folder: Path) -> dict[str, list[Path]]:
@@ -241,11 +256,14 @@ def _structure_index(folder: Path) -> dict[str, list[Path]]:
 
 def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None) -> Dataset:
     tables = [folder / n for n in ("id_prop.csv", "properties.csv") if (folder / n).is_file()]
+    if len(tables) == 2:
+        raise DatasetError(f"{folder}: two label tables, id_prop.csv and properties.csv: keep one in the folder")
     tables = tables or sorted(folder.glob("*.csv"))
-    if len(tables) != 1 and not (tables and tables[0].name in ("id_prop.csv", "properties.csv")):
+    if len(tables) != 1:
         raise DatasetError(f"{folder}: expected id_prop.csv, properties.csv or a single .csv table")
     table = tables[0]
-    rows, has_header = _read_table(table)
+    rows, has_header = _read_table(table, target)
+    _check_id_column(rows, id_column if has_header else None, table)
     id_key = id_column or ("id" if not has_header else next(iter(rows[0])))
     if has_header:
         target = _choose_target(rows, target, {id_key, "split"}, str(table), "column")
@@ -269,9 +287,10 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
 
 
 def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, structure_column: str) -> Dataset:
-    rows, _ = _read_table(path)
+    rows, _ = _read_table(path, target)
     if structure_column not in rows[0]:
         raise DatasetError(f"{path}: no column {structure_column!r} (columns: {', '.join(rows[0])})")
+    _check_id_column(rows, id_column, path)
     id_key = id_column or next((k for k in ("id", "material_id", "jid", "mpid") if k in rows[0]), "id")
     target = _choose_target(rows, target, {id_key, structure_column, "split"}, str(path), "column")
 
@@ -319,9 +338,12 @@ def assign_splits(dataset: Dataset, val_fraction: float, test_fraction: float, s
     split_file = (origin if origin.is_dir() else origin.parent) / "split.json"
     if split_file.is_file():
         lookup = read_split_file(split_file)
+        if dataset.split_column is not None:
+            _check_split_agreement(dataset, lookup, split_file)
         for entry in dataset.entries:
             entry.split = lookup.get(entry.id, "train")
         dataset.split_source = str(split_file)
+        dataset.notes += _unmatched_split_ids(dataset, lookup, split_file)
         return
     if dataset.split_column:
         shown = ", ".join(f"{rid} ({'blank' if not str(cell or '').strip() else repr(cell)})"
@@ -339,6 +361,29 @@ def assign_splits(dataset: Dataset, val_fraction: float, test_fraction: float, s
     for rank, i in enumerate(order):
         dataset.entries[i].split = "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
     dataset.split_source = f"random (val {val_fraction}, test {test_fraction}, seed {seed})"
+
+
+def _check_split_agreement(dataset: Dataset, lookup: dict[str, str], split_file: Path) -> None:
+    """Refuse a split column and a split.json beside the data that put a record in different splits:
+    either may be the one meant, and the other would silently train on structures meant for testing."""
+    differ = [(e.id, e.split, lookup.get(e.id, "train")) for e in dataset.entries
+              if e.split is not None and e.split != lookup.get(e.id, "train")]
+    if differ:
+        shown = ", ".join(f"{rid} ({column} in the column, {file} in split.json)" for rid, column, file in differ[:5])
+        raise DatasetError(f"{dataset.origin}: its split column and {split_file} disagree on {len(differ)} "
+                           f"record(s): {shown}{', ...' if len(differ) > 5 else ''}; keep one of the two")
+
+
+def _unmatched_split_ids(dataset: Dataset, lookup: dict[str, str], split_file: Path) -> list[str]:
+    """A note per split whose split.json ids match no record of the data (skipped ones count as matched):
+    a misspelt id leaves its structure in the training split."""
+    known = {e.id for e in dataset.entries} | {rid for rid, _ in dataset.skipped}
+    missing: dict[str, list[str]] = {}
+    for rid, split in lookup.items():
+        if rid not in known:
+            missing.setdefault(split, []).append(rid)
+    return [f"{split_file}: {len(ids)} {split} id(s) match no record of the data (e.g. {', '.join(ids[:3])})"
+            for split, ids in missing.items()]
 
 
 FOLD_SEED = 0
@@ -451,7 +496,9 @@ def load_dataset(
     else:
         dataset = _read_json_dataset(path, target)
     if not dataset.entries:
-        raise DatasetError(f"{path}: no usable records ({len(dataset.skipped)} skipped)")
+        reasons = "; ".join(f"{rid}: {reason}" for rid, reason in dataset.skipped[:3])
+        raise DatasetError(f"{path}: no usable records ({len(dataset.skipped)} skipped"
+                           + (f", e.g. {reasons}" if reasons else "") + ")")
     assign_splits(dataset, val_fraction, test_fraction, seed)
     if fold is not None:
         assign_fold(dataset, fold)

@@ -14,7 +14,6 @@ CIF_SUFFIXES = (".cif",)
 POSCAR_SUFFIXES = (".vasp", ".poscar")
 POSCAR_PREFIXES = ("poscar", "contcar")
 JSON_SUFFIXES = (".json",)
-STRUCTURE_SUFFIXES = CIF_SUFFIXES + POSCAR_SUFFIXES + JSON_SUFFIXES
 
 ASE_FORMATS = {
     "extxyz": "extended XYZ",
@@ -28,6 +27,8 @@ ASE_FORMATS = {
 
 _ASE_SUFFIXES = {".extxyz": "extxyz", ".xyz": "extxyz", ".pwi": "espresso-in", ".pwo": "espresso-out",
                  ".cell": "castep-cell"}
+STRUCTURE_SUFFIXES = CIF_SUFFIXES + POSCAR_SUFFIXES + JSON_SUFFIXES + tuple(_ASE_SUFFIXES)
+"""Suffixes that name a structure file's format, so that a data set's id matches the file name without them."""
 QE_SUFFIXES = (".in", ".out")
 """pw.x file names too common to trust alone: a folder scan looks inside them first."""
 SNIFF_BYTES = 8192

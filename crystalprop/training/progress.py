@@ -42,6 +42,8 @@ class TrainDisplay:
         elif kind == "data":
             console.print(f"data: target {info['target']}; {info['n_train']} train, {info['n_val']} val, "
                           f"{info['n_skipped']} skipped (split: {info['split']})", markup=False)
+            for note in info.get("notes", []):
+                console.print(f"[yellow]note[/]: {escape(note)}")
             if not info["n_val"]:
                 console.print("[yellow]no validation structures[/]: best.ckpt is the epoch of least training loss, "
                               "and no validation MAE is measured")

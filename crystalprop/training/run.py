@@ -152,6 +152,7 @@ def train_model(
         "n_train": len(train[0]),
         "n_val": len(val[0]),
         "n_skipped": n_skipped,
+        **({"notes": dataset.notes} if dataset.notes else {}),
     }
     on_event("data", description)
     record = split_record(full_splits, val_fraction, test_fraction, split_seed, train[2], fold)
