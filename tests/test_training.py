@@ -659,3 +659,15 @@ def test_train_tells_split_json_ids_that_match_no_record(tmp_path):
     assert "1 val id(s) match no record of the data (e.g. mp-0.cif)" in said
     assert read_checkpoint(tmp_path / "run" / "best.ckpt")[0].training["data"]["notes"] == [
         f"{tmp_path / 'split.json'}: 1 val id(s) match no record of the data (e.g. mp-0.cif)"]
+
+
+def test_the_last_line_points_to_the_skipped_records(tmp_path):
+    path = write_json_dataset(tmp_path / "data.json", 16)
+    records = json.loads(path.read_text())
+    records[3]["y"] = "n/a"
+    path.write_text(json.dumps(records))
+    done = run_cli(["train", path, "-t", "y", "-o", tmp_path / "run", "--epochs", "1", "--batch-size", "8",
+                    "--graph-workers", "1", *TINY_CLI])
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = " ".join((done.stdout + done.stderr).split()).rsplit("finished", 1)[1]
+    assert "skipped.log: 1 record" in last

@@ -100,6 +100,9 @@ def report_training(result: dict, output_dir: str, members: int) -> bool:
     if members == 1:
         best = "best validation MAE" if result.get("validated", True) else "best training loss"
         files = [name for name in ("best.ckpt", "last.ckpt", "history.csv") if (Path(output_dir) / name).is_file()]
+        skipped = Path(output_dir) / "skipped.log"
+        n_skipped = skipped.read_text().count("\n") if skipped.is_file() else 0
+        files += [f"skipped.log: {n_skipped} record{'s' if n_skipped > 1 else ''}"] if n_skipped else []
         best += " (log10)" if result.get("log10") and result.get("validated", True) else ""
         console.print(f"[bold]{result['stopped_because']}[/]: {best} {result['best_val_mae']:.4g} at "
                       f"epoch {result['best_epoch']}; run in {escape(str(output_dir))} ({', '.join(files) or 'no file yet'})")
