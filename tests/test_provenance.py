@@ -120,6 +120,21 @@ def test_merge_joins_shards_of_the_same_models_and_refuses_others(tmp_path, weig
         merge_results(tmp_path / "bad.csv", [one, other])
 
 
+def test_merging_parts_with_the_models_in_another_order_says_so(tmp_path, weights):
+    """Was: refused as "made by other weights or settings", of parts whose weights were the same."""
+    one, two = tmp_path / "p1.jsonl", tmp_path / "p2.jsonl"
+    models = [("model_a", weights[0]), ("model_b", weights[1])]
+    _write(one, provenance(models), ROWS[:1])
+    _write(two, provenance(models[::-1]), ROWS[1:])
+    with pytest.raises(ProvenanceMismatchError) as refused:
+        merge_results(tmp_path / "all.csv", [one, two])
+    message = str(refused.value)
+    assert str(two) in message and "order" in message and "other weights" not in message
+    assert "model_a, model_b" in message and "model_b, model_a" in message
+    with pytest.raises(ProvenanceMismatchError, match="same models in another order"):
+        ResultWriter(one, COLUMNS, resume=True, provenance=provenance(models[::-1]))
+
+
 def test_merge_keeps_each_parts_engine_and_time_and_says_when_they_differ(tmp_path, weights):
     """Parts of the numpy and the MindSpore engine merged into a record that named the first's engine."""
     one, two = tmp_path / "p1.jsonl", tmp_path / "p2.csv"

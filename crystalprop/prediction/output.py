@@ -29,6 +29,8 @@ from crystalprop.io.result_files import FINISHED, KEY
 from crystalprop.prediction.provenance import (
     ProvenanceMismatchError,
     describe_difference,
+    model_order,
+    models_reordered,
     read_sidecar,
     same_origin,
     sidecar_finished,
@@ -292,6 +294,11 @@ def _merged_provenance(records: Sequence[tuple[Path, dict | None]]) -> dict | No
             raise ProvenanceMismatchError(
                 f"{part}: no provenance record ({_no_record(part)}), so it cannot be checked to come from the "
                 f"same models and settings as {first_part}; put the record back beside it")
+        if models_reordered(first, record):
+            raise ProvenanceMismatchError(
+                f"{part}: predicted with the same models as {first_part} but in another order "
+                f"({model_order(record)} there, {model_order(first)} in {first_part}); "
+                "predict all parts with the models (-m) in the same order")
         if not same_origin(first, record):
             raise ProvenanceMismatchError(
                 f"{part}: made by other weights or settings than {first_part} "
@@ -373,6 +380,11 @@ class ResultWriter:
                     "or start again with --overwrite")
             return
         shards = found.get("shard"), self.provenance.get("shard")
+        if models_reordered(found, self.provenance):
+            raise ProvenanceMismatchError(
+                f"{self.path}: cannot resume, it was written by the same models in another order "
+                f"({model_order(found)} there, {model_order(self.provenance)} now); give the models (-m) "
+                "in its order or use another --output")
         if not same_origin(found, self.provenance) or (all(shards) and shards[0] != shards[1]):
             raise ProvenanceMismatchError(
                 f"{self.path}: cannot resume, it was written by other weights or settings "

@@ -70,10 +70,22 @@ def sidecar_path(path: str | Path) -> Path:
 
 def same_origin(old: dict, new: dict) -> bool:
     """Whether two records describe the same models (by weights) and cell handling."""
-    def key(record: dict) -> tuple:
-        return record.get("cell"), [(m.get("name"), m.get("sha256")) for m in record.get("models", [])]
+    return old.get("cell") == new.get("cell") and _models(old) == _models(new)
 
-    return key(old) == key(new)
+
+def _models(record: dict) -> list[tuple]:
+    return [(m.get("name"), m.get("sha256")) for m in record.get("models", [])]
+
+
+def models_reordered(old: dict, new: dict) -> bool:
+    """Whether two records differ only in the order of their models (``-m`` given in another order)."""
+    return (old.get("cell") == new.get("cell") and _models(old) != _models(new)
+            and sorted(_models(old), key=str) == sorted(_models(new), key=str))
+
+
+def model_order(record: dict) -> str:
+    """A record's model names in their order, for a message."""
+    return ", ".join(str(name) for name, _ in _models(record)) or "none"
 
 
 def describe_difference(old: dict, new: dict) -> str:
@@ -83,6 +95,8 @@ def describe_difference(old: dict, new: dict) -> str:
 
     if old.get("cell") != new.get("cell"):
         return f"cell handling {old.get('cell')!r} there, {new.get('cell')!r} now"
+    if models_reordered(old, new):
+        return f"the same models in another order: {model_order(old)} there, {model_order(new)} now"
     if not same_origin(old, new):
         return f"models {models(old) or 'none'} there, {models(new) or 'none'} now"
     return f"shard {'/'.join(map(str, old.get('shard', '?')))} there, {'/'.join(map(str, new.get('shard', '?')))} now"
