@@ -89,7 +89,7 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     from crystalprop.prediction.output import ResultWriter, done_names  # noqa: PLC0415
     from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
     from crystalprop.prediction.predictor import LEADING_COLUMNS, TRAILING_COLUMNS, open_prediction  # noqa: PLC0415
-    from crystalprop.prediction.provenance import sidecar_path  # noqa: PLC0415
+    from crystalprop.prediction.provenance import input_record, sidecar_path  # noqa: PLC0415
 
     request_quick_exit()  # nothing here needs Python's finalisation (0.5-1 s with MindSpore loaded)
     if retry_failed and not (output and resume):
@@ -111,7 +111,8 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     if output:
         try:
             writer = ResultWriter(output, columns, resume=resume, overwrite=overwrite, retry_failed=retry_failed,
-                                  provenance=predictor.provenance(part))
+                                  provenance=predictor.provenance(
+                                      part, input_record(paths, recursive) if part[1] > 1 else None))
         except (OutputExistsError, ValueError) as exc:
             reader.close()
             _fail(str(exc))

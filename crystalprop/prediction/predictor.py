@@ -435,12 +435,14 @@ class Predictor:
         first_compile(lambda: self.predict_prepared([Prepared("probe", "probe", graph=probe)]))
         self._compiled = True
 
-    def provenance(self, shard: tuple[int, int] = (1, 1)) -> dict:
+    def provenance(self, shard: tuple[int, int] = (1, 1), inputs: dict | None = None) -> dict:
         """Where this predictor's results come from: versions, each model's weights (sha256), cells, engine,
-        and the ``shard`` of the input they cover."""
+        the ``shard`` of the input they cover and, for a shard, that input (``inputs``:
+        :func:`crystalprop.prediction.provenance.input_record`)."""
         from crystalprop.prediction.provenance import provenance  # noqa: PLC0415
 
         return provenance(self.sources, cell=self.settings.cell, device=self.device, engine=self.engine, shard=shard,
+                          inputs=inputs,
                           targets={label: card.target for label, _, card, _ in self.models},
                           units={column: card.unit for label, _, card, _ in self.models
                                  for column in _value_columns(label, card)})

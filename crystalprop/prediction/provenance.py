@@ -8,7 +8,9 @@ gets a sidecar ``<file>.meta.json`` so that pandas and spreadsheets read the tab
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -31,12 +33,47 @@ def _version(package: str) -> str | None:
         return None
 
 
+LISTED_INPUTS = 20
+"""Inputs an input record lists by name at most (a shell-expanded glob can give thousands); its
+sha256 covers them all."""
+
+
+def input_record(paths: Sequence[str | os.PathLike], recursive: bool) -> dict:
+    """What a run was given to read (``predict``'s paths, folders and globs, in order, and ``-r``), for
+    the record of a sharded run: shards cover the same input only where this is the same. Paths are
+    resolved (absolute, symlinks followed), so that tasks started in other folders compare alike;
+    ``sha256`` covers every path and ``recursive``, ``paths`` lists the first :data:`LISTED_INPUTS`."""
+    resolved = [os.path.realpath(os.fspath(path)) for path in paths]
+    digest = hashlib.sha256(json.dumps([resolved, bool(recursive)]).encode()).hexdigest()
+    return {"paths": resolved[:LISTED_INPUTS], "n_paths": len(resolved), "recursive": bool(recursive),
+            "sha256": digest}
+
+
+def same_inputs(old: dict, new: dict) -> bool:
+    """Whether two records cover the same input; True where either names none (a file written before
+    records named their inputs, or an unsharded run), which cannot be checked."""
+    if "inputs" not in old or "inputs" not in new:
+        return True
+    return old["inputs"].get("sha256") == new["inputs"].get("sha256")
+
+
+def describe_inputs(record: dict) -> str:
+    """A record's inputs in words, for a message."""
+    inputs = record.get("inputs") or {}
+    paths = list(inputs.get("paths", []))
+    more = inputs.get("n_paths", len(paths)) - len(paths)
+    return (", ".join(paths) + (f" and {more} more" if more > 0 else "")
+            + (" (with -r)" if inputs.get("recursive") else "")) or "none"
+
+
 def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-given", device: str = "CPU",
                engine: str = "mindspore", shard: tuple[int, int] | None = None,
-               targets: Mapping[str, str] | None = None, units: Mapping[str, str] | None = None) -> dict:
+               targets: Mapping[str, str] | None = None, units: Mapping[str, str] | None = None,
+               inputs: dict | None = None) -> dict:
     """The record for results of ``models`` ((label, checkpoint path) pairs) computed by ``engine``
     (``mindspore``, or ``numpy``: :mod:`crystalprop.model.numpy_stacked`). ``shard`` (I, N): the part of
-    the input these results cover (``predict --shard I/N``), so that ``merge`` can tell a missing part.
+    the input these results cover (``predict --shard I/N``), so that ``merge`` can tell a missing part;
+    ``inputs``: the input split into shards (:func:`input_record`), so that it can tell a shard of another.
     ``targets``: each label's trained property (recorded with its model); ``units``: each numeric
     column's unit, so that the file itself says what its numbers are."""
     record = {
@@ -54,6 +91,8 @@ def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-give
     }
     if shard is not None:
         record["shard"] = list(shard)
+    if inputs is not None:
+        record["inputs"] = dict(inputs)
     return record
 
 
