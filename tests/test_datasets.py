@@ -506,6 +506,35 @@ def test_split_json_is_read_as_written_or_refused(tmp_path, crystals):
         load_dataset(path, "y")
 
 
+def test_a_record_of_several_structures_is_skipped_naming_the_file_and_the_count(tmp_path, crystals):
+    """Was: train and evaluate took the first structure of a multi-block CIF or a multi-frame extended XYZ
+    (of a relaxation trajectory, the strained first frame) without a word, where predict gives every one."""
+    pytest.importorskip("ase")
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    (_, first), (_, second), (_, single) = crystals[:3]
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "combo.cif").write_text(f"{CifWriter(first)}\n{CifWriter(second)}")
+    write(folder / "traj.extxyz", [AseAtomsAdaptor.get_atoms(s) for s in (first, second, single)], format="extxyz")
+    CifWriter(single).write_file(folder / "single.cif")
+    (folder / "id_prop.csv").write_text("combo,1.0\ntraj.extxyz,2.0\nsingle,3.0\n")
+    entries = load_dataset(folder).entries
+    graphs, errors = build_graphs(entries, workers=1)
+    reasons = dict(zip([e.id for e in entries], errors))
+    assert graphs[2] is not None and reasons["single"] == ""
+    assert graphs[0] is None and "combo.cif" in reasons["combo"] and "2 structures" in reasons["combo"]
+    assert graphs[1] is None and "traj.extxyz" in reasons["traj.extxyz"] and "3 structures" in reasons["traj.extxyz"]
+    again, cached = build_graphs(entries, workers=1)  # the cache keeps the refusal, not a graph of the first
+    assert again[0] is None and cached == errors
+    text = tmp_path / "text.json"  # structure text in the record itself
+    text.write_text(json.dumps([{"id": "both", "structure": f"{CifWriter(first)}\n{CifWriter(second)}", "y": 1.0},
+                                {"id": "one", "structure": str(CifWriter(single)), "y": 2.0}]))
+    graphs, errors = build_graphs(load_dataset(text, "y").entries, workers=1)
+    assert graphs[0] is None and "both" in errors[0] and "2 structures" in errors[0] and graphs[1] is not None
+
+
 def _folder_of(tmp_path, crystals):
     folder = tmp_path / "cgcnn"
     folder.mkdir()

@@ -208,6 +208,43 @@ def test_cli_models_repeated_or_comma_separated(files, random_ckpt, tmp_path):
     assert {"rand", "other", "third,v2"} <= set(read_csv(tmp_path / "out.csv")[0])
 
 
+@pytest.mark.parametrize("label", ["formula", "warning", "n_sites"])
+def test_cli_refuses_a_model_named_like_a_fixed_column(files, random_ckpt, tmp_path, label):
+    """Was: a model file called formula.ckpt wrote a second `formula` column over the formula (0.0 in the CSV),
+    warning.ckpt lost its prediction in JSON Lines, and the screen table crashed with a traceback."""
+    clash = tmp_path / f"{label}.ckpt"
+    shutil.copy(random_ckpt, clash)
+    done = run_cli(["predict", "in/a.cif", "-m", clash, "-o", "out.csv"], cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())
+    assert str(clash) in said and f"'{label}'" in said and "rename" in said and "Traceback" not in said
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_run_folder_named_like_a_fixed_column_is_refused(random_ckpt, tmp_path):
+    """`train -o runs/error` (a model of a DFT correction, say): its label is the folder's name, `error`."""
+    from crystalprop.prediction.predictor import Predictor
+
+    (tmp_path / "error").mkdir()
+    shutil.copy(random_ckpt, tmp_path / "error" / "best.ckpt")
+    with pytest.raises(ValueError, match=r"error.*'error'.*fixed column.*rename the folder"):
+        Predictor(str(tmp_path / "error"))
+
+
+def test_a_models_std_column_may_not_be_another_models_name():
+    """An ensemble `x` writes `x_std`; a model called `x_std` beside it would write the same column."""
+    from types import SimpleNamespace
+
+    from crystalprop.prediction.predictor import check_column_clashes
+
+    single, ensemble = SimpleNamespace(ensemble={}), SimpleNamespace(ensemble={"members": 2, "interval95": 2.5})
+    check_column_clashes([("x", Path("x.ckpt"), ensemble), ("y_std", Path("y_std.ckpt"), single)])
+    with pytest.raises(ValueError, match=r"x_std\.ckpt.*'x_std'.*x\.ckpt"):
+        check_column_clashes([("x", Path("x.ckpt"), ensemble), ("x_std", Path("x_std.ckpt"), single)])
+    with pytest.raises(ValueError, match=r"x_err95"):
+        check_column_clashes([("x_err95", Path("x_err95.ckpt"), single), ("x", Path("x.ckpt"), ensemble)])
+
+
 _RECORD_READER_START = (  # a script prelude: note whether MindSpore was loaded when reading started
     "import sys\n"
     "import crystalprop.prediction.predictor as predictor\n"

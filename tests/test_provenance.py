@@ -120,6 +120,21 @@ def test_merge_joins_shards_of_the_same_models_and_refuses_others(tmp_path, weig
         merge_results(tmp_path / "bad.csv", [one, other])
 
 
+def test_merging_parts_with_the_models_in_another_order_says_so(tmp_path, weights):
+    """Was: refused as "made by other weights or settings", of parts whose weights were the same."""
+    one, two = tmp_path / "p1.jsonl", tmp_path / "p2.jsonl"
+    models = [("model_a", weights[0]), ("model_b", weights[1])]
+    _write(one, provenance(models), ROWS[:1])
+    _write(two, provenance(models[::-1]), ROWS[1:])
+    with pytest.raises(ProvenanceMismatchError) as refused:
+        merge_results(tmp_path / "all.csv", [one, two])
+    message = str(refused.value)
+    assert str(two) in message and "order" in message and "other weights" not in message
+    assert "model_a, model_b" in message and "model_b, model_a" in message
+    with pytest.raises(ProvenanceMismatchError, match="same models in another order"):
+        ResultWriter(one, COLUMNS, resume=True, provenance=provenance(models[::-1]))
+
+
 def test_merge_keeps_each_parts_engine_and_time_and_says_when_they_differ(tmp_path, weights):
     """Parts of the numpy and the MindSpore engine merged into a record that named the first's engine."""
     one, two = tmp_path / "p1.jsonl", tmp_path / "p2.csv"
@@ -285,6 +300,46 @@ def test_merging_every_finished_shard_gives_a_finished_whole(tmp_path, weights):
     merged = tmp_path / "all.json"
     assert is_finished(merged) and read_provenance(merged)["shard"] == [1, 1]
     assert [r["name"] for r in json.loads(merged.read_text())["results"]] == ["a.cif", "b.cif", "c.cif"]
+
+
+def test_merge_refuses_shards_of_other_inputs_naming_both(tmp_path, weights, monkeypatch):
+    """Was: shard 1/2 of one folder and shard 2/2 of another merged into one table marked finished."""
+    from crystalprop.prediction.provenance import input_record
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "folder_a").mkdir()
+    (tmp_path / "folder_b").mkdir()
+    one, two, three = tmp_path / "p1.csv", tmp_path / "p2.jsonl", tmp_path / "p3.jsonl"
+    for path, part, rows, folder in ((one, 1, ROWS, "folder_a"), (two, 2, MORE, "folder_b"),
+                                     (three, 2, MORE, str(tmp_path / "folder_a"))):
+        record = provenance([("model_a", weights[0])], shard=(part, 2), inputs=input_record([folder], False))
+        _write(path, record, rows)
+        ResultWriter(path, COLUMNS, resume=True, provenance=record).close(finished=True)
+    assert read_provenance(one)["inputs"]["paths"] == [str(tmp_path / "folder_a")]
+    with pytest.raises(ValueError) as refused:
+        merge_results(tmp_path / "all.csv", [one, two])
+    message = str(refused.value)
+    assert str(one) in message and str(two) in message and "folder_a" in message and "folder_b" in message
+    assert not (tmp_path / "all.csv").exists()
+    merge_results(tmp_path / "all.csv", [one, three])  # the same folder, given relative and absolute
+    assert read_provenance(tmp_path / "all.csv")["inputs"] == read_provenance(one)["inputs"]
+
+
+def test_resuming_a_shard_over_other_inputs_is_refused_and_an_older_shard_resumes(tmp_path, weights):
+    from crystalprop.prediction.provenance import input_record
+
+    part = tmp_path / "p1.csv"
+    shard = provenance([("model_a", weights[0])], shard=(1, 2), inputs=input_record([tmp_path / "a"], False))
+    _write(part, shard, finish=False)
+    again = provenance([("model_a", weights[0])], shard=(1, 2), inputs=input_record([tmp_path / "b"], False))
+    with pytest.raises(ProvenanceMismatchError, match=r"cannot resume.*other inputs"):
+        ResultWriter(part, COLUMNS, resume=True, provenance=again)
+    with pytest.raises(ProvenanceMismatchError, match=r"cannot resume.*other inputs"):
+        ResultWriter(part, COLUMNS, resume=True, provenance={**again, "inputs": input_record([tmp_path / "a"], True)})
+    older = tmp_path / "older.csv"  # written before records named their inputs
+    _write(older, provenance([("model_a", weights[0])], shard=(1, 2)), finish=False)
+    ResultWriter(older, COLUMNS, resume=True, provenance=again).close(finished=True)
+    assert is_finished(older) and "inputs" not in read_provenance(older)
 
 
 @pytest.mark.parametrize("suffix", SUFFIXES)

@@ -58,3 +58,21 @@ def test_merging_parts_without_provenance_says_they_were_not_checked(tmp_path):
     merged = run_cli(["merge", tmp_path / "all.csv", *parts])
     assert merged.returncode == 0, merged.stderr
     assert "2 rows" in merged.stderr and "not checked" in merged.stderr
+
+
+def test_merge_refuses_shards_predicted_over_other_inputs(tmp_path, random_ckpt):
+    """Was: `predict A --shard 1/2` and `predict B --shard 2/2` merged into one "complete" table."""
+    structures = make_structures(4)
+    for folder, chosen in (("A", structures[:2]), ("B", structures[2:])):
+        (tmp_path / folder).mkdir()
+        for name, structure in chosen:
+            structure.to(filename=str(tmp_path / folder / f"{name}.cif"))
+    for i, folder in ((1, "A"), (2, "B")):
+        done = run_cli(["predict", folder, "-m", random_ckpt, "-o", f"{folder}{i}.csv", "--shard", f"{i}/2",
+                        "--workers", "0"], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    mixed = run_cli(["merge", "all.csv", "A1.csv", "B2.csv"], cwd=tmp_path)
+    said = " ".join(mixed.stderr.split())
+    assert mixed.returncode == 2 and "A1.csv" in said and "B2.csv" in said, mixed.stderr
+    assert str(tmp_path / "A") in said and str(tmp_path / "B") in said
+    assert not (tmp_path / "all.csv").exists()

@@ -88,8 +88,8 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     single_threaded_blas()  # before numpy is imported
     from crystalprop.prediction.output import ResultWriter, done_names  # noqa: PLC0415
     from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
-    from crystalprop.prediction.predictor import open_prediction  # noqa: PLC0415
-    from crystalprop.prediction.provenance import sidecar_path  # noqa: PLC0415
+    from crystalprop.prediction.predictor import LEADING_COLUMNS, TRAILING_COLUMNS, open_prediction  # noqa: PLC0415
+    from crystalprop.prediction.provenance import input_record, sidecar_path  # noqa: PLC0415
 
     request_quick_exit()  # nothing here needs Python's finalisation (0.5-1 s with MindSpore loaded)
     if retry_failed and not (output and resume):
@@ -106,12 +106,13 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
                                                 shard=part)
     except (DeviceUnavailableError, ValueError) as exc:  # CheckpointError is a ValueError
         _fail(str(exc))
-    columns = ["index", "name", "source", "formula", "n_sites", *predictor.value_columns, "error", "warning"]
+    columns = [*LEADING_COLUMNS, *predictor.value_columns, *TRAILING_COLUMNS]
     writer = None
     if output:
         try:
             writer = ResultWriter(output, columns, resume=resume, overwrite=overwrite, retry_failed=retry_failed,
-                                  provenance=predictor.provenance(part))
+                                  provenance=predictor.provenance(
+                                      part, input_record(paths, recursive) if part[1] > 1 else None))
         except (OutputExistsError, ValueError) as exc:
             reader.close()
             _fail(str(exc))

@@ -38,12 +38,25 @@ GRAPH_FORMAT = 3  # bump when the graph builder's output changes
 
 
 def entry_structure(source: Any, name: str):
-    """The structure behind an entry's source: a file path, a dict, or structure text."""
+    """The structure behind an entry's source: a file path, a dict, or structure text.
+
+    A label belongs to one structure: a source that holds several (a multi-block CIF, a multi-frame
+    extended XYZ, a JSON list) is refused with a ValueError naming it and the count, rather than one
+    of them taken for the label. Outputs (OUTCAR, vasprun.xml, pw.x) give their last frame only."""
     if isinstance(source, dict):
         return structure_from_dict(source)
     if isinstance(source, str) and "\n" not in source and os.path.exists(source):
-        return read_file_with_timeout(source, READ_TIMEOUT_S)[0][1]
-    return structure_from_text(str(source), name)[0][1]
+        return _the_one(read_file_with_timeout(source, READ_TIMEOUT_S), source)
+    return _the_one(structure_from_text(str(source), name), f"the structure text of record {name}")
+
+
+def _the_one(pairs: list[tuple[str, Any]], where: str):
+    """The structure of ``pairs`` (name, structure), read from ``where``, when it is the only one."""
+    if len(pairs) == 1:
+        return pairs[0][1]
+    shown = ", ".join("#" + label.rsplit("#", 1)[-1] for label, _ in pairs[:3]) + (", ..." if len(pairs) > 3 else "")
+    raise ValueError(f"{where} holds {len(pairs)} structures ({shown}), and a label belongs to one structure; "
+                     "give the one it was computed for in a file of its own (of a relaxation, its last frame)")
 
 
 TIMED_OUT = "took longer than"

@@ -13,7 +13,8 @@ weights or cell handling is refused.
 A run that reaches the end of its input marks its file finished (:data:`FINISHED`: a last line
 of a JSON Lines file, a key after a JSON file's rows, a key of a CSV's sidecar); a run stopped
 before the end leaves a whole file without the mark. With the shard each part covers in its record,
-``merge`` refuses an unfinished part, a missing shard and a shard given twice.
+``merge`` refuses an unfinished part, a missing shard and a shard given twice; with the input a shard
+splits (:func:`crystalprop.prediction.provenance.input_record`), a shard of other inputs.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ from crystalprop.io.result_files import FINISHED, KEY
 from crystalprop.prediction.provenance import (
     ProvenanceMismatchError,
     describe_difference,
+    describe_inputs,
+    model_order,
+    models_reordered,
     read_sidecar,
+    same_inputs,
     same_origin,
     sidecar_finished,
     sidecar_path,
@@ -216,7 +221,8 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
 
     Refused: a structure in two parts, parts with other columns or provenance than the first's, a part
     whose last row a kill cut short, and, for parts whose records name their shard, a part whose run
-    stopped before its end (``--resume`` finishes both), a missing shard and a shard given twice.
+    stopped before its end (``--resume`` finishes both), a missing shard, a shard given twice and
+    shards whose records name other inputs.
     """
     if Path(output).is_file() and Path(output).stat().st_size > 0 and not overwrite:
         raise OutputExistsError(f"{output} exists: use --overwrite to replace it")
@@ -248,6 +254,8 @@ def _check_shards(records: Sequence[tuple[Path, dict | None]]) -> None:
     """Refuse an unfinished part, a missing shard and a shard given twice, judged by the parts whose
     records (part, its provenance) name their shard (files written before records did cannot be checked)."""
     sharded = [(part, tuple(record["shard"])) for part, record in records if record is not None and "shard" in record]
+    _check_inputs([(part, record) for part, record in records
+                   if record is not None and "inputs" in record and record.get("shard", [1, 1])[1] > 1])
     for part, (i, n) in sharded:
         if not is_finished(part):
             raise ValueError(f"{part}: unfinished, the run writing it stopped before the end of shard {i}/{n}; "
@@ -268,6 +276,17 @@ def _check_shards(records: Sequence[tuple[Path, dict | None]]) -> None:
     if missing:
         raise ValueError(f"shard {', '.join(missing)} missing: predict it with `crystalprop predict ... --shard "
                          f"{missing[0]} -o PART`, then merge all {n} parts")
+
+
+def _check_inputs(records: Sequence[tuple[Path, dict]]) -> None:
+    """Refuse shards (part, its provenance naming its inputs) of other inputs than the first's: their
+    positions, which --shard deals out, count in another input stream."""
+    for part, record in records[1:]:
+        first_part, first = records[0]
+        if not same_inputs(first, record):
+            raise ValueError(f"{part} is a shard of other inputs than {first_part} ({describe_inputs(record)} in "
+                             f"{part}, {describe_inputs(first)} in {first_part}); merge the shards of one split: "
+                             "the same paths, in the same order, each with its --shard")
 
 
 def _no_record(path: Path) -> str:
@@ -292,6 +311,11 @@ def _merged_provenance(records: Sequence[tuple[Path, dict | None]]) -> dict | No
             raise ProvenanceMismatchError(
                 f"{part}: no provenance record ({_no_record(part)}), so it cannot be checked to come from the "
                 f"same models and settings as {first_part}; put the record back beside it")
+        if models_reordered(first, record):
+            raise ProvenanceMismatchError(
+                f"{part}: predicted with the same models as {first_part} but in another order "
+                f"({model_order(record)} there, {model_order(first)} in {first_part}); "
+                "predict all parts with the models (-m) in the same order")
         if not same_origin(first, record):
             raise ProvenanceMismatchError(
                 f"{part}: made by other weights or settings than {first_part} "
@@ -373,6 +397,16 @@ class ResultWriter:
                     "or start again with --overwrite")
             return
         shards = found.get("shard"), self.provenance.get("shard")
+        if not same_inputs(found, self.provenance):
+            raise ProvenanceMismatchError(
+                f"{self.path}: cannot resume, its shard is of other inputs ({describe_inputs(found)} there, "
+                f"{describe_inputs(self.provenance)} now); give the same paths in the same order or use another "
+                "--output")
+        if models_reordered(found, self.provenance):
+            raise ProvenanceMismatchError(
+                f"{self.path}: cannot resume, it was written by the same models in another order "
+                f"({model_order(found)} there, {model_order(self.provenance)} now); give the models (-m) "
+                "in its order or use another --output")
         if not same_origin(found, self.provenance) or (all(shards) and shards[0] != shards[1]):
             raise ProvenanceMismatchError(
                 f"{self.path}: cannot resume, it was written by other weights or settings "

@@ -284,12 +284,50 @@ def choose_engine(device: str, engine: str | None = None) -> str:
     return engine
 
 
+LEADING_COLUMNS = ("index", "name", "source", "formula", "n_sites")
+TRAILING_COLUMNS = ("error", "warning")
+"""The result columns every row has, before and after the models' own (:func:`_value_columns`)."""
+
 
 def _value_columns(label: str, card: ModelCard) -> list[str]:
     """One model's result columns, all in its unit: the value, σ for an ensemble, the 95 % half-width
     where the card stores ``interval95``."""
     return ([label] + ([f"{label}_std"] if card.ensemble else [])
             + ([f"{label}_err95"] if (card.ensemble or {}).get("interval95") else []))
+
+
+def _how_to_rename(label: str, path: Path) -> str:
+    """Advice for giving a model another label: its label is its file's name, or its run folder's."""
+    if Path(path).stem != label:  # a run directory: the label is the folder's name
+        return f"rename the folder {Path(path).parent} (or copy its best.ckpt to a file of another name)"
+    return "rename the file (or copy it to one of another name)"
+
+
+def _label_origin(label: str, path: Path) -> str:
+    """Where a model's label comes from, in words."""
+    return "file name" if Path(path).stem == label else "run folder's name"
+
+
+def check_column_clashes(models: Sequence[tuple[str, Path, Any]]) -> None:
+    """Refuse models (label, checkpoint path, card) whose result columns would clash with a fixed column
+    (index, name, formula, error, ...) or with another model's: a row is a dict by column, so the second
+    would overwrite the first (a formula replaced by a number, a prediction lost in the warning column)."""
+    owners: dict[str, tuple[str, Path] | None] = {column: None for column in LEADING_COLUMNS + TRAILING_COLUMNS}
+    for label, path, card in models:
+        for column in _value_columns(label, card):
+            if column not in owners:
+                owners[column] = (label, path)
+                continue
+            owner = owners[column]
+            what = "the model's name" if column == label else f"its column {column!r}"
+            if owner is None:
+                raise ValueError(f"{path}: {what} ({label!r}, from its {_label_origin(label, path)}) would be the "
+                                 f"result column {column!r}, a fixed column of every result; "
+                                 f"{_how_to_rename(label, path)} so that its name differs")
+            raise ValueError(f"{path}: {what} ({label!r}) would be the result column {column!r}, which the model "
+                             f"{owner[0]!r} ({owner[1]}) writes too; {_how_to_rename(label, path)} so that the "
+                             "columns differ")
+
 
 class Predictor:
     """One or more loaded models that predict together from shared graphs.
@@ -333,6 +371,7 @@ class Predictor:
             raise ValueError(f"two models would both be called {twice[0]!r} ({paths}): their columns would "
                              "collide; copy or rename one so that the file or folder names differ")
         loaded = [(label, path, *read_checkpoint(path, arrays=True)) for label, path in resolved]
+        check_column_clashes([(label, path, card) for label, path, card, _ in loaded])
         self.device = device
         self.sources: list[tuple[str, Path]] = [(label, path) for label, path, *_ in loaded]
         configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]
@@ -396,12 +435,14 @@ class Predictor:
         first_compile(lambda: self.predict_prepared([Prepared("probe", "probe", graph=probe)]))
         self._compiled = True
 
-    def provenance(self, shard: tuple[int, int] = (1, 1)) -> dict:
+    def provenance(self, shard: tuple[int, int] = (1, 1), inputs: dict | None = None) -> dict:
         """Where this predictor's results come from: versions, each model's weights (sha256), cells, engine,
-        and the ``shard`` of the input they cover."""
+        the ``shard`` of the input they cover and, for a shard, that input (``inputs``:
+        :func:`crystalprop.prediction.provenance.input_record`)."""
         from crystalprop.prediction.provenance import provenance  # noqa: PLC0415
 
         return provenance(self.sources, cell=self.settings.cell, device=self.device, engine=self.engine, shard=shard,
+                          inputs=inputs,
                           targets={label: card.target for label, _, card, _ in self.models},
                           units={column: card.unit for label, _, card, _ in self.models
                                  for column in _value_columns(label, card)})

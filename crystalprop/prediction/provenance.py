@@ -8,7 +8,9 @@ gets a sidecar ``<file>.meta.json`` so that pandas and spreadsheets read the tab
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -31,12 +33,47 @@ def _version(package: str) -> str | None:
         return None
 
 
+LISTED_INPUTS = 20
+"""Inputs an input record lists by name at most (a shell-expanded glob can give thousands); its
+sha256 covers them all."""
+
+
+def input_record(paths: Sequence[str | os.PathLike], recursive: bool) -> dict:
+    """What a run was given to read (``predict``'s paths, folders and globs, in order, and ``-r``), for
+    the record of a sharded run: shards cover the same input only where this is the same. Paths are
+    resolved (absolute, symlinks followed), so that tasks started in other folders compare alike;
+    ``sha256`` covers every path and ``recursive``, ``paths`` lists the first :data:`LISTED_INPUTS`."""
+    resolved = [os.path.realpath(os.fspath(path)) for path in paths]
+    digest = hashlib.sha256(json.dumps([resolved, bool(recursive)]).encode()).hexdigest()
+    return {"paths": resolved[:LISTED_INPUTS], "n_paths": len(resolved), "recursive": bool(recursive),
+            "sha256": digest}
+
+
+def same_inputs(old: dict, new: dict) -> bool:
+    """Whether two records cover the same input; True where either names none (a file written before
+    records named their inputs, or an unsharded run), which cannot be checked."""
+    if "inputs" not in old or "inputs" not in new:
+        return True
+    return old["inputs"].get("sha256") == new["inputs"].get("sha256")
+
+
+def describe_inputs(record: dict) -> str:
+    """A record's inputs in words, for a message."""
+    inputs = record.get("inputs") or {}
+    paths = list(inputs.get("paths", []))
+    more = inputs.get("n_paths", len(paths)) - len(paths)
+    return (", ".join(paths) + (f" and {more} more" if more > 0 else "")
+            + (" (with -r)" if inputs.get("recursive") else "")) or "none"
+
+
 def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-given", device: str = "CPU",
                engine: str = "mindspore", shard: tuple[int, int] | None = None,
-               targets: Mapping[str, str] | None = None, units: Mapping[str, str] | None = None) -> dict:
+               targets: Mapping[str, str] | None = None, units: Mapping[str, str] | None = None,
+               inputs: dict | None = None) -> dict:
     """The record for results of ``models`` ((label, checkpoint path) pairs) computed by ``engine``
     (``mindspore``, or ``numpy``: :mod:`crystalprop.model.numpy_stacked`). ``shard`` (I, N): the part of
-    the input these results cover (``predict --shard I/N``), so that ``merge`` can tell a missing part.
+    the input these results cover (``predict --shard I/N``), so that ``merge`` can tell a missing part;
+    ``inputs``: the input split into shards (:func:`input_record`), so that it can tell a shard of another.
     ``targets``: each label's trained property (recorded with its model); ``units``: each numeric
     column's unit, so that the file itself says what its numbers are."""
     record = {
@@ -54,6 +91,8 @@ def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-give
     }
     if shard is not None:
         record["shard"] = list(shard)
+    if inputs is not None:
+        record["inputs"] = dict(inputs)
     return record
 
 
@@ -70,10 +109,22 @@ def sidecar_path(path: str | Path) -> Path:
 
 def same_origin(old: dict, new: dict) -> bool:
     """Whether two records describe the same models (by weights) and cell handling."""
-    def key(record: dict) -> tuple:
-        return record.get("cell"), [(m.get("name"), m.get("sha256")) for m in record.get("models", [])]
+    return old.get("cell") == new.get("cell") and _models(old) == _models(new)
 
-    return key(old) == key(new)
+
+def _models(record: dict) -> list[tuple]:
+    return [(m.get("name"), m.get("sha256")) for m in record.get("models", [])]
+
+
+def models_reordered(old: dict, new: dict) -> bool:
+    """Whether two records differ only in the order of their models (``-m`` given in another order)."""
+    return (old.get("cell") == new.get("cell") and _models(old) != _models(new)
+            and sorted(_models(old), key=str) == sorted(_models(new), key=str))
+
+
+def model_order(record: dict) -> str:
+    """A record's model names in their order, for a message."""
+    return ", ".join(str(name) for name, _ in _models(record)) or "none"
 
 
 def describe_difference(old: dict, new: dict) -> str:
@@ -83,6 +134,8 @@ def describe_difference(old: dict, new: dict) -> str:
 
     if old.get("cell") != new.get("cell"):
         return f"cell handling {old.get('cell')!r} there, {new.get('cell')!r} now"
+    if models_reordered(old, new):
+        return f"the same models in another order: {model_order(old)} there, {model_order(new)} now"
     if not same_origin(old, new):
         return f"models {models(old) or 'none'} there, {models(new) or 'none'} now"
     return f"shard {'/'.join(map(str, old.get('shard', '?')))} there, {'/'.join(map(str, new.get('shard', '?')))} now"
