@@ -128,3 +128,43 @@ def test_a_fold_run_resumed_by_the_command_keeps_its_fold(data, tmp_path):
     card, _ = read_checkpoint(tmp_path / "run" / "best.ckpt")
     assert card.training["data"]["split_record"]["fold"] == [3, 5]
     assert run_cli([*args[:4], "--epochs", "3", *args[6:], "--resume", "--fold", "1/5"]).returncode != 0
+
+
+def _other_data(data: Path, folder: Path) -> tuple[Path, list[str]]:
+    """20 of ``data``'s crystals, a quarter larger in volume and under ids no model here trained on, with a
+    split.json of their own (8 val, the rest train): other data with a fixed split; and its val ids."""
+    from pymatgen.core import Structure
+
+    records = []
+    for k, record in enumerate(json.loads(data.read_text())[10:30]):
+        crystal = Structure.from_dict(record["structure"])
+        crystal.scale_lattice(crystal.volume * 1.25)
+        records.append({**record, "id": f"other-{k:02d}", "structure": crystal.as_dict()})
+    folder.mkdir()
+    (folder / "other.json").write_text(json.dumps(records))
+    ids = [r["id"] for r in records]
+    (folder / "split.json").write_text(json.dumps({"train": ids[8:], "val": ids[:8]}))
+    return folder / "other.json", ids[:8]
+
+
+def test_a_fold_run_on_other_data_takes_that_datas_own_split(fold_run, data, tmp_path):
+    """The fold is one of the model's own data: on other data with a split of its own, fold 2/5 of that
+    data's train and val structures was evaluated as "val" (6 structures, most from its train list)."""
+    other, val = _other_data(data, tmp_path / "other")
+    result = evaluate_model(str(fold_run), other, split="val", output_dir=tmp_path / "eval")
+    assert result["n"] == len(val)
+    with open(tmp_path / "eval" / "predictions.csv") as handle:
+        assert sorted(row.split(",")[0] for row in handle.readlines()[1:]) == val
+    assert "fold 2/5" in result["split_check"] and "split.json" in result["split_check"]
+    assert evaluate_model(str(fold_run), other)["n"] == len(val)  # the default: its val split too
+
+
+def test_members_of_a_fold_join_on_other_datas_own_split(fold_run, data, tmp_path):
+    """Joining calibrated σ on fold 2/5 of other data too, as evaluate did."""
+    from crystalprop.evaluation.joining import join_ensemble
+
+    train_model(data, tmp_path / "seed1", train_config(epochs=1, seed=1), workers=1, fold=(2, 5))
+    other, val = _other_data(data, tmp_path / "other")
+    result = join_ensemble([fold_run, tmp_path / "seed1"], tmp_path / "ens.ckpt", other)
+    assert result["n"] == len(val) and result["calibrated_on"]["n"] == len(val)
+    assert "fold 2/5" in result["calibrated_on"]["split_check"]

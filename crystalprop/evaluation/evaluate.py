@@ -13,7 +13,7 @@ import numpy as np
 
 from crystalprop.utils.atomic import atomic_write_text, make_folder
 from crystalprop.data.datasets import (
-    SPLITS, Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset,
+    SPLITS, Dataset, Entry, assign_fold, ids_in_packed, ids_sha256, is_random_split, load_dataset,
 )
 from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed
 from crystalprop.data.graph_cache import build_graphs
@@ -111,6 +111,36 @@ def split_settings(training: dict) -> dict:
             "seed": seed, "fold": tuple(fold) if fold else None}
 
 
+def split_dataset(data: str | Path, target: str, training: dict, id_column: str | None,
+                  structure_column: str | None) -> tuple[Dataset, str]:
+    """``data`` split as the model's run split its own: with its seed and fractions where the data has
+    no split of its own, and with its cross-validation fold where the data has none or is the very data
+    it was trained on (every split holds the ids its record gives); a fold is one of the model's own
+    data, so other data with a split of its own (split.json, a split column) keeps that split. Also a
+    note where a recorded fold was not applied ("" where none was left aside)."""
+    settings = split_settings(training)
+    fold = settings.pop("fold")
+    dataset = load_dataset(data, target, id_column=id_column, structure_column=structure_column, **settings)
+    if fold is None:
+        return dataset, ""
+    own, source = [e.split for e in dataset.entries], dataset.split_source
+    assign_fold(dataset, fold)
+    if is_random_split(source) or _holds_recorded_splits(dataset, recorded_split(training)):
+        return dataset, ""
+    for entry, split in zip(dataset.entries, own):
+        entry.split = split
+    dataset.split_source = source
+    return dataset, (f"the model's fold {fold[0]}/{fold[1]} is one of the data it was trained on, not of "
+                     f"{dataset.origin}, whose own split was used ({source})")
+
+
+def _holds_recorded_splits(dataset: Dataset, record: dict) -> bool:
+    """Whether every split of ``dataset`` holds the ids the record's digests give (a digest not recorded
+    is not held against it): the data is the one the model's run split so."""
+    return all(record.get(f"{name}_ids_sha256") in (None, ids_sha256([e.id for e in dataset.split(name)]))
+               for name in SPLITS)
+
+
 def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: dict, checkpoint: str | Path) -> str:
     """A note on how the split was checked against the training data; raise ValueError when a
     ``val`` or ``test`` figure would include structures the model was trained on, or when that
@@ -175,8 +205,7 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
     """The labelled structures of one split that the model is evaluated on, with their graphs
     (built with ``settings``, by default the model's), and every record that could not be used, with
     its reason (training look-alikes left out of ``unseen`` are counted in the split's note instead)."""
-    dataset = load_dataset(data, target or card.target, id_column=id_column, structure_column=structure_column,
-                           **split_settings(card.training))
+    dataset, fold_note = split_dataset(data, target or card.target, card.training, id_column, structure_column)
     split = split or default_split(dataset, card.training)
     if split not in (*SPLITS, "all", "unseen"):
         raise ValueError(f"--split {split!r}: choose one of {', '.join((*SPLITS, 'all', 'unseen'))}")
@@ -191,6 +220,7 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     skipped = list(dataset.skipped) + [(e.id, err) for e, err in zip(entries, errors) if err]
     kept, split_check, alike = _look_alikes(kept, split, split_check, card.training)
+    split_check = "; ".join(note for note in (split_check, fold_note) if note)
     if not kept:
         if any(g is not None for g in graphs):
             why = (f"every one looks like a training crystal under another id ({split_check}); "
