@@ -168,3 +168,14 @@ def test_members_of_a_fold_join_on_other_datas_own_split(fold_run, data, tmp_pat
     result = join_ensemble([fold_run, tmp_path / "seed1"], tmp_path / "ens.ckpt", other)
     assert result["n"] == len(val) and result["calibrated_on"]["n"] == len(val)
     assert "fold 2/5" in result["calibrated_on"]["split_check"]
+
+
+def test_members_of_other_folds_are_refused_naming_the_folds(fold_run, data, tmp_path):
+    """The data has a split.json: the advice to give it a split of its own was wrong; the folds differ."""
+    from crystalprop.evaluation.joining import join_ensemble
+    from crystalprop.model.checkpoint import CheckpointError
+
+    train_model(data, tmp_path / "fold3", train_config(epochs=1, seed=1), workers=1, fold=(3, 5))
+    with pytest.raises(CheckpointError, match=r"another cross-validation fold .*fold 3/5 and fold 2/5") as refused:
+        join_ensemble([fold_run, tmp_path / "fold3"], tmp_path / "ens.ckpt", data)
+    assert "split of its own" not in str(refused.value) and "--fold" in str(refused.value)
