@@ -215,9 +215,9 @@ def test_metrics_json_is_standard_json_when_a_metric_is_undefined(run_dir, data,
     assert metrics["r2"] is None and metrics["n"] == 6
 
 
-def test_ids_made_from_row_numbers_are_said_to_check_positions_only(tmp_path):
-    """Records without an id are named row1, row2, ...: the check against the training ids then compares
-    positions, not crystals, and the note says so (was: "none trained on", whatever the crystals)."""
+def test_ids_made_from_row_numbers_are_said_to_be_no_evidence(tmp_path):
+    """Records without an id are named row1, row2, ...: positions, not crystals, so they are not checked
+    against the training ids, and the note says so (was: "none trained on", whatever the crystals)."""
     records = json.loads(write_json_dataset(tmp_path / "data.json", 6).read_text())
     for record in records:
         del record["id"]
@@ -241,3 +241,22 @@ def test_unseen_data_that_all_look_like_training_crystals_is_refused_by_name(run
         evaluate_model(str(run_dir), path)
     done = run_cli(["evaluate", run_dir, path], cwd=tmp_path)
     assert done.returncode != 0 and "--split all" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ids_made_from_row_numbers_are_not_taken_for_training_crystals(tmp_path):
+    """A model trained on records without ids (row1, row2, ...) evaluated on other such records: the same
+    row numbers were taken for the crystals it trained on ("9 structures the model was trained on left out",
+    --split val refused as "used to train"); only the structures can tell, and these are all new."""
+    records = json.loads(write_json_dataset(tmp_path / "all.json", 40).read_text())
+    for record in records:
+        del record["id"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "a.json").write_text(json.dumps(records[:30]))
+    (tmp_path / "b" / "b.json").write_text(json.dumps(records[30:]))
+    train_model(tmp_path / "a" / "a.json", tmp_path / "run", train_config(epochs=1), workers=1)
+    result = evaluate_model(str(tmp_path / "run"), tmp_path / "b" / "b.json")
+    assert result["split"] == "unseen" and result["n"] == 10
+    assert "trained on left out" not in result["split_check"] and "row numbers" in result["split_check"]
+    result = evaluate_model(str(tmp_path / "run"), tmp_path / "b" / "b.json", split="val")
+    assert result["n"] == 1 and "row numbers" in result["split_check"]

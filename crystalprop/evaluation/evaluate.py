@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -141,6 +142,25 @@ def _holds_recorded_splits(dataset: Dataset, record: dict) -> bool:
                for name in SPLITS)
 
 
+POSITIONAL_ID = re.compile(r"row\d+")
+"""The id a record without one is named by (its position in the data, :mod:`crystalprop.data.datasets`)."""
+
+
+def _positional(ids: list[str], dataset: Dataset) -> set[str]:
+    """Those of ``ids`` made from row numbers, where ``dataset`` has records without an id: a position in
+    the data says nothing of which crystal it holds, so such an id matching a training one is no evidence
+    of training on it (the structures' fingerprints are, :func:`_look_alikes`)."""
+    return {i for i in ids if POSITIONAL_ID.fullmatch(i)} if dataset.positional_ids else set()
+
+
+def _positional_note(n: int, record: dict) -> str:
+    """What the note says of ``n`` ids made from row numbers that were not checked against the training ids."""
+    structures = ("their structures were compared with the training ones instead" if record.get("trained_structures")
+                  else "and the model records no training structures to compare them with: not checked")
+    return (f"{n} id{'s' if n != 1 else ''} made from row numbers (records without an id) not checked against "
+            f"the training ids, as a position in the data says nothing of the crystal there; {structures}")
+
+
 def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: dict, checkpoint: str | Path) -> str:
     """A note on how the split was checked against the training data; raise ValueError when a
     ``val`` or ``test`` figure would include structures the model was trained on, or when that
@@ -149,15 +169,16 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
         return "not checked (split chosen deliberately)"
     record = recorded_split(training)
     if record and "trained_ids" in record:
-        trained = ids_in_packed([e.id for e in entries], record["trained_ids"])
+        ids = [e.id for e in entries]
+        positional = _positional(ids, dataset)
+        trained = ids_in_packed([i for i in ids if i not in positional], record["trained_ids"])
         if trained:
             raise ValueError(
                 f"{dataset.origin}: {len(trained)} of the {len(entries)} {split!r} structures were used to train "
                 f"{checkpoint} (e.g. {trained[0]}): not a {split} figure; --split all evaluates them deliberately")
-        same = record.get(f"{split}_ids_sha256") == ids_sha256([e.id for e in entries])
-        positions = (f" (ids from row numbers: {dataset.positional_ids} records have none, so this compares positions "
-                     "in the data, not crystals)") if dataset.positional_ids else ""
-        return f"none trained on; {'the same' if same else 'not the'} {split} split as in training{positions}"
+        same = record.get(f"{split}_ids_sha256") == ids_sha256(ids)
+        note = f"none trained on; {'the same' if same else 'not the'} {split} split as in training"
+        return f"{note}; {_positional_note(len(positional), record)}" if positional else note
     recorded = str(training.get("data", {}).get("split", ""))
     if is_random_split(dataset.split_source) or is_random_split(recorded):
         raise ValueError(
@@ -185,9 +206,13 @@ def _unseen(dataset: Dataset, training: dict) -> tuple[list[Entry], str]:
     if "trained_ids" not in record:
         raise ValueError(f"{dataset.origin}: the model records no training ids, so its unseen structures "
                          "cannot be told; choose --split")
-    trained = set(ids_in_packed([e.id for e in dataset.entries], record["trained_ids"]))
+    ids = [e.id for e in dataset.entries]
+    positional = _positional(ids, dataset)
+    trained = set(ids_in_packed([i for i in ids if i not in positional], record["trained_ids"]))
     entries = [e for e in dataset.entries if e.id not in trained]
-    return entries, f"none trained on; {len(trained)} structures the model was trained on left out"
+    note = (f"none trained on; {len(trained)} structures the model was trained on left out"
+            if trained or not positional else "none trained on by id")
+    return entries, f"{note}; {_positional_note(len(positional), record)}" if positional else note
 
 
 class LabelledSplit(NamedTuple):
