@@ -179,3 +179,21 @@ def test_members_of_other_folds_are_refused_naming_the_folds(fold_run, data, tmp
     with pytest.raises(CheckpointError, match=r"another cross-validation fold .*fold 3/5 and fold 2/5") as refused:
         join_ensemble([fold_run, tmp_path / "fold3"], tmp_path / "ens.ckpt", data)
     assert "split of its own" not in str(refused.value) and "--fold" in str(refused.value)
+
+
+def test_unusable_records_are_counted_in_the_split_a_fold_leaves_them(tmp_path):
+    """A fold deals out the usable train and val structures only: an unusable record split.json lists in
+    val may be either, one it lists in test is of the test split, which the fold leaves alone."""
+    path = write_json_dataset(tmp_path / "data.json", 30)
+    records = json.loads(path.read_text())
+    records[0]["y"] = records[7]["y"] = None
+    path.write_text(json.dumps(records))
+    ids = [r["id"] for r in records]
+    (tmp_path / "split.json").write_text(json.dumps({"test": ids[:5], "val": ids[5:10]}))
+    train_model(path, tmp_path / "run", train_config(epochs=1), workers=1, fold=(2, 5))
+    val = evaluate_model(str(tmp_path / "run"), path, split="val")
+    assert val["n_skipped"] == 0 and val["n_unusable_split_unknown"] == 1
+    assert val["n_unusable_other_splits"] == 1 and "fold" not in val["split_check"]
+    test = evaluate_model(str(tmp_path / "run"), path, split="test")
+    assert [rid for rid, _ in test["skipped"]] == [ids[0]] and test["n_unusable_other_splits"] == 1
+    assert [where for _, _, where in test["unusable"]] == ["train or val split, not evaluated"]

@@ -66,6 +66,8 @@ class Dataset:
     """(id, cell) of each entry whose split column names no split; None where the records have no split column."""
     positional_ids: int = 0
     """Entries without an id of their own, named ``row<N>`` after their position in the data."""
+    skipped_splits: dict[str, str | None] | None = None
+    """The split the split column names for each skipped record (None where it names none); None without one."""
 
     def split(self, name: str) -> list[Entry]:
         """Entries of one split."""
@@ -147,6 +149,7 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
     entries, skipped, seen, duplicates = [], [], set(), set()
     split_key = _split_key(rows)
     unnamed: list[tuple[str, Any]] = []
+    row_splits: dict[str, str | None] = {}
     positional = 0
     for number, row in enumerate(rows, start=1):
         rid = str(row.get(id_key, "")).strip()
@@ -156,6 +159,7 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
             duplicates.add(rid)
             continue
         seen.add(rid)
+        split = row_splits[rid] = split_name(row.get(split_key)) if split_key else None
         if target not in row:
             skipped.append((rid, f"no field {target!r}"))
             continue
@@ -168,7 +172,6 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
         except LookupError as exc:
             skipped.append((rid, str(exc)))
             continue
-        split = split_name(row.get(split_key)) if split_key else None
         if split_key and split is None:
             unnamed.append((rid, row.get(split_key)))
         entries.append(Entry(rid, value, source, split))
@@ -176,7 +179,8 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
         listed = ", ".join(sorted(duplicates)[:10])
         raise DatasetError(f"{table}: duplicated id(s): {listed}" + (" ..." if len(duplicates) > 10 else ""))
     return Dataset(entries, target, origin, skipped, split_column=unnamed if split_key else None,
-                   positional_ids=positional)
+                   positional_ids=positional,
+                   skipped_splits={rid: row_splits[rid] for rid, _ in skipped} if split_key else None)
 
 
 def _read_json_dataset(path: Path, target: str | None) -> Dataset:

@@ -123,8 +123,8 @@ def join_ensemble(
     first = loaded[paths[0]][0]
     for path in models[len(set(paths)):]:
         check_factor(loaded[path][0], first, path, paths[0])
-    _, split, split_check, kept, _, _ = labelled_split(first, data, None, split, paths[0], id_column,
-                                                       structure_column)
+    chosen = labelled_split(first, data, None, split, paths[0], id_column, structure_column)
+    split, split_check, kept = chosen.split, chosen.note, chosen.kept
     datasets: dict[str, Dataset] = {}  # one read of the data per distinct split setting
     for card, path in zip(cards[1:], models[1:]):
         key = json.dumps(split_settings(card.training), sort_keys=True)
@@ -249,7 +249,8 @@ def recalibrate_sigma(
         raise ValueError(f"{path}: σ from latent+spread needs at least two members (it has one)")
     if latent_prior is not None:
         reference = replace(reference, prior=latent_prior)
-    _, split, split_check, kept, _, _ = labelled_split(card, data, None, split, path, id_column, structure_column)
+    chosen = labelled_split(card, data, None, split, path, id_column, structure_column)
+    split, split_check, kept = chosen.split, chosen.note, chosen.kept
     y = np.array([e.target for e, _ in kept])
     graphs = [g for _, g in kept]
     outputs, features = network_outputs([(card, params, path)], readout=True)(graphs, batch_size)
