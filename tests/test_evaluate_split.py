@@ -215,9 +215,9 @@ def test_metrics_json_is_standard_json_when_a_metric_is_undefined(run_dir, data,
     assert metrics["r2"] is None and metrics["n"] == 6
 
 
-def test_ids_made_from_row_numbers_are_said_to_check_positions_only(tmp_path):
-    """Records without an id are named row1, row2, ...: the check against the training ids then compares
-    positions, not crystals, and the note says so (was: "none trained on", whatever the crystals)."""
+def test_ids_made_from_row_numbers_are_said_to_be_no_evidence(tmp_path):
+    """Records without an id are named row1, row2, ...: positions, not crystals, so they are not checked
+    against the training ids, and the note says so (was: "none trained on", whatever the crystals)."""
     records = json.loads(write_json_dataset(tmp_path / "data.json", 6).read_text())
     for record in records:
         del record["id"]
@@ -241,3 +241,65 @@ def test_unseen_data_that_all_look_like_training_crystals_is_refused_by_name(run
         evaluate_model(str(run_dir), path)
     done = run_cli(["evaluate", run_dir, path], cwd=tmp_path)
     assert done.returncode != 0 and "--split all" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ids_made_from_row_numbers_are_not_taken_for_training_crystals(tmp_path):
+    """A model trained on records without ids (row1, row2, ...) evaluated on other such records: the same
+    row numbers were taken for the crystals it trained on ("9 structures the model was trained on left out",
+    --split val refused as "used to train"); only the structures can tell, and these are all new."""
+    records = json.loads(write_json_dataset(tmp_path / "all.json", 40).read_text())
+    for record in records:
+        del record["id"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "a.json").write_text(json.dumps(records[:30]))
+    (tmp_path / "b" / "b.json").write_text(json.dumps(records[30:]))
+    train_model(tmp_path / "a" / "a.json", tmp_path / "run", train_config(epochs=1), workers=1)
+    result = evaluate_model(str(tmp_path / "run"), tmp_path / "b" / "b.json")
+    assert result["split"] == "unseen" and result["n"] == 10
+    assert "trained on left out" not in result["split_check"] and "row numbers" in result["split_check"]
+    result = evaluate_model(str(tmp_path / "run"), tmp_path / "b" / "b.json", split="val")
+    assert result["n"] == 1 and "row numbers" in result["split_check"]
+
+
+@pytest.mark.parametrize("layout", ["split.json", "split column"])
+def test_records_of_other_splits_are_not_counted_as_skipped_from_the_figure(run_dir, data, tmp_path, layout):
+    """--split val counted and listed every unusable record of the data set (mp2018: "261 records skipped",
+    none of them a val structure): only the val split's count as skipped; the others are named apart."""
+    theirs, records = _foreign(data, tmp_path, 12, [])
+    splits = ["val"] * 4 + ["train"] * 8
+    for k in (1, 6, 8):
+        records[k]["y"] = None  # one val record and two train records unusable
+    if layout == "split.json":
+        (tmp_path / "split.json").write_text(json.dumps({"val": [r["id"] for r in records[:4]]}))
+    else:
+        records = [{**r, "split": s} for r, s in zip(records, splits)]
+    theirs.write_text(json.dumps(records))
+    result = evaluate_model(str(run_dir), theirs, split="val", output_dir=tmp_path / "eval")
+    assert result["n"] == 3 and [rid for rid, _ in result["skipped"]] == ["new-1"]
+    recorded = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert recorded["n_skipped"] == 1 and recorded["n_unusable_other_splits"] == 2
+    assert "n_unusable_split_unknown" not in recorded
+    log = (tmp_path / "eval" / "skipped.log").read_text().splitlines()
+    assert log[0].startswith("new-1\t") and sorted(line.split("\t")[0] for line in log[1:]) == ["new-6", "new-8"]
+    assert all("train split, not evaluated" in line for line in log[1:])
+    done = run_cli(["evaluate", run_dir, theirs, "--split", "val"], cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 0 and "1 records skipped" in said and "2 unusable records of other splits" in said
+
+
+def test_unusable_records_of_a_random_split_are_said_to_be_of_no_known_split(run_dir, data, tmp_path):
+    """A random split deals the usable records only: an unusable one belongs to no split, and is not
+    counted as skipped from the val figure but as unusable, split unknown."""
+    theirs, records = _foreign(data, tmp_path, 12, [])
+    for k in (1, 6):
+        records[k]["y"] = None
+    theirs.write_text(json.dumps(records))
+    result = evaluate_model(str(run_dir), theirs, split="val", output_dir=tmp_path / "eval")
+    recorded = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert result["skipped"] == [] and recorded["n_skipped"] == 0 and recorded["n_unusable_split_unknown"] == 2
+    log = (tmp_path / "eval" / "skipped.log").read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in log) == ["new-1", "new-6"] and all("split unknown" in line for line in log)
+    done = run_cli(["evaluate", run_dir, theirs, "--split", "val"], cwd=tmp_path)
+    said = " ".join(done.stderr.split())
+    assert done.returncode == 0 and "2 records of the data set unusable, split unknown" in said, said

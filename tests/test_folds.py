@@ -128,3 +128,72 @@ def test_a_fold_run_resumed_by_the_command_keeps_its_fold(data, tmp_path):
     card, _ = read_checkpoint(tmp_path / "run" / "best.ckpt")
     assert card.training["data"]["split_record"]["fold"] == [3, 5]
     assert run_cli([*args[:4], "--epochs", "3", *args[6:], "--resume", "--fold", "1/5"]).returncode != 0
+
+
+def _other_data(data: Path, folder: Path) -> tuple[Path, list[str]]:
+    """20 of ``data``'s crystals, a quarter larger in volume and under ids no model here trained on, with a
+    split.json of their own (8 val, the rest train): other data with a fixed split; and its val ids."""
+    from pymatgen.core import Structure
+
+    records = []
+    for k, record in enumerate(json.loads(data.read_text())[10:30]):
+        crystal = Structure.from_dict(record["structure"])
+        crystal.scale_lattice(crystal.volume * 1.25)
+        records.append({**record, "id": f"other-{k:02d}", "structure": crystal.as_dict()})
+    folder.mkdir()
+    (folder / "other.json").write_text(json.dumps(records))
+    ids = [r["id"] for r in records]
+    (folder / "split.json").write_text(json.dumps({"train": ids[8:], "val": ids[:8]}))
+    return folder / "other.json", ids[:8]
+
+
+def test_a_fold_run_on_other_data_takes_that_datas_own_split(fold_run, data, tmp_path):
+    """The fold is one of the model's own data: on other data with a split of its own, fold 2/5 of that
+    data's train and val structures was evaluated as "val" (6 structures, most from its train list)."""
+    other, val = _other_data(data, tmp_path / "other")
+    result = evaluate_model(str(fold_run), other, split="val", output_dir=tmp_path / "eval")
+    assert result["n"] == len(val)
+    with open(tmp_path / "eval" / "predictions.csv") as handle:
+        assert sorted(row.split(",")[0] for row in handle.readlines()[1:]) == val
+    assert "fold 2/5" in result["split_check"] and "split.json" in result["split_check"]
+    assert evaluate_model(str(fold_run), other)["n"] == len(val)  # the default: its val split too
+
+
+def test_members_of_a_fold_join_on_other_datas_own_split(fold_run, data, tmp_path):
+    """Joining calibrated σ on fold 2/5 of other data too, as evaluate did."""
+    from crystalprop.evaluation.joining import join_ensemble
+
+    train_model(data, tmp_path / "seed1", train_config(epochs=1, seed=1), workers=1, fold=(2, 5))
+    other, val = _other_data(data, tmp_path / "other")
+    result = join_ensemble([fold_run, tmp_path / "seed1"], tmp_path / "ens.ckpt", other)
+    assert result["n"] == len(val) and result["calibrated_on"]["n"] == len(val)
+    assert "fold 2/5" in result["calibrated_on"]["split_check"]
+
+
+def test_members_of_other_folds_are_refused_naming_the_folds(fold_run, data, tmp_path):
+    """The data has a split.json: the advice to give it a split of its own was wrong; the folds differ."""
+    from crystalprop.evaluation.joining import join_ensemble
+    from crystalprop.model.checkpoint import CheckpointError
+
+    train_model(data, tmp_path / "fold3", train_config(epochs=1, seed=1), workers=1, fold=(3, 5))
+    with pytest.raises(CheckpointError, match=r"another cross-validation fold .*fold 3/5 and fold 2/5") as refused:
+        join_ensemble([fold_run, tmp_path / "fold3"], tmp_path / "ens.ckpt", data)
+    assert "split of its own" not in str(refused.value) and "--fold" in str(refused.value)
+
+
+def test_unusable_records_are_counted_in_the_split_a_fold_leaves_them(tmp_path):
+    """A fold deals out the usable train and val structures only: an unusable record split.json lists in
+    val may be either, one it lists in test is of the test split, which the fold leaves alone."""
+    path = write_json_dataset(tmp_path / "data.json", 30)
+    records = json.loads(path.read_text())
+    records[0]["y"] = records[7]["y"] = None
+    path.write_text(json.dumps(records))
+    ids = [r["id"] for r in records]
+    (tmp_path / "split.json").write_text(json.dumps({"test": ids[:5], "val": ids[5:10]}))
+    train_model(path, tmp_path / "run", train_config(epochs=1), workers=1, fold=(2, 5))
+    val = evaluate_model(str(tmp_path / "run"), path, split="val")
+    assert val["n_skipped"] == 0 and val["n_unusable_split_unknown"] == 1
+    assert val["n_unusable_other_splits"] == 1 and "fold" not in val["split_check"]
+    test = evaluate_model(str(tmp_path / "run"), path, split="test")
+    assert [rid for rid, _ in test["skipped"]] == [ids[0]] and test["n_unusable_other_splits"] == 1
+    assert [where for _, _, where in test["unusable"]] == ["train or val split, not evaluated"]

@@ -114,10 +114,21 @@ def print_evaluation(result: dict, output_dir: str | None) -> None:
     console.print(f"{result['split']} split checked against the training data: {result['split_check']}",
                   highlight=False, markup=False)
     skipped = result.get("skipped") or []
+    logged = f"; all in {output_dir}/skipped.log" if output_dir else ""
     if skipped:
         shown = "; ".join(f"{rid}: {reason}" for rid, reason in skipped[:3])
-        console.print(f"{len(skipped)} records skipped ({shown}{'; ...' if len(skipped) > 3 else ''})"
-                      + (f"; all in {output_dir}/skipped.log" if output_dir else ""), highlight=False, markup=False)
+        console.print(f"{len(skipped)} records skipped ({shown}{'; ...' if len(skipped) > 3 else ''}){logged}",
+                      highlight=False, markup=False)
+    unusable = result.get("unusable") or []
+    other = [(rid, where) for rid, _, where in unusable if where is not None]
+    if other:
+        console.print(f"{len(other)} unusable records of other splits not counted (e.g. {other[0][0]}: "
+                      f"{other[0][1]}){logged}", highlight=False, markup=False)
+    unknown = [(rid, reason) for rid, reason, where in unusable if where is None]
+    if unknown:
+        console.print(f"{len(unknown)} records of the data set unusable, split unknown (the split deals out usable "
+                      f"records only; e.g. {unknown[0][0]}: {unknown[0][1]}): whether the {result['split']} split "
+                      f"would hold them cannot be told{logged}", highlight=False, markup=False)
     if output_dir:
         console.print(f"files in {output_dir}: {', '.join(result['files'])}", markup=False)
 

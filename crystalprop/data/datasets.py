@@ -68,6 +68,8 @@ class Dataset:
     """Entries without an id of their own, named ``row<N>`` after their position in the data."""
     notes: list[str] = field(default_factory=list)
     """What a user should know about how the data was read (split.json ids that match no record)."""
+    skipped_splits: dict[str, str | None] | None = None
+    """The split the split column names for each skipped record (None where it names none); None without one."""
 
     def split(self, name: str) -> list[Entry]:
         """Entries of one split."""
@@ -149,6 +151,7 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
     entries, skipped, seen, duplicates = [], [], set(), set()
     split_key = _split_key(rows)
     unnamed: list[tuple[str, Any]] = []
+    row_splits: dict[str, str | None] = {}
     positional = 0
     for number, row in enumerate(rows, start=1):
         value = row.get(id_key)
@@ -159,6 +162,7 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
             duplicates.add(rid)
             continue
         seen.add(rid)
+        split = row_splits[rid] = split_name(row.get(split_key)) if split_key else None
         if target not in row:
             skipped.append((rid, f"no field {target!r}"))
             continue
@@ -171,7 +175,6 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
         except LookupError as exc:
             skipped.append((rid, str(exc)))
             continue
-        split = split_name(row.get(split_key)) if split_key else None
         if split_key and split is None:
             unnamed.append((rid, row.get(split_key)))
         entries.append(Entry(rid, value, source, split))
@@ -179,7 +182,8 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
         listed = ", ".join(sorted(duplicates)[:10])
         raise DatasetError(f"{table}: duplicated id(s): {listed}" + (" ..." if len(duplicates) > 10 else ""))
     return Dataset(entries, target, origin, skipped, split_column=unnamed if split_key else None,
-                   positional_ids=positional)
+                   positional_ids=positional,
+                   skipped_splits={rid: row_splits[rid] for rid, _ in skipped} if split_key else None)
 
 
 def _read_json_dataset(path: Path, target: str | None) -> Dataset:

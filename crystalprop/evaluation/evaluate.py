@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from crystalprop.utils.atomic import atomic_write_text, make_folder
 from crystalprop.data.datasets import (
-    SPLITS, Dataset, Entry, ids_in_packed, ids_sha256, is_random_split, load_dataset,
+    SPLITS, Dataset, Entry, assign_fold, ids_in_packed, ids_sha256, is_random_split, load_dataset, read_split_file,
 )
 from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed
 from crystalprop.data.graph_cache import build_graphs
@@ -111,6 +112,55 @@ def split_settings(training: dict) -> dict:
             "seed": seed, "fold": tuple(fold) if fold else None}
 
 
+def split_dataset(data: str | Path, target: str, training: dict, id_column: str | None,
+                  structure_column: str | None) -> tuple[Dataset, tuple[int, int] | None, str]:
+    """``data`` split as the model's run split its own: with its seed and fractions where the data has
+    no split of its own, and with its cross-validation fold where the data has none or is the very data
+    it was trained on (every split holds the ids its record gives); a fold is one of the model's own
+    data, so other data with a split of its own (split.json, a split column) keeps that split. Also the
+    fold applied (None where none was) and a note where a recorded fold was not ("" where none was left aside)."""
+    settings = split_settings(training)
+    fold = settings.pop("fold")
+    dataset = load_dataset(data, target, id_column=id_column, structure_column=structure_column, **settings)
+    if fold is None:
+        return dataset, None, ""
+    own, source = [e.split for e in dataset.entries], dataset.split_source
+    assign_fold(dataset, fold)
+    if is_random_split(source) or _holds_recorded_splits(dataset, recorded_split(training)):
+        return dataset, fold, ""
+    for entry, split in zip(dataset.entries, own):
+        entry.split = split
+    dataset.split_source = source
+    return dataset, None, (f"the model's fold {fold[0]}/{fold[1]} is one of the data it was trained on, not of "
+                     f"{dataset.origin}, whose own split was used ({source})")
+
+
+def _holds_recorded_splits(dataset: Dataset, record: dict) -> bool:
+    """Whether every split of ``dataset`` holds the ids the record's digests give (a digest not recorded
+    is not held against it): the data is the one the model's run split so."""
+    return all(record.get(f"{name}_ids_sha256") in (None, ids_sha256([e.id for e in dataset.split(name)]))
+               for name in SPLITS)
+
+
+POSITIONAL_ID = re.compile(r"row\d+")
+"""The id a record without one is named by (its position in the data, :mod:`crystalprop.data.datasets`)."""
+
+
+def _positional(ids: list[str], dataset: Dataset) -> set[str]:
+    """Those of ``ids`` made from row numbers, where ``dataset`` has records without an id: a position in
+    the data says nothing of which crystal it holds, so such an id matching a training one is no evidence
+    of training on it (the structures' fingerprints are, :func:`_look_alikes`)."""
+    return {i for i in ids if POSITIONAL_ID.fullmatch(i)} if dataset.positional_ids else set()
+
+
+def _positional_note(n: int, record: dict) -> str:
+    """What the note says of ``n`` ids made from row numbers that were not checked against the training ids."""
+    structures = ("their structures were compared with the training ones instead" if record.get("trained_structures")
+                  else "and the model records no training structures to compare them with: not checked")
+    return (f"{n} id{'s' if n != 1 else ''} made from row numbers (records without an id) not checked against "
+            f"the training ids, as a position in the data says nothing of the crystal there; {structures}")
+
+
 def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: dict, checkpoint: str | Path) -> str:
     """A note on how the split was checked against the training data; raise ValueError when a
     ``val`` or ``test`` figure would include structures the model was trained on, or when that
@@ -119,15 +169,16 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
         return "not checked (split chosen deliberately)"
     record = recorded_split(training)
     if record and "trained_ids" in record:
-        trained = ids_in_packed([e.id for e in entries], record["trained_ids"])
+        ids = [e.id for e in entries]
+        positional = _positional(ids, dataset)
+        trained = ids_in_packed([i for i in ids if i not in positional], record["trained_ids"])
         if trained:
             raise ValueError(
                 f"{dataset.origin}: {len(trained)} of the {len(entries)} {split!r} structures were used to train "
                 f"{checkpoint} (e.g. {trained[0]}): not a {split} figure; --split all evaluates them deliberately")
-        same = record.get(f"{split}_ids_sha256") == ids_sha256([e.id for e in entries])
-        positions = (f" (ids from row numbers: {dataset.positional_ids} records have none, so this compares positions "
-                     "in the data, not crystals)") if dataset.positional_ids else ""
-        return f"none trained on; {'the same' if same else 'not the'} {split} split as in training{positions}"
+        same = record.get(f"{split}_ids_sha256") == ids_sha256(ids)
+        note = f"none trained on; {'the same' if same else 'not the'} {split} split as in training"
+        return f"{note}; {_positional_note(len(positional), record)}" if positional else note
     recorded = str(training.get("data", {}).get("split", ""))
     if is_random_split(dataset.split_source) or is_random_split(recorded):
         raise ValueError(
@@ -155,9 +206,62 @@ def _unseen(dataset: Dataset, training: dict) -> tuple[list[Entry], str]:
     if "trained_ids" not in record:
         raise ValueError(f"{dataset.origin}: the model records no training ids, so its unseen structures "
                          "cannot be told; choose --split")
-    trained = set(ids_in_packed([e.id for e in dataset.entries], record["trained_ids"]))
+    ids = [e.id for e in dataset.entries]
+    positional = _positional(ids, dataset)
+    trained = set(ids_in_packed([i for i in ids if i not in positional], record["trained_ids"]))
     entries = [e for e in dataset.entries if e.id not in trained]
-    return entries, f"none trained on; {len(trained)} structures the model was trained on left out"
+    note = (f"none trained on; {len(trained)} structures the model was trained on left out"
+            if trained or not positional else "none trained on by id")
+    return entries, f"{note}; {_positional_note(len(positional), record)}" if positional else note
+
+
+def _placed_splits(dataset: Dataset, fold: tuple[int, int] | None) -> Callable[[str], frozenset[str]]:
+    """A function of a skipped record's id giving the splits it may belong to: the one split.json (read
+    as :func:`crystalprop.data.datasets.assign_splits` reads it: an id not listed trains) or the split
+    column names; train or val alike where a cross-validation ``fold`` split them, and every split
+    where the split is random: both deal out the usable records only."""
+    origin = Path(dataset.origin)
+    split_file = (origin if origin.is_dir() else origin.parent) / "split.json"
+    if dataset.split_source.startswith(str(split_file)) and split_file.is_file():
+        lookup = read_split_file(split_file)
+        named: Callable[[str], str | None] = lambda rid: lookup.get(rid, "train")
+    elif dataset.split_source.startswith("split column") and dataset.skipped_splits is not None:
+        named = dataset.skipped_splits.get
+    else:
+        return lambda rid: frozenset(SPLITS)
+
+    def placed(rid: str) -> frozenset[str]:
+        split = named(rid)
+        if split is None:
+            return frozenset(SPLITS)
+        return frozenset({"train", "val"}) if fold and split != "test" else frozenset({split})
+
+    return placed
+
+
+def _sorted_skipped(dataset: Dataset, split: str, fold: tuple[int, int] | None,
+                    training: dict) -> tuple[list[tuple[str, str]], list[tuple[str, str, str | None]]]:
+    """The data set's unusable records sorted by ``split``: (id, reason) of those that belong to it, and
+    (id, reason, where) of the others, ``where`` naming what they belong to instead (another split, or
+    the training structures for ``unseen``), None where their split cannot be told."""
+    placed = _placed_splits(dataset, fold)
+    ids = [rid for rid, _ in dataset.skipped]
+    positional = _positional(ids, dataset)
+    packed = recorded_split(training).get("trained_ids")
+    trained = set(ids_in_packed([i for i in ids if i not in positional], packed) if split == "unseen" and packed
+                  else [])
+    mine, others = [], []
+    for rid, reason in dataset.skipped:
+        if split == "all" or (split == "unseen" and rid not in trained):
+            mine.append((rid, reason))
+        elif split == "unseen":
+            others.append((rid, reason, "trained on, not in the unseen split"))
+        elif (possible := placed(rid)) == {split}:
+            mine.append((rid, reason))
+        else:
+            others.append((rid, reason, None if split in possible else
+                           f"{' or '.join(sorted(possible))} split, not evaluated"))
+    return mine, others
 
 
 class LabelledSplit(NamedTuple):
@@ -167,16 +271,18 @@ class LabelledSplit(NamedTuple):
     split: str  # the split's name (the data's default where none was asked for)
     note: str  # what was checked and left out, for the report
     kept: list  # (entry, graph) of every usable structure
-    skipped: list  # (id, reason) of every record that could not be used
+    skipped: list  # (id, reason) of every record of the split that could not be used
     alike: list[bool] | None  # per kept structure: looks like a training crystal (None where not asked)
+    unusable: list  # (id, reason, where) of the data set's other unusable records (where: None if unknown)
 
 
 def labelled_split(card, data, target, split, path, id_column, structure_column, settings=None) -> LabelledSplit:
     """The labelled structures of one split that the model is evaluated on, with their graphs
     (built with ``settings``, by default the model's), and every record that could not be used, with
-    its reason (training look-alikes left out of ``unseen`` are counted in the split's note instead)."""
-    dataset = load_dataset(data, target or card.target, id_column=id_column, structure_column=structure_column,
-                           **split_settings(card.training))
+    its reason (training look-alikes left out of ``unseen`` are counted in the split's note instead),
+    apart from the data set's other unusable records: those of other splits, and those whose split
+    cannot be told (:func:`_sorted_skipped`)."""
+    dataset, fold, fold_note = split_dataset(data, target or card.target, card.training, id_column, structure_column)
     split = split or default_split(dataset, card.training)
     if split not in (*SPLITS, "all", "unseen"):
         raise ValueError(f"--split {split!r}: choose one of {', '.join((*SPLITS, 'all', 'unseen'))}")
@@ -189,8 +295,10 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
         raise ValueError(f"{data}: no structures in split {split!r}")
     graphs, errors = build_graphs(entries, settings or card.graph)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
-    skipped = list(dataset.skipped) + [(e.id, err) for e, err in zip(entries, errors) if err]
+    skipped, unusable = _sorted_skipped(dataset, split, fold, card.training)
+    skipped += [(e.id, err) for e, err in zip(entries, errors) if err]
     kept, split_check, alike = _look_alikes(kept, split, split_check, card.training)
+    split_check = "; ".join(note for note in (split_check, fold_note) if note)
     if not kept:
         if any(g is not None for g in graphs):
             why = (f"every one looks like a training crystal under another id ({split_check}); "
@@ -198,7 +306,7 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
         else:
             why = f"none could be used (e.g. {skipped[-1][0]}: {skipped[-1][1]})"
         raise ValueError(f"{data}: {len(entries)} structures in split {split!r}, but {why}")
-    return LabelledSplit(dataset, split, split_check, kept, skipped, alike)
+    return LabelledSplit(dataset, split, split_check, kept, skipped, alike, unusable)
 
 
 def _look_alikes(kept: list, split: str, note: str, training: dict) -> tuple[list, str, list[bool] | None]:
@@ -258,6 +366,14 @@ def error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:
     return metrics
 
 
+def _unusable_counts(unusable: list[tuple[str, str, str | None]]) -> dict[str, int]:
+    """metrics.json's counts of the unusable records outside the split's ``n_skipped``: those known to be
+    of other splits, and those whose split cannot be told (each only where there are any)."""
+    unknown = sum(where is None for _, _, where in unusable)
+    return {**({"n_unusable_other_splits": len(unusable) - unknown} if len(unusable) > unknown else {}),
+            **({"n_unusable_split_unknown": unknown} if unknown else {})}
+
+
 def _number(value: float) -> str:
     """A value for predictions.csv: 6 significant digits, empty for none (NaN)."""
     return "" if value != value else f"{value:.6g}"
@@ -299,9 +415,10 @@ def evaluate_model(
     label, path = resolve_model(model)
     card, params = read_checkpoint(path)
     settings = card.graph if cell is None else replace(card.graph, cell=cell)
-    dataset, split, split_check, kept, skipped, flags = labelled_split(card, data, target, split, path, id_column,
-                                                                   structure_column, settings)
-    n_failed = len(skipped) - len(dataset.skipped)
+    dataset, split, split_check, kept, skipped, flags, unusable = labelled_split(
+        card, data, target, split, path, id_column, structure_column, settings)
+    unreadable = {rid for rid, _ in dataset.skipped}
+    n_failed = sum(rid not in unreadable for rid, _ in skipped)
     y = np.array([e.target for e, _ in kept])
     reference = stored_reference(card, params, path)
     outputs, features = network_outputs([(card, params, path)], readout=reference is not None)(
@@ -325,7 +442,8 @@ def evaluate_model(
                         **({"log10_mae_unlike_training": unlike["log10_mae"]} if "log10_mae" in unlike else {})})
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
               "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,
-              "n_failed": n_failed, **metrics, "n_skipped": len(skipped), "skipped": skipped}
+              "n_failed": n_failed, **metrics, "n_skipped": len(skipped), **_unusable_counts(unusable),
+              "skipped": skipped, "unusable": unusable}
     result["provenance"] = provenance([(label, path)], cell=settings.cell, device=device, targets={label: card.target},
                                       units={column: card.unit for column in ["true", "predicted", "error"]
                                              + (["std"] if std is not None else [])
@@ -346,11 +464,13 @@ def evaluate_model(
         write_sidecar(out / "predictions.csv", result["provenance"])
         label_text = f"{dataset.target} ({card.unit})"
         result["files"] = ["predictions.csv", "predictions.csv.meta.json", "metrics.json"] + _plots(out, y, pred, label_text)
-        if skipped:
-            atomic_write_text(out / "skipped.log", "".join(f"{rid}\t{reason}\n" for rid, reason in skipped))
+        if skipped or unusable:
+            lines = [f"{rid}\t{reason}\n" for rid, reason in skipped]
+            lines += [f"{rid}\t{reason} ({where or 'split unknown'})\n" for rid, reason, where in unusable]
+            atomic_write_text(out / "skipped.log", "".join(lines))
             result["files"].append("skipped.log")
         if std is not None and with_sigma.any():
             result["files"].append(_calibration_plot(out, y[with_sigma], pred[with_sigma], std[with_sigma], label_text))
-        recorded = {k: v for k, v in result.items() if k != "skipped"}  # the list is in skipped.log
+        recorded = {k: v for k, v in result.items() if k not in ("skipped", "unusable")}  # both in skipped.log
         atomic_write_text(out / "metrics.json", json.dumps(_undefined_as_null(recorded), indent=2, allow_nan=False))
     return result

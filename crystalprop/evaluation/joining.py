@@ -11,9 +11,9 @@ from typing import Sequence
 import numpy as np
 
 from crystalprop.utils.atomic import make_folder
-from crystalprop.data.datasets import Dataset, load_dataset, merge_trained
+from crystalprop.data.datasets import Dataset, merge_trained
 from crystalprop.evaluation.evaluate import (
-    check_unseen, error_metrics, labelled_split, network_outputs, recorded_split, split_settings,
+    check_unseen, error_metrics, labelled_split, network_outputs, recorded_split, split_dataset, split_settings,
 )
 from crystalprop.graph.elements import absent_elements
 from crystalprop.graph.settings import check_cell_choice
@@ -123,15 +123,13 @@ def join_ensemble(
     first = loaded[paths[0]][0]
     for path in models[len(set(paths)):]:
         check_factor(loaded[path][0], first, path, paths[0])
-    _, split, split_check, kept, _, _ = labelled_split(first, data, None, split, paths[0], id_column,
-                                                       structure_column)
+    chosen = labelled_split(first, data, None, split, paths[0], id_column, structure_column)
+    split, split_check, kept = chosen.split, chosen.note, chosen.kept
     datasets: dict[str, Dataset] = {}  # one read of the data per distinct split setting
     for card, path in zip(cards[1:], models[1:]):
-        settings = split_settings(card.training)
-        key = json.dumps(settings, sort_keys=True)
+        key = json.dumps(split_settings(card.training), sort_keys=True)
         if key not in datasets:
-            datasets[key] = load_dataset(data, first.target, id_column=id_column, structure_column=structure_column,
-                                         **settings)
+            datasets[key] = split_dataset(data, first.target, card.training, id_column, structure_column)[0]
         check_unseen([e for e, _ in kept], split, datasets[key], card.training, path)
     networks = {path: member_params(card, params) for path, (card, params) in loaded.items()}
     member_names = [name for name, _ in resolved] + [" × ".join(name for name, _ in f) for f in factor_models]
@@ -251,7 +249,8 @@ def recalibrate_sigma(
         raise ValueError(f"{path}: σ from latent+spread needs at least two members (it has one)")
     if latent_prior is not None:
         reference = replace(reference, prior=latent_prior)
-    _, split, split_check, kept, _, _ = labelled_split(card, data, None, split, path, id_column, structure_column)
+    chosen = labelled_split(card, data, None, split, path, id_column, structure_column)
+    split, split_check, kept = chosen.split, chosen.note, chosen.kept
     y = np.array([e.target for e, _ in kept])
     graphs = [g for _, g in kept]
     outputs, features = network_outputs([(card, params, path)], readout=True)(graphs, batch_size)

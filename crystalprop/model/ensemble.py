@@ -201,11 +201,7 @@ def check_compatible(cards: Sequence[ModelCard], paths: Sequence[str | Path]) ->
                                    ("graph settings", card.graph, first.graph),
                                    ("target transform", card.transform, first.transform)):
             if mine != theirs and what == "target transform" and _split(card)["val"] != _split(first)["val"]:
-                raise CheckpointError(
-                    f"{path}: trained on another split than {paths[0]} ({_split(card)['source']} and "
-                    f"{_split(first)['source']}: other training structures, so another target transform); give "
-                    "the data a split of its own (split.json or a split column), or train the members together "
-                    "with crystalprop train --ensemble N, which shares one")
+                raise CheckpointError(_other_split_message(card, first, path, paths[0]))
             if mine != theirs:
                 raise CheckpointError(f"{path}: another {what} than {paths[0]} ({mine} != {theirs}); "
                                       "members must share target, architecture, graph and split")
@@ -216,10 +212,30 @@ def check_compatible(cards: Sequence[ModelCard], paths: Sequence[str | Path]) ->
 
 
 def _split(card: ModelCard) -> dict:
-    """A model's split as its record gives it: ``source`` (e.g. a random one and its seed) and the
-    digest of its ``val`` ids (None where not recorded)."""
+    """A model's split as its record gives it: ``source`` (e.g. a random one and its seed), the
+    digest of its ``val`` ids (None where not recorded) and its cross-validation ``fold`` (None where none)."""
     record = card.training.get("data", {}).get("split_record", {})
-    return {"source": record.get("source", "an unrecorded split"), "val": record.get("val_ids_sha256")}
+    return {"source": record.get("source", "an unrecorded split"), "val": record.get("val_ids_sha256"),
+            "fold": tuple(record["fold"]) if record.get("fold") else None}
+
+
+def _other_split_message(card: ModelCard, first: ModelCard, path: str | Path, first_path: str | Path) -> str:
+    """Why a member trained on another split than the first cannot join it, and what to do: members of
+    other cross-validation folds are named by their folds (the data's own split is not at fault);
+    members of other random splits need a split that the data fixes, or one run of them all."""
+    from crystalprop.data.datasets import is_random_split  # noqa: PLC0415
+
+    mine, theirs = _split(card), _split(first)
+    why = "other training structures, so another target transform"
+    if mine["fold"] != theirs["fold"]:
+        folds = " and ".join(f"fold {f[0]}/{f[1]}" if f else "no fold" for f in (mine["fold"], theirs["fold"]))
+        return (f"{path}: trained on another cross-validation fold than {first_path} ({folds}: {why}); join the "
+                "members of one fold (trained with the same --fold), or train them together with crystalprop "
+                "train --ensemble N --fold I/K")
+    advice = ("give the data a split of its own (split.json or a split column), or " if
+              is_random_split(mine["source"]) or is_random_split(theirs["source"]) else "")
+    return (f"{path}: trained on another split than {first_path} ({mine['source']} and {theirs['source']}: "
+            f"{why}); {advice}train the members together with crystalprop train --ensemble N, which shares one")
 
 
 DIMENSIONLESS = ("", "1", "-", "dimensionless")
