@@ -303,3 +303,17 @@ def test_unusable_records_of_a_random_split_are_said_to_be_of_no_known_split(run
     done = run_cli(["evaluate", run_dir, theirs, "--split", "val"], cwd=tmp_path)
     said = " ".join(done.stderr.split())
     assert done.returncode == 0 and "2 records of the data set unusable, split unknown" in said, said
+
+
+def test_evaluate_tells_split_json_ids_that_match_no_record(run_dir, tmp_path):
+    """A misspelt val id in split.json leaves its structure in training; evaluate says so, as train does."""
+    path = tmp_path / "theirs.json"
+    records = [{**r, "id": f"theirs-{r['id']}"} for r in json.loads(write_json_dataset(path, 12).read_text())]
+    path.write_text(json.dumps(records))
+    names = [r["id"] for r in records]
+    (tmp_path / "split.json").write_text(json.dumps({"train": names[:6], "test": names[6:] + ["x.cif"]}))
+    result = evaluate_model(str(run_dir), path, split="test", output_dir=tmp_path / "ev")
+    assert result["data_notes"] == [f"{tmp_path / 'split.json'}: 1 test id(s) match no record of the data (e.g. x.cif)"]
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["data_notes"] == result["data_notes"]
+    done = run_cli(["evaluate", run_dir, path, "--split", "test"])
+    assert "1 test id(s) match no record of the data" in " ".join((done.stdout + done.stderr).split())

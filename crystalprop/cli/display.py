@@ -113,6 +113,8 @@ def print_evaluation(result: dict, output_dir: str | None) -> None:
                           f"{result['cell']} cells)", result["unit"])
     console.print(f"{result['split']} split checked against the training data: {result['split_check']}",
                   highlight=False, markup=False)
+    for note in result.get("data_notes", []):
+        console.print(f"note: {note}", highlight=False, markup=False)
     skipped = result.get("skipped") or []
     logged = f"; all in {output_dir}/skipped.log" if output_dir else ""
     if skipped:

@@ -443,7 +443,7 @@ def evaluate_model(
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
               "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,
               "n_failed": n_failed, **metrics, "n_skipped": len(skipped), **_unusable_counts(unusable),
-              "skipped": skipped, "unusable": unusable}
+              **({"data_notes": dataset.notes} if dataset.notes else {}), "skipped": skipped, "unusable": unusable}
     result["provenance"] = provenance([(label, path)], cell=settings.cell, device=device, targets={label: card.target},
                                       units={column: card.unit for column in ["true", "predicted", "error"]
                                              + (["std"] if std is not None else [])
