@@ -708,3 +708,17 @@ def test_a_folder_finds_extended_xyz_files_by_their_stem(tmp_path, crystals):
     dataset = load_dataset(folder)
     assert not dataset.skipped and [e.source for e in dataset.entries] == [
         str(folder / f"{n}.extxyz") for n, _ in crystals[:3]]
+
+
+def test_a_structure_path_in_json_is_read_from_the_json_s_folder(tmp_path, crystals, monkeypatch):
+    """Was: a path in a JSON record's structure field was looked up from the working directory."""
+    folder = tmp_path / "set"
+    (folder / "structures").mkdir(parents=True)
+    for name, s in crystals[:3]:
+        CifWriter(s).write_file(folder / "structures" / f"{name}.cif")
+    (folder / "data.json").write_text(json.dumps([{"id": n, "structure": f"structures/{n}.cif", "y": 1.0}
+                                                  for n, _ in crystals[:3]]))
+    monkeypatch.chdir(tmp_path)
+    dataset = load_dataset("set/data.json", "y")
+    assert [e.source for e in dataset.entries] == [str(folder / "structures" / f"{n}.cif") for n, _ in crystals[:3]]
+    assert _same_structure(entry_structure(dataset.entries[0].source, "x"), crystals[0][1])

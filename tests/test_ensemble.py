@@ -220,7 +220,7 @@ def test_members_trained_on_other_cells_join_for_the_cells_chosen(members, split
 def test_cli_joins_and_predicts_with_sigma(members, split_data, tmp_path):
     joined_run = run_cli(["ensemble", tmp_path / "e.ckpt", *members, "--data", split_data])
     assert joined_run.returncode == 0, joined_run.stderr
-    assert "sigma_spearman" in joined_run.stdout
+    assert "sigma_spearman" in joined_run.stdout and "mae (eV)" in joined_run.stdout  # the unit, as evaluate says
     CifWriter(rocksalt(5.64)).write_file(tmp_path / "nacl.cif")
     result = run_cli(["predict", "nacl.cif", "-m", tmp_path / "e.ckpt", "-o", "out.csv"], cwd=tmp_path,
                      env={"COLUMNS": "300"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import warnings
@@ -177,8 +178,11 @@ def test_a_validation_figure_says_how_many_look_like_training_crystals(run_dir, 
     fresh = [{**r, "split": "val"} for r in records if r["id"] not in trained][:6]
     path = tmp_path / "mixed.json"
     path.write_text(json.dumps(copies + fresh))
-    result = evaluate_model(str(run_dir), path, split="val")
+    result = evaluate_model(str(run_dir), path, split="val", output_dir=tmp_path / "ev")
     assert result["n"] == 10
+    with open(tmp_path / "ev" / "predictions.csv", newline="") as handle:  # the figure can be checked per row
+        flagged = {row["id"]: row["like_training"] for row in csv.DictReader(handle)}
+    assert flagged == {**{r["id"]: "1" for r in copies}, **{r["id"]: "0" for r in fresh}}
     assert result["split_check"].startswith("none trained on")
     assert ("4 of the 10 look like training crystals under other ids (the same reduced formula, volume per "
             "atom within 2 %)") in result["split_check"]
@@ -317,3 +321,9 @@ def test_evaluate_tells_split_json_ids_that_match_no_record(run_dir, tmp_path):
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["data_notes"] == result["data_notes"]
     done = run_cli(["evaluate", run_dir, path, "--split", "test"])
     assert "1 test id(s) match no record of the data" in " ".join((done.stdout + done.stderr).split())
+
+
+def test_the_evaluation_table_shows_the_log10_max_error(tmp_path):
+    from crystalprop.cli.display import METRIC_KEYS
+
+    assert "log10_max_error" in METRIC_KEYS

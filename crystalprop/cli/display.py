@@ -24,7 +24,8 @@ from crystalprop.utils.stopping import stop_signals_interrupt
 TABLE_LIMIT = 25
 """Most prediction rows shown on the terminal."""
 
-METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "log10_n_excluded",
+METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log10_r2", "log10_max_error",
+               "log10_n_excluded",
                "mae_zero_targets", "mae_nonzero_targets", "n_zero_targets", "n_failed", "sigma_spearman",
                "within_1sigma", "within_2sigma", "within_interval95", "mean_sigma", "n_without_sigma", "sigma_scale",
                "spread_sigma_spearman", "n_like_training", "mae_unlike_training", "log10_mae_unlike_training")
@@ -137,7 +138,8 @@ def print_evaluation(result: dict, output_dir: str | None) -> None:
 
 def print_ensemble(result: dict, data: str, split: str, output: str) -> None:
     """The report of :func:`crystalprop.evaluation.joining.join_ensemble`: metrics and the members' MAE."""
-    print_metrics(result, f"ensemble of {len(result['member_maes'])} on {data} ({split}, n = {result['n']})")
+    print_metrics(result, f"ensemble of {len(result['member_maes'])} on {data} ({split}, n = {result['n']})",
+                  result.get("unit"))
     maes = ", ".join(f"{m:.4g}" for m in result["member_maes"])
     console.print(f"members' MAE: {maes}; written to {output}", highlight=False, markup=False)
 

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,14 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
                    skipped_splits={rid: row_splits[rid] for rid, _ in skipped} if split_key else None)
 
 
+def _beside(value: Any, base: Path) -> Any:
+    """A structure given as a relative file path, found beside the data file (``base``, its folder), as
+    an absolute path: the data set reads the same from any working directory. Other values unchanged."""
+    if isinstance(value, str) and "\n" not in value and not os.path.isabs(value) and (base / value).is_file():
+        return os.path.abspath(base / value)
+    return value
+
+
 def _read_json_dataset(path: Path, target: str | None) -> Dataset:
     records = _json_records(path)
     if not records:
@@ -199,7 +208,7 @@ def _read_json_dataset(path: Path, target: str | None) -> Dataset:
     def source_of(rid: str, row: dict) -> Any:
         if not row.get(structure_key):
             raise LookupError("no structure")
-        return row[structure_key]
+        return _beside(row[structure_key], path.parent)
 
     return _dataset_from_rows(records, target, id_key, source_of, str(path), str(path))
 
@@ -301,7 +310,7 @@ def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, str
     def source_of(rid: str, row: dict) -> str:
         if not row[structure_column].strip():
             raise LookupError("empty structure column")
-        return row[structure_column]
+        return _beside(row[structure_column], path.parent)
 
     return _dataset_from_rows(rows, target, id_key, source_of, str(path), str(path))
 

@@ -456,11 +456,12 @@ def evaluate_model(
             writer = csv.writer(handle)
             interval = (card.ensemble or {}).get("interval95") if std is not None else None
             writer.writerow(["id", "true", "predicted", "error"] + (["std"] if std is not None else [])
-                            + (["err95"] if interval else []))
+                            + (["err95"] if interval else []) + (["like_training"] if flags is not None else []))
             for k, ((entry, _), t, p) in enumerate(zip(kept, y, pred)):
                 writer.writerow([entry.id, f"{t:.6g}", f"{p:.6g}", f"{p - t:.6g}"]
                                 + ([_number(std[k])] if std is not None else [])
-                                + ([_number(std[k] * interval)] if interval else []))
+                                + ([_number(std[k] * interval)] if interval else [])
+                                + ([int(flags[k])] if flags is not None else []))
         write_sidecar(out / "predictions.csv", result["provenance"])
         label_text = f"{dataset.target} ({card.unit})"
         result["files"] = ["predictions.csv", "predictions.csv.meta.json", "metrics.json"] + _plots(out, y, pred, label_text)

@@ -170,7 +170,8 @@ def join_ensemble(
     _merge_trained_ids(first, cards[1:])
     save_ensemble(output, first, [params for p in models for params in networks[p]],
                   reference.arrays() if reference else None)
-    return {"output": str(output), "split": split, "member_maes": member_maes, **first.ensemble, **metrics}
+    return {"output": str(output), "split": split, "unit": first.unit, "member_maes": member_maes, **first.ensemble,
+            **metrics}
 
 
 def _with_sigma(card, graphs) -> np.ndarray:
