@@ -722,3 +722,14 @@ def test_a_structure_path_in_json_is_read_from_the_json_s_folder(tmp_path, cryst
     dataset = load_dataset("set/data.json", "y")
     assert [e.source for e in dataset.entries] == [str(folder / "structures" / f"{n}.cif") for n, _ in crystals[:3]]
     assert _same_structure(entry_structure(dataset.entries[0].source, "x"), crystals[0][1])
+
+
+def test_structure_files_no_row_names_are_told(tmp_path, crystals):
+    """Was: a structure file that no row of the table names was left out without a word."""
+    folder = _cif_folder(tmp_path / "extra", crystals)
+    (folder / "id_prop.csv").write_text("".join(f"{n},1.0\n" for n, _ in crystals[:-2]))
+    notes = load_dataset(folder).notes
+    assert notes == [f"{folder}: 2 structure files named by no row of id_prop.csv, left out "
+                     f"(e.g. {crystals[-2][0]}.cif, {crystals[-1][0]}.cif)"]
+    (folder / "id_prop.csv").write_text("".join(f"{n},1.0\n" for n, _ in crystals))
+    assert load_dataset(folder).notes == []

@@ -267,6 +267,10 @@ def _structure_index(folder: Path) -> dict[str, list[Path]]:
     return index
 
 
+LAYOUT_FILES = ("split.json", "atom_init.json")
+"""JSON files of a data folder's layout (its split, CGCNN's element features), not structures."""
+
+
 def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None) -> Dataset:
     tables = [folder / n for n in ("id_prop.csv", "properties.csv") if (folder / n).is_file()]
     if len(tables) == 2:
@@ -296,7 +300,15 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
                               f"{', '.join(str(p.relative_to(folder)) for p in paths)}; keep one")
         return str(paths[0])
 
-    return _dataset_from_rows(rows, target, id_key, source_of, str(table), str(folder))
+    dataset = _dataset_from_rows(rows, target, id_key, source_of, str(table), str(folder))
+    named = {str(p) for paths in (index.get(str(row.get(id_key, "")).strip()) for row in rows) if paths for p in paths}
+    unnamed = sorted({p for paths in index.values() for p in paths
+                      if str(p) not in named and p.name not in LAYOUT_FILES})
+    if unnamed:
+        shown = ", ".join(str(p.relative_to(folder)) for p in unnamed[:3]) + (", ..." if len(unnamed) > 3 else "")
+        dataset.notes.append(f"{folder}: {len(unnamed)} structure files named by no row of {table.name}, left out "
+                             f"(e.g. {shown})")
+    return dataset
 
 
 def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, structure_column: str) -> Dataset:
