@@ -733,3 +733,31 @@ def test_structure_files_no_row_names_are_told(tmp_path, crystals):
                      f"(e.g. {crystals[-2][0]}.cif, {crystals[-1][0]}.cif)"]
     (folder / "id_prop.csv").write_text("".join(f"{n},1.0\n" for n, _ in crystals))
     assert load_dataset(folder).notes == []
+
+
+def test_a_structure_given_as_long_one_line_text_still_loads(tmp_path, crystals):
+    """A pymatgen structure stored as a JSON string (one line, thousands of characters) was taken for a
+    file path to look for beside the data, and the file name was too long for the system."""
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([{"id": n, "structure": json.dumps(s.as_dict()), "y": 1.0} for n, s in crystals[:3]]))
+    dataset = load_dataset(path, "y")
+    assert len(dataset.entries) == 3 and len(dataset.entries[0].source) > 255
+
+
+def test_a_headerless_table_with_trailing_commas_keeps_its_two_columns(tmp_path, crystals):
+    folder = _cif_folder(tmp_path / "tc", crystals)
+    (folder / "id_prop.csv").write_text("".join(f"{n},0.5,\n" for n, _ in crystals))
+    assert [e.target for e in load_dataset(folder).entries] == [0.5] * len(crystals)
+
+
+def test_id_column_is_honoured_or_refused_in_every_layout(tmp_path, crystals):
+    """Was: ignored by JSON data sets without a word, and a header-less id_prop.csv named every id row<N>."""
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps([{"mpid": f"x-{n}", "structure": s.as_dict(), "y": 1.0} for n, s in crystals[:3]]))
+    assert [e.id for e in load_dataset(path, "y", id_column="mpid").entries] == [f"x-{n}" for n, _ in crystals[:3]]
+    with pytest.raises(DatasetError, match=r"data\.json.*no field 'jid'"):
+        load_dataset(path, "y", id_column="jid")
+    folder = _cif_folder(tmp_path / "cg", crystals)
+    (folder / "id_prop.csv").write_text("".join(f"{n},0.5\n" for n, _ in crystals))
+    with pytest.raises(DatasetError, match=r"id_prop\.csv.*no header.*--id-column"):
+        load_dataset(folder, id_column="mpid")

@@ -325,6 +325,23 @@ def test_merge_refuses_shards_of_other_inputs_naming_both(tmp_path, weights, mon
     assert read_provenance(tmp_path / "all.csv")["inputs"] == read_provenance(one)["inputs"]
 
 
+def test_shards_of_node_local_copies_of_one_input_merge(tmp_path, weights):
+    """Array jobs often read a copy of the input on each node ($TMPDIR/jobN/data): the same names in
+    the same order at other places are one input."""
+    from crystalprop.prediction.provenance import input_record
+
+    parts = []
+    for part in (1, 2):
+        (tmp_path / f"job{part}" / "data").mkdir(parents=True)
+        record = provenance([("model_a", weights[0])], shard=(part, 2),
+                            inputs=input_record([tmp_path / f"job{part}" / "data"], False))
+        path = tmp_path / f"p{part}.jsonl"
+        _write(path, record, [ROWS, MORE][part - 1])
+        ResultWriter(path, COLUMNS, resume=True, provenance=record).close(finished=True)
+        parts.append(path)
+    assert merge_results(tmp_path / "all.csv", parts) == 3
+
+
 def test_resuming_a_shard_over_other_inputs_is_refused_and_an_older_shard_resumes(tmp_path, weights):
     from crystalprop.prediction.provenance import input_record
 

@@ -190,16 +190,19 @@ def _dataset_from_rows(rows: list[dict], target: str, id_key: str, source_of, ta
 def _beside(value: Any, base: Path) -> Any:
     """A structure given as a relative file path, found beside the data file (``base``, its folder), as
     an absolute path: the data set reads the same from any working directory. Other values unchanged."""
-    if isinstance(value, str) and "\n" not in value and not os.path.isabs(value) and (base / value).is_file():
-        return os.path.abspath(base / value)
+    if isinstance(value, str) and "\n" not in value and not os.path.isabs(value) and os.path.isfile(base / value):
+        return os.path.abspath(base / value)  # os.path.isfile: False, not OSError, for structure text of 1 line
     return value
 
 
-def _read_json_dataset(path: Path, target: str | None) -> Dataset:
+def _read_json_dataset(path: Path, target: str | None, id_column: str | None = None) -> Dataset:
     records = _json_records(path)
     if not records:
         raise DatasetError(f"{path}: no records")
-    id_key = next((k for k in ("id", "material_id", "jid") if k in records[0]), "id")
+    if id_column is not None and not any(id_column in r for r in records):
+        raise DatasetError(f"{path}: no field {id_column!r} for the ids in any record "
+                           f"(fields: {', '.join(dict.fromkeys(k for r in records[:100] for k in r))})")
+    id_key = id_column or next((k for k in ("id", "material_id", "jid") if k in records[0]), "id")
     structure_key = next((k for k in ("structure", "atoms", "cif", "poscar") if k in records[0]), None)
     if structure_key is None:
         raise DatasetError(f"{path}: records need a 'structure' (or 'atoms') field")
@@ -237,10 +240,11 @@ def _read_table(path: Path, target: str | None = None) -> tuple[list[dict], bool
     if has_header:
         header = [h.strip() for h in rows[0]]
         return [dict(zip(header, r)) for r in rows[1:]], True
-    width = max(len(r) for r in rows)
+    width = max(k + 1 for r in rows for k, cell in enumerate(r) if cell.strip())  # trailing blank cells: none
     if width > 2:
-        raise DatasetError(f"{path}: no header row that names its columns, and {width} columns: add a header "
-                           "(e.g. id,band_gap,...), then choose the label with --target")
+        raise DatasetError(f"{path}: {width} columns and a first row that reads as values, not names: if it is "
+                           "the header, choose the label column by its name with --target (first row: "
+                           f"{', '.join(c.strip() for c in rows[0])}); else add a header (e.g. id,band_gap,...)")
     return [{"id": r[0], "target": r[1] if len(r) > 1 else ""} for r in rows], False
 
 
@@ -280,7 +284,10 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
         raise DatasetError(f"{folder}: expected id_prop.csv, properties.csv or a single .csv table")
     table = tables[0]
     rows, has_header = _read_table(table, target)
-    _check_id_column(rows, id_column if has_header else None, table)
+    if id_column is not None and not has_header:
+        raise DatasetError(f"{table}: no header row, so no column is named {id_column!r}: its first column holds "
+                           "the ids (leave out --id-column)")
+    _check_id_column(rows, id_column, table)
     id_key = id_column or ("id" if not has_header else next(iter(rows[0])))
     if has_header:
         target = _choose_target(rows, target, {id_key, "split"}, str(table), "column")
@@ -519,7 +526,7 @@ def load_dataset(
     elif structure_column or path.name.lower().endswith((".csv", ".csv.gz")):
         dataset = _read_csv_dataset(path, target, id_column, structure_column or "structure")
     else:
-        dataset = _read_json_dataset(path, target)
+        dataset = _read_json_dataset(path, target, id_column)
     if not dataset.entries:
         reasons = "; ".join(f"{rid}: {reason}" for rid, reason in dataset.skipped[:3])
         raise DatasetError(f"{path}: no usable records ({len(dataset.skipped)} skipped"

@@ -1,4 +1,5 @@
-"""The Matformer network (in MindSpore, and a numpy inference engine) and its checkpoint format."""
+"""The Matformer network (in MindSpore, and a numpy inference engine), its checkpoint format, and the
+shipped models with how their names resolve (``registry``)."""
 
 SIGMA_CHOICES = ("spread", "latent", "latent+spread")
 """Where an ensemble's σ comes from: the members' spread, the latent distance (:mod:`.latent_sigma`), or both

@@ -1,3 +1,2 @@
-"""``crystalprop.predict``: the shipped models and how names resolve (``registry``), reader processes that
-survive a dying worker (``workers``), models that share networks (``predictor``), result files written as
+"""``crystalprop.predict``: reader processes that survive a dying worker (``workers``), models that share networks (``predictor``), result files written as
 they come (``output``), where results came from (``provenance``), what ``inspect`` shows (``inspection``)."""

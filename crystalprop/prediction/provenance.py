@@ -41,10 +41,12 @@ sha256 covers them all."""
 def input_record(paths: Sequence[str | os.PathLike], recursive: bool) -> dict:
     """What a run was given to read (``predict``'s paths, folders and globs, in order, and ``-r``), for
     the record of a sharded run: shards cover the same input only where this is the same. Paths are
-    resolved (absolute, symlinks followed), so that tasks started in other folders compare alike;
-    ``sha256`` covers every path and ``recursive``, ``paths`` lists the first :data:`LISTED_INPUTS`."""
+    resolved (absolute, symlinks followed) for the record; ``sha256`` covers their names (the last part of
+    each, so that array jobs reading node-local copies at other places compare alike), their order and
+    ``recursive``; ``paths`` lists the first :data:`LISTED_INPUTS`."""
     resolved = [os.path.realpath(os.fspath(path)) for path in paths]
-    digest = hashlib.sha256(json.dumps([resolved, bool(recursive)]).encode()).hexdigest()
+    names = [os.path.basename(path) for path in resolved]
+    digest = hashlib.sha256(json.dumps([names, bool(recursive)]).encode()).hexdigest()
     return {"paths": resolved[:LISTED_INPUTS], "n_paths": len(resolved), "recursive": bool(recursive),
             "sha256": digest}
 
