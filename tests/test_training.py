@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -671,3 +672,15 @@ def test_the_last_line_points_to_the_skipped_records(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     last = " ".join((done.stdout + done.stderr).split()).rsplit("finished", 1)[1]
     assert "skipped.log: 1 record" in last
+
+
+def test_a_log_file_gets_no_left_over_progress_bar(tmp_path):
+    """Was: with standard error in a file, each epoch's bar was printed once more at its end, reading
+    'epoch 1/1   0/2 loss ...' after the epoch was done."""
+    path = write_json_dataset(tmp_path / "data.json", 16)
+    done = run_cli(["train", path, "-t", "y", "-o", tmp_path / "run", "--epochs", "1", "--batch-size", "8",
+                    "--graph-workers", "1", *TINY_CLI])
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = (done.stdout + done.stderr).splitlines()
+    assert any(line.startswith("epoch 1:") for line in lines)
+    assert not [line for line in lines if re.match(r"\s*(epoch \d+/\d+|building graphs)\s.*━|^epoch \d+/\d+\s+\d+/\d+ loss", line)]

@@ -21,7 +21,7 @@ class TrainDisplay:
     def __init__(self) -> None:
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console)
+                                 console=console, disable=not console.is_terminal)  # a log gets its plain lines only
         self.task = None
         self.started = time.monotonic()
 
