@@ -374,6 +374,13 @@ def _unusable_counts(unusable: list[tuple[str, str, str | None]]) -> dict[str, i
             **({"n_unusable_split_unknown": unknown} if unknown else {})}
 
 
+def given_sigma(card, graphs) -> np.ndarray:
+    """Which structures get a σ: those whose elements the model trained on all of (every one where its card
+    lists none), as ``predict`` gives it; σ is calibrated and judged on these alone."""
+    known = set(card.elements or [])
+    return np.array([not absent_elements(g.atomic_numbers, known) for g in graphs], bool)
+
+
 def _number(value: float) -> str:
     """A value for predictions.csv: 6 significant digits, empty for none (NaN)."""
     return "" if value != value else f"{value:.6g}"
@@ -427,9 +434,8 @@ def evaluate_model(
     pred, std = combined.value, combined.std
     metrics = error_metrics(card, y, pred)
     if std is not None:  # no σ where the model lacks an element, as in predict: σ was calibrated on those it knows
-        known = set(card.elements)
-        std = np.array([np.nan if absent_elements(g.atomic_numbers, known) else s for (_, g), s in zip(kept, std)])
-        with_sigma = ~np.isnan(std)
+        with_sigma = given_sigma(card, [g for _, g in kept])
+        std = np.where(with_sigma, std, np.nan)
         if with_sigma.any():
             metrics.update(uncertainty_metrics(y[with_sigma], pred[with_sigma], std[with_sigma],
                                                (card.ensemble or {}).get("interval95")))

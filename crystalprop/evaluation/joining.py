@@ -13,9 +13,9 @@ import numpy as np
 from crystalprop.utils.atomic import make_folder
 from crystalprop.data.datasets import Dataset, merge_trained
 from crystalprop.evaluation.evaluate import (
-    check_unseen, error_metrics, labelled_split, network_outputs, recorded_split, split_dataset, split_settings,
+    check_unseen, error_metrics, given_sigma, labelled_split, network_outputs, recorded_split, split_dataset,
+    split_settings,
 )
-from crystalprop.graph.elements import absent_elements
 from crystalprop.graph.settings import check_cell_choice
 from crystalprop.evaluation.metrics import uncertainty_metrics
 from crystalprop.model import SIGMA_CHOICES
@@ -154,7 +154,7 @@ def join_ensemble(
     y = np.array([e.target for e, _ in kept])
     outputs, features = networks_of(graphs, batch_size)
     outputs = members_from_networks(first, outputs)
-    with_sigma = _with_sigma(first, graphs)
+    with_sigma = given_sigma(first, graphs)
     scale, metrics, weight = _calibrated(first, y, outputs, features[0] if reference else None, reference, sigma,
                                          with_sigma)
     reference_record.update(weight)
@@ -174,13 +174,6 @@ def join_ensemble(
             **metrics}
 
 
-def _with_sigma(card, graphs) -> np.ndarray:
-    """Which structures get a σ: those whose elements the model trained on all of (every one where its card
-    lists none), as in ``predict`` and ``evaluate``; σ is calibrated on these alone."""
-    known = set(card.elements or [])
-    return np.array([not known or not absent_elements(g.atomic_numbers, known) for g in graphs], bool)
-
-
 def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray | None,
                 reference: LatentReference | None, sigma: str,
                 with_sigma: np.ndarray) -> tuple[float, dict, dict]:
@@ -188,7 +181,7 @@ def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray |
     ``outputs`` (members × structures) and the first member's readout ``features``; the metrics of the
     calibrated σ; and the card's σ entries: ``interval95`` (:func:`interval_multiple`, where there is one)
     and ``spread_weight`` for ``latent+spread``. σ's entries and figures come from the structures
-    ``with_sigma`` only (:func:`_with_sigma`), the error figures from all."""
+    ``with_sigma`` only (:func:`crystalprop.evaluation.evaluate.given_sigma`), the error figures from all."""
     if not with_sigma.any():
         raise ValueError(f"none of the {len(y)} structures to calibrate σ on has only elements every member "
                          "trained on: σ cannot be calibrated on them")
@@ -255,7 +248,7 @@ def recalibrate_sigma(
     y = np.array([e.target for e, _ in kept])
     graphs = [g for _, g in kept]
     outputs, features = network_outputs([(card, params, path)], readout=True)(graphs, batch_size)
-    with_sigma = _with_sigma(card, graphs)
+    with_sigma = given_sigma(card, graphs)
     scale, metrics, weight = _calibrated(card, y, members_from_networks(card, outputs), features[0], reference, sigma,
                                          with_sigma)
     for key in ("spread_weight", "latent_prior", "interval95"):
