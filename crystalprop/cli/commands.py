@@ -325,9 +325,9 @@ def evaluate(model, data, **options) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 def ensemble(output, members, data, split, products, **options) -> None:
     """Join MEMBERS (checkpoints or run dirs of one target, architecture and split, e.g. other
-    seeds on data with a split of its own) into one ensemble OUTPUT.ckpt: predictions are the members' mean, with a σ per
-    structure (see --sigma), scaled to match the errors on DATA's validation split. With
-    --sigma latent one member is enough: a single model gains a σ."""
+    seeds on data with a split of its own) into one ensemble OUTPUT.ckpt: predictions are the
+    members' mean, with a σ per structure (see --sigma), scaled to match the errors on DATA's
+    validation split. With --sigma latent one member is enough: a single model gains a σ."""
     from crystalprop.evaluation.joining import join_ensemble  # noqa: PLC0415
     from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
 
