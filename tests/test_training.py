@@ -263,6 +263,35 @@ def test_init_from_loads_the_weights(run_a, data, tmp_path):
     assert warm_card.training["cumulative_epochs"] == pytest.approx(result.best_epoch + 1)
 
 
+def test_init_from_the_same_target_keeps_its_scale(run_a, tmp_path):
+    """A fine-tune of the same target on a few structures of their own range refitted the standardisation
+    to them, so the warm start's outputs came out rescaled and shifted (a 0.02 eV/atom model first
+    predicted like a much worse one). The source's scale is kept for its own target, refitted for another."""
+    _, run_dir, _ = run_a
+    source_card, _ = read_checkpoint(run_dir / "best.ckpt")
+    records = json.loads(write_json_dataset(tmp_path / "all.json", N_DATA).read_text())
+    records = sorted(records, key=lambda r: r["y"])[N_DATA // 2:]  # the upper half: another mean and spread
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps(records))
+    events = []
+    train_model(own, tmp_path / "same", config(epochs=1, lr=1e-12), workers=1, init_from=run_dir / "best.ckpt",
+                on_event=lambda kind, info: events.append((kind, info)))
+    card, _ = read_checkpoint(tmp_path / "same" / "best.ckpt")
+    assert (card.transform.mean, card.transform.std) == (source_card.transform.mean, source_card.transform.std)
+    assert next(info for kind, info in events if kind == "init_from")["kept_scale"]
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{**{k: v for k, v in r.items() if k != "y"}, "z": r["y"]} for r in records]))
+    events.clear()
+    train_model(other, tmp_path / "other", config(target="z", epochs=1, lr=1e-12), workers=1,
+                init_from=run_dir / "best.ckpt", on_event=lambda kind, info: events.append((kind, info)))
+    card, _ = read_checkpoint(tmp_path / "other" / "best.ckpt")
+    z = np.array([r["y"] for r in records])
+    z_train = z[[e.split == "train" for e in load_dataset(other, "z", seed=0).entries]]
+    assert card.transform.mean == pytest.approx(z_train.mean())
+    assert not next(info for kind, info in events if kind == "init_from")["kept_scale"]
+
+
 def test_init_from_an_ensemble_starts_from_its_first_member(run_a, data, tmp_path):
     """The shipped models are ensembles: ``--init-from formation_energy`` warm-starts from member 0."""
     from crystalprop.model.checkpoint import save_ensemble

@@ -62,6 +62,12 @@ def member_params(card: ModelCard, params: dict[str, Any]) -> list[dict[str, Any
     return members
 
 
+def network_transform(card: ModelCard, k: int = 0) -> TargetTransform:
+    """The target transform network ``k`` was trained in: its own in a product ensemble, else the card's."""
+    transforms = (card.ensemble or {}).get("network_transforms")
+    return TargetTransform(**transforms[k]) if transforms else card.transform
+
+
 def save_with_card(path: str | Path, card: ModelCard, params: dict[str, Any]) -> None:
     """Write the joined model read as ``params`` to ``path`` under ``card`` (its σ recalibrated, its
     records completed): every network's weights and the latent σ reference (if any) as they were."""

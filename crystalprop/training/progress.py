@@ -69,9 +69,13 @@ class TrainDisplay:
             changed = "; ".join(f"{key} {old} -> {new}" for key, (old, new) in info.get("changed", {}).items())
             console.print(f"resume: epoch {info['epoch']}, step {info['step']}"
                           + (f"; changed: {changed}" if changed else ""), markup=False)
-        elif kind in ("init_from", "stopping"):
-            console.print(f"{kind}: {info}" if info else "stopping after this step (Ctrl-C again to force)",
-                          markup=False)
+        elif kind == "init_from":
+            scale = ("its target scale kept (same target)" if info["kept_scale"]
+                     else "target scale fitted to this run's training targets")
+            console.print(f"init_from: {info['path']} ({info['loaded']} of {info['total']} parameters); {scale}",
+                          markup=False, highlight=False)
+        elif kind == "stopping":
+            console.print("stopping after this step (Ctrl-C again to force)", markup=False)
 
 
 class EnsembleMessages:

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -40,7 +40,7 @@ from crystalprop.model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from crystalprop.model.ensemble import member_params
+from crystalprop.model.ensemble import member_params, network_transform
 from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
 from crystalprop.utils.stopping import TRAINING_STOP_SIGNALS as STOP_SIGNALS
@@ -303,8 +303,12 @@ class Trainer:
             elements=[Element.from_Z(z).symbol for z in elements],
         )
 
-    def _init_from(self, net: Matformer, path: str | Path) -> None:
-        """Warm start: copy every parameter whose name and shape match (an ensemble's first member)."""
+    def _init_from(self, net: Matformer, path: str | Path) -> TargetTransform | None:
+        """Warm start: copy every parameter whose name and shape match (an ensemble's first member).
+
+        Returns the source network's target transform where it learned this run's target (same name and
+        log10), so a fine-tune on a few structures of their own range starts from its predictions; None
+        for another target, whose scale is fitted to this run's training targets."""
         card, params = read_checkpoint(path)
         params = member_params(card, params)[0]
         own = dict(net.parameters_and_names())
@@ -328,7 +332,10 @@ class Trainer:
             "cumulative_wall_hours": card.training.get("cumulative_wall_hours", card.training.get("wall_hours", 0.0)),
             "cumulative_epochs": card.training.get("cumulative_epochs", card.training.get("epochs", 0.0)),
         }
-        self.on_event("init_from", {"path": str(path), "loaded": loaded, "total": len(own)})
+        source = network_transform(card)
+        kept = card.target == self.config.target and source.log10 == self.config.log10
+        self.on_event("init_from", {"path": str(path), "loaded": loaded, "total": len(own), "kept_scale": kept})
+        return replace(source, floor=self.config.floor) if kept else None
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, *, resume: bool = False, init_from: str | Path | None = None) -> TrainResult:
@@ -375,7 +382,7 @@ class Trainer:
             state, saved = self._restore(cell, self.run_dir / "last.ckpt", state)
             transform = TargetTransform(**state["transform"])
         elif init_from:
-            self._init_from(net, init_from)
+            transform = self._init_from(net, init_from) or transform
         y_train = transform.normalise(self.train_y).astype(np.float32)
         steps_per_epoch = (len(self.train_graphs) + cfg.batch_size - 1) // cfg.batch_size
         average = WeightAverage(net, cfg.ema, saved) if cfg.ema else None  # a resume without one starts it here
