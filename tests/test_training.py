@@ -263,33 +263,32 @@ def test_init_from_loads_the_weights(run_a, data, tmp_path):
     assert warm_card.training["cumulative_epochs"] == pytest.approx(result.best_epoch + 1)
 
 
-def test_init_from_the_same_target_keeps_its_scale(run_a, tmp_path):
-    """A fine-tune of the same target on a few structures of their own range refitted the standardisation
-    to them, so the warm start's outputs came out rescaled and shifted (a 0.02 eV/atom model first
-    predicted like a much worse one). The source's scale is kept for its own target, refitted for another."""
+def test_init_from_the_same_target_starts_from_its_predictions(run_a, tmp_path):
+    """A fine-tune of the same target on structures of a narrow range refitted the standardisation to
+    them under the source's output layer, so the warm start began with the source's predictions rescaled
+    and shifted. The output layer is now re-expressed in the new standardisation (for the same target only)."""
     _, run_dir, _ = run_a
-    source_card, _ = read_checkpoint(run_dir / "best.ckpt")
     records = json.loads(write_json_dataset(tmp_path / "all.json", N_DATA).read_text())
     records = sorted(records, key=lambda r: r["y"])[N_DATA // 2:]  # the upper half: another mean and spread
-    own = tmp_path / "own.json"
-    own.write_text(json.dumps(records))
-    events = []
-    train_model(own, tmp_path / "same", config(epochs=1, lr=1e-12), workers=1, init_from=run_dir / "best.ckpt",
-                on_event=lambda kind, info: events.append((kind, info)))
-    card, _ = read_checkpoint(tmp_path / "same" / "best.ckpt")
-    assert (card.transform.mean, card.transform.std) == (source_card.transform.mean, source_card.transform.std)
-    assert next(info for kind, info in events if kind == "init_from")["kept_scale"]
+    graphs = [graph_of(Structure.from_dict(r["structure"])) for r in records]
+    y = np.array([r["y"] for r in records])
+    net, source_card = load_model(run_dir / "best.ckpt")
+    source = source_card.transform.physical(predict_graphs(net, graphs))
 
-    other = tmp_path / "other.json"
-    other.write_text(json.dumps([{**{k: v for k, v in r.items() if k != "y"}, "z": r["y"]} for r in records]))
-    events.clear()
-    train_model(other, tmp_path / "other", config(target="z", epochs=1, lr=1e-12), workers=1,
-                init_from=run_dir / "best.ckpt", on_event=lambda kind, info: events.append((kind, info)))
-    card, _ = read_checkpoint(tmp_path / "other" / "best.ckpt")
-    z = np.array([r["y"] for r in records])
-    z_train = z[[e.split == "train" for e in load_dataset(other, "z", seed=0).entries]]
-    assert card.transform.mean == pytest.approx(z_train.mean())
-    assert not next(info for kind, info in events if kind == "init_from")["kept_scale"]
+    def warm_start(target: str) -> tuple[np.ndarray, dict]:
+        events = []
+        trainer = Trainer(config(target=target), tmp_path / target, (graphs, y), (graphs[:4], y[:4]),
+                          on_event=lambda kind, info: events.append((kind, info)))
+        loop = trainer._setup(False, run_dir / "best.ckpt")
+        loop.net.set_train(False)
+        return loop.transform.physical(predict_graphs(loop.net, graphs)), dict(events)["init_from"]
+
+    warm, event = warm_start("y")
+    np.testing.assert_allclose(warm, source, rtol=1e-5)
+    assert event["same_target"]
+    other, event = warm_start("z")  # another target: the output layer is the source's, to be learned anew
+    assert not event["same_target"]
+    assert np.abs(other - source).mean() > 0.05
 
 
 def test_init_from_an_ensemble_starts_from_its_first_member(run_a, data, tmp_path):

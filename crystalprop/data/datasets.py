@@ -70,7 +70,8 @@ class Dataset:
     notes: list[str] = field(default_factory=list)
     """What a user should know about how the data was read (split.json ids that match no record)."""
     skipped_splits: dict[str, str | None] | None = None
-    """The split the split column names for each skipped record (None where it names none); None without one."""
+    """The split split.json or the split column names for each skipped record (None where the column names
+    none); None where the split is random."""
 
     def split(self, name: str) -> list[Entry]:
         """Entries of one split."""
@@ -363,6 +364,11 @@ def read_split_file(path: Path) -> dict[str, str]:
     return lookup
 
 
+def listed_split(lookup: dict[str, str], rid: str) -> str:
+    """The split a split.json read as ``lookup`` puts record ``rid`` in: an id it does not list trains."""
+    return lookup.get(rid, "train")
+
+
 def assign_splits(dataset: Dataset, val_fraction: float, test_fraction: float, seed: int) -> None:
     """Use split.json beside the data, else a split column (which must name a split for every
     record), else seeded random fractions."""
@@ -373,7 +379,8 @@ def assign_splits(dataset: Dataset, val_fraction: float, test_fraction: float, s
         if dataset.split_column is not None:
             _check_split_agreement(dataset, lookup, split_file)
         for entry in dataset.entries:
-            entry.split = lookup.get(entry.id, "train")
+            entry.split = listed_split(lookup, entry.id)
+        dataset.skipped_splits = {rid: listed_split(lookup, rid) for rid, _ in dataset.skipped}
         dataset.split_source = str(split_file)
         dataset.notes += _unmatched_split_ids(dataset, lookup, split_file)
         return
@@ -398,8 +405,8 @@ def assign_splits(dataset: Dataset, val_fraction: float, test_fraction: float, s
 def _check_split_agreement(dataset: Dataset, lookup: dict[str, str], split_file: Path) -> None:
     """Refuse a split column and a split.json beside the data that put a record in different splits:
     either may be the one meant, and the other would silently train on structures meant for testing."""
-    differ = [(e.id, e.split, lookup.get(e.id, "train")) for e in dataset.entries
-              if e.split is not None and e.split != lookup.get(e.id, "train")]
+    differ = [(e.id, e.split, listed_split(lookup, e.id)) for e in dataset.entries
+              if e.split is not None and e.split != listed_split(lookup, e.id)]
     if differ:
         shown = ", ".join(f"{rid} ({column} in the column, {file} in split.json)" for rid, column, file in differ[:5])
         raise DatasetError(f"{dataset.origin}: its split column and {split_file} disagree on {len(differ)} "

@@ -14,7 +14,7 @@ import numpy as np
 
 from crystalprop.utils.atomic import atomic_write_text, make_folder
 from crystalprop.data.datasets import (
-    SPLITS, Dataset, Entry, assign_fold, ids_in_packed, ids_sha256, is_random_split, load_dataset, read_split_file,
+    SPLITS, Dataset, Entry, assign_fold, ids_in_packed, ids_sha256, is_random_split, load_dataset,
 )
 from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed
 from crystalprop.data.graph_cache import build_graphs
@@ -216,19 +216,12 @@ def _unseen(dataset: Dataset, training: dict) -> tuple[list[Entry], str]:
 
 
 def _placed_splits(dataset: Dataset, fold: tuple[int, int] | None) -> Callable[[str], frozenset[str]]:
-    """A function of a skipped record's id giving the splits it may belong to: the one split.json (read
-    as :func:`crystalprop.data.datasets.assign_splits` reads it: an id not listed trains) or the split
-    column names; train or val alike where a cross-validation ``fold`` split them, and every split
-    where the split is random: both deal out the usable records only."""
-    origin = Path(dataset.origin)
-    split_file = (origin if origin.is_dir() else origin.parent) / "split.json"
-    if dataset.split_source.startswith(str(split_file)) and split_file.is_file():
-        lookup = read_split_file(split_file)
-        named: Callable[[str], str | None] = lambda rid: lookup.get(rid, "train")
-    elif dataset.split_source.startswith("split column") and dataset.skipped_splits is not None:
-        named = dataset.skipped_splits.get
-    else:
+    """A function of a skipped record's id giving the splits it may belong to: the one split.json or the
+    split column names (``Dataset.skipped_splits``); train or val alike where a cross-validation ``fold``
+    split them, and every split where the split is random: both deal out the usable records only."""
+    if dataset.skipped_splits is None:
         return lambda rid: frozenset(SPLITS)
+    named = dataset.skipped_splits.get
 
     def placed(rid: str) -> frozenset[str]:
         split = named(rid)

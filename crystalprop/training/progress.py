@@ -70,9 +70,9 @@ class TrainDisplay:
             console.print(f"resume: epoch {info['epoch']}, step {info['step']}"
                           + (f"; changed: {changed}" if changed else ""), markup=False)
         elif kind == "init_from":
-            scale = ("its target scale kept (same target)" if info["kept_scale"]
-                     else "target scale fitted to this run's training targets")
-            console.print(f"init_from: {info['path']} ({info['loaded']} of {info['total']} parameters); {scale}",
+            start = ("starting from its predictions (same target)" if info["same_target"]
+                     else "another target: its output layer learns this one")
+            console.print(f"init_from: {info['path']} ({info['loaded']} of {info['total']} parameters); {start}",
                           markup=False, highlight=False)
         elif kind == "stopping":
             console.print("stopping after this step (Ctrl-C again to force)", markup=False)

@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -157,6 +157,15 @@ def _train_cell(net: Matformer, config: TrainConfig):
     share, floor = ms.Tensor(shape=[], dtype=ms.float32), ms.Tensor(shape=[], dtype=ms.float32)
     cell.set_inputs(*input_signature(), targets, weights, share, floor)
     return cell, optimizer
+
+
+def _rescale_output(net: Matformer, source: TargetTransform, target: TargetTransform) -> None:
+    """Make the output layer give in ``target``'s standardisation what it gave in ``source``'s: the same
+    value y = z · std + mean (or its log10), so z' = (z · std_s + mean_s − mean_t) / std_t."""
+    ratio = source.std / target.std
+    weight, bias = net.fc_out.weight, net.fc_out.bias
+    weight.set_data(ms.Tensor(weight.asnumpy() * ratio, weight.dtype))
+    bias.set_data(ms.Tensor(bias.asnumpy() * ratio + (source.mean - target.mean) / target.std, bias.dtype))
 
 
 class _RunLock:
@@ -303,12 +312,13 @@ class Trainer:
             elements=[Element.from_Z(z).symbol for z in elements],
         )
 
-    def _init_from(self, net: Matformer, path: str | Path) -> TargetTransform | None:
+    def _init_from(self, net: Matformer, path: str | Path, transform: TargetTransform) -> None:
         """Warm start: copy every parameter whose name and shape match (an ensemble's first member).
 
-        Returns the source network's target transform where it learned this run's target (same name and
-        log10), so a fine-tune on a few structures of their own range starts from its predictions; None
-        for another target, whose scale is fitted to this run's training targets."""
+        Where the source learned this run's target (same name and log10), its output layer is re-expressed
+        in this run's ``transform`` (fitted to this run's training targets, as every member of a split
+        shares it), so training starts from the source's own predictions: a fine-tune on a few structures
+        of a narrow range otherwise began with the source's outputs rescaled and shifted."""
         card, params = read_checkpoint(path)
         params = member_params(card, params)[0]
         own = dict(net.parameters_and_names())
@@ -333,9 +343,11 @@ class Trainer:
             "cumulative_epochs": card.training.get("cumulative_epochs", card.training.get("epochs", 0.0)),
         }
         source = network_transform(card)
-        kept = card.target == self.config.target and source.log10 == self.config.log10
-        self.on_event("init_from", {"path": str(path), "loaded": loaded, "total": len(own), "kept_scale": kept})
-        return replace(source, floor=self.config.floor) if kept else None
+        same_target = card.target == self.config.target and source.log10 == self.config.log10
+        if same_target:
+            _rescale_output(net, source, transform)
+        self.on_event("init_from", {"path": str(path), "loaded": loaded, "total": len(own),
+                                    "same_target": same_target})
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, *, resume: bool = False, init_from: str | Path | None = None) -> TrainResult:
@@ -382,7 +394,7 @@ class Trainer:
             state, saved = self._restore(cell, self.run_dir / "last.ckpt", state)
             transform = TargetTransform(**state["transform"])
         elif init_from:
-            transform = self._init_from(net, init_from) or transform
+            self._init_from(net, init_from, transform)
         y_train = transform.normalise(self.train_y).astype(np.float32)
         steps_per_epoch = (len(self.train_graphs) + cfg.batch_size - 1) // cfg.batch_size
         average = WeightAverage(net, cfg.ema, saved) if cfg.ema else None  # a resume without one starts it here
