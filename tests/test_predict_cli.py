@@ -525,6 +525,19 @@ def test_cli_resume_csv_and_jsonl(files, random_ckpt, tmp_path, suffix, monkeypa
                                _expected(random_ckpt, [files[1]["b.vasp"], files[1]["c.cif"]]), rtol=1e-5)
 
 
+def test_cli_resume_of_a_finished_file_says_so(files, random_ckpt, tmp_path, monkeypatch):
+    """`--resume` of a file that already holds every structure printed an empty table and "0 predicted"."""
+    inputs = ["in/a.cif", "in/b.vasp", "in/c.cif"]
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["predict", *inputs, "-m", random_ckpt, "-o", "out.csv"], cwd=tmp_path).returncode == 0
+    again = run_cli(["predict", *inputs, "-m", random_ckpt, "-o", "out.csv", "--resume"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    shown = again.stdout + again.stderr
+    assert "structure" not in shown  # no table header over no rows
+    assert "0 predicted, 0 failed; 3 already in out.csv" in shown
+    assert len(read_rows(tmp_path / "out.csv")) == 3
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_cli_resume_after_a_row_cut_mid_write(files, random_ckpt, tmp_path, suffix, monkeypatch):
     inputs = ["in/a.cif", "in/b.vasp", "in/c.cif"]

@@ -124,13 +124,13 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
                                                       keep=None if every_row else TABLE_LIMIT)
     if every_row:
         print_rows(rows_shown, predictor.columns)
-    elif not output or len(rows_shown) <= TABLE_LIMIT:
+    elif rows_shown and (not output or len(rows_shown) <= TABLE_LIMIT):
         print_rows(rows_shown[:TABLE_LIMIT], predictor.columns)
         if len(rows_shown) > TABLE_LIMIT:
             console.print(f"(first {TABLE_LIMIT} shown; use --output for all)")
-    where = ""
+    where = f"; {len(skip)} already in {output}" if skip else ""
     if output:
-        where = f"; results in {output}" + (f" (provenance in {sidecar_path(output)})" if output.lower().endswith(".csv")
+        where += f"; results in {output}" + (f" (provenance in {sidecar_path(output)})" if output.lower().endswith(".csv")
                                             else "")
     if stopped:
         where = ", interrupted before the end" + where + ("; --resume continues" if output else "")
