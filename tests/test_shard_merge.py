@@ -76,3 +76,24 @@ def test_merge_refuses_shards_predicted_over_other_inputs(tmp_path, random_ckpt)
     assert mixed.returncode == 2 and "A1.csv" in said and "B2.csv" in said, mixed.stderr
     assert str(tmp_path / "A") in said and str(tmp_path / "B") in said
     assert not (tmp_path / "all.csv").exists()
+
+
+def test_merge_refuses_shards_of_a_folder_that_changed_between_them(tmp_path, random_ckpt):
+    """Shards deal out positions in the folder's listing: a file added between two shard runs shifted
+    them, so one structure was predicted twice and another never, and merge said the whole was complete."""
+    structures = make_structures(5)
+    (tmp_path / "in").mkdir()
+    for name, structure in structures[:4]:
+        structure.to(filename=str(tmp_path / "in" / f"{name}.cif"))
+    first = run_cli(["predict", "in", "-m", random_ckpt, "-o", "p1.csv", "--shard", "1/2", "--workers", "0"],
+                    cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    name, structure = structures[4]
+    structure.to(filename=str(tmp_path / "in" / f"{name}.cif"))
+    second = run_cli(["predict", "in", "-m", random_ckpt, "-o", "p2.csv", "--shard", "2/2", "--workers", "0"],
+                     cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    merged = run_cli(["merge", "all.csv", "p1.csv", "p2.csv"], cwd=tmp_path)
+    said = " ".join(merged.stderr.split())
+    assert merged.returncode == 2 and "4 files" in said and "5 files" in said, merged.stderr
+    assert not (tmp_path / "all.csv").exists()

@@ -30,7 +30,7 @@ from crystalprop.io.result_files import FINISHED, KEY
 from crystalprop.prediction.provenance import (
     ProvenanceMismatchError,
     describe_difference,
-    describe_inputs,
+    describe_input_change,
     model_order,
     models_reordered,
     read_sidecar,
@@ -284,9 +284,9 @@ def _check_inputs(records: Sequence[tuple[Path, dict]]) -> None:
     for part, record in records[1:]:
         first_part, first = records[0]
         if not same_inputs(first, record):
-            raise ValueError(f"{part} is a shard of other inputs than {first_part} ({describe_inputs(record)} in "
-                             f"{part}, {describe_inputs(first)} in {first_part}); merge the shards of one split: "
-                             "the same paths, in the same order, each with its --shard")
+            raise ValueError(f"{part} is a shard of other inputs than {first_part} "
+                             f"({describe_input_change(record, first, f'in {part}', f'in {first_part}')}); merge "
+                             "the shards of one split: the same paths, in the same order, each with its --shard")
 
 
 def _no_record(path: Path) -> str:
@@ -399,9 +399,9 @@ class ResultWriter:
         shards = found.get("shard"), self.provenance.get("shard")
         if not same_inputs(found, self.provenance):
             raise ProvenanceMismatchError(
-                f"{self.path}: cannot resume, its shard is of other inputs ({describe_inputs(found)} there, "
-                f"{describe_inputs(self.provenance)} now); give the same paths in the same order or use another "
-                "--output")
+                f"{self.path}: cannot resume, its shard is of other inputs "
+                f"({describe_input_change(found, self.provenance, 'there', 'now')}); give the same paths in the "
+                "same order or use another --output")
         if models_reordered(found, self.provenance):
             raise ProvenanceMismatchError(
                 f"{self.path}: cannot resume, it was written by the same models in another order "

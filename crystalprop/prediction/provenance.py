@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from crystalprop import __version__
+from crystalprop.io.discovery import iter_structure_paths
 from crystalprop.io.result_files import FINISHED, KEY
 from crystalprop.utils.atomic import atomic_write_text
 from crystalprop.utils.hashing import cached_file_sha256
@@ -43,20 +44,27 @@ def input_record(paths: Sequence[str | os.PathLike], recursive: bool) -> dict:
     the record of a sharded run: shards cover the same input only where this is the same. Paths are
     resolved (absolute, symlinks followed) for the record; ``sha256`` covers their names (the last part of
     each, so that array jobs reading node-local copies at other places compare alike), their order and
-    ``recursive``; ``paths`` lists the first :data:`LISTED_INPUTS`."""
+    ``recursive``; ``paths`` lists the first :data:`LISTED_INPUTS`. ``files_sha256`` covers the names of
+    the files they list, in order (``n_files`` of them): shards deal out positions in that listing, so a
+    file added or removed between two shard runs would predict one structure twice and lose another."""
     resolved = [os.path.realpath(os.fspath(path)) for path in paths]
     names = [os.path.basename(path) for path in resolved]
     digest = hashlib.sha256(json.dumps([names, bool(recursive)]).encode()).hexdigest()
+    files = [os.path.basename(path) for path in iter_structure_paths([os.fspath(p) for p in paths], recursive)]
     return {"paths": resolved[:LISTED_INPUTS], "n_paths": len(resolved), "recursive": bool(recursive),
-            "sha256": digest}
+            "sha256": digest, "n_files": len(files),
+            "files_sha256": hashlib.sha256(json.dumps(files).encode()).hexdigest()}
 
 
 def same_inputs(old: dict, new: dict) -> bool:
     """Whether two records cover the same input; True where either names none (a file written before
-    records named their inputs, or an unsharded run), which cannot be checked."""
+    records named their inputs, or an unsharded run), which cannot be checked. The files listed are
+    compared where both records name them."""
     if "inputs" not in old or "inputs" not in new:
         return True
-    return old["inputs"].get("sha256") == new["inputs"].get("sha256")
+    a, b = old["inputs"], new["inputs"]
+    return a.get("sha256") == b.get("sha256") and (a.get("files_sha256") is None or b.get("files_sha256") is None
+                                                  or a["files_sha256"] == b["files_sha256"])
 
 
 def describe_inputs(record: dict) -> str:
@@ -64,8 +72,18 @@ def describe_inputs(record: dict) -> str:
     inputs = record.get("inputs") or {}
     paths = list(inputs.get("paths", []))
     more = inputs.get("n_paths", len(paths)) - len(paths)
+    notes = (["with -r"] if inputs.get("recursive") else []) + ([f"{inputs['n_files']} files"] if "n_files" in inputs
+                                                                   else [])
     return (", ".join(paths) + (f" and {more} more" if more > 0 else "")
-            + (" (with -r)" if inputs.get("recursive") else "")) or "none"
+            + (f" ({', '.join(notes)})" if notes else "")) or "none"
+
+
+def describe_input_change(old: dict, new: dict, old_name: str, new_name: str) -> str:
+    """How the inputs of two records that are not :func:`same_inputs` differ, in words."""
+    said = f"{describe_inputs(old)} {old_name}, {describe_inputs(new)} {new_name}"
+    if old["inputs"].get("sha256") == new["inputs"].get("sha256"):
+        said += "; the same paths list other files: files were added, removed or renamed between the runs"
+    return said
 
 
 def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-given", device: str = "CPU",
