@@ -733,6 +733,11 @@ def test_structure_files_no_row_names_are_told(tmp_path, crystals):
                      f"(e.g. {crystals[-2][0]}.cif, {crystals[-1][0]}.cif)"]
     (folder / "id_prop.csv").write_text("".join(f"{n},1.0\n" for n, _ in crystals))
     assert load_dataset(folder).notes == []
+    # crystalprop's own outputs beside the data are not structures (they were counted as such)
+    (folder / "predictions.csv.meta.json").write_text(json.dumps({"crystalprop_provenance": {}}))
+    (folder / "predicted.json").write_text(json.dumps({"crystalprop_provenance": {}, "rows": []}))
+    (folder / "metrics.json").write_text(json.dumps({"model": "m", "checkpoint": "m.ckpt", "n": 3}))
+    assert load_dataset(folder).notes == []
 
 
 def test_a_structure_given_as_long_one_line_text_still_loads(tmp_path, crystals):
