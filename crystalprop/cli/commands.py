@@ -88,7 +88,7 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     single_threaded_blas()  # before numpy is imported
     from crystalprop.prediction.output import ResultWriter, done_names  # noqa: PLC0415
     from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
-    from crystalprop.prediction.predictor import LEADING_COLUMNS, TRAILING_COLUMNS, open_prediction  # noqa: PLC0415
+    from crystalprop.prediction.predictor import open_prediction  # noqa: PLC0415
     from crystalprop.prediction.provenance import input_record, sidecar_path  # noqa: PLC0415
 
     request_quick_exit()  # nothing here needs Python's finalisation (0.5-1 s with MindSpore loaded)
@@ -106,12 +106,11 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
                                                 shard=part)
     except (DeviceUnavailableError, ValueError) as exc:  # CheckpointError is a ValueError
         _fail(str(exc))
-    columns = [*LEADING_COLUMNS, *predictor.value_columns, *TRAILING_COLUMNS]
     writer = None
     if output:
         try:
-            writer = ResultWriter(output, columns, resume=resume, overwrite=overwrite, retry_failed=retry_failed,
-                                  provenance=predictor.provenance(
+            writer = ResultWriter(output, predictor.result_columns, resume=resume, overwrite=overwrite,
+                                  retry_failed=retry_failed, provenance=predictor.provenance(
                                       part, input_record(paths, recursive) if part[1] > 1 else None))
         except (OutputExistsError, ValueError) as exc:
             reader.close()

@@ -454,6 +454,12 @@ class Predictor:
         return [column for label, _, card, _ in self.models for column in _value_columns(label, card)]
 
     @property
+    def result_columns(self) -> list[str]:
+        """Every column of a result row, in order: :data:`LEADING_COLUMNS`, the value columns,
+        :data:`TRAILING_COLUMNS`."""
+        return [*LEADING_COLUMNS, *self.value_columns, *TRAILING_COLUMNS]
+
+    @property
     def columns(self) -> list[tuple[str, str]]:
         """(model label, unit) per output column."""
         return [(label, card.unit) for label, _, card, _ in self.models]
@@ -484,8 +490,7 @@ class Predictor:
                         values[f"{label}_err95"] = combined.std * card.ensemble["interval95"]
         rows, k = [], 0
         for item in batch:
-            row = {"index": item.index, "name": item.name, "source": item.source, "formula": item.formula,
-                   "n_sites": item.n_sites}
+            row = {column: getattr(item, column) for column in LEADING_COLUMNS}
             notes = list(item.warnings)
             for label in self.value_columns:
                 row[label] = float(values[label][k]) if item.graph is not None else None
