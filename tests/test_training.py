@@ -208,6 +208,36 @@ def test_resume_refuses_another_model_configuration(run_a, data, tmp_path):
         train_model(data, tmp_path / "empty", config(), workers=1, resume=True)
 
 
+@pytest.mark.parametrize("change", [{"log10": True}, {"floor": 0.5}])
+def test_resume_refuses_another_target_transform(run_a, data, tmp_path, change):
+    """`--resume --log10` (or `--floor`) was announced as changed but the saved transform stayed: the run
+    then compared log10 errors with a best MAE in the target's unit and overwrote a better best.ckpt."""
+    run_dir = tmp_path / "copy"
+    run_dir.mkdir()
+    for name in ("last.ckpt", "best.ckpt"):
+        (run_dir / name).write_bytes((run_a[1] / name).read_bytes())
+    before = (run_dir / "best.ckpt").read_bytes()
+    with pytest.raises(TrainingError, match=f"{next(iter(change))}.*fixed when a run starts"):
+        train_model(data, run_dir, config(epochs=6, **change), workers=1, resume=True)
+    assert (run_dir / "best.ckpt").read_bytes() == before
+
+
+def test_max_time_is_the_budget_of_each_resumed_session(run_a, data, tmp_path):
+    """`--max-time` counted the run's earlier sessions too, so a job resumed with the same budget (a
+    cluster's time limit) trained one step and stopped, again and again."""
+    run_dir = tmp_path / "copy"
+    run_dir.mkdir()
+    for name in ("last.ckpt", "best.ckpt", "history.csv"):
+        (run_dir / name).write_bytes((run_a[1] / name).read_bytes())
+    params = ms.load_checkpoint(str(run_dir / "last.ckpt"))
+    saved = json.loads(params.pop(STATE_KEY))
+    saved["state"]["elapsed_s"] = 7200.0  # two hours behind it
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(run_dir / "last.ckpt"),
+                       append_dict={STATE_KEY: json.dumps(saved)})
+    result = train_model(data, run_dir, config(epochs=5, max_time_s=3600), workers=1, resume=True)
+    assert result.stopped_because == "finished" and result.epochs_done == 5
+
+
 def test_resume_refuses_another_target(run_a, tmp_path):
     """A resume with another --target went on training the old target's network on the new labels."""
     other = write_json_dataset(tmp_path / "other.json", N_DATA, target="z")

@@ -206,7 +206,9 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--heads", default=ModelConfig.heads, show_default=True)
 @click.option("--fc-features", default=ModelConfig.fc_features, show_default=True)
 @click.option("--patience", default=None, type=int, help="Stop after this many epochs without improvement.")
-@click.option("--max-time", default=None, help="Time budget, e.g. 2h or 90m; stops cleanly and saves.")
+@click.option("--max-time", default=None,
+              help="Time budget of this run of the command (a --resume gets its own), e.g. 2h or 90m; stops "
+                   "cleanly and saves.")
 @click.option("--seed", default=TrainConfig.seed, show_default=True)
 @click.option("--ema", default=None, type=float, metavar="DECAY",
               help="Validate and keep a moving average of the weights, updated every step with this decay "

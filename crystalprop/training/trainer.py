@@ -21,7 +21,7 @@ import os
 import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -230,6 +230,10 @@ class _Loop:
     steps_per_epoch: int
     total_steps: int
     started: float
+    """When the run would have started had it never stopped (``time.monotonic``, earlier sessions counted)."""
+    session_started: float = field(default_factory=time.monotonic)
+    """When this process took the run up: ``--max-time`` is the budget of each session, so a job resumed
+    under a cluster's time limit with the same budget goes on where it stopped."""
     last_save: float = 0.0
     diverged: bool = False
     average: WeightAverage | None = None
@@ -451,7 +455,7 @@ class Trainer:
                 loop.average.update()
             state["step_in_epoch"], state["global_step"] = step + 1, state["global_step"] + 1
             self.on_event("step", {"epoch": epoch, "step": step + 1, "loss": loss, "lr": lr, "structures": len(idx)})
-            over_time = cfg.max_time_s is not None and time.monotonic() - loop.started > cfg.max_time_s
+            over_time = cfg.max_time_s is not None and time.monotonic() - loop.session_started > cfg.max_time_s
             stopping = bool(self.cluster.sum([float(self.stop_requested or over_time)])[0])
             if time.monotonic() - loop.last_save > SAVE_EVERY_S:
                 self._save_loop(loop)
@@ -604,6 +608,12 @@ class Trainer:
         if cells != self.config.graph.cell:
             raise TrainingError(f"{path}: the run was trained on {cells} cells, not {self.config.graph.cell}: "
                                 f"resume it with --cell {cells}")
+        for key, option in (("log10", "--log10"), ("floor", "--floor")):
+            if saved["config"].get(key) != getattr(self.config, key):
+                raise TrainingError(f"{path}: the run was started with {key} {saved['config'].get(key)}, not "
+                                    f"{getattr(self.config, key)}: {option} sets the target transform its weights "
+                                    "learned, so it is fixed when a run starts; resume without changing it, or start "
+                                    "another run (--init-from its best.ckpt to warm-start)")
         not_loaded, _ = ms.load_param_into_net(cell, params, strict_load=True)
         if not_loaded:
             raise CheckpointError(f"{path}: {len(not_loaded)} parameters missing, e.g. {not_loaded[0]}")
