@@ -251,7 +251,8 @@ def test_cli_ctrl_c_stops_cleanly(data, tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=180)
     stderr = stderr_path.read_text()
-    assert proc.returncode == 0, f"rc {proc.returncode}: {stderr[-500:]}"
+    # 128 + SIGINT, as predict: a script's `train ... && evaluate ...` must not go on (it exited 0)
+    assert proc.returncode == 130, f"rc {proc.returncode}: {stderr[-500:]}"
     assert "interrupted" in stderr
     state = train_state(run_dir / "last.ckpt")["state"]
     assert 2 <= state["epoch"] < 500 and not (run_dir / ".lock").exists()
@@ -263,6 +264,7 @@ def test_cli_sigterm_stops_the_training(data, tmp_path):
     with _cli_training_past_two_epochs(data, tmp_path, "terminated") as (proc, trainer, run_dir, _):
         proc.send_signal(signal.SIGTERM)  # e.g. `timeout`, a batch scheduler, `kill PID`
         proc.wait(timeout=180)
+        assert proc.returncode == 128 + signal.SIGTERM
         deadline = time.monotonic() + 5  # a clean stop takes one step
         while _alive(trainer) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -297,4 +299,4 @@ def test_cli_ctrl_z_suspends_the_training_and_fg_resumes_it(data, tmp_path):
         _wait_for_epochs(proc, run_dir, epochs + 2)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=180)
-    assert proc.returncode == 0
+    assert proc.returncode == 128 + signal.SIGTERM

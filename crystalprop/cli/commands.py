@@ -241,8 +241,8 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
     """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, or a CSV with structures).
 
-    Ctrl-C (or SIGTERM) stops after the current step and saves last.ckpt; --resume continues.
-    With --workers N (or started under msrun) each process trains on its share of every
+    Ctrl-C (or SIGTERM) stops after the current step and saves last.ckpt (exit status 128 + the signal:
+    130, 143); --resume continues. With --workers N (or started under msrun) each process trains on its share of every
     batch and gradients are averaged by MindSpore's all-reduce; rank 0 writes the files.
     """
     from crystalprop.training.jobs import TrainingFailed, train as train_run  # noqa: PLC0415
@@ -266,8 +266,7 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
                                on_event=messages.event, given=given, **options)
     except (TrainingFailed, ValueError) as exc:
         _fail(str(exc))
-    if not report_training(result, output_dir, ensemble):
-        sys.exit(1)
+    sys.exit(report_training(result, output_dir, ensemble))
 
 
 @main.command()

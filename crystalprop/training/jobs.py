@@ -94,7 +94,8 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
         run["init_from"] = str(resolve_model(run["init_from"])[1])
     result = train_model(run.pop("data"), run.pop("run_dir"), config, **run, on_event=on_event)
     return {"stopped_because": result.stopped_because, "best_val_mae": result.best_val_mae,
-            "best_epoch": result.best_epoch, "validated": result.validated, "log10": config.log10}
+            "best_epoch": result.best_epoch, "validated": result.validated, "log10": config.log10,
+            "signal": result.stop_signal}
 
 
 def member_jobs(job: dict, members: int):

@@ -118,7 +118,10 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
     with main_script_hidden():  # a caller's script without a __main__ guard must not run again in the child
         child.start()
 
+    received: list[int] = []
+
     def forward(signum, frame) -> None:
+        received.append(signum)
         console.print("[yellow]stopping after this step and saving...[/]")
         if child.pid:
             os.kill(child.pid, signal.SIGTERM)
@@ -148,6 +151,9 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
         child.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    kind, payload = outcome
+    if kind == "result" and received and isinstance(payload, dict) and payload.get("signal"):
+        payload["signal"] = received[0]  # the command's own: Ctrl-C reached the training as SIGTERM
     return outcome
 
 

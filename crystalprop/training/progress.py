@@ -99,8 +99,10 @@ class EnsembleMessages:
             self.status.start()
 
 
-def report_training(result: dict, output_dir: str, members: int) -> bool:
-    """Print how a run (or an ensemble of ``members``) ended; whether it is complete."""
+def report_training(result: dict, output_dir: str, members: int) -> int:
+    """Print how a run (or an ensemble of ``members``) ended; the command's exit status: 128 + the signal
+    for a run a signal stopped (as ``predict``), 1 for an ensemble stopped by its time budget before
+    its last member, else 0."""
     if members == 1:
         best = "best validation MAE" if result.get("validated", True) else "best training loss"
         files = [name for name in ("best.ckpt", "last.ckpt", "history.csv") if (Path(output_dir) / name).is_file()]
@@ -110,12 +112,13 @@ def report_training(result: dict, output_dir: str, members: int) -> bool:
         best += " (log10)" if result.get("log10") and result.get("validated", True) else ""
         console.print(f"[bold]{result['stopped_because']}[/]: {best} {result['best_val_mae']:.4g} at "
                       f"epoch {result['best_epoch']}; run in {escape(str(output_dir))} ({', '.join(files) or 'no file yet'})")
-        return True
+        return 128 + result["signal"] if result.get("signal") else 0
     if result["ensemble"] is None:
         console.print(f"member {len(result['members'])} {result['stopped_because']}: --resume continues the ensemble")
-        return False
+        stopped_by = result["members"][-1].get("signal")
+        return 128 + stopped_by if stopped_by else 1
     joined = result["ensemble"]
     console.print(f"ensemble of {members}: validation MAE {joined['mae']:.4g} (members "
                   f"{', '.join(f'{m:.4g}' for m in joined['member_maes'])}); Spearman(σ, |error|) "
                   f"{joined['sigma_spearman']:.2f}; run in {output_dir} (best.ckpt)", highlight=False, markup=False)
-    return True
+    return 0

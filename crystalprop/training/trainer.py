@@ -213,6 +213,8 @@ class TrainResult:
     history: list[dict]
     validated: bool = True
     """False where the run had no validation structures: ``best_val_mae`` is then the training loss."""
+    stop_signal: int | None = None
+    """The signal that stopped an ``interrupted`` run (SIGTERM, SIGINT); None otherwise."""
 
 
 @dataclass
@@ -280,6 +282,7 @@ class Trainer:
         self.cluster = cluster
         self.on_event = cluster.events(on_event)
         self.stop_requested = False
+        self.stop_signal: int | None = None
         self.history: list[dict] = []
         self.prior_training: dict = {}
 
@@ -495,7 +498,8 @@ class Trainer:
         """The run's result, also reported as the ``end`` event."""
         state = loop.state
         result = TrainResult(state["best_mae"], state["best_epoch"], state["epoch"], stopped_because,
-                             self.run_dir, self.history, validated=bool(self.val_graphs))
+                             self.run_dir, self.history, validated=bool(self.val_graphs),
+                             stop_signal=self.stop_signal if stopped_because == "interrupted" else None)
         self.on_event("end", asdict(result) | {"run_dir": str(self.run_dir)})
         return result
 
@@ -563,6 +567,7 @@ class Trainer:
     # -- persistence ------------------------------------------------------------------------
     def _request_stop(self, signum, frame) -> None:
         self.stop_requested = True
+        self.stop_signal = self.stop_signal or signum
         self.on_event("stopping", {})
 
     def _write_history(self) -> None:
