@@ -190,6 +190,16 @@ def test_members_of_another_target_are_refused(members, split_data, tmp_path):
         join_ensemble([members[0]], tmp_path / "bad.ckpt", split_data)
 
 
+def test_members_of_another_unit_are_refused(members, split_data, tmp_path):
+    """Members of one target in other units were joined: the ensemble took the first one's unit, so the
+    same two members gave GPa or kbar by their order."""
+    from crystalprop.evaluation.joining import join_ensemble
+
+    other = _random_checkpoint(tmp_path / "other.ckpt", "y", "meV", seed=3)
+    with pytest.raises(CheckpointError, match="unit"):
+        join_ensemble([members[0], other], tmp_path / "bad.ckpt", split_data)
+
+
 def test_members_trained_on_other_cells_join_for_the_cells_chosen(members, split_data, tmp_path):
     """A member trained on cells as given joins canonical ones only when the ensemble's cells are chosen."""
     from dataclasses import replace

@@ -201,20 +201,20 @@ def interval_multiple(errors: np.ndarray, std: np.ndarray, level: float = INTERV
 
 def check_compatible(cards: Sequence[ModelCard], paths: Sequence[str | Path]) -> None:
     """Refuse to join members that do not predict the same thing the same way."""
+    for card, path in zip(cards, paths):
+        if card.ensemble:
+            raise CheckpointError(f"{path}: already an ensemble; join its members' own checkpoints")
     first = cards[0]
     for card, path in zip(cards[1:], paths[1:]):
-        for what, mine, theirs in (("target", card.target, first.target), ("architecture", card.model, first.model),
+        for what, mine, theirs in (("target", card.target, first.target), ("unit", card.unit, first.unit),
+                                   ("architecture", card.model, first.model),
                                    ("graph settings", card.graph, first.graph),
                                    ("target transform", card.transform, first.transform)):
             if mine != theirs and what == "target transform" and _split(card)["val"] != _split(first)["val"]:
                 raise CheckpointError(_other_split_message(card, first, path, paths[0]))
             if mine != theirs:
-                raise CheckpointError(f"{path}: another {what} than {paths[0]} ({mine} != {theirs}); "
-                                      "members must share target, architecture, graph and split")
-        if card.ensemble:
-            raise CheckpointError(f"{path}: already an ensemble; join its members' own checkpoints")
-    if first.ensemble:
-        raise CheckpointError(f"{paths[0]}: already an ensemble; join its members' own checkpoints")
+                raise CheckpointError(f"{path}: another {what} than {paths[0]} ({mine!r} != {theirs!r}); "
+                                      "members must share target, unit, architecture, graph and split")
 
 
 def _split(card: ModelCard) -> dict:
