@@ -547,17 +547,20 @@ def test_members_of_other_random_splits_are_refused_for_that_reason(tmp_path):
 @pytest.mark.slow
 def test_an_ensemble_resumed_without_its_options_keeps_them_for_every_member(tmp_path):
     """Members not yet started when an ensemble was resumed trained with the defaults (30 epochs,
-    the default lr and size), and started ones on a split drawn from the default seed."""
+    the default lr and size), and started ones on a split drawn from the default seed; the members were
+    joined with the default σ (spread, not the run's --sigma), and a resume needed --ensemble again."""
     from conftest import TINY_CLI, write_json_dataset
 
     data = write_json_dataset(tmp_path / "data.json", 24)
     run_dir = tmp_path / "ens"
     first = run_cli(["train", data, "-t", "y", "-o", run_dir, "--ensemble", "2", "--epochs", "1", "--lr", "2e-3",
-                     "--seed", "3", "--batch-size", "8", "--graph-workers", "1", "--max-time", "0", *TINY_CLI])
+                     "--seed", "3", "--batch-size", "8", "--graph-workers", "1", "--max-time", "0", "--sigma", "latent",
+                     *TINY_CLI])
     assert first.returncode == 1 and "--resume continues" in first.stdout + first.stderr
     assert not (run_dir / "member1").exists()
-    again = run_cli(["train", data, "-o", run_dir, "--ensemble", "2", "--resume", "--graph-workers", "1"])
+    again = run_cli(["train", data, "-o", run_dir, "--resume", "--graph-workers", "1"])
     assert again.returncode == 0, again.stdout + again.stderr
+    assert read_checkpoint(run_dir / "best.ckpt")[0].ensemble["sigma_from"] == "latent"
     cards = [read_checkpoint(run_dir / f"member{k}" / "best.ckpt")[0] for k in range(2)]
     settings = [(c.training["config"]["seed"], c.training["config"]["lr"], c.training["config"]["epochs"],
                  c.model.features) for c in cards]

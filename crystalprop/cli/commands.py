@@ -266,7 +266,7 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
                                on_event=messages.event, given=given, **options)
     except (TrainingFailed, ValueError) as exc:
         _fail(str(exc))
-    sys.exit(report_training(result, output_dir, ensemble))
+    sys.exit(report_training(result, output_dir))
 
 
 @main.command()

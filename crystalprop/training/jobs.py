@@ -8,10 +8,11 @@ in whatever process. This module imports nothing heavy until a job runs.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any, Callable, Collection
 
-from crystalprop.utils.atomic import make_folder
+from crystalprop.utils.atomic import atomic_write_text, make_folder
 from crystalprop.utils.backend import DEVICES
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.model.config import ModelConfig
@@ -32,13 +33,35 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     """Refuse to start a new run over a saved one, to resume where nothing was saved, or to run
     where the folder cannot be made."""
     if resume and not (run_dir / "last.ckpt").is_file():
-        raise RunDirError(f"{run_dir}: nothing to resume (no last.ckpt)")
+        members = (" (it holds ensemble members, member0 ...: resume them with --ensemble N)"
+                   if (run_dir / "member0").is_dir() else "")
+        raise RunDirError(f"{run_dir}: nothing to resume (no last.ckpt){members}")
     if not resume and (run_dir / "last.ckpt").is_file():
         raise RunDirError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --output-dir")
     try:
         make_folder(run_dir)
     except ValueError as exc:
         raise RunDirError(str(exc)) from exc
+
+
+ENSEMBLE_RECORD = "ensemble.json"
+"""In an ensemble run's folder: how many members it trains and the σ it joins them with, so that a
+``--resume`` given neither continues the same ensemble."""
+
+
+def ensemble_settings(output_dir: Path, resume: bool, members: int, sigma: str,
+                      given: Collection[str]) -> tuple[int, str]:
+    """The members and σ of an ensemble run: on resume those of its record (:data:`ENSEMBLE_RECORD`) unless
+    given again (``members`` 1 is not given), else as given; the record written for a later resume."""
+    path = output_dir / ENSEMBLE_RECORD
+    if resume and path.is_file():
+        saved = json.loads(path.read_text())
+        members = members if members > 1 else int(saved["members"])
+        sigma = sigma if "sigma" in given else saved["sigma"]
+    if members > 1:
+        make_folder(output_dir)
+        atomic_write_text(path, json.dumps({"members": members, "sigma": sigma}) + "\n")
+    return members, sigma
 
 
 def completed(payload: dict) -> bool:
@@ -241,6 +264,7 @@ def train(
     else:
         def run(one: dict) -> dict:
             return run_job(one, on_event)
+    ensemble, sigma = ensemble_settings(Path(output_dir), resume, ensemble, sigma, job["given"] or ())
     if ensemble == 1:
         check_run_dir(Path(output_dir), resume)
         return run(job)

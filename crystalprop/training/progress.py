@@ -99,11 +99,11 @@ class EnsembleMessages:
             self.status.start()
 
 
-def report_training(result: dict, output_dir: str, members: int) -> int:
-    """Print how a run (or an ensemble of ``members``) ended; the command's exit status: 128 + the signal
+def report_training(result: dict, output_dir: str) -> int:
+    """Print how a run (or an ensemble) ended; the command's exit status: 128 + the signal
     for a run a signal stopped (as ``predict``), 1 for an ensemble stopped by its time budget before
     its last member, else 0."""
-    if members == 1:
+    if "members" not in result:
         best = "best validation MAE" if result.get("validated", True) else "best training loss"
         files = [name for name in ("best.ckpt", "last.ckpt", "history.csv") if (Path(output_dir) / name).is_file()]
         skipped = Path(output_dir) / "skipped.log"
@@ -118,7 +118,7 @@ def report_training(result: dict, output_dir: str, members: int) -> int:
         stopped_by = result["members"][-1].get("signal")
         return 128 + stopped_by if stopped_by else 1
     joined = result["ensemble"]
-    console.print(f"ensemble of {members}: validation MAE {joined['mae']:.4g} (members "
+    console.print(f"ensemble of {len(result['members'])}: validation MAE {joined['mae']:.4g} (members "
                   f"{', '.join(f'{m:.4g}' for m in joined['member_maes'])}); Spearman(σ, |error|) "
                   f"{joined['sigma_spearman']:.2f}; run in {output_dir} (best.ckpt)", highlight=False, markup=False)
     return 0
