@@ -594,3 +594,23 @@ def test_sigma_is_calibrated_on_the_structures_it_is_given_for(split_data, tmp_p
         stored = read_checkpoint(tmp_path / f"{name}.ckpt")[0]
         assert stored.metrics["n_without_sigma"] == evaluated["n_without_sigma"]
         assert stored.ensemble["calibrated_on"]["n"] == evaluated["n"] - evaluated["n_without_sigma"], name
+
+
+@pytest.mark.slow
+def test_the_latent_reference_holds_only_the_structures_the_members_trained_on(tmp_path):
+    """With --limit (or members trained on part of the data's training split) the latent σ's reference
+    held every training structure of the data, most of them never trained on, so σ stood for the
+    distance to structures the members had not seen times errors on them."""
+    from conftest import train_config, write_json_dataset
+    from crystalprop.evaluation.joining import join_ensemble
+    from crystalprop.training.run import train_model
+
+    data = write_json_dataset(tmp_path / "data.json", 40)
+    runs = []
+    for seed in (0, 1):
+        train_model(data, tmp_path / f"m{seed}", train_config(epochs=1, seed=seed), workers=1, limit=24, split_seed=0)
+        runs.append(tmp_path / f"m{seed}")
+    join_ensemble(runs, tmp_path / "ens.ckpt", data, sigma="latent")
+    card, _ = read_checkpoint(tmp_path / "ens.ckpt")
+    assert card.training["data"]["n_train"] == 24
+    assert card.ensemble["latent_reference"]["n"] == 24

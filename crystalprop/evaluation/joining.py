@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from crystalprop.utils.atomic import make_folder
-from crystalprop.data.datasets import Dataset, merge_trained
+from crystalprop.data.datasets import Dataset, ids_in_packed, merge_trained
 from crystalprop.evaluation.evaluate import (
     check_unseen, error_metrics, given_sigma, labelled_split, network_outputs, recorded_split, split_dataset,
     split_settings,
@@ -273,8 +273,17 @@ def _latent_reference(first, path: Path, networks_of, data: str | Path, batch_si
                       prior: float = 0.0) -> tuple[LatentReference, dict]:
     """The latent reference of the ensemble whose card is ``first`` (its first member's, ``path``),
     from ``networks_of`` (:func:`network_outputs` with readout): the first network's readout features
-    and the ensemble's absolute errors on the training split of ``data``, and its record for the card."""
+    and the ensemble's absolute errors on the structures of ``data``'s training split that the members
+    trained on (all of it, unless ``--limit`` or other data trained them on part of it), and its record
+    for the card."""
     kept = labelled_split(first, data, None, "train", path, id_column, structure_column).kept
+    packed = recorded_split(first.training).get("trained_ids")
+    if packed:
+        trained = set(ids_in_packed([e.id for e, _ in kept], packed))
+        kept = [(e, g) for e, g in kept if e.id in trained]
+        if not kept:
+            raise ValueError(f"{data}: none of its training structures is one the members trained on, so the "
+                             "latent σ has no reference: join them on their own data")
     outputs, features = networks_of([g for _, g in kept], batch_size)
     residuals = np.abs(combine(members_from_networks(first, outputs), first.transform).value
                        - np.array([e.target for e, _ in kept]))
