@@ -12,6 +12,7 @@ import pytest
 
 import crystalprop
 from conftest import TINY, read_history, write_json_dataset
+from crystalprop.graph.settings import GraphSettings
 
 
 def _defaults(command: click.Command) -> dict:
@@ -160,3 +161,18 @@ def test_a_file_given_twice_is_predicted_once(random_ckpt, tmp_path):
     rows = crystalprop.predict([str(tmp_path / "NaCl.cif"), str(tmp_path / "link" / ".." / "NaCl.cif")],
                                model=str(random_ckpt), workers=0)
     assert [row["formula"] for row in rows] == ["NaCl", "SrTiO3"]
+
+
+def test_models_of_other_cells_are_refused_with_the_option_that_joins_them(random_ckpt, tmp_path):
+    """Said only "different graph settings; predict with them separately", though --cell joins them."""
+    from conftest import rocksalt
+    from crystalprop.model.checkpoint import load_model, save_checkpoint
+
+    net, card = load_model(random_ckpt)
+    card.graph = GraphSettings(cell="as-given")
+    save_checkpoint(tmp_path / "given.ckpt", net, card)
+    with pytest.raises(ValueError, match="--cell canonical"):
+        crystalprop.predict(rocksalt(5.64), model=[str(random_ckpt), str(tmp_path / "given.ckpt")], workers=0)
+    rows = crystalprop.predict(rocksalt(5.64), model=[str(random_ckpt), str(tmp_path / "given.ckpt")], workers=0,
+                               cell="canonical")
+    assert rows[0]["rand"] == pytest.approx(rows[0]["given"])

@@ -23,7 +23,7 @@ from crystalprop.graph.batch import BatchLimits, batches_within
 from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.elements import ElementError, absent_elements
 from crystalprop.graph.neighbors import CrystalGraph, NeighborSearchError, build_graph
-from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, GraphSettings, check_cell_choice
+from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, CANONICAL, GraphSettings, check_cell_choice
 from crystalprop.io.adapters import crystal_from_structure
 from crystalprop.io.discovery import iter_structure_paths, no_structures_found
 from crystalprop.io.formula import crystal_formula
@@ -369,7 +369,8 @@ class Predictor:
         if twice:
             paths = ", ".join(str(path) for label, path in resolved if label == twice[0])
             raise ValueError(f"two models would both be called {twice[0]!r} ({paths}): their columns would "
-                             "collide; copy or rename one so that the file or folder names differ")
+                             "collide; give their run folders (-m runs/a -m runs/b) or copy or rename one so that the "
+                             "names differ")
         loaded = [(label, path, *read_checkpoint(path, arrays=True)) for label, path in resolved]
         check_column_clashes([(label, path, card) for label, path, card, _ in loaded])
         self.device = device
@@ -401,7 +402,12 @@ class Predictor:
         settings = {card.graph if cell is None else replace(card.graph, cell=cell)
                     for _, _, card, _ in self.models}
         if len(settings) != 1:
-            raise ValueError("these models use different graph settings; predict with them separately")
+            if len({replace(s, cell=CANONICAL) for s in settings}) == 1:
+                raise ValueError("these models were trained on different cells (canonical and as-given): give "
+                                 "--cell canonical or --cell as-given to predict with them together")
+            described = "; ".join(f"{label}: {card.graph.as_dict()}" for label, _, card, _ in self.models)
+            raise ValueError(f"these models use different graph settings ({described}); predict with them "
+                             "separately")
         self.settings: GraphSettings = settings.pop()
         self.known_elements = {label: set(card.elements) for label, _, card, _ in self.models}
         self._compiled = False
@@ -503,9 +509,11 @@ class Predictor:
                         if column in row:
                             row[column] = None
             for unseen, labels in unseen_by.items():
+                with_sigma = [label for label in labels if f"{label}_std" in row]  # single models have none anyway
                 notes.append(f"{', '.join(labels)}: element(s) {', '.join(unseen)} absent from "
                              f"{'its' if len(labels) == 1 else 'their'} training data"
-                             + ("; no error bar" if any(f"{label}_std" in row for label in labels) else ""))
+                             + ("" if not with_sigma else "; no error bar" if len(with_sigma) == len(labels)
+                                else f"; no error bar for {', '.join(with_sigma)}"))
             if item.graph is not None:
                 k += 1
             row["error"] = item.error or ""

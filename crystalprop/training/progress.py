@@ -67,7 +67,9 @@ class TrainDisplay:
             p.reset(self.task, total=self.steps)
         elif kind == "resume":
             changed = "; ".join(f"{key} {old} -> {new}" for key, (old, new) in info.get("changed", {}).items())
-            console.print(f"resume: epoch {info['epoch']}, step {info['step']}"
+            where = (f"epoch {info['epoch'] + 1}, after its step {info['step']}" if info["step"]
+                     else f"epoch {info['epoch'] + 1}")  # the event counts the epochs done; the display from 1
+            console.print(f"resume: {where}"
                           + (f"; changed: {changed}" if changed else ""), markup=False)
         elif kind == "init_from":
             start = ("starting from its predictions (same target)" if info["same_target"]
