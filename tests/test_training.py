@@ -185,6 +185,17 @@ def test_resume_mid_epoch_keeps_the_epoch_train_loss(resumed_mid_epoch, run_a):
     assert second.history[2]["train_loss"] == pytest.approx(run_a[0].history[2]["train_loss"], rel=1e-4)
 
 
+def test_a_run_resumed_at_the_end_of_an_epoch_keeps_that_epoch_s_row(data, run_a, tmp_path):
+    """Stopped after an epoch's last step, resumed: its history row gave the next epoch's first lr and a
+    time of 0 s (363,912 structures/s)."""
+    run_dir = tmp_path / "edge"
+    train_stopped_mid_epoch(data, run_dir, config(), epoch=1, step=STEPS_PER_EPOCH)
+    second = train_model(data, run_dir, config(), workers=1, resume=True)
+    assert [r["lr"] for r in second.history] == pytest.approx([r["lr"] for r in run_a[0].history])
+    reference = max(r["structures_per_s"] for r in run_a[0].history)
+    assert all(r["structures_per_s"] < 10 * reference for r in second.history)
+
+
 def test_time_budget_stops_and_resume_continues(data, run_a, tmp_path):
     run_dir = tmp_path / "budget"
     first = train_model(data, run_dir, config(max_time_s=0.0), workers=1)

@@ -233,6 +233,8 @@ class _Loop:
     total_steps: int
     started: float
     """When the run would have started had it never stopped (``time.monotonic``, earlier sessions counted)."""
+    epoch_started: float = 0.0
+    """When the current epoch would have started had the run never stopped (its earlier sessions counted)."""
     session_started: float = field(default_factory=time.monotonic)
     """When this process took the run up: ``--max-time`` is the budget of each session, so a job resumed
     under a cluster's time limit with the same budget goes on where it stopped."""
@@ -413,12 +415,13 @@ class Trainer:
     def _epochs(self, loop: _Loop) -> str:
         """Train epoch after epoch; why the loop ended (finished, a stop, the time budget, the patience)."""
         while (done := self._why_done(loop)) is None:
-            epoch_start = time.monotonic()
+            earlier = loop.state.get("epoch_elapsed_s", 0.0) if loop.state["step_in_epoch"] else 0.0
+            loop.epoch_started = time.monotonic() - earlier
             stopped_because, losses, lr = self._train_epoch(loop)
             if stopped_because != "finished":
                 self._keep_partial_epoch(loop, losses)
                 return stopped_because
-            record = self._end_epoch(loop, losses, epoch_start, lr)
+            record = self._end_epoch(loop, losses, lr)
             self.on_event("epoch", record)
         return done
 
@@ -442,7 +445,8 @@ class Trainer:
         loop.net.set_train(True)
         losses = state.pop("epoch_losses", []) if state["step_in_epoch"] else []
         state["epoch_losses"] = losses  # saved with a mid-epoch last.ckpt, so a resume averages them all
-        lr = learning_rate(cfg.schedule, state["global_step"], loop.total_steps, cfg.lr, cfg.warmup_fraction)
+        last = state["global_step"] - 1 if state["step_in_epoch"] else state["global_step"]  # that of the last step
+        lr = learning_rate(cfg.schedule, max(last, 0), loop.total_steps, cfg.lr, cfg.warmup_fraction)
         for step in range(state["step_in_epoch"], loop.steps_per_epoch):
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             lr = learning_rate(cfg.schedule, state["global_step"], loop.total_steps, cfg.lr, cfg.warmup_fraction)
@@ -506,6 +510,7 @@ class Trainer:
     def _save_loop(self, loop: _Loop) -> None:
         """Write last.ckpt with the loop's state as it stands."""
         loop.state["elapsed_s"], loop.state["transform"] = time.monotonic() - loop.started, asdict(loop.transform)
+        loop.state["epoch_elapsed_s"] = time.monotonic() - loop.epoch_started if loop.state["step_in_epoch"] else 0.0
         self._save_last(loop)
 
     def _validate(self, net, transform, losses) -> tuple[dict, str, float]:
@@ -532,12 +537,12 @@ class Trainer:
             save_checkpoint(self.run_dir / "best.ckpt", net, self._card(transform, card_metrics, elapsed_h, epochs))
         return True
 
-    def _end_epoch(self, loop: _Loop, losses: list[float], epoch_start: float, lr: float) -> dict:
+    def _end_epoch(self, loop: _Loop, losses: list[float], lr: float) -> dict:
         """Validate, update best.ckpt, history and state; return the history row."""
         state, started = loop.state, loop.started
-        epoch_time = time.monotonic() - epoch_start
+        epoch_time = time.monotonic() - loop.epoch_started
         state["epoch"] += 1
-        state["step_in_epoch"] = 0
+        state["step_in_epoch"], state["epoch_elapsed_s"] = 0, 0.0
         state["epoch_losses"] = []
         with loop.averaged():
             metrics, key, score = self._validate(loop.net, loop.transform, losses)
