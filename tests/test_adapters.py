@@ -13,7 +13,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from conftest import graph_of, perovskite, rocksalt, triclinic
-from crystalprop.graph import Crystal, GraphSettings, build_graph, sphere_kernel, spheres
+from crystalprop.graph import GraphSettings, build_graph, sphere_kernel, spheres
+from crystalprop.io.crystal import Crystal
 from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.spheres import points_in_spheres
 from crystalprop.io.adapters import crystal_from_atoms, crystal_from_structure
@@ -91,7 +92,8 @@ def test_a_graph_from_plain_arrays_imports_no_structure_library():
     script = textwrap.dedent("""
         import sys
         import numpy as np
-        from crystalprop.graph import Crystal, GraphSettings, build_graph
+        from crystalprop.graph import GraphSettings, build_graph
+        from crystalprop.io.crystal import Crystal
         from crystalprop.graph.cells import cell_for_graph
         from crystalprop.io.adapters import crystal_from_structure
 

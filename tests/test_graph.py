@@ -487,7 +487,7 @@ def test_atoms_far_outside_the_cell_give_the_same_graph_at_once():
     """Unwrapped positions (atoms moved by whole cell vectors, as in unwrapped MD coordinates) are the same
     crystal; the neighbour search spanned every image between them, so at 300 cells a 22-atom cell took
     over 120 s and was skipped."""
-    from crystalprop.graph.crystal import Crystal
+    from crystalprop.io.crystal import Crystal
     from crystalprop.graph.neighbors import build_graph
 
     structure = srtio3()

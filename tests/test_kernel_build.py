@@ -15,7 +15,7 @@ from crystalprop.utils import backend
 
 backend.set_device("CPU")
 
-from crystalprop.model import fused, kernel_library  # noqa: E402
+from crystalprop.model import compile_cache, fused, kernel_library  # noqa: E402
 
 pytestmark = pytest.mark.skipif(fused.library() is None, reason="no C++ compiler to build the fused kernels")
 
@@ -38,7 +38,7 @@ def test_a_damaged_library_is_rebuilt_not_loaded(tmp_path, monkeypatch):
 def _cache_path(monkeypatch, library: Path | None) -> str:
     monkeypatch.setattr(fused, "_state", {"library": library})
     monkeypatch.setattr(fused, "library", lambda: library)
-    backend.enable_compile_cache("predict", "CPU", "{}")
+    compile_cache.enable_compile_cache("predict", "CPU", "{}")
     return os.environ["MS_COMPILER_CACHE_PATH"]
 
 

@@ -478,7 +478,7 @@ def _killed_output(path: Path, ckpt: Path, inputs: list[str], n_done: int, cut: 
     with the provenance record that ``predict`` writes."""
     from crystalprop.prediction.output import ResultWriter
     from crystalprop.model.checkpoint import read_checkpoint
-    from crystalprop.prediction.provenance import provenance
+    from crystalprop.io.provenance import provenance
 
     rows = predict(inputs, model=str(ckpt), workers=0)
     for i, row in enumerate(rows):

@@ -16,7 +16,7 @@ from crystalprop.model import kernel_library
 from conftest import rocksalt, run_cli
 from crystalprop.prediction.output import ResultWriter, is_finished, merge_results, read_provenance, read_rows
 from crystalprop.io.result_files import KEY
-from crystalprop.prediction.provenance import ProvenanceMismatchError, describe_difference, provenance, sidecar_path
+from crystalprop.io.provenance import ProvenanceMismatchError, describe_difference, provenance, sidecar_path
 
 COLUMNS = ["index", "name", "model_a", "error", "warning"]
 ROWS = [{"index": 0, "name": "a.cif", "model_a": 1.5, "error": "", "warning": ""},
@@ -304,7 +304,7 @@ def test_merging_every_finished_shard_gives_a_finished_whole(tmp_path, weights):
 
 def test_merge_refuses_shards_of_other_inputs_naming_both(tmp_path, weights, monkeypatch):
     """Was: shard 1/2 of one folder and shard 2/2 of another merged into one table marked finished."""
-    from crystalprop.prediction.provenance import input_record
+    from crystalprop.io.provenance import input_record
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "folder_a").mkdir()
@@ -328,7 +328,7 @@ def test_merge_refuses_shards_of_other_inputs_naming_both(tmp_path, weights, mon
 def test_shards_of_node_local_copies_of_one_input_merge(tmp_path, weights):
     """Array jobs often read a copy of the input on each node ($TMPDIR/jobN/data): the same names in
     the same order at other places are one input."""
-    from crystalprop.prediction.provenance import input_record
+    from crystalprop.io.provenance import input_record
 
     parts = []
     for part in (1, 2):
@@ -343,7 +343,7 @@ def test_shards_of_node_local_copies_of_one_input_merge(tmp_path, weights):
 
 
 def test_resuming_a_shard_over_other_inputs_is_refused_and_an_older_shard_resumes(tmp_path, weights):
-    from crystalprop.prediction.provenance import input_record
+    from crystalprop.io.provenance import input_record
 
     part = tmp_path / "p1.csv"
     shard = provenance([("model_a", weights[0])], shard=(1, 2), inputs=input_record([tmp_path / "a"], False))

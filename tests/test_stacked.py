@@ -15,7 +15,7 @@ ms = backend.mindspore_module()
 
 from conftest import graph_of, triclinic  # noqa: E402
 from crystalprop.graph import collate  # noqa: E402
-from crystalprop.model import fused  # noqa: E402
+from crystalprop.model import compile_cache, fused  # noqa: E402
 from crystalprop.model.checkpoint import load_weights, read_checkpoint  # noqa: E402
 from crystalprop.model.ensemble import member_params  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
@@ -152,7 +152,7 @@ def test_predictor_stacks_models_of_one_configuration(random_ckpt, shipped_dir, 
     from crystalprop.prediction.predictor import Predictor
 
     keys: list[tuple] = []
-    monkeypatch.setattr(backend, "enable_compile_cache", lambda *parts: keys.append(parts))
+    monkeypatch.setattr(compile_cache, "enable_compile_cache", lambda *parts: keys.append(parts))
     other = shipped_dir / "formation_energy.ckpt"
     structures = [s for _, s in make_structures(5)]
 

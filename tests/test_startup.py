@@ -16,7 +16,7 @@ from conftest import rocksalt
 from crystalprop.utils import hashing as hashing_module
 from crystalprop.utils import quick_exit
 from crystalprop.utils.gc_pause import collection_paused
-from crystalprop.prediction.provenance import read_sidecar
+from crystalprop.io.provenance import read_sidecar
 from crystalprop.utils.hashing import cached_file_sha256, file_sha256
 from crystalprop.utils.quick_exit import request, run
 

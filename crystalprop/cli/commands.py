@@ -25,7 +25,8 @@ from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model import ENGINES
 from crystalprop.model.config import ModelConfig
 from crystalprop.utils.quick_exit import request as request_quick_exit, run as run_quick_exit
-from crystalprop.training.config import EVAL_BATCH_SIZE, LOSSES, TrainConfig
+from crystalprop.graph.settings import EVAL_BATCH_SIZE
+from crystalprop.training.config import LOSSES, TrainConfig
 from crystalprop.training.schedule import SCHEDULES
 
 
@@ -89,7 +90,7 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     from crystalprop.prediction.output import ResultWriter, done_names  # noqa: PLC0415
     from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
     from crystalprop.prediction.predictor import open_prediction  # noqa: PLC0415
-    from crystalprop.prediction.provenance import input_record, sidecar_path  # noqa: PLC0415
+    from crystalprop.io.provenance import input_record, sidecar_path  # noqa: PLC0415
 
     request_quick_exit()  # nothing here needs Python's finalisation (0.5-1 s with MindSpore loaded)
     if retry_failed and not (output and resume):

@@ -23,8 +23,8 @@ from crystalprop.evaluation.metrics import coverage_curve, regression_metrics, u
 from crystalprop.model.ensemble import ensemble_output
 from crystalprop.model.inference import member_outputs
 from crystalprop.model.latent_sigma import stored_reference
-from crystalprop.prediction.provenance import provenance, write_sidecar
-from crystalprop.training.config import EVAL_BATCH_SIZE
+from crystalprop.io.provenance import provenance, write_sidecar
+from crystalprop.graph.settings import EVAL_BATCH_SIZE
 
 ZERO_FRACTION_FOR_SPLIT_METRICS = 0.1  # e.g. band gaps: report metals and gapped apart
 RESULT_FILES = ("predictions.csv", "metrics.json")  # an evaluation's results: a folder holding one is refused

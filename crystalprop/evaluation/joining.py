@@ -24,7 +24,7 @@ from crystalprop.model.ensemble import (
 )
 from crystalprop.model.latent_sigma import LatentReference, stored_reference
 from crystalprop.utils.hashing import file_sha256
-from crystalprop.training.config import EVAL_BATCH_SIZE
+from crystalprop.graph.settings import EVAL_BATCH_SIZE
 
 
 def _merge_trained_ids(first, others) -> None:

@@ -1,7 +1,7 @@
 """Crystal graphs from plain arrays: element features, the periodic k-nearest-neighbour graph, batching.
 
 No structure library is imported here: :mod:`crystalprop.io.adapters` turns a pymatgen Structure or an
-ase.Atoms into the :class:`Crystal` these functions take. The names below load on first use
+ase.Atoms into the :class:`~crystalprop.io.crystal.Crystal` (plain arrays) these functions take. The names below load on first use
 (PEP 562), so the command can read :mod:`crystalprop.graph.settings` without numpy.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 from crystalprop.utils.lazy import lazy_attributes
 
 _HOMES = {
-    "Crystal": "crystal",
     "CrystalGraph": "neighbors",
     "ElementError": "elements",
     "GraphBatch": "batch",

@@ -4,7 +4,7 @@ Matformer's graph depends on the cell that describes a crystal: its lattice self
 the cell vectors, and an atom's own periodic images send two messages where the same
 neighbour in a supercell sends one. So that one crystal gets one answer, whatever cell its
 file uses (primitive, conventional, supercell, any basis of the lattice), the structure is
-first reduced to a canonical cell (a :class:`~crystalprop.graph.crystal.Crystal` in, one out):
+first reduced to a canonical cell (a :class:`~crystalprop.io.crystal.Crystal` in, one out):
 
 1. the primitive cell, found by spglib with a symmetry tolerance (``SYMPREC`` Å), without
    idealising: positions and lattice keep the file's geometry (translationally equivalent
@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 
-from crystalprop.graph.crystal import Crystal
+from crystalprop.io.crystal import Crystal
 from crystalprop.graph.settings import AS_GIVEN, CANONICAL, check_cell_choice
 from crystalprop.utils.timelimit import call_with_alarm
 

@@ -21,7 +21,7 @@ Matformer (matformer/graphs.py, YKQ98/Matformer) with its Materials Project sett
    always, so every graph carries its cell vectors.
 5. Every kept edge is emitted in both directions.
 
-The builder takes a :class:`~crystalprop.graph.crystal.Crystal` (plain arrays; adapters in
+The builder takes a :class:`~crystalprop.io.crystal.Crystal` (plain arrays; adapters in
 :mod:`crystalprop.io.adapters`). The neighbour search (:mod:`crystalprop.graph.spheres`, scipy's
 k-d tree over the periodic images, the pairs and distances of pymatgen's ``find_points_in_spheres``)
 is called for a chunk of centre atoms at a time so that memory stays bounded; the rest is numpy
@@ -35,7 +35,7 @@ from typing import Iterator
 
 import numpy as np
 
-from crystalprop.graph.crystal import Crystal
+from crystalprop.io.crystal import Crystal
 from crystalprop.graph.elements import check_elements
 from crystalprop.graph.settings import GraphSettings
 from crystalprop.graph.sphere_kernel import kth_nearest, library

@@ -10,6 +10,9 @@ CELL_CHOICES = (CANONICAL, AS_GIVEN)
 
 BATCH_SIZE = 64
 """Most structures per prediction batch."""
+EVAL_BATCH_SIZE = 128
+"""Structures per batch when a labelled split is predicted: validating, evaluating, joining (no gradients:
+larger than for training)."""
 BATCH_MEMORY_BYTES = 1 << 30
 """About how much memory a prediction batch's largest tensors may take (see ``BatchLimits``)."""
 BYTES_PER_EDGE_CHANNEL = 16

@@ -9,6 +9,7 @@ from __future__ import annotations
 from crystalprop.utils.lazy import lazy_attributes
 
 _HOMES = {
+    "Crystal": "crystal",
     "iter_records": "discovery",
     "iter_structure_paths": "discovery",
     "format_from_name": "formats",

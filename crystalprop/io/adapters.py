@@ -1,5 +1,5 @@
 """One small function per structure source, each giving the graph builder's plain-array
-:class:`~crystalprop.graph.crystal.Crystal`. None imports its library: they read the objects'
+:class:`~crystalprop.io.crystal.Crystal`. None imports its library: they read the objects'
 attributes, so this module stays light wherever it is imported."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crystalprop.graph.crystal import Crystal
+from crystalprop.io.crystal import Crystal
 
 if TYPE_CHECKING:
     from ase import Atoms

@@ -3,7 +3,7 @@
 A folder given to ``predict`` or ``train`` may hold earlier results beside the structures: a JSON
 table or a CSV's sidecar opens with the provenance record (:data:`KEY`), evaluate's metrics.json with
 the model's name and checkpoint. The readers skip or refuse these by name instead of reading them as
-structures; :mod:`crystalprop.prediction.provenance` writes the records.
+structures; :mod:`crystalprop.io.provenance` writes the records.
 """
 
 from __future__ import annotations

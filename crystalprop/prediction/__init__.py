@@ -1,3 +1,3 @@
 """``crystalprop.predict``: reader processes that survive a dying worker (``workers``), models that share
-networks (``predictor``), result files written as they come (``output``), where results came from
-(``provenance``), what ``inspect`` shows (``inspection``)."""
+networks (``predictor``), result files written as they come (``output``), what ``inspect`` shows
+(``inspection``)."""

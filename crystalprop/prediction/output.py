@@ -4,7 +4,7 @@ CSV and JSON Lines are appended and flushed batch by batch. ``.json`` is a JSON 
 written one row per line; a run killed mid-way leaves it without the closing bracket,
 which :func:`done_names` and ``--resume`` tolerate.
 
-Given a provenance record (:mod:`crystalprop.prediction.provenance`), a JSON Lines file starts with a
+Given a provenance record (:mod:`crystalprop.io.provenance`), a JSON Lines file starts with a
 line ``{"crystalprop_provenance": {...}}``, a JSON file is the object
 ``{"crystalprop_provenance": {...}, "results": [rows]}`` (its first line holds the record)
 and a CSV gets the sidecar ``<file>.meta.json``. Resuming or merging results made by other
@@ -14,7 +14,7 @@ A run that reaches the end of its input marks its file finished (:data:`FINISHED
 of a JSON Lines file, a key after a JSON file's rows, a key of a CSV's sidecar); a run stopped
 before the end leaves a whole file without the mark. With the shard each part covers in its record,
 ``merge`` refuses an unfinished part, a missing shard and a shard given twice; with the input a shard
-splits (:func:`crystalprop.prediction.provenance.input_record`), a shard of other inputs.
+splits (:func:`crystalprop.io.provenance.input_record`), a shard of other inputs.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import IO, Sequence
 
 from crystalprop.utils.atomic import OutputExistsError, make_folder
 from crystalprop.io.result_files import FINISHED, KEY
-from crystalprop.prediction.provenance import (
+from crystalprop.io.provenance import (
     ProvenanceMismatchError,
     describe_difference,
     describe_input_change,

@@ -387,7 +387,7 @@ class Predictor:
         stacks = {config: stack_members(loaded[group[0]][2].model, [(members[i], loaded[i][1]) for i in group])
                   for config, group in groups.items()}
         if self.engine == "mindspore":
-            from crystalprop.utils.backend import enable_compile_cache  # noqa: PLC0415
+            from crystalprop.model.compile_cache import enable_compile_cache  # noqa: PLC0415
 
             # a stacked graph holds its member count and outputs: a cached graph of others must never load
             enable_compile_cache("predict", device, *sorted(
@@ -444,8 +444,8 @@ class Predictor:
     def provenance(self, shard: tuple[int, int] = (1, 1), inputs: dict | None = None) -> dict:
         """Where this predictor's results come from: versions, each model's weights (sha256), cells, engine,
         the ``shard`` of the input they cover and, for a shard, that input (``inputs``:
-        :func:`crystalprop.prediction.provenance.input_record`)."""
-        from crystalprop.prediction.provenance import provenance  # noqa: PLC0415
+        :func:`crystalprop.io.provenance.input_record`)."""
+        from crystalprop.io.provenance import provenance  # noqa: PLC0415
 
         return provenance(self.sources, cell=self.settings.cell, device=self.device, engine=self.engine, shard=shard,
                           inputs=inputs,

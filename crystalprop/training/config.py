@@ -11,8 +11,6 @@ from crystalprop.model.config import ModelConfig
 from crystalprop.training.schedule import SCHEDULES
 
 LOSSES = ("mse", "l1", "huber")
-EVAL_BATCH_SIZE = 128
-"""Structures per batch when validating or evaluating a model (no gradients: larger than for training)."""
 
 
 def check_decay(decay: float) -> float:

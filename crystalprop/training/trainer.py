@@ -45,7 +45,8 @@ from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
 from crystalprop.utils.stopping import TRAINING_STOP_SIGNALS as STOP_SIGNALS
 from crystalprop.training.averaging import WeightAverage, saved_average
-from crystalprop.training.config import EVAL_BATCH_SIZE, TrainConfig, changed_settings
+from crystalprop.graph.settings import EVAL_BATCH_SIZE
+from crystalprop.training.config import TrainConfig, changed_settings
 from crystalprop.training.distributed import Cluster
 from crystalprop.training.schedule import learning_rate
 
