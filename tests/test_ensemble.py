@@ -614,3 +614,20 @@ def test_the_latent_reference_holds_only_the_structures_the_members_trained_on(t
     card, _ = read_checkpoint(tmp_path / "ens.ckpt")
     assert card.training["data"]["n_train"] == 24
     assert card.ensemble["latent_reference"]["n"] == 24
+
+
+def test_a_refused_ensemble_leaves_the_folder_s_record_as_it_was(tmp_path):
+    """A new `--ensemble 2` run over a folder holding another ensemble was refused, but only after it had
+    written its own record there, so the folder's next --resume joined 2 members with spread σ."""
+    import crystalprop
+    from conftest import write_json_dataset
+    from crystalprop.training.jobs import ENSEMBLE_RECORD, RunDirError
+
+    data = write_json_dataset(tmp_path / "data.json", 24)
+    (tmp_path / "ens" / "member0").mkdir(parents=True)
+    (tmp_path / "ens" / "member0" / "last.ckpt").write_bytes(b"a saved run")
+    record = tmp_path / "ens" / ENSEMBLE_RECORD
+    record.write_text('{"members": 5, "sigma": "latent"}\n')
+    with pytest.raises(RunDirError, match="already holds a run"):
+        crystalprop.train(data, tmp_path / "ens", target="y", ensemble=2)
+    assert json.loads(record.read_text()) == {"members": 5, "sigma": "latent"}

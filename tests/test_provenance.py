@@ -342,6 +342,20 @@ def test_shards_of_node_local_copies_of_one_input_merge(tmp_path, weights):
     assert merge_results(tmp_path / "all.csv", parts) == 3
 
 
+def test_a_recursive_input_whose_folders_changed_is_other_inputs(tmp_path):
+    """Files of one name in many folders (a/POSCAR, b/POSCAR: DFT trees) compared as a count only: a
+    folder swapped for another between shard runs went unseen."""
+    from crystalprop.io.provenance import input_record, same_inputs
+
+    for name in ("a", "b", "c"):
+        (tmp_path / "tree" / name).mkdir(parents=True)
+        (tmp_path / "tree" / name / "POSCAR").write_text("x")
+    before = {"inputs": input_record([tmp_path / "tree"], True)}
+    (tmp_path / "tree" / "a").rename(tmp_path / "tree" / "d")  # the same names, one folder other
+    assert same_inputs(before, {"inputs": input_record([tmp_path / "tree"], True)}) is False
+    assert same_inputs(before, before)
+
+
 def test_resuming_a_shard_over_other_inputs_is_refused_and_an_older_shard_resumes(tmp_path, weights):
     from crystalprop.io.provenance import input_record
 

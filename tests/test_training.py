@@ -196,6 +196,15 @@ def test_a_run_resumed_at_the_end_of_an_epoch_keeps_that_epoch_s_row(data, run_a
     assert all(r["structures_per_s"] < 10 * reference for r in second.history)
 
 
+def test_a_resume_that_trains_nothing_keeps_the_epoch_s_time(data, tmp_path):
+    """A resume with no epoch left to run saved the machine's uptime as the time of the epoch it stopped in."""
+    run_dir = tmp_path / "idle"
+    train_stopped_mid_epoch(data, run_dir, config(epochs=3), epoch=1, step=2)
+    before = train_state(run_dir / "last.ckpt")["state"]["epoch_elapsed_s"]
+    train_model(data, run_dir, config(epochs=1), workers=1, resume=True)
+    assert train_state(run_dir / "last.ckpt")["state"]["epoch_elapsed_s"] == pytest.approx(before)
+
+
 def test_time_budget_stops_and_resume_continues(data, run_a, tmp_path):
     run_dir = tmp_path / "budget"
     first = train_model(data, run_dir, config(max_time_s=0.0), workers=1)

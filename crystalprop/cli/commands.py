@@ -208,8 +208,8 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--fc-features", default=ModelConfig.fc_features, show_default=True)
 @click.option("--patience", default=None, type=int, help="Stop after this many epochs without improvement.")
 @click.option("--max-time", default=None,
-              help="Time budget of this run of the command (a --resume gets its own), e.g. 2h or 90m; stops "
-                   "cleanly and saves.")
+              help="Time budget of this run of the command (a --resume, and each member of an --ensemble, "
+                   "gets its own), e.g. 2h or 90m; stops cleanly and saves.")
 @click.option("--seed", default=TrainConfig.seed, show_default=True)
 @click.option("--ema", default=None, type=float, metavar="DECAY",
               help="Validate and keep a moving average of the weights, updated every step with this decay "
@@ -247,18 +247,17 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
     batch and gradients are averaged by MindSpore's all-reduce; rank 0 writes the files.
     """
     from crystalprop.training.jobs import TrainingFailed, train as train_run  # noqa: PLC0415
+    from crystalprop.training.distributed import launched_by_msrun  # noqa: PLC0415
     from crystalprop.training.launch import msrun_part  # noqa: PLC0415
     from crystalprop.training.progress import EnsembleMessages, report_training  # noqa: PLC0415
 
+    if ensemble > 1 and workers > 1:
+        _fail("--ensemble trains its members one after another: use it without --workers")
     try:
         if msrun_part(workers, output_dir, options["threads"], sys.argv[1:]):
             return
     except TrainingFailed as exc:
         _fail(str(exc), code=1)
-    if ensemble > 1 and workers > 1:
-        _fail("--ensemble trains its members one after another: use it without --workers")
-    if ensemble == 1 and options["sigma"] != "spread":
-        _fail("--sigma is where an ensemble's σ comes from: use it with --ensemble N (N > 1)")
     context = click.get_current_context()
     given = [name for name in options if context.get_parameter_source(name) is not ParameterSource.DEFAULT]
     try:
@@ -267,7 +266,8 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
                                on_event=messages.event, given=given, **options)
     except (TrainingFailed, ValueError) as exc:
         _fail(str(exc))
-    sys.exit(report_training(result, output_dir))
+    code = report_training(result, output_dir)
+    sys.exit(0 if code > 128 and launched_by_msrun() else code)  # a rank's clean stop: the launcher tells it
 
 
 @main.command()

@@ -44,13 +44,16 @@ def input_record(paths: Sequence[str | os.PathLike], recursive: bool) -> dict:
     the record of a sharded run: shards cover the same input only where this is the same. Paths are
     resolved (absolute, symlinks followed) for the record; ``sha256`` covers their names (the last part of
     each, so that array jobs reading node-local copies at other places compare alike), their order and
-    ``recursive``; ``paths`` lists the first :data:`LISTED_INPUTS`. ``files_sha256`` covers the names of
-    the files they list, in order (``n_files`` of them): shards deal out positions in that listing, so a
+    ``recursive``; ``paths`` lists the first :data:`LISTED_INPUTS`. ``files_sha256`` covers the files they
+    list, in order (``n_files`` of them; each by its path within its folder, or its name): shards deal out positions in that listing, so a
     file added or removed between two shard runs would predict one structure twice and lose another."""
     resolved = [os.path.realpath(os.fspath(path)) for path in paths]
     names = [os.path.basename(path) for path in resolved]
     digest = hashlib.sha256(json.dumps([names, bool(recursive)]).encode()).hexdigest()
-    files = [os.path.basename(path) for path in iter_structure_paths([os.fspath(p) for p in paths], recursive)]
+    files, seen = [], set()
+    for k, given in enumerate(map(os.fspath, paths)):  # a folder's files by their path in it (a/POSCAR, b/POSCAR)
+        for path in iter_structure_paths([given], recursive, seen):
+            files.append([k, os.path.relpath(path, given) if os.path.isdir(given) else os.path.basename(path)])
     return {"paths": resolved[:LISTED_INPUTS], "n_paths": len(resolved), "recursive": bool(recursive),
             "sha256": digest, "n_files": len(files),
             "files_sha256": hashlib.sha256(json.dumps(files).encode()).hexdigest()}

@@ -54,6 +54,10 @@ def ensemble_settings(output_dir: Path, resume: bool, members: int, sigma: str,
     """The members and σ of an ensemble run: on resume those of its record (:data:`ENSEMBLE_RECORD`) unless
     given again (``members`` 1 is not given), else as given; the record written for a later resume."""
     path = output_dir / ENSEMBLE_RECORD
+    if not resume and members > 1:  # before the record is written: a refused run must leave the folder's run as it is
+        for k in range(members):
+            if (output_dir / f"member{k}" / "last.ckpt").is_file():
+                check_run_dir(output_dir / f"member{k}", False)
     if resume and path.is_file():
         saved = json.loads(path.read_text())
         members = members if members > 1 else int(saved["members"])
@@ -265,6 +269,8 @@ def train(
         def run(one: dict) -> dict:
             return run_job(one, on_event)
     ensemble, sigma = ensemble_settings(Path(output_dir), resume, ensemble, sigma, job["given"] or ())
+    if ensemble == 1 and sigma != "spread":
+        raise ValueError("--sigma is where an ensemble's σ comes from: use it with --ensemble N (N > 1)")
     if ensemble == 1:
         check_run_dir(Path(output_dir), resume)
         return run(job)

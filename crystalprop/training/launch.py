@@ -10,6 +10,8 @@ unattended. Nothing heavy is imported here.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -56,11 +58,15 @@ def launch_msrun(workers: int, output_dir: str, threads: int | None, args: Seque
                   markup=False)
     with open(log_dir / "msrun.log", "w") as msrun_log:
         worker = subprocess.Popen(command, env=msrun_environment(), stdout=msrun_log, stderr=subprocess.STDOUT)
+        interrupted = False
         try:
             rc = follow_log(log_dir / "worker_0.log", worker)
         except KeyboardInterrupt:
+            interrupted = True
             worker.terminate()
             rc = worker.wait()
+    if rc == 0 and interrupted:
+        sys.exit(128 + signal.SIGINT)  # stopped cleanly by Ctrl-C, as a single process exits
     if rc != 0:
         raise TrainingFailed(f"distributed training failed (exit {rc}); the last checkpoint in {output_dir} is "
                              f"intact. Worker logs: {log_dir}")
@@ -108,7 +114,6 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
     """
     import multiprocessing as mp  # noqa: PLC0415
     import queue as queue_module  # noqa: PLC0415
-    import signal  # noqa: PLC0415
 
     from crystalprop.utils.spawn import main_script_hidden  # noqa: PLC0415
 
@@ -165,7 +170,6 @@ def relay_job_control(child: int) -> dict:
     keeps the terminal's job control from reaching it: without the relay a suspended command
     left its training running.
     """
-    import signal  # noqa: PLC0415
 
     def signal_child(sig: int) -> None:
         try:
@@ -193,7 +197,6 @@ def stop_when_orphaned(parent: int, grace_s: float = 300.0, poll_s: float = 1.0,
     """If the process ``parent`` (that started this one) dies, call ``on_orphaned`` and stop cleanly
     (SIGTERM) rather than train unattended; leave for good if a clean stop has not happened within
     ``grace_s`` (e.g. a data-parallel peer died and an all-reduce waits for it)."""
-    import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
     def watch() -> None:

@@ -234,8 +234,9 @@ class _Loop:
     total_steps: int
     started: float
     """When the run would have started had it never stopped (``time.monotonic``, earlier sessions counted)."""
-    epoch_started: float = 0.0
-    """When the current epoch would have started had the run never stopped (its earlier sessions counted)."""
+    epoch_started: float | None = None
+    """When the current epoch would have started had the run never stopped (its earlier sessions counted);
+    None until this session starts one."""
     session_started: float = field(default_factory=time.monotonic)
     """When this process took the run up: ``--max-time`` is the budget of each session, so a job resumed
     under a cluster's time limit with the same budget goes on where it stopped."""
@@ -511,7 +512,8 @@ class Trainer:
     def _save_loop(self, loop: _Loop) -> None:
         """Write last.ckpt with the loop's state as it stands."""
         loop.state["elapsed_s"], loop.state["transform"] = time.monotonic() - loop.started, asdict(loop.transform)
-        loop.state["epoch_elapsed_s"] = time.monotonic() - loop.epoch_started if loop.state["step_in_epoch"] else 0.0
+        if loop.epoch_started is not None:  # else the saved time of the epoch stands
+            loop.state["epoch_elapsed_s"] = time.monotonic() - loop.epoch_started if loop.state["step_in_epoch"] else 0.0
         self._save_last(loop)
 
     def _validate(self, net, transform, losses) -> tuple[dict, str, float]:
@@ -632,5 +634,6 @@ class Trainer:
         self.prior_training = saved.get("prior_training", {})
         changed = changed_settings(saved["config"], self.config.as_dict())
         self.on_event("resume", {"epoch": saved["state"]["epoch"], "step": saved["state"]["step_in_epoch"],
+                                 "epochs": self.config.epochs,
                                  **({"changed": changed} if changed else {})})
         return saved["state"], average
