@@ -109,8 +109,7 @@ def report_training(result: dict, output_dir: str) -> int:
     if "members" not in result:
         best = "best validation MAE" if result.get("validated", True) else "best training loss"
         files = [name for name in ("best.ckpt", "last.ckpt", "history.csv") if (Path(output_dir) / name).is_file()]
-        skipped = Path(output_dir) / "skipped.log"
-        n_skipped = skipped.read_text().count("\n") if skipped.is_file() else 0
+        n_skipped = result.get("n_skipped", 0)
         files += [f"skipped.log: {n_skipped} record{'s' if n_skipped > 1 else ''}"] if n_skipped else []
         best += " (log10)" if result.get("log10") and result.get("validated", True) else ""
         console.print(f"[bold]{result['stopped_because']}[/]: {best} {result['best_val_mae']:.4g} at "

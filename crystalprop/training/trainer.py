@@ -216,6 +216,8 @@ class TrainResult:
     """False where the run had no validation structures: ``best_val_mae`` is then the training loss."""
     stop_signal: int | None = None
     """The signal that stopped an ``interrupted`` run (SIGTERM, SIGINT); None otherwise."""
+    n_skipped: int = 0
+    """Records of the data left out (listed in skipped.log)."""
 
 
 @dataclass
@@ -505,7 +507,8 @@ class Trainer:
         state = loop.state
         result = TrainResult(state["best_mae"], state["best_epoch"], state["epoch"], stopped_because,
                              self.run_dir, self.history, validated=bool(self.val_graphs),
-                             stop_signal=self.stop_signal if stopped_because == "interrupted" else None)
+                             stop_signal=self.stop_signal if stopped_because == "interrupted" else None,
+                             n_skipped=int(self.data_description.get("n_skipped", 0)))
         self.on_event("end", asdict(result) | {"run_dir": str(self.run_dir)})
         return result
 
