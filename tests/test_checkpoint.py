@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,6 +182,21 @@ def test_a_run_stopped_before_its_first_epoch_is_named_as_such(tmp_path):
     with pytest.raises(CheckpointError, match="no best.ckpt yet") as caught:
         resolve_model(tmp_path / "run")
     assert "--resume" in str(caught.value)
+
+
+def test_a_shipped_name_is_the_shipped_model_even_beside_a_folder_of_that_name(shipped_dir, random_ckpt, tmp_path,
+                                                                              monkeypatch):
+    """A run folder `formation_energy/` in the working directory stood in for the shipped model, also in a
+    plain `predict` of every shipped model: another model's numbers under the shipped name."""
+    from crystalprop.model.registry import resolve_model
+
+    monkeypatch.setenv("CRYSTALPROP_CHECKPOINTS", str(shipped_dir))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "formation_energy").mkdir()
+    (tmp_path / "formation_energy" / "best.ckpt").write_bytes(random_ckpt.read_bytes())
+    assert resolve_model("formation_energy")[1] == shipped_dir / "formation_energy.ckpt"
+    assert resolve_model("./formation_energy")[1] == Path("formation_energy") / "best.ckpt"  # a path: the folder
+    assert resolve_model(Path("formation_energy"))[1] == Path("formation_energy") / "best.ckpt"
 
 
 def test_plain_mindspore_checkpoint_without_metadata(tmp_path):

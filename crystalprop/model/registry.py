@@ -46,7 +46,13 @@ def available_models() -> list[str]:
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
-    """(display name, checkpoint path) for a shipped model name or a ``.ckpt`` path/run dir."""
+    """(display name, checkpoint path) for a shipped model name or a ``.ckpt`` path/run dir.
+
+    A shipped name given as text is the shipped model, also where a folder of that name lies in the working
+    directory (a run's ``band_gap/`` would stand in for it unseen): give ``./band_gap`` or a Path for that."""
+    if isinstance(name_or_path, str) and (checkpoints_dir() / f"{name_or_path}.ckpt").is_file() \
+            and Path(name_or_path).name == name_or_path:
+        return name_or_path, checkpoints_dir() / f"{name_or_path}.ckpt"
     candidate = Path(name_or_path)
     if candidate.is_dir() and (candidate / "best.ckpt").is_file():
         return candidate.name, candidate / "best.ckpt"
