@@ -663,6 +663,10 @@ def test_a_run_without_validation_structures_says_what_it_selects_by(tmp_path):
     (dict(loss="mae"), "loss"), (dict(schedule="linear"), "schedule"), (dict(batch_size=0), "batch"),
     (dict(epochs=0), "epochs"), (dict(max_time_s="1m"), "max_time_s"), (dict(val_fraction=-0.1), "fraction"),
     (dict(val_fraction=0.6, test_fraction=0.5), "fraction"), (dict(fold="1/5"), "fold"),
+    # were accepted: limit 0 trained on everything, -5 on all but 5; layers 0 saved a model without layers;
+    # ensemble 0 ended in an IndexError, a negative lr or features 0 in MindSpore's errors after the folder was made
+    (dict(limit=0), "limit"), (dict(limit=-5), "limit"), (dict(layers=0), "layers"), (dict(ensemble=0), "ensemble"),
+    (dict(lr=-1e-3), "lr"), (dict(weight_decay=-1.0), "weight_decay"), (dict(features=0), "features"),
 ])
 def test_the_api_refuses_bad_settings_before_any_work(data, tmp_path, bad, says):
     """crystalprop.train(loss='mae') ended in a KeyError, batch_size=0 in a ZeroDivisionError, and

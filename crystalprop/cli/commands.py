@@ -225,7 +225,7 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
               help="Continue the run in --output-dir from last.ckpt, with the settings it was started with "
                    "(schedule, loss, seed, model size, ...) except those given again.")
 @click.option("--init-from", default=None, help="Start from these weights (checkpoint or shipped model name).")
-@click.option("--limit", default=None, type=int, help="Use only the first N training structures and N/8 validation ones (quick trials).")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Use only the first N training structures and N/8 validation ones (quick trials).")
 @click.option("--workers", default=1, show_default=True,
               help="Data-parallel training processes on this machine (started with msrun).")
 @click.option("--graph-workers", default=None, type=int, help="Graph-building processes (default: all cores).")

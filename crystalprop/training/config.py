@@ -32,16 +32,23 @@ def check_emphasis(emphasis) -> tuple[float, float, float]:
 
 
 def check_settings(*, loss: str, schedule: str, epochs: int, batch_size: int, max_time_s: float | None,
-                   val_fraction: float, test_fraction: float) -> None:
+                   val_fraction: float, test_fraction: float, lr: float = 1e-3, weight_decay: float = 0.0,
+                   **counts: int | None) -> None:
     """A ValueError naming the first setting of a run that cannot work (the command's options check
-    most of these themselves; the Python API reaches here with whatever it was given)."""
+    most of these themselves; the Python API reaches here with whatever it was given). ``counts``:
+    whole numbers of 1 or more (model sizes, ``ensemble``, ``limit`` where given)."""
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r}: choose one of {', '.join(LOSSES)}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), *counts.items()):
+        if value is None and name == "limit":
+            continue
         if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
             raise ValueError(f"{name} {value!r}: a whole number, 1 or more")
+    for name, value, least in (("lr", lr, "above 0"), ("weight_decay", weight_decay, "0 or more")):
+        if isinstance(value, bool) or not isinstance(value, Real) or not (value > 0 if name == "lr" else value >= 0):
+            raise ValueError(f"{name} {value!r}: a number {least}")
     if max_time_s is not None and (isinstance(max_time_s, bool) or not isinstance(max_time_s, Real)
                                    or not max_time_s >= 0):
         raise ValueError(f"max_time_s {max_time_s!r}: a number of seconds, 0 or more (the command takes "

@@ -236,7 +236,9 @@ def train(
     ``resume=True`` continues it).
     """
     check_settings(loss=loss, schedule=schedule, epochs=epochs, batch_size=batch_size, max_time_s=max_time_s,
-                   val_fraction=val_fraction, test_fraction=test_fraction)
+                   val_fraction=val_fraction, test_fraction=test_fraction, lr=lr, weight_decay=weight_decay,
+                   layers=layers, features=features, heads=heads, fc_features=fc_features, ensemble=ensemble,
+                   limit=limit)
     if fold is not None:
         if not (isinstance(fold, (tuple, list)) and len(fold) == 2):
             raise ValueError(f"fold {fold!r}: a pair (I, K) for fold I of K, e.g. (1, 5)")
