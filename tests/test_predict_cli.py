@@ -320,6 +320,13 @@ def test_repeated_api_calls_reuse_the_loaded_models(tmp_path, random_ckpt, monke
     _random_checkpoint(ckpt, "y", "eV", seed=11)  # new weights in the same file
     third = predict(structure, model=str(ckpt))
     assert len(built) == 2 and third[0]["m"] != first[0]["m"]
+    # other weights of the same size copied over it with the old time kept (cp -p, rsync -a) were not seen
+    stat = ckpt.stat()
+    _random_checkpoint(ckpt, "y", "eV", seed=12)
+    assert ckpt.stat().st_size == stat.st_size
+    os.utime(ckpt, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    fourth = predict(structure, model=str(ckpt))
+    assert len(built) == 3 and fourth[0]["m"] != third[0]["m"]
 
 
 def test_elements_absent_from_training_are_named(random_ckpt):

@@ -567,8 +567,9 @@ _LOADED: dict[tuple, Predictor] = {}  # the models of the last predict() call, w
 
 
 def _loaded_key(model: Sequence[str] | str | None, device: str, cell: str | None, engine: str | None) -> tuple:
-    """What identifies loaded models: each file's path, size and modification time, the device, the cells,
-    the engine."""
+    """What identifies loaded models: each file's path, size, modification and change times and inode (a copy
+    that keeps the old modification time, as ``cp -p`` or ``rsync -a`` make, changes the others), the device,
+    the cells, the engine."""
     from crystalprop.model.registry import available_models, model_names, resolve_model  # noqa: PLC0415
 
     names = available_models() if model is None else model_names(model)
@@ -576,7 +577,7 @@ def _loaded_key(model: Sequence[str] | str | None, device: str, cell: str | None
     for name in names:
         label, path = resolve_model(name)
         stat = path.stat()
-        files.append((label, str(path.resolve()), stat.st_size, stat.st_mtime_ns))
+        files.append((label, str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
     return tuple(files), device.upper(), cell, engine
 
 
