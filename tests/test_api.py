@@ -176,3 +176,18 @@ def test_models_of_other_cells_are_refused_with_the_option_that_joins_them(rando
     rows = crystalprop.predict(rocksalt(5.64), model=[str(random_ckpt), str(tmp_path / "given.ckpt")], workers=0,
                                cell="canonical")
     assert rows[0]["rand"] == pytest.approx(rows[0]["given"])
+
+
+@pytest.mark.parametrize("bad", [dict(batch_size=0), dict(workers=-1), dict(batch_memory=0)])
+def test_predict_refuses_settings_that_cannot_work(random_ckpt, bad):
+    """batch_size=0 and workers=-1 were taken without a word."""
+    from conftest import rocksalt
+
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        crystalprop.predict(rocksalt(5.64), model=str(random_ckpt), **bad)
+
+
+def test_evaluate_refuses_batch_size_0(random_ckpt, tmp_path):
+    data = write_json_dataset(tmp_path / "data.json", 8)
+    with pytest.raises(ValueError, match="batch_size"):
+        crystalprop.evaluate(str(random_ckpt), data, batch_size=0)

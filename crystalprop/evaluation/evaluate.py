@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from numbers import Integral
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -410,6 +411,8 @@ def evaluate_model(
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
     from crystalprop.model.registry import resolve_model  # noqa: PLC0415
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        raise ValueError(f"batch_size {batch_size!r}: a whole number, 1 or more")
     out = _output_folder(output_dir, overwrite) if output_dir else None  # before the work, not after it
     set_device(device)
     label, path = resolve_model(model)

@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+from numbers import Integral
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
@@ -642,6 +643,10 @@ def predict(
     name, source, formula, n_sites, one value per model (physical units, with
     ``<name>_std`` for an ensemble), error and warning.
     """
+    for name, value, least in (("batch_size", batch_size, 1), ("batch_memory", batch_memory, 1),
+                               ("workers", 0 if workers is None else workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+            raise ValueError(f"{name} {value!r}: a whole number, {least} or more")
     if isinstance(inputs, (str, os.PathLike)) or _is_structure(inputs):
         inputs = [inputs]
     inputs = list(inputs)
