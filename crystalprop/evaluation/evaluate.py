@@ -6,8 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import re
-from numbers import Integral
 from dataclasses import replace
+from numbers import Integral
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 

@@ -12,8 +12,8 @@ import importlib
 import json
 import os
 import sys
-from numbers import Integral
 from dataclasses import dataclass, field, replace
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
