@@ -191,3 +191,19 @@ def test_evaluate_refuses_batch_size_0(random_ckpt, tmp_path):
     data = write_json_dataset(tmp_path / "data.json", 8)
     with pytest.raises(ValueError, match="batch_size"):
         crystalprop.evaluate(str(random_ckpt), data, batch_size=0)
+
+
+def test_predict_takes_an_istructure_and_names_what_it_cannot_take(random_ckpt):
+    """An IStructure was iterated site by site as paths; a structure's dict gave six rows named after its keys."""
+    from pymatgen.core import IStructure, Molecule
+
+    from conftest import rocksalt
+
+    structure = rocksalt(5.64)
+    rows = crystalprop.predict(IStructure.from_sites(structure), model=str(random_ckpt), workers=0)
+    assert len(rows) == 1 and rows[0]["rand"] == pytest.approx(
+        crystalprop.predict(structure, model=str(random_ckpt), workers=0)[0]["rand"])
+    for bad, says in ((structure.as_dict(), "dict"), (None, "NoneType"), (b"x.cif", "bytes"),
+                      ([structure, Molecule(["H", "H"], [[0, 0, 0], [0, 0, 0.74]])], "input 1: a Molecule")):
+        with pytest.raises(TypeError, match=says):
+            crystalprop.predict(bad, model=str(random_ckpt), workers=0)

@@ -170,7 +170,7 @@ def _is_structure(item: Any) -> bool:
     itself only hands paths to the readers.
     """
     module = sys.modules.get("pymatgen.core.structure")
-    return (module is not None and isinstance(item, module.Structure)) or _is_atoms(item)
+    return (module is not None and isinstance(item, module.IStructure)) or _is_atoms(item)  # Structure too
 
 
 def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
@@ -649,7 +649,16 @@ def predict(
             raise ValueError(f"{name} {value!r}: a whole number, {least} or more")
     if isinstance(inputs, (str, os.PathLike)) or _is_structure(inputs):
         inputs = [inputs]
+    if inputs is None or isinstance(inputs, (bytes, dict)):
+        raise TypeError(f"inputs: a {type(inputs).__name__} is not a path, folder, glob, pymatgen Structure or "
+                        "ase.Atoms, nor a list of them")
     inputs = list(inputs)
+    for k, item in enumerate(inputs):
+        if not (isinstance(item, (str, os.PathLike)) or _is_structure(item)):
+            kind = type(item).__name__
+            what = ("a Molecule: crystalprop predicts periodic crystals" if kind in ("Molecule", "IMolecule")
+                    else f"a {kind}, not a path, folder, glob, pymatgen Structure or ase.Atoms")
+            raise TypeError(f"input {k}: {what}")
     if inputs and all(isinstance(x, (str, os.PathLike)) for x in inputs):
         nothing_to_read = no_structures_found([str(x) for x in inputs], recursive)
         if nothing_to_read:
