@@ -27,8 +27,8 @@ from typing import Any
 
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.data.fingerprints import merge_fingerprints
-from crystalprop.io.formats import JSON_SUFFIXES, STRUCTURE_SUFFIXES, looks_like_structure_name, structure_stem
-from crystalprop.io.result_files import is_evaluation_metrics, is_results_file
+from crystalprop.io.formats import STRUCTURE_SUFFIXES, looks_like_structure_name, structure_stem
+from crystalprop.io.result_files import is_own_output
 
 SPLITS = ("train", "val", "test")
 SPLIT_SPELLINGS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
@@ -265,18 +265,12 @@ def _structure_index(folder: Path) -> dict[str, list[Path]]:
             continue
         for item in sorted(directory.iterdir()):
             name = item.name
-            if not item.is_file() or not looks_like_structure_name(name) or _own_output(item):
+            if not item.is_file() or not looks_like_structure_name(name) or is_own_output(item):
                 continue
             index.setdefault(structure_stem(name), []).append(item)
             if name != structure_stem(name):
                 index.setdefault(name, []).append(item)
     return index
-
-
-def _own_output(path: Path) -> bool:
-    """Whether a JSON file is one of crystalprop's results (a JSON table, a CSV's sidecar, evaluate's
-    metrics.json) that a user kept beside the data: not a structure."""
-    return path.suffix.lower() in JSON_SUFFIXES and (is_results_file(path) or is_evaluation_metrics(path))
 
 
 LAYOUT_FILES = ("split.json", "atom_init.json")

@@ -7,13 +7,13 @@ import csv
 import json
 import re
 from dataclasses import replace
-from numbers import Integral
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from crystalprop.utils.atomic import atomic_write_text, make_folder
+from crystalprop.utils.checks import check_whole_number
 from crystalprop.data.datasets import (
     SPLITS, Dataset, Entry, assign_fold, ids_in_packed, ids_sha256, is_random_split, load_dataset,
 )
@@ -411,8 +411,7 @@ def evaluate_model(
     from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
     from crystalprop.model.registry import resolve_model  # noqa: PLC0415
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
-        raise ValueError(f"batch_size {batch_size!r}: a whole number, 1 or more")
+    check_whole_number("batch_size", batch_size)
     out = _output_folder(output_dir, overwrite) if output_dir else None  # before the work, not after it
     set_device(device)
     label, path = resolve_model(model)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 
 from crystalprop.io.formats import is_pw_x_file, looks_like_structure_name, may_be_pw_x_name
 from crystalprop.io.limits import READ_TIMEOUT_S
-from crystalprop.io.result_files import is_evaluation_metrics, is_results_file
+from crystalprop.io.result_files import is_own_output
 
 if TYPE_CHECKING:
     from crystalprop.io.readers import StructureRecord
@@ -28,7 +28,7 @@ def _is_candidate(entry: os.DirEntry[str]) -> bool:
     """A regular file (or link to one) named like a structure, or a ``.in``/``.out`` file that
     starts like pw.x input or output (those names are too common to trust); dot files are skipped,
     and so are crystalprop's own JSON results, which a run may have written into the folder
-    (predict's tables and sidecars, evaluate's metrics.json: :func:`~crystalprop.io.result_files.is_evaluation_metrics`)."""
+    (predict's tables and sidecars, evaluate's metrics.json: :func:`~crystalprop.io.result_files.is_own_output`)."""
     by_name = looks_like_structure_name(entry.name)
     if entry.name.startswith(".") or not (by_name or may_be_pw_x_name(entry.name)):
         return False
@@ -38,8 +38,7 @@ def _is_candidate(entry: os.DirEntry[str]) -> bool:
     except OSError:
         return False
     if by_name:
-        return not (entry.name.lower().endswith(".json")
-                    and (is_results_file(entry.path) or is_evaluation_metrics(entry.path)))
+        return not is_own_output(entry.path)
     return is_pw_x_file(entry.path)
 
 

@@ -39,6 +39,12 @@ EVALUATION_LEAD_KEYS = ("model", "checkpoint")
 _EVALUATION_HEAD = re.compile(BOM + rb'\s*\{\s*"model"\s*:\s*"(?:[^"\\]|\\.)*"\s*,\s*"checkpoint"\s*:')
 
 
+def is_own_output(path: str | Path) -> bool:
+    """Whether a ``.json`` file is one of crystalprop's outputs (a JSON table, a CSV's sidecar, evaluate's
+    metrics.json), not a structure, told by its first bytes."""
+    return str(path).lower().endswith(".json") and (is_results_file(path) or is_evaluation_metrics(path))
+
+
 def opens_as_evaluation_metrics(record: dict) -> bool:
     """Whether a parsed JSON object opens as evaluate's metrics.json does (:data:`EVALUATION_LEAD_KEYS`)."""
     return tuple(record)[:len(EVALUATION_LEAD_KEYS)] == EVALUATION_LEAD_KEYS

@@ -50,9 +50,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
 
     A shipped name given as text is the shipped model, also where a folder of that name lies in the working
     directory (a run's ``band_gap/`` would stand in for it unseen): give ``./band_gap`` or a Path for that."""
-    if isinstance(name_or_path, str) and (checkpoints_dir() / f"{name_or_path}.ckpt").is_file() \
-            and Path(name_or_path).name == name_or_path:
-        return name_or_path, checkpoints_dir() / f"{name_or_path}.ckpt"
+    shipped = checkpoints_dir() / f"{name_or_path}.ckpt"
+    if isinstance(name_or_path, str) and Path(name_or_path).name == name_or_path and shipped.is_file():
+        return name_or_path, shipped
     candidate = Path(name_or_path)
     if candidate.is_dir() and (candidate / "best.ckpt").is_file():
         return candidate.name, candidate / "best.ckpt"
@@ -65,7 +65,6 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
                                       "epoch (its last.ckpt is for `crystalprop train ... --resume`)")
             raise CheckpointError(f"{candidate}: no such checkpoint file")
         return candidate.stem, candidate
-    shipped = checkpoints_dir() / f"{name_or_path}.ckpt"
     if shipped.is_file():
         return str(name_or_path), shipped
     known = ", ".join(available_models()) or "none shipped"

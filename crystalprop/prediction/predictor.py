@@ -13,7 +13,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field, replace
-from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
@@ -30,6 +29,7 @@ from crystalprop.io.discovery import iter_structure_paths, no_structures_found
 from crystalprop.io.formula import crystal_formula
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model import ENGINES
+from crystalprop.utils.checks import check_whole_number
 from crystalprop.utils.timelimit import run_with_time_limit
 from crystalprop.prediction.workers import ResilientPool, heartbeat
 
@@ -645,8 +645,7 @@ def predict(
     """
     for name, value, least in (("batch_size", batch_size, 1), ("batch_memory", batch_memory, 1),
                                ("workers", 0 if workers is None else workers, 0)):
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
-            raise ValueError(f"{name} {value!r}: a whole number, {least} or more")
+        check_whole_number(name, value, least)
     if isinstance(inputs, (str, os.PathLike)) or _is_structure(inputs):
         inputs = [inputs]
     if inputs is None or isinstance(inputs, (bytes, dict)):

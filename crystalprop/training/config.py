@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from numbers import Integral, Real
+from numbers import Real
 
 from crystalprop.graph.settings import GraphSettings
+from crystalprop.utils.checks import check_whole_number
 from crystalprop.model.config import ModelConfig
 from crystalprop.training.schedule import SCHEDULES
 
@@ -42,10 +43,8 @@ def check_settings(*, loss: str, schedule: str, epochs: int, batch_size: int, ma
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), *counts.items()):
-        if value is None and name == "limit":
-            continue
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-            raise ValueError(f"{name} {value!r}: a whole number, 1 or more")
+        if value is not None or name != "limit":
+            check_whole_number(name, value)
     for name, value, least in (("lr", lr, "above 0"), ("weight_decay", weight_decay, "0 or more")):
         if isinstance(value, bool) or not isinstance(value, Real) or not (value > 0 if name == "lr" else value >= 0):
             raise ValueError(f"{name} {value!r}: a number {least}")

@@ -127,15 +127,14 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
 
 def member_jobs(job: dict, members: int):
     """(member directory, job) of each ensemble member: seeds ``seed``, ``seed + 1``, ... on one split;
-    a member already started is resumed when ``job`` resumes."""
+    a member already started is resumed when ``job`` resumes (a new run over started members is refused
+    before, by :func:`ensemble_settings`)."""
     output_dir, seed, run = Path(job["run"]["run_dir"]), job["config"]["seed"], job["run"]
     first = output_dir / "member0" / "last.ckpt"
     settings_from = str(first) if run["resume"] and first.is_file() else None  # for members not yet started
     for k in range(members):
         member_dir = output_dir / f"member{k}"
         started = (member_dir / "last.ckpt").is_file()
-        if started and not run["resume"]:
-            check_run_dir(member_dir, False)
         yield member_dir, {**job, "config": {**job["config"], "seed": seed + k},
                            "run": {**run, "run_dir": str(member_dir), "resume": started, "split_seed": seed,
                                    "require_val": True, "member": k, "settings_from": settings_from}}

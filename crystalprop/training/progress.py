@@ -67,7 +67,7 @@ class TrainDisplay:
             p.reset(self.task, total=self.steps)
         elif kind == "resume":
             changed = "; ".join(f"{key} {old} -> {new}" for key, (old, new) in info.get("changed", {}).items())
-            where = (f"all {info['epochs']} epochs done" if info["epoch"] >= info.get("epochs", info["epoch"] + 1)
+            where = (f"all {info['epochs']} epochs done" if info["epoch"] >= info["epochs"]
                      else f"epoch {info['epoch'] + 1}, after its step {info['step']}" if info["step"]
                      else f"epoch {info['epoch'] + 1}")  # the event counts the epochs done; the display from 1
             console.print(f"resume: {where}"

@@ -342,7 +342,8 @@ class Trainer:
                 loaded += 1
         if loaded < len(own):
             def sizes(model) -> str:
-                return f"{model.layers} layers, {model.features} features, {model.heads} head{'s' if model.heads != 1 else ''}, fc {model.fc_features}"
+                heads = f"{model.heads} head{'s' if model.heads != 1 else ''}"
+                return f"{model.layers} layers, {model.features} features, {heads}, fc {model.fc_features}"
 
             missing = next(name for name, param in own.items()
                            if name not in params or tuple(params[name].shape) != tuple(param.shape))
