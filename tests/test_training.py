@@ -678,6 +678,16 @@ def test_the_api_refuses_bad_settings_before_any_work(data, tmp_path, bad, says)
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unknown_start_is_refused_before_the_run_folder_is_made(data, tmp_path):
+    """train --init-from no_such_model left an empty run folder behind its error (session 37)."""
+    import crystalprop
+    from crystalprop.model.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no_such_model"):
+        crystalprop.train(data, tmp_path / "run", target="y", init_from="no_such_model")
+    assert not (tmp_path / "run").exists()
+
+
 # --- the Python API in a fresh process ------------------------------------------------------------
 #
 # Regression: MindSpore 2.10 starts in PyNative mode, where the learning rate a step sets on the

@@ -246,6 +246,10 @@ def train(
         check_decay(ema)
     if emphasize is not None:
         emphasize = check_emphasis(emphasize)
+    if init_from is not None:
+        from crystalprop.model.registry import resolve_model  # noqa: PLC0415
+
+        resolve_model(init_from)  # an unknown start is refused before the run folder is made
     job = {
         "config": dict(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
