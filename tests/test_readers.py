@@ -177,6 +177,20 @@ def test_cif_truncated(tmp_path, nacl):
     assert "truncated" in reason_of(write(tmp_path / "cut.cif", text[: len(text) - 40]))
 
 
+@pytest.mark.parametrize("symbol", ["Va", "Vac", "Bq", "Ph", "Cx", "Sx"])
+def test_a_cif_type_symbol_that_is_no_element_is_refused(tmp_path, symbol):
+    """pymatgen reads the vacancy 'Va' as vanadium, the ghost atom 'Bq' as boron, 'Ph' as phosphorus:
+    such a site was predicted as that element with no warning (hunt8 finding 1)."""
+    reason = reason_of(write(tmp_path / "x.cif", cubic_cif(3.0, [(symbol, 0.0), ("O", 0.5)], P1_LINE)))
+    assert f"unknown element '{symbol}' (site {symbol}1)" in reason
+
+
+@pytest.mark.parametrize("symbol, element", [("Fe2+", "Fe"), ("O2-", "O"), ("FE", "Fe"), ("ca", "Ca"), ("D", "H")])
+def test_cif_type_symbols_with_charges_or_other_case_are_elements(tmp_path, symbol, element):
+    (_, structure), = read_file(write(tmp_path / "x.cif", cubic_cif(3.0, [(symbol, 0.0), ("Cl", 0.5)], P1_LINE)))
+    assert sorted(el.symbol for el in structure.composition.element_composition) == sorted([element, "Cl"])
+
+
 def test_cif_without_atoms_names_missing_tag(tmp_path, nacl):
     text = str(CifWriter(nacl))
     reason = reason_of(write(tmp_path / "noatoms.cif", text[: text.index("loop_")]))
@@ -193,6 +207,7 @@ def cubic_cif(a: float, sites: list[tuple[str, float]], symmetry: str = "") -> s
 
 
 NACL_SITES = [("Na", 0.0), ("Cl", 0.5)]
+P1_LINE = "_symmetry_space_group_name_H-M 'P 1'\n"
 FM3M_OPS = "loop_\n_space_group_symop.operation_xyz\n" + "".join(
     f"'{op.as_xyz_str()}'\n" for op in SpaceGroup("Fm-3m").symmetry_ops)
 

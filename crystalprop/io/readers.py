@@ -24,6 +24,7 @@ from pymatgen.core import DummySpecies, Element, Lattice, Structure
 from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
+from crystalprop.io.cif_sites import check_type_symbols
 from crystalprop.io.cif_symmetry import p1_fallback, symmetry_supplement, unknown_operations
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
@@ -202,6 +203,10 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
             return None
         try:
             supplement = symmetry_supplement(data)
+        except ValueError as exc:
+            raise StructureReadError(name, f"CIF data block '{block_name}': {exc}") from exc
+        try:
+            check_type_symbols(data)
         except ValueError as exc:
             raise StructureReadError(name, f"CIF data block '{block_name}': {exc}") from exc
         cleaned = unknown_operations(block_text, data)
