@@ -320,6 +320,40 @@ def test_latent_sigma_is_stored_calibrated_and_the_same_in_predict_and_evaluate(
     np.testing.assert_allclose([row["lat"] for row in rows], [row["spread"] for row in spread_rows], rtol=1e-6)
 
 
+def test_structures_farther_than_any_calibration_structure_get_no_sigma(members, split_data, tmp_path):
+    """A latent σ is the distance to the nearest training structures times their training error: where those
+    were fitted exactly (metals at a band gap of 0 eV) it was 0, also for a structure far from all of them
+    (two O atoms in a 3 Å box: band gap 0 ± 0 eV, hunt8 finding 2). The card keeps the largest distance of
+    the calibration split; beyond it σ is not known, and predict and evaluate give none, with a note."""
+    import crystalprop
+    from crystalprop.data.datasets import load_dataset
+    from crystalprop.evaluation.evaluate import evaluate_model
+    from crystalprop.evaluation.joining import join_ensemble
+    from crystalprop.model.ensemble import save_with_card
+
+    out = tmp_path / "lat.ckpt"
+    join_ensemble(members, out, split_data, sigma="latent")
+    card, params = read_checkpoint(out)
+    reach = card.ensemble["latent_range"]
+    assert reach > 0
+    val = load_dataset(split_data, "y").split("val")
+    structures = []
+    for entry in val:
+        structure = Structure.from_dict(entry.source)
+        structure.name = entry.id
+        structures.append(structure)
+    assert all(row["lat_std"] is not None for row in crystalprop.predict(structures, str(out)))  # none beyond it
+    card.ensemble["latent_range"] = reach * 0.99  # as if the farthest calibration structure had lain nearer
+    save_with_card(tmp_path / "near.ckpt", card, params)
+    rows = crystalprop.predict(structures, str(tmp_path / "near.ckpt"))
+    without = [row for row in rows if row["near_std"] is None]
+    assert 0 < len(without) < len(rows)
+    assert all(row["near_err95"] is None and "no error bar" in row["warning"] for row in without)
+    assert all("no error bar" not in row["warning"] for row in rows if row["near_std"] is not None)
+    evaluated = evaluate_model(tmp_path / "near.ckpt", split_data, split="val")
+    assert evaluated["n_without_sigma"] == len(without)
+
+
 def test_a_latent_prior_is_stored_and_used_alike_in_join_and_evaluate(members, split_data, tmp_path):
     """``latent_prior``: the card keeps it, the calibration and every later σ use it."""
     from crystalprop.evaluation.evaluate import evaluate_model

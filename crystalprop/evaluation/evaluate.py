@@ -430,6 +430,8 @@ def evaluate_model(
     metrics = error_metrics(card, y, pred)
     if std is not None:  # no σ where the model lacks an element, as in predict: σ was calibrated on those it knows
         with_sigma = given_sigma(card, [g for _, g in kept])
+        if combined.far is not None:  # beyond the range σ was calibrated on, as in predict
+            with_sigma &= ~combined.far
         std = np.where(with_sigma, std, np.nan)
         if with_sigma.any():
             metrics.update(uncertainty_metrics(y[with_sigma], pred[with_sigma], std[with_sigma],

@@ -179,8 +179,8 @@ def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray |
                 with_sigma: np.ndarray) -> tuple[float, dict, dict]:
     """The calibration scale of σ in the form ``sigma`` on labels ``y``, given the members' normalised
     ``outputs`` (members × structures) and the first member's readout ``features``; the metrics of the
-    calibrated σ; and the card's σ entries: ``interval95`` (:func:`interval_multiple`, where there is one)
-    and ``spread_weight`` for ``latent+spread``. σ's entries and figures come from the structures
+    calibrated σ; and the card's σ entries: ``interval95`` (:func:`interval_multiple`, where there is one),
+    ``latent_range`` (the largest latent distance calibrated on) and ``spread_weight`` for ``latent+spread``. σ's entries and figures come from the structures
     ``with_sigma`` only (:func:`crystalprop.evaluation.evaluate.given_sigma`), the error figures from all."""
     if not with_sigma.any():
         raise ValueError(f"none of the {len(y)} structures to calibrate σ on has only elements every member "
@@ -188,7 +188,8 @@ def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray |
     raw = combine(outputs, card.transform)
     raw_std, record = raw.std, {}
     if reference is not None:
-        raw_std = reference.raw_sigma(features)
+        raw_std, distance = reference.sigma_and_distance(features)
+        record["latent_range"] = float(distance[with_sigma].max())  # beyond it, no σ (ensemble_output)
         if sigma == "latent+spread":
             record["spread_weight"] = spread_weight(raw_std[with_sigma], raw.std[with_sigma])
             raw_std = raw_sigma(raw, raw_std, record["spread_weight"])
@@ -251,7 +252,7 @@ def recalibrate_sigma(
     with_sigma = given_sigma(card, graphs)
     scale, metrics, weight = _calibrated(card, y, members_from_networks(card, outputs), features[0], reference, sigma,
                                          with_sigma)
-    for key in ("spread_weight", "latent_prior", "interval95"):
+    for key in ("spread_weight", "latent_prior", "interval95", "latent_range"):
         card.ensemble.pop(key, None)
     card.ensemble.update({"sigma_scale": scale, "sigma_from": sigma, **weight,
                           **({"latent_prior": reference.prior} if reference.prior else {}),

@@ -32,6 +32,9 @@ from crystalprop.model.checkpoint import CheckpointError, ModelCard, TargetTrans
 from crystalprop.model.latent_sigma import PREFIX as LATENT_PREFIX
 
 MEMBER_PREFIX = "member"
+RANGE_TOLERANCE = 1e-3
+"""A structure is beyond the latent σ's range (``latent_range`` in the card) only by more than this share of it:
+the engines' features differ by float32 rounding, and the calibration structure that sets the range stays within."""
 
 
 @dataclass
@@ -40,6 +43,7 @@ class EnsembleOutput:
 
     value: np.ndarray
     std: np.ndarray | None
+    far: np.ndarray | None = None  # structures beyond the latent σ's calibrated range: their σ is not known
 
 
 def member_key(k: int, name: str) -> str:
@@ -127,8 +131,11 @@ def ensemble_output(card: ModelCard, outputs: np.ndarray, features: np.ndarray |
     if reference is None:
         return combine(outputs, card.transform, scale)
     plain = combine(outputs, card.transform)
-    return EnsembleOutput(plain.value, raw_sigma(plain, reference.raw_sigma(features),
-                                                 (card.ensemble or {}).get("spread_weight", 0.0)) * scale)
+    latent, distance = reference.sigma_and_distance(features)
+    reach = (card.ensemble or {}).get("latent_range")
+    far = None if reach is None else distance > reach * (1 + RANGE_TOLERANCE)
+    return EnsembleOutput(plain.value, raw_sigma(plain, latent, (card.ensemble or {}).get("spread_weight", 0.0)) * scale,
+                          far)
 
 
 def raw_sigma(combined: EnsembleOutput, latent: np.ndarray, spread_weight: float) -> np.ndarray:

@@ -18,6 +18,11 @@ so that a structure whose nearest training structures were fitted exactly still 
 grows with its distance (formation energy: within 2σ 89 → 91 %, cross-fitted; campaign, session 26).
 The calibration scale of :func:`crystalprop.model.ensemble.calibration_scale` turns σ_raw into σ.
 
+Where the k nearest training structures were all fitted exactly (metals at a band gap of 0 eV), σ_raw is
+0 however far they are. So the card keeps the largest mean distance of the structures σ was calibrated on
+(``latent_range``): a structure beyond it lies further from the training set than any structure whose
+errors the calibration saw, and gets no σ (:func:`crystalprop.model.ensemble.ensemble_output`).
+
 The reference ships inside the checkpoint under ``latent_sigma.<name>``: ``projection`` (F, d)
 and ``offset`` (d,), which standardise and project in one affine map, z = h @ projection - offset;
 ``table`` (N, d) float16, the training structures' z; ``residuals`` (N,) float16, the ensemble's
@@ -80,17 +85,23 @@ class LatentReference:
     def raw_sigma(self, hidden: np.ndarray) -> np.ndarray:
         """(B, F) readout features -> (B,) uncalibrated σ: mean distance to the k nearest training
         structures times their mean absolute training error (plus the prior's share of all)."""
+        return self.sigma_and_distance(hidden)[0]
+
+    def sigma_and_distance(self, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, F) readout features -> the (B,) uncalibrated σ of :meth:`raw_sigma` and its first factor,
+        the (B,) mean distance to the k nearest training structures."""
         z = np.asarray(hidden, np.float32) @ self.projection - self.offset  # (B, d)
-        out = np.empty(len(z), np.float64)
+        sigma, distance = np.empty(len(z), np.float64), np.empty(len(z), np.float64)
         k = min(self.neighbours, len(self.table))
         for start in range(0, len(z), QUERY_CHUNK):
             block = z[start : start + QUERY_CHUNK]
             squared = (np.einsum("bd,bd->b", block, block)[:, None] + self._table_norms
                        - 2.0 * block @ self._search_table.T)  # (b, whole blocks of training rows)
             nearest = k_smallest(squared, k)  # (b, k)
-            distance = np.sqrt(np.maximum(np.take_along_axis(squared, nearest, axis=1), 0.0)).mean(axis=1)
-            out[start : start + len(block)] = distance * (self.residuals[nearest].mean(axis=1) + self._prior_error)
-        return out
+            rows = slice(start, start + len(block))
+            distance[rows] = np.sqrt(np.maximum(np.take_along_axis(squared, nearest, axis=1), 0.0)).mean(axis=1)
+            sigma[rows] = distance[rows] * (self.residuals[nearest].mean(axis=1) + self._prior_error)
+        return sigma, distance
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The values to store in a checkpoint, by parameter name."""

@@ -479,6 +479,7 @@ class Predictor:
 
         good = [p for p in batch if p.graph is not None]
         values: dict[str, np.ndarray] = {}
+        far: dict[str, np.ndarray] = {}  # model -> structures beyond its latent σ's range
         if good:
             graphs = collate([p.graph for p in good])
             inputs = graphs.arrays() if self.engine == "numpy" else batch_tensors(graphs)
@@ -495,6 +496,8 @@ class Predictor:
                     values[f"{label}_std"] = combined.std
                     if card.ensemble.get("interval95"):
                         values[f"{label}_err95"] = combined.std * card.ensemble["interval95"]
+                if combined.far is not None:
+                    far[label] = combined.far
         rows, k = [], 0
         for item in batch:
             row = {column: getattr(item, column) for column in LEADING_COLUMNS}
@@ -509,6 +512,16 @@ class Predictor:
                     for column in (f"{label}_std", f"{label}_err95"):  # σ was calibrated on known elements only
                         if column in row:
                             row[column] = None
+            beyond = [label for label in far
+                      if item.graph is not None and far[label][k] and row.get(f"{label}_std") is not None]
+            for label in beyond:  # σ is not known there (crystalprop.model.latent_sigma)
+                for column in (f"{label}_std", f"{label}_err95"):
+                    if column in row:
+                        row[column] = None
+            if beyond:
+                its = "its" if len(beyond) == 1 else "their"
+                notes.append(f"{', '.join(beyond)}: unlike the crystals {its} σ was calibrated on (farther from {its} "
+                             "training crystals than any of them); no error bar")
             for unseen, labels in unseen_by.items():
                 with_sigma = [label for label in labels if f"{label}_std" in row]  # single models have none anyway
                 notes.append(f"{', '.join(labels)}: element(s) {', '.join(unseen)} absent from "
