@@ -147,3 +147,13 @@ def test_a_request_left_by_an_earlier_in_process_command_does_not_end_a_later_ru
             "print('still here')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "still here" in result.stdout, result.stderr
+
+
+def test_a_closed_standard_output_does_not_turn_a_finished_command_into_a_failure():
+    """With stdout closed (``>&-``: daemon wrappers) Python's ``sys.stdout`` is None, and the quick exit's
+    flush raised AttributeError: a finished ``predict -o`` ended in a traceback and status 1 (hunt7 finding 7)."""
+    code = ("from crystalprop.utils import quick_exit\n"
+            "quick_exit.run(lambda: quick_exit.request())\n")
+    result = subprocess.run(["bash", "-c", f'"{sys.executable}" -c "$0" >&-', code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stderr == ""

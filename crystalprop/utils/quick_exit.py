@@ -58,6 +58,8 @@ def finish(code: Any) -> NoReturn:
             thread.join()
     atexit._run_exitfuncs()  # multiprocessing's (stops children), logging's, MindSpore's
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with the stream closed (``>&-``): nothing to flush
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe: Python exits with 120 then
