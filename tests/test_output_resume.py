@@ -27,6 +27,7 @@ def _killed_file(path: Path, columns=OLD, rows=ROWS) -> None:
     writer = ResultWriter(path, columns, overwrite=True)
     writer.write(rows)
     writer.handle.close()
+    writer._lock.release()  # as the kernel does for a killed process
 
 
 def _rows(path: Path) -> list[dict]:
@@ -165,3 +166,23 @@ def test_a_file_saved_again_with_a_byte_order_mark_keeps_its_record_rows_and_col
     writer.close(finished=True)
     assert [r["name"] for r in read_rows(out)] == ["a.cif", "b.cif", "c.cif"]
     assert read_provenance(out) == record
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
+def test_a_second_writer_of_one_output_is_refused_until_the_first_closes(tmp_path, suffix):
+    """Two runs with one -o (an array job that forgot its task number, a requeued job beside the old one)
+    both wrote the file and both said they succeeded: 99 of 200 rows were left, one of them pieces of two
+    (hunt7 finding 1). The second writer is refused at once, and the file can be written again once the
+    first has closed it."""
+    path = tmp_path / f"out{suffix}"
+    first = ResultWriter(path, ["name", "y"])
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="another crystalprop run is writing"):
+            ResultWriter(path, ["name", "y"], resume=resume, overwrite=not resume)
+    first.write([{"name": "a", "y": 1.0}])
+    first.close()
+    second = ResultWriter(path, ["name", "y"], resume=True)
+    second.write([{"name": "b", "y": 2.0}])
+    second.close()
+    assert [row["name"] for row in read_rows(path)] == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"out{suffix}"]  # no lock left behind

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from crystalprop.utils.atomic import OutputExistsError, make_folder
+from crystalprop.utils.file_lock import FileLock
 from crystalprop.io.result_files import FINISHED, KEY
 from crystalprop.io.provenance import (
     ProvenanceMismatchError,
@@ -343,6 +344,23 @@ class ResultWriter:
         self.kind = _format(self.path)
         self.columns = list(columns)
         self.provenance = provenance
+        try:
+            make_folder(self.path.parent)
+        except ValueError as exc:
+            raise ValueError(f"{self.path}: {exc}") from exc
+        try:
+            self._lock = FileLock(self.path, "--output")  # before the file is read: another run may be writing it
+        except OSError as exc:
+            raise ValueError(f"{self.path}: cannot write the results there ({exc.strerror or exc})") from exc
+        try:
+            self._open(resume, overwrite, retry_failed)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, resume: bool, overwrite: bool, retry_failed: bool) -> None:
+        """Check an existing file and open it for appending (resume) or writing."""
+        provenance = self.provenance
         exists = self.path.is_file() and self.path.stat().st_size > 0
         if exists and not (resume or overwrite):
             raise OutputExistsError(f"{self.path} exists: use --resume to continue it or --overwrite to replace it")
@@ -360,10 +378,7 @@ class ResultWriter:
                 _drop_failed_rows(self.path, self.columns)
         self._rows_in_file = self._reopen_json_array() > 0 if appending and self.kind == "json" else False
         try:
-            make_folder(self.path.parent)
             self.handle: IO[str] = open(self.path, "a" if appending else "w", encoding="utf-8", newline="")
-        except ValueError as exc:
-            raise ValueError(f"{self.path}: {exc}") from exc
         except OSError as exc:
             raise ValueError(f"{self.path}: cannot write the results there ({exc.strerror or exc})") from exc
         if self.kind == "csv":
@@ -455,6 +470,12 @@ class ResultWriter:
     def close(self, *, finished: bool = False) -> None:
         """Close the file whole (a JSON file's closing bracket); ``finished``: the run reached the end of its
         input, which a file with a provenance record then says (:data:`FINISHED`)."""
+        try:
+            self._close(finished)
+        finally:
+            self._lock.release()
+
+    def _close(self, finished: bool) -> None:
         mark = utc_now() if finished and self._record is not None else None
         if self.kind == "json":  # a plain array, or the object the record opened, with the mark after the rows
             marked = f"], {json.dumps(FINISHED)}: {json.dumps(mark)}}}"
