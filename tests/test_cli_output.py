@@ -216,3 +216,13 @@ def test_a_value_is_shown_to_the_digits_its_sigma_allows(value, std, shown):
     ``50.05 ± 51``): digits the σ says are noise."""
     row = {"m": value, **({} if std is None else {"m_std": std})}
     assert display.value_text(row, "m") == shown
+
+
+def test_a_models_folder_that_is_not_there_is_named(tmp_path):
+    """CRYSTALPROP_CHECKPOINTS set to a mistyped folder: `models` printed an empty table and exited 0, and
+    predict said only "unknown model 'band_gap' ... none shipped" (hunt7 finding 9)."""
+    env = {"CRYSTALPROP_CHECKPOINTS": str(tmp_path / "nonexistent")}
+    listed = run_cli(["models"], cwd=tmp_path, env=env)
+    assert listed.returncode == 2 and "CRYSTALPROP_CHECKPOINTS" in listed.stderr and "nonexistent" in listed.stderr
+    predicted = run_cli(["predict", "x.cif", "-m", "band_gap"], cwd=tmp_path, env=env)
+    assert predicted.returncode == 2 and "CRYSTALPROP_CHECKPOINTS" in predicted.stderr

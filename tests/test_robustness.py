@@ -334,3 +334,21 @@ def test_an_inner_time_limit_does_not_outlast_the_enclosing_one():
     time.sleep(0.2)  # and no second alarm is left armed (with the default handler back, it would kill us)
     with pytest.raises(_Inner):  # the inner limit still fires first when it is the shorter one
         run_with_time_limit(lambda: run_with_time_limit(lambda: time.sleep(3), 0.3, _Inner), 10.0, _Outer)
+
+
+@pytest.mark.parametrize("variable", ["CRYSTALPROP_CACHE", "CRYSTALPROP_KERNELS"])
+def test_a_cache_folder_that_cannot_be_made_costs_the_cache_not_the_run(tmp_path, random_ckpt, variable):
+    """A read-only HOME (or CRYSTALPROP_CACHE, XDG_CACHE_HOME, CRYSTALPROP_KERNELS) on a compute node ended every
+    predict in an OSError traceback and status 1 (hunt7 finding 4). The run goes on, with a note naming the
+    folder. (A path below a file stands for a read-only file system: root may write anywhere else.)"""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    structure = tmp_path / "NaCl.cif"
+    CifWriter(rocksalt(5.64)).write_file(structure)
+    env = {**os.environ, variable: str(blocker / "cache")}
+    result = subprocess.run([*CLI, "predict", str(structure), "-m", str(random_ckpt), "-o", str(tmp_path / "out.csv")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    if variable == "CRYSTALPROP_CACHE":
+        assert f"{blocker / 'cache'}" in result.stderr

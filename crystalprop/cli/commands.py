@@ -159,8 +159,11 @@ def merge(output, parts, overwrite) -> None:
 @main.command()
 def models() -> None:
     """List the shipped models with their target, unit, validation MAE and the sha256 of their weights."""
-    from crystalprop.model.registry import MODEL_COLUMNS, checkpoints_dir, describe_models  # noqa: PLC0415
+    from crystalprop.model.registry import MODEL_COLUMNS, checkpoints_dir, describe_models, no_models_reason  # noqa: PLC0415
 
+    reason = no_models_reason()
+    if reason:
+        _fail(f"no models to list: {reason}")
     show_table(MODEL_COLUMNS, describe_models(), title=f"models in {checkpoints_dir()}")
 
 

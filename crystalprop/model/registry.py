@@ -37,6 +37,16 @@ def checkpoints_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "checkpoints"
 
 
+def no_models_reason() -> str | None:
+    """Why there is no shipped model to list (the folder or ``$CRYSTALPROP_CHECKPOINTS`` named); None if there is one."""
+    if available_models():
+        return None
+    folder = checkpoints_dir()
+    where = (f"CRYSTALPROP_CHECKPOINTS names {folder}" if os.environ.get("CRYSTALPROP_CHECKPOINTS")
+             else f"the models' folder {folder}")
+    return f"{where}, which {'holds no model (.ckpt)' if folder.is_dir() else 'does not exist'}"
+
+
 def available_models() -> list[str]:
     """Names of the shipped models present on disk, in the canonical order."""
     folder = checkpoints_dir()
@@ -67,7 +77,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
         return candidate.stem, candidate
     if shipped.is_file():
         return str(name_or_path), shipped
-    known = ", ".join(available_models()) or "none shipped"
+    known = ", ".join(available_models()) or f"none shipped ({no_models_reason()})"
     from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415
 
     raise CheckpointError(f"unknown model {name_or_path!r}: give a .ckpt file, a run directory, or one of: {known}")

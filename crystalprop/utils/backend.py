@@ -26,13 +26,29 @@ class DeviceUnavailableError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    """Per-user cache folder (graph cache, MindSpore compile cache)."""
+    """Per-user cache folder (graph cache, MindSpore compile cache, kernels).
+
+    Where it cannot be made (a read-only HOME on a compute node), a folder in the temporary directory
+    serves instead, with a note that names both: the cache only saves time, so it never stops a run.
+    """
     root = os.environ.get("CRYSTALPROP_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "crystalprop"
     )
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    except OSError as exc:
+        fallback = Path(tempfile.gettempdir()) / f"crystalprop-cache-{os.getuid()}"
+        if root not in _unusable_caches:
+            _unusable_caches.add(root)
+            print(f"note: cannot make the cache folder {root} ({exc.strerror or exc}); using {fallback} instead "
+                  "(set CRYSTALPROP_CACHE to a writable folder to keep the cache)", file=sys.stderr)
+        fallback.mkdir(parents=True, exist_ok=True)
+        return fallback
+
+
+_unusable_caches: set[str] = set()  # cache folders already named in a note
 
 
 def _quiet_environment() -> None:

@@ -58,8 +58,11 @@ def build(source: Path, flags: Sequence[str], link_flags: Sequence[str]) -> Path
     found = _built(folder, stem, key)
     if found is not None:
         return found
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(suffix=".so", dir=folder)
+    except OSError:  # an unwritable kernels folder: run without the kernels
+        return None
     os.close(handle)
     obj = Path(partial).with_suffix(".o")
     try:
