@@ -352,3 +352,28 @@ def test_a_cache_folder_that_cannot_be_made_costs_the_cache_not_the_run(tmp_path
     assert "Traceback" not in result.stderr
     if variable == "CRYSTALPROP_CACHE":
         assert f"{blocker / 'cache'}" in result.stderr
+
+
+def test_a_full_disk_stops_predict_with_a_clear_error_and_whole_rows(tmp_path, random_ckpt):
+    """A full disk ended predict in an OSError traceback with status 1, the status of "some structures
+    failed", so a pipeline took the cut file as done (hunt7 finding 5). Now status 2 and one line that says
+    the rows so far are saved and --resume continues. (A file size limit stands for the full disk.)"""
+    import resource
+
+    names = []
+    for name, structure in make_structures(40):
+        CifWriter(structure).write_file(tmp_path / f"{name}.cif")
+        names.append(f"{name}.cif")
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1200, 1200))
+
+    args = ["predict", *names, "-m", str(random_ckpt), "-o", "out.csv", "--workers", "0", "--batch-size", "4"]
+    result = subprocess.run(CLI + args, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            preexec_fn=limit_file_size, env={**os.environ, "GLOG_v": "3"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "--resume" in result.stderr and "out.csv" in result.stderr
+    with open(tmp_path / "out.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert 0 < len(rows) < 40 and all(row["rand"] for row in rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -119,15 +120,26 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     with collection_paused():
         predictor.compile()  # else done by iter_rows: the same, without the collector
     every_row = not output and not out.is_terminal  # piped or redirected: the results are the output
-    rows_shown, n_ok, n_failed, stopped = stream_rows(predictor.iter_rows(reader, batch_size=batch_size,
-                                                                          batch_memory=batch_memory << 20), writer,
-                                                      keep=None if every_row else TABLE_LIMIT)
-    if every_row:
-        print_rows(rows_shown, predictor.columns)
-    elif rows_shown and (not output or len(rows_shown) <= TABLE_LIMIT):
-        print_rows(rows_shown[:TABLE_LIMIT], predictor.columns)
-        if len(rows_shown) > TABLE_LIMIT:
-            console.print(f"(first {TABLE_LIMIT} shown; use --output for all)")
+    try:
+        rows_shown, n_ok, n_failed, stopped = stream_rows(predictor.iter_rows(reader, batch_size=batch_size,
+                                                                              batch_memory=batch_memory << 20), writer,
+                                                          keep=None if every_row else TABLE_LIMIT)
+    except OSError as exc:  # a full disk or a lost file system: the rows written so far are whole
+        reader.close()
+        _fail(f"{output}: cannot write the results ({exc.strerror or exc}); the rows before are saved, and the same "
+              "command with --resume continues once it can write there")
+    try:
+        if every_row:
+            print_rows(rows_shown, predictor.columns)
+        elif rows_shown and (not output or len(rows_shown) <= TABLE_LIMIT):
+            print_rows(rows_shown[:TABLE_LIMIT], predictor.columns)
+            if len(rows_shown) > TABLE_LIMIT:
+                console.print(f"(first {TABLE_LIMIT} shown; use --output for all)")
+    except BrokenPipeError:  # `| head`: the reader took what it wanted, as SIGPIPE would end a C program
+        sys.stdout = None
+        sys.exit(128 + signal.SIGPIPE)
+    except OSError as exc:  # a full standard output (> /dev/full)
+        _fail(f"cannot write the results to the standard output ({exc.strerror or exc}); give --output")
     where = f"; {len(skip)} already in {output}" if skip else ""
     if output:
         where += f"; results in {output}" + (f" (provenance in {sidecar_path(output)})" if output.lower().endswith(".csv")

@@ -20,6 +20,7 @@ splits (:func:`crystalprop.io.provenance.input_record`), a shard of other inputs
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -452,20 +453,31 @@ class ResultWriter:
         return len(rows)
 
     def write(self, rows: Sequence[dict]) -> None:
-        """Write a batch and flush it to disk."""
-        for row in rows:
-            if self.kind == "csv":
-                self.writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in self.columns})
-            else:
-                text = json.dumps({k: row.get(k) for k in self.columns})
-                if self.kind == "json":
-                    prefix = ",\n" if self._rows_in_file else ""
-                    self.handle.write(prefix + text)
-                    self._rows_in_file = True
-                else:
-                    self.handle.write(text + "\n")
+        """Write a batch and flush it to disk, whole or not at all: a write that fails (a full disk) is
+        cut off again, so the file ends with the last whole batch, and the error is raised."""
+        if self.kind == "csv":
+            text = io.StringIO(newline="")
+            writer = csv.DictWriter(text, fieldnames=self.columns, extrasaction="ignore")
+            writer.writerows({k: ("" if row.get(k) is None else row.get(k)) for k in self.columns} for row in rows)
+            batch = text.getvalue()
+        elif self.kind == "json":
+            lines = [json.dumps({k: row.get(k) for k in self.columns}) for row in rows]
+            batch = (",\n" if self._rows_in_file and lines else "") + ",\n".join(lines)
+        else:
+            batch = "".join(json.dumps({k: row.get(k) for k in self.columns}) + "\n" for row in rows)
         self.handle.flush()
-        os.fsync(self.handle.fileno())
+        fd = self.handle.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            data = memoryview(batch.encode("utf-8"))
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)
+            os.lseek(fd, start, os.SEEK_SET)
+            raise
+        self._rows_in_file = self._rows_in_file or bool(rows)
 
     def close(self, *, finished: bool = False) -> None:
         """Close the file whole (a JSON file's closing bracket); ``finished``: the run reached the end of its
