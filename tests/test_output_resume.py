@@ -186,3 +186,22 @@ def test_a_second_writer_of_one_output_is_refused_until_the_first_closes(tmp_pat
     second.close()
     assert [row["name"] for row in read_rows(path)] == ["a", "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"out{suffix}"]  # no lock left behind
+
+
+@pytest.mark.slow
+def test_cli_resume_refuses_other_inputs_also_unsharded(random_ckpt, tmp_path):
+    """--resume over other inputs was checked for shards only: an unsharded file took rows of another folder (or
+    of files added to its folder) with `index` values already in it (hunt7 finding 3)."""
+    for folder, names in (("one", ["a", "b"]), ("two", ["c", "d"])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            CifWriter(rocksalt(5.64)).write_file(tmp_path / folder / f"{name}.cif")
+    first = run_cli(["predict", "one", "-m", random_ckpt, "-o", "out.csv"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "out.csv").read_bytes()
+    other = run_cli(["predict", "two", "-m", random_ckpt, "-o", "out.csv", "--resume"], cwd=tmp_path)
+    assert other.returncode == 2 and "cannot resume" in other.stderr and "other inputs" in other.stderr
+    CifWriter(rocksalt(5.64)).write_file(tmp_path / "one" / "e.cif")
+    grown = run_cli(["predict", "one", "-m", random_ckpt, "-o", "out.csv", "--resume"], cwd=tmp_path)
+    assert grown.returncode == 2 and "added, removed or renamed" in grown.stderr
+    assert (tmp_path / "out.csv").read_bytes() == before

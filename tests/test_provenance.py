@@ -41,6 +41,7 @@ def _write(path: Path, record: dict, rows=ROWS, *, resume=False, finish=True) ->
         writer.close()
     else:
         writer.handle.close()  # as a killed run leaves it
+        writer._lock.release()  # which the kernel releases
 
 
 def test_record_names_versions_weights_cells_and_date(weights):

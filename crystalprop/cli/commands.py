@@ -113,7 +113,7 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
         try:
             writer = ResultWriter(output, predictor.result_columns, resume=resume, overwrite=overwrite,
                                   retry_failed=retry_failed, provenance=predictor.provenance(
-                                      part, input_record(paths, recursive) if part[1] > 1 else None))
+                                      part, input_record(paths, recursive)))
         except (OutputExistsError, ValueError) as exc:
             reader.close()
             _fail(str(exc))

@@ -41,7 +41,8 @@ sha256 covers them all."""
 
 def input_record(paths: Sequence[str | os.PathLike], recursive: bool) -> dict:
     """What a run was given to read (``predict``'s paths, folders and globs, in order, and ``-r``), for
-    the record of a sharded run: shards cover the same input only where this is the same. Paths are
+    the record of its results: shards cover the same input, and a resumed run continues its file, only where
+    this is the same. Paths are
     resolved (absolute, symlinks followed) for the record; ``sha256`` covers their names (the last part of
     each, so that array jobs reading node-local copies at other places compare alike), their order and
     ``recursive``; ``paths`` lists the first :data:`LISTED_INPUTS`. ``files_sha256`` covers the files they
@@ -61,7 +62,7 @@ def input_record(paths: Sequence[str | os.PathLike], recursive: bool) -> dict:
 
 def same_inputs(old: dict, new: dict) -> bool:
     """Whether two records cover the same input; True where either names none (a file written before
-    records named their inputs, or an unsharded run), which cannot be checked. The files listed are
+    records named their inputs), which cannot be checked. The files listed are
     compared where both records name them."""
     if "inputs" not in old or "inputs" not in new:
         return True

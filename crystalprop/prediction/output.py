@@ -415,9 +415,9 @@ class ResultWriter:
         shards = found.get("shard"), self.provenance.get("shard")
         if not same_inputs(found, self.provenance):
             raise ProvenanceMismatchError(
-                f"{self.path}: cannot resume, its shard is of other inputs "
+                f"{self.path}: cannot resume, it holds results of other inputs "
                 f"({describe_input_change(found, self.provenance, 'there', 'now')}); give the same paths in the "
-                "same order or use another --output")
+                "same order, or predict the others into another --output")
         if models_reordered(found, self.provenance):
             raise ProvenanceMismatchError(
                 f"{self.path}: cannot resume, it was written by the same models in another order "

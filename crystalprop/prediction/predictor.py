@@ -444,7 +444,7 @@ class Predictor:
 
     def provenance(self, shard: tuple[int, int] = (1, 1), inputs: dict | None = None) -> dict:
         """Where this predictor's results come from: versions, each model's weights (sha256), cells, engine,
-        the ``shard`` of the input they cover and, for a shard, that input (``inputs``:
+        the ``shard`` of the input they cover and that input (``inputs``:
         :func:`crystalprop.io.provenance.input_record`)."""
         from crystalprop.io.provenance import provenance  # noqa: PLC0415
 
