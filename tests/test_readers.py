@@ -253,6 +253,58 @@ def test_cif_hall_symbol_fixes_the_setting():
     assert min(s.distance_matrix[0][1:]) == pytest.approx(5.43 * 3**0.5 / 4)
 
 
+def hexagonal_cif(a: float, c: float, sites: list[tuple[str, float, float, float]], symmetry: str) -> str:
+    """CIF text of a hexagonal cell with sites (symbol, x, y, z) and the given symmetry lines."""
+    cell = f"_cell_length_a {a}\n_cell_length_b {a}\n_cell_length_c {c}\n"
+    cell += "_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 120\n"
+    atoms = "".join(f"{symbol}{i} {symbol} {x} {y} {z}\n" for i, (symbol, x, y, z) in enumerate(sites, 1))
+    return (f"data_test\n{cell}{symmetry}\nloop_\n_atom_site_label\n_atom_site_type_symbol\n"
+            f"_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n{atoms}")
+
+
+BI2SE3_SITES = [("Bi", 0, 0, 0.39734), ("Se", 0, 0, 0), ("Se", 0, 0, 0.217853)]
+
+
+@pytest.mark.parametrize(("symbol", "x"), [
+    ("'F d -3 m :2'", 0.125), ("'Fd-3m:2'", 0.125), ("'F d -3 m Z'", 0.125), ("'FD-3MZ'", 0.125),
+    ("'F d -3 m :1'", 0.0), ("'F d -3 m S'", 0.0), ("'Fd-3mS'", 0.0), ("'F 41/d -3 2/m :2'", 0.125),
+])
+@pytest.mark.parametrize("tag", ["_symmetry_space_group_name_H-M", "_space_group_name_H-M_alt"])
+def test_cif_setting_symbols_give_the_origin(tmp_path, tag, symbol, x):
+    """ITA's ':1'/':2' and ICSD's 'S'/'Z' (origin choice 1/2) after an H-M symbol were refused as
+    'not a space group that pymatgen or spglib can expand' (hunt8 finding 6)."""
+    (record,) = iter_file_records(write(tmp_path / "si.cif", cubic_cif(5.43, [("Si", x)], f"{tag} {symbol}")))
+    assert record.error is None and record.warnings == []
+    assert len(record.structure) == 8
+    assert min(record.structure.distance_matrix[0][1:]) == pytest.approx(5.43 * 3**0.5 / 4)
+
+
+@pytest.mark.parametrize("symbol", ["'R -3 m :H'", "'R-3m:H'", "'R -3 m H'", "'R -3 2/m'", "'R -3 m'"])
+def test_cif_rhombohedral_symbols_in_hexagonal_axes_expand(tmp_path, symbol):
+    """'R -3 m :H', 'R -3 m H' and the full symbol 'R -3 2/m' were refused (hunt8 finding 6)."""
+    text = hexagonal_cif(4.19, 30.41, BI2SE3_SITES, f"_symmetry_space_group_name_H-M {symbol}")
+    (record,) = iter_file_records(write(tmp_path / "bi2se3.cif", text))
+    assert record.error is None and record.warnings == []
+    assert record.structure.composition.reduced_formula == "Bi2Se3" and len(record.structure) == 15
+
+
+def test_cif_rhombohedral_axes_symbol_expands(tmp_path):
+    """'R -3 m :R' names rhombohedral axes: Bi at (x, x, x) and Se at the origin of Bi2Se3's primitive cell."""
+    hexagonal = Structure.from_spacegroup("R-3m", Lattice.hexagonal(4.19, 30.41), ["Bi", "Se"],
+                                          [[0, 0, 0.39734], [0, 0, 0]])
+    primitive = hexagonal.get_primitive_structure()
+    lattice = primitive.lattice
+    cell = "".join(f"_cell_length_{axis} {length}\n" for axis, length in zip("abc", lattice.abc))
+    cell += "".join(f"_cell_angle_{name} {angle}\n" for name, angle in zip(("alpha", "beta", "gamma"), lattice.angles))
+    x = next(site.frac_coords[0] for site in primitive if site.specie.symbol == "Bi")
+    text = (f"data_test\n{cell}_symmetry_space_group_name_H-M 'R -3 m :R'\nloop_\n_atom_site_label\n"
+            f"_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+            f"Bi1 Bi {x} {x} {x}\nSe1 Se 0 0 0\n")
+    (record,) = iter_file_records(write(tmp_path / "bi.cif", text))
+    assert record.error is None and record.warnings == []
+    assert record.structure.composition.reduced_formula == "Bi2Se" and len(record.structure) == 3
+
+
 @pytest.mark.parametrize("symmetry", ["", "_symmetry_space_group_name_H-M ?", "_space_group_name_Hall '.'",
                                       "_symmetry_equiv_pos_as_xyz ?"])
 def test_cif_without_symmetry_is_p1_with_a_warning(tmp_path, symmetry):

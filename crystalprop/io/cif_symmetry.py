@@ -6,7 +6,8 @@ dotted CIF2/mmCIF tags (``_space_group_symop.operation_xyz``, ``_space_group.IT_
 letter cases and most Hall symbols it does not read, and it falls back to P1 with only a Python
 warning: a NaCl cell given as ``-F 4 2 3`` became a two-atom CsCl-like crystal. CIF tags are
 case-insensitive and ``.``, ``_`` spell the same DDL1/DDL2 names, so this module finds the
-symmetry under any spelling, expands Hall symbols with spglib's table of the 530 settings, and
+symmetry under any spelling, expands Hall symbols and H-M symbols with a setting (``F d -3 m :2``,
+``R -3 m H``, ICSD's ``F d -3 m Z``) with spglib's table of the 530 settings, and
 gives the lines to append so that pymatgen applies it. :func:`p1_fallback` says what to do
 where pymatgen still falls back to P1.
 """
@@ -73,14 +74,86 @@ def _hall_numbers() -> dict[str, int]:
 
 def hall_operations(symbol: str) -> list[str] | None:
     """The symmetry operations (``x, y+1/2, -z``) of a Hall symbol in spglib's table; None for others."""
+    number = _hall_numbers().get(_hall_key(symbol))
+    return None if number is None else _database_operations(number)
+
+
+def _database_operations(number: int) -> list[str]:
+    """The operations (``x, y+1/2, -z``) of setting ``number`` (1-530) of spglib's table."""
     import spglib  # noqa: PLC0415
 
-    number = _hall_numbers().get(_hall_key(symbol))
-    if number is None:
-        return None
     ops = spglib.get_symmetry_from_database(number)
     return [SymmOp.from_rotation_and_translation(r, t).as_xyz_str()
             for r, t in zip(ops["rotations"], ops["translations"])]
+
+
+# a setting after an H-M symbol: ITA's ':1', ':2', ':H', ':R', also after a blank ('R -3 m H'), or ICSD's
+# 'S'/'Z' (origin choice 1/2); a letter may follow the symbol directly ('Fd-3mZ'): no H-M symbol ends in one
+_SETTING = re.compile(r"(?P<symbol>.+?)\s*(?::\s*(?P<given>[12hr])|\s(?P<spaced>[12hrsz])|(?P<attached>[hrsz]))")
+_ICSD_ORIGINS = {"s": "1", "z": "2"}
+
+
+def _hm_key(symbol: str) -> str:
+    """An H-M symbol as compared: without blanks and subscript marks, in lower case ('P 4_2/n' -> 'p42/n')."""
+    return re.sub(r"[\s_]", "", symbol).lower()
+
+
+def _setting_of(choice: str) -> str:
+    """The origin choice ('1', '2') or axes ('h', 'r') a choice of spglib's table names; '' for none."""
+    if choice in ("H", "R"):
+        return choice.lower()
+    return choice[0] if choice[:1] in ("1", "2") else ""
+
+
+@lru_cache(maxsize=1)
+def _hm_settings() -> dict[tuple[str, str | None], int]:
+    """spglib's Hall number per (H-M symbol, setting), short, full and setting-specific symbols alike;
+    setting None is the table's first setting of the symbol (origin choice 1, hexagonal axes)."""
+    import spglib  # noqa: PLC0415  (only for the rare block whose symbol pymatgen cannot read)
+
+    table: dict[tuple[str, str | None], int] = {}
+    for number in range(1, 531):
+        kind = spglib.get_spacegroup_type(number)
+        names = {kind.international_short, kind.international_full, *kind.international.split("=")}
+        for name in names:
+            table.setdefault((_hm_key(name), _setting_of(kind.choice)), number)
+            table.setdefault((_hm_key(name), None), number)
+    return table
+
+
+@lru_cache(maxsize=1)
+def _pymatgen_symbols() -> frozenset[str]:
+    """The H-M symbols pymatgen's get_symops reads (its table and COD's), compared as by :func:`_hm_key`."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from monty.serialization import loadfn  # noqa: PLC0415
+    from pymatgen.symmetry import groups  # noqa: PLC0415
+
+    cod = loadfn(Path(groups.__file__).parent / "symm_ops.json")
+    names = list(groups.SYMM_DATA["space_group_encoding"]) + [entry["hermann_mauguin"] for entry in cod]
+    return frozenset(_hm_key(name) for name in names)
+
+
+def _hm_hall_number(symbol: str) -> int | None:
+    """The Hall number of an H-M symbol that states its setting ('F d -3 m :2', 'R -3 m H', 'F d -3 m Z'),
+    or of one pymatgen cannot read ('R -3 2/m': the table's first setting); None otherwise."""
+    text = symbol.strip().lower()
+    match = _SETTING.fullmatch(text)
+    if match:
+        given = match.group("given") or match.group("spaced") or match.group("attached")
+        number = _hm_settings().get((_hm_key(match.group("symbol")), _ICSD_ORIGINS.get(given, given)))
+        if number is not None:
+            return number
+    if _hm_key(text) in _pymatgen_symbols():
+        return None
+    return _hm_settings().get((_hm_key(text), None))
+
+
+def hm_operations(symbol: str) -> list[str] | None:
+    """The symmetry operations of an H-M symbol that states its setting or that pymatgen cannot read,
+    from spglib's table; None for others (pymatgen reads those itself)."""
+    number = _hm_hall_number(symbol)
+    return None if number is None else _database_operations(number)
 
 
 def _quoted(value: str) -> str:
@@ -96,8 +169,9 @@ def symmetry_supplement(data: dict) -> str:
 
     ``data``: one block's tags and values as ``CifParser.as_dict()`` gives them. Listed operations
     come first (copied under a tag pymatgen reads), then a Hall symbol of spglib's table (it names
-    the setting, which a Hermann-Mauguin symbol or IT number may leave open), then a symbol or
-    number under a tag pymatgen reads, else copied under one. Raises ValueError, with the tag, for a
+    the setting, which a Hermann-Mauguin symbol or IT number may leave open), then an H-M symbol that
+    states its setting ('F d -3 m :2') or that pymatgen cannot read, expanded from spglib's table, then
+    a symbol or number under a tag pymatgen reads, else copied under one. Raises ValueError, with the tag, for a
     Hall symbol outside spglib's table: a symbol or number beside it may name another setting.
     """
     tags = symmetry_tags(data)
@@ -112,6 +186,10 @@ def symmetry_supplement(data: dict) -> str:
             return _operations_loop(ops)
     if "Hall" in tags:
         raise ValueError(_refusal(data))
+    for _, symbol in tags.get("H-M", []):
+        ops = hm_operations(symbol) if isinstance(symbol, str) else None
+        if ops:
+            return _operations_loop(ops)
     lines = []
     for kind, canonical in (("H-M", HM_TAG), ("IT number", IT_TAG)):
         found = tags.get(kind, [])
