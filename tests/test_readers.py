@@ -305,6 +305,22 @@ def test_cif_rhombohedral_axes_symbol_expands(tmp_path):
     assert record.structure.composition.reduced_formula == "Bi2Se" and len(record.structure) == 3
 
 
+@pytest.mark.parametrize(("symmetry", "x", "origin", "other"), [
+    ("_symmetry_space_group_name_H-M 'F d -3 m'", 0.125, 2, 1),
+    ("_symmetry_space_group_name_H-M 'F d -3 m'", 0.0, 1, 2),
+    ("_space_group_IT_number 227", 0.125, 2, 1),
+])
+def test_cif_bare_symbol_of_two_origins_takes_the_one_that_keeps_atoms_apart(tmp_path, symmetry, x, origin, other):
+    """Diamond in origin choice 2 under the bare symbol 'F d -3 m' was read in origin choice 1 without a word:
+    16 Si, 1.92 Å apart (hunt8 finding 5). Both readings are made; the one with atoms farther apart is kept."""
+    (record,) = iter_file_records(write(tmp_path / "si.cif", cubic_cif(5.43, [("Si", x)], symmetry)))
+    assert record.error is None and len(record.structure) == 8
+    assert min(record.structure.distance_matrix[0][1:]) == pytest.approx(5.43 * 3**0.5 / 4)
+    (note,) = record.warnings
+    assert "two origin choices" in note and f"read in origin choice {origin}" in note
+    assert f"1.92 Å in origin choice {other}" in note and "2.35 Å" in note
+
+
 @pytest.mark.parametrize("symmetry", ["", "_symmetry_space_group_name_H-M ?", "_space_group_name_Hall '.'",
                                       "_symmetry_equiv_pos_as_xyz ?"])
 def test_cif_without_symmetry_is_p1_with_a_warning(tmp_path, symmetry):

@@ -156,6 +156,45 @@ def hm_operations(symbol: str) -> list[str] | None:
     return None if number is None else _database_operations(number)
 
 
+@lru_cache(maxsize=1)
+def _origin_two_settings() -> dict[int, int]:
+    """Space-group number -> Hall number of its origin choice 2, in its standard axes."""
+    import spglib  # noqa: PLC0415
+
+    kinds = (spglib.get_spacegroup_type(number) for number in range(1, 531))
+    return {kind.number: kind.hall_number for kind in kinds if kind.choice == "2"}
+
+
+def _space_group_number(kind: str, value: str) -> int | None:
+    """The space-group number a bare H-M symbol (in the table's first setting) or an IT number names."""
+    if kind == "IT number":
+        return int(value) if value.strip().isdigit() else None
+    number = _hm_settings().get((_hm_key(value), None))
+    if number is None or _hm_settings().get((_hm_key(value), "2")) is None:
+        return None  # a symbol of one origin only, or of another axes setting ('P m n n')
+    import spglib  # noqa: PLC0415
+
+    return spglib.get_spacegroup_type(number).number
+
+
+def ambiguous_origin(data: dict) -> tuple[str, str] | None:
+    """(how the block names its space group, the CIF loop of its origin choice 2's operations) where the
+    block's symmetry is only a bare H-M symbol or IT number of a group with two origin choices, which
+    pymatgen reads in origin choice 1; None otherwise. ``data`` as for :func:`symmetry_supplement`,
+    after its lines were appended (a symbol that states its setting has become an operations loop)."""
+    tags = symmetry_tags(data)
+    if "operations" in tags or "Hall" in tags:
+        return None
+    found = tags.get("H-M") or tags.get("IT number") or []
+    kind = "H-M" if "H-M" in tags else "IT number"
+    if not found or not isinstance(found[0][1], str):
+        return None
+    tag, value = found[0]
+    number = _space_group_number(kind, value)
+    hall = _origin_two_settings().get(number) if number else None
+    return None if hall is None else (f"{tag} {_quoted(value)}", _operations_loop(_database_operations(hall)))
+
+
 def _quoted(value: str) -> str:
     return f'"{value}"' if "'" in value else f"'{value}'"
 

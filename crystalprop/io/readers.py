@@ -25,7 +25,7 @@ from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
 from crystalprop.io.cif_sites import check_type_symbols
-from crystalprop.io.cif_symmetry import p1_fallback, symmetry_supplement, unknown_operations
+from crystalprop.io.cif_symmetry import ambiguous_origin, p1_fallback, symmetry_supplement, unknown_operations
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
 from crystalprop.io.result_files import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
@@ -48,6 +48,10 @@ _CIF_BLOCK_SPLIT = re.compile(r"^\s*data_", re.MULTILINE)
 _CIF_CELL_TAG = re.compile(r"_cell_length_a", re.IGNORECASE)
 
 NameStructure = tuple[str, Structure]
+# a bare symbol of a group with two origin choices is read in both; the other origin is taken where its atoms
+# are this much farther apart: read in the wrong origin, a site's copies come near the right ones (diamond:
+# 1.92 against 2.35 Å, spinel: 0.17-0.28 against 1.92 Å), where two right readings would not differ at all
+ORIGIN_DISTANCE_RATIO = 1.1
 
 
 class StructureReadError(Exception):
@@ -223,13 +227,43 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
         except Exception as exc:
             detail = _warning_summary(caught) or _one_line(str(exc), 160)
             raise StructureReadError(name, f"no structure in CIF data block '{block_name}': {detail}") from exc
+        structure, note = structures[0], None
+        origin = ambiguous_origin(data)
+        if origin:
+            structure, note = _origin_choice(f"{(cleaned or block_text).rstrip()}\n{supplement}", structure, *origin)
     try:
-        note = p1_fallback(data, parser.warnings)
+        note = p1_fallback(data, parser.warnings) or note
     except ValueError as exc:
         raise StructureReadError(name, f"CIF data block '{block_name}': {exc}") from exc
     if note:
-        structures[0].properties[READ_NOTES_KEY] = [note]
-    return block_name, structures[0]
+        structure.properties[READ_NOTES_KEY] = [note]
+    return block_name, structure
+
+
+def _shortest_distance(structure: Structure) -> float | None:
+    """The shortest distance between two sites (periodic images included); None for one site or a large cell."""
+    if not 1 < len(structure) <= DISTANCE_MATRIX_MAX_SITES:
+        return None
+    distances = structure.distance_matrix
+    return float(distances[~np.eye(len(structure), dtype=bool)].min())
+
+
+def _origin_choice(block_text: str, first: Structure, group: str, second_loop: str) -> tuple[Structure, str]:
+    """The block read in origin choice 1 (``first``, pymatgen's reading of a bare symbol) or 2, with a note:
+    origin choice 2 where its atoms are ORIGIN_DISTANCE_RATIO times farther apart. ``group``: how the block
+    names its space group; ``second_loop``: the CIF lines of origin choice 2's operations."""
+    try:
+        second = CifParser.from_str(f"{block_text}\n{second_loop}").parse_structures(primitive=False)[0]
+    except Exception:  # noqa: BLE001  (origin choice 1 stands, with the note)
+        second = None
+    d1 = _shortest_distance(first)
+    d2 = _shortest_distance(second) if second is not None else None
+    told = f"{group} has two origin choices and the file does not say which"
+    if d1 is None or d2 is None:
+        return first, f"{told}: read in origin choice 1"
+    if d2 > ORIGIN_DISTANCE_RATIO * d1:
+        return second, f"{told}: read in origin choice 2 (atoms {d2:.2f} Å apart; {d1:.2f} Å in origin choice 1)"
+    return first, f"{told}: read in origin choice 1 (atoms {d1:.2f} Å apart; {d2:.2f} Å in origin choice 2)"
 
 
 def _unique_block_names(names: list[str]) -> list[str]:
