@@ -321,6 +321,28 @@ def test_cif_bare_symbol_of_two_origins_takes_the_one_that_keeps_atoms_apart(tmp
     assert f"1.92 Å in origin choice {other}" in note and "2.35 Å" in note
 
 
+def test_cif_symmetry_copies_of_a_rounded_site_are_one_atom(tmp_path):
+    """Wurtzite with 1/3 written as 0.333: the 3-fold axis maps (0.333, 0.667) to (0.333, 0.666), 0.003 Å away,
+    and the file was refused as 'overlapping atoms' (hunt8 finding 4)."""
+    symmetry = "_symmetry_space_group_name_H-M 'P 63 m c'"
+    exact = [("Zn", 1 / 3, 2 / 3, 0.0), ("O", 1 / 3, 2 / 3, 0.3821)]
+    rounded = [(symbol, round(x, 3), round(y, 3), z) for symbol, x, y, z in exact]
+    (record,) = iter_file_records(write(tmp_path / "zno.cif", hexagonal_cif(3.288, 5.3067, rounded, symmetry)))
+    assert record.error is None and record.warnings == []
+    [(_, reference)] = read_file(write(tmp_path / "exact.cif", hexagonal_cif(3.288, 5.3067, exact, symmetry)))
+    assert len(record.structure) == len(reference) == 4
+    assert record.structure.composition == reference.composition
+    assert np.abs(record.structure.distance_matrix - reference.distance_matrix).max() < 0.01
+
+
+def test_cif_distinct_sites_at_one_position_are_still_refused(tmp_path):
+    """Merging the symmetry copies of one site must not merge two rows of the file."""
+    sites = [("Zn", 0.333, 0.667, 0.0), ("Zn", 0.3335, 0.667, 0.0)]
+    text = hexagonal_cif(3.288, 5.3067, sites, "_symmetry_space_group_name_H-M 'P 63 m c'")
+    (record,) = iter_file_records(write(tmp_path / "two.cif", text))
+    assert record.structure is None and record.error
+
+
 @pytest.mark.parametrize("symmetry", ["", "_symmetry_space_group_name_H-M ?", "_space_group_name_Hall '.'",
                                       "_symmetry_equiv_pos_as_xyz ?"])
 def test_cif_without_symmetry_is_p1_with_a_warning(tmp_path, symmetry):

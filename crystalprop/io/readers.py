@@ -52,6 +52,11 @@ NameStructure = tuple[str, Structure]
 # are this much farther apart: read in the wrong origin, a site's copies come near the right ones (diamond:
 # 1.92 against 2.35 Å, spinel: 0.17-0.28 against 1.92 Å), where two right readings would not differ at all
 ORIGIN_DISTANCE_RATIO = 1.1
+# symmetry copies of one site closer than this in each fractional coordinate are one atom (pymatgen: 1e-4).
+# A file's 3 decimals are off by up to 5e-4 each, and an operation such as (-y, x-y) adds two of them, so the
+# copies of (0.333, 0.667) land up to 1.5e-3 apart (0.003 Å in wurtzite). 2e-3 is 0.02 Å in a 10 Å cell,
+# far below any bond and below OVERLAP_DISTANCE: it merges only copies that would be refused as overlapping.
+SITE_TOLERANCE = 2e-3
 
 
 class StructureReadError(Exception):
@@ -181,7 +186,7 @@ def _split_cif_blocks(text: str) -> list[str]:
 
 def _cif_parser(block_text: str, name: str) -> CifParser:
     try:
-        return CifParser.from_str(block_text)
+        return CifParser.from_str(block_text, site_tolerance=SITE_TOLERANCE)
     except StructureReadError:
         raise
     except Exception as exc:
@@ -253,7 +258,7 @@ def _origin_choice(block_text: str, first: Structure, group: str, second_loop: s
     origin choice 2 where its atoms are ORIGIN_DISTANCE_RATIO times farther apart. ``group``: how the block
     names its space group; ``second_loop``: the CIF lines of origin choice 2's operations."""
     try:
-        second = CifParser.from_str(f"{block_text}\n{second_loop}").parse_structures(primitive=False)[0]
+        second = _cif_parser(f"{block_text}\n{second_loop}", "").parse_structures(primitive=False)[0]
     except Exception:  # noqa: BLE001  (origin choice 1 stands, with the note)
         second = None
     d1 = _shortest_distance(first)
