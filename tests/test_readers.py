@@ -343,6 +343,50 @@ def test_cif_distinct_sites_at_one_position_are_still_refused(tmp_path):
     assert record.structure is None and record.error
 
 
+def _with_occupancies(text: str, occupancies: list[str]) -> str:
+    """``cubic_cif`` text with an _atom_site_occupancy column holding ``occupancies``, row by row."""
+    head, rows = text.split("_atom_site_fract_z\n")
+    lines = [f"{row} {occupancy}" for row, occupancy in zip(rows.splitlines(), occupancies)]
+    return head + "_atom_site_fract_z\n_atom_site_occupancy\n" + "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("symmetry", "sites", "occupancies", "said"), [
+    (P1_LINE, [("Mg", 0.0), ("O", 0.5), ("Mg", 0.0)], ["1", "1", "1"],
+     "atoms Mg1 and Mg3 share a position (occupancies 1 + 1)"),
+    ("_symmetry_space_group_name_H-M 'F m -3 m'", [("Na", 0.0), ("Cl", 0.5), ("Na", 0.5)], ["1", "1", "1"],
+     "atoms Cl2 and Na3 share a position (occupancies 1 + 1)"),
+    (P1_LINE, [("Mg", 0.0), ("O", 0.5)], ["1.0001", "1"], "site Mg1 has occupancy 1.0001, above 1"),
+])
+def test_cif_occupancy_above_one_is_told_by_label(tmp_path, symmetry, sites, occupancies, said):
+    """Two atoms at one position were refused with pymatgen's 'Occupancy 2.0 exceeded tolerance', which names
+    no atom and no occupancy of the file (hunt8 finding 8)."""
+    text = _with_occupancies(cubic_cif(4.2, sites, symmetry), occupancies)
+    reason = reason_of(write(tmp_path / "two.cif", text))
+    assert said in reason and "exceeded tolerance" not in reason
+
+
+def test_a_disordered_site_is_named_by_its_label_and_occupancy(tmp_path):
+    """A 0.9999 occupancy was reported at 'site 0', pymatgen's index after it re-sorts the sites, which shows
+    it as 'Mg:1.0' (hunt8 finding 8)."""
+    text = _with_occupancies(cubic_cif(4.2, [("O", 0.5), ("Mg", 0.0)], P1_LINE), ["1", "0.9999"])
+    (record,) = iter_file_records(write(tmp_path / "occ.cif", text))
+    assert "partial occupancy) at site Mg2 (Mg 0.9999)" in record.error
+
+
+def test_a_cif_without_atom_site_labels_says_so(tmp_path):
+    """A CIF without _atom_site_label was called 'malformed or truncated' (hunt8 finding 8)."""
+    text = cubic_cif(5.69, NACL_SITES, P1_LINE).replace("_atom_site_label\n", "")
+    text = text.replace("Na1 Na", "Na").replace("Cl2 Cl", "Cl")
+    reason = reason_of(write(tmp_path / "nolabel.cif", text))
+    assert "no _atom_site_label column" in reason and "malformed" not in reason
+
+
+def test_too_many_sites_hint_at_the_primitive_cell(nacl):
+    with pytest.raises(ValueError, match=r"exceed the limit of 4 \(a supercell of a small crystal: give its "
+                                         r"primitive cell\)"):
+        validate_structure(nacl, max_sites=4)
+
+
 @pytest.mark.parametrize("symmetry", ["", "_symmetry_space_group_name_H-M ?", "_space_group_name_Hall '.'",
                                       "_symmetry_equiv_pos_as_xyz ?"])
 def test_cif_without_symmetry_is_p1_with_a_warning(tmp_path, symmetry):

@@ -3,14 +3,18 @@
 pymatgen turns a type symbol it cannot parse into the element of its first two letters, or of its
 first letter: the vacancy ``Va`` becomes vanadium, the ghost atom ``Bq`` boron, ``Ph`` phosphorus,
 with no more than a warning. A type symbol names the site's element (``Fe``, ``Fe2+``, ``O2-``), so
-one that is no element is refused here instead of being read as another.
+one that is no element is refused here instead of being read as another. An occupancy above 1 (two rows
+at one position, say) is told by the rows' labels, where pymatgen names none.
 """
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
 from pymatgen.core import Element
+from pymatgen.core.operations import SymmOp
+from pymatgen.io.cif import str2float
 
 TYPE_SYMBOL_KEY = "_atom_site_type_symbol"
 ISOTOPES = ("D", "T")  # deuterium and tritium: read as hydrogen
@@ -52,3 +56,43 @@ def check_type_symbols(data: dict) -> None:
             site = f" (site {labels[k]})" if isinstance(labels, list) and k < len(labels) else ""
             raise ValueError(f"unknown element '{symbol}'{site}: a type symbol that names no element, such as a "
                              f"vacancy or a dummy atom, is not read as {guess}")
+
+
+def _position_rows(data: dict) -> list[tuple[str, np.ndarray, float]]:
+    """(label, fractional coordinates, occupancy) per atom row that has numbers for all three."""
+    labels = data.get("_atom_site_label")
+    columns = [data.get(f"_atom_site_fract_{axis}") for axis in "xyz"]
+    if not isinstance(labels, list) or not all(isinstance(column, list) for column in columns):
+        return []
+    occupancies = data.get("_atom_site_occupancy", ["1"] * len(labels))
+    rows = []
+    for k, label in enumerate(labels):
+        try:
+            coords = np.array([str2float(column[k]) for column in columns])
+            occupancy = str2float(occupancies[k]) if isinstance(occupancies, list) else 1.0
+        except (ValueError, TypeError, IndexError):
+            continue
+        rows.append((str(label), coords, occupancy))
+    return rows
+
+
+def _same_position(a: np.ndarray, b: np.ndarray, tolerance: float) -> bool:
+    difference = a - b
+    return bool(np.all(np.abs(difference - np.round(difference)) < tolerance))
+
+
+def occupancy_excess(data: dict, operations: list[SymmOp], tolerance: float) -> str | None:
+    """Why a block has an occupancy above 1, in the file's terms: two rows at one position (a symmetry copy of
+    one on the other included), or one row's occupancy above 1; None where neither is found.
+
+    pymatgen says only "Occupancy 2.0 exceeded tolerance", which names no atom of the file. ``data`` as for
+    :func:`check_type_symbols`; ``operations``: those the parser applied; ``tolerance``: its site tolerance.
+    """
+    rows = _position_rows(data)
+    for j, (label_j, coords_j, occupancy_j) in enumerate(rows):
+        copies = [op.operate(coords_j) for op in operations]
+        for label_i, coords_i, occupancy_i in rows[:j]:
+            if any(_same_position(copy, coords_i, tolerance) for copy in copies):
+                return f"atoms {label_i} and {label_j} share a position (occupancies {occupancy_i:g} + {occupancy_j:g})"
+    over = next(((label, occupancy) for label, _, occupancy in rows if occupancy > 1), None)
+    return None if over is None else f"site {over[0]} has occupancy {over[1]:g}, above 1"

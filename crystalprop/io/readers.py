@@ -24,7 +24,7 @@ from pymatgen.core import DummySpecies, Element, Lattice, Structure
 from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
-from crystalprop.io.cif_sites import check_type_symbols
+from crystalprop.io.cif_sites import check_type_symbols, occupancy_excess
 from crystalprop.io.cif_symmetry import ambiguous_origin, p1_fallback, symmetry_supplement, unknown_operations
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
@@ -189,6 +189,11 @@ def _cif_parser(block_text: str, name: str) -> CifParser:
         return CifParser.from_str(block_text, site_tolerance=SITE_TOLERANCE)
     except StructureReadError:
         raise
+    except KeyError as exc:
+        tag = str(exc.args[0]) if exc.args else ""
+        if tag.startswith("_atom_site_"):
+            raise StructureReadError(name, f"no {tag} column in the atom site loop: core CIF needs one") from exc
+        raise StructureReadError(name, f"malformed or truncated CIF (broken tag or loop_ table; KeyError: {exc})") from exc
     except Exception as exc:
         detail = f"{type(exc).__name__}: {_one_line(str(exc), 120)}"
         raise StructureReadError(name, f"malformed or truncated CIF (broken tag or loop_ table; {detail})") from exc
@@ -230,7 +235,7 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
         except StructureReadError:
             raise
         except Exception as exc:
-            detail = _warning_summary(caught) or _one_line(str(exc), 160)
+            detail = _occupancy_reason(data, parser, caught) or _warning_summary(caught) or _one_line(str(exc), 160)
             raise StructureReadError(name, f"no structure in CIF data block '{block_name}': {detail}") from exc
         structure, note = structures[0], None
         origin = ambiguous_origin(data)
@@ -243,6 +248,13 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
     if note:
         structure.properties[READ_NOTES_KEY] = [note]
     return block_name, structure
+
+
+def _occupancy_reason(data: dict, parser: CifParser, caught: list[warnings.WarningMessage]) -> str | None:
+    """The rows behind pymatgen's "Occupancy 2.0 exceeded tolerance", by label; None for other failures."""
+    if not any("exceeded tolerance" in str(item.message) for item in caught):
+        return None
+    return occupancy_excess(data, getattr(parser, "symmetry_operations", None) or [], SITE_TOLERANCE)
 
 
 def _shortest_distance(structure: Structure) -> float | None:
@@ -648,16 +660,20 @@ def read_file_with_timeout(path: str, seconds: float) -> list[NameStructure]:
 
 
 DISORDER_REASON = (
-    "disordered site(s) (partial occupancy) at site {index}: the model needs an ordered structure; "
+    "disordered site(s) (partial occupancy) at site {site}: the model needs an ordered structure; "
     "order it first, e.g. with pymatgen's OrderDisorderedStructureTransformation"
 )
 
 
 def _check_ordered(structure: Structure) -> None:
+    """Refuse a site of partial or mixed occupancy, named by the file's label where it has one (the index is
+    pymatgen's, after it sorted the sites) and with its occupancies as given (pymatgen shows 0.9999 as 1.0)."""
     if structure.is_ordered:
         return
-    index = next(i for i, site in enumerate(structure) if not site.is_ordered)
-    raise ValueError(DISORDER_REASON.format(index=index))
+    index, site = next((i, site) for i, site in enumerate(structure) if not site.is_ordered)
+    occupancies = ", ".join(f"{species} {amount:g}" for species, amount in site.species.items())
+    label = site.label if site.label not in (None, site.species_string) else str(index)
+    raise ValueError(DISORDER_REASON.format(site=f"{label} ({occupancies})"))
 
 
 def _check_cell(structure: Structure) -> None:
@@ -775,7 +791,8 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, radiu
     _check_elements(structure)
     _check_ordered(structure)
     if len(structure) > max_sites:
-        raise ValueError(f"{len(structure)} sites exceed the limit of {max_sites}")
+        raise ValueError(f"{len(structure)} sites exceed the limit of {max_sites} (a supercell of a small crystal: "
+                         "give its primitive cell)")
     _check_cell(structure)
     _check_coords(structure)
     largest = max((e.symbol for e in structure.composition.elements), key=_atomic_radius)  # the most squeezed
