@@ -53,7 +53,7 @@ def test_coincident_sites_are_left_to_pymatgen():
                                      "  O  O3  1  0.50000000  0.50000000  0.00004000  1")
     assert "0.00004000" in text  # O3 now sits on O2 (0.5, 0.5, 0) within pymatgen's tolerance
     assert p1_structure(_block(text)) is None
-    with pytest.raises(StructureReadError, match="Occupancy 2.0"):  # pymatgen merges them: O occupancy 2
+    with pytest.raises(StructureReadError, match="atoms O2 and O3 share a position"):  # pymatgen merges them
         structure_from_text(text, "x.cif")
 
 

@@ -23,6 +23,7 @@ from pymatgen.io.vasp import Poscar
 
 from conftest import run_cli
 from crystalprop.io import format_from_name
+from crystalprop.io.readers import SITE_TOLERANCE
 
 REALWORLD = Path(__file__).parent / "files" / "realworld"
 VASP4 = "vasp4"
@@ -60,7 +61,8 @@ def pymatgen_reading(path: Path) -> list[Structure] | str | None:
         warnings.simplefilter("ignore")
         try:
             if fmt == "cif":
-                return CifParser(path).parse_structures(primitive=False) or None
+                # with crystalprop's tolerance for a site's symmetry copies (rounded coordinates leave them apart)
+                return CifParser(path, site_tolerance=SITE_TOLERANCE).parse_structures(primitive=False) or None
             if fmt == "poscar":
                 poscar = Poscar.from_file(path)
                 return [poscar.structure] if poscar.true_names else VASP4
