@@ -945,6 +945,32 @@ def test_discovery_streams(tree, monkeypatch):
     assert len(calls) == 3
 
 
+def test_discovery_reports_broken_links_in_folders(tmp_path, nacl):
+    """Was: a link into a purged scratch folder was left out of a folder scan, with no row and no message
+    (``is_file`` is False for a link to nothing); it fails, naming the target it lost."""
+    scratch, data = tmp_path / "scratch", tmp_path / "data"
+    scratch.mkdir()
+    data.mkdir()
+    write(scratch / "a.cif", str(CifWriter(nacl)))
+    (data / "a.cif").symlink_to(scratch / "a.cif")
+    (data / "b.cif").symlink_to(scratch / "b.cif")
+    errors = {os.path.basename(r.name): r.error for r in iter_records([str(data)])}
+    assert errors == {"a.cif": None, "b.cif": f"broken link -> {os.path.realpath(scratch / 'b.cif')}"}
+    assert reason_of(str(data / "b.cif")) == f"broken link -> {os.path.realpath(scratch / 'b.cif')}"
+
+
+def test_discovery_a_link_removed_after_listing_is_no_such_file(tmp_path, nacl):
+    """Was: a symlinked file removed between the listing of its folder and its turn dropped out silently,
+    where a regular file gets a "no such file" row."""
+    write(tmp_path / "a.cif", str(CifWriter(nacl)))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "b.cif").symlink_to(write(tmp_path / "elsewhere" / "b.cif", str(CifWriter(nacl))))
+    records = iter_records([str(tmp_path)])
+    assert next(records).error is None
+    os.unlink(tmp_path / "b.cif")
+    assert [(os.path.basename(r.name), r.error) for r in records] == [("b.cif", "cannot read: no such file")]
+
+
 def test_iter_records(tree, nacl):
     records = list(iter_records([str(tree), str(tree / "missing.cif")], recursive=True))
     assert all(isinstance(r, StructureRecord) for r in records)

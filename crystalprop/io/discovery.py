@@ -24,18 +24,34 @@ def _has_glob(arg: str) -> bool:
     return any(c in arg for c in _GLOB_CHARS)
 
 
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _cannot_stat(path: str) -> bool:
+    """Whether nothing can be found behind a path: a link to nothing (a purged scratch file), an entry
+    removed since its folder was listed, a link loop, or one that may not be looked at."""
+    try:
+        os.stat(path)
+    except OSError:
+        return True
+    return False
+
+
 def _is_candidate(entry: os.DirEntry[str]) -> bool:
     """A regular file (or link to one) named like a structure, or a ``.in``/``.out`` file that
     starts like pw.x input or output (those names are too common to trust); dot files are skipped,
     and so are crystalprop's own JSON results, which a run may have written into the folder
-    (predict's tables and sidecars, evaluate's metrics.json: :func:`~crystalprop.io.result_files.is_own_output`)."""
+    (predict's tables and sidecars, evaluate's metrics.json: :func:`~crystalprop.io.result_files.is_own_output`).
+    A structure name with nothing behind it (a broken link, an entry gone since the listing) is a candidate
+    too, so that the reader reports it instead of it vanishing from the results."""
     by_name = looks_like_structure_name(entry.name)
     if entry.name.startswith(".") or not (by_name or may_be_pw_x_name(entry.name)):
         return False
-    try:
-        if not entry.is_file():
-            return False
-    except OSError:
+    if not (_is_file(entry) or _cannot_stat(entry.path)):
         return False
     if by_name:
         return not is_own_output(entry.path)
@@ -126,13 +142,6 @@ def _given_folders(args: Iterable[str]) -> Iterator[tuple[str, str]]:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def _is_file(entry: os.DirEntry[str]) -> bool:
-    try:
-        return entry.is_file()
-    except OSError:
-        return False
 
 
 def no_structures_found(args: Iterable[str], recursive: bool = False) -> str | None:

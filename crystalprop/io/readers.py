@@ -576,13 +576,20 @@ def _directory_reason(path: str) -> str:
     return "cannot read: is a directory that cannot be listed (permission denied)"
 
 
+def _missing_reason(path: str) -> str:
+    """Why a path opens to nothing: a link names the target it lost (a purged scratch file, say)."""
+    if os.path.islink(path):
+        return f"broken link -> {os.path.realpath(path)}"
+    return "cannot read: no such file"
+
+
 def _read_raw(path: str, limit: int) -> bytes:
     """Up to ``limit + 1`` bytes of a file, with OS errors as one-line reasons."""
     try:
         with open(path, "rb") as handle:
             return handle.read(limit + 1)
     except FileNotFoundError as exc:
-        raise StructureReadError(path, "cannot read: no such file") from exc
+        raise StructureReadError(path, _missing_reason(path)) from exc
     except IsADirectoryError as exc:
         raise StructureReadError(path, _directory_reason(path)) from exc
     except PermissionError as exc:
