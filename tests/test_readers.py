@@ -971,6 +971,53 @@ def test_discovery_a_link_removed_after_listing_is_no_such_file(tmp_path, nacl):
     assert [(os.path.basename(r.name), r.error) for r in records] == [("b.cif", "cannot read: no such file")]
 
 
+def test_discovery_follows_symlinked_folders_once(tmp_path, nacl, monkeypatch):
+    """Was: -r never entered a symlinked sub-folder ("to avoid cycles"), silently, so `data/sub -> /scratch/..`
+    lost its structures. Linked folders are followed now, each folder once by its device and inode: links
+    back up end, and a second name of a folder read already is not listed again."""
+    cif = str(CifWriter(nacl))
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    (data / "real").mkdir(parents=True)
+    outside.mkdir()
+    write(data / "top.cif", cif)
+    write(data / "real" / "r.cif", cif)
+    write(outside / "o.cif", cif)
+    (data / "linked").symlink_to(outside)
+    (data / "twin").symlink_to(data / "real")
+    (data / "real" / "again").symlink_to(data / "real")
+    (outside / "up").symlink_to(data)
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def counting_scandir(path):
+        listed.append(os.path.realpath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(discovery.os, "scandir", counting_scandir)
+    assert rel(iter_structure_paths([str(data)], recursive=True), data) == ["top.cif", "linked/o.cif", "real/r.cif"]
+    assert listed == [os.path.realpath(p) for p in (data, outside, data / "real")]
+    assert rel(iter_structure_paths([str(data)]), data) == ["top.cif"]
+
+
+def test_no_structures_found_names_links_it_does_not_follow(tmp_path, nacl):
+    """Was: a folder holding only a symlinked sub-folder (or a link to nothing) was called "empty"."""
+    only_link, loop, purged = tmp_path / "onlylink", tmp_path / "loop", tmp_path / "purged"
+    for folder in (only_link, loop, purged, tmp_path / "data"):
+        folder.mkdir()
+    write(tmp_path / "data" / "a.cif", str(CifWriter(nacl)))
+    (only_link / "data").symlink_to(tmp_path / "data")
+    (loop / "self").symlink_to(loop)
+    (purged / "sub").symlink_to(tmp_path / "gone")
+    assert discovery.no_structures_found([str(only_link)]) == (
+        f"no structure files found in {only_link} (1 sub-folder: use -r to read it)")
+    assert discovery.no_structures_found([str(only_link)], recursive=True) is None
+    assert discovery.no_structures_found([str(loop)], recursive=True) == (
+        f"no structure files found in {loop} (1 sub-folder not followed, a folder read already, e.g. {loop / 'self'})")
+    gone = os.path.realpath(tmp_path / "gone")
+    assert discovery.no_structures_found([str(purged)], recursive=True) == (
+        f"no structure files found in {purged} (1 broken link, e.g. {purged / 'sub'} -> {gone})")
+
+
 def test_iter_records(tree, nacl):
     records = list(iter_records([str(tree), str(tree / "missing.cif")], recursive=True))
     assert all(isinstance(r, StructureRecord) for r in records)

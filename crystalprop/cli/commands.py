@@ -60,7 +60,7 @@ def main() -> None:
               help="Inference engine. auto: on CPU, numpy with crystalprop's fused kernels (same results to float32 "
                    "rounding, no MindSpore import: about 1.5 s less start-up) where a C++ compiler built them, "
                    "else MindSpore.")
-@click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders.")
+@click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders (symlinked ones too, each once).")
 @click.option("--workers", default=None, type=click.IntRange(min=0),
               help="Reader processes (default: cores, at most 4; 0 = in-process). One that dies costs only "
                    "the structure it held (a failed row); a new one takes over.")

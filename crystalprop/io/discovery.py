@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, NamedTuple
 
 from crystalprop.io.formats import is_pw_x_file, looks_like_structure_name, may_be_pw_x_name
 from crystalprop.io.limits import READ_TIMEOUT_S
@@ -59,9 +59,17 @@ def _is_candidate(entry: os.DirEntry[str]) -> bool:
 
 
 def _is_subdir(entry: os.DirEntry[str]) -> bool:
-    """A real sub-folder; symlinked folders are not followed, to avoid cycles."""
+    """A sub-folder, or a link to one (followed with ``-r``; :func:`_walk` lists each folder once)."""
     try:
-        return entry.is_dir(follow_symlinks=False)
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _is_broken_link(entry: os.DirEntry[str]) -> bool:
+    """A link to nothing (a purged scratch file or folder), which a scan cannot follow."""
+    try:
+        return entry.is_symlink() and _cannot_stat(entry.path)
     except OSError:
         return False
 
@@ -75,24 +83,67 @@ def _list_dir(folder: str) -> list[os.DirEntry[str]] | None:
         return None
 
 
+def _folder_key(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of the folder a path leads to, which names it whatever links lead there."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _first_visits(folders: list[str], seen: set[tuple[int, int]]) -> list[str]:
+    """The folders not in ``seen``, which are added to it; one that cannot be looked at stays, for the
+    reader to report."""
+    fresh = []
+    for path in folders:
+        key = _folder_key(path)
+        if key not in seen:
+            fresh.append(path)
+            if key is not None:
+                seen.add(key)
+    return fresh
+
+
+class _Listing(NamedTuple):
+    folder: str
+    entries: list[os.DirEntry[str]] | None
+    """Sorted by name; None when the folder cannot be listed."""
+    subdirs: list[str]
+    """Every sub-folder, linked ones too."""
+    entered: list[str]
+    """The sub-folders walked next (with ``recursive``): those not listed before."""
+
+
+def _walk(folder: str, recursive: bool) -> Iterator[_Listing]:
+    """A folder's listing, then with ``recursive`` those of its sub-folders, depth first, each by name.
+
+    Symlinked sub-folders are followed, and each folder is listed once, told by its device and inode,
+    so a link back up ends the walk there and a second link to a folder does not list it again.
+    """
+    start = _folder_key(folder)
+    seen = set() if start is None else {start}
+    pending = [folder]
+    while pending:
+        current = pending.pop()
+        entries = _list_dir(current)
+        subdirs = [entry.path for entry in entries or [] if _is_subdir(entry)]
+        entered = _first_visits(subdirs, seen) if recursive else []
+        yield _Listing(current, entries, subdirs, entered)
+        pending.extend(reversed(entered))
+
+
 def _iter_folder(folder: str, recursive: bool) -> Iterator[str]:
     """Structure files of a folder (files first, then sub-folders, each sorted by name).
 
     A folder that cannot be listed is yielded itself, so the reader reports
     it instead of it vanishing from the results.
     """
-    pending = [folder]
-    while pending:
-        current = pending.pop()
-        entries = _list_dir(current)
-        if entries is None:
-            yield current
+    for listing in _walk(folder, recursive):
+        if listing.entries is None:
+            yield listing.folder
             continue
-        for entry in entries:
-            if _is_candidate(entry):
-                yield entry.path
-        if recursive:
-            pending.extend(reversed([e.path for e in entries if _is_subdir(e)]))
+        yield from (entry.path for entry in listing.entries if _is_candidate(entry))
 
 
 def _iter_arg(arg: str, recursive: bool) -> Iterator[str]:
@@ -144,6 +195,24 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+def _not_read(listings: list[_Listing], recursive: bool) -> list[str]:
+    """What the folders hold that a scan reads nothing from: other files, sub-folders without ``-r``,
+    links to folders listed already, broken links."""
+    entries = [entry for listing in listings for entry in listing.entries or []]
+    subdirs = sum(len(listing.subdirs) for listing in listings)
+    files = [entry.name for entry in entries if not _is_subdir(entry) and not _is_broken_link(entry)]
+    repeated = [path for listing in listings for path in listing.subdirs if path not in listing.entered]
+    broken = [entry.path for entry in entries if _is_broken_link(entry)]
+    held = [f"{_plural(len(files), 'file')} not recognised as structures, e.g. {files[0]}"] if files else []
+    if subdirs and not recursive:
+        held.append(f"{_plural(subdirs, 'sub-folder')}: use -r to read {'it' if subdirs == 1 else 'them'}")
+    if repeated and recursive:
+        held.append(f"{_plural(len(repeated), 'sub-folder')} not followed, a folder read already, e.g. {repeated[0]}")
+    if broken:
+        held.append(f"{_plural(len(broken), 'broken link')}, e.g. {broken[0]} -> {os.path.realpath(broken[0])}")
+    return held
+
+
 def no_structures_found(args: Iterable[str], recursive: bool = False) -> str | None:
     """None when ``args`` give a path to read (:func:`iter_structure_paths`), else why they give none:
     the folders named, the files in them not recognised as structures, the sub-folders left unread."""
@@ -152,21 +221,12 @@ def no_structures_found(args: Iterable[str], recursive: bool = False) -> str | N
         return None
     given = list(_given_folders(args))
     named = list(dict.fromkeys(arg for arg, _ in given))
-    pending = [folder for _, folder in reversed(given)]
-    files, folders = [], 0
-    while pending:
-        entries = _list_dir(pending.pop()) or []
-        files += [entry.name for entry in entries if _is_file(entry)]
-        subdirs = [entry.path for entry in entries if _is_subdir(entry)]
-        folders += len(subdirs)
-        if recursive:
-            pending.extend(reversed(subdirs))
+    listings = [listing for _, folder in given for listing in _walk(folder, recursive)]
+    folders = sum(len(listing.entered) for listing in listings)
     one = len(named) == 1
     where = ", ".join(named) + (f" or {'its' if one else 'their'} {_plural(folders, 'sub-folder')}"
                                 if recursive and folders else "")
-    held = [f"{_plural(len(files), 'file')} not recognised as structures, e.g. {files[0]}"] if files else []
-    if folders and not recursive:
-        held.append(f"{_plural(folders, 'sub-folder')}: use -r to read {'it' if folders == 1 else 'them'}")
+    held = _not_read(listings, recursive)
     return f"no structure files found in {where} ({'; '.join(held) or ('it is' if one else 'they are') + ' empty'})"
 
 
