@@ -649,7 +649,11 @@ def test_cli_inspect_json(files, tmp_path):
     assert nacl["nearest_neighbor_A"] == pytest.approx(2.82, abs=1e-3)
     assert nacl["n_edges"] > 0 and nacl["edges_per_atom"] == pytest.approx(nacl["n_edges"] / 2, abs=0.01)
     assert records[1]["nearest_neighbor_A"] == pytest.approx(4.21 / 2, abs=1e-3)
-    assert records[2]["error"] and "n_edges" not in records[2]
+    assert records[2]["error"] and set(records[2]) == set(nacl)  # was: the graph's keys were left out
+    assert all(records[2][key] is None for key in ("n_edges", "edges_per_atom", "nearest_neighbor_A",
+                                                   "mean_neighbor_A"))
+    table = run_cli(["inspect", "in/missing.cif"], cwd=tmp_path, env={"COLUMNS": "200"})
+    assert "no such file" in table.stdout and "None" not in table.stdout
     ok = run_cli(["inspect", "in/c.cif", "--json", "--cutoff", "5", "--neighbors", "6"], cwd=tmp_path)
     assert ok.returncode == 0
     assert json.loads(ok.stdout)[0]["nearest_neighbor_A"] == pytest.approx(3.905 / 2, abs=1e-3)
@@ -740,7 +744,8 @@ def test_cli_predict_keeps_numpy_blas_on_one_thread_unless_told(tmp_path, random
     (["predict", "--workers", "-1"], "'--workers'"), (["predict", "--timeout", "-1"], "'--timeout'"),
     (["predict", "-m", ""], "empty model name"), (["predict", "--resume", "--overwrite", "-o", "x.csv"], "give one"),
     (["inspect", "--neighbors", "0"], "'--neighbors'"), (["inspect", "--cutoff", "-1"], "'--cutoff'"),
-    (["inspect", "--cutoff", "0"], "'--cutoff'"),
+    (["inspect", "--cutoff", "0"], "'--cutoff'"), (["inspect", "--cutoff", "nan"], "not a finite number"),
+    (["inspect", "--cutoff", "inf"], "not a finite number"),
 ])
 def test_cli_refuses_impossible_option_values(args, said, files, tmp_path):
     """These ran as if sensible (--neighbors 0 gave 122 edges per atom; -m '' ran every model)."""

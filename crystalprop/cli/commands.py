@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from rich.markup import escape
 
 from crystalprop.cli.options import (
-    cell_option, device_option, duration_s, fold_option, models_option, parse_shard, sigma_option,
+    FiniteFloatRange, cell_option, device_option, duration_s, fold_option, models_option, parse_shard, sigma_option,
 )
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
 from crystalprop.cli.display import (
@@ -183,7 +183,7 @@ def models() -> None:
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--recursive", "-r", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--cutoff", default=GraphSettings.cutoff, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--cutoff", default=GraphSettings.cutoff, show_default=True, type=FiniteFloatRange(min=0, min_open=True))
 @click.option("--neighbors", default=GraphSettings.max_neighbors, show_default=True, type=click.IntRange(min=1))
 @cell_option("canonical")
 def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:

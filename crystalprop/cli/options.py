@@ -5,6 +5,7 @@ Light to import (no numpy), as the command's start-up must be.
 
 from __future__ import annotations
 
+import math
 import re
 
 import click
@@ -12,6 +13,17 @@ import click
 from crystalprop.utils.backend import DEVICES
 from crystalprop.graph.settings import CELL_CHOICES
 from crystalprop.model import SIGMA_CHOICES
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A :class:`click.FloatRange` that refuses nan and inf: nan passes any bound (every comparison with it
+    is False) and either fails deep inside the command instead of at the option."""
+
+    def convert(self, value, param, ctx) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def cell_option(default_text: str):

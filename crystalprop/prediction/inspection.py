@@ -10,6 +10,9 @@ from crystalprop.graph.settings import GraphSettings
 from crystalprop.io.discovery import no_structures_found
 from crystalprop.prediction.predictor import iter_prepared
 
+GRAPH_KEYS = ("n_edges", "edges_per_atom", "nearest_neighbor_A", "mean_neighbor_A")
+"""The keys of a record that describe its graph, null in the record of a structure that failed."""
+
 
 def inspect_structures(paths: Sequence[str], settings: GraphSettings, *, recursive: bool = False) -> list[dict]:
     """One record per structure: name, formula, sites in the file and in the cell used, edges per atom,
@@ -22,20 +25,29 @@ def inspect_structures(paths: Sequence[str], settings: GraphSettings, *, recursi
     for item in iter_prepared(list(paths), settings, recursive=recursive, workers=0):
         record = {"name": item.name, "formula": item.formula, "n_sites": item.n_sites, "cell": settings.cell,
                   "cell_sites": item.cell_sites, "error": item.error or "", "warnings": item.warnings}
-        if item.graph is not None:
-            d = item.graph.distances
-            record.update(n_edges=item.graph.num_edges, edges_per_atom=round(item.graph.num_edges / item.cell_sites, 2),
-                          nearest_neighbor_A=round(float(d.min()), 4), mean_neighbor_A=round(float(np.mean(d)), 4))
-        records.append(record)
+        records.append(record | _graph_figures(item.graph, item.cell_sites))
     return records
+
+
+def _graph_figures(graph, cell_sites: int) -> dict:
+    """Edges, edges per atom, nearest and mean neighbour distance (Å) of a graph; None each where there
+    is none (a structure that failed), so that every record has the same keys."""
+    if graph is None:
+        return dict.fromkeys(GRAPH_KEYS)
+    d = graph.distances
+    return {"n_edges": graph.num_edges, "edges_per_atom": round(graph.num_edges / cell_sites, 2),
+            "nearest_neighbor_A": round(float(d.min()), 4), "mean_neighbor_A": round(float(np.mean(d)), 4)}
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
 
 
 def inspection_rows(records: list[dict]) -> list[list[str]]:
     """The records as text cells under :func:`inspection_columns` (sites: in the file -> in the cell)."""
     return [[r["name"], r["formula"],
              f"{r['n_sites']} -> {r['cell_sites']}" if r["cell_sites"] else str(r["n_sites"] or ""),
-             str(r.get("n_edges", "")), str(r.get("edges_per_atom", "")), str(r.get("nearest_neighbor_A", "")),
-             str(r.get("mean_neighbor_A", "")), r["error"] or "; ".join(r["warnings"])] for r in records]
+             *(_text(r.get(key)) for key in GRAPH_KEYS), r["error"] or "; ".join(r["warnings"])] for r in records]
 
 
 def inspection_columns(cell: str) -> list[str]:
