@@ -217,6 +217,17 @@ def test_pool_reports_an_exception_in_the_worker_as_that_job_s_result():
     assert _pool_results(math.sqrt, [4.0, -1.0, 9.0]) == [2.0, "reader error: ValueError: math domain error", 3.0]
 
 
+def test_reader_processes_follow_the_cpus_this_process_may_use(monkeypatch):
+    """Was: min(os.cpu_count(), 4), so a 1-CPU cluster allocation on a 64-core node started 4 readers."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5}, raising=False)
+    assert predictor_module._reader_processes() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert predictor_module._reader_processes() == predictor_module.MAX_READERS
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # as on macOS
+    assert predictor_module._reader_processes() == predictor_module.MAX_READERS
+
+
 @pytest.mark.slow
 def test_pool_workers_start_with_the_given_environment(monkeypatch):
     """How the readers get single-threaded BLAS: set in the workers only, the parent's environment unchanged."""

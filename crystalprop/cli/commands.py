@@ -62,8 +62,8 @@ def main() -> None:
                    "else MindSpore.")
 @click.option("--recursive", "-r", is_flag=True, help="Descend into sub-folders (symlinked ones too, each once).")
 @click.option("--workers", default=None, type=click.IntRange(min=0),
-              help="Reader processes (default: cores, at most 4; 0 = in-process). One that dies costs only "
-                   "the structure it held (a failed row); a new one takes over.")
+              help="Reader processes (default: the cores this process may use, at most 4; 0 = in-process). "
+                   "One that dies costs only the structure it held (a failed row); a new one takes over.")
 @click.option("--timeout", default=READ_TIMEOUT_S, show_default=True, type=click.FloatRange(min=0),
               help="Seconds allowed to prepare one structure (read the file, check it, find its neighbours); "
                    "a structure over it gets a failed row. 0: no limit.")

@@ -248,8 +248,11 @@ def _prepare_in_process(jobs: Iterator[tuple[int, Any, GraphSettings, float]]) -
 
 
 def _reader_processes() -> int:
-    """The default number of reader processes: one per core, up to MAX_READERS."""
-    return min(os.cpu_count() or 1, MAX_READERS)
+    """The default number of reader processes: one per core this process may run on (its CPU affinity,
+    so a 1-CPU cluster allocation on a big node starts one), up to MAX_READERS."""
+    from crystalprop.utils.backend import usable_cores  # noqa: PLC0415  (lazy, as the module's other uses)
+
+    return min(usable_cores(), MAX_READERS)
 
 
 def _lost_input(job: tuple[int, Any, GraphSettings, float], reason: str) -> list[Prepared]:
