@@ -895,6 +895,18 @@ def test_discovery_skips_crystalprop_results_in_folders(tmp_path, nacl):
     assert "crystalprop's own results" in reason_of(named)
 
 
+def test_discovery_skips_gzipped_crystalprop_results(tmp_path, nacl):
+    """Was: a result table or metrics.json gzipped in the data folder (res.json.gz) was read as a structure
+    and counted as failed, where the plain one is skipped; a corrupt gzip is still read, and reported."""
+    write(tmp_path / "a.json", json.dumps(nacl.as_dict()))
+    (tmp_path / "b.json.gz").write_bytes(gzip.compress(json.dumps(nacl.as_dict()).encode()))
+    (tmp_path / "res.json.gz").write_bytes(gzip.compress(b'{"crystalprop_provenance": {"models": []}, "results": []}'))
+    metrics = {"model": "y", "checkpoint": "/runs/y/best.ckpt", "n": 6}
+    (tmp_path / "metrics.json.gz").write_bytes(gzip.compress(json.dumps(metrics).encode()))
+    (tmp_path / "cut.json.gz").write_bytes(gzip.compress(json.dumps(nacl.as_dict()).encode())[:20])
+    assert rel(iter_structure_paths([str(tmp_path)]), tmp_path) == ["a.json", "b.json.gz", "cut.json.gz"]
+
+
 def test_discovery_skips_results_saved_again_with_a_byte_order_mark(tmp_path, nacl):
     """Was: a result table, sidecar or metrics.json re-saved by an editor as "UTF-8 with BOM" was taken
     for a structure file of the folder (and failed as one), though its record still read."""

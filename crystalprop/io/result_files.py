@@ -8,7 +8,9 @@ structures; :mod:`crystalprop.io.provenance` writes the records.
 
 from __future__ import annotations
 
+import gzip
 import re
+import zlib
 from pathlib import Path
 
 KEY = "crystalprop_provenance"
@@ -23,14 +25,28 @@ BOM = rb"(?:\xef\xbb\xbf)?"
 """A UTF-8 byte order mark, which an editor or spreadsheet may put before a file it saves again."""
 
 
-def is_results_file(path: str | Path) -> bool:
-    """Whether a JSON file is one of crystalprop's own outputs (a JSON table of results or a CSV's
-    sidecar): both open with the provenance record, so 256 bytes tell, without parsing the file."""
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _head(path: str | Path, n_bytes: int) -> bytes:
+    """The first bytes of a file, of its content where it is gzipped (a result compressed to be kept);
+    empty where it cannot be read or its gzip is corrupt."""
     try:
         with open(path, "rb") as f:
-            head = f.read(256)
-    except OSError:
-        return False
+            head = f.read(n_bytes)
+            if not head.startswith(GZIP_MAGIC):
+                return head
+            f.seek(0)
+            with gzip.GzipFile(fileobj=f) as stream:
+                return stream.read(n_bytes)
+    except (OSError, EOFError, zlib.error):
+        return b""
+
+
+def is_results_file(path: str | Path) -> bool:
+    """Whether a JSON file (gzipped or not) is one of crystalprop's own outputs (a JSON table of results or
+    a CSV's sidecar): both open with the provenance record, so 256 bytes tell, without parsing the file."""
+    head = _head(path, 256)
     return re.match(BOM + rb'\s*\{\s*"' + KEY.encode() + rb'"', head) is not None
 
 
@@ -40,9 +56,10 @@ _EVALUATION_HEAD = re.compile(BOM + rb'\s*\{\s*"model"\s*:\s*"(?:[^"\\]|\\.)*"\s
 
 
 def is_own_output(path: str | Path) -> bool:
-    """Whether a ``.json`` file is one of crystalprop's outputs (a JSON table, a CSV's sidecar, evaluate's
-    metrics.json), not a structure, told by its first bytes."""
-    return str(path).lower().endswith(".json") and (is_results_file(path) or is_evaluation_metrics(path))
+    """Whether a ``.json`` or ``.json.gz`` file is one of crystalprop's outputs (a JSON table, a CSV's sidecar,
+    evaluate's metrics.json), not a structure, told by its first bytes."""
+    return (str(path).lower().endswith((".json", ".json.gz"))
+            and (is_results_file(path) or is_evaluation_metrics(path)))
 
 
 def opens_as_evaluation_metrics(record: dict) -> bool:
@@ -52,10 +69,6 @@ def opens_as_evaluation_metrics(record: dict) -> bool:
 
 def is_evaluation_metrics(path: str | Path) -> bool:
     """Whether a JSON file is the metrics.json that ``crystalprop evaluate`` wrote, under any name: told by
-    its content, an object opening with the model's name and its checkpoint (a structure never does)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return _EVALUATION_HEAD.match(head) is not None
+    its content, an object opening with the model's name and its checkpoint (a structure never does);
+    gzipped too."""
+    return _EVALUATION_HEAD.match(_head(path, 4096)) is not None
