@@ -743,6 +743,7 @@ def test_cli_predict_keeps_numpy_blas_on_one_thread_unless_told(tmp_path, random
     (["predict", "--batch-size", "0"], "'--batch-size'"), (["predict", "--batch-size", "-5"], "'--batch-size'"),
     (["predict", "--workers", "-1"], "'--workers'"), (["predict", "--timeout", "-1"], "'--timeout'"),
     (["predict", "-m", ""], "empty model name"), (["predict", "--resume", "--overwrite", "-o", "x.csv"], "give one"),
+    (["predict", "--resume"], "--resume continues an --output file"),  # was ignored, exit status 0
     (["inspect", "--neighbors", "0"], "'--neighbors'"), (["inspect", "--cutoff", "-1"], "'--cutoff'"),
     (["inspect", "--cutoff", "0"], "'--cutoff'"), (["inspect", "--cutoff", "nan"], "not a finite number"),
     (["inspect", "--cutoff", "inf"], "not a finite number"),

@@ -86,6 +86,8 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
 
     if resume and overwrite:
         raise click.UsageError("--resume continues the --output file and --overwrite replaces it: give one")
+    if resume and not output:
+        raise click.UsageError("--resume continues an --output file: give it with -o")
 
     single_threaded_blas()  # before numpy is imported
     from crystalprop.prediction.output import ResultWriter, done_names  # noqa: PLC0415
