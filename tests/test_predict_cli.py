@@ -494,6 +494,7 @@ def _killed_output(path: Path, ckpt: Path, inputs: list[str], n_done: int, cut: 
     writer = ResultWriter(path, list(rows[0]), overwrite=True, provenance=record)
     writer.write(rows[:n_done])
     writer.handle.close()  # killed: no closing bracket
+    writer._lock.release()  # which the kernel releases
     with open(path, "a") as handle:
         handle.write(cut)
     return rows
@@ -582,7 +583,7 @@ def test_cli_stopped_by_a_signal_keeps_a_valid_file_and_says_so(files, random_ck
                                    "--workers", workers], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_default_stop_signals)
     deadline = time.monotonic() + 120
-    while "in/b.vasp" not in (out.read_text() if out.is_file() else ""):
+    while '"name": "in/b.vasp"' not in (out.read_text() if out.is_file() else ""):  # its row (the record names it too)
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(sig)
@@ -754,3 +755,27 @@ def test_cli_refuses_impossible_option_values(args, said, files, tmp_path):
     done = run_cli(args[:1] + [folder] + args[1:], cwd=tmp_path, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr, (done.returncode, done.stderr)
     assert said in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl"])
+def test_a_file_name_that_is_not_utf8_is_written_escaped_and_resumes(random_ckpt, tmp_path, suffix):
+    """A file named with bytes that are not UTF-8 (b'bad\\xff.cif') crashed the CSV writer with a
+    UnicodeEncodeError that lost its whole batch (hunt7 finding 6). Its name is written with the bytes
+    escaped (bad\\xff.cif), in every format, and --resume knows it as done."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    for name, structure in make_structures(2):
+        CifWriter(structure).write_file(folder / f"{name}.cif")
+    with open(os.path.join(os.fsencode(folder), b"bad\xff.cif"), "w") as handle:
+        handle.write(str(CifWriter(rocksalt(5.64))))
+    out = tmp_path / f"out{suffix}"
+    first = subprocess.run(CLI + ["predict", str(folder), "-m", str(random_ckpt), "-o", str(out)], capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0 and "Traceback" not in first.stderr, first.stderr[-2000:]
+    rows = read_rows(out)
+    assert len(rows) == 3 and any(row["name"].endswith("bad\\xff.cif") for row in rows)
+    out.read_bytes().decode("utf-8")  # the file is UTF-8
+    again = subprocess.run(CLI + ["predict", str(folder), "-m", str(random_ckpt), "-o", str(out), "--resume"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "0 predicted" in again.stderr, again.stderr[-2000:]
+    assert len(read_rows(out)) == 3

@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 _GLOB_CHARS = ("*", "?", "[")
 
 
+def printable(path: str) -> str:
+    """``path`` as text that any encoder takes: bytes of a file name that are not UTF-8 (which Python keeps as
+    lone surrogates) written as ``\\xff`` escapes. Result files and ``--resume`` name structures by this."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _has_glob(arg: str) -> bool:
     return any(c in arg for c in _GLOB_CHARS)
 

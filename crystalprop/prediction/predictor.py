@@ -25,7 +25,7 @@ from crystalprop.graph.elements import ElementError, absent_elements
 from crystalprop.graph.neighbors import CrystalGraph, NeighborSearchError, build_graph
 from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, CANONICAL, GraphSettings, check_cell_choice
 from crystalprop.io.adapters import crystal_from_structure
-from crystalprop.io.discovery import iter_structure_paths, no_structures_found
+from crystalprop.io.discovery import iter_structure_paths, no_structures_found, printable
 from crystalprop.io.formula import crystal_formula
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model import ENGINES
@@ -214,7 +214,7 @@ class ReadAhead:
         self.settings = settings
         self._skip = skip or set()
         jobs = ((k, item, settings, timeout) for k, item in enumerate(_iter_inputs(inputs, recursive))
-                if k % parts == part - 1 and (isinstance(item, tuple) or item not in self._skip))
+                if k % parts == part - 1 and (not isinstance(item, str) or printable(item) not in self._skip))
         workers = workers if workers is not None else _reader_processes()
         self._pool: ResilientPool | None = None
         if workers > 0:
@@ -228,7 +228,7 @@ class ReadAhead:
     def __iter__(self) -> Iterator[Prepared]:
         try:
             for items in self._results:
-                yield from (item for item in items if item.name not in self._skip)
+                yield from (item for item in items if printable(item.name) not in self._skip)
         finally:
             self.close()
 
@@ -504,6 +504,9 @@ class Predictor:
         rows, k = [], 0
         for item in batch:
             row = {column: getattr(item, column) for column in LEADING_COLUMNS}
+            for column in ("name", "source"):  # a file name's bytes that are not UTF-8 as escapes, for any encoder
+                if isinstance(row[column], str):
+                    row[column] = printable(row[column])
             notes = list(item.warnings)
             for label in self.value_columns:
                 row[label] = float(values[label][k]) if item.graph is not None else None
