@@ -747,7 +747,7 @@ def test_cli_predict_keeps_numpy_blas_on_one_thread_unless_told(tmp_path, random
     (["predict", "--resume"], "--resume continues an --output file"),  # was ignored, exit status 0
     (["inspect", "--neighbors", "0"], "'--neighbors'"), (["inspect", "--cutoff", "-1"], "'--cutoff'"),
     (["inspect", "--cutoff", "0"], "'--cutoff'"), (["inspect", "--cutoff", "nan"], "not a finite number"),
-    (["inspect", "--cutoff", "inf"], "not a finite number"),
+    (["inspect", "--cutoff", "inf"], "not a finite number"), (["predict", "--timeout", "nan"], "not a finite number"),
 ])
 def test_cli_refuses_impossible_option_values(args, said, files, tmp_path):
     """These ran as if sensible (--neighbors 0 gave 122 edges per atom; -m '' ran every model)."""

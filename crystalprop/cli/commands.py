@@ -64,7 +64,7 @@ def main() -> None:
 @click.option("--workers", default=None, type=click.IntRange(min=0),
               help="Reader processes (default: the cores this process may use, at most 4; 0 = in-process). "
                    "One that dies costs only the structure it held (a failed row); a new one takes over.")
-@click.option("--timeout", default=READ_TIMEOUT_S, show_default=True, type=click.FloatRange(min=0),
+@click.option("--timeout", default=READ_TIMEOUT_S, show_default=True, type=FiniteFloatRange(min=0),
               help="Seconds allowed to prepare one structure (read the file, check it, find its neighbours); "
                    "a structure over it gets a failed row. 0: no limit.")
 @click.option("--resume", is_flag=True, help="Continue an existing --output file, skipping structures already in it.")
@@ -334,7 +334,7 @@ def evaluate(model, data, **options) -> None:
                    "ensemble counts as its mean), e.g. --product bulk_modulus,g_over_k.ckpt for a shear "
                    "modulus as K × G/K. Repeatable.")
 @sigma_option()
-@click.option("--latent-prior", default=0.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--latent-prior", default=0.0, show_default=True, type=FiniteFloatRange(min=0),
               help="With --sigma latent or latent+spread: add this share of the mean training error to the "
                    "nearest training structures' own, so that σ grows with the distance even where they were "
                    "fitted exactly.")
