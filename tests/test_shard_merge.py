@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import make_structures, read_csv, run_cli
 
 
@@ -97,3 +99,18 @@ def test_merge_refuses_shards_of_a_folder_that_changed_between_them(tmp_path, ra
     said = " ".join(merged.stderr.split())
     assert merged.returncode == 2 and "4 files" in said and "5 files" in said, merged.stderr
     assert not (tmp_path / "all.csv").exists()
+
+
+def test_merge_names_a_part_of_another_kind_and_duplicates_within_one_file(tmp_path):
+    """merge OUT part.cif said the part was an 'output' that must end in .csv; one file holding a structure
+    twice (two --resume runs at once, before outputs were locked) was 'in more than one file' (hunt7 nits)."""
+    from crystalprop.prediction.output import ResultWriter, merge_results
+
+    (tmp_path / "x.cif").write_text("data_x\n")
+    with pytest.raises(ValueError, match=r"x.cif: a part \(a result file of predict -o\) must end in"):
+        merge_results(tmp_path / "all.csv", [tmp_path / "x.cif"])
+    writer = ResultWriter(tmp_path / "twice.csv", ["index", "name", "error"])
+    writer.write([{"index": 0, "name": "a.cif", "error": ""}, {"index": 0, "name": "a.cif", "error": ""}])
+    writer.close()
+    with pytest.raises(ValueError, match="appear more than once in"):
+        merge_results(tmp_path / "all.csv", [tmp_path / "twice.csv"])

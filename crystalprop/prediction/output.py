@@ -45,7 +45,8 @@ from crystalprop.io.provenance import (
 )
 
 
-def _format(path: Path) -> str:
+def _format(path: Path, role: str = "output") -> str:
+    """``csv``, ``jsonl`` or ``json`` by ``path``'s ending; ``role`` names the file in the refusal."""
     name = path.name.lower()
     if name.endswith(".csv"):
         return "csv"
@@ -53,7 +54,7 @@ def _format(path: Path) -> str:
         return "jsonl"
     if name.endswith(".json"):
         return "json"
-    raise ValueError(f"{path}: output must end in .csv, .json or .jsonl")
+    raise ValueError(f"{path}: {role} must end in .csv, .json or .jsonl")
 
 
 def drop_cut_tail(path: Path) -> None:
@@ -228,6 +229,8 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
     """
     if Path(output).is_file() and Path(output).stat().st_size > 0 and not overwrite:
         raise OutputExistsError(f"{output} exists: use --overwrite to replace it")
+    for part in parts:
+        _format(Path(part), "a part (a result file of predict -o)")
     records = [(Path(part), read_provenance(part)) for part in parts]
     parts = [part for part, _ in records]
     provenance = _merged_provenance(records)
@@ -244,7 +247,8 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
     seen: set[str] = set()
     duplicated = sorted({r["name"] for r in rows if r["name"] in seen or seen.add(r["name"])})
     if duplicated:
-        raise ValueError(f"{len(duplicated)} structure(s) appear in more than one file, e.g. {duplicated[0]}")
+        where = f"more than once in {parts[0]}" if len(parts) == 1 else "in more than one file"
+        raise ValueError(f"{len(duplicated)} structure(s) appear {where}, e.g. {duplicated[0]}")
     rows.sort(key=lambda r: int(r.get("index") or 0))  # stable: keeps block order within a file
     writer = ResultWriter(output, list(rows[0].keys()), overwrite=overwrite, provenance=provenance)
     writer.write(rows)
