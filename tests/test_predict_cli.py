@@ -779,3 +779,13 @@ def test_a_file_name_that_is_not_utf8_is_written_escaped_and_resumes(random_ckpt
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 predicted" in again.stderr, again.stderr[-2000:]
     assert len(read_rows(out)) == 3
+
+
+def test_inspect_json_names_a_file_that_is_not_utf8_in_valid_utf8(tmp_path):
+    """inspect --json wrote the raw bytes of such a name: invalid UTF-8 that json.load refused (hunt7 finding 6)."""
+    with open(os.path.join(os.fsencode(tmp_path), b"bad\xff.cif"), "w") as handle:
+        handle.write(str(CifWriter(rocksalt(5.64))))
+    done = subprocess.run(CLI + ["inspect", "--json", str(tmp_path)], capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = json.loads(done.stdout.decode("utf-8"))
+    assert record["name"].endswith("bad\\xff.cif")

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from crystalprop.graph.settings import GraphSettings
-from crystalprop.io.discovery import no_structures_found
+from crystalprop.io.discovery import no_structures_found, printable
 from crystalprop.prediction.predictor import iter_prepared
 
 GRAPH_KEYS = ("n_edges", "edges_per_atom", "nearest_neighbor_A", "mean_neighbor_A")
@@ -23,7 +23,7 @@ def inspect_structures(paths: Sequence[str], settings: GraphSettings, *, recursi
         raise ValueError(nothing_to_read)
     records = []
     for item in iter_prepared(list(paths), settings, recursive=recursive, workers=0):
-        record = {"name": item.name, "formula": item.formula, "n_sites": item.n_sites, "cell": settings.cell,
+        record = {"name": printable(item.name), "formula": item.formula, "n_sites": item.n_sites, "cell": settings.cell,
                   "cell_sites": item.cell_sites, "error": item.error or "", "warnings": item.warnings}
         records.append(record | _graph_figures(item.graph, item.cell_sites))
     return records
