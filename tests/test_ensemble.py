@@ -324,12 +324,13 @@ def test_structures_farther_than_any_calibration_structure_get_no_sigma(members,
     """A latent σ is the distance to the nearest training structures times their training error: where those
     were fitted exactly (metals at a band gap of 0 eV) it was 0, also for a structure far from all of them
     (two O atoms in a 3 Å box: band gap 0 ± 0 eV, hunt8 finding 2). The card keeps the largest distance of
-    the calibration split; beyond it σ is not known, and predict and evaluate give none, with a note."""
+    the calibration split; beyond RANGE_MARGIN times it σ is not known, and predict and evaluate give none,
+    with a note."""
     import crystalprop
     from crystalprop.data.datasets import load_dataset
     from crystalprop.evaluation.evaluate import evaluate_model
     from crystalprop.evaluation.joining import join_ensemble
-    from crystalprop.model.ensemble import save_with_card
+    from crystalprop.model.ensemble import RANGE_MARGIN, save_with_card
 
     out = tmp_path / "lat.ckpt"
     join_ensemble(members, out, split_data, sigma="latent")
@@ -343,7 +344,7 @@ def test_structures_farther_than_any_calibration_structure_get_no_sigma(members,
         structure.name = entry.id
         structures.append(structure)
     assert all(row["lat_std"] is not None for row in crystalprop.predict(structures, str(out)))  # none beyond it
-    card.ensemble["latent_range"] = reach * 0.99  # as if the farthest calibration structure had lain nearer
+    card.ensemble["latent_range"] = reach / RANGE_MARGIN * 0.99  # as if the farthest calibration structure lay nearer
     save_with_card(tmp_path / "near.ckpt", card, params)
     rows = crystalprop.predict(structures, str(tmp_path / "near.ckpt"))
     without = [row for row in rows if row["near_std"] is None]
