@@ -205,3 +205,29 @@ def test_cli_resume_refuses_other_inputs_also_unsharded(random_ckpt, tmp_path):
     grown = run_cli(["predict", "one", "-m", random_ckpt, "-o", "out.csv", "--resume"], cwd=tmp_path)
     assert grown.returncode == 2 and "added, removed or renamed" in grown.stderr
     assert (tmp_path / "out.csv").read_bytes() == before
+
+
+def test_a_lock_released_between_open_and_flock_is_taken_afresh(tmp_path, monkeypatch):
+    """Run B opened <file>.lock just before run A removed and released it, then locked the removed file: B and
+    a later run C both held 'the' lock and wrote one output (review of session 37)."""
+    import fcntl
+
+    from crystalprop.utils import file_lock
+
+    out = tmp_path / "out.csv"
+    first = file_lock.FileLock(out, "--output")
+    real_flock, calls = fcntl.flock, []
+
+    def flock(fd, operation):
+        if not calls:
+            calls.append(fd)
+            first.release()  # run A ends between B's open and its flock
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(file_lock.fcntl, "flock", flock)
+    second = file_lock.FileLock(out, "--output")
+    monkeypatch.undo()
+    with pytest.raises(file_lock.FileInUseError):
+        file_lock.FileLock(out, "--output")
+    second.release()
+    assert not (tmp_path / "out.csv.lock").exists()

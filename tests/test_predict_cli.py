@@ -789,3 +789,17 @@ def test_inspect_json_names_a_file_that_is_not_utf8_in_valid_utf8(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     (record,) = json.loads(done.stdout.decode("utf-8"))
     assert record["name"].endswith("bad\\xff.cif")
+
+
+def test_a_broken_link_to_a_name_that_is_not_utf8_is_a_failed_row(random_ckpt, tmp_path):
+    """Its reason ('broken link -> ...') carried the target's raw bytes, and the CSV writer lost the batch."""
+    folder = tmp_path / "links"
+    folder.mkdir()
+    CifWriter(rocksalt(5.64)).write_file(folder / "a.cif")
+    os.symlink(b"/nonexistent/bad\xff.cif", os.path.join(os.fsencode(folder), b"gone.cif"))
+    done = subprocess.run(CLI + ["predict", str(folder), "-m", str(random_ckpt), "-o", str(tmp_path / "out.csv")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    rows = read_rows(tmp_path / "out.csv")
+    assert [row["name"].rsplit("/", 1)[-1] for row in rows] == ["a.cif", "gone.cif"]
+    assert "bad\\xff.cif" in rows[1]["error"]

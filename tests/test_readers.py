@@ -185,7 +185,8 @@ def test_a_cif_type_symbol_that_is_no_element_is_refused(tmp_path, symbol):
     assert f"unknown element '{symbol}' (site {symbol}1)" in reason
 
 
-@pytest.mark.parametrize("symbol, element", [("Fe2+", "Fe"), ("O2-", "O"), ("FE", "Fe"), ("ca", "Ca"), ("D", "H")])
+@pytest.mark.parametrize("symbol, element", [("Fe2+", "Fe"), ("O2-", "O"), ("FE", "Fe"), ("ca", "Ca"), ("D", "H"),
+                                             ("Ow", "O"), ("Wat", "O")])  # water's, read on purpose by pymatgen
 def test_cif_type_symbols_with_charges_or_other_case_are_elements(tmp_path, symbol, element):
     (_, structure), = read_file(write(tmp_path / "x.cif", cubic_cif(3.0, [(symbol, 0.0), ("Cl", 0.5)], P1_LINE)))
     assert sorted(el.symbol for el in structure.composition.element_composition) == sorted([element, "Cl"])

@@ -372,19 +372,37 @@ def test_a_full_disk_stops_predict_with_a_clear_error_and_whole_rows(tmp_path, r
     import resource
 
     names = []
-    for name, structure in make_structures(40):
+    for name, structure in make_structures(150):
         CifWriter(structure).write_file(tmp_path / f"{name}.cif")
         names.append(f"{name}.cif")
 
     def limit_file_size():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1200, 1200))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
 
     args = ["predict", *names, "-m", str(random_ckpt), "-o", "out.csv", "--workers", "0", "--batch-size", "4"]
     result = subprocess.run(CLI + args, cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             preexec_fn=limit_file_size, env={**os.environ, "GLOG_v": "3"})
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "--resume" in result.stderr and "out.csv" in result.stderr
+    assert (tmp_path / "out.csv.meta.json").stat().st_size < 6000  # the limit let the run start
     with open(tmp_path / "out.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert 0 < len(rows) < 40 and all(row["rand"] for row in rows)
+    assert 0 < len(rows) < 150 and all(row["rand"] for row in rows)
+
+
+def test_a_disk_full_before_the_first_row_is_one_line_too(tmp_path, random_ckpt):
+    """The CSV's provenance sidecar, written as the run starts, ended in a traceback and status 1 (review)."""
+    import resource
+
+    CifWriter(rocksalt(5.64)).write_file(tmp_path / "a.cif")
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
+
+    result = subprocess.run(CLI + ["predict", "a.cif", "-m", str(random_ckpt), "-o", "out.csv", "--workers", "0"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, preexec_fn=limit_file_size,
+                            env={**os.environ, "GLOG_v": "3"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "out.csv: cannot write the results there" in result.stderr

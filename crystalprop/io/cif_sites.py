@@ -18,6 +18,7 @@ from pymatgen.io.cif import str2float
 
 TYPE_SYMBOL_KEY = "_atom_site_type_symbol"
 ISOTOPES = ("D", "T")  # deuterium and tritium: read as hydrogen
+WATER = re.compile("Hw|Ow|Wat|wat|OH|OH2|NO3")  # symbols pymatgen reads on purpose (water's O and H, ...)
 _LETTERS = re.compile(r"[A-Za-z]+")
 
 
@@ -49,7 +50,7 @@ def check_type_symbols(data: dict) -> None:
         return
     labels = data.get("_atom_site_label")
     for k, symbol in enumerate(symbols):
-        if symbol in ("?", ".") or _element_of(symbol):
+        if symbol in ("?", ".") or WATER.match(symbol) or _element_of(symbol):
             continue
         guess = _read_as_another(symbol)
         if guess:

@@ -230,17 +230,21 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
         fast = p1_structure(data)
         if fast is not None:
             return block_name, fast
+        origin = ambiguous_origin(data)
         try:
-            structures = parser.parse_structures(primitive=False)
+            structure, note = parser.parse_structures(primitive=False)[0], None
         except StructureReadError:
             raise
         except Exception as exc:
             detail = _occupancy_reason(data, parser, caught) or _warning_summary(caught) or _one_line(str(exc), 160)
-            raise StructureReadError(name, f"no structure in CIF data block '{block_name}': {detail}") from exc
-        structure, note = structures[0], None
-        origin = ambiguous_origin(data)
+            failure = StructureReadError(name, f"no structure in CIF data block '{block_name}': {detail}")
+            if not origin:
+                raise failure from exc
+            structure = None
         if origin:
             structure, note = _origin_choice(f"{(cleaned or block_text).rstrip()}\n{supplement}", structure, *origin)
+            if structure is None:
+                raise failure
     try:
         note = p1_fallback(data, parser.warnings) or note
     except ValueError as exc:
@@ -265,21 +269,31 @@ def _shortest_distance(structure: Structure) -> float | None:
     return float(distances[~np.eye(len(structure), dtype=bool)].min())
 
 
-def _origin_choice(block_text: str, first: Structure, group: str, second_loop: str) -> tuple[Structure, str]:
-    """The block read in origin choice 1 (``first``, pymatgen's reading of a bare symbol) or 2, with a note:
-    origin choice 2 where its atoms are ORIGIN_DISTANCE_RATIO times farther apart. ``group``: how the block
-    names its space group; ``second_loop``: the CIF lines of origin choice 2's operations."""
+def _origin_choice(block_text: str, first: Structure | None, group: str,
+                   second_loop: str) -> tuple[Structure | None, str | None]:
+    """The block read in origin choice 1 (``first``, pymatgen's reading of a bare symbol; None where that
+    failed) or 2, with a note: origin choice 2 where origin choice 1 failed, where its atoms are
+    ORIGIN_DISTANCE_RATIO times farther apart, or, where the shortest distances are alike (a rigid bond in
+    both), where it has fewer sites (in the wrong origin, special positions become general ones).
+    ``group``: how the block names its space group; ``second_loop``: the CIF lines of origin choice 2's
+    operations. (None, None) where neither reading succeeds."""
     try:
         second = _cif_parser(f"{block_text}\n{second_loop}", "").parse_structures(primitive=False)[0]
     except Exception:  # noqa: BLE001  (origin choice 1 stands, with the note)
         second = None
+    told = f"{group} has two origin choices and the file does not say which"
+    if first is None:
+        return (second, f"{told}: read in origin choice 2 (origin choice 1 puts two atoms on one position)"
+                if second is not None else None)
     d1 = _shortest_distance(first)
     d2 = _shortest_distance(second) if second is not None else None
-    told = f"{group} has two origin choices and the file does not say which"
     if d1 is None or d2 is None:
         return first, f"{told}: read in origin choice 1"
     if d2 > ORIGIN_DISTANCE_RATIO * d1:
         return second, f"{told}: read in origin choice 2 (atoms {d2:.2f} Å apart; {d1:.2f} Å in origin choice 1)"
+    if d1 <= ORIGIN_DISTANCE_RATIO * d2 and len(second) < len(first):
+        return second, (f"{told}: read in origin choice 2 ({len(second)} sites against {len(first)} in origin choice "
+                        f"1; shortest distances alike, {d2:.2f} and {d1:.2f} Å)")
     return first, f"{told}: read in origin choice 1 (atoms {d1:.2f} Å apart; {d2:.2f} Å in origin choice 2)"
 
 

@@ -386,6 +386,14 @@ class ResultWriter:
             self.handle: IO[str] = open(self.path, "a" if appending else "w", encoding="utf-8", newline="")
         except OSError as exc:
             raise ValueError(f"{self.path}: cannot write the results there ({exc.strerror or exc})") from exc
+        try:
+            self._start(appending, provenance)
+        except OSError as exc:  # a full disk already: the same one-line refusal as an unwritable place
+            self.handle.close()
+            raise ValueError(f"{self.path}: cannot write the results there ({exc.strerror or exc})") from exc
+
+    def _start(self, appending: bool, provenance: dict | None) -> None:
+        """A new file's header (CSV columns and sidecar, the JSON opening, the JSON Lines record), flushed."""
         if self.kind == "csv":
             self.writer = csv.DictWriter(self.handle, fieldnames=self.columns, extrasaction="ignore")
             if not appending:
@@ -396,6 +404,7 @@ class ResultWriter:
             self.handle.write(_json_opening(provenance) + "\n")
         elif not appending and provenance is not None:
             self.handle.write(json.dumps({KEY: provenance}) + "\n")
+        self.handle.flush()
 
     def _check_columns(self) -> None:
         """Refuse to append to a file whose columns differ (e.g. written with another --model set)."""

@@ -504,9 +504,6 @@ class Predictor:
         rows, k = [], 0
         for item in batch:
             row = {column: getattr(item, column) for column in LEADING_COLUMNS}
-            for column in ("name", "source"):  # a file name's bytes that are not UTF-8 as escapes, for any encoder
-                if isinstance(row[column], str):
-                    row[column] = printable(row[column])
             notes = list(item.warnings)
             for label in self.value_columns:
                 row[label] = float(values[label][k]) if item.graph is not None else None
@@ -538,6 +535,9 @@ class Predictor:
                 k += 1
             row["error"] = item.error or ""
             row["warning"] = "; ".join(notes)
+            for column in ("name", "source", "error", "warning"):  # a file name's bytes that are not UTF-8, escaped
+                if isinstance(row[column], str):
+                    row[column] = printable(row[column])
             rows.append(row)
         return rows
 

@@ -39,13 +39,27 @@ def cache_dir() -> Path:
         path.mkdir(parents=True, exist_ok=True)
         return path
     except OSError as exc:
-        fallback = Path(tempfile.gettempdir()) / f"crystalprop-cache-{os.getuid()}"
+        fallback = _private_temporary_cache()
         if root not in _unusable_caches:
             _unusable_caches.add(root)
             print(f"note: cannot make the cache folder {root} ({exc.strerror or exc}); using {fallback} instead "
                   "(set CRYSTALPROP_CACHE to a writable folder to keep the cache)", file=sys.stderr)
-        fallback.mkdir(parents=True, exist_ok=True)
         return fallback
+
+
+def _private_temporary_cache() -> Path:
+    """``crystalprop-cache-<uid>`` in the temporary directory, made for this user alone (mode 0700); where that
+    name is taken by another user or open to others (compiled kernels are loaded from the cache), a new
+    folder of this process's own."""
+    path = Path(tempfile.gettempdir()) / f"crystalprop-cache-{os.getuid()}"
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+        info = path.lstat()
+        if path.is_symlink() or info.st_uid != os.getuid() or info.st_mode & 0o077:
+            raise PermissionError(f"{path} is not this user's alone")
+        return path
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="crystalprop-cache-"))
 
 
 _unusable_caches: set[str] = set()  # cache folders already named in a note

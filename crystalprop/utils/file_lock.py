@@ -21,15 +21,20 @@ class FileLock:
     """The held lock of ``path`` (``<path>.lock``); :meth:`release` gives it up."""
 
     def __init__(self, path: Path, what: str) -> None:
-        self.path = path.with_name(path.name + ".lock")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 200).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise FileInUseError(f"{path}: another crystalprop run is writing it ({holder}); two runs with one "
-                                 f"{what} would mix their rows: give each run its own") from None
+        real = Path(os.path.realpath(path))  # one lock however the file is named (a symlink, a relative path)
+        self.path = real.with_name(real.name + ".lock")
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise FileInUseError(f"{path}: another crystalprop run is writing it ({holder}); two runs with one "
+                                     f"{what} would mix their rows: give each run its own") from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # its holder released and removed it between our open and flock: take the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
         self._fd: int | None = fd
@@ -41,3 +46,13 @@ class FileLock:
         self.path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed or replaced since it was opened)."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (found.st_dev, found.st_ino) == (held.st_dev, held.st_ino)
