@@ -336,6 +336,11 @@ def _merged_provenance(records: Sequence[tuple[Path, dict | None]]) -> dict | No
     return merged
 
 
+def _unwritable(path: Path, exc: OSError) -> ValueError:
+    """The one-line refusal of an output that cannot be written (a read-only folder, a full disk)."""
+    return ValueError(f"{path}: cannot write the results there ({exc.strerror or exc})")
+
+
 class ResultWriter:
     """Append rows to CSV / JSON / JSON Lines, flushing after every batch.
 
@@ -356,7 +361,7 @@ class ResultWriter:
         try:
             self._lock = FileLock(self.path, "--output")  # before the file is read: another run may be writing it
         except OSError as exc:
-            raise ValueError(f"{self.path}: cannot write the results there ({exc.strerror or exc})") from exc
+            raise _unwritable(self.path, exc) from exc
         try:
             self._open(resume, overwrite, retry_failed)
         except BaseException:
@@ -385,12 +390,12 @@ class ResultWriter:
         try:
             self.handle: IO[str] = open(self.path, "a" if appending else "w", encoding="utf-8", newline="")
         except OSError as exc:
-            raise ValueError(f"{self.path}: cannot write the results there ({exc.strerror or exc})") from exc
+            raise _unwritable(self.path, exc) from exc
         try:
             self._start(appending, provenance)
         except OSError as exc:  # a full disk already: the same one-line refusal as an unwritable place
             self.handle.close()
-            raise ValueError(f"{self.path}: cannot write the results there ({exc.strerror or exc})") from exc
+            raise _unwritable(self.path, exc) from exc
 
     def _start(self, appending: bool, provenance: dict | None) -> None:
         """A new file's header (CSV columns and sidecar, the JSON opening, the JSON Lines record), flushed."""

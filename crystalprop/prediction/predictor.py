@@ -333,6 +333,13 @@ def check_column_clashes(models: Sequence[tuple[str, Path, Any]]) -> None:
                              "columns differ")
 
 
+def _drop_sigma(row: dict, label: str) -> None:
+    """Leave model ``label``'s σ and 95 % interval empty in ``row`` (where it has them): no error bar."""
+    for column in (f"{label}_std", f"{label}_err95"):
+        if column in row:
+            row[column] = None
+
+
 class Predictor:
     """One or more loaded models that predict together from shared graphs.
 
@@ -512,15 +519,11 @@ class Predictor:
                 unseen = self._unseen_elements(label, item)
                 if unseen:
                     unseen_by.setdefault(tuple(unseen), []).append(label)
-                    for column in (f"{label}_std", f"{label}_err95"):  # σ was calibrated on known elements only
-                        if column in row:
-                            row[column] = None
+                    _drop_sigma(row, label)  # σ was calibrated on known elements only
             beyond = [label for label in far
                       if item.graph is not None and far[label][k] and row.get(f"{label}_std") is not None]
             for label in beyond:  # σ is not known there (crystalprop.model.latent_sigma)
-                for column in (f"{label}_std", f"{label}_err95"):
-                    if column in row:
-                        row[column] = None
+                _drop_sigma(row, label)
             if beyond:
                 its = "its" if len(beyond) == 1 else "their"
                 notes.append(f"{', '.join(beyond)}: unlike the crystals {its} σ was calibrated on (farther from {its} "
