@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import signal
 import subprocess
@@ -289,21 +290,36 @@ def test_cif_rhombohedral_symbols_in_hexagonal_axes_expand(tmp_path, symbol):
     assert record.structure.composition.reduced_formula == "Bi2Se3" and len(record.structure) == 15
 
 
+def bi2se3_rhombohedral_cif(symmetry: str) -> str:
+    """CIF text of Bi2Se3's primitive cell in rhombohedral axes (a = b = c, α = β = γ, from the hexagonal
+    a = 4.19 Å, c = 30.41 Å): Bi at (z, z, z) for the hexagonal (0, 0, z), one Se at the origin."""
+    length = (4.19**2 / 3 + 30.41**2 / 9) ** 0.5
+    angle = 2 * math.degrees(math.asin(4.19 / (2 * length)))
+    cell = "".join(f"_cell_length_{axis} {length:.5f}\n" for axis in "abc")
+    cell += "".join(f"_cell_angle_{name} {angle:.4f}\n" for name in ("alpha", "beta", "gamma"))
+    return (f"data_test\n{cell}{symmetry}\nloop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n"
+            "_atom_site_fract_y\n_atom_site_fract_z\nBi1 Bi 0.39734 0.39734 0.39734\nSe1 Se 0 0 0\n")
+
+
 def test_cif_rhombohedral_axes_symbol_expands(tmp_path):
     """'R -3 m :R' names rhombohedral axes: Bi at (x, x, x) and Se at the origin of Bi2Se3's primitive cell."""
-    hexagonal = Structure.from_spacegroup("R-3m", Lattice.hexagonal(4.19, 30.41), ["Bi", "Se"],
-                                          [[0, 0, 0.39734], [0, 0, 0]])
-    primitive = hexagonal.get_primitive_structure()
-    lattice = primitive.lattice
-    cell = "".join(f"_cell_length_{axis} {length}\n" for axis, length in zip("abc", lattice.abc))
-    cell += "".join(f"_cell_angle_{name} {angle}\n" for name, angle in zip(("alpha", "beta", "gamma"), lattice.angles))
-    x = next(site.frac_coords[0] for site in primitive if site.specie.symbol == "Bi")
-    text = (f"data_test\n{cell}_symmetry_space_group_name_H-M 'R -3 m :R'\nloop_\n_atom_site_label\n"
-            f"_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
-            f"Bi1 Bi {x} {x} {x}\nSe1 Se 0 0 0\n")
+    text = bi2se3_rhombohedral_cif("_symmetry_space_group_name_H-M 'R -3 m :R'")
     (record,) = iter_file_records(write(tmp_path / "bi.cif", text))
     assert record.error is None and record.warnings == []
     assert record.structure.composition.reduced_formula == "Bi2Se" and len(record.structure) == 3
+
+
+@pytest.mark.parametrize("symmetry", ["_symmetry_space_group_name_H-M 'R -3 m'", "_space_group_IT_number 166",
+                                      "_space_group_name_H-M_alt 'R -3 2/m'", "_symmetry_space_group_name_H-M 'R-3m'"])
+def test_cif_bare_rhombohedral_symbol_on_a_rhombohedral_cell_takes_rhombohedral_axes(tmp_path, symmetry):
+    """A bare 'R -3 m' (or 166) on a cell with a = b = c and α = β = γ was expanded with the hexagonal axes'
+    operations, as pymatgen does: Bi2Se3's 3-atom primitive cell became 36 atoms 0.3 Å apart, predicted with
+    only a warning about close atoms. The cell's metric says which axes the file uses."""
+    (record,) = iter_file_records(write(tmp_path / "bi.cif", bi2se3_rhombohedral_cif(symmetry)))
+    assert record.error is None and len(record.structure) == 3
+    assert record.structure.composition.reduced_formula == "Bi2Se"
+    (note,) = record.warnings
+    assert "rhombohedral axes" in note and "a = b = c" in note
 
 
 @pytest.mark.parametrize(("symmetry", "x", "origin", "other"), [

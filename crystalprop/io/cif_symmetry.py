@@ -165,16 +165,41 @@ def _origin_two_settings() -> dict[int, int]:
     return {kind.number: kind.hall_number for kind in kinds if kind.choice == "2"}
 
 
-def _space_group_number(kind: str, value: str) -> int | None:
-    """The space-group number a bare H-M symbol (in the table's first setting) or an IT number names."""
+RHOMBOHEDRAL_GROUPS = frozenset({146, 148, 155, 160, 161, 166, 167})
+"""The space groups of an R lattice: each has hexagonal and rhombohedral axes."""
+AXES_LENGTH_TOLERANCE = 1e-3  # relative: a = b = c
+AXES_ANGLE_TOLERANCE = 0.05  # degrees: α = β = γ
+
+
+def _stated_setting(symbol: str) -> bool:
+    """Whether an H-M symbol states a setting of spglib's table ('R -3 m :H', 'R -3 m R')."""
+    match = _SETTING.fullmatch(symbol.strip().lower())
+    if not match:
+        return False
+    given = match.group("given") or match.group("spaced") or match.group("attached")
+    return (_hm_key(match.group("symbol")), _ICSD_ORIGINS.get(given, given)) in _hm_settings()
+
+
+def _bare_group_number(data: dict) -> tuple[str, int, str | None] | None:
+    """(how the block names its space group, the group's number, the H-M symbol or None for an IT number)
+    where its symmetry is only an H-M symbol that states no setting, or an IT number; None otherwise.
+    ``data`` as for :func:`symmetry_supplement`."""
+    tags = symmetry_tags(data)
+    if "operations" in tags or "Hall" in tags:
+        return None
+    kind = "H-M" if "H-M" in tags else "IT number"
+    found = tags.get(kind, [])
+    if not found or not isinstance(found[0][1], str):
+        return None
+    tag, value = found[0]
     if kind == "IT number":
-        return int(value) if value.strip().isdigit() else None
+        return (f"{tag} {_quoted(value)}", int(value), None) if value.strip().isdigit() else None
     number = _hm_settings().get((_hm_key(value), None))
-    if number is None or _hm_settings().get((_hm_key(value), "2")) is None:
-        return None  # a symbol of one origin only, or of another axes setting ('P m n n')
+    if number is None or _stated_setting(value):
+        return None
     import spglib  # noqa: PLC0415
 
-    return spglib.get_spacegroup_type(number).number
+    return f"{tag} {_quoted(value)}", spglib.get_spacegroup_type(number).number, value
 
 
 def ambiguous_origin(data: dict) -> tuple[str, str] | None:
@@ -182,17 +207,48 @@ def ambiguous_origin(data: dict) -> tuple[str, str] | None:
     block's symmetry is only a bare H-M symbol or IT number of a group with two origin choices, which
     pymatgen reads in origin choice 1; None otherwise. ``data`` as for :func:`symmetry_supplement`,
     after its lines were appended (a symbol that states its setting has become an operations loop)."""
-    tags = symmetry_tags(data)
-    if "operations" in tags or "Hall" in tags:
+    named = _bare_group_number(data)
+    if named is None:
         return None
-    found = tags.get("H-M") or tags.get("IT number") or []
-    kind = "H-M" if "H-M" in tags else "IT number"
-    if not found or not isinstance(found[0][1], str):
+    group, number, symbol = named
+    if symbol is not None and (_hm_key(symbol), "2") not in _hm_settings():
+        return None  # a symbol of one origin only, or of another axes setting ('P m n n')
+    hall = _origin_two_settings().get(number)
+    return None if hall is None else (group, _operations_loop(_database_operations(hall)))
+
+
+def _cell(data: dict) -> tuple[list[float], list[float]] | None:
+    """The block's cell lengths and angles; None where one cannot be read."""
+    from pymatgen.io.cif import str2float  # noqa: PLC0415
+
+    try:
+        lengths = [str2float(data[f"_cell_length_{axis}"]) for axis in "abc"]
+        angles = [str2float(data[f"_cell_angle_{name}"]) for name in ("alpha", "beta", "gamma")]
+    except (KeyError, TypeError, ValueError):
         return None
-    tag, value = found[0]
-    number = _space_group_number(kind, value)
-    hall = _origin_two_settings().get(number) if number else None
-    return None if hall is None else (f"{tag} {_quoted(value)}", _operations_loop(_database_operations(hall)))
+    return lengths, angles
+
+
+def rhombohedral_axes(data: dict) -> tuple[str, str] | None:
+    """(the CIF loop of the rhombohedral axes' operations, a note) where the block names a group of an R
+    lattice by a bare symbol or number and its cell has rhombohedral axes (a = b = c, α = β = γ), which
+    pymatgen would expand with the hexagonal axes' operations (Bi2Se3's 3-atom cell became 36 atoms 0.3 Å
+    apart); None otherwise. ``data`` as for :func:`symmetry_supplement`."""
+    named = _bare_group_number(data)
+    cell = _cell(data)
+    if named is None or named[1] not in RHOMBOHEDRAL_GROUPS or cell is None:
+        return None
+    (a, b, c), (alpha, beta, gamma) = cell
+    if max(abs(b - a), abs(c - a)) > AXES_LENGTH_TOLERANCE * a or \
+            max(abs(beta - alpha), abs(gamma - alpha)) > AXES_ANGLE_TOLERANCE:
+        return None
+    import spglib  # noqa: PLC0415
+
+    hall = next(n for n in range(1, 531) if spglib.get_spacegroup_type(n).number == named[1]
+                and spglib.get_spacegroup_type(n).choice == "R")
+    return (_operations_loop(_database_operations(hall)),
+            f"{named[0]} does not say which axes: read in rhombohedral axes (the cell has a = b = c, "
+            f"α = β = γ = {alpha:g}°)")
 
 
 def _quoted(value: str) -> str:

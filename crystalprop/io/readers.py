@@ -25,7 +25,8 @@ from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
 from crystalprop.io.cif_sites import check_type_symbols, occupancy_excess
-from crystalprop.io.cif_symmetry import ambiguous_origin, p1_fallback, symmetry_supplement, unknown_operations
+from crystalprop.io.cif_symmetry import (ambiguous_origin, p1_fallback, rhombohedral_axes, symmetry_supplement,
+                                         unknown_operations)
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
 from crystalprop.io.result_files import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
@@ -219,6 +220,9 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
             supplement = symmetry_supplement(data)
         except ValueError as exc:
             raise StructureReadError(name, f"CIF data block '{block_name}': {exc}") from exc
+        axes = rhombohedral_axes(data)
+        if axes:
+            supplement += axes[0]
         try:
             check_type_symbols(data)
         except ValueError as exc:
@@ -232,7 +236,7 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
             return block_name, fast
         origin = ambiguous_origin(data)
         try:
-            structure, note = parser.parse_structures(primitive=False)[0], None
+            structure, note = parser.parse_structures(primitive=False)[0], axes[1] if axes else None
         except StructureReadError:
             raise
         except Exception as exc:
