@@ -1,12 +1,14 @@
 """One network of a joined model as a model of its own, to warm-start a round from (``--init-from``).
 
-    .venv/bin/python scripts/extract_member.py MODEL K OUT.ckpt
+    .venv/bin/python scripts/extract_member.py MODEL K OUT.ckpt [--target TARGET --unit UNIT]
 
 ``crystalprop train --init-from`` starts from an ensemble's first network; this gives network K
 (counted from 0) of MODEL (a checkpoint or shipped model name): the band-gap model's second member, or
 one route of the shear-modulus model (a product member's factors are networks of their own, each in
 its own target transform). The card is the ensemble's without its σ and metrics, with that network's
-transform, and records where the weights came from.
+transform, and records where the weights came from; a product's factor (the G/K network of shear modulus)
+predicts another target in another unit, which the model does not record, so it needs ``--target`` and
+``--unit``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("network", type=int)
     parser.add_argument("output", type=Path)
+    parser.add_argument("--target", help="what the network predicts, for a factor of a product member (G_over_K)")
+    parser.add_argument("--unit", help="its unit, for a factor of a product member ('1' for a ratio)")
     args = parser.parse_args()
 
     from crystalprop.model.checkpoint import TargetTransform, build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
@@ -34,6 +38,16 @@ def main() -> None:
     if not 0 <= args.network < len(networks):
         sys.exit(f"{path} has {len(networks)} networks (0-{len(networks) - 1}), not {args.network}")
     transforms = (card.ensemble or {}).get("network_transforms")
+    factor = any(len(terms) > 1 and any(network == args.network for network, _ in terms)
+                 for terms in (card.ensemble or {}).get("combination") or [])
+    if factor and (args.target is None or args.unit is None):
+        sys.exit(f"{path}: network {args.network} is a factor of a product member, so it predicts its own target in "
+                 "its own unit, which the model does not record: give --target and --unit (e.g. --target G_over_K "
+                 "--unit 1)")
+    if args.target is not None:
+        card = replace(card, target=args.target)
+    if args.unit is not None:
+        card = replace(card, unit=args.unit)
     one = replace(card, ensemble={}, metrics={},
                   transform=TargetTransform(**transforms[args.network]) if transforms else card.transform,
                   training={"network_of": str(path), "network": args.network})

@@ -179,3 +179,34 @@ def test_an_ensemble_knows_the_elements_every_model_has_seen_in_periodic_table_o
     r = _random_checkpoint(tmp_path / "r.ckpt", "r", "", seed=63, log10=True, elements=seen[2])
     join_ensemble(y, tmp_path / "p.ckpt", log_data, products=[(k, r)])
     assert read_checkpoint(tmp_path / "p.ckpt")[0].elements == by_z(data + ["H", "Fe"])
+
+
+def test_extract_member_names_a_product_factor_by_what_it_predicts(models, product, tmp_path):
+    """scripts/extract_member.py gave a product's factor (network 4: r, dimensionless) the ensemble's target and
+    unit, so the extracted G/K model called its ratios shear moduli in GPa (and joining it as a factor failed
+    on 'GPa × GPa'). A factor needs --target and --unit; with them it is the factor's own model."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import crystalprop
+
+    out, _ = product
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "GLOG_v": "3"}
+    script = [sys.executable, str(root / "scripts" / "extract_member.py"), str(out), "4", str(tmp_path / "r4.ckpt")]
+    refused = subprocess.run(script, capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode != 0 and "a factor of a product member" in refused.stderr and "--unit" in refused.stderr
+    assert not (tmp_path / "r4.ckpt").exists()
+    done = subprocess.run(script + ["--target", "r", "--unit", ""], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    card, _ = read_checkpoint(tmp_path / "r4.ckpt")
+    assert (card.target, card.unit) == ("r", "")
+    structures = [s for _, s in make_structures(4)]
+    rows = crystalprop.predict(structures, [str(tmp_path / "r4.ckpt"), str(models["r"])])
+    np.testing.assert_allclose([row["r4"] for row in rows], [row["r"] for row in rows], rtol=1e-6)
+    plain = subprocess.run(script[:3] + ["0", str(tmp_path / "y0.ckpt")], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert plain.returncode == 0 and read_checkpoint(tmp_path / "y0.ckpt")[0].target == "y"
