@@ -276,6 +276,20 @@ def test_init_from_a_model_of_another_size_is_refused_by_name(run_a, data, tmp_p
     assert "of this model's" in str(caught.value) and "16 features" in str(caught.value)
 
 
+def test_init_from_a_model_of_more_layers_is_refused_by_name(data, tmp_path):
+    """Every parameter of a 1-layer run has a counterpart in a 2-layer model, so the warm start took the
+    first layer of it and the other model's readout, and claimed that model's history, without a word."""
+    from crystalprop.model.checkpoint import ModelCard, TargetTransform, save_checkpoint
+    from crystalprop.model.matformer import Matformer
+
+    deeper = Matformer(ModelConfig(**{**TINY, "layers": 2}))
+    source = tmp_path / "deeper.ckpt"
+    save_checkpoint(source, deeper, ModelCard(target="y", model=deeper.config, transform=TargetTransform(0.0, 1.0)))
+    with pytest.raises(CheckpointError, match="2 layers") as caught:
+        train_model(data, tmp_path / "warm", config(epochs=1), workers=1, init_from=source)
+    assert "1 layers" in str(caught.value)
+
+
 def test_resume_of_a_finished_run_starts_no_epoch(run_a, data, tmp_path):
     """`train --resume` on a finished run showed a progress bar for "epoch 5/4"; it now only reports the result."""
     run_dir = tmp_path / "done"

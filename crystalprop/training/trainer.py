@@ -326,7 +326,7 @@ class Trainer:
         )
 
     def _init_from(self, net: Matformer, path: str | Path, transform: TargetTransform) -> None:
-        """Warm start: copy every parameter whose name and shape match (an ensemble's first member).
+        """Warm start: copy every parameter of a model of the same sizes (an ensemble's first member).
 
         Where the source learned this run's target (same name and log10), its output layer is re-expressed
         in this run's ``transform`` (fitted to this run's training targets, as every member of a split
@@ -340,15 +340,15 @@ class Trainer:
             if name in params and tuple(params[name].shape) == tuple(param.shape):
                 param.set_data(params[name])
                 loaded += 1
-        if loaded < len(own):
+        if loaded < len(own) or card.model != self.config.model:  # a deeper model fits a shallower one's names
             def sizes(model) -> str:
                 heads = f"{model.heads} head{'s' if model.heads != 1 else ''}"
                 return f"{model.layers} layers, {model.features} features, {heads}, fc {model.fc_features}"
 
-            missing = next(name for name, param in own.items()
-                           if name not in params or tuple(params[name].shape) != tuple(param.shape))
+            missing = (name for name, param in own.items()
+                       if name not in params or tuple(params[name].shape) != tuple(param.shape))
             why = (f"its model has {sizes(card.model)}, this run {sizes(self.config.model)}; give the same sizes"
-                   if card.model != self.config.model else f"e.g. {missing} has no counterpart of its shape there")
+                   if card.model != self.config.model else f"e.g. {next(missing)} has no counterpart of its shape there")
             raise CheckpointError(f"{path}: {loaded} of this model's {len(own)} parameters fit ({why}), "
                                   "so it cannot be a warm start")
         self.prior_training = {
