@@ -681,6 +681,9 @@ def test_a_run_without_validation_structures_says_what_it_selects_by(tmp_path):
     # ensemble 0 ended in an IndexError, a negative lr or features 0 in MindSpore's errors after the folder was made
     (dict(limit=0), "limit"), (dict(limit=-5), "limit"), (dict(layers=0), "layers"), (dict(ensemble=0), "ensemble"),
     (dict(lr=-1e-3), "lr"), (dict(weight_decay=-1.0), "weight_decay"), (dict(features=0), "features"),
+    # an ensemble trained every member before its unknown sigma was refused at joining; an unknown cell made
+    # the folder and imported MindSpore first
+    (dict(ensemble=2, sigma="latent+sprd"), "sigma"), (dict(cell="primitive"), "cell"),
 ])
 def test_the_api_refuses_bad_settings_before_any_work(data, tmp_path, bad, says):
     """crystalprop.train(loss='mae') ended in a KeyError, batch_size=0 in a ZeroDivisionError, and

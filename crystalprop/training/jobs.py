@@ -15,6 +15,8 @@ from typing import Any, Callable, Collection
 from crystalprop.utils.atomic import atomic_write_text, make_folder
 from crystalprop.utils.backend import DEVICES
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
+from crystalprop.graph.settings import check_cell_choice
+from crystalprop.model import SIGMA_CHOICES
 from crystalprop.model.config import ModelConfig
 from crystalprop.training.config import TrainConfig, check_decay, check_emphasis, check_settings, kept_settings
 
@@ -238,6 +240,10 @@ def train(
                    val_fraction=val_fraction, test_fraction=test_fraction, lr=lr, weight_decay=weight_decay,
                    layers=layers, features=features, heads=heads, fc_features=fc_features, ensemble=ensemble,
                    limit=limit)
+    if sigma not in SIGMA_CHOICES:
+        raise ValueError(f"sigma {sigma!r}: choose one of {', '.join(SIGMA_CHOICES)}")
+    if cell is not None:
+        check_cell_choice(cell)
     if fold is not None:
         if not (isinstance(fold, (tuple, list)) and len(fold) == 2):
             raise ValueError(f"fold {fold!r}: a pair (I, K) for fold I of K, e.g. (1, 5)")
