@@ -70,6 +70,17 @@ def test_cli_refuses_then_overwrites(random_ckpt, data, tmp_path):
     assert not (out / "calibration.png").exists()
 
 
+def test_cli_takes_a_device_as_the_readme_says(random_ckpt, data, tmp_path):
+    """The README gives --device GPU to predict, train and evaluate; evaluate had no --device."""
+    done = run_cli(["evaluate", random_ckpt, data, "--split", "all", "--device", "cpu"])
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "gpu"
+    done = run_cli(["evaluate", random_ckpt, data, "--split", "all", "--device", "GPU", "-o", out])
+    assert done.returncode == 2 and "Traceback" not in done.stderr + done.stdout, done.stderr
+    assert "GPU" in done.stderr and "--device CPU" in " ".join(done.stderr.split())
+    assert not out.exists()
+
+
 def test_the_metrics_table_gives_the_unit_only_to_the_metrics_in_it(random_ckpt, data):
     done = run_cli(["evaluate", random_ckpt, data, "--split", "all"], env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr

@@ -306,16 +306,18 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
 @click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True, type=click.IntRange(min=1))
 @click.option("--id-column", default=None)
 @click.option("--structure-column", default=None)
+@device_option()
 @cell_option("the model's own setting (canonical for the shipped models)")
 def evaluate(model, data, **options) -> None:
     """Measure MODEL (shipped name, .ckpt or run dir) on a labelled DATA set."""
     from crystalprop.evaluation.evaluate import evaluate_model  # noqa: PLC0415
     from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
+    from crystalprop.utils.backend import DeviceUnavailableError  # noqa: PLC0415
 
     try:
         with console.status("evaluating"):
             result = evaluate_model(model, data, **options)
-    except (OutputExistsError, ValueError) as exc:  # CheckpointError, DatasetError
+    except (DeviceUnavailableError, OutputExistsError, ValueError) as exc:  # CheckpointError, DatasetError
         _fail(str(exc))
     print_evaluation(result, options["output_dir"])
 

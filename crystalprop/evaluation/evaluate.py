@@ -412,8 +412,8 @@ def evaluate_model(
     from crystalprop.model.registry import resolve_model  # noqa: PLC0415
 
     check_whole_number("batch_size", batch_size)
+    set_device(device)  # a device this machine lacks is refused before the folder is made
     out = _output_folder(output_dir, overwrite) if output_dir else None  # before the work, not after it
-    set_device(device)
     label, path = resolve_model(model)
     card, params = read_checkpoint(path)
     settings = card.graph if cell is None else replace(card.graph, cell=cell)
