@@ -44,6 +44,27 @@ def test_evaluate_is_evaluate_model_with_the_command_s_defaults():
         assert signature[name].default == default, name
 
 
+def test_predict_takes_the_command_s_options_with_the_same_defaults():
+    """crystalprop.predict had no timeout: a structure's preparation could not be limited from Python."""
+    from crystalprop.cli.commands import predict as predict_command
+
+    command = _defaults(predict_command)
+    signature = {name: p.default for name, p in inspect.signature(crystalprop.predict).parameters.items()}
+    files_only = {"models", "output", "resume", "retry_failed", "overwrite", "shard"}  # the API returns its rows
+    assert set(command) - set(signature) == files_only
+    assert signature.pop("batch_memory") == command.pop("batch_memory") << 20  # bytes, where the command takes MiB
+    assert {name: signature[name] or "auto" if name == "engine" else signature[name]
+            for name in set(command) - files_only} == {name: command[name] for name in set(command) - files_only}
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan"), "60"])
+def test_predict_refuses_a_timeout_that_cannot_work(random_ckpt, timeout):
+    from conftest import rocksalt
+
+    with pytest.raises(ValueError, match="timeout"):
+        crystalprop.predict(rocksalt(5.64), model=str(random_ckpt), timeout=timeout)
+
+
 @pytest.mark.slow
 def test_train_then_evaluate_in_python(tmp_path):
     data = write_json_dataset(tmp_path / "data.json", 24)

@@ -29,7 +29,7 @@ from crystalprop.io.discovery import iter_structure_paths, no_structures_found, 
 from crystalprop.io.formula import crystal_formula
 from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model import ENGINES
-from crystalprop.utils.checks import check_whole_number
+from crystalprop.utils.checks import check_seconds, check_whole_number
 from crystalprop.utils.timelimit import run_with_time_limit
 from crystalprop.prediction.workers import ResilientPool, heartbeat
 
@@ -647,6 +647,7 @@ def predict(
     batch_memory: int = BATCH_MEMORY_BYTES,
     cell: str | None = None,
     engine: str | None = None,
+    timeout: float = READ_TIMEOUT_S,
 ) -> list[dict]:
     """Predict every property of every structure in ``inputs``.
 
@@ -660,6 +661,8 @@ def predict(
     ``cell``: ``canonical`` (reduce each structure to its Niggli-reduced primitive cell) or
     ``as-given``; None uses the models' own setting (``canonical`` for the shipped ones).
     ``engine``: ``auto`` (None), ``numpy`` or ``mindspore`` (:func:`choose_engine`).
+    ``timeout``: seconds to prepare one structure (read, check, find its neighbours; 0: no limit), as
+    ``--timeout``: a structure over it gets a row with an error.
     The models stay loaded for the next call with the same models (until a file changes).
     Returns one dict per structure: index (position of its file in the input stream),
     name, source, formula, n_sites, one value per model (physical units, with
@@ -668,6 +671,7 @@ def predict(
     for name, value, least in (("batch_size", batch_size, 1), ("batch_memory", batch_memory, 1),
                                ("workers", 0 if workers is None else workers, 0)):
         check_whole_number(name, value, least)
+    check_seconds("timeout", timeout)
     if isinstance(inputs, (str, os.PathLike)) or _is_structure(inputs):
         inputs = [inputs]
     if inputs is None or isinstance(inputs, (bytes, dict)):
@@ -685,6 +689,6 @@ def predict(
         if nothing_to_read:
             raise ValueError(nothing_to_read)
     predictor, reader = open_prediction(inputs, model, device, cell, engine=engine, reuse=True,
-                                        recursive=recursive, workers=workers)
+                                        recursive=recursive, workers=workers, timeout=timeout)
     return [row for rows in predictor.iter_rows(reader, batch_size=batch_size, batch_memory=batch_memory)
             for row in rows]
