@@ -299,7 +299,8 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
                    "trained with; val/test are refused if any of their structures were trained on, and count "
                    "the look-alikes.")
 @click.option("--output-dir", "-o", default=None, type=click.Path(file_okay=False),
-              help="Write predictions.csv, metrics.json, parity.png, error_histogram.png (and skipped.log) here; "
+              help="Write predictions.csv (with its provenance, predictions.csv.meta.json), metrics.json, parity.png, "
+                   "error_histogram.png, calibration.png (a model with σ) and skipped.log (records skipped) here; "
                    "a folder holding an earlier evaluation is refused without --overwrite.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an earlier evaluation in --output-dir (its files only; nothing else there is touched).")
