@@ -226,3 +226,35 @@ def test_a_models_folder_that_is_not_there_is_named(tmp_path):
     assert listed.returncode == 2 and "CRYSTALPROP_CHECKPOINTS" in listed.stderr and "nonexistent" in listed.stderr
     predicted = run_cli(["predict", "x.cif", "-m", "band_gap"], cwd=tmp_path, env=env)
     assert predicted.returncode == 2 and "CRYSTALPROP_CHECKPOINTS" in predicted.stderr
+
+
+STOPPED_DURING_START_UP = """
+import os, signal, sys, time
+import crystalprop.prediction.predictor as predictor
+real, stop = predictor.Predictor.__init__, getattr(signal, sys.argv[1])
+def slow(self, *args, **kwargs):  # a stop signal while the models load, the reader processes already started
+    real(self, *args, **kwargs)
+    os.kill(os.getpid(), stop)
+    time.sleep(20)
+predictor.Predictor.__init__ = slow
+from crystalprop.cli.commands import run
+sys.argv = ["crystalprop", "predict", *sys.argv[2:]]
+run()
+"""
+
+
+@pytest.mark.parametrize(("name", "status"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_stop_signal_during_start_up_is_the_same_stop(tmp_path, random_ckpt, name, status):
+    """The stop signals were taken only once rows streamed: during start-up (models loading, inputs listed; many
+    seconds for a large folder) Ctrl-C ended with click's 'Aborted!' and status 1, SIGTERM killed the process by
+    its default action, and a reader process printed a BrokenPipeError traceback (hunt9 finding 8)."""
+    import subprocess
+    import sys
+
+    CifWriter(rocksalt(5.64)).write_file(tmp_path / "a.cif")
+    done = subprocess.run([sys.executable, "-c", STOPPED_DURING_START_UP, name, tmp_path / "a.cif", "-m", random_ckpt,
+                           "-o", tmp_path / "out.csv", "--workers", "1"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "GLOG_v": "3"})
+    assert done.returncode == status, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and "Aborted" not in done.stderr, done.stderr
+    assert "stopped" in done.stderr and "nothing predicted" in done.stderr, done.stderr

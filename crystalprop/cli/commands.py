@@ -26,6 +26,7 @@ from crystalprop.io.limits import READ_TIMEOUT_S
 from crystalprop.model import ENGINES
 from crystalprop.model.config import ModelConfig
 from crystalprop.utils.quick_exit import request as request_quick_exit, run as run_quick_exit
+from crystalprop.utils.stopping import stop_signals_interrupt
 from crystalprop.graph.settings import EVAL_BATCH_SIZE
 from crystalprop.training.config import LOSSES, TrainConfig
 from crystalprop.training.schedule import SCHEDULES
@@ -81,7 +82,7 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     Ctrl-C, SIGTERM (a cluster's time limit) or SIGHUP stops it with the rows so far saved in --output
     and the exit status 128 + the signal (130, 143, 129); --resume continues.
     """
-    from crystalprop.utils.backend import DeviceUnavailableError, single_threaded_blas  # noqa: PLC0415
+    from crystalprop.utils.backend import single_threaded_blas  # noqa: PLC0415
     from crystalprop.io.discovery import no_structures_found  # noqa: PLC0415
 
     if resume and overwrite:
@@ -90,37 +91,32 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
         raise click.UsageError("--resume continues an --output file: give it with -o")
 
     single_threaded_blas()  # before numpy is imported
-    from crystalprop.prediction.output import ResultWriter, done_names  # noqa: PLC0415
-    from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
-    from crystalprop.prediction.predictor import open_prediction  # noqa: PLC0415
-    from crystalprop.io.provenance import input_record, sidecar_path  # noqa: PLC0415
+    from crystalprop.prediction.output import done_names  # noqa: PLC0415
+    from crystalprop.io.provenance import sidecar_path  # noqa: PLC0415
 
     request_quick_exit()  # nothing here needs Python's finalisation (0.5-1 s with MindSpore loaded)
     if retry_failed and not (output and resume):
         _fail("--retry-failed needs --resume and --output")
     part = parse_shard(shard)
-    nothing_to_read = no_structures_found(paths, recursive)
-    if nothing_to_read:
-        _fail(nothing_to_read)
-    skip = done_names(Path(output), retry_failed=retry_failed) if output and resume else None
-    try:
-        with collection_paused():  # start-up: the models (and MindSpore's import, for that engine)
-            predictor, reader = open_prediction(list(paths), list(models) or None, device, cell, engine=engine,
-                                                recursive=recursive, workers=workers, timeout=timeout, skip=skip,
-                                                shard=part)
-    except (DeviceUnavailableError, ValueError) as exc:  # CheckpointError is a ValueError
-        _fail(str(exc))
-    writer = None
-    if output:
+    opened: dict = {}  # the predictor, reader and writer, as soon as each is made
+    with stop_signals_interrupt() as interrupt:  # start-up: many seconds for a large folder on a busy machine
         try:
-            writer = ResultWriter(output, predictor.result_columns, resume=resume, overwrite=overwrite,
-                                  retry_failed=retry_failed, provenance=predictor.provenance(
-                                      part, input_record(paths, recursive)))
-        except (OutputExistsError, ValueError) as exc:
-            reader.close()
-            _fail(str(exc))
-    with collection_paused():
-        predictor.compile()  # else done by iter_rows: the same, without the collector
+            nothing_to_read = no_structures_found(paths, recursive)
+            if nothing_to_read:
+                _fail(nothing_to_read)
+            skip = done_names(Path(output), retry_failed=retry_failed) if output and resume else None
+            _start_prediction(opened, paths, models, device, cell, engine, recursive, workers, timeout, skip, part,
+                              output, resume, overwrite, retry_failed)
+        except KeyboardInterrupt:
+            interrupt.disarm()
+            for held in ("reader", "writer"):
+                if held in opened:
+                    opened[held].close()
+            stop = signal.Signals(interrupt.received[0]) if interrupt.received else signal.SIGINT
+            console.print(f"[yellow]stopped[/] ({stop.name}) while starting: nothing predicted"
+                          + ("; --resume continues" if "writer" in opened else ""))
+            sys.exit(128 + stop)
+    predictor, reader, writer = opened["predictor"], opened["reader"], opened.get("writer")
     every_row = not output and not out.is_terminal  # piped or redirected: the results are the output
     try:
         rows_shown, n_ok, n_failed, stopped = stream_rows(predictor.iter_rows(reader, batch_size=batch_size,
@@ -150,6 +146,36 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
         where = ", interrupted before the end" + where + ("; --resume continues" if output else "")
     console.print(f"{n_ok} predicted, {n_failed} failed{where}", markup=False)
     sys.exit(128 + stopped if stopped else 0 if n_failed == 0 else 1)
+
+
+def _start_prediction(opened: dict, paths, models, device, cell, engine, recursive, workers, timeout, skip, part,
+                      output, resume, overwrite, retry_failed) -> None:
+    """Load the models, start the readers, open the output and compile: ``opened`` gets the predictor, the
+    reader and the writer as each is made, so that a stop signal meanwhile can close what is open."""
+    from crystalprop.io.provenance import input_record  # noqa: PLC0415
+    from crystalprop.prediction.output import ResultWriter  # noqa: PLC0415
+    from crystalprop.prediction.predictor import open_prediction  # noqa: PLC0415
+    from crystalprop.utils.atomic import OutputExistsError  # noqa: PLC0415
+    from crystalprop.utils.backend import DeviceUnavailableError  # noqa: PLC0415
+
+    try:
+        with collection_paused():  # the models (and MindSpore's import, for that engine)
+            opened["predictor"], opened["reader"] = open_prediction(
+                list(paths), list(models) or None, device, cell, engine=engine, recursive=recursive, workers=workers,
+                timeout=timeout, skip=skip, shard=part)
+    except (DeviceUnavailableError, ValueError) as exc:  # CheckpointError is a ValueError
+        _fail(str(exc))
+    predictor = opened["predictor"]
+    if output:
+        try:
+            opened["writer"] = ResultWriter(output, predictor.result_columns, resume=resume, overwrite=overwrite,
+                                            retry_failed=retry_failed, provenance=predictor.provenance(
+                                                part, input_record(paths, recursive)))
+        except (OutputExistsError, ValueError) as exc:
+            opened["reader"].close()
+            _fail(str(exc))
+    with collection_paused():
+        predictor.compile()  # else done by iter_rows: the same, without the collector
 
 
 @main.command()
