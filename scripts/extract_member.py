@@ -6,9 +6,9 @@
 (counted from 0) of MODEL (a checkpoint or shipped model name): the band-gap model's second member, or
 one route of the shear-modulus model (a product member's factors are networks of their own, each in
 its own target transform). The card is the ensemble's without its σ and metrics, with that network's
-transform, and records where the weights came from; a product's factor (the G/K network of shear modulus)
-predicts another target in another unit, which the model does not record, so it needs ``--target`` and
-``--unit``.
+transform, and records where the weights came from; a product's factor (shear modulus's G/K network or
+its bulk-modulus networks) predicts another target in another unit, which the model does not record, so it
+needs ``--target`` and ``--unit`` (and only a factor takes them).
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ def main() -> None:
                  for terms in (card.ensemble or {}).get("combination") or [])
     if factor and (args.target is None or args.unit is None):
         sys.exit(f"{path}: network {args.network} is a factor of a product member, so it predicts its own target in "
-                 "its own unit, which the model does not record: give --target and --unit (e.g. --target G_over_K "
-                 "--unit 1)")
+                 "its own unit, which the model does not record: give --target and --unit (shear modulus's G/K "
+                 "network: --target G_over_K --unit 1; its bulk networks: --target K_VRH --unit GPa)")
+    if not factor and (args.target is not None or args.unit is not None):
+        sys.exit(f"{path}: network {args.network} predicts the model's own target, {card.target} in {card.unit}: "
+                 "--target and --unit are for a factor of a product member")
     if args.target is not None:
         card = replace(card, target=args.target)
     if args.unit is not None:

@@ -210,3 +210,6 @@ def test_extract_member_names_a_product_factor_by_what_it_predicts(models, produ
     plain = subprocess.run(script[:3] + ["0", str(tmp_path / "y0.ckpt")], capture_output=True, text=True,
                            timeout=300, env=env)
     assert plain.returncode == 0 and read_checkpoint(tmp_path / "y0.ckpt")[0].target == "y"
+    relabelled = subprocess.run(script[:3] + ["0", str(tmp_path / "y0b.ckpt"), "--target", "r", "--unit", ""],
+                                capture_output=True, text=True, timeout=300, env=env)
+    assert relabelled.returncode != 0 and "for a factor of a product member" in relabelled.stderr

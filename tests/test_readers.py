@@ -310,6 +310,7 @@ def test_cif_rhombohedral_axes_symbol_expands(tmp_path):
 
 
 @pytest.mark.parametrize("symmetry", ["_symmetry_space_group_name_H-M 'R -3 m'", "_space_group_IT_number 166",
+                                      "_space_group_IT_number 166(0)", "_symmetry_Int_Tables_number 166.0",
                                       "_space_group_name_H-M_alt 'R -3 2/m'", "_symmetry_space_group_name_H-M 'R-3m'"])
 def test_cif_bare_rhombohedral_symbol_on_a_rhombohedral_cell_takes_rhombohedral_axes(tmp_path, symmetry):
     """A bare 'R -3 m' (or 166) on a cell with a = b = c and α = β = γ was expanded with the hexagonal axes'

@@ -80,7 +80,8 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     """Predict properties for structure files, folders or glob patterns.
 
     Ctrl-C, SIGTERM (a cluster's time limit) or SIGHUP stops it with the rows so far saved in --output
-    and the exit status 128 + the signal (130, 143, 129); --resume continues.
+    and the exit status 128 + the signal (130, 143, 129); --resume continues. During start-up it stops
+    once the models are ready.
     """
     from crystalprop.utils.backend import single_threaded_blas  # noqa: PLC0415
     from crystalprop.io.discovery import no_structures_found  # noqa: PLC0415
@@ -98,34 +99,33 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     if retry_failed and not (output and resume):
         _fail("--retry-failed needs --resume and --output")
     part = parse_shard(shard)
-    opened: dict = {}  # the predictor, reader and writer, as soon as each is made
     with stop_signals_interrupt() as interrupt:  # start-up: many seconds for a large folder on a busy machine
         try:
             nothing_to_read = no_structures_found(paths, recursive)
             if nothing_to_read:
                 _fail(nothing_to_read)
             skip = done_names(Path(output), retry_failed=retry_failed) if output and resume else None
-            _start_prediction(opened, paths, models, device, cell, engine, recursive, workers, timeout, skip, part,
-                              output, resume, overwrite, retry_failed)
         except KeyboardInterrupt:
-            interrupt.disarm()
-            for held in ("reader", "writer"):
-                if held in opened:
-                    opened[held].close()
-            stop = signal.Signals(interrupt.received[0]) if interrupt.received else signal.SIGINT
-            console.print(f"[yellow]stopped[/] ({stop.name}) while starting: nothing predicted"
-                          + ("; --resume continues" if "writer" in opened else ""))
-            sys.exit(128 + stop)
-    predictor, reader, writer = opened["predictor"], opened["reader"], opened.get("writer")
-    every_row = not output and not out.is_terminal  # piped or redirected: the results are the output
-    try:
-        rows_shown, n_ok, n_failed, stopped = stream_rows(predictor.iter_rows(reader, batch_size=batch_size,
-                                                                              batch_memory=batch_memory << 20), writer,
-                                                          keep=None if every_row else TABLE_LIMIT)
-    except OSError as exc:  # a full disk or a lost file system: the rows written so far are whole
-        reader.close()
-        _fail(f"{output}: cannot write the results ({exc.strerror or exc}); the rows before are saved, and the same "
-              "command with --resume continues once it can write there")
+            _stopped_while_starting(interrupt.received)
+        # the rest of the start-up runs whole, a stop signal acted on after it: MindSpore's import and compile
+        # cannot be cut cleanly (a traceback, other statuses), nor can readers be left to nobody
+        interrupt.disarm()
+        predictor, reader, writer = _start_prediction(paths, models, device, cell, engine, recursive, workers,
+                                                      timeout, skip, part, output, resume, overwrite, retry_failed)
+        if interrupt.received:
+            reader.close()
+            if writer is not None:
+                writer.close()
+            _stopped_while_starting(interrupt.received, resumable=writer is not None)
+        every_row = not output and not out.is_terminal  # piped or redirected: the results are the output
+        try:
+            rows_shown, n_ok, n_failed, stopped = stream_rows(predictor.iter_rows(reader, batch_size=batch_size,
+                                                                                  batch_memory=batch_memory << 20),
+                                                              writer, keep=None if every_row else TABLE_LIMIT)
+        except OSError as exc:  # a full disk or a lost file system: the rows written so far are whole
+            reader.close()
+            _fail(f"{output}: cannot write the results ({exc.strerror or exc}); the rows before are saved, and the "
+                  "same command with --resume continues once it can write there")
     try:
         if every_row:
             print_rows(rows_shown, predictor.columns)
@@ -148,10 +148,10 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     sys.exit(128 + stopped if stopped else 0 if n_failed == 0 else 1)
 
 
-def _start_prediction(opened: dict, paths, models, device, cell, engine, recursive, workers, timeout, skip, part,
-                      output, resume, overwrite, retry_failed) -> None:
-    """Load the models, start the readers, open the output and compile: ``opened`` gets the predictor, the
-    reader and the writer as each is made, so that a stop signal meanwhile can close what is open."""
+def _start_prediction(paths, models, device, cell, engine, recursive, workers, timeout, skip, part, output, resume,
+                      overwrite, retry_failed) -> tuple:
+    """The predictor (its models loaded and compiled), the reader (its processes started) and the output's
+    writer (None without ``output``)."""
     from crystalprop.io.provenance import input_record  # noqa: PLC0415
     from crystalprop.prediction.output import ResultWriter  # noqa: PLC0415
     from crystalprop.prediction.predictor import open_prediction  # noqa: PLC0415
@@ -160,22 +160,31 @@ def _start_prediction(opened: dict, paths, models, device, cell, engine, recursi
 
     try:
         with collection_paused():  # the models (and MindSpore's import, for that engine)
-            opened["predictor"], opened["reader"] = open_prediction(
-                list(paths), list(models) or None, device, cell, engine=engine, recursive=recursive, workers=workers,
-                timeout=timeout, skip=skip, shard=part)
+            predictor, reader = open_prediction(list(paths), list(models) or None, device, cell, engine=engine,
+                                                recursive=recursive, workers=workers, timeout=timeout, skip=skip,
+                                                shard=part)
     except (DeviceUnavailableError, ValueError) as exc:  # CheckpointError is a ValueError
         _fail(str(exc))
-    predictor = opened["predictor"]
+    writer = None
     if output:
         try:
-            opened["writer"] = ResultWriter(output, predictor.result_columns, resume=resume, overwrite=overwrite,
-                                            retry_failed=retry_failed, provenance=predictor.provenance(
-                                                part, input_record(paths, recursive)))
+            writer = ResultWriter(output, predictor.result_columns, resume=resume, overwrite=overwrite,
+                                  retry_failed=retry_failed, provenance=predictor.provenance(
+                                      part, input_record(paths, recursive)))
         except (OutputExistsError, ValueError) as exc:
-            opened["reader"].close()
+            reader.close()
             _fail(str(exc))
     with collection_paused():
         predictor.compile()  # else done by iter_rows: the same, without the collector
+    return predictor, reader, writer
+
+
+def _stopped_while_starting(received: list[int], resumable: bool = False) -> None:
+    """End a ``predict`` stopped before its first row: one line, status 128 + the first stop signal."""
+    stop = signal.Signals(received[0]) if received else signal.SIGINT
+    console.print(f"[yellow]stopped[/] ({stop.name}) while starting: nothing predicted"
+                  + ("; --resume continues" if resumable else ""))
+    sys.exit(128 + stop)
 
 
 @main.command()

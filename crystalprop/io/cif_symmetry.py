@@ -7,7 +7,8 @@ letter cases and most Hall symbols it does not read, and it falls back to P1 wit
 warning: a NaCl cell given as ``-F 4 2 3`` became a two-atom CsCl-like crystal. CIF tags are
 case-insensitive and ``.``, ``_`` spell the same DDL1/DDL2 names, so this module finds the
 symmetry under any spelling, expands Hall symbols and H-M symbols with a setting (``F d -3 m :2``,
-``R -3 m H``, ICSD's ``F d -3 m Z``) with spglib's table of the 530 settings, and
+``R -3 m H``, ICSD's ``F d -3 m Z``) with spglib's table of the 530 settings, reads a bare symbol of an R
+lattice in rhombohedral axes where the cell has them (:func:`rhombohedral_axes`), and
 gives the lines to append so that pymatgen applies it. :func:`p1_fallback` says what to do
 where pymatgen still falls back to P1.
 """
@@ -193,7 +194,8 @@ def _bare_group_number(data: dict) -> tuple[str, int, str | None] | None:
         return None
     tag, value = found[0]
     if kind == "IT number":
-        return (f"{tag} {_quoted(value)}", int(value), None) if value.strip().isdigit() else None
+        number = _whole_number(value)
+        return None if number is None else (f"{tag} {_quoted(value)}", number, None)
     number = _hm_settings().get((_hm_key(value), None))
     if number is None or _stated_setting(value):
         return None
@@ -215,6 +217,17 @@ def ambiguous_origin(data: dict) -> tuple[str, str] | None:
         return None  # a symbol of one origin only, or of another axes setting ('P m n n')
     hall = _origin_two_settings().get(number)
     return None if hall is None else (group, _operations_loop(_database_operations(hall)))
+
+
+def _whole_number(value: str) -> int | None:
+    """An IT number as pymatgen reads it ('166', '166(0)', '166.0'); None for anything else."""
+    from pymatgen.io.cif import str2float  # noqa: PLC0415
+
+    try:
+        number = str2float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if float(number).is_integer() else None
 
 
 def _cell(data: dict) -> tuple[list[float], list[float]] | None:
@@ -248,7 +261,7 @@ def rhombohedral_axes(data: dict) -> tuple[str, str] | None:
                 and spglib.get_spacegroup_type(n).choice == "R")
     return (_operations_loop(_database_operations(hall)),
             f"{named[0]} does not say which axes: read in rhombohedral axes (the cell has a = b = c, "
-            f"α = β = γ = {alpha:g}°)")
+            f"α = β = γ = {alpha:.2f}°)")
 
 
 def _quoted(value: str) -> str:

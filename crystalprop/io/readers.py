@@ -222,7 +222,7 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
             raise StructureReadError(name, f"CIF data block '{block_name}': {exc}") from exc
         axes = rhombohedral_axes(data)
         if axes:
-            supplement += axes[0]
+            supplement = axes[0]  # in place of the hexagonal axes' operations of a symbol pymatgen cannot read
         try:
             check_type_symbols(data)
         except ValueError as exc:

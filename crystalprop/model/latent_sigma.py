@@ -100,7 +100,7 @@ class LatentReference:
             nearest = k_smallest(squared, k)  # (b, k)
             rows = slice(start, start + len(block))
             # the k distances again, as differences in float64: the expansion above loses digits to cancellation
-            # (σ moved by up to 6e-4 relative with the batch a structure came in; 1e-6 so)
+            # (σ moved by up to 6e-4 relative with the batch a structure came in; within 1e-5 so)
             offsets = block[:, None, :].astype(np.float64) - self._search_table[nearest]  # (b, k, d)
             distance[rows] = np.sqrt(np.einsum("bkd,bkd->bk", offsets, offsets)).mean(axis=1)
             sigma[rows] = distance[rows] * (self.residuals[nearest].mean(axis=1) + self._prior_error)
