@@ -18,7 +18,7 @@ from crystalprop.evaluation.evaluate import (
 )
 from crystalprop.graph.settings import check_cell_choice
 from crystalprop.evaluation.metrics import uncertainty_metrics
-from crystalprop.model import SIGMA_CHOICES
+from crystalprop.model import check_sigma_choice
 from crystalprop.model.ensemble import (
     calibration_scale, combine, interval_multiple, members_from_networks, raw_sigma, spread_weight,
 )
@@ -86,8 +86,7 @@ def join_ensemble(
     )
     from crystalprop.model.registry import resolve_model  # noqa: PLC0415
 
-    if sigma not in SIGMA_CHOICES:
-        raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
+    check_sigma_choice(sigma)
     latent = sigma != "spread"
     if latent_prior and not latent:
         raise ValueError("a latent prior weighs the training errors of σ from the latent distance: "

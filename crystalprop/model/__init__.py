@@ -6,5 +6,12 @@ SIGMA_CHOICES = ("spread", "latent", "latent+spread")
 (:func:`.ensemble.ensemble_output`).
 Here, not in those modules, so that the command line reads it without importing numpy."""
 
+
+def check_sigma_choice(sigma: str) -> str:
+    """``sigma`` if it is one of :data:`SIGMA_CHOICES`; ValueError naming the choices otherwise."""
+    if sigma not in SIGMA_CHOICES:
+        raise ValueError(f"sigma must be one of {', '.join(SIGMA_CHOICES)}, not {sigma!r}")
+    return sigma
+
 ENGINES = ("auto", "numpy", "mindspore")
 """Inference engines (:func:`crystalprop.prediction.predictor.choose_engine`), here for the command line too."""

@@ -16,7 +16,7 @@ from crystalprop.utils.atomic import atomic_write_text, make_folder
 from crystalprop.utils.backend import DEVICES
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.graph.settings import check_cell_choice
-from crystalprop.model import SIGMA_CHOICES
+from crystalprop.model import check_sigma_choice
 from crystalprop.model.config import ModelConfig
 from crystalprop.training.config import TrainConfig, check_decay, check_emphasis, check_settings, kept_settings
 
@@ -240,8 +240,7 @@ def train(
                    val_fraction=val_fraction, test_fraction=test_fraction, lr=lr, weight_decay=weight_decay,
                    layers=layers, features=features, heads=heads, fc_features=fc_features, ensemble=ensemble,
                    limit=limit)
-    if sigma not in SIGMA_CHOICES:
-        raise ValueError(f"sigma {sigma!r}: choose one of {', '.join(SIGMA_CHOICES)}")
+    check_sigma_choice(sigma)
     if cell is not None:
         check_cell_choice(cell)
     if fold is not None:
