@@ -19,6 +19,7 @@ import re
 from functools import lru_cache
 
 from pymatgen.core.operations import SymmOp
+from pymatgen.io.cif import str2float
 
 SYMOP_TAG = "_space_group_symop_operation_xyz"
 HM_TAG = "_symmetry_space_group_name_H-M"
@@ -157,13 +158,14 @@ def hm_operations(symbol: str) -> list[str] | None:
     return None if number is None else _database_operations(number)
 
 
-@lru_cache(maxsize=1)
-def _origin_two_settings() -> dict[int, int]:
-    """Space-group number -> Hall number of its origin choice 2, in its standard axes."""
+@lru_cache(maxsize=None)
+def _settings_of(choice: str) -> dict[int, int]:
+    """Space-group number -> Hall number of its setting ``choice`` in spglib's table: '2' origin choice 2 (in
+    its standard axes), 'R' rhombohedral axes."""
     import spglib  # noqa: PLC0415
 
     kinds = (spglib.get_spacegroup_type(number) for number in range(1, 531))
-    return {kind.number: kind.hall_number for kind in kinds if kind.choice == "2"}
+    return {kind.number: kind.hall_number for kind in kinds if kind.choice == choice}
 
 
 RHOMBOHEDRAL_GROUPS = frozenset({146, 148, 155, 160, 161, 166, 167})
@@ -215,14 +217,12 @@ def ambiguous_origin(data: dict) -> tuple[str, str] | None:
     group, number, symbol = named
     if symbol is not None and (_hm_key(symbol), "2") not in _hm_settings():
         return None  # a symbol of one origin only, or of another axes setting ('P m n n')
-    hall = _origin_two_settings().get(number)
+    hall = _settings_of("2").get(number)
     return None if hall is None else (group, _operations_loop(_database_operations(hall)))
 
 
 def _whole_number(value: str) -> int | None:
     """An IT number as pymatgen reads it ('166', '166(0)', '166.0'); None for anything else."""
-    from pymatgen.io.cif import str2float  # noqa: PLC0415
-
     try:
         number = str2float(value)
     except (TypeError, ValueError):
@@ -232,8 +232,6 @@ def _whole_number(value: str) -> int | None:
 
 def _cell(data: dict) -> tuple[list[float], list[float]] | None:
     """The block's cell lengths and angles; None where one cannot be read."""
-    from pymatgen.io.cif import str2float  # noqa: PLC0415
-
     try:
         lengths = [str2float(data[f"_cell_length_{axis}"]) for axis in "abc"]
         angles = [str2float(data[f"_cell_angle_{name}"]) for name in ("alpha", "beta", "gamma")]
@@ -255,11 +253,7 @@ def rhombohedral_axes(data: dict) -> tuple[str, str] | None:
     if max(abs(b - a), abs(c - a)) > AXES_LENGTH_TOLERANCE * a or \
             max(abs(beta - alpha), abs(gamma - alpha)) > AXES_ANGLE_TOLERANCE:
         return None
-    import spglib  # noqa: PLC0415
-
-    hall = next(n for n in range(1, 531) if spglib.get_spacegroup_type(n).number == named[1]
-                and spglib.get_spacegroup_type(n).choice == "R")
-    return (_operations_loop(_database_operations(hall)),
+    return (_operations_loop(_database_operations(_settings_of("R")[named[1]])),
             f"{named[0]} does not say which axes: read in rhombohedral axes (the cell has a = b = c, "
             f"α = β = γ = {alpha:.2f}°)")
 
