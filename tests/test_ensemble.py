@@ -64,6 +64,37 @@ def test_calibration_scale_recovers_the_spread_and_resists_outliers():
     assert np.mean(np.abs(errors) <= scale * raw) == pytest.approx(0.683, abs=0.03)
 
 
+def test_a_floored_ensemble_is_the_mean_of_its_members_floored_values():
+    """With a floor (band gap at 0 eV) each member's value is floored before the mean, as its spread
+    and each member's own prediction are: one member's meaningless -1.3 eV must not cancel
+    another's 0.18 eV (hunt10 2: the mean of the raw outputs was floored, giving 0)."""
+    from crystalprop.model.checkpoint import TargetTransform
+    from crystalprop.model.ensemble import combine
+
+    transform = TargetTransform(mean=0.0, std=1.0, floor=0.0)
+    got = combine(np.array([[0.18, 0.5], [-1.3, 0.3]]), transform)
+    np.testing.assert_allclose(got.value, [0.09, 0.4])
+    np.testing.assert_allclose(got.std, [np.std([0.18, 0.0], ddof=1), np.std([0.5, 0.3], ddof=1)])
+    log = TargetTransform(mean=0.0, std=1.0, log10=True, floor=10.0)  # log10 targets: the geometric mean
+    np.testing.assert_allclose(combine(np.array([[0.0], [2.0]]), log).value, [10.0 ** 1.5])
+
+
+def test_sigma_is_not_calibrated_on_too_few_structures_or_to_zero():
+    """A scale fitted on a handful of structures, or one that makes every σ 0 (errors all 0 where the
+    members disagree), would be stored and make every later prediction claim a certainty (hunt10 1)."""
+    from crystalprop.model.ensemble import MIN_CALIBRATION, calibration_scale
+
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(0.5, 2.0, MIN_CALIBRATION)
+    assert calibration_scale(rng.normal(0.0, raw), raw) > 0
+    with pytest.raises(ValueError, match=f"{MIN_CALIBRATION - 1} structures.*at least {MIN_CALIBRATION}"):
+        calibration_scale(rng.normal(0.0, raw[1:]), raw[1:])
+    errors = np.zeros(200)
+    errors[:5] = 0.1
+    with pytest.raises(ValueError, match="195 of the 200 .* errors of 0"):
+        calibration_scale(errors, np.ones(200))
+
+
 def test_interval_multiple_covers_its_level_where_the_tails_are_heavy():
     """σ calibrated to the Gaussian coverage curve covers too few errors at 2σ when the errors have heavy
     tails (materials data do): the stored multiple k95 of σ must cover 95 % of them."""
@@ -247,11 +278,12 @@ def test_train_ensemble_trains_members_on_one_split_and_joins_them(tmp_path):
 
     data = write_json_dataset(tmp_path / "data.json", 40)  # no split: a random one, drawn once from --seed
     run = run_cli(["train", data, "-t", "y", "-o", tmp_path / "run", "--ensemble", "2", "--epochs", "1",
-                   "--batch-size", "8", "--graph-workers", "1", "--threads", "1", "--sigma", "latent", *TINY_CLI],
+                   "--val-fraction", "0.3", "--batch-size", "8", "--graph-workers", "1", "--threads", "1", "--sigma", "latent", *TINY_CLI],
                   timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     cards = [read_checkpoint(tmp_path / "run" / f"member{k}" / "best.ckpt")[0] for k in range(2)]
     assert [c.training["config"]["seed"] for c in cards] == [0, 1]
+    assert [c.training["cpu_threads"] for c in cards] == [1, 1]  # --threads, not the machine's cores
     records = [c.training["data"]["split_record"] for c in cards]
     assert records[0]["val_ids_sha256"] == records[1]["val_ids_sha256"]
     card = read_checkpoint(tmp_path / "run" / "best.ckpt")[0]
@@ -262,6 +294,17 @@ def test_train_ensemble_trains_members_on_one_split_and_joins_them(tmp_path):
     assert again.returncode != 0 and "--resume" in again.stdout + again.stderr
     single = run_cli(["train", data, "-t", "y", "-o", tmp_path / "one", "--sigma", "latent", *TINY_CLI])
     assert single.returncode != 0 and "use it with --ensemble" in single.stderr
+
+
+def test_joining_on_too_few_labelled_structures_is_refused_by_count(members, tmp_path):
+    from crystalprop.evaluation.joining import join_ensemble
+
+    path = tmp_path / "few.json"
+    path.write_text(json.dumps([{"id": name, "structure": s.as_dict(), "y": synthetic_target(s),
+                                 "split": "val" if k < 5 else "train"} for k, (name, s) in enumerate(make_structures(12))]))
+    with pytest.raises(ValueError, match="calibrated on 5 structures.*at least 10"):
+        join_ensemble(members, tmp_path / "ens.ckpt", path)
+    assert not (tmp_path / "ens.ckpt").exists()
 
 
 def test_two_models_of_one_name_are_refused(members, tmp_path):
@@ -589,7 +632,7 @@ def test_an_ensemble_resumed_without_its_options_keeps_them_for_every_member(tmp
     data = write_json_dataset(tmp_path / "data.json", 24)
     run_dir = tmp_path / "ens"
     first = run_cli(["train", data, "-t", "y", "-o", run_dir, "--ensemble", "2", "--epochs", "1", "--lr", "2e-3",
-                     "--seed", "3", "--batch-size", "8", "--graph-workers", "1", "--max-time", "0", "--sigma", "latent",
+                     "--seed", "3", "--val-fraction", "0.5", "--batch-size", "8", "--graph-workers", "1", "--max-time", "0", "--sigma", "latent",
                      *TINY_CLI])
     assert first.returncode == 1 and "--resume continues" in first.stdout + first.stderr
     assert not (run_dir / "member1").exists()
@@ -604,14 +647,17 @@ def test_an_ensemble_resumed_without_its_options_keeps_them_for_every_member(tmp
     assert records[0]["val_ids_sha256"] == records[1]["val_ids_sha256"] and records[0]["seed"] == 3
 
 
-def test_sigma_is_calibrated_on_the_structures_it_is_given_for(split_data, tmp_path):
+def test_sigma_is_calibrated_on_the_structures_it_is_given_for(tmp_path):
     """σ is given only for structures whose elements every member trained on (predict, evaluate); joining and
     recalibrating fitted its scale and 95 % interval on every validation structure, also those with an element
     the members lack, so the card's σ figures differed from what `evaluate --split val` then reported."""
     from crystalprop.evaluation.evaluate import evaluate_model
     from crystalprop.evaluation.joining import join_ensemble, recalibrate_sigma
 
-    records = json.loads(split_data.read_text())
+    split_data = tmp_path / "data.json"  # 20 in val, enough to calibrate on without those holding Br
+    records = [{"id": name, "structure": s.as_dict(), "y": synthetic_target(s), "split": "val" if k % 4 == 0 else "train"}
+               for k, (name, s) in enumerate(make_structures(80))]
+    split_data.write_text(json.dumps(records))
     elements = sorted({s["species"][0]["element"] for r in records for s in r["structure"]["sites"]})
     assert "Br" in elements
     without_br = [e for e in elements if e != "Br"]
@@ -640,7 +686,7 @@ def test_the_latent_reference_holds_only_the_structures_the_members_trained_on(t
     from crystalprop.evaluation.joining import join_ensemble
     from crystalprop.training.run import train_model
 
-    data = write_json_dataset(tmp_path / "data.json", 40)
+    data = write_json_dataset(tmp_path / "data.json", 120)  # 12 in val: enough to calibrate on
     runs = []
     for seed in (0, 1):
         train_model(data, tmp_path / f"m{seed}", train_config(epochs=1, seed=seed), workers=1, limit=24, split_seed=0)
@@ -666,3 +712,12 @@ def test_a_refused_ensemble_leaves_the_folder_s_record_as_it_was(tmp_path):
     with pytest.raises(RunDirError, match="already holds a run"):
         crystalprop.train(data, tmp_path / "ens", target="y", ensemble=2)
     assert json.loads(record.read_text()) == {"members": 5, "sigma": "latent"}
+
+
+def test_a_constant_sigma_ranks_nothing_and_says_so_without_a_library_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's ConstantInputWarning reached the user (hunt10 11)
+        got = uncertainty_metrics(np.zeros(5), np.arange(5.0), np.ones(5))
+    assert np.isnan(got["sigma_spearman"]) and got["within_1sigma"] == 0.4

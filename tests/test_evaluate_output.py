@@ -102,3 +102,15 @@ def test_log10_metrics_leave_out_labels_without_a_log10_and_say_how_many():
     assert error_metrics(card, np.array([0.0, -1.0]), np.array([1.0, 1.0]))["log10_n_excluded"] == 2
     whole = error_metrics(card, np.array([10.0, 100.0]), np.array([10.0, 110.0]))
     assert "log10_n_excluded" not in whole and whole["log10_mae"] == pytest.approx(np.log10(1.1) / 2)
+
+
+def test_a_column_other_than_the_model_s_target_is_named_as_an_assumption(random_ckpt, tmp_path):
+    """`-t band_gap` on a formation-energy model measured it against band gaps labelled with the model's
+    unit, without a word (hunt10 8): the column may be the same quantity under another name, or not."""
+    data = write_json_dataset(tmp_path / "other.json", 6, target="gap")
+    result = evaluate_model(str(random_ckpt), data, target="gap", split="all")
+    assert result["target"] == "gap"
+    assert any("learned y (eV)" in note and "compared with the data's gap" in note
+               for note in result.get("data_notes", []))
+    same = evaluate_model(str(random_ckpt), write_json_dataset(tmp_path / "y.json", 6), split="all")
+    assert not any("learned" in note for note in same.get("data_notes", []))

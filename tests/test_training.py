@@ -168,6 +168,18 @@ def test_interrupted_run_saves_its_position(resumed_mid_epoch):
     assert state["state"]["global_step"] == 2 * STEPS_PER_EPOCH + 2
 
 
+def test_a_stop_signal_adds_no_validation_of_the_partial_epoch(data, tmp_path, monkeypatch):
+    """Stopped by a signal (to be resumed), a run validated its partial epoch and could keep it as best.ckpt:
+    the resumed run then ended with a best model that the uninterrupted one never had, and that no row of
+    history.csv shows (hunt10 6). Only a time budget keeps the partial epoch's best (README)."""
+    calls = []
+    validate = Trainer._validate
+    monkeypatch.setattr(Trainer, "_validate", lambda self, *a: calls.append(1) or validate(self, *a))
+    stopped = train_stopped_mid_epoch(data, tmp_path / "run", config())
+    assert stopped.stopped_because == "interrupted" and len(calls) == 2  # epochs 1 and 2, not the cut third
+    assert stopped.best_epoch in (1, 2)
+
+
 def test_resume_mid_epoch_matches_uninterrupted_run(resumed_mid_epoch, run_a):
     _, _, second, run_dir = resumed_mid_epoch
     assert second.stopped_because == "finished" and second.epochs_done == 4

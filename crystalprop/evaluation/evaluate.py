@@ -443,10 +443,14 @@ def evaluate_model(
         unlike = error_metrics(card, y[~alike], pred[~alike]) if not alike.all() else {}
         metrics.update({"n_like_training": int(alike.sum()), "mae_unlike_training": unlike.get("mae", float("nan")),
                         **({"log10_mae_unlike_training": unlike["log10_mae"]} if "log10_mae" in unlike else {})})
+    notes = list(dataset.notes)
+    if dataset.target != card.target:  # another name for the same quantity, or another quantity: the user's call
+        notes.append(f"the model learned {card.target} ({card.unit or 'no unit'}); it is compared with the data's "
+                     f"{dataset.target}, taken to be the same quantity in the same unit")
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
               "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,
               "n_failed": n_failed, **metrics, "n_skipped": len(skipped), **_unusable_counts(unusable),
-              **({"data_notes": dataset.notes} if dataset.notes else {}), "skipped": skipped, "unusable": unusable}
+              **({"data_notes": notes} if notes else {}), "skipped": skipped, "unusable": unusable}
     result["provenance"] = provenance([(label, path)], cell=settings.cell, device=device, targets={label: card.target},
                                       units={column: card.unit for column in ["true", "predicted", "error"]
                                              + (["std"] if std is not None else [])

@@ -31,8 +31,9 @@ def uncertainty_metrics(y_true: np.ndarray, y_pred: np.ndarray, std: np.ndarray,
 
     err = np.abs(np.asarray(y_pred, np.float64) - np.asarray(y_true, np.float64))
     std = np.asarray(std, np.float64)
+    ranked = err.size > 1 and np.ptp(std) > 0 and np.ptp(err) > 0  # a constant has no rank (scipy would warn)
     return {
-        "sigma_spearman": float(spearmanr(std, err).statistic) if err.size > 1 else float("nan"),
+        "sigma_spearman": float(spearmanr(std, err).statistic) if ranked else float("nan"),
         "within_1sigma": float(np.mean(err <= std)),
         "within_2sigma": float(np.mean(err <= 2 * std)),
         "mean_sigma": float(np.mean(std)),

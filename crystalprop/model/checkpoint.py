@@ -62,6 +62,12 @@ class TargetTransform:
         y = np.asarray(y, dtype=np.float64)
         return ((np.log10(y) if self.log10 else y) - self.mean) / self.std
 
+    def network_floor(self) -> float:
+        """The floor in network units; -inf for none (or one at or below 0 under log10, which bounds nothing)."""
+        if self.floor is None or (self.log10 and self.floor <= 0):
+            return -np.inf
+        return float(self.normalise(np.array([self.floor]))[0])
+
     def physical(self, z: np.ndarray) -> np.ndarray:
         """Network units -> physical units."""
         y = np.asarray(z, dtype=np.float64) * self.std + self.mean

@@ -112,8 +112,12 @@ def product_combination(target: TargetTransform, models: Sequence[Sequence[Targe
 
 
 def combine(outputs: np.ndarray, transform: TargetTransform, scale: float = 1.0) -> EnsembleOutput:
-    """Members' normalised outputs (members × structures) -> value and σ in physical units."""
-    outputs = np.atleast_2d(np.asarray(outputs, dtype=np.float64))
+    """Members' normalised outputs (members × structures) -> value and σ in physical units.
+
+    Each member is floored before the mean (the value is the mean of the members' own predictions, in
+    log10 for a log10 target): below the floor a member's output means nothing (the floor loss leaves it
+    free), so one member's -1.3 eV must not cancel another's 0.18 eV."""
+    outputs = np.maximum(np.atleast_2d(np.asarray(outputs, dtype=np.float64)), transform.network_floor())
     value = transform.physical(outputs.mean(axis=0))
     if outputs.shape[0] == 1:
         return EnsembleOutput(value, None)
@@ -159,6 +163,11 @@ def spread_weight(latent: np.ndarray, spread: np.ndarray) -> float:
     return float(np.median(latent[latent > 0]) / np.median(spread[spread > 0]))
 
 
+MIN_CALIBRATION = 10
+"""The fewest structures (with a σ above 0 and an error above 0) a σ scale is fitted on: fewer, or
+errors all 0, gave scales of 0 that made every later prediction claim certainty (hunt10 1)."""
+
+
 def calibration_scale(errors: np.ndarray, raw_std: np.ndarray, levels: int = 19) -> float:
     """The factor s for which the central Gaussian intervals ± z·s·σ cover the errors as often as
     they should, on average over the levels 5 %, 10 %, ..., 95 % (the least miscalibration area).
@@ -172,6 +181,13 @@ def calibration_scale(errors: np.ndarray, raw_std: np.ndarray, levels: int = 19)
     ok = raw_std > 0
     if not ok.any():
         raise ValueError("the members agree exactly on every structure: no spread to calibrate")
+    n, erring = int(ok.sum()), int((errors[ok] > 0).sum())
+    if n < MIN_CALIBRATION:
+        raise ValueError(f"σ would be calibrated on {n} structures (those where it is not 0): at least "
+                         f"{MIN_CALIBRATION} are needed; calibrate on more labelled structures")
+    if erring < MIN_CALIBRATION:
+        raise ValueError(f"{n - erring} of the {n} structures where σ is not 0 have errors of 0: the fitted scale "
+                         "would make every σ 0; calibrate on structures the model does not predict exactly")
     ratios = np.sort(errors[ok] / raw_std[ok])
     expected = np.linspace(0.05, 0.95, levels)
     z = norm.ppf(0.5 + expected / 2)

@@ -149,9 +149,14 @@ def join_members(job: dict, members: int, sigma: str) -> dict:
 
     run = job["run"]
     output_dir = Path(run["run_dir"])
-    return join_ensemble([output_dir / f"member{k}" for k in range(members)], output_dir / "best.ckpt", run["data"],
-                         id_column=run["id_column"], structure_column=run["structure_column"], device=job["device"],
-                         sigma=sigma)
+    member_dirs = [output_dir / f"member{k}" for k in range(members)]
+    try:
+        return join_ensemble(member_dirs, output_dir / "best.ckpt", run["data"], id_column=run["id_column"],
+                             structure_column=run["structure_column"], device=job["device"], sigma=sigma)
+    except ValueError as exc:  # the members stay trained: say where, and how to join them otherwise
+        raise ValueError(f"the {members} members are trained ({', '.join(map(str, member_dirs))}) but could not be "
+                         f"joined: {exc} (`crystalprop ensemble OUTPUT.ckpt MEMBERS... --data DATA` joins them on "
+                         "other labelled data)") from None
 
 
 def _given_by_the_caller(train_function: Callable[..., dict]) -> Callable[..., dict]:

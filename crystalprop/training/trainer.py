@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from crystalprop.utils.atomic import atomic_write, atomic_write_text
-from crystalprop.utils.backend import ensure_device, mindspore_module
+from crystalprop.utils.backend import cpu_threads, ensure_device, mindspore_module
 from crystalprop.graph.batch import collate
 from crystalprop.graph.neighbors import CrystalGraph
 from crystalprop.evaluation.metrics import regression_metrics
@@ -89,6 +89,10 @@ def saved_fold(state: dict) -> tuple[int, int] | None:
     return tuple(fold) if fold else None
 
 
+OVER_TIME = "time budget reached"
+"""Why a run stopped at its --max-time: the one stop that keeps its partial epoch's best weights."""
+
+
 class TrainingError(RuntimeError):
     """Training cannot start or had to stop (NaN loss, locked run directory, ...)."""
 
@@ -119,9 +123,7 @@ class _LossNet(nn.Cell):
 
 def normalised_floor(transform: TargetTransform) -> np.float32:
     """The transform's floor in network units, as the loss compares it; -inf for none (or none in log10)."""
-    if transform.floor is None or (transform.log10 and transform.floor <= 0):
-        return np.float32(-np.inf)
-    return transform.normalise(np.array([transform.floor])).astype(np.float32)[0]
+    return np.float32(transform.network_floor())
 
 
 def emphasized(targets: np.ndarray, emphasis: tuple[float, float, float]) -> np.ndarray:
@@ -307,7 +309,7 @@ class Trainer:
             "wall_hours": round(elapsed_h, 4),
             "cumulative_wall_hours": round(prior.get("cumulative_wall_hours", 0.0) + elapsed_h, 4),
             "cumulative_epochs": round(prior.get("cumulative_epochs", 0.0) + epochs, 3),
-            "cpu_threads": os.cpu_count(),
+            "cpu_threads": cpu_threads(),
             "workers": self.cluster.size,
             "init_from": prior.get("init_from"),
         }
@@ -424,7 +426,8 @@ class Trainer:
             loop.epoch_started = time.monotonic() - earlier
             stopped_because, losses, lr = self._train_epoch(loop)
             if stopped_because != "finished":
-                self._keep_partial_epoch(loop, losses)
+                if stopped_because == OVER_TIME:  # a signal's stop is resumed: the epoch goes on
+                    self._keep_partial_epoch(loop, losses)
                 return stopped_because
             record = self._end_epoch(loop, losses, lr)
             self.on_event("epoch", record)
@@ -473,7 +476,7 @@ class Trainer:
                 self._save_loop(loop)
                 loop.last_save = time.monotonic()
             if stopping:
-                return ("time budget reached" if over_time and not self.stop_requested else "interrupted"), losses, lr
+                return (OVER_TIME if over_time and not self.stop_requested else "interrupted"), losses, lr
         return "finished", losses, lr
 
     def _step(self, loop: _Loop, idx: np.ndarray, lr: float) -> float:
