@@ -766,3 +766,49 @@ def test_id_column_is_honoured_or_refused_in_every_layout(tmp_path, crystals):
     (folder / "id_prop.csv").write_text("".join(f"{n},0.5\n" for n, _ in crystals))
     with pytest.raises(DatasetError, match=r"id_prop\.csv.*no header.*--id-column"):
         load_dataset(folder, id_column="mpid")
+
+
+@pytest.mark.parametrize("header", ["material_id,y,y", "material_id,material_id,y", "material_id,y,note,note"])
+def test_a_table_naming_a_column_twice_is_refused_naming_the_file_and_the_column(tmp_path, crystals, header):
+    """Was: the last of the equal names was read without a word (a band gap trained on as a formation energy)."""
+    folder = _cif_folder(tmp_path / "dup", crystals[:3])
+    (folder / "properties.csv").write_text(header + "\n" + "".join(
+        f"{n}," + ",".join(["0.5"] * (header.count(",") - 1)) + f",{k}\n" for k, (n, _) in enumerate(crystals[:3])))
+    repeated = next(name for name in header.split(",") if header.split(",").count(name) > 1)
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(folder, "y")
+    assert str(refused.value) == (f"{folder / 'properties.csv'}: the header names the column {repeated!r} twice "
+                                  "(only one would be read): rename or drop one")
+    texts = tmp_path / "texts.csv"
+    with open(texts, "w", newline="") as handle:
+        csv.writer(handle).writerows([["id", "structure", "y", "structure"]]
+                                     + [[n, s.to(fmt="poscar"), "1", s.to(fmt="poscar")] for n, s in crystals[:2]])
+    with pytest.raises(DatasetError, match=r"texts\.csv: the header names the column 'structure' twice"):
+        load_dataset(texts, "y")
+
+
+def test_a_header_s_unnamed_columns_may_repeat(tmp_path, crystals):
+    """A spreadsheet's trailing commas make several blank names: columns nothing reads, not a repeat."""
+    folder = _cif_folder(tmp_path / "blank", crystals[:3])
+    (folder / "properties.csv").write_text("id,y,,\n" + "".join(f"{n},0.5,,\n" for n, _ in crystals[:3]))
+    assert [e.target for e in load_dataset(folder, "y").entries] == [0.5] * 3
+
+
+def test_a_json_record_naming_a_key_twice_is_refused_naming_the_file_the_record_and_the_key(tmp_path, crystals):
+    """Was: JSON kept the last value of a repeated key without a word."""
+    records = [json.dumps({"id": n, "structure": s.as_dict(), "y": 1.0}) for n, s in crystals[:3]]
+    records[1] = records[1][:-1] + ', "y": 2.0}'
+    path = tmp_path / "data.json"
+    path.write_text("[" + ",\n".join(records) + "]")
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(path, "y")
+    assert str(refused.value) == f"{path}: record 2 names the key 'y' twice (only one would be read): rename or drop one"
+    lines = tmp_path / "data.jsonl"
+    lines.write_text("\n".join(records) + "\n")
+    with pytest.raises(DatasetError, match=r"data\.jsonl: record 2 names the key 'y' twice"):
+        load_dataset(lines, "y")
+    structure = json.dumps(crystals[0][1].as_dict())[:-1] + ', "charge": 0.0}'  # as_dict has a charge
+    inner = tmp_path / "inner.json"
+    inner.write_text('[{"id": "a", "y": 1.0, "structure": ' + structure + "}]")
+    with pytest.raises(DatasetError, match=r"inner\.json: record 1 holds an object naming the key 'charge' twice"):
+        load_dataset(inner, "y")

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,13 +107,61 @@ def _read_text(path: Path) -> str:
         raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+REPEAT_ADVICE = "(only one would be read): rename or drop one"
+"""How a refusal of a name given twice (a table's column, a JSON object's key) ends."""
+
+
+class _RepeatedKeys:
+    """A JSON ``object_pairs_hook`` that builds each object as a dict (as JSON does, keeping the last value
+    of a repeated key) and keeps, by ``id``, those that name a key twice, with that key."""
+
+    def __init__(self) -> None:
+        self.found: dict[int, tuple[dict, str]] = {}  # the dict is kept so that its id stays its own
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict:
+        built = dict(pairs)
+        if len(built) < len(pairs):
+            key = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+            self.found[id(built)] = (built, key)
+        return built
+
+
+def _repeated_key_within(value: Any, found: dict[int, tuple[dict, str]]) -> str | None:
+    """The key that ``value`` (a JSON value) or an object within it names twice (``found`` by
+    :class:`_RepeatedKeys`), or None."""
+    if isinstance(value, dict):
+        if id(value) in found:
+            return found[id(value)][1]
+        inner = list(value.values())
+    else:
+        inner = value if isinstance(value, list) else []
+    return next((k for k in (_repeated_key_within(v, found) for v in inner) if k is not None), None)
+
+
+def _refuse_repeated_keys(path: Path, records: list[dict], found: dict[int, tuple[dict, str]]) -> None:
+    """Refuse JSON data with an object that names a key twice, naming the record that holds it: JSON keeps
+    the last value without a word, which may be another quantity than the one meant."""
+    if not found:
+        return
+    for number, record in enumerate(records, start=1):
+        if id(record) in found:
+            raise DatasetError(f"{path}: record {number} names the key {found[id(record)][1]!r} twice {REPEAT_ADVICE}")
+        key = _repeated_key_within(record, found)
+        if key is not None:
+            raise DatasetError(f"{path}: record {number} holds an object naming the key {key!r} twice {REPEAT_ADVICE}")
+    key = next(iter(found.values()))[1]  # outside the records: the object around them
+    raise DatasetError(f"{path}: an object names the key {key!r} twice {REPEAT_ADVICE}")
+
+
 def _json_records(path: Path) -> list[dict]:
     """Records from a JSON list, a dict of lists, one record, or JSON Lines
-    (:func:`crystalprop.io.readers.json_records`, as predict reads them); each must be an object."""
+    (:func:`crystalprop.io.readers.json_records`, as predict reads them); each must be an object, and
+    no object may name a key twice."""
     from crystalprop.io.readers import InvalidJsonLine, json_records  # noqa: PLC0415  (pymatgen)
 
+    repeated = _RepeatedKeys()
     try:
-        data = json_records(_read_text(path))
+        data = json_records(_read_text(path), repeated)
     except ValueError as exc:
         raise DatasetError(f"{path}: {exc}") from None
     records = data if isinstance(data, list) else [data]
@@ -121,6 +170,7 @@ def _json_records(path: Path) -> list[dict]:
             raise DatasetError(f"{path}: line {record.line} is not valid JSON ({record.error})")
         if not isinstance(record, dict):
             raise DatasetError(f"{path}: record {number} is not a JSON object ({str(record)[:60]!r})")
+    _refuse_repeated_keys(path, records, repeated.found)
     return records
 
 
@@ -229,6 +279,14 @@ def _is_column_name(cell: str) -> bool:
     return bool(text) and (text[0].isalpha() or text[0] == "_") and text.lower() not in MISSING_WORDS
 
 
+def _refuse_repeated_columns(header: list[str], path: Path) -> None:
+    """Refuse a header that names a column twice: a row would keep the last of the two without a word (a
+    band gap read as a formation energy). Blank names (a spreadsheet's trailing commas) may repeat."""
+    repeated = next((name for name, n in Counter(header).items() if n > 1 and name), None)
+    if repeated is not None:
+        raise DatasetError(f"{path}: the header names the column {repeated!r} twice {REPEAT_ADVICE}")
+
+
 def _read_table(path: Path, target: str | None = None) -> tuple[list[dict], bool]:
     """CSV rows as dicts; a header-less 2-column CGCNN ``id_prop.csv`` gets keys id, target. A first row
     naming the ``target`` is a header even where its names are numbers (temperatures, pressures)."""
@@ -241,6 +299,7 @@ def _read_table(path: Path, target: str | None = None) -> tuple[list[dict], bool
                   or (target is not None and target in (c.strip() for c in cells)))
     if has_header:
         header = [h.strip() for h in rows[0]]
+        _refuse_repeated_columns(header, path)
         return [dict(zip(header, r)) for r in rows[1:]], True
     width = max(k + 1 for r in rows for k, cell in enumerate(r) if cell.strip())  # trailing blank cells: none
     if width > 2:

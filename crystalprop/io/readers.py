@@ -484,7 +484,11 @@ class InvalidJsonLine(str):
         return value
 
 
-def _json_lines(text: str) -> list[Any] | None:
+PairsHook = Callable[[list[tuple[str, Any]]], Any]
+"""A :func:`json.loads` ``object_pairs_hook``: builds an object from its (key, value) pairs."""
+
+
+def _json_lines(text: str, object_pairs_hook: PairsHook | None = None) -> list[Any] | None:
     """The values of JSON Lines text (one per non-blank line), or None where its first line is no
     JSON object; a bad later line is kept as an :class:`InvalidJsonLine`, to fail as an item of its own."""
     items: list[Any] = []
@@ -492,7 +496,7 @@ def _json_lines(text: str) -> list[Any] | None:
         if not line.strip():
             continue
         try:
-            items.append(json.loads(line))
+            items.append(json.loads(line, object_pairs_hook=object_pairs_hook))
         except (ValueError, RecursionError) as exc:
             if not items:
                 return None
@@ -500,15 +504,16 @@ def _json_lines(text: str) -> list[Any] | None:
     return items if len(items) > 1 and isinstance(items[0], dict) else None
 
 
-def json_records(text: str) -> Any:
+def json_records(text: str, object_pairs_hook: PairsHook | None = None) -> Any:
     """The records of a JSON text, as both predict and train read them: a JSON document's value (a
     dict's list under "records" or "data" in its place, the first that is not empty), or JSON Lines
     as the list of their values, a bad later line kept as its text so that it fails as an item of
-    its own. Raises ValueError ("invalid or truncated JSON: ...") where the text is neither."""
+    its own. Raises ValueError ("invalid or truncated JSON: ...") where the text is neither.
+    ``object_pairs_hook``: as :func:`json.loads`'s (to see keys an object names twice)."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=object_pairs_hook)
     except (ValueError, RecursionError) as exc:
-        data = _json_lines(text)
+        data = _json_lines(text, object_pairs_hook)
         if data is None:
             raise ValueError(f"invalid or truncated JSON: {_one_line(str(exc), 160)}") from None
     if isinstance(data, dict):
