@@ -812,3 +812,24 @@ def test_a_json_record_naming_a_key_twice_is_refused_naming_the_file_the_record_
     inner.write_text('[{"id": "a", "y": 1.0, "structure": ' + structure + "}]")
     with pytest.raises(DatasetError, match=r"inner\.json: record 1 holds an object naming the key 'charge' twice"):
         load_dataset(inner, "y")
+
+
+def test_ids_naming_one_structure_file_are_refused_as_duplicates(tmp_path, crystals):
+    """Was: m-001 and m-001.cif were two records of one file, with two labels (one crystal in train and val)."""
+    folder = tmp_path / "ext"
+    (folder / "structures").mkdir(parents=True)
+    names = [n for n, _ in crystals[:4]]
+    for name, s in crystals[:4]:
+        CifWriter(s).write_file(folder / "structures" / f"{name}.cif")
+    rows = names + [f"{names[1]}.cif", f"{names[3]}.cif"]
+    (folder / "properties.csv").write_text("id,y\n" + "".join(f"{rid},{k}\n" for k, rid in enumerate(rows)))
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(folder, "y")
+    assert str(refused.value) == (
+        f"{folder / 'properties.csv'}: 2 structure file(s) named by more than one id: {names[1]} and {names[1]}.cif "
+        f"(structures/{names[1]}.cif), {names[3]} and {names[3]}.cif (structures/{names[3]}.cif); keep one row for each")
+    (folder / "properties.csv").write_text("id,y\n" + "".join(f"{rid},{k}\n" for k, rid in enumerate(rows[:5])))
+    (folder / "structures" / f"{names[1]}.vasp").write_text("")  # m-001 names two files: skipped, not a duplicate
+    dataset = load_dataset(folder, "y")
+    assert [e.id for e in dataset.entries] == [names[0], names[2], names[3], f"{names[1]}.cif"]
+    assert [rid for rid, _ in dataset.skipped] == [names[1]]

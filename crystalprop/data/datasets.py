@@ -332,6 +332,24 @@ def _structure_index(folder: Path) -> dict[str, list[Path]]:
     return index
 
 
+def _refuse_ids_sharing_a_file(rows: list[dict], id_key: str, index: dict[str, list[Path]], folder: Path,
+                               table: Path) -> None:
+    """Refuse rows whose different ids name one structure file (``mp-1`` and ``mp-1.cif``), as duplicated ids
+    are: one crystal with two labels, which a split may put in training and validation alike."""
+    ids_of: dict[Path, list[str]] = {}
+    for row in rows:
+        rid = str(row.get(id_key) or "").strip()
+        paths = index.get(rid, [])
+        if len(paths) == 1 and rid not in ids_of.setdefault(paths[0], []):
+            ids_of[paths[0]].append(rid)
+    shared = [(path, ids) for path, ids in ids_of.items() if len(ids) > 1]
+    if shared:
+        listed = ", ".join(f"{', '.join(ids[:-1])} and {ids[-1]} ({path.relative_to(folder)})"
+                           for path, ids in shared[:5])
+        raise DatasetError(f"{table}: {len(shared)} structure file(s) named by more than one id: {listed}"
+                           + (", ..." if len(shared) > 5 else "") + "; keep one row for each")
+
+
 LAYOUT_FILES = ("split.json", "atom_init.json")
 """JSON files of a data folder's layout (its split, CGCNN's element features), not structures."""
 
@@ -369,6 +387,7 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
         return str(paths[0])
 
     dataset = _dataset_from_rows(rows, target, id_key, source_of, str(table), str(folder))
+    _refuse_ids_sharing_a_file(rows, id_key, index, folder, table)
     named = {str(p) for paths in (index.get(str(row.get(id_key, "")).strip()) for row in rows) if paths for p in paths}
     unnamed = sorted({p for paths in index.values() for p in paths
                       if str(p) not in named and p.name not in LAYOUT_FILES})
