@@ -833,3 +833,29 @@ def test_ids_naming_one_structure_file_are_refused_as_duplicates(tmp_path, cryst
     dataset = load_dataset(folder, "y")
     assert [e.id for e in dataset.entries] == [names[0], names[2], names[3], f"{names[1]}.cif"]
     assert [rid for rid, _ in dataset.skipped] == [names[1]]
+
+
+@pytest.mark.parametrize("first", ["", "formula"])
+def test_ids_that_name_no_structure_file_name_their_column_and_the_id_column(tmp_path, crystals, first):
+    """Was: 'no structure file named 0' for a table led by a pandas index (or a formula) column, without a word
+    that a folder table's ids come from its first column, nor of the material_id column beside it."""
+    folder = _cif_folder(tmp_path / "idx", crystals[:3])
+    (folder / "properties.csv").write_text(f"{first},material_id,y\n" + "".join(
+        f"{s.composition.reduced_formula if first else k},{n},0.5\n" for k, (n, s) in enumerate(crystals[:3])))
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(folder, "y")
+    shown = crystals[0][1].composition.reduced_formula if first else "0"
+    message = str(refused.value)
+    assert message.startswith(f"{folder / 'properties.csv'}: no row's id names a structure file (the ids are read "
+                              f"from its first column, {first!r}; e.g. {shown}: no structure file named {shown} or ")
+    assert message.endswith("); try --id-column material_id")
+    assert [e.id for e in load_dataset(folder, "y", id_column="material_id").entries] == [n for n, _ in crystals[:3]]
+    (folder / "properties.csv").write_text("formula,id,y\n" + "".join(f"x{n},x{n},0.5\n" for n, _ in crystals[:3]))
+    with pytest.raises(DatasetError, match=r"first column, 'formula'.*; try --id-column id$"):
+        load_dataset(folder, "y")  # no column names the files: one named like an id is suggested
+    with pytest.raises(DatasetError, match=r"ids are read from the column 'id' \(--id-column\); e\.g\. x.*\)$"):
+        load_dataset(folder, "y", id_column="id")
+    (folder / "id_prop.csv").write_text("".join(f"x{n},0.5\n" for n, _ in crystals[:3]))
+    (folder / "properties.csv").unlink()
+    with pytest.raises(DatasetError, match=r"ids are read from its first column; e\.g\. x.*\)$"):
+        load_dataset(folder)

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,6 +248,12 @@ def _beside(value: Any, base: Path) -> Any:
     return value
 
 
+ID_NAMES = ("id", "material_id", "jid")
+"""The fields a JSON record's id is taken from, the first its first record has (unless --id-column names one)."""
+TABLE_ID_NAMES = (*ID_NAMES, "mpid")
+"""The columns a table with structure text takes its ids from, the first it has (unless --id-column names one)."""
+
+
 def _read_json_dataset(path: Path, target: str | None, id_column: str | None = None) -> Dataset:
     records = _json_records(path)
     if not records:
@@ -254,7 +261,7 @@ def _read_json_dataset(path: Path, target: str | None, id_column: str | None = N
     if id_column is not None and not any(id_column in r for r in records):
         raise DatasetError(f"{path}: no field {id_column!r} for the ids in any record "
                            f"(fields: {', '.join(dict.fromkeys(k for r in records[:100] for k in r))})")
-    id_key = id_column or next((k for k in ("id", "material_id", "jid") if k in records[0]), "id")
+    id_key = id_column or next((k for k in ID_NAMES if k in records[0]), "id")
     structure_key = next((k for k in ("structure", "atoms", "cif", "poscar") if k in records[0]), None)
     if structure_key is None:
         raise DatasetError(f"{path}: records need a 'structure' (or 'atoms') field")
@@ -332,6 +339,38 @@ def _structure_index(folder: Path) -> dict[str, list[Path]]:
     return index
 
 
+def _no_file_reason(rid: str, folder: Path) -> str:
+    """Why a folder table's id ``rid`` has no structure: where its file was looked for, by which names."""
+    return (f"no structure file named {rid} or {rid}{'/'.join(STRUCTURE_SUFFIXES)} in {folder}, "
+            f"{folder}/structures/ or {folder}/cifs/")
+
+
+def _id_column_hint(rows: list[dict], id_key: str, index: dict[str, list[Path]]) -> str:
+    """An ``--id-column`` to try: the first other column whose cells name structure files, else the first
+    named like an id (:data:`TABLE_ID_NAMES`); empty where there is none."""
+    others = [k for k in rows[0] if k != id_key]
+    naming = [k for k in others if any(str(row.get(k) or "").strip() in index for row in rows)]
+    id_like = [k for k in others if k.strip().lower() in TABLE_ID_NAMES]
+    chosen = next(iter(naming or id_like), None)
+    return "" if chosen is None else f"; try --id-column {shlex.quote(chosen)}"
+
+
+def _refuse_ids_naming_no_file(rows: list[dict], id_key: str, id_column: str | None, has_header: bool,
+                               index: dict[str, list[Path]], folder: Path, table: Path) -> None:
+    """Refuse a folder table none of whose ids names a structure file, saying which column the ids were read
+    from (a table's first column, unless ``--id-column`` names one) and suggesting another: a table led by a
+    pandas index or a formula column would otherwise fail with "no structure file named 0"."""
+    ids = [str(row.get(id_key) or "").strip() for row in rows]
+    if not rows or any(rid in index for rid in ids):
+        return
+    where = (f"the column {id_key!r} (--id-column)" if id_column is not None
+             else f"its first column, {id_key!r}" if has_header else "its first column")
+    example = ids[0] or "row1"
+    raise DatasetError(f"{table}: no row's id names a structure file (the ids are read from {where}; e.g. "
+                       f"{example}: {_no_file_reason(example, folder)})"
+                       + (_id_column_hint(rows, id_key, index) if has_header else ""))
+
+
 def _refuse_ids_sharing_a_file(rows: list[dict], id_key: str, index: dict[str, list[Path]], folder: Path,
                                table: Path) -> None:
     """Refuse rows whose different ids name one structure file (``mp-1`` and ``mp-1.cif``), as duplicated ids
@@ -374,13 +413,12 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
         target = target or "target"
         rows = [{"id": r["id"], target: r["target"]} for r in rows]
     index = _structure_index(folder)
+    _refuse_ids_naming_no_file(rows, id_key, id_column, has_header, index, folder, table)
 
     def source_of(rid: str, row: dict) -> str:
         paths = index.get(rid)
         if not paths:
-            names = "/".join(STRUCTURE_SUFFIXES)
-            raise LookupError(f"no structure file named {rid} or {rid}{names} in {folder}, "
-                              f"{folder}/structures/ or {folder}/cifs/")
+            raise LookupError(_no_file_reason(rid, folder))
         if len(paths) > 1:
             raise LookupError(f"{len(paths)} structure files for this id: "
                               f"{', '.join(str(p.relative_to(folder)) for p in paths)}; keep one")
@@ -403,7 +441,7 @@ def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, str
     if structure_column not in rows[0]:
         raise DatasetError(f"{path}: no column {structure_column!r} (columns: {', '.join(rows[0])})")
     _check_id_column(rows, id_column, path)
-    id_key = id_column or next((k for k in ("id", "material_id", "jid", "mpid") if k in rows[0]), "id")
+    id_key = id_column or next((k for k in TABLE_ID_NAMES if k in rows[0]), "id")
     target = _choose_target(rows, target, {id_key, structure_column, "split"}, str(path), "column")
 
     def source_of(rid: str, row: dict) -> str:
