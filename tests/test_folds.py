@@ -20,16 +20,16 @@ from crystalprop.model.checkpoint import read_checkpoint  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
 from crystalprop.training.trainer import TrainingError  # noqa: E402
 
-N_DATA = 40
-N_TEST = 5
+N_DATA = 45
+N_TEST = 10  # enough to calibrate a joined σ on (at least 10)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """40 records with a split.json: the first 5 ids are the test split, the next 5 validation."""
+    """45 records with a split.json: the first 10 ids are the test split, the next 5 validation."""
     path = write_json_dataset(tmp_path_factory.mktemp("folds") / "data.json", N_DATA)
     ids = [r["id"] for r in json.loads(path.read_text())]
-    (path.parent / "split.json").write_text(json.dumps({"test": ids[:N_TEST], "val": ids[N_TEST:10]}))
+    (path.parent / "split.json").write_text(json.dumps({"test": ids[:N_TEST], "val": ids[N_TEST:N_TEST + 5]}))
     return path
 
 
@@ -131,20 +131,20 @@ def test_a_fold_run_resumed_by_the_command_keeps_its_fold(data, tmp_path):
 
 
 def _other_data(data: Path, folder: Path) -> tuple[Path, list[str]]:
-    """20 of ``data``'s crystals, a quarter larger in volume and under ids no model here trained on, with a
-    split.json of their own (8 val, the rest train): other data with a fixed split; and its val ids."""
+    """24 of ``data``'s crystals, a quarter larger in volume and under ids no model here trained on, with a
+    split.json of their own (12 val, the rest train): other data with a fixed split; and its val ids."""
     from pymatgen.core import Structure
 
     records = []
-    for k, record in enumerate(json.loads(data.read_text())[10:30]):
+    for k, record in enumerate(json.loads(data.read_text())[15:39]):
         crystal = Structure.from_dict(record["structure"])
         crystal.scale_lattice(crystal.volume * 1.25)
         records.append({**record, "id": f"other-{k:02d}", "structure": crystal.as_dict()})
     folder.mkdir()
     (folder / "other.json").write_text(json.dumps(records))
     ids = [r["id"] for r in records]
-    (folder / "split.json").write_text(json.dumps({"train": ids[8:], "val": ids[:8]}))
-    return folder / "other.json", ids[:8]
+    (folder / "split.json").write_text(json.dumps({"train": ids[12:], "val": ids[:12]}))
+    return folder / "other.json", ids[:12]
 
 
 def test_a_fold_run_on_other_data_takes_that_datas_own_split(fold_run, data, tmp_path):
