@@ -280,6 +280,57 @@ def test_resume_refuses_another_target(run_a, tmp_path):
         train_model(other, run_dir, config(target="z"), workers=1, resume=True)
 
 
+def _copy_run(source: Path, run_dir: Path) -> Path:
+    run_dir.mkdir()
+    for name in ("last.ckpt", "best.ckpt", "history.csv"):
+        (run_dir / name).write_bytes((source / name).read_bytes())
+    return run_dir
+
+
+def test_resume_refuses_other_data_naming_what_changed(run_a, data, tmp_path):
+    """A resume on rows added to the data (so the random split was redrawn) kept the old target transform
+    and replaced best.ckpt on a validation MAE of other structures than the best it was compared with."""
+    run_dir = _copy_run(run_a[1], tmp_path / "copy")
+    before = (run_dir / "best.ckpt").read_bytes()
+    more = write_json_dataset(tmp_path / "more.json", N_DATA + 8)
+    then, now = load_dataset(data, "y", seed=0), load_dataset(more, "y", seed=0)
+    changed = {s: len({e.id for e in then.split(s)} ^ {e.id for e in now.split(s)}) for s in ("train", "val")}
+    assert changed["train"] and changed["val"]
+    with pytest.raises(TrainingError) as caught:
+        train_model(more, run_dir, config(epochs=6), workers=1, resume=True)
+    said = str(caught.value)
+    assert f"{changed['train']} training and {changed['val']} validation structures differ from those the run " \
+           "started with" in said
+    assert "36 training and 4 validation then, 43 and 5 now" in said and "start a new run" in said
+    assert (run_dir / "best.ckpt").read_bytes() == before
+
+
+def test_resume_refuses_a_split_that_moved_structures(run_a, data, tmp_path):
+    """The same records with a split column that swaps one validation and one training structure."""
+    run_dir = _copy_run(run_a[1], tmp_path / "copy")
+    val_ids = {e.id for e in load_dataset(data, "y", seed=0).split("val")}
+    split = {e.id: ("val" if e.id in val_ids else "train") for e in load_dataset(data, "y", seed=0).entries}
+    split.update({next(iter(sorted(val_ids))): "train", next(i for i in sorted(split) if i not in val_ids): "val"})
+    records = json.loads(data.read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{**r, "split": split[r["id"]]} for r in records]))
+    with pytest.raises(TrainingError, match=r"2 training and 2 validation structures differ"):
+        train_model(other, run_dir, config(epochs=6), workers=1, resume=True)
+
+
+def test_a_last_checkpoint_without_the_split_ids_still_resumes(run_a, data, tmp_path):
+    """last.ckpt files written before the split's ids were kept resume without the check."""
+    run_dir = _copy_run(run_a[1], tmp_path / "copy")
+    params = ms.load_checkpoint(str(run_dir / "last.ckpt"))
+    saved = json.loads(params.pop(STATE_KEY))
+    saved.pop("split_ids", None)
+    ms.save_checkpoint([{"name": k, "data": v} for k, v in params.items()], str(run_dir / "last.ckpt"),
+                       append_dict={STATE_KEY: json.dumps(saved)})
+    result = train_model(data, run_dir, config(epochs=5), workers=1, resume=True)
+    assert result.stopped_because == "finished" and result.epochs_done == 5
+    assert train_state(run_dir / "last.ckpt")["split_ids"]
+
+
 def test_init_from_a_model_of_another_size_is_refused_by_name(run_a, data, tmp_path):
     """A warm start from a model of other sizes loaded 1 of 33 parameters, then claimed its history."""
     with pytest.raises(CheckpointError, match="features") as caught:

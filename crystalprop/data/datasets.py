@@ -592,6 +592,16 @@ def ids_in_packed(ids: list[str], packed: str) -> list[str]:
     return [i for i in ids if _id_hash(i) in members]
 
 
+def packed_size(packed: str) -> int:
+    """How many ids a set packed by :func:`pack_ids` holds."""
+    return len(_unpack(packed))
+
+
+def packed_differing(first: str, second: str) -> int:
+    """How many ids belong to only one of two sets packed by :func:`pack_ids` (gone or new)."""
+    return len(_unpack(first) ^ _unpack(second))
+
+
 def merge_packed(*packed: str) -> str:
     """The union of id sets packed by :func:`pack_ids`, packed the same way."""
     return base64.b64encode(b"".join(sorted(set().union(*map(_unpack, packed))))).decode("ascii")

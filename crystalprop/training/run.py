@@ -9,7 +9,8 @@ import numpy as np
 
 from crystalprop.utils.atomic import atomic_write_text
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
-from crystalprop.data.datasets import Dataset, Entry, load_dataset, merge_trained, split_record
+from crystalprop.data.datasets import (Dataset, Entry, load_dataset, merge_trained, pack_ids, packed_differing,
+                                       packed_size, split_record)
 from crystalprop.data.fingerprints import pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.model.checkpoint import read_checkpoint
@@ -49,16 +50,48 @@ def build_graphs_shared(entries: list[Entry], settings, cluster: Cluster, worker
     return graphs, errors
 
 
-def check_resumed_fold(run_dir: Path, fold: tuple[int, int] | None) -> None:
-    """Refuse to resume a run on another cross-validation fold than it was trained on: its
-    validation split would hold structures it has trained on."""
-    last = run_dir / "last.ckpt"
-    saved = saved_fold(saved_state(last)) if last.is_file() else fold
+def check_resumed_fold(run_dir: Path, state: dict | None, fold: tuple[int, int] | None) -> None:
+    """Refuse to resume a run (``state``: its :func:`saved_state`, None where it has none) on another
+    cross-validation fold than it was trained on: its validation split would hold structures it has trained on."""
+    saved = saved_fold(state) if state is not None else fold
     if saved != fold:
         def name(f) -> str:
             return f"--fold {f[0]}/{f[1]}" if f else "no --fold"
 
         raise TrainingError(f"{run_dir}: trained with {name(saved)}; resume it with {name(saved)}, not {name(fold)}")
+
+
+SPLIT_IDS = ("train", "val")
+"""The splits whose ids a run's last.ckpt keeps (:func:`split_ids`)."""
+
+
+def split_ids(dataset: Dataset) -> dict[str, str]:
+    """The ids of the records in the run's training and validation splits, packed (:func:`pack_ids`): what
+    last.ckpt keeps, so that a resume can tell whether it was given the data the run started with."""
+    return {name: pack_ids([e.id for e in dataset.entries if e.split == name]) for name in SPLIT_IDS}
+
+
+def check_resumed_data(run_dir: Path, state: dict | None, data, ids: dict[str, str]) -> None:
+    """Refuse to resume a run on other data than it started with (``ids``: :func:`split_ids` of the data given
+    now; ``state``: the run's :func:`saved_state`): other records, or rows added, so that a random split is
+    drawn anew, would keep the target transform fitted to the first training set and compare a validation
+    MAE of other structures with the run's best. A last.ckpt that predates the record resumes unchecked."""
+    saved = (state or {}).get("split_ids") or {}
+    if not all(name in saved for name in SPLIT_IDS):
+        return
+    changed = {name: packed_differing(saved[name], ids[name]) for name in SPLIT_IDS}
+    if not any(changed.values()):
+        return
+    labels = {"train": "training", "val": "validation"}
+    parts = [f"{n} {labels[name]}" for name, n in changed.items() if n]
+    one = len(parts) == 1 and sum(changed.values()) == 1
+    then = [packed_size(saved[name]) for name in SPLIT_IDS]
+    now = [packed_size(ids[name]) for name in SPLIT_IDS]
+    raise TrainingError(f"{run_dir}: {' and '.join(parts)} {'structure differs' if one else 'structures differ'} "
+                        "from those the run started with "
+                        f"({then[0]} training and {then[1]} validation then, {now[0]} and {now[1]} now, in {data}); "
+                        "resume with the same data and split settings, or start a new run "
+                        f"(--init-from {run_dir / 'best.ckpt'} to warm-start)")
 
 
 def check_labels(dataset: Dataset, config: TrainConfig) -> None:
@@ -122,8 +155,10 @@ def train_model(
     cluster = join_cluster()
     on_event = cluster.events(on_event)
     split_seed = config.seed if split_seed is None else split_seed
+    last = Path(run_dir) / "last.ckpt"
+    state = saved_state(last) if resume and last.is_file() else None
     if resume:
-        check_resumed_fold(Path(run_dir), fold)
+        check_resumed_fold(Path(run_dir), state, fold)
     dataset = load_dataset(data, config.target, id_column=id_column, structure_column=structure_column,
                            val_fraction=val_fraction, test_fraction=test_fraction, seed=split_seed, fold=fold)
     config.target = dataset.target
@@ -131,6 +166,8 @@ def train_model(
     if limit:
         dataset.entries = [e for e in dataset.entries if e.split == "train"][:limit] + \
             [e for e in dataset.entries if e.split == "val"][: max(limit // 8, 1)]
+    ids = split_ids(dataset)
+    check_resumed_data(Path(run_dir), state, data, ids)
     check_labels(dataset, config)  # the labels this run trains and validates on
     on_event("graphs", {"total": len(dataset.entries[cluster.rank :: cluster.size])})
     graphs, errors = build_graphs_shared(dataset.entries, config.graph, cluster, workers,
@@ -161,6 +198,6 @@ def train_model(
     record["trained_structures"] = pack_fingerprints(train[0])
     merge_trained(record, earlier_trained(run_dir, resume, init_from, dataset.target))
     recorded = {**description, "split_record": record}
-    trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, on_event=on_event,
-                      cluster=cluster)
+    trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, split_ids=ids,
+                      on_event=on_event, cluster=cluster)
     return trainer.run(resume=resume, init_from=init_from)

@@ -255,7 +255,10 @@ class _Loop:
 
 
 class Trainer:
-    """Train a Matformer on graphs with targets; see the module docstring for the files."""
+    """Train a Matformer on graphs with targets; see the module docstring for the files.
+
+    ``split_ids``: the packed ids of the run's training and validation records
+    (:func:`crystalprop.training.run.split_ids`), kept in last.ckpt so that a resume can tell other data."""
 
     def __init__(
         self,
@@ -265,6 +268,7 @@ class Trainer:
         val: tuple[Sequence[CrystalGraph], np.ndarray],
         *,
         data_description: dict | None = None,
+        split_ids: dict[str, str] | None = None,
         on_event: Callable[[str, dict], None] | None = None,
         cluster: Cluster = Cluster(),
     ) -> None:
@@ -287,6 +291,7 @@ class Trainer:
                 raise TrainingError(f"--emphasize {low:g} {high:g} {factor:g}: no training target lies in "
                                     f"({low:g}, {high:g}] (they span {self.train_y.min():g} to {self.train_y.max():g})")
         self.data_description = data_description or {}
+        self.split_ids = split_ids
         self.cluster = cluster
         self.on_event = cluster.events(on_event)
         self.stop_requested = False
@@ -601,7 +606,8 @@ class Trainer:
         record = self.data_description.get("split_record", {})
         payload = json.dumps({"state": loop.state, "config": self.config.as_dict(), "history": self.history,
                               "prior_training": self.prior_training, "fold": record.get("fold"),
-                              "split": {k: record[k] for k in SPLIT_SETTINGS if k in record}})
+                              "split": {k: record[k] for k in SPLIT_SETTINGS if k in record},
+                              **({"split_ids": self.split_ids} if self.split_ids else {})})
         extra = {STATE_KEY: payload, **(loop.average.tensors() if loop.average is not None else {})}
         atomic_write(self.run_dir / "last.ckpt", lambda tmp: ms.save_checkpoint(loop.cell, str(tmp), append_dict=extra))
 
