@@ -390,6 +390,29 @@ def test_init_from_loads_the_weights(run_a, data, tmp_path):
     assert warm_card.training["cumulative_epochs"] == pytest.approx(result.best_epoch + 1)
 
 
+def test_init_from_a_model_trained_on_the_validation_structures_says_so(run_a, data, tmp_path):
+    """A warm start from a model that trained on this run's validation structures reported, and chose
+    best.ckpt by, a validation MAE that `evaluate` refuses, without a word."""
+    source = run_a[1] / "best.ckpt"
+    trained = {e.id for e in load_dataset(data, "y", seed=0).split("train")}
+    val = [e.id for e in load_dataset(data, "y", seed=1).split("val")]
+    seen = sum(rid in trained for rid in val)
+    assert seen
+    events = []
+    train_model(data, tmp_path / "warm", config(epochs=1), workers=1, init_from=source, split_seed=1,
+                on_event=lambda kind, info: events.append((kind, info)))
+    notes = next(info for kind, info in events if kind == "data").get("notes", [])
+    assert f"{seen} of the {len(val)} validation structures were trained on by the --init-from model ({source})" \
+        in " ".join(notes)
+    assert any("not a figure on unseen crystals" in note for note in notes)
+    card, _ = read_checkpoint(tmp_path / "warm" / "best.ckpt")
+    assert any("--init-from model" in note for note in card.training["data"]["notes"])
+    events.clear()
+    train_model(data, tmp_path / "same_split", config(epochs=1), workers=1, init_from=source,
+                on_event=lambda kind, info: events.append((kind, info)))
+    assert not next(info for kind, info in events if kind == "data").get("notes")
+
+
 def test_init_from_the_same_target_starts_from_its_predictions(run_a, tmp_path):
     """A fine-tune of the same target on structures of a narrow range refitted the standardisation to
     them under the source's output layer, so the warm start began with the source's predictions rescaled

@@ -9,8 +9,8 @@ import numpy as np
 
 from crystalprop.utils.atomic import atomic_write_text
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION
-from crystalprop.data.datasets import (Dataset, Entry, load_dataset, merge_trained, pack_ids, packed_differing,
-                                       packed_size, split_record)
+from crystalprop.data.datasets import (Dataset, Entry, ids_in_packed, load_dataset, merge_trained, pack_ids,
+                                       packed_differing, packed_size, split_record)
 from crystalprop.data.fingerprints import pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.model.checkpoint import read_checkpoint
@@ -125,6 +125,21 @@ def earlier_trained(run_dir: Path, resume: bool, init_from: str | Path | None, t
     return found
 
 
+def trained_validation_notes(val_ids: list[str], earlier: list[dict], init_from: str | Path | None) -> list[str]:
+    """A note where the weights the run starts from (``earlier``: :func:`earlier_trained`) were trained on some
+    of its validation structures: its validation MAE, and the epoch kept as best.ckpt by it, are then no figure
+    on unseen crystals (``evaluate`` refuses that split). A warm start on the same data is a legitimate
+    fine-tune, so it is told, not refused."""
+    packed = [r["trained_ids"] for r in earlier]
+    seen = len({rid for p in packed for rid in ids_in_packed(val_ids, p)})
+    if not seen:
+        return []
+    by = (f"the --init-from model ({init_from})" if init_from else
+          "the weights this run continues (its warm start, as its best.ckpt records)")
+    return [f"{seen} of the {len(val_ids)} validation structures were trained on by {by}: the validation MAE "
+            "(and the epoch kept as best.ckpt) is not a figure on unseen crystals"]
+
+
 def train_model(
     data: str | Path,
     run_dir: str | Path,
@@ -182,6 +197,8 @@ def train_model(
     if require_val and not val[0]:
         raise TrainingError(f"{data}: no validation structures, on which an ensemble's σ is calibrated: give a "
                             "split (split.json, a split column) or --val-fraction above 0")
+    earlier = earlier_trained(run_dir, resume, init_from, dataset.target)
+    notes = dataset.notes + trained_validation_notes(val[2], earlier, None if resume else init_from)
     description = {
         "source": str(data),
         "target": dataset.target,
@@ -189,14 +206,14 @@ def train_model(
         "n_train": len(train[0]),
         "n_val": len(val[0]),
         "n_skipped": n_skipped,
-        **({"notes": dataset.notes} if dataset.notes else {}),
+        **({"notes": notes} if notes else {}),
     }
     on_event("data", description)
     record = split_record(full_splits, val_fraction, test_fraction, split_seed, train[2], fold)
     if limit:
         record["limit"] = limit
     record["trained_structures"] = pack_fingerprints(train[0])
-    merge_trained(record, earlier_trained(run_dir, resume, init_from, dataset.target))
+    merge_trained(record, earlier)
     recorded = {**description, "split_record": record}
     trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, split_ids=ids,
                       on_event=on_event, cluster=cluster)
