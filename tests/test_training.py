@@ -15,7 +15,7 @@ import pytest
 from pymatgen.core import Element, Structure
 
 from conftest import TINY, TINY_CLI, read_history, run_cli, synthetic_target, train_state, write_json_dataset
-from conftest import cell_graph_of, graph_of, train_stopped_mid_epoch
+from conftest import cell_graph_of, graph_of, perovskite, train_stopped_mid_epoch
 from conftest import train_config as config
 from crystalprop.utils.backend import mindspore_module, set_device
 
@@ -411,6 +411,27 @@ def test_init_from_a_model_trained_on_the_validation_structures_says_so(run_a, d
     train_model(data, tmp_path / "same_split", config(epochs=1), workers=1, init_from=source,
                 on_event=lambda kind, info: events.append((kind, info)))
     assert not next(info for kind, info in events if kind == "data").get("notes")
+
+
+def test_a_warm_start_keeps_the_elements_its_start_was_trained_on(run_a, tmp_path):
+    """A model fine-tuned (same target) on structures without O listed only its own elements, so predict
+    warned that O was absent from its training data, although its start was trained on O."""
+    start = read_checkpoint(run_a[1] / "best.ckpt")[0]
+    assert "O" in start.elements
+    for target in ("y", "z"):
+        path = write_json_dataset(tmp_path / f"{target}.json", N_DATA, target=target)
+        no_oxygen = [r for r in json.loads(path.read_text())
+                     if all(s["species"][0]["element"] != "O" for s in r["structure"]["sites"])]
+        path.write_text(json.dumps(no_oxygen))
+        train_model(path, tmp_path / target, config(epochs=1, target=target), workers=1,
+                    init_from=run_a[1] / "best.ckpt")
+    card = read_checkpoint(tmp_path / "y" / "best.ckpt")[0]
+    assert set(start.elements) <= set(card.elements)
+    assert card.elements == sorted(card.elements, key=lambda s: Element(s).Z)
+    rows = predict([perovskite(3.9)], model=str(tmp_path / "y" / "best.ckpt"), workers=0)
+    assert "absent" not in rows[0]["warning"]
+    other = read_checkpoint(tmp_path / "z" / "best.ckpt")[0]  # another target's start: O is not in its data
+    assert "O" not in other.elements
 
 
 def test_init_from_the_same_target_starts_from_its_predictions(run_a, tmp_path):

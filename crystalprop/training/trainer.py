@@ -318,8 +318,11 @@ class Trainer:
             "workers": self.cluster.size,
             "init_from": prior.get("init_from"),
         }
-        elements = sorted({int(z) for g in self.train_graphs for z in np.unique(g.atomic_numbers)})
         from pymatgen.core import Element  # noqa: PLC0415
+
+        # a warm start of the same target keeps what its start was trained on, as its record keeps the ids
+        elements = sorted({int(z) for g in self.train_graphs for z in np.unique(g.atomic_numbers)}
+                          | {Element(symbol).Z for symbol in prior.get("elements", [])})
 
         return ModelCard(
             target=self.config.target,
@@ -362,6 +365,7 @@ class Trainer:
             "init_from": str(path),
             "cumulative_wall_hours": card.training.get("cumulative_wall_hours", card.training.get("wall_hours", 0.0)),
             "cumulative_epochs": card.training.get("cumulative_epochs", card.training.get("epochs", 0.0)),
+            **({"elements": list(card.elements)} if card.target == self.config.target else {}),
         }
         source = network_transform(card)
         same_target = card.target == self.config.target and source.log10 == self.config.log10
