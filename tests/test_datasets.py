@@ -678,6 +678,16 @@ def test_split_json_ids_that_match_no_record_are_told(tmp_path, crystals):
     assert load_dataset(path, "y").notes == []
 
 
+def test_split_json_ids_differing_only_in_case_are_told_as_such(tmp_path, crystals):
+    """Test ids upper-cased in split.json matched no record, and the note did not say why (hunt10 11)."""
+    path = _write_json(tmp_path / "data.json", crystals)
+    names = [n for n, _ in crystals]
+    (tmp_path / "split.json").write_text(json.dumps({"train": names[:8], "test": [n.upper() for n in names[8:]]}))
+    notes = load_dataset(path, "y").notes
+    assert any(f"4 of them differ from a record's id only in letter case (e.g. {names[8].upper()} and {names[8]})"
+               in note for note in notes), notes
+
+
 def test_no_usable_records_gives_the_reasons_and_an_unknown_id_column_is_named(tmp_path, crystals):
     """Was: only 'no usable records (N skipped)', with no reason (values with units, a mistyped --id-column)."""
     folder = _cif_folder(tmp_path / "units", crystals)

@@ -89,6 +89,8 @@ def test_sigma_is_not_calibrated_on_too_few_structures_or_to_zero():
     assert calibration_scale(rng.normal(0.0, raw), raw) > 0
     with pytest.raises(ValueError, match=f"{MIN_CALIBRATION - 1} structures.*at least {MIN_CALIBRATION}"):
         calibration_scale(rng.normal(0.0, raw[1:]), raw[1:])
+    with pytest.raises(ValueError, match="agree exactly.*its own --seed"):  # hunt10 11: identical members
+        calibration_scale(rng.normal(0.0, 1.0, 50), np.zeros(50))
     errors = np.zeros(200)
     errors[:5] = 0.1
     with pytest.raises(ValueError, match="195 of the 200 .* errors of 0"):

@@ -72,6 +72,13 @@ def test_an_unknown_split_is_refused_with_the_choices(run_dir, data):
         evaluate_model(str(run_dir), data, split="bogus")
 
 
+def test_an_empty_split_names_the_splits_the_data_holds(run_dir, data, tmp_path):
+    """'no structures in split 'test'' left the user to guess which split to choose (hunt10 11)."""
+    with pytest.raises(ValueError, match=r"no structures in split 'test' \(the data holds train 28, val 12; "
+                                         r"choose one with --split, or --split all\)"):
+        evaluate_model(str(run_dir), data, split="test")
+
+
 def test_evaluate_refuses_trained_structures_as_validation(run_dir, data, tmp_path):
     copy = shutil.copy(data, tmp_path / "data.json")
     ids = [r["id"] for r in json.loads(Path(copy).read_text())]

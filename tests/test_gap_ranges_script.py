@@ -49,3 +49,20 @@ def test_interval_crossfit_leaves_out_structures_without_sigma(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "n 400 with σ (1 without)" in done.stdout
+
+
+def test_sigma_floor_script_recovers_gaussian_coverage_and_shows_what_a_floor_costs(tmp_path):
+    """scripts/sigma_floor.py: errors drawn from N(0, σ) with σ spread over a factor of 10 are covered 68 / 95 % by
+    σ itself (c = 0); a floor under σ blurs what it says per structure, so 2σ then covers fewer."""
+    rng = np.random.default_rng(3)
+    std = rng.uniform(0.1, 1.0, 4000)
+    errors = rng.normal(0.0, std)
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text("id,true,predicted,error,std\n" + "".join(
+        f"s{k},0,{e:.6f},{e:.6f},{s:.6f}\n" for k, (e, s) in enumerate(zip(errors, std))))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "sigma_floor.py"), str(predictions)],
+                          capture_output=True, text=True, check=True, cwd=ROOT)
+    within = {line.split("×")[0].strip(): [float(x) for x in line.replace("%", "").split()[-5::4]]
+              for line in done.stdout.splitlines()[1:]}
+    assert abs(within["c = 0"][0] - 68.3) < 2 and abs(within["c = 0"][1] - 95.4) < 1.5
+    assert within["c = 4"][1] < within["c = 0"][1] - 1

@@ -538,8 +538,18 @@ def _unmatched_split_ids(dataset: Dataset, lookup: dict[str, str], split_file: P
     for rid, split in lookup.items():
         if rid not in known:
             missing.setdefault(split, []).append(rid)
+    by_case = {rid.casefold(): rid for rid in known}
     return [f"{split_file}: {len(ids)} {split} id(s) match no record of the data (e.g. {', '.join(ids[:3])})"
-            for split, ids in missing.items()]
+            + _case_hint(ids, by_case) for split, ids in missing.items()]
+
+
+def _case_hint(ids: list[str], by_case: dict[str, str]) -> str:
+    """Where unmatched split ids differ from the data's only in letter case, say so (ids are matched exactly)."""
+    near = [(rid, by_case[rid.casefold()]) for rid in ids if rid.casefold() in by_case]
+    if not near:
+        return ""
+    return (f"; {len(near)} of them differ from a record's id only in letter case (e.g. {near[0][0]} and "
+            f"{near[0][1]}): ids are matched exactly, so those structures stay in the training split")
 
 
 FOLD_SEED = 0

@@ -270,6 +270,15 @@ class LabelledSplit(NamedTuple):
     unusable: list  # (id, reason, where) of the data set's other unusable records (where: None if unknown)
 
 
+def _what_it_holds(dataset: Dataset, split: str) -> str:
+    """Why a split is empty, and which to choose instead: the data's splits and their sizes."""
+    if split == "unseen":
+        return f"the model was trained on all {len(dataset.entries)}; --split all evaluates them anyway"
+    sizes = {name: len(dataset.split(name)) for name in SPLITS}
+    held = ", ".join(f"{name} {n}" for name, n in sizes.items() if n) or "none"
+    return f"the data holds {held}; choose one with --split, or --split all"
+
+
 def labelled_split(card, data, target, split, path, id_column, structure_column, settings=None) -> LabelledSplit:
     """The labelled structures of one split that the model is evaluated on, with their graphs
     (built with ``settings``, by default the model's), and every record that could not be used, with
@@ -286,7 +295,7 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
         entries = dataset.entries if split == "all" else dataset.split(split)
         split_check = check_unseen(entries, split, dataset, card.training, path) if entries else ""
     if not entries:
-        raise ValueError(f"{data}: no structures in split {split!r}")
+        raise ValueError(f"{data}: no structures in split {split!r} ({_what_it_holds(dataset, split)})")
     graphs, errors = build_graphs(entries, settings or card.graph)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     skipped, unusable = _sorted_skipped(dataset, split, fold, card.training)

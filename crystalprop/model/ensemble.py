@@ -180,7 +180,8 @@ def calibration_scale(errors: np.ndarray, raw_std: np.ndarray, levels: int = 19)
     errors, raw_std = np.abs(np.asarray(errors, np.float64)), np.asarray(raw_std, np.float64)
     ok = raw_std > 0
     if not ok.any():
-        raise ValueError("the members agree exactly on every structure: no spread to calibrate")
+        raise ValueError("the members agree exactly on every structure: no spread to calibrate (runs of one seed on "
+                         "one split are one network: give each member its own --seed, or use --sigma latent)")
     n, erring = int(ok.sum()), int((errors[ok] > 0).sum())
     if n < MIN_CALIBRATION:
         raise ValueError(f"σ would be calibrated on {n} structures (those where it is not 0): at least "
