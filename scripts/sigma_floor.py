@@ -46,7 +46,11 @@ def main() -> None:
         std = np.array([float(r["std"]) for r in rows])
         print(f"{path}: n {errors.size} with σ above 0")
         for floor in FLOORS:
-            within = crossfit(errors, std, floor).mean(axis=0)
+            try:
+                within = crossfit(errors, std, floor).mean(axis=0)
+            except ValueError as exc:  # too few structures on a half to fit a scale on
+                print(f"  {exc}")
+                break
             print(f"  c = {floor:g} × median σ: within σ {100 * within[0]:.1f} %, within 2σ {100 * within[1]:.1f} %")
 
 

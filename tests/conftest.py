@@ -132,9 +132,9 @@ def train_config(**overrides):
     return TrainConfig(**{**base, **overrides})
 
 
-def train_stopped_mid_epoch(data: Path, run_dir: Path, config, epoch: int = 2, step: int = 2):
+def train_stopped_mid_epoch(data: Path, run_dir: Path, config, epoch: int = 2, step: int = 2, **options):
     """Train in this process and stop it, as Ctrl-C would, after step ``step`` of epoch ``epoch + 1``
-    (0-based ``epoch`` as in the step events); the stopped run's result."""
+    (0-based ``epoch`` as in the step events); the stopped run's result. ``options`` go to ``train_model``."""
     from crystalprop.training import run as run_module
     from crystalprop.training.run import train_model
     from crystalprop.training.trainer import Trainer
@@ -153,7 +153,7 @@ def train_stopped_mid_epoch(data: Path, run_dir: Path, config, epoch: int = 2, s
     original = run_module.Trainer
     run_module.Trainer = Capturing
     try:
-        return train_model(data, run_dir, config, workers=1, on_event=stop_there)
+        return train_model(data, run_dir, config, workers=1, on_event=stop_there, **options)
     finally:
         run_module.Trainer = original
 

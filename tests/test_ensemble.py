@@ -95,6 +95,12 @@ def test_sigma_is_not_calibrated_on_too_few_structures_or_to_zero():
     errors[:5] = 0.1
     with pytest.raises(ValueError, match="195 of the 200 .* errors of 0"):
         calibration_scale(errors, np.ones(200))
+    errors = np.zeros(400)
+    errors[:25] = 0.1  # 25 erring, but the exact ones cover most levels at σ = 0: a scale of 0
+    with pytest.raises(ValueError, match="375 of the 400 .* errors of 0"):
+        calibration_scale(errors, np.ones(400))
+    errors[:300] = rng.normal(0.0, 1.0, 300)
+    assert calibration_scale(errors, np.ones(400)) > 0
 
 
 def test_interval_multiple_covers_its_level_where_the_tails_are_heavy():

@@ -28,7 +28,7 @@ from crystalprop.model.checkpoint import CheckpointError, load_model, read_check
 from crystalprop.model.inference import predict_graphs  # noqa: E402
 from crystalprop.model.matformer import ModelConfig  # noqa: E402
 from crystalprop.training import trainer as trainer_module  # noqa: E402
-from crystalprop.data.datasets import load_dataset  # noqa: E402
+from crystalprop.data.datasets import ids_in_packed, load_dataset  # noqa: E402
 from crystalprop.training.run import train_model  # noqa: E402
 from crystalprop.training.trainer import STATE_KEY, Trainer, TrainingError  # noqa: E402
 
@@ -178,6 +178,20 @@ def test_a_stop_signal_adds_no_validation_of_the_partial_epoch(data, tmp_path, m
     stopped = train_stopped_mid_epoch(data, tmp_path / "run", config())
     assert stopped.stopped_because == "interrupted" and len(calls) == 2  # epochs 1 and 2, not the cut third
     assert stopped.best_epoch in (1, 2)
+
+
+def test_a_run_stopped_before_its_first_epoch_ended_says_so_not_inf(tmp_path, capsys):
+    """A signal in the first epoch leaves no best.ckpt (no epoch validated): the end line read
+    'best validation MAE inf at epoch 0'."""
+    from crystalprop.training.progress import report_training
+
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    status = report_training({"stopped_because": "interrupted", "best_val_mae": float("inf"), "best_epoch": 0,
+                              "signal": 15}, str(tmp_path))
+    captured = capsys.readouterr()
+    out = " ".join((captured.out + captured.err).split())
+    assert status == 143 and "inf" not in out
+    assert "before its first epoch ended: no best.ckpt yet" in out and "--resume continues" in out
 
 
 def test_resume_mid_epoch_matches_uninterrupted_run(resumed_mid_epoch, run_a):
@@ -411,6 +425,20 @@ def test_init_from_a_model_trained_on_the_validation_structures_says_so(run_a, d
     train_model(data, tmp_path / "same_split", config(epochs=1), workers=1, init_from=source,
                 on_event=lambda kind, info: events.append((kind, info)))
     assert not next(info for kind, info in events if kind == "data").get("notes")
+
+
+def test_a_warm_start_stopped_in_its_first_epoch_keeps_its_start_s_record_when_resumed(run_a, data, tmp_path):
+    """Stopped by a signal before its first epoch ended, a warm start has no best.ckpt yet; resumed, it took what
+    its start had trained on from that best.ckpt only, so the finished run forgot it (review of session 39)."""
+    source = run_a[1] / "best.ckpt"
+    start_ids = read_checkpoint(source)[0].training["data"]["split_record"]["trained_ids"]
+    run_dir = tmp_path / "warm"
+    train_stopped_mid_epoch(data, run_dir, config(epochs=1), epoch=0, step=1, init_from=source, split_seed=1)
+    assert not (run_dir / "best.ckpt").exists()
+    train_model(data, run_dir, config(epochs=1), workers=1, resume=True, split_seed=1)
+    record = read_checkpoint(run_dir / "best.ckpt")[0].training["data"]["split_record"]
+    starts = {e.id for e in load_dataset(data, "y", seed=0).split("train")}
+    assert ids_in_packed(sorted(starts), record["trained_ids"]) == ids_in_packed(sorted(starts), start_ids) != []
 
 
 def test_a_warm_start_keeps_the_elements_its_start_was_trained_on(run_a, tmp_path):
@@ -778,6 +806,10 @@ def test_a_run_without_validation_structures_says_what_it_selects_by(tmp_path):
     ensemble = run_cli([*common, "-o", tmp_path / "ens", "--ensemble", "2"])
     assert ensemble.returncode == 2 and "no validation structures" in ensemble.stdout + ensemble.stderr
     assert not (tmp_path / "ens" / "member0" / "last.ckpt").exists()
+    few = run_cli([*[a if a != "0" else "0.2" for a in common], "-o", tmp_path / "few", "--ensemble", "2"])
+    said = " ".join((few.stdout + few.stderr).split())  # 3 in val: σ could not be calibrated after the training
+    assert few.returncode == 2 and "3 validation structures" in said and "at least 10 are needed" in said, said
+    assert not (tmp_path / "few" / "member0" / "last.ckpt").exists()
 
 
 @pytest.mark.parametrize("bad, says", [

@@ -339,6 +339,11 @@ def _structure_index(folder: Path) -> dict[str, list[Path]]:
     return index
 
 
+def _row_id(row: dict, id_key: str) -> str:
+    """A folder table row's id as the structure index is searched by: its text, stripped ('' for none)."""
+    return str(row.get(id_key) or "").strip()
+
+
 def _no_file_reason(rid: str, folder: Path) -> str:
     """Why a folder table's id ``rid`` has no structure: where its file was looked for, by which names."""
     return (f"no structure file named {rid} or {rid}{'/'.join(STRUCTURE_SUFFIXES)} in {folder}, "
@@ -360,7 +365,7 @@ def _refuse_ids_naming_no_file(rows: list[dict], id_key: str, id_column: str | N
     """Refuse a folder table none of whose ids names a structure file, saying which column the ids were read
     from (a table's first column, unless ``--id-column`` names one) and suggesting another: a table led by a
     pandas index or a formula column would otherwise fail with "no structure file named 0"."""
-    ids = [str(row.get(id_key) or "").strip() for row in rows]
+    ids = [_row_id(row, id_key) for row in rows]
     if not rows or any(rid in index for rid in ids):
         return
     where = (f"the column {id_key!r} (--id-column)" if id_column is not None
@@ -377,7 +382,7 @@ def _refuse_ids_sharing_a_file(rows: list[dict], id_key: str, index: dict[str, l
     are: one crystal with two labels, which a split may put in training and validation alike."""
     ids_of: dict[Path, list[str]] = {}
     for row in rows:
-        rid = str(row.get(id_key) or "").strip()
+        rid = _row_id(row, id_key)
         paths = index.get(rid, [])
         if len(paths) == 1 and rid not in ids_of.setdefault(paths[0], []):
             ids_of[paths[0]].append(rid)
@@ -426,7 +431,7 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
 
     dataset = _dataset_from_rows(rows, target, id_key, source_of, str(table), str(folder))
     _refuse_ids_sharing_a_file(rows, id_key, index, folder, table)
-    named = {str(p) for paths in (index.get(str(row.get(id_key, "")).strip()) for row in rows) if paths for p in paths}
+    named = {str(p) for paths in (index.get(_row_id(row, id_key)) for row in rows) if paths for p in paths}
     unnamed = sorted({p for paths in index.values() for p in paths
                       if str(p) not in named and p.name not in LAYOUT_FILES})
     if unnamed:

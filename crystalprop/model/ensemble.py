@@ -164,8 +164,9 @@ def spread_weight(latent: np.ndarray, spread: np.ndarray) -> float:
 
 
 MIN_CALIBRATION = 10
-"""The fewest structures (with a σ above 0 and an error above 0) a σ scale is fitted on: fewer, or
-errors all 0, gave scales of 0 that made every later prediction claim certainty (hunt10 1)."""
+"""The fewest structures (with a σ above 0 and an error above 0) a σ scale is fitted on: fewer, or errors
+mostly 0, gave scales of 0 that made every later prediction claim certainty and an interval95 of 0 that
+dropped the err95 column (hunt10 1); a scale of 0 is refused too."""
 
 
 def calibration_scale(errors: np.ndarray, raw_std: np.ndarray, levels: int = 19) -> float:
@@ -181,14 +182,15 @@ def calibration_scale(errors: np.ndarray, raw_std: np.ndarray, levels: int = 19)
     ok = raw_std > 0
     if not ok.any():
         raise ValueError("the members agree exactly on every structure: no spread to calibrate (runs of one seed on "
-                         "one split are one network: give each member its own --seed, or use --sigma latent)")
+                         "one split are one network: give each member its own --seed)")
     n, erring = int(ok.sum()), int((errors[ok] > 0).sum())
     if n < MIN_CALIBRATION:
         raise ValueError(f"σ would be calibrated on {n} structures (those where it is not 0): at least "
                          f"{MIN_CALIBRATION} are needed; calibrate on more labelled structures")
+    zeros = (f"{n - erring} of the {n} structures where σ is not 0 have errors of 0: the fitted scale would make "
+             "every σ 0; calibrate on structures the model does not predict exactly")
     if erring < MIN_CALIBRATION:
-        raise ValueError(f"{n - erring} of the {n} structures where σ is not 0 have errors of 0: the fitted scale "
-                         "would make every σ 0; calibrate on structures the model does not predict exactly")
+        raise ValueError(zeros)
     ratios = np.sort(errors[ok] / raw_std[ok])
     expected = np.linspace(0.05, 0.95, levels)
     z = norm.ppf(0.5 + expected / 2)
@@ -200,7 +202,10 @@ def calibration_scale(errors: np.ndarray, raw_std: np.ndarray, levels: int = 19)
         observed = np.searchsorted(ratios, z * scale, side="right") / ratios.size
         return float(np.mean(np.abs(observed - expected)))
 
-    return float(min(candidates, key=miscalibration))
+    scale = float(min(candidates, key=miscalibration))
+    if scale <= 0:  # exact predictions cover most levels at σ = 0
+        raise ValueError(zeros)
+    return scale
 
 
 INTERVAL_LEVEL = 0.95

@@ -14,6 +14,7 @@ from crystalprop.data.datasets import (Dataset, Entry, ids_in_packed, load_datas
 from crystalprop.data.fingerprints import pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.model.checkpoint import read_checkpoint
+from crystalprop.model.ensemble import MIN_CALIBRATION
 from crystalprop.training.config import TrainConfig
 from crystalprop.training.distributed import Cluster, join_cluster
 from crystalprop.training.trainer import Trainer, TrainResult, TrainingError, saved_fold, saved_state
@@ -71,7 +72,7 @@ def split_ids(dataset: Dataset) -> dict[str, str]:
     return {name: pack_ids([e.id for e in dataset.entries if e.split == name]) for name in SPLIT_IDS}
 
 
-def check_resumed_data(run_dir: Path, state: dict | None, data, ids: dict[str, str]) -> None:
+def check_resumed_data(run_dir: Path, state: dict | None, data: str | Path, ids: dict[str, str]) -> None:
     """Refuse to resume a run on other data than it started with (``ids``: :func:`split_ids` of the data given
     now; ``state``: the run's :func:`saved_state`): other records, or rows added, so that a random split is
     drawn anew, would keep the target transform fitted to the first training set and compare a validation
@@ -110,12 +111,16 @@ def check_labels(dataset: Dataset, config: TrainConfig) -> None:
                             f"{named(bad)}")
 
 
-def earlier_trained(run_dir: Path, resume: bool, init_from: str | Path | None, target: str) -> list[dict]:
+def earlier_trained(run_dir: Path, state: dict | None, init_from: str | Path | None, target: str) -> list[dict]:
     """The split records (packed ``trained_ids``, and ``trained_structures`` where recorded) of what the
     weights this run starts from already trained on for ``target``: a warm start's checkpoint of the same
-    target, or when resuming the run's best.ckpt, whose record holds its warm start's too (once the first
-    epoch has written it)."""
-    sources = [run_dir / "best.ckpt"] if resume else [Path(init_from)] if init_from else []
+    target, or when resuming (``state``: the run's :func:`saved_state`) the run's best.ckpt, whose record
+    holds its warm start's too, and before its first epoch has written one, the warm start that last.ckpt names."""
+    if state is not None:
+        best, start = run_dir / "best.ckpt", (state.get("prior_training") or {}).get("init_from")
+        sources = [best] if best.is_file() else [Path(start)] if start else []
+    else:
+        sources = [Path(init_from)] if init_from else []
     found = []
     for path in (p for p in sources if p.is_file()):
         card, _ = read_checkpoint(path)
@@ -194,10 +199,11 @@ def train_model(
     val = split_graphs(dataset, graphs, "val")
     if not train[0]:
         raise TrainingError(f"{data}: no training structures could be used (see {run_dir / 'skipped.log'})")
-    if require_val and not val[0]:
-        raise TrainingError(f"{data}: no validation structures, on which an ensemble's σ is calibrated: give a "
-                            "split (split.json, a split column) or --val-fraction above 0")
-    earlier = earlier_trained(run_dir, resume, init_from, dataset.target)
+    if require_val and len(val[0]) < MIN_CALIBRATION:  # before any member trains, not at the join after them all
+        raise TrainingError(f"{data}: {len(val[0]) or 'no'} validation structures, on which an ensemble's σ is calibrated: "
+                            f"at least {MIN_CALIBRATION} are needed; give a split (split.json, a split column) or a "
+                            f"larger --val-fraction (now {val_fraction:g} of {len(dataset.entries)} records)")
+    earlier = earlier_trained(run_dir, state, init_from, dataset.target)
     notes = dataset.notes + trained_validation_notes(val[2], earlier, None if resume else init_from)
     description = {
         "source": str(data),
