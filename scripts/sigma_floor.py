@@ -51,7 +51,8 @@ def main() -> None:
             except ValueError as exc:  # too few structures on a half to fit a scale on
                 print(f"  {exc}")
                 break
-            print(f"  c = {floor:g} × median σ: within σ {100 * within[0]:.1f} %, within 2σ {100 * within[1]:.1f} %")
+            print(f"  c = {floor:g} × median σ: within σ {100 * within[0]:.1f} %, "
+                  f"within 2σ {100 * within[1]:.1f} %")
 
 
 if __name__ == "__main__":

@@ -105,7 +105,8 @@ def test_train_an_ensemble_in_python(tmp_path):
     data = write_json_dataset(tmp_path / "data.json", 24)  # half in val: enough to calibrate σ on
     members = []
     result = crystalprop.train(data, tmp_path / "ens", target="y", epochs=1, batch_size=8, graph_workers=1, ensemble=2,
-                               val_fraction=0.5, on_event=lambda kind, info: members.append(info) if kind == "member" else None, **TINY)
+                               val_fraction=0.5, **TINY,
+                               on_event=lambda kind, info: members.append(info) if kind == "member" else None)
     assert [m["seed"] for m in members] == [0, 1]
     assert [m["run_dir"] for m in members] == [str(tmp_path / "ens" / f"member{k}") for k in range(2)]
     assert len(result["members"]) == 2 and len(result["ensemble"]["member_maes"]) == 2

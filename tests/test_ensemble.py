@@ -286,7 +286,8 @@ def test_train_ensemble_trains_members_on_one_split_and_joins_them(tmp_path):
 
     data = write_json_dataset(tmp_path / "data.json", 40)  # no split: a random one, drawn once from --seed
     run = run_cli(["train", data, "-t", "y", "-o", tmp_path / "run", "--ensemble", "2", "--epochs", "1",
-                   "--val-fraction", "0.3", "--batch-size", "8", "--graph-workers", "1", "--threads", "1", "--sigma", "latent", *TINY_CLI],
+                   "--val-fraction", "0.3", "--batch-size", "8", "--graph-workers", "1", "--threads", "1",
+                   "--sigma", "latent", *TINY_CLI],
                   timeout=900)
     assert run.returncode == 0, run.stdout + run.stderr
     cards = [read_checkpoint(tmp_path / "run" / f"member{k}" / "best.ckpt")[0] for k in range(2)]
@@ -308,8 +309,9 @@ def test_joining_on_too_few_labelled_structures_is_refused_by_count(members, tmp
     from crystalprop.evaluation.joining import join_ensemble
 
     path = tmp_path / "few.json"
-    path.write_text(json.dumps([{"id": name, "structure": s.as_dict(), "y": synthetic_target(s),
-                                 "split": "val" if k < 5 else "train"} for k, (name, s) in enumerate(make_structures(12))]))
+    records = [{"id": name, "structure": s.as_dict(), "y": synthetic_target(s), "split": "val" if k < 5 else "train"}
+               for k, (name, s) in enumerate(make_structures(12))]
+    path.write_text(json.dumps(records))
     with pytest.raises(ValueError, match="calibrated on 5 structures.*at least 10"):
         join_ensemble(members, tmp_path / "ens.ckpt", path)
     assert not (tmp_path / "ens.ckpt").exists()

@@ -112,12 +112,13 @@ def report_training(result: dict, output_dir: str) -> int:
         n_skipped = result.get("n_skipped", 0)
         files += [f"skipped.log: {n_skipped} record{'s' if n_skipped > 1 else ''}"] if n_skipped else []
         best += " (log10)" if result.get("log10") and result.get("validated", True) else ""
-        if not result["best_epoch"]:  # stopped by a signal before an epoch ended: nothing validated yet
-            console.print(f"[bold]{result['stopped_because']}[/] before its first epoch ended: no best.ckpt yet; run in "
-                          f"{escape(str(output_dir))} ({', '.join(files) or 'no file yet'}): --resume continues")
-            return 128 + result["signal"] if result.get("signal") else 0
-        console.print(f"[bold]{result['stopped_because']}[/]: {best} {result['best_val_mae']:.4g} at "
-                      f"epoch {result['best_epoch']}; run in {escape(str(output_dir))} ({', '.join(files) or 'no file yet'})")
+        where = f"run in {escape(str(output_dir))} ({', '.join(files) or 'no file yet'})"
+        if not result["best_epoch"]:  # stopped before an epoch ended: nothing validated yet
+            console.print(f"[bold]{result['stopped_because']}[/] before its first epoch ended: no best.ckpt yet; "
+                          f"{where}: --resume continues")
+        else:
+            console.print(f"[bold]{result['stopped_because']}[/]: {best} {result['best_val_mae']:.4g} at "
+                          f"epoch {result['best_epoch']}; {where}")
         return 128 + result["signal"] if result.get("signal") else 0
     if result["ensemble"] is None:
         console.print(f"member {len(result['members'])} {result['stopped_because']}: --resume continues the ensemble")

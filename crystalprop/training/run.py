@@ -117,7 +117,7 @@ def earlier_trained(run_dir: Path, state: dict | None, init_from: str | Path | N
     target, or when resuming (``state``: the run's :func:`saved_state`) the run's best.ckpt, whose record
     holds its warm start's too, and before its first epoch has written one, the warm start that last.ckpt names."""
     if state is not None:
-        best, start = run_dir / "best.ckpt", (state.get("prior_training") or {}).get("init_from")
+        best, start = Path(run_dir) / "best.ckpt", (state.get("prior_training") or {}).get("init_from")
         sources = [best] if best.is_file() else [Path(start)] if start else []
     else:
         sources = [Path(init_from)] if init_from else []
@@ -200,9 +200,10 @@ def train_model(
     if not train[0]:
         raise TrainingError(f"{data}: no training structures could be used (see {run_dir / 'skipped.log'})")
     if require_val and len(val[0]) < MIN_CALIBRATION:  # before any member trains, not at the join after them all
-        raise TrainingError(f"{data}: {len(val[0]) or 'no'} validation structures, on which an ensemble's σ is calibrated: "
-                            f"at least {MIN_CALIBRATION} are needed; give a split (split.json, a split column) or a "
-                            f"larger --val-fraction (now {val_fraction:g} of {len(dataset.entries)} records)")
+        raise TrainingError(f"{data}: {len(val[0]) or 'no'} validation structures, on which an ensemble's σ is "
+                            f"calibrated: at least {MIN_CALIBRATION} are needed; give a split (split.json, a split "
+                            f"column) or a larger --val-fraction (now {val_fraction:g} of {len(dataset.entries)} "
+                            "records)")
     earlier = earlier_trained(run_dir, state, init_from, dataset.target)
     notes = dataset.notes + trained_validation_notes(val[2], earlier, None if resume else init_from)
     description = {
