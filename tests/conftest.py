@@ -189,16 +189,18 @@ def tiny_config():
 
 
 def _random_checkpoint(path: Path, target: str, unit: str, seed: int, log10: bool = False,
-                       mean: float = 1.5, std: float = 0.5, elements: list[str] | None = None) -> Path:
+                       mean: float = 1.5, std: float = 0.5, elements: list[str] | None = None,
+                       site_features: bool = False) -> Path:
     from crystalprop.utils.backend import mindspore_module, set_device
 
     set_device("CPU")
+    from crystalprop.graph.settings import GraphSettings
     from crystalprop.model.checkpoint import ModelCard, TargetTransform, save_checkpoint
     from crystalprop.model.matformer import Matformer, ModelConfig
 
     mindspore_module().set_seed(seed)
-    net = Matformer(ModelConfig(**TINY))
-    card = ModelCard(target=target, unit=unit, model=net.config,
+    net = Matformer(ModelConfig(**TINY, site_features=site_features))
+    card = ModelCard(target=target, unit=unit, model=net.config, graph=GraphSettings(site_features=site_features),
                      transform=TargetTransform(mean=mean, std=std, log10=log10),
                      metrics={"mae": 0.123}, training={"epochs": 3, "data": {"n_train": 40}},
                      elements=elements or [])

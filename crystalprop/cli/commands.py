@@ -258,6 +258,9 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--features", default=ModelConfig.features, show_default=True)
 @click.option("--heads", default=ModelConfig.heads, show_default=True)
 @click.option("--fc-features", default=ModelConfig.fc_features, show_default=True)
+@click.option("--site-features", is_flag=True,
+              help="Atoms also see their first neighbour shell: its size, bond-orientational order (Steinhardt "
+                   "q2, q4, q6) and bond-angle histogram; --init-from a model without them starts them at zero.")
 @click.option("--patience", default=None, type=int, help="Stop after this many epochs without improvement.")
 @click.option("--max-time", default=None,
               help="Time budget of this run of the command (a --resume, and each member of an --ensemble, "

@@ -123,6 +123,8 @@ def _save(path: Path, ids: list[str], graphs: list[CrystalGraph | None], errors:
         "distances": np.concatenate([g.distances for g in good]) if good else np.zeros(0, np.float32),
         "volumes": np.array([g.volume for g in good], dtype=np.float64),
     }
+    if good and good[0].site is not None:  # the settings give every graph its site descriptors or none
+        arrays["site"] = np.concatenate([g.site for g in good])
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:  # a file object: np.savez would add ".npz" to a bare name
@@ -137,26 +139,31 @@ def _load(path: Path) -> tuple[list[CrystalGraph | None], list[str]]:
     node_ends = np.cumsum(data["n_nodes"])
     edge_ends = np.cumsum(data["n_edges"])
     pieces = {k: np.split(data[k], ends[:-1]) for k, ends in (
-        ("atomic_numbers", node_ends), ("src", edge_ends), ("dst", edge_ends), ("distances", edge_ends))}
+        ("atomic_numbers", node_ends), ("src", edge_ends), ("dst", edge_ends), ("distances", edge_ends),
+        ("site", node_ends)) if k in data}
     good = iter(range(len(node_ends)))
     graphs: list[CrystalGraph | None] = []
     for ok in data["ok"]:
         if ok:
             i = next(good)
             graphs.append(CrystalGraph(*(pieces[k][i] for k in ("atomic_numbers", "src", "dst", "distances")),
-                                       volume=float(data["volumes"][i])))
+                                       volume=float(data["volumes"][i]),
+                                       site=pieces["site"][i] if "site" in pieces else None))
         else:
             graphs.append(None)
     return graphs, [str(e) for e in data["errors"]]
 
 
-def _load_checked(path: Path, ids: list[str]) -> tuple[list[CrystalGraph | None], list[str]] | None:
-    """Cached graphs whose ids and indices check out, or None (with a warning) to rebuild them:
-    a damaged entry must never reach the kernels, which do not bounds-check."""
+def _load_checked(path: Path, ids: list[str], site: bool) -> tuple[list[CrystalGraph | None], list[str]] | None:
+    """Cached graphs whose ids and indices check out, with site descriptors where ``site`` asks for them,
+    or None (with a warning) to rebuild them: a damaged entry must never reach the kernels, which do not
+    bounds-check."""
     try:
         graphs, errors = _load(path)
         if len(graphs) != len(ids):
             raise GraphError(f"{len(graphs)} graphs for {len(ids)} entries")
+        if any((g.site is not None) != site for g in graphs if g is not None):
+            raise GraphError("site descriptors missing" if site else "site descriptors not asked for")
         good = [(g, i) for g, i in zip(graphs, ids) if g is not None]
         check_graphs([g for g, _ in good], [f"{path} (entry {i})" for _, i in good])
     except Exception as exc:  # whatever the damage (bad zip, missing array, bad index), rebuild
@@ -177,7 +184,7 @@ def build_graphs(
     """Graphs aligned with ``entries`` (None where it failed) and the failure reasons."""
     path = cache_dir() / "graphs" / f"{cache_key(entries, settings)}.npz"
     if use_cache and path.is_file():
-        loaded = _load_checked(path, [e.id for e in entries])
+        loaded = _load_checked(path, [e.id for e in entries], settings.site_features)
         if loaded is not None:
             if progress:
                 progress(len(entries))

@@ -80,7 +80,9 @@ def join_ensemble(
     ``output`` must be named .ckpt; ``overwrite=False`` refuses an existing one (the command's default).
     """
     from crystalprop.utils.backend import set_device  # noqa: PLC0415
-    from crystalprop.model.checkpoint import check_new_checkpoint, read_checkpoint, save_ensemble  # noqa: PLC0415
+    from crystalprop.model.checkpoint import (  # noqa: PLC0415
+        check_new_checkpoint, read_checkpoint, save_ensemble, with_site_inputs,
+    )
     from crystalprop.model.ensemble import (  # noqa: PLC0415
         check_compatible, check_factor, check_product_units, member_params, product_combination,
     )
@@ -113,6 +115,8 @@ def join_ensemble(
                          "given twice as a member")
     models = list(dict.fromkeys(paths + [path for factors in factor_models for _, path in factors]))
     loaded = {path: read_checkpoint(path) for path in models}  # each model read once
+    if any(card.model.site_features for card, _ in loaded.values()):  # one graph with them serves every member
+        loaded = {path: with_site_inputs(card, params) for path, (card, params) in loaded.items()}
     cards = [loaded[path][0] for path in models]
     if cell is not None:
         check_cell_choice(cell)

@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from crystalprop.graph.elements import MAX_Z, atom_features
+from crystalprop.graph.site_features import N_SITE
 from crystalprop.graph.neighbors import CrystalGraph
 from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BYTES_PER_ATOM_CHANNEL, BYTES_PER_EDGE_CHANNEL
 
@@ -70,7 +71,8 @@ def batches_within(items: Iterable[Item], limits: BatchLimits,
 class GraphBatch:
     """A batch of B crystals with N atoms and E directed edges in all.
 
-    node_features: (N, 92) float32. src, dst: (E,) int32 global atom indices.
+    node_features: (N, 92) float32, the elements' features, or (N, 92 + 13) with each atom's site
+    descriptors after them (``CrystalGraph.site``). src, dst: (E,) int32 global atom indices.
     distance_index: (E,) int32 into ``distances``, the (D,) float32 distinct bond lengths
     of the batch, so that everything depending only on the distance is computed D times.
     edge_weight: (E,) float32, how many of the graphs' directed edges this edge stands for:
@@ -120,6 +122,11 @@ def _check_shapes(graphs: Sequence[CrystalGraph], names: Sequence[str] | None) -
             raise GraphError(f"{_label(names, k)}: damaged graph: edge arrays of unequal lengths or not 1-D")
         if g.num_nodes == 0 or any(not np.issubdtype(a.dtype, np.integer) for a in arrays[:3]):
             raise GraphError(f"{_label(names, k)}: damaged graph: no atoms, or indices that are not integers")
+        if g.site is not None and (np.shape(g.site) != (g.num_nodes, N_SITE) or not np.isfinite(g.site).all()):
+            raise GraphError(f"{_label(names, k)}: damaged graph: site descriptors of shape {np.shape(g.site)} "
+                             f"for {g.num_nodes} atoms, or not finite")
+    if len({g.site is None for g in graphs}) > 1:
+        raise GraphError("graphs with and without site descriptors in one batch: build them with the same settings")
 
 
 @dataclass
@@ -132,6 +139,7 @@ class _Joined:
     src: np.ndarray
     dst: np.ndarray
     distances: np.ndarray
+    site: np.ndarray | None
 
 
 def _join(graphs: Sequence[CrystalGraph]) -> _Joined:
@@ -140,7 +148,8 @@ def _join(graphs: Sequence[CrystalGraph]) -> _Joined:
                    np.concatenate([g.atomic_numbers for g in graphs]),
                    np.concatenate([g.src for g in graphs]).astype(np.int64),
                    np.concatenate([g.dst for g in graphs]).astype(np.int64),
-                   np.concatenate([g.distances for g in graphs]))
+                   np.concatenate([g.distances for g in graphs]),
+                   None if graphs[0].site is None else np.concatenate([g.site for g in graphs]).astype(np.float32))
 
 
 def _check_joined(joined: _Joined, names: Sequence[str] | None) -> None:
@@ -210,8 +219,11 @@ def collate(graphs: Sequence[CrystalGraph], names: Sequence[str] | None = None) 
     if max(n_total, len(src)) >= INT32_LIMIT:
         raise GraphError(f"batch of {n_total} atoms and {len(src)} edges exceeds the kernels' int32 indices")
     first, counts = _distinct_edges(src, dst, distance_index, n_total, len(distances))
+    node_features = atom_features(joined.atomic_numbers)
+    if joined.site is not None:
+        node_features = np.concatenate([node_features, joined.site], axis=1)
     return GraphBatch(
-        node_features=atom_features(joined.atomic_numbers),
+        node_features=node_features,
         src=src[first].astype(np.int32),
         dst=dst[first].astype(np.int32),
         distance_index=distance_index[first].astype(np.int32),

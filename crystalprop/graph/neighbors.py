@@ -38,6 +38,7 @@ import numpy as np
 from crystalprop.io.crystal import Crystal
 from crystalprop.graph.elements import check_elements
 from crystalprop.graph.settings import GraphSettings
+from crystalprop.graph.site_features import site_features
 from crystalprop.graph.sphere_kernel import kth_nearest, library
 from crystalprop.graph.spheres import points_in_spheres
 
@@ -64,7 +65,8 @@ class CrystalGraph:
     atomic_numbers: (N,) int16. src, dst: (E,) int32 edge endpoints (messages flow
     src -> dst). distances: (E,) float32 bond lengths in Å, rounded to 1e-6 Å. volume: the
     cell's volume in Å³ (with N the volume per atom, which :mod:`crystalprop.data.fingerprints`
-    compares with the training crystals'; 0 where unknown).
+    compares with the training crystals'; 0 where unknown). site: (N, 13) float32 descriptors of each
+    atom's neighbour shell where the settings ask for them (:mod:`crystalprop.graph.site_features`), else None.
     """
 
     atomic_numbers: np.ndarray
@@ -72,6 +74,7 @@ class CrystalGraph:
     dst: np.ndarray
     distances: np.ndarray
     volume: float = 0.0
+    site: np.ndarray | None = None
 
     @property
     def num_nodes(self) -> int:
@@ -260,6 +263,10 @@ def build_graph(crystal: Crystal, settings: GraphSettings = GraphSettings()) -> 
     # atoms (unwrapped ones 300 cells apart took minutes)
     crystal = replace(crystal, frac=crystal.frac - np.floor(crystal.frac))
     centers, points, images = _knn_pairs(crystal, settings)
+    site = None
+    if settings.site_features:  # from every k-nearest pair, before the edges are made canonical
+        pair_vectors = (crystal.frac[points] + images - crystal.frac[centers]) @ crystal.lattice
+        site = site_features(pair_vectors, centers, len(crystal))
     rows = _canonical_edges(len(crystal), centers, points, images, settings.use_lattice)
     src, dst, img = rows[:, 0], rows[:, 1], rows[:, 2:]
     vectors = (crystal.frac[dst] + img - crystal.frac[src]) @ crystal.lattice
@@ -270,4 +277,5 @@ def build_graph(crystal: Crystal, settings: GraphSettings = GraphSettings()) -> 
         dst=np.concatenate([dst, src]).astype(np.int32),
         distances=np.concatenate([lengths, lengths]),
         volume=float(abs(np.linalg.det(crystal.lattice))),
+        site=site,
     )

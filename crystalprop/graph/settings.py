@@ -41,12 +41,15 @@ class GraphSettings:
 
     ``cell``: the cell the graph is built on, ``canonical`` (the Niggli-reduced primitive
     cell, see :mod:`crystalprop.graph.cells`) or ``as-given`` (the file's own cell).
+    ``site_features``: each atom also carries descriptors of its first neighbour shell, bond angles
+    among them (:mod:`crystalprop.graph.site_features`), which a graph of distances alone does not show.
     """
 
     cutoff: float = 8.0
     max_neighbors: int = 12
     use_lattice: bool = True
     cell: str = CANONICAL
+    site_features: bool = False
 
     def __post_init__(self) -> None:
         check_cell_choice(self.cell)
@@ -54,4 +57,4 @@ class GraphSettings:
     def as_dict(self) -> dict:
         """Plain dict for JSON metadata."""
         return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "use_lattice": self.use_lattice,
-                "cell": self.cell}
+                "cell": self.cell, "site_features": self.site_features}

@@ -10,7 +10,7 @@ because MindSpore's own loader accepts missing and extra parameters silently.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -29,10 +29,11 @@ if TYPE_CHECKING:
 METADATA_KEY = "crystalprop_metadata"
 STATE_KEY = "crystalprop_train_state"
 """A run's ``last.ckpt`` keeps its training state under this key (:mod:`crystalprop.training.trainer`)."""
-FORMAT_VERSION = 4  # 2: the graph settings name the cell the graphs are built on; ensembles. 3: product members.
+FORMAT_VERSION = 5  # 2: the graph settings name the cell the graphs are built on; ensembles. 3: product members.
 # 4: σ from the latent distance plus the spread
 PRODUCTS_FORMAT = 3  # written only by ensembles with product members, which older readers would average wrongly
 SPREAD_WEIGHT_FORMAT = 4  # written only where σ adds the spread to the latent σ, which older readers would drop
+SITE_FORMAT = 5  # written only where atoms carry site descriptors, which older readers cannot build
 PLAIN_FORMAT = 2  # every other checkpoint, readable by the versions before product members
 # Format-1 checkpoints (the first shipped models among them) say nothing about cells: they were
 # trained on Materials Project cells as given (primitive but for 1 in the first 2,000 mp2018 files), and
@@ -118,6 +119,8 @@ class ModelCard:
         """The oldest format that reads this card right: older readers refuse a newer one rather than
         average product members as plain ones, or take σ from the latent distance alone."""
         ensemble = self.ensemble or {}
+        if self.model.site_features:
+            return SITE_FORMAT
         if ensemble.get("spread_weight"):
             return SPREAD_WEIGHT_FORMAT
         return PRODUCTS_FORMAT if ensemble.get("combination") else PLAIN_FORMAT
@@ -130,11 +133,15 @@ class ModelCard:
             raise CheckpointError(
                 f"written by a newer crystalprop ({raw.get('crystalprop_version')}); upgrade to read it"
             )
+        model, graph = ModelConfig(**raw["model"]), GraphSettings(**{"cell": LEGACY_CELL, **raw["graph"]})
+        if model.site_features != graph.site_features:
+            raise CheckpointError("its network and its graph settings disagree on site descriptors "
+                                  f"({model.site_features} and {graph.site_features})")
         return cls(
             target=raw["target"],
             unit=raw.get("unit", ""),
-            model=ModelConfig(**raw["model"]),
-            graph=GraphSettings(**{"cell": LEGACY_CELL, **raw["graph"]}),
+            model=model,
+            graph=graph,
             transform=TargetTransform(**raw["transform"]),
             name=raw.get("name", ""),
             description=raw.get("description", ""),
@@ -220,6 +227,28 @@ def read_checkpoint(path: str | Path, arrays: bool = False) -> tuple[ModelCard, 
     except (KeyError, TypeError, ValueError) as exc:  # ValueError: bad JSON, or an unknown cell setting
         raise CheckpointError(f"{path}: damaged crystalprop metadata ({exc})") from None
     return card, raw
+
+
+def with_site_inputs(card: ModelCard, params: dict[str, Any]) -> tuple[ModelCard, dict[str, Any]]:
+    """``card`` and ``params`` of a model that reads no site descriptors, made to take graphs that carry
+    them: every atom embedding (each member's) gets zero weights for the site columns, so its outputs are
+    unchanged, and the card says it reads them. Lets such a model run, join or warm-start beside models
+    that use them (one graph for all). A model that reads them is returned as it is."""
+    from crystalprop.graph.site_features import N_SITE  # noqa: PLC0415
+
+    if card.model.site_features:
+        return card, params
+    padded = dict(params)
+    for name, value in params.items():
+        if name == EMBEDDING or name.endswith("." + EMBEDDING):
+            weight = as_array(value)
+            padded[name] = np.concatenate([weight, np.zeros((weight.shape[0], N_SITE), weight.dtype)], axis=1)
+    return replace(card, model=replace(card.model, site_features=True),
+                   graph=replace(card.graph, site_features=True)), padded
+
+
+EMBEDDING = "atom_embedding.weight"
+"""The atom embedding's weight (out, in): its inputs are the element's features, then the site descriptors."""
 
 
 def load_weights(net: Matformer, params: dict[str, Any], path: str | Path) -> None:

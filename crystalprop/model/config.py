@@ -23,7 +23,8 @@ class ModelConfig:
     """Architecture hyper-parameters; stored in full in every checkpoint.
 
     The defaults are those of ``crystalprop train`` and of the shipped models. Checkpoint cards
-    have always stored every field, so these defaults never change how a checkpoint is read.
+    store every field, so these defaults never change how a checkpoint is read (``site_features``,
+    newer than the rest, is False where a card lacks it, as it was then).
     """
 
     layers: int = 5
@@ -32,18 +33,27 @@ class ModelConfig:
     rbf_bins: int = 128
     rbf_max: float = 8.0
     fc_features: int = 128
+    site_features: bool = False
+    """Atoms also carry their neighbour shell's descriptors (``GraphSettings.site_features``): the atom
+    embedding reads 92 + 13 inputs. Absent from cards older than the setting, which are read as False."""
+
+    @property
+    def atom_inputs(self) -> int:
+        """Width of each atom's input row: the element's features, then its site descriptors if any."""
+        from crystalprop.graph.elements import N_FEATURES  # noqa: PLC0415
+        from crystalprop.graph.site_features import N_SITE  # noqa: PLC0415
+
+        return N_FEATURES + (N_SITE if self.site_features else 0)
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """Name -> shape of every parameter of a :class:`crystalprop.model.matformer.Matformer` of
         this configuration, in its order (Dense weights are (out, in)), known without MindSpore."""
-        from crystalprop.graph.elements import N_FEATURES  # noqa: PLC0415
-
         c, hc, f = self.features, self.heads * self.features, self.fc_features
 
         def dense(name: str, fan_in: int, out: int, bias: bool = True) -> dict[str, tuple[int, ...]]:
             return {f"{name}.weight": (out, fan_in), **({f"{name}.bias": (out,)} if bias else {})}
 
-        shapes = {**dense("atom_embedding", N_FEATURES, c), **dense("edge_in", self.rbf_bins, c),
+        shapes = {**dense("atom_embedding", self.atom_inputs, c), **dense("edge_in", self.rbf_bins, c),
                   **dense("edge_out", c, c)}
         for i in range(self.layers):
             p = f"att_layers.{i}"

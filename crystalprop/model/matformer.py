@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from crystalprop.utils.backend import mindspore_module
-from crystalprop.graph.elements import N_FEATURES
 from crystalprop.model.config import ModelConfig
 from crystalprop.model.layers import HeadRows, MatformerConv, RBFExpansion
 
@@ -23,7 +22,7 @@ class Matformer(nn.Cell):
         super().__init__()
         c = config.features
         self.config = config
-        self.atom_embedding = nn.Dense(N_FEATURES, c)
+        self.atom_embedding = nn.Dense(config.atom_inputs, c)
         self.rbf = RBFExpansion(0.0, config.rbf_max, config.rbf_bins)
         self.edge_in = nn.Dense(config.rbf_bins, c)
         self.edge_out = nn.Dense(c, c)
@@ -49,12 +48,13 @@ class Matformer(nn.Cell):
 
     def declare_dynamic_inputs(self) -> None:
         """Compile once for any batch: every input has a dynamic leading dimension."""
-        self.set_inputs(*input_signature())
+        self.set_inputs(*input_signature(self.config.atom_inputs))
 
 
-def input_signature() -> list:
-    """Dynamic-shape placeholders for the inputs of :meth:`Matformer.construct`."""
+def input_signature(atom_inputs: int) -> list:
+    """Dynamic-shape placeholders for the inputs of :meth:`Matformer.construct`, whose atoms have
+    ``atom_inputs`` features each (``ModelConfig.atom_inputs``)."""
     f32, i32 = ms.float32, ms.int32
-    dims_and_types = [([None, N_FEATURES], f32), ([None], i32), ([None], i32), ([None], i32), ([None], f32),
+    dims_and_types = [([None, atom_inputs], f32), ([None], i32), ([None], i32), ([None], i32), ([None], f32),
                       ([None], f32), ([None], i32), ([None, 1], f32)]
     return [ms.Tensor(shape=shape, dtype=dtype) for shape, dtype in dims_and_types]

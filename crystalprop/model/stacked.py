@@ -261,7 +261,7 @@ class StackedMatformer(nn.Cell):
 
     def declare_dynamic_inputs(self) -> None:
         """Compile once for any batch, as :meth:`Matformer.declare_dynamic_inputs`."""
-        self.set_inputs(*input_signature())
+        self.set_inputs(*input_signature(self.config.atom_inputs))
 
 
 def stack_checkpoints(config: ModelConfig, checkpoints: Sequence[tuple[Sequence[Mapping[str, Any]], Any]],

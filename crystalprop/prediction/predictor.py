@@ -24,6 +24,7 @@ from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.elements import ElementError, absent_elements
 from crystalprop.graph.neighbors import CrystalGraph, NeighborSearchError, build_graph
 from crystalprop.graph.settings import BATCH_MEMORY_BYTES, BATCH_SIZE, CANONICAL, GraphSettings, check_cell_choice
+from crystalprop.graph.site_features import N_SITE
 from crystalprop.io.adapters import crystal_from_structure
 from crystalprop.io.discovery import iter_structure_paths, no_structures_found, printable
 from crystalprop.io.formula import crystal_formula
@@ -352,7 +353,7 @@ class Predictor:
 
     def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU", cell: str | None = None,
                  engine: str | None = None) -> None:
-        from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+        from crystalprop.model.checkpoint import read_checkpoint, with_site_inputs  # noqa: PLC0415
         from crystalprop.model.ensemble import member_params  # noqa: PLC0415
         from crystalprop.model.latent_sigma import stored_reference  # noqa: PLC0415
         from crystalprop.model.registry import available_models, checkpoints_dir, model_names, resolve_model  # noqa: PLC0415
@@ -384,6 +385,8 @@ class Predictor:
                              "names differ")
         loaded = [(label, path, *read_checkpoint(path, arrays=True)) for label, path in resolved]
         check_column_clashes([(label, path, card) for label, path, card, _ in loaded])
+        if any(card.model.site_features for _, _, card, _ in loaded):  # one graph with them serves every model
+            loaded = [(label, path, *with_site_inputs(card, params)) for label, path, card, params in loaded]
         self.device = device
         self.sources: list[tuple[str, Path]] = [(label, path) for label, path, *_ in loaded]
         configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]
@@ -448,7 +451,8 @@ class Predictor:
 
         # any graph will do: the compiled graph takes every shape; one Fe atom, two edges
         probe = CrystalGraph(np.array([26], np.int16), np.zeros(2, np.int32), np.zeros(2, np.int32),
-                             np.array([2.5, 2.9], np.float32))
+                             np.array([2.5, 2.9], np.float32),
+                             site=np.zeros((1, N_SITE), np.float32) if self.settings.site_features else None)
         first_compile(lambda: self.predict_prepared([Prepared("probe", "probe", graph=probe)]))
         self._compiled = True
 

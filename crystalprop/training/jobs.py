@@ -117,7 +117,7 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
 
     settings, model, run, state = _run_settings(job)
     cell = job["graph"]["cell"] or (saved_cell(state) if state else "canonical")
-    config = TrainConfig(**settings, model=ModelConfig(**model), graph=GraphSettings(cell=cell))
+    config = TrainConfig(**settings, model=ModelConfig(**model), graph=GraphSettings(cell=cell, site_features=model.get("site_features", False)))
     run["fold"] = tuple(run["fold"]) if run.get("fold") else saved_fold(state) if state else None
     if run["init_from"]:
         run["init_from"] = str(resolve_model(run["init_from"])[1])
@@ -190,6 +190,7 @@ def train(
     features: int = ModelConfig.features,
     heads: int = ModelConfig.heads,
     fc_features: int = ModelConfig.fc_features,
+    site_features: bool = False,
     patience: int | None = None,
     max_time_s: float | None = None,
     seed: int = TrainConfig.seed,
@@ -220,6 +221,8 @@ def train(
     own setting on resume. ``ema``: validate and keep a moving average of the weights with this decay
     (e.g. 0.999; :mod:`crystalprop.training.averaging`). ``emphasize`` (low, high, factor): training
     targets in (low, high], in the target's own unit, weigh ``factor`` times as much in the loss.
+    ``site_features``: each atom also reads descriptors of its neighbour shell and bond angles
+    (:mod:`crystalprop.graph.site_features`); a start without them (``init_from``) reads them with zero weights.
     ``fold`` (I, K) trains on cross-validation fold I of K: that fold of the training and validation
     structures is the validation split. ``given``: the names of the settings given explicitly (as the
     command passes them; by default the keyword arguments passed); on resume the others (the schedule,
@@ -265,7 +268,8 @@ def train(
                        weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
                        patience=patience, max_time_s=max_time_s, seed=seed, ema=ema,
                        emphasis=emphasize),
-        "model": dict(layers=layers, features=features, heads=heads, fc_features=fc_features),
+        "model": dict(layers=layers, features=features, heads=heads, fc_features=fc_features,
+                      site_features=site_features),
         "graph": dict(cell=cell),
         "run": dict(data=str(data), run_dir=str(output_dir), id_column=id_column, structure_column=structure_column,
                     val_fraction=val_fraction, test_fraction=test_fraction, limit=limit, resume=resume,

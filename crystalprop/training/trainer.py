@@ -37,8 +37,10 @@ from crystalprop.model.checkpoint import (
     CheckpointError,
     ModelCard,
     TargetTransform,
+    as_array,
     read_checkpoint,
     save_checkpoint,
+    with_site_inputs,
 )
 from crystalprop.model.ensemble import member_params, network_transform
 from crystalprop.model.inference import batch_tensors, predict_graphs
@@ -158,7 +160,7 @@ def _train_cell(net: Matformer, config: TrainConfig):
     cell = nn.TrainOneStepCell(_LossNet(net, config.loss), optimizer)
     targets, weights = ms.Tensor(shape=[None], dtype=ms.float32), ms.Tensor(shape=[None], dtype=ms.float32)
     share, floor = ms.Tensor(shape=[], dtype=ms.float32), ms.Tensor(shape=[], dtype=ms.float32)
-    cell.set_inputs(*input_signature(), targets, weights, share, floor)
+    cell.set_inputs(*input_signature(config.model.atom_inputs), targets, weights, share, floor)
     return cell, optimizer
 
 
@@ -343,7 +345,12 @@ class Trainer:
         shares it), so training starts from the source's own predictions: a fine-tune on a few structures
         of a narrow range otherwise began with the source's outputs rescaled and shifted."""
         card, params = read_checkpoint(path)
-        params = member_params(card, params)[0]
+        if card.model.site_features and not self.config.model.site_features:
+            raise CheckpointError(f"{path}: its atoms read site descriptors, this run's do not: give --site-features "
+                                  "to start from it")
+        if self.config.model.site_features:  # a start without them learns them from zero weights
+            card, params = with_site_inputs(card, params)
+        params = {name: ms.Tensor(as_array(value)) for name, value in member_params(card, params)[0].items()}
         own = dict(net.parameters_and_names())
         loaded = 0
         for name, param in own.items():
