@@ -28,7 +28,9 @@ def main() -> None:
     parser.add_argument("--unit", help="its unit, for a factor of a product member ('1' for a ratio)")
     args = parser.parse_args()
 
-    from crystalprop.model.checkpoint import TargetTransform, build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
+    from crystalprop.model.checkpoint import (  # noqa: PLC0415
+        TargetTransform, build_model, read_checkpoint, save_checkpoint, without_site_inputs,
+    )
     from crystalprop.model.ensemble import member_params  # noqa: PLC0415
     from crystalprop.model.registry import resolve_model  # noqa: PLC0415
 
@@ -54,7 +56,10 @@ def main() -> None:
     one = replace(card, ensemble={}, metrics={},
                   transform=TargetTransform(**transforms[args.network]) if transforms else card.transform,
                   training={"network_of": str(path), "network": args.network})
-    save_checkpoint(args.output, build_model(one, networks[args.network], path), one)
+    # a network that gives the site descriptors zero weights (one joined beside networks that read them) is
+    # written as the model it was, which reads none
+    one, network = without_site_inputs(one, networks[args.network]) or (one, networks[args.network])
+    save_checkpoint(args.output, build_model(one, network, path), one)
     print(f"{args.output}: network {args.network} of {path}")
 
 

@@ -174,7 +174,9 @@ def render_card(card, m: dict, args) -> str:
         "## Model",
         f"- Matformer, {model['layers']} layers, {model['features']} features, {model['heads']} head(s), "
         f"fc {model['fc_features']}; graph: cutoff {card.graph.cutoff} Å, {card.graph.max_neighbors} neighbours, "
-        f"lattice edges {'on' if card.graph.use_lattice else 'off'}.",
+        f"lattice edges {'on' if card.graph.use_lattice else 'off'}"
+        + ("; each atom also carries 13 descriptors of its first neighbour shell, bond angles among them "
+           "(`--site-features`)." if card.graph.site_features else "."),
         cells_line(card.graph.cell, args.trained_cell),
         f"- Target transform: {'log10, then ' if log else ''}standardised with mean {card.transform.mean:.5g}, "
         f"std {card.transform.std:.5g} (training split)"

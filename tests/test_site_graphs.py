@@ -63,8 +63,7 @@ def test_a_card_whose_network_and_graph_disagree_on_site_descriptors_is_refused(
     raw["graph"]["site_features"] = False
     with pytest.raises(CheckpointError, match="disagree on site descriptors"):
         ModelCard.from_json(json.dumps(raw))
-    old = json.loads(ModelCard(target="y").to_json())  # a card from before the setting
-    old["model"].pop("site_features"), old["graph"].pop("site_features")
+    old = json.loads(ModelCard(target="y").to_json())  # as a card from before the setting: no key
     assert not ModelCard.from_json(json.dumps(old)).model.site_features
 
 
@@ -136,9 +135,50 @@ def test_training_with_site_features_starts_from_a_model_without_them_at_zero_we
     assert np.abs(params["atom_embedding.weight"].asnumpy()[:, N_FEATURES:]).max() > 0  # they learned
 
 
-def test_a_start_that_reads_site_descriptors_is_refused_by_a_run_without_them(tmp_path):
+def test_a_start_that_reads_site_descriptors_is_refused_by_a_run_without_them_before_any_work(tmp_path):
+    from crystalprop.training.jobs import train
     from crystalprop.training.run import train_model
 
     start = _random_checkpoint(tmp_path / "start.ckpt", "y", "eV", seed=9, site_features=True)
     with pytest.raises(CheckpointError, match="give --site-features"):
         train_model(_labelled(tmp_path), tmp_path / "run", train_config(epochs=1), workers=1, init_from=start)
+    with pytest.raises(CheckpointError, match="give --site-features"):
+        train(_labelled(tmp_path), tmp_path / "early", init_from=start, epochs=1, **TINY)
+    assert not (tmp_path / "early").exists()
+
+
+def test_a_network_padded_to_run_beside_site_readers_starts_a_run_without_them(tmp_path):
+    """The older members of a joined model (the shipped shear modulus's first network) give the site columns
+    zero weights: a run without site descriptors may start from them, with the weights they had."""
+    from crystalprop.evaluation.joining import join_ensemble
+    from crystalprop.training.run import train_model
+
+    plain = _random_checkpoint(tmp_path / "a.ckpt", "y", "eV", seed=10)
+    members = [plain, _random_checkpoint(tmp_path / "b.ckpt", "y", "eV", seed=11, site_features=True)]
+    join_ensemble(members, tmp_path / "ens.ckpt", _labelled(tmp_path))
+    train_model(_labelled(tmp_path), tmp_path / "run", train_config(epochs=1), workers=1,
+                init_from=tmp_path / "ens.ckpt")
+    card, params = read_checkpoint(tmp_path / "run" / "best.ckpt")
+    assert not card.model.site_features and params["atom_embedding.weight"].shape[1] == N_FEATURES
+
+
+def test_records_without_site_descriptors_stay_readable_by_versions_before_them():
+    """Older versions build ModelConfig and GraphSettings from every key they find: a plain model's card and a
+    plain run's state must not name the setting (they read it as damaged), nor change the graph cache's keys."""
+    card = json.loads(ModelCard(target="y", model=ModelConfig(**TINY)).to_json())
+    assert "site_features" not in card["model"] and "site_features" not in card["graph"]
+    assert card["format"] == 2
+    assert train_config().as_dict()["model"] == dict(layers=1, features=8, heads=1, rbf_bins=128, rbf_max=8.0,
+                                                      fc_features=8)
+
+
+def test_resuming_with_other_site_settings_names_them(tmp_path):
+    from conftest import train_stopped_mid_epoch
+    from crystalprop.training.run import train_model
+    from crystalprop.training.trainer import TrainingError
+
+    data = _labelled(tmp_path)
+    train_stopped_mid_epoch(data, tmp_path / "run", train_config(epochs=3), epoch=1)
+    site = train_config(epochs=3, model=ModelConfig(**TINY, site_features=True), graph=SITE)
+    with pytest.raises(TrainingError, match="site-features False \\(now True\\)"):
+        train_model(data, tmp_path / "run", site, workers=1, resume=True)

@@ -248,7 +248,7 @@ def test_resume_refuses_another_model_configuration(run_a, data, tmp_path):
     run_dir = tmp_path / "copy"
     run_dir.mkdir()
     (run_dir / "last.ckpt").write_bytes((run_a[1] / "last.ckpt").read_bytes())
-    with pytest.raises(TrainingError, match="different model configuration"):
+    with pytest.raises(TrainingError, match="another model: features 8 \\(now 16\\)"):
         train_model(data, run_dir, config(model=ModelConfig(**{**TINY, "features": 16})), workers=1, resume=True)
     with pytest.raises(TrainingError, match="nothing to resume"):
         train_model(data, tmp_path / "empty", config(), workers=1, resume=True)

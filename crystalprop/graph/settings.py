@@ -55,6 +55,7 @@ class GraphSettings:
         check_cell_choice(self.cell)
 
     def as_dict(self) -> dict:
-        """Plain dict for JSON metadata."""
+        """Plain dict for JSON metadata; ``site_features`` only where set, so that versions before the
+        setting read every other graph's record (and cache keys stay as they were)."""
         return {"cutoff": self.cutoff, "max_neighbors": self.max_neighbors, "use_lattice": self.use_lattice,
-                "cell": self.cell, "site_features": self.site_features}
+                "cell": self.cell, **({"site_features": True} if self.site_features else {})}

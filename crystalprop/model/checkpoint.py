@@ -30,7 +30,7 @@ METADATA_KEY = "crystalprop_metadata"
 STATE_KEY = "crystalprop_train_state"
 """A run's ``last.ckpt`` keeps its training state under this key (:mod:`crystalprop.training.trainer`)."""
 FORMAT_VERSION = 5  # 2: the graph settings name the cell the graphs are built on; ensembles. 3: product members.
-# 4: σ from the latent distance plus the spread
+# 4: σ from the latent distance plus the spread. 5: atoms that carry site descriptors.
 PRODUCTS_FORMAT = 3  # written only by ensembles with product members, which older readers would average wrongly
 SPREAD_WEIGHT_FORMAT = 4  # written only where σ adds the spread to the latent σ, which older readers would drop
 SITE_FORMAT = 5  # written only where atoms carry site descriptors, which older readers cannot build
@@ -229,6 +229,10 @@ def read_checkpoint(path: str | Path, arrays: bool = False) -> tuple[ModelCard, 
     return card, raw
 
 
+EMBEDDING = "atom_embedding.weight"
+"""The atom embedding's weight (out, in): its inputs are the element's features, then the site descriptors."""
+
+
 def with_site_inputs(card: ModelCard, params: dict[str, Any]) -> tuple[ModelCard, dict[str, Any]]:
     """``card`` and ``params`` of a model that reads no site descriptors, made to take graphs that carry
     them: every atom embedding (each member's) gets zero weights for the site columns, so its outputs are
@@ -247,8 +251,37 @@ def with_site_inputs(card: ModelCard, params: dict[str, Any]) -> tuple[ModelCard
                    graph=replace(card.graph, site_features=True)), padded
 
 
-EMBEDDING = "atom_embedding.weight"
-"""The atom embedding's weight (out, in): its inputs are the element's features, then the site descriptors."""
+def without_site_inputs(card: ModelCard, network: dict[str, Any]) -> tuple[ModelCard, dict[str, Any]] | None:
+    """One network of ``card`` (its parameters ``network``) as a model that reads no site descriptors, where
+    its embedding gives them zero weights everywhere (a network padded by :func:`with_site_inputs`, such as
+    the older members of a model whose newer ones read them); None where it reads them."""
+    from crystalprop.graph.elements import N_FEATURES  # noqa: PLC0415
+
+    if not card.model.site_features:
+        return card, network
+    weight = as_array(network[EMBEDDING])
+    if weight[:, N_FEATURES:].any():
+        return None
+    return (replace(card, model=replace(card.model, site_features=False), graph=replace(card.graph, site_features=False)),
+            {**network, EMBEDDING: weight[:, :N_FEATURES]})
+
+
+def site_start_refused(path: str | Path) -> str:
+    """Why a run without site descriptors cannot start from ``path``, whose first network reads them."""
+    return (f"{path}: its network reads site descriptors (its atoms' bond angles), which this run's would not: "
+            "give --site-features to start from it")
+
+
+def check_site_start(path: str | Path, site_features: bool) -> None:
+    """Refuse, before any work, a warm start from ``path`` whose first network reads site descriptors for a
+    run (``site_features`` false) whose network would not (:func:`without_site_inputs`)."""
+    from crystalprop.model.ensemble import member_params  # noqa: PLC0415  (ensemble builds on this module)
+
+    if site_features:
+        return
+    card, params = read_checkpoint(path, arrays=True)
+    if without_site_inputs(card, member_params(card, params)[0]) is None:
+        raise CheckpointError(site_start_refused(path))
 
 
 def load_weights(net: Matformer, params: dict[str, Any], path: str | Path) -> None:

@@ -72,5 +72,9 @@ class ModelConfig:
         return radial_basis(self.rbf_max, self.rbf_bins)
 
     def as_dict(self) -> dict:
-        """Plain dict for JSON metadata."""
-        return asdict(self)
+        """Plain dict for JSON metadata; ``site_features`` only where set, so that versions before the
+        setting read every other model's card and resume every other run."""
+        fields = asdict(self)
+        if not self.site_features:
+            del fields["site_features"]
+        return fields

@@ -260,9 +260,12 @@ def train(
     if emphasize is not None:
         emphasize = check_emphasis(emphasize)
     if init_from is not None:
+        from crystalprop.model.checkpoint import check_site_start  # noqa: PLC0415
         from crystalprop.model.registry import resolve_model  # noqa: PLC0415
 
-        resolve_model(init_from)  # an unknown start is refused before the run folder is made
+        start = resolve_model(init_from)[1]  # an unknown start is refused before the run folder is made
+        if not resume:  # a resumed run keeps its own setting (and does not start from init_from)
+            check_site_start(start, site_features)
     job = {
         "config": dict(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,

@@ -40,7 +40,9 @@ from crystalprop.model.checkpoint import (
     as_array,
     read_checkpoint,
     save_checkpoint,
+    site_start_refused,
     with_site_inputs,
+    without_site_inputs,
 )
 from crystalprop.model.ensemble import member_params, network_transform
 from crystalprop.model.inference import batch_tensors, predict_graphs
@@ -48,6 +50,7 @@ from crystalprop.model.matformer import Matformer, input_signature
 from crystalprop.utils.stopping import TRAINING_STOP_SIGNALS as STOP_SIGNALS
 from crystalprop.training.averaging import WeightAverage, saved_average
 from crystalprop.graph.settings import EVAL_BATCH_SIZE
+from crystalprop.model.config import ModelConfig
 from crystalprop.training.config import TrainConfig, changed_settings
 from crystalprop.training.distributed import Cluster
 from crystalprop.training.schedule import learning_rate
@@ -345,12 +348,15 @@ class Trainer:
         shares it), so training starts from the source's own predictions: a fine-tune on a few structures
         of a narrow range otherwise began with the source's outputs rescaled and shifted."""
         card, params = read_checkpoint(path)
-        if card.model.site_features and not self.config.model.site_features:
-            raise CheckpointError(f"{path}: its atoms read site descriptors, this run's do not: give --site-features "
-                                  "to start from it")
         if self.config.model.site_features:  # a start without them learns them from zero weights
             card, params = with_site_inputs(card, params)
-        params = {name: ms.Tensor(as_array(value)) for name, value in member_params(card, params)[0].items()}
+            params = member_params(card, params)[0]
+        else:  # a start that reads them is refused, unless its network gives them zero weights
+            start = without_site_inputs(card, member_params(card, params)[0])
+            if start is None:
+                raise CheckpointError(site_start_refused(path))
+            card, params = start
+        params = {name: ms.Tensor(as_array(value)) for name, value in params.items()}
         own = dict(net.parameters_and_names())
         loaded = 0
         for name, param in own.items():
@@ -635,8 +641,11 @@ class Trainer:
         if not isinstance(payload, str):
             raise CheckpointError(f"{path}: no training state in this checkpoint")
         saved = json.loads(payload)
-        if saved["config"]["model"] != self.config.model.as_dict():
-            raise TrainingError(f"{path}: the run was started with a different model configuration")
+        started = asdict(ModelConfig(**saved["config"]["model"]))  # a run from before a setting has its default
+        changed = {k: (v, getattr(self.config.model, k)) for k, v in started.items() if v != getattr(self.config.model, k)}
+        if changed:
+            described = ", ".join(f"{k.replace('_', '-')} {was} (now {now})" for k, (was, now) in changed.items())
+            raise TrainingError(f"{path}: the run was started with another model: {described}; resume it with its own")
         if saved["config"]["target"] != self.config.target:
             raise TrainingError(f"{path}: the run learns the target {saved['config']['target']}, not "
                                 f"{self.config.target}: resume it with --target {saved['config']['target']}, or "
