@@ -13,7 +13,7 @@ backend.set_device("CPU")
 ms = backend.mindspore_module()
 
 from conftest import graph_of, triclinic  # noqa: E402
-from crystalprop.graph import collate  # noqa: E402
+from crystalprop.graph import GraphSettings, collate  # noqa: E402
 from crystalprop.model import kernel_library  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
 from crystalprop.model.numpy_stacked import NumpyStackedMatformer  # noqa: E402
@@ -21,9 +21,9 @@ from crystalprop.model.folded import member_arrays  # noqa: E402
 from test_stacked import SMALL, _assert_same, _per_member, _random_members, _shipped_members  # noqa: E402
 
 
-def _arrays() -> tuple[np.ndarray, ...]:
+def _arrays(site_features: bool = False) -> tuple[np.ndarray, ...]:
     structures = [nacl_primitive(), srtio3(), triclinic(5, seed=3), hcp_mg(), nacl_conventional()]
-    return collate([graph_of(s) for s in structures]).arrays()
+    return collate([graph_of(s, GraphSettings(site_features=site_features)) for s in structures]).arrays()
 
 
 KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(kernel_library.loaded() is None, reason="no C++ compiler"))]
@@ -48,7 +48,7 @@ def test_numpy_engine_matches_each_member(count, fused):
 @pytest.mark.parametrize("fused", KERNELS)
 def test_numpy_engine_matches_the_shipped_ensembles_with_their_readout(fused):
     config, members = _shipped_members("bulk_modulus", "shear_modulus")
-    arrays = _arrays()
+    arrays = _arrays(config.site_features)
     out, features = _numpy(config, members, readout=True, fused=fused)(*arrays)
     _assert_same(out, _per_member(config, members, [ms.Tensor(a) for a in arrays]))
     assert features.shape == (len(members), out.shape[1], config.fc_features)

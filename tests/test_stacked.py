@@ -14,9 +14,9 @@ backend.set_device("CPU")
 ms = backend.mindspore_module()
 
 from conftest import graph_of, triclinic  # noqa: E402
-from crystalprop.graph import collate  # noqa: E402
+from crystalprop.graph import GraphSettings, collate  # noqa: E402
 from crystalprop.model import compile_cache, fused  # noqa: E402
-from crystalprop.model.checkpoint import load_weights, read_checkpoint  # noqa: E402
+from crystalprop.model.checkpoint import load_weights, read_checkpoint, with_site_inputs  # noqa: E402
 from crystalprop.model.ensemble import member_params  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
 from crystalprop.model.folded import member_arrays  # noqa: E402
@@ -50,21 +50,23 @@ def _random_members(config: ModelConfig, count: int, seed: int) -> list[dict]:
 
 
 def _shipped_members(*names: str) -> tuple[ModelConfig, list[dict]]:
-    members, config = [], None
-    for name in names:
-        path = checkpoints_dir() / f"{name}.ckpt"
+    """The members of the shipped models ``names``, all reading site descriptors where any does (as predict
+    runs them: :func:`crystalprop.model.checkpoint.with_site_inputs`), and their configuration."""
+    paths = [checkpoints_dir() / f"{name}.ckpt" for name in names]
+    for path in paths:
         if not path.is_file():
             pytest.skip(f"{path} not present")
-        card, params = read_checkpoint(path)
-        config = config or card.model
-        members += member_params(card, params)
-    return config, members
+    loaded = [read_checkpoint(path) for path in paths]
+    if any(card.model.site_features for card, _ in loaded):
+        loaded = [with_site_inputs(card, params) for card, params in loaded]
+    return loaded[0][0].model, [member for card, params in loaded for member in member_params(card, params)]
 
 
-def _batch() -> list:
-    """Structures of 1 to 8 atoms, one batch."""
+def _batch(site_features: bool = False) -> list:
+    """Structures of 1 to 8 atoms, one batch (with site descriptors where asked)."""
     structures = [nacl_primitive(), srtio3(), triclinic(5, seed=3), hcp_mg(), nacl_conventional()]
-    return [ms.Tensor(a) for a in collate([graph_of(s) for s in structures]).arrays()]
+    settings = GraphSettings(site_features=site_features)
+    return [ms.Tensor(a) for a in collate([graph_of(s, settings) for s in structures]).arrays()]
 
 
 def _per_member(config: ModelConfig, members: list[dict], inputs: list) -> np.ndarray:
@@ -103,7 +105,7 @@ def test_stacked_random_members_match_each_member(use_kernels, count):
 @pytest.mark.parametrize("use_kernels", KERNELS)
 def test_stacked_shipped_ensembles_match_each_member(use_kernels):
     config, members = _shipped_members("bulk_modulus", "shear_modulus")
-    inputs = _batch()
+    inputs = _batch(config.site_features)
     _assert_same(_stacked(config, members, inputs, use_kernels), _per_member(config, members, inputs))
 
 
