@@ -166,6 +166,33 @@ def test_no_error_bar_is_claimed_for_an_element_the_model_never_saw(joined):
     assert rows[0][f"{label}_std"] is None and rows[0][f"{label}_err95"] is None
 
 
+def test_no_error_bar_is_claimed_for_a_slab_or_molecule(joined):
+    """σ was calibrated on bulk crystals: a slab in a box got an error bar smaller than its bulk crystal's
+    (hunt11)."""
+    from pymatgen.core import Lattice, Structure
+
+    from crystalprop.prediction.predictor import Predictor
+
+    predictor = Predictor(str(joined[0]))
+    label = predictor.columns[0][0]
+    slab = Structure(Lattice.tetragonal(3.99, 25.0), ["Na", "Cl"], [[0, 0, 0.5], [0.5, 0.5, 0.5]])
+    bulk, flat = [row for rows in predictor.iter_rows([rocksalt(5.64), slab], workers=0) for row in rows]
+    assert bulk[f"{label}_std"] > 0 and not bulk["warning"]
+    assert "2D slab" in flat["warning"] and "no error bar" in flat["warning"] and flat[label] is not None
+    assert flat[f"{label}_std"] is None and flat[f"{label}_err95"] is None
+
+
+def test_evaluate_says_when_the_split_is_the_one_sigma_was_calibrated_on(joined, split_data, tmp_path):
+    from crystalprop.evaluation.evaluate import evaluate_model
+
+    result = evaluate_model(joined[0], split_data, split="val")
+    assert result["sigma_in_sample"] is True
+    assert any("calibrated on this val split" in note for note in result["data_notes"])
+    other = evaluate_model(joined[0], split_data, split="train")
+    assert other["sigma_in_sample"] is False
+    assert not any("calibrated on this" in note for note in other.get("data_notes", []))
+
+
 def test_single_model_rows_have_no_std_column(members):
     import crystalprop
 

@@ -60,12 +60,14 @@ class Prepared:
     graph: CrystalGraph | None = None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    out_of_domain: bool = False  # a slab, wire or molecule (analysis.applicability): σ was never calibrated there
 
 
 def _prepare_structure(name: str, source: str, structure: Structure, settings: GraphSettings,
                        notes: list[str] | None = None) -> Prepared:
+    domain = domain_warnings(structure)
     item = Prepared(name, source, formula=crystal_formula(structure.composition), n_sites=len(structure),
-                    warnings=list(notes or []) + domain_warnings(structure))
+                    warnings=list(notes or []) + domain, out_of_domain=bool(domain))
     try:
         cell, note = cell_for_graph(crystal_from_structure(structure), settings.cell)
         item.warnings += [note] if note else []
@@ -524,6 +526,12 @@ class Predictor:
                 if unseen:
                     unseen_by.setdefault(tuple(unseen), []).append(label)
                     _drop_sigma(row, label)  # σ was calibrated on known elements only
+            if item.out_of_domain:  # σ was calibrated on bulk crystals
+                bare = [label for label, *_ in self.models if row.get(f"{label}_std") is not None]
+                for label in bare:
+                    _drop_sigma(row, label)
+                if bare:
+                    notes.append(f"{', '.join(bare)}: no error bar (σ was calibrated on bulk crystals)")
             beyond = [label for label in far
                       if item.graph is not None and far[label][k] and row.get(f"{label}_std") is not None]
             for label in beyond:  # σ is not known there (crystalprop.model.latent_sigma)
