@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NOT_GOOD_FOR = (
     "- Disordered or partially occupied structures (refused: order them first).\n"
     "- Molecules, surfaces and slabs with vacuum: trained on bulk 3D crystals only (such inputs\n"
-    "  are predicted with a warning).\n"
+    "  are predicted with a warning and no σ).\n"
     "- Elements absent from the training data (listed above): predictions carry a warning.\n"
     "- Structures far from DFT-relaxed geometries (the training data are relaxed PBE structures).\n"
 )
