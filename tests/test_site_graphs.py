@@ -98,8 +98,8 @@ def test_predict_runs_models_with_and_without_site_inputs_on_one_graph(tmp_path)
 
 def _labelled(tmp_path, n: int = 40):
     path = tmp_path / "data.json"
-    records = [{"id": name, "structure": s.as_dict(), "y": synthetic_target(s), "split": "val" if k % 4 == 0 else "train"}
-               for k, (name, s) in enumerate(make_structures(n))]
+    records = [{"id": name, "structure": s.as_dict(), "y": synthetic_target(s),
+                "split": "val" if k % 4 == 0 else "train"} for k, (name, s) in enumerate(make_structures(n))]
     path.write_text(json.dumps(records))
     return path
 

@@ -262,8 +262,8 @@ def without_site_inputs(card: ModelCard, network: dict[str, Any]) -> tuple[Model
     weight = as_array(network[EMBEDDING])
     if weight[:, N_FEATURES:].any():
         return None
-    return (replace(card, model=replace(card.model, site_features=False), graph=replace(card.graph, site_features=False)),
-            {**network, EMBEDDING: weight[:, :N_FEATURES]})
+    plain = replace(card, model=replace(card.model, site_features=False), graph=replace(card.graph, site_features=False))
+    return plain, {**network, EMBEDDING: weight[:, :N_FEATURES]}
 
 
 def site_start_refused(path: str | Path) -> str:

@@ -117,7 +117,8 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
 
     settings, model, run, state = _run_settings(job)
     cell = job["graph"]["cell"] or (saved_cell(state) if state else "canonical")
-    config = TrainConfig(**settings, model=ModelConfig(**model), graph=GraphSettings(cell=cell, site_features=model.get("site_features", False)))
+    graph = GraphSettings(cell=cell, site_features=model.get("site_features", False))
+    config = TrainConfig(**settings, model=ModelConfig(**model), graph=graph)
     run["fold"] = tuple(run["fold"]) if run.get("fold") else saved_fold(state) if state else None
     if run["init_from"]:
         run["init_from"] = str(resolve_model(run["init_from"])[1])

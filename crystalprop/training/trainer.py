@@ -642,7 +642,8 @@ class Trainer:
             raise CheckpointError(f"{path}: no training state in this checkpoint")
         saved = json.loads(payload)
         started = asdict(ModelConfig(**saved["config"]["model"]))  # a run from before a setting has its default
-        changed = {k: (v, getattr(self.config.model, k)) for k, v in started.items() if v != getattr(self.config.model, k)}
+        now = asdict(self.config.model)
+        changed = {k: (v, now[k]) for k, v in started.items() if v != now[k]}
         if changed:
             described = ", ".join(f"{k.replace('_', '-')} {was} (now {now})" for k, (was, now) in changed.items())
             raise TrainingError(f"{path}: the run was started with another model: {described}; resume it with its own")
