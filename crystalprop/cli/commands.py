@@ -79,6 +79,10 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
             retry_failed, overwrite, shard, cell) -> None:
     """Predict properties for structure files, folders or glob patterns.
 
+    A model with an error bar shows value ± σ (one standard deviation: about two thirds of the validation
+    errors lie within it); the result files add <model>_std (σ) and <model>_err95 (the half-width that held
+    95 % of them), in the value's unit. A note says where a structure has no error bar and why.
+
     Ctrl-C, SIGTERM (a cluster's time limit) or SIGHUP stops it with the rows so far saved in --output
     and the exit status 128 + the signal (130, 143, 129); --resume continues. During start-up it stops
     once the models are ready.
