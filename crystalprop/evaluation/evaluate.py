@@ -454,15 +454,10 @@ def evaluate_model(
                         **({"log10_mae_unlike_training": unlike["log10_mae"]} if "log10_mae" in unlike else {})})
     notes = list(dataset.notes)
     calibrated = (card.ensemble or {}).get("calibrated_on", {})
-    same_data = bool(calibrated.get("data")) and Path(calibrated["data"]).resolve() == Path(data).resolve()
-    in_sample = (std is not None and calibrated.get("split") == split
-                 and (same_data or f"the same {split} split as in training" in split_check))
-    if std is not None:
-        metrics["sigma_in_sample"] = in_sample
-    if in_sample:
-        notes.append(f"σ was calibrated on this {split} split ({calibrated.get('n')} structures): its coverages here "
-                     "(within σ, 2σ and the 95 % interval) are in-sample; evaluate on other labelled data for "
-                     "out-of-sample ones")
+    if std is not None and calibrated:  # which structures those are is not recorded: say where, let the user judge
+        notes.append(f"σ was calibrated on the {calibrated.get('split')} split of {calibrated.get('data')} "
+                     f"({calibrated.get('n')} structures): on those structures the coverages (within σ, 2σ and the "
+                     "95 % interval) are in-sample")
     if dataset.target != card.target:  # another name for the same quantity, or another quantity: the user's call
         notes.append(f"the model learned {card.target} ({card.unit or 'no unit'}); it is compared with the data's "
                      f"{dataset.target}, taken to be the same quantity in the same unit")
