@@ -193,6 +193,26 @@ def test_evaluate_says_where_sigma_was_calibrated(joined, members, split_data):
     assert not any("calibrated" in note for note in plain.get("data_notes", []))
 
 
+def test_evaluate_counts_the_structures_sigma_was_calibrated_on(joined, split_data, tmp_path):
+    """evaluate only named the split σ was calibrated on: on other data, or on a split holding those
+    structures and others, it could not tell which coverages were in-sample (review 40b)."""
+    from crystalprop.evaluation.evaluate import evaluate_model
+
+    own = evaluate_model(joined[0], split_data, split="val")
+    assert own["n_sigma_calibration"] == 10
+    assert any("all 10 structures with a σ are the ones σ was calibrated on" in note for note in own["data_notes"])
+    everything = evaluate_model(joined[0], split_data, split="all")
+    assert everything["n_sigma_calibration"] == 10
+    note = next(note for note in everything["data_notes"] if "σ was calibrated on" in note)
+    assert "10 of the 40 structures with a σ" in note and "on the other 30: within σ" in note
+    records = json.loads(split_data.read_text())  # the same crystals under other ids: none calibrated on
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps([{**r, "id": f"other-{r['id']}"} for r in records]))
+    other = evaluate_model(joined[0], renamed, split="val")
+    assert other["n_sigma_calibration"] == 0
+    assert not any("σ was calibrated on" in note for note in other.get("data_notes", []))
+
+
 def test_single_model_rows_have_no_std_column(members):
     import crystalprop
 
@@ -518,6 +538,7 @@ def test_recalibrating_a_latent_ensemble_gives_what_joining_its_members_so_gives
         stored, joined = (read_checkpoint(tmp_path / f"{name}.ckpt")[0].metrics for name in ("again", "direct"))
         assert stored.keys() == joined.keys()
         assert all(stored[k] == pytest.approx(joined[k], rel=1e-6) for k in joined if isinstance(joined[k], float))
+        assert again["calibrated_on"] == direct["calibrated_on"]  # the structures' ids with the rest
     back = recalibrate_sigma(tmp_path / "again.ckpt", tmp_path / "back.ckpt", split_data, sigma="latent", latent_prior=0)
     assert "spread_weight" not in back and "latent_prior" not in back
     assert back["sigma_scale"] == pytest.approx(read_checkpoint(tmp_path / "latent.ckpt")[0].ensemble["sigma_scale"])

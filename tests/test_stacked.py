@@ -16,7 +16,7 @@ ms = backend.mindspore_module()
 from conftest import graph_of, triclinic  # noqa: E402
 from crystalprop.graph import GraphSettings, collate  # noqa: E402
 from crystalprop.model import compile_cache, fused  # noqa: E402
-from crystalprop.model.checkpoint import load_weights, read_checkpoint, with_site_inputs  # noqa: E402
+from crystalprop.model.checkpoint import load_weights, on_one_graph, read_checkpoint  # noqa: E402
 from crystalprop.model.ensemble import member_params  # noqa: E402
 from crystalprop.model.matformer import Matformer, ModelConfig  # noqa: E402
 from crystalprop.model.folded import member_arrays  # noqa: E402
@@ -51,14 +51,12 @@ def _random_members(config: ModelConfig, count: int, seed: int) -> list[dict]:
 
 def _shipped_members(*names: str) -> tuple[ModelConfig, list[dict]]:
     """The members of the shipped models ``names``, all reading site descriptors where any does (as predict
-    runs them: :func:`crystalprop.model.checkpoint.with_site_inputs`), and their configuration."""
+    runs them: :func:`crystalprop.model.checkpoint.on_one_graph`), and their configuration."""
     paths = [checkpoints_dir() / f"{name}.ckpt" for name in names]
     for path in paths:
         if not path.is_file():
             pytest.skip(f"{path} not present")
-    loaded = [read_checkpoint(path) for path in paths]
-    if any(card.model.site_features for card, _ in loaded):
-        loaded = [with_site_inputs(card, params) for card, params in loaded]
+    loaded = on_one_graph([read_checkpoint(path) for path in paths])
     return loaded[0][0].model, [member for card, params in loaded for member in member_params(card, params)]
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from crystalprop.utils.atomic import atomic_write_text, make_folder
 from crystalprop.utils.checks import check_whole_number
 from crystalprop.data.datasets import (
-    SPLITS, Dataset, Entry, assign_fold, ids_in_packed, ids_sha256, is_random_split, load_dataset,
+    SPLITS, Dataset, Entry, assign_fold, ids_in_packed, ids_sha256, is_random_split, load_dataset, pack_ids,
 )
 from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed
 from crystalprop.data.graph_cache import build_graphs
@@ -377,6 +377,43 @@ def _unusable_counts(unusable: list[tuple[str, str, str | None]]) -> dict[str, i
             **({"n_unusable_split_unknown": unknown} if unknown else {})}
 
 
+def calibration_ids(chosen: LabelledSplit, with_sigma: np.ndarray) -> str:
+    """The ids of the structures σ is calibrated on (those of ``chosen`` with a σ), packed as the training
+    ids are, so that ``evaluate`` can tell which of its coverages are in-sample; ids made from row numbers
+    say nothing of the crystal and are left out."""
+    ids = [e.id for (e, _), given in zip(chosen.kept, with_sigma, strict=True) if given]
+    positional = _positional(ids, chosen.dataset)
+    return pack_ids([i for i in ids if i not in positional])
+
+
+def _calibration_note(calibrated: dict, ids: list[str], dataset: Dataset, y: np.ndarray, pred: np.ndarray,
+                      std: np.ndarray, interval95: float | None) -> tuple[str | None, dict]:
+    """What ``evaluate`` says of the structures σ was calibrated on (``calibrated``, the card's record)
+    among those it evaluated (``ids``, with their values; σ NaN where none is given): a note (None where
+    none of them is one) and the count, where the record names them; otherwise the split it names."""
+    where = (f"σ was calibrated on the {calibrated.get('split')} split of {calibrated.get('data')} "
+             f"({calibrated.get('n')} structures)")
+    if "ids" not in calibrated:  # recorded before the ids were: say where, let the user judge
+        return (f"{where}: on those structures the coverages (within σ, 2σ and the 95 % interval) are in-sample",
+                {})
+    given = ~np.isnan(std)
+    positional = _positional(ids, dataset)
+    inside = set(ids_in_packed([i for i in ids if i not in positional], calibrated["ids"]))
+    used = np.array([i in inside for i in ids], bool) & given
+    n, total = int(used.sum()), int(given.sum())
+    if not n:
+        return None, {"n_sigma_calibration": 0}
+    if n == total:
+        return (f"{where}: all {n} structures with a σ are the ones σ was calibrated on, so the coverages (within "
+                "σ, 2σ and the 95 % interval) are in-sample", {"n_sigma_calibration": n})
+    rest = given & ~used
+    other = uncertainty_metrics(y[rest], pred[rest], std[rest], interval95)
+    beyond = f", within the 95 % interval {other['within_interval95']:.1%}" if "within_interval95" in other else ""
+    return (f"{where}: {n} of the {total} structures with a σ are ones it was calibrated on (their coverages are "
+            f"in-sample); on the other {total - n}: within σ {other['within_1sigma']:.1%}, within 2σ "
+            f"{other['within_2sigma']:.1%}{beyond}", {"n_sigma_calibration": n})
+
+
 def given_sigma(card, graphs) -> np.ndarray:
     """Which structures get a σ: those whose elements the model trained on all of (every one where its card
     lists none), as ``predict`` gives it; σ is calibrated and judged on these alone."""
@@ -454,10 +491,11 @@ def evaluate_model(
                         **({"log10_mae_unlike_training": unlike["log10_mae"]} if "log10_mae" in unlike else {})})
     notes = list(dataset.notes)
     calibrated = (card.ensemble or {}).get("calibrated_on", {})
-    if std is not None and calibrated:  # which structures those are is not recorded: say where, let the user judge
-        notes.append(f"σ was calibrated on the {calibrated.get('split')} split of {calibrated.get('data')} "
-                     f"({calibrated.get('n')} structures): on those structures the coverages (within σ, 2σ and the "
-                     "95 % interval) are in-sample")
+    if std is not None and calibrated:
+        note, counted = _calibration_note(calibrated, [e.id for e, _ in kept], dataset, y, pred, std,
+                                          (card.ensemble or {}).get("interval95"))
+        metrics.update(counted)
+        notes += [note] if note else []
     if dataset.target != card.target:  # another name for the same quantity, or another quantity: the user's call
         notes.append(f"the model learned {card.target} ({card.unit or 'no unit'}); it is compared with the data's "
                      f"{dataset.target}, taken to be the same quantity in the same unit")

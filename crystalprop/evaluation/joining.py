@@ -13,8 +13,8 @@ import numpy as np
 from crystalprop.utils.atomic import make_folder
 from crystalprop.data.datasets import Dataset, ids_in_packed, merge_trained
 from crystalprop.evaluation.evaluate import (
-    check_unseen, error_metrics, given_sigma, labelled_split, network_outputs, recorded_split, split_dataset,
-    split_settings,
+    calibration_ids, check_unseen, error_metrics, given_sigma, labelled_split, network_outputs, recorded_split,
+    split_dataset, split_settings,
 )
 from crystalprop.graph.settings import check_cell_choice
 from crystalprop.evaluation.metrics import uncertainty_metrics
@@ -81,7 +81,7 @@ def join_ensemble(
     """
     from crystalprop.utils.backend import set_device  # noqa: PLC0415
     from crystalprop.model.checkpoint import (  # noqa: PLC0415
-        check_new_checkpoint, read_checkpoint, save_ensemble, with_site_inputs,
+        check_new_checkpoint, on_one_graph, read_checkpoint, save_ensemble,
     )
     from crystalprop.model.ensemble import (  # noqa: PLC0415
         check_compatible, check_factor, check_product_units, member_params, product_combination,
@@ -115,8 +115,7 @@ def join_ensemble(
                          "given twice as a member")
     models = list(dict.fromkeys(paths + [path for factors in factor_models for _, path in factors]))
     loaded = {path: read_checkpoint(path) for path in models}  # each model read once
-    if any(card.model.site_features for card, _ in loaded.values()):  # one graph with them serves every member
-        loaded = {path: with_site_inputs(card, params) for path, (card, params) in loaded.items()}
+    loaded = dict(zip(loaded, on_one_graph(list(loaded.values())), strict=True))
     cards = [loaded[path][0] for path in models]
     if cell is not None:
         check_cell_choice(cell)
@@ -165,7 +164,8 @@ def join_ensemble(
     files = [[(name, p)] for name, p in resolved] + factor_models
     first.ensemble.update({
         "sigma_scale": scale, "sigma_from": sigma, **reference_record,
-        "calibrated_on": {"data": str(data), "split": split, "n": int(with_sigma.sum()), "split_check": split_check},
+        "calibrated_on": {"data": str(data), "split": split, "n": int(with_sigma.sum()), "split_check": split_check,
+                          "ids": calibration_ids(chosen, with_sigma)},
         "member_files": [{"name": name, **_files_record(f), f"{split}_mae": mae}
                          for name, f, mae in zip(member_names, files, member_maes)],
     })
@@ -260,7 +260,7 @@ def recalibrate_sigma(
     card.ensemble.update({"sigma_scale": scale, "sigma_from": sigma, **weight,
                           **({"latent_prior": reference.prior} if reference.prior else {}),
                           "calibrated_on": {"data": str(data), "split": split, "n": int(with_sigma.sum()),
-                                            "split_check": split_check}})
+                                            "split_check": split_check, "ids": calibration_ids(chosen, with_sigma)}})
     card.metrics = {**{k: v for k, v in (card.metrics or {}).items() if k != "n_without_sigma"}, **metrics}  # what else it records (an evaluation's data, cells) stays
     save_with_card(output, card, params)
     return {"output": str(output), "split": split, **card.ensemble, **metrics}

@@ -247,8 +247,15 @@ def with_site_inputs(card: ModelCard, params: dict[str, Any]) -> tuple[ModelCard
         if name == EMBEDDING or name.endswith("." + EMBEDDING):
             weight = as_array(value)
             padded[name] = np.concatenate([weight, np.zeros((weight.shape[0], N_SITE), weight.dtype)], axis=1)
-    return replace(card, model=replace(card.model, site_features=True),
-                   graph=replace(card.graph, site_features=True)), padded
+    return _with_site_setting(card, True), padded
+
+
+def on_one_graph(models: list[tuple[ModelCard, dict[str, Any]]]) -> list[tuple[ModelCard, dict[str, Any]]]:
+    """``models`` (card, parameters) made to run on one graph: where any reads site descriptors, every one
+    does (:func:`with_site_inputs`, outputs unchanged); otherwise as they are."""
+    if any(card.model.site_features for card, _ in models):
+        return [with_site_inputs(card, params) for card, params in models]
+    return models
 
 
 def without_site_inputs(card: ModelCard, network: dict[str, Any]) -> tuple[ModelCard, dict[str, Any]] | None:
@@ -262,8 +269,12 @@ def without_site_inputs(card: ModelCard, network: dict[str, Any]) -> tuple[Model
     weight = as_array(network[EMBEDDING])
     if weight[:, N_FEATURES:].any():
         return None
-    plain = replace(card, model=replace(card.model, site_features=False), graph=replace(card.graph, site_features=False))
-    return plain, {**network, EMBEDDING: weight[:, :N_FEATURES]}
+    return _with_site_setting(card, False), {**network, EMBEDDING: weight[:, :N_FEATURES]}
+
+
+def _with_site_setting(card: ModelCard, on: bool) -> ModelCard:
+    """``card`` with its network's and its graphs' site-descriptor settings both ``on`` (they must agree)."""
+    return replace(card, model=replace(card.model, site_features=on), graph=replace(card.graph, site_features=on))
 
 
 def site_start_refused(path: str | Path) -> str:

@@ -355,7 +355,7 @@ class Predictor:
 
     def __init__(self, models: Sequence[str] | str | None = None, device: str = "CPU", cell: str | None = None,
                  engine: str | None = None) -> None:
-        from crystalprop.model.checkpoint import read_checkpoint, with_site_inputs  # noqa: PLC0415
+        from crystalprop.model.checkpoint import on_one_graph, read_checkpoint  # noqa: PLC0415
         from crystalprop.model.ensemble import member_params  # noqa: PLC0415
         from crystalprop.model.latent_sigma import stored_reference  # noqa: PLC0415
         from crystalprop.model.registry import available_models, checkpoints_dir, model_names, resolve_model  # noqa: PLC0415
@@ -387,8 +387,8 @@ class Predictor:
                              "names differ")
         loaded = [(label, path, *read_checkpoint(path, arrays=True)) for label, path in resolved]
         check_column_clashes([(label, path, card) for label, path, card, _ in loaded])
-        if any(card.model.site_features for _, _, card, _ in loaded):  # one graph with them serves every model
-            loaded = [(label, path, *with_site_inputs(card, params)) for label, path, card, params in loaded]
+        models = on_one_graph([(card, params) for *_, card, params in loaded])
+        loaded = [(label, path, *model) for (label, path, *_), model in zip(loaded, models, strict=True)]
         self.device = device
         self.sources: list[tuple[str, Path]] = [(label, path) for label, path, *_ in loaded]
         configs = [json.dumps(card.model.as_dict()) for _, _, card, _ in loaded]

@@ -349,8 +349,7 @@ class Trainer:
         of a narrow range otherwise began with the source's outputs rescaled and shifted."""
         card, params = read_checkpoint(path)
         if self.config.model.site_features:  # a start without them learns them from zero weights
-            card, params = with_site_inputs(card, params)
-            params = member_params(card, params)[0]
+            card, params = with_site_inputs(card, member_params(card, params)[0])
         else:  # a start that reads them is refused, unless its network gives them zero weights
             start = without_site_inputs(card, member_params(card, params)[0])
             if start is None:
