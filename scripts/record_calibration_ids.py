@@ -23,18 +23,20 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("data")
     parser.add_argument("output")
+    parser.add_argument("--id-column", help="as given to crystalprop ensemble, for a CSV data set")
+    parser.add_argument("--structure-column", help="as given to crystalprop ensemble, for a CSV data set")
     args = parser.parse_args()
     _, path = resolve_model(args.model)
     card, params = read_checkpoint(path)
     calibrated = (card.ensemble or {}).get("calibrated_on")
     if not calibrated:
         raise SystemExit(f"{path}: its σ records no calibration (join it with crystalprop ensemble)")
-    chosen = labelled_split(card, args.data, None, calibrated["split"], path, None, None)
+    chosen = labelled_split(card, args.data, None, calibrated["split"], path, args.id_column, args.structure_column)
     with_sigma = given_sigma(card, [g for _, g in chosen.kept])
     if int(with_sigma.sum()) != calibrated["n"]:
         raise SystemExit(f"{args.data}: {int(with_sigma.sum())} structures with a σ in its {calibrated['split']} "
                          f"split, but σ was calibrated on {calibrated['n']}: not the data it was calibrated on")
-    calibrated["ids"] = calibration_ids(chosen, with_sigma)
+    calibrated.update(calibration_ids(chosen, with_sigma))
     save_with_card(args.output, card, params)
     print(f"{args.output}: the ids of the {calibrated['n']} structures σ was calibrated on recorded")
 

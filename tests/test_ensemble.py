@@ -200,7 +200,7 @@ def test_evaluate_counts_the_structures_sigma_was_calibrated_on(joined, split_da
 
     own = evaluate_model(joined[0], split_data, split="val")
     assert own["n_sigma_calibration"] == 10
-    assert any("all 10 structures with a σ are the ones σ was calibrated on" in note for note in own["data_notes"])
+    assert any("all 10 structures with a σ here are among them" in note for note in own["data_notes"])
     everything = evaluate_model(joined[0], split_data, split="all")
     assert everything["n_sigma_calibration"] == 10
     note = next(note for note in everything["data_notes"] if "σ was calibrated on" in note)
@@ -211,6 +211,42 @@ def test_evaluate_counts_the_structures_sigma_was_calibrated_on(joined, split_da
     other = evaluate_model(joined[0], renamed, split="val")
     assert other["n_sigma_calibration"] == 0
     assert not any("σ was calibrated on" in note for note in other.get("data_notes", []))
+
+
+def test_calibration_structures_without_ids_are_not_counted_as_others(members, tmp_path):
+    """Records without an id get ids from row numbers, which say nothing of the crystal: σ calibrated on
+    such structures lost its note, and those of them with no id counted as 'the others' (review 41, 1)."""
+    from crystalprop.evaluation.evaluate import evaluate_model
+    from crystalprop.evaluation.joining import join_ensemble
+
+    for case, named in (("none", lambda k: False), ("half", lambda k: k % 8 == 0)):
+        records = [{**({"id": name} if named(k) else {}), "structure": s.as_dict(), "y": synthetic_target(s),
+                    "split": "val" if k % 4 == 0 else "train"} for k, (name, s) in enumerate(make_structures(40))]
+        data = tmp_path / f"{case}.json"
+        data.write_text(json.dumps(records))
+        join_ensemble(members, tmp_path / f"{case}.ckpt", data)
+        result = evaluate_model(tmp_path / f"{case}.ckpt", data, split="val")
+        note = next(note for note in result["data_notes"] if "σ was calibrated on" in note)
+        unnamed = 10 if case == "none" else 5
+        assert f"{unnamed} without an id of their own" in note, note
+        assert "on the other" not in note, note
+        assert result["n_sigma_calibration"] == 10 - unnamed
+
+
+def test_the_others_coverages_leave_out_training_structures(joined, split_data, tmp_path):
+    """evaluate --split all gave coverages 'on the other' structures that were mostly trained on (review 41, 2)."""
+    from crystalprop.data.datasets import pack_ids
+    from crystalprop.evaluation.evaluate import evaluate_model
+    from crystalprop.model.ensemble import save_with_card
+
+    card, params = read_checkpoint(joined[0])
+    records = json.loads(split_data.read_text())
+    card.training = {**card.training, "data": {**card.training.get("data", {}), "split_record": {
+        "trained_ids": pack_ids([r["id"] for r in records if r["split"] == "train"][:25])}}}
+    save_with_card(tmp_path / "trained.ckpt", card, params)
+    note = next(note for note in evaluate_model(tmp_path / "trained.ckpt", split_data, split="all")["data_notes"]
+                if "σ was calibrated on" in note)
+    assert "25 were trained on" in note and "on the other 5: " in note, note
 
 
 def test_single_model_rows_have_no_std_column(members):

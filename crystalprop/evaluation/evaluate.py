@@ -8,7 +8,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -377,41 +377,61 @@ def _unusable_counts(unusable: list[tuple[str, str, str | None]]) -> dict[str, i
             **({"n_unusable_split_unknown": unknown} if unknown else {})}
 
 
-def calibration_ids(chosen: LabelledSplit, with_sigma: np.ndarray) -> str:
-    """The ids of the structures σ is calibrated on (those of ``chosen`` with a σ), packed as the training
-    ids are, so that ``evaluate`` can tell which of its coverages are in-sample; ids made from row numbers
-    say nothing of the crystal and are left out."""
+def calibration_ids(chosen: LabelledSplit, with_sigma: np.ndarray) -> dict[str, Any]:
+    """The record of which structures σ is calibrated on (those of ``chosen`` with a σ): their ids, packed as
+    the training ids are, so that ``evaluate`` can tell which of its coverages are in-sample, and how many
+    had ids made from row numbers (``unnamed``), which say nothing of the crystal and are left out."""
     ids = [e.id for (e, _), given in zip(chosen.kept, with_sigma, strict=True) if given]
     positional = _positional(ids, chosen.dataset)
-    return pack_ids([i for i in ids if i not in positional])
+    return {"ids": pack_ids([i for i in ids if i not in positional]),
+            **({"unnamed": len(positional)} if positional else {})}
+
+
+def _share(hits: np.ndarray) -> str:
+    """A fraction as a percentage, or as a count where it is of fewer than 10."""
+    return f"{hits.mean():.1%}" if hits.size >= 10 else f"{int(hits.sum())} of {hits.size}"
 
 
 def _calibration_note(calibrated: dict, ids: list[str], dataset: Dataset, y: np.ndarray, pred: np.ndarray,
-                      std: np.ndarray, interval95: float | None) -> tuple[str | None, dict]:
+                      std: np.ndarray, interval95: float | None, trained_ids: str | None) -> tuple[str | None, dict]:
     """What ``evaluate`` says of the structures σ was calibrated on (``calibrated``, the card's record)
-    among those it evaluated (``ids``, with their values; σ NaN where none is given): a note (None where
-    none of them is one) and the count, where the record names them; otherwise the split it names."""
+    among those it scored (``ids``, with their values; σ NaN where none is given): a note (None where none
+    of them is or may be one) and their count, where the record names them; otherwise the split it names.
+    The coverages on the others leave out those trained on (``trained_ids``, packed) and those whose ids,
+    made from row numbers, cannot be told from calibration structures that had none."""
     where = (f"σ was calibrated on the {calibrated.get('split')} split of {calibrated.get('data')} "
              f"({calibrated.get('n')} structures)")
+    coverages = "within σ, 2σ" + (" and the 95 % interval" if interval95 else "")
     if "ids" not in calibrated:  # recorded before the ids were: say where, let the user judge
-        return (f"{where}: on those structures the coverages (within σ, 2σ and the 95 % interval) are in-sample",
-                {})
+        return f"{where}: on those structures the coverages ({coverages}) are in-sample", {}
     given = ~np.isnan(std)
     positional = _positional(ids, dataset)
-    inside = set(ids_in_packed([i for i in ids if i not in positional], calibrated["ids"]))
+    named = [i for i in ids if i not in positional]
+    inside = set(ids_in_packed(named, calibrated["ids"]))
+    trained = set(ids_in_packed(named, trained_ids)) if trained_ids else set()
     used = np.array([i in inside for i in ids], bool) & given
+    unknown = np.array([i in positional for i in ids], bool) & given & bool(calibrated.get("unnamed"))
+    seen = np.array([i in trained for i in ids], bool) & given & ~used
+    others = given & ~used & ~unknown & ~seen
     n, total = int(used.sum()), int(given.sum())
-    if not n:
-        return None, {"n_sigma_calibration": 0}
+    counted = {"n_sigma_calibration": n}
+    if not n and not unknown.any():
+        return None, counted
     if n == total:
-        return (f"{where}: all {n} structures with a σ are the ones σ was calibrated on, so the coverages (within "
-                "σ, 2σ and the 95 % interval) are in-sample", {"n_sigma_calibration": n})
-    rest = given & ~used
-    other = uncertainty_metrics(y[rest], pred[rest], std[rest], interval95)
-    beyond = f", within the 95 % interval {other['within_interval95']:.1%}" if "within_interval95" in other else ""
-    return (f"{where}: {n} of the {total} structures with a σ are ones it was calibrated on (their coverages are "
-            f"in-sample); on the other {total - n}: within σ {other['within_1sigma']:.1%}, within 2σ "
-            f"{other['within_2sigma']:.1%}{beyond}", {"n_sigma_calibration": n})
+        return f"{where}: all {n} structures with a σ here are among them, so their coverages ({coverages}) are " \
+               "in-sample", counted
+    parts = [f"{n} of the {total} structures with a σ here are among them (their coverages are in-sample)"] * bool(n)
+    if unknown.any():
+        parts.append(f"whether the {int(unknown.sum())} without an id of their own (ids from row numbers) are among "
+                     f"them cannot be told, as {calibrated['unnamed']} of those had none either")
+    if seen.any():
+        parts.append(f"{int(seen.sum())} were trained on")
+    if others.any():
+        err = np.abs(pred[others] - y[others])
+        within = [f"within σ {_share(err <= std[others])}", f"within 2σ {_share(err <= 2 * std[others])}"]
+        within += [f"within the 95 % interval {_share(err <= interval95 * std[others])}"] if interval95 else []
+        parts.append(f"on the other {int(others.sum())}: {', '.join(within)}")
+    return f"{where}: {'; '.join(parts)}", counted
 
 
 def given_sigma(card, graphs) -> np.ndarray:
@@ -493,7 +513,8 @@ def evaluate_model(
     calibrated = (card.ensemble or {}).get("calibrated_on", {})
     if std is not None and calibrated:
         note, counted = _calibration_note(calibrated, [e.id for e, _ in kept], dataset, y, pred, std,
-                                          (card.ensemble or {}).get("interval95"))
+                                          (card.ensemble or {}).get("interval95"),
+                                          recorded_split(card.training).get("trained_ids"))
         metrics.update(counted)
         notes += [note] if note else []
     if dataset.target != card.target:  # another name for the same quantity, or another quantity: the user's call
