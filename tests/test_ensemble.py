@@ -209,8 +209,15 @@ def test_evaluate_counts_the_structures_sigma_was_calibrated_on(joined, split_da
     renamed = tmp_path / "renamed.json"
     renamed.write_text(json.dumps([{**r, "id": f"other-{r['id']}"} for r in records]))
     other = evaluate_model(joined[0], renamed, split="val")
-    assert other["n_sigma_calibration"] == 0
-    assert not any("σ was calibrated on" in note for note in other.get("data_notes", []))
+    assert other["n_sigma_calibration"] == 0 and other["n_like_sigma_calibration"] == 10
+    note = next(note for note in other["data_notes"] if "σ was calibrated on" in note)
+    assert "10 look like them under other ids or none" in note and "on the other" not in note, note
+    unrelated = tmp_path / "unrelated.json"  # other crystals: nothing to say
+    unrelated.write_text(json.dumps([{**r, "id": f"u{k}", "structure": rocksalt(4.0 + 0.05 * k, "Rb", "I").as_dict()}
+                                     for k, r in enumerate(records)]))
+    assert evaluate_model(joined[0], unrelated, split="val")["n_sigma_calibration"] == 0
+    assert not any("σ was calibrated on" in note
+                   for note in evaluate_model(joined[0], unrelated, split="val").get("data_notes", []))
 
 
 def test_calibration_structures_without_ids_are_not_counted_as_others(members, tmp_path):
@@ -228,9 +235,9 @@ def test_calibration_structures_without_ids_are_not_counted_as_others(members, t
         result = evaluate_model(tmp_path / f"{case}.ckpt", data, split="val")
         note = next(note for note in result["data_notes"] if "σ was calibrated on" in note)
         unnamed = 10 if case == "none" else 5
-        assert f"{unnamed} without an id of their own" in note, note
+        assert f"{unnamed} {'more ' if case == 'half' else ''}look like them under other ids or none" in note, note
         assert "on the other" not in note, note
-        assert result["n_sigma_calibration"] == 10 - unnamed
+        assert result["n_sigma_calibration"] == 10 - unnamed and result["n_like_sigma_calibration"] == unnamed
 
 
 def test_the_others_coverages_leave_out_training_structures(joined, split_data, tmp_path):

@@ -66,3 +66,16 @@ def test_sigma_floor_script_recovers_gaussian_coverage_and_shows_what_a_floor_co
               for line in done.stdout.splitlines()[1:]}
     assert abs(within["c = 0"][0] - 68.3) < 2 and abs(within["c = 0"][1] - 95.4) < 1.5
     assert within["c = 4"][1] < within["c = 0"][1] - 1
+
+
+def test_interval_crossfit_says_when_no_multiple_of_sigma_holds_95_percent(tmp_path):
+    """A σ of 0 under more than 5 % of a half's errors (metals both members floor at 0, one of them wrong)
+    made the script stop with a TypeError (hunt12 3); output without σ, with a KeyError."""
+    rows = [f"m{k},0,0,0,0" for k in range(12)] + [f"w{k},0.5,0,-0.5,0" for k in range(3)]
+    rows += [f"g{k},1,{1 + 0.01 * k:.3f},{0.01 * k:.3f},0.05" for k in range(10)]
+    (tmp_path / "zero.csv").write_text("id,true,predicted,error,std\n" + "\n".join(rows) + "\n")
+    (tmp_path / "plain.csv").write_text("id,true,predicted,error\ns0,1,1.1,0.1\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "interval_crossfit.py"), str(tmp_path / "zero.csv"),
+                           str(tmp_path / "plain.csv")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "no multiple of σ holds 95 % of them" in done.stdout and "no std column" in done.stdout

@@ -28,8 +28,8 @@ METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log
                "log10_n_excluded",
                "mae_zero_targets", "mae_nonzero_targets", "n_zero_targets", "n_failed", "sigma_spearman",
                "within_1sigma", "within_2sigma", "within_interval95", "mean_sigma", "n_without_sigma",
-               "n_sigma_calibration", "sigma_scale", "spread_sigma_spearman", "n_like_training", "mae_unlike_training",
-               "log10_mae_unlike_training")
+               "n_sigma_calibration", "n_like_sigma_calibration", "sigma_scale", "spread_sigma_spearman",
+               "n_like_training", "mae_unlike_training", "log10_mae_unlike_training")
 UNIT_KEYS = ("mae", "rmse", "max_error", "mae_zero_targets", "mae_nonzero_targets", "mean_sigma",
              "mae_unlike_training")
 """Metrics in the target's unit (the others are log10 values, ratios, fractions or counts)."""

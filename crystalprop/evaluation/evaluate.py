@@ -8,7 +8,7 @@ import json
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from crystalprop.utils.checks import check_whole_number
 from crystalprop.data.datasets import (
     SPLITS, Dataset, Entry, assign_fold, ids_in_packed, ids_sha256, is_random_split, load_dataset, pack_ids,
 )
-from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed
+from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed, pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.graph.elements import absent_elements
 from crystalprop.evaluation.metrics import coverage_curve, regression_metrics, uncertainty_metrics
@@ -377,14 +377,15 @@ def _unusable_counts(unusable: list[tuple[str, str, str | None]]) -> dict[str, i
             **({"n_unusable_split_unknown": unknown} if unknown else {})}
 
 
-def calibration_ids(chosen: LabelledSplit, with_sigma: np.ndarray) -> dict[str, Any]:
-    """The record of which structures σ is calibrated on (those of ``chosen`` with a σ): their ids, packed as
-    the training ids are, so that ``evaluate`` can tell which of its coverages are in-sample, and how many
-    had ids made from row numbers (``unnamed``), which say nothing of the crystal and are left out."""
-    ids = [e.id for (e, _), given in zip(chosen.kept, with_sigma, strict=True) if given]
-    positional = _positional(ids, chosen.dataset)
-    return {"ids": pack_ids([i for i in ids if i not in positional]),
-            **({"unnamed": len(positional)} if positional else {})}
+def calibration_ids(chosen: LabelledSplit, with_sigma: np.ndarray) -> dict[str, str]:
+    """The record of which structures σ is calibrated on (those of ``chosen`` with a σ), so that ``evaluate``
+    can tell which of its coverages are in-sample: their ids, packed as the training ids are (ids made from
+    row numbers say nothing of the crystal and are left out), and their fingerprints (reduced formula, volume
+    per atom: :mod:`crystalprop.data.fingerprints`), which find them under other ids or none."""
+    kept = [(e, g) for (e, g), given in zip(chosen.kept, with_sigma, strict=True) if given]
+    positional = _positional([e.id for e, _ in kept], chosen.dataset)
+    return {"ids": pack_ids([e.id for e, _ in kept if e.id not in positional]),
+            "structures": pack_fingerprints([g for _, g in kept])}
 
 
 def _share(hits: np.ndarray) -> str:
@@ -392,38 +393,40 @@ def _share(hits: np.ndarray) -> str:
     return f"{hits.mean():.1%}" if hits.size >= 10 else f"{int(hits.sum())} of {hits.size}"
 
 
-def _calibration_note(calibrated: dict, ids: list[str], dataset: Dataset, y: np.ndarray, pred: np.ndarray,
+def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndarray, pred: np.ndarray,
                       std: np.ndarray, interval95: float | None, trained_ids: str | None) -> tuple[str | None, dict]:
     """What ``evaluate`` says of the structures σ was calibrated on (``calibrated``, the card's record)
-    among those it scored (``ids``, with their values; σ NaN where none is given): a note (None where none
-    of them is or may be one) and their count, where the record names them; otherwise the split it names.
-    The coverages on the others leave out those trained on (``trained_ids``, packed) and those whose ids,
-    made from row numbers, cannot be told from calibration structures that had none."""
+    among those it scored (``kept``: (entry, graph), with their values; σ NaN where none is given): a note
+    (None where none of them is or looks like one) and their count, where the record names them; otherwise
+    the split it names. Those under other ids (or none) are found by their fingerprints, as training
+    crystals are; the coverages on the others leave out those trained on (``trained_ids``, packed)."""
     where = (f"σ was calibrated on the {calibrated.get('split')} split of {calibrated.get('data')} "
              f"({calibrated.get('n')} structures)")
     coverages = "within σ, 2σ" + (" and the 95 % interval" if interval95 else "")
     if "ids" not in calibrated:  # recorded before the ids were: say where, let the user judge
         return f"{where}: on those structures the coverages ({coverages}) are in-sample", {}
+    ids = [e.id for e, _ in kept]
     given = ~np.isnan(std)
     positional = _positional(ids, dataset)
     named = [i for i in ids if i not in positional]
     inside = set(ids_in_packed(named, calibrated["ids"]))
     trained = set(ids_in_packed(named, trained_ids)) if trained_ids else set()
     used = np.array([i in inside for i in ids], bool) & given
-    unknown = np.array([i in positional for i in ids], bool) & given & bool(calibrated.get("unnamed"))
-    seen = np.array([i in trained for i in ids], bool) & given & ~used
-    others = given & ~used & ~unknown & ~seen
+    alike = (np.array(like_packed([g for _, g in kept], calibrated["structures"]), bool)
+             if "structures" in calibrated else np.zeros(len(ids), bool)) & given & ~used
+    seen = np.array([i in trained for i in ids], bool) & given & ~used & ~alike
+    others = given & ~used & ~alike & ~seen
     n, total = int(used.sum()), int(given.sum())
-    counted = {"n_sigma_calibration": n}
-    if not n and not unknown.any():
+    counted = {"n_sigma_calibration": n, **({"n_like_sigma_calibration": int(alike.sum())} if alike.any() else {})}
+    if not n and not alike.any():
         return None, counted
     if n == total:
         return f"{where}: all {n} structures with a σ here are among them, so their coverages ({coverages}) are " \
                "in-sample", counted
     parts = [f"{n} of the {total} structures with a σ here are among them (their coverages are in-sample)"] * bool(n)
-    if unknown.any():
-        parts.append(f"whether the {int(unknown.sum())} without an id of their own (ids from row numbers) are among "
-                     f"them cannot be told, as {calibrated['unnamed']} of those had none either")
+    if alike.any():
+        parts.append(f"{int(alike.sum())} {'more ' * bool(n)}look like them under other ids or none (the same "
+                     f"reduced formula, volume per atom within {100 * VOLUME_TOLERANCE:g} %)")
     if seen.any():
         parts.append(f"{int(seen.sum())} were trained on")
     if others.any():
@@ -512,7 +515,7 @@ def evaluate_model(
     notes = list(dataset.notes)
     calibrated = (card.ensemble or {}).get("calibrated_on", {})
     if std is not None and calibrated:
-        note, counted = _calibration_note(calibrated, [e.id for e, _ in kept], dataset, y, pred, std,
+        note, counted = _calibration_note(calibrated, kept, dataset, y, pred, std,
                                           (card.ensemble or {}).get("interval95"),
                                           recorded_split(card.training).get("trained_ids"))
         metrics.update(counted)
