@@ -76,7 +76,8 @@ def main() -> None:
 
     save()
     metrics = evaluate_model(str(out), args.data, target=args.target, split="val")
-    card.metrics = {k: v for k, v in metrics.items() if k not in ("checkpoint", "files", "model", "provenance")}
+    card.metrics = {k: v for k, v in metrics.items()  # the figures and counts; the records left out are in the data
+                    if k not in ("checkpoint", "files", "model", "provenance", "skipped", "unusable", "data_notes")}
     save()
     notes = Path(args.notes).read_text() if args.notes else ""
     (ROOT / "checkpoints" / f"{args.name}.md").write_text(render_card(card, metrics, args) + notes)

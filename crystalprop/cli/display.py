@@ -120,8 +120,8 @@ def print_evaluation(result: dict, output_dir: str | None) -> None:
     skipped = result.get("skipped") or []
     logged = f"; all in {output_dir}/skipped.log" if output_dir else ""
     if skipped:
-        shown = "; ".join(f"{rid}: {reason}" for rid, reason in skipped[:3])
-        console.print(f"{len(skipped)} records skipped ({shown}{'; ...' if len(skipped) > 3 else ''}){logged}",
+        shown = "; ".join(f"{rid}: {reason}" for rid, reason in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        console.print(f"{len(skipped)} record{'s' * (len(skipped) != 1)} skipped ({shown}){logged}",
                       highlight=False, markup=False)
     unusable = result.get("unusable") or []
     other = [(rid, where) for rid, _, where in unusable if where is not None]
