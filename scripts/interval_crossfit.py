@@ -44,6 +44,9 @@ def main() -> None:
             print(f"{path}: no std column (a model without σ): nothing to cross-fit")
             continue
         known = [r for r in rows if r["std"] != ""]  # no σ for a structure with an element the model lacks
+        if len(known) < 2:
+            print(f"{path}: {len(known)} structures with σ ({len(rows) - len(known)} without): too few to cross-fit")
+            continue
         errors = np.array([float(r["error"]) for r in known])
         std = np.array([float(r["std"]) for r in known])
         whole = interval_multiple(errors, std)

@@ -242,7 +242,11 @@ def test_calibration_structures_without_ids_are_not_counted_as_others(members, t
 
 def test_the_others_coverages_leave_out_training_structures(joined, split_data, tmp_path):
     """evaluate --split all gave coverages 'on the other' structures that were mostly trained on (review 41, 2)."""
+    from pymatgen.core import Structure
+
+    from conftest import graph_of
     from crystalprop.data.datasets import pack_ids
+    from crystalprop.data.fingerprints import pack_fingerprints
     from crystalprop.evaluation.evaluate import evaluate_model
     from crystalprop.model.ensemble import save_with_card
 
@@ -254,6 +258,15 @@ def test_the_others_coverages_leave_out_training_structures(joined, split_data, 
     note = next(note for note in evaluate_model(tmp_path / "trained.ckpt", split_data, split="all")["data_notes"]
                 if "σ was calibrated on" in note)
     assert "25 were trained on" in note and "on the other 5: " in note, note
+    # under other ids, training crystals are found by their fingerprints, as the calibration ones are (review 41b)
+    train = [(r, graph_of(Structure.from_dict(r["structure"]))) for r in records if r["split"] == "train"]
+    card.training["data"]["split_record"]["trained_structures"] = pack_fingerprints([g for _, g in train[:25]])
+    save_with_card(tmp_path / "trained.ckpt", card, params)
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps([{**r, "id": f"other-{r['id']}"} for r in records]))
+    note = next(note for note in evaluate_model(tmp_path / "trained.ckpt", renamed, split="all")["data_notes"]
+                if "σ was calibrated on" in note)
+    assert "10 look like them" in note and "25 were trained on or look like" in note and "other 5: " in note, note
 
 
 def test_single_model_rows_have_no_std_column(members):

@@ -75,7 +75,11 @@ def test_interval_crossfit_says_when_no_multiple_of_sigma_holds_95_percent(tmp_p
     rows += [f"g{k},1,{1 + 0.01 * k:.3f},{0.01 * k:.3f},0.05" for k in range(10)]
     (tmp_path / "zero.csv").write_text("id,true,predicted,error,std\n" + "\n".join(rows) + "\n")
     (tmp_path / "plain.csv").write_text("id,true,predicted,error\ns0,1,1.1,0.1\n")
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "interval_crossfit.py"), str(tmp_path / "zero.csv"),
-                           str(tmp_path / "plain.csv")], capture_output=True, text=True)
+    (tmp_path / "none.csv").write_text("id,true,predicted,error,std\ns0,1,1.1,0.1,\n")  # no structure with a σ
+    (tmp_path / "empty.csv").write_text("id,true,predicted,error,std\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "interval_crossfit.py")]
+                          + [str(tmp_path / f"{name}.csv") for name in ("zero", "plain", "none", "empty")],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "no multiple of σ holds 95 % of them" in done.stdout and "no std column" in done.stdout
+    assert done.stdout.count("too few to cross-fit") == 2, done.stdout

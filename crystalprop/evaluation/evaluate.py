@@ -393,13 +393,19 @@ def _share(hits: np.ndarray) -> str:
     return f"{hits.mean():.1%}" if hits.size >= 10 else f"{int(hits.sum())} of {hits.size}"
 
 
+def _alike(graphs: list, packed: str | None) -> np.ndarray:
+    """Which of ``graphs`` look like a structure of the packed fingerprints (none where there are none)."""
+    return np.array(like_packed(graphs, packed), bool) if packed else np.zeros(len(graphs), bool)
+
+
 def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndarray, pred: np.ndarray,
-                      std: np.ndarray, interval95: float | None, trained_ids: str | None) -> tuple[str | None, dict]:
+                      std: np.ndarray, interval95: float | None, trained: dict) -> tuple[str | None, dict]:
     """What ``evaluate`` says of the structures σ was calibrated on (``calibrated``, the card's record)
     among those it scored (``kept``: (entry, graph), with their values; σ NaN where none is given): a note
     (None where none of them is or looks like one) and their count, where the record names them; otherwise
     the split it names. Those under other ids (or none) are found by their fingerprints, as training
-    crystals are; the coverages on the others leave out those trained on (``trained_ids``, packed)."""
+    crystals are; the coverages on the others leave out those trained on (``trained``, the card's split record:
+    by id, or by fingerprint where it records them)."""
     where = (f"σ was calibrated on the {calibrated.get('split')} split of {calibrated.get('data')} "
              f"({calibrated.get('n')} structures)")
     coverages = "within σ, 2σ" + (" and the 95 % interval" if interval95 else "")
@@ -409,12 +415,13 @@ def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndar
     given = ~np.isnan(std)
     positional = _positional(ids, dataset)
     named = [i for i in ids if i not in positional]
+    graphs = [g for _, g in kept]
     inside = set(ids_in_packed(named, calibrated["ids"]))
-    trained = set(ids_in_packed(named, trained_ids)) if trained_ids else set()
+    trained_ids = set(ids_in_packed(named, trained["trained_ids"])) if trained.get("trained_ids") else set()
     used = np.array([i in inside for i in ids], bool) & given
-    alike = (np.array(like_packed([g for _, g in kept], calibrated["structures"]), bool)
-             if "structures" in calibrated else np.zeros(len(ids), bool)) & given & ~used
-    seen = np.array([i in trained for i in ids], bool) & given & ~used & ~alike
+    seen = np.array([i in trained_ids for i in ids], bool) & given & ~used  # a training crystal under its own id
+    alike = _alike(graphs, calibrated.get("structures")) & given & ~used & ~seen
+    seen |= _alike(graphs, trained.get("trained_structures")) & given & ~used & ~alike
     others = given & ~used & ~alike & ~seen
     n, total = int(used.sum()), int(given.sum())
     counted = {"n_sigma_calibration": n, **({"n_like_sigma_calibration": int(alike.sum())} if alike.any() else {})}
@@ -425,10 +432,12 @@ def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndar
                "in-sample", counted
     parts = [f"{n} of the {total} structures with a σ here are among them (their coverages are in-sample)"] * bool(n)
     if alike.any():
-        parts.append(f"{int(alike.sum())} {'more ' * bool(n)}look like them under other ids or none (the same "
+        k = int(alike.sum())
+        parts.append(f"{k} {'more ' * bool(n)}look{'s' * (k == 1)} like them under other ids or none (the same "
                      f"reduced formula, volume per atom within {100 * VOLUME_TOLERANCE:g} %)")
     if seen.any():
-        parts.append(f"{int(seen.sum())} were trained on")
+        parts.append(f"{int(seen.sum())} {'was' if seen.sum() == 1 else 'were'} trained on or look like training "
+                     "crystals")
     if others.any():
         err = np.abs(pred[others] - y[others])
         within = [f"within σ {_share(err <= std[others])}", f"within 2σ {_share(err <= 2 * std[others])}"]
@@ -517,7 +526,7 @@ def evaluate_model(
     if std is not None and calibrated:
         note, counted = _calibration_note(calibrated, kept, dataset, y, pred, std,
                                           (card.ensemble or {}).get("interval95"),
-                                          recorded_split(card.training).get("trained_ids"))
+                                          recorded_split(card.training))
         metrics.update(counted)
         notes += [note] if note else []
     if dataset.target != card.target:  # another name for the same quantity, or another quantity: the user's call
