@@ -6,9 +6,10 @@
 (counted from 0) of MODEL (a checkpoint or shipped model name): the band-gap model's second member, or
 one route of the shear-modulus model (a product member's factors are networks of their own, each in
 its own target transform). The card is the ensemble's without its σ and metrics, with that network's
-transform, and records where the weights came from; a product's factor (shear modulus's G/K network or
-its bulk-modulus networks) predicts another target in another unit, which the model does not record, so it
-needs ``--target`` and ``--unit`` (and only a factor takes them).
+transform, records where the weights came from and, for a network of the model's own target, the data the
+model records it was trained on (so that joining it again refuses those structures for calibration); a
+product's factor (shear modulus's G/K network or its bulk-modulus networks) predicts another target in another
+unit, which the model does not record, so it needs ``--target`` and ``--unit`` (and only a factor takes them).
 """
 
 from __future__ import annotations
@@ -17,6 +18,19 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+
+def _training_record(training: dict, path: str, network: int, factor: bool) -> dict:
+    """The extracted network's training record: where it came from; for network 0 of the model's own target,
+    whose run the model's record describes, that whole record (its budget for ``crystalprop models``); for
+    another network of that target, the data the model records it was trained on (so that joining it again
+    refuses those structures for calibration); nothing more for a product's factor."""
+    record = {"network_of": path, "network": network}
+    if factor:
+        return record
+    if network == 0:
+        return {**training, **record}
+    return {**record, **({"data": training["data"]} if "data" in training else {})}
 
 
 def main() -> None:
@@ -55,7 +69,7 @@ def main() -> None:
         card = replace(card, unit=args.unit)
     one = replace(card, ensemble={}, metrics={},
                   transform=TargetTransform(**transforms[args.network]) if transforms else card.transform,
-                  training={"network_of": str(path), "network": args.network})
+                  training=_training_record(card.training, str(path), args.network, factor))
     # a network that gives the site descriptors zero weights (one joined beside networks that read them) is
     # written as the model it was, which reads none
     one, network = without_site_inputs(one, networks[args.network]) or (one, networks[args.network])

@@ -670,6 +670,13 @@ def test_extract_member_script_gives_any_network_of_a_joined_model(joined, membe
     assert done.returncode == 0, done.stderr[-2000:]
     card, _ = read_checkpoint(tmp_path / "second.ckpt")
     assert not card.ensemble and card.training["network"] == 1
+    # what the model records of its training data goes with it (joined again, it told no trained structures);
+    # the first network's run is the one the model's record describes, budget and all (crystalprop models)
+    whole = read_checkpoint(out)[0].training
+    assert card.training["data"] == whole["data"] and "epochs" not in card.training
+    subprocess.run(script + ["0", str(tmp_path / "first.ckpt")], check=True, capture_output=True, timeout=300, env=env)
+    first, _ = read_checkpoint(tmp_path / "first.ckpt")
+    assert first.training == {**whole, "network_of": str(out), "network": 0}
     structures = [s for _, s in make_structures(4)]
     mine = [row["second"] for row in crystalprop.predict(structures, str(tmp_path / "second.ckpt"))]
     theirs = [row["m1"] for row in crystalprop.predict(structures, str(members[1]))]

@@ -296,7 +296,7 @@ def test_records_of_other_splits_are_not_counted_as_skipped_from_the_figure(run_
     assert all("train split, not evaluated" in line for line in log[1:])
     done = run_cli(["evaluate", run_dir, theirs, "--split", "val"], cwd=tmp_path)
     said = " ".join(done.stderr.split())
-    assert done.returncode == 0 and "1 records skipped" in said and "2 unusable records of other splits" in said
+    assert done.returncode == 0 and "1 record skipped" in said and "2 unusable records of other splits" in said
 
 
 def test_unusable_records_of_a_random_split_are_said_to_be_of_no_known_split(run_dir, data, tmp_path):
