@@ -1,11 +1,12 @@
-"""Add to a joined model the ids of the structures its σ was calibrated on, where it predates them.
+"""Add to a joined model the record of the structures its σ was calibrated on, where it predates it.
 
     python scripts/record_calibration_ids.py MODEL DATA OUT.ckpt
 
 DATA is the data its card names under ``calibrated_on`` (the path as seen from here). The structures of
-that split which get a σ are found again, their ids packed into ``calibrated_on`` as ``ids``, and the
-model written to OUT.ckpt with its weights and σ unchanged, so that ``crystalprop evaluate`` counts which
-of its structures σ was calibrated on (their coverages are in-sample). Models joined since then carry them.
+that split which get a σ are found again (only their count is checked against the card), their ids and
+fingerprints packed into ``calibrated_on`` (``ids``, ``structures``), and the model written to OUT.ckpt with
+its weights and σ unchanged, so that ``crystalprop evaluate`` counts which of its structures σ was
+calibrated on, under their ids or others (their coverages are in-sample). Models joined since then carry it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main() -> None:
                          f"split, but σ was calibrated on {calibrated['n']}: not the data it was calibrated on")
     calibrated.update(calibration_ids(chosen, with_sigma))
     save_with_card(args.output, card, params)
-    print(f"{args.output}: the ids of the {calibrated['n']} structures σ was calibrated on recorded")
+    print(f"{args.output}: the ids and fingerprints of the {calibrated['n']} structures σ was calibrated on recorded")
 
 
 if __name__ == "__main__":

@@ -436,8 +436,9 @@ def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndar
         parts.append(f"{k} {'more ' * bool(n)}look{'s' * (k == 1)} like them under other ids or none (the same "
                      f"reduced formula, volume per atom within {100 * VOLUME_TOLERANCE:g} %)")
     if seen.any():
-        parts.append(f"{int(seen.sum())} {'was' if seen.sum() == 1 else 'were'} trained on or look like training "
-                     "crystals")
+        k = int(seen.sum())
+        parts.append(f"{k} was trained on or looks like a training crystal" if k == 1
+                     else f"{k} were trained on or look like training crystals")
     if others.any():
         err = np.abs(pred[others] - y[others])
         within = [f"within σ {_share(err <= std[others])}", f"within 2σ {_share(err <= 2 * std[others])}"]
