@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from crystalprop.evaluation.evaluate import calibration_ids, given_sigma, labelled_split
+from crystalprop.evaluation.evaluate import calibration_record, given_sigma, labelled_split
 from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.model.ensemble import save_with_card
 from crystalprop.model.registry import resolve_model
@@ -37,7 +37,7 @@ def main() -> None:
     if int(with_sigma.sum()) != calibrated["n"]:
         raise SystemExit(f"{args.data}: {int(with_sigma.sum())} structures with a σ in its {calibrated['split']} "
                          f"split, but σ was calibrated on {calibrated['n']}: not the data it was calibrated on")
-    calibrated.update(calibration_ids(chosen, with_sigma))
+    calibrated.update(calibration_record(chosen, with_sigma))
     save_with_card(args.output, card, params)
     print(f"{args.output}: the ids and fingerprints of the {calibrated['n']} structures σ was calibrated on recorded")
 

@@ -154,6 +154,15 @@ def _positional(ids: list[str], dataset: Dataset) -> set[str]:
     return {i for i in ids if POSITIONAL_ID.fullmatch(i)} if dataset.positional_ids else set()
 
 
+def _recorded(ids: list[str], dataset: Dataset, packed: str | None) -> list[str]:
+    """Those of ``ids`` that the ``packed`` record (training or calibration ids) holds, in their order; ids
+    made from row numbers (:func:`_positional`) are never taken as recorded, and none are where nothing is."""
+    if not packed:
+        return []
+    positional = _positional(ids, dataset)
+    return ids_in_packed([i for i in ids if i not in positional], packed)
+
+
 def _positional_note(n: int, record: dict) -> str:
     """What the note says of ``n`` ids made from row numbers that were not checked against the training ids."""
     structures = ("their structures were compared with the training ones instead" if record.get("trained_structures")
@@ -172,7 +181,7 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
     if record and "trained_ids" in record:
         ids = [e.id for e in entries]
         positional = _positional(ids, dataset)
-        trained = ids_in_packed([i for i in ids if i not in positional], record["trained_ids"])
+        trained = _recorded(ids, dataset, record["trained_ids"])
         if trained:
             raise ValueError(
                 f"{dataset.origin}: {len(trained)} of the {len(entries)} {split!r} structures were used to train "
@@ -209,7 +218,7 @@ def _unseen(dataset: Dataset, training: dict) -> tuple[list[Entry], str]:
                          "cannot be told; choose --split")
     ids = [e.id for e in dataset.entries]
     positional = _positional(ids, dataset)
-    trained = set(ids_in_packed([i for i in ids if i not in positional], record["trained_ids"]))
+    trained = set(_recorded(ids, dataset, record["trained_ids"]))
     entries = [e for e in dataset.entries if e.id not in trained]
     note = (f"none trained on; {len(trained)} structures the model was trained on left out"
             if trained or not positional else "none trained on by id")
@@ -239,11 +248,8 @@ def _sorted_skipped(dataset: Dataset, split: str, fold: tuple[int, int] | None,
     (id, reason, where) of the others, ``where`` naming what they belong to instead (another split, or
     the training structures for ``unseen``), None where their split cannot be told."""
     placed = _placed_splits(dataset, fold)
-    ids = [rid for rid, _ in dataset.skipped]
-    positional = _positional(ids, dataset)
-    packed = recorded_split(training).get("trained_ids")
-    trained = set(ids_in_packed([i for i in ids if i not in positional], packed) if split == "unseen" and packed
-                  else [])
+    packed = recorded_split(training).get("trained_ids") if split == "unseen" else None
+    trained = set(_recorded([rid for rid, _ in dataset.skipped], dataset, packed))
     mine, others = [], []
     for rid, reason in dataset.skipped:
         if split == "all" or (split == "unseen" and rid not in trained):
@@ -377,7 +383,7 @@ def _unusable_counts(unusable: list[tuple[str, str, str | None]]) -> dict[str, i
             **({"n_unusable_split_unknown": unknown} if unknown else {})}
 
 
-def calibration_ids(chosen: LabelledSplit, with_sigma: np.ndarray) -> dict[str, str]:
+def calibration_record(chosen: LabelledSplit, with_sigma: np.ndarray) -> dict[str, str]:
     """The record of which structures σ is calibrated on (those of ``chosen`` with a σ), so that ``evaluate``
     can tell which of its coverages are in-sample: their ids, packed as the training ids are (ids made from
     row numbers say nothing of the crystal and are left out), and their fingerprints (reduced formula, volume
@@ -399,13 +405,15 @@ def _alike(graphs: list, packed: str | None) -> np.ndarray:
 
 
 def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndarray, pred: np.ndarray,
-                      std: np.ndarray, interval95: float | None, trained: dict) -> tuple[str | None, dict]:
+                      std: np.ndarray, interval95: float | None, trained: dict,
+                      like_training: list[bool] | None = None) -> tuple[str | None, dict]:
     """What ``evaluate`` says of the structures σ was calibrated on (``calibrated``, the card's record)
     among those it scored (``kept``: (entry, graph), with their values; σ NaN where none is given): a note
     (None where none of them is or looks like one) and their count, where the record names them; otherwise
     the split it names. Those under other ids (or none) are found by their fingerprints, as training
     crystals are; the coverages on the others leave out those trained on (``trained``, the card's split record:
-    by id, or by fingerprint where it records them)."""
+    by id, or by fingerprint where it records them; ``like_training``: which of ``kept`` look like training
+    crystals where ``labelled_split`` has told already)."""
     where = (f"σ was calibrated on the {calibrated.get('split')} split of {calibrated.get('data')} "
              f"({calibrated.get('n')} structures)")
     coverages = "within σ, 2σ" + (" and the 95 % interval" if interval95 else "")
@@ -413,15 +421,15 @@ def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndar
         return f"{where}: on those structures the coverages ({coverages}) are in-sample", {}
     ids = [e.id for e, _ in kept]
     given = ~np.isnan(std)
-    positional = _positional(ids, dataset)
-    named = [i for i in ids if i not in positional]
     graphs = [g for _, g in kept]
-    inside = set(ids_in_packed(named, calibrated["ids"]))
-    trained_ids = set(ids_in_packed(named, trained["trained_ids"])) if trained.get("trained_ids") else set()
+    inside = set(_recorded(ids, dataset, calibrated["ids"]))
+    trained_ids = set(_recorded(ids, dataset, trained.get("trained_ids")))
+    like_trained = (np.array(like_training, bool) if like_training is not None
+                    else _alike(graphs, trained.get("trained_structures")))
     used = np.array([i in inside for i in ids], bool) & given
     seen = np.array([i in trained_ids for i in ids], bool) & given & ~used  # a training crystal under its own id
     alike = _alike(graphs, calibrated.get("structures")) & given & ~used & ~seen
-    seen |= _alike(graphs, trained.get("trained_structures")) & given & ~used & ~alike
+    seen |= like_trained & given & ~used & ~alike
     others = given & ~used & ~alike & ~seen
     n, total = int(used.sum()), int(given.sum())
     counted = {"n_sigma_calibration": n, **({"n_like_sigma_calibration": int(alike.sum())} if alike.any() else {})}
@@ -527,7 +535,7 @@ def evaluate_model(
     if std is not None and calibrated:
         note, counted = _calibration_note(calibrated, kept, dataset, y, pred, std,
                                           (card.ensemble or {}).get("interval95"),
-                                          recorded_split(card.training))
+                                          recorded_split(card.training), flags)
         metrics.update(counted)
         notes += [note] if note else []
     if dataset.target != card.target:  # another name for the same quantity, or another quantity: the user's call

@@ -13,7 +13,7 @@ import numpy as np
 from crystalprop.utils.atomic import make_folder
 from crystalprop.data.datasets import Dataset, ids_in_packed, merge_trained
 from crystalprop.evaluation.evaluate import (
-    calibration_ids, check_unseen, error_metrics, given_sigma, labelled_split, network_outputs, recorded_split,
+    calibration_record, check_unseen, error_metrics, given_sigma, labelled_split, network_outputs, recorded_split,
     split_dataset, split_settings,
 )
 from crystalprop.graph.settings import check_cell_choice
@@ -165,7 +165,7 @@ def join_ensemble(
     first.ensemble.update({
         "sigma_scale": scale, "sigma_from": sigma, **reference_record,
         "calibrated_on": {"data": str(data), "split": split, "n": int(with_sigma.sum()), "split_check": split_check,
-                          **calibration_ids(chosen, with_sigma)},
+                          **calibration_record(chosen, with_sigma)},
         "member_files": [{"name": name, **_files_record(f), f"{split}_mae": mae}
                          for name, f, mae in zip(member_names, files, member_maes)],
     })
@@ -260,7 +260,7 @@ def recalibrate_sigma(
     card.ensemble.update({"sigma_scale": scale, "sigma_from": sigma, **weight,
                           **({"latent_prior": reference.prior} if reference.prior else {}),
                           "calibrated_on": {"data": str(data), "split": split, "n": int(with_sigma.sum()),
-                                            "split_check": split_check, **calibration_ids(chosen, with_sigma)}})
+                                            "split_check": split_check, **calibration_record(chosen, with_sigma)}})
     card.metrics = {**{k: v for k, v in (card.metrics or {}).items() if k != "n_without_sigma"}, **metrics}  # what else it records (an evaluation's data, cells) stays
     save_with_card(output, card, params)
     return {"output": str(output), "split": split, **card.ensemble, **metrics}
