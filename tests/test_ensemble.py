@@ -842,3 +842,35 @@ def test_a_constant_sigma_ranks_nothing_and_says_so_without_a_library_warning():
         warnings.simplefilter("error")  # scipy's ConstantInputWarning reached the user (hunt10 11)
         got = uncertainty_metrics(np.zeros(5), np.arange(5.0), np.ones(5))
     assert np.isnan(got["sigma_spearman"]) and got["within_1sigma"] == 0.4
+
+
+def test_the_in_sample_note_is_qualified_where_labels_or_cells_differ_from_the_calibration(joined, split_data,
+                                                                                           tmp_path):
+    """evaluate called the coverages in-sample under `-t OTHER_COLUMN` (σ was calibrated against other labels)
+    and under `--cell as-given` (on other cells), and said nothing of them on the training split (hunt12 4, 7)."""
+    from crystalprop.evaluation.evaluate import evaluate_model
+
+    records = json.loads(split_data.read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{**r, "z": -r["y"]} for r in records]))
+    note = next(n for n in evaluate_model(joined[0], other, target="z", split="val")["data_notes"]
+                if "σ was calibrated on" in n)
+    assert "in-sample" not in note and "calibrated against y, not z" in note, note
+    note = next(n for n in evaluate_model(joined[0], split_data, split="val", cell="as-given")["data_notes"]
+                if "σ was calibrated on" in n)
+    assert "in-sample" not in note and "calibrated on canonical cells, here as-given" in note, note
+    train = evaluate_model(joined[0], split_data, split="train")
+    assert any("fitted to" in n and "within σ" in n for n in train["data_notes"]), train.get("data_notes")
+    assert not any("fitted to" in n for n in evaluate_model(joined[0], split_data, split="val")["data_notes"])
+
+
+def test_metrics_name_the_unit_of_their_log10_figures():
+    """metrics.json had one unit (GPa) beside log10_mae and the other log10 figures (hunt12 6)."""
+    from types import SimpleNamespace
+
+    from crystalprop.evaluation.evaluate import error_metrics
+
+    card = SimpleNamespace(transform=SimpleNamespace(log10=True), unit="GPa")
+    assert error_metrics(card, np.array([10.0, 100.0]), np.array([10.0, 110.0]))["log10_unit"] == "log10(GPa)"
+    plain = SimpleNamespace(transform=SimpleNamespace(log10=False), unit="eV")
+    assert "log10_unit" not in error_metrics(plain, np.array([1.0, 2.0]), np.array([1.0, 2.5]))

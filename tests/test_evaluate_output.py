@@ -95,7 +95,7 @@ def test_log10_metrics_leave_out_labels_without_a_log10_and_say_how_many():
 
     from crystalprop.evaluation.evaluate import error_metrics
 
-    card = SimpleNamespace(transform=SimpleNamespace(log10=True))
+    card = SimpleNamespace(transform=SimpleNamespace(log10=True), unit="GPa")
     metrics = error_metrics(card, np.array([10.0, 100.0, 0.0, 1000.0]), np.array([10.0, 110.0, 5.0, 1000.0]))
     assert metrics["log10_n_excluded"] == 1
     assert metrics["log10_mae"] == pytest.approx(np.log10(1.1) / 3)
@@ -114,3 +114,18 @@ def test_a_column_other_than_the_model_s_target_is_named_as_an_assumption(random
                for note in result.get("data_notes", []))
     same = evaluate_model(str(random_ckpt), write_json_dataset(tmp_path / "y.json", 6), split="all")
     assert not any("learned" in note for note in same.get("data_notes", []))
+
+
+def test_the_metrics_table_names_the_unit_of_the_log10_figures(tmp_path):
+    """The table gave (GPa) to mae and nothing to log10_mae, and never said log10(GPa) (hunt12 6)."""
+    from conftest import _random_checkpoint
+
+    ckpt = _random_checkpoint(tmp_path / "k.ckpt", "y", "GPa", seed=3, log10=True)
+    data = write_json_dataset(tmp_path / "pos.json", 6)
+    records = json.loads(Path(data).read_text())
+    Path(data).write_text(json.dumps([{**r, "y": 10.0 + abs(r["y"])} for r in records]))
+    done = run_cli(["evaluate", ckpt, data, "--split", "all"], env={"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(re.match(r"\W*log10_mae \(log10\(GPa\)\)\W", line) for line in lines), done.stdout
+    assert any(re.match(r"\W*mae \(GPa\)\W", line) for line in lines), done.stdout

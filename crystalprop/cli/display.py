@@ -33,6 +33,8 @@ METRIC_KEYS = ("mae", "rmse", "r2", "max_error", "log10_mae", "log10_rmse", "log
 UNIT_KEYS = ("mae", "rmse", "max_error", "mae_zero_targets", "mae_nonzero_targets", "mean_sigma",
              "mae_unlike_training")
 """Metrics in the target's unit (the others are log10 values, ratios, fractions or counts)."""
+LOG10_UNIT_KEYS = ("log10_mae", "log10_rmse", "log10_max_error", "log10_mae_unlike_training")
+"""Metrics in log10 of the target's unit (``log10_unit`` of the result names it)."""
 
 
 def fits(table: Table) -> bool:
@@ -104,7 +106,9 @@ def print_metrics(result: dict, title: str, unit: str = "") -> None:
     table.add_column("value", justify="right")
     for key in METRIC_KEYS:
         if key in result:
-            name = f"{key} ({unit})" if unit and key in UNIT_KEYS else key
+            name = (f"{key} ({unit})" if unit and key in UNIT_KEYS
+                    else f"{key} ({result['log10_unit']})" if key in LOG10_UNIT_KEYS and "log10_unit" in result
+                    else key)
             table.add_row(name, f"{result[key]:.4g}" if isinstance(result[key], float) else str(result[key]))
     out.print(table)
 

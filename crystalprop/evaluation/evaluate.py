@@ -363,6 +363,7 @@ def error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:
     metrics = regression_metrics(y, pred)
     positive = y > 0  # a label <= 0 has no log10: left out of the log10 metrics, and counted
     if card.transform.log10 and positive.any():
+        metrics["log10_unit"] = f"log10({card.unit})" if card.unit else "log10"
         metrics.update({f"log10_{k}": v for k, v in
                         regression_metrics(np.log10(y[positive]), np.log10(pred[positive])).items() if k != "n"})
     if card.transform.log10 and not positive.all():
@@ -406,19 +407,21 @@ def _alike(graphs: list, packed: str | None) -> np.ndarray:
 
 def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndarray, pred: np.ndarray,
                       std: np.ndarray, interval95: float | None, trained: dict,
-                      like_training: list[bool] | None = None) -> tuple[str | None, dict]:
+                      like_training: list[bool] | None = None, differs: str | None = None) -> tuple[str | None, dict]:
     """What ``evaluate`` says of the structures σ was calibrated on (``calibrated``, the card's record)
     among those it scored (``kept``: (entry, graph), with their values; σ NaN where none is given): a note
     (None where none of them is or looks like one) and their count, where the record names them; otherwise
     the split it names. Those under other ids (or none) are found by their fingerprints, as training
     crystals are; the coverages on the others leave out those trained on (``trained``, the card's split record:
     by id, or by fingerprint where it records them; ``like_training``: which of ``kept`` look like training
-    crystals where ``labelled_split`` has told already)."""
+    crystals where ``labelled_split`` has told already; ``differs``: how these labels or cells differ from those σ
+    was calibrated with, where they do, so that coverages on the same structures are not called in-sample)."""
     where = (f"σ was calibrated on the {calibrated.get('split')} split of {calibrated.get('data')} "
              f"({calibrated.get('n')} structures)")
     coverages = "within σ, 2σ" + (" and the 95 % interval" if interval95 else "")
+    verdict = "are in-sample" if differs is None else f"are not those it was fitted to: {differs}"
     if "ids" not in calibrated:  # recorded before the ids were: say where, let the user judge
-        return f"{where}: on those structures the coverages ({coverages}) are in-sample", {}
+        return f"{where}: on those structures the coverages ({coverages}) {verdict}", {}
     ids = [e.id for e, _ in kept]
     given = ~np.isnan(std)
     graphs = [g for _, g in kept]
@@ -436,9 +439,9 @@ def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndar
     if not n and not alike.any():
         return None, counted
     if n == total:
-        return f"{where}: all {n} structures with a σ here are among them, so their coverages ({coverages}) are " \
-               "in-sample", counted
-    parts = [f"{n} of the {total} structures with a σ here are among them (their coverages are in-sample)"] * bool(n)
+        return f"{where}: all {n} structures with a σ here are among them, so their coverages ({coverages}) " \
+               f"{verdict}", counted
+    parts = [f"{n} of the {total} structures with a σ here are among them (their coverages {verdict})"] * bool(n)
     if alike.any():
         k = int(alike.sum())
         parts.append(f"{k} {'more ' * bool(n)}look{'s' * (k == 1)} like them under other ids or none (the same "
@@ -533,11 +536,17 @@ def evaluate_model(
     notes = list(dataset.notes)
     calibrated = (card.ensemble or {}).get("calibrated_on", {})
     if std is not None and calibrated:
+        differs = (f"σ was calibrated against {card.target}, not {dataset.target}" if dataset.target != card.target
+                   else f"σ was calibrated on {card.graph.cell} cells, here {settings.cell}"
+                   if settings.cell != card.graph.cell else None)
         note, counted = _calibration_note(calibrated, kept, dataset, y, pred, std,
                                           (card.ensemble or {}).get("interval95"),
-                                          recorded_split(card.training), flags)
+                                          recorded_split(card.training), flags, differs)
         metrics.update(counted)
         notes += [note] if note else []
+    if split == "train" and std is not None and with_sigma.any():
+        notes.append("the coverages (within σ, 2σ) are on the structures the model was fitted to, where its errors "
+                     "are smaller than on others")
     if dataset.target != card.target:  # another name for the same quantity, or another quantity: the user's call
         notes.append(f"the model learned {card.target} ({card.unit or 'no unit'}); it is compared with the data's "
                      f"{dataset.target}, taken to be the same quantity in the same unit")
