@@ -594,7 +594,10 @@ def test_recalibrating_a_latent_ensemble_gives_what_joining_its_members_so_gives
         stored, joined = (read_checkpoint(tmp_path / f"{name}.ckpt")[0].metrics for name in ("again", "direct"))
         assert stored.keys() == joined.keys()
         assert all(stored[k] == pytest.approx(joined[k], rel=1e-6) for k in joined if isinstance(joined[k], float))
-        assert again["calibrated_on"] == direct["calibrated_on"]  # the structures' ids with the rest
+        assert again["calibrated_on"] == direct["calibrated_on"]
+        stored_on, joined_on = (read_checkpoint(tmp_path / f"{name}.ckpt")[0].ensemble["calibrated_on"]
+                                for name in ("again", "direct"))
+        assert stored_on == joined_on and stored_on["ids"]  # the structures' ids with the rest
     back = recalibrate_sigma(tmp_path / "again.ckpt", tmp_path / "back.ckpt", split_data, sigma="latent", latent_prior=0)
     assert "spread_weight" not in back and "latent_prior" not in back
     assert back["sigma_scale"] == pytest.approx(read_checkpoint(tmp_path / "latent.ckpt")[0].ensemble["sigma_scale"])
@@ -874,3 +877,12 @@ def test_metrics_name_the_unit_of_their_log10_figures():
     assert error_metrics(card, np.array([10.0, 100.0]), np.array([10.0, 110.0]))["log10_unit"] == "log10(GPa)"
     plain = SimpleNamespace(transform=SimpleNamespace(log10=False), unit="eV")
     assert "log10_unit" not in error_metrics(plain, np.array([1.0, 2.0]), np.array([1.0, 2.5]))
+
+
+def test_joining_returns_the_calibration_structures_counted_not_packed(joined):
+    """join_ensemble's result carried the packed ids and fingerprints of every calibration structure, text of
+    no use to its reader (review 41); the checkpoint keeps them, for evaluate."""
+    out, result = joined
+    assert result["calibrated_on"]["n"] == 10
+    assert "ids" not in result["calibrated_on"] and "structures" not in result["calibrated_on"]
+    assert {"ids", "structures"} <= read_checkpoint(out)[0].ensemble["calibrated_on"].keys()

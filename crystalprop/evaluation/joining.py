@@ -173,8 +173,15 @@ def join_ensemble(
     _merge_trained_ids(first, cards[1:])
     save_ensemble(output, first, [params for p in models for params in networks[p]],
                   reference.arrays() if reference else None)
-    return {"output": str(output), "split": split, "unit": first.unit, "member_maes": member_maes, **first.ensemble,
-            **metrics}
+    return {"output": str(output), "split": split, "unit": first.unit, "member_maes": member_maes,
+            **_reported(first.ensemble), **metrics}
+
+
+def _reported(ensemble: dict) -> dict:
+    """A card's ensemble entries as joining returns them: the calibration structures counted, without their packed
+    ids and fingerprints (kilobytes of text for a reader; the checkpoint keeps them for ``evaluate``)."""
+    calibrated = {k: v for k, v in ensemble.get("calibrated_on", {}).items() if k not in ("ids", "structures")}
+    return {**ensemble, **({"calibrated_on": calibrated} if "calibrated_on" in ensemble else {})}
 
 
 def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray | None,
@@ -263,7 +270,7 @@ def recalibrate_sigma(
                                             "split_check": split_check, **calibration_record(chosen, with_sigma)}})
     card.metrics = {**{k: v for k, v in (card.metrics or {}).items() if k != "n_without_sigma"}, **metrics}  # what else it records (an evaluation's data, cells) stays
     save_with_card(output, card, params)
-    return {"output": str(output), "split": split, **card.ensemble, **metrics}
+    return {"output": str(output), "split": split, **_reported(card.ensemble), **metrics}
 
 
 def _files_record(files: Sequence[tuple[str, Path]]) -> dict:
