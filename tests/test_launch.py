@@ -300,3 +300,36 @@ def test_cli_ctrl_z_suspends_the_training_and_fg_resumes_it(data, tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=180)
     assert proc.returncode == 128 + signal.SIGTERM
+
+
+def test_the_stop_handler_only_flags_the_stop():
+    """The handler reported "stopping" on the training process's event queue: a signal landing while the loop
+    itself was putting an event there waited for ever on the queue's lock (hunt14 1). The loop says it now."""
+    import signal as signals
+
+    from crystalprop.training.trainer import Trainer
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.stop_requested, trainer.stop_signal = False, None
+
+    def blocked(kind, info):
+        raise AssertionError(f"the handler reported {kind!r}")
+
+    trainer.on_event = blocked
+    trainer._request_stop(signals.SIGTERM, None)
+    trainer._request_stop(signals.SIGINT, None)
+    assert trainer.stop_requested and trainer.stop_signal == signals.SIGTERM
+
+
+def test_a_training_process_stopped_while_it_starts_is_a_stop_not_an_error():
+    """SIGTERM while an ensemble member's process started ended it before its handlers were set: "error: ...
+    (killed?)" and exit 2, where a cluster's requeue looks for 143 (hunt14 6)."""
+    import signal as signals
+    import threading
+
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signals.SIGTERM))  # the child is still importing
+    timer.start()
+    try:
+        assert launch.run_training_child({"device": "CPU", "threads": 1}) == ("stopped", signals.SIGTERM)
+    finally:
+        timer.cancel()

@@ -231,3 +231,32 @@ def test_a_lock_released_between_open_and_flock_is_taken_afresh(tmp_path, monkey
         file_lock.FileLock(out, "--output")
     second.release()
     assert not (tmp_path / "out.csv.lock").exists()
+
+
+@pytest.mark.slow
+def test_cli_resume_of_the_same_folder_under_another_path_adds_no_row(random_ckpt, tmp_path):
+    """The inputs were checked by their names in their folders (node-local copies, another working directory),
+    but the rows done by their paths as typed: a resume from elsewhere predicted every structure again and
+    appended it under its new path (hunt13 1)."""
+    from pymatgen.core import Structure
+
+    for place in ("job1", "job2"):
+        folder = tmp_path / place / "data"
+        folder.mkdir(parents=True)
+        for k, name in enumerate(["a", "b", "c"]):
+            CifWriter(rocksalt(5.5 + 0.1 * k)).write_file(folder / f"{name}.cif")
+        two = Structure.from_dict(rocksalt(5.64).as_dict())
+        (folder / "multi.cif").write_text(f"{CifWriter(two)}\n{CifWriter(rocksalt(5.9))}".replace(
+            "data_NaCl", "data_first", 1).replace("data_NaCl", "data_second", 1))
+    first = run_cli(["predict", "job1/data", "-m", random_ckpt, "-o", "out.csv"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    rows = read_rows(tmp_path / "out.csv")
+    assert len(rows) == 5, rows
+    (tmp_path / "elsewhere").mkdir()
+    for args, cwd in ((["job2/data"], tmp_path), (["../job1/data"], tmp_path / "elsewhere"),
+                      ([str(tmp_path / "job1" / "data")], tmp_path), (["./job1/data"], tmp_path)):
+        again = run_cli(["predict", *args, "-m", random_ckpt, "-o", str(tmp_path / "out.csv"), "--resume"], cwd=cwd)
+        assert again.returncode == 0, again.stderr
+        assert len(read_rows(tmp_path / "out.csv")) == 5, (args, again.stdout)
+        said = again.stdout + again.stderr
+        assert "0 predicted" in said and "5 already in" in said, said

@@ -932,3 +932,19 @@ def test_a_log_file_gets_no_left_over_progress_bar(tmp_path):
     lines = (done.stdout + done.stderr).splitlines()
     assert any(line.startswith("epoch 1:") for line in lines)
     assert not [line for line in lines if re.match(r"\s*(epoch \d+/\d+|building graphs)\s.*━|^epoch \d+/\d+\s+\d+/\d+ loss", line)]
+
+
+def test_init_from_the_same_target_in_another_unit_is_not_read_as_the_same(run_a, tmp_path):
+    """A band gap in meV from the shipped band_gap (eV) was 'the same target': its eV values, re-expressed as if
+    they were meV, started every prediction about 1000 times too small, and nothing was said (hunt14 4)."""
+    _, run_dir, _ = run_a
+    records = json.loads(write_json_dataset(tmp_path / "all.json", 8).read_text())
+    graphs = [graph_of(Structure.from_dict(r["structure"])) for r in records]
+    y = 1000.0 * np.array([r["y"] for r in records])
+    events = []
+    trainer = Trainer(config(unit="meV"), tmp_path / "mev", (graphs, y), (graphs[:4], y[:4]),
+                      on_event=lambda kind, info: events.append((kind, info)))
+    trainer._setup(False, run_dir / "best.ckpt")
+    event = dict(events)["init_from"]
+    assert not event["same_target"] and event["units"] == ["eV", "meV"]
+    assert "elements" not in trainer.prior_training

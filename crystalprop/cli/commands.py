@@ -96,8 +96,9 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
         raise click.UsageError("--resume continues an --output file: give it with -o")
 
     single_threaded_blas()  # before numpy is imported
-    from crystalprop.prediction.output import done_names  # noqa: PLC0415
+    from crystalprop.prediction.output import done_rows  # noqa: PLC0415
     from crystalprop.io.provenance import sidecar_path  # noqa: PLC0415
+    from crystalprop.prediction.predictor import resumed_names  # noqa: PLC0415
 
     request_quick_exit()  # nothing here needs Python's finalisation (0.5-1 s with MindSpore loaded)
     if retry_failed and not (output and resume):
@@ -108,7 +109,8 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
             nothing_to_read = no_structures_found(paths, recursive)
             if nothing_to_read:
                 _fail(nothing_to_read)
-            skip = done_names(Path(output), retry_failed=retry_failed) if output and resume else None
+            done = done_rows(Path(output), retry_failed=retry_failed) if output and resume else []
+            skip = resumed_names(done, paths, recursive) if done else None
         except KeyboardInterrupt:
             _stopped_while_starting(interrupt.received)
         # the rest of the start-up runs whole, a stop signal acted on after it: MindSpore's import and compile
@@ -142,7 +144,7 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
         sys.exit(128 + signal.SIGPIPE)
     except OSError as exc:  # a full standard output (> /dev/full)
         _fail(f"cannot write the results to the standard output ({exc.strerror or exc}); give --output")
-    where = f"; {len(skip)} already in {output}" if skip else ""
+    where = f"; {len(done)} already in {output}" if done else ""
     if output:
         where += f"; results in {output}" + (f" (provenance in {sidecar_path(output)})" if output.lower().endswith(".csv")
                                             else "")
@@ -305,7 +307,7 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
     130, 143); --resume continues. With --workers N (or started under msrun) each process trains on its share of every
     batch and gradients are averaged by MindSpore's all-reduce; rank 0 writes the files.
     """
-    from crystalprop.training.jobs import TrainingFailed, train as train_run  # noqa: PLC0415
+    from crystalprop.training.jobs import TrainingFailed, TrainingStopped, train as train_run  # noqa: PLC0415
     from crystalprop.training.distributed import launched_by_msrun  # noqa: PLC0415
     from crystalprop.training.launch import msrun_part  # noqa: PLC0415
     from crystalprop.training.progress import EnsembleMessages, report_training  # noqa: PLC0415
@@ -323,6 +325,9 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
         with EnsembleMessages() as messages:
             result = train_run(data, output_dir, max_time_s=duration_s(max_time), ensemble=ensemble, isolate=True,
                                on_event=messages.event, given=given, **options)
+    except TrainingStopped as exc:
+        console.print(f"[bold]interrupted[/]: {escape(str(exc))}", highlight=False)
+        sys.exit(128 + exc.signum)
     except (TrainingFailed, ValueError) as exc:
         _fail(str(exc))
     code = report_training(result, output_dir)

@@ -155,11 +155,16 @@ def _json_opening(record: dict | None) -> str:
     return "[" if record is None else json.dumps({KEY: record})[:-1] + ', "results": ['
 
 
-def done_names(path: Path, *, retry_failed: bool = False) -> set[str]:
-    """Names already in an output file (for ``--resume``), after dropping a cut last row;
-    with ``retry_failed`` only those predicted without error."""
+def done_rows(path: Path, *, retry_failed: bool = False) -> list[dict]:
+    """The rows already in an output file (for ``--resume``), after dropping a cut last row; with
+    ``retry_failed`` only those predicted without error."""
     drop_cut_tail(path)
-    return {row["name"] for row in read_rows(path) if row.get("name") and not (retry_failed and row.get("error"))}
+    return [row for row in read_rows(path) if row.get("name") and not (retry_failed and row.get("error"))]
+
+
+def done_names(path: Path, *, retry_failed: bool = False) -> set[str]:
+    """Names already in an output file (for ``--resume``): those of :func:`done_rows`."""
+    return {row["name"] for row in done_rows(path, retry_failed=retry_failed)}
 
 
 def file_columns(path: Path) -> list[str] | None:

@@ -187,6 +187,26 @@ def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
             yield from iter_structure_paths([os.fspath(item)], recursive, seen)
 
 
+def resumed_names(done: Sequence[dict], inputs: Sequence[Any], recursive: bool) -> set[str]:
+    """The names of the ``done`` rows of a resumed output as this run names them, to skip: each as written, and
+    where the file at its position (``index``) is now given under another path (another working directory, a
+    node-local copy elsewhere: inputs of the same names, as ``--resume`` checks) with the same file name, under
+    that path too (the row's ``source`` replaced by it), so that no structure is predicted and written twice."""
+    names = {row["name"] for row in done}
+    files = list(_iter_inputs(inputs, recursive)) if done else []  # by position, as ``index`` counts them
+    for row in done:
+        index, name, source = row.get("index"), row["name"], row.get("source") or ""
+        if isinstance(index, str) and index.isdigit():
+            index = int(index)
+        if not (isinstance(index, int) and 0 <= index < len(files) and isinstance(files[index], str) and source
+                and name.startswith(source)):
+            continue
+        now = printable(files[index])
+        if now != source and os.path.basename(now) == os.path.basename(source):
+            names.add(now + name[len(source):])
+    return names
+
+
 def _import_readers() -> None:
     """Worker start-up: import the parsers (pymatgen, 0.5-1 s), spglib (canonical cells, 0.15 s) and scipy's
     k-d tree (neighbour search, 0.3 s), and load the compiled neighbour search (built on a machine's first

@@ -27,6 +27,16 @@ class TrainingFailed(RuntimeError):
     """A training in a child process failed; the message is its one-line error."""
 
 
+class TrainingStopped(TrainingFailed):
+    """A stop signal ended the training process before it could save (while it started, or a second signal
+    forced it): what was saved before stays, and ``--resume`` continues from it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum} before the training process could save; what was saved "
+                         "before is kept (--resume continues from it)")
+        self.signum = signum
+
+
 class RunDirError(ValueError):
     """The run directory does not fit the request (a new run over an old one, a resume of nothing)."""
 
@@ -303,6 +313,8 @@ def train(
             on_event("member", {"member": k + 1, "members": ensemble, "seed": seed + k, "run_dir": str(member_dir)})
         try:
             outcomes.append(run(member))
+        except TrainingStopped:
+            raise
         except TrainingFailed as exc:
             raise TrainingFailed(f"member {k + 1}: {exc}") from None
         if not completed(outcomes[-1]):

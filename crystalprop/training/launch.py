@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from crystalprop.utils.console import console
 from crystalprop.utils.stopping import STOP_SIGNALS
-from crystalprop.training.jobs import OnEvent, TrainingFailed, run_job
+from crystalprop.training.jobs import OnEvent, TrainingFailed, TrainingStopped, run_job
 from crystalprop.training.progress import TrainDisplay
 
 
@@ -97,18 +97,25 @@ def follow_log(log: Path, process, poll_s: float = 0.5) -> int:
 def run_isolated(job: dict, on_event: OnEvent | None = None) -> dict:
     """:func:`crystalprop.training.jobs.run_job` in a child process, with the live display; its outcome.
 
-    Raises :class:`TrainingFailed` with the child's error, or when it ended without a result.
+    Raises :class:`TrainingStopped` where a stop signal ended it without a result, :class:`TrainingFailed`
+    with the child's error, or when it ended without a result otherwise.
     """
     kind, payload = run_training_child(job, on_event)
+    if kind == "stopped":
+        raise TrainingStopped(payload)
     if kind == "error":
         raise TrainingFailed(payload)
     return payload
 
 
+NO_RESULT = "training process ended without a result (killed?)"
+
+
 def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str, object]:
     """Train in a child process of its own session, relaying its events to the display (and ``on_event``).
 
-    Returns ("result", outcome) or ("error", message). While it runs, SIGINT, SIGTERM and
+    Returns ("result", outcome), ("error", message), or ("stopped", signal) where a stop signal ended the child
+    before it could stop cleanly (while it started, or forced by a second signal). While it runs, SIGINT, SIGTERM and
     SIGHUP to this process are passed on to the child as SIGTERM, and Ctrl-Z stops both
     (:func:`relay_job_control`).
     """
@@ -127,13 +134,18 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
 
     def forward(signum, frame) -> None:
         received.append(signum)
-        console.print("[yellow]stopping after this step and saving...[/]")
+        if len(received) > 1:  # the second: end it now, as the first one's message offers
+            console.print("[yellow]forced: the training process ends without saving this step[/]")
+            if child.pid:
+                os.kill(child.pid, signal.SIGKILL)
+            return
+        console.print("[yellow]stopping after this step and saving... (Ctrl-C again to force)[/]")
         if child.pid:
             os.kill(child.pid, signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     previous.update(relay_job_control(child.pid))
-    outcome: tuple[str, object] = ("error", "training process ended without a result (killed?)")
+    outcome: tuple[str, object] = ("error", NO_RESULT)
     try:
         with TrainDisplay() as display:
             while True:
@@ -157,6 +169,8 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     kind, payload = outcome
+    if kind == "error" and payload is NO_RESULT and received:  # stopped before it could stop cleanly, or forced
+        return "stopped", received[0]
     if kind == "result" and received and isinstance(payload, dict) and payload.get("signal"):
         payload["signal"] = received[0]  # the command's own: Ctrl-C reached the training as SIGTERM
     return outcome

@@ -74,6 +74,8 @@ class TrainDisplay:
                           + (f"; changed: {changed}" if changed else ""), markup=False)
         elif kind == "init_from":
             start = ("starting from its predictions (same target)" if info["same_target"]
+                     else (f"its target in {info['units'][0]}, this run's in {info['units'][1]}: its output layer "
+                           "learns this one, as for another target") if info.get("units")
                      else "another target: its output layer learns this one")
             console.print(f"init_from: {info['path']} ({info['loaded']} of {info['total']} parameters); {start}",
                           markup=False, highlight=False)

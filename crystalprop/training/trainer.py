@@ -373,18 +373,20 @@ class Trainer:
                    if card.model != self.config.model else f"e.g. {next(missing)} has no counterpart of its shape there")
             raise CheckpointError(f"{path}: {loaded} of this model's {len(own)} parameters fit ({why}), "
                                   "so it cannot be a warm start")
+        source = network_transform(card)
+        other_unit = bool(card.unit and self.config.unit and card.unit != self.config.unit)
+        same_target = card.target == self.config.target and source.log10 == self.config.log10 and not other_unit
         self.prior_training = {
             "init_from": str(path),
             "cumulative_wall_hours": card.training.get("cumulative_wall_hours", card.training.get("wall_hours", 0.0)),
             "cumulative_epochs": card.training.get("cumulative_epochs", card.training.get("epochs", 0.0)),
-            **({"elements": list(card.elements)} if card.target == self.config.target else {}),
+            **({"elements": list(card.elements)} if same_target else {}),
         }
-        source = network_transform(card)
-        same_target = card.target == self.config.target and source.log10 == self.config.log10
-        if same_target:
+        if same_target:  # its values in this run's standardisation; in another unit they would be read wrongly
             _rescale_output(net, source, transform)
         self.on_event("init_from", {"path": str(path), "loaded": loaded, "total": len(own),
-                                    "same_target": same_target})
+                                    "same_target": same_target,
+                                    **({"units": [card.unit, self.config.unit]} if other_unit else {})})
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, *, resume: bool = False, init_from: str | Path | None = None) -> TrainResult:
@@ -497,6 +499,8 @@ class Trainer:
                 self._save_loop(loop)
                 loop.last_save = time.monotonic()
             if stopping:
+                if self.stop_requested:
+                    self.on_event("stopping", {})
                 return (OVER_TIME if over_time and not self.stop_requested else "interrupted"), losses, lr
         return "finished", losses, lr
 
@@ -602,9 +606,10 @@ class Trainer:
 
     # -- persistence ------------------------------------------------------------------------
     def _request_stop(self, signum, frame) -> None:
+        """The stop signals' handler: flags only. Reporting from here could wait for ever on a lock that the
+        interrupted code holds (a training process's event queue); the loop says it is stopping."""
         self.stop_requested = True
         self.stop_signal = self.stop_signal or signum
-        self.on_event("stopping", {})
 
     def _write_history(self) -> None:
         if not self.cluster.is_main:
