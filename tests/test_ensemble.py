@@ -103,6 +103,18 @@ def test_sigma_is_not_calibrated_on_too_few_structures_or_to_zero():
     assert calibration_scale(errors, np.ones(400)) > 0
 
 
+def test_the_interval_still_covers_its_structures_when_they_are_computed_again():
+    """The structure that sets the 95 % interval lay just outside it when evaluate computed it again in float32
+    (a ratio of 1.8260751 against 1.8260730 stored): 0.905 against 0.952 on 21 structures (hunt14 5)."""
+    from crystalprop.model.ensemble import interval_multiple
+
+    rng = np.random.default_rng(5)
+    errors, std = rng.standard_t(3, 21), rng.uniform(0.5, 2.0, 21)
+    k = interval_multiple(errors, std)
+    again = errors * (1 + 2e-6)  # the same predictions, off in their last float32 digits
+    assert np.mean(np.abs(again) <= k * std) == np.mean(np.abs(errors) <= k * std) >= 0.95
+
+
 def test_interval_multiple_covers_its_level_where_the_tails_are_heavy():
     """σ calibrated to the Gaussian coverage curve covers too few errors at 2σ when the errors have heavy
     tails (materials data do): the stored multiple k95 of σ must cover 95 % of them."""
@@ -118,7 +130,7 @@ def test_interval_multiple_covers_its_level_where_the_tails_are_heavy():
     k = interval_multiple(heavy, sigma)
     assert k > 2.2 and np.mean(np.abs(heavy) <= k * sigma) == pytest.approx(0.95, abs=1e-4)
     exact = np.r_[np.zeros(50), np.ones(50)]  # σ = 0 where the error is 0 (metals at 0 eV) is covered
-    assert interval_multiple(exact, np.r_[np.zeros(50), np.ones(50)]) == 1.0
+    assert interval_multiple(exact, np.r_[np.zeros(50), np.ones(50)]) == pytest.approx(1.0, rel=1e-3)
     assert interval_multiple(np.ones(100), np.r_[np.zeros(10), np.ones(90)]) is None  # no k holds 95 % there
 
 
