@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -260,3 +261,23 @@ def test_a_stop_signal_during_start_up_is_the_same_stop(tmp_path, random_ckpt, n
     assert done.returncode == status, (done.returncode, done.stderr[-2000:])
     assert "Traceback" not in done.stderr and "Aborted" not in done.stderr, done.stderr
     assert "stopped" in done.stderr and "nothing predicted" in done.stderr, done.stderr
+
+
+def test_models_lists_a_users_own_model_and_a_folder_with_files_that_are_not_models(random_ckpt, tmp_path):
+    """`crystalprop models runs/x` was refused (no way to see one's own model's card), and a models folder holding
+    a file that is no model (a run's last.ckpt, a broken copy) ended `models` in a traceback (hunt14 7)."""
+    run = tmp_path / "runs" / "mine"
+    run.mkdir(parents=True)
+    shutil.copy(random_ckpt, run / "best.ckpt")
+    done = run_cli(["models", "runs/mine"], cwd=tmp_path, env={"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^mine +y +eV ", done.stdout, re.M), done.stdout
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    shutil.copy(random_ckpt, folder / "good.ckpt")
+    (folder / "last.ckpt").write_bytes(b"not a checkpoint")
+    listed = run_cli(["models"], cwd=tmp_path, env={"COLUMNS": "200", "CRYSTALPROP_CHECKPOINTS": str(folder)})
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert "good" in listed.stdout and "not a model" in listed.stdout, listed.stdout
+    missing = run_cli(["models", "runs/none"], cwd=tmp_path)
+    assert missing.returncode == 2 and "runs/none" in missing.stderr and "Traceback" not in missing.stderr

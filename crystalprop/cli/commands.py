@@ -212,14 +212,20 @@ def merge(output, parts, overwrite) -> None:
 
 
 @main.command()
-def models() -> None:
-    """List the shipped models with their target, unit, validation MAE and the sha256 of their weights."""
+@click.argument("names", nargs=-1)
+def models(names) -> None:
+    """List the shipped models (or the given ones: names, checkpoints, run folders) with their target, unit,
+    validation MAE and the sha256 of their weights."""
     from crystalprop.model.registry import MODEL_COLUMNS, checkpoints_dir, describe_models, no_models_reason  # noqa: PLC0415
 
-    reason = no_models_reason()
+    reason = None if names else no_models_reason()
     if reason:
         _fail(f"no models to list: {reason}")
-    show_table(MODEL_COLUMNS, describe_models(), title=f"models in {checkpoints_dir()}")
+    try:
+        rows = describe_models(names)
+    except ValueError as exc:  # CheckpointError: an unknown name, a file that is no model
+        _fail(str(exc))
+    show_table(MODEL_COLUMNS, rows, title="models" if names else f"models in {checkpoints_dir()}")
 
 
 @main.command()

@@ -86,15 +86,24 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
 MODEL_COLUMNS = ("name", "target", "unit", "val MAE", "trained on", "epochs", "sha256")
 
 
-def describe_models() -> list[list[str]]:
-    """One row of :data:`MODEL_COLUMNS` per available model, read from its card and weights."""
-    from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+def describe_models(models: Sequence[str | os.PathLike] = ()) -> list[list[str]]:
+    """One row of :data:`MODEL_COLUMNS` per model of ``models`` (names, checkpoints, run folders; unknown ones
+    raise CheckpointError), by default per available model, read from its card and weights; a file in the
+    models folder that is no model (a run's last.ckpt, a broken copy) gets a row that says so."""
+    from crystalprop.model.checkpoint import CheckpointError, read_checkpoint  # noqa: PLC0415
     from crystalprop.utils.hashing import cached_file_sha256  # noqa: PLC0415
 
     rows = []
-    for name in available_models():
-        path = resolve_model(name)[1]
-        card, _ = read_checkpoint(path)
+    for name in models or available_models():
+        label, path = resolve_model(name)
+        try:
+            card, _ = read_checkpoint(path)
+        except CheckpointError as exc:
+            if models:
+                raise
+            rows.append([label, f"not a model: {exc}", "", "", "", "", ""])
+            continue
+        name = label
         metrics = card.metrics
         mae = metrics.get("log10_mae") if card.transform.log10 else metrics.get("mae")
         mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "")
