@@ -333,3 +333,15 @@ def test_a_training_process_stopped_while_it_starts_is_a_stop_not_an_error():
         assert launch.run_training_child({"device": "CPU", "threads": 1}) == ("stopped", signals.SIGTERM)
     finally:
         timer.cancel()
+
+
+def test_the_report_says_when_no_epoch_beat_the_start(stderr_console, tmp_path):
+    """A fine-tune that only made its start worse ended with 'best validation MAE 0.048 at epoch 1', read as an
+    improvement on the start's 0.029 (hunt14 2)."""
+    result = {"stopped_because": "finished", "best_val_mae": 0.048, "best_epoch": 1, "start_score": 0.0286}
+    assert progress.report_training(result, str(tmp_path)) == 0
+    said = stderr_console.getvalue()
+    assert "no epoch beat the weights it started from (0.0286" in said and "--lr" in said
+    better = {**result, "best_val_mae": 0.025}
+    progress.report_training(better, str(tmp_path))
+    assert stderr_console.getvalue().count("no epoch beat") == 1

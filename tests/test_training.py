@@ -948,3 +948,22 @@ def test_init_from_the_same_target_in_another_unit_is_not_read_as_the_same(run_a
     event = dict(events)["init_from"]
     assert not event["same_target"] and event["units"] == ["eV", "meV"]
     assert "elements" not in trainer.prior_training
+
+
+def test_a_fine_tune_of_the_same_target_scores_its_start(run_a, tmp_path):
+    """The weights a fine-tune starts from were never scored: a run whose every epoch was worse than its start
+    reported its best epoch as if it had improved the model (hunt14 2)."""
+    _, run_dir, _ = run_a
+    records = json.loads(write_json_dataset(tmp_path / "all.json", 12).read_text())
+    graphs = [graph_of(Structure.from_dict(r["structure"])) for r in records]
+    y = np.array([r["y"] for r in records])
+    net, card = load_model(run_dir / "best.ckpt")
+    expected = np.mean(np.abs(card.transform.physical(predict_graphs(net, graphs[8:])) - y[8:]))
+    events = []
+    trainer = Trainer(config(), tmp_path / "ft", (graphs[:8], y[:8]), (graphs[8:], y[8:]),
+                      on_event=lambda kind, info: events.append((kind, info)))
+    loop = trainer._setup(False, run_dir / "best.ckpt")
+    assert loop.state["start_score"] == pytest.approx(expected, rel=1e-4)
+    assert dict(events)["start_score"] == {"score": loop.state["start_score"], "key": "mae"}
+    other = Trainer(config(target="z"), tmp_path / "other", (graphs[:8], y[:8]), (graphs[8:], y[8:]))
+    assert "start_score" not in other._setup(False, run_dir / "best.ckpt").state  # another target: no such start

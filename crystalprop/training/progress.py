@@ -79,6 +79,10 @@ class TrainDisplay:
                      else "another target: its output layer learns this one")
             console.print(f"init_from: {info['path']} ({info['loaded']} of {info['total']} parameters); {start}",
                           markup=False, highlight=False)
+        elif kind == "start_score":
+            name = "MAE (log10)" if info["key"] == "log10_mae" else "MAE"
+            console.print(f"start: validation {name} {info['score']:.4g} before training (the weights it starts "
+                          "from)", markup=False)
         elif kind == "stopping":
             console.print("stopping after this step (Ctrl-C again to force)", markup=False)
 
@@ -121,6 +125,12 @@ def report_training(result: dict, output_dir: str) -> int:
         else:
             console.print(f"[bold]{result['stopped_because']}[/]: {best} {result['best_val_mae']:.4g} at "
                           f"epoch {result['best_epoch']}; {where}")
+        start = result.get("start_score")
+        if start is not None and result["best_epoch"] and not result["best_val_mae"] < start:
+            console.print(f"[yellow]note:[/] no epoch beat the weights it started from ({start:.4g} on the same "
+                          "validation structures): the fine-tune made them worse here; keep the model it started "
+                          "from, or train with a lower --lr (1e-4 or less for a fine-tune of the same target)",
+                          highlight=False)
         return 128 + result["signal"] if result.get("signal") else 0
     if result["ensemble"] is None:
         console.print(f"member {len(result['members'])} {result['stopped_because']}: --resume continues the ensemble")

@@ -225,6 +225,9 @@ class TrainResult:
     """The signal that stopped an ``interrupted`` run (SIGTERM, SIGINT); None otherwise."""
     n_skipped: int = 0
     """Records of the data left out (listed in skipped.log)."""
+    start_score: float | None = None
+    """The validation score of the weights a warm start of the same target began from (None otherwise):
+    where no epoch beats it, the fine-tune made the model worse on this split."""
 
 
 @dataclass
@@ -340,13 +343,14 @@ class Trainer:
             elements=[Element.from_Z(z).symbol for z in elements],
         )
 
-    def _init_from(self, net: Matformer, path: str | Path, transform: TargetTransform) -> None:
+    def _init_from(self, net: Matformer, path: str | Path, transform: TargetTransform) -> bool:
         """Warm start: copy every parameter of a model of the same sizes (an ensemble's first member).
 
         Where the source learned this run's target (same name and log10), its output layer is re-expressed
         in this run's ``transform`` (fitted to this run's training targets, as every member of a split
         shares it), so training starts from the source's own predictions: a fine-tune on a few structures
-        of a narrow range otherwise began with the source's outputs rescaled and shifted."""
+        of a narrow range otherwise began with the source's outputs rescaled and shifted. Returns whether it
+        did (the same target, in the same unit)."""
         card, params = read_checkpoint(path)
         if self.config.model.site_features:  # a start without them learns them from zero weights
             card, params = with_site_inputs(card, member_params(card, params)[0])
@@ -387,6 +391,7 @@ class Trainer:
         self.on_event("init_from", {"path": str(path), "loaded": loaded, "total": len(own),
                                     "same_target": same_target,
                                     **({"units": [card.unit, self.config.unit]} if other_unit else {})})
+        return same_target
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, *, resume: bool = False, init_from: str | Path | None = None) -> TrainResult:
@@ -432,8 +437,10 @@ class Trainer:
         if resume:
             state, saved = self._restore(cell, self.run_dir / "last.ckpt", state)
             transform = TargetTransform(**state["transform"])
-        elif init_from:
-            self._init_from(net, init_from, transform)
+        elif init_from and self._init_from(net, init_from, transform) and self.val_graphs:
+            # the start's own score, so that a fine-tune that only makes it worse says so (train's report)
+            _, key, state["start_score"] = self._validate(net, transform, [])
+            self.on_event("start_score", {"score": state["start_score"], "key": key})
         y_train = transform.normalise(self.train_y).astype(np.float32)
         steps_per_epoch = (len(self.train_graphs) + cfg.batch_size - 1) // cfg.batch_size
         average = WeightAverage(net, cfg.ema, saved) if cfg.ema else None  # a resume without one starts it here
@@ -537,7 +544,8 @@ class Trainer:
         result = TrainResult(state["best_mae"], state["best_epoch"], state["epoch"], stopped_because,
                              self.run_dir, self.history, validated=bool(self.val_graphs),
                              stop_signal=self.stop_signal if stopped_because == "interrupted" else None,
-                             n_skipped=int(self.data_description.get("n_skipped", 0)))
+                             n_skipped=int(self.data_description.get("n_skipped", 0)),
+                             start_score=state.get("start_score"))
         self.on_event("end", asdict(result) | {"run_dir": str(self.run_dir)})
         return result
 
