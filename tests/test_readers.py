@@ -1109,3 +1109,21 @@ def test_qmof_cifs_with_extra_columns():
         [(_, s)] = read_file(str(path))
         assert len(s) > 0 and "H" in {e.symbol for e in s.composition.elements}
         validate_structure(s)
+
+
+def test_discovery_keeps_every_name_that_links_to_one_file(tmp_path, nacl):
+    """Candidates picked from a database as links: two names linking to one file gave one row, the second name
+    vanishing without a word (hunt13 2). One file reached twice under one name (its folder and itself, a folder
+    through a link) still comes once."""
+    db = tmp_path / "db"
+    db.mkdir()
+    write(db / "mp-1.cif", str(CifWriter(nacl)))
+    cands = tmp_path / "cands"
+    cands.mkdir()
+    for name in ("cand_1.cif", "cand_3.cif"):
+        (cands / name).symlink_to(db / "mp-1.cif")
+    assert rel(iter_structure_paths([str(cands)]), cands) == ["cand_1.cif", "cand_3.cif"]
+    assert len(list(iter_structure_paths([str(cands / "cand_1.cif"), str(cands / "cand_3.cif")]))) == 2
+    assert len(list(iter_structure_paths([str(cands), str(cands / "cand_1.cif")]))) == 2
+    (tmp_path / "alias").symlink_to(db)
+    assert len(list(iter_structure_paths([str(db / "mp-1.cif"), str(tmp_path / "alias" / "mp-1.cif")]))) == 1

@@ -177,14 +177,16 @@ def iter_structure_paths(args: Iterable[str], recursive: bool = False, seen: set
     them); folders give their structure-named files, one level or
     ``recursive``; glob patterns are expanded (``**`` allowed) and sorted.
     A file given again (by name and in its folder, or by a glob) is left out where it comes again,
-    told by its real path (``link/..`` is where the link points); ``seen`` holds the real paths
-    yielded so far, for a caller that lists more inputs than one call.
+    told by its name in the real path of its folder (``link/..`` is where the link points); names that
+    link to one file are each kept, as a folder of links picks candidates from a database. ``seen``
+    holds the keys yielded so far, for a caller that lists more inputs than one call.
     """
     seen = set() if seen is None else seen
     for arg in map(os.fspath, args):
         paths = _iter_glob(arg, recursive) if _has_glob(arg) and not os.path.exists(arg) else _iter_arg(arg, recursive)
         for path in paths:
-            key = os.path.normcase(os.path.realpath(path))
+            key = os.path.normcase(os.path.join(os.path.realpath(os.path.dirname(path) or "."),
+                                                os.path.basename(path)))
             if key not in seen:
                 seen.add(key)
                 yield path
