@@ -869,3 +869,25 @@ def test_ids_that_name_no_structure_file_name_their_column_and_the_id_column(tmp
     (folder / "properties.csv").unlink()
     with pytest.raises(DatasetError, match=r"ids are read from its first column; e\.g\. x.*\)$"):
         load_dataset(folder)
+
+
+def test_a_table_of_structure_text_without_an_id_column_says_its_ids_are_row_numbers(tmp_path):
+    """A CSV with columns name, cif, Eg named its structures row7, row23, ...: later commands then took the
+    model's own data for other data, and nothing said why or named --id-column; a missing structure column did
+    not name --structure-column (hunt14 8)."""
+    from pymatgen.io.cif import CifWriter
+
+    from conftest import rocksalt
+
+    table = tmp_path / "inline.csv"
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "cif", "Eg"])
+        for k in range(4):
+            writer.writerow([f"x{k}", str(CifWriter(rocksalt(5.5 + 0.1 * k))), 1.0 + k])
+    dataset = load_dataset(table, "Eg", structure_column="cif")
+    assert any("--id-column" in note and "row" in note for note in dataset.notes), dataset.notes
+    named = load_dataset(table, "Eg", structure_column="cif", id_column="name")
+    assert not any("--id-column" in note for note in named.notes)
+    with pytest.raises(DatasetError, match="--structure-column"):
+        load_dataset(table, "Eg")

@@ -444,7 +444,8 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
 def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, structure_column: str) -> Dataset:
     rows, _ = _read_table(path, target)
     if structure_column not in rows[0]:
-        raise DatasetError(f"{path}: no column {structure_column!r} (columns: {', '.join(rows[0])})")
+        raise DatasetError(f"{path}: no column {structure_column!r} (columns: {', '.join(rows[0])}): "
+                           "--structure-column names the one that holds the structures")
     _check_id_column(rows, id_column, path)
     id_key = id_column or next((k for k in TABLE_ID_NAMES if k in rows[0]), "id")
     target = _choose_target(rows, target, {id_key, structure_column, "split"}, str(path), "column")
@@ -454,7 +455,12 @@ def _read_csv_dataset(path: Path, target: str | None, id_column: str | None, str
             raise LookupError("empty structure column")
         return _beside(row[structure_column], path.parent)
 
-    return _dataset_from_rows(rows, target, id_key, source_of, str(path), str(path))
+    dataset = _dataset_from_rows(rows, target, id_key, source_of, str(path), str(path))
+    if id_key not in rows[0]:  # named by their rows: say so, since train, evaluate and joining must agree on ids
+        dataset.notes.append(f"{path}: no id column ({', '.join(TABLE_ID_NAMES)}), so the structures are named by "
+                             "their row (row1, row2, ...); --id-column NAME takes a column's names (give it to "
+                             "train, evaluate and ensemble alike)")
+    return dataset
 
 
 def read_split_file(path: Path) -> dict[str, str]:
