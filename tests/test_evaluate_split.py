@@ -334,3 +334,20 @@ def test_the_evaluation_table_shows_the_log10_max_error(tmp_path):
     from crystalprop.cli.display import METRIC_KEYS
 
     assert "log10_max_error" in METRIC_KEYS
+
+
+def test_the_split_note_says_a_limit_run_validated_on_a_part_of_it(tmp_path):
+    """A `--limit` run picked its best epoch on N/8 validation structures while evaluate and the join scored the
+    whole split, saying "the same val split as in training" (hunt14 3)."""
+    from types import SimpleNamespace
+
+    from crystalprop.data.datasets import Entry, ids_sha256, pack_ids
+    from crystalprop.evaluation.evaluate import check_unseen
+
+    val = [Entry(f"v{k}", 1.0, None, "val") for k in range(20)]
+    dataset = SimpleNamespace(origin="data", positional_ids=0)
+    record = {"trained_ids": pack_ids(["t1", "t2"]), "val_ids_sha256": ids_sha256([e.id for e in val])}
+    plain = check_unseen(val, "val", dataset, {"data": {"split_record": record}}, "m.ckpt")
+    assert plain == "none trained on; the same val split as in training"
+    limited = check_unseen(val, "val", dataset, {"data": {"split_record": {**record, "limit": 40}}}, "m.ckpt")
+    assert "the same val split as in training" in limited and "validated on the first 5 of them" in limited

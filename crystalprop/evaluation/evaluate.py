@@ -188,6 +188,9 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
                 f"{checkpoint} (e.g. {trained[0]}): not a {split} figure; --split all evaluates them deliberately")
         same = record.get(f"{split}_ids_sha256") == ids_sha256(ids)
         note = f"none trained on; {'the same' if same else 'not the'} {split} split as in training"
+        if same and split == "val" and record.get("limit"):  # the run chose its epochs on a part of it
+            note += (f" (its --limit {record['limit']} validated on the first {max(record['limit'] // 8, 1)} of them, "
+                     "so these figures are not the ones its training printed)")
         return f"{note}; {_positional_note(len(positional), record)}" if positional else note
     recorded = str(training.get("data", {}).get("split", ""))
     if is_random_split(dataset.split_source) or is_random_split(recorded):
