@@ -898,3 +898,20 @@ def test_joining_returns_the_calibration_structures_counted_not_packed(joined):
     assert result["calibrated_on"]["n"] == 10
     assert "ids" not in result["calibrated_on"] and "structures" not in result["calibrated_on"]
     assert {"ids", "structures"} <= read_checkpoint(out)[0].ensemble["calibrated_on"].keys()
+
+
+def test_members_of_other_sizes_are_refused_naming_what_differs(tmp_path):
+    """The refusal printed two raw ModelConfig(...) records for the reader to compare (hunt14 9)."""
+    from crystalprop.model.checkpoint import ModelCard, TargetTransform, read_checkpoint, save_checkpoint
+    from crystalprop.model.ensemble import check_compatible
+    from crystalprop.model.matformer import Matformer, ModelConfig
+
+    cards = []
+    for layers in (1, 2):
+        net = Matformer(ModelConfig(layers=layers, features=16, fc_features=16))
+        save_checkpoint(tmp_path / f"l{layers}.ckpt", net, ModelCard(target="y", model=net.config,
+                                                                     transform=TargetTransform(0.0, 1.0)))
+        cards.append(read_checkpoint(tmp_path / f"l{layers}.ckpt")[0])
+    with pytest.raises(CheckpointError) as caught:
+        check_compatible(cards, [tmp_path / "l1.ckpt", tmp_path / "l2.ckpt"])
+    assert "layers 2 against 1" in str(caught.value) and "ModelConfig(" not in str(caught.value)

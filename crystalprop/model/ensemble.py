@@ -22,7 +22,7 @@ networks' outputs into the members'.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -250,8 +250,17 @@ def check_compatible(cards: Sequence[ModelCard], paths: Sequence[str | Path]) ->
             if mine != theirs and what == "target transform" and _split(card)["val"] != _split(first)["val"]:
                 raise CheckpointError(_other_split_message(card, first, path, paths[0]))
             if mine != theirs:
-                raise CheckpointError(f"{path}: another {what} than {paths[0]} ({mine!r} != {theirs!r}); "
+                raise CheckpointError(f"{path}: another {what} than {paths[0]} ({_difference(mine, theirs)}); "
                                       "members must share target, unit, architecture, graph and split")
+
+
+def _difference(mine, theirs) -> str:
+    """How two settings differ, in words: the fields that differ where both are records (sizes, graph
+    settings, transforms), else the two values."""
+    if is_dataclass(mine) and type(mine) is type(theirs):
+        return ", ".join(f"{f.name} {getattr(mine, f.name)!r} against {getattr(theirs, f.name)!r}" for f in fields(mine)
+                         if getattr(mine, f.name) != getattr(theirs, f.name))
+    return f"{mine!r} against {theirs!r}"
 
 
 def _split(card: ModelCard) -> dict:

@@ -369,13 +369,17 @@ class Trainer:
         if loaded < len(own) or card.model != self.config.model:  # a deeper model fits a shallower one's names
             def sizes(model) -> str:
                 heads = f"{model.heads} head{'s' if model.heads != 1 else ''}"
-                return f"{model.layers} layers, {model.features} features, {heads}, fc {model.fc_features}"
+                layers = f"{model.layers} layer{'s' if model.layers != 1 else ''}"
+                return f"{layers}, {model.features} features, {heads}, fc {model.fc_features}"
 
             missing = (name for name, param in own.items()
                        if name not in params or tuple(params[name].shape) != tuple(param.shape))
-            why = (f"its model has {sizes(card.model)}, this run {sizes(self.config.model)}; give the same sizes"
-                   if card.model != self.config.model else f"e.g. {next(missing)} has no counterpart of its shape there")
-            raise CheckpointError(f"{path}: {loaded} of this model's {len(own)} parameters fit ({why}), "
+            fit = f"{loaded} of this model's {len(own)} parameters fit"
+            if card.model != self.config.model:  # all may fit by name where a deeper model holds a shallower one
+                counted = f" (only {fit})" if loaded < len(own) else ""
+                raise CheckpointError(f"{path}: its model has {sizes(card.model)}, this run "
+                                      f"{sizes(self.config.model)}{counted}: give the same sizes to start from it")
+            raise CheckpointError(f"{path}: {fit} (e.g. {next(missing)} has no counterpart of its shape there), "
                                   "so it cannot be a warm start")
         source = network_transform(card)
         other_unit = bool(card.unit and self.config.unit and card.unit != self.config.unit)
