@@ -968,3 +968,22 @@ def test_a_fine_tune_of_the_same_target_scores_its_start(run_a, tmp_path):
     assert dict(events)["start_score"] == {"score": loop.state["start_score"], "key": "mae"}
     other = Trainer(config(target="z"), tmp_path / "other", (graphs[:8], y[:8]), (graphs[8:], y[8:]))
     assert "start_score" not in other._setup(False, run_dir / "best.ckpt").state  # another target: no such start
+
+
+def test_a_resume_says_when_it_does_not_use_a_new_init_from(run_a, data, tmp_path):
+    """`--resume --init-from band_gap` on a run of other beginnings said nothing of the --init-from it ignored
+    (hunt14 10); the same start given again (a resumed command line) is no news."""
+    run_dir = tmp_path / "done"
+    run_dir.mkdir()
+    for name in ("last.ckpt", "best.ckpt", "history.csv"):
+        (run_dir / name).write_bytes((run_a[1] / name).read_bytes())
+    events = []
+    train_model(data, run_dir, config(), workers=1, resume=True, init_from=run_a[1] / "best.ckpt",
+                on_event=lambda kind, info: events.append((kind, info)))
+    assert dict(events)["init_from_unused"] == {"given": str(run_a[1] / "best.ckpt"), "started": None}
+    warm = tmp_path / "warm"
+    train_model(data, warm, config(epochs=1), workers=1, init_from=run_a[1] / "best.ckpt")
+    again = []
+    train_model(data, warm, config(epochs=1), workers=1, resume=True, init_from=run_a[1] / "best.ckpt",
+                on_event=lambda kind, info: again.append((kind, info)))
+    assert "init_from_unused" not in dict(again)

@@ -72,6 +72,10 @@ class TrainDisplay:
                      else f"epoch {info['epoch'] + 1}")  # the event counts the epochs done; the display from 1
             console.print(f"resume: {where}"
                           + (f"; changed: {changed}" if changed else ""), markup=False)
+        elif kind == "init_from_unused":
+            began = f"it started from {info['started']}" if info["started"] else "it started from random weights"
+            console.print(f"resume: --init-from {info['given']} is not used: the run goes on from its last.ckpt "
+                          f"({began})", markup=False, highlight=False)
         elif kind == "init_from":
             start = ("starting from its predictions (same target)" if info["same_target"]
                      else (f"its target in {info['units'][0]}, this run's in {info['units'][1]}: its output layer "
