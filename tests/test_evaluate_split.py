@@ -349,5 +349,9 @@ def test_the_split_note_says_a_limit_run_validated_on_a_part_of_it(tmp_path):
     record = {"trained_ids": pack_ids(["t1", "t2"]), "val_ids_sha256": ids_sha256([e.id for e in val])}
     plain = check_unseen(val, "val", dataset, {"data": {"split_record": record}}, "m.ckpt")
     assert plain == "none trained on; the same val split as in training"
-    limited = check_unseen(val, "val", dataset, {"data": {"split_record": {**record, "limit": 40}}}, "m.ckpt")
+    limited = check_unseen(val, "val", dataset, {"data": {"split_record": {**record, "limit": 40, "limit_val": 5}}},
+                           "m.ckpt")
     assert "the same val split as in training" in limited and "validated on the first 5 of them" in limited
+    whole = check_unseen(val, "val", dataset, {"data": {"split_record": {**record, "limit": 400, "limit_val": 20}}},
+                         "m.ckpt")
+    assert whole == plain  # a limit that kept every validation structure changed nothing there (review 42)

@@ -328,11 +328,22 @@ def test_a_training_process_stopped_while_it_starts_is_a_stop_not_an_error():
     import threading
 
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signals.SIGTERM))  # the child is still importing
+    before = signals.signal(signals.SIGTERM, lambda *_: None)  # a timer early for the relay must not end pytest
     timer.start()
     try:
         assert launch.run_training_child({"device": "CPU", "threads": 1}) == ("stopped", signals.SIGTERM)
     finally:
         timer.cancel()
+        signals.signal(signals.SIGTERM, before)
+
+
+def test_a_stopped_training_with_nothing_saved_does_not_offer_resume(tmp_path):
+    """A stop while the run still built its graphs said "--resume continues from it" over an empty run folder,
+    where --resume then found nothing to resume (review 42)."""
+    from crystalprop.training.jobs import TrainingStopped
+
+    assert "--resume continues" in str(TrainingStopped(15, True))
+    assert "--resume continues" not in str(TrainingStopped(15, False)) and "without --resume" in str(TrainingStopped(15, False))
 
 
 def test_the_report_says_when_no_epoch_beat_the_start(stderr_console, tmp_path):
@@ -345,3 +356,10 @@ def test_the_report_says_when_no_epoch_beat_the_start(stderr_console, tmp_path):
     better = {**result, "best_val_mae": 0.025}
     progress.report_training(better, str(tmp_path))
     assert stderr_console.getvalue().count("no epoch beat") == 1
+    cut = {**result, "stopped_because": "interrupted"}  # its later epochs may yet beat it: nothing to say now
+    progress.report_training(cut, str(tmp_path))
+    assert stderr_console.getvalue().count("no epoch beat") == 1
+    members = {"stopped_because": "finished", "members": [result, better],
+               "ensemble": {"mae": 0.03, "member_maes": [0.048, 0.025], "sigma_spearman": 0.5}}
+    progress.report_training(members, str(tmp_path))
+    assert stderr_console.getvalue().count("no epoch beat") == 2 and "member 1" in stderr_console.getvalue()

@@ -987,3 +987,21 @@ def test_a_resume_says_when_it_does_not_use_a_new_init_from(run_a, data, tmp_pat
     train_model(data, warm, config(epochs=1), workers=1, resume=True, init_from=run_a[1] / "best.ckpt",
                 on_event=lambda kind, info: again.append((kind, info)))
     assert "init_from_unused" not in dict(again)
+
+
+def test_the_loop_says_it_is_stopping_after_the_signal(data, tmp_path):
+    """The stop handler only flags the stop now (it could hang on the event queue's lock): the loop itself must
+    still say it is stopping, and stop at that step (review 42)."""
+    import signal
+
+    events = []
+
+    def on_event(kind, info):
+        events.append(kind)
+        if kind == "step" and info["step"] == 1 and info["epoch"] == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = train_model(data, tmp_path / "stopped", config(epochs=2), workers=1, on_event=on_event)
+    assert result.stopped_because == "interrupted" and result.stop_signal == signal.SIGTERM
+    assert events.count("stopping") == 1 and events[events.index("stopping") - 1] == "step"
+    assert events.count("step") == 1

@@ -188,9 +188,11 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
                 f"{checkpoint} (e.g. {trained[0]}): not a {split} figure; --split all evaluates them deliberately")
         same = record.get(f"{split}_ids_sha256") == ids_sha256(ids)
         note = f"none trained on; {'the same' if same else 'not the'} {split} split as in training"
-        if same and split == "val" and record.get("limit"):  # the run chose its epochs on a part of it
-            note += (f" (its --limit {record['limit']} validated on the first {max(record['limit'] // 8, 1)} of them, "
-                     "so these figures are not the ones its training printed)")
+        kept = record.get("limit_val", 0)
+        if same and split == "val" and record.get("limit") and kept < len(ids):  # its epochs chosen on a part
+            part = f"the first {kept}" if kept else "a part"
+            note += (f" (its --limit {record['limit']} validated on {part} of them, so these figures are not the "
+                     "ones its training printed)")
         return f"{note}; {_positional_note(len(positional), record)}" if positional else note
     recorded = str(training.get("data", {}).get("split", ""))
     if is_random_split(dataset.split_source) or is_random_split(recorded):
@@ -461,6 +463,16 @@ def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndar
     return f"{where}: {'; '.join(parts)}", counted
 
 
+def _unlike_calibration(card, target: str, cell: str) -> str | None:
+    """How labels of ``target`` on ``cell`` cells differ from those σ was calibrated with (its model's own
+    target and cells), in words; None where they do not."""
+    if target != card.target:
+        return f"σ was calibrated against {card.target}, not {target}"
+    if cell != card.graph.cell:
+        return f"σ was calibrated on {card.graph.cell} cells, here {cell}"
+    return None
+
+
 def given_sigma(card, graphs) -> np.ndarray:
     """Which structures get a σ: those whose elements the model trained on all of (every one where its card
     lists none), as ``predict`` gives it; σ is calibrated and judged on these alone."""
@@ -539,12 +551,9 @@ def evaluate_model(
     notes = list(dataset.notes)
     calibrated = (card.ensemble or {}).get("calibrated_on", {})
     if std is not None and calibrated:
-        differs = (f"σ was calibrated against {card.target}, not {dataset.target}" if dataset.target != card.target
-                   else f"σ was calibrated on {card.graph.cell} cells, here {settings.cell}"
-                   if settings.cell != card.graph.cell else None)
         note, counted = _calibration_note(calibrated, kept, dataset, y, pred, std,
-                                          (card.ensemble or {}).get("interval95"),
-                                          recorded_split(card.training), flags, differs)
+                                          (card.ensemble or {}).get("interval95"), recorded_split(card.training),
+                                          flags, _unlike_calibration(card, dataset.target, settings.cell))
         metrics.update(counted)
         notes += [note] if note else []
     if split == "train" and std is not None and with_sigma.any():

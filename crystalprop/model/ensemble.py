@@ -219,8 +219,8 @@ validation sets of users' own data that one structure is several points of the c
 
 
 def interval_multiple(errors: np.ndarray, std: np.ndarray, level: float = INTERVAL_LEVEL) -> float | None:
-    """The least k for which |error| ≤ k·σ on ``level`` of the structures: the half-width of an honest
-    ``level`` interval in units of the calibrated σ; None where σ is 0 under more than 1 - ``level`` of
+    """The least k for which |error| ≤ k·σ on ``level`` of the structures, raised by :data:`INTERVAL_MARGIN`:
+    the half-width of an honest ``level`` interval in units of the calibrated σ; None where σ is 0 under more than 1 - ``level`` of
     the errors that are not 0 (members that all floor a structure at 0 agree exactly), as no k does.
 
     Materials models err with heavier tails than a Gaussian's, so σ fitted to the whole coverage curve

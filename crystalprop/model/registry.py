@@ -103,13 +103,12 @@ def describe_models(models: Sequence[str | os.PathLike] = ()) -> list[list[str]]
                 raise
             rows.append([label, f"not a model: {exc}", "", "", "", "", ""])
             continue
-        name = label
         metrics = card.metrics
         mae = metrics.get("log10_mae") if card.transform.log10 else metrics.get("mae")
         mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "")
         data = card.training.get("data", {})
         epochs = card.training.get("cumulative_epochs", card.training.get("epochs", ""))
-        rows.append([name, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
+        rows.append([label, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
                      str(int(epochs)) if isinstance(epochs, (int, float)) and float(epochs).is_integer() else str(epochs),
                      cached_file_sha256(path)])
     return rows

@@ -193,7 +193,7 @@ def resumed_names(done: Sequence[dict], inputs: Sequence[Any], recursive: bool) 
     node-local copy elsewhere: inputs of the same names, as ``--resume`` checks) with the same file name, under
     that path too (the row's ``source`` replaced by it), so that no structure is predicted and written twice."""
     names = {row["name"] for row in done}
-    files = list(_iter_inputs(inputs, recursive)) if done else []  # by position, as ``index`` counts them
+    files = list(_iter_inputs(inputs, recursive))  # by position, as ``index`` counts them
     for row in done:
         index, name, source = row.get("index"), row["name"], row.get("source") or ""
         if isinstance(index, str) and index.isdigit():

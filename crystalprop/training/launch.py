@@ -102,7 +102,7 @@ def run_isolated(job: dict, on_event: OnEvent | None = None) -> dict:
     """
     kind, payload = run_training_child(job, on_event)
     if kind == "stopped":
-        raise TrainingStopped(payload)
+        raise TrainingStopped(payload, (Path(job["run"]["run_dir"]) / "last.ckpt").is_file())
     if kind == "error":
         raise TrainingFailed(payload)
     return payload
@@ -115,8 +115,9 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
     """Train in a child process of its own session, relaying its events to the display (and ``on_event``).
 
     Returns ("result", outcome), ("error", message), or ("stopped", signal) where a stop signal ended the child
-    before it could stop cleanly (while it started, or forced by a second signal). While it runs, SIGINT, SIGTERM and
-    SIGHUP to this process are passed on to the child as SIGTERM, and Ctrl-Z stops both
+    before it could stop cleanly (while it started, or forced by a second Ctrl-C). While it runs, the first of SIGINT,
+    SIGTERM and SIGHUP to this process is passed on to the child's group as SIGTERM, a second SIGINT ends it with
+    SIGKILL, and Ctrl-Z stops both
     (:func:`relay_job_control`).
     """
     import multiprocessing as mp  # noqa: PLC0415
@@ -134,18 +135,16 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
 
     def forward(signum, frame) -> None:
         received.append(signum)
-        if len(received) > 1:  # the second: end it now, as the first one's message offers
+        if signum == signal.SIGINT and received.count(signal.SIGINT) > 1:  # a second Ctrl-C: now, as offered
             console.print("[yellow]forced: the training process ends without saving this step[/]")
-            if child.pid:
-                os.kill(child.pid, signal.SIGKILL)
-            return
-        console.print("[yellow]stopping after this step and saving... (Ctrl-C again to force)[/]")
-        if child.pid:
-            os.kill(child.pid, signal.SIGTERM)
+            _signal_group(child.pid, signal.SIGKILL)
+        elif len(received) == 1:
+            console.print("[yellow]stopping after this step and saving... (Ctrl-C again to force)[/]")
+            _signal_group(child.pid, signal.SIGTERM)  # its graph-building workers too, if it is still starting
 
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     previous.update(relay_job_control(child.pid))
-    outcome: tuple[str, object] = ("error", NO_RESULT)
+    outcome: tuple[str, object] | None = None
     try:
         with TrainDisplay() as display:
             while True:
@@ -161,19 +160,32 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
                 if kind in ("result", "error"):
                     outcome = (kind, info)
                     break
-                display.event(kind, info)
+                if kind != "stopping" or not received:  # this process said so when the signal came
+                    display.event(kind, info)
                 if on_event:
                     on_event(kind, info)
     finally:
         child.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if outcome is None:  # the training process ended without a word: killed
+        return ("stopped", received[0]) if received else ("error", NO_RESULT)  # a stop signal's, or another's
     kind, payload = outcome
-    if kind == "error" and payload is NO_RESULT and received:  # stopped before it could stop cleanly, or forced
-        return "stopped", received[0]
     if kind == "result" and received and isinstance(payload, dict) and payload.get("signal"):
         payload["signal"] = received[0]  # the command's own: Ctrl-C reached the training as SIGTERM
     return outcome
+
+
+def _signal_group(leader: int | None, signum: int) -> None:
+    """Send ``signum`` to the process group ``leader`` leads (the training process and any workers it started)."""
+    if leader:
+        try:
+            os.killpg(leader, signum)
+        except (ProcessLookupError, PermissionError):  # gone already, or not yet its own group leader
+            try:
+                os.kill(leader, signum)
+            except ProcessLookupError:
+                pass
 
 
 def relay_job_control(child: int) -> dict:

@@ -112,6 +112,16 @@ class EnsembleMessages:
             self.status.start()
 
 
+def _no_gain_note(result: dict, who: str = "") -> None:
+    """Say where a finished fine-tune of the same target has no epoch better than the weights it started from."""
+    start = result.get("start_score")
+    ended = result["stopped_because"] == "finished" or result["stopped_because"].startswith("no improvement")
+    if start is not None and ended and not result["best_val_mae"] < start:  # a cut run's later epochs may yet
+        console.print(f"[yellow]note:[/] {who}no epoch beat the weights it started from ({start:.4g} on the same "
+                      "validation structures): the fine-tune made them worse here; keep the model it started from, "
+                      "or train with a lower --lr (1e-4 or less for a fine-tune of the same target)", highlight=False)
+
+
 def report_training(result: dict, output_dir: str) -> int:
     """Print how a run (or an ensemble) ended; the command's exit status: 128 + the signal
     for a run a signal stopped (as ``predict``), 1 for an ensemble stopped by its time budget before
@@ -129,17 +139,14 @@ def report_training(result: dict, output_dir: str) -> int:
         else:
             console.print(f"[bold]{result['stopped_because']}[/]: {best} {result['best_val_mae']:.4g} at "
                           f"epoch {result['best_epoch']}; {where}")
-        start = result.get("start_score")
-        if start is not None and result["best_epoch"] and not result["best_val_mae"] < start:
-            console.print(f"[yellow]note:[/] no epoch beat the weights it started from ({start:.4g} on the same "
-                          "validation structures): the fine-tune made them worse here; keep the model it started "
-                          "from, or train with a lower --lr (1e-4 or less for a fine-tune of the same target)",
-                          highlight=False)
+        _no_gain_note(result)
         return 128 + result["signal"] if result.get("signal") else 0
     if result["ensemble"] is None:
         console.print(f"member {len(result['members'])} {result['stopped_because']}: --resume continues the ensemble")
         stopped_by = result["members"][-1].get("signal")
         return 128 + stopped_by if stopped_by else 1
+    for k, member in enumerate(result["members"]):
+        _no_gain_note(member, f"member {k + 1}: ")
     joined = result["ensemble"]
     console.print(f"ensemble of {len(result['members'])}: validation MAE {joined['mae']:.4g} (members "
                   f"{', '.join(f'{m:.4g}' for m in joined['member_maes'])}); Spearman(σ, |error|) "

@@ -217,8 +217,8 @@ def train_model(
     }
     on_event("data", description)
     record = split_record(full_splits, val_fraction, test_fraction, split_seed, train[2], fold)
-    if limit:
-        record["limit"] = limit
+    if limit:  # and how many validation structures it kept, which evaluate's split note names
+        record["limit"], record["limit_val"] = limit, sum(e.split == "val" for e in dataset.entries)
     record["trained_structures"] = pack_fingerprints(train[0])
     merge_trained(record, earlier)
     recorded = {**description, "split_record": record}

@@ -442,7 +442,8 @@ class Trainer:
             state, saved = self._restore(cell, self.run_dir / "last.ckpt", state)
             transform = TargetTransform(**state["transform"])
             started = self.prior_training.get("init_from")
-            if init_from and str(init_from) != started:  # the weights go on from last.ckpt: say so, not silently
+            if init_from and (not started or os.path.realpath(init_from) != os.path.realpath(started)):
+                # the weights go on from last.ckpt: say so, not silently
                 self.on_event("init_from_unused", {"given": str(init_from), "started": started})
         elif init_from and self._init_from(net, init_from, transform) and self.val_graphs:
             # the start's own score, so that a fine-tune that only makes it worse says so (train's report)
