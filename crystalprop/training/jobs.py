@@ -28,8 +28,8 @@ class TrainingFailed(RuntimeError):
 
 
 class TrainingStopped(TrainingFailed):
-    """A stop signal ended the training process before it could save (while it started, or a second signal
-    forced it): what was saved before stays, and ``--resume`` continues from it."""
+    """A stop signal ended the training process before it could save (while it started, or a second Ctrl-C
+    forced it): what was saved before stays, and ``--resume`` continues from it where anything was."""
 
     def __init__(self, signum: int, resumable: bool) -> None:
         saved = ("what was saved before is kept (--resume continues from it)" if resumable
@@ -314,8 +314,8 @@ def train(
             on_event("member", {"member": k + 1, "members": ensemble, "seed": seed + k, "run_dir": str(member_dir)})
         try:
             outcomes.append(run(member))
-        except TrainingStopped:
-            raise
+        except TrainingStopped as exc:  # the members done are kept: the ensemble's --resume goes on after them
+            raise TrainingStopped(exc.signum, resumable=True) if k else exc from None
         except TrainingFailed as exc:
             raise TrainingFailed(f"member {k + 1}: {exc}") from None
         if not completed(outcomes[-1]):
