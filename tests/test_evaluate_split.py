@@ -355,3 +355,7 @@ def test_the_split_note_says_a_limit_run_validated_on_a_part_of_it(tmp_path):
     whole = check_unseen(val, "val", dataset, {"data": {"split_record": {**record, "limit": 400, "limit_val": 20}}},
                          "m.ckpt")
     assert whole == plain  # a limit that kept every validation structure changed nothing there (review 42)
+    older = {**record, "limit": 40}  # recorded before limit_val: the rule of --limit, N / 8
+    assert "validated on the first 5 of them" in check_unseen(val, "val", dataset, {"data": {"split_record": older}},
+                                                             "m.ckpt")
+    assert check_unseen(val, "val", dataset, {"data": {"split_record": {**older, "limit": 400}}}, "m.ckpt") == plain

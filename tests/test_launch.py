@@ -363,3 +363,42 @@ def test_the_report_says_when_no_epoch_beat_the_start(stderr_console, tmp_path):
                "ensemble": {"mae": 0.03, "member_maes": [0.048, 0.025], "sigma_spearman": 0.5}}
     progress.report_training(members, str(tmp_path))
     assert stderr_console.getvalue().count("no epoch beat") == 2 and "member 1" in stderr_console.getvalue()
+
+
+def test_a_hang_up_ignored_under_nohup_stays_ignored(monkeypatch):
+    """The relay took SIGHUP over even where nohup had it ignored: closing the terminal stopped the run (exit 129;
+    review 42b). A signal this process ignores is left so."""
+    import signal as signals
+
+    seen = {}
+
+    class Child:
+        pid = None
+
+        def start(self):
+            pass
+
+        def is_alive(self):  # asked while the relay's handlers are in place
+            seen["hup"] = signals.getsignal(signals.SIGHUP)
+            return False
+
+        def join(self):
+            pass
+
+    class Context:
+        def Queue(self):
+            import queue
+
+            return queue.Queue()
+
+        def Process(self, target, args):
+            return Child()
+
+    monkeypatch.setattr("multiprocessing.get_context", lambda kind: Context())
+    monkeypatch.setattr(launch, "relay_job_control", lambda pid: {})
+    before = signals.signal(signals.SIGHUP, signals.SIG_IGN)
+    try:
+        assert launch.run_training_child({}) == ("error", launch.NO_RESULT)
+        assert seen["hup"] is signals.SIG_IGN
+    finally:
+        signals.signal(signals.SIGHUP, before)

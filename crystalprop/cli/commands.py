@@ -310,7 +310,8 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
     """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, or a CSV with structures).
 
     Ctrl-C (or SIGTERM) stops after the current step and saves last.ckpt (exit status 128 + the signal:
-    130, 143); a second Ctrl-C ends it at once, without saving that step; --resume continues. With --workers N (or started under msrun) each process trains on its share of every
+    130, 143; a hang-up, 129, unless under nohup); a Ctrl-C after it ends it at once, without saving that
+    step; --resume continues. With --workers N (or started under msrun) each process trains on its share of every
     batch and gradients are averaged by MindSpore's all-reduce; rank 0 writes the files.
     """
     from crystalprop.training.jobs import TrainingFailed, TrainingStopped, train as train_run  # noqa: PLC0415

@@ -24,6 +24,7 @@ from crystalprop.evaluation.metrics import coverage_curve, regression_metrics, u
 from crystalprop.model.ensemble import ensemble_output
 from crystalprop.model.inference import member_outputs
 from crystalprop.model.latent_sigma import stored_reference
+from crystalprop.training.config import limited_val
 from crystalprop.io.provenance import provenance, write_sidecar
 from crystalprop.graph.settings import EVAL_BATCH_SIZE
 
@@ -188,11 +189,11 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
                 f"{checkpoint} (e.g. {trained[0]}): not a {split} figure; --split all evaluates them deliberately")
         same = record.get(f"{split}_ids_sha256") == ids_sha256(ids)
         note = f"none trained on; {'the same' if same else 'not the'} {split} split as in training"
-        kept = record.get("limit_val", 0)
-        if same and split == "val" and record.get("limit") and kept < len(ids):  # its epochs chosen on a part
-            part = f"the first {kept}" if kept else "a part"
-            note += (f" (its --limit {record['limit']} validated on {part} of them, so these figures are not the "
-                     "ones its training printed)")
+        if same and split == "val" and record.get("limit"):  # its epochs may have been chosen on a part of it
+            kept = record.get("limit_val", min(limited_val(record["limit"]), len(ids)))  # recorded since session 42
+            if kept < len(ids):
+                note += (f" (its --limit {record['limit']} validated on the first {kept} of them, so these figures "
+                         "are not the ones its training printed)")
         return f"{note}; {_positional_note(len(positional), record)}" if positional else note
     recorded = str(training.get("data", {}).get("split", ""))
     if is_random_split(dataset.split_source) or is_random_split(recorded):

@@ -31,11 +31,11 @@ class TrainingStopped(TrainingFailed):
     """A stop signal ended the training process before it could save (while it started, or a second Ctrl-C
     forced it): what was saved before stays, and ``--resume`` continues from it where anything was."""
 
-    def __init__(self, signum: int, resumable: bool) -> None:
+    def __init__(self, signum: int, resumable: bool = True) -> None:
         saved = ("what was saved before is kept (--resume continues from it)" if resumable
                  else "nothing was saved yet (the same command starts it again, without --resume)")
         super().__init__(f"stopped by signal {signum} before the training process could save; {saved}")
-        self.signum = signum
+        self.signum, self.resumable = signum, resumable
 
 
 class RunDirError(ValueError):

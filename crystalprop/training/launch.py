@@ -116,8 +116,8 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
 
     Returns ("result", outcome), ("error", message), or ("stopped", signal) where a stop signal ended the child
     before it could stop cleanly (while it started, or forced by a second Ctrl-C). While it runs, the first of SIGINT,
-    SIGTERM and SIGHUP to this process is passed on to the child's group as SIGTERM, a second SIGINT ends it with
-    SIGKILL, and Ctrl-Z stops both
+    SIGTERM and SIGHUP to this process (those it does not ignore) is passed on to the child's group as SIGTERM, a
+    SIGINT after it ends the child with SIGKILL, and Ctrl-Z stops both
     (:func:`relay_job_control`).
     """
     import multiprocessing as mp  # noqa: PLC0415
@@ -135,14 +135,15 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
 
     def forward(signum, frame) -> None:
         received.append(signum)
-        if signum == signal.SIGINT and received.count(signal.SIGINT) > 1:  # a second Ctrl-C: now, as offered
+        if signum == signal.SIGINT and len(received) > 1:  # a Ctrl-C after a stop signal: now, as offered
             console.print("[yellow]forced: the training process ends without saving this step[/]")
             _signal_group(child.pid, signal.SIGKILL)
         elif len(received) == 1:
             console.print("[yellow]stopping after this step and saving... (Ctrl-C again to force)[/]")
             _signal_group(child.pid, signal.SIGTERM)  # its graph-building workers too, if it is still starting
 
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    # a signal ignored here (SIGHUP under nohup) stays ignored: the run must outlive its terminal
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
     previous.update(relay_job_control(child.pid))
     outcome: tuple[str, object] | None = None
     try:

@@ -15,7 +15,7 @@ from crystalprop.data.fingerprints import pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.model.ensemble import MIN_CALIBRATION
-from crystalprop.training.config import TrainConfig
+from crystalprop.training.config import TrainConfig, limited_val
 from crystalprop.training.distributed import Cluster, join_cluster
 from crystalprop.training.trainer import Trainer, TrainResult, TrainingError, saved_fold, saved_state
 
@@ -185,7 +185,7 @@ def train_model(
     full_splits = Dataset(list(dataset.entries), dataset.target, dataset.origin, split_source=dataset.split_source)
     if limit:
         dataset.entries = [e for e in dataset.entries if e.split == "train"][:limit] + \
-            [e for e in dataset.entries if e.split == "val"][: max(limit // 8, 1)]
+            [e for e in dataset.entries if e.split == "val"][: limited_val(limit)]
     ids = split_ids(dataset)
     check_resumed_data(Path(run_dir), state, data, ids)
     check_labels(dataset, config)  # the labels this run trains and validates on

@@ -385,7 +385,7 @@ class Trainer:
         other_unit = bool(card.unit and self.config.unit and card.unit != self.config.unit)
         same_target = card.target == self.config.target and source.log10 == self.config.log10 and not other_unit
         self.prior_training = {
-            "init_from": str(path),
+            "init_from": os.path.abspath(path),  # absolute, so that a resume from elsewhere compares it
             "cumulative_wall_hours": card.training.get("cumulative_wall_hours", card.training.get("wall_hours", 0.0)),
             "cumulative_epochs": card.training.get("cumulative_epochs", card.training.get("epochs", 0.0)),
             **({"elements": list(card.elements)} if same_target else {}),
@@ -442,7 +442,7 @@ class Trainer:
             state, saved = self._restore(cell, self.run_dir / "last.ckpt", state)
             transform = TargetTransform(**state["transform"])
             started = self.prior_training.get("init_from")
-            if init_from and (not started or os.path.realpath(init_from) != os.path.realpath(started)):
+            if init_from and (not started or os.path.abspath(init_from) != os.path.abspath(started)):
                 # the weights go on from last.ckpt: say so, not silently
                 self.on_event("init_from_unused", {"given": str(init_from), "started": started})
         elif init_from and self._init_from(net, init_from, transform) and self.val_graphs:
