@@ -7,6 +7,13 @@ VAL_FRACTION = 0.1
 """Share of the structures held out for validation when the data has no split of its own."""
 TEST_FRACTION = 0.0
 """Share held out for testing when the data has no split of its own."""
+LIMIT_VAL_DIVISOR = 8
+"""``--limit N`` trains on the first N training structures and validates on the first N / 8 validation ones."""
+
+
+def limited_val(limit: int) -> int:
+    """How many validation structures a run of ``--limit limit`` keeps (at most; fewer where the split has fewer)."""
+    return max(limit // LIMIT_VAL_DIVISOR, 1)
 
 
 def check_fold(fold: tuple[int, int]) -> None:

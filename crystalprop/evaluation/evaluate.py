@@ -14,6 +14,7 @@ import numpy as np
 
 from crystalprop.utils.atomic import atomic_write_text, make_folder
 from crystalprop.utils.checks import check_whole_number
+from crystalprop.data import limited_val
 from crystalprop.data.datasets import (
     SPLITS, Dataset, Entry, assign_fold, ids_in_packed, ids_sha256, is_random_split, load_dataset, pack_ids,
 )
@@ -24,7 +25,6 @@ from crystalprop.evaluation.metrics import coverage_curve, regression_metrics, u
 from crystalprop.model.ensemble import ensemble_output
 from crystalprop.model.inference import member_outputs
 from crystalprop.model.latent_sigma import stored_reference
-from crystalprop.training.config import limited_val
 from crystalprop.io.provenance import provenance, write_sidecar
 from crystalprop.graph.settings import EVAL_BATCH_SIZE
 

@@ -12,13 +12,6 @@ from crystalprop.model.config import ModelConfig
 from crystalprop.training.schedule import SCHEDULES
 
 LOSSES = ("mse", "l1", "huber")
-LIMIT_VAL_DIVISOR = 8
-"""``--limit N`` trains on the first N training structures and validates on the first N / 8 validation ones."""
-
-
-def limited_val(limit: int) -> int:
-    """How many validation structures a run of ``--limit limit`` keeps (at most; fewer where the split has fewer)."""
-    return max(limit // LIMIT_VAL_DIVISOR, 1)
 
 
 def check_decay(decay: float) -> float:

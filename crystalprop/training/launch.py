@@ -116,7 +116,7 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
 
     Returns ("result", outcome), ("error", message), or ("stopped", signal) where a stop signal ended the child
     before it could stop cleanly (while it started, or forced by a second Ctrl-C). While it runs, the first of SIGINT,
-    SIGTERM and SIGHUP to this process (those it does not ignore) is passed on to the child's group as SIGTERM, a
+    SIGTERM and SIGHUP (unless ignored, as under nohup) to this process is passed on to the child's group as SIGTERM, a
     SIGINT after it ends the child with SIGKILL, and Ctrl-Z stops both
     (:func:`relay_job_control`).
     """
@@ -142,8 +142,9 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
             console.print("[yellow]stopping after this step and saving... (Ctrl-C again to force)[/]")
             _signal_group(child.pid, signal.SIGTERM)  # its graph-building workers too, if it is still starting
 
-    # a signal ignored here (SIGHUP under nohup) stays ignored: the run must outlive its terminal
-    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
+    # a hang-up ignored here (under nohup) stays ignored: the run must outlive its terminal
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS
+                if not (sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN)}
     previous.update(relay_job_control(child.pid))
     outcome: tuple[str, object] | None = None
     try:

@@ -8,14 +8,14 @@ from typing import Callable
 import numpy as np
 
 from crystalprop.utils.atomic import atomic_write_text
-from crystalprop.data import TEST_FRACTION, VAL_FRACTION
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION, limited_val
 from crystalprop.data.datasets import (Dataset, Entry, ids_in_packed, load_dataset, merge_trained, pack_ids,
                                        packed_differing, packed_size, split_record)
 from crystalprop.data.fingerprints import pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.model.ensemble import MIN_CALIBRATION
-from crystalprop.training.config import TrainConfig, limited_val
+from crystalprop.training.config import TrainConfig
 from crystalprop.training.distributed import Cluster, join_cluster
 from crystalprop.training.trainer import Trainer, TrainResult, TrainingError, saved_fold, saved_state
 
