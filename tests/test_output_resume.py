@@ -10,7 +10,7 @@ import pytest
 from pymatgen.io.cif import CifWriter
 
 from conftest import rocksalt, run_cli
-from crystalprop.prediction.output import ResultWriter, done_names, read_rows
+from crystalprop.prediction.output import ResultWriter, done_rows, read_rows
 
 OLD = ["index", "name", "formula", "model_a", "error", "warning"]
 NEW = ["index", "name", "formula", "model_b", "error", "warning"]
@@ -62,8 +62,8 @@ def test_resume_with_the_same_columns_appends(tmp_path, suffix):
 def test_retry_failed_replaces_the_failed_rows(tmp_path, suffix):
     out = tmp_path / f"out{suffix}"
     _killed_file(out)
-    assert done_names(out) == {"a.cif", "b.cif", "c.cif"}
-    assert done_names(out, retry_failed=True) == {"a.cif", "c.cif"}
+    assert {row["name"] for row in done_rows(out)} == {"a.cif", "b.cif", "c.cif"}
+    assert {row["name"] for row in done_rows(out, retry_failed=True)} == {"a.cif", "c.cif"}
     writer = ResultWriter(out, OLD, resume=True, retry_failed=True)
     writer.write([{**ROWS[1], "formula": "KCl", "model_a": 3.5, "error": ""}])
     writer.close()

@@ -2,7 +2,7 @@
 
 CSV and JSON Lines are appended and flushed batch by batch. ``.json`` is a JSON array
 written one row per line; a run killed mid-way leaves it without the closing bracket,
-which :func:`done_names` and ``--resume`` tolerate.
+which :func:`done_rows` and ``--resume`` tolerate.
 
 Given a provenance record (:mod:`crystalprop.io.provenance`), a JSON Lines file starts with a
 line ``{"crystalprop_provenance": {...}}``, a JSON file is the object
@@ -161,10 +161,6 @@ def done_rows(path: Path, *, retry_failed: bool = False) -> list[dict]:
     drop_cut_tail(path)
     return [row for row in read_rows(path) if row.get("name") and not (retry_failed and row.get("error"))]
 
-
-def done_names(path: Path, *, retry_failed: bool = False) -> set[str]:
-    """Names already in an output file (for ``--resume``): those of :func:`done_rows`."""
-    return {row["name"] for row in done_rows(path, retry_failed=retry_failed)}
 
 
 def file_columns(path: Path) -> list[str] | None:

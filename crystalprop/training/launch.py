@@ -179,7 +179,8 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
 
 
 def _signal_group(leader: int | None, signum: int) -> None:
-    """Send ``signum`` to the process group ``leader`` leads (the training process and any workers it started)."""
+    """Send ``signum`` to the process group ``leader`` leads (the training process and its graph workers), or to
+    ``leader`` alone while it is not yet a group leader; nothing where it is gone."""
     if leader:
         try:
             os.killpg(leader, signum)
@@ -199,22 +200,13 @@ def relay_job_control(child: int) -> dict:
     left its training running.
     """
 
-    def signal_child(sig: int) -> None:
-        try:
-            os.killpg(child, sig)  # the training process and its graph workers
-        except ProcessLookupError:  # not yet a group leader, or gone
-            try:
-                os.kill(child, sig)
-            except ProcessLookupError:
-                pass
-
     def suspend(signum, frame) -> None:
-        signal_child(signal.SIGSTOP)
+        _signal_group(child, signal.SIGSTOP)
         os.kill(os.getpid(), signal.SIGSTOP)  # returns once continued
-        signal_child(signal.SIGCONT)
+        _signal_group(child, signal.SIGCONT)
 
     def resume(signum, frame) -> None:  # also after a SIGSTOP sent to this process from outside
-        signal_child(signal.SIGCONT)
+        _signal_group(child, signal.SIGCONT)
 
     return {signal.SIGTSTP: signal.signal(signal.SIGTSTP, suspend),
             signal.SIGCONT: signal.signal(signal.SIGCONT, resume)}
