@@ -114,3 +114,20 @@ def test_merge_names_a_part_of_another_kind_and_duplicates_within_one_file(tmp_p
     writer.close()
     with pytest.raises(ValueError, match="appear more than once in"):
         merge_results(tmp_path / "all.csv", [tmp_path / "twice.csv"])
+
+
+def test_merge_refuses_whole_results_of_other_inputs(tmp_path, random_ckpt):
+    """Was (hunt13 3): the results of `predict A` and `predict B`, neither sharded, were merged by their
+    positions, A's and B's rows interleaved, into a file whose record named A's inputs only."""
+    structures = make_structures(4)
+    for folder, chosen in (("A", structures[:2]), ("B", structures[2:])):
+        (tmp_path / folder).mkdir()
+        for name, structure in chosen:
+            structure.to(filename=str(tmp_path / folder / f"{name}.cif"))
+        done = run_cli(["predict", folder, "-m", random_ckpt, "-o", f"{folder}.csv", "--workers", "0"], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    mixed = run_cli(["merge", "all.csv", "A.csv", "B.csv"], cwd=tmp_path)
+    said = " ".join(mixed.stderr.split())
+    assert mixed.returncode == 2 and "A.csv" in said and "B.csv" in said, mixed.stderr
+    assert "crystalprop predict" in said  # the way to one table: predict both inputs in one run
+    assert not (tmp_path / "all.csv").exists()

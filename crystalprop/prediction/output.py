@@ -221,7 +221,7 @@ def _part_columns(path: Path, rows: list[dict]) -> list[str] | None:
 
 
 def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite: bool = False) -> int:
-    """Join sharded result files into one, ordered by input position.
+    """Join sharded result files (of one split of the same inputs) into one, ordered by input position.
 
     Refused: a structure in two parts, parts with other columns or provenance than the first's, a part
     whose last row a kill cut short, and, for parts whose records name their shard, a part whose run
@@ -261,8 +261,7 @@ def _check_shards(records: Sequence[tuple[Path, dict | None]]) -> None:
     """Refuse an unfinished part, a missing shard and a shard given twice, judged by the parts whose
     records (part, its provenance) name their shard (files written before records did cannot be checked)."""
     sharded = [(part, tuple(record["shard"])) for part, record in records if record is not None and "shard" in record]
-    _check_inputs([(part, record) for part, record in records
-                   if record is not None and "inputs" in record and record.get("shard", [1, 1])[1] > 1])
+    _check_inputs([(part, record) for part, record in records if record is not None and "inputs" in record])
     for part, (i, n) in sharded:
         if not is_finished(part):
             raise ValueError(f"{part}: unfinished, the run writing it stopped before the end of shard {i}/{n}; "
@@ -286,14 +285,20 @@ def _check_shards(records: Sequence[tuple[Path, dict | None]]) -> None:
 
 
 def _check_inputs(records: Sequence[tuple[Path, dict]]) -> None:
-    """Refuse shards (part, its provenance naming its inputs) of other inputs than the first's: their
-    positions, which --shard deals out, count in another input stream."""
+    """Refuse parts (part, its provenance naming its inputs) of other inputs than the first's: a row's
+    position counts in its own input stream, so rows of two streams would interleave, and a whole result
+    of other inputs is no shard of the first's."""
     for part, record in records[1:]:
         first_part, first = records[0]
-        if not same_inputs(first, record):
-            raise ValueError(f"{part} is a shard of other inputs than {first_part} "
-                             f"({describe_input_change(record, first, f'in {part}', f'in {first_part}')}); merge "
-                             "the shards of one split: the same paths, in the same order, each with its --shard")
+        if same_inputs(first, record):
+            continue
+        change = describe_input_change(record, first, f"in {part}", f"in {first_part}")
+        if record.get("shard", [1, 1])[1] > 1:
+            raise ValueError(f"{part} is a shard of other inputs than {first_part} ({change}); merge the shards "
+                             "of one split: the same paths, in the same order, each with its --shard")
+        raise ValueError(f"{part} holds the predictions of other inputs than {first_part} ({change}); merge joins "
+                         "the shards of one split: for one table of both, give all their inputs to one "
+                         "`crystalprop predict A B ... -o OUT`")
 
 
 def _no_record(path: Path) -> str:
