@@ -1127,3 +1127,37 @@ def test_discovery_keeps_every_name_that_links_to_one_file(tmp_path, nacl):
     assert len(list(iter_structure_paths([str(cands), str(cands / "cand_1.cif")]))) == 2
     (tmp_path / "alias").symlink_to(db)
     assert len(list(iter_structure_paths([str(db / "mp-1.cif"), str(tmp_path / "alias" / "mp-1.cif")]))) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_in_a_folder_gets_its_row_and_none_hangs(tmp_path, nacl):
+    """Was (hunt13 5): a named pipe (or a link to a device) named like a structure vanished from a folder's
+    results silently, and one given by name waited for a writer for ever. Each now gets a row saying what
+    it is, at once; a pipe that something writes to (``<(zcat x.cif.gz)``) is read as before."""
+    import threading  # noqa: PLC0415
+
+    write(tmp_path / "a.cif", str(CifWriter(nacl)))
+    os.mkfifo(tmp_path / "p.cif")
+    (tmp_path / "z.cif").symlink_to("/dev/null")
+    result: dict[str, object] = {}
+    reader = threading.Thread(target=lambda: result.update(
+        folder={os.path.basename(r.name): r.error for r in iter_records([str(tmp_path)], timeout=None)},
+        given=[r.error for r in iter_records([str(tmp_path / "p.cif")], timeout=None)]), daemon=True)
+    reader.start()
+    reader.join(30)
+    if reader.is_alive():  # let the thread finish, then fail
+        with open(tmp_path / "p.cif", "w"):
+            pass
+        pytest.fail("reading a named pipe that nothing writes to hung")
+    assert result["folder"] == {"a.cif": None, "p.cif": "cannot read: a named pipe that nothing writes to",
+                                "z.cif": "empty file"}
+    assert result["given"] == ["cannot read: a named pipe that nothing writes to"]
+    text = str(CifWriter(nacl))
+
+    def feed() -> None:
+        with open(tmp_path / "p.cif", "w") as pipe:
+            pipe.write(text)
+
+    threading.Timer(0.5, feed).start()  # the writer opens after the reader: what a shell's <(...) may do
+    records = list(iter_records([str(tmp_path / "p.cif")], timeout=None))
+    assert [r.error for r in records] == [None] and len(records[0].structure) == len(nacl)

@@ -52,16 +52,16 @@ def _is_candidate(entry: os.DirEntry[str]) -> bool:
     starts like pw.x input or output (those names are too common to trust); dot files are skipped,
     and so are crystalprop's own JSON results, which a run may have written into the folder
     (predict's tables and sidecars, evaluate's metrics.json: :func:`~crystalprop.io.result_files.is_own_output`).
-    A structure name with nothing behind it (a broken link, an entry gone since the listing) is a candidate
-    too, so that the reader reports it instead of it vanishing from the results."""
+    A structure name with nothing behind it (a broken link, an entry gone since the listing) or with a named
+    pipe or a device behind it is a candidate too, so that the reader reports it instead of it vanishing
+    from the results; such files are not opened here, where one could block."""
     by_name = looks_like_structure_name(entry.name)
     if entry.name.startswith(".") or not (by_name or may_be_pw_x_name(entry.name)):
         return False
-    if not (_is_file(entry) or _cannot_stat(entry.path)):
-        return False
+    regular = _is_file(entry)
     if by_name:
-        return not is_own_output(entry.path)
-    return is_pw_x_file(entry.path)
+        return not (_is_subdir(entry) or (regular and is_own_output(entry.path)))
+    return regular and is_pw_x_file(entry.path)
 
 
 def _is_subdir(entry: os.DirEntry[str]) -> bool:

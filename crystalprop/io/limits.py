@@ -15,3 +15,7 @@ with their labels is a few hundred MB); beyond it a gzip bomb, or a file to spli
 
 READ_TIMEOUT_S = 60.0
 """Seconds allowed to parse one structure file."""
+
+PIPE_WAIT_S = 2.0
+"""How long a named pipe given as a structure waits for a writer before it is reported as one that nothing
+writes to (a pipe in a folder would otherwise hold a scan for ever)."""

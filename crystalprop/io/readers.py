@@ -14,6 +14,8 @@ import json
 import math
 import os
 import re
+import stat
+import time
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,7 +30,7 @@ from crystalprop.io.cif_sites import check_type_symbols, occupancy_excess
 from crystalprop.io.cif_symmetry import (ambiguous_origin, p1_fallback, rhombohedral_axes, symmetry_supplement,
                                          unknown_operations)
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
-from crystalprop.io.limits import MAX_FILE_BYTES, READ_TIMEOUT_S
+from crystalprop.io.limits import MAX_FILE_BYTES, PIPE_WAIT_S, READ_TIMEOUT_S
 from crystalprop.io.result_files import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
 from crystalprop.utils.timelimit import run_with_time_limit
 
@@ -606,10 +608,38 @@ def _missing_reason(path: str) -> str:
     return "cannot read: no such file"
 
 
+def _read_pipe(fd: int, limit: int, path: str) -> bytes:
+    """Up to ``limit + 1`` bytes of a named pipe opened without blocking: a writer is awaited for
+    PIPE_WAIT_S (``<(zcat x.cif.gz)`` may open its end after us), then its data read to the end."""
+    deadline = time.monotonic() + PIPE_WAIT_S
+    while True:
+        try:
+            first = os.read(fd, limit + 1)
+        except BlockingIOError:  # a writer is there, its data not yet
+            first = b""
+            break
+        if first or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if not first and time.monotonic() > deadline:
+        raise StructureReadError(path, "cannot read: a named pipe that nothing writes to")
+    os.set_blocking(fd, True)
+    chunks, size = [first], len(first)
+    while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def _read_raw(path: str, limit: int) -> bytes:
-    """Up to ``limit + 1`` bytes of a file, with OS errors as one-line reasons."""
+    """Up to ``limit + 1`` bytes of a file, with OS errors as one-line reasons. A named pipe is opened
+    without blocking, so one that nothing writes to (in a folder, or given by name) fails at once."""
     try:
-        with open(path, "rb") as handle:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb", closefd=True) as handle:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                return _read_pipe(fd, limit, path)
+            os.set_blocking(fd, True)
             return handle.read(limit + 1)
     except FileNotFoundError as exc:
         raise StructureReadError(path, _missing_reason(path)) from exc
