@@ -48,7 +48,7 @@ def test_record_names_versions_weights_cells_and_date(weights):
     record = provenance([("model_a", weights[0])], cell="canonical")
     assert record["crystalprop"] == crystalprop.__version__
     assert record["mindspore"] == metadata.version("mindspore")
-    assert record["models"] == [{"name": "model_a", "file": "one.ckpt",
+    assert record["models"] == [{"name": "model_a", "file": "one.ckpt", "path": str(weights[0].resolve()),
                                  "sha256": hashlib.sha256(b"weights one").hexdigest()}]
     assert record["cell"] == "canonical" and record["created"][:2] == "20"
     assert record["engine"] == "mindspore" and provenance([], engine="numpy")["engine"] == "numpy"
@@ -163,7 +163,7 @@ def test_cli_outputs_and_models_show_the_weights_hash(tmp_path, random_ckpt, shi
     result = run_cli(["predict", "nacl.cif", "-m", random_ckpt, "-o", "out.jsonl"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     record = read_provenance(tmp_path / "out.jsonl")
-    assert record["models"] == [{"name": "rand", "file": "rand.ckpt",
+    assert record["models"] == [{"name": "rand", "file": "rand.ckpt", "path": str(random_ckpt.resolve()),
                                  "sha256": hashlib.sha256(random_ckpt.read_bytes()).hexdigest(), "target": "y"}]
     assert record["units"] == {"rand": "eV"}  # what each number is, in the file itself
     assert record["mindspore"] and record["crystalprop"] == crystalprop.__version__

@@ -98,6 +98,7 @@ def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-give
     (``mindspore``, or ``numpy``: :mod:`crystalprop.model.numpy_stacked`). ``shard`` (I, N): the part of
     the input these results cover (``predict --shard I/N``), so that ``merge`` can tell a missing part;
     ``inputs``: the input split into shards (:func:`input_record`), so that it can tell a shard of another.
+    Each model is named by its label, its file (name and absolute path: a run's is ``best.ckpt``) and sha256.
     ``targets``: each label's trained property (recorded with its model); ``units``: each numeric
     column's unit, so that the file itself says what its numbers are."""
     record = {
@@ -107,7 +108,8 @@ def provenance(models: Sequence[tuple[str, str | Path]], *, cell: str = "as-give
         "device": device,
         "engine": engine,
         "cell": cell,
-        "models": [{"name": label, "file": Path(path).name, "sha256": cached_file_sha256(path),
+        "models": [{"name": label, "file": Path(path).name, "path": str(Path(path).resolve()),
+                    "sha256": cached_file_sha256(path),
                     **({"target": targets[label]} if targets and label in targets else {})}
                    for label, path in models],
         **({"units": dict(units)} if units is not None else {}),
