@@ -951,6 +951,23 @@ def test_init_from_the_same_target_in_another_unit_is_not_read_as_the_same(run_a
     assert "elements" not in trainer.prior_training
 
 
+def test_a_fine_tune_of_the_same_target_without_unit_keeps_its_starts_unit(run_a, tmp_path):
+    """A fine-tune of the same target without --unit wrote a model whose card had no unit (its start's eV
+    lost), so predict's column and evaluate's figures named none (hunt14 11). The start's unit is kept, and
+    said; --unit given keeps its own (another unit is another target: test above)."""
+    _, run_dir, _ = run_a
+    records = json.loads(write_json_dataset(tmp_path / "all.json", 8).read_text())
+    graphs = [graph_of(Structure.from_dict(r["structure"])) for r in records]
+    y = np.array([r["y"] for r in records])
+    events = []
+    trainer = Trainer(config(unit=""), tmp_path / "tuned", (graphs, y), (graphs[:4], y[:4]),
+                      on_event=lambda kind, info: events.append((kind, info)))
+    trainer._setup(False, run_dir / "best.ckpt")
+    event = dict(events)["init_from"]
+    assert event["same_target"] and event["unit_from_start"] == "eV"
+    assert trainer.config.unit == "eV" and trainer._card(trainer._transform(), {}, 0.0, 0.0).unit == "eV"
+
+
 def test_a_fine_tune_of_the_same_target_scores_its_start(run_a, tmp_path):
     """The weights a fine-tune starts from were never scored: a run whose every epoch was worse than its start
     reported its best epoch as if it had improved the model (hunt14 2)."""

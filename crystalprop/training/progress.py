@@ -77,7 +77,8 @@ class TrainDisplay:
             console.print(f"resume: --init-from {info['given']} is not used: the run goes on from its last.ckpt "
                           f"({began})", markup=False, highlight=False)
         elif kind == "init_from":
-            start = ("starting from its predictions (same target)" if info["same_target"]
+            unit = f", in {info['unit_from_start']}, its unit" if info.get("unit_from_start") else ""
+            start = (f"starting from its predictions (same target{unit})" if info["same_target"]
                      else (f"its target in {info['units'][0]}, this run's in {info['units'][1]}: its output layer "
                            "learns this one, as for another target") if info.get("units")
                      else "another target: its output layer learns this one")

@@ -384,6 +384,9 @@ class Trainer:
         source = network_transform(card)
         other_unit = bool(card.unit and self.config.unit and card.unit != self.config.unit)
         same_target = card.target == self.config.target and source.log10 == self.config.log10 and not other_unit
+        inherited = same_target and not self.config.unit and card.unit
+        if inherited:  # a fine-tune without --unit keeps its start's, so its card names one
+            self.config.unit = card.unit
         self.prior_training = {
             "init_from": os.path.abspath(path),  # absolute, so that a resume from elsewhere compares it
             "cumulative_wall_hours": card.training.get("cumulative_wall_hours", card.training.get("wall_hours", 0.0)),
@@ -394,7 +397,8 @@ class Trainer:
             _rescale_output(net, source, transform)
         self.on_event("init_from", {"path": str(path), "loaded": loaded, "total": len(own),
                                     "same_target": same_target,
-                                    **({"units": [card.unit, self.config.unit]} if other_unit else {})})
+                                    **({"units": [card.unit, self.config.unit]} if other_unit else {}),
+                                    **({"unit_from_start": card.unit} if inherited else {})})
         return same_target
 
     # -- the loop -----------------------------------------------------------------------
