@@ -190,7 +190,7 @@ def tiny_config():
 
 def _random_checkpoint(path: Path, target: str, unit: str, seed: int, log10: bool = False,
                        mean: float = 1.5, std: float = 0.5, elements: list[str] | None = None,
-                       site_features: bool = False) -> Path:
+                       site_features: bool = False, training: dict | None = None) -> Path:
     from crystalprop.utils.backend import mindspore_module, set_device
 
     set_device("CPU")
@@ -202,7 +202,7 @@ def _random_checkpoint(path: Path, target: str, unit: str, seed: int, log10: boo
     net = Matformer(ModelConfig(**TINY, site_features=site_features))
     card = ModelCard(target=target, unit=unit, model=net.config, graph=GraphSettings(site_features=site_features),
                      transform=TargetTransform(mean=mean, std=std, log10=log10),
-                     metrics={"mae": 0.123}, training={"epochs": 3, "data": {"n_train": 40}},
+                     metrics={"mae": 0.123}, training=training or {"epochs": 3, "data": {"n_train": 40}},
                      elements=elements or [])
     save_checkpoint(path, net, card)
     return path

@@ -281,3 +281,18 @@ def test_models_lists_a_users_own_model_and_a_folder_with_files_that_are_not_mod
     assert "good" in listed.stdout and "not a model" in listed.stdout, listed.stdout
     missing = run_cli(["models", "runs/none"], cwd=tmp_path)
     assert missing.returncode == 2 and "runs/none" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_models_tells_a_runs_own_epochs_from_those_of_its_starts(tmp_path):
+    """`models` gave a fine-tune's epochs summed over its starts (236) beside only its own run's crystals
+    (2,297), as if it had trained 236 epochs on those (hunt14 11): the epochs of its last run are given too."""
+    from conftest import _random_checkpoint  # noqa: PLC0415
+    from crystalprop.model.registry import MODEL_COLUMNS, describe_models  # noqa: PLC0415
+
+    tuned = _random_checkpoint(tmp_path / "tuned.ckpt", "y", "eV", seed=3,
+                               training={"epochs": 20, "cumulative_epochs": 236.0, "data": {"n_train": 2297}})
+    fresh = _random_checkpoint(tmp_path / "fresh.ckpt", "y", "eV", seed=3,
+                               training={"epochs": 3, "cumulative_epochs": 3.0, "data": {"n_train": 40}})
+    rows = {row[0]: dict(zip(MODEL_COLUMNS, row)) for row in describe_models([str(tuned), str(fresh)])}
+    assert rows["tuned"]["trained on"] == "2297 crystals" and rows["tuned"]["epochs"] == "236 (20 in its last run)"
+    assert rows["fresh"]["epochs"] == "3"

@@ -107,8 +107,17 @@ def describe_models(models: Sequence[str | os.PathLike] = ()) -> list[list[str]]
         mae = metrics.get("log10_mae") if card.transform.log10 else metrics.get("mae")
         mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "")
         data = card.training.get("data", {})
-        epochs = card.training.get("cumulative_epochs", card.training.get("epochs", ""))
         rows.append([label, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
-                     str(int(epochs)) if isinstance(epochs, (int, float)) and float(epochs).is_integer() else str(epochs),
-                     cached_file_sha256(path)])
+                     _epochs_text(card.training, joined=bool(card.ensemble)), cached_file_sha256(path)])
     return rows
+
+
+def _epochs_text(training: dict, joined: bool = False) -> str:
+    """A model's epochs in all its runs, and those of its last run (on the crystals it names) where they differ;
+    a ``joined`` ensemble's members have runs of their own (its card gives them), so only the sum."""
+    def text(value) -> str:
+        return str(int(value)) if isinstance(value, (int, float)) and float(value).is_integer() else str(value)
+
+    last = training.get("epochs", "")
+    total = training.get("cumulative_epochs", last)
+    return text(total) if joined or text(total) == text(last) or last == "" else f"{text(total)} ({text(last)} in its last run)"
