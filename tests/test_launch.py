@@ -260,6 +260,26 @@ def test_cli_ctrl_c_stops_cleanly(data, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_second_ctrl_c_ends_a_training_stuck_in_its_step(data, tmp_path):
+    """Ctrl-C offers 'again to force': a training whose step never returns (here: stopped by SIGSTOP, as a
+    hung graph would be) ignored the first, and the second Ctrl-C did nothing (session 42). It ends it now."""
+    with _cli_training_past_two_epochs(data, tmp_path, "stuck") as (proc, trainer, run_dir, stderr_path):
+        os.kill(trainer, signal.SIGSTOP)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(2)
+        assert proc.poll() is None, "a stuck training cannot stop cleanly: the command waits for it"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 5
+        while _alive(trainer) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(trainer), "the forced training process outlived the command"
+    stderr = stderr_path.read_text()
+    assert proc.returncode == 130, f"rc {proc.returncode}: {stderr[-500:]}"
+    assert "forced" in stderr and "Traceback" not in stderr, stderr[-800:]
+
+
+@pytest.mark.slow
 def test_cli_sigterm_stops_the_training(data, tmp_path):
     with _cli_training_past_two_epochs(data, tmp_path, "terminated") as (proc, trainer, run_dir, _):
         proc.send_signal(signal.SIGTERM)  # e.g. `timeout`, a batch scheduler, `kill PID`
