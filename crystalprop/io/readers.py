@@ -635,11 +635,13 @@ def _read_raw(path: str, limit: int) -> bytes:
     """Up to ``limit + 1`` bytes of a file, with OS errors as one-line reasons. A named pipe is opened
     without blocking, so one that nothing writes to (in a folder, or given by name) fails at once."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no named pipes in its file system
+        fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_BINARY", 0))
         with open(fd, "rb", closefd=True) as handle:
-            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            if nonblocking and stat.S_ISFIFO(os.fstat(fd).st_mode):
                 return _read_pipe(fd, limit, path)
-            os.set_blocking(fd, True)
+            if nonblocking:
+                os.set_blocking(fd, True)
             return handle.read(limit + 1)
     except FileNotFoundError as exc:
         raise StructureReadError(path, _missing_reason(path)) from exc
