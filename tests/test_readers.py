@@ -1161,3 +1161,26 @@ def test_a_named_pipe_in_a_folder_gets_its_row_and_none_hangs(tmp_path, nacl):
     threading.Timer(0.5, feed).start()  # the writer opens after the reader: what a shell's <(...) may do
     records = list(iter_records([str(tmp_path / "p.cif")], timeout=None))
     assert [r.error for r in records] == [None] and len(records[0].structure) == len(nacl)
+
+
+def test_a_cif_cut_at_a_line_is_refused_by_its_stated_formula(tmp_path):
+    """Was (hunt15 1): LiFePO4 (28 sites) with its last lines lost was read as 'Li2Fe2P2O3', 18 sites, and
+    predicted with an ordinary σ: a cut at a line boundary leaves a valid CIF of fewer sites. pymatgen's CIFs
+    (and most others) state _chemical_formula_sum; sites that do not make it are refused, naming both."""
+    lines = CifWriter(Structure.from_spacegroup("Pnma", Lattice.orthorhombic(10.3, 6.0, 4.7), ["Li", "Fe", "P", "O", "O", "O"],
+                                                [[0, 0, 0], [0.28, 0.25, 0.97], [0.09, 0.25, 0.42], [0.10, 0.25, 0.74],
+                                                 [0.46, 0.25, 0.21], [0.17, 0.05, 0.28]])).__str__().splitlines()
+    whole = write(tmp_path / "whole.cif", "\n".join(lines) + "\n")
+    cut = write(tmp_path / "cut.cif", "\n".join(lines[:-10]) + "\n")
+    assert "_chemical_formula_sum   'Li4 Fe4 P4 O16'" in lines
+    assert [r.error for r in iter_records([whole])] == [None]
+    errors = [r.error for r in iter_records([cut])]
+    assert len(errors) == 1 and errors[0] is not None, errors
+    assert "_chemical_formula_sum" in errors[0] and "Li4 Fe4 P4 O16" in errors[0] and "18 sites" in errors[0], errors[0]
+    assert "O: 6 of 16 in the cell" in errors[0], errors[0]
+    same = write(tmp_path / "units.cif", "\n".join(lines).replace("'Li4 Fe4 P4 O16'", "'Fe Li O4 P'") + "\n")
+    assert [r.error for r in iter_records([same])] == [None]  # one formula unit, as ICSD and COD state it
+    unit_cut = write(tmp_path / "unit_cut.cif", "\n".join(lines[:-10]).replace("'Li4 Fe4 P4 O16'", "'Fe Li O4 P'"))
+    assert "O: 6 of 16" in [r.error for r in iter_records([unit_cut])][0]  # Z = 4 of them in the cell
+    odd = write(tmp_path / "odd.cif", "\n".join(lines).replace("'Li4 Fe4 P4 O16'", "'?'") + "\n")
+    assert [r.error for r in iter_records([odd])] == [None]  # nothing stated: nothing to compare

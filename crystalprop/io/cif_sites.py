@@ -4,7 +4,8 @@ pymatgen turns a type symbol it cannot parse into the element of its first two l
 first letter: the vacancy ``Va`` becomes vanadium, the ghost atom ``Bq`` boron, ``Ph`` phosphorus,
 with no more than a warning. A type symbol names the site's element (``Fe``, ``Fe2+``, ``O2-``), so
 one that is no element is refused here instead of being read as another. An occupancy above 1 (two rows
-at one position, say) is told by the rows' labels, where pymatgen names none.
+at one position, say) is told by the rows' labels, where pymatgen names none. Sites that do not make the
+block's stated ``_chemical_formula_sum`` (a file cut at a line boundary, its last sites lost) are told too.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from pymatgen.core import Element
+from pymatgen.core import Composition, Element
 from pymatgen.core.operations import SymmOp
 from pymatgen.io.cif import str2float
 
@@ -97,3 +98,47 @@ def occupancy_excess(data: dict, operations: list[SymmOp], tolerance: float) -> 
                 return f"atoms {label_i} and {label_j} share a position (occupancies {occupancy_i:g} + {occupancy_j:g})"
     over = next(((label, occupancy) for label, _, occupancy in rows if occupancy > 1), None)
     return None if over is None else f"site {over[0]} has occupancy {over[1]:g}, above 1"
+
+
+FORMULA_KEY = "_chemical_formula_sum"
+UNITS_KEY = "_cell_formula_units_Z"
+
+
+def _stated_cell_content(data: dict) -> Composition | None:
+    """What the block says its cell holds, from its ``_chemical_formula_sum``; None where it states no formula
+    of plain elements. The CIF standard (ICSD, COD) gives one formula unit, ``_cell_formula_units_Z`` of them in
+    the cell; pymatgen writes the cell's content with Z its reduced formula units. Told apart by Z: a formula
+    whose amounts Z divides is taken as the cell's content."""
+    stated = data.get(FORMULA_KEY)
+    if not isinstance(stated, str) or stated.strip() in ("", "?", "."):
+        return None
+    try:
+        formula = Composition(stated)
+    except Exception:  # noqa: BLE001 (pymatgen raises several kinds for text that is no formula)
+        return None
+    if not formula.num_atoms or not all(isinstance(e, Element) for e in formula):
+        return None
+    try:
+        units = float(str2float(str(data.get(UNITS_KEY, "1"))))
+    except (TypeError, ValueError):
+        units = 1.0
+    whole = units >= 1 and all(abs(n / units - round(n / units)) < 1e-6 and round(n / units) >= 1
+                               for n in formula.values())
+    return formula if units <= 1 or whole else formula * units
+
+
+def formula_mismatch(data: dict, composition: Composition) -> str | None:
+    """Why the sites read (their ``composition``) lack atoms of the block's stated formula, or None.
+
+    A file cut at a line boundary is a valid CIF of fewer sites; only the stated formula tells. Sites are
+    lacking where some element has fewer atoms than the cell is stated to hold (:func:`_stated_cell_content`;
+    by more than half an atom); more atoms than stated (a solvent the formula leaves out) are not refused."""
+    read = composition.element_composition
+    content = _stated_cell_content(data)
+    lacking = [(e, read[e], n) for e, n in content.items() if read[e] < n - 0.5] if content else []
+    if not lacking:
+        return None
+    element, found, stated = lacking[0]
+    return (f"its {int(round(composition.num_atoms))} sites lack atoms of its {FORMULA_KEY} '{data[FORMULA_KEY]}' "
+            f"({element}: {found:g} of {stated:g} in the cell): a file cut short (its last sites lost) or sites "
+            "left out")

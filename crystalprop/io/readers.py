@@ -26,7 +26,7 @@ from pymatgen.core import DummySpecies, Element, Lattice, Structure
 from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
-from crystalprop.io.cif_sites import check_type_symbols, occupancy_excess
+from crystalprop.io.cif_sites import check_type_symbols, formula_mismatch, occupancy_excess
 from crystalprop.io.cif_symmetry import (ambiguous_origin, p1_fallback, rhombohedral_axes, symmetry_supplement,
                                          unknown_operations)
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
@@ -235,7 +235,7 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
             data = next(iter(parser.as_dict().values()))
         fast = p1_structure(data)
         if fast is not None:
-            return block_name, fast
+            return block_name, _stated_formula_checked(fast, data, block_name, name)
         origin = ambiguous_origin(data)
         try:
             structure, note = parser.parse_structures(primitive=False)[0], axes[1] if axes else None
@@ -257,7 +257,16 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
         raise StructureReadError(name, f"CIF data block '{block_name}': {exc}") from exc
     if note:
         structure.properties[READ_NOTES_KEY] = [note]
-    return block_name, structure
+    return block_name, _stated_formula_checked(structure, data, block_name, name)
+
+
+def _stated_formula_checked(structure: Structure, data: dict, block_name: str, name: str) -> Structure:
+    """``structure``, refused where its sites do not make the block's stated formula (a file cut at a line
+    keeps a valid CIF of fewer sites); a disordered one is refused later for that, with its own reason."""
+    mismatch = formula_mismatch(data, structure.composition) if structure.is_ordered else None
+    if mismatch:
+        raise StructureReadError(name, f"CIF data block '{block_name}': {mismatch}")
+    return structure
 
 
 def _occupancy_reason(data: dict, parser: CifParser, caught: list[warnings.WarningMessage]) -> str | None:
