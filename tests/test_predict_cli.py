@@ -803,3 +803,29 @@ def test_a_broken_link_to_a_name_that_is_not_utf8_is_a_failed_row(random_ckpt, t
     rows = read_rows(tmp_path / "out.csv")
     assert [row["name"].rsplit("/", 1)[-1] for row in rows] == ["a.cif", "gone.cif"]
     assert "bad\\xff.cif" in rows[1]["error"]
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused_before_anything_is_written(tmp_path, random_ckpt):
+    """Was (hunt15 2): `predict data.json -o data.json --overwrite` emptied the input before reading it, so the
+    user's data was lost and nothing predicted; a folder's structure file named as -o went the same way."""
+    structures = make_structures(2)
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"id": name, "structure": s.as_dict()} for name, s in structures]))
+    before = data.read_bytes()
+    for extra in (["--overwrite"], ["--resume"]):
+        done = run_cli(["predict", "data.json", "-m", random_ckpt, "-o", "data.json", *extra], cwd=tmp_path)
+        said = " ".join(done.stderr.split())
+        assert done.returncode == 2 and "data.json" in said and "one of the inputs" in said, done.stderr
+        assert data.read_bytes() == before
+    folder = tmp_path / "in"
+    folder.mkdir()
+    structures[0][1].to(filename=str(folder / "a.cif"))
+    (folder / "b.json").write_text(json.dumps(structures[1][1].as_dict()))
+    kept = (folder / "b.json").read_bytes()
+    done = run_cli(["predict", "in", "-m", random_ckpt, "-o", "in/b.json", "--overwrite"], cwd=tmp_path)
+    assert done.returncode == 2 and "one of the inputs" in done.stderr, done.stderr
+    assert (folder / "b.json").read_bytes() == kept
+    fine = run_cli(["predict", "in", "-m", random_ckpt, "-o", "in/results.json"], cwd=tmp_path)
+    assert fine.returncode == 0, fine.stderr  # a new file in the folder: the scan leaves crystalprop's results out
+    again = run_cli(["predict", "in", "-m", random_ckpt, "-o", "in/results.json", "--overwrite"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr

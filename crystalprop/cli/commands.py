@@ -88,12 +88,14 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     once the models are ready.
     """
     from crystalprop.utils.backend import single_threaded_blas  # noqa: PLC0415
-    from crystalprop.io.discovery import no_structures_found  # noqa: PLC0415
+    from crystalprop.io.discovery import no_structures_found, output_among_inputs  # noqa: PLC0415
 
     if resume and overwrite:
         raise click.UsageError("--resume continues the --output file and --overwrite replaces it: give one")
     if resume and not output:
         raise click.UsageError("--resume continues an --output file: give it with -o")
+    if output and (given := output_among_inputs(output, paths, recursive)):
+        _fail(f"{output} is one of the inputs (read from {given}): write the results to another file")
 
     single_threaded_blas()  # before numpy is imported
     from crystalprop.prediction.output import done_rows  # noqa: PLC0415

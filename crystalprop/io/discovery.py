@@ -192,6 +192,36 @@ def iter_structure_paths(args: Iterable[str], recursive: bool = False, seen: set
                 yield path
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _within(path: str, folder: str, recursive: bool) -> bool:
+    """Whether ``path``'s folder is ``folder`` (or, with ``recursive``, one below it), by real paths."""
+    parent, top = os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.realpath(folder)
+    return parent == top or (recursive and parent.startswith(top.rstrip(os.sep) + os.sep))
+
+
+def output_among_inputs(output: str, args: Iterable[str], recursive: bool = False) -> str | None:
+    """The argument under which an existing ``output`` file is itself read as an input (given by name, matched
+    by a glob, or a structure file in a folder scanned), else None: writing results there would destroy it
+    before it is read. crystalprop's own result files are no inputs (folder scans leave them out)."""
+    if not os.path.isfile(output) or is_own_output(output):
+        return None
+    for arg in map(os.fspath, args):
+        matches = sorted(glob.glob(arg, recursive=True)) if _has_glob(arg) and not os.path.exists(arg) else [arg]
+        for match in matches:
+            if os.path.isdir(match):
+                if looks_like_structure_name(os.path.basename(output)) and _within(output, match, recursive):
+                    return arg
+            elif _same_file(match, output):
+                return arg
+    return None
+
+
 def _given_folders(args: Iterable[str]) -> Iterator[tuple[str, str]]:
     """(argument, folder) for each argument that is a folder or a glob pattern matching folders."""
     for arg in map(os.fspath, args):
