@@ -194,6 +194,22 @@ def test_no_error_bar_is_claimed_for_a_slab_or_molecule(joined):
     assert flat[f"{label}_std"] is None and flat[f"{label}_err95"] is None
 
 
+def test_no_error_bar_is_claimed_for_atoms_closer_than_any_calibration_crystal(joined):
+    """NaCl with its atoms 0.30 Å apart had the warning and an ordinary σ and 95 % interval (hunt15 4): σ was
+    calibrated on relaxed crystals, none of whose atoms come that close."""
+    from pymatgen.core import Lattice, Structure
+
+    from crystalprop.prediction.predictor import Predictor
+
+    predictor = Predictor(str(joined[0]))
+    label = predictor.columns[0][0]
+    squeezed = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.3, 0, 0]], coords_are_cartesian=True)
+    bulk, close = [row for rows in predictor.iter_rows([rocksalt(5.64), squeezed], workers=0) for row in rows]
+    assert bulk[f"{label}_std"] > 0 and not bulk["warning"]
+    assert "0.30 Å apart" in close["warning"] and "no error bar" in close["warning"] and close[label] is not None
+    assert close[f"{label}_std"] is None and close[f"{label}_err95"] is None
+
+
 def test_evaluate_says_where_sigma_was_calibrated(joined, members, split_data):
     """Its coverages on those structures are in-sample: evaluate said nothing of it (hunt11)."""
     from crystalprop.evaluation.evaluate import evaluate_model

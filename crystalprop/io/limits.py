@@ -19,3 +19,11 @@ READ_TIMEOUT_S = 60.0
 PIPE_WAIT_S = 2.0
 """How long a named pipe given as a structure waits for a writer before it is reported as one that nothing
 writes to (a pipe in a folder would otherwise hold a scan for ever)."""
+
+CLOSE_ATOMS_NOTES = ("atoms ", "each atom is ", "... and ")
+"""How the readers' warnings of atoms closer than relaxed crystals hold them begin (``validate_structure``)."""
+
+
+def is_close_atoms_note(note: str) -> bool:
+    """Whether a structure's note is one of the readers' close-atom warnings (its σ is then not claimed)."""
+    return note.startswith(CLOSE_ATOMS_NOTES)

@@ -28,7 +28,7 @@ from crystalprop.graph.site_features import N_SITE
 from crystalprop.io.adapters import crystal_from_structure
 from crystalprop.io.discovery import iter_structure_paths, no_structures_found, printable
 from crystalprop.io.formula import crystal_formula
-from crystalprop.io.limits import READ_TIMEOUT_S
+from crystalprop.io.limits import READ_TIMEOUT_S, is_close_atoms_note
 from crystalprop.model import ENGINES
 from crystalprop.utils.checks import check_seconds, check_whole_number
 from crystalprop.utils.timelimit import run_with_time_limit
@@ -61,13 +61,15 @@ class Prepared:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     out_of_domain: bool = False  # a slab, wire or molecule (analysis.applicability): σ was never calibrated there
+    close_atoms: bool = False  # atoms closer than relaxed crystals hold them (validate_structure's warnings): nor there
 
 
 def _prepare_structure(name: str, source: str, structure: Structure, settings: GraphSettings,
                        notes: list[str] | None = None) -> Prepared:
     domain = domain_warnings(structure)
     item = Prepared(name, source, formula=crystal_formula(structure.composition), n_sites=len(structure),
-                    warnings=list(notes or []) + domain, out_of_domain=bool(domain))
+                    warnings=list(notes or []) + domain, out_of_domain=bool(domain),
+                    close_atoms=any(is_close_atoms_note(note) for note in notes or []))
     try:
         cell, note = cell_for_graph(crystal_from_structure(structure), settings.cell)
         item.warnings += [note] if note else []
@@ -546,12 +548,14 @@ class Predictor:
                 if unseen:
                     unseen_by.setdefault(tuple(unseen), []).append(label)
                     _drop_sigma(row, label)  # σ was calibrated on known elements only
-            if item.out_of_domain:  # σ was calibrated on bulk crystals
+            why = ("σ was calibrated on bulk crystals" if item.out_of_domain
+                   else "σ was calibrated on relaxed crystals, whose atoms are not so close" if item.close_atoms else None)
+            if why:
                 bare = [label for label, *_ in self.models if row.get(f"{label}_std") is not None]
                 for label in bare:
                     _drop_sigma(row, label)
                 if bare:
-                    notes.append(f"{', '.join(bare)}: no error bar (σ was calibrated on bulk crystals)")
+                    notes.append(f"{', '.join(bare)}: no error bar ({why})")
             beyond = [label for label in far
                       if item.graph is not None and far[label][k] and row.get(f"{label}_std") is not None]
             for label in beyond:  # σ is not known there (crystalprop.model.latent_sigma)
