@@ -931,3 +931,25 @@ def test_members_of_other_sizes_are_refused_naming_what_differs(tmp_path):
     with pytest.raises(CheckpointError) as caught:
         check_compatible(cards, [tmp_path / "l1.ckpt", tmp_path / "l2.ckpt"])
     assert "layers 2 against 1" in str(caught.value) and "ModelConfig(" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_a_refused_ensemble_leaves_no_record_and_a_single_run_resumes_as_itself(tmp_path):
+    """Was (hunt15 3): `train --ensemble 2` refused (too few validation structures) left its ensemble.json; a
+    single run then trained in that folder, and its --resume trained two new members from scratch and replaced
+    its best.ckpt by their ensemble. A new ensemble over a single run was not refused either."""
+    from conftest import TINY_CLI, run_cli, write_json_dataset  # noqa: PLC0415
+
+    data = write_json_dataset(tmp_path / "data.json", 12)
+    common = ["-t", "y", "-o", tmp_path / "r", "--batch-size", "4", "--graph-workers", "1", *TINY_CLI]
+    refused = run_cli(["train", data, *common, "--ensemble", "2", "--val-fraction", "0.05", "--epochs", "1"])
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert not (tmp_path / "r" / "ensemble.json").exists()
+    single = run_cli(["train", data, *common, "--epochs", "1"])
+    assert single.returncode == 0, single.stdout + single.stderr
+    more = run_cli(["train", data, *common, "--epochs", "2", "--resume"])
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert not (tmp_path / "r" / "member1").exists() and "member" not in more.stdout + more.stderr
+    assert len((tmp_path / "r" / "history.csv").read_text().splitlines()) == 3  # header and its 2 epochs
+    over = run_cli(["train", data, *common, "--epochs", "1", "--ensemble", "2"])
+    assert over.returncode == 2 and "already holds a run" in over.stderr, over.stdout + over.stderr

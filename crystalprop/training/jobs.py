@@ -67,11 +67,14 @@ def ensemble_settings(output_dir: Path, resume: bool, members: int, sigma: str,
     """The members and σ of an ensemble run: on resume those of its record (:data:`ENSEMBLE_RECORD`) unless
     given again (``members`` 1 is not given), else as given; the record written for a later resume."""
     path = output_dir / ENSEMBLE_RECORD
+    single = (output_dir / "last.ckpt").is_file()  # a single run's folder: its --resume continues it, nothing else
     if not resume and members > 1:  # before the record is written: a refused run must leave the folder's run as it is
-        for k in range(members):
-            if (output_dir / f"member{k}" / "last.ckpt").is_file():
-                check_run_dir(output_dir / f"member{k}", False)
-    if resume and path.is_file():
+        for run_dir in [output_dir] + [output_dir / f"member{k}" for k in range(members)]:
+            if (run_dir / "last.ckpt").is_file():
+                check_run_dir(run_dir, False)
+    if resume and single and members > 1:
+        raise RunDirError(f"{output_dir} holds a single run, not an ensemble: resume it without --ensemble")
+    if resume and path.is_file() and not single:
         saved = json.loads(path.read_text())
         members = members if members > 1 else int(saved["members"])
         sigma = sigma if "sigma" in given else saved["sigma"]
@@ -79,6 +82,13 @@ def ensemble_settings(output_dir: Path, resume: bool, members: int, sigma: str,
         make_folder(output_dir)
         atomic_write_text(path, json.dumps({"members": members, "sigma": sigma}) + "\n")
     return members, sigma
+
+
+def forget_unstarted_ensemble(output_dir: Path) -> None:
+    """Remove the ensemble record of a run refused before its first member saved anything, so that the folder
+    is as it was (a later single run there is not taken for this ensemble by its --resume)."""
+    if not (output_dir / "member0" / "last.ckpt").is_file():
+        (output_dir / ENSEMBLE_RECORD).unlink(missing_ok=True)
 
 
 def completed(payload: dict) -> bool:
@@ -317,7 +327,11 @@ def train(
         except TrainingStopped as exc:  # the members done are kept: the ensemble's --resume goes on after them
             raise TrainingStopped(exc.signum, resumable=True) if k else exc from None
         except TrainingFailed as exc:
+            forget_unstarted_ensemble(Path(output_dir))
             raise TrainingFailed(f"member {k + 1}: {exc}") from None
+        except ValueError:  # refused (its data, its settings)
+            forget_unstarted_ensemble(Path(output_dir))
+            raise
         if not completed(outcomes[-1]):
             return {"stopped_because": outcomes[-1]["stopped_because"], "members": outcomes, "ensemble": None}
     if on_event:
