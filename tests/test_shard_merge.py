@@ -131,3 +131,24 @@ def test_merge_refuses_whole_results_of_other_inputs(tmp_path, random_ckpt):
     assert mixed.returncode == 2 and "A.csv" in said and "B.csv" in said, mixed.stderr
     assert "crystalprop predict" in said  # the way to one table: predict both inputs in one run
     assert not (tmp_path / "all.csv").exists()
+
+
+def test_merge_refuses_a_finished_part_that_lost_whole_rows(tmp_path, random_ckpt):
+    """Was (hunt15 5): a shard whose CSV lost whole rows (a partial copy, a hand edit), its record still saying
+    it finished, merged into a table short of them with status 0: every position of a shard is counted now."""
+    folder = tmp_path / "structures"
+    folder.mkdir()
+    for name, structure in make_structures(9):
+        structure.to(filename=str(folder / f"{name}.cif"))
+    parts = []
+    for i in (1, 2, 3):
+        out = tmp_path / f"part{i}.csv"
+        done = run_cli(["predict", folder, "-m", random_ckpt, "-o", out, "--shard", f"{i}/3", "--workers", "0"])
+        assert done.returncode == 0, done.stderr
+        parts.append(out)
+    lines = parts[1].read_text().splitlines(keepends=True)
+    parts[1].write_text("".join(lines[:-1]))  # its last row gone, at a line boundary
+    merged = run_cli(["merge", tmp_path / "all.csv", *parts])
+    said = " ".join(merged.stderr.split())
+    assert merged.returncode == 2 and "part2.csv" in said and "1 of its 3" in said, merged.stderr
+    assert "--resume" in said and not (tmp_path / "all.csv").exists()

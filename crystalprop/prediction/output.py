@@ -242,6 +242,8 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
         if found != columns[0][1]:
             raise ValueError(f"{part}: its columns ({', '.join(found)}) differ from {columns[0][0]}'s "
                              f"({', '.join(columns[0][1])}); merge parts predicted with the same --model set")
+    for (part, record), (_, found) in zip(records, read):
+        _check_positions(part, record, found)
     rows = [_typed(row, part) if _format(part) == "csv" else row for part, found in read for row in found]
     if not rows:
         raise ValueError("no rows in the given files")
@@ -282,6 +284,21 @@ def _check_shards(records: Sequence[tuple[Path, dict | None]]) -> None:
     if missing:
         raise ValueError(f"shard {', '.join(missing)} missing: predict it with `crystalprop predict ... --shard "
                          f"{missing[0]} -o PART`, then merge all {n} parts")
+
+
+def _check_positions(part: Path, record: dict | None, rows: list[dict]) -> None:
+    """Refuse a finished part without a row for every input file of its shard (a file gives one or more
+    rows, a failed one too): whole rows lost after it was written, a partial copy or an edit, which
+    nothing else tells. Parts whose record names no file count (older ones) are not checked."""
+    if record is None or "n_files" not in record.get("inputs", {}) or not is_finished(part):
+        return
+    i, n = record.get("shard", [1, 1])
+    expected = set(range(i - 1, record["inputs"]["n_files"], n))
+    missing = sorted(expected - {int(row["index"]) for row in rows if str(row.get("index", "")).strip() != ""})
+    if missing:
+        raise ValueError(f"{part}: {len(missing)} of its {len(expected)} input files have no row (position "
+                         f"{missing[0]} first), though its run finished: rows lost since; the same `crystalprop "
+                         f"predict ... --shard {i}/{n} -o {part} --resume` predicts them again")
 
 
 def _check_inputs(records: Sequence[tuple[Path, dict]]) -> None:
