@@ -359,3 +359,16 @@ def test_the_split_note_says_a_limit_run_validated_on_a_part_of_it(tmp_path):
     assert "validated on the first 5 of them" in check_unseen(val, "val", dataset, {"data": {"split_record": older}},
                                                              "m.ckpt")
     assert check_unseen(val, "val", dataset, {"data": {"split_record": {**older, "limit": 400}}}, "m.ckpt") == plain
+
+
+def test_a_val_split_drawn_from_data_without_one_says_so(run_dir, data, tmp_path):
+    """Was (hunt15 9): `evaluate MODEL DATA --split val` on data with no split of its own scored a random 10 %
+    of it (drawn with the run's settings) and called it "not the val split as in training", as if the data had one."""
+    dataset = load_dataset(data, "y", val_fraction=0.3, seed=5)
+    held = {e.id for e in dataset.split("val")}
+    records = [r for r in json.loads(Path(data).read_text()) if r["id"] in held]
+    (tmp_path / "mine.json").write_text(json.dumps(records))
+    result = evaluate_model(str(run_dir), tmp_path / "mine.json", split="val")
+    assert result["n"] < len(records)
+    assert "has no split of its own" in result["split_check"] and "at random (val 0.3, test 0.0, seed 5)" in result["split_check"]
+    assert "--split unseen" in result["split_check"]

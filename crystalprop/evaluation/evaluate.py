@@ -189,6 +189,9 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
                 f"{checkpoint} (e.g. {trained[0]}): not a {split} figure; --split all evaluates them deliberately")
         same = record.get(f"{split}_ids_sha256") == ids_sha256(ids)
         note = f"none trained on; {'the same' if same else 'not the'} {split} split as in training"
+        if not same and is_random_split(dataset.split_source):  # nothing the user chose: say what it is
+            note += (f"; this data has no split of its own, so its {split} split is drawn here at "
+                     f"{dataset.split_source} (--split unseen scores every structure not trained on)")
         if same and split == "val" and record.get("limit"):  # its epochs may have been chosen on a part of it
             kept = record.get("limit_val", min(limited_val(record["limit"]), len(ids)))  # recorded since session 42
             if kept < len(ids):
