@@ -296,3 +296,17 @@ def test_models_tells_a_runs_own_epochs_from_those_of_its_starts(tmp_path):
     rows = {row[0]: dict(zip(MODEL_COLUMNS, row)) for row in describe_models([str(tuned), str(fresh)])}
     assert rows["tuned"]["trained on"] == "2297 crystals" and rows["tuned"]["epochs"] == "236 (20 in its last run)"
     assert rows["fresh"]["epochs"] == "3"
+
+
+def test_a_ctrl_c_no_command_took_ends_with_status_130_not_aborted():
+    """Was (hunt15 6): a Ctrl-C before a command set its own stop (the first half-second of predict, or any
+    time in a command without one) gave click's 'Aborted!' and status 1, which here means a structure failed."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = ("import sys\nfrom crystalprop.cli.commands import main, run\n"
+            "@main.command()\ndef boom():\n    raise KeyboardInterrupt\n"
+            "sys.argv = ['crystalprop', 'boom']\nrun()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert "interrupted (SIGINT)" in done.stderr and "Aborted" not in done.stderr and "Traceback" not in done.stderr

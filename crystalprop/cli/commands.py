@@ -38,7 +38,19 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The command group; a Ctrl-C that no command turned into its own stop ends with status 130 and one line,
+    not click's "Aborted!" and status 1 (which here means that some structure failed)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/] (SIGINT)")
+            sys.exit(128 + signal.SIGINT)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="crystalprop")
 def main() -> None:
     """Predict crystal properties with pretrained Matformer models; train and evaluate your own."""
