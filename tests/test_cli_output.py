@@ -211,6 +211,9 @@ def test_piped_messages_are_not_broken_into_lines(tmp_path, random_ckpt):
     (0.0, 0.0, "0 ± 0"),
     (1.5e-7, 2.0e-8, "1.5e-07 ± 2e-08"),
     (2.5, None, "2.5"),
+    (-0.0012, 0.11, "0.00 ± 0.11"),  # was "-0.00" (hunt15 10): a negative value that rounds to zero
+    (-4.0, 120.0, "0 ± 120"),
+    (-40.0, 120.0, "-40 ± 120"),
 ])
 def test_a_value_is_shown_to_the_digits_its_sigma_allows(value, std, shown):
     """Was: four significant figures for every value and two for σ (``0.02302 ± 0.089``,

@@ -1184,3 +1184,9 @@ def test_a_cif_cut_at_a_line_is_refused_by_its_stated_formula(tmp_path):
     assert "O: 6 of 16" in [r.error for r in iter_records([unit_cut])][0]  # Z = 4 of them in the cell
     odd = write(tmp_path / "odd.cif", "\n".join(lines).replace("'Li4 Fe4 P4 O16'", "'?'") + "\n")
     assert [r.error for r in iter_records([odd])] == [None]  # nothing stated: nothing to compare
+
+
+def test_a_glob_that_matches_nothing_says_so(tmp_path):
+    """Was (hunt15 10): 'nomatch/*.cif: cannot read: no such file', as if a file of that name were missing."""
+    records = list(iter_records([str(tmp_path / "nomatch" / "*.cif")]))
+    assert [r.error for r in records] == ["no file matches this pattern"]

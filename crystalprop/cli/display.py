@@ -84,9 +84,10 @@ def value_text(row: dict, label: str) -> str:
     if not (1e-4 <= std < 1e6):
         return f"{value:.4g} ± {std:.2g}"
     decimals = 1 - math.floor(math.log10(std))  # σ's second significant figure
+    shown = round(value, decimals) + 0.0  # + 0.0: a value that rounds to zero shows as 0, not -0
     if decimals > 0:
-        return f"{value:.{decimals}f} ± {std:.{decimals}f}"
-    return f"{round(value, decimals):.0f} ± {round(std, decimals):.0f}"
+        return f"{shown:.{decimals}f} ± {std:.{decimals}f}"
+    return f"{shown:.0f} ± {round(std, decimals):.0f}"
 
 
 def print_rows(rows: list[dict], columns: list[tuple[str, str]]) -> None:

@@ -55,7 +55,8 @@ def split_models(values: tuple[str, ...]) -> tuple[str, ...]:
 def models_option():
     """``--model/-m``: the models to run, repeatable or comma-separated."""
     return click.option("--model", "-m", "models", multiple=True, callback=lambda ctx, param, v: split_models(v),
-                        help="Shipped model name or .ckpt file; repeat it or separate several with commas. "
+                        help="Shipped model name, .ckpt file or run folder (its best.ckpt); repeat it or separate several "
+                             "with commas. "
                              "Default: all shipped models.")
 
 

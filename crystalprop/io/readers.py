@@ -614,6 +614,8 @@ def _missing_reason(path: str) -> str:
     """Why a path opens to nothing: a link names the target it lost (a purged scratch file, say)."""
     if os.path.islink(path):
         return f"broken link -> {os.path.realpath(path)}"
+    if any(c in path for c in "*?["):
+        return "no file matches this pattern"  # an unmatched glob comes as itself (discovery), for this row
     return "cannot read: no such file"
 
 
