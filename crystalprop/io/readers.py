@@ -189,7 +189,7 @@ def _split_cif_blocks(text: str) -> list[str]:
 
 def _cif_parser(block_text: str, name: str) -> CifParser:
     try:
-        return CifParser.from_str(block_text, site_tolerance=SITE_TOLERANCE)
+        return CifParser.from_str(block_text, site_tolerance=SITE_TOLERANCE, occupancy_tolerance=1 + OCCUPANCY_ROUNDING)
     except StructureReadError:
         raise
     except KeyError as exc:
@@ -738,6 +738,26 @@ DISORDER_REASON = (
 )
 
 
+OCCUPANCY_ROUNDING = 1e-3
+"""A one-element site whose occupancy is this close to 1 is full: refinement programs and databases write
+0.99999 (and 1.00001, which pymatgen scales down to 1 itself) for an occupancy of 1."""
+
+
+def _round_full_sites(structure: Structure) -> list[str]:
+    """Make each one-element site of occupancy within :data:`OCCUPANCY_ROUNDING` below 1 full, in place; a note
+    for each (the first few) so that the reading is told."""
+    notes = []
+    for index, site in enumerate(structure):
+        if len(site.species) == 1 and not site.is_ordered:
+            species, amount = next(iter(site.species.items()))
+            if abs(amount - 1.0) <= OCCUPANCY_ROUNDING * (1 + 1e-9):  # 0.999 is a hair further in binary
+                structure.replace(index, species, coords=site.frac_coords, properties=site.properties, label=site.label)
+                label = site.label if site.label not in (None, site.species_string) else str(index)
+                notes.append(f"site {label}: occupancy {amount:g} read as 1")
+    more = len(notes) - MAX_REPORTED_CLOSE_PAIRS
+    return notes[:MAX_REPORTED_CLOSE_PAIRS] + ([f"{more} more sites of occupancy near 1 read as 1"] if more > 0 else [])
+
+
 def _check_ordered(structure: Structure) -> None:
     """Refuse a site of partial or mixed occupancy, named by the file's label where it has one (the index is
     pymatgen's, after it sorted the sites) and with its occupancies as given (pymatgen shows 0.9999 as 1.0)."""
@@ -862,6 +882,7 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, radiu
     if len(structure) == 0:
         raise ValueError("structure has no atoms")
     _check_elements(structure)
+    rounded = _round_full_sites(structure)
     _check_ordered(structure)
     if len(structure) > max_sites:
         raise ValueError(f"{len(structure)} sites exceed the limit of {max_sites} (a supercell of a small crystal: "
@@ -880,7 +901,7 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, radiu
         i, j, d = overlapping[0]
         more = f" (and {len(overlapping) - 1} more pairs)" if len(overlapping) > 1 else ""
         raise ValueError(f"overlapping atoms: atoms {i} and {j} are {d:.3f} Å apart{more}")
-    warnings = _close_pair_warnings(structure, pairs, min_distance, radius_fraction)
+    warnings = rounded + _close_pair_warnings(structure, pairs, min_distance, radius_fraction)
     if shortest is not None and shortest < min_distance:
         warnings.append(f"each atom is {shortest:.2f} Å from its own periodic image "
                         "(the cell's shortest translation)")
