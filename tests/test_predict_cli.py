@@ -653,6 +653,7 @@ def test_cli_inspect_json(files, tmp_path):
     assert records[2]["error"] and set(records[2]) == set(nacl)  # was: the graph's keys were left out
     assert all(records[2][key] is None for key in ("n_edges", "edges_per_atom", "nearest_neighbor_A",
                                                    "mean_neighbor_A"))
+    assert all(records[2][key] is None for key in ("formula", "n_sites", "cell_sites"))  # was "", 0, 0 (hunt15 10)
     table = run_cli(["inspect", "in/missing.cif"], cwd=tmp_path, env={"COLUMNS": "200"})
     assert "no such file" in table.stdout and "None" not in table.stdout
     ok = run_cli(["inspect", "in/c.cif", "--json", "--cutoff", "5", "--neighbors", "6"], cwd=tmp_path)

@@ -23,8 +23,10 @@ def inspect_structures(paths: Sequence[str], settings: GraphSettings, *, recursi
         raise ValueError(nothing_to_read)
     records = []
     for item in iter_prepared(list(paths), settings, recursive=recursive, workers=0):
-        record = {"name": printable(item.name), "formula": item.formula, "n_sites": item.n_sites, "cell": settings.cell,
-                  "cell_sites": item.cell_sites, "error": item.error or "", "warnings": item.warnings}
+        # what a failure left unknown is null, not "" or 0 sites (every structure has a formula and sites)
+        record = {"name": printable(item.name), "formula": item.formula or None, "n_sites": item.n_sites or None,
+                  "cell": settings.cell, "cell_sites": item.cell_sites or None, "error": item.error or "",
+                  "warnings": item.warnings}
         records.append(record | _graph_figures(item.graph, item.cell_sites))
     return records
 
@@ -45,7 +47,7 @@ def _text(value) -> str:
 
 def inspection_rows(records: list[dict]) -> list[list[str]]:
     """The records as text cells under :func:`inspection_columns` (sites: in the file -> in the cell)."""
-    return [[r["name"], r["formula"],
+    return [[r["name"], r["formula"] or "",
              f"{r['n_sites']} -> {r['cell_sites']}" if r["cell_sites"] else str(r["n_sites"] or ""),
              *(_text(r.get(key)) for key in GRAPH_KEYS), r["error"] or "; ".join(r["warnings"])] for r in records]
 
