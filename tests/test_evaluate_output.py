@@ -129,3 +129,15 @@ def test_the_metrics_table_names_the_unit_of_the_log10_figures(tmp_path):
     lines = done.stdout.splitlines()
     assert any(re.match(r"\W*log10_mae \(log10\(GPa\)\)\W", line) for line in lines), done.stdout
     assert any(re.match(r"\W*mae \(GPa\)\W", line) for line in lines), done.stdout
+
+
+def test_the_sigma_note_says_a_relative_data_path_is_the_calibrating_machines():
+    """The shipped band gap's note named '../shared/data/mp2018', a path that means nothing where a user
+    stands (hunt15 10)."""
+    import numpy as np  # noqa: PLC0415
+
+    from crystalprop.evaluation.evaluate import _calibration_note  # noqa: PLC0415
+
+    note, _ = _calibration_note({"data": "../shared/data/mp2018", "split": "val", "n": 3}, [], None,
+                                np.zeros(0), np.zeros(0), np.zeros(0), None, {})
+    assert "../shared/data/mp2018 (a path on the machine where it was calibrated)" in note
