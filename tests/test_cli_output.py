@@ -313,3 +313,17 @@ def test_a_ctrl_c_no_command_took_ends_with_status_130_not_aborted():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 130, done.stderr
     assert "interrupted (SIGINT)" in done.stderr and "Aborted" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_refused_train_leaves_no_empty_output_folder(tmp_path):
+    """Was (hunt15 10): `train DATA -o r` refused for its data or arguments (an unknown column here) still made
+    an empty r/; a folder that was there before stays."""
+    from conftest import write_json_dataset  # noqa: PLC0415
+
+    data = write_json_dataset(tmp_path / "data.json", 8)
+    refused = run_cli(["train", data, "-t", "nope", "-o", tmp_path / "r", "--epochs", "1"])
+    assert refused.returncode == 2 and "nope" in refused.stderr, refused.stderr
+    assert not (tmp_path / "r").exists()
+    (tmp_path / "kept").mkdir()
+    again = run_cli(["train", data, "-t", "nope", "-o", tmp_path / "kept", "--epochs", "1"])
+    assert again.returncode == 2 and (tmp_path / "kept").is_dir()

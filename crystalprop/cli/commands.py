@@ -342,6 +342,7 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
         _fail(str(exc), code=1)
     context = click.get_current_context()
     given = [name for name in options if context.get_parameter_source(name) is not ParameterSource.DEFAULT]
+    new_folder = not Path(output_dir).exists()
     try:
         with EnsembleMessages() as messages:
             result = train_run(data, output_dir, max_time_s=duration_s(max_time), ensemble=ensemble, isolate=True,
@@ -350,6 +351,8 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
         console.print(f"[bold]interrupted[/]: {escape(str(exc))}", highlight=False)
         sys.exit(128 + exc.signum)
     except (TrainingFailed, ValueError) as exc:
+        if new_folder and Path(output_dir).is_dir() and not any(Path(output_dir).iterdir()):
+            Path(output_dir).rmdir()  # a refused run leaves no empty folder of its own making
         _fail(str(exc))
     code = report_training(result, output_dir)
     sys.exit(0 if code > 128 and launched_by_msrun() else code)  # a rank's clean stop: the launcher tells it
