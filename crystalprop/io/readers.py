@@ -746,6 +746,8 @@ OCCUPANCY_ROUNDING = 1e-3
 def _round_full_sites(structure: Structure) -> list[str]:
     """Make each one-element site of occupancy within :data:`OCCUPANCY_ROUNDING` below 1 full, in place; a note
     for each (the first few) so that the reading is told."""
+    if structure.is_ordered:
+        return []
     notes = []
     for index, site in enumerate(structure):
         if len(site.species) == 1 and not site.is_ordered:
