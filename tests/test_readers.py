@@ -1177,11 +1177,13 @@ def test_a_cif_cut_at_a_line_is_refused_by_its_stated_formula(tmp_path):
     errors = [r.error for r in iter_records([cut])]
     assert len(errors) == 1 and errors[0] is not None, errors
     assert "_chemical_formula_sum" in errors[0] and "Li4 Fe4 P4 O16" in errors[0] and "18 sites" in errors[0], errors[0]
-    assert "O: 6 of 16 in the cell" in errors[0], errors[0]
+    assert "O: 6 in the cell, 'Li4 Fe4 P4 O16' states 16" in errors[0] and "cut short" in errors[0], errors[0]
     same = write(tmp_path / "units.cif", "\n".join(lines).replace("'Li4 Fe4 P4 O16'", "'Fe Li O4 P'") + "\n")
     assert [r.error for r in iter_records([same])] == [None]  # one formula unit, as ICSD and COD state it
     unit_cut = write(tmp_path / "unit_cut.cif", "\n".join(lines[:-10]).replace("'Li4 Fe4 P4 O16'", "'Fe Li O4 P'"))
-    assert "O: 6 of 16" in [r.error for r in iter_records([unit_cut])][0]  # Z = 4 of them in the cell
+    assert "O: 6 in the cell, 'Fe Li O4 P' × Z 4 states 16" in [r.error for r in iter_records([unit_cut])][0]
+    occupied = write(tmp_path / "occ_cut.cif", "\n".join(lines[:-10]).replace("  1\n", "  0.99999\n") + "\n")
+    assert "cut short" in [r.error for r in iter_records([occupied])][0]  # read as full sites, still lacking
     odd = write(tmp_path / "odd.cif", "\n".join(lines).replace("'Li4 Fe4 P4 O16'", "'?'") + "\n")
     assert [r.error for r in iter_records([odd])] == [None]  # nothing stated: nothing to compare
 
@@ -1225,3 +1227,22 @@ def test_an_occupancy_off_one_by_rounding_is_read_as_one(tmp_path, occupancy, re
             assert any("occupancy" in note and occupancy in note for note in record.warnings), record.warnings
     else:
         assert record.error is not None and ("disordered" in record.error or "above 1" in record.error), record.error
+
+
+def test_a_cif_lacking_atoms_of_its_formula_is_told_the_likely_cause(tmp_path):
+    """Review of hunt15 1: every shortfall was called 'a file cut short'. Hydrogen that an X-ray structure leaves
+    out is read, with a note; a file without symmetry (its asymmetric unit only) says so; every element short by
+    one ratio points at Z or lost centring operators."""
+    head = ("data_x\n_cell_length_a 3.15\n_cell_length_b 3.15\n_cell_length_c 4.77\n_cell_angle_alpha 90\n"
+            "_cell_angle_beta 90\n_cell_angle_gamma 120\n")
+    sites = ("loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+             "_atom_site_fract_z\nMg1 Mg 0 0 0\nO1 O 0.3333 0.6667 0.22\nO2 O 0.6667 0.3333 0.78\n")
+    brucite = write(tmp_path / "brucite.cif", head + "_symmetry_space_group_name_H-M 'P 1'\n"
+                    "_chemical_formula_sum 'H2 Mg1 O2'\n_cell_formula_units_Z 1\n" + sites)
+    [record] = list(iter_records([brucite]))
+    assert record.error is None and any("hydrogen missing" in w for w in record.warnings), record.warnings
+    nosym = write(tmp_path / "nosym.cif", head + "_chemical_formula_sum 'Mg O2'\n_cell_formula_units_Z 2\n" + sites)
+    assert "gives no symmetry" in reason_of(nosym)
+    half = write(tmp_path / "half.cif", head + "_symmetry_space_group_name_H-M 'P 1'\n"
+                 "_chemical_formula_sum 'Mg O2'\n_cell_formula_units_Z 2\n" + sites)
+    assert "same ratio (0.5)" in reason_of(half)

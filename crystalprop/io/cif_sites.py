@@ -11,6 +11,7 @@ block's stated ``_chemical_formula_sum`` (a file cut at a line boundary, its las
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import numpy as np
 from pymatgen.core import Composition, Element
@@ -104,11 +105,19 @@ FORMULA_KEY = "_chemical_formula_sum"
 UNITS_KEY = "_cell_formula_units_Z"
 
 
-def _stated_cell_content(data: dict) -> Composition | None:
-    """What the block says its cell holds, from its ``_chemical_formula_sum``; None where it states no formula
-    of plain elements. The CIF standard (ICSD, COD) gives one formula unit, ``_cell_formula_units_Z`` of them in
-    the cell; pymatgen writes the cell's content with Z its reduced formula units. Told apart by Z: a formula
-    whose amounts Z divides is taken as the cell's content."""
+class Shortfall(NamedTuple):
+    """Atoms the stated formula has and the sites read lack: ``lacking`` (element, read, stated in the cell), and
+    how the cell's content was stated (``arithmetic``: the formula and, where it counts, Z)."""
+
+    lacking: list[tuple[str, float, float]]
+    arithmetic: str
+
+
+def _stated_cell_content(data: dict) -> tuple[Composition, str] | None:
+    """What the block says its cell holds, from its ``_chemical_formula_sum``, and how (the formula, times Z
+    where Z counts); None where it states no formula of plain elements. The CIF standard (ICSD, COD) gives one
+    formula unit, ``_cell_formula_units_Z`` of them in the cell; pymatgen writes the cell's content with Z its
+    reduced formula units. Told apart by Z: a formula whose amounts Z (above 1) divides is the cell's content."""
     stated = data.get(FORMULA_KEY)
     if not isinstance(stated, str) or stated.strip() in ("", "?", "."):
         return None
@@ -122,23 +131,26 @@ def _stated_cell_content(data: dict) -> Composition | None:
         units = float(str2float(str(data.get(UNITS_KEY, "1"))))
     except (TypeError, ValueError):
         units = 1.0
-    whole = units >= 1 and all(abs(n / units - round(n / units)) < 1e-6 and round(n / units) >= 1
-                               for n in formula.values())
-    return formula if units <= 1 or whole else formula * units
+    if not units > 0:
+        units = 1.0
+    whole = units > 1 and all(abs(n / units - round(n / units)) < 1e-6 and round(n / units) >= 1
+                              for n in formula.values())
+    if units == 1 or whole:
+        return formula, f"'{stated}'"
+    return formula * units, f"'{stated}' × Z {units:g}"
 
 
-def formula_mismatch(data: dict, composition: Composition) -> str | None:
-    """Why the sites read (their ``composition``) lack atoms of the block's stated formula, or None.
+def formula_shortfall(data: dict, composition: Composition) -> Shortfall | None:
+    """The atoms of the block's stated formula that the sites read (their ``composition``, occupancies
+    counted) lack, or None where none do or no formula is stated.
 
-    A file cut at a line boundary is a valid CIF of fewer sites; only the stated formula tells. Sites are
-    lacking where some element has fewer atoms than the cell is stated to hold (:func:`_stated_cell_content`;
-    by more than half an atom); more atoms than stated (a solvent the formula leaves out) are not refused."""
-    read = composition.element_composition
-    content = _stated_cell_content(data)
-    lacking = [(e, read[e], n) for e, n in content.items() if read[e] < n - 0.5] if content else []
-    if not lacking:
+    A file cut at a line boundary is a valid CIF of fewer sites; only the stated formula tells. An element is
+    lacking where the sites hold fewer of its atoms than the cell is stated to (:func:`_stated_cell_content`,
+    by more than half an atom); more atoms than stated (a solvent the formula leaves out) are not."""
+    stated = _stated_cell_content(data)
+    if stated is None:
         return None
-    element, found, stated = lacking[0]
-    return (f"its {int(round(composition.num_atoms))} sites lack atoms of its {FORMULA_KEY} '{data[FORMULA_KEY]}' "
-            f"({element}: {found:g} of {stated:g} in the cell): a file cut short (its last sites lost) or sites "
-            "left out")
+    content, arithmetic = stated
+    read = composition.element_composition
+    lacking = [(e.symbol, read[e], n) for e, n in content.items() if read[e] < n - 0.5]
+    return Shortfall(lacking, arithmetic) if lacking else None

@@ -22,13 +22,13 @@ from functools import lru_cache
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from pymatgen.core import DummySpecies, Element, Lattice, Structure
+from pymatgen.core import Composition, DummySpecies, Element, Lattice, Structure
 from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
-from crystalprop.io.cif_sites import check_type_symbols, formula_mismatch, occupancy_excess
-from crystalprop.io.cif_symmetry import (ambiguous_origin, p1_fallback, rhombohedral_axes, symmetry_supplement,
-                                         unknown_operations)
+from crystalprop.io.cif_sites import FORMULA_KEY, check_type_symbols, formula_shortfall, occupancy_excess
+from crystalprop.io.cif_symmetry import (NO_SYMMETRY_NOTE, ambiguous_origin, p1_fallback, rhombohedral_axes,
+                                         symmetry_supplement, unknown_operations)
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, PIPE_WAIT_S, READ_TIMEOUT_S
 from crystalprop.io.result_files import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
@@ -189,7 +189,8 @@ def _split_cif_blocks(text: str) -> list[str]:
 
 def _cif_parser(block_text: str, name: str) -> CifParser:
     try:
-        return CifParser.from_str(block_text, site_tolerance=SITE_TOLERANCE, occupancy_tolerance=1 + OCCUPANCY_ROUNDING)
+        return CifParser.from_str(block_text, site_tolerance=SITE_TOLERANCE,
+                                  occupancy_tolerance=1 + OCCUPANCY_ROUNDING)
     except StructureReadError:
         raise
     except KeyError as exc:
@@ -261,12 +262,38 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
 
 
 def _stated_formula_checked(structure: Structure, data: dict, block_name: str, name: str) -> Structure:
-    """``structure``, refused where its sites do not make the block's stated formula (a file cut at a line
-    keeps a valid CIF of fewer sites); a disordered one is refused later for that, with its own reason."""
-    mismatch = formula_mismatch(data, structure.composition) if structure.is_ordered else None
-    if mismatch:
-        raise StructureReadError(name, f"CIF data block '{block_name}': {mismatch}")
-    return structure
+    """``structure``, refused where its sites lack atoms of the block's stated formula (a file cut at a line
+    keeps a valid CIF of fewer sites), with the likeliest cause; where only hydrogen is lacking (X-ray
+    structures often leave it out) it is read, with a note."""
+    shortfall = formula_shortfall(data, structure.composition)
+    if shortfall is None:
+        return structure
+    element, found, stated = shortfall.lacking[0]
+    count = f"{element}: {found:g} in the cell, {shortfall.arithmetic} states {stated:g}"
+    if all(e in ("H", "D", "T") for e, _, _ in shortfall.lacking):
+        structure.properties.setdefault(READ_NOTES_KEY, []).append(
+            f"hydrogen missing ({count}): X-ray structures often leave it out; predicted without it")
+        return structure
+    notes = structure.properties.get(READ_NOTES_KEY, [])
+    ratios = {round(found / stated, 2) for _, found, stated in shortfall.lacking}
+    if NO_SYMMETRY_NOTE in notes:
+        cause = ("the file gives no symmetry (space group or operators), so only its listed sites were read: give "
+                 "its space group")
+    elif len(shortfall.lacking) == len(_stated_elements(data)) and len(ratios) == 1 and 0 < min(ratios) < 1:
+        cause = (f"every element short by the same ratio ({min(ratios):g}): its Z or its symmetry operators (a "
+                 "centring lost?) disagree with its formula")
+    else:
+        cause = "a file cut short (its last sites lost) or sites left out"
+    raise StructureReadError(name, f"CIF data block '{block_name}': its {int(round(structure.composition.num_atoms))} "
+                                   f"sites lack atoms of its {FORMULA_KEY} ({count}): {cause}")
+
+
+def _stated_elements(data: dict) -> set[str]:
+    """The elements a block's stated formula names (none where it states none that can be read)."""
+    try:
+        return {e.symbol for e in Composition(str(data.get(FORMULA_KEY, "")))}
+    except Exception:  # noqa: BLE001
+        return set()
 
 
 def _occupancy_reason(data: dict, parser: CifParser, caught: list[warnings.WarningMessage]) -> str | None:
@@ -744,8 +771,8 @@ OCCUPANCY_ROUNDING = 1e-3
 
 
 def _round_full_sites(structure: Structure) -> list[str]:
-    """Make each one-element site of occupancy within :data:`OCCUPANCY_ROUNDING` below 1 full, in place; a note
-    for each (the first few) so that the reading is told."""
+    """Make each one-element site of occupancy within :data:`OCCUPANCY_ROUNDING` of 1 full, in place (a structure
+    the readers made, never a caller's); a note for each site of the file (its symmetry copies share it)."""
     if structure.is_ordered:
         return []
     notes = []
@@ -756,6 +783,7 @@ def _round_full_sites(structure: Structure) -> list[str]:
                 structure.replace(index, species, coords=site.frac_coords, properties=site.properties, label=site.label)
                 label = site.label if site.label not in (None, site.species_string) else str(index)
                 notes.append(f"site {label}: occupancy {amount:g} read as 1")
+    notes = list(dict.fromkeys(notes))
     more = len(notes) - MAX_REPORTED_CLOSE_PAIRS
     return notes[:MAX_REPORTED_CLOSE_PAIRS] + ([f"{more} more sites of occupancy near 1 read as 1"] if more > 0 else [])
 
@@ -884,7 +912,6 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, radiu
     if len(structure) == 0:
         raise ValueError("structure has no atoms")
     _check_elements(structure)
-    rounded = _round_full_sites(structure)
     _check_ordered(structure)
     if len(structure) > max_sites:
         raise ValueError(f"{len(structure)} sites exceed the limit of {max_sites} (a supercell of a small crystal: "
@@ -903,7 +930,7 @@ def validate_structure(structure: Structure, *, min_distance: float = 0.5, radiu
         i, j, d = overlapping[0]
         more = f" (and {len(overlapping) - 1} more pairs)" if len(overlapping) > 1 else ""
         raise ValueError(f"overlapping atoms: atoms {i} and {j} are {d:.3f} Å apart{more}")
-    warnings = rounded + _close_pair_warnings(structure, pairs, min_distance, radius_fraction)
+    warnings = _close_pair_warnings(structure, pairs, min_distance, radius_fraction)
     if shortest is not None and shortest < min_distance:
         warnings.append(f"each atom is {shortest:.2f} Å from its own periodic image "
                         "(the cell's shortest translation)")
@@ -934,7 +961,7 @@ def iter_file_records(path: str, timeout: float | None = READ_TIMEOUT_S) -> Iter
 
 
 def _validated_record(name: str, source: str, structure: Structure) -> StructureRecord:
-    read_notes = structure.properties.pop(READ_NOTES_KEY, [])
+    read_notes = structure.properties.pop(READ_NOTES_KEY, []) + _round_full_sites(structure)  # a structure read here
     try:
         notes = read_notes + validate_structure(structure)
     except ValueError as exc:
