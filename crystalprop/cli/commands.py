@@ -107,7 +107,8 @@ def predict(paths, models, output, batch_size, batch_memory, device, engine, rec
     if resume and not output:
         raise click.UsageError("--resume continues an --output file: give it with -o")
     if output and (given := output_among_inputs(output, paths, recursive)):
-        _fail(f"{output} is one of the inputs (read from {given}): write the results to another file")
+        _fail(f"{output} is one of the inputs (read from {given}): write the results to another file, or leave it "
+              "out of the inputs")
 
     single_threaded_blas()  # before numpy is imported
     from crystalprop.prediction.output import done_rows  # noqa: PLC0415

@@ -200,9 +200,17 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _within(path: str, folder: str, recursive: bool) -> bool:
-    """Whether ``path``'s folder is ``folder`` (or, with ``recursive``, one below it), by real paths."""
-    parent, top = os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.realpath(folder)
-    return parent == top or (recursive and parent.startswith(top.rstrip(os.sep) + os.sep))
+    """Whether ``path``'s folder is ``folder`` (or, with ``recursive``, one below it), told by device and inode
+    (so a name in another case on a case-insensitive file system, or a link, is the same folder)."""
+    top = _folder_key(folder)
+    parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    while True:
+        if _folder_key(parent) == top:
+            return True
+        above = os.path.dirname(parent)
+        if not recursive or above == parent:
+            return False
+        parent = above
 
 
 def output_among_inputs(output: str, args: Iterable[str], recursive: bool = False) -> str | None:

@@ -6,6 +6,8 @@ with these, so a file refused by one is refused by all.
 
 from __future__ import annotations
 
+import re
+
 MAX_FILE_BYTES = 200 * 1024 * 1024
 """Largest (decompressed) structure file read, to refuse gzip bombs and runaway files."""
 
@@ -20,10 +22,11 @@ PIPE_WAIT_S = 2.0
 """How long a named pipe given as a structure waits for a writer before it is reported as one that nothing
 writes to (a pipe in a folder would otherwise hold a scan for ever)."""
 
-CLOSE_ATOMS_NOTES = ("atoms ", "each atom is ", "... and ")
-"""How the readers' warnings of atoms closer than relaxed crystals hold them begin (``validate_structure``)."""
+CLOSE_ATOMS_NOTES = re.compile(r"atoms \d+ and \d+ are [\d.]+ Å apart|each atom is [\d.]+ Å from its own periodic "
+                               r"image|\.\.\. and \d+ more pairs of close atoms")
+"""The readers' warnings of atoms closer than relaxed crystals hold them (``validate_structure``)."""
 
 
 def is_close_atoms_note(note: str) -> bool:
     """Whether a structure's note is one of the readers' close-atom warnings (its σ is then not claimed)."""
-    return note.startswith(CLOSE_ATOMS_NOTES)
+    return CLOSE_ATOMS_NOTES.match(note) is not None

@@ -660,7 +660,8 @@ def _read_pipe(fd: int, limit: int, path: str) -> bytes:
             break
         time.sleep(0.05)
     if not first and time.monotonic() > deadline:
-        raise StructureReadError(path, "cannot read: a named pipe that nothing writes to")
+        raise StructureReadError(path, f"cannot read: a named pipe that gave no data within {PIPE_WAIT_S:g} s "
+                                       "(nothing writes to it)")
     os.set_blocking(fd, True)
     chunks, size = [first], len(first)
     while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
@@ -671,15 +672,12 @@ def _read_pipe(fd: int, limit: int, path: str) -> bytes:
 
 def _read_raw(path: str, limit: int) -> bytes:
     """Up to ``limit + 1`` bytes of a file, with OS errors as one-line reasons. A named pipe is opened
-    without blocking, so one that nothing writes to (in a folder, or given by name) fails at once."""
+    without blocking, so one that nothing writes to (in a folder, or given by name) fails within PIPE_WAIT_S."""
     try:
-        nonblocking = getattr(os, "O_NONBLOCK", 0)  # POSIX; Windows has no named pipes in its file system
-        fd = os.open(path, os.O_RDONLY | nonblocking | getattr(os, "O_BINARY", 0))
-        with open(fd, "rb", closefd=True) as handle:
-            if nonblocking and stat.S_ISFIFO(os.fstat(fd).st_mode):
-                return _read_pipe(fd, limit, path)
-            if nonblocking:
-                os.set_blocking(fd, True)
+        if hasattr(os, "O_NONBLOCK") and stat.S_ISFIFO(os.stat(path).st_mode):  # POSIX only has them in folders
+            with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", closefd=True) as pipe:
+                return _read_pipe(pipe.fileno(), limit, path)
+        with open(path, "rb") as handle:
             return handle.read(limit + 1)
     except FileNotFoundError as exc:
         raise StructureReadError(path, _missing_reason(path)) from exc
