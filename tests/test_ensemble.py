@@ -952,4 +952,9 @@ def test_a_refused_ensemble_leaves_no_record_and_a_single_run_resumes_as_itself(
     assert not (tmp_path / "r" / "member1").exists() and "member" not in more.stdout + more.stderr
     assert len((tmp_path / "r" / "history.csv").read_text().splitlines()) == 3  # header and its 2 epochs
     over = run_cli(["train", data, *common, "--epochs", "1", "--ensemble", "2"])
-    assert over.returncode == 2 and "already holds a run" in over.stderr, over.stdout + over.stderr
+    assert over.returncode == 2 and "already holds a single run" in over.stderr, over.stdout + over.stderr
+    joined = tmp_path / "e"
+    (joined / "member0").mkdir(parents=True)
+    (joined / "ensemble.json").write_text('{"members": 2, "sigma": "spread"}')  # as an ensemble's folder holds it
+    single_over = run_cli(["train", data, *common[:2], "-o", joined, *common[4:], "--epochs", "1"])
+    assert single_over.returncode == 2 and "already holds an ensemble run" in single_over.stderr, single_over.stderr

@@ -140,4 +140,4 @@ def test_the_sigma_note_says_a_relative_data_path_is_the_calibrating_machines():
 
     note, _ = _calibration_note({"data": "../shared/data/mp2018", "split": "val", "n": 3}, [], None,
                                 np.zeros(0), np.zeros(0), np.zeros(0), None, {})
-    assert "../shared/data/mp2018 (a path on the machine where it was calibrated)" in note
+    assert "../shared/data/mp2018 (3 structures; a path on the machine where it was calibrated)" in note

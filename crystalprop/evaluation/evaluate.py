@@ -425,9 +425,10 @@ def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndar
     by id, or by fingerprint where it records them; ``like_training``: which of ``kept`` look like training
     crystals where ``labelled_split`` has told already; ``differs``: how these labels or cells differ from those σ
     was calibrated with, where they do, so that coverages on the same structures are not called in-sample)."""
-    data = str(calibrated.get("data"))
-    data += "" if Path(data).is_absolute() else " (a path on the machine where it was calibrated)"
-    where = f"σ was calibrated on the {calibrated.get('split')} split of {data} ({calibrated.get('n')} structures)"
+    data = calibrated.get("data")
+    relative = "" if data is None or Path(str(data)).is_absolute() else "; a path on the machine where it was calibrated"
+    where = (f"σ was calibrated on the {calibrated.get('split')} split of {data or 'its data'} "
+             f"({calibrated.get('n')} structures{relative})")
     coverages = "within σ, 2σ" + (" and the 95 % interval" if interval95 else "")
     verdict = "are in-sample" if differs is None else f"are not those it was fitted to: {differs}"
     if "ids" not in calibrated:  # recorded before the ids were: say where, let the user judge

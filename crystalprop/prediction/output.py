@@ -294,11 +294,19 @@ def _check_positions(part: Path, record: dict | None, rows: list[dict]) -> None:
         return
     i, n = record.get("shard", [1, 1])
     expected = set(range(i - 1, record["inputs"]["n_files"], n))
-    missing = sorted(expected - {int(row["index"]) for row in rows if str(row.get("index", "")).strip() != ""})
+    present = set()
+    for row in rows:
+        try:
+            present.add(int(row.get("index")))
+        except (TypeError, ValueError):
+            raise ValueError(f"{part}: a row without a position in the input (index {row.get('index')!r}), "
+                             f"{row.get('name')!r}: not a result file of predict as written") from None
+    missing = sorted(expected - present)
     if missing:
+        shard = f" --shard {i}/{n}" if n > 1 else ""
         raise ValueError(f"{part}: {len(missing)} of its {len(expected)} input files have no row (position "
                          f"{missing[0]} first), though its run finished: rows lost since; the same `crystalprop "
-                         f"predict ... --shard {i}/{n} -o {part} --resume` predicts them again")
+                         f"predict ...{shard} -o {part} --resume` predicts them again")
 
 
 def _check_inputs(records: Sequence[tuple[Path, dict]]) -> None:

@@ -51,6 +51,9 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise RunDirError(f"{run_dir}: nothing to resume (no last.ckpt){members}")
     if not resume and (run_dir / "last.ckpt").is_file():
         raise RunDirError(f"{run_dir} already holds a run: add --resume to continue it, or choose another --output-dir")
+    if not resume and ((run_dir / ENSEMBLE_RECORD).is_file() or (run_dir / "member0" / "last.ckpt").is_file()):
+        raise RunDirError(f"{run_dir} already holds an ensemble run: add --resume to continue it, or choose another "
+                          "--output-dir")
     try:
         make_folder(run_dir)
     except ValueError as exc:
@@ -69,9 +72,12 @@ def ensemble_settings(output_dir: Path, resume: bool, members: int, sigma: str,
     path = output_dir / ENSEMBLE_RECORD
     single = (output_dir / "last.ckpt").is_file()  # a single run's folder: its --resume continues it, nothing else
     if not resume and members > 1:  # before the record is written: a refused run must leave the folder's run as it is
-        for run_dir in [output_dir] + [output_dir / f"member{k}" for k in range(members)]:
-            if (run_dir / "last.ckpt").is_file():
-                check_run_dir(run_dir, False)
+        if single:
+            raise RunDirError(f"{output_dir} already holds a single run: choose another --output-dir for the "
+                              "ensemble (--resume without --ensemble continues that run)")
+        for k in range(members):
+            if (output_dir / f"member{k}" / "last.ckpt").is_file():
+                check_run_dir(output_dir / f"member{k}", False)
     if resume and single and members > 1:
         raise RunDirError(f"{output_dir} holds a single run, not an ensemble: resume it without --ensemble")
     if resume and path.is_file() and not single:
@@ -327,10 +333,12 @@ def train(
         except TrainingStopped as exc:  # the members done are kept: the ensemble's --resume goes on after them
             raise TrainingStopped(exc.signum, resumable=True) if k else exc from None
         except TrainingFailed as exc:
-            forget_unstarted_ensemble(Path(output_dir))
+            if not resume:  # a resume keeps its record: the members and σ it was started with
+                forget_unstarted_ensemble(Path(output_dir))
             raise TrainingFailed(f"member {k + 1}: {exc}") from None
         except ValueError:  # refused (its data, its settings)
-            forget_unstarted_ensemble(Path(output_dir))
+            if not resume:
+                forget_unstarted_ensemble(Path(output_dir))
             raise
         if not completed(outcomes[-1]):
             return {"stopped_because": outcomes[-1]["stopped_because"], "members": outcomes, "ensemble": None}
