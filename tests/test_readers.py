@@ -1194,24 +1194,6 @@ def test_a_glob_that_matches_nothing_says_so(tmp_path):
     assert [r.error for r in records] == ["no file matches this pattern"]
 
 
-OCCUPANCY_CIF = """data_NaCl
-_symmetry_space_group_name_H-M 'F m -3 m'
-_cell_length_a 5.69
-_cell_length_b 5.69
-_cell_length_c 5.69
-_cell_angle_alpha 90
-_cell_angle_beta 90
-_cell_angle_gamma 90
-loop_
-_atom_site_label
-_atom_site_type_symbol
-_atom_site_fract_x
-_atom_site_fract_y
-_atom_site_fract_z
-_atom_site_occupancy
-Na1 Na 0 0 0 {occupancy}
-Cl1 Cl 0.5 0.5 0.5 1
-"""
 
 
 @pytest.mark.parametrize("occupancy, read", [("0.99999", True), ("1.00001", True), ("0.999", True),
@@ -1219,7 +1201,9 @@ Cl1 Cl 0.5 0.5 0.5 1
 def test_an_occupancy_off_one_by_rounding_is_read_as_one(tmp_path, occupancy, read):
     """Was (hunt15 8): a full site written 0.99999 (as refinement programs and databases round it) was refused as
     disordered, and 1.00001 as 'above 1'. Within 0.001 of 1 a one-element site is full, with a note."""
-    path = write(tmp_path / "occ.cif", OCCUPANCY_CIF.format(occupancy=occupancy))
+    text = _with_occupancies(cubic_cif(5.69, [("Na", 0.0), ("Cl", 0.5)], "_symmetry_space_group_name_H-M 'F m -3 m'"),
+                             [occupancy, "1"])
+    path = write(tmp_path / "occ.cif", text)
     [record] = list(iter_records([path]))
     if read:
         assert record.error is None and len(record.structure) == 8 and record.structure.is_ordered, record.error
