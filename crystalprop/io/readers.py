@@ -674,7 +674,7 @@ def _read_raw(path: str, limit: int) -> bytes:
     """Up to ``limit + 1`` bytes of a file, with OS errors as one-line reasons. A named pipe is opened
     without blocking, so one that nothing writes to (in a folder, or given by name) fails within PIPE_WAIT_S."""
     try:
-        if hasattr(os, "O_NONBLOCK") and stat.S_ISFIFO(os.stat(path).st_mode):  # POSIX only has them in folders
+        if hasattr(os, "O_NONBLOCK") and stat.S_ISFIFO(os.stat(path).st_mode):  # a named pipe (POSIX)
             with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", closefd=True) as pipe:
                 return _read_pipe(pipe.fileno(), limit, path)
         with open(path, "rb") as handle:
