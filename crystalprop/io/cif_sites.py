@@ -106,11 +106,13 @@ UNITS_KEY = "_cell_formula_units_Z"
 
 
 class Shortfall(NamedTuple):
-    """Atoms the stated formula has and the sites read lack: ``lacking`` (element, read, stated in the cell), and
-    how the cell's content was stated (``arithmetic``: the formula and, where it counts, Z)."""
+    """Atoms the stated formula has and the sites read lack: ``lacking`` (element, read, stated in the cell), how
+    the cell's content was stated (``arithmetic``: the formula and, where it counts, Z), and how many elements the
+    formula names (``n_elements``: all of them lacking by one ratio points at Z or symmetry, not a cut)."""
 
     lacking: list[tuple[str, float, float]]
     arithmetic: str
+    n_elements: int
 
 
 def _stated_cell_content(data: dict) -> tuple[Composition, str] | None:
@@ -153,4 +155,4 @@ def formula_shortfall(data: dict, composition: Composition) -> Shortfall | None:
     content, arithmetic = stated
     read = composition.element_composition
     lacking = [(e.symbol, read[e], n) for e, n in content.items() if read[e] < n - 0.5]
-    return Shortfall(lacking, arithmetic) if lacking else None
+    return Shortfall(lacking, arithmetic, len(content)) if lacking else None

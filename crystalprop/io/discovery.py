@@ -26,8 +26,19 @@ def printable(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _has_glob(arg: str) -> bool:
+def has_glob(arg: str) -> bool:
+    """Whether ``arg`` holds a glob character (``*``, ``?``, ``[``)."""
     return any(c in arg for c in _GLOB_CHARS)
+
+
+def _as_pattern(arg: str) -> bool:
+    """Whether an argument is read as a glob pattern: it has glob characters and names no existing path."""
+    return has_glob(arg) and not os.path.exists(arg)
+
+
+def _matches(arg: str) -> list[str]:
+    """The paths an argument names: a pattern's sorted matches, else the argument itself."""
+    return sorted(glob.glob(arg, recursive=True)) if _as_pattern(arg) else [arg]
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:
@@ -183,7 +194,7 @@ def iter_structure_paths(args: Iterable[str], recursive: bool = False, seen: set
     """
     seen = set() if seen is None else seen
     for arg in map(os.fspath, args):
-        paths = _iter_glob(arg, recursive) if _has_glob(arg) and not os.path.exists(arg) else _iter_arg(arg, recursive)
+        paths = _iter_glob(arg, recursive) if _as_pattern(arg) else _iter_arg(arg, recursive)
         for path in paths:
             key = os.path.normcase(os.path.join(os.path.realpath(os.path.dirname(path) or "."),
                                                 os.path.basename(path)))
@@ -220,8 +231,7 @@ def output_among_inputs(output: str, args: Iterable[str], recursive: bool = Fals
     if not os.path.isfile(output) or is_own_output(output):
         return None
     for arg in map(os.fspath, args):
-        matches = sorted(glob.glob(arg, recursive=True)) if _has_glob(arg) and not os.path.exists(arg) else [arg]
-        for match in matches:
+        for match in _matches(arg):
             if os.path.isdir(match):
                 if looks_like_structure_name(os.path.basename(output)) and _within(output, match, recursive):
                     return arg
@@ -233,8 +243,7 @@ def output_among_inputs(output: str, args: Iterable[str], recursive: bool = Fals
 def _given_folders(args: Iterable[str]) -> Iterator[tuple[str, str]]:
     """(argument, folder) for each argument that is a folder or a glob pattern matching folders."""
     for arg in map(os.fspath, args):
-        matches = sorted(glob.glob(arg, recursive=True)) if _has_glob(arg) and not os.path.exists(arg) else [arg]
-        yield from ((arg, match) for match in matches if os.path.isdir(match))
+        yield from ((arg, match) for match in _matches(arg) if os.path.isdir(match))
 
 
 def _plural(n: int, word: str) -> str:

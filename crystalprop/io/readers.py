@@ -22,13 +22,14 @@ from functools import lru_cache
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from pymatgen.core import Composition, DummySpecies, Element, Lattice, Structure
+from pymatgen.core import DummySpecies, Element, Lattice, Structure
 from pymatgen.io.cif import CifParser
 
 from crystalprop.io.cif_p1 import p1_structure
 from crystalprop.io.cif_sites import FORMULA_KEY, check_type_symbols, formula_shortfall, occupancy_excess
 from crystalprop.io.cif_symmetry import (NO_SYMMETRY_NOTE, ambiguous_origin, p1_fallback, rhombohedral_axes,
                                          symmetry_supplement, unknown_operations)
+from crystalprop.io.discovery import has_glob
 from crystalprop.io.formats import ASE_FORMATS, ase_format_from_content, format_from_name
 from crystalprop.io.limits import MAX_FILE_BYTES, PIPE_WAIT_S, READ_TIMEOUT_S
 from crystalprop.io.result_files import KEY as PROVENANCE_KEY, opens_as_evaluation_metrics
@@ -279,21 +280,13 @@ def _stated_formula_checked(structure: Structure, data: dict, block_name: str, n
     if NO_SYMMETRY_NOTE in notes:
         cause = ("the file gives no symmetry (space group or operators), so only its listed sites were read: give "
                  "its space group")
-    elif len(shortfall.lacking) == len(_stated_elements(data)) and len(ratios) == 1 and 0 < min(ratios) < 1:
+    elif len(shortfall.lacking) == shortfall.n_elements and len(ratios) == 1 and 0 < min(ratios) < 1:
         cause = (f"every element short by the same ratio ({min(ratios):g}): its Z or its symmetry operators (a "
                  "centring lost?) disagree with its formula")
     else:
         cause = "a file cut short (its last sites lost) or sites left out"
     raise StructureReadError(name, f"CIF data block '{block_name}': its {int(round(structure.composition.num_atoms))} "
                                    f"sites lack atoms of its {FORMULA_KEY} ({count}): {cause}")
-
-
-def _stated_elements(data: dict) -> set[str]:
-    """The elements a block's stated formula names (none where it states none that can be read)."""
-    try:
-        return {e.symbol for e in Composition(str(data.get(FORMULA_KEY, "")))}
-    except Exception:  # noqa: BLE001
-        return set()
 
 
 def _occupancy_reason(data: dict, parser: CifParser, caught: list[warnings.WarningMessage]) -> str | None:
@@ -641,7 +634,7 @@ def _missing_reason(path: str) -> str:
     """Why a path opens to nothing: a link names the target it lost (a purged scratch file, say)."""
     if os.path.islink(path):
         return f"broken link -> {os.path.realpath(path)}"
-    if any(c in path for c in "*?["):
+    if has_glob(path):
         return "no file matches this pattern"  # an unmatched glob comes as itself (discovery), for this row
     return "cannot read: no such file"
 

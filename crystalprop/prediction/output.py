@@ -162,7 +162,6 @@ def done_rows(path: Path, *, retry_failed: bool = False) -> list[dict]:
     return [row for row in read_rows(path) if row.get("name") and not (retry_failed and row.get("error"))]
 
 
-
 def file_columns(path: Path) -> list[str] | None:
     """Columns of an existing result file (CSV header, keys of the first JSON row); None if it has none."""
     if _format(path) == "csv":
