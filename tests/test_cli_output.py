@@ -327,3 +327,21 @@ def test_a_refused_train_leaves_no_empty_output_folder(tmp_path):
     (tmp_path / "kept").mkdir()
     again = run_cli(["train", data, "-t", "nope", "-o", tmp_path / "kept", "--epochs", "1"])
     assert again.returncode == 2 and (tmp_path / "kept").is_dir()
+
+
+def test_a_ctrl_c_while_the_command_loads_ends_with_status_130_not_a_traceback():
+    """Was (session 43's note): a Ctrl-C in the command's first ~0.2 s, while click, rich and the commands were
+    imported, printed Python's KeyboardInterrupt traceback. Here the import of click raises it, as a Ctrl-C at
+    that moment would; the installed entry point (the one the ``crystalprop`` script calls) is run."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    from importlib.metadata import entry_points  # noqa: PLC0415
+
+    (entry,) = entry_points(group="console_scripts", name="crystalprop")
+    code = ("import sys\nclass Stop:\n    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'click':\n            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Stop())\n"
+            f"from {entry.module} import {entry.attr}\nsys.argv = ['crystalprop', 'models']\n{entry.attr}()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, (done.returncode, done.stderr)
+    assert "interrupted (SIGINT)" in done.stderr and "Traceback" not in done.stderr, done.stderr
