@@ -341,9 +341,10 @@ def test_the_stop_handler_only_flags_the_stop():
     assert trainer.stop_requested and trainer.stop_signal == signals.SIGTERM
 
 
-def test_a_training_process_stopped_while_it_starts_is_a_stop_not_an_error():
+def test_a_training_process_stopped_while_it_starts_is_a_stop_not_an_error(stderr_console):
     """SIGTERM while an ensemble member's process started ended it before its handlers were set: "error: ...
-    (killed?)" and exit 2, where a cluster's requeue looks for 143 (hunt14 6)."""
+    (killed?)" and exit 2, where a cluster's requeue looks for 143 (hunt14 6). Its message said "stopping after
+    this step and saving" where no step had begun and nothing would be saved (session 43's note)."""
     import signal as signals
     import threading
 
@@ -352,6 +353,8 @@ def test_a_training_process_stopped_while_it_starts_is_a_stop_not_an_error():
     timer.start()
     try:
         assert launch.run_training_child({"device": "CPU", "threads": 1}) == ("stopped", signals.SIGTERM)
+        said = stderr_console.getvalue()
+        assert "stopping before training began" in said and "saving" not in said, said
     finally:
         timer.cancel()
         signals.signal(signals.SIGTERM, before)

@@ -132,6 +132,7 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
         child.start()
 
     received: list[int] = []
+    stepping: list[bool] = []  # an epoch has begun: a stop now ends after its step and saves
 
     def forward(signum, frame) -> None:
         received.append(signum)
@@ -139,7 +140,8 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
             console.print("[yellow]forced: the training process ends without saving this step[/]")
             _signal_group(child.pid, signal.SIGKILL)
         elif len(received) == 1:
-            console.print("[yellow]stopping after this step and saving... (Ctrl-C again to force)[/]")
+            console.print("[yellow]stopping after this step and saving... (Ctrl-C again to force)[/]" if stepping else
+                          "[yellow]stopping before training began: nothing new to save (Ctrl-C again to force)[/]")
             _signal_group(child.pid, signal.SIGTERM)  # its graph-building workers too, if it is still starting
 
     # a hang-up ignored here (under nohup) stays ignored: the run must outlive its terminal
@@ -162,6 +164,8 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
                 if kind in ("result", "error"):
                     outcome = (kind, info)
                     break
+                if kind == "start":
+                    stepping.append(True)
                 if kind != "stopping" or not received:  # this process said so when the signal came
                     display.event(kind, info)
                 if on_event:
