@@ -324,6 +324,8 @@ def test_a_refused_train_leaves_no_empty_output_folder(tmp_path):
     refused = run_cli(["train", data, "-t", "nope", "-o", tmp_path / "r", "--epochs", "1"])
     assert refused.returncode == 2 and "nope" in refused.stderr, refused.stderr
     assert not (tmp_path / "r").exists()
+    nested = run_cli(["train", data, "-t", "nope", "-o", tmp_path / "runs" / "a" / "r", "--epochs", "1"])
+    assert nested.returncode == 2 and not (tmp_path / "runs").exists()  # nor the folders made above it (session 43)
     (tmp_path / "kept").mkdir()
     again = run_cli(["train", data, "-t", "nope", "-o", tmp_path / "kept", "--epochs", "1"])
     assert again.returncode == 2 and (tmp_path / "kept").is_dir()

@@ -343,7 +343,7 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
         _fail(str(exc), code=1)
     context = click.get_current_context()
     given = [name for name in options if context.get_parameter_source(name) is not ParameterSource.DEFAULT]
-    new_folder = not Path(output_dir).exists()
+    made = _first_missing_folder(Path(output_dir))
     try:
         with EnsembleMessages() as messages:
             result = train_run(data, output_dir, max_time_s=duration_s(max_time), ensemble=ensemble, isolate=True,
@@ -352,11 +352,32 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
         console.print(f"[bold]interrupted[/]: {escape(str(exc))}", highlight=False)
         sys.exit(128 + exc.signum)
     except (TrainingFailed, ValueError) as exc:
-        if new_folder and Path(output_dir).is_dir() and not any(Path(output_dir).iterdir()):
-            Path(output_dir).rmdir()  # a refused run leaves no empty folder of its own making
+        _remove_empty_folders(Path(output_dir), made)  # a refused run leaves no empty folder of its own making
         _fail(str(exc))
     code = report_training(result, output_dir)
     sys.exit(0 if code > 128 and launched_by_msrun() else code)  # a rank's clean stop: the launcher tells it
+
+
+def _first_missing_folder(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (what a run would make), or None."""
+    missing = None
+    for path in (folder, *folder.absolute().parents):
+        if path.exists():
+            return missing
+        missing = path
+    return missing
+
+
+def _remove_empty_folders(folder: Path, made: Path | None) -> None:
+    """Remove ``folder`` and its parents up to ``made`` (:func:`_first_missing_folder`) while they are empty."""
+    if made is None:
+        return
+    path = folder.absolute()
+    while path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        if path == made.absolute():
+            return
+        path = path.parent
 
 
 @main.command()
