@@ -1230,3 +1230,18 @@ def test_a_cif_lacking_atoms_of_its_formula_is_told_the_likely_cause(tmp_path):
     half = write(tmp_path / "half.cif", head + "_symmetry_space_group_name_H-M 'P 1'\n"
                  "_chemical_formula_sum 'Mg O2'\n_cell_formula_units_Z 2\n" + sites)
     assert "same ratio (0.5)" in reason_of(half)
+
+
+def test_an_output_in_a_linked_sub_folder_of_a_recursive_scan_is_an_input(tmp_path):
+    """Was (session 43's note): with -r the scan follows a linked sub-folder, but the check that the output is
+    not one of the inputs walked up from the output's real folder only, so `predict top -r -o elsewhere/b.cif`
+    with top/link -> elsewhere emptied b.cif before reading it."""
+    from crystalprop.io.discovery import output_among_inputs  # noqa: PLC0415
+
+    (tmp_path / "top").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "top" / "link")
+    (tmp_path / "elsewhere" / "b.cif").write_text("data_b\n")
+    output = str(tmp_path / "elsewhere" / "b.cif")
+    assert output_among_inputs(output, [str(tmp_path / "top")], recursive=True) == str(tmp_path / "top")
+    assert output_among_inputs(output, [str(tmp_path / "top")], recursive=False) is None

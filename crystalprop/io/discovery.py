@@ -211,17 +211,13 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _within(path: str, folder: str, recursive: bool) -> bool:
-    """Whether ``path``'s folder is ``folder`` (or, with ``recursive``, one below it), told by device and inode
-    (so a name in another case on a case-insensitive file system, or a link, is the same folder)."""
-    top = _folder_key(folder)
-    parent = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-    while True:
-        if _folder_key(parent) == top:
-            return True
-        above = os.path.dirname(parent)
-        if not recursive or above == parent:
-            return False
-        parent = above
+    """Whether ``path``'s folder is ``folder`` or, with ``recursive``, one that a scan of it walks (linked
+    sub-folders too), told by device and inode (so a name in another case on a case-insensitive file system,
+    or a link, is the same folder)."""
+    home = _folder_key(os.path.dirname(os.path.abspath(path)))
+    if not recursive:
+        return home == _folder_key(folder)
+    return any(_folder_key(listing.folder) == home for listing in _walk(folder, True))
 
 
 def output_among_inputs(output: str, args: Iterable[str], recursive: bool = False) -> str | None:
