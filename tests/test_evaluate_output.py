@@ -116,6 +116,31 @@ def test_a_column_other_than_the_model_s_target_is_named_as_an_assumption(random
     assert not any("learned" in note for note in same.get("data_notes", []))
 
 
+def test_labels_without_a_column_name_are_named_as_an_assumption(random_ckpt, tmp_path):
+    """A CGCNN id_prop.csv has no header, so its labels have no name: `evaluate band_gap data/cgcnn`, whose
+    file held formation energies, was a complete band-gap evaluation without a word that the column was
+    assumed to be band gap (hunt16 1)."""
+    from conftest import make_structures, synthetic_target  # noqa: PLC0415
+
+    folder = tmp_path / "cgcnn"
+    folder.mkdir()
+    lines = []
+    for name, structure in make_structures(6):
+        structure.to(filename=str(folder / f"{name}.cif"))
+        lines.append(f"{name},{synthetic_target(structure)}\n")
+    (folder / "id_prop.csv").write_text("".join(lines))
+    result = evaluate_model(str(random_ckpt), folder, split="all")
+    notes = result.get("data_notes", [])
+    assert any("id_prop.csv" in note and "no column name" in note and "taken to be y" in note for note in notes), notes
+    named = tmp_path / "named"
+    named.mkdir()
+    for path in folder.glob("*.cif"):
+        (named / path.name).write_bytes(path.read_bytes())
+    (named / "id_prop.csv").write_text("id,y\n" + "".join(lines))
+    assert not any("no column name" in note for note in evaluate_model(str(random_ckpt), named, split="all")
+                   .get("data_notes", []))
+
+
 def test_the_metrics_table_names_the_unit_of_the_log10_figures(tmp_path):
     """The table gave (GPa) to mae and nothing to log10_mae, and never said log10(GPa) (hunt12 6)."""
     from conftest import _random_checkpoint

@@ -75,6 +75,9 @@ class Dataset:
     skipped_splits: dict[str, str | None] | None = None
     """The split split.json or the split column names for each skipped record (None where the column names
     none); None where the split is random."""
+    unnamed_labels: str = ""
+    """The table whose label column has no name (a header-less ``id_prop.csv``), so that the labels were given
+    the name asked for (``target``) unseen; "" where the data names them."""
 
     def split(self, name: str) -> list[Entry]:
         """Entries of one split."""
@@ -430,6 +433,7 @@ def _read_folder_dataset(folder: Path, target: str | None, id_column: str | None
         return str(paths[0])
 
     dataset = _dataset_from_rows(rows, target, id_key, source_of, str(table), str(folder))
+    dataset.unnamed_labels = "" if has_header else str(table)
     _refuse_ids_sharing_a_file(rows, id_key, index, folder, table)
     named = {str(p) for paths in (index.get(_row_id(row, id_key)) for row in rows) if paths for p in paths}
     unnamed = sorted({p for paths in index.values() for p in paths

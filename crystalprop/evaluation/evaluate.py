@@ -469,11 +469,13 @@ def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndar
     return f"{where}: {'; '.join(parts)}", counted
 
 
-def _unlike_calibration(card, target: str, cell: str) -> str | None:
-    """How labels of ``target`` on ``cell`` cells differ from those σ was calibrated with (its model's own
-    target and cells), in words; None where they do not."""
-    if target != card.target:
-        return f"σ was calibrated against {card.target}, not {target}"
+def _unlike_calibration(card, dataset: Dataset, cell: str) -> str | None:
+    """How the labels of ``dataset`` on ``cell`` cells differ from those σ was calibrated with (its model's own
+    target and cells), or may (labels without a name), in words; None where they do not."""
+    if dataset.target != card.target:
+        return f"σ was calibrated against {card.target}, not {dataset.target}"
+    if dataset.unnamed_labels:
+        return f"σ was calibrated against {card.target}, and these labels have no name to say they are that"
     if cell != card.graph.cell:
         return f"σ was calibrated on {card.graph.cell} cells, here {cell}"
     return None
@@ -559,7 +561,7 @@ def evaluate_model(
     if std is not None and calibrated:
         note, counted = _calibration_note(calibrated, kept, dataset, y, pred, std,
                                           (card.ensemble or {}).get("interval95"), recorded_split(card.training),
-                                          flags, _unlike_calibration(card, dataset.target, settings.cell))
+                                          flags, _unlike_calibration(card, dataset, settings.cell))
         metrics.update(counted)
         notes += [note] if note else []
     if split == "train" and std is not None and with_sigma.any():
@@ -568,6 +570,9 @@ def evaluate_model(
     if dataset.target != card.target:  # another name for the same quantity, or another quantity: the user's call
         notes.append(f"the model learned {card.target} ({card.unit or 'no unit'}); it is compared with the data's "
                      f"{dataset.target}, taken to be the same quantity in the same unit")
+    elif dataset.unnamed_labels:  # nothing in the data says what its numbers are
+        notes.append(f"{dataset.unnamed_labels} has no header row, so its labels have no column name: they are "
+                     f"taken to be {card.target} ({card.unit or 'no unit'}), the model's target; check that they are")
     result = {"model": label, "checkpoint": str(path), "data": str(data), "target": dataset.target,
               "unit": card.unit, "split": split, "cell": settings.cell, "split_check": split_check,
               "n_failed": n_failed, **metrics, "n_skipped": len(skipped), **_unusable_counts(unusable),
