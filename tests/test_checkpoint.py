@@ -279,3 +279,21 @@ def test_card_json_round_trip():
                      transform=TargetTransform(1.2, 0.3, True), metrics={"log10_mae": 0.05}, elements=["O"])
     again = ModelCard.from_json(card.to_json())
     assert again == card
+
+
+def test_a_run_folder_given_as_dot_is_named_after_the_folder(random_ckpt, tmp_path, monkeypatch):
+    """`predict ... -m .` inside a run folder wrote a result column with an empty name (pandas: 'Unnamed: 5',
+    units {'': ''}), and `-m ..` one named '..' (hunt16 2)."""
+    import shutil  # noqa: PLC0415
+
+    from crystalprop.model.registry import resolve_model  # noqa: PLC0415
+
+    run = tmp_path / "runs" / "cg"
+    run.mkdir(parents=True)
+    shutil.copy(random_ckpt, run / "best.ckpt")
+    monkeypatch.chdir(run)
+    assert resolve_model(".")[0] == "cg"
+    (run / "sub").mkdir()
+    monkeypatch.chdir(run / "sub")
+    assert resolve_model("..")[0] == "cg"
+    assert resolve_model("../")[0] == "cg"

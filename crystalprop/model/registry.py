@@ -65,7 +65,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
         return name_or_path, shipped
     candidate = Path(name_or_path)
     if candidate.is_dir() and (candidate / "best.ckpt").is_file():
-        return candidate.name, candidate / "best.ckpt"
+        return Path(os.path.abspath(candidate)).name, candidate / "best.ckpt"  # "." and "..": the folder's name
     if candidate.suffix == ".ckpt" or candidate.exists():
         if not candidate.is_file():
             from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415  (numpy: after the CLI set BLAS)
