@@ -132,9 +132,10 @@ def test_a_headerless_table_whose_first_label_is_missing_keeps_that_record(tmp_p
         for k, (name, s) in enumerate(crystals):
             handle.write(f"{name},{first_value if k == 0 else repr(synthetic_target(s))}\n")
             CifWriter(s).write_file(folder / f"{name}.cif")
-    dataset = load_dataset(folder)
-    assert dataset.target == "target" and len(dataset.entries) == len(crystals) - 1
-    assert [rid for rid, _ in dataset.skipped] == [crystals[0][0]]
+    for target in (None, ""):  # `train` gives "" where --target is left out (hunt16 5: the target named '')
+        dataset = load_dataset(folder, target)
+        assert dataset.target == "target" and len(dataset.entries) == len(crystals) - 1
+        assert [rid for rid, _ in dataset.skipped] == [crystals[0][0]]
 
 
 @pytest.mark.parametrize("header", ["id,y,", "id,y,2d_gap", "id,(eV),y"])
@@ -891,3 +892,19 @@ def test_a_table_of_structure_text_without_an_id_column_says_its_ids_are_row_num
     assert not any("--id-column" in note for note in named.notes)
     with pytest.raises(DatasetError, match="--structure-column"):
         load_dataset(table, "Eg")
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_table_separated_by_semicolons_or_tabs_is_refused_as_such(tmp_path, crystals, separator):
+    """A spreadsheet's export in a European locale (semicolons, decimal commas) or a TSV was refused with its header
+    line shown as an id that names no file, and --target never mentioned (hunt16 4)."""
+    folder = tmp_path / "semi"
+    folder.mkdir()
+    lines = [f"material_id{separator}band_gap"]
+    for name, s in crystals:
+        CifWriter(s).write_file(folder / f"{name}.cif")
+        lines.append(f"{name}{separator}{str(synthetic_target(s)).replace('.', ',')}")
+    (folder / "properties.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match="separated by") as refused:
+        load_dataset(folder, "band_gap")
+    assert "commas" in str(refused.value) and "properties.csv" in str(refused.value)

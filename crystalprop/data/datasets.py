@@ -297,6 +297,15 @@ def _refuse_repeated_columns(header: list[str], path: Path) -> None:
         raise DatasetError(f"{path}: the header names the column {repeated!r} twice {REPEAT_ADVICE}")
 
 
+def _refuse_other_separators(rows: list[list[str]], path: Path) -> None:
+    """Refuse a table whose first cell holds semicolons or tabs: a spreadsheet's export in a locale with decimal
+    commas, or a TSV, which read with commas gives its whole header as one id (and splits at decimal commas)."""
+    found = next((name for mark, name in ((";", "semicolons"), ("\t", "tabs")) if mark in rows[0][0]), None)
+    if found:
+        raise DatasetError(f"{path}: its lines are separated by {found}, not commas: save the table as CSV "
+                           "with commas between the columns and decimal points in the numbers")
+
+
 def _read_table(path: Path, target: str | None = None) -> tuple[list[dict], bool]:
     """CSV rows as dicts; a header-less 2-column CGCNN ``id_prop.csv`` gets keys id, target. A first row
     naming the ``target`` is a header even where its names are numbers (temperatures, pressures)."""
@@ -304,9 +313,10 @@ def _read_table(path: Path, target: str | None = None) -> tuple[list[dict], bool
     rows = [r for r in rows if r and any(c.strip() for c in r)]
     if not rows:
         raise DatasetError(f"{path}: empty table")
+    _refuse_other_separators(rows, path)
     cells = rows[0][1:]  # a header: no number after the id, and some name (blank cells and odd names allowed)
     has_header = ((not any(_numeric(c) is not None for c in cells) and any(_is_column_name(c) for c in cells))
-                  or (target is not None and target in (c.strip() for c in cells)))
+                  or (bool(target) and target in (c.strip() for c in cells)))
     if has_header:
         header = [h.strip() for h in rows[0]]
         _refuse_repeated_columns(header, path)
