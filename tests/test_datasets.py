@@ -908,3 +908,43 @@ def test_a_table_separated_by_semicolons_or_tabs_is_refused_as_such(tmp_path, cr
     with pytest.raises(DatasetError, match="separated by") as refused:
         load_dataset(folder, "band_gap")
     assert "commas" in str(refused.value) and "properties.csv" in str(refused.value)
+
+
+def test_an_extended_xyz_whose_frames_carry_their_labels_is_a_data_set(tmp_path, crystals):
+    """`train data.extxyz -t band_gap`, the frames' labels in ASE's info (a common ASE workflow), failed with
+    "invalid or truncated JSON", while predict reads the file (hunt16 3). Energies that ASE files among the
+    calculator's results count as fields too; a frame that is no crystal is skipped, with its reason, where the graphs are built."""
+    ase_io = pytest.importorskip("ase.io")
+    from ase import Atoms  # noqa: PLC0415
+    from ase.calculators.singlepoint import SinglePointCalculator  # noqa: PLC0415
+    from pymatgen.io.ase import AseAtomsAdaptor  # noqa: PLC0415
+
+    from crystalprop.data.graph_cache import entry_structure  # noqa: PLC0415
+
+    frames = []
+    for k, (name, s) in enumerate(crystals):
+        atoms = AseAtomsAdaptor.get_atoms(s)
+        atoms.info = {"material_id": name, "band_gap": synthetic_target(s)}
+        atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * k)
+        frames.append(atoms)
+    frames.append(Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], info={"material_id": "h2", "band_gap": 10.0}))
+    ase_io.write(tmp_path / "data.extxyz", frames, format="extxyz")
+    dataset = load_dataset(tmp_path / "data.extxyz", "band_gap")
+    assert [e.id for e in dataset.entries] == [name for name, _ in crystals] + ["h2"]
+    assert [e.target for e in dataset.entries] == pytest.approx([synthetic_target(s) for _, s in crystals] + [10.0])
+    for entry, (_, s) in zip(dataset.entries, crystals):
+        assert entry_structure(entry.source, entry.id).matches(s)
+    with pytest.raises(Exception, match="periodic"):  # a graph's build skips it with this reason
+        entry_structure(dataset.entries[-1].source, "h2")
+    energies = load_dataset(tmp_path / "data.extxyz", "energy")
+    assert [e.target for e in energies.entries] == pytest.approx([-3.0 * k for k in range(len(crystals))])
+    with pytest.raises(DatasetError, match="band_gap.*energy|energy.*band_gap"):
+        load_dataset(tmp_path / "data.extxyz")  # two numeric fields: --target chooses
+
+
+def test_a_structure_file_is_refused_as_a_data_set_naming_the_layouts(tmp_path, crystals):
+    """`train NaCl.cif` said "invalid or truncated JSON" (hunt16 3)."""
+    CifWriter(crystals[0][1]).write_file(tmp_path / "one.cif")
+    with pytest.raises(DatasetError, match="structure file, not a data set") as refused:
+        load_dataset(tmp_path / "one.cif", "y")
+    assert "id_prop.csv" in str(refused.value) and "JSON" in str(refused.value)

@@ -29,7 +29,7 @@ from typing import Any
 
 from crystalprop.data import TEST_FRACTION, VAL_FRACTION, check_fold
 from crystalprop.data.fingerprints import merge_fingerprints
-from crystalprop.io.formats import STRUCTURE_SUFFIXES, looks_like_structure_name, structure_stem
+from crystalprop.io.formats import STRUCTURE_SUFFIXES, format_from_name, looks_like_structure_name, structure_stem
 from crystalprop.io.result_files import is_own_output
 
 SPLITS = ("train", "val", "test")
@@ -251,6 +251,10 @@ def _beside(value: Any, base: Path) -> Any:
     return value
 
 
+LAYOUTS = ("training and evaluation read a folder of structure files with a label table (id_prop.csv or "
+           "properties.csv), a JSON or JSON Lines list of records, a CSV with structure text, or an extended XYZ "
+           "whose frames carry their labels")
+"""The data layouts, for messages about a path that is none of them."""
 ID_NAMES = ("id", "material_id", "jid")
 """The fields a JSON record's id is taken from, the first its first record has (unless --id-column names one)."""
 TABLE_ID_NAMES = (*ID_NAMES, "mpid")
@@ -276,6 +280,26 @@ def _read_json_dataset(path: Path, target: str | None, id_column: str | None = N
         return _beside(row[structure_key], path.parent)
 
     return _dataset_from_rows(records, target, id_key, source_of, str(path), str(path))
+
+
+def _read_frames_dataset(path: Path, target: str | None, id_column: str | None) -> Dataset:
+    """An extended XYZ file whose frames carry their labels (:func:`crystalprop.io.ase_reader.labelled_frames`);
+    a frame's id is its field ``--id-column`` names, else the first of :data:`ID_NAMES` it has, else
+    ``NAME#i``, as ``predict`` names the frames."""
+    from crystalprop.io.ase_reader import labelled_frames  # noqa: PLC0415  (ASE: optional)
+    from crystalprop.io.readers import StructureReadError  # noqa: PLC0415
+
+    try:
+        frames = labelled_frames(_read_text(path), str(path))
+    except StructureReadError as exc:
+        raise DatasetError(str(exc)) from None
+    id_key = id_column or next((k for k in ID_NAMES if any(k in fields for fields, _ in frames)), "id")
+    records = [{id_key: f"{path.name}#{i}", **fields, "structure": text} for i, (fields, text) in enumerate(frames)]
+    if id_column is not None and not any(id_column in fields for fields, _ in frames):
+        raise DatasetError(f"{path}: no field {id_column!r} for the ids in any frame (fields: "
+                           f"{', '.join(dict.fromkeys(k for fields, _ in frames[:100] for k in fields))})")
+    target = _choose_target(records, target, {id_key, "structure"}, str(path))
+    return _dataset_from_rows(records, target, id_key, lambda rid, row: row["structure"], str(path), str(path))
 
 
 MISSING_WORDS = {"nan", "na", "n/a", "none", "null", "inf", "infinity", "missing"}
@@ -694,6 +718,10 @@ def load_dataset(
         raise DatasetError(f"{path}: no such file or folder")
     elif structure_column or path.name.lower().endswith((".csv", ".csv.gz")):
         dataset = _read_csv_dataset(path, target, id_column, structure_column or "structure")
+    elif format_from_name(str(path)) == "extxyz":
+        dataset = _read_frames_dataset(path, target, id_column)
+    elif format_from_name(str(path)) not in (None, "json"):
+        raise DatasetError(f"{path}: a structure file, not a data set: {LAYOUTS} (README, 'Training data layouts')")
     else:
         dataset = _read_json_dataset(path, target, id_column)
     if not dataset.entries:

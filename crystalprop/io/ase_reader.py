@@ -113,3 +113,23 @@ def read_ase_text(text: str, fmt: str, name: str) -> list[tuple[str, Structure]]
     if len(frames) == 1:
         return [(name, _structure(frames[0], fmt, name, ""))]
     return [(f"{name}#{i}", _structure(atoms, fmt, name, f"frame {i}: ")) for i, atoms in enumerate(frames)]
+
+
+def labelled_frames(text: str, name: str) -> list[tuple[dict[str, Any], str]]:
+    """The frames of an extended XYZ text as (fields, frame text): a frame's fields are its scalar ``info``
+    entries and its calculator's scalar results (ASE files ``energy=`` and the like there), the labels of a
+    data set; its text, one frame of extended XYZ, is its structure, read as ``predict`` reads such a file.
+    Raises :class:`StructureReadError` where ASE is missing or the text is no extended XYZ."""
+    ase_io = _import_ase_io("extxyz", name)
+    records = []
+    for atoms in _read_frames(text, "extxyz", name):
+        results = atoms.calc.results if atoms.calc is not None else {}
+        fields = {key: value.item() if isinstance(value, np.generic) else value
+                  for key, value in {**results, **atoms.info}.items()
+                  if isinstance(value, (str, int, float, np.integer, np.floating)) and not isinstance(value, bool)}
+        frame = io.StringIO()
+        plain = atoms.copy()  # the structure alone: its labels stay in the fields
+        plain.info, plain.calc = {}, None
+        ase_io.write(frame, plain, format="extxyz")
+        records.append((fields, frame.getvalue()))
+    return records
