@@ -958,3 +958,46 @@ def test_a_refused_ensemble_leaves_no_record_and_a_single_run_resumes_as_itself(
     (joined / "ensemble.json").write_text('{"members": 2, "sigma": "spread"}')  # as an ensemble's folder holds it
     single_over = run_cli(["train", data, *common[:2], "-o", joined, *common[4:], "--epochs", "1"])
     assert single_over.returncode == 2 and "already holds an ensemble run" in single_over.stderr, single_over.stderr
+
+
+def test_a_crystal_of_one_element_is_not_predicted_below_the_element_floor(tmp_path):
+    """A formation energy is 0 for an element's ground state and above it for its other forms, yet fcc He came
+    back at -0.23 eV/atom (hunt16 6). A model whose card sets ``element_floor`` raises a one-element crystal's
+    value to it, in predict and evaluate alike; compounds keep theirs; older readers are refused the card."""
+    import json as json_module  # noqa: PLC0415
+    from dataclasses import replace  # noqa: PLC0415
+
+    import crystalprop  # noqa: PLC0415
+    from crystalprop.evaluation.evaluate import evaluate_model  # noqa: PLC0415
+    from crystalprop.model.checkpoint import FORMAT_VERSION, ModelCard, build_model, save_checkpoint  # noqa: PLC0415
+
+    plain = _random_checkpoint(tmp_path / "plain.ckpt", "y", "eV/atom", seed=4, mean=-5.0, std=0.1)
+    card, params = read_checkpoint(plain)
+    floored = tmp_path / "floored.ckpt"
+    save_checkpoint(floored, build_model(card, params, plain), replace(card, transform=replace(card.transform,
+                                                                                              element_floor=0.0)))
+    copper = Structure([[0, 1.8, 1.8], [1.8, 0, 1.8], [1.8, 1.8, 0]], ["Cu"], [[0, 0, 0]])
+    salt = rocksalt(5.64)
+    before = crystalprop.predict([copper, salt], str(plain))
+    after = crystalprop.predict([copper, salt], str(floored))
+    assert before[0]["plain"] < 0 and after[0]["floored"] == 0.0
+    assert after[1]["floored"] == pytest.approx(before[1]["plain"]) and after[1]["floored"] < 0
+    data = tmp_path / "data.json"
+    data.write_text(json_module.dumps([{"id": "cu", "structure": copper.as_dict(), "y": 0.0},
+                                       {"id": "nacl", "structure": salt.as_dict(), "y": -2.0}]))
+    scored = evaluate_model(str(floored), data, split="all")
+    assert scored["mae"] == pytest.approx(abs(after[1]["floored"] + 2.0) / 2, rel=1e-5)
+    written = json_module.loads(read_checkpoint(floored)[0].to_json())
+    assert written["transform"]["element_floor"] == 0.0 and written["format"] == FORMAT_VERSION
+    assert "element_floor" not in json_module.loads(card.to_json())["transform"]  # others as before
+    assert ModelCard.from_json(card.to_json()).transform.element_floor is None
+
+
+def test_train_element_floor_goes_into_the_model(tmp_path):
+    """`train --element-floor 0` stores the bound in the model's card, where predict applies it."""
+    from crystalprop.training.jobs import train  # noqa: PLC0415
+    from conftest import write_json_dataset  # noqa: PLC0415
+
+    data = write_json_dataset(tmp_path / "d.json", 12)
+    train(data, tmp_path / "run", epochs=1, element_floor=0.0, threads=1, batch_size=4)
+    assert read_checkpoint(tmp_path / "run" / "best.ckpt")[0].transform.element_floor == 0.0

@@ -281,6 +281,9 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--floor", default=None, type=float,
               help="Physical lower bound: predictions below it are raised to it (e.g. 0 for band gaps), "
                    "and a target at it costs nothing when predicted at or below it.")
+@click.option("--element-floor", default=None, type=float,
+              help="Lower bound for crystals of one element alone: their predictions below it are raised to it "
+                   "(0 for a formation energy, which is 0 for an element's ground state and above it otherwise).")
 @click.option("--layers", default=ModelConfig.layers, show_default=True)
 @click.option("--features", default=ModelConfig.features, show_default=True)
 @click.option("--heads", default=ModelConfig.heads, show_default=True)

@@ -22,7 +22,7 @@ from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed, pack_fi
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.graph.elements import absent_elements
 from crystalprop.evaluation.metrics import coverage_curve, regression_metrics, uncertainty_metrics
-from crystalprop.model.ensemble import ensemble_output
+from crystalprop.model.ensemble import ensemble_output, one_element
 from crystalprop.model.inference import member_outputs
 from crystalprop.model.latent_sigma import stored_reference
 from crystalprop.io.provenance import provenance, write_sidecar
@@ -538,7 +538,8 @@ def evaluate_model(
     reference = stored_reference(card, params, path)
     outputs, features = network_outputs([(card, params, path)], readout=reference is not None)(
         [g for _, g in kept], batch_size)
-    combined = ensemble_output(card, outputs, features[0] if reference else None, reference)
+    combined = ensemble_output(card, outputs, features[0] if reference else None, reference,
+                               one_element([g for _, g in kept]))
     pred, std = combined.value, combined.std
     metrics = error_metrics(card, y, pred)
     if std is not None:  # no σ where the model lacks an element, as in predict: σ was calibrated on those it knows

@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 METADATA_KEY = "crystalprop_metadata"
 STATE_KEY = "crystalprop_train_state"
 """A run's ``last.ckpt`` keeps its training state under this key (:mod:`crystalprop.training.trainer`)."""
-FORMAT_VERSION = 5  # 2: the graph settings name the cell the graphs are built on; ensembles. 3: product members.
-# 4: σ from the latent distance plus the spread. 5: atoms that carry site descriptors.
+FORMAT_VERSION = 6  # 2: the graph settings name the cell the graphs are built on; ensembles. 3: product members.
+# 4: σ from the latent distance plus the spread. 5: atoms that carry site descriptors. 6: a floor for one element.
 PRODUCTS_FORMAT = 3  # written only by ensembles with product members, which older readers would average wrongly
 SPREAD_WEIGHT_FORMAT = 4  # written only where σ adds the spread to the latent σ, which older readers would drop
 SITE_FORMAT = 5  # written only where atoms carry site descriptors, which older readers cannot build
+ELEMENT_FLOOR_FORMAT = 6  # written only where a one-element crystal has a floor, which older readers would not apply
 PLAIN_FORMAT = 2  # every other checkpoint, readable by the versions before product members
 # Format-1 checkpoints (the first shipped models among them) say nothing about cells: they were
 # trained on Materials Project cells as given (primitive but for 1 in the first 2,000 mp2018 files), and
@@ -50,13 +51,31 @@ class TargetTransform:
     """Maps physical targets to the network's normalised output and back.
 
     Forward: y -> (log10(y) if log10 else y - mean) / std. Back, predictions below ``floor``
-    (a physical bound such as 0 eV for a band gap) are raised to it.
+    (a physical bound such as 0 eV for a band gap) are raised to it; those of crystals of one element
+    below ``element_floor`` to that (:meth:`raise_elements`).
     """
 
     mean: float = 0.0
     std: float = 1.0
     log10: bool = False
     floor: float | None = None
+    element_floor: float | None = None
+    """A bound for crystals of one element alone, such as 0 for a formation energy: 0 for an element's ground
+    state by definition and above it for its other forms, where a model of compounds can err below it."""
+
+    def raise_elements(self, values: np.ndarray, one_element: np.ndarray | None) -> np.ndarray:
+        """``values`` (physical units) with those of the crystals of one element (``one_element``, a mask)
+        raised to ``element_floor``; unchanged where the transform has none or no mask is given."""
+        if self.element_floor is None or one_element is None:
+            return values
+        return np.where(one_element, np.maximum(values, self.element_floor), values)
+
+    def as_dict(self) -> dict:
+        """Plain dict for JSON metadata; ``element_floor`` only where set, so that older readers read the rest."""
+        fields = asdict(self)
+        if self.element_floor is None:
+            del fields["element_floor"]
+        return fields
 
     def normalise(self, y: np.ndarray) -> np.ndarray:
         """Physical units -> network units."""
@@ -107,7 +126,7 @@ class ModelCard:
                 "unit": self.unit,
                 "model": self.model.as_dict(),
                 "graph": self.graph.as_dict(),
-                "transform": asdict(self.transform),
+                "transform": self.transform.as_dict(),
                 "training": self.training,
                 "metrics": self.metrics,
                 "elements": self.elements,
@@ -119,6 +138,8 @@ class ModelCard:
         """The oldest format that reads this card right: older readers refuse a newer one rather than
         average product members as plain ones, or take σ from the latent distance alone."""
         ensemble = self.ensemble or {}
+        if self.transform.element_floor is not None:
+            return ELEMENT_FLOOR_FORMAT
         if self.model.site_features:
             return SITE_FORMAT
         if ensemble.get("spread_weight"):

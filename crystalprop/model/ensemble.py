@@ -22,7 +22,7 @@ networks' outputs into the members'.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -126,22 +126,30 @@ def combine(outputs: np.ndarray, transform: TargetTransform, scale: float = 1.0)
 
 
 def ensemble_output(card: ModelCard, outputs: np.ndarray, features: np.ndarray | None = None,
-                    reference: Any = None) -> EnsembleOutput:
+                    reference: Any = None, one_element: np.ndarray | None = None) -> EnsembleOutput:
     """A model's values and calibrated σ from its stored networks' normalised outputs (networks ×
     structures; :func:`members_from_networks` makes them the members'): σ from the
     :class:`crystalprop.model.latent_sigma.LatentReference` ``reference`` and the first
     member's readout ``features`` (structures × F) where the model has one (plus its weighted
-    spread, :func:`raw_sigma`), else from the spread."""
+    spread, :func:`raw_sigma`), else from the spread. The values of crystals of one element
+    (``one_element``, a mask) are raised to the card's ``element_floor``, where it has one."""
     scale = (card.ensemble or {}).get("sigma_scale", 1.0)
     outputs = members_from_networks(card, outputs)
     if reference is None:
-        return combine(outputs, card.transform, scale)
+        combined = combine(outputs, card.transform, scale)
+        return replace(combined, value=card.transform.raise_elements(combined.value, one_element))
     plain = combine(outputs, card.transform)
     latent, distance = reference.sigma_and_distance(features)
     reach = (card.ensemble or {}).get("latent_range")
     far = None if reach is None else distance > reach * RANGE_MARGIN
-    return EnsembleOutput(plain.value, raw_sigma(plain, latent, (card.ensemble or {}).get("spread_weight", 0.0)) * scale,
-                          far)
+    return EnsembleOutput(card.transform.raise_elements(plain.value, one_element),
+                          raw_sigma(plain, latent, (card.ensemble or {}).get("spread_weight", 0.0)) * scale, far)
+
+
+def one_element(graphs: Sequence[Any]) -> np.ndarray:
+    """Which of ``graphs`` (anything with ``atomic_numbers``) are crystals of one element, for a card's
+    ``element_floor`` (:func:`ensemble_output`)."""
+    return np.array([np.unique(g.atomic_numbers).size == 1 for g in graphs], bool)
 
 
 def raw_sigma(combined: EnsembleOutput, latent: np.ndarray, spread_weight: float) -> np.ndarray:

@@ -512,7 +512,7 @@ class Predictor:
     def predict_prepared(self, batch: list[Prepared]) -> list[dict]:
         """Rows for a batch of prepared structures."""
         from crystalprop.graph.batch import collate  # noqa: PLC0415
-        from crystalprop.model.ensemble import ensemble_output  # noqa: PLC0415
+        from crystalprop.model.ensemble import ensemble_output, one_element  # noqa: PLC0415
         from crystalprop.model.inference import batch_tensors, forward_members  # noqa: PLC0415
 
         good = [p for p in batch if p.graph is not None]
@@ -521,6 +521,7 @@ class Predictor:
         if good:
             graphs = collate([p.graph for p in good])
             inputs = graphs.arrays() if self.engine == "numpy" else batch_tensors(graphs)
+            elemental = one_element([p.graph for p in good])
             # network -> its (K, B) output and (K, B, F) readout features (or None), one forward pass each
             outputs: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
             for label, net, card, rows in self.models:
@@ -528,7 +529,8 @@ class Predictor:
                     outputs[id(net)] = net(*inputs) if self.engine == "numpy" else forward_members(net, inputs)
                 out, features = outputs[id(net)]
                 reference = self.references[label]
-                combined = ensemble_output(card, out[rows], features[rows[0]] if reference else None, reference)
+                combined = ensemble_output(card, out[rows], features[rows[0]] if reference else None, reference,
+                                           elemental)
                 values[label] = combined.value
                 if combined.std is not None:
                     values[f"{label}_std"] = combined.std

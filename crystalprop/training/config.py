@@ -59,7 +59,7 @@ def check_settings(*, loss: str, schedule: str, epochs: int, batch_size: int, ma
 
 
 RESUMED_SETTINGS = ("target", "unit", "epochs", "batch_size", "lr", "weight_decay", "schedule", "loss", "log10",
-                    "floor", "patience", "seed", "ema", "emphasis")
+                    "floor", "element_floor", "patience", "seed", "ema", "emphasis")
 """What ``crystalprop train --resume`` keeps from the run's start unless given again (the model's size too)."""
 
 
@@ -98,6 +98,8 @@ class TrainConfig:
     loss: str = "mse"
     log10: bool = False
     floor: float | None = None
+    element_floor: float | None = None
+    """A bound for crystals of one element alone (``TargetTransform.element_floor``): 0 for a formation energy."""
     patience: int | None = None
     max_time_s: float | None = None
     seed: int = 0

@@ -214,6 +214,7 @@ def train(
     loss: str = TrainConfig.loss,
     log10: bool = False,
     floor: float | None = None,
+    element_floor: float | None = None,
     layers: int = ModelConfig.layers,
     features: int = ModelConfig.features,
     heads: int = ModelConfig.heads,
@@ -297,7 +298,7 @@ def train(
     job = {
         "config": dict(target=target or "", unit=unit, epochs=epochs, batch_size=batch_size, lr=lr,
                        weight_decay=weight_decay, schedule=schedule, loss=loss, log10=log10, floor=floor,
-                       patience=patience, max_time_s=max_time_s, seed=seed, ema=ema,
+                       element_floor=element_floor, patience=patience, max_time_s=max_time_s, seed=seed, ema=ema,
                        emphasis=emphasize),
         "model": dict(layers=layers, features=features, heads=heads, fc_features=fc_features,
                       site_features=site_features),

@@ -44,7 +44,7 @@ from crystalprop.model.checkpoint import (
     with_site_inputs,
     without_site_inputs,
 )
-from crystalprop.model.ensemble import member_params, network_transform
+from crystalprop.model.ensemble import member_params, network_transform, one_element
 from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
 from crystalprop.utils.stopping import TRAINING_STOP_SIGNALS as STOP_SIGNALS
@@ -311,7 +311,7 @@ class Trainer:
     def _transform(self) -> TargetTransform:
         y = np.log10(self.train_y) if self.config.log10 else self.train_y
         return TargetTransform(mean=float(y.mean()), std=float(y.std() or 1.0), log10=self.config.log10,
-                               floor=self.config.floor)
+                               floor=self.config.floor, element_floor=self.config.element_floor)
 
     def _card(self, transform: TargetTransform, metrics: dict, elapsed_h: float, epochs: float) -> ModelCard:
         prior = self.prior_training
@@ -571,7 +571,8 @@ class Trainer:
     def _validate(self, net, transform, losses) -> tuple[dict, str, float]:
         """Validation metrics, the selection metric's name and its value (lower is better)."""
         cfg = self.config
-        val_pred = transform.physical(predict_graphs(net, self.val_graphs, EVAL_BATCH_SIZE)) if self.val_graphs else np.zeros(0)
+        val_pred = (transform.raise_elements(transform.physical(predict_graphs(net, self.val_graphs, EVAL_BATCH_SIZE)),
+                                             one_element(self.val_graphs)) if self.val_graphs else np.zeros(0))
         metrics = regression_metrics(self.val_y, val_pred)
         if cfg.log10 and self.val_graphs:
             log_metrics = regression_metrics(np.log10(self.val_y), np.log10(val_pred))
