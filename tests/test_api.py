@@ -229,3 +229,22 @@ def test_predict_takes_an_istructure_and_names_what_it_cannot_take(random_ckpt):
                       ([structure, Molecule(["H", "H"], [[0, 0, 0], [0, 0, 0.74]])], "input 1: a Molecule")):
         with pytest.raises(TypeError, match=says):
             crystalprop.predict(bad, model=str(random_ckpt), workers=0)
+
+
+def test_predict_leaves_the_users_choice_of_start_method_open(random_ckpt, tmp_path):
+    """After `crystalprop.predict` on more than 4 files (reader processes), a user's `mp.set_start_method("spawn")`
+    raised 'context has already been set': starting a 'spawn' process fixes the default context (hunt16 7)."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from conftest import make_structures  # noqa: PLC0415
+
+    for name, structure in make_structures(6):
+        structure.to(filename=str(tmp_path / f"{name}.cif"))
+    code = ("import multiprocessing as mp, sys, crystalprop\n"
+            "rows = crystalprop.predict([sys.argv[1]], sys.argv[2], workers=2)\n"
+            "assert len(rows) == 6 and mp.get_start_method(allow_none=True) is None, mp.get_start_method(True)\n"
+            "mp.set_start_method('spawn')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(random_ckpt)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.context
 import sys
 import threading
 import types
@@ -18,12 +20,17 @@ def main_script_hidden() -> Iterator[None]:
     'spawn' runs the parent's ``__main__`` file again in every child, so that functions defined
     there can be unpickled. Our workers need only crystalprop's own functions, and a user's
     script without an ``if __name__ == "__main__":`` guard would otherwise start its whole work
-    over in each child (and fail there). The children see an empty ``__main__`` instead.
+    over in each child (and fail there). The children see an empty ``__main__`` instead. A start method
+    the caller has not chosen yet stays unchosen (CPython fixes it as a 'spawn' child starts), so that a
+    script may still call ``multiprocessing.set_start_method`` after crystalprop's work.
     """
     with _MAIN_LOCK:
         main = sys.modules["__main__"]
+        chosen = multiprocessing.get_start_method(allow_none=True)
         sys.modules["__main__"] = types.ModuleType("__main__")
         try:
             yield
         finally:
             sys.modules["__main__"] = main
+            if chosen is None:  # starting a 'spawn' process fixes the default context: leave the choice open
+                multiprocessing.context._default_context._actual_context = None
