@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -145,7 +145,7 @@ def join_ensemble(
     networks_of = network_outputs(checkpoints, readout=latent)
     first.ensemble = {"members": len(transforms)}  # after the network: until then ``first`` is one model
     if products:
-        first.ensemble.update({"combination": combination, "network_transforms": [asdict(t) for t in transforms]})
+        first.ensemble.update({"combination": combination, "network_transforms": [t.as_dict() for t in transforms]})
     reference, reference_record = None, {}
     if latent:
         reference, reference_record = _latent_reference(first, paths[0], networks_of, data, batch_size, id_column,

@@ -563,7 +563,7 @@ class Trainer:
 
     def _save_loop(self, loop: _Loop) -> None:
         """Write last.ckpt with the loop's state as it stands."""
-        loop.state["elapsed_s"], loop.state["transform"] = time.monotonic() - loop.started, asdict(loop.transform)
+        loop.state["elapsed_s"], loop.state["transform"] = time.monotonic() - loop.started, loop.transform.as_dict()
         if loop.epoch_started is not None:  # else the saved time of the epoch stands
             loop.state["epoch_elapsed_s"] = time.monotonic() - loop.epoch_started if loop.state["step_in_epoch"] else 0.0
         self._save_last(loop)
@@ -621,7 +621,7 @@ class Trainer:
         self.history.append(record)
         self._write_history()
         state["elapsed_s"] = time.monotonic() - started
-        state["transform"] = asdict(loop.transform)
+        state["transform"] = loop.transform.as_dict()
         self._save_last(loop)
         return record
 
