@@ -968,6 +968,33 @@ def test_a_fine_tune_of_the_same_target_without_unit_keeps_its_starts_unit(run_a
     assert trainer.config.unit == "eV" and trainer._card(trainer._transform(), {}, 0.0, 0.0).unit == "eV"
 
 
+def test_a_fine_tune_of_the_same_target_keeps_its_starts_floors(run_a, tmp_path):
+    """`train ... --init-from band_gap` without --floor 0 dropped the shipped model's floor: the fine-tune
+    predicted Cu's gap at -0.86 eV and scored its start unfloored (hunt17 1); formation_energy's element floor
+    went the same way. A same-target start's floors are kept where none is given, and said."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from crystalprop.model.checkpoint import build_model, read_checkpoint, save_checkpoint  # noqa: PLC0415
+
+    _, run_dir, _ = run_a
+    card, params = read_checkpoint(run_dir / "best.ckpt")
+    start = tmp_path / "floored.ckpt"
+    save_checkpoint(start, build_model(card, params, start), replace(
+        card, transform=replace(card.transform, floor=-10.0, element_floor=0.0)))
+    records = json.loads(write_json_dataset(tmp_path / "all.json", 8).read_text())
+    graphs = [graph_of(Structure.from_dict(r["structure"])) for r in records]
+    y = np.array([r["y"] for r in records])
+    events = []
+    trainer = Trainer(config(), tmp_path / "tuned", (graphs, y), (graphs[:4], y[:4]),
+                      on_event=lambda kind, info: events.append((kind, info)))
+    loop = trainer._setup(False, start)
+    assert loop.transform.floor == -10.0 and loop.transform.element_floor == 0.0
+    assert dict(events)["init_from"]["floors_from_start"] == {"floor": -10.0, "element_floor": 0.0}
+    assert trainer._card(loop.transform, {}, 0.0, 0.0).transform.element_floor == 0.0
+    own = Trainer(config(floor=-20.0), tmp_path / "own", (graphs, y), (graphs[:4], y[:4]))
+    assert own._setup(False, start).transform.floor == -20.0  # given: its own
+
+
 def test_a_fine_tune_of_the_same_target_scores_its_start(run_a, tmp_path):
     """The weights a fine-tune starts from were never scored: a run whose every epoch was worse than its start
     reported its best epoch as if it had improved the model (hunt14 2)."""

@@ -78,7 +78,9 @@ class TrainDisplay:
                           f"({began})", markup=False, highlight=False)
         elif kind == "init_from":
             unit = f", in {info['unit_from_start']}, its unit" if info.get("unit_from_start") else ""
-            start = (f"starting from its predictions (same target{unit})" if info["same_target"]
+            floors = "".join(f", its {name.replace('_', ' ')} {value:g}"
+                             for name, value in info.get("floors_from_start", {}).items())
+            start = (f"starting from its predictions (same target{unit}{floors})" if info["same_target"]
                      else (f"its target in {info['units'][0]}, this run's in {info['units'][1]}: its output layer "
                            "learns this one, as for another target") if info.get("units")
                      else "another target: its output layer learns this one")

@@ -393,13 +393,27 @@ class Trainer:
             "cumulative_epochs": card.training.get("cumulative_epochs", card.training.get("epochs", 0.0)),
             **({"elements": list(card.elements)} if same_target else {}),
         }
+        kept = self._keep_start_floors(source, transform) if same_target else {}
         if same_target:  # its values in this run's standardisation; in another unit they would be read wrongly
             _rescale_output(net, source, transform)
         self.on_event("init_from", {"path": str(path), "loaded": loaded, "total": len(own),
                                     "same_target": same_target,
                                     **({"units": [card.unit, self.config.unit]} if other_unit else {}),
-                                    **({"unit_from_start": card.unit} if inherited else {})})
+                                    **({"unit_from_start": card.unit} if inherited else {}),
+                                    **({"floors_from_start": kept} if kept else {})})
         return same_target
+
+    def _keep_start_floors(self, source: TargetTransform, transform: TargetTransform) -> dict[str, float]:
+        """A fine-tune of its start's target keeps the start's ``floor`` and ``element_floor`` where this run
+        gives none (in its config and ``transform``): a band gap's 0 eV floor dropped unseen gave negative gaps
+        and scored the start unfloored. Returns those kept, by name."""
+        kept = {}
+        for name in ("floor", "element_floor"):
+            if getattr(self.config, name) is None and getattr(source, name) is not None:
+                kept[name] = getattr(source, name)
+                setattr(self.config, name, kept[name])
+                setattr(transform, name, kept[name])
+        return kept
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, *, resume: bool = False, init_from: str | Path | None = None) -> TrainResult:
