@@ -254,16 +254,17 @@ def test_resume_refuses_another_model_configuration(run_a, data, tmp_path):
         train_model(data, tmp_path / "empty", config(), workers=1, resume=True)
 
 
-@pytest.mark.parametrize("change", [{"log10": True}, {"floor": 0.5}])
+@pytest.mark.parametrize("change", [{"log10": True}, {"floor": 0.5}, {"element_floor": 0.0}, {"unit": "meV"}])
 def test_resume_refuses_another_target_transform(run_a, data, tmp_path, change):
     """`--resume --log10` (or `--floor`) was announced as changed but the saved transform stayed: the run
-    then compared log10 errors with a best MAE in the target's unit and overwrote a better best.ckpt."""
+    then compared log10 errors with a best MAE in the target's unit and overwrote a better best.ckpt.
+    `--resume --unit MPa` relabelled a model's GPa values as MPa (hunt17 3)."""
     run_dir = tmp_path / "copy"
     run_dir.mkdir()
     for name in ("last.ckpt", "best.ckpt"):
         (run_dir / name).write_bytes((run_a[1] / name).read_bytes())
     before = (run_dir / "best.ckpt").read_bytes()
-    with pytest.raises(TrainingError, match=f"{next(iter(change))}.*fixed when a run starts"):
+    with pytest.raises(TrainingError, match=f"{next(iter(change)).replace('_', '.')}.*fixed when a run starts"):
         train_model(data, run_dir, config(epochs=6, **change), workers=1, resume=True)
     assert (run_dir / "best.ckpt").read_bytes() == before
 

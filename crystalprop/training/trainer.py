@@ -694,12 +694,13 @@ class Trainer:
         if cells != self.config.graph.cell:
             raise TrainingError(f"{path}: the run was trained on {cells} cells, not {self.config.graph.cell}: "
                                 f"resume it with --cell {cells}")
-        for key, option in (("log10", "--log10"), ("floor", "--floor")):
+        for key in ("log10", "floor", "element_floor", "unit"):
             if saved["config"].get(key) != getattr(self.config, key):
-                raise TrainingError(f"{path}: the run was started with {key} {saved['config'].get(key)}, not "
-                                    f"{getattr(self.config, key)}: {option} sets the target transform its weights "
-                                    "learned, so it is fixed when a run starts; resume without changing it, or start "
-                                    "another run (--init-from its best.ckpt to warm-start)")
+                raise TrainingError(f"{path}: the run was started with {key.replace('_', ' ')} "
+                                    f"{saved['config'].get(key)!r}, not {getattr(self.config, key)!r}: "
+                                    f"--{key.replace('_', '-')} is part of the target its weights learned, so it is "
+                                    "fixed when a run starts; resume without changing it, or start another run "
+                                    "(--init-from its best.ckpt to warm-start)")
         not_loaded, _ = ms.load_param_into_net(cell, params, strict_load=True)
         if not_loaded:
             raise CheckpointError(f"{path}: {len(not_loaded)} parameters missing, e.g. {not_loaded[0]}")
