@@ -1001,3 +1001,21 @@ def test_train_element_floor_goes_into_the_model(tmp_path):
     data = write_json_dataset(tmp_path / "d.json", 12)
     train(data, tmp_path / "run", epochs=1, element_floor=0.0, threads=1, batch_size=4)
     assert read_checkpoint(tmp_path / "run" / "best.ckpt")[0].transform.element_floor == 0.0
+
+
+def test_joining_refuses_to_write_over_a_member_or_to_join_one_network_twice(members, split_data, tmp_path):
+    """`ensemble runs/c0/best.ckpt runs/c0 runs/c1 --overwrite` replaced member c0's own weights with the
+    ensemble; a copied run folder joined as an "ensemble of 2" whose spread was 0 (hunt17 4, 8)."""
+    import shutil  # noqa: PLC0415
+
+    from crystalprop.evaluation.joining import join_ensemble  # noqa: PLC0415
+
+    run = tmp_path / "c0"
+    run.mkdir()
+    shutil.copy(members[0], run / "best.ckpt")
+    before = (run / "best.ckpt").read_bytes()
+    with pytest.raises(ValueError, match="one of the models it joins"):
+        join_ensemble([str(run), str(members[1])], run / "best.ckpt", split_data)
+    assert (run / "best.ckpt").read_bytes() == before
+    with pytest.raises(ValueError, match="the same network"):
+        join_ensemble([str(run), str(members[0])], tmp_path / "dup.ckpt", split_data, sigma="latent+spread")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -43,6 +44,27 @@ def check_calibration_split(split: str) -> None:
     if split in ("train", "all"):
         raise ValueError(f"--split {split}: σ is calibrated on structures the members were not trained on "
                          "(val, or test); the training errors would make it far too small")
+
+
+def _refuse_member_output(output: str | Path, models: list[Path]) -> None:
+    """Refuse an ``output`` that is one of the models joined: with --overwrite it replaced a member's own
+    best.ckpt, whose run then reported the ensemble as its best epoch."""
+    for path in models:
+        same = (os.path.samefile(output, path) if Path(output).exists()
+                else Path(output).resolve() == Path(path).resolve())
+        if same:
+            raise ValueError(f"{output} is one of the models it joins ({path}): write the ensemble to another file")
+
+
+def _refuse_copied_members(paths: list[Path]) -> None:
+    """Refuse two members with the same bytes (a copied run folder): one network run twice, with no spread."""
+    seen: dict[str, Path] = {}
+    for path in paths:
+        digest = file_sha256(path)
+        if digest in seen:
+            raise ValueError(f"{path} and {seen[digest]} are the same network (the same file contents): "
+                             "an ensemble needs networks trained apart")
+        seen[digest] = path
 
 
 def join_ensemble(
@@ -114,6 +136,8 @@ def join_ensemble(
         raise ValueError(f"{' × '.join(map(str, twice)) if isinstance(twice, tuple) else twice}: "
                          "given twice as a member")
     models = list(dict.fromkeys(paths + [path for factors in factor_models for _, path in factors]))
+    _refuse_member_output(output, models)
+    _refuse_copied_members(paths)
     loaded = {path: read_checkpoint(path) for path in models}  # each model read once
     loaded = dict(zip(loaded, on_one_graph(list(loaded.values())), strict=True))
     cards = [loaded[path][0] for path in models]
