@@ -1050,3 +1050,25 @@ def test_the_loop_says_it_is_stopping_after_the_signal(data, tmp_path):
     assert result.stopped_because == "interrupted" and result.stop_signal == signal.SIGTERM
     assert events.count("stopping") == 1 and events[events.index("stopping") - 1] == "step"
     assert events.count("step") == 1
+
+
+@pytest.mark.parametrize(("setting", "message"), [({"floor": float("nan")}, "floor nan"),
+                                                  ({"element_floor": float("inf")}, "element_floor inf"),
+                                                  ({"patience": -1}, "patience -1"), ({"patience": 0}, "patience 0")])
+def test_settings_that_cannot_work_are_refused_before_any_work(data, tmp_path, setting, message):
+    """`--element-floor inf` predicted inf for every one-element crystal, `--floor nan` ended with a false "no
+    best.ckpt yet", `--patience -1` with "no improvement for -1 epochs" (hunt17 12)."""
+    from crystalprop.training.jobs import train  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match=message):
+        train(data, tmp_path / "run", epochs=1, threads=1, **setting)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_fold_without_validation_structures_is_refused(data):
+    """`--fold 150/200` on 130 records trained a 'cross-validation fold' with no validation structures (hunt17 12)."""
+    from crystalprop.data.datasets import DatasetError, assign_fold, load_dataset  # noqa: PLC0415
+
+    dataset = load_dataset(data)
+    with pytest.raises(DatasetError, match="no structures"):
+        assign_fold(dataset, (len(dataset.entries) + 5, len(dataset.entries) + 10))

@@ -278,10 +278,10 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--schedule", default=TrainConfig.schedule, show_default=True, type=click.Choice(SCHEDULES))
 @click.option("--loss", default=TrainConfig.loss, show_default=True, type=click.Choice(LOSSES))
 @click.option("--log10", is_flag=True, help="Learn log10 of a positive target (e.g. moduli).")
-@click.option("--floor", default=None, type=float,
+@click.option("--floor", default=None, type=FiniteFloatRange(),
               help="Physical lower bound: predictions below it are raised to it (e.g. 0 for band gaps), "
                    "and a target at it costs nothing when predicted at or below it.")
-@click.option("--element-floor", default=None, type=float,
+@click.option("--element-floor", default=None, type=FiniteFloatRange(),
               help="Lower bound for crystals of one element alone: their predictions below it are raised to it "
                    "(0 for a formation energy, which is 0 for an element's ground state and above it otherwise).")
 @click.option("--layers", default=ModelConfig.layers, show_default=True)
@@ -291,7 +291,7 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
 @click.option("--site-features", is_flag=True,
               help="Atoms also see their first neighbour shell: its size, bond-orientational order (Steinhardt "
                    "q2, q4, q6) and bond-angle histogram; --init-from a model without them starts them at zero.")
-@click.option("--patience", default=None, type=int, help="Stop after this many epochs without improvement.")
+@click.option("--patience", default=None, type=click.IntRange(min=1), help="Stop after this many epochs without improvement.")
 @click.option("--max-time", default=None,
               help="Time budget of this run of the command (a --resume, and each member of an --ensemble, "
                    "gets its own), e.g. 2h or 90m; stops cleanly and saves.")

@@ -618,6 +618,9 @@ def assign_fold(dataset: Dataset, fold: tuple[int, int]) -> None:
     i, k = fold
     pool = sorted((e for e in dataset.entries if e.split != "test"), key=lambda e: e.id)
     random.Random(FOLD_SEED).shuffle(pool)
+    if i > len(pool):
+        raise DatasetError(f"fold {i}/{k}: {len(pool)} structures to deal into {k} folds leave no structures in fold "
+                           f"{i}: choose at most {len(pool)} folds")
     for rank, entry in enumerate(pool):
         entry.split = "val" if rank % k == i - 1 else "train"
     dataset.split_source += f"; cross-validation fold {i}/{k} of its train and val structures"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from numbers import Real
 
@@ -32,19 +33,27 @@ def check_emphasis(emphasis) -> tuple[float, float, float]:
     return low, high, factor
 
 
+OPTIONAL_COUNTS = ("limit", "patience")
+"""Whole-number settings that may be left out (None)."""
+
+
 def check_settings(*, loss: str, schedule: str, epochs: int, batch_size: int, max_time_s: float | None,
                    val_fraction: float, test_fraction: float, lr: float = 1e-3, weight_decay: float = 0.0,
-                   **counts: int | None) -> None:
+                   floor: float | None = None, element_floor: float | None = None, **counts: int | None) -> None:
     """A ValueError naming the first setting of a run that cannot work (the command's options check
     most of these themselves; the Python API reaches here with whatever it was given). ``counts``:
-    whole numbers of 1 or more (model sizes, ``ensemble``, ``limit`` where given)."""
+    whole numbers of 1 or more (model sizes, ``ensemble``; ``limit`` and ``patience`` where given);
+    the floors finite numbers where given."""
     if loss not in LOSSES:
         raise ValueError(f"loss {loss!r}: choose one of {', '.join(LOSSES)}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), *counts.items()):
-        if value is not None or name != "limit":
+        if value is not None or name not in OPTIONAL_COUNTS:
             check_whole_number(name, value)
+    for name, value in (("floor", floor), ("element_floor", element_floor)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value)):
+            raise ValueError(f"{name} {value!r}: a finite number (a bound that predictions are raised to)")
     for name, value, least in (("lr", lr, "above 0"), ("weight_decay", weight_decay, "0 or more")):
         if isinstance(value, bool) or not isinstance(value, Real) or not (value > 0 if name == "lr" else value >= 0):
             raise ValueError(f"{name} {value!r}: a number {least}")

@@ -276,7 +276,7 @@ def train(
     check_settings(loss=loss, schedule=schedule, epochs=epochs, batch_size=batch_size, max_time_s=max_time_s,
                    val_fraction=val_fraction, test_fraction=test_fraction, lr=lr, weight_decay=weight_decay,
                    layers=layers, features=features, heads=heads, fc_features=fc_features, ensemble=ensemble,
-                   limit=limit)
+                   limit=limit, patience=patience, floor=floor, element_floor=element_floor)
     check_sigma_choice(sigma)
     if cell is not None:
         check_cell_choice(cell)
