@@ -563,6 +563,10 @@ def test_patience_stops_a_run_that_does_not_improve(data, tmp_path):
                           workers=1, resume=True)
     assert resumed.stopped_because == result.stopped_because and resumed.epochs_done == result.epochs_done
     assert len(read_history(tmp_path / "flat")) == result.epochs_done  # no epoch trained beyond the stop
+    # with other settings (here the lr) the patience starts afresh: it said "changed: lr" and trained nothing (hunt17 10)
+    changed = train_model(data, tmp_path / "flat", config(epochs=20, lr=1e-4, schedule="constant", patience=2),
+                          workers=1, resume=True)
+    assert changed.epochs_done >= result.epochs_done + 2
 
 
 # --- guards ---------------------------------------------------------------------------------

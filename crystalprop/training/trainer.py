@@ -707,6 +707,8 @@ class Trainer:
         self.history = saved["history"]
         self.prior_training = saved.get("prior_training", {})
         changed = changed_settings(saved["config"], self.config.as_dict())
+        if changed:  # other settings: a run that stopped for its patience goes on, as the resume says it does
+            saved["state"]["bad_epochs"] = 0
         self.on_event("resume", {"epoch": saved["state"]["epoch"], "step": saved["state"]["step_in_epoch"],
                                  "epochs": self.config.epochs,
                                  **({"changed": changed} if changed else {})})
