@@ -122,7 +122,9 @@ def _no_gain_note(result: dict, who: str = "") -> None:
     if start is not None and ended and not result["best_val_mae"] < start:  # a cut run's later epochs may yet
         console.print(f"[yellow]note:[/] {who}no epoch beat the weights it started from ({start:.4g} on the same "
                       "validation structures): the fine-tune made them worse here; keep the model it started from, "
-                      "or train with a lower --lr (1e-4 or less for a fine-tune of the same target)", highlight=False)
+                      "or train with a lower --lr (1e-4 or less for a fine-tune of the same target); on a few hundred "
+                      "structures the BatchNorm statistics, re-estimated from their batches, can cost this at any lr",
+                      highlight=False)
 
 
 def report_training(result: dict, output_dir: str) -> int:
