@@ -339,7 +339,9 @@ def test_a_ctrl_c_while_the_command_loads_ends_with_status_130_not_a_traceback()
     import sys  # noqa: PLC0415
     from importlib.metadata import entry_points  # noqa: PLC0415
 
-    (entry,) = entry_points(group="console_scripts", name="crystalprop")
+    entry = next(iter(entry_points(group="console_scripts", name="crystalprop")), None)
+    if entry is None:  # not installed (conftest runs the module then): the entry point pyproject.toml names
+        pytest.skip("crystalprop is not installed: no console script entry point to run")
     code = ("import sys\nclass Stop:\n    def find_spec(self, name, path=None, target=None):\n"
             "        if name == 'click':\n            raise KeyboardInterrupt\n"
             "sys.meta_path.insert(0, Stop())\n"

@@ -999,7 +999,9 @@ def test_train_element_floor_goes_into_the_model(tmp_path):
     from conftest import write_json_dataset  # noqa: PLC0415
 
     data = write_json_dataset(tmp_path / "d.json", 12)
-    train(data, tmp_path / "run", epochs=1, element_floor=0.0, threads=1, batch_size=4)
+    from conftest import TINY  # noqa: PLC0415
+
+    train(data, tmp_path / "run", epochs=1, element_floor=0.0, threads=1, batch_size=4, **TINY)
     assert read_checkpoint(tmp_path / "run" / "best.ckpt")[0].transform.element_floor == 0.0
 
 
@@ -1014,8 +1016,45 @@ def test_joining_refuses_to_write_over_a_member_or_to_join_one_network_twice(mem
     run.mkdir()
     shutil.copy(members[0], run / "best.ckpt")
     before = (run / "best.ckpt").read_bytes()
-    with pytest.raises(ValueError, match="one of the models it joins"):
-        join_ensemble([str(run), str(members[1])], run / "best.ckpt", split_data)
+    for overwrite in (False, True):  # refused as a member first: --overwrite is no way past it
+        with pytest.raises(ValueError, match="one of the models it joins"):
+            join_ensemble([str(run), str(members[1])], run / "best.ckpt", split_data, overwrite=overwrite)
     assert (run / "best.ckpt").read_bytes() == before
     with pytest.raises(ValueError, match="the same network"):
         join_ensemble([str(run), str(members[0])], tmp_path / "dup.ckpt", split_data, sigma="latent+spread")
+
+
+def test_an_element_floor_raises_each_member_and_the_join_reports_what_predict_gives(tmp_path):
+    """Review 44: the floor for one element was applied to the members' mean, where --floor raises each member
+    (one member's -0.10 must not cancel another's 0.05), and joining computed its figures, σ scale and interval
+    on unraised values, so the card's MAE (1.95) was not evaluate's (0.15)."""
+    import json as json_module  # noqa: PLC0415
+    from dataclasses import replace  # noqa: PLC0415
+
+    from crystalprop.evaluation.evaluate import evaluate_model  # noqa: PLC0415
+    from crystalprop.evaluation.joining import join_ensemble  # noqa: PLC0415
+    from crystalprop.model.checkpoint import TargetTransform, build_model, save_checkpoint  # noqa: PLC0415
+    from crystalprop.model.ensemble import combine  # noqa: PLC0415
+
+    floored = TargetTransform(mean=0.0, std=1.0, element_floor=0.0)
+    both = combine(np.array([[-0.10, -0.10], [0.05, 0.05]]), floored, one_element=np.array([True, False]))
+    assert both.value == pytest.approx([0.025, -0.025])
+    paths = []
+    for k in range(2):
+        plain = _random_checkpoint(tmp_path / f"p{k}.ckpt", "y", "eV/atom", seed=20 + k, mean=-3.0, std=0.5)
+        card, params = read_checkpoint(plain)
+        paths.append(tmp_path / f"m{k}.ckpt")
+        save_checkpoint(paths[-1], build_model(card, params, plain),
+                        replace(card, transform=replace(card.transform, element_floor=0.0)))
+    records = []
+    for k in range(24):
+        copper = Structure([[0, 1.8 + 0.01 * k, 1.8], [1.8, 0, 1.8], [1.8, 1.8, 0]], ["Cu"], [[0, 0, 0]])
+        salt = rocksalt(5.4 + 0.02 * k)
+        records += [{"id": f"cu{k}", "structure": copper.as_dict(), "y": 0.01 * k, "split": "val" if k % 2 else "train"},
+                    {"id": f"s{k}", "structure": salt.as_dict(), "y": -2.5, "split": "val" if k % 2 else "train"}]
+    data = tmp_path / "data.json"
+    data.write_text(json_module.dumps(records))
+    joined = join_ensemble([str(p) for p in paths], tmp_path / "ens.ckpt", data, sigma="latent+spread")
+    scored = evaluate_model(str(tmp_path / "ens.ckpt"), data, split="val")
+    assert joined["mae"] == pytest.approx(scored["mae"], rel=1e-5)
+    assert joined["within_1sigma"] == pytest.approx(scored["within_1sigma"])

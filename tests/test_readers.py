@@ -1245,3 +1245,5 @@ def test_an_output_in_a_linked_sub_folder_of_a_recursive_scan_is_an_input(tmp_pa
     output = str(tmp_path / "elsewhere" / "b.cif")
     assert output_among_inputs(output, [str(tmp_path / "top")], recursive=True) == str(tmp_path / "top")
     assert output_among_inputs(output, [str(tmp_path / "top")], recursive=False) is None
+    os.symlink(output, tmp_path / "top" / "b_link.cif")  # a linked file the scan reads (review 44)
+    assert output_among_inputs(output, [str(tmp_path / "top")], recursive=False) == str(tmp_path / "top")

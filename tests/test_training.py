@@ -998,6 +998,10 @@ def test_a_fine_tune_of_the_same_target_keeps_its_starts_floors(run_a, tmp_path)
     assert trainer._card(loop.transform, {}, 0.0, 0.0).transform.element_floor == 0.0
     own = Trainer(config(floor=-20.0), tmp_path / "own", (graphs, y), (graphs[:4], y[:4]))
     assert own._setup(False, start).transform.floor == -20.0  # given: its own
+    high = tmp_path / "high.ckpt"  # a floor above some of this run's labels is not the data's: not kept (review 44)
+    save_checkpoint(high, build_model(card, params, high), replace(
+        card, transform=replace(card.transform, floor=float(np.median(y)))))
+    assert Trainer(config(), tmp_path / "high", (graphs, y), (graphs[:4], y[:4]))._setup(False, high).transform.floor is None
 
 
 def test_a_fine_tune_of_the_same_target_scores_its_start(run_a, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -325,7 +326,8 @@ def inspect(paths, recursive, as_json, cutoff, neighbors, cell) -> None:
                    "split (folds fixed by the ids); e.g. --fold 1/5 ... --fold 5/5.")
 @cell_option("canonical; stored in the model, which then predicts on the same cells")
 def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
-    """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, or a CSV with structures).
+    """Train a Matformer model on DATA (JSON/JSONL, a folder with a CSV table, a CSV with structures, or an
+    extended XYZ whose frames carry their labels).
 
     Ctrl-C (or SIGTERM) stops after the current step and saves last.ckpt (exit status 128 + the signal:
     130, 143; a hang-up, 129, unless under nohup); a Ctrl-C after it ends it at once, without saving that
@@ -364,7 +366,8 @@ def train(data, output_dir, max_time, workers, ensemble, **options) -> None:
 def _first_missing_folder(folder: Path) -> Path | None:
     """The outermost of ``folder`` and its parents that does not exist yet (what a run would make), or None."""
     missing = None
-    for path in (folder, *folder.absolute().parents):
+    folder = Path(os.path.abspath(folder))  # "a/b/../c" makes a/ and a/c/, not a/b/
+    for path in (folder, *folder.parents):
         if path.exists():
             return missing
         missing = path
@@ -375,10 +378,10 @@ def _remove_empty_folders(folder: Path, made: Path | None) -> None:
     """Remove ``folder`` and its parents up to ``made`` (:func:`_first_missing_folder`) while they are empty."""
     if made is None:
         return
-    path = folder.absolute()
+    path = Path(os.path.abspath(folder))
     while path.is_dir() and not any(path.iterdir()):
         path.rmdir()
-        if path == made.absolute():
+        if path == made:
             return
         path = path.parent
 

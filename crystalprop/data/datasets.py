@@ -6,6 +6,7 @@ Supported:
 * A folder with structure files and a table: CGCNN's ``id_prop.csv`` (no header: id,
   value) or a CSV with a header row (``properties.csv`` or any single ``*.csv``).
 * A CSV file whose structure text is in a column (``structure_column``).
+* An extended XYZ (optionally gzip) whose frames carry their labels (ASE's ``info`` and calculator results).
 
 Splits come from ``split.json`` beside the data, a ``split`` column, or random fractions.
 Bad records are skipped with a one-line reason each, never fatal.
@@ -294,7 +295,8 @@ def _read_frames_dataset(path: Path, target: str | None, id_column: str | None) 
     except StructureReadError as exc:
         raise DatasetError(str(exc)) from None
     id_key = id_column or next((k for k in ID_NAMES if any(k in fields for fields, _ in frames)), "id")
-    records = [{id_key: f"{path.name}#{i}", **fields, "structure": text} for i, (fields, text) in enumerate(frames)]
+    names = [path.name] if len(frames) == 1 else [f"{path.name}#{i}" for i in range(len(frames))]  # as predict's
+    records = [{id_key: name, **fields, "structure": text} for name, (fields, text) in zip(names, frames)]
     if id_column is not None and not any(id_column in fields for fields, _ in frames):
         raise DatasetError(f"{path}: no field {id_column!r} for the ids in any frame (fields: "
                            f"{', '.join(dict.fromkeys(k for fields, _ in frames[:100] for k in fields))})")

@@ -424,13 +424,14 @@ def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndar
     crystals are; the coverages on the others leave out those trained on (``trained``, the card's split record:
     by id, or by fingerprint where it records them; ``like_training``: which of ``kept`` look like training
     crystals where ``labelled_split`` has told already; ``differs``: how these labels or cells differ from those σ
-    was calibrated with, where they do, so that coverages on the same structures are not called in-sample)."""
+    was calibrated with, where they do or may, so that coverages on the same structures are not called in-sample:
+    :func:`_unlike_calibration`'s verdict)."""
     data = calibrated.get("data")
     relative = "" if data is None or Path(str(data)).is_absolute() else "; a path on the machine where it was calibrated"
     where = (f"σ was calibrated on the {calibrated.get('split')} split of {data or 'its data'} "
              f"({calibrated.get('n')} structures{relative})")
     coverages = "within σ, 2σ" + (" and the 95 % interval" if interval95 else "")
-    verdict = "are in-sample" if differs is None else f"are not those it was fitted to: {differs}"
+    verdict = "are in-sample" if differs is None else differs
     if "ids" not in calibrated:  # recorded before the ids were: say where, let the user judge
         return f"{where}: on those structures the coverages ({coverages}) {verdict}", {}
     ids = [e.id for e, _ in kept]
@@ -470,14 +471,15 @@ def _calibration_note(calibrated: dict, kept: list, dataset: Dataset, y: np.ndar
 
 
 def _unlike_calibration(card, dataset: Dataset, cell: str) -> str | None:
-    """How the labels of ``dataset`` on ``cell`` cells differ from those σ was calibrated with (its model's own
-    target and cells), or may (labels without a name), in words; None where they do not."""
+    """The verdict on coverages of structures σ was calibrated on, where the labels of ``dataset`` on ``cell``
+    cells differ from those it was calibrated with (its model's own target and cells), or may (labels without a
+    name), in words; None where they do not (the coverages are in-sample)."""
     if dataset.target != card.target:
-        return f"σ was calibrated against {card.target}, not {dataset.target}"
+        return f"are not those it was fitted to: σ was calibrated against {card.target}, not {dataset.target}"
     if dataset.unnamed_labels:
-        return f"σ was calibrated against {card.target}, and these labels have no name to say they are that"
+        return f"are in-sample only if these labels, which have no name, are {card.target}, as taken"
     if cell != card.graph.cell:
-        return f"σ was calibrated on {card.graph.cell} cells, here {cell}"
+        return f"are not those it was fitted to: σ was calibrated on {card.graph.cell} cells, here {cell}"
     return None
 
 

@@ -21,7 +21,7 @@ from crystalprop.graph.settings import check_cell_choice
 from crystalprop.evaluation.metrics import uncertainty_metrics
 from crystalprop.model import check_sigma_choice
 from crystalprop.model.ensemble import (
-    calibration_scale, combine, interval_multiple, members_from_networks, raw_sigma, spread_weight,
+    calibration_scale, combine, interval_multiple, members_from_networks, one_element, raw_sigma, spread_weight,
 )
 from crystalprop.model.latent_sigma import LatentReference, stored_reference
 from crystalprop.utils.hashing import file_sha256
@@ -123,20 +123,20 @@ def join_ensemble(
         raise ValueError("an ensemble needs at least two members (one is enough with σ from the latent distance)")
     if any(len(factors) < 2 for factors in products):
         raise ValueError("a product member needs at least two models")
+    resolved = [resolve_model(m) for m in members]
+    factor_models = [[resolve_model(f) for f in factors] for factors in products]
+    paths = [path for _, path in resolved]
+    models = list(dict.fromkeys(paths + [path for factors in factor_models for _, path in factors]))
+    _refuse_member_output(output, models)  # first: --overwrite is no way past it
     check_new_checkpoint(output, overwrite)
     check_calibration_split(split)
     make_folder(Path(output).parent)  # before the work, not after it
     set_device(device)
-    resolved = [resolve_model(m) for m in members]
-    factor_models = [[resolve_model(f) for f in factors] for factors in products]
-    paths = [path for _, path in resolved]
     given = [Path(p).resolve() for p in paths] + [tuple(Path(p).resolve() for _, p in f) for f in factor_models]
     twice = next((g for k, g in enumerate(given) if g in given[:k]), None)
     if twice is not None:
         raise ValueError(f"{' × '.join(map(str, twice)) if isinstance(twice, tuple) else twice}: "
                          "given twice as a member")
-    models = list(dict.fromkeys(paths + [path for factors in factor_models for _, path in factors]))
-    _refuse_member_output(output, models)
     _refuse_copied_members(paths)
     loaded = {path: read_checkpoint(path) for path in models}  # each model read once
     loaded = dict(zip(loaded, on_one_graph(list(loaded.values())), strict=True))
@@ -180,11 +180,12 @@ def join_ensemble(
     y = np.array([e.target for e, _ in kept])
     outputs, features = networks_of(graphs, batch_size)
     outputs = members_from_networks(first, outputs)
-    with_sigma = given_sigma(first, graphs)
+    with_sigma, elemental = given_sigma(first, graphs), one_element(graphs)
     scale, metrics, weight = _calibrated(first, y, outputs, features[0] if reference else None, reference, sigma,
-                                         with_sigma)
+                                         with_sigma, elemental)
     reference_record.update(weight)
-    member_maes = [float(np.mean(np.abs(first.transform.physical(z) - y))) for z in outputs]
+    member_maes = [float(np.mean(np.abs(combine(z, first.transform, one_element=elemental).value - y)))
+                   for z in outputs]
     files = [[(name, p)] for name, p in resolved] + factor_models
     first.ensemble.update({
         "sigma_scale": scale, "sigma_from": sigma, **reference_record,
@@ -210,16 +211,17 @@ def _reported(ensemble: dict) -> dict:
 
 def _calibrated(card, y: np.ndarray, outputs: np.ndarray, features: np.ndarray | None,
                 reference: LatentReference | None, sigma: str,
-                with_sigma: np.ndarray) -> tuple[float, dict, dict]:
+                with_sigma: np.ndarray, elemental: np.ndarray) -> tuple[float, dict, dict]:
     """The calibration scale of σ in the form ``sigma`` on labels ``y``, given the members' normalised
     ``outputs`` (members × structures) and the first member's readout ``features``; the metrics of the
     calibrated σ; and the card's σ entries: ``interval95`` (:func:`interval_multiple`, where there is one),
     ``latent_range`` (the largest latent distance calibrated on) and ``spread_weight`` for ``latent+spread``. σ's entries and figures come from the structures
-    ``with_sigma`` only (:func:`crystalprop.evaluation.evaluate.given_sigma`), the error figures from all."""
+    ``with_sigma`` only (:func:`crystalprop.evaluation.evaluate.given_sigma`), the error figures from all;
+    ``elemental``: which structures are of one element (the card's ``element_floor``), as predict combines them."""
     if not with_sigma.any():
         raise ValueError(f"none of the {len(y)} structures to calibrate σ on has only elements every member "
                          "trained on: σ cannot be calibrated on them")
-    raw = combine(outputs, card.transform)
+    raw = combine(outputs, card.transform, one_element=elemental)
     raw_std, record = raw.std, {}
     if reference is not None:
         raw_std, distance = reference.sigma_and_distance(features)
@@ -285,7 +287,7 @@ def recalibrate_sigma(
     outputs, features = network_outputs([(card, params, path)], readout=True)(graphs, batch_size)
     with_sigma = given_sigma(card, graphs)
     scale, metrics, weight = _calibrated(card, y, members_from_networks(card, outputs), features[0], reference, sigma,
-                                         with_sigma)
+                                         with_sigma, one_element(graphs))
     for key in ("spread_weight", "latent_prior", "interval95", "latent_range"):
         card.ensemble.pop(key, None)
     card.ensemble.update({"sigma_scale": scale, "sigma_from": sigma, **weight,
@@ -319,9 +321,10 @@ def _latent_reference(first, path: Path, networks_of, data: str | Path, batch_si
         if not kept:
             raise ValueError(f"{data}: none of its training structures is one the members trained on, so the "
                              "latent σ has no reference: join them on their own data")
-    outputs, features = networks_of([g for _, g in kept], batch_size)
-    residuals = np.abs(combine(members_from_networks(first, outputs), first.transform).value
-                       - np.array([e.target for e, _ in kept]))
+    graphs = [g for _, g in kept]
+    outputs, features = networks_of(graphs, batch_size)
+    residuals = np.abs(combine(members_from_networks(first, outputs), first.transform, one_element=one_element(graphs))
+                       .value - np.array([e.target for e, _ in kept]))
     reference = LatentReference.build(features[0], residuals, prior=prior)
     return reference, {"latent_neighbours": reference.neighbours, **({"latent_prior": prior} if prior else {}),
                        "latent_dimensions": int(reference.table.shape[1]),

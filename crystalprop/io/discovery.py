@@ -210,16 +210,6 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def _within(path: str, folder: str, recursive: bool) -> bool:
-    """Whether ``path``'s folder is ``folder`` or, with ``recursive``, one that a scan of it walks (linked
-    sub-folders too), told by device and inode (so a name in another case on a case-insensitive file system,
-    or a link, is the same folder)."""
-    home = _folder_key(os.path.dirname(os.path.abspath(path)))
-    if not recursive:
-        return home == _folder_key(folder)
-    return any(_folder_key(listing.folder) == home for listing in _walk(folder, True))
-
-
 def output_among_inputs(output: str, args: Iterable[str], recursive: bool = False) -> str | None:
     """The argument under which an existing ``output`` file is itself read as an input (given by name, matched
     by a glob, or a structure file in a folder scanned), else None: writing results there would destroy it
@@ -228,10 +218,8 @@ def output_among_inputs(output: str, args: Iterable[str], recursive: bool = Fals
         return None
     for arg in map(os.fspath, args):
         for match in _matches(arg):
-            if os.path.isdir(match):
-                if looks_like_structure_name(os.path.basename(output)) and _within(output, match, recursive):
-                    return arg
-            elif _same_file(match, output):
+            read = _iter_folder(match, recursive) if os.path.isdir(match) else [match]
+            if any(_same_file(path, output) for path in read):  # linked files and folders too, as the scan reads them
                 return arg
     return None
 

@@ -52,7 +52,7 @@ class TargetTransform:
 
     Forward: y -> (log10(y) if log10 else y - mean) / std. Back, predictions below ``floor``
     (a physical bound such as 0 eV for a band gap) are raised to it; those of crystals of one element
-    below ``element_floor`` to that (:meth:`raise_elements`).
+    below ``element_floor`` to that (each member's, :func:`crystalprop.model.ensemble.combine`).
     """
 
     mean: float = 0.0
@@ -63,12 +63,6 @@ class TargetTransform:
     """A bound for crystals of one element alone, such as 0 for a formation energy: 0 for an element's ground
     state by definition and above it for its other forms, where a model of compounds can err below it."""
 
-    def raise_elements(self, values: np.ndarray, one_element: np.ndarray | None) -> np.ndarray:
-        """``values`` (physical units) with those of the crystals of one element (``one_element``, a mask)
-        raised to ``element_floor``; unchanged where the transform has none or no mask is given."""
-        if self.element_floor is None or one_element is None:
-            return values
-        return np.where(one_element, np.maximum(values, self.element_floor), values)
 
     def as_dict(self) -> dict:
         """Plain dict for JSON metadata; ``element_floor`` only where set, so that older readers read the rest."""
@@ -82,11 +76,13 @@ class TargetTransform:
         y = np.asarray(y, dtype=np.float64)
         return ((np.log10(y) if self.log10 else y) - self.mean) / self.std
 
-    def network_floor(self) -> float:
-        """The floor in network units; -inf for none (or one at or below 0 under log10, which bounds nothing)."""
-        if self.floor is None or (self.log10 and self.floor <= 0):
+    def network_floor(self, bound: float | None = None) -> float:
+        """The floor (or another ``bound``, such as ``element_floor``) in network units; -inf for none (or one at
+        or below 0 under log10, which bounds nothing)."""
+        bound = self.floor if bound is None else bound
+        if bound is None or (self.log10 and bound <= 0):
             return -np.inf
-        return float(self.normalise(np.array([self.floor]))[0])
+        return float(self.normalise(np.array([bound]))[0])
 
     def physical(self, z: np.ndarray) -> np.ndarray:
         """Network units -> physical units."""
@@ -138,7 +134,8 @@ class ModelCard:
         """The oldest format that reads this card right: older readers refuse a newer one rather than
         average product members as plain ones, or take σ from the latent distance alone."""
         ensemble = self.ensemble or {}
-        if self.transform.element_floor is not None:
+        transforms = [self.transform.as_dict(), *ensemble.get("network_transforms", [])]
+        if any(t.get("element_floor") is not None for t in transforms):
             return ELEMENT_FLOOR_FORMAT
         if self.model.site_features:
             return SITE_FORMAT

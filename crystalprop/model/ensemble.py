@@ -22,7 +22,7 @@ networks' outputs into the members'.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -111,13 +111,17 @@ def product_combination(target: TargetTransform, models: Sequence[Sequence[Targe
     return combination, [t for m in models for t in m]
 
 
-def combine(outputs: np.ndarray, transform: TargetTransform, scale: float = 1.0) -> EnsembleOutput:
+def combine(outputs: np.ndarray, transform: TargetTransform, scale: float = 1.0,
+            one_element: np.ndarray | None = None) -> EnsembleOutput:
     """Members' normalised outputs (members × structures) -> value and σ in physical units.
 
     Each member is floored before the mean (the value is the mean of the members' own predictions, in
     log10 for a log10 target): below the floor a member's output means nothing (the floor loss leaves it
-    free), so one member's -1.3 eV must not cancel another's 0.18 eV."""
+    free), so one member's -1.3 eV must not cancel another's 0.18 eV. So is each member's value of a crystal
+    of one element (``one_element``, a mask over the structures) at the transform's ``element_floor``."""
     outputs = np.maximum(np.atleast_2d(np.asarray(outputs, dtype=np.float64)), transform.network_floor())
+    if one_element is not None and transform.element_floor is not None:
+        outputs = np.where(one_element, np.maximum(outputs, transform.network_floor(transform.element_floor)), outputs)
     value = transform.physical(outputs.mean(axis=0))
     if outputs.shape[0] == 1:
         return EnsembleOutput(value, None)
@@ -136,14 +140,13 @@ def ensemble_output(card: ModelCard, outputs: np.ndarray, features: np.ndarray |
     scale = (card.ensemble or {}).get("sigma_scale", 1.0)
     outputs = members_from_networks(card, outputs)
     if reference is None:
-        combined = combine(outputs, card.transform, scale)
-        return replace(combined, value=card.transform.raise_elements(combined.value, one_element))
-    plain = combine(outputs, card.transform)
+        return combine(outputs, card.transform, scale, one_element)
+    plain = combine(outputs, card.transform, one_element=one_element)
     latent, distance = reference.sigma_and_distance(features)
     reach = (card.ensemble or {}).get("latent_range")
     far = None if reach is None else distance > reach * RANGE_MARGIN
-    return EnsembleOutput(card.transform.raise_elements(plain.value, one_element),
-                          raw_sigma(plain, latent, (card.ensemble or {}).get("spread_weight", 0.0)) * scale, far)
+    return EnsembleOutput(plain.value, raw_sigma(plain, latent, (card.ensemble or {}).get("spread_weight", 0.0)) * scale,
+                          far)
 
 
 def one_element(graphs: Sequence[Any]) -> np.ndarray:

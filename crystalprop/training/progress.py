@@ -71,7 +71,8 @@ class TrainDisplay:
                      else f"epoch {info['epoch'] + 1}, after its step {info['step']}" if info["step"]
                      else f"epoch {info['epoch'] + 1}")  # the event counts the epochs done; the display from 1
             console.print(f"resume: {where}"
-                          + (f"; changed: {changed}" if changed else ""), markup=False)
+                          + (f"; changed: {changed}" if changed else "")
+                          + ("; its patience starts afresh" if info.get("patience_restarted") else ""), markup=False)
         elif kind == "init_from_unused":
             began = f"it started from {info['started']}" if info["started"] else "it started from random weights"
             console.print(f"resume: --init-from {info['given']} is not used: the run goes on from its last.ckpt "

@@ -44,7 +44,7 @@ from crystalprop.model.checkpoint import (
     with_site_inputs,
     without_site_inputs,
 )
-from crystalprop.model.ensemble import member_params, network_transform, one_element
+from crystalprop.model.ensemble import combine, member_params, network_transform, one_element
 from crystalprop.model.inference import batch_tensors, predict_graphs
 from crystalprop.model.matformer import Matformer, input_signature
 from crystalprop.utils.stopping import TRAINING_STOP_SIGNALS as STOP_SIGNALS
@@ -405,15 +405,24 @@ class Trainer:
 
     def _keep_start_floors(self, source: TargetTransform, transform: TargetTransform) -> dict[str, float]:
         """A fine-tune of its start's target keeps the start's ``floor`` and ``element_floor`` where this run
-        gives none (in its config and ``transform``): a band gap's 0 eV floor dropped unseen gave negative gaps
-        and scored the start unfloored. Returns those kept, by name."""
+        gives none (in its config and ``transform``) and none of its labels lies below it: a band gap's 0 eV floor
+        dropped unseen gave negative gaps and scored the start unfloored. Returns those kept, by name."""
         kept = {}
         for name in ("floor", "element_floor"):
-            if getattr(self.config, name) is None and getattr(source, name) is not None:
-                kept[name] = getattr(source, name)
-                setattr(self.config, name, kept[name])
-                setattr(transform, name, kept[name])
+            bound = getattr(source, name)
+            if getattr(self.config, name) is None and bound is not None and not self._labels_below(name, bound):
+                kept[name] = bound
+                setattr(self.config, name, bound)
+                setattr(transform, name, bound)
         return kept
+
+    def _labels_below(self, name: str, bound: float) -> int:
+        """How many of the run's labels lie below ``bound`` as floor ``name`` would apply it (all labels for
+        ``floor``, those of one-element crystals for ``element_floor``): such a bound is not the data's."""
+        labels = np.concatenate([self.train_y, self.val_y])
+        if name == "element_floor":
+            labels = labels[one_element([*self.train_graphs, *self.val_graphs])]
+        return int((labels < bound).sum())
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, *, resume: bool = False, init_from: str | Path | None = None) -> TrainResult:
@@ -585,8 +594,8 @@ class Trainer:
     def _validate(self, net, transform, losses) -> tuple[dict, str, float]:
         """Validation metrics, the selection metric's name and its value (lower is better)."""
         cfg = self.config
-        val_pred = (transform.raise_elements(transform.physical(predict_graphs(net, self.val_graphs, EVAL_BATCH_SIZE)),
-                                             one_element(self.val_graphs)) if self.val_graphs else np.zeros(0))
+        val_pred = (combine(predict_graphs(net, self.val_graphs, EVAL_BATCH_SIZE), transform,
+                            one_element=one_element(self.val_graphs)).value if self.val_graphs else np.zeros(0))
         metrics = regression_metrics(self.val_y, val_pred)
         if cfg.log10 and self.val_graphs:
             log_metrics = regression_metrics(np.log10(self.val_y), np.log10(val_pred))
@@ -707,9 +716,11 @@ class Trainer:
         self.history = saved["history"]
         self.prior_training = saved.get("prior_training", {})
         changed = changed_settings(saved["config"], self.config.as_dict())
-        if changed:  # other settings: a run that stopped for its patience goes on, as the resume says it does
+        patience = saved["config"].get("patience")
+        restarted = bool(set(changed) - {"patience"} and patience and saved["state"]["bad_epochs"] >= patience)
+        if restarted:  # it stopped for its patience, and other settings go on: "changed: lr" trained nothing
             saved["state"]["bad_epochs"] = 0
         self.on_event("resume", {"epoch": saved["state"]["epoch"], "step": saved["state"]["step_in_epoch"],
-                                 "epochs": self.config.epochs,
+                                 "epochs": self.config.epochs, **({"patience_restarted": True} if restarted else {}),
                                  **({"changed": changed} if changed else {})})
         return saved["state"], average

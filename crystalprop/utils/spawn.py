@@ -32,5 +32,6 @@ def main_script_hidden() -> Iterator[None]:
             yield
         finally:
             sys.modules["__main__"] = main
-            if chosen is None:  # starting a 'spawn' process fixes the default context: leave the choice open
-                multiprocessing.context._default_context._actual_context = None
+            default = getattr(multiprocessing.context, "_default_context", None)  # CPython's, private
+            if chosen is None and hasattr(default, "_actual_context"):  # a 'spawn' start fixed it: leave it open
+                default._actual_context = None
