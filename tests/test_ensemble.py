@@ -1058,3 +1058,16 @@ def test_an_element_floor_raises_each_member_and_the_join_reports_what_predict_g
     scored = evaluate_model(str(tmp_path / "ens.ckpt"), data, split="val")
     assert joined["mae"] == pytest.approx(scored["mae"], rel=1e-5)
     assert joined["within_1sigma"] == pytest.approx(scored["within_1sigma"])
+
+
+def test_joining_never_suggests_the_split_it_refuses(members, split_data, tmp_path):
+    """ensemble's refusals said '--split all' (evaluate's wording), which ensemble then refused (hunt17 13)."""
+    from crystalprop.evaluation.joining import join_ensemble
+
+    with pytest.raises(ValueError, match="no structures in split 'test'") as empty:
+        join_ensemble(members, tmp_path / "e.ckpt", split_data, split="test")
+    with pytest.raises(ValueError, match="trained on") as refused:
+        join_ensemble(members, tmp_path / "e.ckpt", split_data, split="all")
+    for error in (empty, refused):
+        text = str(error.value)
+        assert "or --split all" not in text and "all evaluates" not in text and "unseen" in text

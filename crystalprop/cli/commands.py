@@ -427,7 +427,7 @@ def evaluate(model, data, **options) -> None:
 @click.argument("members", nargs=-1, required=True)
 @click.option("--data", required=True, type=click.Path(exists=True),
               help="Labelled data set the members were trained on; its --split calibrates σ.")
-@click.option("--split", default="val", show_default=True, help="Split that calibrates σ (never one trained on).")
+@click.option("--split", default="val", show_default=True, help="Split that calibrates σ: val, test, or unseen (every structure the members record they were not trained on); never one trained on.")
 @click.option("--batch-size", default=EVAL_BATCH_SIZE, show_default=True, type=click.IntRange(min=1))
 @click.option("--id-column", default=None, help="As given to train, for a CSV data set.")
 @click.option("--structure-column", default=None, help="As given to train, for a CSV data set.")

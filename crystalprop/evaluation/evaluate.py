@@ -172,10 +172,16 @@ def _positional_note(n: int, record: dict) -> str:
             f"the training ids, as a position in the data says nothing of the crystal there; {structures}")
 
 
-def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: dict, checkpoint: str | Path) -> str:
+EVALUATE_ANYWAY = "--split all evaluates them anyway"
+CALIBRATE_ELSEWHERE = "σ is calibrated on structures no member trained on only: choose val, test or unseen"
+
+
+def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: dict, checkpoint: str | Path,
+                 anyway: str = EVALUATE_ANYWAY) -> str:
     """A note on how the split was checked against the training data; raise ValueError when a
     ``val`` or ``test`` figure would include structures the model was trained on, or when that
-    cannot be told (a checkpoint without its training ids, on data without a fixed split)."""
+    cannot be told (a checkpoint without its training ids, on data without a fixed split); ``anyway``
+    ends the refusal with the way on (evaluate's ``--split all``; joining has none)."""
     if split in ("all", "train"):
         return "not checked (split chosen deliberately)"
     record = recorded_split(training)
@@ -186,7 +192,7 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
         if trained:
             raise ValueError(
                 f"{dataset.origin}: {len(trained)} of the {len(entries)} {split!r} structures were used to train "
-                f"{checkpoint} (e.g. {trained[0]}): not a {split} figure; --split all evaluates them deliberately")
+                f"{checkpoint} (e.g. {trained[0]}): not a {split} figure; {anyway}")
         same = record.get(f"{split}_ids_sha256") == ids_sha256(ids)
         note = f"none trained on; {'the same' if same else 'not the'} {split} split as in training"
         if not same and is_random_split(dataset.split_source):  # nothing the user chose: say what it is
@@ -203,7 +209,7 @@ def check_unseen(entries: list[Entry], split: str, dataset: Dataset, training: d
         raise ValueError(
             f"{checkpoint}: records no training ids and its split ({recorded or 'unknown'}) is not fixed by "
             f"{dataset.origin} (no split.json or split column): cannot tell {split} structures from training ones; "
-            "--split all evaluates anyway")
+            f"{anyway}")
     return f"not verified (checkpoint records no training ids); split from {dataset.split_source}"
 
 
@@ -285,21 +291,23 @@ class LabelledSplit(NamedTuple):
     unusable: list  # (id, reason, where) of the data set's other unusable records (where: None if unknown)
 
 
-def _what_it_holds(dataset: Dataset, split: str) -> str:
+def _what_it_holds(dataset: Dataset, split: str, anyway: str) -> str:
     """Why a split is empty, and which to choose instead: the data's splits and their sizes."""
     if split == "unseen":
-        return f"the model was trained on all {len(dataset.entries)}; --split all evaluates them anyway"
+        return f"the model was trained on all {len(dataset.entries)}; {anyway}"
     sizes = {name: len(dataset.split(name)) for name in SPLITS}
     held = ", ".join(f"{name} {n}" for name, n in sizes.items() if n) or "none"
-    return f"the data holds {held}; choose one with --split, or --split all"
+    return f"the data holds {held}; " + ("choose one with --split, or --split all" if anyway == EVALUATE_ANYWAY
+                                         else anyway)
 
 
-def labelled_split(card, data, target, split, path, id_column, structure_column, settings=None) -> LabelledSplit:
+def labelled_split(card, data, target, split, path, id_column, structure_column, settings=None,
+                   anyway: str = EVALUATE_ANYWAY) -> LabelledSplit:
     """The labelled structures of one split that the model is evaluated on, with their graphs
     (built with ``settings``, by default the model's), and every record that could not be used, with
     its reason (training look-alikes left out of ``unseen`` are counted in the split's note instead),
     apart from the data set's other unusable records: those of other splits, and those whose split
-    cannot be told (:func:`_sorted_skipped`)."""
+    cannot be told (:func:`_sorted_skipped`). ``anyway``: the way on that refusals name (:func:`check_unseen`)."""
     dataset, fold, fold_note = split_dataset(data, target or card.target, card.training, id_column, structure_column)
     split = split or default_split(dataset, card.training)
     if split not in (*SPLITS, "all", "unseen"):
@@ -308,9 +316,9 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
         entries, split_check = _unseen(dataset, card.training)
     else:
         entries = dataset.entries if split == "all" else dataset.split(split)
-        split_check = check_unseen(entries, split, dataset, card.training, path) if entries else ""
+        split_check = check_unseen(entries, split, dataset, card.training, path, anyway) if entries else ""
     if not entries:
-        raise ValueError(f"{data}: no structures in split {split!r} ({_what_it_holds(dataset, split)})")
+        raise ValueError(f"{data}: no structures in split {split!r} ({_what_it_holds(dataset, split, anyway)})")
     graphs, errors = build_graphs(entries, settings or card.graph)
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     skipped, unusable = _sorted_skipped(dataset, split, fold, card.training)
@@ -319,8 +327,7 @@ def labelled_split(card, data, target, split, path, id_column, structure_column,
     split_check = "; ".join(note for note in (split_check, fold_note) if note)
     if not kept:
         if any(g is not None for g in graphs):
-            why = (f"every one looks like a training crystal under another id ({split_check}); "
-                   "--split all evaluates them deliberately")
+            why = f"every one looks like a training crystal under another id ({split_check}); {anyway}"
         else:
             why = f"none could be used (e.g. {skipped[-1][0]}: {skipped[-1][1]})"
         raise ValueError(f"{data}: {len(entries)} structures in split {split!r}, but {why}")

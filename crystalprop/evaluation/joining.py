@@ -14,8 +14,8 @@ import numpy as np
 from crystalprop.utils.atomic import make_folder
 from crystalprop.data.datasets import Dataset, ids_in_packed, merge_trained
 from crystalprop.evaluation.evaluate import (
-    calibration_record, check_unseen, error_metrics, given_sigma, labelled_split, network_outputs, recorded_split,
-    split_dataset, split_settings,
+    CALIBRATE_ELSEWHERE, calibration_record, check_unseen, error_metrics, given_sigma, labelled_split,
+    network_outputs, recorded_split, split_dataset, split_settings,
 )
 from crystalprop.graph.settings import check_cell_choice
 from crystalprop.evaluation.metrics import uncertainty_metrics
@@ -43,7 +43,7 @@ def check_calibration_split(split: str) -> None:
     structures the members were fitted to, far smaller than a new structure's."""
     if split in ("train", "all"):
         raise ValueError(f"--split {split}: σ is calibrated on structures the members were not trained on "
-                         "(val, or test); the training errors would make it far too small")
+                         "(val, test or unseen); the training errors would make it far too small")
 
 
 def _refuse_member_output(output: str | Path, models: list[Path]) -> None:
@@ -149,14 +149,15 @@ def join_ensemble(
     first = loaded[paths[0]][0]
     for path in models[len(set(paths)):]:
         check_factor(loaded[path][0], first, path, paths[0])
-    chosen = labelled_split(first, data, None, split, paths[0], id_column, structure_column)
+    chosen = labelled_split(first, data, None, split, paths[0], id_column, structure_column,
+                            anyway=CALIBRATE_ELSEWHERE)
     split, split_check, kept = chosen.split, chosen.note, chosen.kept
     datasets: dict[str, Dataset] = {}  # one read of the data per distinct split setting
     for card, path in zip(cards[1:], models[1:]):
         key = json.dumps(split_settings(card.training), sort_keys=True)
         if key not in datasets:
             datasets[key] = split_dataset(data, first.target, card.training, id_column, structure_column)[0]
-        check_unseen([e for e, _ in kept], split, datasets[key], card.training, path)
+        check_unseen([e for e, _ in kept], split, datasets[key], card.training, path, CALIBRATE_ELSEWHERE)
     networks = {path: member_params(card, params) for path, (card, params) in loaded.items()}
     member_names = [name for name, _ in resolved] + [" × ".join(name for name, _ in f) for f in factor_models]
     combination, transforms = product_combination(
@@ -280,7 +281,7 @@ def recalibrate_sigma(
         raise ValueError(f"{path}: σ from latent+spread needs at least two members (it has one)")
     if latent_prior is not None:
         reference = replace(reference, prior=latent_prior)
-    chosen = labelled_split(card, data, None, split, path, id_column, structure_column)
+    chosen = labelled_split(card, data, None, split, path, id_column, structure_column, anyway=CALIBRATE_ELSEWHERE)
     split, split_check, kept = chosen.split, chosen.note, chosen.kept
     y = np.array([e.target for e, _ in kept])
     graphs = [g for _, g in kept]
