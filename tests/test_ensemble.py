@@ -1071,3 +1071,21 @@ def test_joining_never_suggests_the_split_it_refuses(members, split_data, tmp_pa
     for error in (empty, refused):
         text = str(error.value)
         assert "or --split all" not in text and "all evaluates" not in text and "unseen" in text
+
+
+def test_joining_names_a_member_whose_run_has_epochs_left(tmp_path):
+    """A member still training (or stopped by --max-time or a signal, to be resumed) was joined at its best so far
+    without a word: the ensemble stayed behind the run it froze (hunt17 7)."""
+    from conftest import train_config, train_stopped_mid_epoch, write_json_dataset  # noqa: PLC0415
+    from crystalprop.evaluation.joining import join_ensemble  # noqa: PLC0415
+    from crystalprop.training.run import train_model  # noqa: PLC0415
+
+    data = write_json_dataset(tmp_path / "data.json", 40)
+    train_model(data, tmp_path / "done", train_config(epochs=1), workers=1, val_fraction=0.3)
+    train_stopped_mid_epoch(data, tmp_path / "cut", train_config(epochs=3), epoch=1, step=1, val_fraction=0.3)
+    assert join_ensemble([tmp_path / "done"], tmp_path / "one.ckpt", data, sigma="latent")["notes"] == []
+    result = join_ensemble([tmp_path / "done", tmp_path / "cut"], tmp_path / "e.ckpt", data)
+    assert len(result["notes"]) == 1
+    assert "cut" in result["notes"][0] and "1 of 3 epochs trained" in result["notes"][0]
+    run = run_cli(["ensemble", tmp_path / "e2.ckpt", tmp_path / "done", tmp_path / "cut", "--data", data])
+    assert run.returncode == 0 and "1 of 3 epochs trained" in run.stdout + run.stderr

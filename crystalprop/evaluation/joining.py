@@ -46,6 +46,20 @@ def check_calibration_split(split: str) -> None:
                          "(val, test or unseen); the training errors would make it far too small")
 
 
+def unfinished_notes(models: list[Path]) -> list[str]:
+    """A note for each model that is a run's ``best.ckpt`` whose run has epochs left (still training, or stopped to
+    be resumed): the ensemble takes its best so far, and falls behind the run as it goes on."""
+    from crystalprop.training.trainer import epochs_left, saved_state  # noqa: PLC0415
+
+    notes = []
+    for path in models:
+        last = path.parent / "last.ckpt"
+        if path.name == "best.ckpt" and last.is_file() and (where := epochs_left(saved_state(last))):
+            notes.append(f"{path.parent}: its run is not finished ({where} trained): joined at its best so far; "
+                         "join again when the run has ended")
+    return notes
+
+
 def _refuse_member_output(output: str | Path, models: list[Path]) -> None:
     """Refuse an ``output`` that is one of the models joined: with --overwrite it replaced a member's own
     best.ckpt, whose run then reported the ensemble as its best epoch."""
@@ -200,7 +214,7 @@ def join_ensemble(
     save_ensemble(output, first, [params for p in models for params in networks[p]],
                   reference.arrays() if reference else None)
     return {"output": str(output), "split": split, "unit": first.unit, "member_maes": member_maes,
-            **_reported(first.ensemble), **metrics}
+            "notes": unfinished_notes(models), **_reported(first.ensemble), **metrics}
 
 
 def _reported(ensemble: dict) -> dict:

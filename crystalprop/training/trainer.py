@@ -73,6 +73,17 @@ def saved_state(last: Path) -> dict:
     return json.loads(payload)
 
 
+def epochs_left(state: dict) -> str | None:
+    """Where a run of :func:`saved_state` stands if it has epochs to train (not all trained, its patience not
+    spent: still training, or stopped by a time budget or a signal, for ``--resume``), e.g. "3 of 40 epochs";
+    None for a run that ended on its own."""
+    config, position = state["config"], state["state"]
+    patience = config.get("patience")
+    if position["epoch"] >= config["epochs"] or (patience and position["bad_epochs"] >= patience):
+        return None
+    return f"{position['epoch']} of {config['epochs']} epochs"
+
+
 def saved_cell(state: dict) -> str:
     """The cell setting of a run's :func:`saved_state` (``as-given`` for runs that predate it)."""
     return state["config"].get("graph", {}).get("cell", RUN_LEGACY_CELL)
