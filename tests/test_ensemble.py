@@ -1089,3 +1089,27 @@ def test_joining_names_a_member_whose_run_has_epochs_left(tmp_path):
     assert "cut" in result["notes"][0] and "1 of 3 epochs trained" in result["notes"][0]
     run = run_cli(["ensemble", tmp_path / "e2.ckpt", tmp_path / "done", tmp_path / "cut", "--data", data])
     assert run.returncode == 0 and "1 of 3 epochs trained" in run.stdout + run.stderr
+
+
+def test_resuming_a_finished_ensemble_keeps_the_join_of_its_members_as_they_are(tmp_path):
+    """`train --resume` of a finished ensemble joined its members again and replaced the join the user had made of
+    them with `crystalprop ensemble` (another σ, a latent prior) without a word (hunt17 5)."""
+    from conftest import TINY, write_json_dataset  # noqa: PLC0415
+    from crystalprop.evaluation.joining import join_ensemble  # noqa: PLC0415
+    from crystalprop.training.jobs import train  # noqa: PLC0415
+    from crystalprop.utils.hashing import file_sha256  # noqa: PLC0415
+
+    data = write_json_dataset(tmp_path / "data.json", 24)
+    run_dir = tmp_path / "ens"
+    options = dict(epochs=1, batch_size=8, val_fraction=0.5, graph_workers=1, threads=1, **TINY)
+    train(data, run_dir, ensemble=2, sigma="latent", **options)
+    members = [run_dir / "member0", run_dir / "member1"]
+    join_ensemble(members, run_dir / "best.ckpt", data, sigma="latent", latent_prior=1.0, overwrite=True)
+    mine = file_sha256(run_dir / "best.ckpt")
+    kept = train(data, run_dir, resume=True, graph_workers=1, threads=1)
+    assert file_sha256(run_dir / "best.ckpt") == mine
+    assert kept["ensemble"]["kept"] and kept["ensemble"]["latent_prior"] == 1.0
+    assert len(kept["ensemble"]["member_maes"]) == 2 and kept["ensemble"]["mae"] > 0
+    again = train(data, run_dir, resume=True, sigma="spread", graph_workers=1, threads=1)  # asked for: joined anew
+    assert file_sha256(run_dir / "best.ckpt") != mine and not again["ensemble"].get("kept")
+    assert read_checkpoint(run_dir / "best.ckpt")[0].ensemble["sigma_from"] == "spread"

@@ -425,3 +425,15 @@ def test_a_hang_up_ignored_under_nohup_stays_ignored(monkeypatch):
         assert seen["hup"] is signals.SIG_IGN
     finally:
         signals.signal(signals.SIGHUP, before)
+
+
+def test_the_report_says_a_standing_join_was_kept(stderr_console, tmp_path):
+    """A resumed finished ensemble keeps the join of its members as they are (hunt17 5): the report says so and how to
+    join them anew, rather than 'ensemble of 2' as if it had just joined them."""
+    member = {"stopped_because": "finished", "best_val_mae": 0.03, "best_epoch": 1}
+    kept = {"stopped_because": "finished", "members": [member, member],
+            "ensemble": {"mae": 0.03, "member_maes": [0.031, 0.032], "sigma_spearman": 0.5, "kept": True,
+                         "sigma_from": "latent"}}
+    assert progress.report_training(kept, str(tmp_path)) == 0
+    said = stderr_console.getvalue()
+    assert "already joins these 2 members as they are (σ latent): kept" in said and "--resume --sigma" in said

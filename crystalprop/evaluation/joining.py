@@ -46,6 +46,24 @@ def check_calibration_split(split: str) -> None:
                          "(val, test or unseen); the training errors would make it far too small")
 
 
+def standing_join(output: Path, members: list[Path]) -> dict | None:
+    """The report of the ensemble in ``output`` where it joins ``members`` (run folders) as they are now, in that
+    order (by the sha256 of their ``best.ckpt``: a join made by hand, with another σ, is one too), with
+    ``kept``; None where there is none, or it joins other weights."""
+    from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+
+    if not output.is_file():
+        return None
+    card, _ = read_checkpoint(output, arrays=True)
+    files = (card.ensemble or {}).get("member_files", [])
+    if [f.get("sha256") for f in files] != [file_sha256(m / "best.ckpt") for m in members]:
+        return None
+    split = card.ensemble["calibrated_on"]["split"]
+    return {"output": str(output), "split": split, "unit": card.unit, "kept": True,
+            "member_maes": [f[f"{split}_mae"] for f in files], "notes": [], **_reported(card.ensemble),
+            **card.metrics}
+
+
 def unfinished_notes(models: list[Path]) -> list[str]:
     """A note for each model that is a run's ``best.ckpt`` whose run has epochs left (still training, or stopped to
     be resumed): the ensemble takes its best so far, and falls behind the run as it goes on."""

@@ -172,12 +172,17 @@ def member_jobs(job: dict, members: int):
 
 def join_members(job: dict, members: int, sigma: str) -> dict:
     """Join the members of ``job`` into OUTPUT_DIR/best.ckpt, σ from ``sigma``; see
-    :func:`crystalprop.evaluation.joining.join_ensemble`."""
-    from crystalprop.evaluation.joining import join_ensemble  # noqa: PLC0415
+    :func:`crystalprop.evaluation.joining.join_ensemble`. A resume (``--sigma`` not given) keeps a best.ckpt that
+    joins the members as they are (:func:`crystalprop.evaluation.joining.standing_join`)."""
+    from crystalprop.evaluation.joining import join_ensemble, standing_join  # noqa: PLC0415
 
     run = job["run"]
     output_dir = Path(run["run_dir"])
     member_dirs = [output_dir / f"member{k}" for k in range(members)]
+    if run["resume"] and "sigma" not in (job["given"] or ()):
+        standing = standing_join(output_dir / "best.ckpt", member_dirs)
+        if standing is not None:  # a join of these very members, perhaps the user's own: not replaced unasked
+            return standing
     try:
         return join_ensemble(member_dirs, output_dir / "best.ckpt", run["data"], id_column=run["id_column"],
                              structure_column=run["structure_column"], device=job["device"], sigma=sigma)

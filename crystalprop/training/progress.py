@@ -154,6 +154,10 @@ def report_training(result: dict, output_dir: str) -> int:
     for k, member in enumerate(result["members"]):
         _no_gain_note(member, f"member {k + 1}: ")
     joined = result["ensemble"]
+    if joined.get("kept"):
+        console.print(f"best.ckpt already joins these {len(result['members'])} members as they are (σ "
+                      f"{joined['sigma_from']}): kept; --resume --sigma, or `crystalprop ensemble`, joins them anew",
+                      highlight=False, markup=False)
     console.print(f"ensemble of {len(result['members'])}: validation MAE {joined['mae']:.4g} (members "
                   f"{', '.join(f'{m:.4g}' for m in joined['member_maes'])}); Spearman(σ, |error|) "
                   f"{joined['sigma_spearman']:.2f}; run in {output_dir} (best.ckpt)", highlight=False, markup=False)
