@@ -1113,3 +1113,26 @@ def test_resuming_a_finished_ensemble_keeps_the_join_of_its_members_as_they_are(
     again = train(data, run_dir, resume=True, sigma="spread", graph_workers=1, threads=1)  # asked for: joined anew
     assert file_sha256(run_dir / "best.ckpt") != mine and not again["ensemble"].get("kept")
     assert read_checkpoint(run_dir / "best.ckpt")[0].ensemble["sigma_from"] == "spread"
+
+
+def test_a_fine_tune_from_an_ensemble_scores_the_ensemble_too(tmp_path):
+    """The `start:` score of a warm start from an ensemble was its first network's; a fine-tune that beat it could still
+    be worse than the model it started from, as evaluate scores that (hunt17 6)."""
+    from conftest import TINY, write_json_dataset  # noqa: PLC0415
+    from crystalprop.evaluation.evaluate import evaluate_model  # noqa: PLC0415
+    from crystalprop.training.jobs import train  # noqa: PLC0415
+
+    data = write_json_dataset(tmp_path / "data.json", 40)
+    options = dict(epochs=1, batch_size=8, val_fraction=0.3, graph_workers=1, threads=1, **TINY)
+    train(data, tmp_path / "ens", ensemble=2, **options)
+    events = []
+    result = train(data, tmp_path / "ft", init_from=tmp_path / "ens", lr=1e-4, target="y",
+                   on_event=lambda kind, info: events.append((kind, info)), **options)
+    scored = dict(events)["start_model_score"]
+    assert scored["networks"] == 2 and scored["key"] == "mae"
+    assert scored["score"] == pytest.approx(evaluate_model(str(tmp_path / "ens"), data, split="val")["mae"], rel=1e-5)
+    assert result["start_model_score"] == scored["score"] != result["start_score"]
+    single = []
+    train(data, tmp_path / "ft1", init_from=tmp_path / "ens" / "member0", lr=1e-4, target="y",
+          on_event=lambda kind, info: single.append(kind), **options)
+    assert "start_score" in single and "start_model_score" not in single  # one network: one score

@@ -437,3 +437,14 @@ def test_the_report_says_a_standing_join_was_kept(stderr_console, tmp_path):
     assert progress.report_training(kept, str(tmp_path)) == 0
     said = stderr_console.getvalue()
     assert "already joins these 2 members as they are (σ latent): kept" in said and "--resume --sigma" in said
+
+
+def test_the_no_gain_note_compares_with_the_model_a_fine_tune_started_from(stderr_console, tmp_path):
+    """A fine-tune from an ensemble that beat its first network but not the ensemble said nothing (hunt17 6)."""
+    result = {"stopped_because": "finished", "best_val_mae": 0.04, "best_epoch": 1, "start_score": 0.05,
+              "start_model_score": 0.03}
+    progress.report_training(result, str(tmp_path))
+    said = stderr_console.getvalue()
+    assert "no epoch beat the model it started from (0.03" in said
+    progress.report_training({**result, "best_val_mae": 0.02}, str(tmp_path))
+    assert stderr_console.getvalue().count("no epoch beat") == 1

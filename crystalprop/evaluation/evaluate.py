@@ -22,7 +22,7 @@ from crystalprop.data.fingerprints import VOLUME_TOLERANCE, like_packed, pack_fi
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.graph.elements import absent_elements
 from crystalprop.evaluation.metrics import coverage_curve, regression_metrics, uncertainty_metrics
-from crystalprop.model.ensemble import ensemble_output, one_element
+from crystalprop.model.ensemble import ensemble_output, member_params, one_element
 from crystalprop.model.inference import member_outputs
 from crystalprop.model.latent_sigma import stored_reference
 from crystalprop.io.provenance import provenance, write_sidecar
@@ -357,7 +357,6 @@ def network_outputs(checkpoints: Sequence[tuple[object, dict, Path]], readout: b
     given (card, params, path) checkpoints, which share one architecture, in their order, and with
     ``readout`` their readout features (networks × graphs × F), else None. One stacked network runs
     them all, each distinct network once."""
-    from crystalprop.model.ensemble import member_params  # noqa: PLC0415
     from crystalprop.model.stacked import stack_checkpoints  # noqa: PLC0415
 
     net, rows = stack_checkpoints(checkpoints[0][0].model,
@@ -373,6 +372,24 @@ def network_outputs(checkpoints: Sequence[tuple[object, dict, Path]], readout: b
         return outputs[order], None if features is None else features[order]
 
     return run
+
+
+def joined_model_score(path: str | Path, entries: list[Entry], batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, int] | None:
+    """The score of the model in ``path`` on the labelled ``entries`` as ``evaluate`` gives it (its MAE, of log10 for a
+    log10 target) and its number of networks, where it joins more than one (a warm start takes the first network
+    only, whose score differs); None for one network."""
+    from crystalprop.model.checkpoint import read_checkpoint  # noqa: PLC0415
+
+    card, params = read_checkpoint(path)
+    networks = len(member_params(card, params))
+    if networks < 2:
+        return None
+    graphs, _ = build_graphs(entries, card.graph)
+    kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
+    outputs, _ = network_outputs([(card, params, Path(path))])([g for _, g in kept], batch_size)
+    value = ensemble_output(card, outputs, one_element=one_element([g for _, g in kept])).value
+    metrics = error_metrics(card, np.array([e.target for e, _ in kept]), value)
+    return metrics["log10_mae" if card.transform.log10 else "mae"], networks
 
 
 def error_metrics(card, y: np.ndarray, pred: np.ndarray) -> dict:

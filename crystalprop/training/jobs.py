@@ -152,7 +152,8 @@ def run_job(job: dict, on_event: OnEvent | None = None) -> dict:
     result = train_model(run.pop("data"), run.pop("run_dir"), config, **run, on_event=on_event)
     return {"stopped_because": result.stopped_because, "best_val_mae": result.best_val_mae,
             "best_epoch": result.best_epoch, "validated": result.validated, "log10": config.log10,
-            "signal": result.stop_signal, "n_skipped": result.n_skipped, "start_score": result.start_score}
+            "signal": result.stop_signal, "n_skipped": result.n_skipped, "start_score": result.start_score,
+            "start_model_score": result.start_model_score}
 
 
 def member_jobs(job: dict, members: int):

@@ -91,6 +91,11 @@ class TrainDisplay:
             name = "MAE (log10)" if info["key"] == "log10_mae" else "MAE"
             console.print(f"start: validation {name} {info['score']:.4g} before training (the weights it starts "
                           "from)", markup=False)
+        elif kind == "start_model_score":
+            name = "MAE (log10)" if info["key"] == "log10_mae" else "MAE"
+            console.print(f"start model: validation {name} {info['score']:.4g} ({info['path']}: its {info['networks']} "
+                          "networks joined, as evaluate scores it; the run starts from the first one's weights)",
+                          markup=False, highlight=False)
         elif kind == "stopping":
             console.print("stopping after this step (Ctrl-C again to force)", markup=False)
 
@@ -118,10 +123,14 @@ class EnsembleMessages:
 
 def _no_gain_note(result: dict, who: str = "") -> None:
     """Say where a finished fine-tune of the same target has no epoch better than the weights it started from."""
-    start = result.get("start_score")
+    start, joined = result.get("start_score"), result.get("start_model_score")
     ended = result["stopped_because"] == "finished" or result["stopped_because"].startswith("no improvement")
+    if joined is not None and start is not None and joined < start:  # the model it came from scores better
+        start, what = joined, "the model it started from"
+    else:
+        what = "the weights it started from"
     if start is not None and ended and not result["best_val_mae"] < start:  # a cut run's later epochs may yet
-        console.print(f"[yellow]note:[/] {who}no epoch beat the weights it started from ({start:.4g} on the same "
+        console.print(f"[yellow]note:[/] {who}no epoch beat {what} ({start:.4g} on the same "
                       "validation structures): the fine-tune made them worse here; keep the model it started from, "
                       "or train with a lower --lr (1e-4 or less for a fine-tune of the same target); on a few hundred "
                       "structures the BatchNorm statistics, re-estimated from their batches, can cost this at any lr",

@@ -13,6 +13,7 @@ from crystalprop.data.datasets import (Dataset, Entry, ids_in_packed, load_datas
                                        packed_differing, packed_size, split_record)
 from crystalprop.data.fingerprints import pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
+from crystalprop.evaluation.evaluate import joined_model_score
 from crystalprop.model.checkpoint import read_checkpoint
 from crystalprop.model.ensemble import MIN_CALIBRATION
 from crystalprop.training.config import TrainConfig
@@ -222,6 +223,9 @@ def train_model(
     record["trained_structures"] = pack_fingerprints(train[0])
     merge_trained(record, earlier)
     recorded = {**description, "split_record": record}
+    validated = set(val[2])
+    val_entries = [e for e in dataset.entries if e.split == "val" and e.id in validated]
     trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, split_ids=ids,
-                      on_event=on_event, cluster=cluster)
+                      on_event=on_event, cluster=cluster,
+                      score_start=lambda start: joined_model_score(start, val_entries) if cluster.is_main else None)
     return trainer.run(resume=resume, init_from=init_from)

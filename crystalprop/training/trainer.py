@@ -239,6 +239,8 @@ class TrainResult:
     start_score: float | None = None
     """The validation score of the weights a warm start of the same target began from (None otherwise):
     where no epoch beats it, the fine-tune made the model worse on this split."""
+    start_model_score: float | None = None
+    """Where those weights are the first network of a joined model: that model's own score on the same structures."""
 
 
 @dataclass
@@ -277,7 +279,10 @@ class Trainer:
     """Train a Matformer on graphs with targets; see the module docstring for the files.
 
     ``split_ids``: the packed ids of the run's training and validation records
-    (:func:`crystalprop.training.run.split_ids`), kept in last.ckpt so that a resume can tell other data."""
+    (:func:`crystalprop.training.run.split_ids`), kept in last.ckpt so that a resume can tell other data.
+    ``score_start(path)``: the score and number of networks of the model a warm start of the same target takes its
+    first network from, on the validation structures, where it joins several
+    (:func:`crystalprop.evaluation.evaluate.joined_model_score`); None for one network."""
 
     def __init__(
         self,
@@ -290,8 +295,10 @@ class Trainer:
         split_ids: dict[str, str] | None = None,
         on_event: Callable[[str, dict], None] | None = None,
         cluster: Cluster = Cluster(),
+        score_start: Callable[[Path], tuple[float, int] | None] | None = None,
     ) -> None:
         ensure_device()
+        self.score_start = score_start
         self.config = config
         self.run_dir = Path(run_dir)
         self.train_graphs, self.train_y = list(train[0]), np.asarray(train[1], dtype=np.float64)
@@ -487,6 +494,11 @@ class Trainer:
             # the start's own score, so that a fine-tune that only makes it worse says so (train's report)
             _, key, state["start_score"] = self._validate(net, transform, [])
             self.on_event("start_score", {"score": state["start_score"], "key": key})
+            joined = self.score_start(Path(init_from)) if self.score_start else None
+            if joined is not None:  # the model the weights came from, as evaluate scores it
+                state["start_model_score"] = joined[0]
+                self.on_event("start_model_score", {"score": joined[0], "networks": joined[1], "key": key,
+                                                    "path": str(init_from)})
         y_train = transform.normalise(self.train_y).astype(np.float32)
         steps_per_epoch = (len(self.train_graphs) + cfg.batch_size - 1) // cfg.batch_size
         average = WeightAverage(net, cfg.ema, saved) if cfg.ema else None  # a resume without one starts it here
@@ -591,7 +603,7 @@ class Trainer:
                              self.run_dir, self.history, validated=bool(self.val_graphs),
                              stop_signal=self.stop_signal if stopped_because == "interrupted" else None,
                              n_skipped=int(self.data_description.get("n_skipped", 0)),
-                             start_score=state.get("start_score"))
+                             start_score=state.get("start_score"), start_model_score=state.get("start_model_score"))
         self.on_event("end", asdict(result) | {"run_dir": str(self.run_dir)})
         return result
 
