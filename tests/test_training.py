@@ -423,6 +423,11 @@ def test_init_from_a_model_trained_on_the_validation_structures_says_so(run_a, d
     assert any("not a figure on unseen crystals" in note for note in notes)
     card, _ = read_checkpoint(tmp_path / "warm" / "best.ckpt")
     assert any("--init-from model" in note for note in card.training["data"]["notes"])
+    assert card.training["data"]["n_val_trained_on"] == seen
+    from crystalprop.model.registry import MODEL_COLUMNS, describe_models  # noqa: PLC0415
+
+    listed = [dict(zip(MODEL_COLUMNS, row))["val MAE"] for row in describe_models([tmp_path / "warm", source])]
+    assert listed[0].endswith(f"({seen} of {len(val)} val trained on)") and "trained on" not in listed[1]  # hunt17 11
     events.clear()
     train_model(data, tmp_path / "same_split", config(epochs=1), workers=1, init_from=source,
                 on_event=lambda kind, info: events.append((kind, info)))

@@ -105,8 +105,10 @@ def describe_models(models: Sequence[str | os.PathLike] = ()) -> list[list[str]]
             continue
         metrics = card.metrics
         mae = metrics.get("log10_mae") if card.transform.log10 else metrics.get("mae")
-        mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "")
         data = card.training.get("data", {})
+        seen = data.get("n_val_trained_on")  # its start had trained on some of them: no figure on unseen crystals
+        mae_text = "" if mae is None else f"{mae:.4f}" + (" (log10)" if card.transform.log10 else "") + (
+            f" ({seen} of {data.get('n_val', '?')} val trained on)" if seen else "")
         rows.append([label, card.target, card.unit, mae_text, f"{data.get('n_train', '?')} crystals",
                      _epochs_text(card.training, joined=bool(card.ensemble)), cached_file_sha256(path)])
     return rows

@@ -131,13 +131,18 @@ def earlier_trained(run_dir: Path, state: dict | None, init_from: str | Path | N
     return found
 
 
-def trained_validation_notes(val_ids: list[str], earlier: list[dict], init_from: str | Path | None) -> list[str]:
-    """A note where the weights the run starts from (``earlier``: :func:`earlier_trained`) were trained on some
-    of its validation structures: its validation MAE, and the epoch kept as best.ckpt by it, are then no figure
+def validation_trained_on(val_ids: list[str], earlier: list[dict]) -> int:
+    """How many of the run's validation structures the weights it starts from (``earlier``: :func:`earlier_trained`)
+    were trained on."""
+    packed = [r["trained_ids"] for r in earlier]
+    return len({rid for p in packed for rid in ids_in_packed(val_ids, p)})
+
+
+def trained_validation_notes(val_ids: list[str], seen: int, init_from: str | Path | None) -> list[str]:
+    """A note where the weights the run starts from were trained on ``seen`` of its validation structures
+    (:func:`validation_trained_on`): its validation MAE, and the epoch kept as best.ckpt by it, are then no figure
     on unseen crystals (``evaluate`` refuses that split). A warm start on the same data is a legitimate
     fine-tune, so it is told, not refused."""
-    packed = [r["trained_ids"] for r in earlier]
-    seen = len({rid for p in packed for rid in ids_in_packed(val_ids, p)})
     if not seen:
         return []
     by = (f"the --init-from model ({init_from})" if init_from else
@@ -206,7 +211,8 @@ def train_model(
                             f"column) or a larger --val-fraction (now {val_fraction:g} of {len(dataset.entries)} "
                             "records)")
     earlier = earlier_trained(run_dir, state, init_from, dataset.target)
-    notes = dataset.notes + trained_validation_notes(val[2], earlier, None if resume else init_from)
+    seen = validation_trained_on(val[2], earlier)
+    notes = dataset.notes + trained_validation_notes(val[2], seen, None if resume else init_from)
     description = {
         "source": str(data),
         "target": dataset.target,
@@ -214,6 +220,7 @@ def train_model(
         "n_train": len(train[0]),
         "n_val": len(val[0]),
         "n_skipped": n_skipped,
+        **({"n_val_trained_on": seen} if seen else {}),  # models marks the validation MAE
         **({"notes": notes} if notes else {}),
     }
     on_event("data", description)
