@@ -1136,3 +1136,18 @@ def test_a_fine_tune_from_an_ensemble_scores_the_ensemble_too(tmp_path):
     train(data, tmp_path / "ft1", init_from=tmp_path / "ens" / "member0", lr=1e-4, target="y",
           on_event=lambda kind, info: single.append(kind), **options)
     assert "start_score" in single and "start_model_score" not in single  # one network: one score
+
+
+def test_an_ensemble_refused_for_its_limit_names_the_limit_and_leaves_no_member_folder(tmp_path):
+    """`train --limit 64 --ensemble 2` was refused for 8 validation structures with advice on --val-fraction
+    ('now 0.1 of 72 records') where the split held 30: --limit keeps 1 in 8; it left an empty member0 (hunt17 9)."""
+    from conftest import TINY, write_json_dataset  # noqa: PLC0415
+    from crystalprop.training.jobs import train  # noqa: PLC0415
+
+    data = write_json_dataset(tmp_path / "data.json", 60)
+    with pytest.raises(RuntimeError) as refused:  # TrainingError, as the command's child reports it
+        train(data, tmp_path / "ens", ensemble=2, limit=40, epochs=1, val_fraction=0.3, graph_workers=1, threads=1,
+              **TINY)
+    said = str(refused.value)
+    assert "--limit 40" in said and "--val-fraction" not in said and "5 validation structures" in said
+    assert not (tmp_path / "ens" / "member0").exists() and not (tmp_path / "ens" / "ensemble.json").exists()

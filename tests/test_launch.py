@@ -433,10 +433,11 @@ def test_the_report_says_a_standing_join_was_kept(stderr_console, tmp_path):
     member = {"stopped_because": "finished", "best_val_mae": 0.03, "best_epoch": 1}
     kept = {"stopped_because": "finished", "members": [member, member],
             "ensemble": {"mae": 0.03, "member_maes": [0.031, 0.032], "sigma_spearman": 0.5, "kept": True,
-                         "sigma_from": "latent"}}
+                         "sigma_from": "latent", "n": 319}}
     assert progress.report_training(kept, str(tmp_path)) == 0
     said = stderr_console.getvalue()
     assert "already joins these 2 members as they are (σ latent): kept" in said and "--resume --sigma" in said
+    assert "validation MAE 0.03 on 319 validation structures" in said  # not those of a --limit run (hunt17 9)
 
 
 def test_the_no_gain_note_compares_with_the_model_a_fine_tune_started_from(stderr_console, tmp_path):

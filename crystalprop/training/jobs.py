@@ -343,7 +343,7 @@ def train(
             if not resume:  # a resume keeps its record: the members and σ it was started with
                 forget_unstarted_ensemble(Path(output_dir))
             raise TrainingFailed(f"member {k + 1}: {exc}") from None
-        except ValueError:  # refused (its data, its settings)
+        except (ValueError, RuntimeError):  # refused (its data, its settings: TrainingError in this process)
             if not resume:
                 forget_unstarted_ensemble(Path(output_dir))
             raise

@@ -167,7 +167,8 @@ def report_training(result: dict, output_dir: str) -> int:
         console.print(f"best.ckpt already joins these {len(result['members'])} members as they are (σ "
                       f"{joined['sigma_from']}): kept; --resume --sigma, or `crystalprop ensemble`, joins them anew",
                       highlight=False, markup=False)
-    console.print(f"ensemble of {len(result['members'])}: validation MAE {joined['mae']:.4g} (members "
+    on = f" on {joined['n']} validation structures" if "n" in joined else ""  # all of them, also after --limit
+    console.print(f"ensemble of {len(result['members'])}: validation MAE {joined['mae']:.4g}{on} (members "
                   f"{', '.join(f'{m:.4g}' for m in joined['member_maes'])}); Spearman(σ, |error|) "
                   f"{joined['sigma_spearman']:.2f}; run in {output_dir} (best.ckpt)", highlight=False, markup=False)
     return 0
