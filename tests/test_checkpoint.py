@@ -184,6 +184,18 @@ def test_a_run_stopped_before_its_first_epoch_is_named_as_such(tmp_path):
     assert "--resume" in str(caught.value)
 
 
+def test_an_ensemble_run_not_yet_joined_is_named_as_such(tmp_path):
+    """`models runs/ens` of an `--ensemble` run stopped before its join said 'no such checkpoint file' (hunt17 14)."""
+    from crystalprop.model.registry import resolve_model
+
+    (tmp_path / "ens" / "member0").mkdir(parents=True)
+    (tmp_path / "ens" / "ensemble.json").write_text('{"members": 3, "sigma": "spread"}\n')
+    (tmp_path / "ens" / "member0" / "last.ckpt").write_bytes(b"state")
+    with pytest.raises(CheckpointError, match="ensemble of 3 not joined yet") as caught:
+        resolve_model(tmp_path / "ens")
+    assert "--resume" in str(caught.value)
+
+
 def test_a_shipped_name_is_the_shipped_model_even_beside_a_folder_of_that_name(shipped_dir, random_ckpt, tmp_path,
                                                                               monkeypatch):
     """A run folder `formation_energy/` in the working directory stood in for the shipped model, also in a

@@ -9,6 +9,7 @@ BLAS threads, which must come before numpy loads.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -70,6 +71,14 @@ def resolve_model(name_or_path: str | os.PathLike) -> tuple[str, Path]:
         if not candidate.is_file():
             from crystalprop.model.checkpoint import CheckpointError  # noqa: PLC0415  (numpy: after the CLI set BLAS)
 
+            if (candidate / "ensemble.json").is_file():  # train --ensemble's record (training.jobs.ENSEMBLE_RECORD)
+                try:
+                    count = f" of {json.loads((candidate / 'ensemble.json').read_text())['members']}"
+                except (OSError, ValueError, KeyError, TypeError):  # a record cut short: the count is no matter
+                    count = ""
+                raise CheckpointError(f"{candidate}: an ensemble{count} not joined yet (its members train in "
+                                      f"{candidate / 'member0'} and on): `crystalprop train DATA -o {candidate} "
+                                      "--resume` trains the rest and joins them")
             if (candidate / "last.ckpt").is_file():
                 raise CheckpointError(f"{candidate}: no best.ckpt yet, the run stopped before its first validated "
                                       "epoch (its last.ckpt is for `crystalprop train ... --resume`)")
