@@ -1085,3 +1085,24 @@ def test_a_fold_without_validation_structures_is_refused(data):
     dataset = load_dataset(data)
     with pytest.raises(DatasetError, match="no structures"):
         assign_fold(dataset, (len(dataset.entries) + 5, len(dataset.entries) + 10))
+
+
+def test_the_data_line_counts_the_test_structures_held_out(data, tmp_path, monkeypatch):
+    """Training printed '80 train, 30 val, 0 skipped' for data with 20 test structures: the test count was never
+    shown (hunt17 14)."""
+    import io  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    from crystalprop.training import progress  # noqa: PLC0415
+
+    events = []
+    train_model(data, tmp_path / "run", config(epochs=1), workers=1, test_fraction=0.25,
+                on_event=lambda kind, info: events.append((kind, info)))
+    described = dict(events)["data"]
+    n = len(json.loads(Path(data).read_text()))
+    assert described["n_test"] == round(0.25 * n) and described["n_train"] + described["n_val"] + described["n_test"] == n
+    buffer = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=buffer, width=200, color_system=None))
+    progress.TrainDisplay().event("data", described)
+    assert f"{described['n_val']} val, {described['n_test']} test (held out)," in buffer.getvalue()

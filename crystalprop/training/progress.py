@@ -40,7 +40,8 @@ class TrainDisplay:
         elif kind == "graph_progress" and self.task is not None:
             p.advance(self.task, info["advance"])
         elif kind == "data":
-            console.print(f"data: target {info['target']}; {info['n_train']} train, {info['n_val']} val, "
+            held_out = f"{info['n_test']} test (held out), " if info.get("n_test") else ""
+            console.print(f"data: target {info['target']}; {info['n_train']} train, {info['n_val']} val, {held_out}"
                           f"{info['n_skipped']} skipped (split: {info['split']})", markup=False)
             for note in info.get("notes", []):
                 console.print(f"[yellow]note[/]: {escape(note)}")

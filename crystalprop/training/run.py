@@ -221,6 +221,7 @@ def train_model(
         "split": dataset.split_source,
         "n_train": len(train[0]),
         "n_val": len(val[0]),
+        "n_test": len(full_splits.split("test")),  # held out: not trained or validated on
         "n_skipped": n_skipped,
         **({"n_val_trained_on": seen} if seen else {}),  # models marks the validation MAE
         **({"notes": notes} if notes else {}),
