@@ -23,4 +23,5 @@ __getattr__ = lazy_attributes("crystalprop", _HOMES)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """The public functions and the module's own dunders, not the names its code imports."""
+    return sorted({name for name in globals() if name.startswith("__")} | set(__all__))

@@ -248,3 +248,10 @@ def test_predict_leaves_the_users_choice_of_start_method_open(random_ckpt, tmp_p
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(random_ckpt)], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_package_lists_its_api_not_its_helpers():
+    """`dir(crystalprop)` listed `os`, `annotations` and `lazy_attributes` beside the three functions (hunt16 7)."""
+    listed = set(dir(crystalprop))
+    assert {"predict", "train", "evaluate", "__version__"} <= listed
+    assert not listed & {"os", "annotations", "lazy_attributes"}
