@@ -152,3 +152,13 @@ def test_merge_refuses_a_finished_part_that_lost_whole_rows(tmp_path, random_ckp
     said = " ".join(merged.stderr.split())
     assert merged.returncode == 2 and "part2.csv" in said and "1 of its 3" in said, merged.stderr
     assert "--resume" in said and not (tmp_path / "all.csv").exists()
+
+
+def test_merge_names_a_table_that_is_not_a_result_of_predict(tmp_path):
+    """merge of an evaluate predictions.csv (319 rows: id, true, predicted, ...) said 'no rows in the given files'
+    (hunt17 14): it has rows, of another kind."""
+    from crystalprop.prediction.output import merge_results
+
+    (tmp_path / "predictions.csv").write_text("id,true,predicted,error\nmp-1,0.1,0.2,0.1\nmp-2,0.3,0.2,-0.1\n")
+    with pytest.raises(ValueError, match=r"predictions.csv: not a result file of predict \(its columns: id, true"):
+        merge_results(tmp_path / "all.csv", [tmp_path / "predictions.csv"])

@@ -237,6 +237,10 @@ def merge_results(output: str | Path, parts: Sequence[str | Path], *, overwrite:
     _check_shards(records)
     read = [(part, read_rows(part, strict=True)) for part in parts]
     columns = [(part, cols) for part, found in read if (cols := _part_columns(part, found)) is not None]
+    for part, found in columns:
+        if not {"index", "name"} <= set(found):  # e.g. evaluate's predictions.csv, whose rows have no name
+            raise ValueError(f"{part}: not a result file of predict (its columns: {', '.join(found)}); merge joins "
+                             "the result files of one sharded predict -o")
     for part, found in columns[1:]:
         if found != columns[0][1]:
             raise ValueError(f"{part}: its columns ({', '.join(found)}) differ from {columns[0][0]}'s "
