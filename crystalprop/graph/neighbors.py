@@ -154,7 +154,7 @@ def _chunks(atoms: np.ndarray, radius: float, budget: _SearchBudget) -> Iterator
 
 
 def _search_level(crystal: Crystal, atoms: np.ndarray, radius: float, k: int,
-                  budget: _SearchBudget) -> tuple[np.ndarray, ...]:
+                  budget: _SearchBudget, cutoff: float) -> tuple[np.ndarray, ...]:
     """Search ``atoms`` at ``radius``, a chunk at a time.
 
     Returns, per atom of the structure, the neighbour count and k-th distance (for the
@@ -167,9 +167,9 @@ def _search_level(crystal: Crystal, atoms: np.ndarray, radius: float, k: int,
     for chunk in _chunks(atoms, radius, budget):
         estimated = budget.estimate(len(chunk), radius)
         if estimated > budget.left:
-            raise NeighborSearchError(_refusal(len(atoms), radius, k))
+            raise NeighborSearchError(_refusal(len(atoms), radius, k, cutoff))
         centers, points, images, dists = _neighbor_search(crystal, chunk, radius)
-        budget.spend(len(centers), estimated, _refusal(len(atoms), radius, k))
+        budget.spend(len(centers), estimated, _refusal(len(atoms), radius, k, cutoff))
         chunk_counts, chunk_kth = _k_nearest(centers, dists, n_atoms, k)
         counts[chunk], kth[chunk] = chunk_counts[chunk], chunk_kth[chunk]
         keep = dists <= kth[centers] + TIE_TOLERANCE
@@ -177,10 +177,13 @@ def _search_level(crystal: Crystal, atoms: np.ndarray, radius: float, k: int,
     return counts, kth, *(np.concatenate(parts) for parts in zip(*kept))
 
 
-def _refusal(n_searched: int, radius: float, k: int) -> str:
+def _refusal(n_searched: int, radius: float, k: int, cutoff: float) -> str:
+    """Why a search is refused; at the first radius beyond the default cutoff, that cutoff is the likely cause."""
+    cause = (f"a cutoff ({cutoff:g} Å) far beyond the default {GraphSettings.cutoff:g} Å" if
+             radius == cutoff and cutoff > GraphSettings.cutoff else
+             "atoms far from all others in a large cell, or packed too densely")
     return (f"neighbour search refused: finding the {k} nearest neighbours of {n_searched} atom(s) within "
-            f"{radius:.1f} Å would visit more than {MAX_SEARCH_PAIRS:,} atom pairs (atoms far from all others "
-            "in a large cell, or packed too densely)")
+            f"{radius:.1f} Å would visit more than {MAX_SEARCH_PAIRS:,} atom pairs ({cause})")
 
 
 def _radii(cutoff: float, longest: float) -> Iterator[float]:
@@ -205,7 +208,7 @@ def _knn_pairs(crystal: Crystal, settings: GraphSettings) -> tuple[np.ndarray, n
     found: list[tuple[np.ndarray, ...]] = []
     radius = settings.cutoff
     for radius in _radii(settings.cutoff, float(crystal.lengths.max())):
-        counts, kth, centers, points, images = _search_level(crystal, pending, radius, k, budget)
+        counts, kth, centers, points, images = _search_level(crystal, pending, radius, k, budget, settings.cutoff)
         last = counts[pending].min() >= k  # the original stops here: every atom takes its pairs within radius
         done = np.zeros(n_atoms, dtype=bool)
         done[pending] = last | (kth[pending] + TIE_TOLERANCE <= radius)
