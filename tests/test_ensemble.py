@@ -1151,3 +1151,22 @@ def test_an_ensemble_refused_for_its_limit_names_the_limit_and_leaves_no_member_
     said = str(refused.value)
     assert "--limit 40" in said and "--val-fraction" not in said and "5 validation structures" in said
     assert not (tmp_path / "ens" / "member0").exists() and not (tmp_path / "ens" / "ensemble.json").exists()
+
+
+def test_a_resumed_ensemble_names_the_members_and_sigma_it_changed(tmp_path):
+    """`--resume --ensemble 2 --sigma latent+spread` of a 3-member run joined 2 members with the new σ and named
+    neither change, where a single run's resume names every changed setting (hunt17 14)."""
+    from conftest import TINY, write_json_dataset  # noqa: PLC0415
+    from crystalprop.training.jobs import train  # noqa: PLC0415
+
+    data = write_json_dataset(tmp_path / "data.json", 24)
+    options = dict(epochs=1, batch_size=8, val_fraction=0.5, graph_workers=1, threads=1)
+    train(data, tmp_path / "ens", ensemble=3, sigma="latent", max_time_s=0.0, **options, **TINY)
+    events = []
+    train(data, tmp_path / "ens", ensemble=2, sigma="latent+spread", resume=True,
+          on_event=lambda kind, info: events.append((kind, info)), **options)
+    changed = dict(events)["ensemble_changed"]["changed"]
+    assert changed == ["members 3 -> 2", "σ latent -> latent+spread"]
+    events.clear()
+    train(data, tmp_path / "ens", resume=True, on_event=lambda kind, info: events.append((kind, info)), **options)
+    assert "ensemble_changed" not in dict(events)

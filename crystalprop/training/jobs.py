@@ -66,9 +66,10 @@ ENSEMBLE_RECORD = "ensemble.json"
 
 
 def ensemble_settings(output_dir: Path, resume: bool, members: int, sigma: str,
-                      given: Collection[str]) -> tuple[int, str]:
+                      given: Collection[str]) -> tuple[int, str, list[str]]:
     """The members and σ of an ensemble run: on resume those of its record (:data:`ENSEMBLE_RECORD`) unless
-    given again (``members`` 1 is not given), else as given; the record written for a later resume."""
+    given again (``members`` 1 is not given), else as given; the record written for a later resume. Also what a
+    resume changed of the record, in words (e.g. "members 3 -> 2")."""
     path = output_dir / ENSEMBLE_RECORD
     single = (output_dir / "last.ckpt").is_file()  # a single run's folder: its --resume continues it, nothing else
     if not resume and members > 1:  # before the record is written: a refused run must leave the folder's run as it is
@@ -80,14 +81,17 @@ def ensemble_settings(output_dir: Path, resume: bool, members: int, sigma: str,
                 check_run_dir(output_dir / f"member{k}", False)
     if resume and single and members > 1:
         raise RunDirError(f"{output_dir} holds a single run, not an ensemble: resume it without --ensemble")
+    changed = []
     if resume and path.is_file() and not single:
         saved = json.loads(path.read_text())
         members = members if members > 1 else int(saved["members"])
         sigma = sigma if "sigma" in given else saved["sigma"]
+        changed = [f"{what} {before} -> {now}" for what, before, now in
+                   (("members", int(saved["members"]), members), ("σ", saved["sigma"], sigma)) if before != now]
     if members > 1:
         make_folder(output_dir)
         atomic_write_text(path, json.dumps({"members": members, "sigma": sigma}) + "\n")
-    return members, sigma
+    return members, sigma, changed
 
 
 def forget_unstarted_ensemble(output_dir: Path) -> None:
@@ -325,7 +329,9 @@ def train(
     else:
         def run(one: dict) -> dict:
             return run_job(one, on_event)
-    ensemble, sigma = ensemble_settings(Path(output_dir), resume, ensemble, sigma, job["given"] or ())
+    ensemble, sigma, changed = ensemble_settings(Path(output_dir), resume, ensemble, sigma, job["given"] or ())
+    if changed and on_event:
+        on_event("ensemble_changed", {"changed": changed})
     if ensemble == 1 and sigma != "spread":
         raise ValueError("--sigma is where an ensemble's σ comes from: use it with --ensemble N (N > 1)")
     if ensemble == 1:

@@ -120,6 +120,8 @@ class EnsembleMessages:
                           f"{escape(str(info['run_dir']))}", highlight=False)
         elif kind == "joining":
             self.status.start()
+        elif kind == "ensemble_changed":
+            console.print(f"resume: the ensemble changed: {'; '.join(info['changed'])}", highlight=False, markup=False)
 
 
 def _no_gain_note(result: dict, who: str = "") -> None:
