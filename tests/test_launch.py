@@ -438,6 +438,9 @@ def test_the_report_says_a_standing_join_was_kept(stderr_console, tmp_path):
     said = stderr_console.getvalue()
     assert "already joins these 2 members as they are (σ latent): kept" in said and "--resume --sigma" in said
     assert "validation MAE 0.03 on 319 validation structures" in said  # not those of a --limit run (hunt17 9)
+    joined = {**kept, "ensemble": {**kept["ensemble"], "kept": False, "notes": ["σ is calibrated on 12 structures"]}}
+    progress.report_training(joined, str(tmp_path))
+    assert "σ is calibrated on 12 structures" in stderr_console.getvalue()  # the join's notes, as ensemble prints them
 
 
 def test_the_no_gain_note_compares_with_the_model_a_fine_tune_started_from(stderr_console, tmp_path):

@@ -64,6 +64,21 @@ def standing_join(output: Path, members: list[Path]) -> dict | None:
             **card.metrics}
 
 
+STEADY_CALIBRATION = 100
+"""Calibration structures below which a joining notes that σ's scale and interval rest on a few errors."""
+
+
+def few_calibration_notes(ensemble: dict) -> list[str]:
+    """A note where σ was calibrated on fewer than :data:`STEADY_CALIBRATION` structures: the 95 % interval's multiple
+    is then set by the largest one or two errors, and the scale is loose too."""
+    n = ensemble["calibrated_on"]["n"]
+    if n >= STEADY_CALIBRATION:
+        return []
+    interval = f" (err95 = {ensemble['interval95']:.2f} σ)" if ensemble.get("interval95") else ""
+    return [f"σ is calibrated on {n} structures: its scale is loose, and its 95 % interval{interval} rests on the "
+            f"largest {max(1, round(0.05 * n))} error(s); {STEADY_CALIBRATION} or more give steadier figures"]
+
+
 def unfinished_notes(models: list[Path]) -> list[str]:
     """A note for each model that is a run's ``best.ckpt`` whose run has epochs left (still training, or stopped to
     be resumed): the ensemble takes its best so far, and falls behind the run as it goes on."""
@@ -232,7 +247,8 @@ def join_ensemble(
     save_ensemble(output, first, [params for p in models for params in networks[p]],
                   reference.arrays() if reference else None)
     return {"output": str(output), "split": split, "unit": first.unit, "member_maes": member_maes,
-            "notes": unfinished_notes(models), **_reported(first.ensemble), **metrics}
+            "notes": unfinished_notes(models) + few_calibration_notes(first.ensemble),
+            **_reported(first.ensemble), **metrics}
 
 
 def _reported(ensemble: dict) -> dict:

@@ -174,4 +174,6 @@ def report_training(result: dict, output_dir: str) -> int:
     console.print(f"ensemble of {len(result['members'])}: validation MAE {joined['mae']:.4g}{on} (members "
                   f"{', '.join(f'{m:.4g}' for m in joined['member_maes'])}); Spearman(σ, |error|) "
                   f"{joined['sigma_spearman']:.2f}; run in {output_dir} (best.ckpt)", highlight=False, markup=False)
+    for note in joined.get("notes", []):
+        console.print(f"[yellow]note[/] {escape(note)}", highlight=False)
     return 0
