@@ -24,7 +24,7 @@ from crystalprop.model.ensemble import (
     calibration_scale, combine, interval_multiple, members_from_networks, one_element, raw_sigma, spread_weight,
 )
 from crystalprop.model.latent_sigma import LatentReference, stored_reference
-from crystalprop.utils.hashing import file_sha256
+from crystalprop.utils.hashing import cached_file_sha256
 from crystalprop.graph.settings import EVAL_BATCH_SIZE
 
 
@@ -56,7 +56,7 @@ def standing_join(output: Path, members: list[Path]) -> dict | None:
         return None
     card, _ = read_checkpoint(output, arrays=True)
     files = (card.ensemble or {}).get("member_files", [])
-    if [f.get("sha256") for f in files] != [file_sha256(m / "best.ckpt") for m in members]:
+    if [f.get("sha256") for f in files] != [cached_file_sha256(m / "best.ckpt") for m in members]:
         return None
     split = card.ensemble["calibrated_on"]["split"]
     return {"output": str(output), "split": split, "unit": card.unit, "kept": True,
@@ -107,7 +107,7 @@ def _refuse_copied_members(paths: list[Path]) -> None:
     """Refuse two members with the same bytes (a copied run folder): one network run twice, with no spread."""
     seen: dict[str, Path] = {}
     for path in paths:
-        digest = file_sha256(path)
+        digest = cached_file_sha256(path)
         if digest in seen:
             raise ValueError(f"{path} and {seen[digest]} are the same network (the same file contents): "
                              "an ensemble needs networks trained apart")
@@ -350,7 +350,7 @@ def recalibrate_sigma(
 
 def _files_record(files: Sequence[tuple[str, Path]]) -> dict:
     """The card's record of a member's file (``file``, ``sha256``), or of a product member's files (``files``)."""
-    records = [{"file": p.name, "sha256": file_sha256(p)} for _, p in files]
+    records = [{"file": p.name, "sha256": cached_file_sha256(p)} for _, p in files]
     return records[0] if len(records) == 1 else {"files": [{"name": name, **r} for (name, _), r in zip(files, records)]}
 
 
