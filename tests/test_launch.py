@@ -417,6 +417,11 @@ def test_a_hang_up_ignored_under_nohup_stays_ignored(monkeypatch):
         def Process(self, target, args):
             return Child()
 
+        def Value(self, typecode, value, lock=True):
+            import multiprocessing  # noqa: PLC0415
+
+            return multiprocessing.Value(typecode, value, lock=lock)
+
     monkeypatch.setattr("multiprocessing.get_context", lambda kind: Context())
     monkeypatch.setattr(launch, "relay_job_control", lambda pid: {})
     before = signals.signal(signals.SIGHUP, signals.SIG_IGN)

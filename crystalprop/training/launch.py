@@ -127,12 +127,12 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
 
     ctx = mp.get_context("spawn")
     events = ctx.Queue()
-    child = ctx.Process(target=_train_child_main, args=(job, events))
+    stepping = ctx.Value("b", 0, lock=False)  # set by the child as training begins: a stop then saves after a step
+    child = ctx.Process(target=_train_child_main, args=(job, events, stepping))
     with main_script_hidden():  # a caller's script without a __main__ guard must not run again in the child
         child.start()
 
     received: list[int] = []
-    stepping: list[bool] = []  # an epoch has begun: a stop now ends after its step and saves
 
     def forward(signum, frame) -> None:
         received.append(signum)
@@ -140,7 +140,8 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
             console.print("[yellow]forced: the training process ends without saving this step[/]")
             _signal_group(child.pid, signal.SIGKILL)
         elif len(received) == 1:
-            console.print("[yellow]stopping after this step and saving... (Ctrl-C again to force)[/]" if stepping else
+            console.print("[yellow]stopping after this step and saving... (Ctrl-C again to force)[/]"
+                          if stepping.value else
                           "[yellow]stopping before training began: nothing new to save (Ctrl-C again to force)[/]")
             _signal_group(child.pid, signal.SIGTERM)  # its graph-building workers too, if it is still starting
 
@@ -164,8 +165,6 @@ def run_training_child(job: dict, on_event: OnEvent | None = None) -> tuple[str,
                 if kind in ("result", "error"):
                     outcome = (kind, info)
                     break
-                if kind == "start":
-                    stepping.append(True)
                 if kind != "stopping" or not received:  # this process said so when the signal came
                     display.event(kind, info)
                 if on_event:
@@ -235,8 +234,9 @@ def stop_when_orphaned(parent: int, grace_s: float = 300.0, poll_s: float = 1.0,
     threading.Thread(target=watch, daemon=True, name="orphan-watch").start()
 
 
-def _train_child_main(job: dict, events) -> None:
-    """Child process: run the training and report events, then the result or the error."""
+def _train_child_main(job: dict, events, stepping) -> None:
+    """Child process: run the training and report events, then the result or the error; ``stepping`` (a shared
+    flag) is set as training begins, before the parent reads that event, so that its stop message is true."""
     os.setsid()  # the terminal's Ctrl-C goes to the parent only
     # At exit the queue's feeder thread sends what is left (the result or error, put just before):
     # only a queue nobody reads any more, the parent's being gone, may drop it rather than hang.
@@ -244,6 +244,8 @@ def _train_child_main(job: dict, events) -> None:
                        on_orphaned=events.cancel_join_thread)
 
     def report(kind: str, info: dict) -> None:
+        if kind == "start":
+            stepping.value = 1
         events.put((kind, info))
 
     try:
