@@ -830,3 +830,17 @@ def test_an_output_that_is_one_of_the_inputs_is_refused_before_anything_is_writt
     assert fine.returncode == 0, fine.stderr  # a new file in the folder: the scan leaves crystalprop's results out
     again = run_cli(["predict", "in", "-m", random_ckpt, "-o", "in/results.json", "--overwrite"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+def test_in_memory_structures_are_named_by_the_id_they_carry(files, random_ckpt):
+    """Structures from a database list were all named structure<N>, their ids (a pymatgen Structure's properties, an
+    ase.Atoms' info, as Materials Project and ASE databases fill them) ignored: rows matched back by position only
+    (hunt16 7)."""
+    from ase import Atoms  # noqa: PLC0415
+
+    _, structures = files
+    tagged = structures["c.cif"].copy(properties={"material_id": "mp-5229"})
+    atoms = Atoms("Na2", cell=np.eye(3) * 4.0, positions=[[0, 0, 0], [2, 2, 2]], pbc=True, info={"name": "bcc-Na"})
+    numbered = Atoms("Na2", cell=np.eye(3) * 4.0, positions=[[0, 0, 0], [2, 2, 2]], pbc=True, info={"id": 7})
+    rows = predict([tagged, atoms, structures["b.vasp"], numbered], model=str(random_ckpt), workers=0)
+    assert [r["name"] for r in rows] == ["mp-5229", "bcc-Na", "structure2", "7"]

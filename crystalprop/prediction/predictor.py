@@ -178,13 +178,31 @@ def _is_structure(item: Any) -> bool:
     return (module is not None and isinstance(item, module.IStructure)) or _is_atoms(item)  # Structure too
 
 
+ID_KEYS = ("name", "material_id", "id")
+"""Where an in-memory structure carries its name: keys of a pymatgen Structure's ``properties`` or an ase.Atoms'
+``info`` (as Materials Project and ASE databases fill them), after a ``name`` attribute."""
+
+
+def _item_name(item: Any, k: int) -> str:
+    """A Structure's or Atoms' row name: its ``name`` attribute, else the first id it carries (:data:`ID_KEYS`),
+    else ``structure<k>`` (its place among the inputs)."""
+    if getattr(item, "name", None):
+        return str(item.name)
+    carried = getattr(item, "properties", None) or getattr(item, "info", None) or {}
+    for key in ID_KEYS:
+        value = carried.get(key) if isinstance(carried, dict) else None
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip()
+    return f"structure{k}"
+
+
 def _iter_inputs(inputs: Sequence[Any], recursive: bool) -> Iterator[Any]:
     """Files (expanded from folders and globs) and named Structures or Atoms, in the order given;
     a file given twice (by name and in its folder, say) once, where it first comes: one row per file."""
     seen: set[str] = set()  # the files read so far, across the inputs (iter_structure_paths)
     for k, item in enumerate(inputs):
         if _is_structure(item):
-            yield (getattr(item, "name", None) or f"structure{k}", item)
+            yield (_item_name(item, k), item)
         else:
             yield from iter_structure_paths([os.fspath(item)], recursive, seen)
 
