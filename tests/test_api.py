@@ -88,7 +88,7 @@ def test_train_then_evaluate_in_python(tmp_path):
 def test_resume_in_python_keeps_the_runs_own_settings_as_the_command_does(tmp_path):
     """crystalprop.train(..., resume=True) took every argument left out at its default (lr, seed, the model
     size: a tiny run was refused as 'another size') unless given=[...] named those set."""
-    from crystalprop.training.trainer import saved_state
+    from crystalprop.model.checkpoint import saved_state
 
     data = write_json_dataset(tmp_path / "data.json", 24)
     crystalprop.train(data, tmp_path / "run", target="y", epochs=1, batch_size=8, lr=5e-3, seed=3, loss="l1",

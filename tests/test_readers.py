@@ -1247,3 +1247,14 @@ def test_an_output_in_a_linked_sub_folder_of_a_recursive_scan_is_an_input(tmp_pa
     assert output_among_inputs(output, [str(tmp_path / "top")], recursive=False) is None
     os.symlink(output, tmp_path / "top" / "b_link.cif")  # a linked file the scan reads (review 44)
     assert output_among_inputs(output, [str(tmp_path / "top")], recursive=False) == str(tmp_path / "top")
+
+
+@pytest.mark.parametrize("marks", [(".", "1"), ("1", "."), (".", "."), ("?", ".")])
+def test_an_occupancy_given_as_inapplicable_is_the_default_full_site(tmp_path, marks):
+    """Was (hunt18 3): an occupancy written '.' (CIF's 'inapplicable': the dictionary's default, 1) dropped its site:
+    NaCl was predicted as metallic Na with an ordinary σ; '.' on both sites was refused with spglib's error text."""
+    text = _with_occupancies(cubic_cif(5.64, [("Na", 0.0), ("Cl", 0.5)], "_symmetry_space_group_name_H-M 'F m -3 m'"),
+                             list(marks))
+    [record] = list(iter_records([write(tmp_path / "occ.cif", text)]))
+    assert record.error is None, record.error
+    assert record.structure.composition.reduced_formula == "NaCl" and len(record.structure) == 8

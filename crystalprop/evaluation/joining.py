@@ -82,7 +82,7 @@ def few_calibration_notes(ensemble: dict) -> list[str]:
 def unfinished_notes(models: list[Path]) -> list[str]:
     """A note for each model that is a run's ``best.ckpt`` whose run has epochs left (still training, or stopped to
     be resumed): the ensemble takes its best so far, and falls behind the run as it goes on."""
-    from crystalprop.training.trainer import epochs_left, saved_state  # noqa: PLC0415
+    from crystalprop.model.checkpoint import epochs_left, saved_state  # noqa: PLC0415
 
     notes = []
     for path in models:

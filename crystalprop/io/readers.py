@@ -190,8 +190,10 @@ def _split_cif_blocks(text: str) -> list[str]:
 
 def _cif_parser(block_text: str, name: str) -> CifParser:
     try:
-        return CifParser.from_str(block_text, site_tolerance=SITE_TOLERANCE,
-                                  occupancy_tolerance=1 + OCCUPANCY_ROUNDING)
+        parser = CifParser.from_str(block_text, site_tolerance=SITE_TOLERANCE,
+                                    occupancy_tolerance=1 + OCCUPANCY_ROUNDING)
+        _default_occupancies(parser)
+        return parser
     except StructureReadError:
         raise
     except KeyError as exc:
@@ -202,6 +204,15 @@ def _cif_parser(block_text: str, name: str) -> CifParser:
     except Exception as exc:
         detail = f"{type(exc).__name__}: {_one_line(str(exc), 120)}"
         raise StructureReadError(name, f"malformed or truncated CIF (broken tag or loop_ table; {detail})") from exc
+
+
+def _default_occupancies(parser: CifParser) -> None:
+    """Give an occupancy written ``.`` or ``?`` (CIF's inapplicable and unknown) the dictionary's default, 1: pymatgen
+    dropped a ``.`` site, so that NaCl was read as Na."""
+    for block in parser._cif.data.values():  # pymatgen keeps the blocks' tags there; as_dict and parsing read them
+        occupancies = block.data.get("_atom_site_occupancy")
+        if isinstance(occupancies, list) and any(str(v).strip() in (".", "?") for v in occupancies):
+            block.data["_atom_site_occupancy"] = ["1" if str(v).strip() in (".", "?") else v for v in occupancies]
 
 
 def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None:

@@ -212,6 +212,25 @@ def _write(path: str | Path, params: list[dict], append: dict) -> None:
     atomic_write(path, lambda tmp: mindspore_module().save_checkpoint(params, str(tmp), append_dict=append))
 
 
+def saved_state(last: Path) -> dict:
+    """The training state stored in a run's ``last.ckpt`` (read once: the file holds all the weights)."""
+    payload = mindspore_module().load_checkpoint(str(last)).get(STATE_KEY)
+    if not isinstance(payload, str):
+        raise CheckpointError(f"{last}: no training state in this checkpoint")
+    return json.loads(payload)
+
+
+def epochs_left(state: dict) -> str | None:
+    """Where a run of :func:`saved_state` stands if it has epochs to train (not all trained, its patience not
+    spent: still training, or stopped by a time budget or a signal, for ``--resume``), e.g. "3 of 40 epochs";
+    None for a run that ended on its own."""
+    config, position = state["config"], state["state"]
+    patience = config.get("patience")
+    if position["epoch"] >= config["epochs"] or (patience and position["bad_epochs"] >= patience):
+        return None
+    return f"{position['epoch']} of {config['epochs']} epochs"
+
+
 def read_checkpoint(path: str | Path, arrays: bool = False) -> tuple[ModelCard, dict[str, Any]]:
     """Read a checkpoint's card and raw parameter dict; refuse non-checkpoints clearly.
 

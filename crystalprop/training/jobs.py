@@ -114,7 +114,8 @@ def _run_settings(job: dict) -> tuple[dict, dict, dict, dict | None]:
     named, so are the settings not given (the split's fractions and seed, and ``limit``, too). An ensemble member not
     yet started takes them from the first member (``settings_from``), its seed shifted by its place.
     """
-    from crystalprop.training.trainer import saved_split, saved_state  # noqa: PLC0415
+    from crystalprop.model.checkpoint import saved_state  # noqa: PLC0415
+    from crystalprop.training.trainer import saved_split  # noqa: PLC0415
 
     config, model, run = job["config"], job["model"], dict(job["run"])
     member, settings_from = run.pop("member", None), run.pop("settings_from", None)

@@ -14,11 +14,11 @@ from crystalprop.data.datasets import (Dataset, Entry, ids_in_packed, load_datas
 from crystalprop.data.fingerprints import pack_fingerprints
 from crystalprop.data.graph_cache import build_graphs
 from crystalprop.evaluation.evaluate import joined_model_score
-from crystalprop.model.checkpoint import read_checkpoint
+from crystalprop.model.checkpoint import read_checkpoint, saved_state
 from crystalprop.model.ensemble import MIN_CALIBRATION
 from crystalprop.training.config import TrainConfig
 from crystalprop.training.distributed import Cluster, join_cluster
-from crystalprop.training.trainer import Trainer, TrainResult, TrainingError, saved_fold, saved_state
+from crystalprop.training.trainer import Trainer, TrainResult, TrainingError, saved_fold
 
 
 def split_graphs(dataset: Dataset, graphs, split: str):

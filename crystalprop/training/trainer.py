@@ -65,25 +65,6 @@ RUN_LEGACY_CELL = "as-given"
 """The cells of a run saved before the cell setting existed: graphs were built on the file's cell."""
 
 
-def saved_state(last: Path) -> dict:
-    """The training state stored in a run's ``last.ckpt`` (read once: the file holds all the weights)."""
-    payload = ms.load_checkpoint(str(last)).get(STATE_KEY)
-    if not isinstance(payload, str):
-        raise CheckpointError(f"{last}: no training state in this checkpoint")
-    return json.loads(payload)
-
-
-def epochs_left(state: dict) -> str | None:
-    """Where a run of :func:`saved_state` stands if it has epochs to train (not all trained, its patience not
-    spent: still training, or stopped by a time budget or a signal, for ``--resume``), e.g. "3 of 40 epochs";
-    None for a run that ended on its own."""
-    config, position = state["config"], state["state"]
-    patience = config.get("patience")
-    if position["epoch"] >= config["epochs"] or (patience and position["bad_epochs"] >= patience):
-        return None
-    return f"{position['epoch']} of {config['epochs']} epochs"
-
-
 def saved_cell(state: dict) -> str:
     """The cell setting of a run's :func:`saved_state` (``as-given`` for runs that predate it)."""
     return state["config"].get("graph", {}).get("cell", RUN_LEGACY_CELL)
