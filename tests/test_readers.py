@@ -560,6 +560,23 @@ def test_poscar_truncated(tmp_path, nacl):
     assert "truncated" in reason_of(write(tmp_path / "POSCAR", "\n".join(lines[:10])))
 
 
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda lines: lines.__setitem__(5, "Na K Cl"), "names 3 elements (Na K Cl) but its counts line gives 2"),
+    (lambda lines: lines.__setitem__(6, "4 3"), "counts 7 atoms (4 3), but 8 coordinate lines follow"),
+])
+def test_a_poscar_whose_species_counts_and_coordinates_disagree_is_refused(tmp_path, nacl, edit, said):
+    """Was (hunt18 4): one species name too many read LiFePO4 as LiMnFeP4 (O's atoms as P), and counts short of the
+    coordinate lines dropped the last atoms, each predicted with an ordinary σ and no word."""
+    lines = Poscar(nacl).get_str().splitlines()
+    assert lines[5].split() == ["Na", "Cl"] and lines[6].split() == ["4", "4"]
+    edit(lines)
+    assert said in reason_of(write(tmp_path / "POSCAR", "\n".join(lines) + "\n"))
+    velocities = Poscar(nacl).get_str() + "\n" + "\n".join(["0.1 0.1 0.1"] * 8) + "\n"  # after a blank line: read
+    [(_, s)] = read_file(write(tmp_path / "CONTCAR", velocities))
+    assert len(s) == 8
+
+
 # --- JSON ------------------------------------------------------------------
 
 

@@ -410,6 +410,37 @@ def _volume_as_scale(text: str) -> str:
     return "\n".join(lines)
 
 
+def _numbers(line: str) -> list[float] | None:
+    """The numbers a line starts with (at least three, as a coordinate line), or None."""
+    try:
+        values = [float(x) for x in line.split()[:3]]
+    except ValueError:
+        return None
+    return values if len(values) == 3 else None
+
+
+def _poscar_disagreement(text: str) -> str | None:
+    """Why a VASP 5 POSCAR's species line, counts line and coordinate lines disagree, or None: VASP refuses such a
+    file, pymatgen reads another compound from it (counts given to the first names; atoms past the counts left out)."""
+    lines = text.split("\n")  # as pymatgen counts lines
+    if len(lines) < 8 or not all(t.isalpha() or "_" in t or "/" in t or "." in t for t in lines[5].split()):
+        return None  # VASP 4 (counts on line 6) or too short: pymatgen's own checks say what is wrong
+    species, counts = lines[5].split(), lines[6].split()
+    if not species or not counts or not all(c.isdigit() for c in counts):
+        return None
+    if len(species) != len(counts):
+        return (f"its species line names {len(species)} elements ({' '.join(species)}) but its counts line gives "
+                f"{len(counts)} counts ({' '.join(counts)}): VASP needs one count per species")
+    first = 8 if lines[7].strip()[:1] in ("s", "S") else 7  # after 'Selective dynamics' and the coordinate line
+    n = sum(int(c) for c in counts)
+    after = first + 1 + n
+    if after < len(lines) and lines[after].strip() and _numbers(lines[after]) is not None:
+        more = next((k for k, line in enumerate(lines[after:]) if _numbers(line) is None), len(lines) - after)
+        return (f"its counts line counts {n} atoms ({' '.join(counts)}), but {n + more} coordinate lines follow (VASP "
+                "starts a velocity block after a blank line): counts or coordinates lost in an edit")
+    return None
+
+
 def _read_poscar(text: str, name: str) -> list[NameStructure]:
     """Parse a VASP 5/6 POSCAR/CONTCAR; refuse VASP 4 files whose species pymatgen would invent.
 
@@ -419,6 +450,9 @@ def _read_poscar(text: str, name: str) -> list[NameStructure]:
     """
     from pymatgen.io.vasp import Poscar  # noqa: PLC0415  (imported here: it costs ~0.9 s, CIF reading does not need it)
 
+    disagreement = _poscar_disagreement(text)
+    if disagreement:
+        raise StructureReadError(name, f"inconsistent POSCAR: {disagreement}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
