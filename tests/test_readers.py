@@ -1275,3 +1275,23 @@ def test_an_occupancy_given_as_inapplicable_is_the_default_full_site(tmp_path, m
     [record] = list(iter_records([write(tmp_path / "occ.cif", text)]))
     assert record.error is None, record.error
     assert record.structure.composition.reduced_formula == "NaCl" and len(record.structure) == 8
+
+
+def test_close_pairs_of_a_large_sparse_cell_are_found_without_a_grid_the_size_of_its_volume(monkeypatch):
+    """Was (hunt18 2): 3,000 atoms in a 300 Å box took 7.2 GB in pymatgen's cell-list search (a grid that grows
+    with the volume, before the pair guard); a 1,000 Å box asked for 8 GB and failed with a raw MemoryError. The
+    close-pair check now searches a k-d tree of the atoms and their neighbouring images: the same pairs."""
+    from crystalprop.io import readers  # noqa: PLC0415
+
+    rng = np.random.default_rng(3)
+    frac = rng.random((2100, 3))
+    frac[:5] = frac[5:10] + [0.0004, 0.0, 0.0]  # five pairs 0.12 Å apart
+    frac[10] = [0.9999, 0.5, 0.5]
+    frac[11] = [0.0001, 0.5, 0.5]  # a pair across the cell's face: 0.06 Å through the periodic boundary
+    gas = Structure(Lattice.from_parameters(300, 310, 290, 80, 95, 100), ["Ar"] * len(frac), frac)
+    monkeypatch.setattr(Structure, "get_neighbor_list", lambda *a, **k: (_ for _ in ()).throw(AssertionError("grid")))
+    found = readers._close_pairs(gas, 0.5, 0.5)
+    monkeypatch.setattr(readers, "DISTANCE_MATRIX_MAX_SITES", 10_000)
+    expected = readers._close_pairs(gas, 0.5, 0.5)  # the distance matrix, periodic images included
+    assert len(expected) == 6 and sorted((i, j) for i, j, _ in found) == sorted((i, j) for i, j, _ in expected)
+    np.testing.assert_allclose([d for *_, d in sorted(found)], [d for *_, d in sorted(expected)], atol=1e-9)
