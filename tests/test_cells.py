@@ -206,3 +206,37 @@ def test_cards_without_a_cell_setting_use_the_canonical_cell():
     del raw["graph"]["cell"]
     raw["format"] = 1
     assert ModelCard.from_json(json.dumps(raw)).graph.cell == "canonical"
+
+
+def _skewed_cscl(k: float) -> Structure:
+    """CsCl whose third basis vector is k·a + k·b + c: the same crystal in a badly skewed basis."""
+    a = 2.8
+    return Structure(Lattice([[a, 0, 0], [0, a, 0], [k * a, k * a, a]]), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+def test_a_cell_too_skewed_for_spglib_s_reduction_still_gets_its_canonical_cell():
+    """Was (hunt18 1): spglib's Niggli reduction fails for such a basis from k = 1000 on; the graph was then built on
+    the skewed cell, another answer (-0.29 against -0.32 eV/atom), and from k = 1e5 its neighbour search ran for
+    hours, deaf to --timeout and signals. The basis is LLL-reduced first where spglib fails."""
+    plain, _ = cell_for_graph(crystal_from_structure(_skewed_cscl(0)))
+    for k in (1000, 100_000):
+        started = time.perf_counter()
+        crystal, note = cell_for_graph(crystal_from_structure(_skewed_cscl(k)))
+        assert note is None and time.perf_counter() - started < 5
+        np.testing.assert_allclose(np.sort(np.linalg.norm(crystal.lattice, axis=1)),
+                                   np.sort(np.linalg.norm(plain.lattice, axis=1)), rtol=1e-6)
+        graph = cell_graph_of(_skewed_cscl(k))
+        assert graph.num_nodes == 2
+
+
+def test_the_neighbour_search_refuses_an_extremely_skewed_basis_at_once():
+    """As given (`--cell as-given`), a basis skewed far beyond any real cell's is refused with the way on, in
+    moments, where the search ran for hours (hunt18 1)."""
+    from conftest import graph_of  # noqa: PLC0415
+    from crystalprop.graph.neighbors import NeighborSearchError  # noqa: PLC0415
+
+    started = time.perf_counter()
+    with pytest.raises(NeighborSearchError, match="skewed.*--cell canonical"):
+        graph_of(_skewed_cscl(100_000))
+    assert time.perf_counter() - started < 5
+    assert graph_of(_skewed_cscl(20)).num_nodes == 2  # a skewed basis within reason is searched as given

@@ -134,6 +134,10 @@ def niggli_cell(crystal: Crystal) -> Crystal:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         reduced = spglib.niggli_reduce(crystal.lattice, eps=NIGGLI_EPS)
+        if reduced is None:  # a basis too skewed for spglib (a vector of 1000 times the others): LLL-reduce it first
+            from pymatgen.core import Lattice  # noqa: PLC0415  (the readers have imported it)
+
+            reduced = spglib.niggli_reduce(Lattice(crystal.lattice).lll_matrix, eps=NIGGLI_EPS)
     if reduced is None:
         raise ValueError("Niggli reduction failed")
     old = crystal.lattice

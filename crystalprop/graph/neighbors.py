@@ -177,6 +177,11 @@ def _search_level(crystal: Crystal, atoms: np.ndarray, radius: float, k: int,
     return counts, kth, *(np.concatenate(parts) for parts in zip(*kept))
 
 
+MAX_BASIS_SKEW = 1000.0
+"""The largest ratio of a cell's edge-length product to its volume that the neighbour search takes as given: at
+1,400 a 2-atom cell took 6 s, at 140,000 hours; reduced cells of real crystals lie near 1."""
+
+
 def _refusal(n_searched: int, radius: float, k: int, cutoff: float) -> str:
     """Why a search is refused; at the first radius beyond the default cutoff, that cutoff is the likely cause."""
     cause = (f"a cutoff ({cutoff:g} Å) far beyond the default {GraphSettings.cutoff:g} Å" if
@@ -202,6 +207,12 @@ def _knn_pairs(crystal: Crystal, settings: GraphSettings) -> tuple[np.ndarray, n
     an earlier radius is not searched again: its pairs up to that distance are final.
     """
     n_atoms, k = len(crystal), settings.max_neighbors
+    skew = float(np.prod(crystal.lengths)) / crystal.volume  # 1 for a rectangular cell, about 1-3 for reduced ones
+    if skew > MAX_BASIS_SKEW:  # the compiled search visits images of the skewed basis, beyond time limits and signals
+        raise NeighborSearchError(
+            f"the cell's basis is skewed far beyond any reduced cell's (its vectors' lengths multiply to {skew:.3g} "
+            "times its volume): give the cell in a reduced basis, or predict on the canonical cell (--cell canonical, "
+            "the default), which reduces it")
     diagonals = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]]) @ crystal.lattice
     budget = _SearchBudget(MAX_SEARCH_PAIRS, n_atoms, crystal.volume, float(np.linalg.norm(diagonals, axis=1).max()))
     pending = np.arange(n_atoms)
