@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
 from conftest import _random_checkpoint, make_structures, rocksalt, run_cli, synthetic_target
@@ -1178,3 +1178,21 @@ def test_joining_on_few_structures_says_the_interval_rests_on_a_few_errors(joine
     _, result = joined
     assert result["calibrated_on"]["n"] == 10
     assert any("calibrated on 10 structures" in note and "largest" in note for note in result["notes"])
+
+
+def test_no_error_bar_is_claimed_for_a_crystal_stretched_by_a_scale_mistake(joined):
+    """Was (hunt18 5): a cell scaled 3-10 times (a mistyped POSCAR scale factor, a unit mistake) was predicted with
+    an ordinary σ and no note: +3.3 ± 0.26 eV/atom, a band gap of 0 ± 0 eV. Where every atom's nearest neighbour lies
+    beyond 1.2 times the sum of their van der Waals radii, no bulk crystal is like it: a note, and no σ."""
+    from crystalprop.prediction.predictor import Predictor  # noqa: PLC0415
+
+    predictor = Predictor(str(joined[0]))
+    label = predictor.columns[0][0]
+    argon = Structure(Lattice.cubic(5.26), ["Ar"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    rows = [row for rows in predictor.iter_rows([rocksalt(5.64), rocksalt(2.2 * 5.64), argon], workers=0)
+            for row in rows]
+    salt, stretched, noble = rows
+    assert salt[f"{label}_std"] > 0 and not salt["warning"]
+    assert noble[f"{label}_std"] > 0 and not noble["warning"]  # a van der Waals crystal is at contact, not beyond
+    assert "van der Waals" in stretched["warning"] and "no error bar" in stretched["warning"]
+    assert stretched[label] is not None and stretched[f"{label}_std"] is None

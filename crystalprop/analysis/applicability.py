@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import itertools
 import math
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
+
+    from crystalprop.graph.neighbors import CrystalGraph
 
 VACUUM_GAP = 7.0
 """Thinnest empty layer (Å, between atom centres, normal to the planes) counted as vacuum."""
@@ -128,3 +131,35 @@ def domain_warnings(structure: Structure, min_gap: float = VACUUM_GAP) -> list[s
     amounts = _enumerate([f"{gap:.1f}" for _, gap in chosen])
     directions = _enumerate([_direction(hkl) for hkl, _ in chosen])
     return [f"looks like {SHAPES[len(chosen)]}: {amounts} Å of vacuum along {directions}; {TRAINED_ON}"]
+
+
+STRETCH = 1.2
+"""Where every atom's nearest neighbour lies beyond this multiple of the sum of their van der Waals radii, the cell is
+stretched beyond any bulk crystal (a mistyped scale factor, a unit mistake): van der Waals crystals (solid argon) sit
+at 1.0, bonded ones well below it."""
+
+
+@lru_cache(maxsize=1)
+def _van_der_waals_radii() -> np.ndarray:
+    """Van der Waals radius in Å by atomic number (pymatgen's table; 2 Å where it has none, past Z = 100)."""
+    import warnings  # noqa: PLC0415
+
+    from pymatgen.core import Element  # noqa: PLC0415  (the reading process has imported it)
+
+    with warnings.catch_warnings():  # pymatgen warns for each element without the datum
+        warnings.simplefilter("ignore")
+        return np.array([2.0] + [float(Element.from_Z(z).van_der_waals_radius or 2.0) for z in range(1, 119)])
+
+
+def stretched_warning(graph: CrystalGraph) -> str | None:
+    """Why a crystal lies outside the models' domain where every atom's nearest neighbour (among its graph's edges)
+    lies beyond :data:`STRETCH` times the sum of their van der Waals radii; None otherwise."""
+    radii = _van_der_waals_radii()[graph.atomic_numbers.astype(np.int64)]
+    ratio = graph.distances / np.maximum(radii[graph.src] + radii[graph.dst], 1e-9)
+    nearest = np.full(graph.num_nodes, np.inf)
+    np.minimum.at(nearest, graph.dst, ratio)
+    if graph.num_edges == 0 or not (nearest.min() > STRETCH):
+        return None
+    return (f"atoms farther apart than in any bulk crystal: each atom's nearest neighbour lies beyond "
+            f"{nearest.min():.2g} times the sum of their van der Waals radii (a scale factor or unit mistake?); "
+            f"{TRAINED_ON}")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from crystalprop.analysis.applicability import domain_warnings
+from crystalprop.analysis.applicability import domain_warnings, stretched_warning
 from crystalprop.graph.batch import BatchLimits, batches_within
 from crystalprop.graph.cells import cell_for_graph
 from crystalprop.graph.elements import ElementError, absent_elements
@@ -75,6 +75,10 @@ def _prepare_structure(name: str, source: str, structure: Structure, settings: G
         item.warnings += [note] if note else []
         item.cell_sites = len(cell)
         item.graph = build_graph(cell, settings)
+        stretched = stretched_warning(item.graph)
+        if stretched:  # a scale or unit mistake: σ was calibrated on crystals at their bond lengths
+            item.warnings.append(stretched)
+            item.out_of_domain = True
     except (ElementError, NeighborSearchError) as exc:
         item.error = str(exc)
     except Exception as exc:  # a failed graph must not stop a batch of thousands
