@@ -1295,3 +1295,14 @@ def test_close_pairs_of_a_large_sparse_cell_are_found_without_a_grid_the_size_of
     expected = readers._close_pairs(gas, 0.5, 0.5)  # the distance matrix, periodic images included
     assert len(expected) == 6 and sorted((i, j) for i, j, _ in found) == sorted((i, j) for i, j, _ in expected)
     np.testing.assert_allclose([d for *_, d in sorted(found)], [d for *_, d in sorted(expected)], atol=1e-9)
+
+
+def test_real_world_poscar_spellings_are_read_or_refused_by_name(tmp_path, nacl):
+    """Was (hunt18 7): a scale line with a trailing '! comment' (VASP ignores it) and lower-case symbols were refused
+    with parser text; VASP 6's three scale factors with 'could not convert string to float'."""
+    lines = Poscar(nacl).get_str().splitlines()
+    commented = [lines[0], lines[1] + "   ! scale", lines[2] + " ! a", *lines[3:5], lines[5].lower(), *lines[6:]]
+    [(_, s)] = read_file(write(tmp_path / "POSCAR", "\n".join(commented) + "\n"))
+    assert s.composition.reduced_formula == "NaCl" and s.lattice.a == pytest.approx(nacl.lattice.a)
+    three = [lines[0], "1.0 1.0 2.0", *lines[2:]]
+    assert "three scale factors" in reason_of(write(tmp_path / "three.vasp", "\n".join(three) + "\n"))

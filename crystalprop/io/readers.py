@@ -410,6 +410,26 @@ def _volume_as_scale(text: str) -> str:
     return "\n".join(lines)
 
 
+def _poscar_spellings(text: str, name: str) -> str:
+    """``text`` with spellings VASP reads and pymatgen refuses made plain: comments after ``!`` (past the first
+    line, which is one), and lower-case element symbols on the species line; three scale factors (VASP 6) are
+    refused by name."""
+    lines = text.split("\n")  # as pymatgen counts lines
+    if len(lines) < 7:
+        return text
+    lines[1:] = [line.split("!", 1)[0].rstrip() if "!" in line else line for line in lines[1:]]
+    scale = lines[1].split("#", 1)[0].split()
+    if len(scale) == 3 and _numbers(" ".join(scale)) is not None:
+        raise StructureReadError(name, "three scale factors on line 2 (VASP 6's per-axis scaling) are not read: "
+                                       "multiply them into the lattice vectors and give one factor")
+    if scale:
+        lines[1] = scale[0]
+    species = lines[5].split()
+    if species and all(t[:1].isalpha() for t in species) and any(t[:1].islower() for t in species):
+        lines[5] = " ".join(t[:1].upper() + t[1:] for t in species)
+    return "\n".join(lines)
+
+
 def _numbers(line: str) -> list[float] | None:
     """The numbers a line starts with (at least three, as a coordinate line), or None."""
     try:
@@ -450,6 +470,7 @@ def _read_poscar(text: str, name: str) -> list[NameStructure]:
     """
     from pymatgen.io.vasp import Poscar  # noqa: PLC0415  (imported here: it costs ~0.9 s, CIF reading does not need it)
 
+    text = _poscar_spellings(text, name)
     disagreement = _poscar_disagreement(text)
     if disagreement:
         raise StructureReadError(name, f"inconsistent POSCAR: {disagreement}")
