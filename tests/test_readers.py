@@ -1306,3 +1306,17 @@ def test_real_world_poscar_spellings_are_read_or_refused_by_name(tmp_path, nacl)
     assert s.composition.reduced_formula == "NaCl" and s.lattice.a == pytest.approx(nacl.lattice.a)
     three = [lines[0], "1.0 1.0 2.0", *lines[2:]]
     assert "three scale factors" in reason_of(write(tmp_path / "three.vasp", "\n".join(three) + "\n"))
+
+
+def test_magnetic_cifs_are_scanned_and_other_compressions_named(tmp_path, nacl):
+    """Was (hunt18 8): a folder scan left MAGNDATA's .mcif files out without a word (named, they are read), and an
+    xz-compressed CONTCAR was refused as 'binary data' with no word of xz (gzip is read)."""
+    import lzma  # noqa: PLC0415
+
+    from crystalprop.io.discovery import iter_structure_paths  # noqa: PLC0415
+
+    CifWriter(nacl).write_file(tmp_path / "a.mcif")
+    CifWriter(nacl).write_file(tmp_path / "b.cif")
+    assert sorted(os.path.basename(p) for p in iter_structure_paths([str(tmp_path)])) == ["a.mcif", "b.cif"]
+    (tmp_path / "CONTCAR.xz").write_bytes(lzma.compress(Poscar(nacl).get_str().encode()))
+    assert "xz-compressed" in reason_of(str(tmp_path / "CONTCAR.xz"))

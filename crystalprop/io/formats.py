@@ -10,7 +10,7 @@ import gzip
 import os
 import re
 
-CIF_SUFFIXES = (".cif",)
+CIF_SUFFIXES = (".cif", ".mcif")  # .mcif: magnetic CIF (MAGNDATA), read as its atoms' structure
 POSCAR_SUFFIXES = (".vasp", ".poscar")
 POSCAR_PREFIXES = ("poscar", "contcar")
 JSON_SUFFIXES = (".json",)

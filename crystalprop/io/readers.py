@@ -775,10 +775,18 @@ def read_bytes(path: str, limit: int | None = None) -> bytes:
     return _gunzip(raw, path, limit) if raw[:2] == GZIP_MAGIC else raw
 
 
+OTHER_COMPRESSIONS = ((b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"PK\x03\x04", "zip"))
+"""Magic numbers of compressions that are not read, so that such a file is named for what it is."""
+
+
 def _decode(data: bytes, path: str) -> str:
     """Text of a structure file; NUL bytes mean binary junk, not a structure."""
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return data.decode("utf-16", errors="replace")
+    packed = next((kind for magic, kind in OTHER_COMPRESSIONS if data.startswith(magic)
+                   and (kind != "bzip2" or data[4:10] == b"1AY&SY")), None)  # bzip2's block magic: not a text "BZh"
+    if packed:
+        raise StructureReadError(path, f"{packed}-compressed: decompress it first (gzip-compressed files are read)")
     if b"\x00" in data[:65536]:
         raise StructureReadError(path, "binary data: not a CIF, POSCAR or JSON structure")
     try:
