@@ -1320,3 +1320,11 @@ def test_magnetic_cifs_are_scanned_and_other_compressions_named(tmp_path, nacl):
     assert sorted(os.path.basename(p) for p in iter_structure_paths([str(tmp_path)])) == ["a.mcif", "b.cif"]
     (tmp_path / "CONTCAR.xz").write_bytes(lzma.compress(Poscar(nacl).get_str().encode()))
     assert "xz-compressed" in reason_of(str(tmp_path / "CONTCAR.xz"))
+
+
+def test_a_cif_lacking_a_cell_parameter_names_it(tmp_path):
+    """Was (hunt18 9): a CIF without _cell_angle_gamma said 'cannot reshape array of size 1 into shape (3,3)'."""
+    text = cubic_cif(5.64, [("Na", 0.0), ("Cl", 0.5)], "_symmetry_space_group_name_H-M 'F m -3 m'")
+    lines = [line for line in text.splitlines() if not line.startswith("_cell_angle_gamma")]
+    assert len(lines) < len(text.splitlines())
+    assert "_cell_angle_gamma" in reason_of(write(tmp_path / "no_gamma.cif", "\n".join(lines) + "\n"))

@@ -206,6 +206,11 @@ def _cif_parser(block_text: str, name: str) -> CifParser:
         raise StructureReadError(name, f"malformed or truncated CIF (broken tag or loop_ table; {detail})") from exc
 
 
+CELL_TAGS = tuple(f"_cell_{kind}_{axis}" for kind, axes in (("length", "abc"), ("angle", ("alpha", "beta", "gamma")))
+                  for axis in axes)
+"""The six cell parameters a CIF data block with atoms gives."""
+
+
 def _default_occupancies(parser: CifParser) -> None:
     """Give an occupancy written ``.`` or ``?`` (CIF's inapplicable and unknown) the dictionary's default, 1: pymatgen
     dropped a ``.`` site, so that NaCl was read as Na."""
@@ -231,6 +236,10 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
         block_name, data = next(iter(blocks.items()))
         if "_cell_length_a" not in data:
             return None
+        lacking = [tag for tag in CELL_TAGS if tag not in data]
+        if lacking:  # pymatgen said "cannot reshape array of size 1 into shape (3,3)"
+            raise StructureReadError(name, f"CIF data block '{block_name}' has no {', '.join(lacking)}: its cell "
+                                           f"needs all six of {', '.join(CELL_TAGS)}")
         try:
             supplement = symmetry_supplement(data)
         except ValueError as exc:
