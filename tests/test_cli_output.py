@@ -349,3 +349,21 @@ def test_a_ctrl_c_while_the_command_loads_ends_with_status_130_not_a_traceback()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 130, (done.returncode, done.stderr)
     assert "interrupted (SIGINT)" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_a_name_with_a_line_break_keeps_its_row_on_one_line(monkeypatch, capsys, terminal):
+    """Was (hunt18 9): a file name holding a newline split its row across two lines of the screen table."""
+    import io  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    from crystalprop.cli import display  # noqa: PLC0415
+
+    buffer = io.StringIO()
+    monkeypatch.setattr(display, "out", Console(file=buffer, width=120, color_system=None, force_terminal=terminal))
+    display.show_table(["structure", "formula"], [["odd\nname.cif", "NaCl"], ["tab\there.cif", "KCl"]])
+    said = buffer.getvalue() + capsys.readouterr().out
+    lines = [line for line in said.splitlines() if "name.cif" in line or "here.cif" in line]
+    assert len(lines) == 2 and "odd\\nname.cif" in lines[0] and "NaCl" in lines[0], said
+    assert "tab\\there.cif" in lines[1] and "KCl" in lines[1]

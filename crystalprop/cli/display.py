@@ -56,9 +56,14 @@ def plain_lines(headers: Sequence[str], rows: Sequence[Sequence[str]], right: se
     return [line(headers)] + [line(row) for row in rows]
 
 
+CELL_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
 def show_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[int] = (),
                title: str | None = None) -> None:
-    """``rows`` under ``headers`` on standard output, columns ``right`` right-aligned."""
+    """``rows`` under ``headers`` on standard output, columns ``right`` right-aligned; line breaks and tabs in a
+    cell (a file name may hold them) shown as escapes, so that each row stays on one line."""
+    rows = [[cell.translate(CELL_ESCAPES) for cell in row] for row in rows]
     table = Table(title=title)
     for k, head in enumerate(headers):
         table.add_column(head, justify="right" if k in right else "left")
