@@ -1090,6 +1090,9 @@ def test_joining_names_a_member_whose_run_has_epochs_left(tmp_path):
     assert len(unfinished) == 1 and "cut" in unfinished[0] and "1 of 3 epochs trained" in unfinished[0]
     run = run_cli(["ensemble", tmp_path / "e2.ckpt", tmp_path / "done", tmp_path / "cut", "--data", data])
     assert run.returncode == 0 and "1 of 3 epochs trained" in run.stdout + run.stderr
+    (tmp_path / "done" / "last.ckpt").write_bytes(b"not a checkpoint")  # cut short: the join stands, with a note
+    notes = join_ensemble([tmp_path / "done"], tmp_path / "two.ckpt", data, sigma="latent")["notes"]
+    assert any("could not be read" in note for note in notes) and (tmp_path / "two.ckpt").is_file()
 
 
 def test_resuming_a_finished_ensemble_keeps_the_join_of_its_members_as_they_are(tmp_path):

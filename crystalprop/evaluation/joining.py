@@ -60,7 +60,7 @@ def standing_join(output: Path, members: list[Path]) -> dict | None:
         return None
     split = card.ensemble["calibrated_on"]["split"]
     return {"output": str(output), "split": split, "unit": card.unit, "kept": True,
-            "member_maes": [f[f"{split}_mae"] for f in files], "notes": [], **_reported(card.ensemble),
+            "member_maes": [f.get(f"{split}_mae", math.nan) for f in files], "notes": [], **_reported(card.ensemble),
             **card.metrics}
 
 
@@ -87,7 +87,14 @@ def unfinished_notes(models: list[Path]) -> list[str]:
     notes = []
     for path in models:
         last = path.parent / "last.ckpt"
-        if path.name == "best.ckpt" and last.is_file() and (where := epochs_left(saved_state(last))):
+        if path.name != "best.ckpt" or not last.is_file():
+            continue
+        try:
+            where = epochs_left(saved_state(last))
+        except (ValueError, KeyError, OSError):  # a last.ckpt cut short or of another kind: the note is advice only
+            notes.append(f"{path.parent}: its last.ckpt could not be read, so whether its run has ended is unknown")
+            continue
+        if where:
             notes.append(f"{path.parent}: its run is not finished ({where} trained): joined at its best so far; "
                          "join again when the run has ended")
     return notes
@@ -244,11 +251,11 @@ def join_ensemble(
     })
     first.metrics = metrics
     _merge_trained_ids(first, cards[1:])
+    notes = unfinished_notes(models) + few_calibration_notes(first.ensemble)  # before the file: advice cannot fail it
     save_ensemble(output, first, [params for p in models for params in networks[p]],
                   reference.arrays() if reference else None)
     return {"output": str(output), "split": split, "unit": first.unit, "member_maes": member_maes,
-            "notes": unfinished_notes(models) + few_calibration_notes(first.ensemble),
-            **_reported(first.ensemble), **metrics}
+            "notes": notes, **_reported(first.ensemble), **metrics}
 
 
 def _reported(ensemble: dict) -> dict:
