@@ -506,5 +506,5 @@ def test_atoms_far_outside_the_cell_give_the_same_graph_at_once():
 def test_a_refusal_for_a_huge_cutoff_names_the_cutoff():
     """`inspect --cutoff 1e4` of 2-atom MgO was refused for 'atoms far from all others in a large cell, or packed too
     densely': the cause was the user's cutoff (hunt17 14)."""
-    with pytest.raises(neighbors.NeighborSearchError, match=r"a cutoff \(10000 Å\) far beyond the default 8"):
+    with pytest.raises(neighbors.NeighborSearchError, match=r"a cutoff \(10000 Å\) above the default 8"):
         graph_of(nacl_primitive(), GraphSettings(cutoff=1e4))

@@ -1306,6 +1306,8 @@ def test_real_world_poscar_spellings_are_read_or_refused_by_name(tmp_path, nacl)
     assert s.composition.reduced_formula == "NaCl" and s.lattice.a == pytest.approx(nacl.lattice.a)
     three = [lines[0], "1.0 1.0 2.0", *lines[2:]]
     assert "three scale factors" in reason_of(write(tmp_path / "three.vasp", "\n".join(three) + "\n"))
+    two = [lines[0], "1.0 2.0", *lines[2:]]  # was read as 1.0 without a word (review 45)
+    assert "two numbers on the scale line" in reason_of(write(tmp_path / "two.vasp", "\n".join(two) + "\n"))
 
 
 def test_magnetic_cifs_are_scanned_and_other_compressions_named(tmp_path, nacl):

@@ -184,7 +184,7 @@ MAX_BASIS_SKEW = 1000.0
 
 def _refusal(n_searched: int, radius: float, k: int, cutoff: float) -> str:
     """Why a search is refused; at the first radius beyond the default cutoff, that cutoff is the likely cause."""
-    cause = (f"a cutoff ({cutoff:g} Å) far beyond the default {GraphSettings.cutoff:g} Å" if
+    cause = (f"a cutoff ({cutoff:g} Å) above the default {GraphSettings.cutoff:g} Å" if
              radius == cutoff and cutoff > GraphSettings.cutoff else
              "atoms far from all others in a large cell, or packed too densely")
     return (f"neighbour search refused: finding the {k} nearest neighbours of {n_searched} atom(s) within "
@@ -211,8 +211,8 @@ def _knn_pairs(crystal: Crystal, settings: GraphSettings) -> tuple[np.ndarray, n
     if skew > MAX_BASIS_SKEW:  # the compiled search visits images of the skewed basis, beyond time limits and signals
         raise NeighborSearchError(
             f"the cell's basis is skewed far beyond any reduced cell's (its vectors' lengths multiply to {skew:.3g} "
-            "times its volume): give the cell in a reduced basis, or predict on the canonical cell (--cell canonical, "
-            "the default), which reduces it")
+            "times its volume): give the cell in a reduced (e.g. Niggli) basis; --cell canonical, the default, "
+            "reduces it where the canonical cell is found")
     diagonals = np.array([[1, 1, 1], [1, 1, -1], [1, -1, 1], [-1, 1, 1]]) @ crystal.lattice
     budget = _SearchBudget(MAX_SEARCH_PAIRS, n_atoms, crystal.volume, float(np.linalg.norm(diagonals, axis=1).max()))
     pending = np.arange(n_atoms)

@@ -431,6 +431,9 @@ def _poscar_spellings(text: str, name: str) -> str:
     if len(scale) == 3 and _numbers(" ".join(scale)) is not None:
         raise StructureReadError(name, "three scale factors on line 2 (VASP 6's per-axis scaling) are not read: "
                                        "multiply them into the lattice vectors and give one factor")
+    if len(scale) == 2 and _numbers(" ".join(scale + ["0"])) is not None:
+        raise StructureReadError(name, f"two numbers on the scale line ({' '.join(scale)}): VASP takes one scale "
+                                       "factor (or three, per axis)")
     if scale:
         lines[1] = scale[0]
     species = lines[5].split()
