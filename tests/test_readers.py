@@ -1330,3 +1330,13 @@ def test_a_cif_lacking_a_cell_parameter_names_it(tmp_path):
     lines = [line for line in text.splitlines() if not line.startswith("_cell_angle_gamma")]
     assert len(lines) < len(text.splitlines())
     assert "_cell_angle_gamma" in reason_of(write(tmp_path / "no_gamma.cif", "\n".join(lines) + "\n"))
+
+
+def test_a_pseudo_hydrogen_potcar_name_is_read_as_hydrogen_with_a_note(tmp_path, nacl):
+    """Was (hunt18 7, review 45 4): 'H.75' (a pseudo-hydrogen of fractional charge, passivating a slab) was read as H
+    without a word: another compound than the one computed."""
+    lines = Poscar(nacl).get_str().splitlines()
+    lines[5] = "Na H.75"
+    [record] = list(iter_records([write(tmp_path / "POSCAR", "\n".join(lines) + "\n")]))
+    assert record.structure.composition.reduced_formula == "NaH"
+    assert any("pseudo-hydrogen H.75" in note for note in record.warnings), record.warnings

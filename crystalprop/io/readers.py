@@ -419,6 +419,10 @@ def _volume_as_scale(text: str) -> str:
     return "\n".join(lines)
 
 
+PSEUDO_HYDROGEN = re.compile(r"^H\d*\.\d+$")
+"""VASP's pseudo-hydrogen POTCAR names (H.75, H1.25, ...) on a POSCAR's species line."""
+
+
 def _poscar_spellings(text: str, name: str) -> str:
     """``text`` with spellings VASP reads and pymatgen refuses made plain: comments after ``!`` (past the first
     line, which is one), and lower-case element symbols on the species line; three scale factors (VASP 6) are
@@ -500,7 +504,12 @@ def _read_poscar(text: str, name: str) -> list[NameStructure]:
             raise StructureReadError(name, f"malformed POSCAR: {_one_line(str(exc), 160)}") from exc
     if not poscar.true_names:
         raise StructureReadError(name, VASP4_REASON)
-    return [(name, poscar.structure)]
+    structure = poscar.structure
+    pseudo = [t for t in text.split("\n")[5].split() if PSEUDO_HYDROGEN.match(t)] if text.count("\n") > 5 else []
+    if pseudo:  # pymatgen reads "H.75" as H: say so, the compound is not the one computed
+        structure.properties.setdefault(READ_NOTES_KEY, []).append(
+            f"pseudo-hydrogen {', '.join(pseudo)} (a POTCAR of fractional charge, passivating a surface) read as H")
+    return [(name, structure)]
 
 
 def _without_properties(d: dict[str, Any]) -> dict[str, Any]:
