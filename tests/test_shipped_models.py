@@ -18,20 +18,20 @@ LIMIT_MB = 80
 """The most the shipped checkpoints may weigh together (the accuracy issue's budget)."""
 
 PINNED = {
-    "formation_energy": {"NaCl": -2.1208, "Si": 0.0049, "SrTiO3": -3.5937, "Cu": 0.0187},  # session 45's pair
+    "formation_energy": {"NaCl": -2.1216, "Si": 0.0055, "SrTiO3": -3.5927, "Cu": 0.0161},  # session 45's pair
     "band_gap": {"NaCl": 5.2433, "Si": 1.1571, "SrTiO3": 1.712, "Cu": 0.0},
     "bulk_modulus": {"NaCl": 24.2707, "Si": 84.9359, "SrTiO3": 162.0363, "Cu": 146.9275},
     "shear_modulus": {"NaCl": 14.488, "Si": 64.1681, "SrTiO3": 101.4398, "Cu": 50.88},
 }
 PINNED_STD = {  # the ensembles' calibrated σ, in the unit of the prediction
-    "formation_energy": {"NaCl": 0.05043, "Si": 0.09212, "SrTiO3": 0.03312, "Cu": 0.08423},
+    "formation_energy": {"NaCl": 0.04899, "Si": 0.08885, "SrTiO3": 0.03288, "Cu": 0.08304},
     "band_gap": {"NaCl": 0.22183, "Si": 0.61975, "SrTiO3": 0.3735, "Cu": 0.0},
     "bulk_modulus": {"NaCl": 2.4531, "Si": 4.1365, "SrTiO3": 19.769, "Cu": 8.5675},
     "shear_modulus": {"NaCl": 0.9782, "Si": 7.6871, "SrTiO3": 24.6414, "Cu": 24.7123},
 }
 
 PINNED_INTERVAL95 = {  # the multiple of σ that holds 95 % of the validation errors (card: interval95)
-    "formation_energy": 2.525, "band_gap": 3.255, "bulk_modulus": 2.877, "shear_modulus": 2.501,
+    "formation_energy": 2.492, "band_gap": 3.255, "bulk_modulus": 2.877, "shear_modulus": 2.501,
 }
 
 
