@@ -1142,19 +1142,21 @@ def test_a_fine_tune_from_an_ensemble_scores_the_ensemble_too(tmp_path):
     assert "start_score" in single and "start_model_score" not in single  # one network: one score
 
 
-def test_an_ensemble_refused_for_its_limit_names_the_limit_and_leaves_no_member_folder(tmp_path):
-    """`train --limit 64 --ensemble 2` was refused for 8 validation structures with advice on --val-fraction
-    ('now 0.1 of 72 records') where the split held 30: --limit keeps 1 in 8; it left an empty member0 (hunt17 9)."""
+def test_an_ensemble_with_a_limit_is_calibrated_on_the_whole_validation_split(tmp_path):
+    """`train --limit 64 --ensemble 2` was refused for the 8 validation structures its members validate on, with advice
+    on --val-fraction, though the join calibrates σ on the whole validation split; a refusal left an empty member0
+    (hunt17 9, review 45 3). Refused only where the split itself is too small, with no member folder made."""
     from conftest import TINY, write_json_dataset  # noqa: PLC0415
     from crystalprop.training.jobs import train  # noqa: PLC0415
 
     data = write_json_dataset(tmp_path / "data.json", 60)
+    options = dict(ensemble=2, epochs=1, batch_size=8, graph_workers=1, threads=1, **TINY)
+    result = train(data, tmp_path / "ens", limit=40, val_fraction=0.3, **options)  # members validate on 5, σ on 18
+    assert result["ensemble"]["n"] == 18 and result["ensemble"]["calibrated_on"]["n"] == 18
     with pytest.raises(RuntimeError) as refused:  # TrainingError, as the command's child reports it
-        train(data, tmp_path / "ens", ensemble=2, limit=40, epochs=1, val_fraction=0.3, graph_workers=1, threads=1,
-              **TINY)
-    said = str(refused.value)
-    assert "--limit 40" in said and "--val-fraction" not in said and "5 validation structures" in said
-    assert not (tmp_path / "ens" / "member0").exists() and not (tmp_path / "ens" / "ensemble.json").exists()
+        train(data, tmp_path / "few", limit=40, val_fraction=0.1, **options)
+    assert "6 validation structures" in str(refused.value) and "--val-fraction" in str(refused.value)
+    assert not (tmp_path / "few" / "member0").exists() and not (tmp_path / "few" / "ensemble.json").exists()
 
 
 def test_a_resumed_ensemble_names_the_members_and_sigma_it_changed(tmp_path):

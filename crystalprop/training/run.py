@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from crystalprop.utils.atomic import atomic_write_text
-from crystalprop.data import LIMIT_VAL_DIVISOR, TEST_FRACTION, VAL_FRACTION, limited_val
+from crystalprop.data import TEST_FRACTION, VAL_FRACTION, limited_val
 from crystalprop.data.datasets import (Dataset, Entry, ids_in_packed, load_dataset, merge_trained, pack_ids,
                                        packed_differing, packed_size, split_record)
 from crystalprop.data.fingerprints import pack_fingerprints
@@ -200,13 +200,12 @@ def train_model(
                                          lambda n: on_event("graph_progress", {"advance": n}))
     train = split_graphs(dataset, graphs, "train")
     val = split_graphs(dataset, graphs, "val")
-    if require_val and len(val[0]) < MIN_CALIBRATION:  # before any member trains (or its folder is made)
-        way = (f"--limit {limit} keeps 1 in {LIMIT_VAL_DIVISOR} of its structures for validation: give a larger "
-               "--limit, or none" if limit and len(val[0]) < len(full_splits.split("val")) else
-               f"give a split (split.json, a split column) or a larger --val-fraction (now {val_fraction:g} of "
-               f"{len(dataset.entries)} records)")
-        raise TrainingError(f"{data}: {len(val[0]) or 'no'} validation structures, on which an ensemble's σ is "
-                            f"calibrated: at least {MIN_CALIBRATION} are needed; {way}")
+    calibration = len(full_splits.split("val")) if limit else len(val[0])  # joining calibrates on the whole split
+    if require_val and calibration < MIN_CALIBRATION:  # before any member trains (or its folder is made)
+        raise TrainingError(f"{data}: {calibration or 'no'} validation structures, on which an ensemble's σ is "
+                            f"calibrated: at least {MIN_CALIBRATION} are needed; give a split (split.json, a split "
+                            f"column) or a larger --val-fraction (now {val_fraction:g} of {len(full_splits.entries)} "
+                            "records)")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     n_skipped = write_skipped(run_dir / "skipped.log", dataset, errors) if cluster.is_main else 0
