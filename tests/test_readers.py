@@ -1304,6 +1304,9 @@ def test_real_world_poscar_spellings_are_read_or_refused_by_name(tmp_path, nacl)
     commented = [lines[0], lines[1] + "   ! scale", lines[2] + " ! a", *lines[3:5], lines[5].lower(), *lines[6:]]
     [(_, s)] = read_file(write(tmp_path / "POSCAR", "\n".join(commented) + "\n"))
     assert s.composition.reduced_formula == "NaCl" and s.lattice.a == pytest.approx(nacl.lattice.a)
+    shouted = [*lines[:5], lines[5].upper(), *lines[6:]]  # NA CL (review 45)
+    [(_, loud)] = read_file(write(tmp_path / "upper.vasp", "\n".join(shouted) + "\n"))
+    assert loud.composition.reduced_formula == "NaCl"
     three = [lines[0], "1.0 1.0 2.0", *lines[2:]]
     assert "three scale factors" in reason_of(write(tmp_path / "three.vasp", "\n".join(three) + "\n"))
     two = [lines[0], "1.0 2.0", *lines[2:]]  # was read as 1.0 without a word (review 45)

@@ -441,8 +441,8 @@ def _poscar_spellings(text: str, name: str) -> str:
     if scale:
         lines[1] = scale[0]
     species = lines[5].split()
-    if species and all(t[:1].isalpha() for t in species) and any(t[:1].islower() for t in species):
-        lines[5] = " ".join(t[:1].upper() + t[1:] for t in species)
+    if species and all(t[:1].isalpha() for t in species):  # "li", "NA": symbols as pymatgen knows them (Li, Na)
+        lines[5] = " ".join(t.capitalize() if t.isalpha() else t[:1].upper() + t[1:] for t in species)
     return "\n".join(lines)
 
 
