@@ -425,8 +425,8 @@ PSEUDO_HYDROGEN = re.compile(r"^H\d*\.\d+$")
 
 def _poscar_spellings(text: str, name: str) -> str:
     """``text`` with spellings VASP reads and pymatgen refuses made plain: comments after ``!`` (past the first
-    line, which is one), and lower-case element symbols on the species line; three scale factors (VASP 6) are
-    refused by name."""
+    line, which is one), and element symbols in lower or upper case on the species line; two or three scale
+    factors (VASP 6 takes three, per axis) are refused by name."""
     lines = text.split("\n")  # as pymatgen counts lines
     if len(lines) < 7:
         return text
@@ -914,6 +914,10 @@ def _check_coords(structure: Structure) -> None:
         raise ValueError(f"absurd coordinates at site {index} (beyond {MAX_ABS_COORD:g} Å)")
 
 
+MAX_CLOSE_PAIR_POINTS = 20_000_000
+"""Most atom images the close-pair search holds in its k-d tree (about 0.5 GB)."""
+
+
 def _periodic_pairs_within(structure: Structure, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(i, j, distance) of the site pairs within ``radius``, periodic images included (an atom with its own image
     too), from a k-d tree of the atoms and the images of the LLL-reduced cell that can lie within ``radius``: memory
@@ -924,6 +928,9 @@ def _periodic_pairs_within(structure: Structure, radius: float) -> tuple[np.ndar
     cart = (np.mod(structure.cart_coords @ np.linalg.inv(matrix), 1.0)) @ matrix
     widths = abs(np.linalg.det(matrix)) / np.linalg.norm(np.cross(matrix[[1, 2, 0]], matrix[[2, 0, 1]]), axis=1)
     reach = np.ceil(radius / widths).astype(int)
+    if np.prod(2 * reach + 1) * len(cart) > MAX_CLOSE_PAIR_POINTS:  # a cell thinner than the radius in every basis
+        raise ValueError(f"the cell is {widths.min():.3g} Å thin across: too thin to check its {len(cart)} atoms for "
+                         "close pairs (a flattened lattice?)")
     shifts = np.array(np.meshgrid(*(np.arange(-n, n + 1) for n in reach), indexing="ij")).reshape(3, -1).T @ matrix
     images = (cart[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
     found = cKDTree(cart).sparse_distance_matrix(cKDTree(images), radius, output_type="ndarray")
