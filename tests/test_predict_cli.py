@@ -841,6 +841,6 @@ def test_in_memory_structures_are_named_by_the_id_they_carry(files, random_ckpt)
     _, structures = files
     tagged = structures["c.cif"].copy(properties={"material_id": "mp-5229"})
     atoms = Atoms("Na2", cell=np.eye(3) * 4.0, positions=[[0, 0, 0], [2, 2, 2]], pbc=True, info={"name": "bcc-Na"})
-    numbered = Atoms("Na2", cell=np.eye(3) * 4.0, positions=[[0, 0, 0], [2, 2, 2]], pbc=True, info={"id": 7})
+    numbered = Atoms("Na2", cell=np.eye(3) * 4.0, positions=[[0, 0, 0], [2, 2, 2]], pbc=True, info={"id": np.int64(7)})
     rows = predict([tagged, atoms, structures["b.vasp"], numbered], model=str(random_ckpt), workers=0)
     assert [r["name"] for r in rows] == ["mp-5229", "bcc-Na", "structure2", "7"]

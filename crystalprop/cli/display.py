@@ -154,7 +154,7 @@ def print_ensemble(result: dict, data: str, split: str, output: str) -> None:
     maes = ", ".join(f"{m:.4g}" for m in result["member_maes"])
     console.print(f"members' MAE: {maes}; written to {output}", highlight=False, markup=False)
     for note in result.get("notes", []):
-        console.print(f"[yellow]note[/] {escape(note)}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 def stream_rows(batches: Iterable[list[dict]], writer=None, keep: int | None = TABLE_LIMIT

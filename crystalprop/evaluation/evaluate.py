@@ -374,7 +374,8 @@ def network_outputs(checkpoints: Sequence[tuple[object, dict, Path]], readout: b
     return run
 
 
-def joined_model_score(path: str | Path, entries: list[Entry], batch_size: int = EVAL_BATCH_SIZE) -> tuple[float, int] | None:
+def joined_model_score(path: str | Path, entries: list[Entry], batch_size: int = EVAL_BATCH_SIZE,
+                       workers: int | None = None) -> tuple[float, int] | None:
     """The score of the model in ``path`` on the labelled ``entries`` as ``evaluate`` gives it (its MAE, of log10 for a
     log10 target) and its number of networks, where it joins more than one (a warm start takes the first network
     only, whose score differs); None for one network."""
@@ -384,7 +385,7 @@ def joined_model_score(path: str | Path, entries: list[Entry], batch_size: int =
     networks = len(member_params(card, params))
     if networks < 2:
         return None
-    graphs, _ = build_graphs(entries, card.graph)
+    graphs, _ = build_graphs(entries, card.graph, workers=workers)  # ``workers``: the run's graph workers
     kept = [(e, g) for e, g in zip(entries, graphs) if g is not None]
     outputs, _ = network_outputs([(card, params, Path(path))])([g for _, g in kept], batch_size)
     value = ensemble_output(card, outputs, one_element=one_element([g for _, g in kept])).value

@@ -238,8 +238,9 @@ def _parse_cif_block(block_text: str, name: str) -> tuple[str, Structure] | None
             return None
         lacking = [tag for tag in CELL_TAGS if tag not in data]
         if lacking:  # pymatgen said "cannot reshape array of size 1 into shape (3,3)"
-            raise StructureReadError(name, f"CIF data block '{block_name}' has no {', '.join(lacking)}: its cell "
-                                           f"needs all six of {', '.join(CELL_TAGS)}")
+            raise StructureReadError(name, f"CIF data block '{block_name}' has no {', '.join(lacking)}: give all six "
+                                           f"of {', '.join(CELL_TAGS)} (an angle's dictionary default of 90° is not "
+                                           "assumed: a missing angle is more often lost than meant)")
         try:
             supplement = symmetry_supplement(data)
         except ValueError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import numbers
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -195,7 +196,7 @@ def _item_name(item: Any, k: int) -> str:
     carried = getattr(item, "properties", None) or getattr(item, "info", None) or {}
     for key in ID_KEYS:
         value = carried.get(key) if isinstance(carried, dict) else None
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        if isinstance(value, (str, numbers.Integral)) and not isinstance(value, bool) and str(value).strip():
             return str(value).strip()
     return f"structure{k}"
 

@@ -175,5 +175,5 @@ def report_training(result: dict, output_dir: str) -> int:
                   f"{', '.join(f'{m:.4g}' for m in joined['member_maes'])}); Spearman(σ, |error|) "
                   f"{joined['sigma_spearman']:.2f}; run in {output_dir} (best.ckpt)", highlight=False, markup=False)
     for note in joined.get("notes", []):
-        console.print(f"[yellow]note[/] {escape(note)}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     return 0

@@ -236,5 +236,6 @@ def train_model(
     val_entries = [e for e in dataset.entries if e.split == "val" and e.id in validated]
     trainer = Trainer(config, run_dir, train[:2], val[:2], data_description=recorded, split_ids=ids,
                       on_event=on_event, cluster=cluster,
-                      score_start=None if cluster.size > 1 else lambda start: joined_model_score(start, val_entries))
+                      score_start=None if cluster.size > 1 else
+                      lambda start: joined_model_score(start, val_entries, workers=workers))
     return trainer.run(resume=resume, init_from=init_from)
