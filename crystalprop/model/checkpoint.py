@@ -220,13 +220,22 @@ def saved_state(last: Path) -> dict:
     return json.loads(payload)
 
 
+def why_ended(position: dict, epochs: int, patience: int | None) -> str | None:
+    """Why a run at ``position`` (its training state: ``epoch``, ``bad_epochs``) has no epoch left: all ``epochs``
+    trained, or its ``patience`` spent; None where it has epochs to train."""
+    if position["epoch"] >= epochs:
+        return "finished"
+    if patience and position["bad_epochs"] >= patience:
+        return f"no improvement for {patience} epochs"
+    return None
+
+
 def epochs_left(state: dict) -> str | None:
     """Where a run of :func:`saved_state` stands if it has epochs to train (not all trained, its patience not
     spent: still training, or stopped by a time budget or a signal, for ``--resume``), e.g. "3 of 40 epochs";
-    None for a run that ended on its own."""
+    None for a run that ended on its own (:func:`why_ended`)."""
     config, position = state["config"], state["state"]
-    patience = config.get("patience")
-    if position["epoch"] >= config["epochs"] or (patience and position["bad_epochs"] >= patience):
+    if why_ended(position, config["epochs"], config.get("patience")):
         return None
     return f"{position['epoch']} of {config['epochs']} epochs"
 

@@ -41,6 +41,7 @@ from crystalprop.model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
     site_start_refused,
+    why_ended,
     with_site_inputs,
     without_site_inputs,
 )
@@ -504,12 +505,7 @@ class Trainer:
 
     def _why_done(self, loop: _Loop) -> str | None:
         """Why the run has no epoch left (all trained, or the patience spent, also when resumed), or None."""
-        cfg, state = self.config, loop.state
-        if state["epoch"] >= cfg.epochs:
-            return "finished"
-        if cfg.patience and state["bad_epochs"] >= cfg.patience:
-            return f"no improvement for {cfg.patience} epochs"
-        return None
+        return why_ended(loop.state, self.config.epochs, self.config.patience)
 
     def _train_epoch(self, loop: _Loop) -> tuple[str, list[float], float]:
         """The steps of the current epoch from where it stands; (finished or why it stopped, losses, last lr).
